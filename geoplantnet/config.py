@@ -1,0 +1,229 @@
+"""The typed run configuration: YAML in ``pipelines/``, overridden by ``--set key=value`` and environment variables.
+
+Precedence, lowest first: defaults here < YAML file < ``GEOPLANTNET__SECTION__KEY`` environment variables <
+``--set section.key=value`` command-line overrides. Every run writes the resolved configuration into its outputs' attrs
+(:meth:`RunConfig.to_attrs`), so a store says how it was made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from geoplantnet.grid import Grid
+
+ENV_PREFIX = "GEOPLANTNET__"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be read or does not validate (the message is one line)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GridConfig(_Section):
+    """The region on the EPSG:3035 grid: top-left corner and extent in metres, and the map resolution."""
+
+    left: float = 4_321_000.0
+    top: float = 2_981_000.0
+    width_m: float = Field(5_000.0, gt=0)
+    height_m: float = Field(5_000.0, gt=0)
+    resolution: float = Field(50.0, gt=0, description="map resolution (metres)")
+
+    @model_validator(mode="after")
+    def _aligned(self) -> GridConfig:
+        for name in ("left", "top", "width_m", "height_m"):
+            value = getattr(self, name)
+            if abs(value / 10.0 - round(value / 10.0)) > 1e-9:
+                raise ValueError(f"grid.{name}={value} must be a multiple of 10 m (the finest Sentinel-2 pixel)")
+        return self
+
+    def grid(self, resolution: float | None = None) -> Grid:
+        """The region as a :class:`Grid` at ``resolution`` (default: the map resolution)."""
+        res = float(resolution or self.resolution)
+        bounds = (self.left, self.top - self.height_m, self.left + self.width_m, self.top)
+        return Grid.from_bounds(bounds, res)
+
+
+class SimConfig(_Section):
+    """The virtual region: seed, time span, numbers of species, habitats and observations."""
+
+    seed: int = 42
+    s2_resolution: float = Field(10.0, gt=0)
+    env_resolution_deg: float = Field(1 / 1200, gt=0, description="environmental layers, lon/lat (WorldClim-like)")
+    start: str = "2024-01-01"
+    years: int = Field(1, ge=1)
+    dates_per_season: int = Field(3, ge=1)
+    n_species: int = Field(200, ge=1)
+    n_habitats: int = Field(24, ge=2)
+    n_plots: int = Field(400, ge=0)
+    n_presence_only: int = Field(4000, ge=0)
+    cloud_cover_mean: float = Field(0.25, ge=0, le=1)
+    chunk: int = Field(1024, ge=64, description="pixels per generation window; bounds memory")
+
+
+class StacConfig(_Section):
+    """Where the catalogue lives: a STAC API we start on loopback, or an existing URL."""
+
+    backend: Literal["memory", "pgstac"] = "memory"
+    url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    s2_collection: str = "virtual-sentinel-2-l2a"
+    env_collection: str = "virtual-environment"
+
+
+class CubeConfig(_Section):
+    """The Sentinel-2 cube: resolution, chunking, bands, masking and compositing."""
+
+    resolution: float = Field(20.0, gt=0)
+    chunk: int = Field(512, ge=16)
+    bands: list[str] = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    datetime: str | None = None
+    max_cloud_cover: float = Field(90.0, ge=0, le=100)
+    mask_scl: list[int] = [0, 1, 3, 8, 9, 10]
+    composite: Literal["QS-DEC", "MS", "YS"] = "QS-DEC"
+    indices: list[Literal["ndvi", "ndwi", "ndmi"]] = ["ndvi"]
+
+    @field_validator("bands")
+    @classmethod
+    def _bands_nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("cube.bands must name at least one band")
+        return v
+
+
+class KubernetesConfig(_Section):
+    """A dask-kubernetes cluster, made only when ``cluster.kind`` is ``kubernetes``."""
+
+    name: str = "geoplantnet"
+    namespace: str | None = None
+    image: str = "ghcr.io/geoplantnet/geoplantnet:latest"
+    n_workers: int = Field(4, ge=0)
+    worker_gpus: int = Field(0, ge=0)
+    worker_memory: str = "16Gi"
+    worker_cpu: str = "4"
+
+
+class ClusterConfig(_Section):
+    """Which Dask cluster runs the job (see :mod:`geoplantnet.cluster`)."""
+
+    kind: Literal["local", "address", "kubernetes"] = "local"
+    address: str | None = None
+    n_workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str = "4GiB"
+    dashboard_address: str = "127.0.0.1:0"
+    kubernetes: KubernetesConfig = KubernetesConfig()
+
+    @model_validator(mode="after")
+    def _address_given(self) -> ClusterConfig:
+        if self.kind == "address" and not self.address:
+            raise ValueError("cluster.kind=address needs cluster.address (e.g. tcp://127.0.0.1:8786)")
+        return self
+
+
+class StoreConfig(_Section):
+    """Where outputs go: a local folder or an fsspec URL (s3://...), with its storage options."""
+
+    root: str = "outputs"
+    storage_options: dict[str, Any] = {}
+
+
+class RunConfig(_Section):
+    """Everything one run needs; nothing else reads settings."""
+
+    name: str = "default"
+    workdir: str = "work"
+    grid: GridConfig = GridConfig()
+    sim: SimConfig = SimConfig()
+    stac: StacConfig = StacConfig()
+    cube: CubeConfig = CubeConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    store: StoreConfig = StoreConfig()
+
+    def to_attrs(self) -> dict[str, str]:
+        """The resolved configuration as a JSON string attribute, for output stores."""
+        return {"geoplantnet_config": json.dumps(self.model_dump(mode="json"), sort_keys=True)}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = [k for k in dotted.split(".") if k]
+    if not keys:
+        raise ConfigError(f"empty override key in {dotted!r}")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value (e.g. cube.resolution=20)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+    return key.strip(), value
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> RunConfig:
+    """Read a YAML run configuration, apply environment and ``key=value`` overrides, and validate it."""
+    tree: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read ({exc.strerror})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or exc.__class__.__name__
+            raise ConfigError(f"{where}:{line}: malformed YAML: {problem}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{where}: top level must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded
+    env = os.environ if environ is None else environ
+    for name, raw in sorted(env.items()):
+        if name.startswith(ENV_PREFIX):
+            dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+            _set_path(tree, dotted, _parse_override(f"{dotted}={raw}")[1])
+    for text in overrides:
+        _set_path(tree, *_parse_override(text))
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_one_line(exc)}") from None

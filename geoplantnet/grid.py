@@ -1,0 +1,273 @@
+"""The output grid: EPSG:3035 (ETRS89-LAEA Europe), square pixels, edges on multiples of the resolution.
+
+This module is the only place that turns between pixel indices and map coordinates; everything else asks a
+:class:`Grid` for its transform, coordinates, tiles or halos. The arithmetic is pure (no I/O, no pixels), so it is
+property-tested.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import numpy as np
+from affine import Affine
+from pyproj import CRS, Transformer
+
+EPSG = 3035
+# Europe's extent in EPSG:3035 (the EEA reference grid's coverage); a bbox outside it is almost always a CRS mix-up.
+EUROPE_BOUNDS = (900_000.0, 900_000.0, 7_400_000.0, 5_500_000.0)
+
+
+class GridError(ValueError):
+    """A bbox, resolution or tile request that does not fit the grid."""
+
+
+def _snap_down(value: float, step: float) -> float:
+    return math.floor(round(value / step, 9)) * step
+
+
+def _snap_up(value: float, step: float) -> float:
+    return math.ceil(round(value / step, 9)) * step
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A rectangle of grid pixels; ``row``/``col`` index it among the grid's tiles."""
+
+    row: int
+    col: int
+    y0: int  # first pixel row (inclusive)
+    x0: int  # first pixel column (inclusive)
+    height: int
+    width: int
+    id: str
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """(y, x) slices of this tile in the grid's pixel space."""
+        return slice(self.y0, self.y0 + self.height), slice(self.x0, self.x0 + self.width)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up EPSG:3035 raster grid whose edges lie on multiples of ``resolution`` from the CRS origin."""
+
+    resolution: float
+    left: float
+    top: float
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        if not self.resolution > 0:
+            raise GridError(f"resolution must be positive, got {self.resolution}")
+        if self.width <= 0 or self.height <= 0:
+            raise GridError(f"grid must have at least one pixel, got {self.width} x {self.height}")
+        for name, edge in (("left", self.left), ("top", self.top)):
+            if abs(edge / self.resolution - round(edge / self.resolution)) > 1e-6:
+                raise GridError(f"{name} edge {edge} is not a multiple of the resolution {self.resolution}")
+
+    # --- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_bounds(
+        cls, bounds: tuple[float, float, float, float], resolution: float, *, check_europe: bool = True
+    ) -> Grid:
+        """Smallest aligned grid covering ``bounds`` = (xmin, ymin, xmax, ymax) in EPSG:3035 metres."""
+        xmin, ymin, xmax, ymax = map(float, bounds)
+        if not (xmax > xmin and ymax > ymin):
+            raise GridError(f"empty or inverted bounds {bounds}")
+        if check_europe and not _intersects(bounds, EUROPE_BOUNDS):
+            raise GridError(
+                f"bounds {bounds} lie outside Europe in EPSG:3035 {EUROPE_BOUNDS}: "
+                "is this a lon/lat bbox? use Grid.from_lonlat()"
+            )
+        left, right = _snap_down(xmin, resolution), _snap_up(xmax, resolution)
+        bottom, top = _snap_down(ymin, resolution), _snap_up(ymax, resolution)
+        return cls(
+            resolution=float(resolution),
+            left=left,
+            top=top,
+            width=round((right - left) / resolution),
+            height=round((top - bottom) / resolution),
+        )
+
+    @classmethod
+    def from_lonlat(cls, bbox: tuple[float, float, float, float], resolution: float) -> Grid:
+        """Smallest aligned grid covering a WGS84 (lon_min, lat_min, lon_max, lat_max) box."""
+        lon0, lat0, lon1, lat1 = bbox
+        if not (-180 <= lon0 < lon1 <= 180 and -90 <= lat0 < lat1 <= 90):
+            raise GridError(f"{bbox} is not a lon/lat bbox (lon_min, lat_min, lon_max, lat_max)")
+        bounds = _to_3035().transform_bounds(lon0, lat0, lon1, lat1, densify_pts=21)
+        return cls.from_bounds(bounds, resolution)
+
+    @classmethod
+    def from_origin(cls, x: float, y: float, resolution: float, width: int, height: int) -> Grid:
+        """Grid whose top-left corner is the aligned point at or below/left of (x, y)."""
+        return cls(float(resolution), _snap_down(x, resolution), _snap_up(y, resolution), int(width), int(height))
+
+    # --- geometry ------------------------------------------------------------------------------------------------
+    @property
+    def crs(self) -> CRS:
+        return CRS.from_epsg(EPSG)
+
+    @property
+    def epsg(self) -> int:
+        return EPSG
+
+    @property
+    def right(self) -> float:
+        return self.left + self.width * self.resolution
+
+    @property
+    def bottom(self) -> float:
+        return self.top - self.height * self.resolution
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) of the pixel edges."""
+        return (self.left, self.bottom, self.right, self.top)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def transform(self) -> Affine:
+        return Affine(self.resolution, 0.0, self.left, 0.0, -self.resolution, self.top)
+
+    @cached_property
+    def x(self) -> np.ndarray:
+        """Pixel-centre x coordinates (metres)."""
+        return self.left + (np.arange(self.width) + 0.5) * self.resolution
+
+    @cached_property
+    def y(self) -> np.ndarray:
+        """Pixel-centre y coordinates (metres), north to south."""
+        return self.top - (np.arange(self.height) + 0.5) * self.resolution
+
+    def lonlat_bounds(self) -> tuple[float, float, float, float]:
+        """WGS84 bbox that covers the grid (densified edges, so it is not too small)."""
+        return _from_3035().transform_bounds(*self.bounds, densify_pts=21)
+
+    def index(self, x: np.ndarray | float, y: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """(row, col) pixel indices of map points; -1 where the point falls outside the grid."""
+        col = np.floor((np.asarray(x, dtype="float64") - self.left) / self.resolution).astype("int64")
+        row = np.floor((self.top - np.asarray(y, dtype="float64")) / self.resolution).astype("int64")
+        outside = (col < 0) | (col >= self.width) | (row < 0) | (row >= self.height)
+        return np.where(outside, -1, row), np.where(outside, -1, col)
+
+    def contains(self, x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
+        """Boolean mask of points inside the grid's pixel edges."""
+        row, _ = self.index(x, y)
+        return np.asarray(row) >= 0
+
+    def subgrid(self, y: slice, x: slice) -> Grid:
+        """The grid of a pixel window (slices with non-negative, in-range bounds)."""
+        y0, y1, _ = y.indices(self.height)
+        x0, x1, _ = x.indices(self.width)
+        if y1 <= y0 or x1 <= x0:
+            raise GridError(f"empty window y={y}, x={x}")
+        return replace(
+            self,
+            left=self.left + x0 * self.resolution,
+            top=self.top - y0 * self.resolution,
+            width=x1 - x0,
+            height=y1 - y0,
+        )
+
+    def at_resolution(self, resolution: float) -> Grid:
+        """The same area at another resolution; the extents must divide exactly."""
+        grid = Grid.from_bounds(self.bounds, resolution, check_europe=False)
+        if grid.bounds != self.bounds:
+            raise GridError(f"resolution {resolution} does not divide the grid extent {self.bounds}")
+        return grid
+
+    # --- tiles and halos ---------------------------------------------------------------------------------------
+    def tiles(self, size: int) -> Iterator[Tile]:
+        """Tiles of ``size`` x ``size`` pixels (smaller at the right/bottom edges), row-major.
+
+        Tile ids follow the EEA reference-grid style: size in metres, then the tile's lower-left corner in units of
+        that size (``E``/``N``), so ids are stable across runs and regions that share the grid.
+        """
+        if size <= 0:
+            raise GridError(f"tile size must be positive, got {size}")
+        extent = size * self.resolution
+        label = f"{int(extent)}m" if extent < 1000 else f"{extent / 1000:g}km"
+        for row, y0 in enumerate(range(0, self.height, size)):
+            for col, x0 in enumerate(range(0, self.width, size)):
+                h, w = min(size, self.height - y0), min(size, self.width - x0)
+                east = (self.left + x0 * self.resolution) / extent
+                north = (self.top - (y0 + h) * self.resolution) / extent
+                yield Tile(row, col, y0, x0, h, w, f"{label}E{east:g}N{north:g}")
+
+    def n_tiles(self, size: int) -> tuple[int, int]:
+        """(rows, cols) of tiles of ``size`` pixels."""
+        return (-(-self.height // size), -(-self.width // size))
+
+    def halo(self, tile: Tile, halo: int) -> tuple[tuple[slice, slice], tuple[tuple[int, int], tuple[int, int]]]:
+        """Slices of ``tile`` grown by ``halo`` pixels and clipped to the grid, and the padding that clipping removed.
+
+        Returns ``((ys, xs), ((pad_top, pad_bottom), (pad_left, pad_right)))`` so a caller can pad the read window
+        back to a full ``tile + 2 * halo`` block.
+        """
+        if halo < 0:
+            raise GridError(f"halo must be >= 0, got {halo}")
+        y0, y1 = tile.y0 - halo, tile.y0 + tile.height + halo
+        x0, x1 = tile.x0 - halo, tile.x0 + tile.width + halo
+        pad = ((max(0, -y0), max(0, y1 - self.height)), (max(0, -x0), max(0, x1 - self.width)))
+        ys = slice(max(0, y0), min(self.height, y1))
+        xs = slice(max(0, x0), min(self.width, x1))
+        return (ys, xs), pad
+
+    # --- CF metadata ---------------------------------------------------------------------------------------------
+    def spatial_ref_attrs(self) -> dict[str, object]:
+        """CF ``grid_mapping`` attributes (as rioxarray writes them) for the ``spatial_ref`` coordinate."""
+        attrs: dict[str, object] = dict(self.crs.to_cf())
+        attrs["spatial_ref"] = self.crs.to_wkt()
+        attrs["crs_wkt"] = self.crs.to_wkt()
+        t = self.transform
+        attrs["GeoTransform"] = " ".join(str(v) for v in (t.c, t.a, t.b, t.f, t.d, t.e))
+        return attrs
+
+    def coords(self) -> dict[str, object]:
+        """xarray coordinates ``y``, ``x`` (cell centres, metres) and ``spatial_ref`` for this grid."""
+        import xarray as xr
+
+        return {
+            "y": xr.Variable("y", self.y, {"units": "metre", "standard_name": "projection_y_coordinate", "axis": "Y"}),
+            "x": xr.Variable("x", self.x, {"units": "metre", "standard_name": "projection_x_coordinate", "axis": "X"}),
+            "spatial_ref": xr.Variable((), np.int32(0), self.spatial_ref_attrs()),
+        }
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "resolution": self.resolution,
+            "left": self.left,
+            "top": self.top,
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+def _intersects(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
+
+
+def _to_3035() -> Transformer:
+    return Transformer.from_crs(4326, EPSG, always_xy=True)
+
+
+def _from_3035() -> Transformer:
+    return Transformer.from_crs(EPSG, 4326, always_xy=True)
+
+
+def to_grid_crs(x: np.ndarray, y: np.ndarray, crs: str | int | CRS) -> tuple[np.ndarray, np.ndarray]:
+    """Points from any CRS to EPSG:3035 (always x/lon first)."""
+    src = CRS.from_user_input(crs)
+    if src.to_epsg() == EPSG:
+        return np.asarray(x, dtype="float64"), np.asarray(y, dtype="float64")
+    tx, ty = Transformer.from_crs(src, EPSG, always_xy=True).transform(x, y)
+    return np.asarray(tx), np.asarray(ty)
