@@ -199,9 +199,10 @@ class Grid:
         for row, y0 in enumerate(range(0, self.height, size)):
             for col, x0 in enumerate(range(0, self.width, size)):
                 h, w = min(size, self.height - y0), min(size, self.width - x0)
+                # Lower-left corner of the nominal (full-size) tile, so clipped edge tiles keep distinct ids.
                 east = (self.left + x0 * self.resolution) / extent
-                north = (self.top - (y0 + h) * self.resolution) / extent
-                yield Tile(row, col, y0, x0, h, w, f"{label}E{east:g}N{north:g}")
+                north = (self.top - (y0 + size) * self.resolution) / extent
+                yield Tile(row, col, y0, x0, h, w, f"{label}E{_fmt(east)}N{_fmt(north)}")
 
     def n_tiles(self, size: int) -> tuple[int, int]:
         """(rows, cols) of tiles of ``size`` pixels."""
@@ -250,6 +251,11 @@ class Grid:
             "width": self.width,
             "height": self.height,
         }
+
+
+def _fmt(value: float) -> str:
+    rounded = round(value, 6)
+    return str(int(rounded)) if rounded == int(rounded) else f"{rounded:.6f}".rstrip("0")
 
 
 def _intersects(a: tuple[float, ...], b: tuple[float, ...]) -> bool:

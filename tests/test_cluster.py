@@ -1,0 +1,127 @@
+"""The one cluster entry point: local, an existing scheduler (real processes), and the Kubernetes resource."""
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from geoplantnet.cluster import (
+    ClusterError,
+    cluster_resources,
+    connect,
+    kubernetes_spec,
+    require_resources,
+    task_resources,
+)
+from geoplantnet.config import ClusterConfig, KubernetesConfig
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_local_cluster_runs_tasks_and_has_no_gpu():
+    with connect(ClusterConfig(n_workers=1, memory_limit="1GiB")) as client:
+        assert client.submit(lambda x: x + 1, 1).result() == 2
+        assert task_resources(client) is None
+        with pytest.raises(ClusterError, match="would wait forever"):
+            require_resources(client, {"GPU": 1})
+
+
+@pytest.fixture
+def scheduler_with_gpu_worker():
+    """A real `dask scheduler` and two `dask worker` processes on loopback, one advertising GPU=1."""
+    port = _free_port()
+    bindir = Path(sys.executable).parent
+    dask = shutil.which("dask", path=str(bindir))
+    address = f"tcp://127.0.0.1:{port}"
+    procs = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    common = ["--nthreads", "1", "--memory-limit", "1GiB", "--host", "127.0.0.1", "--dashboard-address", ":0"]
+    procs.append(subprocess.Popen([dask, "worker", address, *common, "--resources", "GPU=1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    procs.append(subprocess.Popen([dask, "worker", address, *common],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        yield address
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_existing_scheduler_with_gpu_resource(scheduler_with_gpu_worker):
+    cfg = ClusterConfig(kind="address", address=scheduler_with_gpu_worker)
+    with connect(cfg) as client:
+        client.wait_for_workers(2, timeout=60)
+        assert cluster_resources(client) == {"GPU": 1.0}
+        assert task_resources(client) == {"GPU": 1}
+        require_resources(client, {"GPU": 1})
+        # a GPU-tagged task lands on the worker that advertises the resource
+        gpu_workers = {a for a, w in client.scheduler_info()["workers"].items() if w.get("resources")}
+        fut = client.submit(lambda: 1, resources={"GPU": 1}, pure=False)
+        assert fut.result(timeout=30) == 1
+        assert set(client.who_has(fut)[fut.key]) <= gpu_workers
+    # connect() never closes a scheduler it did not start
+    with connect(cfg) as client:
+        assert client.submit(lambda: 2).result(timeout=30) == 2
+
+
+def test_unreachable_scheduler_is_one_clear_error():
+    start = time.monotonic()
+    cfg = ClusterConfig(kind="address", address=f"tcp://127.0.0.1:{_free_port()}")
+    with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"), connect(cfg):
+        pass
+    assert time.monotonic() - start < 60
+
+
+def test_kubernetes_spec_validates_against_the_dask_operator_crd():
+    import jsonschema
+    from dask_kubernetes.operator import customresources
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT7
+
+    # The CRD's schema is a $ref into the operator's templates.yaml (python:// URIs); Kubernetes core types (PodSpec)
+    # point at a schema bundle not shipped in the wheel, so those are accepted as-is and the Dask structure is checked.
+    folder = Path(customresources.__path__[0])
+
+    k8s_names = set(re.findall(r"k8s-[\d.]+\.json#/definitions/([\w.]+)", (folder / "templates.yaml").read_text()))
+
+    def retrieve(uri: str) -> Resource:
+        if uri.startswith("python://dask_kubernetes/operator/customresources/"):
+            doc = yaml.safe_load((folder / uri.rsplit("/", 1)[1]).read_text())
+        else:
+            doc = {"definitions": {name: {"type": "object"} for name in k8s_names}}
+        return Resource.from_contents(doc, default_specification=DRAFT7)
+
+    crd = yaml.safe_load((folder / "daskcluster.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    validator = jsonschema.Draft7Validator(schema, registry=Registry(retrieve=retrieve))
+    cfg = ClusterConfig(kind="kubernetes", kubernetes=KubernetesConfig(worker_gpus=1, namespace="maps"))
+    spec = kubernetes_spec(cfg)
+    validator.validate(spec)
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({**spec, "spec": {**spec["spec"], "worker": {"replicas": "four"}}})
+    worker = spec["spec"]["worker"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "GPU=1" in worker["args"]
+    scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in scheduler["resources"]["limits"]
+    assert spec["metadata"]["namespace"] == "maps"
