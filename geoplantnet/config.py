@@ -138,6 +138,45 @@ class StoreConfig(_Section):
     storage_options: dict[str, Any] = {}
 
 
+class ModelConfig(_Section):
+    """The multimodal species network's sizes (built from this, never downloaded)."""
+
+    patch_size: int = Field(16, ge=4, description="Sentinel-2 patch side in cube pixels")
+    env_patch_size: int = Field(5, ge=1, description="environmental patch side in map pixels")
+    width: int = Field(32, ge=4, description="channels of the patch CNN")
+    depth: int = Field(3, ge=1)
+    series_hidden: int = Field(32, ge=4)
+    env_hidden: int = Field(32, ge=4)
+    fusion_hidden: int = Field(128, ge=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class TrainConfig(_Section):
+    """Training: optimisation, presence-only handling, device, seeds."""
+
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(6, ge=1, description="early stopping on the spatial validation split")
+    seed: int = 0
+    po_loss: Literal["full_weighted", "assume_negative"] = "full_weighted"
+    background: Literal["target_group", "uniform"] = "target_group"
+    n_background: int = Field(2000, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = True
+
+
+class ValidationConfig(_Section):
+    """Spatial block cross-validation and metrics."""
+
+    block_size_m: float | None = Field(None, gt=0, description="None: from the residual/predictor autocorrelation")
+    folds: int = Field(5, ge=2)
+    top_k: int = Field(10, ge=1)
+    threshold: float = Field(0.5, gt=0, lt=1)
+    seed: int = 0
+
+
 class RunConfig(_Section):
     """Everything one run needs; nothing else reads settings."""
 
@@ -149,6 +188,9 @@ class RunConfig(_Section):
     cube: CubeConfig = CubeConfig()
     cluster: ClusterConfig = ClusterConfig()
     store: StoreConfig = StoreConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    validation: ValidationConfig = ValidationConfig()
 
     def to_attrs(self) -> dict[str, str]:
         """The resolved configuration as a JSON string attribute, for output stores."""

@@ -125,3 +125,12 @@ def test_kubernetes_spec_validates_against_the_dask_operator_crd():
     scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in scheduler["resources"]["limits"]
     assert spec["metadata"]["namespace"] == "maps"
+
+
+def test_committed_deploy_resource_matches_the_pipeline():
+    from geoplantnet.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "pipelines" / "kubernetes.yaml", environ={})
+    committed = yaml.safe_load((root / "deploy" / "kubernetes" / "daskcluster.yaml").read_text())
+    assert committed == kubernetes_spec(cfg.cluster), "re-render: geoplantnet cluster spec -c pipelines/kubernetes.yaml"

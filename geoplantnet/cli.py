@@ -1,0 +1,143 @@
+"""The ``geoplantnet`` command: thin sub-commands over the run configurations in ``pipelines/``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from geoplantnet.config import RunConfig, load_config
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml"
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None,
+        help="run configuration YAML (default: pipelines/default.yaml)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set cube.resolution=10 (repeatable; env GEOPLANTNET__CUBE__RESOLUTION too)",
+    )
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    return load_config(args.config, args.overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from geoplantnet.jobs import run_composites
+
+    result = run_composites(cfg, progress=not args.quiet)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from geoplantnet.sim.region import generate_region
+
+    cfg = _config(args)
+    out = args.out or Path(cfg.workdir) / "region"
+    manifest = generate_region(cfg, Path(out), progress=not args.quiet)
+    print(f"virtual region ready: {manifest.root / 'region.json'}")
+    return 0
+
+
+def _cmd_stac_serve(args: argparse.Namespace) -> int:
+    from geoplantnet.sim.region import RegionManifest
+    from geoplantnet.stac_server import serve_forever
+
+    manifest = RegionManifest.load(args.region)
+    serve_forever(args.backend, args.host, args.port, manifest.collections())
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    print(_config(args).to_yaml(), end="")
+    return 0
+
+
+def _cmd_cluster_spec(args: argparse.Namespace) -> int:
+    import yaml
+
+    from geoplantnet.cluster import kubernetes_spec
+
+    print(yaml.safe_dump(kubernetes_spec(_config(args).cluster), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (sub-commands with their own ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="geoplantnet", description="Plant biodiversity maps of Europe from Sentinel-2 on Dask."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the main job (region -> STAC -> cube -> composites Zarr + PNG)")
+    _add_config_args(run)
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    run.set_defaults(func=_cmd_run)
+
+    sim = sub.add_parser("simulate", help="generate the virtual region (imagery, environment, species, observations)")
+    _add_config_args(sim)
+    sim.add_argument("--out", type=Path, default=None, help="output folder (default: <workdir>/region)")
+    sim.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    sim.set_defaults(func=_cmd_simulate)
+
+    stac = sub.add_parser("stac", help="STAC API server commands")
+    stac_sub = stac.add_subparsers(dest="stac_command", required=True, metavar="SUBCOMMAND")
+    serve = stac_sub.add_parser("serve", help="serve a generated region's collections on loopback until Ctrl-C")
+    serve.add_argument("region", type=Path, help="a region folder (with region.json) from `geoplantnet simulate`")
+    serve.add_argument("--backend", choices=["memory", "pgstac"], default="memory")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    serve.set_defaults(func=_cmd_stac_serve)
+
+    config = sub.add_parser("config", help="configuration commands")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    show = config_sub.add_parser("show", help="print the resolved configuration as YAML")
+    _add_config_args(show)
+    show.set_defaults(func=_cmd_config_show)
+
+    cluster = sub.add_parser("cluster", help="cluster commands")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="SUBCOMMAND")
+    spec = cluster_sub.add_parser("spec", help="print the dask-kubernetes DaskCluster resource for the configuration")
+    _add_config_args(spec)
+    spec.set_defaults(func=_cmd_cluster_spec)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run one sub-command; user errors become one line on stderr and exit status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("geoplantnet: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as exc:
+        if args.verbose:
+            raise
+        print(f"geoplantnet: error: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Environmental predictors (climate, soil, terrain, land cover) warped lazily onto the grid as ``(var, y, x)``.
+
+Layers come as STAC items whose assets are single-band COGs in any CRS (asset key = variable name); user GeoTIFFs
+become such items on the fly (:func:`from_geotiffs`), so every raster goes through the same stackstac path as the
+Sentinel-2 cube. Continuous variables are resampled bilinearly, categorical ones (land cover) by nearest neighbour,
+so class codes are never averaged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pystac
+import rasterio
+import stackstac
+import xarray as xr
+from rasterio.errors import RasterioError
+
+from geoplantnet.cube import CubeError, stack_items
+from geoplantnet.grid import Grid
+from geoplantnet.stac_items import AssetSpec, item_from_cogs
+
+CATEGORICAL = frozenset({"land_cover"})
+# Fallback units where an asset's raster:bands has no "unit".
+DEFAULT_UNITS: dict[str, str] = {
+    "elevation": "m",
+    "temperature": "degC",
+    "precipitation": "mm",
+    "seasonality": "1",
+    "soil_ph": "pH",
+    "land_cover": "class",
+}
+# Static layers have no acquisition date; STAC still needs one.
+STATIC_DATETIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+class PredictorError(CubeError):
+    """Predictor layers that cannot be stacked (one line naming the variable, item or file)."""
+
+
+def _assets(item: pystac.Item) -> dict[str, pystac.Asset]:
+    return {k: a for k, a in item.assets.items() if "data" in (a.roles or ["data"])}
+
+
+def _unit(items: Sequence[pystac.Item], var: str) -> str:
+    for item in items:
+        bands = item.assets[var].extra_fields.get("raster:bands") or [{}]
+        if bands[0].get("unit"):
+            return str(bands[0]["unit"])
+    return DEFAULT_UNITS.get(var, "")
+
+
+def environment_stack(
+    items: Iterable[pystac.Item],
+    grid: Grid,
+    *,
+    variables: Sequence[str] | None = None,
+    resampling: Mapping[str, str] | None = None,
+    chunk: int = 512,
+    categorical: Collection[str] = CATEGORICAL,
+    check_assets: bool = False,
+) -> xr.DataArray:
+    """Lazy float32 ``(var, y, x)`` of environmental layers on ``grid``; nodata -> NaN, chunks (1, c, c).
+
+    ``variables`` defaults to every data asset key in ``items`` (first-seen order). ``resampling`` overrides the
+    per-variable default ("nearest" for ``categorical`` variables, else "bilinear"). Where several items hold one
+    variable (tiles of a layer), the first item with data wins per pixel. Coords ``units`` and ``resampling`` run
+    along ``var``.
+    """
+    items = list(items)
+    if not items:
+        raise PredictorError(f"search returned no items for environment_stack on grid bounds {grid.bounds}")
+    available: dict[str, list[pystac.Item]] = {}
+    for item in items:
+        for key in _assets(item):
+            available.setdefault(key, []).append(item)
+    names = list(variables) if variables is not None else list(available)
+    overrides = dict(resampling or {})
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise PredictorError(f"resampling given for {unknown}, which are not among the variables {names}")
+
+    layers, units, methods = [], [], []
+    for var in names:
+        holders = available.get(var)
+        if not holders:
+            raise PredictorError(f"no item has an asset for variable {var!r} (assets: {', '.join(available)})")
+        method = overrides.get(var, "nearest" if var in categorical else "bilinear")
+        stack = stack_items(
+            holders,
+            grid,
+            [var],
+            resampling=method,
+            chunk=chunk,
+            check_assets=check_assets,
+            what=f"environment_stack variable {var!r}",
+        ).isel(band=0, drop=True)
+        layer = stack.isel(time=0) if stack.sizes["time"] == 1 else stackstac.mosaic(stack, dim="time", reverse=True)
+        layers.append(layer.drop_vars([c for c in layer.coords if c not in ("y", "x", "spatial_ref")]))
+        units.append(_unit(holders, var))
+        methods.append(method)
+    out = xr.concat(layers, dim="var", coords="minimal", compat="override", join="exact")
+    out = out.assign_coords(var=names, units=("var", units), resampling=("var", methods))
+    out.name = "predictors"
+    out.attrs = {"long_name": "environmental predictors", "grid_mapping": "spatial_ref", "crs": f"EPSG:{grid.epsg}"}
+    return out
+
+
+def from_geotiffs(
+    paths: Sequence[str | os.PathLike[str]] | Mapping[str, str | os.PathLike[str]],
+    *,
+    when: datetime = STATIC_DATETIME,
+    collection: str = "user-predictors",
+    units: Mapping[str, str] | None = None,
+) -> list[pystac.Item]:
+    """One STAC item per single-band GeoTIFF (any EPSG CRS); the asset key is the mapping key or the file stem.
+
+    The files are only opened for their headers; pass the items to :func:`environment_stack`.
+    """
+    named = dict(paths) if isinstance(paths, Mapping) else {Path(p).stem: p for p in paths}
+    if not named:
+        raise PredictorError("from_geotiffs: no paths given")
+    if not isinstance(paths, Mapping) and len(named) != len(paths):
+        raise PredictorError(f"from_geotiffs: file stems collide in {[str(p) for p in paths]}; pass a mapping")
+    items = []
+    for var, path in named.items():
+        href = str(Path(path).resolve())
+        try:
+            with rasterio.open(href) as ds:
+                if ds.count != 1:
+                    raise PredictorError(f"{href}: {ds.count} bands; predictors must be single-band GeoTIFFs")
+            item = item_from_cogs(f"{collection}-{var}", when, [AssetSpec(var, href)], collection=collection)
+        except (RasterioError, OSError) as e:
+            raise PredictorError(f"{href}: cannot open as a raster: {' '.join(str(e).split())}") from e
+        except PredictorError:
+            raise
+        except ValueError as e:  # item_from_cogs: no EPSG code
+            raise PredictorError(str(e)) from e
+        unit = (units or {}).get(var) or DEFAULT_UNITS.get(var)
+        if unit:
+            item.assets[var].extra_fields["raster:bands"][0]["unit"] = unit
+        items.append(item)
+    return items
+
+
+def one_hot(land_cover: xr.DataArray, classes: Sequence[int], *, name: str | None = None) -> xr.DataArray:
+    """Float32 ``(var, y, x)`` indicator layers ``{name}_{class}`` (1/0, NaN where the input is NaN); lazy.
+
+    ``land_cover`` is a ``(y, x)`` layer, e.g. ``stack.sel(var="land_cover")``; concatenate the result with the
+    stack along ``var``.
+    """
+    if not classes:
+        raise PredictorError("one_hot: no classes given")
+    base = name or str(land_cover.coords["var"].item() if "var" in land_cover.coords else land_cover.name or "class")
+    lc = land_cover.drop_vars([c for c in land_cover.coords if c not in ("y", "x", "spatial_ref")])
+    valid = lc.notnull()
+    layers = [(lc == c).astype("float32").where(valid) for c in classes]
+    out = xr.concat(layers, dim="var").assign_coords(var=[f"{base}_{int(c)}" for c in classes])
+    out = out.assign_coords(units=("var", ["1"] * len(classes)), resampling=("var", ["nearest"] * len(classes)))
+    out.attrs = {"long_name": f"one-hot {base}", "grid_mapping": "spatial_ref"}
+    return out

@@ -1,0 +1,111 @@
+"""Tiny seeded Sentinel-2-like COGs and STAC items for the cube and predictor tests (real files, real items)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pystac
+from pyproj import Transformer
+
+from geoplantnet.cog import write_cog
+from geoplantnet.grid import Grid
+from geoplantnet.stac_items import AssetSpec, item_from_cogs
+
+# Near 10°E 50°N: inside UTM zone 32N, so a UTM item and an EPSG:3035 item can cover the same grid.
+ORIGIN = (4_321_000.0, 2_981_000.0)
+BANDS_10M = ("B02", "B03", "B04", "B08")
+BANDS_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
+ALL_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+SCALE, OFFSET = 1e-4, -0.1  # L2A processing baseline >= 04.00
+
+
+def small_grid(resolution: float = 10.0, size: int = 64) -> Grid:
+    return Grid.from_origin(*ORIGIN, resolution, size, size)
+
+
+def dn(band: str, t: int, shape: tuple[int, int]) -> np.ndarray:
+    """Known uint16 digital numbers: distinct per band, date, row and column."""
+    rows, cols = np.indices(shape)
+    return (1000 + 200 * ALL_BANDS.index(band) + 50 * t + 3 * rows + cols).astype("uint16")
+
+
+def scl(t: int, shape: tuple[int, int]) -> np.ndarray:
+    """A scene classification with vegetation (4) and a known scatter of cloud (9), shadow (3), snow (11), no data."""
+    rows, cols = np.indices(shape)
+    out = np.full(shape, 4, dtype="uint8")
+    out[(rows + 2 * cols + t) % 7 == 0] = 9
+    out[(rows * cols + t) % 11 == 1] = 3
+    out[(rows + t) % 13 == 5] = 11
+    out[0, t % shape[1]] = 0
+    return out
+
+
+def write_s2_item(
+    folder: Path,
+    grid10: Grid,
+    when: datetime,
+    t: int,
+    *,
+    bands: Sequence[str] = ALL_BANDS,
+    with_scl: bool = True,
+    zero: Sequence[tuple[str, int, int]] = (),
+    item_id: str | None = None,
+) -> pystac.Item:
+    """One L2A-like item: 10 m bands on ``grid10``, 20 m bands and SCL on the 20 m grid; ``zero`` sets nodata."""
+    item_id = item_id or f"S2_T{t:02d}_{when:%Y%m%d}"
+    grid20 = grid10.at_resolution(grid10.resolution * 2)
+    specs = []
+    for band in bands:
+        g = grid10 if band in BANDS_10M else grid20
+        arr = dn(band, t, g.shape)
+        for b, r, c in zero:
+            if b == band:
+                arr[r, c] = 0
+        path = write_cog(folder / item_id / f"{band}.tif", arr, g.transform, 3035, nodata=0, blocksize=256)
+        specs.append(AssetSpec(band, str(path), scale=SCALE, offset=OFFSET))
+    if with_scl:
+        path = write_cog(folder / item_id / "SCL.tif", scl(t, grid20.shape), grid20.transform, 3035, nodata=0)
+        specs.append(AssetSpec("SCL", str(path)))
+    return item_from_cogs(item_id, when, specs, collection="sentinel-2-l2a", properties={"eo:cloud_cover": 10.0 * t})
+
+
+def write_s2_series(folder: Path, grid10: Grid, dates: Sequence[datetime], **kwargs: object) -> list[pystac.Item]:
+    return [write_s2_item(folder, grid10, when, t, **kwargs) for t, when in enumerate(dates)]  # type: ignore[arg-type]
+
+
+def utm_ramp(e: np.ndarray, n: np.ndarray, e0: float, n0: float) -> np.ndarray:
+    """A smooth DN field defined in UTM 32N coordinates (so reprojected values can be checked analytically)."""
+    return 1000.0 + (e - e0) / 10.0 + (n - n0) / 20.0
+
+
+def write_ramp_item(folder: Path, grid: Grid, when: datetime, epsg: int, item_id: str) -> tuple[pystac.Item, tuple]:
+    """A B04 item whose DN is :func:`utm_ramp`, written natively in ``epsg`` (32632 or 3035) over ``grid`` + margin."""
+    from affine import Affine
+
+    to_utm = Transformer.from_crs(3035, 32632, always_xy=True)
+    e0, n0, e1, n1 = to_utm.transform_bounds(*grid.bounds, densify_pts=21)
+    e0, n0 = np.floor(e0 / 10) * 10 - 100, np.floor(n0 / 10) * 10 - 100
+    if epsg == 32632:
+        width, height = int((e1 - e0) // 10) + 20, int((n1 - n0) // 10) + 20
+        transform = Affine(10.0, 0.0, e0, 0.0, -10.0, n0 + height * 10.0)
+        e, n = np.meshgrid(e0 + (np.arange(width) + 0.5) * 10.0, n0 + height * 10.0 - (np.arange(height) + 0.5) * 10.0)
+    else:
+        big = Grid.from_bounds(
+            (grid.left - 100, grid.bottom - 100, grid.right + 100, grid.top + 100), grid.resolution, check_europe=False
+        )
+        transform = big.transform
+        x, y = np.meshgrid(big.x, big.y)
+        e, n = to_utm.transform(x, y)
+    arr = np.round(utm_ramp(np.asarray(e), np.asarray(n), e0, n0)).astype("uint16")
+    path = write_cog(folder / item_id / "B04.tif", arr, transform, epsg, nodata=0)
+    item = item_from_cogs(item_id, when, [AssetSpec("B04", str(path), scale=SCALE, offset=OFFSET)])
+    return item, (e0, n0)
+
+
+def dates(n: int, start: datetime = datetime(2023, 1, 5, tzinfo=UTC), step_days: int = 23) -> list[datetime]:
+    from datetime import timedelta
+
+    return [start + timedelta(days=step_days * i) for i in range(n)]
