@@ -1,0 +1,136 @@
+"""Metrics against scikit-learn and hand-computed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, roc_auc_score
+
+from geoplantnet.config import ValidationConfig
+from geoplantnet.validation.metrics import (
+    MetricsError,
+    auc_per_species,
+    cross_validate,
+    evaluate,
+    expected_calibration_error,
+    f1_threshold,
+    f1_top_k,
+    per_species,
+    reliability_table,
+    top_k_mask,
+    truth_correlation,
+    tss_max_per_species,
+    tss_per_species,
+)
+
+
+def _random_case(seed: int = 0, n: int = 300, s: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    probs = rng.random((n, s))
+    labels = (rng.random((n, s)) < probs).astype("int8")
+    labels[rng.random((n, s)) < 0.2] = -1
+    return labels, probs
+
+
+def test_auc_matches_sklearn_and_ignores_unknowns() -> None:
+    labels, probs = _random_case()
+    labels[:, 5] = np.where(labels[:, 5] == -1, -1, 1)  # one class only -> NaN
+    auc = auc_per_species(labels, probs)
+    for s in range(5):
+        known = labels[:, s] >= 0
+        assert auc[s] == pytest.approx(roc_auc_score(labels[known, s], probs[known, s]))
+    assert np.isnan(auc[5])
+
+
+def test_tss_toy_case() -> None:
+    y = np.array([1, 1, 1, 0, 0, 0, 0, -1])
+    p = np.array([0.9, 0.8, 0.3, 0.6, 0.2, 0.1, 0.05, 0.99])
+    # Threshold 0.5: sensitivity 2/3, specificity 3/4 -> 5/12.
+    assert tss_per_species(y, p, 0.5)[0] == pytest.approx(2 / 3 + 3 / 4 - 1)
+    # Best threshold 0.3: sensitivity 1, specificity 3/4 -> 0.75.
+    assert tss_max_per_species(y, p)[0] == pytest.approx(0.75)
+
+
+def test_f1_top_k_hand_computed() -> None:
+    labels = np.array([[1, 1, 0, 0], [0, 0, 0, 1]])
+    probs = np.array([[0.9, 0.1, 0.8, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    # top-2: row 0 predicts {0, 2} (tp 1, |T| 2, |P| 2 -> F1 1/2); row 1 predicts {3, 2} (tp 1, 1, 2 -> 2/3).
+    micro, samples = f1_top_k(labels, probs, 2)
+    assert micro == pytest.approx(2 * 2 / (3 + 4))
+    assert samples == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert top_k_mask(probs, 2).sum(axis=1).tolist() == [2, 2]
+
+
+def test_f1_matches_sklearn() -> None:
+    labels, probs = _random_case(1)
+    labels = np.where(labels < 0, 0, labels)
+    pred = probs >= 0.5
+    micro, samples = f1_threshold(labels, probs, 0.5)
+    assert micro == pytest.approx(f1_score(labels, pred, average="micro"))
+    assert samples == pytest.approx(f1_score(labels, pred, average="samples", zero_division=1.0))
+    micro_k, samples_k = f1_top_k(labels, probs, 3)
+    top = top_k_mask(probs, 3)
+    assert micro_k == pytest.approx(f1_score(labels, top, average="micro"))
+    assert samples_k == pytest.approx(f1_score(labels, top, average="samples", zero_division=1.0))
+
+
+def test_calibration_perfect_and_biased() -> None:
+    rng = np.random.default_rng(2)
+    p = rng.random((20_000, 1))
+    y = (rng.random(p.shape) < p).astype("int8")
+    assert expected_calibration_error(y, p) < 0.02
+    assert expected_calibration_error(y, p**3) > 0.15
+    table = reliability_table(y, p, n_bins=5)
+    assert table["n"].sum() == 20_000 and len(table) == 5
+    assert np.allclose(table["observed_frequency"], table["mean_predicted"], atol=0.03)
+
+
+def test_truth_correlation() -> None:
+    rng = np.random.default_rng(3)
+    truth = rng.random((500, 4))
+    out = truth_correlation(truth**2, truth)
+    assert out["spearman"] == pytest.approx(1.0)
+    assert 0.9 < out["pearson"] < 1.0 and 0.9 < out["pearson_species_mean"] < 1.0
+    with pytest.raises(MetricsError, match="same shape"):
+        truth_correlation(truth, truth[:, :2])
+
+
+def test_evaluate_and_per_species() -> None:
+    labels, probs = _random_case(4)
+    source = np.array(["pa", "po", "bg"] * 100)
+    labels[source == "pa"] = np.where(labels[source == "pa"] < 0, 0, labels[source == "pa"])
+    cfg = ValidationConfig(top_k=2, threshold=0.5)
+    out = evaluate(labels, probs, source, cfg, true_probs=probs)
+    assert 0.6 < out["auc"] < 1.0 and 0.6 < out["auc_pa"] < 1.0
+    assert out["f1_micro_topk"] == pytest.approx(f1_top_k(labels[source == "pa"], probs[source == "pa"], 2)[0])
+    assert out["pearson"] == pytest.approx(1.0)
+    no_pa = evaluate(labels, probs, np.array(["po"] * 300), cfg)
+    assert np.isnan(no_pa["f1_micro_topk"]) and np.isnan(no_pa["ece"])
+    table = per_species(labels, probs, species=list("abcdef"), threshold=0.5, true_probs=probs)
+    assert list(table["species"]) == list("abcdef") and np.allclose(table["pearson"], 1.0)
+    assert table["auc"].to_numpy() == pytest.approx(auc_per_species(labels, probs))
+
+
+def test_cross_validate_structure() -> None:
+    labels, probs = _random_case(5)
+
+    class Oracle:  # predicts the stored probabilities back: a real model without training
+        def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray) -> Oracle:
+            return self
+
+        def predict_proba(self, X: np.ndarray) -> np.ndarray:
+            return probs[X[:, 0].astype(int)]
+
+    X = np.arange(len(labels), dtype=float)[:, None]
+    res = cross_validate(Oracle, X, labels, np.array(["pa"] * len(labels)), np.arange(len(labels)) % 3)
+    assert len(res["folds"]) == 3 and set(res["per_species"]["fold"]) == {0, 1, 2}
+    assert np.allclose(res["oof"], probs)
+
+
+def test_bad_input_errors() -> None:
+    with pytest.raises(MetricsError, match="same"):
+        auc_per_species(np.zeros((3, 2)), np.zeros((3, 3)))
+    with pytest.raises(MetricsError, match="-1/0/1"):
+        auc_per_species(np.full((3, 2), 2), np.zeros((3, 2)))
+    with pytest.raises(MetricsError, match="one entry per sample"):
+        evaluate(np.zeros((3, 2)), np.zeros((3, 2)), np.array(["pa"]))
