@@ -1,0 +1,284 @@
+"""A real STAC API on loopback: ``rustac serve`` in memory, or over pgstac on a private PostgreSQL + PostGIS cluster.
+
+The in-memory backend starts in about a second and needs nothing else (the demo uses it), but its ``query``/``filter``
+return nothing, which is why :mod:`geoplantnet.catalog` re-checks filters on the client. The pgstac backend is the
+production shape (PostgreSQL 15 + PostGIS, schema by ``pypgstac migrate``) and is what the tests search against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+PG_BIN = Path(os.environ.get("GEOPLANTNET_PG_BIN", "/usr/lib/postgresql/15/bin"))
+Backend = Literal["memory", "pgstac"]
+# Properties searches sort and filter on; pgstac ignores sortby on properties it does not know as queryables.
+QUERYABLES = {
+    "eo:cloud_cover": ('{"type": "number", "minimum": 0, "maximum": 100}', "to_float"),
+    "platform": ('{"type": "string"}', "to_text"),
+}
+
+
+class StacServerError(RuntimeError):
+    """The server or its database could not start, load or stop (the message says which step and why)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _rustac() -> str:
+    exe = shutil.which("rustac", path=str(Path(sys.executable).parent)) or shutil.which("rustac")
+    if not exe:
+        raise StacServerError("the `rustac` command is missing: pip install 'geoplantnet[stac]'")
+    return exe
+
+
+def _tail(path: Path, n: int = 8) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _check_pair(collection: Path, items: Path) -> None:
+    for path in (collection, items):
+        if not Path(path).is_file():
+            raise StacServerError(f"cannot load {path}: no such file")
+    try:
+        json.loads(Path(collection).read_text())["id"]
+    except (ValueError, KeyError, TypeError):
+        raise StacServerError(f"{collection} is not a STAC collection JSON (no 'id')") from None
+
+
+class _Postgres:
+    """A throwaway PostgreSQL cluster in a temporary folder, on 127.0.0.1 only, owned by an unprivileged user."""
+
+    def __init__(self, root: Path) -> None:
+        if not (PG_BIN / "initdb").exists():
+            raise StacServerError(f"PostgreSQL 15 not found in {PG_BIN}: run scripts/install_postgis.sh")
+        if not Path("/usr/share/postgresql/15/extension/postgis.control").exists():
+            raise StacServerError("PostGIS is not installed: run scripts/install_postgis.sh")
+        self.root = root
+        self.data = root / "pgdata"
+        self.port = free_port()
+        self.log = root / "postgres.log"
+        # initdb refuses to run as root; the server runs as the `postgres` system user then.
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            shutil.chown(root, "postgres")
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/stac"
+
+    def _run(self, *args: str) -> None:
+        proc = subprocess.run([*self._as, *args], capture_output=True, text=True)
+        if proc.returncode:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise StacServerError(f"{Path(args[0]).name} failed: {detail[0]} (log: {_tail(self.log)})")
+
+    def start(self) -> None:
+        self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c full_page_writes=off"
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.log), "-w", "start")
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+            conn.execute("CREATE DATABASE stac")
+            # Without this every search is a 500 (pgstac functions live in their own schema).
+            conn.execute("ALTER DATABASE stac SET search_path TO pgstac, public")
+        from pypgstac.db import PgstacDB
+        from pypgstac.migrate import Migrate
+
+        with PgstacDB(dsn=self.dsn) as db:
+            Migrate(db).run_migration()
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            for name, (definition, wrapper) in QUERYABLES.items():
+                conn.execute(
+                    "INSERT INTO pgstac.queryables (name, definition, property_wrapper) VALUES (%s, %s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    (name, definition, wrapper),
+                )
+
+    def load(self, collection: Path, items: Path) -> None:
+        from pypgstac.db import PgstacDB
+        from pypgstac.load import Loader, Methods
+
+        with PgstacDB(dsn=self.dsn) as db:
+            loader = Loader(db=db)
+            loader.load_collections(str(collection), insert_mode=Methods.upsert)
+            loader.load_items(str(items), insert_mode=Methods.upsert)
+
+    def stop(self) -> None:
+        if self.data.exists():
+            subprocess.run(
+                [*self._as, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+                capture_output=True,
+            )
+
+
+class StacServer:
+    """A STAC API on ``host``; use as a context manager or call :meth:`start` / :meth:`stop`."""
+
+    def __init__(self, backend: Backend = "memory", host: str = "127.0.0.1", port: int = 0) -> None:
+        if backend not in ("memory", "pgstac"):
+            raise StacServerError(f"unknown STAC backend {backend!r} (memory or pgstac)")
+        if host not in ("127.0.0.1", "localhost"):
+            log.warning("serving the STAC API on %s, not loopback", host)
+        self.backend = backend
+        self.host = host
+        self.port = port or free_port(host)
+        self._root: Path | None = None
+        self._pg: _Postgres | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._hrefs: list[tuple[Path, Path]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def workdir(self) -> Path | None:
+        """The temporary folder of this server's logs and database (None when stopped)."""
+        return self._root
+
+    def start(self, collections: Sequence[tuple[Path, Path]] = (), timeout: float = 60.0) -> StacServer:
+        """Start the server with ``(collection.json, items.ndjson)`` pairs loaded; waits until it answers."""
+        for pair in collections:
+            _check_pair(*pair)
+        self._root = Path(tempfile.mkdtemp(prefix="geoplantnet-stac-"))
+        try:
+            if self.backend == "pgstac":
+                self._pg = _Postgres(self._root)
+                self._pg.start()
+            self._hrefs = [(Path(c), Path(i)) for c, i in collections]
+            if self._pg is not None:
+                for pair in self._hrefs:
+                    self._pg.load(*pair)
+            self._spawn(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, timeout: float) -> None:
+        assert self._root is not None
+        cmd = [_rustac(), "serve", "--addr", f"{self.host}:{self.port}"]
+        if self._pg is not None:
+            cmd += ["--pgstac", self._pg.dsn]
+        else:
+            cmd += [str(p) for pair in self._hrefs for p in pair]
+        logfile = self._root / "rustac.log"
+        with open(logfile, "wb") as out:
+            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise StacServerError(f"rustac serve exited with {self._proc.returncode}: {_tail(logfile)}")
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(f"{self.url}/collections", timeout=2) as resp,
+            ):
+                if resp.status == 200:
+                    return
+            time.sleep(0.1)
+        raise StacServerError(f"STAC API at {self.url} did not answer within {timeout:.0f} s: {_tail(logfile)}")
+
+    def load(self, collection: Path, items: Path) -> None:
+        """Add (or update) a collection and its items; the in-memory server restarts with the new set."""
+        _check_pair(collection, items)
+        pair = (Path(collection), Path(items))
+        if self._pg is not None:
+            self._pg.load(*pair)
+            return
+        if pair not in self._hrefs:
+            self._hrefs.append(pair)
+        self._kill()
+        self._spawn(60.0)
+
+    def _kill(self) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
+        self._proc = None
+
+    def stop(self) -> None:
+        """Stop the API and the database, and remove their temporary folder."""
+        self._kill()
+        if self._pg is not None:
+            self._pg.stop()
+            self._pg = None
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
+
+    def __enter__(self) -> StacServer:
+        if self._proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server(
+    backend: Backend, host: str, port: int, collections: Sequence[tuple[Path, Path]]
+) -> StacServer:
+    """Start a server of ``backend`` with ``collections`` loaded and return it (call ``.stop()`` when done)."""
+    return StacServer(backend, host, port).start(collections)
+
+
+@contextlib.contextmanager
+def serving(backend: Backend, collections: Sequence[tuple[Path, Path]]) -> Iterator[StacServer]:
+    """A server for the duration of a ``with`` block."""
+    server = start_server(backend, "127.0.0.1", 0, collections)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def serve_forever(backend: Backend, host: str, port: int, collections: Sequence[tuple[Path, Path]]) -> None:
+    """Serve until Ctrl-C or SIGTERM, printing the URL (for ``geoplantnet stac serve``)."""
+    server = start_server(backend, host, port, collections)
+    stop = False
+
+    def _handler(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _handler)
+    print(f"STAC API ({backend}) at {server.url} - Ctrl-C to stop", flush=True)
+    try:
+        while not stop and server._proc is not None and server._proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

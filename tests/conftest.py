@@ -1,0 +1,60 @@
+"""Shared fixtures: a small real STAC collection (COGs + items) and real STAC API servers on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pystac
+import pytest
+
+from geoplantnet.stac_items import collection_for, write_collection
+from geoplantnet.stac_server import StacServer
+
+COLLECTION = "test-s2"
+N_ITEMS = 30  # more than one page at limit=10
+
+
+@pytest.fixture(scope="session")
+def stac_collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[pystac.Item]]:
+    """30 one-band items over two years, with known cloud cover, written as collection.json + items.ndjson."""
+    from _cube_fixtures import dates, small_grid, write_s2_item
+
+    folder = tmp_path_factory.mktemp("stac")
+    grid = small_grid(10.0, 32)
+    items = []
+    for t, when in enumerate(dates(N_ITEMS, step_days=24)):
+        item = write_s2_item(folder, grid, when, t, bands=("B04",), with_scl=False)
+        item.collection_id = COLLECTION
+        item.properties["eo:cloud_cover"] = float((t * 37) % 100)
+        items.append(item)
+    coll = collection_for(COLLECTION, items, "tiny Sentinel-2-like test collection")
+    coll_path, items_path = write_collection(coll, items, folder / "catalog")
+    return coll_path, items_path, items
+
+
+def _server(backend: str, stac_collection) -> Iterator[StacServer]:
+    coll, items, _ = stac_collection
+    server = StacServer(backend).start([(coll, items)])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def memory_server(stac_collection) -> Iterator[StacServer]:
+    """rustac's in-memory STAC API with the test collection."""
+    yield from _server("memory", stac_collection)
+
+
+@pytest.fixture(scope="session")
+def pgstac_server(stac_collection) -> Iterator[StacServer]:
+    """rustac over pgstac on a private PostgreSQL + PostGIS cluster (scripts/install_postgis.sh installs them)."""
+    yield from _server("pgstac", stac_collection)
+
+
+@pytest.fixture(params=["memory", pytest.param("pgstac", marks=pytest.mark.pgstac)])
+def stac_server(request: pytest.FixtureRequest) -> StacServer:
+    """Each backend in turn."""
+    return request.getfixturevalue(f"{request.param}_server")
