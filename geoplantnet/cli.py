@@ -124,9 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run one sub-command; user errors become one line on stderr and exit status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Our own progress at INFO; Dask's chatter (workers joining, clients closing) only with --verbose.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("geoplantnet").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except KeyboardInterrupt:

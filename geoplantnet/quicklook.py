@@ -28,7 +28,9 @@ def composite_quicklook(composite: xr.DataArray, path: str | Path, *, title: str
     seasons = composite["time"].values
     has_ndvi = "ndvi" in composite["band"].values
     rows = 2 if has_ndvi else 1
-    fig, axes = plt.subplots(rows, len(seasons), figsize=(3.2 * len(seasons), 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, len(seasons), figsize=(3.2 * len(seasons) + 1, 3.0 * rows + 0.6), squeeze=False, layout="constrained"
+    )
     extent = (
         float(composite.x.min()),
         float(composite.x.max()),

@@ -36,6 +36,17 @@ class AssetSpec:
     roles: tuple[str, ...] = ("data",)
 
 
+def asset_href(href: str) -> str:
+    """A local path as an absolute ``file://`` URI; URLs unchanged.
+
+    A bare absolute path is a relative reference in URL terms: a STAC API (rustac) resolves it against its own
+    address and serves ``http://host/tmp/...``, which no reader can open. A file URI survives every server.
+    """
+    if "://" in href:
+        return href
+    return Path(href).resolve().as_uri()
+
+
 def _raster_meta(href: str) -> dict[str, object]:
     with rasterio.open(href) as ds:
         epsg = ds.crs.to_epsg() if ds.crs else None
@@ -114,7 +125,7 @@ def item_from_cogs(
         item.add_asset(
             spec.key,
             pystac.Asset(
-                href=str(spec.href),
+                href=asset_href(str(spec.href)),
                 media_type=pystac.MediaType.COG,
                 roles=list(spec.roles),
                 title=spec.key,

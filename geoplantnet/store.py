@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,9 @@ def _mark_complete(url: str, storage_options: Mapping[str, Any] | None) -> None:
     ) else str(_local_path(url))
     root = zarr.open_group(store, mode="r+")
     root.attrs[COMPLETE] = "true"
-    zarr.consolidate_metadata(store)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(store)
 
 
 def write_store(
@@ -118,14 +121,17 @@ def write_store(
         fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
         if fs.exists(path):
             fs.rm(path, recursive=True)
-    delayed = ds.to_zarr(
-        target,
-        mode="w",
-        encoding=enc,
-        consolidated=True,
-        compute=False,
-        storage_options=None if is_local(url) else dict(storage_options or {}),
-    )
+    with warnings.catch_warnings():
+        # Consolidated metadata is not (yet) in the Zarr v3 spec; zarr-python, xarray and GDAL read it all the same.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        delayed = ds.to_zarr(
+            target,
+            mode="w",
+            encoding=enc,
+            consolidated=True,
+            compute=False,
+            storage_options=None if is_local(url) else dict(storage_options or {}),
+        )
     if client is not None:
         future = client.compute(delayed)
         if show_progress:
