@@ -47,6 +47,13 @@ def asset_href(href: str) -> str:
     return Path(href).resolve().as_uri()
 
 
+def local_path(href: str) -> Path:
+    """The filesystem path of a local asset href (a ``file://`` URI or a plain path)."""
+    from urllib.parse import unquote, urlparse
+
+    return Path(unquote(urlparse(href).path)) if href.startswith("file:") else Path(href)
+
+
 def _raster_meta(href: str) -> dict[str, object]:
     with rasterio.open(href) as ds:
         epsg = ds.crs.to_epsg() if ds.crs else None
