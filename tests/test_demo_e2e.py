@@ -1,0 +1,80 @@
+"""The main job end to end, as a user runs it: virtual region -> STAC API -> cube on Dask -> Zarr + PNG -> notebook."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rioxarray  # noqa: F401  (registers .rio)
+import xarray as xr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALL = [
+    "grid.width_m=2000",
+    "grid.height_m=1500",
+    "sim.dates_per_season=2",
+    "sim.n_species=40",
+    "sim.n_habitats=8",
+    "sim.n_plots=60",
+    "sim.n_presence_only=300",
+    "cube.chunk=64",
+    "cluster.n_workers=2",
+    "cluster.memory_limit=2GiB",
+]
+
+
+def _run(tmp_path: Path, *extra: str) -> dict:
+    overrides = [*SMALL, f"workdir={tmp_path / 'work'}", f"store.root={tmp_path / 'out'}", *extra]
+    cmd = [sys.executable, "-m", "geoplantnet.cli", "run", "--quiet"]
+    for item in overrides:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout[proc.stdout.index("{") :])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["memory", pytest.param("pgstac", marks=pytest.mark.pgstac)])
+def test_demo_job_writes_composites_that_analysts_can_open(tmp_path, backend):
+    result = _run(tmp_path, f"stac.backend={backend}")
+    ds = xr.open_zarr(result["composites"])
+    refl = ds.reflectance
+    assert refl.dims == ("time", "band", "y", "x")
+    assert refl.sizes["time"] == 4 and "ndvi" in refl.band.values and "B08" in refl.band.values
+    # on the configured 20 m EPSG:3035 grid, cell centres
+    assert refl.rio.crs.to_epsg() == 3035 and refl.rio.resolution() == (20.0, -20.0)
+    assert float(ds.x[0]) == 4_321_010.0 and float(ds.y[0]) == 2_980_990.0
+    ndvi = refl.sel(band="ndvi").values
+    assert np.isfinite(ndvi).mean() > 0.75, "two dates a season should leave most pixels with a clear view"
+    assert -1 <= np.nanmin(ndvi) and np.nanmax(ndvi) <= 1
+    summer, winter = (float(np.nanmean(refl.sel(band="ndvi").isel(time=i))) for i in (2, 0))
+    assert summer > winter, "vegetation is greener in summer (JJA) than in winter (DJF)"
+    cfg = json.loads(ds.attrs["geoplantnet_config"])
+    assert cfg["stac"]["backend"] == backend and result["items"] == 8
+    assert Path(result["quicklook"]).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_rerun_reuses_the_region_and_notebook_reads_the_store(tmp_path):
+    first = _run(tmp_path)
+    manifest = tmp_path / "work" / "region" / "region.json"
+    before = manifest.stat().st_mtime_ns
+    second = _run(tmp_path)
+    assert manifest.stat().st_mtime_ns == before, "the region is generated once"
+    assert first["shape"] == second["shape"]
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "explore_composites.ipynb", as_version=4)
+    os.environ["GEOPLANTNET_STORE"] = second["composites"]
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        del os.environ["GEOPLANTNET_STORE"]
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "EPSG:3035" in outputs
