@@ -129,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("geoplantnet").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:
+        import distributed  # noqa: F401  (it configures its INFO logging on import: import first, then quieten)
+
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -42,6 +42,7 @@ def _local(cfg: ClusterConfig) -> Client:
         dashboard_address=cfg.dashboard_address,
         resources=resources,
         processes=True,
+        silence_logs=logging.ERROR,
     )
     return Client(cluster)
 
@@ -109,9 +110,10 @@ def connect(cfg: ClusterConfig) -> Iterator[Client]:
         yield client
     finally:
         cluster = client.cluster
-        client.close()
         if cluster is not None and cfg.kind != "address":
+            # Workers first, then the scheduler: closing the client first makes workers log CommClosedError.
             cluster.close()
+        client.close()
 
 
 def cluster_resources(client: Client) -> dict[str, float]:

@@ -73,7 +73,6 @@ def run_composites(cfg: RunConfig, *, progress: bool = True) -> dict[str, object
     )
     zarr_url = store.join(out_root, "composites.zarr")
     with connect(cfg.cluster) as client:
-        print(f"Dask dashboard: {client.dashboard_link}")
         t1 = time.perf_counter()
         store.write_store(
             ds,
