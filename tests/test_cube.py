@@ -282,3 +282,17 @@ def test_distributed_workers_read_and_report_href(tmp_path: Path) -> None:
         os.remove(local_path(items[0].assets["B04"].href))
         with pytest.raises(CubeError, match=r"cannot read asset .*S2_T00_\d+/B04\.tif"):
             client.compute(cube).result()
+
+
+def test_auto_resampling_averages_only_bands_finer_than_the_grid(tmp_path: Path) -> None:
+    items = fresh(tmp_path, n=1, bands=["B04", "B05"], with_scl=False)
+    grid20 = GRID.at_resolution(20)
+    cube = s2_cube(items, grid20, ["B05", "B04"], chunk=16)
+    assert list(cube.band.values) == ["B05", "B04"]
+    assert cube.attrs["resampling"] == "B05:nearest B04:average"
+    b05 = dn("B05", 0, grid20.shape) * SCALE + OFFSET  # native 20 m: copied, not resampled
+    np.testing.assert_allclose(cube.sel(band="B05").isel(time=0).values, b05, atol=1e-6)
+    b04 = dn("B04", 0, GRID.shape).astype("float64").reshape(grid20.height, 2, grid20.width, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(cube.sel(band="B04").isel(time=0).values, b04 * SCALE + OFFSET, atol=1e-4)
+    # forcing one method for all bands still works
+    assert s2_cube(items, grid20, ["B05", "B04"], resampling="nearest").attrs["resampling"] == "nearest"
