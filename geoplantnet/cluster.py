@@ -49,7 +49,7 @@ def _local(cfg: ClusterConfig) -> Client:
 
 def _address(cfg: ClusterConfig) -> Client:
     try:
-        return Client(cfg.address, timeout="20s")
+        return Client(cfg.address, timeout=cfg.connect_timeout)
     except (OSError, TimeoutError) as exc:
         raise ClusterError(f"cannot reach the Dask scheduler at {cfg.address}: {exc}") from None
 

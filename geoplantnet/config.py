@@ -122,6 +122,7 @@ class ClusterConfig(_Section):
     threads_per_worker: int = Field(1, ge=1)
     memory_limit: str = "4GiB"
     dashboard_address: str = "127.0.0.1:0"
+    connect_timeout: str = "20s"
     kubernetes: KubernetesConfig = KubernetesConfig()
 
     @model_validator(mode="after")
@@ -161,6 +162,10 @@ class TrainConfig(_Section):
     patience: int = Field(6, ge=1, description="early stopping on the spatial validation split")
     seed: int = 0
     po_loss: Literal["full_weighted", "assume_negative"] = "full_weighted"
+    # Loss weights (geoplantnet.models.losses): Zbinden et al. 2024 "full weighted" loss, lambda2 = 0.5 their best.
+    po_lambda1: float = Field(1.0, gt=0, description="multiplier on presence weights n / n_s (full_weighted)")
+    po_lambda2: float = Field(0.5, ge=0, le=1, description="share of background vs other-species pseudo-absences")
+    an_negative_weight: float = Field(0.05, ge=0, description="assume_negative: weight of other species at a record")
     background: Literal["target_group", "uniform"] = "target_group"
     n_background: int = Field(2000, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

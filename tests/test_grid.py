@@ -24,8 +24,8 @@ def test_from_bounds_is_aligned_and_covers(res, x, y, w, h):
     assert grid.width <= np.ceil(w / res) + 1 and grid.height <= np.ceil(h / res) + 1
 
 
-@given(res=resolutions, w=st.integers(1, 700), h=st.integers(1, 700), size=st.integers(1, 300))
-@settings(max_examples=150, deadline=None)
+@given(res=resolutions, w=st.integers(1, 300), h=st.integers(1, 300), size=st.integers(4, 120))
+@settings(max_examples=100, deadline=None)
 def test_tiles_partition_the_grid(res, w, h, size):
     grid = Grid(res, 4_000_000.0, 3_000_000.0, w, h)
     cover = np.zeros((h, w), dtype=np.int32)
