@@ -50,7 +50,7 @@ def test_demo_job_writes_composites_that_analysts_can_open(tmp_path, backend):
     assert float(ds.x[0]) == 4_321_010.0 and float(ds.y[0]) == 2_980_990.0
     ndvi = refl.sel(band="ndvi").values
     assert np.isfinite(ndvi).mean() > 0.75, "two dates a season should leave most pixels with a clear view"
-    assert -1 <= np.nanmin(ndvi) and np.nanmax(ndvi) <= 1
+    assert np.nanmin(ndvi) >= -1 and np.nanmax(ndvi) <= 1
     summer, winter = (float(np.nanmean(refl.sel(band="ndvi").isel(time=i))) for i in (2, 0))
     assert summer > winter, "vegetation is greener in summer (JJA) than in winter (DJF)"
     cfg = json.loads(ds.attrs["geoplantnet_config"])
@@ -73,7 +73,8 @@ def test_rerun_reuses_the_region_and_notebook_reads_the_store(tmp_path):
     nb = nbformat.read(ROOT / "notebooks" / "explore_composites.ipynb", as_version=4)
     os.environ["GEOPLANTNET_STORE"] = second["composites"]
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+        resources = {"metadata": {"path": str(tmp_path)}}
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources=resources).execute()
     finally:
         del os.environ["GEOPLANTNET_STORE"]
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
