@@ -37,6 +37,7 @@ class GridConfig(_Section):
     width_m: float = Field(5_000.0, gt=0)
     height_m: float = Field(5_000.0, gt=0)
     resolution: float = Field(50.0, gt=0, description="map resolution (metres)")
+    epsg: int = Field(3035, description="projected CRS of the grid; 3035 (LAEA Europe) unless data lie elsewhere")
 
     @model_validator(mode="after")
     def _aligned(self) -> GridConfig:
@@ -50,7 +51,7 @@ class GridConfig(_Section):
         """The region as a :class:`Grid` at ``resolution`` (default: the map resolution)."""
         res = float(resolution or self.resolution)
         bounds = (self.left, self.top - self.height_m, self.left + self.width_m, self.top)
-        return Grid.from_bounds(bounds, res)
+        return Grid.from_bounds(bounds, res, epsg=self.epsg)
 
 
 class SimConfig(_Section):

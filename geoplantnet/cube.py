@@ -146,18 +146,19 @@ def _entry(item: pystac.Item | Mapping[str, Any], bands: Sequence[str]) -> _Entr
     )
 
 
-def _footprint_3035(item: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
+def _footprint(item: Mapping[str, Any], epsg: int) -> tuple[float, float, float, float] | None:
+    """The item's lon/lat bbox in the grid's CRS."""
     bbox = item.get("bbox")
     if not bbox:
         return None
     lon0, lat0, lon1, lat1 = (bbox[0], bbox[1], bbox[3], bbox[4]) if len(bbox) == 6 else bbox  # 3-D bbox: drop z
-    return _lonlat_to_3035().transform_bounds(lon0, lat0, lon1, lat1, densify_pts=21)
+    return _lonlat_to(epsg).transform_bounds(lon0, lat0, lon1, lat1, densify_pts=21)
 
 
-@lru_cache(maxsize=1)
-def _lonlat_to_3035() -> Transformer:
+@lru_cache(maxsize=8)
+def _lonlat_to(epsg: int) -> Transformer:
     # Building a Transformer costs ~50 ms; a search returns hundreds of items.
-    return Transformer.from_crs(4326, 3035, always_xy=True)
+    return Transformer.from_crs(4326, epsg, always_xy=True)
 
 
 def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -234,12 +235,12 @@ def stack_items(
         raise CubeError(f"{what}: chunk must be positive, got {chunk}")
     method = _resampling(resampling)
     items = list(items)
-    where = f"{what} bands {bands} on grid bounds {grid.bounds} (EPSG:3035, {grid.resolution:g} m)"
+    where = f"{what} bands {bands} on grid bounds {grid.bounds} (EPSG:{grid.epsg}, {grid.resolution:g} m)"
     if not items:
         raise CubeError(f"search returned no items for {where}")
 
     entries = [_entry(it, bands) for it in items]
-    hits = [e for e in entries if (fp := _footprint_3035(e.plain)) is None or _overlaps(fp, grid.bounds)]
+    hits = [e for e in entries if (fp := _footprint(e.plain, grid.epsg)) is None or _overlaps(fp, grid.bounds)]
     if not hits:
         lon0, lat0, lon1, lat1 = grid.lonlat_bounds()
         raise CubeError(

@@ -1,5 +1,8 @@
 """The output grid: EPSG:3035 (ETRS89-LAEA Europe), square pixels, edges on multiples of the resolution.
 
+A grid may carry another projected EPSG code (``epsg=``) for users who bring data from outside Europe (e.g. an
+equal-area CRS such as EPSG:6933); everything else in the package asks the grid for its CRS instead of assuming one.
+
 This module is the only place that turns between pixel indices and map coordinates; everything else asks a
 :class:`Grid` for its transform, coordinates, tiles or halos. The arithmetic is pure (no I/O, no pixels), so it is
 property-tested.
@@ -60,6 +63,7 @@ class Grid:
     top: float
     width: int
     height: int
+    epsg: int = EPSG
 
     def __post_init__(self) -> None:
         if not self.resolution > 0:
@@ -73,13 +77,18 @@ class Grid:
     # --- construction -------------------------------------------------------------------------------------------
     @classmethod
     def from_bounds(
-        cls, bounds: tuple[float, float, float, float], resolution: float, *, check_europe: bool = True
+        cls,
+        bounds: tuple[float, float, float, float],
+        resolution: float,
+        *,
+        check_europe: bool = True,
+        epsg: int = EPSG,
     ) -> Grid:
-        """Smallest aligned grid covering ``bounds`` = (xmin, ymin, xmax, ymax) in EPSG:3035 metres."""
+        """Smallest aligned grid covering ``bounds`` = (xmin, ymin, xmax, ymax) in the grid CRS's metres."""
         xmin, ymin, xmax, ymax = map(float, bounds)
         if not (xmax > xmin and ymax > ymin):
             raise GridError(f"empty or inverted bounds {bounds}")
-        if check_europe and not _intersects(bounds, EUROPE_BOUNDS):
+        if epsg == EPSG and check_europe and not _intersects(bounds, EUROPE_BOUNDS):
             raise GridError(
                 f"bounds {bounds} lie outside Europe in EPSG:3035 {EUROPE_BOUNDS}: "
                 "is this a lon/lat bbox? use Grid.from_lonlat()"
@@ -92,30 +101,33 @@ class Grid:
             top=top,
             width=round((right - left) / resolution),
             height=round((top - bottom) / resolution),
+            epsg=int(epsg),
         )
 
     @classmethod
-    def from_lonlat(cls, bbox: tuple[float, float, float, float], resolution: float) -> Grid:
+    def from_lonlat(
+        cls, bbox: tuple[float, float, float, float], resolution: float, *, epsg: int = EPSG
+    ) -> Grid:
         """Smallest aligned grid covering a WGS84 (lon_min, lat_min, lon_max, lat_max) box."""
         lon0, lat0, lon1, lat1 = bbox
         if not (-180 <= lon0 < lon1 <= 180 and -90 <= lat0 < lat1 <= 90):
             raise GridError(f"{bbox} is not a lon/lat bbox (lon_min, lat_min, lon_max, lat_max)")
-        bounds = _to_3035().transform_bounds(lon0, lat0, lon1, lat1, densify_pts=21)
-        return cls.from_bounds(bounds, resolution)
+        bounds = _transformer(4326, epsg).transform_bounds(lon0, lat0, lon1, lat1, densify_pts=21)
+        return cls.from_bounds(bounds, resolution, epsg=epsg)
 
     @classmethod
-    def from_origin(cls, x: float, y: float, resolution: float, width: int, height: int) -> Grid:
+    def from_origin(
+        cls, x: float, y: float, resolution: float, width: int, height: int, *, epsg: int = EPSG
+    ) -> Grid:
         """Grid whose top-left corner is the aligned point at or below/left of (x, y)."""
-        return cls(float(resolution), _snap_down(x, resolution), _snap_up(y, resolution), int(width), int(height))
+        return cls(
+            float(resolution), _snap_down(x, resolution), _snap_up(y, resolution), int(width), int(height), int(epsg)
+        )
 
     # --- geometry ------------------------------------------------------------------------------------------------
     @property
     def crs(self) -> CRS:
-        return CRS.from_epsg(EPSG)
-
-    @property
-    def epsg(self) -> int:
-        return EPSG
+        return CRS.from_epsg(self.epsg)
 
     @property
     def right(self) -> float:
@@ -150,7 +162,7 @@ class Grid:
 
     def lonlat_bounds(self) -> tuple[float, float, float, float]:
         """WGS84 bbox that covers the grid (densified edges, so it is not too small)."""
-        return _from_3035().transform_bounds(*self.bounds, densify_pts=21)
+        return _transformer(self.epsg, 4326).transform_bounds(*self.bounds, densify_pts=21)
 
     def index(self, x: np.ndarray | float, y: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         """(row, col) pixel indices of map points; -1 where the point falls outside the grid."""
@@ -180,7 +192,7 @@ class Grid:
 
     def at_resolution(self, resolution: float) -> Grid:
         """The same area at another resolution; the extents must divide exactly."""
-        grid = Grid.from_bounds(self.bounds, resolution, check_europe=False)
+        grid = Grid.from_bounds(self.bounds, resolution, check_europe=False, epsg=self.epsg)
         if grid.bounds != self.bounds:
             raise GridError(f"resolution {resolution} does not divide the grid extent {self.bounds}")
         return grid
@@ -250,6 +262,7 @@ class Grid:
             "top": self.top,
             "width": self.width,
             "height": self.height,
+            "epsg": self.epsg,
         }
 
 
@@ -262,18 +275,16 @@ def _intersects(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
 
 
-def _to_3035() -> Transformer:
-    return Transformer.from_crs(4326, EPSG, always_xy=True)
+def _transformer(src: int, dst: int) -> Transformer:
+    return Transformer.from_crs(src, dst, always_xy=True)
 
 
-def _from_3035() -> Transformer:
-    return Transformer.from_crs(EPSG, 4326, always_xy=True)
-
-
-def to_grid_crs(x: np.ndarray, y: np.ndarray, crs: str | int | CRS) -> tuple[np.ndarray, np.ndarray]:
-    """Points from any CRS to EPSG:3035 (always x/lon first)."""
+def to_grid_crs(
+    x: np.ndarray, y: np.ndarray, crs: str | int | CRS, epsg: int = EPSG
+) -> tuple[np.ndarray, np.ndarray]:
+    """Points from any CRS to the grid CRS (EPSG:3035 unless ``epsg`` says otherwise; always x/lon first)."""
     src = CRS.from_user_input(crs)
-    if src.to_epsg() == EPSG:
+    if src.to_epsg() == epsg:
         return np.asarray(x, dtype="float64"), np.asarray(y, dtype="float64")
-    tx, ty = Transformer.from_crs(src, EPSG, always_xy=True).transform(x, y)
+    tx, ty = Transformer.from_crs(src, epsg, always_xy=True).transform(x, y)
     return np.asarray(tx), np.asarray(ty)

@@ -91,3 +91,19 @@ def test_spatial_ref_is_read_by_rioxarray():
     da = xr.DataArray(np.zeros(grid.shape, "float32"), dims=("y", "x"), coords=grid.coords())
     assert da.rio.crs.to_epsg() == 3035
     assert tuple(da.rio.transform())[:6] == tuple(grid.transform)[:6]
+
+
+def test_grid_outside_europe_carries_its_own_crs():
+    import rioxarray  # noqa: F401
+    import xarray as xr
+
+    # Bradypus country (South America) on an equal-area global CRS: no Europe check, CRS everywhere.
+    grid = Grid.from_lonlat((-80.0, -20.0, -40.0, 10.0), 10_000.0, epsg=6933)
+    assert grid.epsg == 6933 and grid.crs.to_epsg() == 6933
+    lon0, lat0, lon1, lat1 = grid.lonlat_bounds()
+    assert lon0 <= -80 and lat0 <= -20 and lon1 >= -40 and lat1 >= 10
+    assert grid.at_resolution(5_000.0).epsg == 6933
+    da = xr.DataArray(np.zeros(grid.shape, "float32"), dims=("y", "x"), coords=grid.coords())
+    assert da.rio.crs.to_epsg() == 6933
+    x, y = to_grid_crs(np.array([-60.0]), np.array([-5.0]), 4326, epsg=grid.epsg)
+    assert grid.contains(x, y).all()
