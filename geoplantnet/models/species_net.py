@@ -1,0 +1,228 @@
+"""The multimodal species network: Sentinel-2 patch + seasonal series + environmental patch -> one logit per species.
+
+Every encoder is a function of a finite neighbourhood only, so the same weights run on a whole tile at once
+(:meth:`SpeciesNet.dense_forward`), sharing the convolutions between neighbouring pixels:
+
+* patch (``season*band [+ season masks]`` channels, ``P x P``): ``depth`` valid 3x3 conv blocks (BatchNorm, GELU),
+  then one conv whose kernel covers what remains, so the receptive field is exactly ``P x P`` and no global pooling
+  is needed. On a tile of ``H + P - 1`` pixels it returns ``H`` outputs, output ``i`` being the patch ``[i, i + P)``.
+* series (``band [+ mask]`` channels over seasons): a per-pixel 1-D conv over seasons (a 1x1 operator in space).
+* env (``var [+ mask]`` channels, ``E x E``): a pointwise layer, ``(E - 1) // 2`` valid 3x3 blocks, then a conv
+  covering the rest (an MLP when ``E = 1``).
+* fusion: concat -> Linear(fusion_hidden) -> GELU -> Dropout -> Linear(n_species), applied per pixel.
+
+The point a patch describes sits at index ``P // 2`` (see :mod:`geoplantnet.training_set`), so a dense tile needs a
+halo of ``P // 2`` pixels before and ``P - 1 - P // 2`` after each axis (:meth:`ModelSpec.halo`).
+Weights are always built from :class:`ModelSpec`, never downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator
+from torch import nn
+
+from geoplantnet.config import ModelConfig
+from geoplantnet.training_set import NormStats
+
+SPEC_VERSION = "1"
+MODALITIES = ("patch", "series", "env")
+
+
+class ModelError(ValueError):
+    """A model that cannot be built from its configuration or is given inputs of the wrong shape."""
+
+
+class ModelSpec(BaseModel):
+    """Everything needed to rebuild a trained model without the data: sizes, inputs, species, normalisation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: str = SPEC_VERSION
+    model: ModelConfig
+    modalities: dict[str, tuple[int, ...]]
+    species: list[str]
+    species_name: list[str] | None = None
+    norm: NormStats
+    mask_channels: bool = True
+    env_from_point: bool = False
+
+    @field_validator("modalities")
+    @classmethod
+    def _known(cls, v: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        unknown = sorted(set(v) - set(MODALITIES))
+        if unknown or not v:
+            raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {sorted(v)}")
+        return v
+
+    def halo(self, modality: str) -> tuple[int, int]:
+        """Pixels a dense tile needs before and after the output region for ``modality`` (0, 0 for series)."""
+        if modality == "series":
+            return 0, 0
+        size = self.modalities[modality][-1]
+        return size // 2, size - 1 - size // 2
+
+
+def _conv_block(c_in: int, c_out: int, kernel: int, norm: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel)]
+    if norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(nn.GELU())
+    return layers
+
+
+class PatchEncoder(nn.Module):
+    """Valid 3x3 conv blocks then a conv of the remaining size: receptive field == the patch, fully convolutional."""
+
+    def __init__(self, c_in: int, size: int, hidden: int, n_blocks: int, pointwise_first: bool = False) -> None:
+        super().__init__()
+        remaining = size - 2 * n_blocks
+        if remaining < 1:
+            raise ModelError(
+                f"a {size}x{size} input cannot take {n_blocks} valid 3x3 conv blocks (model.depth too large)"
+            )
+        layers: list[nn.Module] = []
+        c = c_in
+        if pointwise_first:
+            layers += _conv_block(c, hidden, 1, norm=False)
+            c = hidden
+        for _ in range(n_blocks):
+            layers += _conv_block(c, hidden, 3, norm=True)
+            c = hidden
+        # no BatchNorm on the 1x1 output: with a batch of one it has a single value per channel
+        layers += _conv_block(c, hidden, remaining, norm=False)
+        self.net = nn.Sequential(*layers)
+        self.size = size
+        self.out_features = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, size + k, size + k)`` -> ``(B, hidden, 1 + k, 1 + k)``."""
+        return self.net(x)
+
+
+class SeriesEncoder(nn.Module):
+    """A per-pixel 1-D conv over seasons; seasons keep their identity (flattened, not pooled)."""
+
+    def __init__(self, c_in: int, n_seasons: int, hidden: int) -> None:
+        super().__init__()
+        k = 3 if n_seasons >= 3 else 1
+        self.conv = nn.Sequential(
+            nn.Conv1d(c_in, hidden, k, padding=k // 2),
+            nn.GELU(),
+            nn.Conv1d(hidden, hidden, k, padding=k // 2),
+            nn.GELU(),
+        )
+        self.proj = nn.Sequential(nn.Linear(hidden * n_seasons, hidden), nn.GELU())
+        self.out_features = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, season)`` -> ``(B, hidden)``."""
+        return self.proj(self.conv(x).flatten(1))
+
+
+class SpeciesNet(nn.Module):
+    """Late-fusion multimodal network; one encoder per modality present in ``modalities``.
+
+    ``modalities`` maps ``"patch"``, ``"series"``, ``"env"`` to the shape of one prepared sample (channels first):
+    ``(C, P, P)``, ``(C, season)``, ``(C, E, E)``, as :meth:`geoplantnet.training_set.TrainingSet.modality_shapes`
+    gives them.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, n_species: int, modalities: Mapping[str, Sequence[int]]) -> None:
+        super().__init__()
+        if n_species < 1:
+            raise ModelError(f"n_species must be >= 1, got {n_species}")
+        unknown = sorted(set(modalities) - set(MODALITIES))
+        if unknown or not modalities:
+            raise ModelError(f"modalities must be a non-empty subset of {MODALITIES}, got {sorted(modalities)}")
+        self.shapes = {m: tuple(int(d) for d in s) for m, s in modalities.items()}
+        self.encoders = nn.ModuleDict()
+        if "patch" in self.shapes:
+            c, h, w = self._square("patch", 3)
+            if h != model_cfg.patch_size:
+                raise ModelError(f"patch inputs are {h}x{w} but model.patch_size={model_cfg.patch_size}")
+            self.encoders["patch"] = PatchEncoder(c, h, model_cfg.width, model_cfg.depth)
+        if "series" in self.shapes:
+            if len(self.shapes["series"]) != 2:
+                raise ModelError(f"series shape must be (channels, seasons), got {self.shapes['series']}")
+            c, t = self.shapes["series"]
+            self.encoders["series"] = SeriesEncoder(c, t, model_cfg.series_hidden)
+        if "env" in self.shapes:
+            c, e, _ = self._square("env", 3)
+            self.encoders["env"] = PatchEncoder(c, e, model_cfg.env_hidden, (e - 1) // 2, pointwise_first=True)
+        n_features = sum(enc.out_features for enc in self.encoders.values())
+        self.head = nn.Sequential(
+            nn.Linear(n_features, model_cfg.fusion_hidden),
+            nn.GELU(),
+            nn.Dropout(model_cfg.dropout),
+            nn.Linear(model_cfg.fusion_hidden, n_species),
+        )
+        self.n_species = n_species
+
+    def _square(self, name: str, ndim: int) -> tuple[int, int, int]:
+        shape = self.shapes[name]
+        if len(shape) != ndim or shape[-1] != shape[-2]:
+            raise ModelError(f"{name} shape must be (channels, size, size), got {shape}")
+        return shape  # type: ignore[return-value]
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> SpeciesNet:
+        return cls(spec.model, len(spec.species), spec.modalities)
+
+    def _check(self, inputs: Mapping[str, torch.Tensor | None], lead: int) -> None:
+        for m, shape in self.shapes.items():
+            t = inputs.get(m)
+            if t is None:
+                raise ModelError(f"the model needs a {m!r} input")
+            if m != "series" and t.shape[lead] != shape[0]:
+                raise ModelError(f"{m} input has {t.shape[lead]} channels, the model expects {shape[0]}")
+
+    def forward(
+        self, patch: torch.Tensor | None = None, series: torch.Tensor | None = None, env: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``(B, n_species)`` from prepared batches ``(B, *shape)`` of the model's modalities."""
+        inputs = {"patch": patch, "series": series, "env": env}
+        self._check(inputs, lead=1)
+        features = []
+        for m, enc in self.encoders.items():
+            x = inputs[m]
+            if m != "series" and x.shape[-1] != self.shapes[m][-1]:
+                raise ModelError(f"{m} input is {tuple(x.shape[-2:])}, expected {self.shapes[m][-2:]}")
+            features.append(enc(x).flatten(1))
+        return self.head(torch.cat(features, dim=1))
+
+    def dense_forward(
+        self,
+        patch_tile: torch.Tensor | None = None,
+        series_tile: torch.Tensor | None = None,
+        env_tile: torch.Tensor | None = None,
+        *,
+        series_chunk: int = 65_536,
+    ) -> torch.Tensor:
+        """Logits ``(n_species, H, W)`` for every pixel of a tile, sharing convolutions between neighbours.
+
+        Inputs are prepared (normalised, masked) tiles on the output grid: ``patch_tile (C, H + P - 1, W + P - 1)``,
+        ``series_tile (C, season, H, W)``, ``env_tile (C, H + E - 1, W + E - 1)``. Output ``[:, i, j]`` equals
+        :meth:`forward` on the patches starting at ``(i, j)`` (centre pixel ``(i + P // 2, j + P // 2)``). Call in
+        ``eval()`` mode (BatchNorm statistics and dropout must be frozen for that equality).
+        """
+        inputs = {"patch": patch_tile, "series": series_tile, "env": env_tile}
+        self._check(inputs, lead=0)
+        maps = []
+        for m, enc in self.encoders.items():
+            x = inputs[m]
+            if m == "series":
+                c, t, h, w = x.shape
+                flat = x.permute(2, 3, 0, 1).reshape(h * w, c, t)
+                feats = torch.cat([enc(flat[i : i + series_chunk]) for i in range(0, h * w, series_chunk)])
+                maps.append(feats.reshape(h, w, -1).permute(2, 0, 1))
+            else:
+                maps.append(enc(x[None])[0])
+        sizes = {tuple(f.shape[-2:]) for f in maps}
+        if len(sizes) != 1:
+            named = {m: tuple(f.shape[-2:]) for m, f in zip(self.encoders, maps, strict=True)}
+            raise ModelError(f"dense tiles give different output sizes per modality {named}; check the halos")
+        fused = torch.cat(maps, dim=0).permute(1, 2, 0)  # (H, W, features): the head is per pixel
+        return self.head(fused).permute(2, 0, 1)

@@ -1,0 +1,389 @@
+"""Training the species network, locally or as one Dask task (on a GPU worker when the cluster has one).
+
+:func:`train_model` is a plain function of paths and a configuration, so it runs the same in-process and on a Dask
+worker. On a cluster (:func:`train_on_cluster`) the worker writes the model file to ``out_dir``: that folder must be
+on a filesystem the client and the worker share (a network mount, or the local disk for a ``LocalCluster``); the
+returned :class:`TrainResult` carries the path, not the weights.
+
+Files in ``out_dir``: ``last.pt`` (every epoch) and ``model.pt`` (the best epoch by macro AUC on the validation
+split's surveys, or by validation loss when it has none), both in the :func:`save_model` format (state dict +
+:class:`ModelSpec` JSON, loadable with ``torch.load(weights_only=True)``). Early stopping watches the same score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from distributed import Client
+
+from geoplantnet.cluster import require_resources, task_resources
+from geoplantnet.config import RunConfig
+from geoplantnet.models.losses import SpeciesLoss, species_weights
+from geoplantnet.models.species_net import SPEC_VERSION, ModelSpec, SpeciesNet
+from geoplantnet.training_set import ChunkBatchSampler, TrainingSet
+
+log = logging.getLogger(__name__)
+FILE_FORMAT = "geoplantnet.species_net"
+_MIN_IMPROVEMENT = 1e-4  # relative, so float noise in a flat validation curve does not count as progress
+
+
+class TrainError(ValueError):
+    """Training cannot start or a model file cannot be read (the message names the file or setting)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochLog:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_auc: float | None
+    seconds: float
+    lr: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced: the best model's path, per-epoch history, device and where it ran."""
+
+    model_path: str
+    last_path: str
+    best_epoch: int
+    monitor: str  # "val_auc" (presence-absence rows of the validation split) or "val_loss" when it has none
+    best_score: float
+    epochs_run: int
+    stopped_early: bool
+    device: str
+    precision: str
+    history: list[EpochLog]
+    n_parameters: int
+    worker: str | None = None
+    resources: dict[str, float] | None = None
+
+    @property
+    def epoch_seconds(self) -> list[float]:
+        return [e.seconds for e in self.history]
+
+
+# devices and precision
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` -> CUDA when torch sees one, else CPU (never from a Dask resource label: a ``GPU`` worker may lie)."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise TrainError("train.device=cuda but torch sees no CUDA device (use train.device=auto)")
+    return torch.device(requested)
+
+
+def _precision(device: torch.device, wanted: bool) -> torch.dtype | None:
+    """Autocast dtype: only on CUDA, bf16 where supported, else fp16 (with a GradScaler)."""
+    if not wanted or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+# model files
+
+
+def save_model(path: str | os.PathLike[str], model: SpeciesNet, spec: ModelSpec) -> str:
+    """Write state dict + spec JSON to one file, atomically (a crash never leaves a half-written model)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FILE_FORMAT,
+        "spec": spec.model_dump_json(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return str(path)
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[SpeciesNet, ModelSpec]:
+    """Rebuild a saved model (eval mode) and its spec, without the training data."""
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise TrainError(f"{path}: no such model file") from None
+    except Exception as exc:
+        raise TrainError(f"{path}: not a readable model file ({exc.__class__.__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
+        raise TrainError(f"{path}: not a {FILE_FORMAT} file")
+    spec = ModelSpec.model_validate_json(payload["spec"])
+    if spec.version != SPEC_VERSION:
+        raise TrainError(f"{path}: model spec version {spec.version}, this code reads version {SPEC_VERSION}")
+    model = SpeciesNet.from_spec(spec)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise TrainError(f"{path}: weights do not fit the spec ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval(), spec
+
+
+# evaluation
+
+
+def _auc(scores: np.ndarray, label: np.ndarray) -> float | None:
+    """Macro ROC AUC over species with both known classes (labels -1 ignored); None when no species qualifies."""
+    aucs = []
+    for s in range(label.shape[1]):
+        known = label[:, s] >= 0
+        y, p = label[known, s], scores[known, s]
+        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+        if n_pos == 0 or n_neg == 0:
+            continue
+        ranks = np.empty(p.size)
+        order = np.argsort(p, kind="mergesort")
+        ranks[order] = np.arange(1, p.size + 1)
+        # average ranks over ties, so constant predictions give 0.5
+        _, inv, counts = np.unique(p, return_inverse=True, return_counts=True)
+        ranks = (np.bincount(inv, ranks) / counts)[inv]
+        aucs.append((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs)) if aucs else None
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in ("patch", "series", "env") if k in batch}
+
+
+def _evaluate(
+    model: SpeciesNet, data: TrainingSet, loss_fn: SpeciesLoss, batch_size: int, device: torch.device, amp: Any
+) -> tuple[float, float | None]:
+    """Validation loss (mean over batches, weighted by rows) and macro AUC on the presence-absence rows."""
+    model.eval()
+    total, n = 0.0, 0
+    scores, labels, sources = [], [], []
+    with torch.no_grad():
+        for batch in data.batches(batch_size):
+            batch = _to_device(batch, device)
+            with amp():
+                logits = model(**_inputs(batch))
+            total += float(loss_fn(logits.float(), batch["label"], batch["source"])) * len(batch["label"])
+            n += len(batch["label"])
+            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+            labels.append(batch["label"].cpu().numpy())
+            sources.append(batch["source"].cpu().numpy())
+    if not n:
+        return float("nan"), None
+    label, source = np.concatenate(labels), np.concatenate(sources)
+    pa = source == 0
+    auc = _auc(np.concatenate(scores)[pa], label[pa]) if pa.any() else None
+    return total / n, auc
+
+
+# training
+
+
+def _improved(score: float, best: float) -> bool:
+    """Higher is better; NaN never improves; the first finite score always does."""
+    if not np.isfinite(score):
+        return False
+    return not np.isfinite(best) or score > best + _MIN_IMPROVEMENT * abs(best)
+
+
+def _check_indices(name: str, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+    out = np.asarray(idx, dtype=np.int64).reshape(-1)
+    if out.size == 0:
+        raise TrainError(f"{name} is empty")
+    return out
+
+
+def train_model(
+    training_set_path: str | os.PathLike[str],
+    train_idx: Sequence[int] | np.ndarray,
+    val_idx: Sequence[int] | np.ndarray,
+    run_cfg: RunConfig,
+    out_dir: str | os.PathLike[str],
+) -> TrainResult:
+    """Train on ``train_idx``; select, early-stop on ``val_idx`` (the spatial validation split); writes ``out_dir``.
+
+    Seeds are fixed (``train.seed``); AdamW with a cosine schedule; mixed precision only on CUDA.
+    """
+    tcfg = run_cfg.train
+    train_idx, val_idx = _check_indices("train_idx", train_idx), _check_indices("val_idx", val_idx)
+    if np.intersect1d(train_idx, val_idx).size:
+        raise TrainError("train_idx and val_idx overlap; validation must be held out")
+    seed_everything(tcfg.seed)
+    device = resolve_device(tcfg.device)
+    amp_dtype = _precision(device, tcfg.mixed_precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    def amp() -> contextlib.AbstractContextManager[Any]:
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+    train = TrainingSet(training_set_path, train_idx)
+    val = TrainingSet(training_set_path, val_idx, stats=train.stats, modalities=train.modalities)
+    spec = ModelSpec(
+        model=run_cfg.model,
+        modalities=train.modality_shapes(),
+        species=train.species,
+        species_name=train.species_name,
+        norm=train.stats,
+        mask_channels=train.mask_channels,
+        env_from_point=train.env_from_point,
+    )
+    model = SpeciesNet.from_spec(spec).to(device)
+    loss_fn = SpeciesLoss(tcfg, species_weights(train.labels(), train.sources())).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=tcfg.epochs)
+    sampler = ChunkBatchSampler(train, tcfg.batch_size, shuffle=True, seed=tcfg.seed)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    best_path, last_path = out / "model.pt", out / "last.pt"
+    history: list[EpochLog] = []
+    monitor: str | None = None
+    best_score, best_epoch, stale = float("nan"), -1, 0
+    for epoch in range(tcfg.epochs):
+        start = time.perf_counter()
+        model.train()
+        sampler.set_epoch(epoch)
+        total, n = 0.0, 0
+        for rows in sampler:
+            batch = _to_device(train[rows], device)
+            optimiser.zero_grad(set_to_none=True)
+            with amp():
+                logits = model(**_inputs(batch))
+            loss = loss_fn(logits.float(), batch["label"], batch["source"])
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            total += float(loss.detach()) * len(rows)
+            n += len(rows)
+        lr = schedule.get_last_lr()[0]
+        schedule.step()
+        val_loss, val_auc = _evaluate(model, val, loss_fn, tcfg.batch_size, device, amp)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        history.append(EpochLog(epoch, total / max(n, 1), val_loss, val_auc, seconds, lr))
+        log.info(
+            "epoch %d train %.4f val %.4f auc %s (%.1f s, %s)",
+            epoch,
+            total / max(n, 1),
+            val_loss,
+            val_auc,
+            seconds,
+            device,
+        )
+        save_model(last_path, model, spec)
+        # AUC on surveys measures what the maps are for; the loss mixes in presence-only terms, so it is the fallback
+        monitor = monitor or ("val_auc" if val_auc is not None else "val_loss")
+        score = (val_auc if val_auc is not None else float("nan")) if monitor == "val_auc" else -val_loss
+        if _improved(score, best_score):
+            best_score, best_epoch, stale = score, epoch, 0
+            save_model(best_path, model, spec)
+        else:
+            stale += 1
+            if stale >= tcfg.patience:
+                break
+    if best_epoch < 0:  # validation loss was never finite: keep the last weights rather than nothing
+        save_model(best_path, model, spec)
+    return TrainResult(
+        model_path=str(best_path),
+        last_path=str(last_path),
+        best_epoch=best_epoch,
+        monitor=monitor or "val_loss",
+        best_score=best_score if monitor == "val_auc" else -best_score,
+        epochs_run=len(history),
+        stopped_early=len(history) < tcfg.epochs,
+        device=str(device),
+        precision=str(amp_dtype).removeprefix("torch.") if amp_dtype else "float32",
+        history=history,
+        n_parameters=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def predict(
+    model: SpeciesNet,
+    spec: ModelSpec,
+    training_set_path: str | os.PathLike[str],
+    idx: Sequence[int] | np.ndarray,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Probabilities ``(len(idx), species)`` in the order of ``idx``, normalised with the model's own statistics."""
+    data = TrainingSet(
+        training_set_path, idx, stats=spec.norm, mask_channels=spec.mask_channels, modalities=list(spec.modalities)
+    )
+    if data.species != spec.species:
+        raise TrainError(
+            f"{training_set_path}: species differ from the model's ({data.n_species} vs {len(spec.species)})"
+        )
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = _to_device(data[np.arange(start, min(start + batch_size, len(data)))], device)
+            out.append(torch.sigmoid(model(**_inputs(batch)).float()).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(spec.species)), np.float32)
+
+
+# on a cluster
+
+
+def _train_task(*args: Any) -> TrainResult:
+    """train_model on a worker, recording where it ran and the resources the scheduler attached to the task."""
+    from distributed import get_worker
+    from distributed.worker import thread_state
+
+    result = train_model(*args)
+    worker = get_worker()
+    key = getattr(thread_state, "key", None)
+    task = worker.state.tasks.get(key) if key is not None else None
+    resources = dict(task.resource_restrictions) if task is not None and task.resource_restrictions else None
+    return dataclasses.replace(result, worker=worker.address, resources=resources)
+
+
+def train_on_cluster(
+    client: Client,
+    training_set_path: str | os.PathLike[str],
+    train_idx: Sequence[int] | np.ndarray,
+    val_idx: Sequence[int] | np.ndarray,
+    run_cfg: RunConfig,
+    out_dir: str | os.PathLike[str],
+) -> TrainResult:
+    """Run :func:`train_model` as one Dask task (``GPU=1`` when a worker offers it) and wait for its result.
+
+    ``training_set_path`` and ``out_dir`` must be paths the worker can read and write and the client can read
+    (shared filesystem); the model file is written there by the worker.
+    """
+    resources = task_resources(client)
+    if resources:
+        require_resources(client, resources)
+    future = client.submit(
+        _train_task,
+        os.fspath(training_set_path),
+        np.asarray(train_idx),
+        np.asarray(val_idx),
+        run_cfg,
+        os.fspath(out_dir),
+        resources=resources,
+        pure=False,
+        key=f"train-species-net-{run_cfg.name}-{time.time_ns()}",
+    )
+    return future.result()

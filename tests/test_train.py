@@ -1,0 +1,213 @@
+"""Training set I/O, training, checkpoints, early stopping, learning a known signal, and training as a Dask task."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from distributed import Client, LocalCluster
+
+from geoplantnet.config import RunConfig
+from geoplantnet.train import (
+    TrainError,
+    _auc,
+    load_model,
+    predict,
+    resolve_device,
+    save_model,
+    train_model,
+    train_on_cluster,
+)
+from geoplantnet.training_set import ChunkBatchSampler, TrainingSet, TrainingSetError, write_training_set
+
+N, SPECIES, SEASONS, BANDS, PATCH, ENV_VARS, ENV_SIZE = 300, 20, 2, 3, 8, 4, 3
+MODEL = {"patch_size": PATCH, "env_patch_size": ENV_SIZE, "width": 8, "depth": 2, "series_hidden": 8,
+         "env_hidden": 16, "fusion_hidden": 32, "dropout": 0.0}
+
+
+def _cfg(**train) -> RunConfig:
+    return RunConfig.model_validate({"model": MODEL, "train": {"epochs": 1, "batch_size": 64, "lr": 5e-3, **train}})
+
+
+def _make(path: Path, n: int = N, seed: int = 0, with_s2: bool = True) -> tuple[str, np.ndarray, np.ndarray]:
+    """Species depend on the environment only (logistic in env values); Sentinel-2 inputs are noise."""
+    rng = np.random.default_rng(seed)
+    env_point = rng.normal(size=(n, ENV_VARS)).astype("f4")
+    env = env_point[:, :, None, None] + 0.1 * rng.normal(size=(n, ENV_VARS, ENV_SIZE, ENV_SIZE)).astype("f4")
+    p = 1 / (1 + np.exp(-(env_point @ (2 * rng.normal(size=(ENV_VARS, SPECIES))) - 1.0)))
+    source = rng.choice(["pa", "po", "bg"], size=n, p=[0.5, 0.35, 0.15])
+    label = np.full((n, SPECIES), -1, np.int8)
+    pa = source == "pa"
+    label[pa] = rng.random((pa.sum(), SPECIES)) < p[pa]
+    for i in np.nonzero(source == "po")[0]:
+        label[i, rng.choice(SPECIES, p=p[i] / p[i].sum())] = 1
+    s2 = {}
+    if with_s2:
+        patch = rng.normal(size=(n, SEASONS, BANDS, PATCH, PATCH)).astype("f4")
+        patch[0, 0, 0, :2, :2] = np.nan
+        s2 = {"patch": patch, "series": patch[:, :, :, PATCH // 2, PATCH // 2]}
+    out = write_training_set(path, x=rng.random(n) * 1e4, y=rng.random(n) * 1e4, label=label, source=source,
+                             species=[f"s{i}" for i in range(SPECIES)], env=env, env_point=env_point,
+                             chunk_samples=64, attrs={"bands": "B04,B08,B11"}, **s2)
+    return out, label, source
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return _make(tmp_path_factory.mktemp("ts") / "training.zarr")
+
+
+SPLIT = np.arange(N)
+TRAIN, VAL = SPLIT[SPLIT % 5 != 0], SPLIT[SPLIT % 5 == 0]
+
+
+# the training set
+
+
+def test_training_set_prepares_batches_in_the_order_asked(store):
+    path, label, _ = store
+    ts = TrainingSet(path, SPLIT[::-1])  # positions 7, 299, 169 are samples 292, 0, 130
+    assert ts.modality_shapes() == {"patch": (SEASONS * BANDS + SEASONS, PATCH, PATCH), "series": (BANDS + 1, SEASONS),
+                                    "env": (ENV_VARS + 1, ENV_SIZE, ENV_SIZE)}
+    batch = ts[[7, 299, 169]]
+    np.testing.assert_array_equal(batch["label"].numpy(), label[[292, 0, 130]])
+    patch = batch["patch"].numpy()
+    assert np.isfinite(patch).all()
+    assert patch[1, SEASONS * BANDS, 0, 0] == 0.0 and patch[1, SEASONS * BANDS, 5, 5] == 1.0  # season-0 mask
+    assert patch[1, 0, 0, 0] == 0.0  # NaN filled with 0 after normalisation
+    single = ts[3]
+    assert single["env"].shape == (ENV_VARS + 1, ENV_SIZE, ENV_SIZE) and single["source"].ndim == 0
+
+
+def test_normalisation_stats_come_from_the_training_indices_only(store):
+    path, _, _ = store
+    small, other = TrainingSet(path, TRAIN[:50]), TrainingSet(path, TRAIN[50:])
+    assert small.stats != other.stats
+    val = TrainingSet(path, VAL, stats=small.stats)
+    assert val.stats == small.stats
+    env = TrainingSet(path, TRAIN, modalities=["env"])[np.arange(len(TRAIN))]["env"].numpy()
+    np.testing.assert_allclose(env[:, :ENV_VARS].mean(axis=(0, 2, 3)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(env[:, :ENV_VARS].std(axis=(0, 2, 3)), 1.0, atol=1e-3)
+
+
+def test_chunk_batch_sampler_covers_every_sample_once_touching_few_chunks(store):
+    path, _, _ = store
+    ts = TrainingSet(path, TRAIN)
+    sampler = ChunkBatchSampler(ts, 32, seed=3, window=2)
+    batches = list(sampler)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(TRAIN)))
+    for b in batches:
+        rows = ts.indices[b]
+        assert (np.diff(rows) > 0).all()
+        assert np.unique(rows // ts.chunk_size).size <= 2 * 2  # a window of 2 chunks, a batch may straddle two
+    sampler.set_epoch(1)
+    assert [list(b) for b in sampler] != [list(b) for b in batches]
+
+
+def test_env_point_only_store_and_bad_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 10
+    path = write_training_set(tmp_path / "p.zarr", x=np.zeros(n), y=np.zeros(n), label=np.zeros((n, 2), np.int8),
+                              source=["pa"] * n, species=["a", "b"], env_point=rng.normal(size=(n, 3)))
+    ts = TrainingSet(path)
+    assert ts.env_from_point and ts.modality_shapes() == {"env": (4, 1, 1)}
+    with pytest.raises(TrainingSetError, match="patch"):
+        TrainingSet(path, modalities=["patch"])
+    with pytest.raises(TrainingSetError, match="out of range"):
+        TrainingSet(path, [0, 99])
+    with pytest.raises(TrainingSetError, match="source"):
+        write_training_set(tmp_path / "q.zarr", x=np.zeros(1), y=np.zeros(1), label=np.zeros((1, 2)),
+                           source=["survey"], species=["a", "b"])
+    with pytest.raises(TrainingSetError, match="label"):
+        write_training_set(tmp_path / "q.zarr", x=np.zeros(1), y=np.zeros(1), label=np.full((1, 2), 2),
+                           source=["pa"], species=["a", "b"])
+    with pytest.raises(TrainingSetError, match="cannot open"):
+        TrainingSet(tmp_path / "missing.zarr")
+
+
+# training
+
+
+def test_same_seed_gives_the_same_weights(store, tmp_path):
+    path, _, _ = store
+    states = []
+    for run in ("a", "b"):
+        result = train_model(path, TRAIN, VAL, _cfg(), tmp_path / run)
+        states.append(torch.load(result.last_path, weights_only=True)["state_dict"])
+    for key in states[0]:
+        torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0)
+    other = train_model(path, TRAIN, VAL, _cfg(seed=1), tmp_path / "c")
+    weights = torch.load(other.last_path, weights_only=True)["state_dict"]
+    assert any(not torch.equal(weights[k], states[0][k]) for k in weights if weights[k].is_floating_point())
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(store, tmp_path):
+    path, _, _ = store
+    result = train_model(path, TRAIN, VAL, _cfg(epochs=2), tmp_path)
+    assert result.device == "cpu" and result.precision == "float32" and len(result.epoch_seconds) == 2
+    assert {p.name for p in tmp_path.iterdir()} == {"model.pt", "last.pt"}
+    model, spec = load_model(result.model_path)
+    again, spec2 = load_model(save_model(tmp_path / "copy" / "again.pt", model, spec))
+    assert spec == spec2 and spec.species == [f"s{i}" for i in range(SPECIES)]
+    order = VAL[::-1]  # predictions follow the order asked for, not the storage order
+    probs = predict(model, spec, path, order, batch_size=16)
+    np.testing.assert_array_equal(probs, predict(again, spec2, path, order, batch_size=16))
+    # other batch sizes take other BLAS paths: equal to float rounding only
+    np.testing.assert_allclose(probs[::-1], predict(again, spec2, path, VAL, batch_size=7), rtol=0, atol=1e-6)
+    assert probs.shape == (len(VAL), SPECIES) and ((probs > 0) & (probs < 1)).all()
+
+
+def test_early_stopping_stops_when_validation_does_not_improve(store, tmp_path):
+    path, _, _ = store
+    result = train_model(path, TRAIN, VAL, _cfg(epochs=10, patience=2, lr=1e-12), tmp_path)
+    assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 0
+
+
+def test_learns_a_synthetic_environmental_signal(tmp_path):
+    path, label, source = _make(tmp_path / "signal.zarr", n=1000, seed=5, with_s2=False)
+    idx = np.arange(1000)
+    train_idx, val_idx, test_idx = idx[:650], idx[650:750], idx[750:]
+    result = train_model(path, train_idx, val_idx, _cfg(epochs=25, patience=25, lr=1e-2), tmp_path / "out")
+    model, spec = load_model(result.model_path)
+    probs = predict(model, spec, path, test_idx)
+    pa = source[test_idx] == "pa"
+    auc = _auc(probs[pa], label[test_idx][pa])
+    assert auc is not None and auc > 0.8, auc
+
+
+def test_bad_requests_give_clear_errors(store, tmp_path):
+    path, _, _ = store
+    with pytest.raises(TrainError, match="overlap"):
+        train_model(path, TRAIN, TRAIN[:5], _cfg(), tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainError, match=r"train\.device=cuda"):
+            resolve_device("cuda")
+    with pytest.raises(TrainError, match="no such model file"):
+        load_model(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(TrainError, match=r"junk\.pt"):
+        load_model(tmp_path / "junk.pt")
+
+
+# on a Dask cluster
+
+
+def test_train_on_cluster_without_gpu_requests_no_resources(store, tmp_path):
+    path, _, _ = store
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=":0", memory_limit="2GiB") as cluster, Client(cluster) as client:
+        result = train_on_cluster(client, path, TRAIN, VAL, _cfg(), tmp_path)
+        assert result.resources is None and result.worker in client.scheduler_info()["workers"]
+    _, spec = load_model(result.model_path)
+    assert result.device == "cpu" and len(spec.species) == SPECIES
+
+
+def test_train_on_cluster_uses_the_gpu_worker_but_cpu_when_torch_has_no_cuda(store, tmp_path):
+    path, _, _ = store
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1},
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        result = train_on_cluster(client, path, TRAIN, VAL, _cfg(), tmp_path)
+    assert result.resources == {"GPU": 1}
+    assert result.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert Path(result.model_path).exists()
