@@ -1,0 +1,314 @@
+"""Species records: presence-only and presence-absence observations from any file and CRS, onto the grid.
+
+Every loader returns :class:`Observations`: one row per (record, species) with ``survey_id`` (None for presence-only
+records), ``species_id``, ``species_name``, ``presence`` (1/0), ``x``/``y`` in the grid CRS, and a report of what was
+dropped and why. :func:`build_samples` turns them into model samples (surveys, records, background points).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from geoplantnet.grid import Grid, to_grid_crs
+
+log = logging.getLogger(__name__)
+
+TRUE = {"1", "1.0", "true", "t", "yes", "y", "present", "presence", "p"}
+FALSE = {"0", "0.0", "false", "f", "no", "n", "absent", "absence", "a"}
+COLUMNS = ["record_id", "survey_id", "species_id", "species_name", "presence", "x", "y", "date"]
+
+
+class ObservationsError(ValueError):
+    """Observations that cannot be read or used (one line naming the file, column or species)."""
+
+
+@dataclass
+class Observations:
+    """Standardised records in the grid CRS and the counts of what loading dropped."""
+
+    records: pd.DataFrame
+    epsg: int
+    report: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+
+    def summary(self) -> str:
+        r = self.report
+        dropped = ", ".join(f"{k.removeprefix('dropped_')} {v}" for k, v in r.items() if k.startswith("dropped_") and v)
+        n_surveys = self.records["survey_id"].nunique()
+        n_po = int(self.records["survey_id"].isna().sum())
+        return (
+            f"{r.get('read', len(self.records))} rows read, {len(self.records)} kept ({n_surveys} surveys, "
+            f"{n_po} presence-only records, {self.records['species_id'].nunique()} species)"
+            + (f"; dropped: {dropped}" if dropped else "")
+        )
+
+
+@dataclass(frozen=True)
+class SpeciesVocabulary:
+    """Stable species ids (given ids, else names) and names, in a fixed order (the model's output columns)."""
+
+    ids: tuple[str, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def from_observations(cls, obs: Observations) -> SpeciesVocabulary:
+        table = obs.records[["species_id", "species_name"]].drop_duplicates("species_id").sort_values("species_id")
+        return cls(tuple(table.species_id.astype(str)), tuple(table.species_name.astype(str)))
+
+    def encode(self, species_ids: Any) -> np.ndarray:
+        """Column index of each species id; unknown species raise one clear error."""
+        index = {s: i for i, s in enumerate(self.ids)}
+        values = [str(s) for s in np.atleast_1d(species_ids)]
+        unknown = sorted({s for s in values if s not in index})
+        if unknown:
+            raise ObservationsError(
+                f"unknown species: {unknown[0]!r}{f' and {len(unknown) - 1} more' if len(unknown) > 1 else ''} "
+                f"(not in the vocabulary of {len(self.ids)} species)"
+            )
+        return np.array([index[s] for s in values], dtype=np.int64)
+
+    def to_json(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(json.dumps({"ids": list(self.ids), "names": list(self.names)}, indent=1))
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> SpeciesVocabulary:
+        d = json.loads(Path(path).read_text())
+        return cls(tuple(d["ids"]), tuple(d["names"]))
+
+
+def _presence(values: pd.Series, where: str) -> pd.Series:
+    text = values.astype(str).str.strip().str.lower()
+    bad = ~text.isin(TRUE | FALSE)
+    if bad.any():
+        raise ObservationsError(f"{where}: presence values must be 1/0, true/false or present/absent, got "
+                                f"{values[bad].iloc[0]!r}")
+    return text.isin(TRUE).astype(np.int8)
+
+
+def _finish(frame: pd.DataFrame, grid: Grid | None, epsg: int, where: str, read: int) -> Observations:
+    """Drop bad coordinates, points outside the grid, empty names and duplicates; count each."""
+    report = {"read": read}
+    finite = np.isfinite(frame["x"].to_numpy(float)) & np.isfinite(frame["y"].to_numpy(float))
+    report["dropped_bad_coordinates"] = int((~finite).sum())
+    frame = frame[finite]
+    named = frame["species_id"].astype(str).str.strip().ne("") & frame["species_id"].notna()
+    report["dropped_no_species"] = int((~named).sum())
+    frame = frame[named]
+    if grid is not None:
+        inside = grid.contains(frame["x"].to_numpy(), frame["y"].to_numpy())
+        report["dropped_outside_grid"] = int((~inside).sum())
+        frame = frame[inside]
+    before = len(frame)
+    frame = frame.drop_duplicates(subset=["survey_id", "species_id", "presence", "x", "y", "date"])
+    report["dropped_duplicates"] = before - len(frame)
+    if frame.empty:
+        raise ObservationsError(f"{where}: no valid records left ({report})")
+    frame = frame.reset_index(drop=True)
+    obs = Observations(frame[COLUMNS], epsg, report, where)
+    log.info("%s: %s", where, obs.summary())
+    return obs
+
+
+def load_observations(
+    path: str | os.PathLike[str],
+    *,
+    crs: str | int = "EPSG:4326",
+    x: str = "lon",
+    y: str = "lat",
+    species: str = "species",
+    presence: str | None = None,
+    survey: str | None = None,
+    date: str | None = None,
+    grid: Grid | None = None,
+) -> Observations:
+    """Records from a CSV (coordinates ``x``/``y`` in ``crs``) or a GeoParquet (its geometry, any CRS).
+
+    Rows with a ``survey`` id are presence-absence surveys (complete species lists); the others are presence-only
+    records. Without a ``presence`` column every row is a presence.
+    """
+    path = Path(path)
+    where = str(path)
+    epsg = grid.epsg if grid is not None else 3035
+    try:
+        if path.suffix.lower() in (".parquet", ".geoparquet"):
+            import geopandas as gpd
+
+            table = gpd.read_parquet(path)
+            if table.crs is None:
+                raise ObservationsError(f"{where}: GeoParquet without a CRS")
+            geom = table.geometry.to_crs(epsg)
+            xs, ys = geom.x.to_numpy(), geom.y.to_numpy()
+            ok = np.ones(len(table), dtype=bool)
+        else:
+            table = pd.read_csv(path)
+            for col in (x, y):
+                if col not in table.columns:
+                    raise ObservationsError(f"{where}: no column {col!r} (columns: {list(table.columns)})")
+            lon = pd.to_numeric(table[x], errors="coerce").to_numpy(float)
+            lat = pd.to_numeric(table[y], errors="coerce").to_numpy(float)
+            ok = np.isfinite(lon) & np.isfinite(lat)
+            if str(crs).upper() in ("EPSG:4326", "4326", "OGC:CRS84"):
+                ok &= (np.abs(lon) <= 180) & (np.abs(lat) <= 90)
+            xs, ys = np.full(len(table), np.nan), np.full(len(table), np.nan)
+            if ok.any():
+                xs[ok], ys[ok] = to_grid_crs(lon[ok], lat[ok], crs, epsg=epsg)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+        raise ObservationsError(f"{where}: cannot read ({reason})") from None
+    for col in (species, presence, survey, date):
+        if col is not None and col not in table.columns:
+            raise ObservationsError(f"{where}: no column {col!r} (columns: {list(table.columns)})")
+    xs = np.where(ok, xs, np.nan)
+    names = table[species].astype("string").str.strip()
+    frame = pd.DataFrame(
+        {
+            "record_id": [f"r{i:07d}" for i in range(len(table))],
+            "survey_id": table[survey].astype("string") if survey else pd.Series(pd.NA, index=table.index),
+            "species_id": names.fillna(""),
+            "species_name": names.fillna(""),
+            "presence": _presence(table[presence], where) if presence else np.int8(1),
+            "x": xs,
+            "y": ys,
+            "date": table[date].astype(str) if date else None,
+        }
+    )
+    return _finish(frame, grid, epsg, where, len(table))
+
+
+def from_virtual_region(manifest: Any) -> Observations:
+    """The simulator's plots (complete species lists) and presence-only records."""
+    import geopandas as gpd
+
+    plots = gpd.read_parquet(manifest.plots)
+    plot_species = pd.read_parquet(manifest.plot_species)
+    po = gpd.read_parquet(manifest.presence_only)
+    grid = manifest.map_grid
+    located = plot_species.merge(
+        pd.DataFrame({"plot_id": plots.plot_id, "x": plots.geometry.x, "y": plots.geometry.y, "date": plots.date}),
+        on="plot_id",
+    )
+    pa = pd.DataFrame(
+        {
+            "record_id": located.plot_id + ":" + located.species_id,
+            "survey_id": located.plot_id.astype("string"),
+            "species_id": located.species_id,
+            "species_name": located.species_name,
+            "presence": np.int8(1),
+            "x": located.x,
+            "y": located.y,
+            "date": located.date.astype(str),
+        }
+    )
+    records = pd.DataFrame(
+        {
+            "record_id": po.record_id,
+            "survey_id": pd.Series(pd.NA, index=po.index, dtype="string"),
+            "species_id": po.species_id,
+            "species_name": po.species_name,
+            "presence": np.int8(1),
+            "x": po.geometry.x,
+            "y": po.geometry.y,
+            "date": po.date.astype(str),
+        }
+    )
+    frame = pd.concat([pa, records], ignore_index=True)
+    return _finish(frame, grid, grid.epsg, str(manifest.root), len(frame))
+
+
+@dataclass
+class Samples:
+    """Model samples: one per survey, presence-only record or background point."""
+
+    x: np.ndarray
+    y: np.ndarray
+    label: np.ndarray  # int8 (n, species): 1 present, 0 absent, -1 unknown
+    source: np.ndarray  # "pa" | "po" | "bg"
+    vocab: SpeciesVocabulary
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def background_points(
+    obs: Observations, grid: Grid, n: int, *, kind: str = "target_group", seed: int = 0, jitter_px: float = 2.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` background locations inside ``grid``.
+
+    ``target_group``: drawn from the presence-only records' locations (the observers' effort) with a Gaussian jitter
+    of ``jitter_px`` pixels, so the background carries the same observer bias as the presences and the bias cancels
+    (Phillips et al. 2009, Ecol. Appl. 19:181). ``uniform``: uniform over the grid.
+    """
+    rng = np.random.default_rng(seed)
+    po = obs.records[obs.records.survey_id.isna()]
+    if kind not in ("target_group", "uniform"):
+        raise ObservationsError(f"unknown background kind {kind!r} (target_group or uniform)")
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    got = 0
+    while got < n:
+        m = 2 * (n - got) + 16
+        if kind == "target_group" and len(po):
+            pick = rng.integers(0, len(po), m)
+            bx = po.x.to_numpy()[pick] + rng.normal(0, jitter_px * grid.resolution, m)
+            by = po.y.to_numpy()[pick] + rng.normal(0, jitter_px * grid.resolution, m)
+        else:
+            bx = rng.uniform(grid.left, grid.right, m)
+            by = rng.uniform(grid.bottom, grid.top, m)
+        keep = grid.contains(bx, by)
+        xs.append(bx[keep])
+        ys.append(by[keep])
+        got += int(keep.sum())
+    return np.concatenate(xs)[:n], np.concatenate(ys)[:n]
+
+
+def build_samples(
+    obs: Observations,
+    vocab: SpeciesVocabulary,
+    grid: Grid,
+    *,
+    n_background: int = 0,
+    background: str = "target_group",
+    seed: int = 0,
+) -> Samples:
+    """Surveys -> one sample each (1 listed present, 0 listed absent, 0 for unlisted species: complete lists);
+    presence-only records -> one sample each (1 for the species, -1 unknown elsewhere); plus background points (0)."""
+    rec = obs.records
+    n_species = len(vocab.ids)
+    col = vocab.encode(rec.species_id.to_numpy())
+    xs, ys, labels, sources = [], [], [], []
+    surveyed = rec.survey_id.notna().to_numpy()
+    if surveyed.any():
+        groups = pd.factorize(rec.survey_id[surveyed])[0]
+        n = groups.max() + 1
+        lab = np.zeros((n, n_species), dtype=np.int8)
+        lab[groups, col[surveyed]] = rec.presence.to_numpy()[surveyed]
+        first = pd.Series(np.arange(surveyed.sum())).groupby(groups).first().to_numpy()
+        xs.append(rec.x.to_numpy()[surveyed][first])
+        ys.append(rec.y.to_numpy()[surveyed][first])
+        labels.append(lab)
+        sources.append(np.full(n, "pa"))
+    single = ~surveyed
+    if single.any():
+        lab = np.full((int(single.sum()), n_species), -1, dtype=np.int8)
+        lab[np.arange(len(lab)), col[single]] = rec.presence.to_numpy()[single]
+        xs.append(rec.x.to_numpy()[single])
+        ys.append(rec.y.to_numpy()[single])
+        labels.append(lab)
+        sources.append(np.full(len(lab), "po"))
+    if n_background:
+        bx, by = background_points(obs, grid, n_background, kind=background, seed=seed)
+        xs.append(bx)
+        ys.append(by)
+        labels.append(np.zeros((n_background, n_species), dtype=np.int8))
+        sources.append(np.full(n_background, "bg"))
+    return Samples(
+        np.concatenate(xs), np.concatenate(ys), np.concatenate(labels), np.concatenate(sources).astype(str), vocab
+    )
