@@ -45,6 +45,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sdm(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from geoplantnet.cluster import connect
+    from geoplantnet.sdm import run_sdm, user_inputs, virtual_inputs
+
+    if args.observations is None:
+        inputs = virtual_inputs(cfg, progress=not args.quiet)
+    else:
+        inputs = user_inputs(
+            cfg,
+            args.observations,
+            args.rasters,
+            crs=args.crs,
+            x=args.x,
+            y=args.y,
+            species=args.species,
+            presence=args.presence,
+            survey=args.survey,
+            with_s2=args.with_s2,
+        )
+    out = args.out or Path(cfg.store.root) / "sdm"
+    with connect(cfg.cluster) as client:
+        result = run_sdm(cfg, inputs, Path(out), client)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from geoplantnet.sim.region import generate_region
 
@@ -90,6 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
+
+    sdm = sub.add_parser(
+        "sdm",
+        help="train and evaluate species models (CNN, MaxEnt, random forest) on spatial blocks; write a report",
+        description="Without --observations: the virtual region (scored against its true probabilities too). "
+        "With --observations and --rasters: your own data (CSV or GeoParquet, coordinates in any CRS; GeoTIFFs in "
+        "any CRS/resolution, aligned onto the grid set by grid.* in the configuration).",
+    )
+    _add_config_args(sdm)
+    sdm.add_argument("--observations", type=Path, default=None, help="CSV or GeoParquet of records")
+    sdm.add_argument("--crs", default="EPSG:4326", help="CRS of the CSV coordinates (default EPSG:4326)")
+    sdm.add_argument("--x", default="lon", help="x/longitude column (CSV)")
+    sdm.add_argument("--y", default="lat", help="y/latitude column (CSV)")
+    sdm.add_argument("--species", default="species", help="species column")
+    sdm.add_argument("--presence", default=None, help="presence/absence column (1/0); absent: presence-only")
+    sdm.add_argument("--survey", default=None, help="survey/plot id column: rows sharing it form one survey")
+    sdm.add_argument("--rasters", type=Path, nargs="*", default=[], help="predictor GeoTIFFs (one variable each)")
+    sdm.add_argument("--with-s2", action="store_true", help="add Sentinel-2 composites from stac.url")
+    sdm.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm)")
+    sdm.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    sdm.set_defaults(func=_cmd_sdm)
 
     sim = sub.add_parser("simulate", help="generate the virtual region (imagery, environment, species, observations)")
     _add_config_args(sim)

@@ -181,6 +181,7 @@ class ValidationConfig(_Section):
     top_k: int = Field(10, ge=1)
     threshold: float = Field(0.5, gt=0, lt=1)
     seed: int = 0
+    models: list[Literal["cnn", "maxent", "random_forest"]] = ["cnn", "maxent", "random_forest"]
 
 
 class RunConfig(_Section):

@@ -19,6 +19,7 @@ import stackstac
 import xarray as xr
 from rasterio.errors import RasterioError
 
+from geoplantnet.cog import write_cog
 from geoplantnet.cube import CubeError, stack_items
 from geoplantnet.grid import Grid
 from geoplantnet.stac_items import AssetSpec, item_from_cogs
@@ -106,6 +107,29 @@ def environment_stack(
     out = out.assign_coords(var=names, units=("var", units), resampling=("var", methods))
     out.name = "predictors"
     out.attrs = {"long_name": "environmental predictors", "grid_mapping": "spatial_ref", "crs": f"EPSG:{grid.epsg}"}
+    return out
+
+
+def split_bands(path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """A multi-band raster as one single-band COG per band, named by the band descriptions (else ``<stem>_b<i>``).
+
+    Users often ship bioclim stacks as one file; STAC assets (and stackstac) are one band each.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    try:
+        with rasterio.open(path) as ds:
+            names = [d or f"{path.stem}_b{i}" for i, d in enumerate(ds.descriptions, start=1)]
+            if len(set(names)) != len(names):
+                names = [f"{path.stem}_b{i}" for i in range(1, ds.count + 1)]
+            out = {}
+            for i, name in enumerate(names, start=1):
+                target = out_dir / f"{name}.tif"
+                if not target.exists():
+                    crs = ds.crs.to_epsg() or ds.crs.to_wkt()
+                    write_cog(target, ds.read(i), ds.transform, crs, nodata=ds.nodata, band_names=[name])
+                out[name] = target
+    except RasterioError as e:
+        raise PredictorError(f"{path}: cannot open as a raster: {' '.join(str(e).split())}") from e
     return out
 
 

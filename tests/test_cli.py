@@ -7,7 +7,7 @@ import pytest
 
 from geoplantnet.cli import build_parser, main
 
-COMMANDS = [["run"], ["simulate"], ["stac", "serve"], ["config", "show"], ["cluster", "spec"]]
+COMMANDS = [["run"], ["sdm"], ["simulate"], ["stac", "serve"], ["config", "show"], ["cluster", "spec"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

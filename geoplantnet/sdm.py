@@ -1,0 +1,275 @@
+"""Species distribution modelling job: observations -> training set -> spatial-block CV of the CNN, MaxEnt and a random
+forest on the same folds -> Markdown + PNG report.
+
+Inputs are either the virtual region (with its true probabilities, so every model is also scored against the truth) or
+a user's observations file and predictor rasters (any CRS), with or without Sentinel-2 from a STAC API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import xarray as xr
+from distributed import Client
+
+from geoplantnet import predictors
+from geoplantnet.config import RunConfig
+from geoplantnet.extraction import extract_samples
+from geoplantnet.grid import Grid
+from geoplantnet.models.peers import MaxentPeer, RandomForestPeer
+from geoplantnet.observations import Observations, SpeciesVocabulary, build_samples
+from geoplantnet.train import TrainResult, load_model, predict, train_on_cluster
+from geoplantnet.training_set import open_training_set
+from geoplantnet.validation.blocks import blocks_geodataframe, choose_block_size, spatial_blocks, validation_split
+from geoplantnet.validation.metrics import cross_validate
+from geoplantnet.validation.report import write_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SdmInputs:
+    """What one SDM run reads: observations, predictor items, optional Sentinel-2 items and the true probabilities."""
+
+    observations: Observations
+    env_items: list
+    s2_items: list | None = None
+    truth: xr.DataArray | None = None  # (species, y, x) true probabilities on the map grid (virtual region only)
+    notes: list[str] = field(default_factory=list)
+
+
+class CnnPeer:
+    """The species network behind the peers' ``fit``/``predict_proba`` interface.
+
+    ``X`` holds sample indices into the training set (one column), so the CNN, MaxEnt and the random forest are
+    cross-validated by the same code on the same folds. Each fit trains on the cluster with early stopping on a
+    block-based validation split carved out of the training part.
+    """
+
+    def __init__(
+        self, cfg: RunConfig, training_set: str, client: Client, out_dir: Path, x: np.ndarray, y: np.ndarray,
+        block_size: float,
+    ) -> None:
+        self.cfg, self.path, self.client, self.out_dir = cfg, training_set, client, out_dir
+        self.x, self.y, self.block_size = x, y, block_size
+        self.runs: list[TrainResult] = []
+        self._model: Any = None
+        self._spec: Any = None
+
+    def __call__(self) -> CnnPeer:
+        return self  # cross_validate asks for a fresh model per fold; state is replaced on each fit
+
+    def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray) -> CnnPeer:
+        train = np.zeros(len(self.x), dtype=bool)
+        train[X[:, 0].astype(np.int64)] = True
+        fit_mask, val_mask = validation_split(self.x, self.y, train, self.block_size, seed=self.cfg.validation.seed)
+        run_dir = self.out_dir / f"fold-{len(self.runs)}"
+        result = train_on_cluster(
+            self.client, self.path, np.flatnonzero(fit_mask), np.flatnonzero(val_mask), self.cfg, run_dir
+        )
+        self.runs.append(result)
+        self._model, self._spec = load_model(result.model_path)
+        log.info(
+            "CNN fold %d: %d epochs (best %d), %.1f s/epoch on %s",
+            len(self.runs) - 1, result.epochs_run, result.best_epoch, np.mean(result.epoch_seconds), result.device,
+        )
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return predict(self._model, self._spec, self.path, X[:, 0].astype(np.int64), self.cfg.train.batch_size)
+
+
+def _point_features(ds: xr.Dataset) -> np.ndarray:
+    """Predictors at the points for MaxEnt and the forest: environment values, plus the seasonal series if present."""
+    parts = []
+    if "env_point" in ds:
+        parts.append(ds["env_point"].values.reshape(ds.sizes["sample"], -1))
+    if "series" in ds:
+        parts.append(ds["series"].values.reshape(ds.sizes["sample"], -1))
+    if not parts:
+        raise ValueError("the training set has neither env_point nor series: no predictors for the peers")
+    return np.concatenate(parts, axis=1).astype("float32")
+
+
+def _truth_at(truth: xr.DataArray, grid: Grid, x: np.ndarray, y: np.ndarray, species: list[str]) -> np.ndarray:
+    rows, cols = grid.index(x, y)
+    values = truth.sel(species=species).values  # (species, y, x); the map grid of a virtual region is small
+    return values[:, rows, cols].T.astype("float32")
+
+
+def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) -> dict[str, Any]:
+    """Build the training set, cross-validate every model on spatial blocks, write the report; return the summary."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grid = cfg.grid.grid()
+    obs = inputs.observations
+    vocab = SpeciesVocabulary.from_observations(obs)
+    samples = build_samples(
+        obs, vocab, grid, n_background=cfg.train.n_background, background=cfg.train.background, seed=cfg.train.seed
+    )
+    env = predictors.environment_stack(inputs.env_items, grid, chunk=cfg.cube.chunk)
+    if "land_cover" in env["var"].values:
+        # Class codes are not magnitudes: the models get one indicator layer per land-cover class.
+        from geoplantnet.sim.environment import LAND_COVER_CLASSES
+
+        cover = predictors.one_hot(env.sel(var="land_cover"), sorted(LAND_COVER_CLASSES))
+        env = xr.concat([env.drop_sel(var="land_cover"), cover], dim="var")
+    composite = None
+    if inputs.s2_items:
+        from geoplantnet.jobs import composites
+
+        composite = composites(inputs.s2_items, cfg)
+    path = str(out_dir / "training.zarr")
+    t1 = time.perf_counter()
+    extract_samples(
+        samples,
+        grid,
+        composite=composite,
+        env=env,
+        patch_size=cfg.model.patch_size,
+        env_patch_size=cfg.model.env_patch_size,
+        out=path,
+        client=client,
+        attrs=cfg.to_attrs(),
+    )
+    extract_s = time.perf_counter() - t1
+    ds = open_training_set(path)
+    x, y = ds["x"].values, ds["y"].values
+    labels = ds["label"].values
+    source = np.array([str(s) for s in ds["source"].values])  # StringDType does not cast to fixed-width str
+    species = [str(s) for s in ds["species"].values]
+    features = _point_features(ds)
+
+    # Candidate block sizes step by 10 map pixels: 500 m at 50 m, so small regions still get enough blocks.
+    block = cfg.validation.block_size_m or choose_block_size(
+        x, y, np.nan_to_num(features[:, : min(features.shape[1], 8)]), folds=cfg.validation.folds,
+        step=10 * grid.resolution,
+    )
+    folds = spatial_blocks(x, y, block, cfg.validation.folds, seed=cfg.validation.seed)
+    truth = _truth_at(inputs.truth, grid, x, y, species) if inputs.truth is not None else None
+    log.info("%d samples, %d species, %g m blocks, %d folds", len(x), len(species), block, cfg.validation.folds)
+
+    results: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    cnn = CnnPeer(cfg, path, client, out_dir / "cnn", x, y, block)
+    peers: dict[str, tuple[Any, np.ndarray]] = {
+        "cnn": (cnn, np.arange(len(x))[:, None]),
+        "maxent": (lambda: MaxentPeer(client=client, seed=cfg.train.seed), features),
+        "random_forest": (lambda: RandomForestPeer(client=client, seed=cfg.train.seed), features),
+    }
+    for name, (make, X) in peers.items():
+        if name not in cfg.validation.models:
+            continue
+        t = time.perf_counter()
+        results[name] = cross_validate(
+            make, X, labels, source, folds, cfg=cfg.validation, species=species, true_probs=truth
+        )
+        timings[name] = round(time.perf_counter() - t, 1)
+        log.info("%s cross-validated in %.0f s", name, timings[name])
+
+    epoch_s = [s for run in cnn.runs for s in run.epoch_seconds] or [float("nan")]
+    device = cnn.runs[0].device if cnn.runs else "-"
+    n_params = cnn.runs[0].n_parameters if cnn.runs else 0
+    notes = [
+        f"{len(x)} samples ({', '.join(f'{k}: {int((source == k).sum())}' for k in ('pa', 'po', 'bg'))}), "
+        f"{len(species)} species, blocks of {block:g} m, {cfg.validation.folds} folds",
+        f"observations: {obs.summary()}",
+        f"CNN: {np.mean(epoch_s):.2f} s per epoch on {device} ({n_params} parameters); extraction {extract_s:.1f} s",
+        f"wall time per model (all folds): {json.dumps(timings)}",
+        *inputs.notes,
+    ]
+    report = write_report(
+        results,
+        out_dir / "report",
+        blocks_gdf=blocks_geodataframe(x, y, block, folds, crs=grid.epsg),
+        points=(x, y),
+        title=f"{cfg.name}: CNN vs MaxEnt vs random forest on spatial blocks",
+        notes=notes,
+    )
+    summary = {
+        name: {k: float(np.nanmean([f[k] for f in r["folds"]])) for k in r["folds"][0] if k != "fold"}
+        for name, r in results.items()
+    }
+    out = {
+        "report": str(report),
+        "training_set": path,
+        "block_size_m": block,
+        "n_samples": len(x),
+        "n_species": len(species),
+        "cnn_seconds_per_epoch": float(np.mean(epoch_s)),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "models": summary,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def virtual_inputs(cfg: RunConfig, *, progress: bool = False) -> SdmInputs:
+    """The virtual region's observations, predictors (searched through its STAC API) and true probabilities."""
+    from geoplantnet import catalog
+    from geoplantnet.jobs import stac_api
+    from geoplantnet.observations import from_virtual_region
+    from geoplantnet.sim.region import generate_region
+    from geoplantnet.store import open_store
+
+    manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
+    grid = cfg.grid.grid(cfg.cube.resolution)
+    with stac_api(cfg, progress) as url:
+        where = {"bbox": grid.bounds, "bbox_crs": grid.epsg}
+        s2 = list(catalog.search(url, cfg.stac.s2_collection, max_cloud_cover=cfg.cube.max_cloud_cover, **where))
+        env = list(catalog.search(url, cfg.stac.env_collection, **where))
+    truth = open_store(str(manifest.truth_species))["probability"]
+    return SdmInputs(from_virtual_region(manifest), env, s2, truth, [f"virtual region {manifest.root}"])
+
+
+def user_inputs(
+    cfg: RunConfig,
+    observations: Path,
+    rasters: list[Path],
+    *,
+    crs: str = "EPSG:4326",
+    x: str = "lon",
+    y: str = "lat",
+    species: str = "species",
+    presence: str | None = None,
+    survey: str | None = None,
+    with_s2: bool = False,
+) -> SdmInputs:
+    """A user's observations file (CSV or GeoParquet) and predictor GeoTIFFs (any CRS), optionally with Sentinel-2."""
+    from geoplantnet import catalog
+    from geoplantnet.observations import load_observations
+
+    if not rasters:
+        raise ValueError("no predictor rasters given (--rasters a.tif b.tif ...)")
+    grid = cfg.grid.grid()
+    obs = load_observations(
+        observations, crs=crs, x=x, y=y, species=species, presence=presence, survey=survey, grid=grid
+    )
+    layers: dict[str, Path] = {}
+    for path in rasters:
+        with rasterio.open(path) as ds:
+            multi = ds.count > 1
+        layers.update(
+            predictors.split_bands(path, Path(cfg.workdir) / "predictors") if multi else {Path(path).stem: Path(path)}
+        )
+    env_items = predictors.from_geotiffs(layers)
+    s2 = None
+    if with_s2:
+        if not cfg.stac.url:
+            raise ValueError("--with-s2 needs a STAC API: --set stac.url=https://...")
+        cgrid = cfg.grid.grid(cfg.cube.resolution)
+        s2 = list(
+            catalog.search(
+                cfg.stac.url, cfg.stac.s2_collection, bbox=cgrid.bounds, bbox_crs=cgrid.epsg,
+                datetime=cfg.cube.datetime, max_cloud_cover=cfg.cube.max_cloud_cover,
+            )
+        )
+    return SdmInputs(obs, env_items, s2, None, [f"observations {observations}; rasters {[p.name for p in rasters]}"])

@@ -1,0 +1,73 @@
+"""The species-model job end to end: virtual region and bring-your-own-data (the Bradypus set), through the CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BRADYPUS = ROOT.parent / "shared" / "data" / "real" / "predicts_bradypus_bioclim"
+
+SMALL = [
+    "grid.width_m=2000",
+    "grid.height_m=2000",
+    "sim.dates_per_season=1",
+    "sim.n_species=30",
+    "sim.n_habitats=6",
+    "sim.n_plots=120",
+    "sim.n_presence_only=600",
+    "cube.chunk=64",
+    "model.patch_size=8",
+    "model.width=8",
+    "model.series_hidden=8",
+    "model.env_hidden=8",
+    "model.fusion_hidden=32",
+    "train.epochs=3",
+    "train.n_background=300",
+    "validation.folds=3",
+    "validation.block_size_m=500",
+    "cluster.n_workers=2",
+    "cluster.memory_limit=3GiB",
+]
+
+
+def _sdm(tmp_path: Path, *args: str, overrides: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "geoplantnet.cli", "sdm", "--quiet", "--out", str(tmp_path / "sdm"), *args]
+    for item in [*overrides, f"workdir={tmp_path / 'work'}"]:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout[proc.stdout.index("{") :])
+
+
+@pytest.mark.slow
+def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(tmp_path):
+    result = _sdm(tmp_path, overrides=SMALL)
+    assert set(result["models"]) == {"cnn", "maxent", "random_forest"}
+    for name, metrics in result["models"].items():
+        assert 0.5 < metrics["auc"] <= 1.0, name  # better than chance on spatial blocks
+        assert metrics["pearson"] > 0.0, name  # correlated with the true probabilities
+    report = Path(result["report"])
+    text = report.read_text()
+    assert "| cnn" in text and "| maxent" in text and "| random_forest" in text
+    for png in ("auc_scatter.png", "blocks_map.png"):
+        assert (report.parent / png).stat().st_size > 5_000
+    assert result["cnn_seconds_per_epoch"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+@pytest.mark.skipif(not BRADYPUS.is_dir(), reason=f"real data folder {BRADYPUS} is absent")
+def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
+    result = _sdm(
+        tmp_path,
+        "-c", str(ROOT / "pipelines" / "bradypus.yaml"),
+        "--observations", str(BRADYPUS / "bradypus.csv"),
+        "--rasters", str(BRADYPUS / "bio.tif"),
+        overrides=["train.epochs=15", "cluster.n_workers=2"],
+    )
+    assert result["n_species"] == 1 and result["n_samples"] > 1000
+    assert result["models"]["maxent"]["auc"] > 0.7  # the literature's ~0.8-0.9 less the spatial-block penalty
+    assert result["models"]["cnn"]["auc"] > 0.6
