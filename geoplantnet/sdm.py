@@ -112,8 +112,10 @@ def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) ->
     grid = cfg.grid.grid()
     obs = inputs.observations
     vocab = SpeciesVocabulary.from_observations(obs)
+    # Background is over-drawn 3x: points that land where the predictors have no data are dropped below.
     samples = build_samples(
-        obs, vocab, grid, n_background=cfg.train.n_background, background=cfg.train.background, seed=cfg.train.seed
+        obs, vocab, grid, n_background=3 * cfg.train.n_background, background=cfg.train.background,
+        seed=cfg.train.seed,
     )
     env = predictors.environment_stack(inputs.env_items, grid, chunk=cfg.cube.chunk)
     if "land_cover" in env["var"].values:
@@ -142,11 +144,19 @@ def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) ->
     )
     extract_s = time.perf_counter() - t1
     ds = open_training_set(path)
-    x, y = ds["x"].values, ds["y"].values
+    x_all, y_all = ds["x"].values, ds["y"].values
     labels = ds["label"].values
     source = np.array([str(s) for s in ds["source"].values])  # StringDType does not cast to fixed-width str
     species = [str(s) for s in ds["species"].values]
     features = _point_features(ds)
+    # Background drawn where the predictors have no data (sea, outside the rasters) would be trivially separable
+    # from presences and inflate every model's AUC: such samples are dropped, and so is any sample without data.
+    nodata = np.isnan(features).all(axis=1) | ((source == "bg") & np.isnan(features).any(axis=1))
+    spare_bg = np.flatnonzero((source == "bg") & ~nodata)[cfg.train.n_background :]
+    keep = ~nodata
+    keep[spare_bg] = False
+    rows = np.flatnonzero(keep)
+    x, y, labels, source, features = x_all[rows], y_all[rows], labels[rows], source[rows], features[rows]
 
     # Candidate block sizes step by 10 map pixels: 500 m at 50 m, so small regions still get enough blocks.
     block = cfg.validation.block_size_m or choose_block_size(
@@ -159,9 +169,9 @@ def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) ->
 
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    cnn = CnnPeer(cfg, path, client, out_dir / "cnn", x, y, block)
+    cnn = CnnPeer(cfg, path, client, out_dir / "cnn", x_all, y_all, block)
     peers: dict[str, tuple[Any, np.ndarray]] = {
-        "cnn": (cnn, np.arange(len(x))[:, None]),
+        "cnn": (cnn, rows[:, None]),
         "maxent": (lambda: MaxentPeer(client=client, seed=cfg.train.seed), features),
         "random_forest": (lambda: RandomForestPeer(client=client, seed=cfg.train.seed), features),
     }
@@ -180,7 +190,8 @@ def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) ->
     n_params = cnn.runs[0].n_parameters if cnn.runs else 0
     notes = [
         f"{len(x)} samples ({', '.join(f'{k}: {int((source == k).sum())}' for k in ('pa', 'po', 'bg'))}), "
-        f"{len(species)} species, blocks of {block:g} m, {cfg.validation.folds} folds",
+        f"{len(species)} species, blocks of {block:g} m, {cfg.validation.folds} folds; "
+        f"{int(nodata.sum())} samples without predictor data dropped",
         f"observations: {obs.summary()}",
         f"CNN: {np.mean(epoch_s):.2f} s per epoch on {device} ({n_params} parameters); extraction {extract_s:.1f} s",
         f"wall time per model (all folds): {json.dumps(timings)}",

@@ -68,6 +68,6 @@ def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
         "--rasters", str(BRADYPUS / "bio.tif"),
         overrides=["train.epochs=15", "cluster.n_workers=2"],
     )
-    assert result["n_species"] == 1 and result["n_samples"] > 1000
+    assert result["n_species"] == 1 and result["n_samples"] > 600  # 116 presences + background on land
     assert result["models"]["maxent"]["auc"] > 0.7  # the literature's ~0.8-0.9 less the spatial-block penalty
     assert result["models"]["cnn"]["auc"] > 0.6
