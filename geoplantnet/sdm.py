@@ -151,7 +151,9 @@ def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) ->
     features = _point_features(ds)
     # Background drawn where the predictors have no data (sea, outside the rasters) would be trivially separable
     # from presences and inflate every model's AUC: such samples are dropped, and so is any sample without data.
-    nodata = np.isnan(features).all(axis=1) | ((source == "bg") & np.isnan(features).any(axis=1))
+    # The environmental layers define the study area; Sentinel-2 gaps (a cloudy season) are not "no data" here.
+    env_point = ds["env_point"].values if "env_point" in ds else features
+    nodata = np.isnan(features).all(axis=1) | ((source == "bg") & np.isnan(env_point).any(axis=1))
     spare_bg = np.flatnonzero((source == "bg") & ~nodata)[cfg.train.n_background :]
     keep = ~nodata
     keep[spare_bg] = False
