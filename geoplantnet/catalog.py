@@ -1,39 +1,50 @@
 """STAC search with pystac-client, and item metadata as tables. Never touches pixels.
 
-Filters that a server may ignore (the in-memory rustac backend answers ``query``/``filter`` with nothing, some APIs
-lack the extensions) are sent to the server only when it declares conformance, and always re-checked here.
+Filters and sorting that a server may ignore (the in-memory rustac backend answers ``query``/``filter`` with nothing
+and ignores ``sortby``; some APIs lack the extensions) are sent to the server only when it declares conformance, and
+are always applied again here, so every backend gives the same answer. What ran where is recorded in the returned
+collection's ``extra_fields["geoplantnet:search"]``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import pystac
 from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
+from shapely.geometry import Polygon, shape
 
 S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "SCL")
-# Earth Search (element84) v1 names and eo:bands common names, per canonical Sentinel-2 band.
-S2_ALIASES: dict[str, tuple[str, ...]] = {
-    "B01": ("coastal",),
-    "B02": ("blue",),
-    "B03": ("green",),
-    "B04": ("red",),
-    "B05": ("rededge1", "rededge"),
-    "B06": ("rededge2",),
-    "B07": ("rededge3",),
-    "B08": ("nir",),
-    "B8A": ("nir08", "nir narrow"),
-    "B09": ("nir09", "water_vapour"),
-    "B11": ("swir16",),
-    "B12": ("swir22",),
-    "SCL": ("scl",),
+# The unambiguous STAC eo common name of each Sentinel-2 band (Earth Search v1 uses them as asset keys). Planetary
+# Computer's "rededge" (B05, B06, B07 and B8A alike) is ambiguous, so it is never used to pick an asset.
+S2_COMMON_NAMES = {
+    "B01": "coastal",
+    "B02": "blue",
+    "B03": "green",
+    "B04": "red",
+    "B05": "rededge1",
+    "B06": "rededge2",
+    "B07": "rededge3",
+    "B08": "nir",
+    "B8A": "nir08",
+    "B09": "nir09",
+    "B11": "swir16",
+    "B12": "swir22",
+    "SCL": "scl",
 }
+# Landsat has a single NIR band ("nir08", 0.85-0.88 µm): it stands for B08 too, but only on non-Sentinel-2 items, so
+# a Sentinel-2 item that lacks B08 is an error rather than silently B8A.
+NON_S2_FALLBACKS = {"B08": ("nir08",)}
+SEARCH_KEY = "geoplantnet:search"
 
 
 class CatalogError(ValueError):
-    """The API cannot be reached, or the collection or a band does not exist."""
+    """The API cannot be reached, or the collection, a band or a search parameter is wrong."""
 
 
 class EmptySearchError(CatalogError):
@@ -42,32 +53,153 @@ class EmptySearchError(CatalogError):
 
 def lonlat_bbox(bbox: Sequence[float], crs: int | str = 4326) -> tuple[float, float, float, float]:
     """A bbox in any CRS as a lon/lat bbox that covers it (edges densified, so curved edges stay inside)."""
-    if len(bbox) != 4:
-        raise CatalogError(f"bbox must be (xmin, ymin, xmax, ymax), got {bbox}")
-    src = CRS.from_user_input(crs)
+    src = _crs(crs)
+    bbox = _bbox4(bbox)
     if src.to_epsg() == 4326:
-        lon0, lat0, lon1, lat1 = map(float, bbox)
+        lon0, lat0, lon1, lat1 = bbox
         if not (-180 <= lon0 <= lon1 <= 180 and -90 <= lat0 <= lat1 <= 90):
-            raise CatalogError(f"bbox {tuple(bbox)} is not lon/lat: pass bbox_crs= (e.g. 3035)")
-        return lon0, lat0, lon1, lat1
+            raise CatalogError(f"bbox {bbox} is not lon/lat (xmin, ymin, xmax, ymax): pass bbox_crs= (e.g. 3035)")
+        return bbox
     return Transformer.from_crs(src, 4326, always_xy=True).transform_bounds(*bbox, densify_pts=21)
+
+
+def lonlat_footprint(bbox: Sequence[float], crs: int | str) -> Polygon:
+    """The footprint of a projected bbox in lon/lat: its outline densified (21 points an edge), then transformed."""
+    x0, y0, x1, y1 = _bbox4(bbox)
+    n = 21
+    xs = [x0 + (x1 - x0) * i / (n - 1) for i in range(n)]
+    ys = [y0 + (y1 - y0) * i / (n - 1) for i in range(n)]
+    ring = [(x, y0) for x in xs] + [(x1, y) for y in ys] + [(x, y1) for x in xs[::-1]] + [(x0, y) for y in ys[::-1]]
+    to_ll = Transformer.from_crs(_crs(crs), 4326, always_xy=True)
+    lon, lat = to_ll.transform(*zip(*ring, strict=True))
+    return Polygon(zip(lon, lat, strict=True))
+
+
+def _crs(crs: int | str) -> CRS:
+    try:
+        return CRS.from_user_input(crs)
+    except CRSError as exc:
+        raise CatalogError(f"bbox_crs={crs!r} is not a CRS: {_detail(exc)}") from None
+
+
+def _bbox4(bbox: Sequence[float]) -> tuple[float, float, float, float]:
+    try:
+        x0, y0, x1, y1 = map(float, bbox)
+    except (TypeError, ValueError):
+        raise CatalogError(f"bbox must be 4 numbers (xmin, ymin, xmax, ymax), got {bbox!r}") from None
+    if not (x0 <= x1 and y0 <= y1):
+        raise CatalogError(f"bbox {bbox!r} has xmin > xmax or ymin > ymax")
+    return x0, y0, x1, y1
+
+
+def _detail(exc: BaseException) -> str:
+    """The first line of an exception's message (or its class name), short enough for a one-line error."""
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
 
 
 def _open(url: str) -> Any:
     from pystac_client import Client
-    from pystac_client.exceptions import APIError
 
     try:
         return Client.open(url)
-    except (APIError, OSError) as exc:
-        raise CatalogError(f"cannot open the STAC API at {url}: {str(exc).splitlines()[0][:200]}") from None
-    except Exception as exc:  # requests' ConnectionError and friends are not OSErrors in every version
-        raise CatalogError(f"cannot open the STAC API at {url}: {exc.__class__.__name__}") from None
+    except Exception as exc:  # requests, pystac-client and JSON errors alike mean "not a usable STAC API here"
+        raise CatalogError(f"cannot open the STAC API at {url}: {_detail(exc)}") from None
+
+
+def _require_collection(client: Any, url: str, collection: str) -> None:
+    from pystac_client.exceptions import APIError
+
+    try:
+        found = client.get_collection(collection)
+    except APIError as exc:  # a 404 here; anything else is surfaced as it is
+        if getattr(exc, "status_code", 404) != 404:
+            raise CatalogError(f"looking up collection {collection!r} at {url} failed: {_detail(exc)}") from None
+        found = None
+    except Exception:  # pystac-client turns a missing collection into different errors across versions
+        found = None
+    if found is None:
+        raise CatalogError(f"collection {collection!r} does not exist at {url}")
 
 
 def _cloud(item: pystac.Item) -> float | None:
     value = item.properties.get("eo:cloud_cover")
     return None if value is None else float(value)
+
+
+def _sort_fields(sortby: str | Sequence[str] | None) -> list[tuple[str, bool]]:
+    """``"-eo:cloud_cover,datetime"`` -> ``[("eo:cloud_cover", True), ("datetime", False)]`` (field, descending)."""
+    parts = [sortby] if isinstance(sortby, str) else list(sortby or [])
+    fields = [p.strip() for part in parts for p in part.split(",") if p.strip()]
+    return [(f.lstrip("+-"), f.startswith("-")) for f in fields]
+
+
+def _sort_value(item: pystac.Item, field: str, descending: bool) -> tuple[bool, Any]:
+    if field == "id":
+        value: Any = item.id
+    elif field == "datetime" and item.datetime is not None:
+        value = pd.Timestamp(item.datetime)
+    else:
+        value = item.properties.get(field.removeprefix("properties."))
+    # Items without the property go last in either direction.
+    return (value is None) != descending, "" if value is None else value
+
+
+def _sort_items(items: list[pystac.Item], fields: list[tuple[str, bool]]) -> list[pystac.Item]:
+    # Stable sorts from the last key to the first give a lexicographic order with per-key directions.
+    for field, desc in reversed(fields):
+        items = sorted(items, key=lambda it, f=field, d=desc: _sort_value(it, f, d), reverse=desc)
+    return items
+
+
+@dataclass
+class _Plan:
+    """Which parts of a search the server does, and what is re-checked here."""
+
+    kwargs: dict[str, Any]
+    server_filter: str | None
+    server_sort: bool
+    footprint: Polygon | None
+    max_cloud_cover: float | None
+
+    def keep(self, item: pystac.Item) -> bool:
+        # Items without eo:cloud_cover fail a cloud filter, as they do in CQL2 on the server.
+        if self.max_cloud_cover is not None and ((c := _cloud(item)) is None or c > self.max_cloud_cover):
+            return False
+        return self.footprint is None or item.geometry is None or shape(item.geometry).intersects(self.footprint)
+
+
+def _plan(
+    client: Any,
+    collection: str,
+    ll: tuple | None,
+    footprint: Polygon | None,
+    datetime: Any,
+    max_cloud_cover: float | None,
+    sortby: list[tuple[str, bool]],
+    limit: int,
+    max_items: int | None,
+) -> _Plan:
+    kwargs: dict[str, Any] = {"collections": [collection], "limit": limit}
+    if ll is not None:
+        kwargs["bbox"] = ll
+    if datetime:
+        kwargs["datetime"] = datetime
+    server_filter = None
+    if max_cloud_cover is not None and client.conforms_to("FILTER"):
+        kwargs["filter"] = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, max_cloud_cover]}
+        kwargs["filter_lang"] = "cql2-json"
+        server_filter = "filter"
+    elif max_cloud_cover is not None and client.conforms_to("QUERY"):
+        kwargs["query"] = {"eo:cloud_cover": {"lte": max_cloud_cover}}
+        server_filter = "query"
+    server_sort = bool(sortby) and client.conforms_to("SORT")
+    if server_sort:
+        kwargs["sortby"] = [("-" if desc else "+") + field for field, desc in sortby]
+    # The server may stop at max_items only when nothing here can drop items or change their order.
+    exact = (max_cloud_cover is None or server_filter is not None) and footprint is None
+    if max_items is not None and exact and (not sortby or server_sort):
+        kwargs["max_items"] = max_items
+    return _Plan(kwargs, server_filter, server_sort, footprint, max_cloud_cover)
 
 
 def search(
@@ -76,44 +208,62 @@ def search(
     *,
     bbox: Sequence[float] | None = None,
     bbox_crs: int | str = 4326,
-    datetime: str | None = None,
+    datetime: Any = None,
     max_cloud_cover: float | None = None,
     limit: int = 100,
     max_items: int | None = None,
-    sortby: str | None = "datetime",
+    sortby: str | Sequence[str] | None = None,
 ) -> pystac.ItemCollection:
-    """Items of ``collection`` matching the filters, all pages followed; raises :class:`EmptySearchError` on none."""
-    client = _open(url)
-    try:
-        known = client.get_collection(collection) is not None
-    except Exception:
-        known = False
-    if not known:
-        raise CatalogError(f"collection {collection!r} does not exist at {url}")
+    """Items of ``collection`` matching the filters, every page followed; :class:`EmptySearchError` when none match.
+
+    ``bbox`` is in ``bbox_crs`` (lon/lat by default; a projected bbox is searched by its lon/lat envelope, then items
+    outside its exact footprint are dropped). ``datetime`` is anything pystac-client takes ("2023-01-01/2023-06-30",
+    "2023", a datetime pair). ``max_cloud_cover`` keeps items with ``eo:cloud_cover <= max_cloud_cover``. ``limit`` is
+    the page size; ``max_items`` caps the result, taken in ``sortby`` order (e.g. "eo:cloud_cover" for the clearest
+    scenes) or else in the server's order. Items come back sorted by ``sortby``, or by (datetime, id).
+    """
+    if limit < 1 or (max_items is not None and max_items < 1):
+        raise CatalogError(f"limit={limit} and max_items={max_items} must be positive")
+    if max_cloud_cover is not None and not 0 <= max_cloud_cover <= 100:
+        raise CatalogError(f"max_cloud_cover={max_cloud_cover} is not a percentage in [0, 100]")
     ll = lonlat_bbox(bbox, bbox_crs) if bbox is not None else None
-    kwargs: dict[str, Any] = {"collections": [collection], "limit": limit, "max_items": max_items}
-    if ll is not None:
-        kwargs["bbox"] = ll
-    if datetime:
-        kwargs["datetime"] = datetime
-    if max_cloud_cover is not None and client.conforms_to("FILTER"):
-        kwargs["filter"] = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, max_cloud_cover]}
-        kwargs["filter_lang"] = "cql2-json"
-    if sortby and client.conforms_to("SORT"):
-        kwargs["sortby"] = sortby
+    footprint = None if bbox is None or _crs(bbox_crs).to_epsg() == 4326 else lonlat_footprint(bbox, bbox_crs)
+    fields = _sort_fields(sortby)
+    client = _open(url)
+    _require_collection(client, url, collection)
+    plan = _plan(client, collection, ll, footprint, datetime, max_cloud_cover, fields, limit, max_items)
+    found: list[pystac.Item] = []
+    pages = served = 0
     try:
-        found = list(client.search(**kwargs).items())
+        for page in client.search(**plan.kwargs).pages():
+            pages += 1
+            served += len(page.items)
+            found.extend(it for it in page.items if plan.keep(it))
+            if max_items is not None and len(found) >= max_items and (not fields or plan.server_sort):
+                break
     except Exception as exc:
-        raise CatalogError(f"search at {url} failed: {str(exc).splitlines()[0][:200]}") from None
-    if max_cloud_cover is not None:
-        found = [it for it in found if (c := _cloud(it)) is None or c <= max_cloud_cover]
-    found.sort(key=lambda it: (it.datetime or pd.Timestamp.min, it.id))
+        raise CatalogError(f"search of {collection!r} at {url} failed: {_detail(exc)}") from None
+    dropped = served - len(found)
+    if fields:
+        found = _sort_items(found, fields)[:max_items]
+    else:  # the server's order decides which max_items are kept; time order is what the cube builders want
+        found = _sort_items(found[:max_items], [("datetime", False), ("id", False)])
     if not found:
+        crs_label = f"EPSG:{bbox_crs}" if isinstance(bbox_crs, int) else bbox_crs
+        where = f"bbox={tuple(bbox)} in {crs_label}" if bbox is not None else "bbox=None"
         raise EmptySearchError(
-            f"no items in {collection!r} at {url} for bbox={ll}, datetime={datetime}, "
-            f"max_cloud_cover={max_cloud_cover}"
+            f"no items in {collection!r} at {url} for {where}, datetime={datetime}, max_cloud_cover={max_cloud_cover}"
         )
-    return pystac.ItemCollection(found)
+    stats = {
+        "url": url,
+        "collection": collection,
+        "pages": pages,
+        "served": served,
+        "dropped_here": dropped,
+        "server_filter": plan.server_filter,
+        "server_sort": plan.server_sort,
+    }
+    return pystac.ItemCollection(found, extra_fields={SEARCH_KEY: stats})
 
 
 def items_table(items: Iterable[pystac.Item]) -> pd.DataFrame:
@@ -137,36 +287,63 @@ def items_table(items: Iterable[pystac.Item]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", "datetime", "cloud_cover", "epsg", "platform", "collection", "assets"])
 
 
-def _asset_names(asset: pystac.Asset) -> set[str]:
-    names = set()
-    bands = asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or []
-    for band in bands:
-        for key in ("name", "common_name", "eo:common_name"):
-            if band.get(key):
-                names.add(str(band[key]).lower())
-    return names
+def _bands_of(asset: pystac.Asset) -> list[dict[str, Any]]:
+    # STAC 1.0 eo:bands, STAC 1.1 bands (with eo:common_name).
+    return list(asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or [])
+
+
+_RES_SUFFIX = re.compile(r"^(?P<band>[A-Za-z0-9]+?)[_-](?P<res>\d+)m$", re.IGNORECASE)
+
+
+def _key_candidates(item: pystac.Item) -> dict[str, list[tuple[float, str]]]:
+    """Lower-cased band name -> [(resolution, asset key)] from keys like "B04", "red", "B04_10m" (CDSE)."""
+    out: dict[str, list[tuple[float, str]]] = {}
+    for key, asset in item.assets.items():
+        if len(_bands_of(asset)) > 1:  # "visual" and other multi-band assets are not a band
+            continue
+        m = _RES_SUFFIX.match(key)
+        name, res = (m["band"], float(m["res"])) if m else (key, 0.0)
+        out.setdefault(name.lower(), []).append((res, key))
+    return out
+
+
+def _metadata_candidates(item: pystac.Item) -> dict[str, str]:
+    """Lower-cased eo:bands name / common name -> asset key, for single-band assets (first asset wins)."""
+    out: dict[str, str] = {}
+    for key, asset in item.assets.items():
+        bands = _bands_of(asset)
+        if len(bands) != 1:
+            continue
+        for field in ("name", "common_name", "eo:common_name"):
+            if bands[0].get(field):
+                out.setdefault(str(bands[0][field]).lower(), key)
+    return out
 
 
 def band_assets(item: pystac.Item, bands: Sequence[str] | None = None) -> dict[str, str]:
-    """Canonical Sentinel-2 band names ("B04", "SCL", ...) -> this item's asset keys.
+    """Canonical Sentinel-2 band names ("B04", "B8A", "SCL", ...) -> this item's asset keys.
 
-    Handles the naming of Planetary Computer ("B04"), Earth Search v1 ("red", "scl") and older Earth Search ("B04"),
-    and eo:bands names/common names. With ``bands`` given, every one must be found.
+    Tries, in order: an asset keyed by the band ("B04", or "B04_10m" at the finest resolution), an asset keyed by its
+    unambiguous common name ("red", "nir08", "scl": Earth Search v1, Landsat C2), then single-band assets by their
+    eo:bands name or common name. Landsat's one NIR band ("nir08") also answers "B08". With ``bands`` given, each must
+    be found (:class:`CatalogError` names the item, the missing bands and the assets there); without, all that exist.
     """
-    single = {k: a for k, a in item.assets.items() if len(_asset_names(a)) <= 2}
+    by_key, by_meta = _key_candidates(item), _metadata_candidates(item)
+    platform = str(item.properties.get("platform") or "").lower()
     mapping: dict[str, str] = {}
     for band in bands or S2_BANDS:
-        wanted = {band.lower(), *S2_ALIASES.get(band.upper(), ())}
-        for key in single:
-            if key.lower() in wanted or key.lower().replace("-", "_") in wanted:
-                mapping[band] = key
+        canon = band.upper()
+        names = [canon.lower()] + ([S2_COMMON_NAMES[canon]] if canon in S2_COMMON_NAMES else [])
+        if not platform.startswith("sentinel-2"):
+            names += NON_S2_FALLBACKS.get(canon, ())
+        for name in names:
+            if name in by_key:
+                mapping[band] = min(by_key[name])[1]
                 break
         else:
-            for key, asset in single.items():
-                names = _asset_names(asset)
-                if names & {band.lower()} or (band.upper() in S2_ALIASES and names & set(S2_ALIASES[band.upper()])):
-                    mapping[band] = key
-                    break
+            key = next((by_meta[n] for n in names if n in by_meta), None)
+            if key is not None:
+                mapping[band] = key
     if bands is not None:
         missing = [b for b in bands if b not in mapping]
         if missing:
