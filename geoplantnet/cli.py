@@ -30,10 +30,19 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one setting, e.g. --set cube.resolution=10 (repeatable; env GEOPLANTNET__CUBE__RESOLUTION too)",
     )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on an existing Dask scheduler (e.g. tcp://10.0.0.5:8786) instead of the configured cluster",
+    )
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
-    return load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "scheduler", None):
+        overrides += ["cluster.kind=address", f"cluster.address={args.scheduler}"]
+    return load_config(args.config, overrides)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -68,6 +77,15 @@ def _cmd_sdm(args: argparse.Namespace) -> int:
     out = args.out or Path(cfg.store.root) / "sdm"
     with connect(cfg.cluster) as client:
         result = run_sdm(cfg, inputs, Path(out), client)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_map(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from geoplantnet.mapping import run_map
+
+    result = run_map(cfg, model=args.model, out=args.out, progress=not args.quiet)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -138,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     sdm.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm)")
     sdm.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     sdm.set_defaults(func=_cmd_sdm)
+
+    mapping = sub.add_parser(
+        "map", help="apply the species model over the whole grid, tile by tile on the cluster -> species.zarr"
+    )
+    _add_config_args(mapping)
+    mapping.add_argument("--model", default=None, help="trained model file (default: map.model, or train one)")
+    mapping.add_argument("--out", default=None, help="species.zarr path or URL (default: <store.root>/species.zarr)")
+    mapping.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    mapping.set_defaults(func=_cmd_map)
 
     sim = sub.add_parser("simulate", help="generate the virtual region (imagery, environment, species, observations)")
     _add_config_args(sim)

@@ -147,6 +147,9 @@ class ModelConfig(_Section):
     env_patch_size: int = Field(5, ge=1, description="environmental patch side in map pixels")
     width: int = Field(32, ge=4, description="channels of the patch CNN")
     depth: int = Field(3, ge=1)
+    patch_pool: Literal["mean", "conv"] = Field(
+        "mean", description="how the patch encoder summarises the window after its 3x3 blocks (see SpeciesNet)"
+    )
     series_hidden: int = Field(32, ge=4)
     env_hidden: int = Field(32, ge=4)
     fusion_hidden: int = Field(128, ge=8)
@@ -184,6 +187,19 @@ class ValidationConfig(_Section):
     models: list[Literal["cnn", "maxent", "random_forest"]] = ["cnn", "maxent", "random_forest"]
 
 
+class MapConfig(_Section):
+    """Map production: a trained species model over the whole grid, tile by tile (:mod:`geoplantnet.mapping`)."""
+
+    model: str | None = Field(None, description="trained model file (path or URL); None trains one on the region")
+    tile: int = Field(128, ge=8, description="tile side in map pixels; also the Zarr chunk/shard side")
+    species_chunk: int = Field(16, ge=1, description="species per Zarr chunk (inside one shard per tile)")
+    batch_mb: int = Field(512, ge=16, description="activation memory per forward pass; tiles run in row strips")
+    max_in_flight: int | None = Field(None, ge=1, description="tiles submitted at once; None: 2 per worker thread")
+    retries: int = Field(2, ge=0, description="retries of a failed tile task (a dead worker is retried anyway)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = True
+
+
 class RunConfig(_Section):
     """Everything one run needs; nothing else reads settings."""
 
@@ -198,6 +214,7 @@ class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     validation: ValidationConfig = ValidationConfig()
+    map: MapConfig = MapConfig()
 
     def to_attrs(self) -> dict[str, str]:
         """The resolved configuration as a JSON string attribute, for output stores."""

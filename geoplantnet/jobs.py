@@ -17,6 +17,7 @@ import xarray as xr
 from geoplantnet import catalog, cube, store
 from geoplantnet.cluster import connect
 from geoplantnet.config import RunConfig
+from geoplantnet.grid import Grid
 from geoplantnet.quicklook import composite_quicklook
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,10 @@ def stac_api(cfg: RunConfig, progress: bool) -> Iterator[str]:
         server.stop()
 
 
-def composites(items: list, cfg: RunConfig) -> xr.DataArray:
-    """Lazy cloud-masked seasonal median composites (time, band, y, x) with the configured indices appended."""
-    grid = cfg.grid.grid(cfg.cube.resolution)
+def composites(items: list, cfg: RunConfig, grid: Grid | None = None) -> xr.DataArray:
+    """Lazy cloud-masked seasonal median composites (time, band, y, x) with the configured indices appended, on
+    ``grid`` (default: the run's grid at the cube resolution)."""
+    grid = grid or cfg.grid.grid(cfg.cube.resolution)
     reflectance = cube.s2_cube(items, grid, cfg.cube.bands, chunk=cfg.cube.chunk)
     scl = cube.scl_cube(items, grid, chunk=cfg.cube.chunk)
     clear = cube.mask_clouds(reflectance, cube.cloud_mask(scl, cfg.cube.mask_scl))

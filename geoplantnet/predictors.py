@@ -186,3 +186,15 @@ def one_hot(land_cover: xr.DataArray, classes: Sequence[int], *, name: str | Non
     out = out.assign_coords(units=("var", ["1"] * len(classes)), resampling=("var", ["nearest"] * len(classes)))
     out.attrs = {"long_name": f"one-hot {base}", "grid_mapping": "spatial_ref"}
     return out
+
+
+def model_stack(items: Iterable[pystac.Item], grid: Grid, *, chunk: int = 512) -> xr.DataArray:
+    """The environmental predictors as the species models take them: :func:`environment_stack` with land cover as
+    one indicator layer per class (class codes are not magnitudes). Training and map production both use this."""
+    env = environment_stack(items, grid, chunk=chunk)
+    if "land_cover" not in env["var"].values:
+        return env
+    from geoplantnet.sim.environment import LAND_COVER_CLASSES
+
+    cover = one_hot(env.sel(var="land_cover"), sorted(LAND_COVER_CLASSES))
+    return xr.concat([env.drop_sel(var="land_cover"), cover], dim="var")

@@ -104,9 +104,33 @@ def _truth_at(truth: xr.DataArray, grid: Grid, x: np.ndarray, y: np.ndarray, spe
     return values[:, rows, cols].T.astype("float32")
 
 
-def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) -> dict[str, Any]:
-    """Build the training set, cross-validate every model on spatial blocks, write the report; return the summary."""
-    t0 = time.perf_counter()
+@dataclass
+class PreparedSamples:
+    """The training set of a run and the samples every model is fitted on (samples without predictor data dropped)."""
+
+    path: str
+    rows: np.ndarray  # kept samples, as indices into the training set
+    x_all: np.ndarray
+    y_all: np.ndarray
+    labels: np.ndarray
+    source: np.ndarray
+    features: np.ndarray  # point predictors for MaxEnt and the forest
+    species: list[str]
+    n_dropped: int
+    extract_seconds: float
+    block: float  # spatial block size (metres)
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.x_all[self.rows]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.y_all[self.rows]
+
+
+def prepare_samples(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) -> PreparedSamples:
+    """Observations -> samples -> training set (extracted on the cluster) -> kept samples and the block size."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = cfg.grid.grid()
@@ -117,13 +141,7 @@ def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) ->
         obs, vocab, grid, n_background=3 * cfg.train.n_background, background=cfg.train.background,
         seed=cfg.train.seed,
     )
-    env = predictors.environment_stack(inputs.env_items, grid, chunk=cfg.cube.chunk)
-    if "land_cover" in env["var"].values:
-        # Class codes are not magnitudes: the models get one indicator layer per land-cover class.
-        from geoplantnet.sim.environment import LAND_COVER_CLASSES
-
-        cover = predictors.one_hot(env.sel(var="land_cover"), sorted(LAND_COVER_CLASSES))
-        env = xr.concat([env.drop_sel(var="land_cover"), cover], dim="var")
+    env = predictors.model_stack(inputs.env_items, grid, chunk=cfg.cube.chunk)
     composite = None
     if inputs.s2_items:
         from geoplantnet.jobs import composites
@@ -158,13 +176,36 @@ def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) ->
     keep = ~nodata
     keep[spare_bg] = False
     rows = np.flatnonzero(keep)
-    x, y, labels, source, features = x_all[rows], y_all[rows], labels[rows], source[rows], features[rows]
-
+    x, y = x_all[rows], y_all[rows]
     # Candidate block sizes step by 10 map pixels: 500 m at 50 m, so small regions still get enough blocks.
     block = cfg.validation.block_size_m or choose_block_size(
-        x, y, np.nan_to_num(features[:, : min(features.shape[1], 8)]), folds=cfg.validation.folds,
+        x, y, np.nan_to_num(features[rows][:, : min(features.shape[1], 8)]), folds=cfg.validation.folds,
         step=10 * grid.resolution,
     )
+    return PreparedSamples(
+        path, rows, x_all, y_all, labels[rows], source[rows], features[rows], species, int(nodata.sum()), extract_s,
+        float(block),
+    )
+
+
+def train_map_model(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) -> TrainResult:
+    """Train the species network on every kept sample (early stopping on a block-based validation split) for mapping."""
+    data = prepare_samples(cfg, inputs, out_dir, client)
+    cnn = CnnPeer(cfg, data.path, client, Path(out_dir) / "model", data.x_all, data.y_all, data.block)
+    cnn.fit(data.rows[:, None], data.labels, data.source)
+    return cnn.runs[-1]
+
+
+def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) -> dict[str, Any]:
+    """Build the training set, cross-validate every model on spatial blocks, write the report; return the summary."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    grid = cfg.grid.grid()
+    obs = inputs.observations
+    data = prepare_samples(cfg, inputs, out_dir, client)
+    path, rows, block, species = data.path, data.rows, data.block, data.species
+    x, y, labels, source, features = data.x, data.y, data.labels, data.source, data.features
+    x_all, y_all, extract_s = data.x_all, data.y_all, data.extract_seconds
     folds = spatial_blocks(x, y, block, cfg.validation.folds, seed=cfg.validation.seed)
     truth = _truth_at(inputs.truth, grid, x, y, species) if inputs.truth is not None else None
     log.info("%d samples, %d species, %g m blocks, %d folds", len(x), len(species), block, cfg.validation.folds)
@@ -193,7 +234,7 @@ def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) ->
     notes = [
         f"{len(x)} samples ({', '.join(f'{k}: {int((source == k).sum())}' for k in ('pa', 'po', 'bg'))}), "
         f"{len(species)} species, blocks of {block:g} m, {cfg.validation.folds} folds; "
-        f"{int(nodata.sum())} samples without predictor data dropped",
+        f"{data.n_dropped} samples without predictor data dropped",
         f"observations: {obs.summary()}",
         f"CNN: {np.mean(epoch_s):.2f} s per epoch on {device} ({n_params} parameters); extraction {extract_s:.1f} s",
         f"wall time per model (all folds): {json.dumps(timings)}",

@@ -45,7 +45,7 @@ def _local_path(url: str) -> Path:
     return Path(url.removeprefix("file://"))
 
 
-def _default_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+def default_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     compressor = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
     encoding: dict[str, dict[str, Any]] = {}
     for name, var in ds.data_vars.items():
@@ -56,7 +56,7 @@ def _default_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     return encoding
 
 
-def _stamp(ds: xr.Dataset, cfg: RunConfig | None, extra: Mapping[str, Any] | None) -> xr.Dataset:
+def stamp(ds: xr.Dataset, cfg: RunConfig | None, extra: Mapping[str, Any] | None) -> xr.Dataset:
     ds = ds.copy()
     attrs = dict(ds.attrs)
     attrs.update(
@@ -81,14 +81,22 @@ def _stamp(ds: xr.Dataset, cfg: RunConfig | None, extra: Mapping[str, Any] | Non
     return ds
 
 
-def _mark_complete(url: str, storage_options: Mapping[str, Any] | None) -> None:
-    store = zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {})) if not is_local(
-        url
-    ) else str(_local_path(url))
+def zarr_store(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """A zarr-python store for a local path or an fsspec URL (``s3://...``)."""
+    if is_local(url):
+        return str(_local_path(url))
+    return zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {}))
+
+
+def mark_complete(url: str, storage_options: Mapping[str, Any] | None) -> None:
+    """Consolidate the metadata and set the completion flag: the last write of a store."""
+    store = zarr_store(url, storage_options)
     root = zarr.open_group(store, mode="r+")
     root.attrs[COMPLETE] = "true"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        # tiled stores keep their tile manifest (plain JSON files) beside the arrays
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
         zarr.consolidate_metadata(store)
 
 
@@ -108,8 +116,8 @@ def write_store(
     With a ``client`` the chunks are written by the cluster's workers (each task writes its own chunks); the
     completion flag is set only after every task succeeded.
     """
-    ds = _stamp(ds, cfg, attrs)
-    enc = _default_encoding(ds)
+    ds = stamp(ds, cfg, attrs)
+    enc = default_encoding(ds)
     for name, extra in (encoding or {}).items():
         enc.setdefault(name, {}).update(extra)
     target = url
@@ -139,7 +147,7 @@ def write_store(
         future.result()
     else:
         delayed.compute()
-    _mark_complete(target, storage_options)
+    mark_complete(target, storage_options)
     if is_local(url):
         final = _local_path(url)
         trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
@@ -156,6 +164,13 @@ def open_store(url: str, *, storage_options: Mapping[str, Any] | None = None, **
         ds = xr.open_zarr(url, consolidated=True, storage_options=dict(storage_options or {}) or None, **kwargs)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{url}: no Zarr store here ({exc.__class__.__name__})") from None
+    except PermissionError:
+        raise StoreError(f"{url}: access denied (check the storage credentials, store.storage_options)") from None
+    except ValueError as exc:
+        # metadata is consolidated by the last step of a write: a store without it was never finished
+        if "onsolidated" not in str(exc):
+            raise
+        raise StoreError(f"{url}: store is incomplete (a run was interrupted); rerun the job to rebuild it") from None
     if ds.attrs.get(COMPLETE) != "true":
         raise StoreError(f"{url}: store is incomplete (a run was interrupted); rerun the job to rebuild it")
     return ds

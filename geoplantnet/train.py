@@ -245,6 +245,8 @@ def train_model(
         norm=train.stats,
         mask_channels=train.mask_channels,
         env_from_point=train.env_from_point,
+        bands=train.ds.attrs["bands"].split() if "bands" in train.ds.attrs else None,
+        variables=train.ds.attrs["variables"].split() if "variables" in train.ds.attrs else None,
     )
     model = SpeciesNet.from_spec(spec).to(device)
     loss_fn = SpeciesLoss(tcfg, species_weights(train.labels(), train.sources())).to(device)

@@ -160,8 +160,10 @@ def test_checkpoint_round_trip_gives_identical_predictions(store, tmp_path):
 
 def test_early_stopping_stops_when_validation_does_not_improve(store, tmp_path):
     path, _, _ = store
-    result = train_model(path, TRAIN, VAL, _cfg(epochs=10, patience=2, lr=1e-12), tmp_path)
-    assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 0
+    # weights barely move (lr 1e-12); only BatchNorm statistics settle, so the score plateaus within a few epochs
+    result = train_model(path, TRAIN, VAL, _cfg(epochs=12, patience=2, lr=1e-12), tmp_path)
+    assert result.stopped_early and result.epochs_run < 12
+    assert result.epochs_run == result.best_epoch + 1 + 2  # exactly `patience` epochs after the best one
 
 
 def test_learns_a_synthetic_environmental_signal(tmp_path):

@@ -4,11 +4,12 @@ Every encoder is a function of a finite neighbourhood only, so the same weights 
 (:meth:`SpeciesNet.dense_forward`), sharing the convolutions between neighbouring pixels:
 
 * patch (``season*band [+ season masks]`` channels, ``P x P``): ``depth`` valid 3x3 conv blocks (BatchNorm, GELU),
-  then one conv whose kernel covers what remains, so the receptive field is exactly ``P x P`` and no global pooling
-  is needed. On a tile of ``H + P - 1`` pixels it returns ``H`` outputs, output ``i`` being the patch ``[i, i + P)``.
+  then the remaining window averaged (stride-1 average pooling) and a 1x1 conv, or (``model.patch_pool=conv``) one
+  conv whose kernel covers it; either way the receptive field is exactly ``P x P``. On a tile of ``H + P - 1``
+  pixels it returns ``H`` outputs, output ``i`` being the patch ``[i, i + P)``.
 * series (``band [+ mask]`` channels over seasons): a per-pixel 1-D conv over seasons (a 1x1 operator in space).
-* env (``var [+ mask]`` channels, ``E x E``): a pointwise layer, ``(E - 1) // 2`` valid 3x3 blocks, then a conv
-  covering the rest (an MLP when ``E = 1``).
+* env (``var [+ mask]`` channels, ``E x E``): a pointwise layer, ``(E - 1) // 2`` valid 3x3 blocks, then the same
+  summary as the patch (an MLP when ``E = 1``).
 * fusion: concat -> Linear(fusion_hidden) -> GELU -> Dropout -> Linear(n_species), applied per pixel.
 
 The point a patch describes sits at index ``P // 2`` (see :mod:`geoplantnet.training_set`), so a dense tile needs a
@@ -27,7 +28,7 @@ from torch import nn
 from geoplantnet.config import ModelConfig
 from geoplantnet.training_set import NormStats
 
-SPEC_VERSION = "1"
+SPEC_VERSION = "2"  # 2: patch pooling choice, input channel names
 MODALITIES = ("patch", "series", "env")
 
 
@@ -48,6 +49,10 @@ class ModelSpec(BaseModel):
     norm: NormStats
     mask_channels: bool = True
     env_from_point: bool = False
+    # Input channel names (Sentinel-2 bands/indices, environmental variables) as trained; a map run checks its inputs
+    # against them, so a model is never applied to layers in another order. None in specs from older files.
+    bands: list[str] | None = None
+    variables: list[str] | None = None
 
     @field_validator("modalities")
     @classmethod
@@ -73,16 +78,38 @@ def _conv_block(c_in: int, c_out: int, kernel: int, norm: bool) -> list[nn.Modul
     return layers
 
 
-class PatchEncoder(nn.Module):
-    """Valid 3x3 conv blocks then a conv of the remaining size: receptive field == the patch, fully convolutional."""
+class BoxMean(nn.Module):
+    """Stride-1 mean over ``size x size`` windows, as two 1-D means (2k adds per output instead of k^2)."""
 
-    def __init__(self, c_in: int, size: int, hidden: int, n_blocks: int, pointwise_first: bool = False) -> None:
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.avg_pool2d(x, (self.size, 1), stride=1)
+        return nn.functional.avg_pool2d(x, (1, self.size), stride=1)
+
+
+class PatchEncoder(nn.Module):
+    """Valid 3x3 conv blocks, then the remaining window summarised: receptive field == the patch, fully convolutional.
+
+    ``pool="mean"`` averages the remaining window (stride-1 average pooling) then mixes channels with a 1x1 conv:
+    cheap at every position, so a dense tile costs a few 3x3 convs per pixel, not a patch's worth (the reason it is
+    the default: dense inference is ~100x cheaper than one patch per pixel). ``pool="conv"`` uses one conv whose
+    kernel covers the remaining window (position-aware, but its cost per output pixel is that kernel's size).
+    """
+
+    def __init__(
+        self, c_in: int, size: int, hidden: int, n_blocks: int, pointwise_first: bool = False, pool: str = "mean"
+    ) -> None:
         super().__init__()
         remaining = size - 2 * n_blocks
         if remaining < 1:
             raise ModelError(
                 f"a {size}x{size} input cannot take {n_blocks} valid 3x3 conv blocks (model.depth too large)"
             )
+        if pool not in ("mean", "conv"):
+            raise ModelError(f"patch pooling must be 'mean' or 'conv', got {pool!r}")
         layers: list[nn.Module] = []
         c = c_in
         if pointwise_first:
@@ -92,7 +119,12 @@ class PatchEncoder(nn.Module):
             layers += _conv_block(c, hidden, 3, norm=True)
             c = hidden
         # no BatchNorm on the 1x1 output: with a batch of one it has a single value per channel
-        layers += _conv_block(c, hidden, remaining, norm=False)
+        if pool == "mean":
+            if remaining > 1:
+                layers.append(BoxMean(remaining))
+            layers += _conv_block(c, hidden, 1, norm=False)
+        else:
+            layers += _conv_block(c, hidden, remaining, norm=False)
         self.net = nn.Sequential(*layers)
         self.size = size
         self.out_features = hidden
@@ -143,7 +175,7 @@ class SpeciesNet(nn.Module):
             c, h, w = self._square("patch", 3)
             if h != model_cfg.patch_size:
                 raise ModelError(f"patch inputs are {h}x{w} but model.patch_size={model_cfg.patch_size}")
-            self.encoders["patch"] = PatchEncoder(c, h, model_cfg.width, model_cfg.depth)
+            self.encoders["patch"] = PatchEncoder(c, h, model_cfg.width, model_cfg.depth, pool=model_cfg.patch_pool)
         if "series" in self.shapes:
             if len(self.shapes["series"]) != 2:
                 raise ModelError(f"series shape must be (channels, seasons), got {self.shapes['series']}")
@@ -151,7 +183,9 @@ class SpeciesNet(nn.Module):
             self.encoders["series"] = SeriesEncoder(c, t, model_cfg.series_hidden)
         if "env" in self.shapes:
             c, e, _ = self._square("env", 3)
-            self.encoders["env"] = PatchEncoder(c, e, model_cfg.env_hidden, (e - 1) // 2, pointwise_first=True)
+            self.encoders["env"] = PatchEncoder(
+                c, e, model_cfg.env_hidden, (e - 1) // 2, pointwise_first=True, pool=model_cfg.patch_pool
+            )
         n_features = sum(enc.out_features for enc in self.encoders.values())
         self.head = nn.Sequential(
             nn.Linear(n_features, model_cfg.fusion_hidden),
@@ -199,6 +233,7 @@ class SpeciesNet(nn.Module):
         series_tile: torch.Tensor | None = None,
         env_tile: torch.Tensor | None = None,
         *,
+        patch_sample: tuple[torch.Tensor, torch.Tensor] | None = None,
         series_chunk: int = 65_536,
     ) -> torch.Tensor:
         """Logits ``(n_species, H, W)`` for every pixel of a tile, sharing convolutions between neighbours.
@@ -207,6 +242,9 @@ class SpeciesNet(nn.Module):
         ``series_tile (C, season, H, W)``, ``env_tile (C, H + E - 1, W + E - 1)``. Output ``[:, i, j]`` equals
         :meth:`forward` on the patches starting at ``(i, j)`` (centre pixel ``(i + P // 2, j + P // 2)``). Call in
         ``eval()`` mode (BatchNorm statistics and dropout must be frozen for that equality).
+
+        ``patch_sample=(rows, cols)`` keeps only those rows and columns of the patch feature map, for a patch on a finer
+        grid than the output (Sentinel-2 at 20 m under a 50 m map, see :mod:`geoplantnet.inference`).
         """
         inputs = {"patch": patch_tile, "series": series_tile, "env": env_tile}
         self._check(inputs, lead=0)
@@ -219,7 +257,11 @@ class SpeciesNet(nn.Module):
                 feats = torch.cat([enc(flat[i : i + series_chunk]) for i in range(0, h * w, series_chunk)])
                 maps.append(feats.reshape(h, w, -1).permute(2, 0, 1))
             else:
-                maps.append(enc(x[None])[0])
+                feats = enc(x[None])[0]
+                if m == "patch" and patch_sample is not None:
+                    rows, cols = patch_sample
+                    feats = feats[:, rows][:, :, cols]
+                maps.append(feats)
         sizes = {tuple(f.shape[-2:]) for f in maps}
         if len(sizes) != 1:
             named = {m: tuple(f.shape[-2:]) for m, f in zip(self.encoders, maps, strict=True)}

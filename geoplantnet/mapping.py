@@ -1,0 +1,376 @@
+"""Map production: a trained species model applied over the whole grid, one Dask task per tile, into ``species.zarr``.
+
+Each task builds a lazy cube over exactly its tile plus the model's halo (stackstac on the window grid, only the
+items that touch it), reads it, runs the model densely (:mod:`geoplantnet.inference`) and writes its own region of the
+store with a marker (:mod:`geoplantnet.tile_store`). The model is loaded once per worker process and kept. The driver
+streams tiles to the cluster (a bounded number in flight, so the scheduler's graph stays small for a continent) and
+skips tiles a previous run of the same fingerprint already wrote.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pystac
+import torch
+from distributed import Client, as_completed
+from tqdm.auto import tqdm
+
+from geoplantnet import predictors, tile_store
+from geoplantnet.cluster import require_resources, task_resources
+from geoplantnet.config import RunConfig
+from geoplantnet.grid import Grid, Tile, to_grid_crs
+from geoplantnet.inference import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
+from geoplantnet.models.species_net import ModelSpec, SpeciesNet
+from geoplantnet.train import load_model, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+class MapError(RuntimeError):
+    """A map production that cannot start or a tile that failed (one line naming the tile)."""
+
+
+# -- inputs read by tile tasks
+
+
+def _item_bounds(item: Mapping[str, Any], epsg: int) -> tuple[float, float, float, float]:
+    lon0, lat0, lon1, lat1 = item["bbox"]
+    xs, ys = to_grid_crs(np.array([lon0, lon1, lon0, lon1]), np.array([lat0, lat0, lat1, lat1]), 4326, epsg)
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+
+
+def _touching(items: Sequence[Mapping[str, Any]], grid: Grid) -> list[pystac.Item]:
+    left, bottom, right, top = grid.bounds
+    out = []
+    for item in items:
+        x0, y0, x1, y1 = _item_bounds(item, grid.epsg)
+        if x0 < right and x1 > left and y0 < top and y1 > bottom:
+            out.append(pystac.Item.from_dict(dict(item)))
+    return out
+
+
+@dataclass(frozen=True)
+class MapSources:
+    """What tile tasks read; picklable (items as dicts). ``seasons`` is the run's composite time axis: a tile whose
+    items miss a season still gets that season, as NaN, like a cloudy season in training."""
+
+    cfg: RunConfig
+    s2_items: tuple[dict, ...] | None
+    env_items: tuple[dict, ...] | None
+    seasons: tuple[np.datetime64, ...] | None = None
+
+    @classmethod
+    def from_items(
+        cls, cfg: RunConfig, s2_items: Sequence[pystac.Item] | None, env_items: Sequence[pystac.Item]
+    ) -> MapSources:
+        """Sources for a run; the season axis comes from a lazy composite over one pixel (no pixel is read)."""
+        seasons = None
+        if s2_items:
+            from geoplantnet.jobs import composites
+
+            grid = cfg.grid.grid(cfg.cube.resolution)
+            probe = Grid(grid.resolution, grid.left, grid.top, 1, 1, grid.epsg)
+            seasons = tuple(composites(list(s2_items), cfg, probe)["time"].values)
+        return cls(
+            cfg,
+            tuple(i.to_dict() for i in s2_items) if s2_items else None,
+            tuple(i.to_dict() for i in env_items),
+            seasons,
+        )
+
+    def read(
+        self, spec: ModelSpec, geom: TileGeometry, map_grid: Grid, cube_grid: Grid | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The raw input windows of one tile: Sentinel-2 composite (season, band, y, x), environment (var, y, x)."""
+        patch = env = None
+        if geom.cube_window is not None:
+            if not self.s2_items or cube_grid is None:
+                raise InferenceError("the model takes Sentinel-2 inputs but the run has no Sentinel-2 items")
+            patch = self._composite(spec, geom.window_grid(cube_grid, "cube"))
+        if geom.env_window is not None:
+            window = geom.window_grid(map_grid, "env")
+            items = _touching(self.env_items or (), window)
+            if not items:
+                n_vars = spec.modalities["env"][0] - (1 if spec.mask_channels else 0)
+                env = np.full((n_vars, window.height, window.width), np.nan, np.float32)
+            else:
+                stack = predictors.model_stack(items, window, chunk=max(window.height, window.width))
+                _check_names("environmental variables", spec.variables, stack["var"].values)
+                env = stack.compute(scheduler="sync").values.astype(np.float32)
+        return patch, env
+
+    def _composite(self, spec: ModelSpec, window: Grid) -> np.ndarray:
+        from geoplantnet.jobs import composites
+
+        n_bands = len(spec.bands) if spec.bands else len(self.cfg.cube.bands) + len(self.cfg.cube.indices)
+        shape = (len(self.seasons or ()), n_bands, window.height, window.width)
+        items = _touching(self.s2_items or (), window)
+        if not items:
+            return np.full(shape, np.nan, np.float32)
+        comp = composites(items, self.cfg, window)
+        _check_names("Sentinel-2 bands", spec.bands, comp["band"].values)
+        comp = comp.reindex(time=list(self.seasons or ()))
+        return comp.compute(scheduler="sync").values.astype(np.float32)
+
+
+def _check_names(what: str, trained: Sequence[str] | None, given: Sequence[Any]) -> None:
+    given = [str(g) for g in given]
+    if trained is not None and list(trained) != given:
+        raise InferenceError(f"{what} {given} differ from the model's {list(trained)}")
+
+
+# -- the model, once per worker process
+
+_MODEL_LOCK = threading.Lock()
+_MODEL: dict[str, Any] = {"key": None, "model": None, "spec": None, "loads": 0}
+
+
+def read_model(url: str, device: str | torch.device = "cpu") -> tuple[SpeciesNet, ModelSpec, bytes]:
+    """Load a model file from a path or any fsspec URL (``s3://...``); also returns its bytes."""
+    try:
+        with fsspec.open(url, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise MapError(f"{url}: no such model file") from None
+    model, spec = load_model(io.BytesIO(raw), device)  # type: ignore[arg-type]
+    return model, spec, raw
+
+
+def worker_model(url: str, device: str) -> tuple[SpeciesNet, ModelSpec, int]:
+    """The model for this process, loaded on first use and kept (tasks never ship weights); also the load count."""
+    dev = resolve_device(device)
+    key = f"{url}|{dev}"
+    with _MODEL_LOCK:
+        if _MODEL["key"] != key:
+            model, spec, _ = read_model(url, dev)
+            _MODEL.update(key=key, model=model, spec=spec, loads=_MODEL["loads"] + 1)
+        return _MODEL["model"], _MODEL["spec"], _MODEL["loads"]
+
+
+# -- one tile
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """Everything a tile task needs besides its tile (sent with each task; items are the only bulky part)."""
+
+    model_url: str
+    store_url: str
+    run: str
+    sources: MapSources
+    map_grid: Grid
+    cube_grid: Grid | None
+    batch_mb: int
+    device: str
+    mixed_precision: bool
+    storage_options: dict[str, Any]
+
+
+def map_tile(job: TileJob, tile: Tile) -> dict[str, Any]:
+    """Read, predict and write one tile; returns its timings (runs on a worker)."""
+    t0 = time.perf_counter()
+    model, spec, loads = worker_model(job.model_url, job.device)
+    device = next(model.parameters()).device
+    geom = tile_geometry(spec, tile, job.map_grid, job.cube_grid)
+    patch, env = job.sources.read(spec, geom, job.map_grid, job.cube_grid)
+    t1 = time.perf_counter()
+    codes = predict_tile(
+        model,
+        spec,
+        geom,
+        patch,
+        env,
+        budget_bytes=default_budget(device, job.batch_mb),
+        mixed_precision=job.mixed_precision,
+    )
+    t2 = time.perf_counter()
+    info = {"read_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "device": str(device), "pid": os.getpid()}
+    tile_store.write_tile(
+        job.store_url, "probability", tile, codes, run=job.run, info=info, storage_options=job.storage_options
+    )
+    return {
+        **info,
+        "tile": tile.id,
+        "pixels": tile.height * tile.width,
+        "write_s": round(time.perf_counter() - t2, 3),
+        "model_loads": loads,
+    }
+
+
+# -- the driver
+
+
+def _fingerprint(raw_model: bytes, job: TileJob, cfg: RunConfig) -> str:
+    sources = job.sources
+    items = [i["id"] for i in (sources.s2_items or ())] + [i["id"] for i in (sources.env_items or ())]
+    return tile_store.fingerprint(
+        raw_model,
+        job.map_grid.to_dict(),
+        job.cube_grid.to_dict() if job.cube_grid else None,
+        cfg.cube.model_dump(mode="json"),
+        cfg.map.tile,
+        cfg.map.species_chunk,
+        sorted(items),
+    )
+
+
+def produce_map(
+    client: Client,
+    cfg: RunConfig,
+    model_url: str,
+    sources: MapSources,
+    store_url: str,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``species.zarr`` at ``store_url`` for the grid of ``cfg``, resuming a matching interrupted run."""
+    t_start = time.perf_counter()
+    _, spec, raw = read_model(model_url)
+    map_grid = cfg.grid.grid()
+    cube_grid = cfg.grid.grid(cfg.cube.resolution) if sources.s2_items else None
+    job = TileJob(
+        model_url,
+        store_url,
+        "",
+        sources,
+        map_grid,
+        cube_grid,
+        cfg.map.batch_mb,
+        cfg.map.device,
+        cfg.map.mixed_precision,
+        dict(cfg.store.storage_options),
+    )
+    run = _fingerprint(raw, job, cfg)
+    job = TileJob(**{**job.__dict__, "run": run})
+    template, encoding = tile_store.species_template(
+        map_grid, spec.species, spec.species_name, cfg.map.tile, cfg.map.species_chunk
+    )
+    attrs = {"model_file": model_url, "model_sha256": tile_store.fingerprint(raw), "model_spec": spec.model_dump_json()}
+    done = tile_store.prepare(
+        store_url, template, encoding, run=run, cfg=cfg, attrs=attrs, storage_options=cfg.store.storage_options
+    )
+    tiles = list(map_grid.tiles(cfg.map.tile))
+    todo = [t for t in tiles if t.id not in done]
+    resources = task_resources(client)
+    if resources:
+        require_resources(client, resources)
+    threads = sum(client.nthreads().values()) or 1
+    in_flight = cfg.map.max_in_flight or 2 * threads
+    print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
+    log.info("%d tiles (%d already written), %d in flight, resources %s", len(tiles), len(done), in_flight, resources)
+
+    results: list[dict[str, Any]] = []
+    nonce = uuid.uuid4().hex[:6]
+    bar = tqdm(total=len(tiles), initial=len(done), unit="tile", disable=not progress, file=sys.stderr)
+    t_compute = time.perf_counter()
+    pending = iter(todo)
+    names: dict[str, str] = {}
+
+    def submit(tile: Tile) -> Any:
+        future = client.submit(
+            map_tile,
+            job,
+            tile,
+            key=f"map-tile-{tile.id}-{run}-{nonce}",
+            resources=resources,
+            retries=cfg.map.retries,
+            pure=False,
+        )
+        names[future.key] = tile.id
+        return future
+
+    queue = as_completed([submit(t) for t in itertools.islice(pending, in_flight)])
+    try:
+        for future in queue:
+            try:
+                result = future.result()
+            except Exception as exc:
+                first = (str(exc).splitlines() or [""])[0]
+                raise MapError(f"tile {names[future.key]} failed: {exc.__class__.__name__}: {first}") from exc
+            results.append(result)
+            pixels = sum(r["pixels"] for r in results)
+            bar.update(1)
+            bar.set_postfix(px_per_s=f"{pixels / max(time.perf_counter() - t_compute, 1e-9):,.0f}")
+            nxt = next(pending, None)
+            if nxt is not None:
+                queue.add(submit(nxt))
+    finally:
+        bar.close()
+        for future in list(queue.futures):
+            future.cancel()
+    compute_s = time.perf_counter() - t_compute
+    tile_store.finalise(store_url, n_tiles=len(tiles), run=run, storage_options=cfg.store.storage_options)
+    pixels = sum(r["pixels"] for r in results)
+    return {
+        "store": store_url,
+        "run": run,
+        "tiles": len(tiles),
+        "tiles_computed": len(results),
+        "tiles_skipped": len(tiles) - len(todo),
+        "species": len(spec.species),
+        "shape": [len(spec.species), map_grid.height, map_grid.width],
+        "pixels_per_second": round(pixels / compute_s, 1) if results else None,
+        "model_seconds": round(sum(r["model_s"] for r in results), 2),
+        "read_seconds": round(sum(r["read_s"] for r in results), 2),
+        "devices": sorted({r["device"] for r in results}),
+        "model_loads": {
+            str(pid): max(r["model_loads"] for r in results if r["pid"] == pid) for pid in {r["pid"] for r in results}
+        },
+        "resources": resources,
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+
+
+def _training_key(cfg: RunConfig) -> str:
+    parts = {
+        k: getattr(cfg, k).model_dump(mode="json") for k in ("grid", "sim", "cube", "model", "train", "validation")
+    }
+    return tile_store.fingerprint(parts)
+
+
+def ensure_model(cfg: RunConfig, inputs: Any, client: Client) -> tuple[str, dict[str, Any] | None]:
+    """A model for the map: trained on the region's observations, or reused from an earlier run with the same
+    data, model and training settings (``<workdir>/map-models/<hash>``). Returns its path and, if trained now, how."""
+    from pathlib import Path
+
+    from geoplantnet.sdm import train_map_model
+
+    model_dir = Path(cfg.workdir) / "map-models" / _training_key(cfg)
+    cached = model_dir / "model" / "fold-0" / "model.pt"
+    if cached.exists():
+        return str(cached), None
+    result = train_map_model(cfg, inputs, model_dir, client)
+    return result.model_path, {"epochs": result.epochs_run, "best_epoch": result.best_epoch, "device": result.device}
+
+
+def run_map(
+    cfg: RunConfig, *, model: str | None = None, out: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """The map job on the virtual region: inputs through its STAC API, the model (``model``, ``map.model``, or one
+    trained here and cached by configuration), then :func:`produce_map` on the configured cluster."""
+    from geoplantnet.cluster import connect
+    from geoplantnet.sdm import virtual_inputs
+    from geoplantnet.store import join
+
+    inputs = virtual_inputs(cfg, progress=progress)
+    store_url = out or join(cfg.store.root, "species.zarr")
+    with connect(cfg.cluster) as client:
+        model_url, trained = model or cfg.map.model, None
+        if model_url is None:
+            model_url, trained = ensure_model(cfg, inputs, client)
+        sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+        summary = produce_map(client, cfg, model_url, sources, store_url, progress=progress)
+    return {**summary, "model": model_url, "trained": trained}

@@ -1,0 +1,195 @@
+"""Tiled Zarr stores written tile by tile by many workers, resumable, never reading as valid while incomplete.
+
+Protocol (local paths and object storage alike):
+
+1. :func:`prepare` writes the layout (coordinates, CF metadata, empty arrays whose fill value is the no-data code)
+   with ``geoplantnet_complete = "false"`` and the run's fingerprint, or finds a store of the same fingerprint and
+   returns the tiles it already holds. A store from another run (other model, grid, tiling) is replaced.
+2. Each task writes exactly its tile's region (tiles align with the chunks/shards, so writes never overlap; every
+   chunk object is written whole: an atomic rename locally, one PUT on S3), then a marker ``_tiles/<tile id>.json``.
+   A tile without its marker is recomputed by the next run, whatever its chunks hold.
+3. :func:`finalise` consolidates the metadata and sets the completion flag, after every tile has its marker.
+
+A chunk never written reads as the fill value (no data), so an interrupted store reads as "unknown", never as a
+probability; :func:`geoplantnet.store.open_store` refuses it anyway until step 3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dask.array as da
+import fsspec
+import numpy as np
+import xarray as xr
+import zarr
+
+from geoplantnet.config import RunConfig
+from geoplantnet.grid import Grid, Tile
+from geoplantnet.inference import NODATA, SCALE
+from geoplantnet.store import COMPLETE, default_encoding, join, mark_complete, stamp, zarr_store
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_tiles"
+RUN_ATTR = "geoplantnet_run"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of what makes a run's output (model bytes, grid, tiling, inputs): same hash, same tiles."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+
+
+def species_chunks(n_species: int, tile: int, species_chunk: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(chunks, shards) of ``probability``: chunks of a few species (one species' map reads little besides it), and
+    one shard per tile holding every species (a place's whole assemblage is one object; objects stay few on S3)."""
+    inner = (min(species_chunk, n_species), tile, tile)
+    shard_species = -(-n_species // inner[0]) * inner[0]
+    return inner, (shard_species, tile, tile)
+
+
+def species_template(
+    grid: Grid, species: Sequence[str], species_name: Sequence[str] | None, tile: int, species_chunk: int
+) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    """The lazy, never computed ``species.zarr`` layout on ``grid`` and its encoding."""
+    n = len(species)
+    chunks, shards = species_chunks(n, tile, species_chunk)
+    data = da.zeros((n, grid.height, grid.width), dtype="float32", chunks=shards)
+    coords: dict[str, Any] = {"species": ("species", np.asarray(species, dtype=object)), **grid.coords()}
+    if species_name is not None:
+        coords["species_name"] = ("species", np.asarray(species_name, dtype=object))
+    ds = xr.Dataset({"probability": (("species", "y", "x"), data)}, coords=coords)
+    ds["probability"].attrs.update(
+        {
+            "long_name": "predicted probability of occurrence of each species",
+            "units": "1",
+            "valid_range": [0, SCALE],
+            "comment": f"stored as uint8 round(p * {SCALE}); {NODATA} = no data (outside the study area or not yet "
+            "computed); xarray decodes to float with NaN for no data, mask_and_scale=False gives the codes",
+        }
+    )
+    enc = default_encoding(ds)["probability"]
+    enc.update(
+        {
+            "dtype": "uint8",
+            "scale_factor": 1.0 / SCALE,
+            "add_offset": 0.0,
+            "_FillValue": NODATA,
+            # the Zarr fill value is what unwritten chunks read as: it must be the no-data code, not 0 (= p 0.0)
+            "fill_value": NODATA,
+            "chunks": chunks,
+            "shards": shards,
+        }
+    )
+    return ds, {"probability": enc}
+
+
+def finished_tiles(url: str, run: str, storage_options: Mapping[str, Any] | None = None) -> set[str]:
+    """Ids of tiles whose marker says they were written by run ``run``."""
+    fs, path = _fs(url, storage_options)
+    folder = f"{path.rstrip('/')}/{MANIFEST}"
+    if not fs.exists(folder):
+        return set()
+    done = set()
+    for entry in fs.ls(folder, detail=False):
+        name = entry.rsplit("/", 1)[-1]
+        if not name.endswith(".json"):
+            continue
+        try:
+            marker = json.loads(fs.cat_file(entry))
+        except (ValueError, OSError):
+            continue  # a marker cut short is no marker: the tile is redone
+        if marker.get("run") == run:
+            done.add(marker["tile"])
+    return done
+
+
+def _attrs(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    try:
+        return dict(zarr.open_group(zarr_store(url, storage_options), mode="r").attrs)
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return None
+
+
+def prepare(
+    url: str,
+    template: xr.Dataset,
+    encoding: Mapping[str, Mapping[str, Any]],
+    *,
+    run: str,
+    cfg: RunConfig | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> set[str]:
+    """Make ``url`` ready for run ``run``: resume a store of the same run (returns its finished tiles) or lay out a
+    fresh one (returns an empty set)."""
+    existing = _attrs(url, storage_options)
+    if existing is not None and existing.get(RUN_ATTR) == run:
+        done = finished_tiles(url, run, storage_options)
+        log.info("%s: resuming run %s, %d tiles already written", url, run, len(done))
+        return done
+    fs, path = _fs(url, storage_options)
+    if fs.exists(path):
+        log.info("%s: replacing a store from another run (%s)", url, (existing or {}).get(RUN_ATTR, "unknown"))
+        fs.rm(path, recursive=True)
+    ds = stamp(template, cfg, {**(attrs or {}), RUN_ATTR: run})
+    ds.to_zarr(
+        url,
+        mode="w",
+        compute=False,
+        encoding={k: dict(v) for k, v in encoding.items()},
+        consolidated=False,
+        storage_options=dict(storage_options or {}) or None,
+    )
+    return set()
+
+
+def write_tile(
+    url: str,
+    variable: str,
+    tile: Tile,
+    block: np.ndarray,
+    *,
+    run: str,
+    info: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``block`` (..., tile.height, tile.width) into the tile's region, then the tile's marker."""
+    arr = zarr.open_array(zarr_store(url, storage_options), path=variable, mode="r+")
+    ys, xs = tile.slices
+    if block.shape[-2:] != (tile.height, tile.width) or block.shape[:-2] != arr.shape[:-2]:
+        raise ValueError(f"tile {tile.id}: block {block.shape} does not fit {arr.shape[:-2]} x tile")
+    arr[..., ys, xs] = block
+    fs, path = _fs(url, storage_options)
+    folder = f"{path.rstrip('/')}/{MANIFEST}"
+    fs.makedirs(folder, exist_ok=True)  # a no-op on object storage
+    marker = {"tile": tile.id, "run": run, "y0": tile.y0, "x0": tile.x0, "height": tile.height, "width": tile.width}
+    fs.pipe_file(f"{folder}/{tile.id}.json", json.dumps({**marker, **(info or {})}).encode())
+
+
+def finalise(url: str, *, n_tiles: int, run: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Mark the store complete, after checking every tile of the run has its marker."""
+    done = finished_tiles(url, run, storage_options)
+    if len(done) < n_tiles:
+        raise RuntimeError(f"{url}: only {len(done)} of {n_tiles} tiles written; not marking the store complete")
+    mark_complete(url, storage_options)
+
+
+def is_complete(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    attrs = _attrs(url, storage_options)
+    return attrs is not None and attrs.get(COMPLETE) == "true"
+
+
+def manifest_url(url: str) -> str:
+    return join(url, MANIFEST)

