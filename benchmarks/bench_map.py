@@ -109,6 +109,7 @@ def per_core(cfg: RunConfig, model_path: str, sources: MapSources, n_tiles: int,
         worst = max(worst, int(np.abs(naive.astype(int) - codes[:, :naive_side, :naive_side].astype(int)).max()))
         _, t = _timed(predict_tile, big, big_spec, geom, patch, env)
         big_px, big_s = big_px + tile.height * tile.width, big_s + t
+    dense_flops, naive_flops = _flops_per_pixel(model, spec, geom, patch, env, sgeom, spatch, senv)
     dense_rate, naive_rate = dense_px / dense_s, naive_px / naive_s
     return {
         "tiles": n_tiles,
@@ -118,9 +119,24 @@ def per_core(cfg: RunConfig, model_path: str, sources: MapSources, n_tiles: int,
         "naive_px_per_s_core": round(naive_rate, 1),
         "dense_over_naive": round(dense_rate / naive_rate, 1),
         "max_code_difference": worst,
+        "dense_mflop_per_px": round(dense_flops / 1e6, 3),
+        "naive_mflop_per_px": round(naive_flops / 1e6, 3),
+        "flop_ratio": round(naive_flops / dense_flops, 1),
         "dense_px_per_s_core_10k_species": round(big_px / big_s, 1),
         "read_px_per_s_core": round(dense_px / read_s, 1),
     }
+
+
+def _flops_per_pixel(model, spec, geom, patch, env, sgeom, spatch, senv) -> tuple[float, float]:
+    """Floating-point operations per map pixel of both paths (torch's counter: convolutions and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as dense:
+        predict_tile(model, spec, geom, patch, env)
+    with FlopCounterMode(display=False) as naive:
+        predict_tile_naive(model, spec, sgeom, spatch, senv)
+    t, s = geom.tile, sgeom.tile
+    return dense.get_total_flops() / (t.height * t.width), naive.get_total_flops() / (s.height * s.width)
 
 
 def _crop(geom, sgeom, patch, env):

@@ -9,6 +9,8 @@ skips tiles a previous run of the same fingerprint already wrote.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import itertools
 import logging
@@ -149,13 +151,19 @@ def read_model(url: str, device: str | torch.device = "cpu") -> tuple[SpeciesNet
     return model, spec, raw
 
 
-def worker_model(url: str, device: str) -> tuple[SpeciesNet, ModelSpec, int]:
-    """The model for this process, loaded on first use and kept (tasks never ship weights); also the load count."""
+def worker_model(url: str, device: str, sha256: str | None = None) -> tuple[SpeciesNet, ModelSpec, int]:
+    """The model for this process, loaded on first use and kept (tasks never ship weights); also the load count.
+
+    ``sha256`` pins the exact file the driver fingerprinted: a model file replaced during a run is refused rather
+    than mixed into one map.
+    """
     dev = resolve_device(device)
-    key = f"{url}|{dev}"
+    key = f"{url}|{sha256}|{dev}"
     with _MODEL_LOCK:
         if _MODEL["key"] != key:
-            model, spec, _ = read_model(url, dev)
+            model, spec, raw = read_model(url, dev)
+            if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+                raise MapError(f"{url}: the model file changed during the run; start the run again")
             _MODEL.update(key=key, model=model, spec=spec, loads=_MODEL["loads"] + 1)
         return _MODEL["model"], _MODEL["spec"], _MODEL["loads"]
 
@@ -168,6 +176,7 @@ class TileJob:
     """Everything a tile task needs besides its tile (sent with each task; items are the only bulky part)."""
 
     model_url: str
+    model_sha256: str
     store_url: str
     run: str
     sources: MapSources
@@ -182,7 +191,7 @@ class TileJob:
 def map_tile(job: TileJob, tile: Tile) -> dict[str, Any]:
     """Read, predict and write one tile; returns its timings (runs on a worker)."""
     t0 = time.perf_counter()
-    model, spec, loads = worker_model(job.model_url, job.device)
+    model, spec, loads = worker_model(job.model_url, job.device, job.model_sha256)
     device = next(model.parameters()).device
     geom = tile_geometry(spec, tile, job.map_grid, job.cube_grid)
     patch, env = job.sources.read(spec, geom, job.map_grid, job.cube_grid)
@@ -241,8 +250,10 @@ def produce_map(
     _, spec, raw = read_model(model_url)
     map_grid = cfg.grid.grid()
     cube_grid = cfg.grid.grid(cfg.cube.resolution) if sources.s2_items else None
+    sha = hashlib.sha256(raw).hexdigest()
     job = TileJob(
         model_url,
+        sha,
         store_url,
         "",
         sources,
@@ -254,11 +265,16 @@ def produce_map(
         dict(cfg.store.storage_options),
     )
     run = _fingerprint(raw, job, cfg)
-    job = TileJob(**{**job.__dict__, "run": run})
+    job = dataclasses.replace(job, run=run)
     template, encoding = tile_store.species_template(
         map_grid, spec.species, spec.species_name, cfg.map.tile, cfg.map.species_chunk
     )
-    attrs = {"model_file": model_url, "model_sha256": tile_store.fingerprint(raw), "model_spec": spec.model_dump_json()}
+    attrs = {
+        "model_file": model_url,
+        "model_sha256": sha,
+        "model_version": f"species-net/{spec.version}/{sha[:12]}",
+        "model_spec": spec.model_dump_json(),
+    }
     done = tile_store.prepare(
         store_url, template, encoding, run=run, cfg=cfg, attrs=attrs, storage_options=cfg.store.storage_options
     )

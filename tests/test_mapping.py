@@ -20,7 +20,7 @@ import zarr
 from geoplantnet.cluster import connect
 from geoplantnet.config import ClusterConfig, RunConfig, load_config
 from geoplantnet.inference import NODATA, predict_tile_naive, tile_geometry
-from geoplantnet.mapping import MapSources, map_tile, produce_map, read_model
+from geoplantnet.mapping import MapSources, ensure_model, map_tile, produce_map, read_model
 from geoplantnet.store import StoreError, open_store
 from geoplantnet.tile_store import MANIFEST, finished_tiles
 
@@ -63,14 +63,15 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> Setup:
     """A small virtual region, a model trained on it, and the reference map from an embedded LocalCluster."""
-    from geoplantnet.sdm import train_map_model, virtual_inputs
+    from geoplantnet.sdm import virtual_inputs
 
     root = tmp_path_factory.mktemp("mapping")
     overrides = [*SMALL, f"workdir={root / 'work'}", f"store.root={root / 'out'}"]
     cfg = load_config(ROOT / "pipelines" / "default.yaml", overrides)
     inputs = virtual_inputs(cfg)
     with connect(cfg.cluster) as client:
-        model = train_map_model(cfg, inputs, root / "model", client).model_path
+        model, trained = ensure_model(cfg, inputs, client)  # cached under the workdir, as the map command does
+        assert trained is not None and trained["epochs"] >= 1
         sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
         reference = str(root / "reference.zarr")
         summary = produce_map(client, cfg, model, sources, reference, progress=False)
@@ -99,6 +100,7 @@ def test_species_store_is_the_analysts_contract(setup):
     assert [str(s) for s in ds["species"].values] == read_model(setup.model)[1].species
     assert json.loads(ds.attrs["geoplantnet_config"])["map"]["tile"] == 16
     assert "model_sha256" in ds.attrs and json.loads(ds.attrs["model_spec"])["species"]
+    assert ds.attrs["model_version"].startswith("species-net/2/")
     raw = zarr.open_group(setup.reference, mode="r")["probability"]
     assert raw.dtype == np.uint8 and raw.fill_value == NODATA
     assert raw.chunks == (16, 16, 16) and raw.shards == (32, 16, 16)
@@ -307,6 +309,22 @@ def test_map_to_s3_compatible_object_storage(setup, tmp_path):
         np.testing.assert_array_equal(_codes(url, s3.storage_options), _codes(setup.reference))
         with pytest.raises(StoreError, match="access denied"):
             open_store(url, storage_options={**s3.storage_options, "secret": "wrong"})
+
+
+@pytest.mark.slow
+def test_map_command_reuses_the_cached_model_and_writes_the_same_map(setup):
+    url = str(setup.root / "command.zarr")
+    cmd = [sys.executable, "-m", "geoplantnet.cli", "map", "--out", url]
+    for item in setup.overrides:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert result["model"] == setup.model and result["trained"] is None
+    assert result["tiles_computed"] == 9 and result["pixels_per_second"] > 0
+    assert "Dask dashboard: http://127.0.0.1:" in proc.stderr
+    assert "9/9" in proc.stderr  # the progress bar: tiles done / total
+    np.testing.assert_array_equal(_codes(url), _codes(setup.reference))
 
 
 def test_map_tile_is_the_task_the_driver_ships():
