@@ -25,6 +25,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
+import pandas as pd
 import pystac
 import torch
 from distributed import Client, as_completed
@@ -78,14 +79,13 @@ class MapSources:
     def from_items(
         cls, cfg: RunConfig, s2_items: Sequence[pystac.Item] | None, env_items: Sequence[pystac.Item]
     ) -> MapSources:
-        """Sources for a run; the season axis comes from a lazy composite over one pixel (no pixel is read)."""
+        """Sources for a run. The season axis is the region-wide composite's: every period between the first and the
+        last acquisition (:func:`geoplantnet.cube.seasonal_composite` resamples the same way)."""
         seasons = None
         if s2_items:
-            from geoplantnet.jobs import composites
-
-            grid = cfg.grid.grid(cfg.cube.resolution)
-            probe = Grid(grid.resolution, grid.left, grid.top, 1, 1, grid.epsg)
-            seasons = tuple(composites(list(s2_items), cfg, probe)["time"].values)
+            times = pd.DatetimeIndex([pd.Timestamp(item.datetime).tz_convert(None) for item in s2_items])
+            bins = pd.Series(1, index=times.sort_values()).resample(cfg.cube.composite).count()
+            seasons = tuple(bins.index.values.astype("datetime64[ns]"))
         return cls(
             cfg,
             tuple(i.to_dict() for i in s2_items) if s2_items else None,

@@ -118,6 +118,17 @@ def test_species_store_is_the_analysts_contract(setup):
 
 
 @pytest.mark.slow
+def test_tiles_get_the_region_wide_season_axis(setup):
+    import pystac
+
+    from geoplantnet.jobs import composites
+
+    items = [pystac.Item.from_dict(d) for d in setup.sources.s2_items]
+    region = composites(items, setup.cfg)["time"].values
+    np.testing.assert_array_equal(np.asarray(setup.sources.seasons), region)
+
+
+@pytest.mark.slow
 def test_stored_tile_equals_the_per_pixel_reference(setup):
     model, spec, _ = read_model(setup.model)
     grid = setup.cfg.grid.grid()
