@@ -84,6 +84,7 @@ def _timed(fn, *a, **kw) -> tuple[object, float]:
 def per_core(cfg: RunConfig, model_path: str, sources: MapSources, n_tiles: int, naive_side: int) -> dict:
     """Dense vs naive on the same tiles in this process, one torch thread."""
     torch.set_num_threads(1)
+    budget = cfg.map.cpu_batch_mb * 2**20
     model, spec, _ = read_model(model_path)
     grid, cube_grid = cfg.grid.grid(), cfg.grid.grid(cfg.cube.resolution)
     tiles = list(grid.tiles(cfg.map.tile))
@@ -98,7 +99,7 @@ def per_core(cfg: RunConfig, model_path: str, sources: MapSources, n_tiles: int,
         geom = tile_geometry(spec, tile, grid, cube_grid)
         (patch, env), t = _timed(sources.read, spec, geom, grid, cube_grid)
         read_s += t
-        codes, t = _timed(predict_tile, model, spec, geom, patch, env)
+        codes, t = _timed(predict_tile, model, spec, geom, patch, env, budget_bytes=budget)
         dense_px, dense_s = dense_px + tile.height * tile.width, dense_s + t
         # the naive path on a corner of the tile (its cost per pixel does not depend on the tile size)
         sub = type(tile)(tile.row, tile.col, tile.y0, tile.x0, naive_side, naive_side, tile.id)
@@ -107,7 +108,7 @@ def per_core(cfg: RunConfig, model_path: str, sources: MapSources, n_tiles: int,
         naive, t = _timed(predict_tile_naive, model, spec, sgeom, spatch, senv)
         naive_px, naive_s = naive_px + naive_side**2, naive_s + t
         worst = max(worst, int(np.abs(naive.astype(int) - codes[:, :naive_side, :naive_side].astype(int)).max()))
-        _, t = _timed(predict_tile, big, big_spec, geom, patch, env)
+        _, t = _timed(predict_tile, big, big_spec, geom, patch, env, budget_bytes=budget)
         big_px, big_s = big_px + tile.height * tile.width, big_s + t
     dense_flops, naive_flops = _flops_per_pixel(model, spec, geom, patch, env, sgeom, spatch, senv)
     dense_rate, naive_rate = dense_px / dense_s, naive_px / naive_s
@@ -132,7 +133,7 @@ def _flops_per_pixel(model, spec, geom, patch, env, sgeom, spatch, senv) -> tupl
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as dense:
-        predict_tile(model, spec, geom, patch, env)
+        predict_tile(model, spec, geom, patch, env, budget_bytes=64 * 2**20)
     with FlopCounterMode(display=False) as naive:
         predict_tile_naive(model, spec, sgeom, spatch, senv)
     t, s = geom.tile, sgeom.tile

@@ -193,7 +193,11 @@ class MapConfig(_Section):
     model: str | None = Field(None, description="trained model file (path or URL); None trains one on the region")
     tile: int = Field(128, ge=8, description="tile side in map pixels; also the Zarr chunk/shard side")
     species_chunk: int = Field(16, ge=1, description="species per Zarr chunk (inside one shard per tile)")
-    batch_mb: int = Field(512, ge=16, description="activation memory per forward pass; tiles run in row strips")
+    batch_mb: int = Field(512, ge=16, description="GPU: activation memory per forward pass (row strips of a tile)")
+    cpu_batch_mb: int = Field(
+        64, ge=4, description="CPU: activations per forward pass; strips that stay in cache ran ~1.7x faster than a "
+        "whole 256-pixel tile (benchmarks/bench_map.py)"
+    )
     max_in_flight: int | None = Field(None, ge=1, description="tiles submitted at once; None: 2 per worker thread")
     retries: int = Field(2, ge=0, description="retries of a failed tile task (a dead worker is retried anyway)")
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -16,7 +16,6 @@ layers, which define the study area, as in training).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -174,7 +173,7 @@ def predict_tile(
     patch: np.ndarray | None,
     env: np.ndarray | None,
     *,
-    budget_bytes: int = 512 * 2**20,
+    budget_bytes: int = 64 * 2**20,
     mixed_precision: bool = True,
 ) -> np.ndarray:
     """uint8 codes (species, height, width) for ``geom.tile`` from its raw input windows.
@@ -268,14 +267,10 @@ def predict_tile_naive(
     return encode(prob, _valid(spec, geom, patch, env))
 
 
-def default_budget(device: torch.device, configured_mb: int) -> int:
-    """Activation budget per forward pass: the configured size, capped at a quarter of free GPU memory on CUDA."""
-    budget = configured_mb * 2**20
+def default_budget(device: torch.device, gpu_mb: int, cpu_mb: int = 64) -> int:
+    """Activation budget per forward pass: ``gpu_mb`` on CUDA (capped at a quarter of free memory), ``cpu_mb`` on CPU
+    (small strips stay in cache; larger ones are slower, not faster)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        budget = min(budget, free // 4)
-    return int(budget)
-
-
-def pixels_per_second(n_pixels: int, seconds: float) -> float:
-    return n_pixels / seconds if seconds > 0 else math.inf
+        return int(min(gpu_mb * 2**20, free // 4))
+    return int(cpu_mb * 2**20)

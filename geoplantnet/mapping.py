@@ -183,6 +183,7 @@ class TileJob:
     map_grid: Grid
     cube_grid: Grid | None
     batch_mb: int
+    cpu_batch_mb: int
     device: str
     mixed_precision: bool
     storage_options: dict[str, Any]
@@ -202,7 +203,7 @@ def map_tile(job: TileJob, tile: Tile) -> dict[str, Any]:
         geom,
         patch,
         env,
-        budget_bytes=default_budget(device, job.batch_mb),
+        budget_bytes=default_budget(device, job.batch_mb, job.cpu_batch_mb),
         mixed_precision=job.mixed_precision,
     )
     t2 = time.perf_counter()
@@ -260,6 +261,7 @@ def produce_map(
         map_grid,
         cube_grid,
         cfg.map.batch_mb,
+        cfg.map.cpu_batch_mb,
         cfg.map.device,
         cfg.map.mixed_precision,
         dict(cfg.store.storage_options),
