@@ -338,6 +338,22 @@ def test_map_command_reuses_the_cached_model_and_writes_the_same_map(setup):
     np.testing.assert_array_equal(_codes(url), _codes(setup.reference))
 
 
+@pytest.mark.slow
+def test_map_command_bad_model_is_one_line(setup, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    for model, message in ((tmp_path / "missing.pt", "no such model file"), (junk, "not a readable model file")):
+        cmd = [sys.executable, "-m", "geoplantnet.cli", "map", "--quiet", "--model", str(model),
+               "--out", str(tmp_path / "x.zarr")]
+        for item in setup.overrides:
+            cmd += ["--set", item]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("geoplantnet: error:") and message in last, proc.stderr[-2000:]
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_map_tile_is_the_task_the_driver_ships():
     # the worker preload used above swaps this attribute; the driver must submit it by reference
     assert map_tile.__module__ == "geoplantnet.mapping"
