@@ -129,6 +129,18 @@ def test_tiles_get_the_region_wide_season_axis(setup):
 
 
 @pytest.mark.slow
+def test_species_notebook_reads_the_map(setup, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "explore_species.ipynb", as_version=4)
+    monkeypatch.setenv("GEOPLANTNET_STORE", setup.reference)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "EPSG:3035" in outputs and "top species at" in outputs and "expected richness" in outputs
+
+
+@pytest.mark.slow
 def test_stored_tile_equals_the_per_pixel_reference(setup):
     model, spec, _ = read_model(setup.model)
     grid = setup.cfg.grid.grid()
