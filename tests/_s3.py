@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ACCESS_KEY = "geoplantnet-test"
 SECRET_KEY = "not-a-real-secret-0123456789"
@@ -24,13 +26,13 @@ def weed_binary() -> str | None:
     return str(local) if local.exists() else shutil.which("weed")
 
 
-def _free_port(low: int = 20_000, high: int = 50_000) -> int:
-    # weed derives gRPC ports as port + 10000 unless told: pick both free, well below 65535
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if low <= port < high and _is_free(port + 10_000):
+def _free_port(low: int = 10_000, high: int = 22_000) -> int:
+    # Below the kernel's ephemeral range (32768+), so no client socket (Dask, HTTP) takes the port between our check
+    # and weed's bind; weed's gRPC ports are port + 10000, still below that range.
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(low, high)
+        if _is_free(port) and _is_free(port + 10_000):
             return port
     raise RuntimeError("no free port pair for SeaweedFS")
 
@@ -65,25 +67,41 @@ def seaweedfs(root: Path, bucket: str = "geoplantnet") -> Iterator[S3Server]:
     identity = {"name": "geoplantnet", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
     config.write_text(json.dumps({"identities": [identity]}))
-    ports = {name: _free_port() for name in ("master", "volume", "filer", "s3", "admin")}
-    args = [binary, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={bucket}",
-            f"-s3.config={config}", "-webdav=false", "-admin.ui=false"]
-    for name, port in ports.items():
-        args += [f"-{name}.port={port}", f"-{name}.port.grpc={port + 10_000}"]
     (root / "data").mkdir(exist_ok=True)
-    log = open(root / "weed.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(root)})
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
-    try:
-        _wait_ready(proc, endpoint, bucket, root)
-        yield S3Server(endpoint, bucket)
-    finally:
-        proc.terminate()
+    last: Exception | None = None
+    for _attempt in range(3):  # another process may still take a port first: start again on fresh ports
+        ports: dict[str, int] = {}
+        for name in ("master", "volume", "filer", "s3", "admin"):
+            taken = set(ports.values()) | {p + 10_000 for p in ports.values()} | {p - 10_000 for p in ports.values()}
+            ports[name] = next(p for p in iter(_free_port, None) if p not in taken)
+        args = [binary, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={bucket}",
+                f"-s3.config={config}", "-webdav=false", "-admin.ui=false"]
+        for name, port in ports.items():
+            args += [f"-{name}.port={port}", f"-{name}.port.grpc={port + 10_000}"]
+        log = open(root / "weed.log", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(root)})
+        endpoint = f"http://127.0.0.1:{ports['s3']}"
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            _wait_ready(proc, endpoint, bucket, root)
+        except RuntimeError as exc:
+            last = exc
+            _stop(proc, log)
+            continue
+        try:
+            yield S3Server(endpoint, bucket)
+        finally:
+            _stop(proc, log)
+        return
+    raise RuntimeError(f"SeaweedFS did not start in 3 attempts: {last}")
+
+
+def _stop(proc: subprocess.Popen, log: Any) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
 
 
 def _wait_ready(proc: subprocess.Popen, endpoint: str, bucket: str, root: Path, timeout: float = 60.0) -> None:
