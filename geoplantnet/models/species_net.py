@@ -93,10 +93,10 @@ class BoxMean(nn.Module):
 class PatchEncoder(nn.Module):
     """Valid 3x3 conv blocks, then the remaining window summarised: receptive field == the patch, fully convolutional.
 
-    ``pool="mean"`` averages the remaining window (stride-1 average pooling) then mixes channels with a 1x1 conv:
-    cheap at every position, so a dense tile costs a few 3x3 convs per pixel, not a patch's worth (the reason it is
-    the default: dense inference is ~100x cheaper than one patch per pixel). ``pool="conv"`` uses one conv whose
-    kernel covers the remaining window (position-aware, but its cost per output pixel is that kernel's size).
+    ``pool="mean"`` (default) averages the remaining window (stride-1 box mean) then mixes channels with a 1x1 conv:
+    4x fewer encoder parameters and half the FLOPs of a dense tile (0.24 vs 0.45 MFLOP per pixel for the default
+    sizes). ``pool="conv"`` uses one conv whose kernel covers the remaining window (position-aware; on CPU its large
+    GEMM runs so efficiently that dense wall time is only ~10% longer).
     """
 
     def __init__(
