@@ -146,8 +146,8 @@ def _entry(item: pystac.Item | Mapping[str, Any], bands: Sequence[str]) -> _Entr
     )
 
 
-def _footprint(item: Mapping[str, Any], epsg: int) -> tuple[float, float, float, float] | None:
-    """The item's lon/lat bbox in the grid's CRS."""
+def item_footprint(item: Mapping[str, Any], epsg: int) -> tuple[float, float, float, float] | None:
+    """The item's lon/lat bbox in the grid's CRS (edges densified), or None when the item has no bbox."""
     bbox = item.get("bbox")
     if not bbox:
         return None
@@ -161,7 +161,8 @@ def _lonlat_to(epsg: int) -> Transformer:
     return Transformer.from_crs(4326, epsg, always_xy=True)
 
 
-def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
+def overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two (left, bottom, right, top) boxes share some area."""
     return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
 
 
@@ -240,7 +241,7 @@ def stack_items(
         raise CubeError(f"search returned no items for {where}")
 
     entries = [_entry(it, bands) for it in items]
-    hits = [e for e in entries if (fp := _footprint(e.plain, grid.epsg)) is None or _overlaps(fp, grid.bounds)]
+    hits = [e for e in entries if (fp := item_footprint(e.plain, grid.epsg)) is None or overlaps(fp, grid.bounds)]
     if not hits:
         lon0, lat0, lon1, lat1 = grid.lonlat_bounds()
         raise CubeError(

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from geoplantnet import predictors, tile_store
 from geoplantnet.cluster import require_resources, task_resources
 from geoplantnet.config import RunConfig
-from geoplantnet.grid import Grid, Tile, to_grid_crs
+from geoplantnet.cube import item_footprint, overlaps
+from geoplantnet.grid import Grid, Tile
 from geoplantnet.inference import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.train import load_model, resolve_device
@@ -49,20 +50,12 @@ class MapError(RuntimeError):
 # -- inputs read by tile tasks
 
 
-def _item_bounds(item: Mapping[str, Any], epsg: int) -> tuple[float, float, float, float]:
-    lon0, lat0, lon1, lat1 = item["bbox"]
-    xs, ys = to_grid_crs(np.array([lon0, lon1, lon0, lon1]), np.array([lat0, lat0, lat1, lat1]), 4326, epsg)
-    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
-
-
-def _touching(items: Sequence[Mapping[str, Any]], grid: Grid) -> list[pystac.Item]:
-    left, bottom, right, top = grid.bounds
-    out = []
-    for item in items:
-        x0, y0, x1, y1 = _item_bounds(item, grid.epsg)
-        if x0 < right and x1 > left and y0 < top and y1 > bottom:
-            out.append(pystac.Item.from_dict(dict(item)))
-    return out
+def _touching(items: Sequence[Mapping[str, Any]], footprints: Sequence[Any], grid: Grid) -> list[pystac.Item]:
+    return [
+        pystac.Item.from_dict(dict(item))
+        for item, fp in zip(items, footprints, strict=True)
+        if fp is None or overlaps(fp, grid.bounds)
+    ]
 
 
 @dataclass(frozen=True)
@@ -73,7 +66,10 @@ class MapSources:
     cfg: RunConfig
     s2_items: tuple[dict, ...] | None
     env_items: tuple[dict, ...] | None
-    seasons: tuple[np.datetime64, ...] | None = None
+    seasons: tuple[np.datetime64, ...] | None
+    # item footprints in the grid's CRS, once per run rather than once per tile and item
+    s2_footprints: tuple[Any, ...]
+    env_footprints: tuple[Any, ...]
 
     @classmethod
     def from_items(
@@ -86,11 +82,16 @@ class MapSources:
             times = pd.DatetimeIndex([pd.Timestamp(item.datetime).tz_convert(None) for item in s2_items])
             bins = pd.Series(1, index=times.sort_values()).resample(cfg.cube.composite).count()
             seasons = tuple(bins.index.values.astype("datetime64[ns]"))
+        epsg = cfg.grid.epsg
+        s2 = tuple(i.to_dict() for i in s2_items) if s2_items else None
+        env = tuple(i.to_dict() for i in env_items)
         return cls(
             cfg,
-            tuple(i.to_dict() for i in s2_items) if s2_items else None,
-            tuple(i.to_dict() for i in env_items),
+            s2,
+            env,
             seasons,
+            tuple(item_footprint(i, epsg) for i in s2 or ()),
+            tuple(item_footprint(i, epsg) for i in env),
         )
 
     def read(
@@ -104,7 +105,7 @@ class MapSources:
             patch = self._composite(spec, geom.window_grid(cube_grid, "cube"))
         if geom.env_window is not None:
             window = geom.window_grid(map_grid, "env")
-            items = _touching(self.env_items or (), window)
+            items = _touching(self.env_items or (), self.env_footprints, window)
             if not items:
                 n_vars = spec.modalities["env"][0] - (1 if spec.mask_channels else 0)
                 env = np.full((n_vars, window.height, window.width), np.nan, np.float32)
@@ -119,7 +120,7 @@ class MapSources:
 
         n_bands = len(spec.bands) if spec.bands else len(self.cfg.cube.bands) + len(self.cfg.cube.indices)
         shape = (len(self.seasons or ()), n_bands, window.height, window.width)
-        items = _touching(self.s2_items or (), window)
+        items = _touching(self.s2_items or (), self.s2_footprints, window)
         if not items:
             return np.full(shape, np.nan, np.float32)
         comp = composites(items, self.cfg, window)
