@@ -6,7 +6,8 @@ Protocol (local paths and object storage alike):
    with ``geoplantnet_complete = "false"`` and the run's fingerprint, or finds a store of the same fingerprint and
    returns the tiles it already holds. A store from another run (other model, grid, tiling) is replaced.
 2. Each task writes exactly its tile's region (tiles align with the chunks/shards, so writes never overlap; every
-   chunk object is written whole: an atomic rename locally, one PUT on S3), then a marker ``_tiles/<tile id>.json``.
+   chunk object is written whole: an atomic rename locally, one PUT on S3), then a marker
+   ``_tiles/<run>/<tile id>.json``.
    A tile without its marker is recomputed by the next run, whatever its chunks hold.
 3. :func:`finalise` consolidates the metadata and sets the completion flag, after every tile has its marker.
 
@@ -31,7 +32,7 @@ import zarr
 from geoplantnet.config import RunConfig
 from geoplantnet.grid import Grid, Tile
 from geoplantnet.inference import NODATA, SCALE
-from geoplantnet.store import COMPLETE, default_encoding, join, mark_complete, stamp, zarr_store
+from geoplantnet.store import default_encoding, mark_complete, stamp, zarr_store
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +96,19 @@ def species_template(
     return ds, {"probability": enc}
 
 
+def _manifest(path: str, run: str) -> str:
+    return f"{path.rstrip('/')}/{MANIFEST}/{run}"
+
+
 def finished_tiles(url: str, run: str, storage_options: Mapping[str, Any] | None = None) -> set[str]:
-    """Ids of tiles whose marker says they were written by run ``run``."""
+    """Ids of tiles with a marker from run ``run``: one listing, no marker read (a marker exists only after its
+    tile's chunks were written, so its name is the proof; the contents are for people)."""
     fs, path = _fs(url, storage_options)
-    folder = f"{path.rstrip('/')}/{MANIFEST}"
+    folder = _manifest(path, run)
     if not fs.exists(folder):
         return set()
-    done = set()
-    for entry in fs.ls(folder, detail=False):
-        name = entry.rsplit("/", 1)[-1]
-        if not name.endswith(".json"):
-            continue
-        try:
-            marker = json.loads(fs.cat_file(entry))
-        except (ValueError, OSError):
-            continue  # a marker cut short is no marker: the tile is redone
-        if marker.get("run") == run:
-            done.add(marker["tile"])
-    return done
+    names = (entry.rsplit("/", 1)[-1] for entry in fs.ls(folder, detail=False))
+    return {name.removesuffix(".json") for name in names if name.endswith(".json")}
 
 
 def _attrs(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -172,7 +168,7 @@ def write_tile(
         raise ValueError(f"tile {tile.id}: block {block.shape} does not fit {arr.shape[:-2]} x tile")
     arr[..., ys, xs] = block
     fs, path = _fs(url, storage_options)
-    folder = f"{path.rstrip('/')}/{MANIFEST}"
+    folder = _manifest(path, run)
     fs.makedirs(folder, exist_ok=True)  # a no-op on object storage
     marker = {"tile": tile.id, "run": run, "y0": tile.y0, "x0": tile.x0, "height": tile.height, "width": tile.width}
     fs.pipe_file(f"{folder}/{tile.id}.json", json.dumps({**marker, **(info or {})}).encode())
@@ -184,12 +180,3 @@ def finalise(url: str, *, n_tiles: int, run: str, storage_options: Mapping[str, 
     if len(done) < n_tiles:
         raise RuntimeError(f"{url}: only {len(done)} of {n_tiles} tiles written; not marking the store complete")
     mark_complete(url, storage_options)
-
-
-def is_complete(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
-    attrs = _attrs(url, storage_options)
-    return attrs is not None and attrs.get(COMPLETE) == "true"
-
-
-def manifest_url(url: str) -> str:
-    return join(url, MANIFEST)

@@ -262,7 +262,7 @@ def test_a_worker_killed_mid_run_is_retried_and_the_map_is_unchanged(setup, real
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 manifest = Path(url) / MANIFEST
-                if manifest.exists() and len(list(manifest.glob("*.json"))) >= 2:
+                if manifest.exists() and len(list(manifest.rglob("*.json"))) >= 2:
                     os.kill(victim, signal.SIGKILL)
                     killed.set()
                     return
@@ -292,7 +292,7 @@ def test_an_interrupted_run_reads_as_incomplete_and_resumes_to_the_same_map(setu
     manifest = Path(url) / MANIFEST
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and driver.poll() is None:
-        if manifest.exists() and len(list(manifest.glob("*.json"))) >= 3:
+        if manifest.exists() and len(list(manifest.rglob("*.json"))) >= 3:
             break
         time.sleep(0.05)
     assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
@@ -304,7 +304,7 @@ def test_an_interrupted_run_reads_as_incomplete_and_resumes_to_the_same_map(setu
     raw = zarr.open_group(url, mode="r")["probability"][:]
     reference = _codes(setup.reference)
     assert ((raw == reference) | (raw == NODATA)).all()
-    done_before = len(list(manifest.glob("*.json")))
+    done_before = len(list(manifest.rglob("*.json")))
     client = real_cluster.client()
     try:
         summary = produce_map(client, setup.cfg, setup.model, setup.sources, url, progress=False)
