@@ -176,15 +176,14 @@ def prepare_samples(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Cl
     keep = ~nodata
     keep[spare_bg] = False
     rows = np.flatnonzero(keep)
-    x, y = x_all[rows], y_all[rows]
+    kept = features[rows]
     # Candidate block sizes step by 10 map pixels: 500 m at 50 m, so small regions still get enough blocks.
     block = cfg.validation.block_size_m or choose_block_size(
-        x, y, np.nan_to_num(features[rows][:, : min(features.shape[1], 8)]), folds=cfg.validation.folds,
+        x_all[rows], y_all[rows], np.nan_to_num(kept[:, : min(features.shape[1], 8)]), folds=cfg.validation.folds,
         step=10 * grid.resolution,
     )
     return PreparedSamples(
-        path, rows, x_all, y_all, labels[rows], source[rows], features[rows], species, int(nodata.sum()), extract_s,
-        float(block),
+        path, rows, x_all, y_all, labels[rows], source[rows], kept, species, int(nodata.sum()), extract_s, float(block)
     )
 
 

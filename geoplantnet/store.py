@@ -26,6 +26,7 @@ import geoplantnet
 from geoplantnet.config import RunConfig
 
 COMPLETE = "geoplantnet_complete"
+INCOMPLETE = "{url}: store is incomplete (a run was interrupted); rerun the job to rebuild it"
 
 
 class StoreError(ValueError):
@@ -170,7 +171,7 @@ def open_store(url: str, *, storage_options: Mapping[str, Any] | None = None, **
         # metadata is consolidated by the last step of a write: a store without it was never finished
         if "onsolidated" not in str(exc):
             raise
-        raise StoreError(f"{url}: store is incomplete (a run was interrupted); rerun the job to rebuild it") from None
+        raise StoreError(INCOMPLETE.format(url=url)) from None
     if ds.attrs.get(COMPLETE) != "true":
-        raise StoreError(f"{url}: store is incomplete (a run was interrupted); rerun the job to rebuild it")
+        raise StoreError(INCOMPLETE.format(url=url))
     return ds

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from _small_region import SMALL_REGION
 
 from geoplantnet.cluster import connect
 from geoplantnet.config import ClusterConfig, RunConfig, load_config
@@ -27,24 +28,8 @@ from geoplantnet.tile_store import MANIFEST, finished_tiles
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 SMALL = [
-    "grid.width_m=2000",
-    "grid.height_m=2000",
-    "sim.dates_per_season=1",
-    "sim.n_species=30",
-    "sim.n_habitats=6",
-    "sim.n_plots=120",
-    "sim.n_presence_only=600",
-    "cube.chunk=64",
-    "model.patch_size=8",
-    "model.width=8",
-    "model.series_hidden=8",
-    "model.env_hidden=8",
-    "model.fusion_hidden=32",
+    *SMALL_REGION,
     "train.epochs=8",
-    "train.n_background=300",
-    "validation.block_size_m=500",
-    "cluster.n_workers=2",
-    "cluster.memory_limit=3GiB",
     "map.tile=16",  # 40 x 40 map pixels -> 9 tiles, edge tiles clipped
 ]
 

@@ -6,31 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from _small_region import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 BRADYPUS = ROOT.parent / "shared" / "data" / "real" / "predicts_bradypus_bioclim"
 
-SMALL = [
-    "grid.width_m=2000",
-    "grid.height_m=2000",
-    "sim.dates_per_season=1",
-    "sim.n_species=30",
-    "sim.n_habitats=6",
-    "sim.n_plots=120",
-    "sim.n_presence_only=600",
-    "cube.chunk=64",
-    "model.patch_size=8",
-    "model.width=8",
-    "model.series_hidden=8",
-    "model.env_hidden=8",
-    "model.fusion_hidden=32",
-    "train.epochs=3",
-    "train.n_background=300",
-    "validation.folds=3",
-    "validation.block_size_m=500",
-    "cluster.n_workers=2",
-    "cluster.memory_limit=3GiB",
-]
+SMALL = [*SMALL_REGION, "train.epochs=3", "validation.folds=3"]
 
 
 def _sdm(tmp_path: Path, *args: str, overrides: list[str]) -> dict:
