@@ -19,6 +19,8 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 from shapely.geometry import Polygon, shape
 
+from geoplantnet.errors import GeoplantnetError
+
 S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "SCL")
 # The unambiguous STAC eo common name of each Sentinel-2 band (Earth Search v1 uses them as asset keys). Planetary
 # Computer's "rededge" (B05, B06, B07 and B8A alike) is ambiguous, so it is never used to pick an asset.
@@ -43,7 +45,7 @@ NON_S2_FALLBACKS = {"B08": ("nir08",)}
 SEARCH_KEY = "geoplantnet:search"
 
 
-class CatalogError(ValueError):
+class CatalogError(GeoplantnetError, ValueError):
     """The API cannot be reached, or the collection, a band or a search parameter is wrong."""
 
 

@@ -13,11 +13,12 @@ from collections.abc import Iterator, Mapping
 from distributed import Client, LocalCluster
 
 from geoplantnet.config import ClusterConfig
+from geoplantnet.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
 
-class ClusterError(RuntimeError):
+class ClusterError(ServiceError):
     """The cluster cannot be reached, made, or lacks a resource a task needs."""
 
 

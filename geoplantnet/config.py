@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from geoplantnet.errors import ConfigError
 from geoplantnet.grid import Grid
 
+__all__ = ["ConfigError", "RunConfig", "load_config", "redact"]
+
 ENV_PREFIX = "GEOPLANTNET__"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be read or does not validate (the message is one line)."""
 
 
 class _Section(BaseModel):
@@ -80,6 +81,8 @@ class StacConfig(_Section):
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
     s2_collection: str = "virtual-sentinel-2-l2a"
     env_collection: str = "virtual-environment"
+    timeout: float = Field(30.0, gt=0, description="seconds to wait for each STAC API response")
+    retries: int = Field(3, ge=0, description="retries (with backoff) of a failed or timed-out STAC API request")
 
 
 class CubeConfig(_Section):
@@ -137,7 +140,16 @@ class StoreConfig(_Section):
     """Where outputs go: a local folder or an fsspec URL (s3://...), with its storage options."""
 
     root: str = "outputs"
-    storage_options: dict[str, Any] = {}
+    storage_options: dict[str, Any] = Field(
+        {},
+        description="fsspec options for object storage (endpoint, region, ...); credentials are better taken from "
+        "the environment (AWS_ACCESS_KEY_ID, ...) or fsspec's configuration; they are never written to any output",
+    )
+    timeout: float = Field(60.0, gt=0, description="seconds to wait for each object-store request")
+    retries: int = Field(5, ge=0, description="retries (with backoff) of a failed object-store request")
+    lease_ttl_s: float = Field(
+        120.0, ge=5, description="a writer's lease on a store expires this long after its last heartbeat"
+    )
 
 
 class ModelConfig(_Section):
@@ -221,42 +233,89 @@ class RunConfig(_Section):
     map: MapConfig = MapConfig()
 
     def to_attrs(self) -> dict[str, str]:
-        """The resolved configuration as a JSON string attribute, for output stores."""
-        return {"geoplantnet_config": json.dumps(self.model_dump(mode="json"), sort_keys=True)}
+        """The resolved configuration, credentials redacted (:func:`redact`), as a JSON string attribute."""
+        return {"geoplantnet_config": json.dumps(redact(self.model_dump(mode="json")), sort_keys=True)}
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The resolved configuration as YAML, credentials redacted."""
+        return yaml.safe_dump(redact(self.model_dump(mode="json")), sort_keys=False)
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+REDACTED = "<redacted>"
+# Setting names that hold credentials wherever they appear (storage options, client kwargs, headers, ...).
+_SECRET_NAME = re.compile(r"secret|passw|token|key|credential|auth|signature|session|cookie|private", re.IGNORECASE)
+# Storage options that are not credentials and say where the data went; every other storage option is redacted.
+_PUBLIC_STORAGE_OPTIONS = frozenset(
+    {"endpoint_url", "region_name", "anon", "use_ssl", "requester_pays", "client_kwargs", "config_kwargs", "profile",
+     "default_block_size", "default_fill_cache", "version_aware", "cache_regions", "connect_timeout", "read_timeout",
+     "retries", "max_attempts", "mode"}
+)
+
+
+def _redact_url(text: str) -> str:
+    """A URL without userinfo (``user:pass@``) and with the values of credential-like query parameters redacted."""
+    if "://" not in text:
+        return text
+    parts = urlsplit(text)
+    netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
+    query = "&".join(
+        f"{k}={REDACTED}" if _SECRET_NAME.search(k) else (f"{k}={v}" if v or "=" in pair else k)
+        for pair in parts.query.split("&")
+        if pair
+        for k, _, v in [pair.partition("=")]
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact(value: Any, *, _key: str = "", _storage: bool = False) -> Any:
+    """``value`` (a configuration tree) with credentials replaced by ``<redacted>``: every storage option except
+    a few public ones (endpoint, region), any setting whose name looks like a credential, URL userinfo and signed
+    query parameters. What is persisted or printed always goes through this."""
+    if isinstance(value, Mapping):
+        return {
+            k: redact(v, _key=str(k), _storage=_storage or str(k) == "storage_options") for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v, _key=_key, _storage=_storage) for v in value]
+    if _key and _key != "storage_options" and (
+        _SECRET_NAME.search(_key) or (_storage and _key not in _PUBLIC_STORAGE_OPTIONS)
+    ):
+        return REDACTED if value not in (None, "") else value
+    return _redact_url(value) if isinstance(value, str) else value
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, source: str, sources: dict[str, str]) -> None:
     keys = [k for k in dotted.split(".") if k]
     if not keys:
-        raise ConfigError(f"empty override key in {dotted!r}")
+        raise ConfigError(f"{source}: empty setting name")
     node = tree
     for key in keys[:-1]:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+            raise ConfigError(f"{source}: {key!r} is not a section")
         node = child
     node[keys[-1]] = value
+    sources[".".join(keys)] = source
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} is not key=value (e.g. cube.resolution=20)")
-    key, raw = text.split("=", 1)
+def _parse_value(key: str, raw: str, source: str) -> Any:
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        return yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
-    return key.strip(), value
+        # the value is not echoed: it may be a credential
+        raise ConfigError(f"{source}: the value of {key} is not valid YAML ({exc.__class__.__name__})") from None
 
 
-def _one_line(exc: ValidationError) -> str:
+def _one_line(exc: ValidationError, sources: Mapping[str, str], where: str) -> str:
+    """Each problem with the source that set it (``--set``, an environment variable, or the file)."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{loc}: {err['msg']}")
+        loc = [str(p) for p in err["loc"]]
+        dotted = ".".join(loc) or "(root)"
+        # the longest prefix set by an override (a section given whole by --set, or the setting itself)
+        source = next((sources[".".join(loc[:n])] for n in range(len(loc), 0, -1) if ".".join(loc[:n]) in sources),
+                      where)
+        parts.append(f"{source}: {dotted}: {err['msg']}")
     return "; ".join(parts)
 
 
@@ -286,14 +345,20 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{where}: top level must be a mapping of sections, got {type(loaded).__name__}")
         tree = loaded
+    sources: dict[str, str] = {}
     env = os.environ if environ is None else environ
     for name, raw in sorted(env.items()):
         if name.startswith(ENV_PREFIX):
             dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-            _set_path(tree, dotted, _parse_override(f"{dotted}={raw}")[1])
+            source = f"environment variable {name}"
+            _set_path(tree, dotted, _parse_value(dotted, raw, source), source, sources)
     for text in overrides:
-        _set_path(tree, *_parse_override(text))
+        if "=" not in text:
+            raise ConfigError(f"--set {text.split(':')[0][:60]!r}: not key=value (e.g. cube.resolution=20)")
+        key, raw = (part.strip() for part in text.split("=", 1))
+        source = f"--set {key}"
+        _set_path(tree, key, _parse_value(key, raw, source), source, sources)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(f"{where}: {_one_line(exc)}") from None
+        raise ConfigError(_one_line(exc, sources, where)) from None

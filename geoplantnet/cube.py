@@ -32,6 +32,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from stackstac.rio_reader import AutoParallelRioReader
 
+from geoplantnet.errors import InputError
 from geoplantnet.grid import Grid
 
 # SCL classes treated as "not a clear land/water observation": no data, saturated, cloud shadow, cloud medium and
@@ -48,7 +49,7 @@ INDICES: dict[str, tuple[str, str]] = {
 _SEASONS = {12: "DJF", 3: "MAM", 6: "JJA", 9: "SON"}
 
 
-class CubeError(ValueError):
+class CubeError(InputError):
     """Items, bands, grid or files that cannot make a cube (one line naming the item, band or href)."""
 
 

@@ -19,12 +19,14 @@ import numpy as np
 from affine import Affine
 from pyproj import CRS, Transformer
 
+from geoplantnet.errors import InputError
+
 EPSG = 3035
 # Europe's extent in EPSG:3035 (the EEA reference grid's coverage); a bbox outside it is almost always a CRS mix-up.
 EUROPE_BOUNDS = (900_000.0, 900_000.0, 7_400_000.0, 5_500_000.0)
 
 
-class GridError(ValueError):
+class GridError(InputError):
     """A bbox, resolution or tile request that does not fit the grid."""
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from geoplantnet.errors import InputError
 from geoplantnet.grid import Grid, Tile
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.training_set import prepare_env, prepare_patch, prepare_series
@@ -30,7 +31,7 @@ NODATA = 255
 SCALE = 254
 
 
-class InferenceError(ValueError):
+class InferenceError(InputError):
     """Inputs that do not fit the model or the tile (one line)."""
 
 

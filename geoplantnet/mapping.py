@@ -35,6 +35,7 @@ from geoplantnet import predictors, tile_store
 from geoplantnet.cluster import require_resources, task_resources
 from geoplantnet.config import RunConfig
 from geoplantnet.cube import item_footprint, overlaps
+from geoplantnet.errors import GeoplantnetError
 from geoplantnet.grid import Grid, Tile
 from geoplantnet.inference import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
@@ -43,7 +44,7 @@ from geoplantnet.train import load_model, resolve_device
 log = logging.getLogger(__name__)
 
 
-class MapError(RuntimeError):
+class MapError(GeoplantnetError):
     """A map production that cannot start or a tile that failed (one line naming the tile)."""
 
 

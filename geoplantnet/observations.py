@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from geoplantnet.errors import InputError
 from geoplantnet.grid import Grid, to_grid_crs
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ FALSE = {"0", "0.0", "false", "f", "no", "n", "absent", "absence", "a"}
 COLUMNS = ["record_id", "survey_id", "species_id", "species_name", "presence", "x", "y", "date"]
 
 
-class ObservationsError(ValueError):
+class ObservationsError(InputError):
     """Observations that cannot be read or used (one line naming the file, column or species)."""
 
 

@@ -24,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
+from geoplantnet.errors import ServiceError
+
 log = logging.getLogger(__name__)
 
 PG_BIN = Path(os.environ.get("GEOPLANTNET_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -35,7 +37,7 @@ QUERYABLES = {
 }
 
 
-class StacServerError(RuntimeError):
+class StacServerError(ServiceError):
     """The server or its database could not start, load or stop (the message says which step and why)."""
 
 

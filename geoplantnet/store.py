@@ -24,12 +24,13 @@ from distributed import Client, progress
 
 import geoplantnet
 from geoplantnet.config import RunConfig
+from geoplantnet.errors import InputError
 
 COMPLETE = "geoplantnet_complete"
 INCOMPLETE = "{url}: store is incomplete (a run was interrupted); rerun the job to rebuild it"
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """A store that is missing, incomplete, or not one of ours."""
 
 

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 import geoplantnet
 from geoplantnet.config import RunConfig
+from geoplantnet.errors import InputError
 from geoplantnet.grid import Grid
 from geoplantnet.sim.habitats import HabitatSet
 from geoplantnet.sim.observations import (
@@ -76,7 +77,7 @@ ENV_SAMPLE = 4000  # random points that calibrate niches and habitats to the reg
 WINDOW_BYTES = 256 * 2**20  # float32 probabilities of all species in one window
 
 
-class RegionError(ValueError):
+class RegionError(InputError):
     """A region folder or manifest that cannot be read or does not match."""
 
 

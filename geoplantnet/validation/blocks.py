@@ -15,12 +15,14 @@ import numpy as np
 from scipy.optimize import curve_fit
 from scipy.spatial.distance import pdist
 
+from geoplantnet.errors import InputError
+
 KM = 1000.0
 _MAX_VARIOGRAM_POINTS = 2000  # 2e6 pairs: enough for a stable semivariogram, bounded memory and time
 _ID_OFFSET = 2**30  # shifts signed block indices into [0, 2**31) so (col, row) pack into one int64
 
 
-class BlockError(ValueError):
+class BlockError(InputError):
     """Coordinates, block sizes or fold requests that cannot make a spatial split (the message is one line)."""
 
 
