@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import logging
+import os
+import re
 import sys
+import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from geoplantnet.config import RunConfig, load_config
+from geoplantnet.config import ConfigError, RunConfig, load_config
+from geoplantnet.errors import GeoplantnetError, RefusedError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml"
 
@@ -38,6 +44,15 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_overwrite(parser: argparse.ArgumentParser, store: str) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace a {store} of another run (other model, grid, tiling or inputs) at the output; without it such "
+        "a store is left alone and the command stops. A path that is not a geoplantnet store is never replaced",
+    )
+
+
 def _config(args: argparse.Namespace) -> RunConfig:
     overrides = list(args.overrides)
     if getattr(args, "scheduler", None):
@@ -49,7 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from geoplantnet.jobs import run_composites
 
-    result = run_composites(cfg, progress=not args.quiet)
+    result = run_composites(cfg, progress=not args.quiet, overwrite=args.overwrite)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -58,7 +73,13 @@ def _cmd_sdm(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from geoplantnet.cluster import connect
     from geoplantnet.sdm import run_sdm, user_inputs, virtual_inputs
+    from geoplantnet.store import is_local
 
+    if args.out is None and not is_local(cfg.store.root):
+        raise ConfigError(f"sdm writes a local report folder and store.root is {cfg.store.root}: pass --out DIR")
+    out = Path(args.out or Path(cfg.store.root) / "sdm")
+    if out.exists() and any(out.iterdir()) and not any((out / m).exists() for m in ("summary.json", "training.zarr")):
+        raise RefusedError(f"{out} holds files that are not an sdm run's; refusing to write there (use another --out)")
     if args.observations is None:
         inputs = virtual_inputs(cfg, progress=not args.quiet)
     else:
@@ -74,9 +95,8 @@ def _cmd_sdm(args: argparse.Namespace) -> int:
             survey=args.survey,
             with_s2=args.with_s2,
         )
-    out = args.out or Path(cfg.store.root) / "sdm"
     with connect(cfg.cluster) as client:
-        result = run_sdm(cfg, inputs, Path(out), client)
+        result = run_sdm(cfg, inputs, out, client)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -85,7 +105,7 @@ def _cmd_map(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from geoplantnet.mapping import run_map
 
-    result = run_map(cfg, model=args.model, out=args.out, progress=not args.quiet)
+    result = run_map(cfg, model=args.model, out=args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -134,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the main job (region -> STAC -> cube -> composites Zarr + PNG)")
     _add_config_args(run)
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_overwrite(run, "composites.zarr")
     run.set_defaults(func=_cmd_run)
 
     sdm = sub.add_parser(
@@ -164,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     mapping.add_argument("--model", default=None, help="trained model file (default: map.model, or train one)")
     mapping.add_argument("--out", default=None, help="species.zarr path or URL (default: <store.root>/species.zarr)")
     mapping.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_overwrite(mapping, "species.zarr")
     mapping.set_defaults(func=_cmd_map)
 
     sim = sub.add_parser("simulate", help="generate the virtual region (imagery, environment, species, observations)")
@@ -195,8 +217,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Warnings a user can do nothing about; the ones that matter (records dropped, too few background points) are log
+# messages and still shown. Set in the environment too, so the Dask worker processes started here inherit them.
+QUIET_WARNINGS = (
+    "ignore:Consolidated metadata:UserWarning",  # zarr: consolidated metadata is not in the v3 spec yet
+    "ignore:Mean of empty slice:RuntimeWarning",  # numpy: all-NaN pixels (clouds, sea) give NaN, as intended
+    "ignore:All-NaN slice encountered:RuntimeWarning",
+)
+
+
+def _quiet_warnings() -> None:
+    for spec in QUIET_WARNINGS:
+        action, message, category = spec.split(":")
+        warnings.filterwarnings(action, message=re.escape(message), category=getattr(builtins, category))
+    existing = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join([*([existing] if existing else []), *QUIET_WARNINGS])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run one sub-command; user errors become one line on stderr and exit status 2."""
+    """Entry point: run one sub-command. User errors (:class:`geoplantnet.errors.GeoplantnetError`) are one line on
+    stderr and exit status 2; Ctrl-C is one line and 130; anything else is a bug: its traceback and exit status 1."""
     parser = build_parser()
     args = parser.parse_args(argv)
     # Our own progress at INFO; Dask's chatter (workers joining, clients closing) only with --verbose.
@@ -205,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("geoplantnet").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
+        _quiet_warnings()
         import distributed  # noqa: F401  (it configures its INFO logging on import: import first, then quieten)
 
         logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -213,11 +254,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("geoplantnet: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, OSError) as exc:
+    except GeoplantnetError as exc:
         if args.verbose:
-            raise
-        print(f"geoplantnet: error: {exc}".splitlines()[0], file=sys.stderr)
+            traceback.print_exc()
+        print(f"geoplantnet: error: {(str(exc).strip().splitlines() or [exc.__class__.__name__])[0]}", file=sys.stderr)
         return 2
+    except Exception:
+        traceback.print_exc()
+        print(
+            "geoplantnet: internal error (a bug, not your input): please report it with the traceback above",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 
 from distributed import Client, LocalCluster
@@ -30,21 +32,37 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Worker processes started in this block ignore SIGINT (an ignored signal stays ignored across exec, and
+    Python then installs no KeyboardInterrupt handler). Ctrl-C in a terminal signals the whole process group: the
+    driver alone should stop, close the cluster in order, and say so in one line, not six worker tracebacks."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _local(cfg: ClusterConfig) -> Client:
     gpus = _gpu_count()
     # One GPU per worker at most: a worker advertising GPU=1 runs one GPU task at a time, which is what bounds memory.
     resources = {"GPU": 1} if gpus else None
     n_workers = min(cfg.n_workers, gpus) if gpus else cfg.n_workers
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=cfg.threads_per_worker,
-        memory_limit=cfg.memory_limit,
-        host="127.0.0.1",
-        dashboard_address=cfg.dashboard_address,
-        resources=resources,
-        processes=True,
-        silence_logs=logging.ERROR,
-    )
+    with _children_ignore_sigint():
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=cfg.threads_per_worker,
+            memory_limit=cfg.memory_limit,
+            host="127.0.0.1",
+            dashboard_address=cfg.dashboard_address,
+            resources=resources,
+            processes=True,
+            silence_logs=logging.ERROR,
+        )
     return Client(cluster)
 
 

@@ -257,6 +257,11 @@ class Grid:
             "spatial_ref": xr.Variable((), np.int32(0), self.spatial_ref_attrs()),
         }
 
+    def label(self) -> str:
+        """A short readable description (CRS, size, resolution, corner), e.g. for saying which grids differ."""
+        corner = f"({self.left:g}, {self.top:g})"
+        return f"EPSG:{self.epsg} {self.width}x{self.height} at {self.resolution:g} m from {corner}"
+
     def to_dict(self) -> dict[str, float | int]:
         return {
             "resolution": self.resolution,

@@ -51,11 +51,15 @@ def composites(items: list, cfg: RunConfig, grid: Grid | None = None) -> xr.Data
     return cube.add_indices(seasonal, cfg.cube.indices) if cfg.cube.indices else seasonal
 
 
-def run_composites(cfg: RunConfig, *, progress: bool = True) -> dict[str, object]:
-    """Run the default job and return where its outputs are, with timings."""
+def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = False) -> dict[str, object]:
+    """Run the default job and return where its outputs are, with timings. An existing ``composites.zarr`` of the
+    same run is rewritten; one of another run only with ``overwrite``; anything else is never touched."""
     t0 = time.perf_counter()
     grid = cfg.grid.grid(cfg.cube.resolution)
     out_root = cfg.store.root
+    zarr_url = store.join(out_root, "composites.zarr")
+    storage_options = store.storage_options_for(zarr_url, cfg.store)
+    store.inspect_target(zarr_url, storage_options)  # a user's folder is refused before any work
     with stac_api(cfg, progress) as url:
         items = list(
             catalog.search(
@@ -73,20 +77,28 @@ def run_composites(cfg: RunConfig, *, progress: bool = True) -> dict[str, object
     ds["reflectance"].attrs.update(
         {"long_name": "cloud-masked seasonal median surface reflectance (bands) and spectral indices", "units": "1"}
     )
-    zarr_url = store.join(out_root, "composites.zarr")
+    parts = {
+        "grid": grid.label(),
+        "cube": store.fingerprint(cfg.cube.model_dump(mode="json"))[:12],
+        "inputs": store.fingerprint(sorted(item.id for item in items))[:12],
+    }
     with connect(cfg.cluster) as client:
         t1 = time.perf_counter()
         store.write_store(
             ds,
             zarr_url,
+            product="composites",
+            parts=parts,
             cfg=cfg,
             attrs={"source_items": len(items)},
-            storage_options=cfg.store.storage_options,
+            storage_options=storage_options,
             client=client,
             show_progress=progress,
+            overwrite=overwrite,
+            lease_ttl=cfg.store.lease_ttl_s,
         )
         compute_s = time.perf_counter() - t1
-    written = store.open_store(zarr_url, storage_options=cfg.store.storage_options)
+    written = store.open_store(zarr_url, storage_options=storage_options)
     png = None
     if store.is_local(zarr_url):
         png = str(composite_quicklook(written["reflectance"], Path(out_root) / "composites.png", title=cfg.name))

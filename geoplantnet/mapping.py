@@ -9,7 +9,7 @@ skips tiles a previous run of the same fingerprint already wrote.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import hashlib
 import io
 import itertools
@@ -33,13 +33,23 @@ from tqdm.auto import tqdm
 
 from geoplantnet import predictors, tile_store
 from geoplantnet.cluster import require_resources, task_resources
-from geoplantnet.config import RunConfig
+from geoplantnet.config import RunConfig, redact
 from geoplantnet.cube import item_footprint, overlaps
 from geoplantnet.errors import GeoplantnetError
 from geoplantnet.grid import Grid, Tile
 from geoplantnet.inference import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
+from geoplantnet.lease import Lease
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
-from geoplantnet.train import load_model, resolve_device
+from geoplantnet.store import (
+    PRODUCT_ATTR,
+    claim,
+    fingerprint,
+    inspect_target,
+    run_id,
+    storage_options_for,
+    writing,
+)
+from geoplantnet.train import ModelFileError, load_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +158,10 @@ def read_model(url: str, device: str | torch.device = "cpu") -> tuple[SpeciesNet
         with fsspec.open(url, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise MapError(f"{url}: no such model file") from None
-    model, spec = load_model(io.BytesIO(raw), device)  # type: ignore[arg-type]
+        raise ModelFileError(f"{url}: no such model file") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{url}: a folder, not a model file") from None
+    model, spec = load_model(io.BytesIO(raw), device, name=url)
     return model, spec, raw
 
 
@@ -225,76 +237,63 @@ def map_tile(job: TileJob, tile: Tile) -> dict[str, Any]:
 # -- the driver
 
 
-def _fingerprint(raw_model: bytes, job: TileJob, cfg: RunConfig) -> str:
-    sources = job.sources
-    items = [i["id"] for i in (sources.s2_items or ())] + [i["id"] for i in (sources.env_items or ())]
-    return tile_store.fingerprint(
-        raw_model,
-        job.map_grid.to_dict(),
-        job.cube_grid.to_dict() if job.cube_grid else None,
-        cfg.cube.model_dump(mode="json"),
-        cfg.map.tile,
-        cfg.map.species_chunk,
-        sorted(items),
-    )
+def check_inputs(spec: ModelSpec, sources: MapSources, cfg: RunConfig) -> None:
+    """On the driver, before anything is written: the run's inputs are the ones the model was trained on (the same
+    Sentinel-2 bands and indices, the same seasons, the same environmental variables in the same order)."""
+    takes_s2 = "patch" in spec.modalities or "series" in spec.modalities
+    if takes_s2 and not sources.s2_items:
+        raise InferenceError("the model takes Sentinel-2 inputs but the run found no Sentinel-2 items")
+    if takes_s2:
+        bands = [*cfg.cube.bands, *cfg.cube.indices]
+        _check_names("Sentinel-2 bands (cube.bands + cube.indices)", spec.bands, bands)
+        seasons = spec.modalities["series"][-1] if "series" in spec.modalities else None
+        if seasons is not None and seasons != len(sources.seasons or ()):
+            raise InferenceError(
+                f"the model was trained on {seasons} composite periods, the run's imagery spans "
+                f"{len(sources.seasons or ())} (cube.composite={cfg.cube.composite}, cube.datetime={cfg.cube.datetime})"
+            )
+    if "env" in spec.modalities:
+        if not sources.env_items:
+            raise InferenceError("the model takes environmental inputs but the run has no environmental layers")
+        grid = cfg.grid.grid()
+        probe = Grid(grid.resolution, grid.left, grid.top, 1, 1, grid.epsg)  # metadata only: nothing is read
+        names = predictors.model_stack([pystac.Item.from_dict(dict(i)) for i in sources.env_items], probe)["var"]
+        _check_names("environmental variables", spec.variables, names.values)
 
 
-def produce_map(
-    client: Client,
-    cfg: RunConfig,
-    model_url: str,
-    sources: MapSources,
-    store_url: str,
-    *,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Write ``species.zarr`` at ``store_url`` for the grid of ``cfg``, resuming a matching interrupted run."""
-    t_start = time.perf_counter()
-    _, spec, raw = read_model(model_url)
+def run_parts(raw_model: bytes, cfg: RunConfig, sources: MapSources) -> dict[str, str]:
+    """What makes a map: the model file, the grids, the cube settings, the tiling, the input items (named, so a
+    refusal can say which differs)."""
     map_grid = cfg.grid.grid()
-    cube_grid = cfg.grid.grid(cfg.cube.resolution) if sources.s2_items else None
-    sha = hashlib.sha256(raw).hexdigest()
-    job = TileJob(
-        model_url,
-        sha,
-        store_url,
-        "",
-        sources,
-        map_grid,
-        cube_grid,
-        cfg.map.batch_mb,
-        cfg.map.cpu_batch_mb,
-        cfg.map.device,
-        cfg.map.mixed_precision,
-        dict(cfg.store.storage_options),
-    )
-    run = _fingerprint(raw, job, cfg)
-    job = dataclasses.replace(job, run=run)
-    template, encoding = tile_store.species_template(
-        map_grid, spec.species, spec.species_name, cfg.map.tile, cfg.map.species_chunk
-    )
-    attrs = {
-        "model_file": model_url,
-        "model_sha256": sha,
-        "model_version": f"species-net/{spec.version}/{sha[:12]}",
-        "model_spec": spec.model_dump_json(),
+    items = [i["id"] for i in (sources.s2_items or ())] + [i["id"] for i in (sources.env_items or ())]
+    return {
+        "model": hashlib.sha256(raw_model).hexdigest()[:12],
+        "grid": map_grid.label(),
+        "cube": fingerprint(cfg.cube.model_dump(mode="json"))[:12] if sources.s2_items else "none",
+        "tiling": f"tile={cfg.map.tile} species_chunk={cfg.map.species_chunk}",
+        "inputs": fingerprint(sorted(items))[:12],
     }
-    done = tile_store.prepare(
-        store_url, template, encoding, run=run, cfg=cfg, attrs=attrs, storage_options=cfg.store.storage_options
-    )
-    tiles = list(map_grid.tiles(cfg.map.tile))
-    todo = [t for t in tiles if t.id not in done]
-    resources = task_resources(client)
-    if resources:
-        require_resources(client, resources)
+
+
+def _run_tiles(
+    client: Client,
+    job: TileJob,
+    todo: Sequence[Tile],
+    n_tiles: int,
+    n_done: int,
+    resources: dict[str, float] | None,
+    cfg: RunConfig,
+    lease: Lease,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], float]:
+    """Stream ``todo`` to the cluster, a bounded number in flight; returns each tile's report and the wall time."""
     threads = sum(client.nthreads().values()) or 1
     in_flight = cfg.map.max_in_flight or 2 * threads
     print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
-    log.info("%d tiles (%d already written), %d in flight, resources %s", len(tiles), len(done), in_flight, resources)
-
+    log.info("%d tiles (%d already written), %d in flight, resources %s", n_tiles, n_done, in_flight, resources)
     results: list[dict[str, Any]] = []
     nonce = uuid.uuid4().hex[:6]
-    bar = tqdm(total=len(tiles), initial=len(done), unit="tile", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=n_tiles, initial=n_done, unit="tile", disable=not progress, file=sys.stderr)
     t_compute = time.perf_counter()
     pending = iter(todo)
     names: dict[str, str] = {}
@@ -304,7 +303,7 @@ def produce_map(
             map_tile,
             job,
             tile,
-            key=f"map-tile-{tile.id}-{run}-{nonce}",
+            key=f"map-tile-{tile.id}-{job.run}-{nonce}",
             resources=resources,
             retries=cfg.map.retries,
             pure=False,
@@ -317,10 +316,14 @@ def produce_map(
         for future in queue:
             try:
                 result = future.result()
-            except Exception as exc:
+            except GeoplantnetError as exc:  # inputs the user can fix: one line naming the tile
                 first = (str(exc).splitlines() or [""])[0]
-                raise MapError(f"tile {names[future.key]} failed: {exc.__class__.__name__}: {first}") from exc
+                raise MapError(f"tile {names[future.key]} failed: {first}") from exc
+            except Exception as exc:  # a bug: its traceback, with the tile it happened on
+                exc.add_note(f"while mapping tile {names[future.key]}")
+                raise
             results.append(result)
+            lease.check()
             pixels = sum(r["pixels"] for r in results)
             bar.update(1)
             bar.set_postfix(px_per_s=f"{pixels / max(time.perf_counter() - t_compute, 1e-9):,.0f}")
@@ -331,8 +334,69 @@ def produce_map(
         bar.close()
         for future in list(queue.futures):
             future.cancel()
-    compute_s = time.perf_counter() - t_compute
-    tile_store.finalise(store_url, n_tiles=len(tiles), run=run, storage_options=cfg.store.storage_options)
+    return results, time.perf_counter() - t_compute
+
+
+def produce_map(
+    client: Client,
+    cfg: RunConfig,
+    model_url: str,
+    sources: MapSources,
+    store_url: str,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``species.zarr`` at ``store_url`` for the grid of ``cfg``, resuming an interrupted run of the same
+    fingerprint; a store of another run is replaced only with ``overwrite``, anything else is never touched."""
+    t_start = time.perf_counter()
+    _, spec, raw = read_model(model_url)
+    check_inputs(spec, sources, cfg)
+    storage_options = storage_options_for(store_url, cfg.store)
+    map_grid = cfg.grid.grid()
+    cube_grid = cfg.grid.grid(cfg.cube.resolution) if sources.s2_items else None
+    sha = hashlib.sha256(raw).hexdigest()
+    parts = run_parts(raw, cfg, sources)
+    run = run_id(parts)
+    job = TileJob(
+        model_url,
+        sha,
+        store_url,
+        run,
+        sources,
+        map_grid,
+        cube_grid,
+        cfg.map.batch_mb,
+        cfg.map.cpu_batch_mb,
+        cfg.map.device,
+        cfg.map.mixed_precision,
+        storage_options,
+    )
+    template, encoding = tile_store.species_template(
+        map_grid, spec.species, spec.species_name, cfg.map.tile, cfg.map.species_chunk
+    )
+    attrs = {
+        "model_file": redact({"url": model_url})["url"],
+        "model_sha256": sha,
+        "model_version": f"species-net/{spec.version}/{sha[:12]}",
+        "model_spec": spec.model_dump_json(),
+    }
+    resources = task_resources(client)
+    if resources:
+        require_resources(client, resources)
+    with writing(
+        store_url, product="species", parts=parts, overwrite=overwrite, storage_options=storage_options,
+        lease_ttl=cfg.store.lease_ttl_s,
+    ) as (decision, target, lease):
+        done = tile_store.prepare(
+            store_url, template, encoding, decision=decision, target=target, product="species", parts=parts,
+            cfg=cfg, attrs=attrs, storage_options=storage_options,
+        )
+        tiles = list(map_grid.tiles(cfg.map.tile))
+        todo = [t for t in tiles if t.id not in done]
+        results, compute_s = _run_tiles(client, job, todo, len(tiles), len(done), resources, cfg, lease, progress)
+        lease.check()
+        tile_store.finalise(store_url, n_tiles=len(tiles), run=run, storage_options=storage_options)
     pixels = sum(r["pixels"] for r in results)
     return {
         "store": store_url,
@@ -354,21 +418,45 @@ def produce_map(
     }
 
 
-def _training_key(cfg: RunConfig) -> str:
-    parts = {
-        k: getattr(cfg, k).model_dump(mode="json") for k in ("grid", "sim", "cube", "model", "train", "validation")
-    }
-    return tile_store.fingerprint(parts)
+def _asset_state(item: Mapping[str, Any]) -> list[Any]:
+    """Each local asset's size and modification time: a file replaced under the same name changes them."""
+    from geoplantnet.stac_items import local_path
+
+    state: list[Any] = []
+    for key, asset in sorted(item.get("assets", {}).items()):
+        path = local_path(asset.get("href", ""))
+        with contextlib.suppress(OSError, TypeError):
+            st = os.stat(path) if path else None
+            state.append([key, st.st_size, st.st_mtime_ns] if st else [key, asset.get("href")])
+    return state
+
+
+def inputs_digest(inputs: Any) -> str:
+    """A hash of a run's training inputs by content: the observation records, every item and its files' state."""
+    records = pd.util.hash_pandas_object(inputs.observations.records, index=False).to_numpy().tobytes()
+    items = []
+    for item in [*(inputs.env_items or ()), *(inputs.s2_items or ())]:
+        d = item.to_dict()
+        # not links (they carry the serving API's address, a new port each run) nor server-set timestamps
+        props = {k: v for k, v in d.get("properties", {}).items() if k not in ("created", "updated")}
+        items.append([d.get("id"), d.get("collection"), props, d.get("assets"), _asset_state(d)])
+    return fingerprint(records, items)
+
+
+def _training_key(cfg: RunConfig, inputs: Any) -> str:
+    parts = {k: getattr(cfg, k).model_dump(mode="json") for k in ("grid", "cube", "model", "train", "validation")}
+    return fingerprint(parts, inputs_digest(inputs))
 
 
 def ensure_model(cfg: RunConfig, inputs: Any, client: Client) -> tuple[str, dict[str, Any] | None]:
     """A model for the map: trained on the region's observations, or reused from an earlier run with the same
-    data, model and training settings (``<workdir>/map-models/<hash>``). Returns its path and, if trained now, how."""
+    data (by content), model and training settings (``<workdir>/map-models/<hash>``). Returns its path and, if
+    trained now, how."""
     from pathlib import Path
 
     from geoplantnet.sdm import train_map_model
 
-    model_dir = Path(cfg.workdir) / "map-models" / _training_key(cfg)
+    model_dir = Path(cfg.workdir) / "map-models" / _training_key(cfg, inputs)
     cached = model_dir / "model" / "fold-0" / "model.pt"
     if cached.exists():
         return str(cached), None
@@ -377,7 +465,12 @@ def ensure_model(cfg: RunConfig, inputs: Any, client: Client) -> tuple[str, dict
 
 
 def run_map(
-    cfg: RunConfig, *, model: str | None = None, out: str | None = None, progress: bool = True
+    cfg: RunConfig,
+    *,
+    model: str | None = None,
+    out: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """The map job on the virtual region: inputs through its STAC API, the model (``model``, ``map.model``, or one
     trained here and cached by configuration), then :func:`produce_map` on the configured cluster."""
@@ -385,12 +478,19 @@ def run_map(
     from geoplantnet.sdm import virtual_inputs
     from geoplantnet.store import join
 
-    inputs = virtual_inputs(cfg, progress=progress)
     store_url = out or join(cfg.store.root, "species.zarr")
+    storage_options = storage_options_for(store_url, cfg.store)
+    # refuse a user's folder or another run's store before minutes of region generation and training
+    target = inspect_target(store_url, storage_options)
+    if target.state == "store" and not overwrite and target.attrs.get(PRODUCT_ATTR) not in (None, "species"):
+        claim(target, product="species", parts={}, overwrite=False)
+    inputs = virtual_inputs(cfg, progress=progress)
     with connect(cfg.cluster) as client:
         model_url, trained = model or cfg.map.model, None
         if model_url is None:
             model_url, trained = ensure_model(cfg, inputs, client)
         sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
-        summary = produce_map(client, cfg, model_url, sources, store_url, progress=progress)
+        summary = produce_map(
+            client, cfg, model_url, sources, store_url, progress=progress, overwrite=overwrite
+        )
     return {**summary, "model": model_url, "trained": trained}

@@ -114,7 +114,9 @@ def _finish(frame: pd.DataFrame, grid: Grid | None, epsg: int, where: str, read:
         raise ObservationsError(f"{where}: no valid records left ({report})")
     frame = frame.reset_index(drop=True)
     obs = Observations(frame[COLUMNS], epsg, report, where)
-    log.info("%s: %s", where, obs.summary())
+    dropped = sum(v for k, v in report.items() if k.startswith("dropped_"))
+    # dropped records change what a model learns: say so where the user looks, not only in the report
+    (log.warning if dropped else log.info)("%s: %s", where, obs.summary())
     return obs
 
 

@@ -8,7 +8,9 @@ so class codes are never averaged.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,26 +112,48 @@ def environment_stack(
     return out
 
 
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes (first 16 hex digits): the cache key of everything derived from it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def split_bands(path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """A multi-band raster as one single-band COG per band, named by the band descriptions (else ``<stem>_b<i>``).
 
-    Users often ship bioclim stacks as one file; STAC assets (and stackstac) are one band each.
+    Users often ship bioclim stacks as one file; STAC assets (and stackstac) are one band each. The COGs are cached
+    under ``out_dir/<sha256 of the file>/``: another raster under the same name never reuses them, and each COG is
+    written beside its final name and renamed, so an interrupted split is never taken for a finished one.
     """
     path, out_dir = Path(path), Path(out_dir)
     try:
+        folder = out_dir / file_digest(path)
         with rasterio.open(path) as ds:
+            if ds.crs is None:
+                raise PredictorError(f"{path}: the raster has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:4326)")
             names = [d or f"{path.stem}_b{i}" for i, d in enumerate(ds.descriptions, start=1)]
             if len(set(names)) != len(names):
                 names = [f"{path.stem}_b{i}" for i in range(1, ds.count + 1)]
             out = {}
             for i, name in enumerate(names, start=1):
-                target = out_dir / f"{name}.tif"
+                target = folder / f"{name}.tif"
                 if not target.exists():
+                    folder.mkdir(parents=True, exist_ok=True)
+                    temp = folder / f".{name}.tmp-{uuid.uuid4().hex[:8]}.tif"
                     crs = ds.crs.to_epsg() or ds.crs.to_wkt()
-                    write_cog(target, ds.read(i), ds.transform, crs, nodata=ds.nodata, band_names=[name])
+                    try:
+                        write_cog(temp, ds.read(i), ds.transform, crs, nodata=ds.nodata, band_names=[name])
+                        os.replace(temp, target)
+                    finally:
+                        temp.unlink(missing_ok=True)
                 out[name] = target
     except RasterioError as e:
         raise PredictorError(f"{path}: cannot open as a raster: {' '.join(str(e).split())}") from e
+    except FileNotFoundError:
+        raise PredictorError(f"{path}: no such raster file") from None
     return out
 
 

@@ -18,9 +18,11 @@ import numpy as np
 import rasterio
 import xarray as xr
 from distributed import Client
+from rasterio.errors import RasterioError
 
 from geoplantnet import predictors
-from geoplantnet.config import RunConfig
+from geoplantnet.config import ConfigError, RunConfig
+from geoplantnet.errors import InputError
 from geoplantnet.extraction import extract_samples
 from geoplantnet.grid import Grid
 from geoplantnet.models.peers import MaxentPeer, RandomForestPeer
@@ -301,15 +303,18 @@ def user_inputs(
     from geoplantnet.observations import load_observations
 
     if not rasters:
-        raise ValueError("no predictor rasters given (--rasters a.tif b.tif ...)")
+        raise InputError("no predictor rasters given (--rasters a.tif b.tif ...)")
     grid = cfg.grid.grid()
     obs = load_observations(
         observations, crs=crs, x=x, y=y, species=species, presence=presence, survey=survey, grid=grid
     )
     layers: dict[str, Path] = {}
     for path in rasters:
-        with rasterio.open(path) as ds:
-            multi = ds.count > 1
+        try:
+            with rasterio.open(path) as ds:
+                multi = ds.count > 1
+        except RasterioError as exc:
+            raise predictors.PredictorError(f"{path}: cannot open as a raster: {' '.join(str(exc).split())}") from None
         layers.update(
             predictors.split_bands(path, Path(cfg.workdir) / "predictors") if multi else {Path(path).stem: Path(path)}
         )
@@ -317,7 +322,7 @@ def user_inputs(
     s2 = None
     if with_s2:
         if not cfg.stac.url:
-            raise ValueError("--with-s2 needs a STAC API: --set stac.url=https://...")
+            raise ConfigError("--with-s2 needs a STAC API: --set stac.url=https://...")
         cgrid = cfg.grid.grid(cfg.cube.resolution)
         s2 = list(
             catalog.search(

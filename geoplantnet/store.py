@@ -2,19 +2,27 @@
 
 A store is valid only when its root attrs carry ``geoplantnet_complete = "true"``, written last (after every chunk and
 after consolidating metadata). :func:`open_store` refuses anything else. On a local filesystem the whole store is also
-written beside its final name and renamed into place, so a crash leaves only a ``.tmp-*`` folder.
+written beside its final name and renamed into place, so a crash leaves only a ``.tmp-*`` folder (removed on failure).
+
+Nothing is destroyed without consent (:func:`claim`): a path holding anything but a geoplantnet store is refused; a
+store of another run (its ``geoplantnet_run`` fingerprint differs) is refused with what differs, unless the caller
+passes ``overwrite=True``; and one run at a time writes a store (:mod:`geoplantnet.lease`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
+import json
 import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 import numpy as np
@@ -23,15 +31,33 @@ import zarr
 from distributed import Client, progress
 
 import geoplantnet
-from geoplantnet.config import RunConfig
-from geoplantnet.errors import InputError
+from geoplantnet.config import ConfigError, RunConfig, StoreConfig
+from geoplantnet.errors import InputError, RefusedError, ServiceError
+from geoplantnet.lease import Lease, hold
+from geoplantnet.selection import index_species
 
 COMPLETE = "geoplantnet_complete"
+RUN_ATTR = "geoplantnet_run"
+PARTS_ATTR = "geoplantnet_run_parts"
+PRODUCT_ATTR = "geoplantnet_product"
 INCOMPLETE = "{url}: store is incomplete (a run was interrupted); rerun the job to rebuild it"
 
 
 class StoreError(InputError):
     """A store that is missing, incomplete, or not one of ours."""
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of what makes a run's output (model bytes, grid, tiling, inputs): same hash, same output."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def run_id(parts: Mapping[str, Any]) -> str:
+    """The run fingerprint of named parts (each a short string: a hash, a size, a setting)."""
+    return fingerprint(dict(parts))
 
 
 def join(root: str, name: str) -> str:
@@ -40,7 +66,150 @@ def join(root: str, name: str) -> str:
 
 
 def is_local(url: str) -> bool:
+    """Whether ``url`` is a path on this machine's filesystem (no scheme, or ``file://``)."""
     return "://" not in url or url.startswith("file://")
+
+
+def storage_options_for(url: str, store: StoreConfig) -> dict[str, Any]:
+    """The fsspec options to open ``url`` with: ``store.storage_options`` plus the configured timeouts and retries
+    (S3); a local output with storage options set is a configuration mistake (credentials meant for elsewhere)."""
+    if is_local(url):
+        if store.storage_options:
+            raise ConfigError(
+                f"store.storage_options is set but the output {url} is a local path: set store.root (or --out) to "
+                "an object-store URL such as s3://bucket/path, or remove store.storage_options"
+            )
+        return {}
+    options = dict(store.storage_options)
+    if url.split("://", 1)[0] in ("s3", "s3a"):
+        # botocore's own defaults wait 60 s per attempt and retry in "legacy" mode; bound both from the config
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("connect_timeout", store.timeout)
+        config.setdefault("read_timeout", store.timeout)
+        config.setdefault("retries", {"max_attempts": store.retries + 1, "mode": "standard"})
+        options["config_kwargs"] = config
+    return options
+
+
+def _where(url: str) -> str:
+    """``url`` without credentials, for messages."""
+    from geoplantnet.config import redact
+
+    return str(redact({"url": url})["url"])
+
+
+@contextlib.contextmanager
+def service_errors(url: str) -> Iterator[None]:
+    """Object-store and filesystem failures as one-line errors naming the store (never its credentials)."""
+    try:
+        yield
+    except (RefusedError, InputError, ServiceError):
+        raise
+    except PermissionError:
+        raise ServiceError(f"{_where(url)}: access denied (check the storage credentials)") from None
+    except FileNotFoundError as exc:
+        raise StoreError(f"{_where(url)}: not found ({exc})") from None
+    except (OSError, TimeoutError) as exc:
+        detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        where = _where(url)
+        if is_local(url):
+            raise StoreError(f"{where}: cannot write ({detail})") from None
+        raise ServiceError(f"object store for {where} failed: {detail}") from None
+
+
+@dataclass(frozen=True)
+class Target:
+    """What is at an output path before a run writes it."""
+
+    url: str
+    state: Literal["absent", "empty", "store"]
+    attrs: Mapping[str, Any]
+
+
+def _read_attrs(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    try:
+        return dict(zarr.open_group(zarr_store(url, storage_options), mode="r").attrs)
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return None
+
+
+def inspect_target(url: str, storage_options: Mapping[str, Any] | None = None) -> Target:
+    """What is at ``url``: nothing, an empty folder, or a geoplantnet store; :class:`RefusedError` for anything else
+    (a user's folder or file is never written into, let alone replaced)."""
+    with service_errors(url):
+        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        if not fs.exists(path):
+            return Target(url, "absent", {})
+        if fs.isfile(path):
+            raise RefusedError(f"{_where(url)} is a file, not a geoplantnet store; refusing to replace it")
+        attrs = _read_attrs(url, storage_options)
+        if attrs is not None and (COMPLETE in attrs or RUN_ATTR in attrs):
+            return Target(url, "store", attrs)
+        entries = fs.ls(path, detail=False)
+    if not entries:
+        return Target(url, "empty", {})
+    raise RefusedError(
+        f"{_where(url)} exists and is not a geoplantnet store ({len(entries)} entries); refusing to write there: "
+        "choose another output path"
+    )
+
+
+def _differences(old: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
+    try:
+        before = json.loads(old.get(PARTS_ATTR) or "{}")
+    except (TypeError, json.JSONDecodeError):
+        before = {}
+    if not before:
+        return "made by another version of geoplantnet"
+    changed = [f"{k} {before.get(k, '-')} -> {parts.get(k, '-')}" for k in sorted(set(before) | set(parts))
+               if before.get(k) != parts.get(k)]
+    return "; ".join(changed) or "same inputs, other run"
+
+
+def claim(
+    target: Target, *, product: str, parts: Mapping[str, Any], overwrite: bool
+) -> Literal["new", "resume", "replace"]:
+    """Decide what a run with fingerprint ``parts`` may do at ``target``: write a new store, resume its own, or
+    replace another run's (only with ``overwrite``; otherwise :class:`RefusedError` naming what differs)."""
+    if target.state != "store":
+        return "new"
+    if target.attrs.get(RUN_ATTR) == run_id(parts) and target.attrs.get(PRODUCT_ATTR, product) == product:
+        return "resume"
+    if overwrite:
+        return "replace"
+    kind = target.attrs.get(PRODUCT_ATTR, "geoplantnet")
+    state = "complete" if target.attrs.get(COMPLETE) == "true" else "incomplete"
+    raise RefusedError(
+        f"{_where(target.url)} holds a {state} {kind} store of another run ({_differences(target.attrs, parts)}); "
+        "pass --overwrite to replace it, or write elsewhere"
+    )
+
+
+def remove_store(target: Target, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Delete a geoplantnet store the user agreed to replace (never anything else)."""
+    if target.state != "store":
+        raise RefusedError(f"{_where(target.url)}: not a geoplantnet store; not removing it")
+    with service_errors(target.url):
+        fs, path = fsspec.core.url_to_fs(target.url, **dict(storage_options or {}))
+        fs.rm(path, recursive=True)
+
+
+@contextlib.contextmanager
+def writing(
+    url: str,
+    *,
+    product: str,
+    parts: Mapping[str, Any],
+    overwrite: bool,
+    storage_options: Mapping[str, Any] | None,
+    lease_ttl: float,
+) -> Iterator[tuple[Literal["new", "resume", "replace"], Target, Lease]]:
+    """Hold the store's lease, then decide (:func:`claim`) what the run may do there; checked under the lease, so
+    a run that finished meanwhile is seen."""
+    inspect_target(url, storage_options)  # refuse a user's folder before even placing a lease beside it
+    with service_errors(url), hold(url, run_id(parts), ttl=lease_ttl, storage_options=storage_options) as lease:
+        target = inspect_target(url, storage_options)
+        yield claim(target, product=product, parts=parts, overwrite=overwrite), target, lease
 
 
 def _local_path(url: str) -> Path:
@@ -59,6 +228,7 @@ def default_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
 
 
 def stamp(ds: xr.Dataset, cfg: RunConfig | None, extra: Mapping[str, Any] | None) -> xr.Dataset:
+    """``ds`` with CF and provenance attrs (version, time, redacted configuration) and an incomplete flag."""
     ds = ds.copy()
     attrs = dict(ds.attrs)
     attrs.update(
@@ -106,41 +276,73 @@ def write_store(
     ds: xr.Dataset,
     url: str,
     *,
+    product: str,
+    parts: Mapping[str, Any],
     cfg: RunConfig | None = None,
     attrs: Mapping[str, Any] | None = None,
     encoding: Mapping[str, Mapping[str, Any]] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     client: Client | None = None,
     show_progress: bool = False,
+    overwrite: bool = False,
+    lease_ttl: float = 120.0,
 ) -> str:
-    """Write ``ds`` (Dask-backed or not) as a complete store at ``url``, replacing any store there.
+    """Write ``ds`` (Dask-backed or not) as a complete ``product`` store at ``url``.
 
-    With a ``client`` the chunks are written by the cluster's workers (each task writes its own chunks); the
-    completion flag is set only after every task succeeded.
+    ``parts`` name what the output is made of (:func:`run_id`); a store of the same run there is rewritten, one of
+    another run only with ``overwrite``, anything else never (:func:`claim`). With a ``client`` the chunks are
+    written by the cluster's workers; the completion flag is set only after every task succeeded.
     """
-    ds = stamp(ds, cfg, attrs)
+    ds = stamp(ds, cfg, {**(attrs or {}), PRODUCT_ATTR: product, RUN_ATTR: run_id(parts),
+                         PARTS_ATTR: json.dumps(dict(parts), sort_keys=True)})
     enc = default_encoding(ds)
     for name, extra in (encoding or {}).items():
         enc.setdefault(name, {}).update(extra)
-    target = url
-    if is_local(url):
-        final = _local_path(url)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        target = str(final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"))
-    else:
-        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+    with writing(
+        url, product=product, parts=parts, overwrite=overwrite, storage_options=storage_options, lease_ttl=lease_ttl
+    ) as (decision, target, lease):
+        if is_local(url):
+            final = _local_path(url)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            temp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+            try:
+                _write(ds, str(temp), enc, None, client, show_progress)
+                lease.check()
+                trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+                if final.exists():  # a store claim() allowed us to replace, or an empty folder
+                    os.replace(final, trash)
+                os.replace(temp, final)
+                shutil.rmtree(trash, ignore_errors=True)
+            finally:
+                shutil.rmtree(temp, ignore_errors=True)  # only left when the write failed or was interrupted
+        else:
+            with service_errors(url):
+                if decision != "new":
+                    remove_store(target, storage_options)
+                _write(ds, url, enc, storage_options, client, show_progress)
+                lease.check()
+                mark_complete(url, storage_options)
+    return url
+
+
+def _write(
+    ds: xr.Dataset,
+    target: str,
+    encoding: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None,
+    client: Client | None,
+    show_progress: bool,
+) -> None:
     with warnings.catch_warnings():
         # Consolidated metadata is not (yet) in the Zarr v3 spec; zarr-python, xarray and GDAL read it all the same.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         delayed = ds.to_zarr(
             target,
             mode="w",
-            encoding=enc,
+            encoding=dict(encoding),
             consolidated=True,
             compute=False,
-            storage_options=None if is_local(url) else dict(storage_options or {}),
+            storage_options=dict(storage_options or {}) or None,
         )
     if client is not None:
         future = client.compute(delayed)
@@ -149,19 +351,14 @@ def write_store(
         future.result()
     else:
         delayed.compute()
-    mark_complete(target, storage_options)
-    if is_local(url):
-        final = _local_path(url)
-        trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        if final.exists():
-            os.replace(final, trash)
-        os.replace(target, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    return url
+    if is_local(target):
+        mark_complete(target, None)
 
 
 def open_store(url: str, *, storage_options: Mapping[str, Any] | None = None, **kwargs: Any) -> xr.Dataset:
-    """Open a store written by :func:`write_store`; raise :class:`StoreError` if it is missing or incomplete."""
+    """Open a complete geoplantnet store (:class:`StoreError` if it is missing or incomplete). The ``species`` axis,
+    where there is one, selects by id (``sel(species="sp0001")``) or by name (``sel(species_name="Quercus robur")``);
+    use :func:`geoplantnet.selection.unindex_species` before ``reindex`` along ``species``."""
     try:
         ds = xr.open_zarr(url, consolidated=True, storage_options=dict(storage_options or {}) or None, **kwargs)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
@@ -175,4 +372,5 @@ def open_store(url: str, *, storage_options: Mapping[str, Any] | None = None, **
         raise StoreError(INCOMPLETE.format(url=url)) from None
     if ds.attrs.get(COMPLETE) != "true":
         raise StoreError(INCOMPLETE.format(url=url))
-    return ds
+    # species by id or scientific name, and an unknown one is one clear error with close matches
+    return index_species(ds)

@@ -2,9 +2,11 @@
 
 Protocol (local paths and object storage alike):
 
+0. The job holds the store's lease and has decided, with :func:`geoplantnet.store.writing`, whether the run is new,
+   resumes its own store, or replaces another run's (only with the user's ``--overwrite``).
 1. :func:`prepare` writes the layout (coordinates, CF metadata, empty arrays whose fill value is the no-data code)
-   with ``geoplantnet_complete = "false"`` and the run's fingerprint, or finds a store of the same fingerprint and
-   returns the tiles it already holds. A store from another run (other model, grid, tiling) is replaced.
+   with ``geoplantnet_complete = "false"`` and the run's fingerprint, or, resuming, returns the tiles the store
+   already holds.
 2. Each task writes exactly its tile's region (tiles align with the chunks/shards, so writes never overlap; every
    chunk object is written whole: an atomic rename locally, one PUT on S3), then a marker
    ``_tiles/<run>/<tile id>.json``.
@@ -17,7 +19,6 @@ probability; :func:`geoplantnet.store.open_store` refuses it anyway until step 3
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -32,20 +33,23 @@ import zarr
 from geoplantnet.config import RunConfig
 from geoplantnet.grid import Grid, Tile
 from geoplantnet.inference import NODATA, SCALE
-from geoplantnet.store import default_encoding, mark_complete, stamp, zarr_store
+from geoplantnet.store import (
+    PARTS_ATTR,
+    PRODUCT_ATTR,
+    RUN_ATTR,
+    Target,
+    default_encoding,
+    mark_complete,
+    remove_store,
+    run_id,
+    service_errors,
+    stamp,
+    zarr_store,
+)
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "_tiles"
-RUN_ATTR = "geoplantnet_run"
-
-
-def fingerprint(*parts: Any) -> str:
-    """A stable hash of what makes a run's output (model bytes, grid, tiling, inputs): same hash, same tiles."""
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
 
 
 def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -111,43 +115,44 @@ def finished_tiles(url: str, run: str, storage_options: Mapping[str, Any] | None
     return {name.removesuffix(".json") for name in names if name.endswith(".json")}
 
 
-def _attrs(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    try:
-        return dict(zarr.open_group(zarr_store(url, storage_options), mode="r").attrs)
-    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-        return None
-
-
 def prepare(
     url: str,
     template: xr.Dataset,
     encoding: Mapping[str, Mapping[str, Any]],
     *,
-    run: str,
+    decision: str,
+    target: Target,
+    product: str,
+    parts: Mapping[str, Any],
     cfg: RunConfig | None = None,
     attrs: Mapping[str, Any] | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> set[str]:
-    """Make ``url`` ready for run ``run``: resume a store of the same run (returns its finished tiles) or lay out a
-    fresh one (returns an empty set)."""
-    existing = _attrs(url, storage_options)
-    if existing is not None and existing.get(RUN_ATTR) == run:
+    """Make ``url`` ready for the run of ``parts`` after :func:`geoplantnet.store.claim` decided ``decision``:
+    resume (returns the finished tiles), or lay out a fresh store (replacing ``target`` if agreed; returns an
+    empty set)."""
+    run = run_id(parts)
+    if decision == "resume":
         done = finished_tiles(url, run, storage_options)
         log.info("%s: resuming run %s, %d tiles already written", url, run, len(done))
         return done
-    fs, path = _fs(url, storage_options)
-    if fs.exists(path):
-        log.info("%s: replacing a store from another run (%s)", url, (existing or {}).get(RUN_ATTR, "unknown"))
-        fs.rm(path, recursive=True)
-    ds = stamp(template, cfg, {**(attrs or {}), RUN_ATTR: run})
-    ds.to_zarr(
-        url,
-        mode="w",
-        compute=False,
-        encoding={k: dict(v) for k, v in encoding.items()},
-        consolidated=False,
-        storage_options=dict(storage_options or {}) or None,
+    if decision == "replace":
+        log.info("%s: replacing the store of run %s (--overwrite)", url, target.attrs.get(RUN_ATTR, "unknown"))
+        remove_store(target, storage_options)
+    ds = stamp(
+        template,
+        cfg,
+        {**(attrs or {}), PRODUCT_ATTR: product, RUN_ATTR: run, PARTS_ATTR: json.dumps(dict(parts), sort_keys=True)},
     )
+    with service_errors(url):
+        ds.to_zarr(
+            url,
+            mode="w",
+            compute=False,
+            encoding={k: dict(v) for k, v in encoding.items()},
+            consolidated=False,
+            storage_options=dict(storage_options or {}) or None,
+        )
     return set()
 
 
@@ -179,4 +184,5 @@ def finalise(url: str, *, n_tiles: int, run: str, storage_options: Mapping[str, 
     done = finished_tiles(url, run, storage_options)
     if len(done) < n_tiles:
         raise RuntimeError(f"{url}: only {len(done)} of {n_tiles} tiles written; not marking the store complete")
-    mark_complete(url, storage_options)
+    with service_errors(url):
+        mark_complete(url, storage_options)

@@ -19,14 +19,15 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from distributed import Client
 
 from geoplantnet.cluster import require_resources, task_resources
-from geoplantnet.config import RunConfig
+from geoplantnet.config import ConfigError, RunConfig
+from geoplantnet.errors import InputError
 from geoplantnet.models.losses import SpeciesLoss, species_weights
 from geoplantnet.models.species_net import SPEC_VERSION, ModelSpec, SpeciesNet
 from geoplantnet.training_set import ChunkBatchSampler, TrainingSet
@@ -37,7 +38,11 @@ _MIN_IMPROVEMENT = 1e-4  # relative, so float noise in a flat validation curve d
 
 
 class TrainError(ValueError):
-    """Training cannot start or a model file cannot be read (the message names the file or setting)."""
+    """Training was asked something impossible (a bug in the caller: empty or overlapping index sets)."""
+
+
+class ModelFileError(InputError):
+    """A model file that is missing, unreadable, of another format or version (the message names the file)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +86,7 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise TrainError("train.device=cuda but torch sees no CUDA device (use train.device=auto)")
+        raise ConfigError("train.device=cuda but torch sees no CUDA device (use train.device=auto)")
     return torch.device(requested)
 
 
@@ -117,24 +122,28 @@ def save_model(path: str | os.PathLike[str], model: SpeciesNet, spec: ModelSpec)
     return str(path)
 
 
-def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[SpeciesNet, ModelSpec]:
-    """Rebuild a saved model (eval mode) and its spec, without the training data."""
+def load_model(
+    path: str | os.PathLike[str] | IO[bytes], device: str | torch.device = "cpu", *, name: str | None = None
+) -> tuple[SpeciesNet, ModelSpec]:
+    """Rebuild a saved model (eval mode) and its spec, without the training data. ``name`` is what messages call
+    the file (its path or URL) when ``path`` is an open file."""
+    where = name or path
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        raise TrainError(f"{path}: no such model file") from None
+        raise ModelFileError(f"{where}: no such model file") from None
     except Exception as exc:
-        raise TrainError(f"{path}: not a readable model file ({exc.__class__.__name__})") from None
+        raise ModelFileError(f"{where}: not a readable model file ({exc.__class__.__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
-        raise TrainError(f"{path}: not a {FILE_FORMAT} file")
+        raise ModelFileError(f"{where}: not a {FILE_FORMAT} file")
     spec = ModelSpec.model_validate_json(payload["spec"])
     if spec.version != SPEC_VERSION:
-        raise TrainError(f"{path}: model spec version {spec.version}, this code reads version {SPEC_VERSION}")
+        raise ModelFileError(f"{where}: model spec version {spec.version}, this code reads version {SPEC_VERSION}")
     model = SpeciesNet.from_spec(spec)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise TrainError(f"{path}: weights do not fit the spec ({str(exc).splitlines()[0]})") from None
+        raise ModelFileError(f"{where}: weights do not fit the spec ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), spec
 
 

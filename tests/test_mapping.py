@@ -20,7 +20,9 @@ from _small_region import SMALL_REGION
 
 from geoplantnet.cluster import connect
 from geoplantnet.config import ClusterConfig, RunConfig, load_config
-from geoplantnet.inference import NODATA, predict_tile_naive, tile_geometry
+from geoplantnet.errors import RefusedError
+from geoplantnet.inference import NODATA, InferenceError, predict_tile_naive, tile_geometry
+from geoplantnet.lease import LeaseError, hold
 from geoplantnet.mapping import MapSources, ensure_model, map_tile, produce_map, read_model
 from geoplantnet.store import StoreError, open_store
 from geoplantnet.tile_store import MANIFEST, finished_tiles
@@ -139,7 +141,7 @@ def test_stored_tile_equals_the_per_pixel_reference(setup):
 
 
 @pytest.mark.slow
-def test_rerun_skips_finished_tiles_and_other_runs_replace_the_store(setup):
+def test_rerun_skips_finished_tiles_and_other_runs_are_refused_unless_overwrite(setup):
     url = str(setup.root / "rerun.zarr")
     with connect(setup.cfg.cluster) as client:
         first = produce_map(client, setup.cfg, setup.model, setup.sources, url, progress=False)
@@ -147,11 +149,55 @@ def test_rerun_skips_finished_tiles_and_other_runs_replace_the_store(setup):
         assert again["tiles_computed"] == 0 and again["tiles_skipped"] == 9 and again["run"] == first["run"]
         np.testing.assert_array_equal(_codes(url), _codes(setup.reference))
         other = setup.cfg.model_copy(update={"map": setup.cfg.map.model_copy(update={"tile": 32})})
-        replaced = produce_map(client, other, setup.model, setup.sources, url, progress=False)
+        with pytest.raises(RefusedError, match=r"complete species store of another run \(tiling tile=16 .*-> tile=32"):
+            produce_map(client, other, setup.model, setup.sources, url, progress=False)
+        np.testing.assert_array_equal(_codes(url), _codes(setup.reference))  # untouched
+        replaced = produce_map(client, other, setup.model, setup.sources, url, progress=False, overwrite=True)
     assert replaced["run"] != first["run"] and replaced["tiles"] == replaced["tiles_computed"] == 4
     # other tile shapes sum convolutions in another order: a code may move by one at a rounding boundary
     diff = np.abs(_codes(url).astype(int) - _codes(setup.reference).astype(int))
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+
+
+@pytest.mark.slow
+def test_inputs_that_do_not_fit_the_model_are_refused_before_anything_is_written(setup):
+    url = str(setup.root / "mismatch.zarr")
+    with connect(setup.cfg.cluster) as client:
+        produce_map(client, setup.cfg, setup.model, setup.sources, url, progress=False)
+        before = _codes(url)
+        cube = setup.cfg.cube.model_copy(update={"indices": []})
+        other = setup.cfg.model_copy(update={"cube": cube})
+        with pytest.raises(InferenceError, match=r"Sentinel-2 bands .* differ from the model's"):
+            produce_map(client, other, setup.model, setup.sources, url, progress=False, overwrite=True)
+        fresh = str(setup.root / "mismatch-fresh.zarr")
+        with pytest.raises(InferenceError, match="differ from the model's"):
+            produce_map(client, other, setup.model, setup.sources, fresh, progress=False)
+    np.testing.assert_array_equal(_codes(url), before)  # the good map is still there, complete
+    assert not Path(fresh).exists() and not list(setup.root.glob(".mismatch*"))
+
+
+def _map_cmd(setup: Setup, *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "geoplantnet", "map", "--quiet", *extra]
+    for item in setup.overrides:
+        cmd += ["--set", item]
+    return cmd
+
+
+@pytest.mark.slow
+def test_map_command_never_touches_a_users_folder(setup, tmp_path):
+    folder = tmp_path / "mydir"
+    folder.mkdir()
+    (folder / "thesis.docx").write_text("four years of work")
+    for extra in ((), ("--overwrite",)):
+        proc = subprocess.run(_map_cmd(setup, "--model", setup.model, "--out", str(folder), *extra), cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines() == [
+            f"geoplantnet: error: {folder} exists and is not a geoplantnet store (1 entries); refusing to write "
+            "there: choose another output path"
+        ]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mydir", "thesis.docx"]
+    assert (folder / "thesis.docx").read_text() == "four years of work"
 
 
 # -- a real scheduler and worker processes
@@ -301,6 +347,28 @@ def test_an_interrupted_run_reads_as_incomplete_and_resumes_to_the_same_map(setu
 
 
 @pytest.mark.slow
+def test_two_runs_never_write_one_store_at_once(setup, real_cluster):
+    url = str(setup.root / "contended.zarr")
+    common = ("--scheduler", real_cluster.address, "--model", setup.model, "--out", url)
+    first = subprocess.Popen(_map_cmd(setup, *common), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lease = setup.root / ".contended.zarr.lease.json"
+    deadline = time.monotonic() + 120
+    while not (Path(url) / MANIFEST).exists() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    assert lease.exists() and first.poll() is None, first.stderr.read().decode()[-2000:]
+    # a second process, another tiling, the same store, while the first is writing: refused, whatever its flags
+    for extra in ((), ("--overwrite",)):
+        second = subprocess.run(_map_cmd(setup, *common, *extra, "--set", "map.tile=32"), cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert "contended.zarr is being written by another run" in second.stderr.strip().splitlines()[-1]
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err.decode()[-2000:]
+    assert not lease.exists()
+    np.testing.assert_array_equal(_codes(url), _codes(setup.reference))  # only the first run's values
+
+
+@pytest.mark.slow
 def test_map_to_s3_compatible_object_storage(setup, tmp_path):
     from _s3 import seaweedfs, weed_binary
 
@@ -313,6 +381,11 @@ def test_map_to_s3_compatible_object_storage(setup, tmp_path):
         with connect(cfg.cluster) as client:
             summary = produce_map(client, cfg, setup.model, setup.sources, url, progress=False)
             again = produce_map(client, cfg, setup.model, setup.sources, url, progress=False)
+            # the lease is an object created only if absent (If-None-Match): a live one refuses a second writer
+            with hold(url, "another-run", storage_options=s3.storage_options), pytest.raises(
+                LeaseError, match="being written by another run another-run"
+            ):
+                produce_map(client, cfg, setup.model, setup.sources, url, progress=False)
         assert summary["tiles_computed"] == 9 and again["tiles_skipped"] == 9
         np.testing.assert_array_equal(_codes(url, s3.storage_options), _codes(setup.reference))
         with pytest.raises(StoreError, match="access denied"):
@@ -339,7 +412,7 @@ def test_map_command_reuses_the_cached_model_and_writes_the_same_map(setup):
 def test_map_command_bad_model_is_one_line(setup, tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")
-    for model, message in ((tmp_path / "missing.pt", "no such model file"), (junk, "not a readable model file")):
+    for model, message in ((tmp_path / "missing.pt", "no such model file"), (junk, f"{junk}: not a readable model")):
         cmd = [sys.executable, "-m", "geoplantnet.cli", "map", "--quiet", "--model", str(model),
                "--out", str(tmp_path / "x.zarr")]
         for item in setup.overrides:

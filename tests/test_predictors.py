@@ -163,3 +163,45 @@ def test_errors(layers: tuple[list, Path], tmp_path: Path) -> None:
     (tmp_path / "junk.tif").write_bytes(b"not a tiff")
     with pytest.raises(PredictorError, match=r"junk\.tif: cannot open"):
         from_geotiffs([tmp_path / "junk.tif"])
+
+
+def _stack_file(path: Path, values: np.ndarray, crs: str | None = "EPSG:4326") -> Path:
+    """A multi-band GeoTIFF with band descriptions, like a user's bioclim stack."""
+    import rasterio
+
+    profile = {"driver": "GTiff", "width": values.shape[2], "height": values.shape[1], "count": values.shape[0],
+               "dtype": "float32", "transform": Affine(0.01, 0, 10.0, 0, -0.01, 50.0)}
+    if crs is not None:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(values.astype("float32"))
+        ds.descriptions = tuple(f"bio{i + 1}" for i in range(values.shape[0]))
+    return path
+
+
+def test_split_bands_never_reuses_another_rasters_layers(tmp_path: Path) -> None:
+    import rasterio
+
+    from geoplantnet.predictors import split_bands
+
+    cache = tmp_path / "work" / "predictors"
+    first = split_bands(_stack_file(tmp_path / "bio.tif", np.ones((2, 8, 8))), cache)
+    with rasterio.open(first["bio1"]) as ds:
+        assert ds.read(1).max() == 1.0
+    # another raster under the same name and band names, the same workdir: its own layers, not the first one's
+    second = split_bands(_stack_file(tmp_path / "bio.tif", np.full((2, 8, 8), 7.0)), cache)
+    assert second["bio1"] != first["bio1"]
+    with rasterio.open(second["bio1"]) as ds:
+        assert ds.read(1).max() == 7.0
+    assert split_bands(tmp_path / "bio.tif", cache) == second  # the same content is reused
+    assert not list(cache.rglob(".*tmp*")), "temporary files left behind"
+
+
+def test_split_bands_without_crs_or_file_is_one_clear_error(tmp_path: Path) -> None:
+    from geoplantnet.predictors import split_bands
+
+    path = _stack_file(tmp_path / "nocrs.tif", np.ones((2, 4, 4)), crs=None)
+    with pytest.raises(PredictorError, match=r"nocrs\.tif: the raster has no CRS"):
+        split_bands(path, tmp_path / "cache")
+    with pytest.raises(PredictorError, match=r"missing\.tif: no such raster file"):
+        split_bands(tmp_path / "missing.tif", tmp_path / "cache")

@@ -108,3 +108,13 @@ def test_window_bounds_memory_and_bad_manifest(tmp_path):
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(RegionError, match="not a region manifest"):
         RegionManifest.load(tmp_path)
+
+
+def test_a_folder_that_is_not_a_region_is_never_cleared(tmp_path):
+    (tmp_path / "environment").mkdir()
+    (tmp_path / "environment" / "field-notes.txt").write_text("mine")
+    (tmp_path / "thesis.docx").write_text("mine too")
+    with pytest.raises(RegionError, match=r"holds \['thesis.docx'\] and no region.json: not a virtual region"):
+        generate_region(CONFIG, tmp_path, progress=False)
+    assert (tmp_path / "environment" / "field-notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["environment", "field-notes.txt", "thesis.docx"]

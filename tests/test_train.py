@@ -1,5 +1,6 @@
 """Training set I/O, training, checkpoints, early stopping, learning a known signal, and training as a Dask task."""
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +8,9 @@ import pytest
 import torch
 from distributed import Client, LocalCluster
 
-from geoplantnet.config import RunConfig
+from geoplantnet.config import ConfigError, RunConfig
 from geoplantnet.train import (
+    ModelFileError,
     TrainError,
     _auc,
     load_model,
@@ -183,13 +185,15 @@ def test_bad_requests_give_clear_errors(store, tmp_path):
     with pytest.raises(TrainError, match="overlap"):
         train_model(path, TRAIN, TRAIN[:5], _cfg(), tmp_path)
     if not torch.cuda.is_available():
-        with pytest.raises(TrainError, match=r"train\.device=cuda"):
+        with pytest.raises(ConfigError, match=r"train\.device=cuda"):
             resolve_device("cuda")
-    with pytest.raises(TrainError, match="no such model file"):
+    with pytest.raises(ModelFileError, match="no such model file"):
         load_model(tmp_path / "nope.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a model")
-    with pytest.raises(TrainError, match=r"junk\.pt"):
+    with pytest.raises(ModelFileError, match=r"junk\.pt"):
         load_model(tmp_path / "junk.pt")
+    with pytest.raises(ModelFileError, match=r"^s3://bucket/junk\.pt: not a readable model file"):
+        load_model(io.BytesIO(b"not a model"), name="s3://bucket/junk.pt")
 
 
 # on a Dask cluster

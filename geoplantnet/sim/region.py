@@ -176,6 +176,10 @@ def generate_region(config: RunConfig, out_dir: str | os.PathLike[str], *, progr
 
     root = Path(out_dir).resolve()
     digest = config_hash(config)
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in (*SUBDIRS, MANIFEST)) if root.is_dir() else []
+    if foreign and not (root / MANIFEST).exists():
+        # regenerating removes the region's own sub-folders: never in a folder that holds other things
+        raise RegionError(f"{root} holds {foreign[:3]} and no {MANIFEST}: not a virtual region; choose another folder")
     if (root / MANIFEST).exists():
         try:
             old = RegionManifest.load(root)
