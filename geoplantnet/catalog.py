@@ -9,7 +9,7 @@ collection's ``extra_fields["geoplantnet:search"]``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 from shapely.geometry import Polygon, shape
 
-from geoplantnet.errors import GeoplantnetError
+from geoplantnet.errors import GeoplantnetError, ServiceError
 
 S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "SCL")
 # The unambiguous STAC eo common name of each Sentinel-2 band (Earth Search v1 uses them as asset keys). Planetary
@@ -43,6 +43,9 @@ S2_COMMON_NAMES = {
 # a Sentinel-2 item that lacks B08 is an error rather than silently B8A.
 NON_S2_FALLBACKS = {"B08": ("nir08",)}
 SEARCH_KEY = "geoplantnet:search"
+# Answers worth another attempt: overload and gateway errors. Any other 4xx is the request's fault, and asking again
+# gives the same answer.
+RETRY_STATUS = (429, 500, 502, 503, 504)
 
 
 class CatalogError(GeoplantnetError, ValueError):
@@ -51,6 +54,10 @@ class CatalogError(GeoplantnetError, ValueError):
 
 class EmptySearchError(CatalogError):
     """A search matched no items."""
+
+
+class CatalogUnavailableError(CatalogError, ServiceError):
+    """The API did not answer (refused, timed out, or kept failing with 5xx/429) after every attempt."""
 
 
 def lonlat_bbox(bbox: Sequence[float], crs: int | str = 4326) -> tuple[float, float, float, float]:
@@ -99,25 +106,98 @@ def _detail(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
 
 
-def _open(url: str) -> Any:
+def _retry(retries: int) -> Any:
+    from urllib3 import Retry
+
+    class _BoundedRetry(Retry):
+        # A server's Retry-After is honoured but capped: "wait an hour" must not become an unbounded wait here.
+        def get_retry_after(self, response: Any) -> float | None:
+            after = super().get_retry_after(response)
+            return None if after is None else min(after, self.backoff_max)
+
+    # Sleeps 0, 1, 2, 4 ... s between attempts (capped at 10 s). allowed_methods=None: searches are POSTs, which
+    # are read-only in a STAC API and so safe to repeat. raise_on_status=False hands the last 5xx to pystac-client,
+    # whose error carries the status and the server's message.
+    return _BoundedRetry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        other=0,
+        backoff_factor=0.5,
+        backoff_max=10.0,
+        status_forcelist=RETRY_STATUS,
+        allowed_methods=None,
+        raise_on_status=False,
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: pystac-client re-raises requests errors as a bare ``APIError(str(err))``."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None)]
+
+
+def _unavailable(exc: BaseException, url: str, timeout: float, retries: int) -> CatalogUnavailableError | None:
+    """The one-line error for a request that failed for want of an answer, or None when the API did answer."""
+    import requests
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+
+    attempts = f"{retries + 1} attempt{'s' if retries else ''}"
+    causes = list(_causes(exc))
+    status = next((c.status_code for c in causes if isinstance(getattr(c, "status_code", None), int)), None)
+    if status in RETRY_STATUS:
+        return CatalogUnavailableError(f"the STAC API at {url} answered HTTP {status} after {attempts}: {_detail(exc)}")
+    if status is not None:
+        return None
+    # NewConnectionError subclasses ConnectTimeoutError in urllib3, so it is tested first.
+    if any(isinstance(c, (NewConnectionError, ConnectionRefusedError)) for c in causes):
+        what = f"could not be reached after {attempts} (connection refused or host not found)"
+    elif any(isinstance(c, (ReadTimeoutError, ConnectTimeoutError, requests.Timeout, TimeoutError)) for c in causes):
+        what = f"did not answer within {timeout:g} s after {attempts}"
+    elif any(isinstance(c, (requests.ConnectionError, ConnectionError)) for c in causes):
+        what = f"could not be reached after {attempts} ({_detail(exc)})"
+    else:
+        return None
+    return CatalogUnavailableError(f"the STAC API at {url} {what} (settings stac.timeout, stac.retries)")
+
+
+def _open(url: str, *, timeout: float = 30.0, retries: int = 3) -> Any:
+    """A pystac-client Client whose every request waits at most ``timeout`` s per attempt, ``retries`` times more."""
     from pystac_client import Client
+    from pystac_client.stac_api_io import StacApiIO
 
+    if timeout <= 0 or retries < 0:
+        raise CatalogError(f"timeout={timeout} must be positive and retries={retries} not negative")
+    io = StacApiIO(timeout=timeout, max_retries=_retry(retries))
     try:
-        return Client.open(url)
+        # timeout again here: Client.open passes its own (default None) to the StacApiIO, which would unset ours.
+        return Client.open(url, stac_io=io, timeout=timeout)
     except Exception as exc:  # requests, pystac-client and JSON errors alike mean "not a usable STAC API here"
-        raise CatalogError(f"cannot open the STAC API at {url}: {_detail(exc)}") from None
+        raise _unavailable(exc, url, timeout, retries) or CatalogError(
+            f"cannot open the STAC API at {url}: {_detail(exc)}"
+        ) from None
 
 
-def _require_collection(client: Any, url: str, collection: str) -> None:
+def _require_collection(client: Any, url: str, collection: str, timeout: float, retries: int) -> None:
     from pystac_client.exceptions import APIError
 
     try:
         found = client.get_collection(collection)
-    except APIError as exc:  # a 404 here; anything else is surfaced as it is
-        if getattr(exc, "status_code", 404) != 404:
+    except Exception as exc:
+        if (down := _unavailable(exc, url, timeout, retries)) is not None:
+            raise down from None
+        # A 404 means no such collection; other API errors are surfaced as they are. pystac-client turns a missing
+        # collection into different errors across versions, hence the catch-all.
+        if isinstance(exc, APIError) and getattr(exc, "status_code", 404) != 404:
             raise CatalogError(f"looking up collection {collection!r} at {url} failed: {_detail(exc)}") from None
-        found = None
-    except Exception:  # pystac-client turns a missing collection into different errors across versions
         found = None
     if found is None:
         raise CatalogError(f"collection {collection!r} does not exist at {url}")
@@ -215,6 +295,8 @@ def search(
     limit: int = 100,
     max_items: int | None = None,
     sortby: str | Sequence[str] | None = None,
+    timeout: float = 30.0,
+    retries: int = 3,
 ) -> pystac.ItemCollection:
     """Items of ``collection`` matching the filters, every page followed; :class:`EmptySearchError` when none match.
 
@@ -223,6 +305,10 @@ def search(
     "2023", a datetime pair). ``max_cloud_cover`` keeps items with ``eo:cloud_cover <= max_cloud_cover``. ``limit`` is
     the page size; ``max_items`` caps the result, taken in ``sortby`` order (e.g. "eo:cloud_cover" for the clearest
     scenes) or else in the server's order. Items come back sorted by ``sortby``, or by (datetime, id).
+
+    Each request waits at most ``timeout`` seconds for an answer and is retried up to ``retries`` times (with
+    backoff) on connection errors, timeouts and 5xx/429 answers, never on other 4xx. An API that still does not
+    answer is a :class:`CatalogUnavailableError` (a :class:`~geoplantnet.errors.ServiceError`) naming the URL.
     """
     if limit < 1 or (max_items is not None and max_items < 1):
         raise CatalogError(f"limit={limit} and max_items={max_items} must be positive")
@@ -231,8 +317,8 @@ def search(
     ll = lonlat_bbox(bbox, bbox_crs) if bbox is not None else None
     footprint = None if bbox is None or _crs(bbox_crs).to_epsg() == 4326 else lonlat_footprint(bbox, bbox_crs)
     fields = _sort_fields(sortby)
-    client = _open(url)
-    _require_collection(client, url, collection)
+    client = _open(url, timeout=timeout, retries=retries)
+    _require_collection(client, url, collection, timeout, retries)
     plan = _plan(client, collection, ll, footprint, datetime, max_cloud_cover, fields, limit, max_items)
     found: list[pystac.Item] = []
     pages = served = 0
@@ -244,7 +330,8 @@ def search(
             if max_items is not None and len(found) >= max_items and (not fields or plan.server_sort):
                 break
     except Exception as exc:
-        raise CatalogError(f"search of {collection!r} at {url} failed: {_detail(exc)}") from None
+        down = _unavailable(exc, url, timeout, retries)
+        raise down or CatalogError(f"search of {collection!r} at {url} failed: {_detail(exc)}") from None
     dropped = served - len(found)
     if fields:
         found = _sort_items(found, fields)[:max_items]

@@ -69,6 +69,8 @@ def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = F
                 bbox_crs=grid.epsg,
                 datetime=cfg.cube.datetime,
                 max_cloud_cover=cfg.cube.max_cloud_cover,
+                timeout=cfg.stac.timeout,
+                retries=cfg.stac.retries,
             )
         )
     log.info("%d Sentinel-2 items found at %s", len(items), url)

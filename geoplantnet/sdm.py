@@ -278,7 +278,7 @@ def virtual_inputs(cfg: RunConfig, *, progress: bool = False) -> SdmInputs:
     manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
     grid = cfg.grid.grid(cfg.cube.resolution)
     with stac_api(cfg, progress) as url:
-        where = {"bbox": grid.bounds, "bbox_crs": grid.epsg}
+        where = {"bbox": grid.bounds, "bbox_crs": grid.epsg, "timeout": cfg.stac.timeout, "retries": cfg.stac.retries}
         s2 = list(catalog.search(url, cfg.stac.s2_collection, max_cloud_cover=cfg.cube.max_cloud_cover, **where))
         env = list(catalog.search(url, cfg.stac.env_collection, **where))
     truth = open_store(str(manifest.truth_species))["probability"]
@@ -328,6 +328,7 @@ def user_inputs(
             catalog.search(
                 cfg.stac.url, cfg.stac.s2_collection, bbox=cgrid.bounds, bbox_crs=cgrid.epsg,
                 datetime=cfg.cube.datetime, max_cloud_cover=cfg.cube.max_cloud_cover,
+                timeout=cfg.stac.timeout, retries=cfg.stac.retries,
             )
         )
     return SdmInputs(obs, env_items, s2, None, [f"observations {observations}; rasters {[p.name for p in rasters]}"])

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -76,7 +77,13 @@ def _check_pair(collection: Path, items: Path) -> None:
 
 
 class _Postgres:
-    """A throwaway PostgreSQL cluster in a temporary folder, on 127.0.0.1 only, owned by an unprivileged user."""
+    """A throwaway PostgreSQL cluster in a temporary folder, on 127.0.0.1 only, owned by an unprivileged user.
+
+    Over TCP the ``postgres`` superuser needs a random password made for this cluster, so no other local user can log
+    in through the port. The Unix socket sits in the server's private folder (mode 0700), which only its owner (and
+    root) can enter; it trusts whoever reaches it, and rustac connects through it, because ``rustac serve`` takes its
+    connection string on the command line, where every local user can read it (``ps``).
+    """
 
     def __init__(self, root: Path) -> None:
         if not (PG_BIN / "initdb").exists():
@@ -87,6 +94,7 @@ class _Postgres:
         self.data = root / "pgdata"
         self.port = free_port()
         self.log = root / "postgres.log"
+        self.password = secrets.token_urlsafe(24)  # URL-safe, so it needs no quoting in a DSN
         # initdb refuses to run as root; the server runs as the `postgres` system user then.
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self._as:
@@ -97,33 +105,67 @@ class _Postgres:
                     "running as root needs a `postgres` system user: run scripts/install_postgis.sh"
                 ) from None
 
+    def url(self, database: str = "stac") -> str:
+        """The password-carrying DSN over TCP (for psycopg and pypgstac in this process; never log it)."""
+        return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{database}"
+
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/stac"
+        return self.url("stac")
+
+    @property
+    def socket_dsn(self) -> str:
+        """The DSN through the private Unix socket: no password, safe on a command line."""
+        return f"host={self.root} port={self.port} user=postgres dbname=stac"
+
+    def redact(self, text: str) -> str:
+        """``text`` with this cluster's password masked (for error messages that may quote a DSN)."""
+        return text.replace(self.password, "***")
 
     def _run(self, *args: str) -> None:
         proc = subprocess.run([*self._as, *args], capture_output=True, text=True)
         if proc.returncode:
             detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise StacServerError(f"{Path(args[0]).name} failed: {detail[0]} (log: {_tail(self.log)})")
+            raise StacServerError(self.redact(f"{Path(args[0]).name} failed: {detail[0]} (log: {_tail(self.log)})"))
+
+    def _initdb(self) -> None:
+        # The password reaches initdb in a file only the server's user can read, deleted right after: never argv.
+        pwfile = self.root / "pwfile"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.password + "\n")
+            if self._as:
+                shutil.chown(pwfile, "postgres")
+            auth = ["--auth-host=scram-sha-256", "--auth-local=trust", f"--pwfile={pwfile}"]
+            # --no-sync and fsync=off: a throwaway cluster need not survive a power cut (initdb 2.2 s -> 1.2 s).
+            initdb = [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", *auth, "-E", "UTF8"]
+            self._run(*initdb, "--no-sync")
+        finally:
+            pwfile.unlink(missing_ok=True)
 
     def start(self) -> None:
-        # --no-sync and fsync=off: a throwaway cluster need not survive a power cut (initdb 2.2 s -> 1.2 s).
-        initdb = [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
-        self._run(*initdb, "--no-sync")
-        opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c full_page_writes=off"
+        self._initdb()
+        # Only loopback TCP, and the socket in the private folder (-k); unix_socket_permissions=0700 keeps the socket
+        # itself closed to others too, should the folder's mode ever change.
+        opts = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.root} -c unix_socket_permissions=0700"
+            " -c fsync=off -c full_page_writes=off"
+        )
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.log), "-w", "start")
         try:
             self._create_schema()
         except Exception as exc:  # psycopg / pypgstac errors, with the server log for the cause
-            raise StacServerError(f"pgstac set-up failed: {_detail(exc)} (log: {_tail(self.log)})") from None
+            raise StacServerError(
+                self.redact(f"pgstac set-up failed: {_detail(exc)} (log: {_tail(self.log)})")
+            ) from None
 
     def _create_schema(self) -> None:
         import psycopg
         from pypgstac.db import PgstacDB
         from pypgstac.migrate import Migrate
 
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE DATABASE stac")
             # Without this every search is a 500 (pgstac functions live in their own schema).
             conn.execute("ALTER DATABASE stac SET search_path TO pgstac, public")
@@ -150,7 +192,7 @@ class _Postgres:
                 step = f"loading {items}"
                 loader.load_items(str(items), insert_mode=Methods.upsert)
         except Exception as exc:  # psycopg, pypgstac and JSON errors: say which file
-            raise StacServerError(f"{step} into pgstac failed: {_detail(exc)}") from None
+            raise StacServerError(self.redact(f"{step} into pgstac failed: {_detail(exc)}")) from None
 
     def stop(self) -> None:
         pidfile = self.data / "postmaster.pid"
@@ -204,6 +246,11 @@ class StacServer:
         return self._proc is not None and self._proc.poll() is None
 
     @property
+    def pgstac_dsn(self) -> str | None:
+        """The pgstac database's DSN over loopback TCP, with its password (a secret: do not log it); None in memory."""
+        return self._pg.dsn if self._pg is not None else None
+
+    @property
     def workdir(self) -> Path | None:
         """The temporary folder of this server's logs and database (None when stopped)."""
         return self._root
@@ -231,7 +278,7 @@ class StacServer:
         assert self._root is not None
         cmd = [_rustac(), "serve", "--addr", f"{self.host}:{self.port}"]
         if self._pg is not None:
-            cmd += ["--pgstac", self._pg.dsn]
+            cmd += ["--pgstac", self._pg.socket_dsn]
         else:
             cmd += [str(p) for pair in self._hrefs for p in pair]
         logfile = self._root / "rustac.log"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -79,8 +81,48 @@ def test_pgstac_load_error_names_the_file(pgstac_server, tmp_path):
     extent = {"spatial": {"bbox": [[0, 0, 1, 1]]}, "temporal": {"interval": [[None, None]]}}
     fields = {"stac_version": "1.0.0", "description": "x", "license": "CC0-1.0", "links": [], "extent": extent}
     coll.write_text(json.dumps({"type": "Collection", "id": "broken", **fields}))
-    with pytest.raises(StacServerError, match=r"loading .*broken\.ndjson into pgstac failed"):
+    with pytest.raises(StacServerError, match=r"loading .*broken\.ndjson into pgstac failed") as info:
         pgstac_server.load(coll, broken)
+    assert urlsplit(pgstac_server.pgstac_dsn).password not in str(info.value)
+
+
+@pytest.mark.pgstac
+def test_pgstac_needs_its_password_which_is_never_written_down(pgstac_server, monkeypatch):
+    import psycopg
+
+    from geoplantnet.catalog import search
+
+    # libpq would otherwise take a password from the environment or ~/.pgpass.
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", "/nonexistent")
+    dsn = pgstac_server.pgstac_dsn
+    parts = urlsplit(dsn)
+    password, port = parts.password, parts.port
+    assert parts.hostname == "127.0.0.1" and len(password) >= 24
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/stac", connect_timeout=5)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(f"postgresql://postgres:wrong@127.0.0.1:{port}/postgres", connect_timeout=5)
+    with psycopg.connect(dsn, connect_timeout=5) as conn:
+        assert conn.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
+        assert conn.execute("SHOW password_encryption").fetchone() == ("scram-sha-256",)
+    assert len(search(pgstac_server.url, "test-s2", timeout=10, retries=0)) == 30
+    # Not in the logs, not in the database files (only its SCRAM verifier is), not left in a password file ...
+    workdir = Path(pgstac_server.workdir)
+    files = [p for p in workdir.rglob("*") if p.is_file()]
+    assert {"postgres.log", "rustac.log"} <= {p.name for p in files} and not (workdir / "pwfile").exists()
+    assert [p for p in files if password.encode() in p.read_bytes()] == []
+    # ... and not on any command line (rustac reaches the database through the private socket instead).
+    cmdlines = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if _readable(p)]
+    assert cmdlines and not any(password.encode() in c for c in cmdlines)
+
+
+def _readable(path: Path) -> bool:
+    try:
+        path.read_bytes()
+    except OSError:  # processes that ended meanwhile
+        return False
+    return True
 
 
 def test_missing_postgres_says_how_to_install_it(monkeypatch, tmp_path):
