@@ -49,6 +49,15 @@ INDICES: dict[str, tuple[str, str]] = {
 _SEASONS = {12: "DJF", 3: "MAM", 6: "JJA", 9: "SON"}
 
 
+# Reads of remote COGs are bounded: GDAL's own default waits without limit on a server that accepts and never answers.
+# Fixed here rather than configured: the reads happen inside stackstac on the workers, and these bounds are generous
+# for one HTTP range request.
+GDAL_ENV = stackstac.DEFAULT_GDAL_ENV.updated(
+    always={"GDAL_HTTP_TIMEOUT": "60", "GDAL_HTTP_CONNECTTIMEOUT": "20", "GDAL_HTTP_MAX_RETRY": "3",
+            "GDAL_HTTP_RETRY_DELAY": "1"}
+)
+
+
 class CubeError(InputError):
     """Items, bands, grid or files that cannot make a cube (one line naming the item, band or href)."""
 
@@ -282,6 +291,7 @@ def stack_items(
             band_coords=False,
             errors_as_nodata=errors,
             reader=_HrefReader,
+            gdal_env=GDAL_ENV,
         )
     except (ValueError, NotImplementedError) as e:
         raise CubeError(f"stackstac cannot stack {where}: {' '.join(str(e).split())}") from e

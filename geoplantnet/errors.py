@@ -1,9 +1,9 @@
 """The errors a user can act on. The CLI prints any of these as one line and exits with status 2; every other
 exception is a bug and ends in a traceback (exit status 1).
 
-Each message names what to fix: the file, the setting, the service or the store. Module-specific errors subclass one
-of these (``CatalogError`` is a :class:`ServiceError`, ``StoreError`` an :class:`InputError`, ...), so callers can
-catch by kind without knowing the module.
+Each message names what to fix: the file, the setting, the service or the store. Module-specific errors subclass
+one of these (``CatalogUnavailableError`` is a :class:`ServiceError`, ``StoreError`` an :class:`InputError`, ...),
+so callers can catch by kind without knowing the module.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = F
     out_root = cfg.store.root
     zarr_url = store.join(out_root, "composites.zarr")
     storage_options = store.storage_options_for(zarr_url, cfg.store)
-    store.inspect_target(zarr_url, storage_options)  # a user's folder is refused before any work
+    store.preflight(zarr_url, storage_options, product="composites", overwrite=overwrite)  # before any work
     with stac_api(cfg, progress) as url:
         items = list(
             catalog.search(

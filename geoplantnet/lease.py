@@ -139,6 +139,10 @@ def _dead_here(record: Mapping[str, Any]) -> bool:
     return int(record.get("pid", 0)) <= 0
 
 
+def _busy(url: str, record: Mapping[str, Any]) -> str:
+    return f"{url} is being written by another {_describe(record)}; wait for it to finish, or write elsewhere"
+
+
 def _describe(record: Mapping[str, Any]) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(record.get("renewed", 0))))
     return f"run {record.get('run', '?')} (pid {record.get('pid', '?')} on {record.get('host', '?')}, alive at {since})"
@@ -166,13 +170,23 @@ def acquire(
         if current is None:  # released between our create and read: try again
             continue
         if float(current.get("expires", 0)) > time.time() and not _dead_here(current):
-            raise LeaseError(
-                f"{url} is being written by another {_describe(current)}; wait for it to finish, or write elsewhere"
-            )
+            raise LeaseError(_busy(url, current))
         log.warning("%s: taking over the stale lease of %s (expired, or its process is gone)", url, _describe(current))
         with contextlib.suppress(FileNotFoundError):
             fs.rm_file(path)
     raise LeaseError(f"{url}: could not take the store's lease (other runs keep taking it); try again")
+
+
+def ensure_free(url: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Raise :class:`LeaseError` now if a live run holds the store's lease: a job checks this before minutes of
+    preparation, and takes the lease itself (:func:`acquire`) just before writing."""
+    fs, path = fsspec.core.url_to_fs(lease_url(url), **dict(storage_options or {}))
+    try:
+        current = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return
+    if float(current.get("expires", 0)) > time.time() and not _dead_here(current):
+        raise LeaseError(_busy(url, current))
 
 
 @contextlib.contextmanager

@@ -41,10 +41,8 @@ from geoplantnet.inference import InferenceError, TileGeometry, default_budget, 
 from geoplantnet.lease import Lease
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.store import (
-    PRODUCT_ATTR,
-    claim,
     fingerprint,
-    inspect_target,
+    preflight,
     run_id,
     storage_options_for,
     writing,
@@ -480,10 +478,8 @@ def run_map(
 
     store_url = out or join(cfg.store.root, "species.zarr")
     storage_options = storage_options_for(store_url, cfg.store)
-    # refuse a user's folder or another run's store before minutes of region generation and training
-    target = inspect_target(store_url, storage_options)
-    if target.state == "store" and not overwrite and target.attrs.get(PRODUCT_ATTR) not in (None, "species"):
-        claim(target, product="species", parts={}, overwrite=False)
+    # refuse a user's folder, a store being written, another product's store before minutes of generation and training
+    preflight(store_url, storage_options, product="species", overwrite=overwrite)
     inputs = virtual_inputs(cfg, progress=progress)
     with connect(cfg.cluster) as client:
         model_url, trained = model or cfg.map.model, None

@@ -33,7 +33,7 @@ from distributed import Client, progress
 import geoplantnet
 from geoplantnet.config import ConfigError, RunConfig, StoreConfig
 from geoplantnet.errors import InputError, RefusedError, ServiceError
-from geoplantnet.lease import Lease, hold
+from geoplantnet.lease import Lease, ensure_free, hold
 from geoplantnet.selection import index_species
 
 COMPLETE = "geoplantnet_complete"
@@ -152,6 +152,18 @@ def inspect_target(url: str, storage_options: Mapping[str, Any] | None = None) -
         f"{_where(url)} exists and is not a geoplantnet store ({len(entries)} entries); refusing to write there: "
         "choose another output path"
     )
+
+
+def preflight(url: str, storage_options: Mapping[str, Any] | None, *, product: str, overwrite: bool) -> Target:
+    """The checks a job makes before any work (minutes of region generation or training): the output is not a
+    user's folder or file, no live run is writing it, and it is not another product's store (unless
+    ``overwrite``). The same checks run again, under the lease, just before writing (:func:`writing`)."""
+    target = inspect_target(url, storage_options)
+    with service_errors(url):
+        ensure_free(url, storage_options=storage_options)
+    if target.state == "store" and not overwrite and target.attrs.get(PRODUCT_ATTR, product) != product:
+        claim(target, product=product, parts={}, overwrite=False)
+    return target
 
 
 def _differences(old: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
