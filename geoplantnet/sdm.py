@@ -31,7 +31,7 @@ from geoplantnet.train import TrainResult, load_model, predict, train_on_cluster
 from geoplantnet.training_set import open_training_set
 from geoplantnet.validation.blocks import blocks_geodataframe, choose_block_size, spatial_blocks, validation_split
 from geoplantnet.validation.metrics import cross_validate
-from geoplantnet.validation.report import write_report
+from geoplantnet.validation.report import informative_folds, report_warnings, write_report
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,29 @@ class PreparedSamples:
         return self.y_all[self.rows]
 
 
+class NoPredictorDataError(InputError):
+    """The predictors have no data at the samples (empty rasters, rasters that miss the records, a wrong CRS)."""
+
+
+def _check_predictor_data(labels: np.ndarray, rows: np.ndarray, env: xr.DataArray | None) -> None:
+    """Refuse a training set where no sample, or no presence, has predictor data, naming the predictors: the spatial
+    blocks would otherwise fail further down with "use smaller blocks", which sends the user the wrong way."""
+    names = [str(v) for v in env["var"].values] if env is not None and "var" in env.coords else []
+    listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    what = f"the predictors [{listed}]" if names else "the predictors"
+    if not len(rows):
+        raise NoPredictorDataError(
+            f"no sample has predictor data: {what} are no-data at all {len(labels)} observation and background "
+            "points (empty rasters, or rasters that do not overlap grid.*)"
+        )
+    has_presence = (labels == 1).any(axis=1)
+    if has_presence.any() and not has_presence[rows].any():
+        raise NoPredictorDataError(
+            f"none of the {int(has_presence.sum())} samples with a presence has predictor data in {what}: do the "
+            "rasters cover the observations (check --crs)?"
+        )
+
+
 def prepare_samples(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) -> PreparedSamples:
     """Observations -> samples -> training set (extracted on the cluster) -> kept samples and the block size."""
     out_dir = Path(out_dir)
@@ -178,6 +201,7 @@ def prepare_samples(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Cl
     keep = ~nodata
     keep[spare_bg] = False
     rows = np.flatnonzero(keep)
+    _check_predictor_data(labels, rows, env)
     kept = features[rows]
     # Candidate block sizes step by 10 map pixels: 500 m at 50 m, so small regions still get enough blocks.
     block = cfg.validation.block_size_m or choose_block_size(
@@ -234,13 +258,17 @@ def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) ->
     n_params = cnn.runs[0].n_parameters if cnn.runs else 0
     notes = [
         f"{len(x)} samples ({', '.join(f'{k}: {int((source == k).sum())}' for k in ('pa', 'po', 'bg'))}), "
-        f"{len(species)} species, blocks of {block:g} m, {cfg.validation.folds} folds; "
+        f"{len(species)} species, blocks of {block:g} m, {cfg.validation.folds} folds "
+        f"({informative_folds(next(iter(results.values()))) if results else 0} informative); "
         f"{data.n_dropped} samples without predictor data dropped",
         f"observations: {obs.summary()}",
         f"CNN: {np.mean(epoch_s):.2f} s per epoch on {device} ({n_params} parameters); extraction {extract_s:.1f} s",
         f"wall time per model (all folds): {json.dumps(timings)}",
         *inputs.notes,
     ]
+    warnings = report_warnings(results) if results else []
+    for line in warnings:
+        log.warning("%s", line)
     report = write_report(
         results,
         out_dir / "report",
@@ -248,11 +276,8 @@ def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) ->
         points=(x, y),
         title=f"{cfg.name}: CNN vs MaxEnt vs random forest on spatial blocks",
         notes=notes,
+        warnings=warnings,
     )
-    summary = {
-        name: {k: float(np.nanmean([f[k] for f in r["folds"]])) for k in r["folds"][0] if k != "fold"}
-        for name, r in results.items()
-    }
     out = {
         "report": str(report),
         "training_set": path,
@@ -261,10 +286,43 @@ def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) ->
         "n_species": len(species),
         "cnn_seconds_per_epoch": float(np.mean(epoch_s)),
         "seconds": round(time.perf_counter() - t0, 1),
-        "models": summary,
+        "warnings": warnings,
+        "models": {name: _model_summary(r) for name, r in results.items()},
     }
-    (out_dir / "summary.json").write_text(json.dumps(out, indent=2))
+    out = _json_safe(out)
+    (out_dir / "summary.json").write_text(json.dumps(out, indent=2, allow_nan=False))
     return out
+
+
+def _model_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """Per metric, the mean over the folds that could score it (None where none could); counts (``n_*``) summed
+    over folds (samples, test presences, (species, fold) pairs); the number of folds and of informative folds, so a
+    mean over 2 of 5 folds cannot pass for a 5-fold estimate."""
+    folds = result["folds"]
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for f in folds for k in f if k != "fold"):
+        vals = np.array([f.get(key, np.nan) for f in folds], dtype="float64")
+        vals = vals[np.isfinite(vals)]
+        if key.startswith("n_"):
+            out[key] = int(vals.sum())
+        else:
+            out[key] = float(vals.mean()) if len(vals) else None
+    out["folds"] = len(folds)
+    out["informative_folds"] = informative_folds(result)
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf (Python or NumPy) replaced by None, so it can be written as strict JSON (no ``NaN``)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def virtual_inputs(cfg: RunConfig, *, progress: bool = False) -> SdmInputs:

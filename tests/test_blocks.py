@@ -91,6 +91,11 @@ def test_bad_inputs_give_one_line_errors() -> None:
     x, y = _points(50)
     with pytest.raises(BlockError, match="block_size"):
         spatial_blocks(x, y, 0.0, 5)
+    with pytest.raises(BlockError, match="no samples to split") as empty:  # nothing upstream: not a block problem
+        spatial_blocks(np.array([]), np.array([]), 1000.0, folds=5)
+    assert "smaller blocks" not in str(empty.value)
+    with pytest.raises(BlockError, match="no samples to choose"):
+        choose_block_size(np.array([]), np.array([]), np.zeros((0, 2)), folds=5)
     with pytest.raises(BlockError, match="fewer than folds=5"):
         spatial_blocks(x, y, 1e7, 5)
     with pytest.raises(BlockError, match="same length"):

@@ -134,3 +134,44 @@ def test_bad_input_errors() -> None:
         auc_per_species(np.full((3, 2), 2), np.zeros((3, 2)))
     with pytest.raises(MetricsError, match="one entry per sample"):
         evaluate(np.zeros((3, 2)), np.zeros((3, 2)), np.array(["pa"]))
+
+
+def test_per_species_flags_small_and_constant_cases() -> None:
+    # a: 2 presences, 8 absences (few cases); b: no presence (not informative); c: 6 presences but 2 absences (few
+    # cases); d: 5 and 5, but a constant prediction (AUC 0.5 by construction).
+    labels = np.array(
+        [
+            [1, 0, 1, 1], [1, 0, 1, 0], [0, 0, 1, 1], [0, 0, 1, 0], [0, 0, 1, 1],
+            [0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0, -1, -1, 1], [0, -1, -1, 0],
+        ]
+    )
+    probs = np.linspace(0.05, 0.95, labels.size).reshape(labels.shape)
+    probs[:, 3] = 0.2
+    table = per_species(labels, probs, list("abcd"), train_presences=np.array([9, 0, 7, 3]), min_cases=5)
+    assert table["informative"].tolist() == [True, False, True, True]
+    assert table["few_cases"].tolist() == [True, False, True, False]
+    assert table["constant"].tolist() == [False, False, False, True]
+    assert table["few_train"].tolist() == [False, True, False, True]
+    assert np.isnan(table.loc[1, "auc"]) and table.loc[3, "auc"] == 0.5
+
+
+def test_cross_validate_counts_informative_species_per_fold() -> None:
+    labels = np.zeros((12, 1), dtype="int8")
+    labels[[0, 1, 4], 0] = 1  # 3 presences: folds 0 and 1 hold them, fold 2 has none
+    folds = np.arange(12) % 3
+
+    class Prevalence:  # what a peer does with too few presences: predicts its training prevalence everywhere
+        def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray) -> Prevalence:
+            self.p = float((labels == 1).mean())
+            return self
+
+        def predict_proba(self, X: np.ndarray) -> np.ndarray:
+            return np.full((len(X), 1), self.p)
+
+    res = cross_validate(Prevalence, np.zeros((12, 1)), labels, np.array(["po"] * 12), folds)
+    assert [f["n_test_presences"] for f in res["folds"]] == [1.0, 2.0, 0.0]
+    assert [f["n_species_informative"] for f in res["folds"]] == [1.0, 1.0, 0.0]
+    assert [f["n_species_constant"] for f in res["folds"]] == [1.0, 1.0, 0.0]
+    assert [f["n_species_few_train"] for f in res["folds"]] == [1.0, 1.0, 0.0]
+    assert np.isnan(res["folds"][2]["auc"]) and res["folds"][0]["auc"] == 0.5
+    assert res["per_species"]["n_train_presence"].tolist() == [2, 1, 3]

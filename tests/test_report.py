@@ -10,7 +10,7 @@ import pytest
 
 from geoplantnet.validation.blocks import blocks_geodataframe, spatial_blocks
 from geoplantnet.validation.metrics import reliability_table
-from geoplantnet.validation.report import ReportError, summary_table, write_report
+from geoplantnet.validation.report import ReportError, report_warnings, summary_table, write_report
 
 
 def _results(models: tuple[str, ...], seed: int = 0) -> dict:
@@ -67,3 +67,52 @@ def test_summary_table_and_errors() -> None:
         summary_table({})
     with pytest.raises(ReportError, match="'folds'"):
         summary_table({"maxent": {"per_species": None}})
+
+
+def _small_results(constant: bool) -> dict:
+    """5 folds, 1 species with 3 presences in folds 0 and 1: what 3 records give."""
+    n_pres = [1, 2, 0, 0, 0]
+    per_species = pd.DataFrame(
+        {
+            "species": ["Bradypus variegatus"] * 5,
+            "fold": range(5),
+            "n_presence": n_pres,
+            "n_absence": [170] * 5,
+            "informative": [p > 0 for p in n_pres],
+            "few_cases": [p > 0 for p in n_pres],
+            "constant": [constant and p > 0 for p in n_pres],
+            "auc": [0.5 if constant else 0.9, 0.5 if constant else 0.7, np.nan, np.nan, np.nan],
+        }
+    )
+    folds = [
+        {"fold": k, "auc": per_species.loc[k, "auc"], "n_species_informative": float(n_pres[k] > 0)} for k in range(5)
+    ]
+    return {"maxent": {"folds": folds, "per_species": per_species}}
+
+
+def test_small_data_report_counts_folds_and_warns_first(tmp_path: Path) -> None:
+    results = _small_results(constant=True)
+    table = summary_table(results)
+    assert table.loc["maxent", "auc"] == "0.500 ± 0.000 (2 of 5 folds)"
+    assert table.loc["maxent", "folds"] == "5" and table.loc["maxent", "informative folds"] == "2"
+    assert "constant prediction in 2 of 2" in table.loc["maxent", "flags"]
+    warnings = report_warnings(results)
+    assert any("fewer than 10 presence records: Bradypus variegatus (3)" in w for w in warnings)
+    assert any("fewer than 5 test presences" in w and "Bradypus variegatus" in w for w in warnings)
+    assert any(w.startswith("maxent predicted a constant for Bradypus variegatus in 2 of 2") for w in warnings)
+    text = write_report(results, tmp_path).read_text()
+    assert text.index("## WARNING") < text.index("| model |")
+    assert "| Bradypus variegatus | 3 | 2 of 5 | 0.500 (2 of 5 folds) [few cases, constant] |" in text
+
+
+def test_warns_on_fewer_than_two_informative_folds() -> None:
+    results = _small_results(constant=False)
+    results["maxent"]["folds"][1]["n_species_informative"] = 0.0
+    results["maxent"]["per_species"].loc[1, ["informative", "few_cases"]] = False
+    assert any(w.startswith("only 1 of 5 folds are informative") for w in report_warnings(results))
+    assert not any("constant" in w for w in report_warnings(results))
+
+
+def test_no_warning_section_for_well_sampled_results(tmp_path: Path) -> None:
+    assert report_warnings(_results(("maxent", "cnn"))) == []
+    assert "WARNING" not in write_report(_results(("maxent", "cnn")), tmp_path).read_text()

@@ -84,6 +84,9 @@ def spatial_blocks(
     if folds < 2:
         raise BlockError(f"folds must be >= 2, got {folds}")
     ids = block_ids(x, y, block_size)
+    if len(ids) == 0:
+        # Not a block-size problem: nothing survived upstream (e.g. no sample has predictor data).
+        raise BlockError(f"no samples to split into {folds} folds")
     uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
     if len(uniq) < folds:
         raise BlockError(
@@ -274,6 +277,8 @@ def choose_block_size(
     Falls back to the largest size giving enough blocks when the semivariogram cannot be fitted.
     """
     x, y = _xy(x, y)
+    if len(x) == 0:
+        raise BlockError("no samples to choose a block size from")
     need = 2 * folds
     rng_m = autocorrelation_range(x, y, predictors, max_distance=max_distance)
     extent = max(float(np.ptp(x)), float(np.ptp(y)), step)

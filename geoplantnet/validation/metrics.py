@@ -7,6 +7,11 @@
 * Calibration on "pa" samples (presence-background data say nothing about absolute probabilities): expected
   calibration error and a reliability table.
 * Against the truth (the virtual region): Pearson / Spearman correlation of predicted and true probabilities.
+
+Small samples are marked, not hidden: per species and fold, a test part without a presence or without an absence /
+background point is *not informative* (metrics NaN); one with fewer than :data:`MIN_CASES` presences or absences gives
+*few-cases* metrics (anecdotal); a model whose predictions are constant over the test part (a peer that was not
+fitted, or never saw a presence) scores AUC 0.5 by construction, which is *constant*, not a result.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from geoplantnet.config import ValidationConfig
 
 PA = "pa"
+# Fewer test presences (or absences) than this: AUC/TSS of a species in a fold rest on a handful of points (an AUC from
+# 2 presences takes only a few values) and are marked "few_cases"; the same bound on training presences marks a model
+# that could hardly learn the species (the peers skip species below 5 presences, models/peers.py).
+MIN_CASES = 5
 
 
 class MetricsError(ValueError):
@@ -241,23 +250,42 @@ def per_species(
     species: Sequence[Any] | None = None,
     threshold: float = 0.5,
     true_probs: np.ndarray | None = None,
+    train_presences: np.ndarray | None = None,
+    min_cases: int = MIN_CASES,
 ) -> pd.DataFrame:
-    """One row per species: ``species``, ``n_presence``, ``n_absence``, ``auc``, ``tss_max``, ``tss`` (at
-    ``threshold``) and, with ``true_probs``, ``pearson`` against the truth."""
+    """One row per species: ``species``, ``n_presence``, ``n_absence`` (absences and background), the flags
+    ``informative`` (both classes in the test part), ``few_cases`` (informative, but fewer than ``min_cases``
+    presences or absences) and ``constant`` (one predicted value over the known test samples: AUC 0.5 by
+    construction), then ``auc``, ``tss_max``, ``tss`` (at ``threshold``; NaN where not informative) and, with
+    ``true_probs``, ``pearson`` against the truth. With ``train_presences`` (per species, in the training part):
+    ``n_train_presence`` and ``few_train`` (fewer than ``min_cases``)."""
     labels, probs = _check(labels, probs)
     names = list(range(labels.shape[1])) if species is None else list(species)
     if len(names) != labels.shape[1]:
         raise MetricsError(f"{len(names)} species names for {labels.shape[1]} label columns")
+    n_pres, n_abs = (labels == 1).sum(axis=0), (labels == 0).sum(axis=0)
+    informative = (n_pres > 0) & (n_abs > 0)
+    known = labels >= 0
+    constant = np.where(known, probs, -np.inf).max(axis=0) == np.where(known, probs, np.inf).min(axis=0)
     table = pd.DataFrame(
         {
             "species": names,
-            "n_presence": (labels == 1).sum(axis=0),
-            "n_absence": (labels == 0).sum(axis=0),
+            "n_presence": n_pres,
+            "n_absence": n_abs,
+            "informative": informative,
+            "few_cases": informative & ((n_pres < min_cases) | (n_abs < min_cases)),
+            "constant": informative & constant,
             "auc": auc_per_species(labels, probs),
             "tss_max": tss_max_per_species(labels, probs),
             "tss": tss_per_species(labels, probs, threshold),
         }
     )
+    if train_presences is not None:
+        train = np.asarray(train_presences).reshape(-1)
+        if train.shape != (labels.shape[1],):
+            raise MetricsError(f"train_presences needs one count per species ({labels.shape[1]}), got {train.shape}")
+        table.insert(3, "n_train_presence", train)
+        table.insert(7, "few_train", train < min_cases)
     if true_probs is not None:
         t = np.asarray(true_probs, dtype="float64").reshape(probs.shape)
         table["pearson"] = _pearson_per_species(probs, t)
@@ -281,7 +309,9 @@ def cross_validate(
     """Fit ``make_model()`` (anything with ``fit(X, labels, source)`` / ``predict_proba(X)``) on each fold's training
     part and score its test part. Returns the structure :func:`geoplantnet.validation.report.write_report` reads:
     ``{"folds": [summary per fold], "per_species": DataFrame with a fold column, "reliability": DataFrame,
-    "oof": out-of-fold probabilities}``."""
+    "oof": out-of-fold probabilities}``. Each fold summary also counts its test presences and the species that were
+    informative, scored from few cases, predicted by a constant, or trained on few presences (``n_*`` keys); the
+    per-species table carries the flags (see :func:`per_species`)."""
     cfg = cfg or ValidationConfig()
     labels = np.asarray(labels)
     source = np.asarray(source).astype(str)
@@ -296,8 +326,20 @@ def cross_validate(
         probs = np.asarray(model.predict_proba(X[test]))
         oof[test] = probs
         truth = None if true_probs is None else np.asarray(true_probs)[test]
-        summaries.append({"fold": float(k), **evaluate(labels[test], probs, source[test], cfg, truth)})
-        table = per_species(labels[test], probs, species, cfg.threshold, truth)
+        table = per_species(
+            labels[test], probs, species, cfg.threshold, truth, train_presences=(labels[~test] == 1).sum(axis=0)
+        )
+        summaries.append(
+            {
+                "fold": float(k),
+                **evaluate(labels[test], probs, source[test], cfg, truth),
+                "n_test_presences": float(table["n_presence"].sum()),
+                "n_species_informative": float(table["informative"].sum()),
+                "n_species_few_cases": float(table["few_cases"].sum()),
+                "n_species_constant": float(table["constant"].sum()),
+                "n_species_few_train": float((table["informative"] & table["few_train"]).sum()),
+            }
+        )
         table.insert(1, "fold", k)
         tables.append(table)
     pa = source == PA

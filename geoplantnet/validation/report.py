@@ -4,6 +4,10 @@
 "reliability": DataFrame (optional, from :func:`geoplantnet.validation.metrics.reliability_table`)}}`` — what
 :func:`geoplantnet.validation.metrics.cross_validate` returns per model. Nothing here knows model names except the
 default pair compared in the scatter plot (``challenger="cnn"`` against ``reference="maxent"``).
+
+Small data are said, not averaged away: every cell of the summary table says over how many folds it was computed
+when some folds could not score it, and the report opens with a WARNING section (:func:`report_warnings`) when a
+species has few records, when fewer than two folds are informative, or when a model predicted a constant.
 """
 
 from __future__ import annotations
@@ -17,8 +21,20 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global state, safe in workers and tests
 
+from geoplantnet.validation.metrics import MIN_CASES
+
 SUMMARY_ORDER = ("auc", "auc_pa", "tss_max", "tss", "f1_micro_topk", "f1_samples_topk", "ece", "pearson", "spearman")
-_NOT_METRICS = {"fold", "n_samples", "n_species_evaluated"}
+# Below this many presence records of a species the report warns: a handful of points split over spatial folds give
+# AUCs from one or two presences each.
+MIN_RECORDS = 10
+# A mean ± sd over fewer informative folds than this is one split's score, not a cross-validated estimate.
+MIN_INFORMATIVE_FOLDS = 2
+_MAX_NAMES = 10  # species named in one warning line; the rest are counted
+_MAX_SPECIES_ROWS = 20  # per-species table in the markdown; beyond it only per_species.csv
+
+
+def _is_metric(key: str) -> bool:
+    return key != "fold" and not key.startswith("n_")  # n_* are counts (samples, species evaluated, ...)
 
 
 class ReportError(ValueError):
@@ -33,28 +49,158 @@ def _check_results(results: Mapping[str, Any]) -> None:
             raise ReportError(f"results[{name!r}] needs a non-empty 'folds' list of {{metric: value}} dicts")
 
 
+def informative_folds(result: Mapping[str, Any]) -> int:
+    """Folds of one model's results where at least one species had both a test presence and a test absence or
+    background point (read from ``n_species_informative``; older results without it: folds with a finite AUC)."""
+    folds = list(result["folds"])
+    if all("n_species_informative" in f for f in folds):
+        return sum(1 for f in folds if f["n_species_informative"] > 0)
+    return sum(1 for f in folds if np.isfinite(float(f.get("auc", np.nan))))
+
+
+def _flag_table(result: Mapping[str, Any]) -> pd.DataFrame | None:
+    """The informative rows of a per-species table that carries the flags of :func:`metrics.per_species`."""
+    table = result.get("per_species")
+    if not isinstance(table, pd.DataFrame) or "informative" not in table:
+        return None
+    return table[table["informative"].astype(bool)]
+
+
+def _flags(result: Mapping[str, Any]) -> str:
+    scored = _flag_table(result)
+    if scored is None or scored.empty:
+        return "–"
+    n = len(scored)
+    parts = []
+    if scored["constant"].any():
+        parts.append(f"constant prediction in {int(scored['constant'].sum())} of {n}")
+    if scored["few_cases"].any():
+        parts.append(f"< {MIN_CASES} test presences or absences in {int(scored['few_cases'].sum())} of {n}")
+    if "few_train" in scored and scored["few_train"].any():
+        parts.append(f"< {MIN_CASES} training presences in {int(scored['few_train'].sum())} of {n}")
+    return "; ".join(parts) + " scored (species, fold)" if parts else "–"
+
+
 def summary_table(results: Mapping[str, Any]) -> pd.DataFrame:
-    """Model x metric table of 'mean ± sd' strings over folds (NaN folds left out; '–' where all are NaN)."""
+    """Model x metric table of 'mean ± sd' strings over folds (NaN folds left out and counted: '(k of n folds)';
+    '–' where all are NaN), with the number of folds, of informative folds, and the small-data flags."""
     _check_results(results)
     frames = {name: pd.DataFrame(list(res["folds"])) for name, res in results.items()}
-    metrics = [c for f in frames.values() for c in f.columns if c not in _NOT_METRICS]
+    metrics = [c for f in frames.values() for c in f.columns if _is_metric(c)]
     metrics = list(dict.fromkeys(m for m in SUMMARY_ORDER if m in metrics)) + sorted(
         set(metrics) - set(SUMMARY_ORDER)
     )
     rows = {}
     for name, frame in frames.items():
         cells = {}
+        n = len(frame)
         for m in metrics:
-            vals = pd.to_numeric(frame[m], errors="coerce").dropna() if m in frame else pd.Series(dtype=float)
+            vals = pd.to_numeric(frame[m], errors="coerce") if m in frame else pd.Series(dtype=float)
+            vals = vals[np.isfinite(vals)]
             if vals.empty:
                 cells[m] = "–"
-            elif len(vals) == 1:
-                cells[m] = f"{vals.iloc[0]:.3f}"
-            else:
-                cells[m] = f"{vals.mean():.3f} ± {vals.std(ddof=1):.3f}"
-        cells["folds"] = str(len(frame))
+                continue
+            cell = f"{vals.iloc[0]:.3f}" if len(vals) == 1 else f"{vals.mean():.3f} ± {vals.std(ddof=1):.3f}"
+            cells[m] = cell if len(vals) == n else f"{cell} ({len(vals)} of {n} folds)"
+        cells["folds"] = str(n)
+        cells["informative folds"] = str(informative_folds(results[name]))
+        cells["flags"] = _flags(results[name])
         rows[name] = cells
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _names(names: Sequence[Any]) -> str:
+    names = [str(n) for n in names]
+    more = f" and {len(names) - _MAX_NAMES} more" if len(names) > _MAX_NAMES else ""
+    return ", ".join(names[:_MAX_NAMES]) + more
+
+
+def report_warnings(
+    results: Mapping[str, Any], min_records: int = MIN_RECORDS, min_folds: int = MIN_INFORMATIVE_FOLDS
+) -> list[str]:
+    """One line per small-data problem, naming the species: fewer than ``min_records`` presences, fewer than
+    ``min_folds`` informative folds (overall or per species), scores from fewer than ``MIN_CASES`` test cases, and
+    models whose predictions were constant. Empty when the results can be read as they stand."""
+    _check_results(results)
+    out: list[str] = []
+    name0 = next(iter(results))
+    n_folds = len(results[name0]["folds"])
+    k = informative_folds(results[name0])  # a property of the data and folds: the same for every model
+    if k < min_folds:
+        out.append(
+            f"only {k} of {n_folds} folds are informative (hold a test presence and a test absence or background "
+            f"point): the scores below are {'not cross-validated estimates' if k else 'missing'}"
+        )
+    table = results[name0].get("per_species")
+    if isinstance(table, pd.DataFrame) and "informative" in table:
+        by = table.groupby("species", sort=False)
+        records = by["n_presence"].sum()  # every kept sample lies in exactly one test part
+        few = records[records < min_records]
+        if len(few):
+            listed = _names([f"{s} ({int(n)})" for s, n in few.items()])
+            out.append(
+                f"{len(few)} species with fewer than {min_records} presence records: {listed}; their scores rest on "
+                "a handful of points"
+            )
+        n_inf = by["informative"].sum()
+        thin = n_inf[n_inf < min_folds]
+        if len(thin) and k >= min_folds:  # else the line above already says it for all species
+            listed = _names([f"{s} ({int(n)})" for s, n in thin.items()])
+            out.append(f"{len(thin)} species informative in fewer than {min_folds} of {n_folds} folds: {listed}")
+        few_cases = table[table["few_cases"].astype(bool)]["species"].unique()
+        if len(few_cases):
+            out.append(
+                f"{len(few_cases)} species scored from fewer than {MIN_CASES} test presences or absences in some "
+                f"folds (flag few_cases in per_species.csv): {_names(few_cases)}"
+            )
+    for name, res in results.items():
+        scored = _flag_table(res)
+        if scored is None or not scored["constant"].any():
+            continue
+        const = scored[scored["constant"].astype(bool)]
+        out.append(
+            f"{name} predicted a constant for {_names(const['species'].unique())} in {len(const)} of {len(scored)} "
+            "scored (species, fold): AUC 0.5 and TSS 0 there are by construction, not a result (the model was not "
+            "fitted, e.g. too few training presences)"
+        )
+    return out
+
+
+def _species_markdown(results: Mapping[str, Any]) -> list[str]:
+    """Per-species table (presences, informative folds, AUC per model with its flags) when species are few."""
+    tables = {n: r["per_species"] for n, r in results.items() if isinstance(r.get("per_species"), pd.DataFrame)}
+    tables = {n: t for n, t in tables.items() if {"informative", "few_cases", "constant", "auc"} <= set(t.columns)}
+    if not tables:
+        return []
+    first = next(iter(tables.values()))
+    species = list(dict.fromkeys(first["species"]))
+    if len(species) > _MAX_SPECIES_ROWS:
+        return []
+    n_folds = first["fold"].nunique()
+    header = ["species", "presences", "informative folds", *[f"{n} AUC" for n in tables]]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for sp in species:
+        rows = first[first["species"] == sp]
+        cells = [str(sp), str(int(rows["n_presence"].sum())), f"{int(rows['informative'].sum())} of {n_folds}"]
+        for table in tables.values():
+            r = table[(table["species"] == sp) & table["informative"].astype(bool)]
+            auc = r["auc"][np.isfinite(r["auc"])]
+            if auc.empty:
+                cells.append("–")
+                continue
+            marks = [m for m, col in (("few cases", "few_cases"), ("constant", "constant")) if r[col].any()]
+            cell = f"{auc.mean():.3f} ({len(auc)} of {n_folds} folds)"
+            cells.append(cell + (f" [{', '.join(marks)}]" if marks else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return [
+        "",
+        "## Per species",
+        "",
+        f"AUC: mean over informative folds. [few cases]: fewer than {MIN_CASES} test presences or absences in some "
+        "fold; [constant]: the model predicted one value (AUC 0.5 by construction).",
+        "",
+        *lines,
+    ]
 
 
 def _markdown(table: pd.DataFrame) -> str:
@@ -141,14 +287,28 @@ def write_report(
     challenger: str = "cnn",
     reference: str = "maxent",
     notes: Sequence[str] = (),
+    warnings: Sequence[str] | None = None,
 ) -> Path:
-    """Write ``report.md``, ``per_species.csv`` and the figures into ``out_dir``; return the markdown's path."""
+    """Write ``report.md``, ``per_species.csv`` and the figures into ``out_dir``; return the markdown's path.
+
+    ``warnings`` (default: :func:`report_warnings`) open the report in a WARNING section."""
     _check_results(results)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = summary_table(results)
-    lines = [f"# {title}", "", "Mean ± sd over spatial-block folds (test part of each fold).", "", _markdown(table), ""]
+    warnings = report_warnings(results) if warnings is None else list(warnings)
+    lines = [f"# {title}", ""]
+    if warnings:
+        lines += ["## WARNING", "", *[f"- **{w}**" for w in warnings], ""]
+    lines += [
+        "Mean ± sd over spatial-block folds (test part of each fold); '(k of n folds)': the folds that could score "
+        "the metric (a test presence and a test absence or background point).",
+        "",
+        _markdown(table),
+        "",
+    ]
     lines += [f"- {note}" for note in notes]
+    lines += _species_markdown(results)
 
     per_species = [r["per_species"].assign(model=n) for n, r in results.items() if r.get("per_species") is not None]
     if per_species:
