@@ -252,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
+        if args.verbose:  # where it was stopped
+            traceback.print_exc()
         print("geoplantnet: interrupted", file=sys.stderr)
         return 130
     except GeoplantnetError as exc:

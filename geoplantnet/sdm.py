@@ -197,7 +197,15 @@ def prepare_samples(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Cl
     # The environmental layers define the study area; Sentinel-2 gaps (a cloudy season) are not "no data" here.
     env_point = ds["env_point"].values if "env_point" in ds else features
     nodata = np.isnan(features).all(axis=1) | ((source == "bg") & np.isnan(env_point).any(axis=1))
-    spare_bg = np.flatnonzero((source == "bg") & ~nodata)[cfg.train.n_background :]
+    usable_bg = np.flatnonzero((source == "bg") & ~nodata)
+    if len(usable_bg) < cfg.train.n_background:
+        # fewer background points than asked changes what presence-only models learn: say so, with the cause
+        log.warning(
+            "only %d of %d background points have predictor data (the rest fell outside the rasters or on no-data): "
+            "the models see a thinner background than train.n_background asks",
+            len(usable_bg), cfg.train.n_background,
+        )
+    spare_bg = usable_bg[cfg.train.n_background :]
     keep = ~nodata
     keep[spare_bg] = False
     rows = np.flatnonzero(keep)

@@ -17,6 +17,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import threading
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -345,7 +348,7 @@ def _write(
     client: Client | None,
     show_progress: bool,
 ) -> None:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), deferred_interrupt():
         # Consolidated metadata is not (yet) in the Zarr v3 spec; zarr-python, xarray and GDAL read it all the same.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         delayed = ds.to_zarr(
@@ -358,13 +361,44 @@ def _write(
         )
     if client is not None:
         future = client.compute(delayed)
-        if show_progress:
-            progress(future)
-        future.result()
+        try:
+            if show_progress:
+                progress(future)
+            future.result()
+        except BaseException:
+            # tasks already running keep writing chunks: let them end before the caller removes the temporary store
+            future.cancel()
+            _drain(client)
+            raise
     else:
         delayed.compute()
     if is_local(target):
         mark_complete(target, None)
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Ctrl-C during a short metadata write takes effect right after it. zarr finishes such writes on its own IO
+    thread: interrupted halfway, files would keep appearing after the caller removed the temporary store."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _drain(client: Client, timeout: float = 30.0) -> None:
+    """Wait (bounded) until the cluster runs no task: a cancelled write's running chunks are done, none starts."""
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(Exception):  # the cluster may already be going down: nothing then writes either
+        while time.monotonic() < deadline and any(client.processing().values()):
+            time.sleep(0.1)
 
 
 def open_store(url: str, *, storage_options: Mapping[str, Any] | None = None, **kwargs: Any) -> xr.Dataset:

@@ -39,6 +39,7 @@ from geoplantnet.store import (
     RUN_ATTR,
     Target,
     default_encoding,
+    deferred_interrupt,
     mark_complete,
     remove_store,
     run_id,
@@ -144,7 +145,7 @@ def prepare(
         cfg,
         {**(attrs or {}), PRODUCT_ATTR: product, RUN_ATTR: run, PARTS_ATTR: json.dumps(dict(parts), sort_keys=True)},
     )
-    with service_errors(url):
+    with service_errors(url), deferred_interrupt():  # the layout is written whole or the run stops before it
         ds.to_zarr(
             url,
             mode="w",

@@ -39,7 +39,7 @@ import zarr
 from tqdm.auto import tqdm
 
 import geoplantnet
-from geoplantnet.config import RunConfig
+from geoplantnet.config import RunConfig, redact
 from geoplantnet.errors import InputError
 from geoplantnet.grid import Grid
 from geoplantnet.sim.habitats import HabitatSet
@@ -244,7 +244,7 @@ def generate_region(config: RunConfig, out_dir: str | os.PathLike[str], *, progr
         paths=dict(PATHS),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         timings_s=timings,
-        config=config.model_dump(mode="json"),
+        config=redact(config.model_dump(mode="json")),
     )
     manifest.write()
     return manifest
