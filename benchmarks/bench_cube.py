@@ -25,12 +25,13 @@ import pandas as pd
 import psutil
 import rasterio
 
-from geoplantnet import stac_items, store
-from geoplantnet.cluster import connect
-from geoplantnet.config import RunConfig, load_config
-from geoplantnet.jobs import composites
+from geoplantnet.core.config import RunConfig, load_config
+from geoplantnet.jobs.composites import composites
+from geoplantnet.runtime.cluster import connect
 from geoplantnet.sim.region import generate_region
-from geoplantnet.stac_items import local_path
+from geoplantnet.sources import stac_items
+from geoplantnet.sources.stac_items import local_path
+from geoplantnet.storage import store
 
 ROOT = Path(__file__).resolve().parents[1]
 

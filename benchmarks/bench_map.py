@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geoplantnet.cluster import connect
-from geoplantnet.config import RunConfig, load_config
-from geoplantnet.inference import predict_tile, predict_tile_naive, tile_geometry
-from geoplantnet.mapping import MapSources, ensure_model, produce_map, read_model
+from geoplantnet.core.config import RunConfig, load_config
+from geoplantnet.inference.dense import predict_tile, predict_tile_naive, tile_geometry
+from geoplantnet.jobs.inputs import virtual_inputs
+from geoplantnet.jobs.mapping import MapSources, ensure_model, produce_map, read_model
 from geoplantnet.models.species_net import SpeciesNet
-from geoplantnet.sdm import virtual_inputs
+from geoplantnet.runtime.cluster import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 EUROPE_PIXELS = 4.2e9  # 10.5 million km2 at 50 m (../shared/DESIGN.md)

@@ -14,8 +14,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from geoplantnet.config import ConfigError, RunConfig, load_config
-from geoplantnet.errors import GeoplantnetError, RefusedError
+from geoplantnet.core.config import ConfigError, RunConfig, load_config
+from geoplantnet.core.errors import GeoplantnetError, RefusedError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml"
 
@@ -62,7 +62,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from geoplantnet.jobs import run_composites
+    from geoplantnet.jobs.composites import run_composites
 
     result = run_composites(cfg, progress=not args.quiet, overwrite=args.overwrite)
     print(json.dumps(result, indent=2))
@@ -71,9 +71,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_sdm(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from geoplantnet.cluster import connect
-    from geoplantnet.sdm import run_sdm, user_inputs, virtual_inputs
-    from geoplantnet.store import is_local
+    from geoplantnet.jobs.inputs import user_inputs, virtual_inputs
+    from geoplantnet.jobs.sdm import run_sdm
+    from geoplantnet.runtime.cluster import connect
+    from geoplantnet.storage.store import is_local
 
     if args.out is None and not is_local(cfg.store.root):
         raise ConfigError(f"sdm writes a local report folder and store.root is {cfg.store.root}: pass --out DIR")
@@ -94,6 +95,7 @@ def _cmd_sdm(args: argparse.Namespace) -> int:
             presence=args.presence,
             survey=args.survey,
             with_s2=args.with_s2,
+            categorical=args.categorical,
         )
     with connect(cfg.cluster) as client:
         result = run_sdm(cfg, inputs, out, client)
@@ -103,7 +105,7 @@ def _cmd_sdm(args: argparse.Namespace) -> int:
 
 def _cmd_map(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from geoplantnet.mapping import run_map
+    from geoplantnet.jobs.mapping import run_map
 
     result = run_map(cfg, model=args.model, out=args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(json.dumps(result, indent=2))
@@ -122,7 +124,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_stac_serve(args: argparse.Namespace) -> int:
     from geoplantnet.sim.region import RegionManifest
-    from geoplantnet.stac_server import serve_forever
+    from geoplantnet.sim.stac_server import serve_forever
 
     manifest = RegionManifest.load(args.region)
     serve_forever(args.backend, args.host, args.port, manifest.collections())
@@ -137,7 +139,7 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 def _cmd_cluster_spec(args: argparse.Namespace) -> int:
     import yaml
 
-    from geoplantnet.cluster import kubernetes_spec
+    from geoplantnet.runtime.cluster import kubernetes_spec
 
     print(yaml.safe_dump(kubernetes_spec(_config(args).cluster), sort_keys=False), end="")
     return 0
@@ -173,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     sdm.add_argument("--presence", default=None, help="presence/absence column (1/0); absent: presence-only")
     sdm.add_argument("--survey", default=None, help="survey/plot id column: rows sharing it form one survey")
     sdm.add_argument("--rasters", type=Path, nargs="*", default=[], help="predictor GeoTIFFs (one variable each)")
+    sdm.add_argument(
+        "--categorical", nargs="*", default=[], metavar="LAYER",
+        help="raster layers holding class codes (land cover, soil type): resampled by nearest neighbour and given to "
+        "the models as one indicator layer per class (layer names: file stems or band descriptions)",
+    )
     sdm.add_argument("--with-s2", action="store_true", help="add Sentinel-2 composites from stac.url")
     sdm.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm)")
     sdm.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -235,7 +242,7 @@ def _quiet_warnings() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run one sub-command. User errors (:class:`geoplantnet.errors.GeoplantnetError`) are one line on
+    """Entry point: run one sub-command. User errors (:class:`geoplantnet.core.errors.GeoplantnetError`) are one line on
     stderr and exit status 2; Ctrl-C is one line and 130; anything else is a bug: its traceback and exit status 1."""
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages for the pgstac-backed STAC API the tests start: PostgreSQL 15 with PostGIS 3 (Debian 12).
 # Idempotent and quiet: does nothing when they are there; otherwise needs root (as on CI machines; no sudo).
-# The tests run their own throwaway cluster (geoplantnet.stac_server), so no system cluster is created or started.
+# The tests run their own throwaway cluster (geoplantnet.sim.stac_server), so no system cluster is created or started.
 set -euo pipefail
 PG_BIN=/usr/lib/postgresql/15/bin
 POSTGIS=/usr/share/postgresql/15/extension/postgis.control

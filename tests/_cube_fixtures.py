@@ -10,9 +10,9 @@ import numpy as np
 import pystac
 from pyproj import Transformer
 
-from geoplantnet.cog import write_cog
-from geoplantnet.grid import Grid
-from geoplantnet.stac_items import AssetSpec, item_from_cogs
+from geoplantnet.core.grid import Grid
+from geoplantnet.sources.cog import write_cog
+from geoplantnet.sources.stac_items import AssetSpec, item_from_cogs
 
 # Near 10°E 50°N: inside UTM zone 32N, so a UTM item and an EPSG:3035 item can cover the same grid.
 ORIGIN = (4_321_000.0, 2_981_000.0)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pystac
 import pytest
 
-from geoplantnet.stac_items import collection_for, write_collection
-from geoplantnet.stac_server import StacServer, StacServerError
+from geoplantnet.sim.stac_server import StacServer, StacServerError
+from geoplantnet.sources.stac_items import collection_for, write_collection
 
 COLLECTION = "test-s2"
 N_ITEMS = 30  # 30 dates over two years: several pages at limit=7

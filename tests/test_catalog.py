@@ -8,7 +8,9 @@ import shapely
 from pyproj import Transformer
 from shapely.geometry import box, shape
 
-from geoplantnet.catalog import (
+from geoplantnet.core.grid import Grid
+from geoplantnet.sim.stac_server import free_port
+from geoplantnet.sources.catalog import (
     SEARCH_KEY,
     CatalogError,
     CatalogUnavailableError,
@@ -18,8 +20,6 @@ from geoplantnet.catalog import (
     lonlat_bbox,
     search,
 )
-from geoplantnet.grid import Grid
-from geoplantnet.stac_server import free_port
 
 COLL = "test-s2"
 

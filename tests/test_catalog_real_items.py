@@ -8,8 +8,8 @@ from pathlib import Path
 import pystac
 import pytest
 
-from geoplantnet.catalog import S2_BANDS, CatalogError, band_assets, items_table, search
-from geoplantnet.stac_items import collection_for, write_collection
+from geoplantnet.sources.catalog import S2_BANDS, CatalogError, band_assets, items_table, search
+from geoplantnet.sources.stac_items import collection_for, write_collection
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "stac_items_s2_landsat"
 pytestmark = [

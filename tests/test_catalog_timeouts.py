@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from geoplantnet.catalog import CatalogError, CatalogUnavailableError, search
-from geoplantnet.errors import ServiceError
+from geoplantnet.core.errors import ServiceError
+from geoplantnet.sources.catalog import CatalogError, CatalogUnavailableError, search
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 from _small_region import SMALL_REGION
 
 from geoplantnet.cli import build_parser, main
-from geoplantnet.errors import InputError
+from geoplantnet.core.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 

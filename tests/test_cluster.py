@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from geoplantnet.cluster import (
+from geoplantnet.core.config import ClusterConfig, KubernetesConfig
+from geoplantnet.runtime.cluster import (
     ClusterError,
     cluster_resources,
     connect,
@@ -19,7 +20,6 @@ from geoplantnet.cluster import (
     require_resources,
     task_resources,
 )
-from geoplantnet.config import ClusterConfig, KubernetesConfig
 
 
 def _free_port() -> int:
@@ -128,7 +128,7 @@ def test_kubernetes_spec_validates_against_the_dask_operator_crd():
 
 
 def test_committed_deploy_resource_matches_the_pipeline():
-    from geoplantnet.config import load_config
+    from geoplantnet.core.config import load_config
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "pipelines" / "kubernetes.yaml", environ={})

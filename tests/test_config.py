@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from geoplantnet.config import ConfigError, load_config
+from geoplantnet.core.config import ConfigError, load_config
 
 
 def test_defaults_and_yaml_round_trip(tmp_path):

@@ -25,7 +25,8 @@ from _cube_fixtures import (
 )
 from pyproj import Transformer
 
-from geoplantnet.cube import (
+from geoplantnet.core.grid import Grid
+from geoplantnet.sources.cube import (
     CubeError,
     add_indices,
     cloud_mask,
@@ -34,8 +35,7 @@ from geoplantnet.cube import (
     scl_cube,
     seasonal_composite,
 )
-from geoplantnet.grid import Grid
-from geoplantnet.stac_items import local_path
+from geoplantnet.sources.stac_items import local_path
 
 GRID = small_grid()  # 64 x 64 px at 10 m
 # Two dates in winter (DJF), one in spring (MAM), none in summer (JJA), two in autumn (SON).
@@ -65,7 +65,7 @@ def test_build_reads_no_pixels_and_compute_does(tmp_path: Path) -> None:
     # Swap the file for one with other pixels after building: the cube must show the new pixels, so building read none.
     href = local_path(items[0].assets["B04"].href)
     os.remove(href)
-    from geoplantnet.cog import write_cog
+    from geoplantnet.sources.cog import write_cog
 
     write_cog(href, np.full(GRID.shape, 4321, "uint16"), GRID.transform, 3035, nodata=0)
     assert np.allclose(cube.isel(time=0, band=0).values, 4321 * SCALE + OFFSET, atol=1e-6)
@@ -271,8 +271,8 @@ def test_composite_of_unmasked_cube_is_lazy_and_typed(series: list) -> None:
 
 def test_distributed_workers_read_and_report_href(tmp_path: Path) -> None:
     # Readers are pickled to worker processes; a failed read must reach the client as a CubeError, not a bare Exception.
-    from geoplantnet.cluster import connect
-    from geoplantnet.config import ClusterConfig
+    from geoplantnet.core.config import ClusterConfig
+    from geoplantnet.runtime.cluster import connect
 
     items = fresh(tmp_path, bands=["B04"], with_scl=False)
     cube = s2_cube(items, GRID, ["B04"], chunk=32)

@@ -15,10 +15,10 @@ import rasterio
 from affine import Affine
 from pyproj import Transformer
 
-from geoplantnet.cog import write_cog
-from geoplantnet.cube import cloud_mask, mask_clouds, s2_cube, scl_cube, seasonal_composite
-from geoplantnet.grid import Grid
-from geoplantnet.stac_items import AssetSpec, item_from_cogs
+from geoplantnet.core.grid import Grid
+from geoplantnet.sources.cog import write_cog
+from geoplantnet.sources.cube import cloud_mask, mask_clouds, s2_cube, scl_cube, seasonal_composite
+from geoplantnet.sources.stac_items import AssetSpec, item_from_cogs
 
 pytestmark = [
     pytest.mark.real_data,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from geoplantnet.extraction import ExtractionError, extract_samples, patch_tasks
-from geoplantnet.grid import Grid
-from geoplantnet.observations import Samples, SpeciesVocabulary
-from geoplantnet.training_set import open_training_set
+from geoplantnet.core.grid import Grid
+from geoplantnet.samples.extraction import ExtractionError, extract_samples, patch_tasks
+from geoplantnet.samples.observations import Samples, SpeciesVocabulary
+from geoplantnet.samples.training_set import open_training_set
 
 MAP = Grid(50.0, 4_321_000.0, 2_981_000.0, 40, 40)
 CUBE = MAP.at_resolution(25.0)  # 80 x 80

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoplantnet.grid import Grid, GridError, to_grid_crs
+from geoplantnet.core.grid import Grid, GridError, to_grid_crs
 
 resolutions = st.sampled_from([10.0, 20.0, 50.0, 100.0])
 coords = st.floats(min_value=1_000_000, max_value=5_400_000, allow_nan=False)

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from geoplantnet.config import ModelConfig
-from geoplantnet.extraction import _cut
-from geoplantnet.grid import Grid, Tile
-from geoplantnet.inference import (
+from geoplantnet.core.config import ModelConfig
+from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.inference.dense import (
     NODATA,
     InferenceError,
     decode,
@@ -18,7 +17,8 @@ from geoplantnet.inference import (
     tile_geometry,
 )
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
-from geoplantnet.training_set import NormStats
+from geoplantnet.samples.extraction import _cut
+from geoplantnet.samples.training_set import NormStats
 
 SEASONS, BANDS, VARS, SPECIES = 3, 4, 5, 7
 
@@ -127,7 +127,7 @@ def test_tile_pixels_see_exactly_the_samples_training_cuts():
     rows, cols = CUBE.index(x, y)
     patches = _cut([[composite]], rows, cols, spec.model.patch_size)
     env_patches = _cut([[env_full]], jj, ii, spec.model.env_patch_size)
-    from geoplantnet.training_set import prepare_env, prepare_patch, prepare_series
+    from geoplantnet.samples.training_set import prepare_env, prepare_patch, prepare_series
 
     half = spec.model.patch_size // 2
     with torch.no_grad():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from geoplantnet.config import TrainConfig
+from geoplantnet.core.config import TrainConfig
 from geoplantnet.models.losses import (
     BG,
     PA,

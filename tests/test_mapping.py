@@ -18,14 +18,15 @@ import xarray as xr
 import zarr
 from _small_region import SMALL_REGION
 
-from geoplantnet.cluster import connect
-from geoplantnet.config import ClusterConfig, RunConfig, load_config
-from geoplantnet.errors import RefusedError
-from geoplantnet.inference import NODATA, InferenceError, predict_tile_naive, tile_geometry
-from geoplantnet.lease import LeaseError, hold
-from geoplantnet.mapping import MapSources, ensure_model, map_tile, produce_map, read_model
-from geoplantnet.store import StoreError, open_store
-from geoplantnet.tile_store import MANIFEST, finished_tiles
+from geoplantnet.core.config import ClusterConfig, RunConfig, load_config
+from geoplantnet.core.encoding import NODATA
+from geoplantnet.core.errors import RefusedError
+from geoplantnet.inference.dense import InferenceError, predict_tile_naive, tile_geometry
+from geoplantnet.jobs.mapping import MapSources, ensure_model, map_tile, produce_map, read_model
+from geoplantnet.runtime.cluster import connect
+from geoplantnet.storage.lease import LeaseError, hold
+from geoplantnet.storage.store import StoreError, open_store
+from geoplantnet.storage.tiles import MANIFEST, finished_tiles
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -50,7 +51,7 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> Setup:
     """A small virtual region, a model trained on it, and the reference map from an embedded LocalCluster."""
-    from geoplantnet.sdm import virtual_inputs
+    from geoplantnet.jobs.inputs import virtual_inputs
 
     root = tmp_path_factory.mktemp("mapping")
     overrides = [*SMALL, f"workdir={root / 'work'}", f"store.root={root / 'out'}"]
@@ -108,7 +109,7 @@ def test_species_store_is_the_analysts_contract(setup):
 def test_tiles_get_the_region_wide_season_axis(setup):
     import pystac
 
-    from geoplantnet.jobs import composites
+    from geoplantnet.jobs.composites import composites
 
     items = [pystac.Item.from_dict(d) for d in setup.sources.s2_items]
     region = composites(items, setup.cfg)["time"].values
@@ -209,7 +210,7 @@ class RealCluster:
     procs: dict[str, subprocess.Popen]
 
     def client(self):
-        from geoplantnet.cluster import get_client
+        from geoplantnet.runtime.cluster import get_client
 
         return get_client(ClusterConfig(kind="address", address=self.address))
 
@@ -433,4 +434,4 @@ def test_map_command_bad_model_is_one_line(setup, tmp_path):
 
 def test_map_tile_is_the_task_the_driver_ships():
     # the worker preload used above swaps this attribute; the driver must submit it by reference
-    assert map_tile.__module__ == "geoplantnet.mapping"
+    assert map_tile.__module__ == "geoplantnet.jobs.mapping"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from geoplantnet.config import ValidationConfig
+from geoplantnet.core.config import ValidationConfig
 from geoplantnet.validation.metrics import (
     MetricsError,
     auc_per_species,

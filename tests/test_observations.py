@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from shapely.geometry import Point
 
-from geoplantnet.grid import Grid, to_grid_crs
-from geoplantnet.observations import (
+from geoplantnet.core.grid import Grid, to_grid_crs
+from geoplantnet.samples.observations import (
     ObservationsError,
     SpeciesVocabulary,
     background_points,
@@ -92,7 +92,7 @@ def test_target_group_background_follows_the_records():
     lon, lat = _lonlat(200, seed=4)
     x, y = to_grid_crs(np.asarray(lon), np.asarray(lat), 4326)
     keep = x < GRID.left + 1000  # all records in the western fifth: observer bias
-    from geoplantnet.observations import Observations
+    from geoplantnet.samples.observations import Observations
 
     records = pd.DataFrame(
         {"record_id": "r", "survey_id": pd.Series(pd.NA, index=range(keep.sum()), dtype="string"),

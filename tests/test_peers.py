@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geoplantnet.cluster import connect
-from geoplantnet.config import ClusterConfig
+from geoplantnet.core.config import ClusterConfig
 from geoplantnet.models.peers import MaxentPeer, Peer, PeerError, RandomForestPeer, training_rows
+from geoplantnet.runtime.cluster import connect
 from geoplantnet.validation.blocks import spatial_blocks
 from geoplantnet.validation.metrics import cross_validate
 

@@ -12,12 +12,12 @@ from _cube_fixtures import ORIGIN
 from affine import Affine
 from pyproj import Transformer
 
-from geoplantnet.cog import write_cog
-from geoplantnet.cube import CubeError
-from geoplantnet.grid import Grid
-from geoplantnet.predictors import STATIC_DATETIME as STATIC
-from geoplantnet.predictors import PredictorError, environment_stack, from_geotiffs, one_hot
-from geoplantnet.stac_items import AssetSpec, item_from_cogs
+from geoplantnet.core.grid import Grid
+from geoplantnet.sources.cog import write_cog
+from geoplantnet.sources.cube import CubeError
+from geoplantnet.sources.predictors import STATIC_DATETIME as STATIC
+from geoplantnet.sources.predictors import PredictorError, environment_stack, from_geotiffs, model_stack, one_hot
+from geoplantnet.sources.stac_items import AssetSpec, item_from_cogs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 
@@ -62,6 +62,9 @@ def layers(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, Path]:
         "climate", STATIC, [AssetSpec("elevation", str(elev)), AssetSpec("temperature", str(temp))]
     )
     land = item_from_cogs("corine", STATIC, [AssetSpec("land_cover", str(lc))])
+    # the STAC classification extension: the layer declares its classes, which makes it categorical
+    land.assets["land_cover"].extra_fields["classification:classes"] = [{"value": c, "name": f"class {c}"}
+                                                                       for c in CLASSES]
     return [climate, land], folder
 
 
@@ -114,9 +117,17 @@ def test_land_cover_from_other_crs_keeps_codes(tmp_path: Path) -> None:
     path = write_cog(
         tmp_path / "lc.tif", codes, Affine(100, 0, np.floor(e0) - 500, 0, -100, np.floor(n0) + 3500), 32632, nodata=0
     )
-    items = from_geotiffs({"land_cover": path})
+    items = from_geotiffs({"land_cover": path}, categorical={"land_cover"})
     values = environment_stack(items, GRID, chunk=32).values
     assert set(np.unique(values[np.isfinite(values)])) <= set(CLASSES)
+    # its classes were read from the file (nodata 0 left out) and become one indicator layer each
+    model = model_stack(items, GRID, chunk=32)
+    assert list(model["var"].values) == [f"land_cover_{c}" for c in CLASSES]
+    # a class raster nobody declared is just numbers: averaged, as any continuous layer
+    plain = environment_stack(from_geotiffs({"land_cover": path}), GRID, chunk=32)
+    assert list(plain.resampling.values) == ["bilinear"]
+    with pytest.raises(PredictorError, match=r"categorical layers \['soil'\] are not among the rasters"):
+        from_geotiffs({"land_cover": path}, categorical={"soil"})
 
 
 def test_units_and_user_geotiffs(layers: tuple[list, Path], tmp_path: Path) -> None:
@@ -182,7 +193,7 @@ def _stack_file(path: Path, values: np.ndarray, crs: str | None = "EPSG:4326") -
 def test_split_bands_never_reuses_another_rasters_layers(tmp_path: Path) -> None:
     import rasterio
 
-    from geoplantnet.predictors import split_bands
+    from geoplantnet.sources.predictors import split_bands
 
     cache = tmp_path / "work" / "predictors"
     first = split_bands(_stack_file(tmp_path / "bio.tif", np.ones((2, 8, 8))), cache)
@@ -198,7 +209,7 @@ def test_split_bands_never_reuses_another_rasters_layers(tmp_path: Path) -> None
 
 
 def test_split_bands_without_crs_or_file_is_one_clear_error(tmp_path: Path) -> None:
-    from geoplantnet.predictors import split_bands
+    from geoplantnet.sources.predictors import split_bands
 
     path = _stack_file(tmp_path / "nocrs.tif", np.ones((2, 4, 4)), crs=None)
     with pytest.raises(PredictorError, match=r"nocrs\.tif: the raster has no CRS"):

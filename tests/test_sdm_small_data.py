@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from geoplantnet.errors import InputError
-from geoplantnet.sdm import NoPredictorDataError, _check_predictor_data, _json_safe, _model_summary
+from geoplantnet.core.errors import InputError
+from geoplantnet.jobs.sdm import NoPredictorDataError, _check_predictor_data, _json_safe, _model_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 BRADYPUS = ROOT.parent / "shared" / "data" / "real" / "predicts_bradypus_bioclim"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from geoplantnet.errors import InputError
-from geoplantnet.selection import (
+from geoplantnet.core.errors import InputError
+from geoplantnet.storage.selection import (
     SpeciesIndex,
     SpeciesSelectionError,
     UnknownSpeciesError,

@@ -9,7 +9,7 @@ import rasterio
 import shapely
 from scipy import ndimage
 
-from geoplantnet.config import GridConfig, SimConfig
+from geoplantnet.core.config import GridConfig, SimConfig
 from geoplantnet.sim.environment import (
     ENV_UNITS,
     ENV_VARIABLES,
@@ -20,7 +20,7 @@ from geoplantnet.sim.environment import (
     write_environment,
 )
 from geoplantnet.sim.fields import FieldError, RandomField, hash_uniform
-from geoplantnet.stac_items import read_ndjson
+from geoplantnet.sources.stac_items import read_ndjson
 
 SIM = SimConfig(seed=42)
 GRID = GridConfig(width_m=10_000, height_m=10_000).grid(50.0)  # 200 x 200: mountains, valleys, towns
@@ -203,7 +203,7 @@ def test_write_environment_is_deterministic(written, tmp_path):
 
 def test_environment_stack_reprojects_the_items(written):
     """The consumer's path: lon/lat layers warped back onto the EPSG:3035 grid agree with the model."""
-    from geoplantnet.predictors import environment_stack
+    from geoplantnet.sources.predictors import environment_stack
 
     _, items = written
     stack = environment_stack(items, SMALL, chunk=64).compute()

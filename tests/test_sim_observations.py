@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import rasterio.features
 
-from geoplantnet.config import GridConfig, SimConfig
+from geoplantnet.core.config import GridConfig, SimConfig
 from geoplantnet.sim.environment import Environment
 from geoplantnet.sim.habitats import LEVEL1, MIN_DIAGNOSTIC_COVER, HabitatError, HabitatSet, expected_cover
 from geoplantnet.sim.observations import (

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from geoplantnet.config import GridConfig, RunConfig, SimConfig
+from geoplantnet.core.config import GridConfig, RunConfig, SimConfig
 from geoplantnet.sim.region import MANIFEST, RegionError, RegionManifest, config_hash, generate_region, truth_window
-from geoplantnet.stac_items import read_ndjson
-from geoplantnet.store import open_store
+from geoplantnet.sources.stac_items import read_ndjson
+from geoplantnet.storage.store import open_store
 
 CONFIG = RunConfig(
     grid=GridConfig(width_m=1000, height_m=1000, resolution=50),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from geoplantnet.config import GridConfig, SimConfig
+from geoplantnet.core.config import GridConfig, SimConfig
 from geoplantnet.sim.environment import Environment
 from geoplantnet.sim.sentinel2 import (
     BANDS,
@@ -25,7 +25,7 @@ from geoplantnet.sim.sentinel2 import (
     plan_dates,
     write_sentinel2,
 )
-from geoplantnet.stac_items import read_ndjson
+from geoplantnet.sources.stac_items import read_ndjson
 
 # seed 1 on this region: clear dates, cloudy dates with shadows, two dates with an orbit edge (see plan_dates)
 SIM = SimConfig(seed=1, dates_per_season=2, chunk=64)

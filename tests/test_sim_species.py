@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from geoplantnet.grid import Grid
+from geoplantnet.core.grid import Grid
 from geoplantnet.sim.species import GROWTH_FORMS, NICHE_VARIABLES, SpeciesError, SpeciesPool
 
 GRID = Grid(50.0, 4_321_000.0, 2_981_000.0, 40, 40)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from geoplantnet.config import ModelConfig
+from geoplantnet.core.config import ModelConfig
 from geoplantnet.models.species_net import ModelError, ModelSpec, SpeciesNet
-from geoplantnet.training_set import NormStats
+from geoplantnet.samples.training_set import NormStats
 
 CFG = ModelConfig(patch_size=8, env_patch_size=5, width=8, depth=2, series_hidden=8, env_hidden=8, fusion_hidden=16)
 SHAPES = {"patch": (10, 8, 8), "series": (4, 4), "env": (6, 5, 5)}  # 2 seasons x 4 bands + 2 masks; 3 bands + mask

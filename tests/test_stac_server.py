@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from geoplantnet import stac_server
-from geoplantnet.stac_server import StacServer, StacServerError, free_port
+from geoplantnet.sim import stac_server
+from geoplantnet.sim.stac_server import StacServer, StacServerError, free_port
 
 
 def _get(url: str) -> dict:
@@ -90,7 +90,7 @@ def test_pgstac_load_error_names_the_file(pgstac_server, tmp_path):
 def test_pgstac_needs_its_password_which_is_never_written_down(pgstac_server, monkeypatch):
     import psycopg
 
-    from geoplantnet.catalog import search
+    from geoplantnet.sources.catalog import search
 
     # libpq would otherwise take a password from the environment or ~/.pgpass.
     monkeypatch.delenv("PGPASSWORD", raising=False)
@@ -135,7 +135,7 @@ def test_serve_forever_prints_the_url_and_stops_on_sigterm(stac_collection):
     coll, items, _ = stac_collection
     port = free_port()
     code = (
-        "import sys; from geoplantnet.stac_server import serve_forever; "
+        "import sys; from geoplantnet.sim.stac_server import serve_forever; "
         f"serve_forever('memory', '127.0.0.1', {port}, [(sys.argv[1], sys.argv[2])])"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(coll), str(items)], stdout=subprocess.PIPE, text=True)

@@ -10,11 +10,11 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 import zarr
 
-from geoplantnet.config import ConfigError, load_config
-from geoplantnet.errors import RefusedError
-from geoplantnet.grid import Grid
-from geoplantnet.lease import LeaseError, acquire
-from geoplantnet.store import COMPLETE, PARTS_ATTR, StoreError, open_store, storage_options_for, write_store
+from geoplantnet.core.config import ConfigError, load_config
+from geoplantnet.core.errors import RefusedError
+from geoplantnet.core.grid import Grid
+from geoplantnet.storage.lease import LeaseError, acquire
+from geoplantnet.storage.store import COMPLETE, PARTS_ATTR, StoreError, open_store, storage_options_for, write_store
 
 GRID = Grid(20.0, 4_321_000.0, 2_981_000.0, 64, 48)
 RUN_A = {"product": "composites", "parts": {"grid": GRID.label(), "cube": "aaaa", "inputs": "1111"}}

@@ -8,8 +8,9 @@ import pytest
 import torch
 from distributed import Client, LocalCluster
 
-from geoplantnet.config import ConfigError, RunConfig
-from geoplantnet.train import (
+from geoplantnet.core.config import ConfigError, RunConfig
+from geoplantnet.samples.training_set import ChunkBatchSampler, TrainingSet, TrainingSetError, write_training_set
+from geoplantnet.training.train import (
     ModelFileError,
     TrainError,
     _auc,
@@ -20,7 +21,6 @@ from geoplantnet.train import (
     train_model,
     train_on_cluster,
 )
-from geoplantnet.training_set import ChunkBatchSampler, TrainingSet, TrainingSetError, write_training_set
 
 N, SPECIES, SEASONS, BANDS, PATCH, ENV_VARS, ENV_SIZE = 300, 20, 2, 3, 8, 4, 3
 MODEL = {"patch_size": PATCH, "env_patch_size": ENV_SIZE, "width": 8, "depth": 2, "series_hidden": 8,

@@ -1,6 +1,7 @@
 """Losses for presence-absence surveys, presence-only records and background points, alone or mixed in one batch.
 
-Rows are tagged by source (0 ``pa``, 1 ``po``, 2 ``bg``; see :data:`geoplantnet.training_set.SOURCE_CODE`); labels are
+Rows are tagged by source (0 ``pa``, 1 ``po``, 2 ``bg``; see :data:`geoplantnet.samples.training_set.SOURCE_CODE`);
+labels are
 1 present, 0 absent, -1 unknown.
 
 * Presence-absence: binary cross-entropy over the known labels only (-1 ignored).
@@ -16,7 +17,7 @@ Rows are tagged by source (0 ``pa``, 1 ``po``, 2 ``bg``; see :data:`geoplantnet.
   with species weights ``w_s = n / n_s`` (records in the training set over records of ``s``: the inverse frequency,
   so rare species count as much as common ones), other species' records as pseudo-absences weighted ``1 - lambda2``
   and (target-group) background points weighted ``lambda2``. The paper's best setting, lambda2 = 0.5 (lambda1 = 1),
-  is the default of :class:`geoplantnet.config.TrainConfig`. Record and background terms are each averaged over
+  is the default of :class:`geoplantnet.core.config.TrainConfig`. Record and background terms are each averaged over
   their own rows of the batch, so their ratio in a batch does not change the balance.
 
 :func:`combined_loss` mixes the presence-absence and presence-only parts of a batch in proportion to their rows.
@@ -31,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geoplantnet.config import TrainConfig
-from geoplantnet.training_set import SOURCE_CODE
+from geoplantnet.core.config import TrainConfig
+from geoplantnet.samples.training_set import SOURCE_CODE
 
 PA, PO, BG = SOURCE_CODE["pa"], SOURCE_CODE["po"], SOURCE_CODE["bg"]
 PoLoss = Literal["full_weighted", "assume_negative"]

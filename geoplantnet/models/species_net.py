@@ -12,7 +12,8 @@ Every encoder is a function of a finite neighbourhood only, so the same weights 
   summary as the patch (an MLP when ``E = 1``).
 * fusion: concat -> Linear(fusion_hidden) -> GELU -> Dropout -> Linear(n_species), applied per pixel.
 
-The point a patch describes sits at index ``P // 2`` (see :mod:`geoplantnet.training_set`), so a dense tile needs a
+The point a patch describes sits at index ``P // 2`` (see :mod:`geoplantnet.samples.training_set`), so a dense tile
+needs a
 halo of ``P // 2`` pixels before and ``P - 1 - P // 2`` after each axis (:meth:`ModelSpec.halo`).
 Weights are always built from :class:`ModelSpec`, never downloaded.
 """
@@ -25,8 +26,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
-from geoplantnet.config import ModelConfig
-from geoplantnet.training_set import NormStats
+from geoplantnet.core.config import ModelConfig
+from geoplantnet.samples.training_set import NormStats
 
 SPEC_VERSION = "2"  # 2: patch pooling choice, input channel names
 MODALITIES = ("patch", "series", "env")
@@ -158,8 +159,8 @@ class SpeciesNet(nn.Module):
     """Late-fusion multimodal network; one encoder per modality present in ``modalities``.
 
     ``modalities`` maps ``"patch"``, ``"series"``, ``"env"`` to the shape of one prepared sample (channels first):
-    ``(C, P, P)``, ``(C, season)``, ``(C, E, E)``, as :meth:`geoplantnet.training_set.TrainingSet.modality_shapes`
-    gives them.
+    ``(C, P, P)``, ``(C, season)``, ``(C, E, E)``, as
+    :meth:`geoplantnet.samples.training_set.TrainingSet.modality_shapes` gives them.
     """
 
     def __init__(self, model_cfg: ModelConfig, n_species: int, modalities: Mapping[str, Sequence[int]]) -> None:
@@ -244,7 +245,7 @@ class SpeciesNet(nn.Module):
         ``eval()`` mode (BatchNorm statistics and dropout must be frozen for that equality).
 
         ``patch_sample=(rows, cols)`` keeps only those rows and columns of the patch feature map, for a patch on a finer
-        grid than the output (Sentinel-2 at 20 m under a 50 m map, see :mod:`geoplantnet.inference`).
+        grid than the output (Sentinel-2 at 20 m under a 50 m map, see :mod:`geoplantnet.inference.dense`).
         """
         inputs = {"patch": patch_tile, "series": series_tile, "env": env_tile}
         self._check(inputs, lead=0)

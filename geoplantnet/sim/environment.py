@@ -29,11 +29,11 @@ import shapely
 from affine import Affine
 from tqdm.auto import tqdm
 
-from geoplantnet.cog import CogWriter
-from geoplantnet.config import SimConfig
-from geoplantnet.grid import Grid, GridError, to_grid_crs
+from geoplantnet.core.config import SimConfig
+from geoplantnet.core.grid import Grid, GridError, to_grid_crs
 from geoplantnet.sim.fields import RandomField, hash_uniform, mesh
-from geoplantnet.stac_items import AssetSpec, collection_for, item_from_cogs, write_collection
+from geoplantnet.sources.cog import CogWriter
+from geoplantnet.sources.stac_items import AssetSpec, collection_for, item_from_cogs, write_collection
 
 LAND_COVER_CLASSES: dict[int, str] = {
     1: "urban",

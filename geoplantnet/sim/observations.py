@@ -23,7 +23,7 @@ import rasterio.features
 from scipy import ndimage
 from shapely.geometry import shape
 
-from geoplantnet.grid import Grid
+from geoplantnet.core.grid import Grid
 from geoplantnet.sim.habitats import HabitatSet, mean_cover_if_present
 from geoplantnet.sim.species import SpeciesPool
 

@@ -39,9 +39,9 @@ import zarr
 from tqdm.auto import tqdm
 
 import geoplantnet
-from geoplantnet.config import RunConfig, redact
-from geoplantnet.errors import InputError
-from geoplantnet.grid import Grid
+from geoplantnet.core.config import RunConfig, redact
+from geoplantnet.core.errors import InputError
+from geoplantnet.core.grid import Grid
 from geoplantnet.sim.habitats import HabitatSet
 from geoplantnet.sim.observations import (
     sample_plots,
@@ -51,8 +51,8 @@ from geoplantnet.sim.observations import (
     write_geoparquet,
 )
 from geoplantnet.sim.species import SpeciesPool
-from geoplantnet.stac_items import collection_for, write_collection
-from geoplantnet.store import COMPLETE
+from geoplantnet.sources.stac_items import collection_for, write_collection
+from geoplantnet.storage.store import COMPLETE
 
 MANIFEST = "region.json"
 SUBDIRS = ("environment", "sentinel2", "truth", "tables", "observations", "value")

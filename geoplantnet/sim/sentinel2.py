@@ -33,12 +33,12 @@ import rasterio.env
 from scipy.special import ndtri
 from tqdm.auto import tqdm
 
-from geoplantnet.cog import CogWriter
-from geoplantnet.config import SimConfig
-from geoplantnet.grid import Grid, GridError
+from geoplantnet.core.config import SimConfig
+from geoplantnet.core.grid import Grid, GridError
 from geoplantnet.sim.environment import Environment
 from geoplantnet.sim.fields import RandomField, hash_uniform, mesh
-from geoplantnet.stac_items import AssetSpec, collection_for, item_from_cogs, write_collection
+from geoplantnet.sources.cog import CogWriter
+from geoplantnet.sources.stac_items import AssetSpec, collection_for, item_from_cogs, write_collection
 
 S2_BANDS: dict[str, tuple[float, float, str | None]] = {
     "B02": (10.0, 0.490, "blue"),

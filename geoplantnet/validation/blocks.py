@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import curve_fit
 from scipy.spatial.distance import pdist
 
-from geoplantnet.errors import InputError
+from geoplantnet.core.errors import InputError
 
 KM = 1000.0
 _MAX_VARIOGRAM_POINTS = 2000  # 2e6 pairs: enough for a stable semivariogram, bounded memory and time

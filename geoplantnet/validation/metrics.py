@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from geoplantnet.config import ValidationConfig
+from geoplantnet.core.config import ValidationConfig
 
 PA = "pa"
 # Fewer test presences (or absences) than this: AUC/TSS of a species in a fold rest on a handful of points (an AUC from

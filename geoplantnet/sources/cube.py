@@ -1,4 +1,4 @@
-"""STAC items -> lazy Sentinel-2 cubes ``(time, band, y, x)`` exactly on a :class:`~geoplantnet.grid.Grid`.
+"""STAC items -> lazy Sentinel-2 cubes ``(time, band, y, x)`` exactly on a :class:`~geoplantnet.core.grid.Grid`.
 
 stackstac builds the Dask graph from item metadata only; no pixel is read until a task runs. Every asset is warped
 onto the grid's EPSG:3035 pixels (items in other CRSs, e.g. UTM tiles, are reprojected by GDAL inside the read task).
@@ -32,8 +32,8 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from stackstac.rio_reader import AutoParallelRioReader
 
-from geoplantnet.errors import InputError
-from geoplantnet.grid import Grid
+from geoplantnet.core.errors import InputError
+from geoplantnet.core.grid import Grid
 
 # SCL classes treated as "not a clear land/water observation": no data, saturated, cloud shadow, cloud medium and
 # high probability, thin cirrus. Snow (11) is kept: it is a real surface state for alpine plant habitats.

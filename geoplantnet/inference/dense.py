@@ -1,7 +1,8 @@
 """Dense inference on one tile: one fully convolutional pass gives every map pixel's species probabilities.
 
 Geometry. The map grid (e.g. 50 m) and the Sentinel-2 cube grid (e.g. 20 m) need not match. The sample of a map
-pixel is what training saw at a point (:mod:`geoplantnet.extraction`): the ``P x P`` cube patch whose index ``P // 2``
+pixel is what training saw at a point (:mod:`geoplantnet.samples.extraction`): the ``P x P`` cube patch whose
+index ``P // 2``
 is the cube pixel holding the map pixel's centre, that cube pixel's seasonal series, and the ``E x E`` environmental
 patch around the map pixel (environmental layers lie on the map grid). So the patch encoder runs once over the cube
 window under the tile and its feature map is *sampled* at the cube pixels holding the map centres; the environmental
@@ -22,13 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from geoplantnet.errors import InputError
-from geoplantnet.grid import Grid, Tile
+from geoplantnet.core.encoding import NODATA, SCALE
+from geoplantnet.core.errors import InputError
+from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
-from geoplantnet.training_set import prepare_env, prepare_patch, prepare_series
-
-NODATA = 255
-SCALE = 254
+from geoplantnet.samples.training_set import prepare_env, prepare_patch, prepare_series
 
 
 class InferenceError(InputError):

@@ -10,41 +10,29 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import xarray as xr
 from distributed import Client
-from rasterio.errors import RasterioError
 
-from geoplantnet import predictors
-from geoplantnet.config import ConfigError, RunConfig
-from geoplantnet.errors import InputError
-from geoplantnet.extraction import extract_samples
-from geoplantnet.grid import Grid
+from geoplantnet.core.config import RunConfig
+from geoplantnet.core.errors import InputError
+from geoplantnet.core.grid import Grid
+from geoplantnet.jobs.inputs import Inputs
 from geoplantnet.models.peers import MaxentPeer, RandomForestPeer
-from geoplantnet.observations import Observations, SpeciesVocabulary, build_samples
-from geoplantnet.train import TrainResult, load_model, predict, train_on_cluster
-from geoplantnet.training_set import open_training_set
+from geoplantnet.samples.extraction import extract_samples
+from geoplantnet.samples.observations import SpeciesVocabulary, build_samples
+from geoplantnet.samples.training_set import open_training_set
+from geoplantnet.sources import predictors
+from geoplantnet.training.train import TrainResult, load_model, predict, train_on_cluster
 from geoplantnet.validation.blocks import blocks_geodataframe, choose_block_size, spatial_blocks, validation_split
 from geoplantnet.validation.metrics import cross_validate
 from geoplantnet.validation.report import informative_folds, report_warnings, write_report
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SdmInputs:
-    """What one SDM run reads: observations, predictor items, optional Sentinel-2 items and the true probabilities."""
-
-    observations: Observations
-    env_items: list
-    s2_items: list | None = None
-    truth: xr.DataArray | None = None  # (species, y, x) true probabilities on the map grid (virtual region only)
-    notes: list[str] = field(default_factory=list)
 
 
 class CnnPeer:
@@ -154,7 +142,7 @@ def _check_predictor_data(labels: np.ndarray, rows: np.ndarray, env: xr.DataArra
         )
 
 
-def prepare_samples(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) -> PreparedSamples:
+def prepare_samples(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> PreparedSamples:
     """Observations -> samples -> training set (extracted on the cluster) -> kept samples and the block size."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +157,7 @@ def prepare_samples(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Cl
     env = predictors.model_stack(inputs.env_items, grid, chunk=cfg.cube.chunk)
     composite = None
     if inputs.s2_items:
-        from geoplantnet.jobs import composites
+        from geoplantnet.jobs.composites import composites
 
         composite = composites(inputs.s2_items, cfg)
     path = str(out_dir / "training.zarr")
@@ -221,7 +209,7 @@ def prepare_samples(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Cl
     )
 
 
-def train_map_model(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) -> TrainResult:
+def train_map_model(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> TrainResult:
     """Train the species network on every kept sample (early stopping on a block-based validation split) for mapping."""
     data = prepare_samples(cfg, inputs, out_dir, client)
     cnn = CnnPeer(cfg, data.path, client, Path(out_dir) / "model", data.x_all, data.y_all, data.block)
@@ -229,7 +217,7 @@ def train_map_model(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Cl
     return cnn.runs[-1]
 
 
-def run_sdm(cfg: RunConfig, inputs: SdmInputs, out_dir: Path, client: Client) -> dict[str, Any]:
+def run_sdm(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> dict[str, Any]:
     """Build the training set, cross-validate every model on spatial blocks, write the report; return the summary."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -331,70 +319,3 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def virtual_inputs(cfg: RunConfig, *, progress: bool = False) -> SdmInputs:
-    """The virtual region's observations, predictors (searched through its STAC API) and true probabilities."""
-    from geoplantnet import catalog
-    from geoplantnet.jobs import stac_api
-    from geoplantnet.observations import from_virtual_region
-    from geoplantnet.sim.region import generate_region
-    from geoplantnet.store import open_store
-
-    manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
-    grid = cfg.grid.grid(cfg.cube.resolution)
-    with stac_api(cfg, progress) as url:
-        where = {"bbox": grid.bounds, "bbox_crs": grid.epsg, "timeout": cfg.stac.timeout, "retries": cfg.stac.retries}
-        s2 = list(catalog.search(url, cfg.stac.s2_collection, max_cloud_cover=cfg.cube.max_cloud_cover, **where))
-        env = list(catalog.search(url, cfg.stac.env_collection, **where))
-    truth = open_store(str(manifest.truth_species))["probability"]
-    return SdmInputs(from_virtual_region(manifest), env, s2, truth, [f"virtual region {manifest.root}"])
-
-
-def user_inputs(
-    cfg: RunConfig,
-    observations: Path,
-    rasters: list[Path],
-    *,
-    crs: str = "EPSG:4326",
-    x: str = "lon",
-    y: str = "lat",
-    species: str = "species",
-    presence: str | None = None,
-    survey: str | None = None,
-    with_s2: bool = False,
-) -> SdmInputs:
-    """A user's observations file (CSV or GeoParquet) and predictor GeoTIFFs (any CRS), optionally with Sentinel-2."""
-    from geoplantnet import catalog
-    from geoplantnet.observations import load_observations
-
-    if not rasters:
-        raise InputError("no predictor rasters given (--rasters a.tif b.tif ...)")
-    grid = cfg.grid.grid()
-    obs = load_observations(
-        observations, crs=crs, x=x, y=y, species=species, presence=presence, survey=survey, grid=grid
-    )
-    layers: dict[str, Path] = {}
-    for path in rasters:
-        try:
-            with rasterio.open(path) as ds:
-                multi = ds.count > 1
-        except RasterioError as exc:
-            raise predictors.PredictorError(f"{path}: cannot open as a raster: {' '.join(str(exc).split())}") from None
-        layers.update(
-            predictors.split_bands(path, Path(cfg.workdir) / "predictors") if multi else {Path(path).stem: Path(path)}
-        )
-    env_items = predictors.from_geotiffs(layers)
-    s2 = None
-    if with_s2:
-        if not cfg.stac.url:
-            raise ConfigError("--with-s2 needs a STAC API: --set stac.url=https://...")
-        cgrid = cfg.grid.grid(cfg.cube.resolution)
-        s2 = list(
-            catalog.search(
-                cfg.stac.url, cfg.stac.s2_collection, bbox=cgrid.bounds, bbox_crs=cgrid.epsg,
-                datetime=cfg.cube.datetime, max_cloud_cover=cfg.cube.max_cloud_cover,
-                timeout=cfg.stac.timeout, retries=cfg.stac.retries,
-            )
-        )
-    return SdmInputs(obs, env_items, s2, None, [f"observations {observations}; rasters {[p.name for p in rasters]}"])

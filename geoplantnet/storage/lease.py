@@ -27,7 +27,7 @@ from typing import Any
 
 import fsspec
 
-from geoplantnet.errors import RefusedError, ServiceError
+from geoplantnet.core.errors import RefusedError, ServiceError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,9 @@
 Layers come as STAC items whose assets are single-band COGs in any CRS (asset key = variable name); user GeoTIFFs
 become such items on the fly (:func:`from_geotiffs`), so every raster goes through the same stackstac path as the
 Sentinel-2 cube. Continuous variables are resampled bilinearly, categorical ones (land cover) by nearest neighbour,
-so class codes are never averaged.
+so class codes are never averaged. A layer is categorical when its item declares its classes (the STAC
+classification extension, ``classification:classes`` on the asset or the item) or when the caller names it; the
+species models take it as one indicator layer per declared class.
 """
 
 from __future__ import annotations
@@ -15,18 +17,19 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pystac
 import rasterio
 import stackstac
 import xarray as xr
 from rasterio.errors import RasterioError
 
-from geoplantnet.cog import write_cog
-from geoplantnet.cube import CubeError, stack_items
-from geoplantnet.grid import Grid
-from geoplantnet.stac_items import AssetSpec, item_from_cogs
+from geoplantnet.core.grid import Grid
+from geoplantnet.sources.cog import write_cog
+from geoplantnet.sources.cube import CubeError, stack_items
+from geoplantnet.sources.stac_items import AssetSpec, item_from_cogs
 
-CATEGORICAL = frozenset({"land_cover"})
+CLASSES_KEY = "classification:classes"
 # Fallback units where an asset's raster:bands has no "unit".
 DEFAULT_UNITS: dict[str, str] = {
     "elevation": "m",
@@ -63,13 +66,14 @@ def environment_stack(
     variables: Sequence[str] | None = None,
     resampling: Mapping[str, str] | None = None,
     chunk: int = 512,
-    categorical: Collection[str] = CATEGORICAL,
+    categorical: Collection[str] = (),
     check_assets: bool = False,
 ) -> xr.DataArray:
     """Lazy float32 ``(var, y, x)`` of environmental layers on ``grid``; nodata -> NaN, chunks (1, c, c).
 
     ``variables`` defaults to every data asset key in ``items`` (first-seen order). ``resampling`` overrides the
-    per-variable default ("nearest" for ``categorical`` variables, else "bilinear"). Where several items hold one
+    per-variable default ("nearest" for categorical variables: those in ``categorical`` or with declared classes,
+    else "bilinear"). Where several items hold one
     variable (tiles of a layer), the first item with data wins per pixel. Coords ``units`` and ``resampling`` run
     along ``var``.
     """
@@ -91,7 +95,8 @@ def environment_stack(
         holders = available.get(var)
         if not holders:
             raise PredictorError(f"no item has an asset for variable {var!r} (assets: {', '.join(available)})")
-        method = overrides.get(var, "nearest" if var in categorical else "bilinear")
+        is_class = var in categorical or declared_classes(holders, var) is not None
+        method = overrides.get(var, "nearest" if is_class else "bilinear")
         stack = stack_items(
             holders,
             grid,
@@ -163,10 +168,14 @@ def from_geotiffs(
     when: datetime = STATIC_DATETIME,
     collection: str = "user-predictors",
     units: Mapping[str, str] | None = None,
+    categorical: Collection[str] = (),
 ) -> list[pystac.Item]:
     """One STAC item per single-band GeoTIFF (any EPSG CRS); the asset key is the mapping key or the file stem.
 
-    The files are only opened for their headers; pass the items to :func:`environment_stack`.
+    The files are only opened for their headers, except the ``categorical`` ones (land cover, soil classes): their
+    class values are read once and declared on the asset (``classification:classes``), so they are resampled by
+    nearest neighbour and given to the models as one indicator layer per class. Pass the items to
+    :func:`environment_stack` or :func:`model_stack`.
     """
     named = dict(paths) if isinstance(paths, Mapping) else {Path(p).stem: p for p in paths}
     if not named:
@@ -190,8 +199,27 @@ def from_geotiffs(
         unit = (units or {}).get(var) or DEFAULT_UNITS.get(var)
         if unit:
             item.assets[var].extra_fields["raster:bands"][0]["unit"] = unit
+        if var in categorical:
+            item.assets[var].extra_fields[CLASSES_KEY] = [{"value": v, "name": str(v)} for v in raster_classes(href)]
         items.append(item)
+    unknown = sorted(set(categorical) - set(named))
+    if unknown:
+        raise PredictorError(f"categorical layers {unknown} are not among the rasters {sorted(named)}")
     return items
+
+
+def raster_classes(path: str | os.PathLike[str], limit: int = 256) -> list[int]:
+    """The distinct values of a single-band class raster (its nodata left out), read block by block."""
+    found: set[int] = set()
+    with rasterio.open(path) as ds:
+        if ds.dtypes[0].startswith("float"):
+            raise PredictorError(f"{path}: float values; a categorical layer holds integer class codes")
+        for _, window in ds.block_windows(1):
+            block = ds.read(1, window=window)
+            found.update(int(v) for v in np.unique(block) if ds.nodata is None or v != ds.nodata)
+            if len(found) > limit:
+                raise PredictorError(f"{path}: more than {limit} distinct values; is it really a class raster?")
+    return sorted(found)
 
 
 def one_hot(land_cover: xr.DataArray, classes: Sequence[int], *, name: str | None = None) -> xr.DataArray:
@@ -212,13 +240,30 @@ def one_hot(land_cover: xr.DataArray, classes: Sequence[int], *, name: str | Non
     return out
 
 
-def model_stack(items: Iterable[pystac.Item], grid: Grid, *, chunk: int = 512) -> xr.DataArray:
-    """The environmental predictors as the species models take them: :func:`environment_stack` with land cover as
-    one indicator layer per class (class codes are not magnitudes). Training and map production both use this."""
-    env = environment_stack(items, grid, chunk=chunk)
-    if "land_cover" not in env["var"].values:
-        return env
-    from geoplantnet.sim.environment import LAND_COVER_CLASSES
+def declared_classes(items: Sequence[pystac.Item], var: str) -> list[int] | None:
+    """The class values a layer declares (``classification:classes`` on its asset, else on its item), or None."""
+    for item in items:
+        asset = item.assets.get(var)
+        for where in (asset.extra_fields if asset is not None else {}, item.properties):
+            classes = where.get(CLASSES_KEY)
+            if classes:
+                return sorted(int(c["value"]) for c in classes)
+    return None
 
-    cover = one_hot(env.sel(var="land_cover"), sorted(LAND_COVER_CLASSES))
-    return xr.concat([env.drop_sel(var="land_cover"), cover], dim="var")
+
+def model_stack(items: Iterable[pystac.Item], grid: Grid, *, chunk: int = 512) -> xr.DataArray:
+    """The environmental predictors as the species models take them: :func:`environment_stack` with each layer that
+    declares classes as one indicator layer per class (class codes are not magnitudes). Training and map production
+    both use this."""
+    items = list(items)
+    env = environment_stack(items, grid, chunk=chunk)
+    layers, plain = [], []
+    for var in env["var"].values:
+        classes = declared_classes([i for i in items if var in i.assets], str(var))
+        if classes is None:
+            plain.append(var)
+        else:
+            layers.append(one_hot(env.sel(var=var), classes))
+    if not layers:
+        return env
+    return xr.concat([env.sel(var=plain), *layers], dim="var")

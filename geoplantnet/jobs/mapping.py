@@ -1,8 +1,9 @@
 """Map production: a trained species model applied over the whole grid, one Dask task per tile, into ``species.zarr``.
 
 Each task builds a lazy cube over exactly its tile plus the model's halo (stackstac on the window grid, only the
-items that touch it), reads it, runs the model densely (:mod:`geoplantnet.inference`) and writes its own region of the
-store with a marker (:mod:`geoplantnet.tile_store`). The model is loaded once per worker process and kept. The driver
+items that touch it), reads it, runs the model densely (:mod:`geoplantnet.inference.dense`) and writes its own region
+of the
+store with a marker (:mod:`geoplantnet.storage.tiles`). The model is loaded once per worker process and kept. The driver
 streams tiles to the cluster (a bounded number in flight, so the scheduler's graph stays small for a continent) and
 skips tiles a previous run of the same fingerprint already wrote.
 """
@@ -31,23 +32,24 @@ import torch
 from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
-from geoplantnet import predictors, tile_store
-from geoplantnet.cluster import require_resources, task_resources
-from geoplantnet.config import RunConfig, redact
-from geoplantnet.cube import item_footprint, overlaps
-from geoplantnet.errors import GeoplantnetError
-from geoplantnet.grid import Grid, Tile
-from geoplantnet.inference import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
-from geoplantnet.lease import Lease
+from geoplantnet.core.config import RunConfig, redact
+from geoplantnet.core.errors import GeoplantnetError
+from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.inference.dense import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
-from geoplantnet.store import (
+from geoplantnet.runtime.cluster import require_resources, task_resources
+from geoplantnet.sources import predictors
+from geoplantnet.sources.cube import item_footprint, overlaps
+from geoplantnet.storage import tiles as tile_store
+from geoplantnet.storage.lease import Lease
+from geoplantnet.storage.store import (
     fingerprint,
     preflight,
     run_id,
     storage_options_for,
     writing,
 )
-from geoplantnet.train import ModelFileError, load_model, resolve_device
+from geoplantnet.training.train import ModelFileError, load_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class MapSources:
         cls, cfg: RunConfig, s2_items: Sequence[pystac.Item] | None, env_items: Sequence[pystac.Item]
     ) -> MapSources:
         """Sources for a run. The season axis is the region-wide composite's: every period between the first and the
-        last acquisition (:func:`geoplantnet.cube.seasonal_composite` resamples the same way)."""
+        last acquisition (:func:`geoplantnet.sources.cube.seasonal_composite` resamples the same way)."""
         seasons = None
         if s2_items:
             times = pd.DatetimeIndex([pd.Timestamp(item.datetime).tz_convert(None) for item in s2_items])
@@ -125,7 +127,7 @@ class MapSources:
         return patch, env
 
     def _composite(self, spec: ModelSpec, window: Grid) -> np.ndarray:
-        from geoplantnet.jobs import composites
+        from geoplantnet.jobs.composites import composites
 
         n_bands = len(spec.bands) if spec.bands else len(self.cfg.cube.bands) + len(self.cfg.cube.indices)
         shape = (len(self.seasons or ()), n_bands, window.height, window.width)
@@ -418,7 +420,7 @@ def produce_map(
 
 def _asset_state(item: Mapping[str, Any]) -> list[Any]:
     """Each local asset's size and modification time: a file replaced under the same name changes them."""
-    from geoplantnet.stac_items import local_path
+    from geoplantnet.sources.stac_items import local_path
 
     state: list[Any] = []
     for key, asset in sorted(item.get("assets", {}).items()):
@@ -452,7 +454,7 @@ def ensure_model(cfg: RunConfig, inputs: Any, client: Client) -> tuple[str, dict
     trained now, how."""
     from pathlib import Path
 
-    from geoplantnet.sdm import train_map_model
+    from geoplantnet.jobs.sdm import train_map_model
 
     model_dir = Path(cfg.workdir) / "map-models" / _training_key(cfg, inputs)
     cached = model_dir / "model" / "fold-0" / "model.pt"
@@ -472,9 +474,9 @@ def run_map(
 ) -> dict[str, Any]:
     """The map job on the virtual region: inputs through its STAC API, the model (``model``, ``map.model``, or one
     trained here and cached by configuration), then :func:`produce_map` on the configured cluster."""
-    from geoplantnet.cluster import connect
-    from geoplantnet.sdm import virtual_inputs
-    from geoplantnet.store import join
+    from geoplantnet.jobs.inputs import virtual_inputs
+    from geoplantnet.runtime.cluster import connect
+    from geoplantnet.storage.store import join
 
     store_url = out or join(cfg.store.root, "species.zarr")
     storage_options = storage_options_for(store_url, cfg.store)

@@ -6,7 +6,7 @@ written beside its final name and renamed into place, so a crash leaves only a `
 
 Nothing is destroyed without consent (:func:`claim`): a path holding anything but a geoplantnet store is refused; a
 store of another run (its ``geoplantnet_run`` fingerprint differs) is refused with what differs, unless the caller
-passes ``overwrite=True``; and one run at a time writes a store (:mod:`geoplantnet.lease`).
+passes ``overwrite=True``; and one run at a time writes a store (:mod:`geoplantnet.storage.lease`).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ import zarr
 from distributed import Client, progress
 
 import geoplantnet
-from geoplantnet.config import ConfigError, RunConfig, StoreConfig
-from geoplantnet.errors import InputError, RefusedError, ServiceError
-from geoplantnet.lease import Lease, ensure_free, hold
-from geoplantnet.selection import index_species
+from geoplantnet.core.config import ConfigError, RunConfig, StoreConfig
+from geoplantnet.core.errors import InputError, RefusedError, ServiceError
+from geoplantnet.storage.lease import Lease, ensure_free, hold
+from geoplantnet.storage.selection import index_species
 
 COMPLETE = "geoplantnet_complete"
 RUN_ATTR = "geoplantnet_run"
@@ -96,7 +96,7 @@ def storage_options_for(url: str, store: StoreConfig) -> dict[str, Any]:
 
 def _where(url: str) -> str:
     """``url`` without credentials, for messages."""
-    from geoplantnet.config import redact
+    from geoplantnet.core.config import redact
 
     return str(redact({"url": url})["url"])
 
@@ -404,7 +404,7 @@ def _drain(client: Client, timeout: float = 30.0) -> None:
 def open_store(url: str, *, storage_options: Mapping[str, Any] | None = None, **kwargs: Any) -> xr.Dataset:
     """Open a complete geoplantnet store (:class:`StoreError` if it is missing or incomplete). The ``species`` axis,
     where there is one, selects by id (``sel(species="sp0001")``) or by name (``sel(species_name="Quercus robur")``);
-    use :func:`geoplantnet.selection.unindex_species` before ``reindex`` along ``species``."""
+    use :func:`geoplantnet.storage.selection.unindex_species` before ``reindex`` along ``species``."""
     try:
         ds = xr.open_zarr(url, consolidated=True, storage_options=dict(storage_options or {}) or None, **kwargs)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from geoplantnet.errors import ConfigError
-from geoplantnet.grid import Grid
+from geoplantnet.core.errors import ConfigError
+from geoplantnet.core.grid import Grid
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "redact"]
 
@@ -118,7 +118,7 @@ class KubernetesConfig(_Section):
 
 
 class ClusterConfig(_Section):
-    """Which Dask cluster runs the job (see :mod:`geoplantnet.cluster`)."""
+    """Which Dask cluster runs the job (see :mod:`geoplantnet.runtime.cluster`)."""
 
     kind: Literal["local", "address", "kubernetes"] = "local"
     address: str | None = None
@@ -200,7 +200,7 @@ class ValidationConfig(_Section):
 
 
 class MapConfig(_Section):
-    """Map production: a trained species model over the whole grid, tile by tile (:mod:`geoplantnet.mapping`)."""
+    """Map production: a trained species model over the whole grid, tile by tile (:mod:`geoplantnet.jobs.mapping`)."""
 
     model: str | None = Field(None, description="trained model file (path or URL); None trains one on the region")
     tile: int = Field(128, ge=8, description="tile side in map pixels; also the Zarr chunk/shard side")

@@ -19,7 +19,7 @@ import numpy as np
 from affine import Affine
 from pyproj import CRS, Transformer
 
-from geoplantnet.errors import InputError
+from geoplantnet.core.errors import InputError
 
 EPSG = 3035
 # Europe's extent in EPSG:3035 (the EEA reference grid's coverage); a bbox outside it is almost always a CRS mix-up.

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping
 
 from distributed import Client, LocalCluster
 
-from geoplantnet.config import ClusterConfig
-from geoplantnet.errors import ServiceError
+from geoplantnet.core.config import ClusterConfig
+from geoplantnet.core.errors import ServiceError
 
 log = logging.getLogger(__name__)
 

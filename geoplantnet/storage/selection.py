@@ -30,7 +30,7 @@ from xarray.core.indexes import PandasIndex, normalize_label
 from xarray.core.indexing import IndexSelResult
 from xarray.core.utils import is_dict_like
 
-from geoplantnet.errors import InputError
+from geoplantnet.core.errors import InputError
 
 SPECIES = "species"
 SPECIES_NAME = "species_name"

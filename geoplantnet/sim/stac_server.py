@@ -1,7 +1,8 @@
 """A real STAC API on loopback: ``rustac serve`` in memory, or over pgstac on a private PostgreSQL + PostGIS cluster.
 
 The in-memory backend starts in about a second and needs nothing else (the demo uses it), but its ``query``/``filter``
-return nothing, which is why :mod:`geoplantnet.catalog` re-checks filters on the client. The pgstac backend is the
+return nothing, which is why :mod:`geoplantnet.sources.catalog` re-checks filters on the client. The pgstac backend is
+the
 production shape (PostgreSQL 15 + PostGIS, schema by ``pypgstac migrate``) and is what the tests search against.
 """
 
@@ -25,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
-from geoplantnet.errors import ServiceError
+from geoplantnet.core.errors import ServiceError
 
 log = logging.getLogger(__name__)
 

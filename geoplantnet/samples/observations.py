@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from geoplantnet.errors import InputError
-from geoplantnet.grid import Grid, to_grid_crs
+from geoplantnet.core.errors import InputError
+from geoplantnet.core.grid import Grid, to_grid_crs
 
 log = logging.getLogger(__name__)
 

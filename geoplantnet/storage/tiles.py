@@ -2,8 +2,8 @@
 
 Protocol (local paths and object storage alike):
 
-0. The job holds the store's lease and has decided, with :func:`geoplantnet.store.writing`, whether the run is new,
-   resumes its own store, or replaces another run's (only with the user's ``--overwrite``).
+0. The job holds the store's lease and has decided, with :func:`geoplantnet.storage.store.writing`, whether the run
+   is new, resumes its own store, or replaces another run's (only with the user's ``--overwrite``).
 1. :func:`prepare` writes the layout (coordinates, CF metadata, empty arrays whose fill value is the no-data code)
    with ``geoplantnet_complete = "false"`` and the run's fingerprint, or, resuming, returns the tiles the store
    already holds.
@@ -14,7 +14,7 @@ Protocol (local paths and object storage alike):
 3. :func:`finalise` consolidates the metadata and sets the completion flag, after every tile has its marker.
 
 A chunk never written reads as the fill value (no data), so an interrupted store reads as "unknown", never as a
-probability; :func:`geoplantnet.store.open_store` refuses it anyway until step 3.
+probability; :func:`geoplantnet.storage.store.open_store` refuses it anyway until step 3.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from geoplantnet.config import RunConfig
-from geoplantnet.grid import Grid, Tile
-from geoplantnet.inference import NODATA, SCALE
-from geoplantnet.store import (
+from geoplantnet.core.config import RunConfig
+from geoplantnet.core.encoding import NODATA, SCALE
+from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.storage.store import (
     PARTS_ATTR,
     PRODUCT_ATTR,
     RUN_ATTR,
@@ -129,7 +129,7 @@ def prepare(
     attrs: Mapping[str, Any] | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> set[str]:
-    """Make ``url`` ready for the run of ``parts`` after :func:`geoplantnet.store.claim` decided ``decision``:
+    """Make ``url`` ready for the run of ``parts`` after :func:`geoplantnet.storage.store.claim` decided ``decision``:
     resume (returns the finished tiles), or lay out a fresh store (replacing ``target`` if agreed; returns an
     empty set)."""
     run = run_id(parts)

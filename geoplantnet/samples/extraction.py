@@ -14,9 +14,9 @@ import dask
 import numpy as np
 import xarray as xr
 
-from geoplantnet.grid import Grid
-from geoplantnet.observations import Samples
-from geoplantnet.training_set import write_training_set
+from geoplantnet.core.grid import Grid
+from geoplantnet.samples.observations import Samples
+from geoplantnet.samples.training_set import write_training_set
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 from shapely.geometry import Polygon, shape
 
-from geoplantnet.errors import GeoplantnetError, ServiceError
+from geoplantnet.core.errors import GeoplantnetError, ServiceError
 
 S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "SCL")
 # The unambiguous STAC eo common name of each Sentinel-2 band (Earth Search v1 uses them as asset keys). Planetary
@@ -308,7 +308,7 @@ def search(
 
     Each request waits at most ``timeout`` seconds for an answer and is retried up to ``retries`` times (with
     backoff) on connection errors, timeouts and 5xx/429 answers, never on other 4xx. An API that still does not
-    answer is a :class:`CatalogUnavailableError` (a :class:`~geoplantnet.errors.ServiceError`) naming the URL.
+    answer is a :class:`CatalogUnavailableError` (a :class:`~geoplantnet.core.errors.ServiceError`) naming the URL.
     """
     if limit < 1 or (max_items is not None and max_items < 1):
         raise CatalogError(f"limit={limit} and max_items={max_items} must be positive")

@@ -6,38 +6,21 @@ cluster -> cloud-masked seasonal composites + NDVI -> ``composites.zarr`` and a 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import xarray as xr
 
-from geoplantnet import catalog, cube, store
-from geoplantnet.cluster import connect
-from geoplantnet.config import RunConfig
-from geoplantnet.grid import Grid
-from geoplantnet.quicklook import composite_quicklook
+from geoplantnet.core.config import RunConfig
+from geoplantnet.core.grid import Grid
+from geoplantnet.jobs.inputs import stac_api
+from geoplantnet.jobs.quicklook import composite_quicklook
+from geoplantnet.runtime.cluster import connect
+from geoplantnet.sources import catalog, cube
+from geoplantnet.storage import store
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def stac_api(cfg: RunConfig, progress: bool) -> Iterator[str]:
-    """The STAC API URL to search: ``cfg.stac.url`` as given, or a server we start on loopback for the region."""
-    if cfg.stac.url:
-        yield cfg.stac.url
-        return
-    from geoplantnet.sim.region import generate_region
-    from geoplantnet.stac_server import start_server
-
-    manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
-    server = start_server(cfg.stac.backend, cfg.stac.host, cfg.stac.port, manifest.collections())
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def composites(items: list, cfg: RunConfig, grid: Grid | None = None) -> xr.DataArray:

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from distributed import Client
 
-from geoplantnet.cluster import require_resources, task_resources
-from geoplantnet.config import ConfigError, RunConfig
-from geoplantnet.errors import InputError
+from geoplantnet.core.config import ConfigError, RunConfig
+from geoplantnet.core.errors import InputError
 from geoplantnet.models.losses import SpeciesLoss, species_weights
 from geoplantnet.models.species_net import SPEC_VERSION, ModelSpec, SpeciesNet
-from geoplantnet.training_set import ChunkBatchSampler, TrainingSet
+from geoplantnet.runtime.cluster import require_resources, task_resources
+from geoplantnet.samples.training_set import ChunkBatchSampler, TrainingSet
 
 log = logging.getLogger(__name__)
 FILE_FORMAT = "geoplantnet.species_net"

@@ -1,0 +1,1 @@
+"""Applying models: one tile read with its halo and predicted densely."""

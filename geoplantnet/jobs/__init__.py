@@ -1,0 +1,1 @@
+"""Jobs that follow the data flow end to end; the CLI calls these."""

@@ -1,0 +1,1 @@
+"""The one place a Dask client is made (local, an address, Kubernetes)."""

@@ -1,0 +1,1 @@
+"""Output stores: Zarr layout and commits, tiled stores, leases, the species axis index."""

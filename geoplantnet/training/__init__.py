@@ -1,0 +1,1 @@
+"""Training models, as a task on a Dask worker (GPU resource when offered)."""
