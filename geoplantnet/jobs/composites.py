@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import xarray as xr
@@ -28,8 +29,14 @@ def composites(items: list, cfg: RunConfig, grid: Grid | None = None) -> xr.Data
     ``grid`` (default: the run's grid at the cube resolution)."""
     grid = grid or cfg.grid.grid(cfg.cube.resolution)
     reflectance = cube.s2_cube(items, grid, cfg.cube.bands, chunk=cfg.cube.chunk)
-    scl = cube.scl_cube(items, grid, chunk=cfg.cube.chunk)
-    clear = cube.mask_clouds(reflectance, cube.cloud_mask(scl, cfg.cube.mask_scl))
+    if any("SCL" in catalog.band_assets(item) for item in items):
+        scl = cube.scl_cube(items, grid, chunk=cfg.cube.chunk)
+        clear = cube.mask_clouds(reflectance, cube.cloud_mask(scl, cfg.cube.mask_scl))
+    else:
+        # archives such as BigEarthNet ship L2A bands without the scene classification: nothing to mask with
+        # (a warning, not a log line: shown once per process, not once per map tile)
+        warnings.warn("no item has an SCL (scene classification) band: composites are not cloud-masked", stacklevel=2)
+        clear = reflectance
     seasonal = cube.seasonal_composite(clear, freq=cfg.cube.composite)
     return cube.add_indices(seasonal, cfg.cube.indices) if cfg.cube.indices else seasonal
 
