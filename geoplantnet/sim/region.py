@@ -21,7 +21,6 @@ window written into its own region of the Zarr stores, so memory is bounded by t
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -42,6 +41,7 @@ import geoplantnet
 from geoplantnet.core.config import RunConfig, redact
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid
+from geoplantnet.core.hashing import fingerprint
 from geoplantnet.sim.habitats import HabitatSet
 from geoplantnet.sim.observations import (
     sample_plots,
@@ -89,7 +89,7 @@ def config_hash(config: RunConfig) -> str:
         "collections": [config.stac.env_collection, config.stac.s2_collection],
         "version": geoplantnet.__version__,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(key)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from distributed import Client, progress
 import geoplantnet
 from geoplantnet.core.config import ConfigError, RunConfig, StoreConfig
 from geoplantnet.core.errors import InputError, RefusedError, ServiceError
+from geoplantnet.core.hashing import fingerprint
 from geoplantnet.storage.lease import Lease, ensure_free, hold
 from geoplantnet.storage.selection import index_species
 
@@ -48,14 +48,6 @@ INCOMPLETE = "{url}: store is incomplete (a run was interrupted); rerun the job 
 
 class StoreError(InputError):
     """A store that is missing, incomplete, or not one of ours."""
-
-
-def fingerprint(*parts: Any) -> str:
-    """A stable hash of what makes a run's output (model bytes, grid, tiling, inputs): same hash, same output."""
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
 
 
 def run_id(parts: Mapping[str, Any]) -> str:
