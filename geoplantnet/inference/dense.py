@@ -27,6 +27,7 @@ from geoplantnet.core.encoding import NODATA, SCALE
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
+from geoplantnet.samples.extraction import cut_patches
 from geoplantnet.samples.training_set import prepare_env, prepare_patch, prepare_series
 
 
@@ -218,13 +219,6 @@ def predict_tile(
     return out
 
 
-def _cut(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
-    """Patches ``(n, ..., size, size)`` of ``a (..., y, x)`` starting at (rows, cols), gathered in one vectorised step
-    (so the reference pays for its convolutions, not for a Python loop)."""
-    windows = np.lib.stride_tricks.sliding_window_view(a, (size, size), axis=(-2, -1))
-    return np.moveaxis(windows[..., rows, cols, :, :], -3, 0)
-
-
 def predict_tile_naive(
     model: SpeciesNet,
     spec: ModelSpec,
@@ -249,16 +243,16 @@ def predict_tile_naive(
             r0, c0 = geom.cube_window[0], geom.cube_window[2]
             rows, cols = geom.centre_rows[j] - r0, geom.centre_cols[i] - c0
             if "patch" in spec.modalities:
-                before, _ = spec.halo("patch")
                 size = spec.modalities["patch"][-1]
-                cut = _cut(patch, rows - before, cols - before, size)  # type: ignore[arg-type]
+                cut = cut_patches(patch, rows, cols, size)  # type: ignore[arg-type]
                 batch["patch"] = torch.from_numpy(prepare_patch(cut, spec.norm, spec.mask_channels))
             if "series" in spec.modalities:
                 series = np.moveaxis(patch[:, :, rows, cols], -1, 0)  # type: ignore[index]
                 batch["series"] = torch.from_numpy(prepare_series(series, spec.norm, spec.mask_channels))
         if geom.env_window is not None:
             size = spec.modalities["env"][-1]
-            cut = _cut(env, j, i, size)  # type: ignore[arg-type]
+            before, _ = spec.halo("env")
+            cut = cut_patches(env, j + before, i + before, size)  # type: ignore[arg-type]
             batch["env"] = torch.from_numpy(prepare_env(cut, spec.norm, spec.mask_channels))
         with torch.no_grad():
             logits = model(**{k: v.to(device) for k, v in batch.items()})
