@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from geoplantnet.core.grid import Grid
+from geoplantnet.samples.kinds import ENV_POINT, Modality
 from geoplantnet.samples.observations import Samples
 from geoplantnet.samples.training_set import write_training_set
 
@@ -120,9 +121,9 @@ def extract_samples(
     n = len(samples)
     sources: dict[str, tuple[xr.DataArray, Grid, int]] = {}
     if composite is not None:
-        sources["patch"] = (composite.astype("float32"), grid_of(composite, grid_map.epsg), patch_size)
+        sources[Modality.PATCH] = (composite.astype("float32"), grid_of(composite, grid_map.epsg), patch_size)
     if env is not None:
-        sources["env"] = (env.astype("float32"), grid_of(env, grid_map.epsg), env_patch_size)
+        sources[Modality.ENV] = (env.astype("float32"), grid_of(env, grid_map.epsg), env_patch_size)
     graphs = {name: patch_tasks(arr, g, samples.x, samples.y, size) for name, (arr, g, size) in sources.items()}
     everything = {name: tasks for name, (tasks, _) in graphs.items()}
     # optimize_graph=False: low-level fusion would inline each chunk's read into every task whose halo touches it,
@@ -134,13 +135,13 @@ def extract_samples(
     for name, (_, members) in graphs.items():
         arrays[name] = _assemble(n, computed[name], members)
     kwargs: dict[str, Any] = {}
-    if "patch" in arrays:
-        patch = arrays["patch"]
-        kwargs["patch"] = patch
-        kwargs["series"] = patch[:, :, :, patch_size // 2, patch_size // 2]
-    if "env" in arrays:
-        kwargs["env"] = arrays["env"]
-        kwargs["env_point"] = arrays["env"][:, :, env_patch_size // 2, env_patch_size // 2]
+    if Modality.PATCH in arrays:
+        patch = arrays[Modality.PATCH]
+        kwargs[Modality.PATCH] = patch
+        kwargs[Modality.SERIES] = patch[:, :, :, patch_size // 2, patch_size // 2]
+    if Modality.ENV in arrays:
+        kwargs[Modality.ENV] = arrays[Modality.ENV]
+        kwargs[ENV_POINT] = arrays[Modality.ENV][:, :, env_patch_size // 2, env_patch_size // 2]
     names = {}
     if composite is not None:
         names["bands"] = [str(b) for b in composite["band"].values]
