@@ -18,7 +18,7 @@ N_ITEMS = 30  # 30 dates over two years: several pages at limit=7
 @pytest.fixture(scope="session")
 def stac_collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[pystac.Item]]:
     """30 one-band 32x32 COG items (EPSG:3035) over two years with known cloud cover: collection.json + items.ndjson."""
-    from _cube_fixtures import dates, small_grid, write_s2_item
+    from geoplantnet.testing.fixtures import dates, small_grid, write_s2_item
 
     folder = tmp_path_factory.mktemp("stac")
     grid = small_grid(10.0, 32)

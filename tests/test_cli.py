@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from _small_region import SMALL_REGION
 
 from geoplantnet.cli import build_parser, main
 from geoplantnet.core.errors import InputError
+from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 

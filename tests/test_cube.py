@@ -11,18 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from _cube_fixtures import (
-    OFFSET,
-    SCALE,
-    dates,
-    dn,
-    scl,
-    small_grid,
-    utm_ramp,
-    write_ramp_item,
-    write_s2_item,
-    write_s2_series,
-)
 from pyproj import Transformer
 
 from geoplantnet.core.grid import Grid
@@ -36,6 +24,18 @@ from geoplantnet.sources.cube import (
     seasonal_composite,
 )
 from geoplantnet.sources.stac_items import local_path
+from geoplantnet.testing.fixtures import (
+    OFFSET,
+    SCALE,
+    dates,
+    dn,
+    scl,
+    small_grid,
+    utm_ramp,
+    write_ramp_item,
+    write_s2_item,
+    write_s2_series,
+)
 
 GRID = small_grid()  # 64 x 64 px at 10 m
 # Two dates in winter (DJF), one in spring (MAM), none in summer (JJA), two in autumn (SON).

@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 
 from geoplantnet.core.grid import Grid
-from geoplantnet.samples.extraction import ExtractionError, extract_samples, patch_tasks
+from geoplantnet.samples.extraction import ExtractionError, cut_patches, extract_samples, patch_tasks
 from geoplantnet.samples.observations import Samples, SpeciesVocabulary
 from geoplantnet.samples.training_set import open_training_set
 
@@ -96,3 +96,22 @@ def test_points_outside_or_nothing_to_extract():
         patch_tasks(composite, CUBE, s.x, s.y, 4)
     with pytest.raises(ExtractionError, match="nothing to extract"):
         extract_samples(_samples(3), MAP, composite=None, env=None, patch_size=4, env_patch_size=1, out="x")
+
+
+@pytest.mark.parametrize("size", [1, 4, 5])
+def test_cut_patches_centres_each_pixel_and_pads_with_nan(size):
+    """The one patch cutter (training extraction and the dense reference): pixel at size // 2, NaN off the array."""
+    rng = np.random.default_rng(size)
+    a = rng.random((2, 3, 9, 11)).astype("float32")
+    rows, cols = np.array([0, 4, 8, 8, 3]), np.array([0, 5, 10, 0, 9])
+    half = size // 2
+    padded = np.full((2, 3, 9 + size, 11 + size), np.nan, "float32")
+    padded[..., half : half + 9, half : half + 11] = a
+    expect = np.stack([padded[..., r : r + size, c : c + size] for r, c in zip(rows, cols, strict=True)])
+    got = cut_patches(a, rows, cols, size)
+    assert got.shape == (5, 2, 3, size, size) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, expect)
+    np.testing.assert_array_equal(got[:, :, :, half, half], np.moveaxis(a[..., rows, cols], -1, 0))
+    inside = cut_patches(a, np.array([4]), np.array([5]), size)  # no padding needed: the same values
+    np.testing.assert_array_equal(inside, expect[1:2])
+    assert cut_patches(a, np.array([], int), np.array([], int), size).shape == (0, 2, 3, size, size)

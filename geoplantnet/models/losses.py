@@ -1,6 +1,6 @@
 """Losses for presence-absence surveys, presence-only records and background points, alone or mixed in one batch.
 
-Rows are tagged by source (0 ``pa``, 1 ``po``, 2 ``bg``; see :data:`geoplantnet.samples.training_set.SOURCE_CODE`);
+Rows are tagged by source (0 ``pa``, 1 ``po``, 2 ``bg``; see :data:`geoplantnet.samples.kinds.SOURCE_CODE`);
 labels are
 1 present, 0 absent, -1 unknown.
 
@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from geoplantnet.core.config import TrainConfig
-from geoplantnet.samples.training_set import SOURCE_CODE
+from geoplantnet.samples.kinds import SOURCE_CODE, Source
 
-PA, PO, BG = SOURCE_CODE["pa"], SOURCE_CODE["po"], SOURCE_CODE["bg"]
+PA, PO, BG = SOURCE_CODE[Source.PA], SOURCE_CODE[Source.PO], SOURCE_CODE[Source.BG]
 PoLoss = Literal["full_weighted", "assume_negative"]
 
 

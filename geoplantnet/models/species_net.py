@@ -27,10 +27,10 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
 from geoplantnet.core.config import ModelConfig
+from geoplantnet.samples.kinds import MODALITIES, Modality
 from geoplantnet.samples.training_set import NormStats
 
 SPEC_VERSION = "2"  # 2: patch pooling choice, input channel names
-MODALITIES = ("patch", "series", "env")
 
 
 class ModelError(ValueError):
@@ -65,7 +65,7 @@ class ModelSpec(BaseModel):
 
     def halo(self, modality: str) -> tuple[int, int]:
         """Pixels a dense tile needs before and after the output region for ``modality`` (0, 0 for series)."""
-        if modality == "series":
+        if modality == Modality.SERIES:
             return 0, 0
         size = self.modalities[modality][-1]
         return size // 2, size - 1 - size // 2
@@ -172,19 +172,21 @@ class SpeciesNet(nn.Module):
             raise ModelError(f"modalities must be a non-empty subset of {MODALITIES}, got {sorted(modalities)}")
         self.shapes = {m: tuple(int(d) for d in s) for m, s in modalities.items()}
         self.encoders = nn.ModuleDict()
-        if "patch" in self.shapes:
-            c, h, w = self._square("patch", 3)
+        if Modality.PATCH in self.shapes:
+            c, h, w = self._square(Modality.PATCH, 3)
             if h != model_cfg.patch_size:
                 raise ModelError(f"patch inputs are {h}x{w} but model.patch_size={model_cfg.patch_size}")
-            self.encoders["patch"] = PatchEncoder(c, h, model_cfg.width, model_cfg.depth, pool=model_cfg.patch_pool)
-        if "series" in self.shapes:
-            if len(self.shapes["series"]) != 2:
-                raise ModelError(f"series shape must be (channels, seasons), got {self.shapes['series']}")
-            c, t = self.shapes["series"]
-            self.encoders["series"] = SeriesEncoder(c, t, model_cfg.series_hidden)
-        if "env" in self.shapes:
-            c, e, _ = self._square("env", 3)
-            self.encoders["env"] = PatchEncoder(
+            self.encoders[Modality.PATCH] = PatchEncoder(
+                c, h, model_cfg.width, model_cfg.depth, pool=model_cfg.patch_pool
+            )
+        if Modality.SERIES in self.shapes:
+            if len(self.shapes[Modality.SERIES]) != 2:
+                raise ModelError(f"series shape must be (channels, seasons), got {self.shapes[Modality.SERIES]}")
+            c, t = self.shapes[Modality.SERIES]
+            self.encoders[Modality.SERIES] = SeriesEncoder(c, t, model_cfg.series_hidden)
+        if Modality.ENV in self.shapes:
+            c, e, _ = self._square(Modality.ENV, 3)
+            self.encoders[Modality.ENV] = PatchEncoder(
                 c, e, model_cfg.env_hidden, (e - 1) // 2, pointwise_first=True, pool=model_cfg.patch_pool
             )
         n_features = sum(enc.out_features for enc in self.encoders.values())
@@ -211,19 +213,19 @@ class SpeciesNet(nn.Module):
             t = inputs.get(m)
             if t is None:
                 raise ModelError(f"the model needs a {m!r} input")
-            if m != "series" and t.shape[lead] != shape[0]:
+            if m != Modality.SERIES and t.shape[lead] != shape[0]:
                 raise ModelError(f"{m} input has {t.shape[lead]} channels, the model expects {shape[0]}")
 
     def forward(
         self, patch: torch.Tensor | None = None, series: torch.Tensor | None = None, env: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Logits ``(B, n_species)`` from prepared batches ``(B, *shape)`` of the model's modalities."""
-        inputs = {"patch": patch, "series": series, "env": env}
+        inputs = {Modality.PATCH: patch, Modality.SERIES: series, Modality.ENV: env}
         self._check(inputs, lead=1)
         features = []
         for m, enc in self.encoders.items():
             x = inputs[m]
-            if m != "series" and x.shape[-1] != self.shapes[m][-1]:
+            if m != Modality.SERIES and x.shape[-1] != self.shapes[m][-1]:
                 raise ModelError(f"{m} input is {tuple(x.shape[-2:])}, expected {self.shapes[m][-2:]}")
             features.append(enc(x).flatten(1))
         return self.head(torch.cat(features, dim=1))
@@ -247,19 +249,19 @@ class SpeciesNet(nn.Module):
         ``patch_sample=(rows, cols)`` keeps only those rows and columns of the patch feature map, for a patch on a finer
         grid than the output (Sentinel-2 at 20 m under a 50 m map, see :mod:`geoplantnet.inference.dense`).
         """
-        inputs = {"patch": patch_tile, "series": series_tile, "env": env_tile}
+        inputs = {Modality.PATCH: patch_tile, Modality.SERIES: series_tile, Modality.ENV: env_tile}
         self._check(inputs, lead=0)
         maps = []
         for m, enc in self.encoders.items():
             x = inputs[m]
-            if m == "series":
+            if m == Modality.SERIES:
                 c, t, h, w = x.shape
                 flat = x.permute(2, 3, 0, 1).reshape(h * w, c, t)
                 feats = torch.cat([enc(flat[i : i + series_chunk]) for i in range(0, h * w, series_chunk)])
                 maps.append(feats.reshape(h, w, -1).permute(2, 0, 1))
             else:
                 feats = enc(x[None])[0]
-                if m == "patch" and patch_sample is not None:
+                if m == Modality.PATCH and patch_sample is not None:
                     rows, cols = patch_sample
                     feats = feats[:, rows][:, :, cols]
                 maps.append(feats)

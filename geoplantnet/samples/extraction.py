@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from geoplantnet.core.grid import Grid
+from geoplantnet.samples.kinds import ENV_POINT, Modality
 from geoplantnet.samples.observations import Samples
 from geoplantnet.samples.training_set import write_training_set
 
@@ -32,19 +33,28 @@ def grid_of(arr: xr.DataArray, epsg: int) -> Grid:
     return Grid(res, float(x[0] - res / 2), float(y[0] + res / 2), len(x), len(y), epsg)
 
 
-def _cut(blocks: list, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
-    """Patches of ``size`` around (rows, cols), given in the coordinates of the region that the nested ``blocks``
-    (source chunks, as ``np.block`` takes them) tile; NaN where a window leaves the region."""
-    block = np.block(blocks)
+def cut_patches(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """Patches ``(n, ..., size, size)`` of ``a (..., y, x)`` centred on the pixels (rows, cols): each pixel lands at
+    index ``size // 2`` on both axes (the training-set contract); NaN where a window leaves ``a``. One vectorised
+    gather, no Python loop: training extraction and the dense reference cut the same way."""
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
     half = size // 2
-    lead = block.shape[:-2]
-    out = np.full((len(rows), *lead, size, size), np.nan, dtype="float32")
-    h, w = block.shape[-2:]
-    for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
-        r0, c0 = r - half, c - half
-        ys, xs = slice(max(r0, 0), min(r0 + size, h)), slice(max(c0, 0), min(c0 + size, w))
-        out[i, ..., ys.start - r0 : ys.stop - r0, xs.start - c0 : xs.stop - c0] = block[..., ys, xs]
-    return out
+    h, w = a.shape[-2:]
+    lead = a.shape[:-2]
+    if rows.size == 0:
+        return np.empty((0, *lead, size, size), dtype=a.dtype)
+    r0, c0 = rows - half, cols - half
+    if r0.min() < 0 or c0.min() < 0 or r0.max() + size > h or c0.max() + size > w:
+        # a window leaves the array: pad with NaN so every window lies inside (same top-left in padded coordinates)
+        a = np.pad(a, [(0, 0)] * len(lead) + [(half, size - 1 - half)] * 2, constant_values=np.nan)
+        r0, c0 = rows, cols
+    windows = np.lib.stride_tricks.sliding_window_view(a, (size, size), axis=(-2, -1))
+    return np.moveaxis(windows[..., r0, c0, :, :], -3, 0)
+
+
+def _cut(blocks: list, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """:func:`cut_patches` in the region that the nested ``blocks`` (source chunks, as ``np.block`` takes them) tile."""
+    return cut_patches(np.block(blocks), rows, cols, size).astype("float32", copy=False)
 
 
 def patch_tasks(arr: xr.DataArray, grid: Grid, x: np.ndarray, y: np.ndarray, size: int) -> tuple[list, list]:
@@ -111,9 +121,9 @@ def extract_samples(
     n = len(samples)
     sources: dict[str, tuple[xr.DataArray, Grid, int]] = {}
     if composite is not None:
-        sources["patch"] = (composite.astype("float32"), grid_of(composite, grid_map.epsg), patch_size)
+        sources[Modality.PATCH] = (composite.astype("float32"), grid_of(composite, grid_map.epsg), patch_size)
     if env is not None:
-        sources["env"] = (env.astype("float32"), grid_of(env, grid_map.epsg), env_patch_size)
+        sources[Modality.ENV] = (env.astype("float32"), grid_of(env, grid_map.epsg), env_patch_size)
     graphs = {name: patch_tasks(arr, g, samples.x, samples.y, size) for name, (arr, g, size) in sources.items()}
     everything = {name: tasks for name, (tasks, _) in graphs.items()}
     # optimize_graph=False: low-level fusion would inline each chunk's read into every task whose halo touches it,
@@ -125,13 +135,13 @@ def extract_samples(
     for name, (_, members) in graphs.items():
         arrays[name] = _assemble(n, computed[name], members)
     kwargs: dict[str, Any] = {}
-    if "patch" in arrays:
-        patch = arrays["patch"]
-        kwargs["patch"] = patch
-        kwargs["series"] = patch[:, :, :, patch_size // 2, patch_size // 2]
-    if "env" in arrays:
-        kwargs["env"] = arrays["env"]
-        kwargs["env_point"] = arrays["env"][:, :, env_patch_size // 2, env_patch_size // 2]
+    if Modality.PATCH in arrays:
+        patch = arrays[Modality.PATCH]
+        kwargs[Modality.PATCH] = patch
+        kwargs[Modality.SERIES] = patch[:, :, :, patch_size // 2, patch_size // 2]
+    if Modality.ENV in arrays:
+        kwargs[Modality.ENV] = arrays[Modality.ENV]
+        kwargs[ENV_POINT] = arrays[Modality.ENV][:, :, env_patch_size // 2, env_patch_size // 2]
     names = {}
     if composite is not None:
         names["bands"] = [str(b) for b in composite["band"].values]

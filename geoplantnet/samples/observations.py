@@ -19,6 +19,7 @@ import pandas as pd
 
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid, to_grid_crs
+from geoplantnet.samples.kinds import Source
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ class Samples:
     x: np.ndarray
     y: np.ndarray
     label: np.ndarray  # int8 (n, species): 1 present, 0 absent, -1 unknown
-    source: np.ndarray  # "pa" | "po" | "bg"
+    source: np.ndarray  # Source values: "pa" | "po" | "bg"
     vocab: SpeciesVocabulary
 
     def __len__(self) -> int:
@@ -297,7 +298,7 @@ def build_samples(
         xs.append(rec.x.to_numpy()[surveyed][first])
         ys.append(rec.y.to_numpy()[surveyed][first])
         labels.append(lab)
-        sources.append(np.full(n, "pa"))
+        sources.append(np.full(n, Source.PA))
     single = ~surveyed
     if single.any():
         lab = np.full((int(single.sum()), n_species), -1, dtype=np.int8)
@@ -305,13 +306,13 @@ def build_samples(
         xs.append(rec.x.to_numpy()[single])
         ys.append(rec.y.to_numpy()[single])
         labels.append(lab)
-        sources.append(np.full(len(lab), "po"))
+        sources.append(np.full(len(lab), Source.PO))
     if n_background:
         bx, by = background_points(obs, grid, n_background, kind=background, seed=seed)
         xs.append(bx)
         ys.append(by)
         labels.append(np.zeros((n_background, n_species), dtype=np.int8))
-        sources.append(np.full(n_background, "bg"))
+        sources.append(np.full(n_background, Source.BG))
     return Samples(
         np.concatenate(xs), np.concatenate(ys), np.concatenate(labels), np.concatenate(sources).astype(str), vocab
     )

@@ -32,9 +32,9 @@ import xarray as xr
 import zarr
 from pydantic import BaseModel, ConfigDict
 
-SOURCES = ("pa", "po", "bg")
-SOURCE_CODE = {name: code for code, name in enumerate(SOURCES)}
-MODALITY_VARS = {"patch": "patch", "series": "series", "env": "env"}
+from geoplantnet.samples.kinds import ENV_POINT, SOURCE_CODE, SOURCES, Modality
+
+MODALITY_VARS = {m: str(m) for m in Modality}  # each modality's stored variable
 _STATS_MAX_SAMPLES = 20_000  # enough for per-channel means; bounds the statistics pass on huge sets
 
 
@@ -72,7 +72,7 @@ def _normalise(a: np.ndarray, mean: np.ndarray, std: np.ndarray, axis: int) -> n
 
 def prepare_patch(a: np.ndarray, stats: NormStats, mask: bool = True) -> np.ndarray:
     """``(..., season, band, y, x)`` -> ``(..., season*band [+ season], y, x)``: normalised, NaN -> 0, masks last."""
-    mean, std = stats.pair("patch")
+    mean, std = stats.pair(Modality.PATCH)
     z = _normalise(a, mean, std, axis=-3)
     lead, (t, c, h, w) = z.shape[:-4], z.shape[-4:]
     parts = [np.nan_to_num(z, nan=0.0).reshape(*lead, t * c, h, w)]
@@ -83,7 +83,7 @@ def prepare_patch(a: np.ndarray, stats: NormStats, mask: bool = True) -> np.ndar
 
 def prepare_series(a: np.ndarray, stats: NormStats, mask: bool = True) -> np.ndarray:
     """``(..., season, band)`` -> ``(..., band [+ 1], season)`` (channels first, for a 1-D conv over seasons)."""
-    mean, std = stats.pair("series")
+    mean, std = stats.pair(Modality.SERIES)
     z = _normalise(a, mean, std, axis=-1)
     parts = [np.swapaxes(np.nan_to_num(z, nan=0.0), -1, -2)]
     if mask:
@@ -93,7 +93,7 @@ def prepare_series(a: np.ndarray, stats: NormStats, mask: bool = True) -> np.nda
 
 def prepare_env(a: np.ndarray, stats: NormStats, mask: bool = True) -> np.ndarray:
     """``(..., var, y, x)`` -> ``(..., var [+ 1], y, x)``; a point ``(..., var)`` is treated as a 1x1 patch."""
-    mean, std = stats.pair("env")
+    mean, std = stats.pair(Modality.ENV)
     z = _normalise(a, mean, std, axis=-3)
     parts = [np.nan_to_num(z, nan=0.0)]
     if mask:
@@ -137,7 +137,12 @@ def write_training_set(
     species = np.asarray(species)
     if species.dtype.kind == "U":  # variable-length strings: fixed-width unicode has no stable Zarr v3 spec
         species = species.astype(object)
-    arrays = {"patch": (patch, 5), "series": (series, 3), "env": (env, 4), "env_point": (env_point, 2)}
+    arrays = {
+        Modality.PATCH: (patch, 5),
+        Modality.SERIES: (series, 3),
+        Modality.ENV: (env, 4),
+        ENV_POINT: (env_point, 2),
+    }
     for name, (arr, ndim) in {**arrays, "y": (y, 1), "label": (label, 2), "source": (source, 1)}.items():
         _check_len(name, None if arr is None else np.asarray(arr), n, ndim)
     if label.shape[1] != species.shape[0]:
@@ -150,10 +155,10 @@ def write_training_set(
     if bad:
         raise TrainingSetError(f"write_training_set: unknown source values {bad}; expected one of {SOURCES}")
     dims = {
-        "patch": ("sample", "season", "band", "py", "px"),
-        "series": ("sample", "season", "band"),
-        "env": ("sample", "var", "ey", "ex"),
-        "env_point": ("sample", "var"),
+        Modality.PATCH: ("sample", "season", "band", "py", "px"),
+        Modality.SERIES: ("sample", "season", "band"),
+        Modality.ENV: ("sample", "var", "ey", "ex"),
+        ENV_POINT: ("sample", "var"),
     }
     data_vars: dict[str, Any] = {
         "label": (("sample", "species"), label.astype(np.int8)),
@@ -161,7 +166,7 @@ def write_training_set(
     }
     for name, (arr, _) in arrays.items():
         if arr is not None:
-            data_vars[name] = (dims[name], np.asarray(arr, np.float32))
+            data_vars[str(name)] = (dims[name], np.asarray(arr, np.float32))
     coords: dict[str, Any] = {"x": (("sample",), x), "y": (("sample",), y), "species": species}
     if species_name is not None:
         coords["species_name"] = (("species",), np.asarray(species_name, dtype=str).astype(object))
@@ -211,8 +216,8 @@ def compute_stats(ds: xr.Dataset, idx: np.ndarray, seed: int = 0) -> NormStats:
     rng = np.random.default_rng(seed)
     use = np.sort(rng.choice(idx, _STATS_MAX_SAMPLES, replace=False) if idx.size > _STATS_MAX_SAMPLES else idx)
     chunk = _chunk_size(ds)
-    axes = {"patch": 2, "series": 2, "env": 1}  # channel axis in the stored layout
-    source_var = {"patch": "patch", "series": "series", "env": "env" if "env" in ds else "env_point"}
+    axes = {Modality.PATCH: 2, Modality.SERIES: 2, Modality.ENV: 1}  # channel axis in the stored layout
+    source_var = {**MODALITY_VARS, Modality.ENV: Modality.ENV if Modality.ENV in ds else ENV_POINT}
     out: dict[str, list[float]] = {}
     for name, var in source_var.items():
         if var not in ds:
@@ -280,13 +285,13 @@ class TrainingSet(torch.utils.data.Dataset):
     def available_modalities(ds: xr.Dataset) -> dict[str, str]:
         """Modality -> store variable; ``env`` falls back to ``env_point`` (a 1x1 patch) when there is no env patch."""
         out = {m: v for m, v in MODALITY_VARS.items() if v in ds}
-        if "env" not in out and "env_point" in ds:
-            out["env"] = "env_point"
+        if Modality.ENV not in out and ENV_POINT in ds:
+            out[Modality.ENV] = ENV_POINT
         return out
 
     @property
     def env_from_point(self) -> bool:
-        return self._vars.get("env") == "env_point"
+        return self._vars.get(Modality.ENV) == ENV_POINT
 
     @property
     def n_species(self) -> int:
@@ -329,11 +334,11 @@ class TrainingSet(torch.utils.data.Dataset):
         return self._prepare(out)
 
     def _prepare(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        prep = {"patch": prepare_patch, "series": prepare_series, "env": prepare_env}
+        prep = {Modality.PATCH: prepare_patch, Modality.SERIES: prepare_series, Modality.ENV: prepare_env}
         out: dict[str, np.ndarray] = {}
         for m, var in self._vars.items():
             a = raw[var]
-            if var == "env_point":
+            if var == ENV_POINT:
                 a = a[..., None, None]
             out[m] = prep[m](a, self.stats, self.mask_channels)
         out["label"] = raw["label"].astype(np.int8)

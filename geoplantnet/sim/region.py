@@ -21,12 +21,10 @@ window written into its own region of the Zarr stores, so memory is bounded by t
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ import geoplantnet
 from geoplantnet.core.config import RunConfig, redact
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid
+from geoplantnet.core.hashing import fingerprint
 from geoplantnet.sim.habitats import HabitatSet
 from geoplantnet.sim.observations import (
     sample_plots,
@@ -52,7 +51,7 @@ from geoplantnet.sim.observations import (
 )
 from geoplantnet.sim.species import SpeciesPool
 from geoplantnet.sources.stac_items import collection_for, write_collection
-from geoplantnet.storage.store import COMPLETE
+from geoplantnet.storage.store import default_encoding, mark_complete, stamp
 
 MANIFEST = "region.json"
 SUBDIRS = ("environment", "sentinel2", "truth", "tables", "observations", "value")
@@ -89,7 +88,7 @@ def config_hash(config: RunConfig) -> str:
         "collections": [config.stac.env_collection, config.stac.s2_collection],
         "version": geoplantnet.__version__,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(key)
 
 
 @dataclass(frozen=True)
@@ -299,36 +298,13 @@ def _windows(grid: Grid, size: int) -> Iterator[tuple[slice, slice]]:
 
 
 def _create(path: Path, ds: xr.Dataset, config: RunConfig) -> None:
-    """Metadata and coordinates of a store whose data chunks are written later, window by window."""
-    compressor = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
-    encoding: dict[str, dict[str, Any]] = {}
+    """Metadata and coordinates of a store whose data chunks are written later, window by window; committed by
+    :func:`geoplantnet.storage.store.mark_complete` once every window is in."""
+    ds = stamp(ds, config, None)
+    encoding = default_encoding(ds, clevel=3)
     for name, var in ds.data_vars.items():
-        encoding[str(name)] = {"compressors": [compressor], "chunks": var.data.chunksize}
-        if np.issubdtype(var.dtype, np.floating):
-            encoding[str(name)]["fill_value"] = np.nan
-        var.attrs["grid_mapping"] = "spatial_ref"
-    ds.attrs.update(
-        {
-            "Conventions": "CF-1.10",
-            "geoplantnet_version": geoplantnet.__version__,
-            COMPLETE: "false",
-            **config.to_attrs(),
-        }
-    )
+        encoding[str(name)]["chunks"] = var.data.chunksize
     ds.to_zarr(path, mode="w", encoding=encoding, compute=False, consolidated=False)
-
-
-def _strings(values: tuple[str, ...]) -> np.ndarray:
-    """Object-dtype strings: Zarr v3 writes them as variable-length UTF-8 (fixed-width UTF-32 is not in the spec)."""
-    return np.asarray(values, dtype=object)
-
-
-def _finish(path: Path) -> None:
-    group = zarr.open_group(str(path), mode="r+")
-    group.attrs[COMPLETE] = "true"
-    with warnings.catch_warnings():  # consolidated metadata is not in the v3 spec yet; xarray and our readers use it
-        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-        zarr.consolidate_metadata(str(path))
 
 
 def write_truth(
@@ -353,7 +329,7 @@ def write_truth(
 
     species_ds = xr.Dataset(
         {"probability": (("species", "y", "x"), zeros("float32", species=True))},
-        coords={**coords, "species": _strings(pool.ids), "species_name": ("species", _strings(pool.names))},
+        coords={**coords, "species": np.asarray(pool.ids), "species_name": ("species", np.asarray(pool.names))},
     )
     species_ds["probability"].attrs.update(
         {"long_name": "true occurrence probability of each virtual species", "units": "1", "valid_range": [0.0, 1.0]}
@@ -363,8 +339,8 @@ def write_truth(
         coords={
             **coords,
             # the class dimension is not called "habitat": that name is the data variable's (DESIGN.md)
-            "habitat_code": ("habitat_class", _strings(habitats.codes)),
-            "habitat_name": ("habitat_class", _strings(habitats.names)),
+            "habitat_code": ("habitat_class", np.asarray(habitats.codes)),
+            "habitat_name": ("habitat_class", np.asarray(habitats.names)),
         },
     )
     habitat_ds["habitat"].attrs.update(
@@ -416,6 +392,6 @@ def write_truth(
             indicators[k][ys, xs] = v
         del p
     for path in paths.values():
-        _finish(path)
+        mark_complete(str(path), None)
     indicators["land_cover"] = land_cover  # in memory only: value areas follow land-cover boundaries
     return xr.Dataset({k: (("y", "x"), v) for k, v in indicators.items()}, coords=coords)

@@ -15,11 +15,12 @@ from typing import Any
 
 import pandas as pd
 import pystac
-from pyproj import CRS, Transformer
+from pyproj import CRS
 from pyproj.exceptions import CRSError
 from shapely.geometry import Polygon, shape
 
 from geoplantnet.core.errors import GeoplantnetError, ServiceError
+from geoplantnet.core.grid import LONLAT, transform_bounds, transform_outline
 
 S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "SCL")
 # The unambiguous STAC eo common name of each Sentinel-2 band (Earth Search v1 uses them as asset keys). Planetary
@@ -69,18 +70,12 @@ def lonlat_bbox(bbox: Sequence[float], crs: int | str = 4326) -> tuple[float, fl
         if not (-180 <= lon0 <= lon1 <= 180 and -90 <= lat0 <= lat1 <= 90):
             raise CatalogError(f"bbox {bbox} is not lon/lat (xmin, ymin, xmax, ymax): pass bbox_crs= (e.g. 3035)")
         return bbox
-    return Transformer.from_crs(src, 4326, always_xy=True).transform_bounds(*bbox, densify_pts=21)
+    return transform_bounds(bbox, src, LONLAT)
 
 
 def lonlat_footprint(bbox: Sequence[float], crs: int | str) -> Polygon:
     """The footprint of a projected bbox in lon/lat: its outline densified (21 points an edge), then transformed."""
-    x0, y0, x1, y1 = _bbox4(bbox)
-    n = 21
-    xs = [x0 + (x1 - x0) * i / (n - 1) for i in range(n)]
-    ys = [y0 + (y1 - y0) * i / (n - 1) for i in range(n)]
-    ring = [(x, y0) for x in xs] + [(x1, y) for y in ys] + [(x, y1) for x in xs[::-1]] + [(x0, y) for y in ys[::-1]]
-    to_ll = Transformer.from_crs(_crs(crs), 4326, always_xy=True)
-    lon, lat = to_ll.transform(*zip(*ring, strict=True))
+    lon, lat = transform_outline(_bbox4(bbox), _crs(crs), LONLAT)
     return Polygon(zip(lon, lat, strict=True))
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlparse
 
@@ -27,13 +26,12 @@ import pystac
 import rasterio
 import stackstac
 import xarray as xr
-from pyproj import Transformer
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from stackstac.rio_reader import AutoParallelRioReader
 
 from geoplantnet.core.errors import InputError
-from geoplantnet.core.grid import Grid
+from geoplantnet.core.grid import LONLAT, Grid, overlaps, transform_bounds
 
 # SCL classes treated as "not a clear land/water observation": no data, saturated, cloud shadow, cloud medium and
 # high probability, thin cirrus. Snow (11) is kept: it is a real surface state for alpine plant habitats.
@@ -162,18 +160,7 @@ def item_footprint(item: Mapping[str, Any], epsg: int) -> tuple[float, float, fl
     if not bbox:
         return None
     lon0, lat0, lon1, lat1 = (bbox[0], bbox[1], bbox[3], bbox[4]) if len(bbox) == 6 else bbox  # 3-D bbox: drop z
-    return _lonlat_to(epsg).transform_bounds(lon0, lat0, lon1, lat1, densify_pts=21)
-
-
-@lru_cache(maxsize=8)
-def _lonlat_to(epsg: int) -> Transformer:
-    # Building a Transformer costs ~50 ms; a search returns hundreds of items.
-    return Transformer.from_crs(4326, epsg, always_xy=True)
-
-
-def overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
-    """Whether two (left, bottom, right, top) boxes share some area."""
-    return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
+    return transform_bounds((lon0, lat0, lon1, lat1), LONLAT, epsg)
 
 
 # --- asset checks ----------------------------------------------------------------------------------------------------

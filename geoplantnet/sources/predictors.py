@@ -10,7 +10,6 @@ species models take it as one indicator layer per declared class.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -25,6 +24,7 @@ import xarray as xr
 from rasterio.errors import RasterioError
 
 from geoplantnet.core.grid import Grid
+from geoplantnet.core.hashing import file_digest
 from geoplantnet.sources.cog import write_cog
 from geoplantnet.sources.cube import CubeError, stack_items
 from geoplantnet.sources.stac_items import AssetSpec, item_from_cogs
@@ -115,15 +115,6 @@ def environment_stack(
     out.name = "predictors"
     out.attrs = {"long_name": "environmental predictors", "grid_mapping": "spatial_ref", "crs": f"EPSG:{grid.epsg}"}
     return out
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """The sha256 of a file's bytes (first 16 hex digits): the cache key of everything derived from it."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def split_bands(path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> dict[str, Path]:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pystac
 import rasterio
-from pyproj import Transformer
 from shapely.geometry import box, mapping
+
+from geoplantnet.core.grid import LONLAT, transform_bounds
 
 EO = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
 PROJ = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -71,9 +72,7 @@ def _raster_meta(href: str) -> dict[str, object]:
 
 
 def _lonlat_footprint(epsg: int, bounds: list[float]) -> tuple[list[float], dict]:
-    lon0, lat0, lon1, lat1 = Transformer.from_crs(epsg, 4326, always_xy=True).transform_bounds(
-        *bounds, densify_pts=21
-    )
+    lon0, lat0, lon1, lat1 = transform_bounds(bounds, epsg, LONLAT)
     return [lon0, lat0, lon1, lat1], mapping(box(lon0, lat0, lon1, lat1))
 
 

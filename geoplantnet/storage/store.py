@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from distributed import Client, progress
 import geoplantnet
 from geoplantnet.core.config import ConfigError, RunConfig, StoreConfig
 from geoplantnet.core.errors import InputError, RefusedError, ServiceError
+from geoplantnet.core.hashing import fingerprint
 from geoplantnet.storage.lease import Lease, ensure_free, hold
 from geoplantnet.storage.selection import index_species
 
@@ -48,14 +48,6 @@ INCOMPLETE = "{url}: store is incomplete (a run was interrupted); rerun the job 
 
 class StoreError(InputError):
     """A store that is missing, incomplete, or not one of ours."""
-
-
-def fingerprint(*parts: Any) -> str:
-    """A stable hash of what makes a run's output (model bytes, grid, tiling, inputs): same hash, same output."""
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
 
 
 def run_id(parts: Mapping[str, Any]) -> str:
@@ -231,8 +223,9 @@ def _local_path(url: str) -> Path:
     return Path(url.removeprefix("file://"))
 
 
-def default_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    compressor = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+def default_encoding(ds: xr.Dataset, *, clevel: int = 5) -> dict[str, dict[str, Any]]:
+    """Zstd-compressed chunks of every data variable, NaN as the fill value of floating ones."""
+    compressor = zarr.codecs.BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")
     encoding: dict[str, dict[str, Any]] = {}
     for name, var in ds.data_vars.items():
         enc: dict[str, Any] = {"compressors": [compressor]}
@@ -258,10 +251,10 @@ def stamp(ds: xr.Dataset, cfg: RunConfig | None, extra: Mapping[str, Any] | None
         attrs.update(cfg.to_attrs())
     attrs.update(extra or {})
     ds.attrs = attrs
-    for name, coord in ds.coords.items():
-        # Fixed-width numpy strings have no Zarr v3 spec (other readers may fail); variable-length UTF-8 does.
-        if coord.dtype.kind == "U":
-            ds = ds.assign_coords({name: coord.astype(object)})
+    # Fixed-width numpy strings have no Zarr v3 spec (other readers may fail); variable-length UTF-8 does. All at once,
+    # as bare variables: a coordinate DataArray would carry its index back in (species_name brings back species).
+    strings = {name: coord.variable.astype(object) for name, coord in ds.coords.items() if coord.dtype.kind == "U"}
+    ds = ds.assign_coords(strings)
     for name in ds.data_vars:
         if "spatial_ref" in ds.coords and {"y", "x"} <= set(ds[name].dims):
             ds[name].attrs["grid_mapping"] = "spatial_ref"

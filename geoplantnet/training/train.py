@@ -30,6 +30,7 @@ from geoplantnet.core.errors import InputError
 from geoplantnet.models.losses import SpeciesLoss, species_weights
 from geoplantnet.models.species_net import SPEC_VERSION, ModelSpec, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
+from geoplantnet.samples.kinds import Modality
 from geoplantnet.samples.training_set import ChunkBatchSampler, TrainingSet
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
 
 
 def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: batch[k] for k in ("patch", "series", "env") if k in batch}
+    return {str(k): batch[k] for k in Modality if k in batch}
 
 
 def _evaluate(

@@ -25,8 +25,9 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from geoplantnet.core.config import ValidationConfig
+from geoplantnet.samples.kinds import Source
 
-PA = "pa"
+PA = Source.PA
 # Fewer test presences (or absences) than this: AUC/TSS of a species in a fold rest on a handful of points (an AUC from
 # 2 presences takes only a few values) and are marked "few_cases"; the same bound on training presences marks a model
 # that could hardly learn the species (the peers skip species below 5 presences, models/peers.py).

@@ -1,4 +1,5 @@
-"""The small virtual region and model sizes the end-to-end tests share (2 km x 2 km, 30 species, tiny network)."""
+"""The small virtual region and model sizes end-to-end tests share (2 km x 2 km, 30 species, tiny network): pass
+``SMALL_REGION`` as ``--set`` overrides."""
 
 SMALL_REGION = [
     "grid.width_m=2000",
