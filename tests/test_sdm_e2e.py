@@ -37,6 +37,22 @@ def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(tmp_path
     for png in ("auc_scatter.png", "blocks_map.png"):
         assert (report.parent / png).stat().st_size > 5_000
     assert result["cnn_seconds_per_epoch"] > 0
+    # final models on all kept samples, for maps: files that load, describe their species and inputs
+    from geoplantnet.models.peers import load_peer
+    from geoplantnet.training.train import load_model
+
+    files = result["model_files"]
+    assert {k: Path(v).name for k, v in files.items()} == {
+        "cnn": "cnn.pt", "maxent": "maxent.peer", "random_forest": "random_forest.peer"
+    }
+    assert all(Path(v).parent == tmp_path / "sdm" / "models" for v in files.values())
+    _, cnn_spec = load_model(files["cnn"])
+    assert len(cnn_spec.species) == result["n_species"]
+    for kind in ("maxent", "random_forest"):
+        peer, spec = load_peer(files[kind], kind=kind)
+        assert spec.species == cnn_spec.species and spec.variables == cnn_spec.variables
+        assert len(spec.features) == peer.n_vars_
+    assert "final models on all kept samples" in text and "models/maxent.peer" in text
 
 
 @pytest.mark.slow

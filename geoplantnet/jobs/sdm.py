@@ -3,12 +3,19 @@ forest on the same folds -> Markdown + PNG report.
 
 Inputs are either the virtual region (with its true probabilities, so every model is also scored against the truth) or
 a user's observations file and predictor rasters (any CRS), with or without Sentinel-2 from a STAC API.
+
+After the cross-validation, each model is fitted once more on every kept sample, for mapping, into ``<out>/models/``:
+``cnn.pt`` (the species network; early stopping on a block-based validation split carved from the samples, as in each
+fold), ``maxent.peer`` and ``random_forest.peer`` (:meth:`geoplantnet.models.peers.MaxentPeer.save` files). The
+cross-validation does not depend on them: its folds and numbers are those of a run without them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +29,7 @@ from geoplantnet.core.config import RunConfig
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid
 from geoplantnet.jobs.inputs import Inputs
-from geoplantnet.models.peers import MaxentPeer, RandomForestPeer
+from geoplantnet.models.peers import MaxentPeer, RandomForestPeer, point_features
 from geoplantnet.samples.extraction import extract_samples
 from geoplantnet.samples.observations import SpeciesVocabulary, build_samples
 from geoplantnet.samples.training_set import open_training_set
@@ -45,10 +52,11 @@ class CnnPeer:
 
     def __init__(
         self, cfg: RunConfig, training_set: str, client: Client, out_dir: Path, x: np.ndarray, y: np.ndarray,
-        block_size: float,
+        block_size: float, run_name: str | None = None,
     ) -> None:
         self.cfg, self.path, self.client, self.out_dir = cfg, training_set, client, out_dir
         self.x, self.y, self.block_size = x, y, block_size
+        self.run_name = run_name  # the run folder under out_dir: fold-<k> by default
         self.runs: list[TrainResult] = []
         self._model: Any = None
         self._spec: Any = None
@@ -60,15 +68,15 @@ class CnnPeer:
         train = np.zeros(len(self.x), dtype=bool)
         train[X[:, 0].astype(np.int64)] = True
         fit_mask, val_mask = validation_split(self.x, self.y, train, self.block_size, seed=self.cfg.validation.seed)
-        run_dir = self.out_dir / f"fold-{len(self.runs)}"
+        run_dir = self.out_dir / (self.run_name or f"fold-{len(self.runs)}")
         result = train_on_cluster(
             self.client, self.path, np.flatnonzero(fit_mask), np.flatnonzero(val_mask), self.cfg, run_dir
         )
         self.runs.append(result)
         self._model, self._spec = load_model(result.model_path)
         log.info(
-            "CNN fold %d: %d epochs (best %d), %.1f s/epoch on %s",
-            len(self.runs) - 1, result.epochs_run, result.best_epoch, np.mean(result.epoch_seconds), result.device,
+            "CNN %s: %d epochs (best %d), %.1f s/epoch on %s",
+            run_dir.name, result.epochs_run, result.best_epoch, np.mean(result.epoch_seconds), result.device,
         )
         return self
 
@@ -77,15 +85,28 @@ class CnnPeer:
 
 
 def _point_features(ds: xr.Dataset) -> np.ndarray:
-    """Predictors at the points for MaxEnt and the forest: environment values, plus the seasonal series if present."""
-    parts = []
-    if "env_point" in ds:
-        parts.append(ds["env_point"].values.reshape(ds.sizes["sample"], -1))
-    if "series" in ds:
-        parts.append(ds["series"].values.reshape(ds.sizes["sample"], -1))
-    if not parts:
+    """Predictors at the points for MaxEnt and the forest: environment values, plus the seasonal series if present
+    (:func:`~geoplantnet.models.peers.point_features`, which the map tiles use too)."""
+    if "env_point" not in ds and "series" not in ds:
         raise ValueError("the training set has neither env_point nor series: no predictors for the peers")
-    return np.concatenate(parts, axis=1).astype("float32")
+    env_point = ds["env_point"].values if "env_point" in ds else None
+    series = ds["series"].values if "series" in ds else None
+    return point_features(env_point, series)
+
+
+def _feature_inputs(ds: xr.Dataset) -> dict[str, Any]:
+    """The names of :func:`_point_features`' columns, as a peer file records them (``PeerSpec`` inputs)."""
+    out: dict[str, Any] = {"variables": None, "bands": None, "seasons": 0}
+    if "env_point" in ds:
+        names = ds.attrs.get("variables", "").split()
+        n = ds.sizes["var"]
+        out["variables"] = names if len(names) == n else [f"var{i}" for i in range(n)]
+    if "series" in ds:
+        names = ds.attrs.get("bands", "").split()
+        n = ds.sizes["band"]
+        out["bands"] = names if len(names) == n else [f"band{i}" for i in range(n)]
+        out["seasons"] = int(ds.sizes["season"])
+    return out
 
 
 def _truth_at(truth: xr.DataArray, grid: Grid, x: np.ndarray, y: np.ndarray, species: list[str]) -> np.ndarray:
@@ -109,6 +130,8 @@ class PreparedSamples:
     n_dropped: int
     extract_seconds: float
     block: float  # spatial block size (metres)
+    species_name: list[str] | None = None
+    feature_inputs: dict[str, Any] | None = None  # names of the feature columns (variables, bands, seasons)
 
     @property
     def x(self) -> np.ndarray:
@@ -204,8 +227,10 @@ def prepare_samples(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Clien
         x_all[rows], y_all[rows], np.nan_to_num(kept[:, : min(features.shape[1], 8)]), folds=cfg.validation.folds,
         step=10 * grid.resolution,
     )
+    species_name = [str(s) for s in ds["species_name"].values] if "species_name" in ds else None
     return PreparedSamples(
-        path, rows, x_all, y_all, labels[rows], source[rows], kept, species, int(nodata.sum()), extract_s, float(block)
+        path, rows, x_all, y_all, labels[rows], source[rows], kept, species, int(nodata.sum()), extract_s, float(block),
+        species_name, _feature_inputs(ds),
     )
 
 
@@ -215,6 +240,42 @@ def train_map_model(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Clien
     cnn = CnnPeer(cfg, data.path, client, Path(out_dir) / "model", data.x_all, data.y_all, data.block)
     cnn.fit(data.rows[:, None], data.labels, data.source)
     return cnn.runs[-1]
+
+
+def _copy_atomic(src: str | os.PathLike[str], dst: Path) -> str:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return str(dst)
+
+
+def fit_final_models(
+    cfg: RunConfig, data: PreparedSamples, out_dir: Path, client: Client, names: list[str] | None = None
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Fit each model on every kept sample and write it to ``<out_dir>/models/`` (``cnn.pt``, ``maxent.peer``,
+    ``random_forest.peer``); returns {name: path} and {name: seconds}. The CNN stops early on a block-based
+    validation split carved from the samples (``<out_dir>/cnn/final/`` keeps its run); the peers are fitted as in
+    each fold, on all the samples."""
+    models_dir = Path(out_dir) / "models"
+    files: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for name in names if names is not None else list(cfg.validation.models):
+        t = time.perf_counter()
+        if name == "cnn":
+            cnn = CnnPeer(cfg, data.path, client, Path(out_dir) / "cnn", data.x_all, data.y_all, data.block, "final")
+            cnn.fit(data.rows[:, None], data.labels, data.source)
+            files[name] = _copy_atomic(cnn.runs[-1].model_path, models_dir / "cnn.pt")
+        else:
+            peer = (MaxentPeer if name == "maxent" else RandomForestPeer)(client=client, seed=cfg.train.seed)
+            peer.fit(data.features, data.labels, data.source)
+            files[name] = peer.save(
+                models_dir / f"{name}.peer", species=data.species, species_name=data.species_name,
+                **(data.feature_inputs or {}),
+            )
+        seconds[name] = round(time.perf_counter() - t, 1)
+        log.info("%s fitted on all %d samples in %.0f s: %s", name, len(data.rows), seconds[name], files[name])
+    return files, seconds
 
 
 def run_sdm(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> dict[str, Any]:
@@ -250,6 +311,9 @@ def run_sdm(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> di
         log.info("%s cross-validated in %.0f s", name, timings[name])
 
     epoch_s = [s for run in cnn.runs for s in run.epoch_seconds] or [float("nan")]
+    # after the folds (whose numbers must not depend on it): every model once more on all kept samples, for maps
+    model_files, final_s = fit_final_models(cfg, data, out_dir, client, [n for n in peers if n in results])
+    finals = ", ".join(f"{k}: {os.path.relpath(v, out_dir)} ({final_s[k]:g} s)" for k, v in model_files.items())
     device = cnn.runs[0].device if cnn.runs else "-"
     n_params = cnn.runs[0].n_parameters if cnn.runs else 0
     notes = [
@@ -260,6 +324,7 @@ def run_sdm(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> di
         f"observations: {obs.summary()}",
         f"CNN: {np.mean(epoch_s):.2f} s per epoch on {device} ({n_params} parameters); extraction {extract_s:.1f} s",
         f"wall time per model (all folds): {json.dumps(timings)}",
+        f"final models on all kept samples, for maps: {finals or 'none'}",
         *inputs.notes,
     ]
     warnings = report_warnings(results) if results else []
@@ -284,6 +349,7 @@ def run_sdm(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> di
         "seconds": round(time.perf_counter() - t0, 1),
         "warnings": warnings,
         "models": {name: _model_summary(r) for name, r in results.items()},
+        "model_files": model_files,
     }
     out = _json_safe(out)
     (out_dir / "summary.json").write_text(json.dumps(out, indent=2, allow_nan=False))
