@@ -12,7 +12,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from geoplantnet.core.config import RunConfig
+from geoplantnet.core.config import CubeConfig, RunConfig
 from geoplantnet.core.grid import Grid
 from geoplantnet.jobs.inputs import stac_api
 from geoplantnet.jobs.quicklook import composite_quicklook
@@ -26,12 +26,16 @@ log = logging.getLogger(__name__)
 def composites(items: list, cfg: RunConfig, grid: Grid | None = None) -> xr.DataArray:
     """Lazy cloud-masked seasonal median composites (time, band, y, x) with the configured indices appended, on
     ``grid`` (default: the run's grid at the cube resolution)."""
-    grid = grid or cfg.grid.grid(cfg.cube.resolution)
-    reflectance = cube.s2_cube(items, grid, cfg.cube.bands, chunk=cfg.cube.chunk)
-    scl = cube.scl_cube(items, grid, chunk=cfg.cube.chunk)
-    clear = cube.mask_clouds(reflectance, cube.cloud_mask(scl, cfg.cube.mask_scl))
-    seasonal = cube.seasonal_composite(clear, freq=cfg.cube.composite)
-    return cube.add_indices(seasonal, cfg.cube.indices) if cfg.cube.indices else seasonal
+    return cube_composites(items, cfg.cube, grid or cfg.grid.grid(cfg.cube.resolution))
+
+
+def cube_composites(items: list, settings: CubeConfig, grid: Grid) -> xr.DataArray:
+    """:func:`composites` from the cube settings alone (what a map tile task is given)."""
+    reflectance = cube.s2_cube(items, grid, settings.bands, chunk=settings.chunk)
+    scl = cube.scl_cube(items, grid, chunk=settings.chunk)
+    clear = cube.mask_clouds(reflectance, cube.cloud_mask(scl, settings.mask_scl))
+    seasonal = cube.seasonal_composite(clear, freq=settings.composite)
+    return cube.add_indices(seasonal, settings.indices) if settings.indices else seasonal
 
 
 def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = False) -> dict[str, object]:
