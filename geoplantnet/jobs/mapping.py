@@ -551,11 +551,13 @@ def run_map(
     preflight(store_url, storage_options, product="species", overwrite=overwrite)
     # observations only to train: a given model is applied to the predictors alone
     inputs = run_inputs(cfg, observations=model_url is None, progress=progress)
+    sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+    if model_url is not None:  # inputs that do not fit a given model: refused before a cluster starts
+        check_inputs(read_model(model_url)[1], sources, cfg)
     trained = None
     with connect(cfg.cluster) as client:
         if model_url is None:
             model_url, trained = ensure_model(cfg, inputs, client)
-        sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
         summary = produce_map(
             client, cfg, model_url, sources, store_url, progress=progress, overwrite=overwrite
         )
