@@ -67,3 +67,33 @@ def test_predict_at_the_plots_equals_the_map_and_reads_any_crs(tmp_path):
     other = pd.read_parquet(tmp_path / "q.parquet")
     np.testing.assert_allclose(other[species].to_numpy(float), predicted, atol=1e-6)
     np.testing.assert_allclose(other["x"], lon)  # coordinates as given
+
+
+def test_points_files_are_read_in_any_crs_and_bad_ones_are_one_line(tmp_path):
+    from geoplantnet.core.grid import to_grid_crs
+    from geoplantnet.jobs.predict import PointsError, read_points
+
+    cfg = load_config(None, SMALL)
+    csv = tmp_path / "p.csv"
+    pd.DataFrame({"site": ["a", "b"], "lon": [9.5, 9.6], "lat": [50.1, 50.2]}).to_csv(csv, index=False)
+    points = read_points(csv, cfg, "site")
+    ex, ey = to_grid_crs(np.array([9.5, 9.6]), np.array([50.1, 50.2]), "EPSG:4326")
+    np.testing.assert_allclose(np.c_[points.x, points.y], np.c_[ex, ey])
+    assert list(points.table.columns) == ["site", "lon", "lat"]
+    assert list(read_points(csv, cfg).table.columns) == ["point", "lon", "lat"]  # no id column: the row number
+    with pytest.raises(PointsError, match=r"p\.csv: no column 'easting'"):
+        read_points(csv, cfg.model_copy(update={"inputs": cfg.inputs.model_copy(update={"x": "easting"})}))
+    with pytest.raises(PointsError, match=r"missing\.csv: cannot read points"):
+        read_points(tmp_path / "missing.csv", cfg)
+
+
+def test_input_flags_override_the_inputs_section(tmp_path):
+    from geoplantnet.cli import _config, build_parser
+
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text("inputs:\n  observations: obs.csv\n  rasters: [a.tif, b.tif]\n  x: easting\n")
+    args = build_parser().parse_args(["map", "-c", str(yaml), "--rasters", "c.tif", "--with-s2", "--crs", "EPSG:3035"])
+    inputs = _config(args).inputs
+    assert inputs.rasters == ["c.tif"] and inputs.sentinel2 and inputs.crs == "EPSG:3035"
+    assert inputs.observations == "obs.csv" and inputs.x == "easting" and not inputs.virtual  # kept from the file
+    assert load_config(None).inputs.virtual  # nothing configured: the virtual region
