@@ -192,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     sdm = sub.add_parser(
         "sdm",
         help="train and evaluate species models (CNN, MaxEnt, random forest) on spatial blocks; write a report",
-        description="Without --observations: the virtual region (scored against its true probabilities too). "
-        "With --observations and --rasters: your own data (CSV or GeoParquet, coordinates in any CRS; GeoTIFFs in "
-        "any CRS/resolution, aligned onto the grid set by grid.* in the configuration).",
+        description="With no inputs named (flags or inputs.* settings): the virtual region (scored against its true "
+        "probabilities too). With --observations and --rasters: your own data (CSV or GeoParquet, coordinates in any "
+        "CRS; GeoTIFFs in any CRS/resolution, aligned onto the grid set by grid.* in the configuration).",
     )
     _add_config_args(sdm)
     _add_input_args(sdm)
