@@ -172,16 +172,16 @@ def production(cfg: RunConfig, model_path: str, sources: MapSources, out: Path) 
     prob_bytes = _du(out / "probability")
     return {
         "pixels": pixels,
-        "tiles": summary["tiles"],
+        "tiles": summary.tiles,
         "wall_s": round(wall, 1),
         "px_per_s": round(pixels / wall, 1),
         "px_per_s_core": round(pixels / wall / cores, 1),
-        "model_s": summary["model_seconds"],
-        "read_s": summary["read_seconds"],
+        "model_s": summary.model_seconds,
+        "read_s": summary.read_seconds,
         "worker_rss_at_start_mb": round(max(baseline.values()) / 2**20),
         "worker_peak_rss_mb": round(max(peaks.values()) / 2**20),
         "zarr_bytes": prob_bytes,
-        "zarr_bytes_per_px_species": round(prob_bytes / (pixels * summary["species"]), 4),
+        "zarr_bytes_per_px_species": round(prob_bytes / (pixels * summary.species), 4),
     }
 
 

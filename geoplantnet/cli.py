@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from geoplantnet.core.config import ConfigError, RunConfig, load_config
+from geoplantnet.core.config import ConfigError, InputsConfig, RunConfig, load_config
 from geoplantnet.core.errors import GeoplantnetError, RefusedError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml"
@@ -53,11 +53,44 @@ def _add_overwrite(parser: argparse.ArgumentParser, store: str) -> None:
     )
 
 
+def _add_input_args(parser: argparse.ArgumentParser) -> None:
+    """The flags naming a user's inputs; each overrides its ``inputs.*`` setting (none given: the configuration's,
+    and with nothing configured, the virtual region)."""
+    group = parser.add_argument_group("your data (override inputs.* in the configuration)")
+    group.add_argument("--observations", type=Path, default=None, help="CSV or GeoParquet of records")
+    group.add_argument("--crs", default=None, help="CRS of the CSV coordinates (default EPSG:4326)")
+    group.add_argument("--x", default=None, help="x/longitude column (CSV; default lon)")
+    group.add_argument("--y", default=None, help="y/latitude column (CSV; default lat)")
+    group.add_argument("--species", default=None, help="species column (default species)")
+    group.add_argument("--presence", default=None, help="presence/absence column (1/0); absent: presence-only")
+    group.add_argument("--survey", default=None, help="survey/plot id column: rows sharing it form one survey")
+    group.add_argument("--rasters", type=Path, nargs="*", default=None, help="predictor GeoTIFFs (one variable each)")
+    group.add_argument(
+        "--categorical", nargs="*", default=None, metavar="LAYER",
+        help="raster layers holding class codes (land cover, soil type): resampled by nearest neighbour and given to "
+        "the models as one indicator layer per class (layer names: file stems or band descriptions)",
+    )
+    group.add_argument(
+        "--with-s2", dest="sentinel2", action="store_true", default=None,
+        help="add Sentinel-2 composites from stac.url",
+    )
+
+
+_INPUT_FLAGS = ("observations", "crs", "x", "y", "species", "presence", "survey", "rasters", "categorical", "sentinel2")
+
+
 def _config(args: argparse.Namespace) -> RunConfig:
     overrides = list(args.overrides)
     if getattr(args, "scheduler", None):
         overrides += ["cluster.kind=address", f"cluster.address={args.scheduler}"]
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    given = {k: getattr(args, k) for k in _INPUT_FLAGS if getattr(args, k, None) is not None}
+    if not given:
+        return cfg
+    given = {k: [str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
+             for k, v in given.items()}
+    inputs = InputsConfig.model_validate({**cfg.inputs.model_dump(), **given})
+    return cfg.model_copy(update={"inputs": inputs})
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -71,7 +104,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_sdm(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from geoplantnet.jobs.inputs import user_inputs, virtual_inputs
+    from geoplantnet.jobs.inputs import run_inputs
     from geoplantnet.jobs.sdm import run_sdm
     from geoplantnet.runtime.cluster import connect
     from geoplantnet.storage.store import is_local
@@ -81,22 +114,7 @@ def _cmd_sdm(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(cfg.store.root) / "sdm")
     if out.exists() and any(out.iterdir()) and not any((out / m).exists() for m in ("summary.json", "training.zarr")):
         raise RefusedError(f"{out} holds files that are not an sdm run's; refusing to write there (use another --out)")
-    if args.observations is None:
-        inputs = virtual_inputs(cfg, progress=not args.quiet)
-    else:
-        inputs = user_inputs(
-            cfg,
-            args.observations,
-            args.rasters,
-            crs=args.crs,
-            x=args.x,
-            y=args.y,
-            species=args.species,
-            presence=args.presence,
-            survey=args.survey,
-            with_s2=args.with_s2,
-            categorical=args.categorical,
-        )
+    inputs = run_inputs(cfg, progress=not args.quiet)
     with connect(cfg.cluster) as client:
         result = run_sdm(cfg, inputs, out, client)
     print(json.dumps(result, indent=2))
@@ -108,7 +126,19 @@ def _cmd_map(args: argparse.Namespace) -> int:
     from geoplantnet.jobs.mapping import run_map
 
     result = run_map(cfg, model=args.model, out=args.out, progress=not args.quiet, overwrite=args.overwrite)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from geoplantnet.jobs.predict import run_predict
+
+    result = run_predict(
+        cfg, model=args.model, points=args.points, out=args.out, id_column=args.id, progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(result.to_dict(), indent=2))
     return 0
 
 
@@ -162,25 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     sdm = sub.add_parser(
         "sdm",
         help="train and evaluate species models (CNN, MaxEnt, random forest) on spatial blocks; write a report",
-        description="Without --observations: the virtual region (scored against its true probabilities too). "
-        "With --observations and --rasters: your own data (CSV or GeoParquet, coordinates in any CRS; GeoTIFFs in "
-        "any CRS/resolution, aligned onto the grid set by grid.* in the configuration).",
+        description="With no inputs named (flags or inputs.* settings): the virtual region (scored against its true "
+        "probabilities too). With --observations and --rasters: your own data (CSV or GeoParquet, coordinates in any "
+        "CRS; GeoTIFFs in any CRS/resolution, aligned onto the grid set by grid.* in the configuration).",
     )
     _add_config_args(sdm)
-    sdm.add_argument("--observations", type=Path, default=None, help="CSV or GeoParquet of records")
-    sdm.add_argument("--crs", default="EPSG:4326", help="CRS of the CSV coordinates (default EPSG:4326)")
-    sdm.add_argument("--x", default="lon", help="x/longitude column (CSV)")
-    sdm.add_argument("--y", default="lat", help="y/latitude column (CSV)")
-    sdm.add_argument("--species", default="species", help="species column")
-    sdm.add_argument("--presence", default=None, help="presence/absence column (1/0); absent: presence-only")
-    sdm.add_argument("--survey", default=None, help="survey/plot id column: rows sharing it form one survey")
-    sdm.add_argument("--rasters", type=Path, nargs="*", default=[], help="predictor GeoTIFFs (one variable each)")
-    sdm.add_argument(
-        "--categorical", nargs="*", default=[], metavar="LAYER",
-        help="raster layers holding class codes (land cover, soil type): resampled by nearest neighbour and given to "
-        "the models as one indicator layer per class (layer names: file stems or band descriptions)",
-    )
-    sdm.add_argument("--with-s2", action="store_true", help="add Sentinel-2 composites from stac.url")
+    _add_input_args(sdm)
     sdm.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm)")
     sdm.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     sdm.set_defaults(func=_cmd_sdm)
@@ -189,11 +206,31 @@ def build_parser() -> argparse.ArgumentParser:
         "map", help="apply the species model over the whole grid, tile by tile on the cluster -> species.zarr"
     )
     _add_config_args(mapping)
-    mapping.add_argument("--model", default=None, help="trained model file (default: map.model, or train one)")
+    mapping.add_argument(
+        "--model", default=None, help="trained model file (default: map.model, or train one on --observations)"
+    )
     mapping.add_argument("--out", default=None, help="species.zarr path or URL (default: <store.root>/species.zarr)")
     mapping.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     _add_overwrite(mapping, "species.zarr")
+    _add_input_args(mapping)
     mapping.set_defaults(func=_cmd_map)
+
+    pred = sub.add_parser(
+        "predict",
+        help="each species' probability at a table of points (CSV or Parquet out: one row per point)",
+        description="Extracts the model's inputs at the points as training did and writes one row per point: the id "
+        "column (--id, else the row number as 'point'), the coordinates as given, one probability column per "
+        "species id. Points outside the grid or the rasters' data get NaN (counted in a warning).",
+    )
+    _add_config_args(pred)
+    pred.add_argument("--model", default=None, help="trained model file (default: map.model)")
+    pred.add_argument("--points", type=Path, required=True, help="CSV (--x/--y in --crs) or (Geo)Parquet of points")
+    pred.add_argument("--id", default="id", help="point id column, copied to the output when present (default id)")
+    pred.add_argument("--out", type=Path, required=True, help="output table: .csv or .parquet")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    pred.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_input_args(pred)
+    pred.set_defaults(func=_cmd_predict)
 
     sim = sub.add_parser("simulate", help="generate the virtual region (imagery, environment, species, observations)")
     _add_config_args(sim)

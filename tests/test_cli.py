@@ -15,7 +15,9 @@ from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 
-COMMANDS = [["run"], ["sdm"], ["simulate"], ["stac", "serve"], ["config", "show"], ["cluster", "spec"]]
+COMMANDS = [
+    ["run"], ["sdm"], ["map"], ["predict"], ["simulate"], ["stac", "serve"], ["config", "show"], ["cluster", "spec"]
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from geoplantnet.core.errors import ConfigError
 from geoplantnet.core.grid import Grid
 
-__all__ = ["ConfigError", "RunConfig", "load_config", "redact"]
+__all__ = ["ConfigError", "CubeConfig", "InputsConfig", "RunConfig", "load_config", "redact"]
 
 ENV_PREFIX = "GEOPLANTNET__"
 
@@ -216,6 +216,30 @@ class MapConfig(_Section):
     mixed_precision: bool = True
 
 
+class InputsConfig(_Section):
+    """What a run reads: a user's observations and predictor rasters, and/or Sentinel-2 from ``stac.url``.
+
+    Nothing set (no observations, no rasters, ``sentinel2`` false) means the virtual region (the demo and the tests).
+    The ``sdm``, ``map`` and ``predict`` commands' flags (``--observations``, ``--rasters``, ...) override these.
+    """
+
+    observations: str | None = Field(None, description="CSV or GeoParquet of records (needed to train)")
+    x: str = Field("lon", description="x/longitude column of a CSV (observations, and predict's points)")
+    y: str = Field("lat", description="y/latitude column of a CSV")
+    crs: str = Field("EPSG:4326", description="CRS of the CSV coordinates")
+    species: str = Field("species", description="species column")
+    presence: str | None = Field(None, description="presence/absence column (1/0); None: presence-only")
+    survey: str | None = Field(None, description="survey/plot id column: rows sharing it form one survey")
+    rasters: list[str] = Field([], description="predictor GeoTIFFs (local paths, any CRS; one layer per band)")
+    categorical: list[str] = Field([], description="layers holding class codes (file stems or band descriptions)")
+    sentinel2: bool = Field(False, description="Sentinel-2 composites from stac.url (stac.s2_collection, cube.*)")
+
+    @property
+    def virtual(self) -> bool:
+        """True when nothing is configured: the virtual region provides the inputs."""
+        return self.observations is None and not self.rasters and not self.sentinel2
+
+
 class RunConfig(_Section):
     """Everything one run needs; nothing else reads settings."""
 
@@ -231,6 +255,7 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     validation: ValidationConfig = ValidationConfig()
     map: MapConfig = MapConfig()
+    inputs: InputsConfig = InputsConfig()
 
     def to_attrs(self) -> dict[str, str]:
         """The resolved configuration, credentials redacted (:func:`redact`), as a JSON string attribute."""

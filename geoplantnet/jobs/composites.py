@@ -13,7 +13,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from geoplantnet.core.config import RunConfig
+from geoplantnet.core.config import CubeConfig, RunConfig
 from geoplantnet.core.grid import Grid
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.jobs.inputs import stac_api
@@ -28,18 +28,22 @@ log = logging.getLogger(__name__)
 def composites(items: list, cfg: RunConfig, grid: Grid | None = None) -> xr.DataArray:
     """Lazy cloud-masked seasonal median composites (time, band, y, x) with the configured indices appended, on
     ``grid`` (default: the run's grid at the cube resolution)."""
-    grid = grid or cfg.grid.grid(cfg.cube.resolution)
-    reflectance = cube.s2_cube(items, grid, cfg.cube.bands, chunk=cfg.cube.chunk)
+    return cube_composites(items, cfg.cube, grid or cfg.grid.grid(cfg.cube.resolution))
+
+
+def cube_composites(items: list, settings: CubeConfig, grid: Grid) -> xr.DataArray:
+    """:func:`composites` from the cube settings alone (what a map tile task is given)."""
+    reflectance = cube.s2_cube(items, grid, settings.bands, chunk=settings.chunk)
     if any("SCL" in catalog.band_assets(item) for item in items):
-        scl = cube.scl_cube(items, grid, chunk=cfg.cube.chunk)
-        clear = cube.mask_clouds(reflectance, cube.cloud_mask(scl, cfg.cube.mask_scl))
+        scl = cube.scl_cube(items, grid, chunk=settings.chunk)
+        clear = cube.mask_clouds(reflectance, cube.cloud_mask(scl, settings.mask_scl))
     else:
         # archives such as BigEarthNet ship L2A bands without the scene classification: nothing to mask with
         # (a warning, not a log line: shown once per process, not once per map tile)
         warnings.warn("no item has an SCL (scene classification) band: composites are not cloud-masked", stacklevel=2)
         clear = reflectance
-    seasonal = cube.seasonal_composite(clear, freq=cfg.cube.composite)
-    return cube.add_indices(seasonal, cfg.cube.indices) if cfg.cube.indices else seasonal
+    seasonal = cube.seasonal_composite(clear, freq=settings.composite)
+    return cube.add_indices(seasonal, settings.indices) if settings.indices else seasonal
 
 
 def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = False) -> dict[str, object]:

@@ -8,7 +8,7 @@ sees the same :class:`Inputs` whichever provider made them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import rasterio
 import xarray as xr
 from rasterio.errors import RasterioError
 
-from geoplantnet.core.config import ConfigError, RunConfig
+from geoplantnet.core.config import ConfigError, RunConfig, redact
 from geoplantnet.core.errors import InputError
 from geoplantnet.samples.observations import Observations
 from geoplantnet.sources import predictors
@@ -26,7 +26,7 @@ from geoplantnet.sources import predictors
 class Inputs:
     """What a run reads: observations, predictor items, optional Sentinel-2 items and the true probabilities."""
 
-    observations: Observations
+    observations: Observations | None  # None when a trained model is applied to a user's predictors
     env_items: list
     s2_items: list | None = None
     truth: xr.DataArray | None = None  # (species, y, x) true probabilities on the map grid (virtual region only)
@@ -67,51 +67,65 @@ def virtual_inputs(cfg: RunConfig, *, progress: bool = False) -> Inputs:
     return Inputs(from_virtual_region(manifest), env, s2, truth, [f"virtual region {manifest.root}"])
 
 
-def user_inputs(
-    cfg: RunConfig,
-    observations: Path,
-    rasters: list[Path],
-    *,
-    crs: str = "EPSG:4326",
-    x: str = "lon",
-    y: str = "lat",
-    species: str = "species",
-    presence: str | None = None,
-    survey: str | None = None,
-    with_s2: bool = False,
-    categorical: Sequence[str] = (),
-) -> Inputs:
-    """A user's observations file (CSV or GeoParquet) and predictor GeoTIFFs (any CRS), optionally with Sentinel-2."""
+def user_inputs(cfg: RunConfig, *, observations: bool = True) -> Inputs:
+    """A user's inputs as ``cfg.inputs`` names them: the observations file (CSV or GeoParquet; read only when
+    ``observations``: training needs it, applying a model does not), predictor GeoTIFFs (any CRS) and/or Sentinel-2
+    items searched in ``stac.url``."""
     from geoplantnet.samples.observations import load_observations
-    from geoplantnet.sources import catalog
 
-    if not rasters:
-        raise InputError("no predictor rasters given (--rasters a.tif b.tif ...)")
-    grid = cfg.grid.grid()
-    obs = load_observations(
-        observations, crs=crs, x=x, y=y, species=species, presence=presence, survey=survey, grid=grid
-    )
+    given = cfg.inputs
+    if observations and given.observations is None:
+        raise ConfigError("no observations file given (--observations FILE or inputs.observations)")
+    if observations and not given.rasters:
+        raise InputError("no predictor rasters given (--rasters a.tif b.tif ... or inputs.rasters)")
+    if not given.rasters and not given.sentinel2:
+        raise ConfigError("no predictors: give rasters (--rasters, inputs.rasters) and/or Sentinel-2 (--with-s2)")
+    obs = None
+    if observations:
+        obs = load_observations(
+            Path(given.observations or ""), crs=given.crs, x=given.x, y=given.y, species=given.species,
+            presence=given.presence, survey=given.survey, grid=cfg.grid.grid(),
+        )
+    env_items = raster_items(cfg) if given.rasters else []
+    s2 = sentinel2_items(cfg) if given.sentinel2 else None
+    what = [f"observations {given.observations}"] if observations else []
+    what += [f"rasters {[Path(p).name for p in given.rasters]}"] if given.rasters else []
+    what += [f"Sentinel-2 from {redact({'url': cfg.stac.url})['url']}"] if given.sentinel2 else []
+    return Inputs(obs, env_items, s2, None, ["; ".join(what)])
+
+
+def raster_items(cfg: RunConfig) -> list:
+    """STAC items for the rasters of ``inputs.rasters`` (multi-band files split into one layer per band)."""
     layers: dict[str, Path] = {}
-    for path in rasters:
+    for name in cfg.inputs.rasters:
+        path = Path(name)
         try:
             with rasterio.open(path) as ds:
                 multi = ds.count > 1
         except RasterioError as exc:
             raise predictors.PredictorError(f"{path}: cannot open as a raster: {' '.join(str(exc).split())}") from None
-        layers.update(
-            predictors.split_bands(path, Path(cfg.workdir) / "predictors") if multi else {Path(path).stem: Path(path)}
+        layers.update(predictors.split_bands(path, Path(cfg.workdir) / "predictors") if multi else {path.stem: path})
+    return predictors.from_geotiffs(layers, categorical=cfg.inputs.categorical)
+
+
+def sentinel2_items(cfg: RunConfig) -> list:
+    """Sentinel-2 items over the grid from ``stac.url`` (``stac.s2_collection``, ``cube.datetime``, cloud cover)."""
+    from geoplantnet.sources import catalog
+
+    if not cfg.stac.url:
+        raise ConfigError("Sentinel-2 inputs (--with-s2, inputs.sentinel2) need a STAC API: --set stac.url=https://...")
+    grid = cfg.grid.grid(cfg.cube.resolution)
+    return list(
+        catalog.search(
+            cfg.stac.url, cfg.stac.s2_collection, bbox=grid.bounds, bbox_crs=grid.epsg, datetime=cfg.cube.datetime,
+            max_cloud_cover=cfg.cube.max_cloud_cover, timeout=cfg.stac.timeout, retries=cfg.stac.retries,
         )
-    env_items = predictors.from_geotiffs(layers, categorical=categorical)
-    s2 = None
-    if with_s2:
-        if not cfg.stac.url:
-            raise ConfigError("--with-s2 needs a STAC API: --set stac.url=https://...")
-        cgrid = cfg.grid.grid(cfg.cube.resolution)
-        s2 = list(
-            catalog.search(
-                cfg.stac.url, cfg.stac.s2_collection, bbox=cgrid.bounds, bbox_crs=cgrid.epsg,
-                datetime=cfg.cube.datetime, max_cloud_cover=cfg.cube.max_cloud_cover,
-                timeout=cfg.stac.timeout, retries=cfg.stac.retries,
-            )
-        )
-    return Inputs(obs, env_items, s2, None, [f"observations {observations}; rasters {[p.name for p in rasters]}"])
+    )
+
+
+def run_inputs(cfg: RunConfig, *, observations: bool = True, progress: bool = False) -> Inputs:
+    """The run's inputs from the configured provider: the user's (``cfg.inputs``) or, when nothing is configured,
+    the virtual region. ``observations=False`` when a trained model is applied (map, predict)."""
+    if cfg.inputs.virtual:
+        return virtual_inputs(cfg, progress=progress)
+    return user_inputs(cfg, observations=observations)

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import fsspec
@@ -32,7 +32,7 @@ import torch
 from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
-from geoplantnet.core.config import RunConfig, redact
+from geoplantnet.core.config import CubeConfig, RunConfig, redact
 from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.inference.dense import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
@@ -70,11 +70,22 @@ def _touching(items: Sequence[Mapping[str, Any]], footprints: Sequence[Any], gri
 
 
 @dataclass(frozen=True)
+class ReadSettings:
+    """The settings a tile read needs (not the whole run configuration: tasks carry what they use)."""
+
+    cube: CubeConfig  # Sentinel-2 bands, masking, compositing, indices, chunking
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> ReadSettings:
+        return cls(cfg.cube)
+
+
+@dataclass(frozen=True)
 class MapSources:
     """What tile tasks read; picklable (items as dicts). ``seasons`` is the run's composite time axis: a tile whose
     items miss a season still gets that season, as NaN, like a cloudy season in training."""
 
-    cfg: RunConfig
+    settings: ReadSettings
     s2_items: tuple[dict, ...] | None
     env_items: tuple[dict, ...] | None
     seasons: tuple[np.datetime64, ...] | None
@@ -97,7 +108,7 @@ class MapSources:
         s2 = tuple(i.to_dict() for i in s2_items) if s2_items else None
         env = tuple(i.to_dict() for i in env_items)
         return cls(
-            cfg,
+            ReadSettings.of(cfg),
             s2,
             env,
             seasons,
@@ -122,28 +133,43 @@ class MapSources:
                 env = np.full((n_vars, window.height, window.width), np.nan, np.float32)
             else:
                 stack = predictors.model_stack(items, window, chunk=max(window.height, window.width))
-                _check_names("environmental variables", spec.variables, stack["var"].values)
+                _check_names("environmental variables", spec.variables, stack["var"].values, "rasters")
                 env = stack.compute(scheduler="sync").values.astype(np.float32)
         return patch, env
 
     def _composite(self, spec: ModelSpec, window: Grid) -> np.ndarray:
-        from geoplantnet.jobs.composites import composites
+        from geoplantnet.jobs.composites import cube_composites
 
-        n_bands = len(spec.bands) if spec.bands else len(self.cfg.cube.bands) + len(self.cfg.cube.indices)
+        cube = self.settings.cube
+        n_bands = len(spec.bands) if spec.bands else len(cube.bands) + len(cube.indices)
         shape = (len(self.seasons or ()), n_bands, window.height, window.width)
         items = _touching(self.s2_items or (), self.s2_footprints, window)
         if not items:
             return np.full(shape, np.nan, np.float32)
-        comp = composites(items, self.cfg, window)
-        _check_names("Sentinel-2 bands", spec.bands, comp["band"].values)
+        comp = cube_composites(items, cube, window)
+        _check_names("Sentinel-2 bands", spec.bands, comp["band"].values, "imagery")
         comp = comp.reindex(time=list(self.seasons or ()))
         return comp.compute(scheduler="sync").values.astype(np.float32)
 
 
-def _check_names(what: str, trained: Sequence[str] | None, given: Sequence[Any]) -> None:
+def _listed(names: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return f"[{shown}{f', ... {len(names) - limit} more' if len(names) > limit else ''}]"
+
+
+def _check_names(what: str, trained: Sequence[str] | None, given: Sequence[Any], source: str) -> None:
+    """Refuse inputs whose channel names are not the model's, in its order; the message says what differs."""
     given = [str(g) for g in given]
-    if trained is not None and list(trained) != given:
-        raise InferenceError(f"{what} {given} differ from the model's {list(trained)}")
+    if trained is None or list(trained) == given:
+        return
+    missing = [n for n in trained if n not in given]
+    extra = [n for n in given if n not in trained]
+    diff = [f"missing {_listed(missing)}"] if missing else []
+    diff += [f"not in the model {_listed(extra)}"] if extra else []
+    raise InferenceError(
+        f"the model was trained on {what} {_listed(list(trained))}, the run's {source} give {_listed(given)} "
+        f"({'; '.join(diff) or 'the same names in another order'})"
+    )
 
 
 # -- the model, once per worker process
@@ -242,10 +268,13 @@ def check_inputs(spec: ModelSpec, sources: MapSources, cfg: RunConfig) -> None:
     Sentinel-2 bands and indices, the same seasons, the same environmental variables in the same order)."""
     takes_s2 = "patch" in spec.modalities or "series" in spec.modalities
     if takes_s2 and not sources.s2_items:
-        raise InferenceError("the model takes Sentinel-2 inputs but the run found no Sentinel-2 items")
+        raise InferenceError(
+            f"the model was trained on Sentinel-2 bands {_listed(spec.bands or [])} but the run has no Sentinel-2 "
+            "items (--with-s2 / inputs.sentinel2 with stac.url, or a search that found nothing)"
+        )
     if takes_s2:
         bands = [*cfg.cube.bands, *cfg.cube.indices]
-        _check_names("Sentinel-2 bands (cube.bands + cube.indices)", spec.bands, bands)
+        _check_names("Sentinel-2 bands", spec.bands, bands, "settings (cube.bands + cube.indices)")
         seasons = spec.modalities["series"][-1] if "series" in spec.modalities else None
         if seasons is not None and seasons != len(sources.seasons or ()):
             raise InferenceError(
@@ -254,11 +283,14 @@ def check_inputs(spec: ModelSpec, sources: MapSources, cfg: RunConfig) -> None:
             )
     if "env" in spec.modalities:
         if not sources.env_items:
-            raise InferenceError("the model takes environmental inputs but the run has no environmental layers")
+            raise InferenceError(
+                f"the model was trained on environmental variables {_listed(spec.variables or [])} but the run has "
+                "no rasters (--rasters / inputs.rasters)"
+            )
         grid = cfg.grid.grid()
         probe = Grid(grid.resolution, grid.left, grid.top, 1, 1, grid.epsg)  # metadata only: nothing is read
         names = predictors.model_stack([pystac.Item.from_dict(dict(i)) for i in sources.env_items], probe)["var"]
-        _check_names("environmental variables", spec.variables, names.values)
+        _check_names("environmental variables", spec.variables, names.values, "rasters")
 
 
 def run_parts(raw_model: bytes, cfg: RunConfig, sources: MapSources) -> dict[str, str]:
@@ -337,6 +369,34 @@ def _run_tiles(
     return results, time.perf_counter() - t_compute
 
 
+@dataclass
+class MapSummary:
+    """What a map run did: the store, its run fingerprint, tiles computed and skipped, speed, where tiles ran; and,
+    from :func:`run_map`, the model used and how it was trained if it was trained by the run."""
+
+    store: str
+    run: str
+    tiles: int
+    tiles_computed: int
+    tiles_skipped: int
+    species: int
+    shape: list[int]
+    pixels_per_second: float | None
+    model_seconds: float
+    read_seconds: float
+    devices: list[str]
+    model_loads: dict[str, int]  # worker process id -> model loads (1 each: the model is kept per process)
+    resources: dict[str, float] | None
+    seconds: float
+    model: str | None = None
+    trained: dict[str, Any] | None = None
+    inputs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-ready plain values (what the command prints)."""
+        return asdict(self)
+
+
 def produce_map(
     client: Client,
     cfg: RunConfig,
@@ -346,7 +406,7 @@ def produce_map(
     *,
     progress: bool = True,
     overwrite: bool = False,
-) -> dict[str, Any]:
+) -> MapSummary:
     """Write ``species.zarr`` at ``store_url`` for the grid of ``cfg``, resuming an interrupted run of the same
     fingerprint; a store of another run is replaced only with ``overwrite``, anything else is never touched."""
     t_start = time.perf_counter()
@@ -398,24 +458,24 @@ def produce_map(
         lease.check()
         tile_store.finalise(store_url, n_tiles=len(tiles), run=run, storage_options=storage_options)
     pixels = sum(r["pixels"] for r in results)
-    return {
-        "store": store_url,
-        "run": run,
-        "tiles": len(tiles),
-        "tiles_computed": len(results),
-        "tiles_skipped": len(tiles) - len(todo),
-        "species": len(spec.species),
-        "shape": [len(spec.species), map_grid.height, map_grid.width],
-        "pixels_per_second": round(pixels / compute_s, 1) if results else None,
-        "model_seconds": round(sum(r["model_s"] for r in results), 2),
-        "read_seconds": round(sum(r["read_s"] for r in results), 2),
-        "devices": sorted({r["device"] for r in results}),
-        "model_loads": {
+    return MapSummary(
+        store=store_url,
+        run=run,
+        tiles=len(tiles),
+        tiles_computed=len(results),
+        tiles_skipped=len(tiles) - len(todo),
+        species=len(spec.species),
+        shape=[len(spec.species), map_grid.height, map_grid.width],
+        pixels_per_second=round(pixels / compute_s, 1) if results else None,
+        model_seconds=round(sum(r["model_s"] for r in results), 2),
+        read_seconds=round(sum(r["read_s"] for r in results), 2),
+        devices=sorted({r["device"] for r in results}),
+        model_loads={
             str(pid): max(r["model_loads"] for r in results if r["pid"] == pid) for pid in {r["pid"] for r in results}
         },
-        "resources": resources,
-        "seconds": round(time.perf_counter() - t_start, 1),
-    }
+        resources=resources,
+        seconds=round(time.perf_counter() - t_start, 1),
+    )
 
 
 def _asset_state(item: Mapping[str, Any]) -> list[Any]:
@@ -471,24 +531,34 @@ def run_map(
     out: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
-) -> dict[str, Any]:
-    """The map job on the virtual region: inputs through its STAC API, the model (``model``, ``map.model``, or one
-    trained here and cached by configuration), then :func:`produce_map` on the configured cluster."""
-    from geoplantnet.jobs.inputs import virtual_inputs
+) -> MapSummary:
+    """The map job on the configured inputs (``cfg.inputs``: a user's rasters and/or Sentinel-2 from ``stac.url``;
+    nothing configured: the virtual region), with the model ``model`` or ``map.model``, or one trained here on the
+    configured observations and cached by configuration; then :func:`produce_map` on the configured cluster."""
+    from geoplantnet.jobs.inputs import run_inputs
     from geoplantnet.runtime.cluster import connect
     from geoplantnet.storage.store import join
 
+    model_url = model or cfg.map.model
+    if model_url is None and not cfg.inputs.virtual and cfg.inputs.observations is None:
+        raise MapError(
+            "map needs a model for your inputs: pass --model FILE (or map.model), or --observations FILE "
+            "(inputs.observations) to train one"
+        )
     store_url = out or join(cfg.store.root, "species.zarr")
     storage_options = storage_options_for(store_url, cfg.store)
     # refuse a user's folder, a store being written, another product's store before minutes of generation and training
     preflight(store_url, storage_options, product="species", overwrite=overwrite)
-    inputs = virtual_inputs(cfg, progress=progress)
+    # observations only to train: a given model is applied to the predictors alone
+    inputs = run_inputs(cfg, observations=model_url is None, progress=progress)
+    sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+    if model_url is not None:  # inputs that do not fit a given model: refused before a cluster starts
+        check_inputs(read_model(model_url)[1], sources, cfg)
+    trained = None
     with connect(cfg.cluster) as client:
-        model_url, trained = model or cfg.map.model, None
         if model_url is None:
             model_url, trained = ensure_model(cfg, inputs, client)
-        sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
         summary = produce_map(
             client, cfg, model_url, sources, store_url, progress=progress, overwrite=overwrite
         )
-    return {**summary, "model": model_url, "trained": trained}
+    return replace(summary, model=model_url, trained=trained, inputs=inputs.notes)
