@@ -130,6 +130,27 @@ def _cmd_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from geoplantnet.core.errors import InputError
+    from geoplantnet.jobs.quicklook import species_quicklook
+    from geoplantnet.storage.store import open_store
+
+    maps = {}
+    for url in args.stores:
+        ds = open_store(url)
+        if "probability" not in ds:
+            raise InputError(f"{url}: no 'probability' variable (not a species.zarr)")
+        by = "species_name" if args.species not in ds["species"].values and "species_name" in ds.coords else "species"
+        prob = ds["probability"].sel({by: args.species}).squeeze(drop=True)
+        if prob.ndim != 2:
+            raise InputError(f"{url}: {args.species!r} names {prob.sizes.get('species', 0)} species; give its id")
+        kind = ds.attrs.get("model_version", "").split("/")[0] or Path(url).name  # species-net, maxent, ...
+        maps[kind if kind not in maps else f"{kind} ({Path(url).name})"] = prob
+    png = species_quicklook(maps, args.out, title=args.title or args.species)
+    print(json.dumps({"png": str(png), "maps": list(maps)}, indent=2))
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from geoplantnet.jobs.predict import run_predict
@@ -214,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(mapping, "species.zarr")
     _add_input_args(mapping)
     mapping.set_defaults(func=_cmd_map)
+
+    plot = sub.add_parser(
+        "plot", help="one species from one or more species.zarr stores side by side (e.g. CNN and MaxEnt) -> PNG"
+    )
+    plot.add_argument("stores", nargs="+", help="species.zarr paths or URLs (complete stores)")
+    plot.add_argument("--species", required=True, help="species id or scientific name")
+    plot.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    plot.add_argument("--title", default=None, help="figure title (default: the species)")
+    plot.set_defaults(func=_cmd_plot)
 
     pred = sub.add_parser(
         "predict",

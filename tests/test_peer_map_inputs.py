@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _small_region import SMALL_REGION
 
 from geoplantnet.core.config import load_config
 from geoplantnet.inference.dense import InferenceError
 from geoplantnet.inference.points import peer_geometry, pixel_features, predict_tile_points
 from geoplantnet.models.peers import RandomForestPeer
+from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 

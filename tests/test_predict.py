@@ -13,12 +13,12 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
-from _small_region import SMALL_REGION
 from pyproj import Transformer
 
 from geoplantnet.core.config import load_config
 from geoplantnet.sim.region import RegionManifest
 from geoplantnet.storage.store import open_store
+from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [*SMALL_REGION, "train.epochs=2"]

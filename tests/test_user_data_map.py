@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from _small_region import SMALL_REGION
 from rasterio.transform import from_bounds
 
 from geoplantnet.core.config import load_config
 from geoplantnet.storage.store import open_store
+from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = [s for s in SMALL_REGION if s.startswith(("grid.", "model.", "cluster.", "cube.chunk", "validation.block"))]

@@ -36,6 +36,8 @@ from geoplantnet.core.config import CubeConfig, RunConfig, redact
 from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.inference.dense import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
+from geoplantnet.inference.points import predict_tile_points
+from geoplantnet.models.peers import PeerSpec, is_peer_file, load_peer
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
 from geoplantnet.sources import predictors
@@ -178,8 +180,11 @@ _MODEL_LOCK = threading.Lock()
 _MODEL: dict[str, Any] = {"key": None, "model": None, "spec": None, "loads": 0}
 
 
-def read_model(url: str, device: str | torch.device = "cpu") -> tuple[SpeciesNet, ModelSpec, bytes]:
-    """Load a model file from a path or any fsspec URL (``s3://...``); also returns its bytes."""
+def read_model(
+    url: str, device: str | torch.device = "cpu"
+) -> tuple[SpeciesNet | Any, ModelSpec | PeerSpec, bytes]:
+    """Load a model file from a path or any fsspec URL (``s3://...``): the species network (``.pt``) or a point-value
+    peer fitted by ``sdm`` (``.peer``: MaxEnt, random forest; told apart by content, not name); also its bytes."""
     try:
         with fsspec.open(url, "rb") as f:
             raw = f.read()
@@ -187,6 +192,9 @@ def read_model(url: str, device: str | torch.device = "cpu") -> tuple[SpeciesNet
         raise ModelFileError(f"{url}: no such model file") from None
     except IsADirectoryError:
         raise ModelFileError(f"{url}: a folder, not a model file") from None
+    if is_peer_file(raw):
+        peer, peer_spec = load_peer(io.BytesIO(raw), name=url)
+        return peer, peer_spec, raw
     model, spec = load_model(io.BytesIO(raw), device, name=url)
     return model, spec, raw
 
@@ -233,19 +241,23 @@ def map_tile(job: TileJob, tile: Tile) -> dict[str, Any]:
     """Read, predict and write one tile; returns its timings (runs on a worker)."""
     t0 = time.perf_counter()
     model, spec, loads = worker_model(job.model_url, job.device, job.model_sha256)
-    device = next(model.parameters()).device
     geom = tile_geometry(spec, tile, job.map_grid, job.cube_grid)
     patch, env = job.sources.read(spec, geom, job.map_grid, job.cube_grid)
     t1 = time.perf_counter()
-    codes = predict_tile(
-        model,
-        spec,
-        geom,
-        patch,
-        env,
-        budget_bytes=default_budget(device, job.batch_mb, job.cpu_batch_mb),
-        mixed_precision=job.mixed_precision,
-    )
+    if isinstance(spec, PeerSpec):  # MaxEnt / forest: per-pixel feature rows, as at the training points (CPU)
+        device = "cpu"
+        codes = predict_tile_points(model, spec, geom, patch, env)
+    else:
+        device = next(model.parameters()).device
+        codes = predict_tile(
+            model,
+            spec,
+            geom,
+            patch,
+            env,
+            budget_bytes=default_budget(device, job.batch_mb, job.cpu_batch_mb),
+            mixed_precision=job.mixed_precision,
+        )
     t2 = time.perf_counter()
     info = {"read_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "device": str(device), "pid": os.getpid()}
     tile_store.write_tile(
@@ -438,10 +450,11 @@ def produce_map(
     attrs = {
         "model_file": redact({"url": model_url})["url"],
         "model_sha256": sha,
-        "model_version": f"species-net/{spec.version}/{sha[:12]}",
+        "model_version": f"{getattr(spec, 'kind', 'species-net')}/{spec.version}/{sha[:12]}",
         "model_spec": spec.model_dump_json(),
     }
-    resources = task_resources(client)
+    # a point-value peer runs on CPU: it never waits for a GPU worker
+    resources = None if isinstance(spec, PeerSpec) else task_resources(client)
     if resources:
         require_resources(client, resources)
     with writing(

@@ -55,3 +55,26 @@ def composite_quicklook(composite: xr.DataArray, path: str | Path, *, title: str
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def species_quicklook(
+    maps: dict[str, xr.DataArray], path: str | Path, *, title: str = "", vmax: float = 1.0
+) -> Path:
+    """One species' probability from several stores side by side (e.g. the CNN's map and MaxEnt's), on one colour
+    scale; no-data pixels left blank. ``maps`` is label -> (y, x) probability."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps) + 0.8, 4.6), squeeze=False, layout="constrained")
+    im = None
+    for ax, (label, prob) in zip(axes[0], maps.items(), strict=True):
+        extent = (float(prob.x.min()), float(prob.x.max()), float(prob.y.min()), float(prob.y.max()))
+        im = ax.imshow(prob.values, vmin=0.0, vmax=vmax, cmap="viridis", extent=extent)
+        ax.set_title(label, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[0, :].tolist(), shrink=0.8, label="probability of occurrence")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
