@@ -111,3 +111,36 @@ def green_and_bare_records(url: str, grid: Grid, tmp: Path, n: int = 240, seed: 
     path = tmp / "records.csv"
     table.to_csv(path, index=False)
     return path
+
+
+def test_a_model_trained_on_real_imagery_maps_it_end_to_end(patch_api, tmp_path):
+    url, grid, _ = patch_api
+    records = green_and_bare_records(url, grid, tmp_path)
+    sets = [
+        *_settings(grid, url, tmp_path),
+        "model.patch_size=8", "model.width=8", "model.series_hidden=8", "model.fusion_hidden=32", "train.epochs=12",
+        "train.n_background=200", "train.background=uniform", "validation.block_size_m=250", "map.tile=16",
+    ]
+    args = [x for s in sets for x in ("--set", s)]
+    # Sentinel-2 only (no environmental rasters): `map` trains on the records, then maps every pixel
+    proc = _cli("map", "-q", *args, "--observations", str(records), "--with-s2")
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert result["tiles"] == 4 and result["trained"] is not None
+    assert not (tmp_path / "work" / "region").exists()  # no virtual region anywhere
+    ds = open_store(result["store"])
+    prob = ds["probability"]
+    assert prob.rio.crs.to_epsg() == 3035 and prob.shape == (2, 20, 20)
+    assert np.isfinite(prob.values).all()  # the grid lies inside the real footprint: every pixel mapped
+    # the map follows the real imagery: the green species where the patch is green (NDVI from the 10 m bands)
+    x, y = np.meshgrid(grid.x, grid.y)
+    red = rasterio.open(next(PATCH.glob("*_B04.tif")))
+    nir = rasterio.open(next(PATCH.glob("*_B08.tif")))
+    e, n = Transformer.from_crs(3035, red.crs, always_xy=True).transform(x.ravel(), y.ravel())
+    r = np.array([v[0] for v in red.sample(zip(e, n, strict=True))], float)
+    ni = np.array([v[0] for v in nir.sample(zip(e, n, strict=True))], float)
+    ndvi = (ni - r) / (ni + r)
+    green = prob.sel(species_name="Viridis greenii").values.ravel()
+    bare = prob.sel(species_name="Nudus barensis").values.ravel()
+    rho_green = pd.Series(green).corr(pd.Series(ndvi), method="spearman")
+    rho_bare = pd.Series(bare).corr(pd.Series(ndvi), method="spearman")
+    assert rho_green > 0.3 and rho_bare < -0.3, (rho_green, rho_bare)

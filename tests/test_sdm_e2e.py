@@ -5,8 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import xarray as xr
+from pyproj import Transformer
 
+from geoplantnet.storage.store import open_store
 from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,3 +74,30 @@ def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
     assert result["n_species"] == 1 and result["n_samples"] > 600  # 116 presences + background on land
     assert result["models"]["maxent"]["auc"] > 0.7  # the literature's ~0.8-0.9 less the spatial-block penalty
     assert result["models"]["cnn"]["auc"] > 0.6
+    # the final models (all records) mapped over South America at 25 km through the same tile job, side by side
+    stores = {}
+    for name in ("cnn", "maxent"):
+        model = result["model_files"][name]
+        out = tmp_path / f"{name}.zarr"
+        cmd = [sys.executable, "-m", "geoplantnet", "map", "-q", "-c", str(ROOT / "pipelines" / "bradypus.yaml"),
+               "--model", model, "--rasters", str(BRADYPUS / "bio.tif"), "--out", str(out),
+               "--set", f"workdir={tmp_path / 'work'}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        stores[name] = open_store(str(out))["probability"].sel(species_name="Bradypus variegatus")
+    assert stores["maxent"].shape == stores["cnn"].shape == (433, 360)
+    land = np.isfinite(stores["cnn"].values) & np.isfinite(stores["maxent"].values)
+    assert 0.2 < land.mean() < 0.5  # the continents (28 % of the rectangle), not the sea
+    agree = pd.Series(stores["cnn"].values[land]).corr(pd.Series(stores["maxent"].values[land]), method="spearman")
+    assert agree > 0.5, agree  # two models of one species on the same layers: broadly the same range
+    records = pd.read_csv(BRADYPUS / "bradypus.csv")
+    x, y = Transformer.from_crs(4326, 6933, always_xy=True).transform(records.lon.values, records.lat.values)
+    for name, prob in stores.items():
+        at_records = prob.sel(x=xr.DataArray(x), y=xr.DataArray(y), method="nearest").values
+        assert np.nanmean(at_records) > 2 * np.nanmean(prob.values[land]), name  # high where the sloth was seen
+    png = tmp_path / "bradypus.png"
+    proc = subprocess.run([sys.executable, "-m", "geoplantnet", "plot", str(tmp_path / "cnn.zarr"),
+                           str(tmp_path / "maxent.zarr"), "--species", "Bradypus variegatus", "--out", str(png)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and png.stat().st_size > 10_000, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["maps"] == ["species-net", "maxent"]

@@ -17,7 +17,6 @@ import xarray as xr
 from rasterio.errors import RasterioError
 
 from geoplantnet.core.config import ConfigError, RunConfig, redact
-from geoplantnet.core.errors import InputError
 from geoplantnet.samples.observations import Observations
 from geoplantnet.sources import predictors
 
@@ -76,8 +75,6 @@ def user_inputs(cfg: RunConfig, *, observations: bool = True) -> Inputs:
     given = cfg.inputs
     if observations and given.observations is None:
         raise ConfigError("no observations file given (--observations FILE or inputs.observations)")
-    if observations and not given.rasters:
-        raise InputError("no predictor rasters given (--rasters a.tif b.tif ... or inputs.rasters)")
     if not given.rasters and not given.sentinel2:
         raise ConfigError("no predictors: give rasters (--rasters, inputs.rasters) and/or Sentinel-2 (--with-s2)")
     obs = None

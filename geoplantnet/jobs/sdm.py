@@ -177,7 +177,8 @@ def prepare_samples(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Clien
         obs, vocab, grid, n_background=3 * cfg.train.n_background, background=cfg.train.background,
         seed=cfg.train.seed,
     )
-    env = predictors.model_stack(inputs.env_items, grid, chunk=cfg.cube.chunk)
+    # Sentinel-2 alone is a valid set of predictors: no environmental stack then
+    env = predictors.model_stack(inputs.env_items, grid, chunk=cfg.cube.chunk) if inputs.env_items else None
     composite = None
     if inputs.s2_items:
         from geoplantnet.jobs.composites import composites
