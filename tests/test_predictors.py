@@ -99,7 +99,7 @@ def test_build_does_not_read(tmp_path: Path) -> None:
 def test_land_cover_stays_classes(layers: tuple[list, Path]) -> None:
     items, _ = layers
     lc = environment_stack(items, GRID, variables=["land_cover"], chunk=32)
-    assert list(lc.resampling.values) == ["nearest"]
+    assert list(lc.resampling.values) == ["mode"]
     values = lc.values[0]
     rows, cols = np.indices(GRID.shape)
     expect = land_cover_codes((30, 30))[rows // 2, cols // 2].astype("float32")
@@ -216,3 +216,21 @@ def test_split_bands_without_crs_or_file_is_one_clear_error(tmp_path: Path) -> N
         split_bands(path, tmp_path / "cache")
     with pytest.raises(PredictorError, match=r"missing\.tif: no such raster file"):
         split_bands(tmp_path / "missing.tif", tmp_path / "cache")
+
+
+def test_class_layers_take_the_majority_class_under_a_coarser_cell(tmp_path: Path) -> None:
+    # 10 m classes under the 50 m grid: in every 5 x 5 block, 13 pixels of class 2 around a centre of class 7
+    block = np.full((5, 5), 2, dtype="uint8")
+    block[2, 2] = 7
+    block[0, :] = 7
+    block[4, :3] = 7
+    block[1, 0] = 7
+    block[3, 0] = 7
+    block[3, 4] = 7
+    assert (block == 2).sum() == 13  # the majority; nearest neighbour would take the centre's 7
+    fine = GRID.at_resolution(10)
+    codes = np.tile(block, (fine.height // 5, fine.width // 5))
+    path = write_cog(tmp_path / "lc.tif", codes, fine.transform, 3035, nodata=0)
+    items = from_geotiffs({"land_cover": path}, categorical={"land_cover"})
+    values = environment_stack(items, GRID, chunk=32).values[0]
+    assert (values == 2).all()

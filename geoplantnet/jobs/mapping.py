@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 import pystac
 import torch
-from distributed import Client, as_completed
+from distributed import Client, WorkerPlugin, as_completed, get_worker
 from tqdm.auto import tqdm
 
-from geoplantnet.core.config import CubeConfig, RunConfig, redact
+from geoplantnet.core.config import CubeConfig, MapConfig, RunConfig, redact
 from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.inference.dense import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
@@ -176,8 +176,50 @@ def _check_names(what: str, trained: Sequence[str] | None, given: Sequence[Any],
 
 # -- the model, once per worker process
 
-_MODEL_LOCK = threading.Lock()
-_MODEL: dict[str, Any] = {"key": None, "model": None, "spec": None, "loads": 0}
+
+class ModelCache:
+    """The model a process keeps between tile tasks (tasks never ship weights): loaded on first use, pinned by the
+    sha256 the driver fingerprinted, so a model file replaced during a run is refused rather than mixed into a map."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: str | None = None
+        self._entry: tuple[Any, Any] | None = None
+        self.loads = 0
+
+    def get(self, ref: ModelRef, device: str) -> tuple[Any, ModelSpec | PeerSpec, int]:
+        """The model and spec of ``ref`` on ``device``, and how many loads this cache has done."""
+        dev = resolve_device(device)
+        key = f"{ref.url}|{ref.sha256}|{dev}"
+        with self._lock:
+            if self._key != key:
+                model, spec, raw = read_model(ref.url, dev)
+                if hashlib.sha256(raw).hexdigest() != ref.sha256:
+                    raise MapError(f"{ref.url}: the model file changed during the run; start the run again")
+                self._key, self._entry, self.loads = key, (model, spec), self.loads + 1
+            assert self._entry is not None
+            return self._entry[0], self._entry[1], self.loads
+
+
+class ModelCachePlugin(WorkerPlugin):
+    """Gives each Dask worker its :class:`ModelCache` (registered by the driver before tiles are submitted)."""
+
+    name = "geoplantnet-model-cache"
+
+    def setup(self, worker: Any) -> None:
+        self.cache = ModelCache()
+
+
+_PROCESS_CACHE = ModelCache()  # a tile run outside a Dask worker (a test, a debugging session)
+
+
+def _model_cache() -> ModelCache:
+    try:
+        plugin = get_worker().plugins.get(ModelCachePlugin.name)
+    except ValueError:  # not in a worker
+        return _PROCESS_CACHE
+    cache = getattr(plugin, "cache", None)
+    return cache if cache is not None else _PROCESS_CACHE
 
 
 def read_model(
@@ -199,48 +241,56 @@ def read_model(
     return model, spec, raw
 
 
-def worker_model(url: str, device: str, sha256: str | None = None) -> tuple[SpeciesNet, ModelSpec, int]:
-    """The model for this process, loaded on first use and kept (tasks never ship weights); also the load count.
-
-    ``sha256`` pins the exact file the driver fingerprinted: a model file replaced during a run is refused rather
-    than mixed into one map.
-    """
-    dev = resolve_device(device)
-    key = f"{url}|{sha256}|{dev}"
-    with _MODEL_LOCK:
-        if _MODEL["key"] != key:
-            model, spec, raw = read_model(url, dev)
-            if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
-                raise MapError(f"{url}: the model file changed during the run; start the run again")
-            _MODEL.update(key=key, model=model, spec=spec, loads=_MODEL["loads"] + 1)
-        return _MODEL["model"], _MODEL["spec"], _MODEL["loads"]
-
-
 # -- one tile
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model file and the sha256 the driver read from it."""
+
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TileOutput:
+    """Where a tile goes: the store, the run whose markers it writes, the store's options."""
+
+    url: str
+    run: str
+    storage_options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TileCompute:
+    """How a tile is predicted: device, precision and the memory of one forward pass."""
+
+    device: str
+    mixed_precision: bool
+    batch_mb: int  # GPU
+    cpu_batch_mb: int
+
+    @classmethod
+    def of(cls, settings: MapConfig) -> TileCompute:
+        return cls(settings.device, settings.mixed_precision, settings.batch_mb, settings.cpu_batch_mb)
 
 
 @dataclass(frozen=True)
 class TileJob:
     """Everything a tile task needs besides its tile (sent with each task; items are the only bulky part)."""
 
-    model_url: str
-    model_sha256: str
-    store_url: str
-    run: str
+    model: ModelRef
+    output: TileOutput
     sources: MapSources
     map_grid: Grid
     cube_grid: Grid | None
-    batch_mb: int
-    cpu_batch_mb: int
-    device: str
-    mixed_precision: bool
-    storage_options: dict[str, Any]
+    compute: TileCompute
 
 
 def map_tile(job: TileJob, tile: Tile) -> dict[str, Any]:
     """Read, predict and write one tile; returns its timings (runs on a worker)."""
     t0 = time.perf_counter()
-    model, spec, loads = worker_model(job.model_url, job.device, job.model_sha256)
+    model, spec, loads = _model_cache().get(job.model, job.compute.device)
     geom = tile_geometry(spec, tile, job.map_grid, job.cube_grid)
     patch, env = job.sources.read(spec, geom, job.map_grid, job.cube_grid)
     t1 = time.perf_counter()
@@ -255,13 +305,14 @@ def map_tile(job: TileJob, tile: Tile) -> dict[str, Any]:
             geom,
             patch,
             env,
-            budget_bytes=default_budget(device, job.batch_mb, job.cpu_batch_mb),
-            mixed_precision=job.mixed_precision,
+            budget_bytes=default_budget(device, job.compute.batch_mb, job.compute.cpu_batch_mb),
+            mixed_precision=job.compute.mixed_precision,
         )
     t2 = time.perf_counter()
     info = {"read_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "device": str(device), "pid": os.getpid()}
+    out = job.output
     tile_store.write_tile(
-        job.store_url, "probability", tile, codes, run=job.run, info=info, storage_options=job.storage_options
+        out.url, "probability", tile, codes, run=out.run, info=info, storage_options=out.storage_options
     )
     return {
         **info,
@@ -347,7 +398,7 @@ def _run_tiles(
             map_tile,
             job,
             tile,
-            key=f"map-tile-{tile.id}-{job.run}-{nonce}",
+            key=f"map-tile-{tile.id}-{job.output.run}-{nonce}",
             resources=resources,
             retries=cfg.map.retries,
             pure=False,
@@ -422,30 +473,56 @@ def produce_map(
     """Write ``species.zarr`` at ``store_url`` for the grid of ``cfg``, resuming an interrupted run of the same
     fingerprint; a store of another run is replaced only with ``overwrite``, anything else is never touched."""
     t_start = time.perf_counter()
+    plan = plan_map(cfg, model_url, sources, store_url)  # model read and checked against the inputs: nothing written
+    # a point-value peer runs on CPU: it never waits for a GPU worker
+    resources = None if isinstance(plan.spec, PeerSpec) else task_resources(client)
+    if resources:
+        require_resources(client, resources)
+    client.register_plugin(ModelCachePlugin())
+    out = plan.job.output
+    with writing(
+        out.url, product="species", parts=plan.parts, overwrite=overwrite, storage_options=out.storage_options,
+        lease_ttl=cfg.store.lease_ttl_s,
+    ) as (decision, target, lease):
+        done = tile_store.prepare(
+            out.url, *tile_store.species_template(
+                plan.job.map_grid, plan.spec.species, plan.spec.species_name, cfg.map.tile, cfg.map.species_chunk
+            ),
+            decision=decision, target=target, product="species", parts=plan.parts, cfg=cfg, attrs=plan.attrs,
+            storage_options=out.storage_options,
+        )
+        tiles = list(plan.job.map_grid.tiles(cfg.map.tile))
+        todo = [t for t in tiles if t.id not in done]
+        results, compute_s = _run_tiles(client, plan.job, todo, len(tiles), len(done), resources, cfg, lease, progress)
+        lease.check()
+        tile_store.finalise(out.url, n_tiles=len(tiles), run=out.run, storage_options=out.storage_options)
+    return _summary(plan, tiles, todo, results, compute_s, resources, time.perf_counter() - t_start)
+
+
+@dataclass(frozen=True)
+class MapPlan:
+    """A map run decided on the driver before anything is written: the model's spec, the run's fingerprint parts,
+    the store's attrs and the job every tile task receives."""
+
+    spec: ModelSpec | PeerSpec
+    parts: dict[str, str]
+    attrs: dict[str, str]
+    job: TileJob
+
+
+def plan_map(cfg: RunConfig, model_url: str, sources: MapSources, store_url: str) -> MapPlan:
+    """Read the model, check the run's inputs against it, and fingerprint the run (:func:`run_parts`)."""
     _, spec, raw = read_model(model_url)
     check_inputs(spec, sources, cfg)
-    storage_options = storage_options_for(store_url, cfg.store)
-    map_grid = cfg.grid.grid()
-    cube_grid = cfg.grid.grid(cfg.cube.resolution) if sources.s2_items else None
     sha = hashlib.sha256(raw).hexdigest()
     parts = run_parts(raw, cfg, sources)
-    run = run_id(parts)
     job = TileJob(
-        model_url,
-        sha,
-        store_url,
-        run,
-        sources,
-        map_grid,
-        cube_grid,
-        cfg.map.batch_mb,
-        cfg.map.cpu_batch_mb,
-        cfg.map.device,
-        cfg.map.mixed_precision,
-        storage_options,
-    )
-    template, encoding = tile_store.species_template(
-        map_grid, spec.species, spec.species_name, cfg.map.tile, cfg.map.species_chunk
+        model=ModelRef(model_url, sha),
+        output=TileOutput(store_url, run_id(parts), storage_options_for(store_url, cfg.store)),
+        sources=sources,
+        map_grid=cfg.grid.grid(),
+        cube_grid=cfg.grid.grid(cfg.cube.resolution) if sources.s2_items else None,
+        compute=TileCompute.of(cfg.map),
     )
     attrs = {
         "model_file": redact({"url": model_url})["url"],
@@ -453,32 +530,28 @@ def produce_map(
         "model_version": f"{getattr(spec, 'kind', 'species-net')}/{spec.version}/{sha[:12]}",
         "model_spec": spec.model_dump_json(),
     }
-    # a point-value peer runs on CPU: it never waits for a GPU worker
-    resources = None if isinstance(spec, PeerSpec) else task_resources(client)
-    if resources:
-        require_resources(client, resources)
-    with writing(
-        store_url, product="species", parts=parts, overwrite=overwrite, storage_options=storage_options,
-        lease_ttl=cfg.store.lease_ttl_s,
-    ) as (decision, target, lease):
-        done = tile_store.prepare(
-            store_url, template, encoding, decision=decision, target=target, product="species", parts=parts,
-            cfg=cfg, attrs=attrs, storage_options=storage_options,
-        )
-        tiles = list(map_grid.tiles(cfg.map.tile))
-        todo = [t for t in tiles if t.id not in done]
-        results, compute_s = _run_tiles(client, job, todo, len(tiles), len(done), resources, cfg, lease, progress)
-        lease.check()
-        tile_store.finalise(store_url, n_tiles=len(tiles), run=run, storage_options=storage_options)
+    return MapPlan(spec, parts, attrs, job)
+
+
+def _summary(
+    plan: MapPlan,
+    tiles: Sequence[Tile],
+    todo: Sequence[Tile],
+    results: Sequence[dict[str, Any]],
+    compute_s: float,
+    resources: dict[str, float] | None,
+    seconds: float,
+) -> MapSummary:
     pixels = sum(r["pixels"] for r in results)
+    grid = plan.job.map_grid
     return MapSummary(
-        store=store_url,
-        run=run,
+        store=plan.job.output.url,
+        run=plan.job.output.run,
         tiles=len(tiles),
         tiles_computed=len(results),
         tiles_skipped=len(tiles) - len(todo),
-        species=len(spec.species),
-        shape=[len(spec.species), map_grid.height, map_grid.width],
+        species=len(plan.spec.species),
+        shape=[len(plan.spec.species), grid.height, grid.width],
         pixels_per_second=round(pixels / compute_s, 1) if results else None,
         model_seconds=round(sum(r["model_s"] for r in results), 2),
         read_seconds=round(sum(r["read_s"] for r in results), 2),
@@ -487,7 +560,7 @@ def produce_map(
             str(pid): max(r["model_loads"] for r in results if r["pid"] == pid) for pid in {r["pid"] for r in results}
         },
         resources=resources,
-        seconds=round(time.perf_counter() - t_start, 1),
+        seconds=round(seconds, 1),
     )
 
 

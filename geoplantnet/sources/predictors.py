@@ -2,10 +2,10 @@
 
 Layers come as STAC items whose assets are single-band COGs in any CRS (asset key = variable name); user GeoTIFFs
 become such items on the fly (:func:`from_geotiffs`), so every raster goes through the same stackstac path as the
-Sentinel-2 cube. Continuous variables are resampled bilinearly, categorical ones (land cover) by nearest neighbour,
-so class codes are never averaged. A layer is categorical when its item declares its classes (the STAC
-classification extension, ``classification:classes`` on the asset or the item) or when the caller names it; the
-species models take it as one indicator layer per declared class.
+Sentinel-2 cube. Continuous variables are resampled bilinearly, categorical ones (land cover) by mode (the majority
+class under a cell), so class codes are never averaged. A layer is categorical when its item declares its classes
+(the STAC classification extension, ``classification:classes`` on the asset or the item) or when the caller names
+it; the species models take it as one indicator layer per declared class.
 """
 
 from __future__ import annotations
@@ -72,10 +72,10 @@ def environment_stack(
     """Lazy float32 ``(var, y, x)`` of environmental layers on ``grid``; nodata -> NaN, chunks (1, c, c).
 
     ``variables`` defaults to every data asset key in ``items`` (first-seen order). ``resampling`` overrides the
-    per-variable default ("nearest" for categorical variables: those in ``categorical`` or with declared classes,
-    else "bilinear"). Where several items hold one
-    variable (tiles of a layer), the first item with data wins per pixel. Coords ``units`` and ``resampling`` run
-    along ``var``.
+    per-variable default ("mode" for categorical variables: those in ``categorical`` or with declared classes, the
+    majority class under each grid cell, which is the source class itself when the grid is finer; else
+    "bilinear"). Where several items hold one variable (tiles of a layer), the first item with data wins per pixel.
+    Coords ``units`` and ``resampling`` run along ``var``.
     """
     items = list(items)
     if not items:
@@ -96,7 +96,7 @@ def environment_stack(
         if not holders:
             raise PredictorError(f"no item has an asset for variable {var!r} (assets: {', '.join(available)})")
         is_class = var in categorical or declared_classes(holders, var) is not None
-        method = overrides.get(var, "nearest" if is_class else "bilinear")
+        method = overrides.get(var, "mode" if is_class else "bilinear")
         stack = stack_items(
             holders,
             grid,
@@ -165,7 +165,7 @@ def from_geotiffs(
 
     The files are only opened for their headers, except the ``categorical`` ones (land cover, soil classes): their
     class values are read once and declared on the asset (``classification:classes``), so they are resampled by
-    nearest neighbour and given to the models as one indicator layer per class. Pass the items to
+    mode (the majority class under a cell) and given to the models as one indicator layer per class. Pass the items to
     :func:`environment_stack` or :func:`model_stack`.
     """
     named = dict(paths) if isinstance(paths, Mapping) else {Path(p).stem: p for p in paths}
@@ -226,7 +226,7 @@ def one_hot(land_cover: xr.DataArray, classes: Sequence[int], *, name: str | Non
     valid = lc.notnull()
     layers = [(lc == c).astype("float32").where(valid) for c in classes]
     out = xr.concat(layers, dim="var").assign_coords(var=[f"{base}_{int(c)}" for c in classes])
-    out = out.assign_coords(units=("var", ["1"] * len(classes)), resampling=("var", ["nearest"] * len(classes)))
+    out = out.assign_coords(units=("var", ["1"] * len(classes)), resampling=("var", ["mode"] * len(classes)))
     out.attrs = {"long_name": f"one-hot {base}", "grid_mapping": "spatial_ref"}
     return out
 
