@@ -34,18 +34,18 @@ from tqdm.auto import tqdm
 
 from geoplantnet.core.config import CubeConfig, MapConfig, RunConfig, redact
 from geoplantnet.core.errors import GeoplantnetError
-from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.core.grid import Grid, Tile, overlaps
+from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.dense import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
 from geoplantnet.inference.points import predict_tile_points
 from geoplantnet.models.peers import PeerSpec, is_peer_file, load_peer
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
 from geoplantnet.sources import predictors
-from geoplantnet.sources.cube import item_footprint, overlaps
+from geoplantnet.sources.cube import item_footprint
 from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.lease import Lease
 from geoplantnet.storage.store import (
-    fingerprint,
     preflight,
     run_id,
     storage_options_for,
@@ -356,13 +356,13 @@ def check_inputs(spec: ModelSpec, sources: MapSources, cfg: RunConfig) -> None:
         _check_names("environmental variables", spec.variables, names.values, "rasters")
 
 
-def run_parts(raw_model: bytes, cfg: RunConfig, sources: MapSources) -> dict[str, str]:
+def run_parts(model_sha256: str, cfg: RunConfig, sources: MapSources) -> dict[str, str]:
     """What makes a map: the model file, the grids, the cube settings, the tiling, the input items (named, so a
     refusal can say which differs)."""
     map_grid = cfg.grid.grid()
     items = [i["id"] for i in (sources.s2_items or ())] + [i["id"] for i in (sources.env_items or ())]
     return {
-        "model": hashlib.sha256(raw_model).hexdigest()[:12],
+        "model": model_sha256[:12],
         "grid": map_grid.label(),
         "cube": fingerprint(cfg.cube.model_dump(mode="json"))[:12] if sources.s2_items else "none",
         "tiling": f"tile={cfg.map.tile} species_chunk={cfg.map.species_chunk}",
@@ -469,11 +469,14 @@ def produce_map(
     *,
     progress: bool = True,
     overwrite: bool = False,
+    plan: MapPlan | None = None,
 ) -> MapSummary:
     """Write ``species.zarr`` at ``store_url`` for the grid of ``cfg``, resuming an interrupted run of the same
-    fingerprint; a store of another run is replaced only with ``overwrite``, anything else is never touched."""
+    fingerprint; a store of another run is replaced only with ``overwrite``, anything else is never touched.
+    ``plan``: the caller's :func:`plan_map` of the same arguments, when it already made one."""
     t_start = time.perf_counter()
-    plan = plan_map(cfg, model_url, sources, store_url)  # model read and checked against the inputs: nothing written
+    # the model read and checked against the inputs, the run fingerprinted: nothing written yet
+    plan = plan or plan_map(cfg, model_url, sources, store_url)
     # a point-value peer runs on CPU: it never waits for a GPU worker
     resources = None if isinstance(plan.spec, PeerSpec) else task_resources(client)
     if resources:
@@ -515,7 +518,7 @@ def plan_map(cfg: RunConfig, model_url: str, sources: MapSources, store_url: str
     _, spec, raw = read_model(model_url)
     check_inputs(spec, sources, cfg)
     sha = hashlib.sha256(raw).hexdigest()
-    parts = run_parts(raw, cfg, sources)
+    parts = run_parts(sha, cfg, sources)
     job = TileJob(
         model=ModelRef(model_url, sha),
         output=TileOutput(store_url, run_id(parts), storage_options_for(store_url, cfg.store)),
@@ -638,13 +641,13 @@ def run_map(
     # observations only to train: a given model is applied to the predictors alone
     inputs = run_inputs(cfg, observations=model_url is None, progress=progress)
     sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
-    if model_url is not None:  # inputs that do not fit a given model: refused before a cluster starts
-        check_inputs(read_model(model_url)[1], sources, cfg)
+    # inputs that do not fit a given model: refused before a cluster starts
+    plan = plan_map(cfg, model_url, sources, store_url) if model_url is not None else None
     trained = None
     with connect(cfg.cluster) as client:
         if model_url is None:
             model_url, trained = ensure_model(cfg, inputs, client)
         summary = produce_map(
-            client, cfg, model_url, sources, store_url, progress=progress, overwrite=overwrite
+            client, cfg, model_url, sources, store_url, progress=progress, overwrite=overwrite, plan=plan
         )
     return replace(summary, model=model_url, trained=trained, inputs=inputs.notes)

@@ -128,15 +128,19 @@ class Lease:
 def _dead_here(record: Mapping[str, Any]) -> bool:
     """Whether the lease's holder ran on this host and its process is gone (killed, crashed): then its lease is stale
     now, not only once it expires, so a killed run can be resumed at once."""
-    if record.get("host") != socket.gethostname():
+    try:
+        pid = int(record.get("pid", 0))
+    except (TypeError, ValueError):
+        return False
+    if record.get("host") != socket.gethostname() or pid <= 0:
         return False
     try:
-        os.kill(int(record.get("pid", 0)), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except (PermissionError, ValueError, OverflowError):
+    except (PermissionError, OverflowError):
         return False
-    return int(record.get("pid", 0)) <= 0
+    return False
 
 
 def _busy(url: str, record: Mapping[str, Any]) -> str:
