@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from geoplantnet.core.config import ConfigError, InputsConfig, RunConfig, load_config
+from geoplantnet.core.config import ConfigError, InputsConfig, RunConfig, TableConfig, load_config
 from geoplantnet.core.errors import GeoplantnetError, RefusedError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml"
@@ -121,6 +121,27 @@ def _cmd_sdm(args: argparse.Namespace) -> int:
     return 0
 
 
+_TABLE_FLAGS = ("presence", "background", "test", "test_env")
+
+
+def _cmd_sdm_table(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    given = {k: str(getattr(args, k)) for k in _TABLE_FLAGS if getattr(args, k) is not None}
+    if given:
+        cfg = cfg.model_copy(update={"table": TableConfig.model_validate({**cfg.table.model_dump(), **given})})
+    from geoplantnet.jobs.tabular import run_table_sdm
+    from geoplantnet.runtime.cluster import connect
+
+    out = Path(args.out or Path(cfg.store.root) / "sdm-table")
+    if out.exists() and any(out.iterdir()) and not (out / "summary.json").exists() and not (out / "units").exists():
+        raise RefusedError(f"{out} holds files that are not an sdm-table run's; refusing to write there (use another "
+                           "--out)")
+    with connect(cfg.cluster) as client:
+        result = run_table_sdm(cfg, out, client)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_map(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from geoplantnet.jobs.mapping import run_map
@@ -222,6 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     sdm.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm)")
     sdm.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     sdm.set_defaults(func=_cmd_sdm)
+
+    table = sub.add_parser(
+        "sdm-table",
+        help="species models from tables of extracted predictors: deep model vs MaxEnt vs random forest, scored on "
+        "independent presence-absence sites and/or spatial blocks",
+        description="Presence-only records and background sites with their predictor values (CSV/Parquet; columns "
+        "named by table.* settings, e.g. pipelines/nceas-awt.yaml), optionally independent presence-absence sites "
+        "(wide or long). Writes <out>/report/report.md, summary.json and the fitted models in <out>/models/.",
+    )
+    _add_config_args(table)
+    table.add_argument("--presence", type=Path, default=None, help="presence-only records (table.presence)")
+    table.add_argument("--background", type=Path, default=None, help="background sites (table.background)")
+    table.add_argument("--test", type=Path, default=None, help="independent presence-absence sites (table.test)")
+    table.add_argument("--test-env", type=Path, default=None, help="test-site predictors, joined on table.site")
+    table.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm-table)")
+    table.set_defaults(func=_cmd_sdm_table)
 
     mapping = sub.add_parser(
         "map", help="apply the species model over the whole grid, tile by tile on the cluster -> species.zarr"

@@ -177,7 +177,7 @@ class TrainConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(6, ge=1, description="early stopping on the spatial validation split")
     seed: int = 0
-    po_loss: Literal["full_weighted", "assume_negative"] = "full_weighted"
+    po_loss: Literal["full_weighted", "assume_negative", "deepmaxent"] = "full_weighted"
     # Loss weights (geoplantnet.models.losses): Zbinden et al. 2024 "full weighted" loss, lambda2 = 0.5 their best.
     po_lambda1: float = Field(1.0, gt=0, description="multiplier on presence weights n / n_s (full_weighted)")
     po_lambda2: float = Field(0.5, ge=0, le=1, description="share of background vs other-species pseudo-absences")
@@ -186,6 +186,10 @@ class TrainConfig(_Section):
     n_background: int = Field(2000, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = True
+    scaling: Literal["standard", "robust"] = Field(
+        "standard", description="input normalisation: mean/std, or median/IQR (robust to outliers and skew)"
+    )
+    ensemble: int = Field(1, ge=1, description="networks trained with seeds seed..seed+n-1 and averaged")
 
 
 class ValidationConfig(_Section):
@@ -240,6 +244,39 @@ class InputsConfig(_Section):
         return self.observations is None and not self.rasters and not self.sentinel2
 
 
+class TableConfig(_Section):
+    """Species records with their predictor values already extracted (``geoplantnet sdm-table``): presence-only records,
+    background sites and, optionally, independent presence-absence sites; CSV (optionally gzipped) or Parquet."""
+
+    presence: str | None = Field(None, description="presence-only records: one row per record, predictor columns")
+    background: str | None = Field(None, description="background sites: predictor columns (species column ignored)")
+    test: str | None = Field(
+        None, description="independent presence-absence sites: wide (one 1/0 column per species, empty = not "
+        "surveyed) or long (site, species, presence columns)"
+    )
+    test_env: str | None = Field(
+        None, description="predictors of the test sites when `test` lacks them (joined on the site column)"
+    )
+    site: str = Field("siteid", description="site id column (records at one site are merged into one sample)")
+    species: str = Field("species", description="species column")
+    group: str | None = Field(None, description="biological group column: test sites of a group score its species")
+    presence_column: str = Field("presence", description="1/0 column of a long test table")
+    x: str = "x"
+    y: str = "y"
+    crs: str = Field("EPSG:4326", description="CRS of x/y; geographic coordinates are projected for spatial blocks")
+    predictors: list[str] | None = Field(
+        None, description="predictor columns; None: the numeric columns the tables share, minus ids, coordinates and "
+        "columns constant in a table (such as an occurrence flag)"
+    )
+    categorical: list[str] = Field([], description="predictor columns holding class codes (one-hot encoded)")
+    share: Literal["region", "group", "species"] = Field(
+        "region", description="one deep model for all species, one per group, or one per species"
+    )
+    cross_validate: bool = Field(
+        False, description="with a test table, also cross-validate on spatial blocks of the training data"
+    )
+
+
 class RunConfig(_Section):
     """Everything one run needs; nothing else reads settings."""
 
@@ -256,6 +293,7 @@ class RunConfig(_Section):
     validation: ValidationConfig = ValidationConfig()
     map: MapConfig = MapConfig()
     inputs: InputsConfig = InputsConfig()
+    table: TableConfig = TableConfig()
 
     def to_attrs(self) -> dict[str, str]:
         """The resolved configuration, credentials redacted (:func:`redact`), as a JSON string attribute."""

@@ -606,7 +606,7 @@ def ensure_model(cfg: RunConfig, inputs: Any, client: Client) -> tuple[str, dict
     from geoplantnet.jobs.sdm import train_map_model
 
     model_dir = Path(cfg.workdir) / "map-models" / _training_key(cfg, inputs)
-    cached = model_dir / "model" / "fold-0" / "model.pt"
+    cached = model_dir / "model" / "map.pt"
     if cached.exists():
         return str(cached), None
     result = train_map_model(cfg, inputs, model_dir, client)

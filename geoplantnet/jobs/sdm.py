@@ -12,10 +12,10 @@ cross-validation does not depend on them: its folds and numbers are those of a r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,7 @@ from geoplantnet.samples.extraction import extract_samples
 from geoplantnet.samples.observations import SpeciesVocabulary, build_samples
 from geoplantnet.samples.training_set import open_training_set
 from geoplantnet.sources import predictors
-from geoplantnet.training.train import TrainResult, load_model, predict, train_on_cluster
+from geoplantnet.training.train import TrainResult, load_ensemble, predict, save_model, train_on_cluster
 from geoplantnet.validation.blocks import blocks_geodataframe, choose_block_size, spatial_blocks, validation_split
 from geoplantnet.validation.metrics import cross_validate
 from geoplantnet.validation.report import informative_folds, report_warnings, write_report
@@ -58,6 +58,7 @@ class CnnPeer:
         self.x, self.y, self.block_size = x, y, block_size
         self.run_name = run_name  # the run folder under out_dir: fold-<k> by default
         self.runs: list[TrainResult] = []
+        self.n_fits = 0
         self._model: Any = None
         self._spec: Any = None
 
@@ -67,21 +68,43 @@ class CnnPeer:
     def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray) -> CnnPeer:
         train = np.zeros(len(self.x), dtype=bool)
         train[X[:, 0].astype(np.int64)] = True
-        fit_mask, val_mask = validation_split(self.x, self.y, train, self.block_size, seed=self.cfg.validation.seed)
-        run_dir = self.out_dir / (self.run_name or f"fold-{len(self.runs)}")
-        result = train_on_cluster(
-            self.client, self.path, np.flatnonzero(fit_mask), np.flatnonzero(val_mask), self.cfg, run_dir
-        )
-        self.runs.append(result)
-        self._model, self._spec = load_model(result.model_path)
-        log.info(
-            "CNN %s: %d epochs (best %d), %.1f s/epoch on %s",
-            run_dir.name, result.epochs_run, result.best_epoch, np.mean(result.epoch_seconds), result.device,
-        )
+        run_dir = self.out_dir / (self.run_name or f"fold-{self.n_fits}")
+        self.n_fits += 1
+        n = self.cfg.train.ensemble
+        paths = []
+        # Ensemble members differ by their seed (initialisation, batch order) and by the blocks held out for early
+        # stopping: each learns from another ~80% of the rows and together they use all of them (the fold average
+        # of cross-validation models, which beat single models on independent surveys).
+        for k in range(n):
+            fit_mask, val_mask = validation_split(
+                self.x, self.y, train, self.block_size, seed=self.cfg.validation.seed + k
+            )
+            seed = {"seed": self.cfg.train.seed + k}
+            cfg = self.cfg.model_copy(update={"train": self.cfg.train.model_copy(update=seed)})
+            member_dir = run_dir / f"seed-{k}" if n > 1 else run_dir
+            result = train_on_cluster(
+                self.client, self.path, np.flatnonzero(fit_mask), np.flatnonzero(val_mask), cfg, member_dir
+            )
+            self.runs.append(result)
+            paths.append(result.model_path)
+            log.info(
+                "CNN %s: %d epochs (best %d), %.1f s/epoch on %s",
+                member_dir.relative_to(self.out_dir), result.epochs_run, result.best_epoch,
+                np.mean(result.epoch_seconds), result.device,
+            )
+        self._model, self._spec = load_ensemble(paths)
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return predict(self._model, self._spec, self.path, X[:, 0].astype(np.int64), self.cfg.train.batch_size)
+        return self.predict_at(self.path, X[:, 0].astype(np.int64))
+
+    def predict_at(self, path: str, idx: np.ndarray) -> np.ndarray:
+        """Probabilities at samples ``idx`` of any store in the training-set layout (e.g. independent test sites)."""
+        return predict(self._model, self._spec, path, idx, self.cfg.train.batch_size)
+
+    def save(self, path: Path) -> str:
+        """The fitted network (or ensemble, as one file) written atomically to ``path``."""
+        return save_model(path, self._model, self._spec)
 
 
 def _point_features(ds: xr.Dataset) -> np.ndarray:
@@ -236,19 +259,12 @@ def prepare_samples(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Clien
 
 
 def train_map_model(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> TrainResult:
-    """Train the species network on every kept sample (early stopping on a block-based validation split) for mapping."""
+    """Train the species network on every kept sample (early stopping on a block-based validation split) for mapping;
+    the model (one file, also for an ensemble) is ``<out_dir>/model/map.pt``, the result's ``model_path``."""
     data = prepare_samples(cfg, inputs, out_dir, client)
     cnn = CnnPeer(cfg, data.path, client, Path(out_dir) / "model", data.x_all, data.y_all, data.block)
     cnn.fit(data.rows[:, None], data.labels, data.source)
-    return cnn.runs[-1]
-
-
-def _copy_atomic(src: str | os.PathLike[str], dst: Path) -> str:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    return str(dst)
+    return dataclasses.replace(cnn.runs[-1], model_path=cnn.save(Path(out_dir) / "model" / "map.pt"))
 
 
 def fit_final_models(
@@ -266,7 +282,7 @@ def fit_final_models(
         if name == "cnn":
             cnn = CnnPeer(cfg, data.path, client, Path(out_dir) / "cnn", data.x_all, data.y_all, data.block, "final")
             cnn.fit(data.rows[:, None], data.labels, data.source)
-            files[name] = _copy_atomic(cnn.runs[-1].model_path, models_dir / "cnn.pt")
+            files[name] = cnn.save(models_dir / "cnn.pt")
         else:
             peer = (MaxentPeer if name == "maxent" else RandomForestPeer)(client=client, seed=cfg.train.seed)
             peer.fit(data.features, data.labels, data.source)

@@ -19,6 +19,17 @@ labels are
   and (target-group) background points weighted ``lambda2``. The paper's best setting, lambda2 = 0.5 (lambda1 = 1),
   is the default of :class:`geoplantnet.core.config.TrainConfig`. Record and background terms are each averaged over
   their own rows of the batch, so their ratio in a batch does not change the balance.
+* Presence-only, ``deepmaxent``: the DeepMaxent loss of Ryckewaert, Leblanc, Bonnet, Joly, Servajean & Tuia (2024),
+  *DeepMaxent: a neural-network-based approach for species distribution modelling* (arXiv:2412.19217): MaxEnt's own
+  objective, the negative log-likelihood of an inhomogeneous Poisson process normalised over the sites, with the
+  features learned by a network shared by all species::
+
+      L = 1/S' sum_s [ -1/n_s sum_{i: y_is = 1} f_s(x_i)  +  log 1/N sum_j exp f_s(x_j) ]
+
+  over the ``N`` presence-only and background rows of the batch (presences are part of the normaliser, as in
+  MaxEnt), for the ``S'`` species with at least one presence in the batch. ``f_s`` is the species' logit read as a
+  log relative intensity; it is defined up to a constant, so only the ranking of sites (and AUC) is meaningful until
+  the output is calibrated on presence-absence data.
 
 :func:`combined_loss` mixes the presence-absence and presence-only parts of a batch in proportion to their rows.
 """
@@ -36,7 +47,7 @@ from geoplantnet.core.config import TrainConfig
 from geoplantnet.samples.kinds import SOURCE_CODE, Source
 
 PA, PO, BG = SOURCE_CODE[Source.PA], SOURCE_CODE[Source.PO], SOURCE_CODE[Source.BG]
-PoLoss = Literal["full_weighted", "assume_negative"]
+PoLoss = Literal["full_weighted", "assume_negative", "deepmaxent"]
 
 
 class LossError(ValueError):
@@ -99,6 +110,23 @@ def assume_negative_loss(
     return _row_mean(weight * _bce(logits, target), (source == PO) | (source == BG))
 
 
+def deepmaxent_loss(logits: torch.Tensor, label: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """DeepMaxent (Ryckewaert et al. 2024): per species, the Poisson-process NLL normalised over the ``po`` and
+    ``bg`` rows of the batch (softmax over sites); the mean over species present in the batch (0 when none is)."""
+    rows = (source == PO) | (source == BG)
+    if not bool(rows.any()):
+        return logits.sum() * 0.0
+    f = logits[rows].float()
+    present = (label[rows] == 1).float()
+    n_s = present.sum(dim=0)
+    has = n_s > 0
+    if not bool(has.any()):
+        return logits.sum() * 0.0
+    log_norm = torch.logsumexp(f, dim=0) - float(np.log(f.shape[0]))
+    nll = -(f * present).sum(dim=0) / n_s.clamp(min=1.0) + log_norm
+    return nll[has].mean()
+
+
 def combined_loss(
     logits: torch.Tensor,
     label: torch.Tensor,
@@ -127,8 +155,12 @@ def combined_loss(
             part = full_weighted_loss(logits, label, source, sw, lambda1, lambda2)
         elif po_loss == "assume_negative":
             part = assume_negative_loss(logits, label, source, negative_weight)
+        elif po_loss == "deepmaxent":
+            part = deepmaxent_loss(logits, label, source)
         else:
-            raise LossError(f"unknown po_loss {po_loss!r}; expected 'full_weighted' or 'assume_negative'")
+            raise LossError(
+                f"unknown po_loss {po_loss!r}; expected 'full_weighted', 'assume_negative' or 'deepmaxent'"
+            )
         total = total + n_po * part
     return total / max(n_pa + n_po, 1)
 

@@ -54,6 +54,8 @@ class ModelSpec(BaseModel):
     # against them, so a model is never applied to layers in another order. None in specs from older files.
     bands: list[str] | None = None
     variables: list[str] | None = None
+    # Networks averaged (an ensemble of seeds, :class:`SpeciesEnsemble`); 1 in older files.
+    members: int = 1
 
     @field_validator("modalities")
     @classmethod
@@ -206,6 +208,9 @@ class SpeciesNet(nn.Module):
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> SpeciesNet:
+        """The network (or, for ``spec.members > 1``, the :class:`SpeciesEnsemble`) a spec describes, untrained."""
+        if spec.members > 1:
+            return SpeciesEnsemble([cls(spec.model, len(spec.species), spec.modalities) for _ in range(spec.members)])
         return cls(spec.model, len(spec.species), spec.modalities)
 
     def _check(self, inputs: Mapping[str, torch.Tensor | None], lead: int) -> None:
@@ -271,3 +276,27 @@ class SpeciesNet(nn.Module):
             raise ModelError(f"dense tiles give different output sizes per modality {named}; check the halos")
         fused = torch.cat(maps, dim=0).permute(1, 2, 0)  # (H, W, features): the head is per pixel
         return self.head(fused).permute(2, 0, 1)
+
+
+class SpeciesEnsemble(SpeciesNet):
+    """Networks of one spec trained with different seeds, answering as one: the mean of their logits.
+
+    Averaging logits (a geometric mean of the odds, or of the relative intensities for DeepMaxent) keeps the output a
+    logit, so the dense tile path, calibration and encoding treat an ensemble like a single network.
+    """
+
+    def __init__(self, members: Sequence[SpeciesNet]) -> None:
+        nn.Module.__init__(self)
+        if not members:
+            raise ModelError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.shapes = members[0].shapes
+        self.n_species = members[0].n_species
+
+    def forward(
+        self, patch: torch.Tensor | None = None, series: torch.Tensor | None = None, env: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return torch.stack([m(patch, series, env) for m in self.members]).mean(dim=0)
+
+    def dense_forward(self, *args: torch.Tensor | None, **kwargs: object) -> torch.Tensor:  # type: ignore[override]
+        return torch.stack([m.dense_forward(*args, **kwargs) for m in self.members]).mean(dim=0)  # type: ignore[arg-type]

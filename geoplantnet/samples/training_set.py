@@ -211,8 +211,16 @@ def _indices(idx: Sequence[int] | np.ndarray | None, n: int, path: Any) -> np.nd
     return out
 
 
-def compute_stats(ds: xr.Dataset, idx: np.ndarray, seed: int = 0) -> NormStats:
-    """Per-channel nanmean / nanstd on ``idx`` (a random subset of at most 20,000), streamed chunk by chunk."""
+def compute_stats(ds: xr.Dataset, idx: np.ndarray, seed: int = 0, scaling: str = "standard") -> NormStats:
+    """Per-channel centre and scale on ``idx`` (a random subset of at most 20,000), streamed chunk by chunk.
+
+    ``scaling="standard"``: nanmean / nanstd. ``"robust"``: nanmedian / (IQR / 1.349), the IQR scaled so that it
+    equals the standard deviation on Gaussian data; skewed predictors (rainfall, ruggedness, distances) and outliers
+    then neither squash the bulk of the values nor dominate the first layer. Robust statistics need the values of a
+    channel at once: at most 20,000 samples x the channel's pixels per sample.
+    """
+    if scaling not in ("standard", "robust"):
+        raise TrainingSetError(f"scaling must be 'standard' or 'robust', got {scaling!r}")
     rng = np.random.default_rng(seed)
     use = np.sort(rng.choice(idx, _STATS_MAX_SAMPLES, replace=False) if idx.size > _STATS_MAX_SAMPLES else idx)
     chunk = _chunk_size(ds)
@@ -224,21 +232,41 @@ def compute_stats(ds: xr.Dataset, idx: np.ndarray, seed: int = 0) -> NormStats:
             continue
         axis = axes[name]
         n_ch = ds[var].shape[axis]
-        total, total_sq, count = np.zeros(n_ch), np.zeros(n_ch), np.zeros(n_ch)
-        for start in range(0, use.size, chunk):
-            a = np.asarray(ds[var].isel(sample=use[start : start + chunk]).values, np.float64)
-            a = np.moveaxis(a, axis, 0).reshape(n_ch, -1)
-            finite = np.isfinite(a)
-            total += np.where(finite, a, 0).sum(1)
-            total_sq += np.where(finite, a * a, 0).sum(1)
-            count += finite.sum(1)
-        mean = np.divide(total, count, out=np.zeros(n_ch), where=count > 0)
-        var_ = np.divide(total_sq, count, out=np.ones(n_ch), where=count > 0) - mean**2
-        std = np.sqrt(np.clip(var_, 0, None))
+        blocks = (
+            np.moveaxis(np.asarray(ds[var].isel(sample=use[start : start + chunk]).values, np.float64), axis, 0)
+            .reshape(n_ch, -1)
+            for start in range(0, use.size, chunk)
+        )
+        mean, std = _robust(blocks, n_ch) if scaling == "robust" else _moments(blocks, n_ch)
         out[f"{name}_mean"] = mean.tolist()
         # constant or empty channels: divide by 1 rather than by 0
         out[f"{name}_std"] = np.where(std > 1e-6, std, 1.0).tolist()
     return NormStats(**out)
+
+
+def _moments(blocks: Iterator[np.ndarray], n_ch: int) -> tuple[np.ndarray, np.ndarray]:
+    total, total_sq, count = np.zeros(n_ch), np.zeros(n_ch), np.zeros(n_ch)
+    for a in blocks:
+        finite = np.isfinite(a)
+        total += np.where(finite, a, 0).sum(1)
+        total_sq += np.where(finite, a * a, 0).sum(1)
+        count += finite.sum(1)
+    mean = np.divide(total, count, out=np.zeros(n_ch), where=count > 0)
+    var_ = np.divide(total_sq, count, out=np.ones(n_ch), where=count > 0) - mean**2
+    return mean, np.sqrt(np.clip(var_, 0, None))
+
+
+def _robust(blocks: Iterator[np.ndarray], n_ch: int) -> tuple[np.ndarray, np.ndarray]:
+    values = np.concatenate(list(blocks), axis=1) if n_ch else np.zeros((0, 0))
+    centre, scale = np.zeros(n_ch), np.ones(n_ch)
+    for c in range(n_ch):
+        v = values[c][np.isfinite(values[c])]
+        if v.size:
+            q25, centre[c], q75 = np.percentile(v, [25, 50, 75])
+            scale[c] = (q75 - q25) / 1.349
+            if scale[c] <= 1e-6:  # mostly one value (a dummy, a zero-inflated layer): fall back to the spread
+                scale[c] = v.std()
+    return centre, scale
 
 
 class TrainingSet(torch.utils.data.Dataset):
@@ -259,6 +287,7 @@ class TrainingSet(torch.utils.data.Dataset):
         mask_channels: bool = True,
         modalities: Sequence[str] | None = None,
         cache_chunks: int = 8,
+        scaling: str = "standard",
     ) -> None:
         self.path = os.fspath(path)
         self.ds = open_training_set(path)
@@ -275,7 +304,7 @@ class TrainingSet(torch.utils.data.Dataset):
             raise TrainingSetError(f"{self.path}: no input variable (patch, series, env or env_point) in the store")
         self.modalities = wanted
         self._vars = {m: available[m] for m in wanted}
-        self.stats = stats if stats is not None else compute_stats(self.ds, self.indices)
+        self.stats = stats if stats is not None else compute_stats(self.ds, self.indices, scaling=scaling)
         self.species = [str(s) for s in self.ds["species"].values]
         self.species_name = [str(s) for s in self.ds["species_name"].values] if "species_name" in self.ds else None
         self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()

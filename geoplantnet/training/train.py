@@ -28,7 +28,7 @@ from distributed import Client
 from geoplantnet.core.config import ConfigError, RunConfig
 from geoplantnet.core.errors import InputError
 from geoplantnet.models.losses import SpeciesLoss, species_weights
-from geoplantnet.models.species_net import SPEC_VERSION, ModelSpec, SpeciesNet
+from geoplantnet.models.species_net import SPEC_VERSION, ModelSpec, SpeciesEnsemble, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
 from geoplantnet.samples.kinds import Modality
 from geoplantnet.samples.training_set import ChunkBatchSampler, TrainingSet
@@ -148,6 +148,27 @@ def load_model(
     return model.to(device).eval(), spec
 
 
+def load_ensemble(
+    paths: Sequence[str | os.PathLike[str]], device: str | torch.device = "cpu"
+) -> tuple[SpeciesNet, ModelSpec]:
+    """Model files trained on the same data with different seeds as one :class:`SpeciesEnsemble` (one file: itself).
+
+    Members must share their spec (inputs, species, normalisation) but the seed; the ensemble's spec says
+    ``members=n``, so :func:`save_model` writes it as one file that :func:`load_model` reads back as an ensemble.
+    """
+    loaded = [load_model(p, device) for p in paths]
+    if len(loaded) == 1:
+        return loaded[0]
+    spec = loaded[0][1]
+    for (_, other), path in zip(loaded[1:], paths[1:], strict=True):
+        if other != spec:
+            raise ModelFileError(f"{path}: not a member of the same ensemble as {paths[0]} (spec differs)")
+    members = [m for m, _ in loaded]
+    if any(isinstance(m, SpeciesEnsemble) for m in members):
+        raise ModelFileError("ensembles of ensembles are not supported: pass single-network files")
+    return SpeciesEnsemble(members).to(device).eval(), spec.model_copy(update={"members": len(members)})
+
+
 # evaluation
 
 
@@ -245,7 +266,7 @@ def train_model(
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
-    train = TrainingSet(training_set_path, train_idx)
+    train = TrainingSet(training_set_path, train_idx, scaling=tcfg.scaling)
     val = TrainingSet(training_set_path, val_idx, stats=train.stats, modalities=train.modalities)
     spec = ModelSpec(
         model=run_cfg.model,
