@@ -93,7 +93,7 @@ def test_an_ensemble_is_the_mean_of_its_members_logits_and_one_file(tmp_path: Pa
     torch.testing.assert_close(again(env=env), expected)
     # members of different models are refused by name
     other = save_model(tmp_path / "other.pt", SpeciesNet.from_spec(_spec(4)), _spec(4))
-    with pytest.raises(ValueError, match="other.pt: not a member of the same ensemble"):
+    with pytest.raises(ValueError, match=r"other\.pt: not a member of the same ensemble"):
         load_ensemble([paths[0], other])
 
 

@@ -32,7 +32,7 @@ from geoplantnet.jobs.inputs import Inputs
 from geoplantnet.models.peers import MaxentPeer, RandomForestPeer, point_features
 from geoplantnet.samples.extraction import extract_samples
 from geoplantnet.samples.observations import SpeciesVocabulary, build_samples
-from geoplantnet.samples.training_set import open_training_set
+from geoplantnet.samples.training_set import compute_stats, open_training_set
 from geoplantnet.sources import predictors
 from geoplantnet.training.train import TrainResult, load_ensemble, predict, save_model, train_on_cluster
 from geoplantnet.validation.blocks import blocks_geodataframe, choose_block_size, spatial_blocks, validation_split
@@ -72,6 +72,11 @@ class CnnPeer:
         self.n_fits += 1
         n = self.cfg.train.ensemble
         paths = []
+        # one normalisation (from all the rows given) for every member, so the members form one model
+        stats = (
+            compute_stats(open_training_set(self.path), np.flatnonzero(train), scaling=self.cfg.train.scaling)
+            if n > 1 else None
+        )
         # Ensemble members differ by their seed (initialisation, batch order) and by the blocks held out for early
         # stopping: each learns from another ~80% of the rows and together they use all of them (the fold average
         # of cross-validation models, which beat single models on independent surveys).
@@ -83,7 +88,7 @@ class CnnPeer:
             cfg = self.cfg.model_copy(update={"train": self.cfg.train.model_copy(update=seed)})
             member_dir = run_dir / f"seed-{k}" if n > 1 else run_dir
             result = train_on_cluster(
-                self.client, self.path, np.flatnonzero(fit_mask), np.flatnonzero(val_mask), cfg, member_dir
+                self.client, self.path, np.flatnonzero(fit_mask), np.flatnonzero(val_mask), cfg, member_dir, stats
             )
             self.runs.append(result)
             paths.append(result.model_path)

@@ -155,7 +155,9 @@ def _independent(
     report = independent.write_independent_report(
         scores, out_dir / "report", title=f"{cfg.name}: independent presence-absence test", models=models,
         reference=reference, challenger=DEEP, seconds=seconds,
-        notes=[*notes, f"wall time per model (fit on all training rows + prediction at {n_sites} test sites, "
+        notes=[*notes, "trained on presence-only records and background: every model's output ranks relative "
+               "suitability (what AUC measures); it is not a calibrated probability of presence",
+               f"wall time per model (fit on all training rows + prediction at {n_sites} test sites, "
                f"seconds): {json.dumps(seconds)}"],
     )
     return {"report": str(report), "models": independent.summary(scores, models, reference), "seconds": seconds,

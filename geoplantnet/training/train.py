@@ -31,7 +31,7 @@ from geoplantnet.models.losses import SpeciesLoss, species_weights
 from geoplantnet.models.species_net import SPEC_VERSION, ModelSpec, SpeciesEnsemble, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
 from geoplantnet.samples.kinds import Modality
-from geoplantnet.samples.training_set import ChunkBatchSampler, TrainingSet
+from geoplantnet.samples.training_set import ChunkBatchSampler, NormStats, TrainingSet
 
 log = logging.getLogger(__name__)
 FILE_FORMAT = "geoplantnet.species_net"
@@ -247,8 +247,12 @@ def train_model(
     val_idx: Sequence[int] | np.ndarray,
     run_cfg: RunConfig,
     out_dir: str | os.PathLike[str],
+    stats: NormStats | None = None,
 ) -> TrainResult:
     """Train on ``train_idx``; select, early-stop on ``val_idx`` (the spatial validation split); writes ``out_dir``.
+
+    ``stats``: input normalisation to use (default: computed on ``train_idx``); the members of an ensemble share
+    the statistics of all their rows, so that one normalisation serves the whole ensemble.
 
     Seeds are fixed (``train.seed``); AdamW with a cosine schedule; mixed precision only on CUDA.
     """
@@ -266,7 +270,7 @@ def train_model(
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
-    train = TrainingSet(training_set_path, train_idx, scaling=tcfg.scaling)
+    train = TrainingSet(training_set_path, train_idx, stats=stats, scaling=tcfg.scaling)
     val = TrainingSet(training_set_path, val_idx, stats=train.stats, modalities=train.modalities)
     spec = ModelSpec(
         model=run_cfg.model,
@@ -399,6 +403,7 @@ def train_on_cluster(
     val_idx: Sequence[int] | np.ndarray,
     run_cfg: RunConfig,
     out_dir: str | os.PathLike[str],
+    stats: NormStats | None = None,
 ) -> TrainResult:
     """Run :func:`train_model` as one Dask task (``GPU=1`` when a worker offers it) and wait for its result.
 
@@ -415,6 +420,7 @@ def train_on_cluster(
         np.asarray(val_idx),
         run_cfg,
         os.fspath(out_dir),
+        stats,
         resources=resources,
         pure=False,
         key=f"train-species-net-{run_cfg.name}-{time.time_ns()}",
