@@ -183,7 +183,13 @@ class TrainConfig(_Section):
     po_lambda2: float = Field(0.5, ge=0, le=1, description="share of background vs other-species pseudo-absences")
     an_negative_weight: float = Field(0.05, ge=0, description="assume_negative: weight of other species at a record")
     background: Literal["target_group", "uniform"] = "target_group"
-    n_background: int = Field(2000, ge=0)
+    n_background: int = Field(
+        2000, ge=0, description="background points, all drawn on cells where every predictor has data"
+    )
+    nearest_valid_cells: int = Field(
+        1, ge=0, description="a record (pa/po, never background) whose cell has no predictor data after the warp "
+        "(a coastal cell partly sea) moves to the nearest valid cell within this many cells; 0 disables"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = True
     scaling: Literal["standard", "robust"] = Field(

@@ -33,6 +33,7 @@ from geoplantnet.models.peers import MaxentPeer, RandomForestPeer, point_feature
 from geoplantnet.samples.extraction import extract_samples
 from geoplantnet.samples.observations import SpeciesVocabulary, build_samples
 from geoplantnet.samples.training_set import compute_stats, open_training_set
+from geoplantnet.samples.valid_cells import RecordRescue, ValidCells, move_records_to_valid
 from geoplantnet.sources import predictors
 from geoplantnet.training.train import TrainResult, load_ensemble, predict, save_model, train_on_cluster
 from geoplantnet.validation.blocks import blocks_geodataframe, choose_block_size, spatial_blocks, validation_split
@@ -160,6 +161,8 @@ class PreparedSamples:
     block: float  # spatial block size (metres)
     species_name: list[str] | None = None
     feature_inputs: dict[str, Any] | None = None  # names of the feature columns (variables, bands, seasons)
+    records_moved: int = 0  # records moved to the nearest valid cell (train.nearest_valid_cells)
+    records_dropped: int = 0  # records dropped: no predictor value at their cell, even after the move
 
     @property
     def x(self) -> np.ndarray:
@@ -200,11 +203,6 @@ def prepare_samples(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Clien
     grid = cfg.grid.grid()
     obs = inputs.observations
     vocab = SpeciesVocabulary.from_observations(obs)
-    # Background is over-drawn 3x: points that land where the predictors have no data are dropped below.
-    samples = build_samples(
-        obs, vocab, grid, n_background=3 * cfg.train.n_background, background=cfg.train.background,
-        seed=cfg.train.seed,
-    )
     # Sentinel-2 alone is a valid set of predictors: no environmental stack then
     env = predictors.model_stack(inputs.env_items, grid, chunk=cfg.cube.chunk) if inputs.env_items else None
     composite = None
@@ -212,6 +210,17 @@ def prepare_samples(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Clien
         from geoplantnet.jobs.composites import composites
 
         composite = composites(inputs.s2_items, cfg)
+    # The environmental layers define the study area; without them, the composite does.
+    layer = env if env is not None else composite
+    study_area = ValidCells(layer, epsg=grid.epsg, client=client) if layer is not None else None
+    samples = build_samples(
+        obs, vocab, grid, n_background=cfg.train.n_background, background=cfg.train.background,
+        seed=cfg.train.seed, valid=study_area,
+    )
+    # Records are moved only off the environmental warp's no-data (a cloudy season is no reason to move one).
+    rescue = RecordRescue(0, 0, 0)
+    if env is not None and study_area is not None:
+        samples, rescue = move_records_to_valid(samples, study_area, cfg.train.nearest_valid_cells)
     path = str(out_dir / "training.zarr")
     t1 = time.perf_counter()
     extract_samples(
@@ -232,22 +241,12 @@ def prepare_samples(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Clien
     source = np.array([str(s) for s in ds["source"].values])  # StringDType does not cast to fixed-width str
     species = [str(s) for s in ds["species"].values]
     features = _point_features(ds)
-    # Background drawn where the predictors have no data (sea, outside the rasters) would be trivially separable
-    # from presences and inflate every model's AUC: such samples are dropped, and so is any sample without data.
-    # The environmental layers define the study area; Sentinel-2 gaps (a cloudy season) are not "no data" here.
+    # Background is drawn on cells with predictor data (samples.valid_cells); a background point without data here
+    # would be trivially separable from presences and inflate every model's AUC, so the rule is kept as a guard, and
+    # any sample without any predictor value is dropped. Sentinel-2 gaps (a cloudy season) are not "no data" here.
     env_point = ds["env_point"].values if "env_point" in ds else features
     nodata = np.isnan(features).all(axis=1) | ((source == "bg") & np.isnan(env_point).any(axis=1))
-    usable_bg = np.flatnonzero((source == "bg") & ~nodata)
-    if len(usable_bg) < cfg.train.n_background:
-        # fewer background points than asked changes what presence-only models learn: say so, with the cause
-        log.warning(
-            "only %d of %d background points have predictor data (the rest fell outside the rasters or on no-data): "
-            "the models see a thinner background than train.n_background asks",
-            len(usable_bg), cfg.train.n_background,
-        )
-    spare_bg = usable_bg[cfg.train.n_background :]
     keep = ~nodata
-    keep[spare_bg] = False
     rows = np.flatnonzero(keep)
     _check_predictor_data(labels, rows, env)
     kept = features[rows]
@@ -259,7 +258,7 @@ def prepare_samples(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Clien
     species_name = [str(s) for s in ds["species_name"].values] if "species_name" in ds else None
     return PreparedSamples(
         path, rows, x_all, y_all, labels[rows], source[rows], kept, species, int(nodata.sum()), extract_s, float(block),
-        species_name, _feature_inputs(ds),
+        species_name, _feature_inputs(ds), rescue.moved, int((nodata & (source != "bg")).sum()),
     )
 
 
@@ -343,6 +342,8 @@ def run_sdm(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> di
         f"{len(species)} species, blocks of {block:g} m, {cfg.validation.folds} folds "
         f"({informative_folds(next(iter(results.values()))) if results else 0} informative); "
         f"{data.n_dropped} samples without predictor data dropped",
+        f"{data.records_moved} records moved to the nearest valid cell (<= {cfg.train.nearest_valid_cells} cells), "
+        f"{data.records_dropped} dropped",
         f"observations: {obs.summary()}",
         f"CNN: {np.mean(epoch_s):.2f} s per epoch on {device} ({n_params} parameters); extraction {extract_s:.1f} s",
         f"wall time per model (all folds): {json.dumps(timings)}",

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -241,36 +241,115 @@ class Samples:
         return len(self.x)
 
 
-def background_points(
-    obs: Observations, grid: Grid, n: int, *, kind: str = "target_group", seed: int = 0, jitter_px: float = 2.0
+# Rounds of candidates a background draw may take before it settles for fewer points than asked: each round that
+# is not read from a mask reads the chunks holding its candidates.
+BACKGROUND_ROUNDS = 8
+
+
+class CellValidity(Protocol):
+    """Which cells have predictor data (:class:`geoplantnet.samples.valid_cells.ValidCells`)."""
+
+    grid: Grid
+
+    def at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray: ...
+
+    def cells(self) -> np.ndarray | None: ...
+
+
+def _centres(g: Grid, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = np.divmod(cells, g.width)
+    return g.left + (cols + 0.5) * g.resolution, g.top - (rows + 0.5) * g.resolution
+
+
+def _uniform_from_mask(
+    grid: Grid, n: int, cells: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` background locations inside ``grid``.
+    """``n`` distinct cells (centres) of ``grid`` among ``cells`` (every valid one), uniformly: exact, one draw."""
+    cx, cy = _centres(grid, cells)
+    if len(cx) < n:
+        log.warning(
+            "background: the study area has only %d cells with predictor data (every variable finite), so %d "
+            "background points instead of the %d asked (train.n_background)", len(cx), len(cx), n,
+        )
+        pick = rng.permutation(len(cx))
+    else:
+        pick = rng.choice(len(cx), n, replace=False)
+    return cx[pick], cy[pick]
+
+
+def background_points(
+    obs: Observations,
+    grid: Grid,
+    n: int,
+    *,
+    kind: str = "target_group",
+    seed: int = 0,
+    jitter_px: float = 2.0,
+    valid: CellValidity | None = None,
+    rounds: int = BACKGROUND_ROUNDS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` background locations inside ``grid``, all on cells where ``valid`` says the predictors have data.
 
     ``target_group``: drawn from the presence-only records' locations (the observers' effort) with a Gaussian jitter
     of ``jitter_px`` pixels, so the background carries the same observer bias as the presences and the bias cancels
-    (Phillips et al. 2009, Ecol. Appl. 19:181). ``uniform``: uniform over the grid.
+    (Phillips et al. 2009, Ecol. Appl. 19:181). ``uniform`` (or no presence-only records): distinct cells (their
+    centres), uniform over the grid.
+
+    Candidates are drawn in rounds sized by the share of valid candidates so far, at most ``rounds`` of them; only
+    when the valid area cannot supply ``n`` points (fewer valid cells, or none near the records) are fewer returned,
+    with a warning. The result depends on the seed and the data only.
     """
-    rng = np.random.default_rng(seed)
-    po = obs.records[obs.records.survey_id.isna()]
     if kind not in ("target_group", "uniform"):
         raise ObservationsError(f"unknown background kind {kind!r} (target_group or uniform)")
+    rng = np.random.default_rng(seed)
+    po = obs.records[obs.records.survey_id.isna()]
+    near_records = kind == "target_group" and len(po) > 0
+    cells = valid.cells() if valid is not None else None
+    if not near_records and valid is not None and cells is not None and valid.grid == grid:
+        return _uniform_from_mask(grid, n, cells, rng)
+    n_cells = grid.width * grid.height
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
-    got = 0
-    while got < n:
-        m = 2 * (n - got) + 16
-        if kind == "target_group" and len(po):
+    tried = np.empty(0, dtype=np.int64)  # uniform: cells already drawn, valid or not (distinct cells)
+    got = drawn = done = 0
+    while got < n and done < rounds and len(tried) < n_cells:
+        # the first round assumes half the candidates are usable (as the old 2x over-draw did); later rounds use the
+        # share seen so far, floored so a nearly empty valid area cannot ask for unbounded candidates
+        rate = max(got / drawn, 0.02) if drawn else 0.5
+        m = int(np.ceil((n - got) / rate * 1.25)) + 16
+        if near_records:
             pick = rng.integers(0, len(po), m)
             bx = po.x.to_numpy()[pick] + rng.normal(0, jitter_px * grid.resolution, m)
             by = po.y.to_numpy()[pick] + rng.normal(0, jitter_px * grid.resolution, m)
+            inside = grid.contains(bx, by)
+            bx, by = bx[inside], by[inside]
         else:
-            bx = rng.uniform(grid.left, grid.right, m)
-            by = rng.uniform(grid.bottom, grid.top, m)
-        keep = grid.contains(bx, by)
-        xs.append(bx[keep])
-        ys.append(by[keep])
-        got += int(keep.sum())
-    return np.concatenate(xs)[:n], np.concatenate(ys)[:n]
+            cand = rng.integers(0, n_cells, m)
+            _, first = np.unique(cand, return_index=True)
+            cand = cand[np.sort(first)]
+            cand = cand[~np.isin(cand, tried)]
+            tried = np.concatenate([tried, cand])
+            bx, by = _centres(grid, cand)
+        ok = valid.at(bx, by) if valid is not None else np.ones(len(bx), dtype=bool)
+        drawn += m
+        done += 1
+        bx, by = bx[ok][: n - got], by[ok][: n - got]
+        xs.append(bx)
+        ys.append(by)
+        got += len(bx)
+    if got < n:
+        why = (
+            f"the grid has only {n_cells} cells" if len(tried) >= n_cells and valid is None
+            else f"after {done} rounds of candidates ({drawn} drawn, {got / max(drawn, 1):.1%} on cells with "
+            f"predictor data{', near the records' if near_records else ''})"
+        )
+        log.warning(
+            "background: %d points instead of the %d asked (train.n_background): %s; the valid area (every "
+            "predictor finite) cannot supply more", got, n, why,
+        )
+    if not xs:
+        return np.empty(0), np.empty(0)
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def build_samples(
@@ -281,9 +360,11 @@ def build_samples(
     n_background: int = 0,
     background: str = "target_group",
     seed: int = 0,
+    valid: CellValidity | None = None,
 ) -> Samples:
     """Surveys -> one sample each (1 listed present, 0 listed absent, 0 for unlisted species: complete lists);
-    presence-only records -> one sample each (1 for the species, -1 unknown elsewhere); plus background points (0)."""
+    presence-only records -> one sample each (1 for the species, -1 unknown elsewhere); plus background points (0),
+    only on cells where ``valid`` says the predictors have data (:func:`background_points`)."""
     rec = obs.records
     n_species = len(vocab.ids)
     col = vocab.encode(rec.species_id.to_numpy())
@@ -308,11 +389,11 @@ def build_samples(
         labels.append(lab)
         sources.append(np.full(len(lab), Source.PO))
     if n_background:
-        bx, by = background_points(obs, grid, n_background, kind=background, seed=seed)
+        bx, by = background_points(obs, grid, n_background, kind=background, seed=seed, valid=valid)
         xs.append(bx)
         ys.append(by)
-        labels.append(np.zeros((n_background, n_species), dtype=np.int8))
-        sources.append(np.full(n_background, Source.BG))
+        labels.append(np.zeros((len(bx), n_species), dtype=np.int8))
+        sources.append(np.full(len(bx), Source.BG))
     return Samples(
         np.concatenate(xs), np.concatenate(ys), np.concatenate(labels), np.concatenate(sources).astype(str), vocab
     )
