@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
 from geoplantnet.core.config import ModelConfig
+from geoplantnet.models.calibration import Calibration, Thresholds
 from geoplantnet.samples.kinds import MODALITIES, Modality
 from geoplantnet.samples.training_set import NormStats
 
@@ -54,6 +55,11 @@ class ModelSpec(BaseModel):
     # against them, so a model is never applied to layers in another order. None in specs from older files.
     bands: list[str] | None = None
     variables: list[str] | None = None
+    # Set by sdm on its final model (geoplantnet.validation.calibration): per-species calibration, fitted on the
+    # cross-validation's out-of-fold presence-absence predictions, applied by predict and map; thresholds on the output
+    # scale. None in specs of fold models, of map-trained models and of older files (which load unchanged).
+    calibration: Calibration | None = None
+    thresholds: Thresholds | None = None
 
     @field_validator("modalities")
     @classmethod
