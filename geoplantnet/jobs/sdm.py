@@ -7,7 +7,9 @@ a user's observations file and predictor rasters (any CRS), with or without Sent
 After the cross-validation, each model is fitted once more on every kept sample, for mapping, into ``<out>/models/``:
 ``cnn.pt`` (the species network; early stopping on a block-based validation split carved from the samples, as in each
 fold), ``maxent.peer`` and ``random_forest.peer`` (:meth:`geoplantnet.models.peers.MaxentPeer.save` files). The
-cross-validation does not depend on them: its folds and numbers are those of a run without them.
+cross-validation does not depend on them: its folds and numbers are those of a run without them. Their specs then get
+the calibration and thresholds chosen on the cross-validation's out-of-fold predictions
+(:mod:`geoplantnet.validation.calibration`; also ``<out>/models/thresholds.csv``).
 """
 
 from __future__ import annotations

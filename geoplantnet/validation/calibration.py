@@ -7,7 +7,8 @@ for every sample, made by a model that never saw the sample's spatial block. :fu
 * **Calibration** (``validation.calibration``: ``platt``, ``isotonic`` or ``none``) is fitted per species on the OOF
   predictions of the presence-absence rows (source ``pa``) only, never on a test set, and never on presence-background
   data: background points are not absences, so those models output *relative suitability*, which no calibration can
-  turn into a probability of presence.
+  turn into a probability of presence. A species with fewer than 5 presences or absences among those rows gets the
+  map fitted on all species' entries pooled (:func:`geoplantnet.models.calibration.fit_calibration`).
 * **Its effect is measured nested**: for each fold, a calibration fitted on the OOF predictions of the *other* folds is
   applied to this fold's; ECE and Brier score before/after are pooled over all folds' presence-absence rows. The
   "after" numbers are therefore out of sample, like the "before" ones. The calibration saved with the final model is
