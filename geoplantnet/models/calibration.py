@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 CalibrationMethod = Literal["platt", "isotonic"]
 _EPS = 1e-6  # logits of 0 and 1 are infinite: probabilities are clipped to [eps, 1 - eps] first
-_MAX_KNOTS = 256  # an isotonic map is thinned to this many knots, so a spec stays small with many samples
+_MAX_KNOTS = 100  # an isotonic map is thinned to this many knots, so a spec stays small with many samples
 _PLATT_C = 1e4  # almost no regularisation: only keeps the slope finite when the classes are separable
 
 
