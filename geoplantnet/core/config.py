@@ -207,6 +207,12 @@ class ValidationConfig(_Section):
     threshold: float = Field(0.5, gt=0, lt=1)
     seed: int = 0
     models: list[Literal["cnn", "maxent", "random_forest"]] = ["cnn", "maxent", "random_forest"]
+    calibration: Literal["platt", "isotonic", "none"] = Field(
+        "platt",
+        description="per-species calibration of the final models, fitted on the out-of-fold predictions at "
+        "presence-absence samples (platt: logistic on the logit; isotonic: monotone steps; none: off); presence-only "
+        "data are never calibrated (relative suitability)",
+    )
 
 
 class MapConfig(_Section):

@@ -11,7 +11,8 @@ convolution. :func:`predict_tile_naive` (one patch per pixel) is kept only as th
 and benchmarked against.
 
 Probabilities are stored as ``uint8``: ``round(p * 254)``, 255 where the pixel has no data (outside the environmental
-layers, which define the study area, as in training).
+layers, which define the study area, as in training). A model whose spec carries a calibration (sdm's final models)
+has it applied per species before encoding.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from geoplantnet.core.encoding import NODATA, SCALE
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.models.calibration import calibrate
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.samples.extraction import cut_patches
 from geoplantnet.samples.kinds import Modality
@@ -217,7 +219,7 @@ def predict_tile(
                 sample = (torch.from_numpy(sample_rows).to(device), torch.from_numpy(sample_cols).to(device))
             logits = model.dense_forward(**tiles, patch_sample=sample)
             prob = torch.sigmoid(logits.float()).cpu().numpy()
-        out[:, a:b] = encode(prob, valid[a:b])
+        out[:, a:b] = encode(calibrate(prob, spec.calibration, axis=0), valid[a:b])
     return out
 
 
@@ -259,7 +261,7 @@ def predict_tile_naive(
         with torch.no_grad():
             logits = model(**{k: v.to(device) for k, v in batch.items()})
         probs[start : start + len(j)] = torch.sigmoid(logits.float()).cpu().numpy()
-    prob = probs.T.reshape(len(spec.species), tile.height, tile.width)
+    prob = calibrate(probs.T.reshape(len(spec.species), tile.height, tile.width), spec.calibration, axis=0)
     return encode(prob, _valid(spec, geom, patch, env))
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.inference.dense import InferenceError, TileGeometry, _valid, encode, tile_geometry
+from geoplantnet.models.calibration import calibrate
 from geoplantnet.models.peers import Peer, PeerSpec, point_features
 
 __all__ = ["peer_geometry", "pixel_features", "predict_tile_points"]
@@ -108,4 +109,4 @@ def predict_tile_points(
         block = prob[:, a:b].reshape(len(spec.species), -1)
         block[:, ok] = p.T
         prob[:, a:b] = block.reshape(len(spec.species), b - a, tile.width)
-    return encode(prob, valid)
+    return encode(calibrate(prob, spec.calibration, axis=0), valid)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pystac
 import torch
+import xarray as xr
 from distributed import Client, WorkerPlugin, as_completed, get_worker
 from tqdm.auto import tqdm
 
@@ -46,6 +47,7 @@ from geoplantnet.sources.cube import item_footprint
 from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.lease import Lease
 from geoplantnet.storage.store import (
+    default_encoding,
     preflight,
     run_id,
     storage_options_for,
@@ -488,9 +490,9 @@ def produce_map(
         lease_ttl=cfg.store.lease_ttl_s,
     ) as (decision, target, lease):
         done = tile_store.prepare(
-            out.url, *tile_store.species_template(
+            out.url, *with_thresholds(*tile_store.species_template(
                 plan.job.map_grid, plan.spec.species, plan.spec.species_name, cfg.map.tile, cfg.map.species_chunk
-            ),
+            ), plan.spec),
             decision=decision, target=target, product="species", parts=plan.parts, cfg=cfg, attrs=plan.attrs,
             storage_options=out.storage_options,
         )
@@ -500,6 +502,66 @@ def produce_map(
         lease.check()
         tile_store.finalise(out.url, n_tiles=len(tiles), run=out.run, storage_options=out.storage_options)
     return _summary(plan, tiles, todo, results, compute_s, resources, time.perf_counter() - t_start)
+
+
+SCALE_ATTR = "geoplantnet_output_scale"
+_SCALES = {
+    "calibrated": "calibrated probability of presence",
+    "presence-absence": "probability of presence, uncalibrated",
+    "presence-background": "relative suitability (presence-only training: not a probability of presence)",
+    None: "model output, uncalibrated (the model file has no calibration or thresholds)",
+}
+
+
+def output_scale(spec: ModelSpec | PeerSpec) -> str:
+    """What the map's values mean, from the model file: calibrated probabilities, uncalibrated probabilities, or
+    relative suitability (a model trained on presences vs background points)."""
+    if spec.calibration is not None:
+        return _SCALES["calibrated"]
+    return _SCALES[spec.thresholds.basis if spec.thresholds is not None else None]
+
+
+def with_thresholds(
+    template: xr.Dataset, encoding: dict[str, dict[str, Any]], spec: ModelSpec | PeerSpec
+) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    """The species store's layout with what the model file says of its scale: the ``geoplantnet_output_scale``
+    attribute, and the per-species thresholds (``threshold_max_tss``, ``threshold_prevalence``, float32 on the
+    species axis, NaN where none) when it has them. They are plain arrays, so :func:`tiles.prepare` writes them with
+    the layout, before any tile and long before the store is marked complete."""
+    ds = template.copy()
+    scale = output_scale(spec)
+    ds.attrs[SCALE_ATTR] = scale
+    prob = ds["probability"]
+    prob.attrs["output_scale"] = scale
+    prob.attrs["calibration"] = spec.calibration.method if spec.calibration is not None else "none"
+    if spec.thresholds is not None and spec.thresholds.basis == "presence-background":
+        prob.attrs["long_name"] = "relative habitat suitability of each species (not a probability of presence)"
+    if spec.thresholds is None:
+        return ds, encoding
+    th = spec.thresholds
+    on = (
+        f"chosen on out-of-fold predictions of the spatial-block cross-validation, {th.basis} samples"
+        f"{', after calibration' if th.calibrated else ''}; NaN where a species had one class only"
+    )
+    described = {
+        "max_tss": ("threshold maximising the true skill statistic (sensitivity + specificity - 1)", on),
+        "prevalence": (
+            "threshold at which the predicted prevalence equals the observed one",
+            on + (" (observed prevalence: the share of presences among presence + background points)"
+                  if th.basis == "presence-background" else ""),
+        ),
+    }
+    arrays = th.as_arrays()
+    enc = dict(encoding)
+    for key, (long_name, description) in described.items():
+        name = f"threshold_{key}"
+        ds[name] = xr.DataArray(arrays[key], dims=("species",))
+        ds[name].attrs.update({
+            "long_name": long_name, "units": "1", "description": description,
+            "comment": f"p >= threshold is a predicted presence, on the scale of probability ({scale})",
+        })
+        enc[name] = default_encoding(ds[[name]])[name]
+    return ds, enc
 
 
 @dataclass(frozen=True)

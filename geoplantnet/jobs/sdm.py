@@ -7,7 +7,9 @@ a user's observations file and predictor rasters (any CRS), with or without Sent
 After the cross-validation, each model is fitted once more on every kept sample, for mapping, into ``<out>/models/``:
 ``cnn.pt`` (the species network; early stopping on a block-based validation split carved from the samples, as in each
 fold), ``maxent.peer`` and ``random_forest.peer`` (:meth:`geoplantnet.models.peers.MaxentPeer.save` files). The
-cross-validation does not depend on them: its folds and numbers are those of a run without them.
+cross-validation does not depend on them: its folds and numbers are those of a run without them. Their specs then get
+the calibration and thresholds chosen on the cross-validation's out-of-fold predictions
+(:mod:`geoplantnet.validation.calibration`; also ``<out>/models/thresholds.csv``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 from distributed import Client
 
@@ -37,6 +40,13 @@ from geoplantnet.samples.valid_cells import RecordRescue, ValidCells, move_recor
 from geoplantnet.sources import predictors
 from geoplantnet.training.train import TrainResult, load_ensemble, predict, save_model, train_on_cluster
 from geoplantnet.validation.blocks import blocks_geodataframe, choose_block_size, spatial_blocks, validation_split
+from geoplantnet.validation.calibration import (
+    CalibrationOutcome,
+    calibrate_oof,
+    calibration_markdown,
+    species_thresholds_table,
+    write_into_model_file,
+)
 from geoplantnet.validation.metrics import cross_validate
 from geoplantnet.validation.report import informative_folds, report_warnings, write_report
 
@@ -335,6 +345,7 @@ def run_sdm(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> di
     # after the folds (whose numbers must not depend on it): every model once more on all kept samples, for maps
     model_files, final_s = fit_final_models(cfg, data, out_dir, client, [n for n in peers if n in results])
     finals = ", ".join(f"{k}: {os.path.relpath(v, out_dir)} ({final_s[k]:g} s)" for k, v in model_files.items())
+    calibration, thresholds_csv = calibrate_models(cfg, results, labels, source, folds, species, model_files, out_dir)
     device = cnn.runs[0].device if cnn.runs else "-"
     n_params = cnn.runs[0].n_parameters if cnn.runs else 0
     notes = [
@@ -348,6 +359,7 @@ def run_sdm(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> di
         f"CNN: {np.mean(epoch_s):.2f} s per epoch on {device} ({n_params} parameters); extraction {extract_s:.1f} s",
         f"wall time per model (all folds): {json.dumps(timings)}",
         f"final models on all kept samples, for maps: {finals or 'none'}",
+        *_calibration_notes(calibration, thresholds_csv, out_dir),
         *inputs.notes,
     ]
     warnings = report_warnings(results) if results else []
@@ -361,6 +373,7 @@ def run_sdm(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> di
         title=f"{cfg.name}: CNN vs MaxEnt vs random forest on spatial blocks",
         notes=notes,
         warnings=warnings,
+        sections=calibration_markdown(calibration, model_files),
     )
     out = {
         "report": str(report),
@@ -373,10 +386,51 @@ def run_sdm(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> di
         "warnings": warnings,
         "models": {name: _model_summary(r) for name, r in results.items()},
         "model_files": model_files,
+        "calibration": {name: {**o.table, "outputs": o.scale} for name, o in calibration.items()},
+        "thresholds_file": thresholds_csv,
     }
     out = _json_safe(out)
     (out_dir / "summary.json").write_text(json.dumps(out, indent=2, allow_nan=False))
     return out
+
+
+def calibrate_models(
+    cfg: RunConfig,
+    results: dict[str, Any],
+    labels: np.ndarray,
+    source: np.ndarray,
+    folds: np.ndarray,
+    species: list[str],
+    model_files: dict[str, str],
+    out_dir: Path,
+) -> tuple[dict[str, CalibrationOutcome], str | None]:
+    """Per model: calibration (``validation.calibration``) and thresholds from its out-of-fold predictions, written
+    into its final model file's spec; every threshold also into ``<out_dir>/models/thresholds.csv``. Returns the
+    outcomes and the CSV's path (None without models)."""
+    outcomes: dict[str, CalibrationOutcome] = {}
+    for name, result in results.items():
+        outcomes[name] = calibrate_oof(result["oof"], labels, source, folds, cfg.validation.calibration)
+        if name in model_files:
+            write_into_model_file(model_files[name], outcomes[name])
+        t = outcomes[name].table
+        log.info("%s: calibration %s on %d PA rows, ECE %s -> %s", name, t["method"], t["n_rows"],
+                 t["ece_before"], t["ece_after"])
+    if not outcomes:
+        return outcomes, None
+    path = Path(out_dir) / "models" / "thresholds.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pd.DataFrame(species_thresholds_table(species, outcomes)).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return outcomes, str(path)
+
+
+def _calibration_notes(outcomes: dict[str, CalibrationOutcome], csv: str | None, out_dir: Path) -> list[str]:
+    if not outcomes:
+        return []
+    scales = "; ".join(sorted({o.scale for o in outcomes.values()}))
+    where = os.path.relpath(csv, out_dir) if csv else "-"
+    return [f"outputs: {scales}; per-species thresholds (max TSS, observed prevalence) in the model files and {where}"]
 
 
 def _model_summary(result: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from joblib import Parallel, delayed
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from geoplantnet.core.errors import InputError
+from geoplantnet.models.calibration import Calibration, Thresholds
 
 log = logging.getLogger(__name__)
 BG = "bg"
@@ -104,6 +105,9 @@ class PeerSpec(BaseModel):
     skipped: list[int] = []  # species not fitted (too few presences): predicted at their prevalence
     libraries: dict[str, str] = {}
     payload_sha256: str = ""
+    # from sdm's cross-validation (geoplantnet.validation.calibration); None in older files, which load unchanged
+    calibration: Calibration | None = None
+    thresholds: Thresholds | None = None
 
     # what the map job asks of a model spec (geoplantnet.models.species_net.ModelSpec), for a model of point values
     mask_channels: bool = False

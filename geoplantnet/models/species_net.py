@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
 from geoplantnet.core.config import ModelConfig
+from geoplantnet.models.calibration import Calibration, Thresholds
 from geoplantnet.samples.kinds import MODALITIES, Modality
 from geoplantnet.samples.training_set import NormStats
 
@@ -56,6 +57,11 @@ class ModelSpec(BaseModel):
     variables: list[str] | None = None
     # Networks averaged (an ensemble of seeds, :class:`SpeciesEnsemble`); 1 in older files.
     members: int = 1
+    # Set by sdm on its final model (geoplantnet.validation.calibration): per-species calibration, fitted on the
+    # cross-validation's out-of-fold presence-absence predictions, applied by predict and map; thresholds on the output
+    # scale. None in specs of fold models, of map-trained models and of older files (which load unchanged).
+    calibration: Calibration | None = None
+    thresholds: Thresholds | None = None
 
     @field_validator("modalities")
     @classmethod

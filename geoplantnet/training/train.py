@@ -27,6 +27,7 @@ from distributed import Client
 
 from geoplantnet.core.config import ConfigError, RunConfig
 from geoplantnet.core.errors import InputError
+from geoplantnet.models.calibration import calibrate
 from geoplantnet.models.losses import SpeciesLoss, species_weights
 from geoplantnet.models.species_net import SPEC_VERSION, ModelSpec, SpeciesEnsemble, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
@@ -362,7 +363,8 @@ def predict(
     idx: Sequence[int] | np.ndarray,
     batch_size: int = 256,
 ) -> np.ndarray:
-    """Probabilities ``(len(idx), species)`` in the order of ``idx``, normalised with the model's own statistics."""
+    """Probabilities ``(len(idx), species)`` in the order of ``idx``, normalised with the model's own statistics;
+    calibrated when the model file carries a calibration (sdm's final models)."""
     data = TrainingSet(
         training_set_path, idx, stats=spec.norm, mask_channels=spec.mask_channels, modalities=list(spec.modalities)
     )
@@ -377,7 +379,8 @@ def predict(
         for start in range(0, len(data), batch_size):
             batch = _to_device(data[np.arange(start, min(start + batch_size, len(data)))], device)
             out.append(torch.sigmoid(model(**_inputs(batch)).float()).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(spec.species)), np.float32)
+    probs = np.concatenate(out) if out else np.zeros((0, len(spec.species)), np.float32)
+    return calibrate(probs, spec.calibration)  # the map applies it too: points and map pixels agree
 
 
 # on a cluster

@@ -310,7 +310,8 @@ def cross_validate(
     """Fit ``make_model()`` (anything with ``fit(X, labels, source)`` / ``predict_proba(X)``) on each fold's training
     part and score its test part. Returns the structure :func:`geoplantnet.validation.report.write_report` reads:
     ``{"folds": [summary per fold], "per_species": DataFrame with a fold column, "reliability": DataFrame,
-    "oof": out-of-fold probabilities}``. Each fold summary also counts its test presences and the species that were
+    "oof": out-of-fold probabilities, "reliability_basis": "presence-absence" or "presence-background"}``.
+    Each fold summary also counts its test presences and the species that were
     informative, scored from few cases, predicted by a constant, or trained on few presences (``n_*`` keys); the
     per-species table carries the flags (see :func:`per_species`)."""
     cfg = cfg or ValidationConfig()
@@ -346,4 +347,8 @@ def cross_validate(
     pa = source == PA
     reliability = reliability_table(labels[pa], oof[pa]) if pa.any() else reliability_table(labels, oof)
     per_species_table = pd.concat(tables, ignore_index=True)
-    return {"folds": summaries, "per_species": per_species_table, "reliability": reliability, "oof": oof}
+    return {
+        "folds": summaries, "per_species": per_species_table, "reliability": reliability, "oof": oof,
+        # without presence-absence rows the reliability table is presences vs background: relative suitability
+        "reliability_basis": "presence-absence" if pa.any() else "presence-background",
+    }

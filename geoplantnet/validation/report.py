@@ -258,21 +258,46 @@ def plot_blocks(blocks_gdf: Any, path: Path, points: tuple[np.ndarray, np.ndarra
     fig.savefig(path, dpi=120)
 
 
-def plot_calibration(results: Mapping[str, Any], path: Path) -> bool:
-    """Reliability curves (observed frequency vs mean prediction) of every model that has a reliability table."""
+def calibration_basis(results: Mapping[str, Any]) -> str:
+    """``presence-absence`` when the reliability tables were computed on presence-absence samples, else
+    ``presence-background`` (presences vs background points: the outputs are relative suitability)."""
+    bases = {
+        r.get("reliability_basis", "presence-absence") for r in results.values() if r.get("reliability") is not None
+    }
+    return "presence-absence" if bases <= {"presence-absence"} else "presence-background"
+
+
+def calibration_figure(results: Mapping[str, Any]) -> Figure | None:
+    """Reliability curves (observed frequency vs mean prediction) of every model that has a reliability table; on
+    presence-background data titled and labelled as relative suitability, which they are. None without tables."""
     tables = {n: r["reliability"] for n, r in results.items() if isinstance(r.get("reliability"), pd.DataFrame)}
     if not tables:
-        return False
+        return None
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="k", lw=1, ls="--")
     for name, table in tables.items():
         used = table[table["n"] > 0]
         ax.plot(used["mean_predicted"], used["observed_frequency"], marker="o", label=name)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed frequency")
-    ax.set_title("Calibration, out of fold (PA samples where present)")
+    if calibration_basis(results) == "presence-absence":
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed frequency")
+        ax.set_title("Calibration, out of fold (presence-absence samples)")
+    else:
+        ax.set(
+            xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted relative suitability",
+            ylabel="share of presences among presence + background points",
+        )
+        ax.set_title("Relative suitability, out of fold\n(presences vs background: not a probability of presence)")
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_calibration(results: Mapping[str, Any], path: Path) -> bool:
+    """Write :func:`calibration_figure` to ``path``; False (nothing written) when no model has a reliability table."""
+    fig = calibration_figure(results)
+    if fig is None:
+        return False
     fig.savefig(path, dpi=120)
     return True
 
@@ -288,10 +313,12 @@ def write_report(
     reference: str = "maxent",
     notes: Sequence[str] = (),
     warnings: Sequence[str] | None = None,
+    sections: Sequence[str] = (),
 ) -> Path:
     """Write ``report.md``, ``per_species.csv`` and the figures into ``out_dir``; return the markdown's path.
 
-    ``warnings`` (default: :func:`report_warnings`) open the report in a WARNING section."""
+    ``warnings`` (default: :func:`report_warnings`) open the report in a WARNING section; ``sections``: further
+    markdown lines appended at the end (the calibration table of :mod:`geoplantnet.validation.calibration`)."""
     _check_results(results)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -330,7 +357,17 @@ def write_report(
         plot_blocks(blocks_gdf, out_dir / "blocks_map.png", points)
         lines += ["", "## Spatial blocks", "", f"{len(blocks_gdf)} occupied blocks.", "", "![blocks](blocks_map.png)"]
     if plot_calibration(results, out_dir / "calibration.png"):
-        lines += ["", "## Calibration", "", "![calibration](calibration.png)"]
+        if calibration_basis(results) == "presence-absence":
+            lines += ["", "## Reliability", "", "Out-of-fold predictions at presence-absence samples (raw).", ""]
+        else:
+            lines += [
+                "", "## Relative suitability", "",
+                "Presence-only data: presences against background points. Outputs are **relative suitability**, not "
+                "a probability of presence; the curve shows the share of presences among presence + background "
+                "points, a property of the sampling design, and is not a calibration check.", "",
+            ]
+        lines += ["![calibration](calibration.png)"]
+    lines += list(sections)
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
