@@ -17,7 +17,7 @@ from geoplantnet.testing.regions import SMALL_REGION
 ROOT = Path(__file__).resolve().parents[1]
 BRADYPUS = ROOT.parent / "shared" / "data" / "real" / "predicts_bradypus_bioclim"
 
-SMALL = [*SMALL_REGION, "train.epochs=3", "validation.folds=3"]
+SMALL = [*SMALL_REGION, "train.epochs=10", "validation.folds=3"]  # 3 epochs left the CNN untrained
 
 
 def _sdm(tmp_path: Path, *args: str, overrides: list[str]) -> dict:

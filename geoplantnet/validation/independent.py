@@ -95,7 +95,8 @@ def write_independent_report(
     region["seconds"] = [seconds.get(m, float("nan")) for m in region.index]
     lines += ["## All species", "", _markdown(region), ""]
     if scores.group.nunique() > 1 or scores.group.iloc[0]:
-        lines += ["## Per biological group", "", _markdown(group_table(scores, models, reference)), ""]
+        groups = _markdown(group_table(scores, models, reference)).replace("| model |", "| group |", 1)
+        lines += ["## Per biological group", "", groups, ""]
     if reference in models:
         lines += ["## Wins and losses per species (AUC)", ""]
         for m in models:
