@@ -62,3 +62,12 @@ def pgstac_server(stac_collection) -> Iterator[StacServer]:
 def stac_server(request: pytest.FixtureRequest) -> StacServer:
     """Each backend in turn."""
     return request.getfixturevalue(f"{request.param}_server")
+
+
+@pytest.fixture(scope="session")
+def small_map(tmp_path_factory: pytest.TempPathFactory):
+    """The small virtual region, a model trained on it and its reference map, made once for the session (the map
+    and predict tests read them; tests write their own stores under ``small_map.root``, never over the reference)."""
+    from geoplantnet.testing.fixtures import small_map as make
+
+    return make(tmp_path_factory.mktemp("mapping"), Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml")

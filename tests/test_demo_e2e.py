@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,10 +38,20 @@ def _run(tmp_path: Path, *extra: str) -> dict:
     return json.loads(proc.stdout[proc.stdout.index("{") :])
 
 
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> tuple[Path, dict]:
+    """The job once with the in-memory STAC API (the default backend): its folder (read only: copy to rerun)."""
+    root = tmp_path_factory.mktemp("demo")
+    return root, _run(root, "stac.backend=memory")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["memory", pytest.param("pgstac", marks=pytest.mark.pgstac)])
-def test_demo_job_writes_composites_that_analysts_can_open(tmp_path, backend):
-    result = _run(tmp_path, f"stac.backend={backend}")
+def test_demo_job_writes_composites_that_analysts_can_open(tmp_path, backend, request):
+    if backend == "memory":
+        result = request.getfixturevalue("first_run")[1]
+    else:
+        result = _run(tmp_path, f"stac.backend={backend}")
     ds = xr.open_zarr(result["composites"])
     refl = ds.reflectance
     assert refl.dims == ("time", "band", "y", "x")
@@ -59,8 +70,11 @@ def test_demo_job_writes_composites_that_analysts_can_open(tmp_path, backend):
 
 
 @pytest.mark.slow
-def test_rerun_reuses_the_region_and_notebook_reads_the_store(tmp_path):
-    first = _run(tmp_path)
+def test_rerun_reuses_the_region_and_notebook_reads_the_store(tmp_path, first_run):
+    # a copy of the first run's work and output folders (copy2 keeps modification times), run again there
+    root, first = first_run
+    for name in ("work", "out"):
+        shutil.copytree(root / name, tmp_path / name)
     manifest = tmp_path / "work" / "region" / "region.json"
     before = manifest.stat().st_mtime_ns
     second = _run(tmp_path)

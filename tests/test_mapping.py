@@ -17,53 +17,27 @@ import pytest
 import xarray as xr
 import zarr
 
-from geoplantnet.core.config import ClusterConfig, RunConfig, load_config
+from geoplantnet.core.config import ClusterConfig
 from geoplantnet.core.encoding import NODATA
 from geoplantnet.core.errors import RefusedError
 from geoplantnet.inference.dense import InferenceError, predict_tile_naive, tile_geometry
-from geoplantnet.jobs.mapping import MapSources, ensure_model, map_tile, produce_map, read_model
+from geoplantnet.jobs.mapping import map_tile, produce_map, read_model
 from geoplantnet.runtime.cluster import connect
 from geoplantnet.storage.lease import LeaseError, hold
 from geoplantnet.storage.store import StoreError, open_store
 from geoplantnet.storage.tiles import MANIFEST, finished_tiles
-from geoplantnet.testing.regions import SMALL_REGION
+from geoplantnet.testing.fixtures import SmallMap
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-SMALL = [
-    *SMALL_REGION,
-    "train.epochs=8",
-    "map.tile=16",  # 40 x 40 map pixels -> 9 tiles, edge tiles clipped
-]
-
-
-@dataclass
-class Setup:
-    cfg: RunConfig
-    overrides: list[str]
-    model: str
-    sources: MapSources
-    reference: str
-    summary: dict
-    root: Path
+Setup = SmallMap  # the session's small region, model and reference map (tests/conftest.py: small_map)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> Setup:
-    """A small virtual region, a model trained on it, and the reference map from an embedded LocalCluster."""
-    from geoplantnet.jobs.inputs import virtual_inputs
-
-    root = tmp_path_factory.mktemp("mapping")
-    overrides = [*SMALL, f"workdir={root / 'work'}", f"store.root={root / 'out'}"]
-    cfg = load_config(ROOT / "pipelines" / "default.yaml", overrides)
-    inputs = virtual_inputs(cfg)
-    with connect(cfg.cluster) as client:
-        model, trained = ensure_model(cfg, inputs, client)  # cached under the workdir, as the map command does
-        assert trained is not None and trained["epochs"] >= 1
-        sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
-        reference = str(root / "reference.zarr")
-        summary = produce_map(client, cfg, model, sources, reference, progress=False)
-    return Setup(cfg, overrides, model, sources, reference, summary, root)
+def setup(small_map: SmallMap) -> SmallMap:
+    """A small virtual region, a model trained on it, and the reference map from an embedded LocalCluster (shared
+    with the other modules: read it, write new stores under ``setup.root`` only)."""
+    return small_map
 
 
 def _codes(url: str, storage_options: dict | None = None) -> np.ndarray:

@@ -1,18 +1,23 @@
-"""Tiny seeded Sentinel-2-like COGs and STAC items for the cube and predictor tests (real files, real items)."""
+"""Tiny seeded Sentinel-2-like COGs and STAC items for the cube and predictor tests (real files, real items); the
+small virtual region with a trained model and its map, shared by the map and predict tests."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pystac
 from pyproj import Transformer
 
+from geoplantnet.core.config import RunConfig
 from geoplantnet.core.grid import Grid
 from geoplantnet.sources.cog import write_cog
 from geoplantnet.sources.stac_items import AssetSpec, item_from_cogs
+from geoplantnet.testing.regions import SMALL_REGION
 
 # Near 10°E 50°N: inside UTM zone 32N, so a UTM item and an EPSG:3035 item can cover the same grid.
 ORIGIN = (4_321_000.0, 2_981_000.0)
@@ -109,3 +114,45 @@ def dates(n: int, start: datetime = datetime(2023, 1, 5, tzinfo=UTC), step_days:
     from datetime import timedelta
 
     return [start + timedelta(days=step_days * i) for i in range(n)]
+
+
+# -- the small virtual region, a model trained on it and its reference map (shared by the map and predict tests)
+
+MAP_SETTINGS = [
+    *SMALL_REGION,
+    "train.epochs=8",
+    "map.tile=16",  # 40 x 40 map pixels -> 9 tiles, edge tiles clipped
+]
+
+
+@dataclass
+class SmallMap:
+    """What :func:`small_map` made: read it; write new stores under ``root`` only, never over ``reference``."""
+
+    cfg: RunConfig
+    overrides: list[str]  # --set values of a command that should see the same region, workdir and model
+    model: str
+    sources: Any  # geoplantnet.jobs.mapping.MapSources
+    reference: str
+    summary: Any  # geoplantnet.jobs.mapping.MapSummary
+    root: Path
+
+
+def small_map(root: Path, default_config: Path) -> SmallMap:
+    """A small virtual region under ``root``, a model trained on it (cached in the workdir, as the map command
+    caches it) and the reference map written by an embedded LocalCluster."""
+    from geoplantnet.core.config import load_config
+    from geoplantnet.jobs.inputs import virtual_inputs
+    from geoplantnet.jobs.mapping import MapSources, ensure_model, produce_map
+    from geoplantnet.runtime.cluster import connect
+
+    overrides = [*MAP_SETTINGS, f"workdir={root / 'work'}", f"store.root={root / 'out'}"]
+    cfg = load_config(default_config, overrides)
+    inputs = virtual_inputs(cfg)
+    with connect(cfg.cluster) as client:
+        model, trained = ensure_model(cfg, inputs, client)
+        assert trained is not None and trained["epochs"] >= 1
+        sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+        reference = str(root / "reference.zarr")
+        summary = produce_map(client, cfg, model, sources, reference, progress=False)
+    return SmallMap(cfg, overrides, model, sources, reference, summary, root)
