@@ -50,6 +50,26 @@ def test_halo_reads_are_clipped_and_padding_restores_shape(w, h, size, halo):
         assert (xs.stop - xs.start) + pl + pr == tile.width + 2 * halo
 
 
+@given(
+    w=st.integers(1, 60), h=st.integers(1, 60), r0=st.integers(-80, 80), c0=st.integers(-80, 80),
+    dh=st.integers(0, 40), dw=st.integers(0, 40),
+)
+@settings(max_examples=200, deadline=None)
+def test_clip_keeps_the_part_of_a_window_on_the_grid(w, h, r0, c0, dh, dw):
+    grid = Grid(50.0, 4_000_000.0, 3_000_000.0, w, h)
+    (ys, xs), ((pt, pb), (pl, pr)) = grid.clip((r0, r0 + dh), (c0, c0 + dw))
+    assert 0 <= ys.start <= ys.stop <= h and 0 <= xs.start <= xs.stop <= w
+    assert min(pt, pb, pl, pr) >= 0
+    assert (ys.stop - ys.start) + pt + pb == dh and (xs.stop - xs.start) + pl + pr == dw
+    on_rows = [r for r in range(r0, r0 + dh) if 0 <= r < h]
+    on_cols = [c for c in range(c0, c0 + dw) if 0 <= c < w]
+    assert list(range(ys.start, ys.stop)) == on_rows and list(range(xs.start, xs.stop)) == on_cols
+    if on_rows:  # the padding before the window's first on-grid row is what lies before the grid
+        assert pt == on_rows[0] - r0
+    if on_cols:
+        assert pl == on_cols[0] - c0
+
+
 def test_coordinates_are_cell_centres_and_index_round_trips():
     grid = Grid(50.0, 4_321_000.0, 2_981_000.0, 100, 80)
     assert grid.x[0] == 4_321_025.0 and grid.y[0] == 2_980_975.0

@@ -103,6 +103,45 @@ def test_strips_sized_to_memory_give_the_same_tile():
     assert np.abs(one.astype(int) - strips.astype(int)).max() <= 1
 
 
+def _reader(grid: Grid, full: np.ndarray):
+    """A reader of ``full`` (..., y, x) on ``grid`` for :meth:`TileGeometry.read_window`, refusing to read past it."""
+
+    def read(window: Grid) -> np.ndarray:
+        r = round((grid.top - window.top) / grid.resolution)
+        c = round((window.left - grid.left) / grid.resolution)
+        assert window.resolution == grid.resolution and r >= 0 and c >= 0, "read before the grid"
+        assert r + window.height <= grid.height and c + window.width <= grid.width, "read past the grid"
+        return full[..., r : r + window.height, c : c + window.width]
+
+    return read
+
+
+@pytest.mark.parametrize("where", ["corner", "interior", "clipped-edge"])
+def test_tile_windows_are_read_on_the_grid_and_nan_beyond(where):
+    """A tile's halo past the grid's edge is NaN, whatever the sources hold there: training cuts NaN there too."""
+    spec = _spec(patch=8, env=5)
+    tile = {"corner": Tile(0, 0, 0, 0, 16, 16, "c"), "interior": Tile(1, 1, 10, 12, 8, 8, "i"),
+            "clipped-edge": Tile(1, 2, 16, 32, 14, 8, "e")}[where]
+    geom = tile_geometry(spec, tile, MAP, CUBE)
+    rng = np.random.default_rng(2)
+    for grid, which, lead in ((CUBE, "cube", (SEASONS, BANDS)), (MAP, "env", (VARS,))):
+        full = rng.normal(size=(*lead, grid.height, grid.width)).astype("float32")
+        window = geom.read_window(grid, which, _reader(grid, full), lead)
+        r0, r1, c0, c1 = geom.cube_window if which == "cube" else geom.env_window
+        assert window.shape == (*lead, r1 - r0, c1 - c0)
+        rows, cols = np.arange(r0, r1), np.arange(c0, c1)
+        on = ((rows >= 0) & (rows < grid.height))[:, None] & ((cols >= 0) & (cols < grid.width))[None, :]
+        assert np.isnan(window[..., ~on]).all()
+        inner = full[..., rows.clip(0, grid.height - 1)[:, None], cols.clip(0, grid.width - 1)[None, :]]
+        np.testing.assert_array_equal(window[..., on], inner[..., on])
+        assert on.all() == (where == "interior")
+    # a window wholly off the grid reads nothing
+    off = tile_geometry(spec, Tile(0, 0, 0, 0, 4, 4, "o"), MAP, CUBE)
+    off = type(off)(off.tile, (-20, -10, 0, 8), off.env_window, off.centre_rows, off.centre_cols)
+    window = off.read_window(CUBE, "cube", lambda g: pytest.fail(f"read {g}"), (SEASONS, BANDS))
+    assert window.shape == (SEASONS, BANDS, 10, 8) and np.isnan(window).all()
+
+
 def test_tile_pixels_see_exactly_the_samples_training_cuts():
     """A whole-grid tile, windows padded with NaN beyond the grid, against patches cut by the extraction code."""
     spec = _spec()
@@ -113,14 +152,10 @@ def test_tile_pixels_see_exactly_the_samples_training_cuts():
     tile = Tile(0, 0, 0, 0, MAP.height, MAP.width, "all")
     geom = tile_geometry(spec, tile, MAP, CUBE)
 
-    def padded(full, window):
-        r0, r1, c0, c1 = window
-        out = np.full((*full.shape[:-2], r1 - r0, c1 - c0), np.nan, np.float32)
-        ys, xs = slice(max(r0, 0), min(r1, full.shape[-2])), slice(max(c0, 0), min(c1, full.shape[-1]))
-        out[..., ys.start - r0 : ys.stop - r0, xs.start - c0 : xs.stop - c0] = full[..., ys, xs]
-        return out
-
-    codes = predict_tile(model, spec, geom, padded(composite, geom.cube_window), padded(env_full, geom.env_window))
+    # the windows as a map tile reads them: the part on the grid, NaN beyond (TileGeometry.read_window)
+    patch = geom.read_window(CUBE, "cube", _reader(CUBE, composite), composite.shape[:2])
+    env = geom.read_window(MAP, "env", _reader(MAP, env_full), env_full.shape[:1])
+    codes = predict_tile(model, spec, geom, patch, env)
     # training: map pixel centres -> cube row/col -> patch cut around it; series = patch centre; env patch on the map
     jj, ii = np.array([0, 3, 29, 17]), np.array([0, 39, 7, 22])
     x, y = MAP.x[ii], MAP.y[jj]

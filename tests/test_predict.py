@@ -1,4 +1,4 @@
-"""``geoplantnet predict`` end to end on the small virtual region: the model the map command trained, applied at the
+"""``geoplantnet predict`` end to end on the small virtual region: the model the map job trained, applied at the
 presence-absence plots, agrees with species.zarr at their pixels; lon/lat and GeoParquet points give the same values;
 points off the grid are NaN and counted."""
 
@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = [*SMALL_REGION, "train.epochs=2"]
 
 
-def _cli(root: Path, command: str, *args: str) -> dict:
+def _cli(overrides: list[str], command: str, *args: str) -> dict:
     cmd = [sys.executable, "-m", "geoplantnet", command, "--quiet", *args]
-    for item in [*SMALL, f"workdir={root / 'work'}", f"store.root={root / 'out'}"]:
+    for item in overrides:
         cmd += ["--set", item]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -34,11 +34,11 @@ def _cli(root: Path, command: str, *args: str) -> dict:
 
 
 @pytest.mark.slow
-def test_predict_at_the_plots_equals_the_map_and_reads_any_crs(tmp_path):
-    mapped = _cli(tmp_path, "map")  # trains the model on the region (cached), then maps it
-    cfg = load_config(None, [*SMALL, f"workdir={tmp_path / 'work'}"])
-    grid = cfg.grid.grid()
-    plots = gpd.read_parquet(RegionManifest.load(tmp_path / "work" / "region").plots)
+def test_predict_at_the_plots_equals_the_map_and_reads_any_crs(small_map, tmp_path):
+    # the session's small region, the model trained on it as the map command trains it, and its map (conftest.py)
+    mapped, sets = {"model": small_map.model, "store": small_map.reference}, small_map.overrides
+    grid = small_map.cfg.grid.grid()
+    plots = gpd.read_parquet(RegionManifest.load(Path(small_map.cfg.workdir) / "region").plots)
     # a map pixel is the prediction at its centre: ask there (a plot elsewhere in its pixel may see other 20 m
     # Sentinel-2 pixels than the centre does)
     rows, cols = grid.index(plots.geometry.x.to_numpy(), plots.geometry.y.to_numpy())
@@ -47,7 +47,7 @@ def test_predict_at_the_plots_equals_the_map_and_reads_any_crs(tmp_path):
     projected = tmp_path / "plots.csv"
     far = {"id": "far", "x": grid.left - 5_000, "y": grid.top}
     pd.DataFrame({"id": [*ids, far["id"]], "x": [*x, far["x"]], "y": [*y, far["y"]]}).to_csv(projected, index=False)
-    first = _cli(tmp_path, "predict", "--model", mapped["model"], "--points", str(projected), "--crs", "EPSG:3035",
+    first = _cli(sets, "predict", "--model", mapped["model"], "--points", str(projected), "--crs", "EPSG:3035",
                  "--x", "x", "--y", "y", "--out", str(tmp_path / "p.csv"))
     assert first["points"] == len(ids) + 1 and first["no_data"] == 1
     assert f"1 of {len(ids) + 1} points are outside the grid" in first["stderr"]
@@ -63,7 +63,7 @@ def test_predict_at_the_plots_equals_the_map_and_reads_any_crs(tmp_path):
     lon, lat = Transformer.from_crs(grid.epsg, 4326, always_xy=True).transform(x, y)
     geo = tmp_path / "plots.parquet"
     gpd.GeoDataFrame({"id": ids}, geometry=gpd.points_from_xy(lon, lat), crs=4326).to_parquet(geo)
-    _cli(tmp_path, "predict", "--model", mapped["model"], "--points", str(geo), "--out", str(tmp_path / "q.parquet"))
+    _cli(sets, "predict", "--model", mapped["model"], "--points", str(geo), "--out", str(tmp_path / "q.parquet"))
     other = pd.read_parquet(tmp_path / "q.parquet")
     np.testing.assert_allclose(other[species].to_numpy(float), predicted, atol=1e-6)
     np.testing.assert_allclose(other["x"], lon)  # coordinates as given

@@ -232,12 +232,27 @@ class Grid:
         """
         if halo < 0:
             raise GridError(f"halo must be >= 0, got {halo}")
-        y0, y1 = tile.y0 - halo, tile.y0 + tile.height + halo
-        x0, x1 = tile.x0 - halo, tile.x0 + tile.width + halo
-        pad = ((max(0, -y0), max(0, y1 - self.height)), (max(0, -x0), max(0, x1 - self.width)))
-        ys = slice(max(0, y0), min(self.height, y1))
-        xs = slice(max(0, x0), min(self.width, x1))
-        return (ys, xs), pad
+        rows = (tile.y0 - halo, tile.y0 + tile.height + halo)
+        return self.clip(rows, (tile.x0 - halo, tile.x0 + tile.width + halo))
+
+    def clip(
+        self, rows: tuple[int, int], cols: tuple[int, int]
+    ) -> tuple[tuple[slice, slice], tuple[tuple[int, int], tuple[int, int]]]:
+        """The pixel window ``[row0, row1) x [col0, col1)`` (it may leave the grid) clipped to the grid, and the
+        padding that clipping removed, as :meth:`halo` returns them. An axis wholly outside the grid gives an empty
+        slice and its whole length as padding."""
+
+        def axis(a: int, b: int, n: int) -> tuple[slice, tuple[int, int]]:
+            if b < a:
+                raise GridError(f"inverted window [{a}, {b})")
+            start, stop = min(max(a, 0), n), max(min(b, n), 0)
+            if stop <= start:
+                return slice(0, 0), (b - a, 0)
+            return slice(start, stop), (start - a, b - stop)
+
+        ys, pad_y = axis(*rows, self.height)
+        xs, pad_x = axis(*cols, self.width)
+        return (ys, xs), (pad_y, pad_x)
 
     # --- CF metadata ---------------------------------------------------------------------------------------------
     def spatial_ref_attrs(self) -> dict[str, object]:

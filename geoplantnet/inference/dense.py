@@ -18,7 +18,7 @@ has it applied per species before encoding.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,14 +49,32 @@ class TileGeometry:
     centre_rows: np.ndarray  # cube row of each map row's centre
     centre_cols: np.ndarray
 
-    def window_grid(self, grid: Grid, which: str) -> Grid:
-        """The grid of a read window, for building a lazy cube over exactly that window."""
+    def read_window(
+        self, grid: Grid, which: str, reader: Callable[[Grid], np.ndarray], lead: tuple[int, ...]
+    ) -> np.ndarray:
+        """The ``which`` (``"cube"``/``"env"``) window ``(*lead, y, x)`` on ``grid`` (the run's cube or map grid):
+        ``reader(g)`` reads the part of the window that lies on the grid, and the rest is NaN (``lead``: the leading
+        axes when nothing of the window lies on the grid).
+
+        A tile never reads past the grid's edge, however far the imagery or the rasters extend: training and
+        ``predict`` cut a point's patches from arrays on the grid, NaN where a patch leaves it
+        (:func:`geoplantnet.samples.extraction.cut_patches`), and a map pixel is the prediction at its centre, so a
+        pixel near the grid edge must see NaN there too (a map is then also the same whatever lies outside the grid).
+        """
         window = self.cube_window if which == "cube" else self.env_window
         if window is None:
             raise InferenceError(f"the model takes no {which} input")
         r0, r1, c0, c1 = window
-        res = grid.resolution
-        return Grid(res, grid.left + c0 * res, grid.top - r0 * res, c1 - c0, r1 - r0, grid.epsg)
+        (ys, xs), ((top, _), (left, _)) = grid.clip((r0, r1), (c0, c1))
+        if ys.stop == ys.start or xs.stop == xs.start:  # nothing of the window on the grid
+            return np.full((*lead, r1 - r0, c1 - c0), np.nan, np.float32)
+        values = reader(grid.subgrid(ys, xs))
+        height, width = ys.stop - ys.start, xs.stop - xs.start
+        if values.shape[-2:] != (height, width):
+            raise InferenceError(f"{which} read gave {values.shape[-2:]} pixels, the window needs {(height, width)}")
+        out = np.full((*values.shape[:-2], r1 - r0, c1 - c0), np.nan, np.float32)
+        out[..., top : top + height, left : left + width] = values
+        return out
 
 
 def _centres_on(map_grid: Grid, cube_grid: Grid, tile: Tile) -> tuple[np.ndarray, np.ndarray]:

@@ -1,11 +1,11 @@
 """Map production: a trained species model applied over the whole grid, one Dask task per tile, into ``species.zarr``.
 
-Each task builds a lazy cube over exactly its tile plus the model's halo (stackstac on the window grid, only the
-items that touch it), reads it, runs the model densely (:mod:`geoplantnet.inference.dense`) and writes its own region
-of the
-store with a marker (:mod:`geoplantnet.storage.tiles`). The model is loaded once per worker process and kept. The driver
-streams tiles to the cluster (a bounded number in flight, so the scheduler's graph stays small for a continent) and
-skips tiles a previous run of the same fingerprint already wrote.
+Each task builds a lazy cube over exactly its tile plus the model's halo (stackstac on the window grid clipped to
+the run's grid, only the items that touch it; NaN beyond the grid, as training cuts samples), reads it, runs the
+model densely (:mod:`geoplantnet.inference.dense`) and writes its own region of the store with a marker
+(:mod:`geoplantnet.storage.tiles`). The model is loaded once per worker process and kept. The driver streams tiles
+to the cluster (a bounded number in flight, so the scheduler's graph stays small for a continent) and skips tiles a
+previous run of the same fingerprint already wrote.
 """
 
 from __future__ import annotations
@@ -123,34 +123,37 @@ class MapSources:
     def read(
         self, spec: ModelSpec, geom: TileGeometry, map_grid: Grid, cube_grid: Grid | None
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """The raw input windows of one tile: Sentinel-2 composite (season, band, y, x), environment (var, y, x)."""
+        """The raw input windows of one tile: Sentinel-2 composite (season, band, y, x), environment (var, y, x);
+        read on the run's grids only, NaN where a window leaves them (:meth:`TileGeometry.read_window`)."""
         patch = env = None
         if geom.cube_window is not None:
             if not self.s2_items or cube_grid is None:
                 raise InferenceError("the model takes Sentinel-2 inputs but the run has no Sentinel-2 items")
-            patch = self._composite(spec, geom.window_grid(cube_grid, "cube"))
+            cube = self.settings.cube
+            n_bands = len(spec.bands) if spec.bands else len(cube.bands) + len(cube.indices)
+            lead = (len(self.seasons or ()), n_bands)
+            patch = geom.read_window(cube_grid, "cube", lambda window: self._composite(spec, window, lead), lead)
         if geom.env_window is not None:
-            window = geom.window_grid(map_grid, "env")
-            items = _touching(self.env_items or (), self.env_footprints, window)
-            if not items:
-                n_vars = spec.modalities["env"][0] - (1 if spec.mask_channels else 0)
-                env = np.full((n_vars, window.height, window.width), np.nan, np.float32)
-            else:
-                stack = predictors.model_stack(items, window, chunk=max(window.height, window.width))
-                _check_names("environmental variables", spec.variables, stack["var"].values, "rasters")
-                env = stack.compute(scheduler="sync").values.astype(np.float32)
+            n_vars = spec.modalities["env"][0] - (1 if spec.mask_channels else 0)
+            env = geom.read_window(map_grid, "env", lambda window: self._env(spec, window, n_vars), (n_vars,))
         return patch, env
 
-    def _composite(self, spec: ModelSpec, window: Grid) -> np.ndarray:
+    def _env(self, spec: ModelSpec, window: Grid, n_vars: int) -> np.ndarray:
+        items = _touching(self.env_items or (), self.env_footprints, window)
+        if not items:
+            return np.full((n_vars, window.height, window.width), np.nan, np.float32)
+        stack = predictors.model_stack(items, window, chunk=max(window.height, window.width))
+        _check_names("environmental variables", spec.variables, stack["var"].values, "rasters")
+        return stack.compute(scheduler="sync").values.astype(np.float32)
+
+    def _composite(self, spec: ModelSpec, window: Grid, lead: tuple[int, int]) -> np.ndarray:
         from geoplantnet.jobs.composites import cube_composites
 
-        cube = self.settings.cube
-        n_bands = len(spec.bands) if spec.bands else len(cube.bands) + len(cube.indices)
-        shape = (len(self.seasons or ()), n_bands, window.height, window.width)
+        shape = (*lead, window.height, window.width)
         items = _touching(self.s2_items or (), self.s2_footprints, window)
         if not items:
             return np.full(shape, np.nan, np.float32)
-        comp = cube_composites(items, cube, window)
+        comp = cube_composites(items, self.settings.cube, window)
         _check_names("Sentinel-2 bands", spec.bands, comp["band"].values, "imagery")
         comp = comp.reindex(time=list(self.seasons or ()))
         return comp.compute(scheduler="sync").values.astype(np.float32)
