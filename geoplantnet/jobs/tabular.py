@@ -28,6 +28,7 @@ from geoplantnet.core.config import RunConfig
 from geoplantnet.jobs.sdm import CnnPeer, _json_safe, _model_summary
 from geoplantnet.models.peers import MaxentPeer, RandomForestPeer
 from geoplantnet.samples.tables import TableSamples, TestSites, read_tables
+from geoplantnet.samples.training_set import open_training_set
 from geoplantnet.validation import independent
 from geoplantnet.validation.blocks import blocks_geodataframe, choose_block_size, spatial_blocks
 from geoplantnet.validation.metrics import cross_validate
@@ -105,6 +106,13 @@ def _training_set(samples: TableSamples, species: list[str], path: Path, cfg: Ru
     return samples.write(path, species, attrs=cfg.to_attrs(), shuffle_seed=_SHUFFLE_SEED)
 
 
+def _read_rows(path: str) -> tuple[np.ndarray, ...]:
+    """x, y, labels, source, features of a written training set, in its (shuffled) row order."""
+    ds = open_training_set(path)
+    source = np.array([str(s) for s in ds["source"].values])  # StringDType does not cast to fixed-width str
+    return ds["x"].values, ds["y"].values, ds["label"].values, source, ds["env_point"].values
+
+
 def _independent(
     cfg: RunConfig, samples: TableSamples, test: TestSites, units: dict[str, list[str]], models: list[str],
     block: float, out_dir: Path, client: Client, notes: list[str],
@@ -120,13 +128,7 @@ def _independent(
         path = _training_set(samples, species, work / "training.zarr", cfg)
         test_path = test.write(work / "test.zarr", species, samples.species, samples.feature_names)
         cols = [samples.species.index(s) for s in species]
-        from geoplantnet.samples.training_set import open_training_set
-
-        ds = open_training_set(path)
-        x, y = ds["x"].values, ds["y"].values
-        labels = ds["label"].values
-        source = np.array([str(s) for s in ds["source"].values])
-        features = ds["env_point"].values
+        x, y, labels, source, features = _read_rows(path)
         rows = np.arange(len(x))
         for name in models:
             t = time.perf_counter()
@@ -169,13 +171,7 @@ def _cross_validate(
     models: list[str],
 ) -> dict[str, Any]:
     path = _training_set(samples, species, out_dir / "training.zarr", cfg)
-    from geoplantnet.samples.training_set import open_training_set
-
-    ds = open_training_set(path)
-    x, y = ds["x"].values, ds["y"].values
-    labels = ds["label"].values
-    source = np.array([str(s) for s in ds["source"].values])
-    features = ds["env_point"].values
+    x, y, labels, source, features = _read_rows(path)
     rows = np.arange(len(x))
     folds = spatial_blocks(x, y, block, cfg.validation.folds, seed=cfg.validation.seed)
     results: dict[str, Any] = {}
