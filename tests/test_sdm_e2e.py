@@ -69,7 +69,7 @@ def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
         "-c", str(ROOT / "pipelines" / "bradypus.yaml"),
         "--observations", str(BRADYPUS / "bradypus.csv"),
         "--rasters", str(BRADYPUS / "bio.tif"),
-        overrides=["train.epochs=15", "cluster.n_workers=2"],
+        overrides=["train.epochs=15", "train.ensemble=1", "cluster.n_workers=2"],
     )
     assert result["n_species"] == 1 and result["n_samples"] > 600  # 116 presences + background on land
     assert result["models"]["maxent"]["auc"] > 0.7  # the literature's ~0.8-0.9 less the spatial-block penalty

@@ -22,7 +22,7 @@ from geoplantnet.jobs.sdm import NoPredictorDataError, _check_predictor_data, _j
 ROOT = Path(__file__).resolve().parents[1]
 BRADYPUS = ROOT.parent / "shared" / "data" / "real" / "predicts_bradypus_bioclim"
 needs_bradypus = pytest.mark.skipif(not BRADYPUS.is_dir(), reason=f"real data folder {BRADYPUS} is absent")
-FAST = ["train.epochs=2", "train.n_background=200", "cluster.n_workers=1"]
+FAST = ["train.ensemble=1", "train.epochs=2", "train.n_background=200", "cluster.n_workers=1"]
 
 
 def _strict_loads(text: str) -> object:
