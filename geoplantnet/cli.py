@@ -102,18 +102,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_folder(args: argparse.Namespace, cfg: RunConfig, command: str, markers: tuple[str, ...]) -> Path:
+    """The local output folder of a report command (``--out`` or ``<store.root>/<command>``): empty, new, or an earlier
+    run of the command (one of ``markers`` in it); a user's file or folder is refused, never written into."""
+    from geoplantnet.storage.store import is_local
+
+    if args.out is None and not is_local(cfg.store.root):
+        raise ConfigError(f"{command} writes a local report folder and store.root is {cfg.store.root}: pass --out DIR")
+    out = Path(args.out or Path(cfg.store.root) / command)
+    if out.exists() and not out.is_dir():
+        raise RefusedError(f"{out} is a file, not a folder; refusing to replace it (use another --out)")
+    if out.exists() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
+        raise RefusedError(
+            f"{out} holds files that are not an earlier {command} run's; refusing to write there (use another --out)"
+        )
+    return out
+
+
 def _cmd_sdm(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from geoplantnet.jobs.inputs import run_inputs
     from geoplantnet.jobs.sdm import run_sdm
     from geoplantnet.runtime.cluster import connect
-    from geoplantnet.storage.store import is_local
 
-    if args.out is None and not is_local(cfg.store.root):
-        raise ConfigError(f"sdm writes a local report folder and store.root is {cfg.store.root}: pass --out DIR")
-    out = Path(args.out or Path(cfg.store.root) / "sdm")
-    if out.exists() and any(out.iterdir()) and not any((out / m).exists() for m in ("summary.json", "training.zarr")):
-        raise RefusedError(f"{out} holds files that are not an sdm run's; refusing to write there (use another --out)")
+    out = _report_folder(args, cfg, "sdm", ("summary.json", "training.zarr"))
     inputs = run_inputs(cfg, progress=not args.quiet)
     with connect(cfg.cluster) as client:
         result = run_sdm(cfg, inputs, out, client)
@@ -132,10 +144,7 @@ def _cmd_sdm_table(args: argparse.Namespace) -> int:
     from geoplantnet.jobs.tabular import run_table_sdm
     from geoplantnet.runtime.cluster import connect
 
-    out = Path(args.out or Path(cfg.store.root) / "sdm-table")
-    if out.exists() and any(out.iterdir()) and not (out / "summary.json").exists() and not (out / "units").exists():
-        raise RefusedError(f"{out} holds files that are not an sdm-table run's; refusing to write there (use another "
-                           "--out)")
+    out = _report_folder(args, cfg, "sdm-table", ("summary.json", "units"))
     with connect(cfg.cluster) as client:
         result = run_table_sdm(cfg, out, client)
     print(json.dumps(result, indent=2))

@@ -179,3 +179,18 @@ def test_sdm_table_bad_input_is_one_line_and_exit_2(benchmark: dict[str, Path], 
                 str(benchmark["background"]), "--set", "table.species=spid", "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert done.returncode == 2
     assert "missing.csv: no such file" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["sdm", "sdm-table"])
+def test_a_users_file_or_folder_at_out_is_refused_and_left_as_it_was(command: str, tmp_path: Path) -> None:
+    thesis = tmp_path / "thesis.docx"
+    thesis.write_bytes(b"my thesis")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    for out, what in ((thesis, "is a file, not a folder"), (folder, "holds files that are not an earlier")):
+        done = _cli(command, "--presence", "x.csv", "--background", "y.csv", "--out", str(out), cwd=tmp_path) \
+            if command == "sdm-table" else _cli(command, "--out", str(out), cwd=tmp_path)
+        assert done.returncode == 2 and what in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert thesis.read_bytes() == b"my thesis"
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
