@@ -187,8 +187,10 @@ class TrainConfig(_Section):
         2000, ge=0, description="background points, all drawn on cells where every predictor has data"
     )
     nearest_valid_cells: int = Field(
-        1, ge=0, description="a record (pa/po, never background) whose cell has no predictor data after the warp "
-        "(a coastal cell partly sea) moves to the nearest valid cell within this many cells; 0 disables"
+        1,
+        ge=0,
+        description="a record (pa/po, never background) whose cell has no predictor data after the warp "
+        "(a coastal cell partly sea) moves to the nearest valid cell within this many cells; 0 disables",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = True
@@ -223,8 +225,10 @@ class MapConfig(_Section):
     species_chunk: int = Field(16, ge=1, description="species per Zarr chunk (inside one shard per tile)")
     batch_mb: int = Field(512, ge=16, description="GPU: activation memory per forward pass (row strips of a tile)")
     cpu_batch_mb: int = Field(
-        64, ge=4, description="CPU: activations per forward pass; strips that stay in cache ran ~1.7x faster than a "
-        "whole 256-pixel tile (benchmarks/bench_map.py)"
+        64,
+        ge=4,
+        description="CPU: activations per forward pass; strips that stay in cache ran ~1.7x faster than a "
+        "whole 256-pixel tile (benchmarks/bench_map.py)",
     )
     max_in_flight: int | None = Field(None, ge=1, description="tiles submitted at once; None: 2 per worker thread")
     retries: int = Field(2, ge=0, description="retries of a failed tile task (a dead worker is retried anyway)")
@@ -263,8 +267,9 @@ class TableConfig(_Section):
     presence: str | None = Field(None, description="presence-only records: one row per record, predictor columns")
     background: str | None = Field(None, description="background sites: predictor columns (species column ignored)")
     test: str | None = Field(
-        None, description="independent presence-absence sites: wide (one 1/0 column per species, empty = not "
-        "surveyed) or long (site, species, presence columns)"
+        None,
+        description="independent presence-absence sites: wide (one 1/0 column per species, empty = not "
+        "surveyed) or long (site, species, presence columns)",
     )
     test_env: str | None = Field(
         None, description="predictors of the test sites when `test` lacks them (joined on the site column)"
@@ -277,8 +282,9 @@ class TableConfig(_Section):
     y: str = "y"
     crs: str = Field("EPSG:4326", description="CRS of x/y; geographic coordinates are projected for spatial blocks")
     predictors: list[str] | None = Field(
-        None, description="predictor columns; None: the numeric columns the tables share, minus ids, coordinates and "
-        "columns constant in a table (such as an occurrence flag)"
+        None,
+        description="predictor columns; None: the numeric columns the tables share, minus ids, coordinates and "
+        "columns constant in a table (such as an occurrence flag)",
     )
     categorical: list[str] = Field([], description="predictor columns holding class codes (one-hot encoded)")
     share: Literal["region", "group", "species"] = Field(
@@ -287,6 +293,75 @@ class TableConfig(_Section):
     cross_validate: bool = Field(
         False, description="with a test table, also cross-validate on spatial blocks of the training data"
     )
+
+
+class PlotModelConfig(_Section):
+    """Pl@ntBERT's sizes: a small BERT over species tokens (built from this, never downloaded)."""
+
+    hidden: int = Field(128, ge=8, description="hidden size (a multiple of heads)")
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    intermediate: int = Field(256, ge=8, description="feed-forward size")
+    max_species: int = Field(64, ge=2, description="species per plot sentence (most abundant first; the rest cut)")
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class PlotTrainConfig(_Section):
+    """Fill-mask pre-training and habitat fine-tuning of Pl@ntBERT."""
+
+    pretrain_epochs: int = Field(40, ge=0, description="fill-mask epochs; 0 = no pre-training (the ablation)")
+    finetune_epochs: int = Field(40, ge=1)
+    batch_size: int = Field(64, ge=1)
+    pretrain_lr: float = Field(1e-3, gt=0)
+    finetune_lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    mask_prob: float = Field(0.15, gt=0, lt=1, description="share of a plot's species masked (80/10/10)")
+    patience: int = Field(8, ge=1, description="early stopping on a spatial validation split of the training folds")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = True
+
+
+class HabitatsConfig(_Section):
+    """Vegetation plots -> EUNIS habitats (``geoplantnet habitats``): the plot table, models, folds, peers.
+
+    A plot table is either one row per plot with a species-list column (species in cover order, ``separator``
+    between them) or one row per plot x species with a ``cover`` column (species ordered by summed cover).
+    """
+
+    plots: str | None = Field(None, description="CSV or Parquet of plots (None: the virtual region's plots)")
+    unlabelled: list[str] = Field([], description="more plot tables (same columns) for fill-mask pre-training only")
+    plot: str = Field("plot", description="plot id column")
+    species: str = Field("species", description="species column: a list (wide) or one species per row (long)")
+    cover: str | None = Field(None, description="cover column of a long table; None: species lists in cover order")
+    separator: str | None = Field(
+        None, description="between species in a list; None: ';' or ',' if present, else whitespace"
+    )
+    habitat: str = Field("habitat", description="habitat code column (EUNIS); empty = unlabelled")
+    x: str = Field("lon", description="x/longitude column")
+    y: str = Field("lat", description="y/latitude column")
+    level: int = Field(3, ge=1, le=4, description="EUNIS level the classifier predicts (codes are cut to it)")
+    block_size: float = Field(1.0, gt=0, description="spatial fold blocks, in units of x/y (1 degree for lon/lat)")
+    folds: int = Field(5, ge=2)
+    seed: int = 0
+    min_plots: int = Field(2, ge=1, description="classes with fewer training plots are kept out of the classes")
+    models: list[Literal["plantbert", "plantbert_scratch", "logistic", "random_forest", "knn_jaccard"]] = [
+        "plantbert",
+        "plantbert_scratch",
+        "logistic",
+        "random_forest",
+        "knn_jaccard",
+    ]
+    knn: int = Field(10, ge=1, description="neighbours of the Jaccard k-nearest-plots peer")
+    model: PlotModelConfig = PlotModelConfig()
+    train: PlotTrainConfig = PlotTrainConfig()
+    map_species: int | None = Field(
+        None,
+        ge=1,
+        description="habitat map: a pixel's sentence is its top-K species by probability; None: the "
+        "species above their saved thresholds (capped at model.max_species)",
+    )
+    top_k: int = Field(3, ge=1, description="classes kept per pixel in habitat.zarr's top_k")
 
 
 class RunConfig(_Section):
@@ -306,6 +381,7 @@ class RunConfig(_Section):
     map: MapConfig = MapConfig()
     inputs: InputsConfig = InputsConfig()
     table: TableConfig = TableConfig()
+    habitats: HabitatsConfig = HabitatsConfig()
 
     def to_attrs(self) -> dict[str, str]:
         """The resolved configuration, credentials redacted (:func:`redact`), as a JSON string attribute."""
@@ -321,9 +397,25 @@ REDACTED = "<redacted>"
 _SECRET_NAME = re.compile(r"secret|passw|token|key|credential|auth|signature|session|cookie|private", re.IGNORECASE)
 # Storage options that are not credentials and say where the data went; every other storage option is redacted.
 _PUBLIC_STORAGE_OPTIONS = frozenset(
-    {"endpoint_url", "region_name", "anon", "use_ssl", "requester_pays", "client_kwargs", "config_kwargs", "profile",
-     "default_block_size", "default_fill_cache", "version_aware", "cache_regions", "connect_timeout", "read_timeout",
-     "retries", "max_attempts", "mode"}
+    {
+        "endpoint_url",
+        "region_name",
+        "anon",
+        "use_ssl",
+        "requester_pays",
+        "client_kwargs",
+        "config_kwargs",
+        "profile",
+        "default_block_size",
+        "default_fill_cache",
+        "version_aware",
+        "cache_regions",
+        "connect_timeout",
+        "read_timeout",
+        "retries",
+        "max_attempts",
+        "mode",
+    }
 )
 
 
@@ -347,13 +439,13 @@ def redact(value: Any, *, _key: str = "", _storage: bool = False) -> Any:
     a few public ones (endpoint, region), any setting whose name looks like a credential, URL userinfo and signed
     query parameters. What is persisted or printed always goes through this."""
     if isinstance(value, Mapping):
-        return {
-            k: redact(v, _key=str(k), _storage=_storage or str(k) == "storage_options") for k, v in value.items()
-        }
+        return {k: redact(v, _key=str(k), _storage=_storage or str(k) == "storage_options") for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v, _key=_key, _storage=_storage) for v in value]
-    if _key and _key != "storage_options" and (
-        _SECRET_NAME.search(_key) or (_storage and _key not in _PUBLIC_STORAGE_OPTIONS)
+    if (
+        _key
+        and _key != "storage_options"
+        and (_SECRET_NAME.search(_key) or (_storage and _key not in _PUBLIC_STORAGE_OPTIONS))
     ):
         return REDACTED if value not in (None, "") else value
     return _redact_url(value) if isinstance(value, str) else value
@@ -388,8 +480,9 @@ def _one_line(exc: ValidationError, sources: Mapping[str, str], where: str) -> s
         loc = [str(p) for p in err["loc"]]
         dotted = ".".join(loc) or "(root)"
         # the longest prefix set by an override (a section given whole by --set, or the setting itself)
-        source = next((sources[".".join(loc[:n])] for n in range(len(loc), 0, -1) if ".".join(loc[:n]) in sources),
-                      where)
+        source = next(
+            (sources[".".join(loc[:n])] for n in range(len(loc), 0, -1) if ".".join(loc[:n]) in sources), where
+        )
         parts.append(f"{source}: {dotted}: {err['msg']}")
     return "; ".join(parts)
 

@@ -1,0 +1,221 @@
+"""Vegetation plots as sentences of species, with their habitat labels and locations.
+
+Pl@ntBERT reads a plot as its species ordered by cover, most abundant first. Plot tables come in two shapes:
+
+* wide: one row per plot, a species-list column (``"Poa pratensis;Festuca rubra"`` or GLC24's space-separated ids),
+  already in cover order (or in the order the source gives: GLC24 lists carry no cover);
+* long: one row per plot x species (x layer) with a cover column: a species recorded in several layers is merged by
+  summed cover, then the plot's species are sorted by cover, descending (ties by name, so the order is stable).
+
+Habitat codes follow the EUNIS 2021 hierarchy: level 1 is the group letter (``R``) or, for the littoral groups, two
+letters (``MA``); each further character is one level (``R1`` -> ``R1A``). A plot labelled with several codes (GLC24
+has a few, space-separated) is ambiguous for a single-label classifier: it stays in the corpus for pre-training but
+carries no label, and the count is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geoplantnet.core.config import HabitatsConfig
+from geoplantnet.core.errors import InputError
+from geoplantnet.samples.tables import read_table
+
+log = logging.getLogger(__name__)
+_MULTI_CODE = re.compile(r"[\s,;/|]+")
+
+
+class PlotTableError(InputError):
+    """A plot table that cannot be read or lacks a configured column (the message names the file and column)."""
+
+
+def eunis_level(code: str) -> int:
+    """The EUNIS level of a code: ``R`` 1, ``R1`` 2, ``R1A`` 3; the littoral ``MA2`` 2, ``MA211`` 4."""
+    code = code.strip()
+    return max(len(code) - (1 if code.startswith("M") and len(code) >= 2 else 0), 1) if code else 0
+
+
+def eunis_ancestor(code: str, level: int) -> str:
+    """The code cut to ``level`` (a code at or above that level is returned unchanged)."""
+    code = code.strip()
+    extra = 1 if code.startswith("M") and len(code) >= 2 else 0
+    return code[: level + extra] if eunis_level(code) > level else code
+
+
+def species_token(name: str) -> str:
+    """A species as one token: whitespace becomes ``_`` (``Poa pratensis`` -> ``Poa_pratensis``)."""
+    return "_".join(str(name).split())
+
+
+@dataclass
+class Plots:
+    """Plots as sentences: species tokens in cover order, the habitat code (``""`` = unlabelled), coordinates."""
+
+    ids: np.ndarray
+    sentences: list[list[str]]
+    habitat: np.ndarray  # object array of codes, "" where unlabelled or ambiguous
+    x: np.ndarray
+    y: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """Boolean mask of plots with one habitat code."""
+        return np.asarray([bool(h) for h in self.habitat])
+
+    def subset(self, mask_or_index: np.ndarray) -> Plots:
+        """The plots selected by a boolean mask or an index array."""
+        idx = np.flatnonzero(mask_or_index) if np.asarray(mask_or_index).dtype == bool else np.asarray(mask_or_index)
+        return Plots(
+            ids=self.ids[idx],
+            sentences=[self.sentences[i] for i in idx],
+            habitat=self.habitat[idx],
+            x=self.x[idx],
+            y=self.y[idx],
+            notes=list(self.notes),
+        )
+
+    def at_level(self, level: int) -> np.ndarray:
+        """Habitat codes cut to ``level`` (unlabelled stay ``""``)."""
+        return np.asarray([eunis_ancestor(h, level) if h else "" for h in self.habitat], dtype=object)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Plots]) -> Plots:
+        """One corpus from several tables (ids are kept as given)."""
+        return cls(
+            ids=np.concatenate([p.ids for p in parts]),
+            sentences=[s for p in parts for s in p.sentences],
+            habitat=np.concatenate([p.habitat for p in parts]),
+            x=np.concatenate([p.x for p in parts]),
+            y=np.concatenate([p.y for p in parts]),
+            notes=[n for p in parts for n in p.notes],
+        )
+
+
+def _need(df: pd.DataFrame, path: str, column: str, setting: str) -> None:
+    if column not in df.columns:
+        raise PlotTableError(
+            f"{path}: no column {column!r} (habitats.{setting}); columns are {', '.join(map(str, df.columns[:12]))}"
+        )
+
+
+def _split(values: pd.Series, separator: str | None) -> list[list[str]]:
+    text = values.fillna("").astype(str)
+    if separator is None:
+        sample = " ".join(text.head(200))
+        separator = ";" if ";" in sample else "," if "," in sample else None
+    return [[species_token(s) for s in (t.split(separator) if separator else t.split()) if s.strip()] for t in text]
+
+
+def _dedupe(sentence: list[str]) -> list[str]:
+    """First occurrence wins: a species listed twice keeps its higher-cover (earlier) place."""
+    return list(dict.fromkeys(sentence))
+
+
+def _habitat_codes(values: pd.Series) -> tuple[np.ndarray, int]:
+    """One code per plot; several codes in one cell -> unlabelled (returned count)."""
+    out, ambiguous = [], 0
+    for v in values:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            out.append("")
+            continue
+        codes = [c for c in _MULTI_CODE.split(str(v).strip()) if c and c.lower() not in ("nan", "none", "?")]
+        codes = list(dict.fromkeys(c.rstrip("!") for c in codes))
+        if len(codes) > 1:
+            ambiguous += 1
+        out.append(codes[0] if len(codes) == 1 else "")
+    return np.asarray(out, dtype=object), ambiguous
+
+
+def _coordinates(df: pd.DataFrame, cfg: HabitatsConfig) -> tuple[np.ndarray, np.ndarray]:
+    if cfg.x in df.columns and cfg.y in df.columns:
+        return (
+            pd.to_numeric(df[cfg.x], errors="coerce").to_numpy("float64"),
+            pd.to_numeric(df[cfg.y], errors="coerce").to_numpy("float64"),
+        )
+    nan = np.full(len(df), np.nan)
+    return nan, nan.copy()
+
+
+def plots_from_frame(df: pd.DataFrame, cfg: HabitatsConfig, path: str = "<table>", labels: bool = True) -> Plots:
+    """Plots from a table in memory (wide species lists, or long rows with ``cfg.cover``)."""
+    _need(df, path, cfg.plot, "plot")
+    _need(df, path, cfg.species, "species")
+    notes: list[str] = []
+    if cfg.cover is not None:
+        _need(df, path, cfg.cover, "cover")
+        long = df[[cfg.plot, cfg.species, cfg.cover]].copy()
+        long[cfg.cover] = pd.to_numeric(long[cfg.cover], errors="coerce")
+        if long[cfg.cover].isna().any():
+            raise PlotTableError(f"{path}: column {cfg.cover!r} (habitats.cover) has non-numeric or empty values")
+        long = long[long[cfg.cover] > 0]
+        long["_token"] = long[cfg.species].map(species_token)
+        merged = long.groupby([cfg.plot, "_token"], sort=False)[cfg.cover].sum().reset_index()
+        merged = merged.sort_values([cfg.plot, cfg.cover, "_token"], ascending=[True, False, True], kind="stable")
+        by_plot = merged.groupby(cfg.plot, sort=False)["_token"].apply(list)
+        first = df.drop_duplicates(cfg.plot).set_index(cfg.plot)
+        first = first.loc[by_plot.index]
+        ids = by_plot.index.to_numpy()
+        sentences = list(by_plot)
+        merged_rows = len(long) - len(merged)
+        if merged_rows:
+            notes.append(f"{path}: {merged_rows} rows of species already in their plot (layers) merged by summed cover")
+        frame = first.reset_index()
+    else:
+        frame = df.drop_duplicates(cfg.plot)
+        if len(frame) < len(df):
+            notes.append(f"{path}: {len(df) - len(frame)} repeated plot rows ignored (first kept)")
+        ids = frame[cfg.plot].to_numpy()
+        sentences = [_dedupe(s) for s in _split(frame[cfg.species], cfg.separator)]
+    if labels and cfg.habitat in frame.columns:
+        habitat, ambiguous = _habitat_codes(frame[cfg.habitat])
+        if ambiguous:
+            notes.append(f"{path}: {ambiguous} plots with several habitat codes kept for pre-training only")
+    else:
+        habitat = np.full(len(frame), "", dtype=object)
+    x, y = _coordinates(frame, cfg)
+    empty = np.asarray([len(s) == 0 for s in sentences])
+    if empty.any():
+        notes.append(f"{path}: {int(empty.sum())} plots without species dropped")
+    plots = Plots(ids=np.asarray(ids), sentences=sentences, habitat=habitat, x=x, y=y, notes=notes)
+    return plots.subset(~empty)
+
+
+def read_plots(path: str | Path, cfg: HabitatsConfig, labels: bool = True) -> Plots:
+    """Read a plot table (CSV or Parquet); ``labels=False`` ignores any habitat column (a pre-training corpus)."""
+    df = read_table(path, "plot table")
+    if df.empty:
+        raise PlotTableError(f"{path}: the plot table has no rows")
+    return plots_from_frame(df, cfg, str(path), labels=labels)
+
+
+def assemblage_order(
+    prob: np.ndarray, thresholds: np.ndarray | None, max_species: int, top_k: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted assemblages as sentences, vectorised: ``prob`` (n, S) -> species index (n, L) best first and a mask
+    of the kept ones (those at or above their threshold, or the ``top_k`` best; at most ``max_species``)."""
+    prob = np.asarray(prob, dtype="float32")
+    n, s = prob.shape
+    length = min(max_species, s, top_k if top_k is not None else s)
+    if length <= 0 or n == 0:
+        return np.zeros((n, 0), dtype="int64"), np.zeros((n, 0), dtype=bool)
+    part = np.argpartition(-prob, length - 1, axis=1)[:, :length] if length < s else np.tile(np.arange(s), (n, 1))
+    order = np.take_along_axis(part, np.argsort(-np.take_along_axis(prob, part, axis=1), axis=1, kind="stable"), 1)
+    best = np.take_along_axis(prob, order, axis=1)
+    if top_k is not None:
+        keep = np.isfinite(best)
+    else:
+        if thresholds is None:
+            raise PlotTableError("an assemblage needs species thresholds or a top-K (habitats.map_species)")
+        keep = best >= np.asarray(thresholds, dtype="float32")[order]
+    return order, keep

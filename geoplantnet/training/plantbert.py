@@ -1,0 +1,203 @@
+"""Training Pl@ntBERT: fill-mask pre-training on plot sentences, then habitat fine-tuning, as Dask tasks.
+
+Both loops use AdamW with a linear warm-up and decay, early stopping on a spatially separate validation split of the
+training plots (never the test fold), mixed precision on CUDA (bf16 where supported), and seeded masking so a rerun
+gives the same model. :func:`submit` runs any of them as one Dask task with ``GPU=1`` when a worker offers it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from distributed import Client, Future
+from transformers import BertForMaskedLM, BertForSequenceClassification, PreTrainedTokenizerFast
+
+from geoplantnet.core.config import PlotModelConfig, PlotTrainConfig
+from geoplantnet.models.plantbert import PAD, PlotModel, bert_config, mask_tokens
+from geoplantnet.runtime.cluster import require_resources, task_resources
+from geoplantnet.training.train import _precision, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warm = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / max(1, steps - warm))
+    )
+
+
+def _autocast(device: torch.device, mixed: bool) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    dtype = _precision(device, mixed)
+    return lambda: torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    order = rng.permutation(n)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _trim(ids: torch.Tensor) -> torch.Tensor:
+    """Drop trailing columns that are padding everywhere in the batch (short plots train faster)."""
+    width = int((ids != PAD).sum(1).max().item()) if len(ids) else 1
+    return ids[:, : max(width, 1)]
+
+
+@torch.no_grad()
+def masked_loss(model: BertForMaskedLM, ids: np.ndarray, mask_prob: float, seed: int, device: torch.device) -> float:
+    """Mean masked-species cross-entropy on fixed (seeded) masks: the early-stopping score of pre-training."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for start in range(0, len(ids), 512):
+        batch = _trim(torch.as_tensor(ids[start : start + 512]))
+        inputs, labels = mask_tokens(batch, mask_prob, model.config.vocab_size, gen)
+        out = model(
+            input_ids=inputs.to(device), attention_mask=(inputs != PAD).long().to(device), labels=labels.to(device)
+        )
+        n = int((labels != -100).sum())
+        total += float(out.loss) * n
+        count += n
+    return total / max(count, 1)
+
+
+def pretrain(
+    tokenizer: PreTrainedTokenizerFast,
+    ids: np.ndarray,
+    val_ids: np.ndarray,
+    model_cfg: PlotModelConfig,
+    train_cfg: PlotTrainConfig,
+) -> tuple[PlotModel, list[dict[str, float]]]:
+    """Fill-mask pre-training on token-id rows; early stopping on the masked loss of ``val_ids``."""
+    seed_everything(train_cfg.seed)
+    device = resolve_device(train_cfg.device)
+    model = BertForMaskedLM(bert_config(model_cfg, len(tokenizer))).to(device)
+    epochs = train_cfg.pretrain_epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.pretrain_lr, weight_decay=train_cfg.weight_decay)
+    steps = max(1, epochs * math.ceil(len(ids) / train_cfg.batch_size))
+    sched = _schedule(opt, steps)
+    amp = _autocast(device, train_cfg.mixed_precision)
+    rng = np.random.default_rng(train_cfg.seed)
+    gen = torch.Generator().manual_seed(train_cfg.seed)
+    history: list[dict[str, float]] = []
+    best, best_state, stale = math.inf, None, 0
+    for epoch in range(epochs):
+        model.train()
+        t0, seen, running = time.perf_counter(), 0, 0.0
+        for idx in _batches(len(ids), train_cfg.batch_size, rng):
+            batch = _trim(torch.as_tensor(ids[idx]))
+            inputs, labels = mask_tokens(batch, train_cfg.mask_prob, len(tokenizer), gen)
+            inputs, labels = inputs.to(device), labels.to(device)
+            with amp():
+                loss = model(input_ids=inputs, attention_mask=(inputs != PAD).long(), labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            running += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        val = masked_loss(model, val_ids, train_cfg.mask_prob, train_cfg.seed + 1, device) if len(val_ids) else math.nan
+        history.append(
+            {"epoch": epoch, "loss": running / max(seen, 1), "val_loss": val, "seconds": time.perf_counter() - t0}
+        )
+        score = val if len(val_ids) else running / max(seen, 1)
+        if score < best - 1e-4:
+            best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= train_cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return PlotModel(tokenizer=tokenizer, model=model.eval(), cfg=model_cfg), history
+
+
+def finetune(
+    tokenizer: PreTrainedTokenizerFast,
+    parent: PlotModel | None,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    val_ids: np.ndarray,
+    val_labels: np.ndarray,
+    classes: tuple[str, ...],
+    model_cfg: PlotModelConfig,
+    train_cfg: PlotTrainConfig,
+) -> tuple[PlotModel, list[dict[str, float]]]:
+    """Habitat classification (labels index ``classes``) from the fill-mask weights of ``parent``, or from scratch;
+    early stopping on the accuracy of the validation plots (labels -1 there = a class not trained: always wrong)."""
+    seed_everything(train_cfg.seed)
+    device = resolve_device(train_cfg.device)
+    model = BertForSequenceClassification(bert_config(model_cfg, len(tokenizer), len(classes)))
+    if parent is not None:
+        missing, _ = model.bert.load_state_dict(parent.model.bert.state_dict(), strict=False)
+        if any(not k.startswith("pooler") for k in missing):
+            raise RuntimeError(f"fine-tuning could not take the fill-mask weights: missing {missing}")
+    model.to(device)
+    epochs = train_cfg.finetune_epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.finetune_lr, weight_decay=train_cfg.weight_decay)
+    sched = _schedule(opt, max(1, epochs * math.ceil(len(ids) / train_cfg.batch_size)))
+    amp = _autocast(device, train_cfg.mixed_precision)
+    rng = np.random.default_rng(train_cfg.seed)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    history: list[dict[str, float]] = []
+    best, best_state, stale = -math.inf, None, 0
+    y_all = torch.as_tensor(labels, dtype=torch.long)
+    for epoch in range(epochs):
+        model.train()
+        t0, seen, running = time.perf_counter(), 0, 0.0
+        for idx in _batches(len(ids), train_cfg.batch_size, rng):
+            batch = _trim(torch.as_tensor(ids[idx])).to(device)
+            with amp():
+                logits = model(input_ids=batch, attention_mask=(batch != PAD).long()).logits
+            loss = loss_fn(logits.float(), y_all[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            running += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        clf = PlotModel(tokenizer=tokenizer, model=model, cfg=model_cfg, classes=classes)
+        acc = (
+            float(np.mean(clf.predict_proba_ids(val_ids).argmax(1) == val_labels))
+            if len(val_ids)
+            else -running / max(seen, 1)
+        )
+        history.append(
+            {"epoch": epoch, "loss": running / max(seen, 1), "val_accuracy": acc, "seconds": time.perf_counter() - t0}
+        )
+        if acc > best + 1e-6:
+            best, best_state, stale = acc, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= train_cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return (
+        PlotModel(
+            tokenizer=tokenizer,
+            model=model.eval(),
+            cfg=model_cfg,
+            classes=classes,
+            parent=parent.version if parent is not None else "",
+        ),
+        history,
+    )
+
+
+def submit(client: Client, fn: Callable[..., Any], *args: Any, key: str) -> Future:
+    """Run ``fn(*args)`` as one Dask task, on a ``GPU`` worker when the cluster has one (mixed precision there)."""
+    resources = task_resources(client)
+    if resources:
+        require_resources(client, resources)
+    return client.submit(fn, *args, resources=resources, pure=False, key=f"{key}-{time.time_ns()}")
