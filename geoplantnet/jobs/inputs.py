@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import rasterio
 import xarray as xr
 from rasterio.errors import RasterioError
 
-from geoplantnet.core.config import ConfigError, RunConfig, redact
+from geoplantnet.core.config import ConfigError, HabitatsConfig, RunConfig, redact
 from geoplantnet.samples.observations import Observations
+from geoplantnet.samples.plots import Plots, plots_from_frame
 from geoplantnet.sources import predictors
 
 
@@ -126,3 +128,19 @@ def run_inputs(cfg: RunConfig, *, observations: bool = True, progress: bool = Fa
     if cfg.inputs.virtual:
         return virtual_inputs(cfg, progress=progress)
     return user_inputs(cfg, observations=observations)
+
+
+def virtual_plots(cfg: RunConfig, *, progress: bool = False) -> tuple[Plots, str]:
+    """The virtual region's presence-absence plots as sentences (species ids by cover) with their habitats, and the
+    path of the region's true habitat raster (``truth/habitat.zarr``) to score habitat maps against."""
+    import geopandas as gpd
+
+    from geoplantnet.sim.region import generate_region
+
+    manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
+    plots = gpd.read_parquet(manifest.plots)
+    species = pd.read_parquet(manifest.plot_species)
+    long = species.merge(pd.DataFrame({"plot_id": plots["plot_id"], "habitat": plots["habitat"],
+                                       "x": plots.geometry.x, "y": plots.geometry.y}), on="plot_id")
+    settings = HabitatsConfig(plot="plot_id", species="species_id", cover="cover", habitat="habitat", x="x", y="y")
+    return plots_from_frame(long, settings, str(manifest.plot_species)), str(manifest.truth_habitat)
