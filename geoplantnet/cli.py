@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from geoplantnet.core.config import ConfigError, InputsConfig, RunConfig, TableConfig, load_config
+from geoplantnet.core.config import ConfigError, HabitatsConfig, InputsConfig, RunConfig, TableConfig, load_config
 from geoplantnet.core.errors import GeoplantnetError, RefusedError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml"
@@ -66,12 +66,18 @@ def _add_input_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--survey", default=None, help="survey/plot id column: rows sharing it form one survey")
     group.add_argument("--rasters", type=Path, nargs="*", default=None, help="predictor GeoTIFFs (one variable each)")
     group.add_argument(
-        "--categorical", nargs="*", default=None, metavar="LAYER",
+        "--categorical",
+        nargs="*",
+        default=None,
+        metavar="LAYER",
         help="raster layers holding class codes (land cover, soil type): resampled by nearest neighbour and given to "
         "the models as one indicator layer per class (layer names: file stems or band descriptions)",
     )
     group.add_argument(
-        "--with-s2", dest="sentinel2", action="store_true", default=None,
+        "--with-s2",
+        dest="sentinel2",
+        action="store_true",
+        default=None,
         help="add Sentinel-2 composites from stac.url",
     )
 
@@ -87,8 +93,10 @@ def _config(args: argparse.Namespace) -> RunConfig:
     given = {k: getattr(args, k) for k in _INPUT_FLAGS if getattr(args, k, None) is not None}
     if not given:
         return cfg
-    given = {k: [str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
-             for k, v in given.items()}
+    given = {
+        k: [str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
+        for k, v in given.items()
+    }
     inputs = InputsConfig.model_validate({**cfg.inputs.model_dump(), **given})
     return cfg.model_copy(update={"inputs": inputs})
 
@@ -151,6 +159,31 @@ def _cmd_sdm_table(args: argparse.Namespace) -> int:
     return 0
 
 
+_PLOT_FLAGS = {"plots": "plots", "species_column": "species", "cover": "cover", "habitat": "habitat"}
+
+
+def _cmd_habitats(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    given = {key: str(getattr(args, flag)) for flag, key in _PLOT_FLAGS.items() if getattr(args, flag) is not None}
+    if args.unlabelled:
+        given["unlabelled"] = [str(u) for u in args.unlabelled]
+    if given:
+        cfg = cfg.model_copy(update={"habitats": HabitatsConfig.model_validate({**cfg.habitats.model_dump(), **given})})
+    from geoplantnet.jobs.habitats import run_habitats
+    from geoplantnet.runtime.cluster import connect
+
+    out = _report_folder(args, cfg, "habitats", ("summary.json", "folds.csv"))
+    plots = None
+    if cfg.habitats.plots is None:
+        from geoplantnet.jobs.inputs import virtual_plots
+
+        plots, _ = virtual_plots(cfg, progress=not args.quiet)
+    with connect(cfg.cluster) as client:
+        result = run_habitats(cfg, out, client, plots=plots, evaluate=not args.no_evaluation)
+    print(json.dumps({k: v for k, v in result.items() if k != "notes"}, indent=2, default=str))
+    return 0
+
+
 def _cmd_map(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from geoplantnet.jobs.mapping import run_map
@@ -186,7 +219,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from geoplantnet.jobs.predict import run_predict
 
     result = run_predict(
-        cfg, model=args.model, points=args.points, out=args.out, id_column=args.id, progress=not args.quiet,
+        cfg,
+        model=args.model,
+        points=args.points,
+        out=args.out,
+        id_column=args.id,
+        progress=not args.quiet,
         overwrite=args.overwrite,
     )
     print(json.dumps(result.to_dict(), indent=2))
@@ -268,6 +306,32 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--test-env", type=Path, default=None, help="test-site predictors, joined on table.site")
     table.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm-table)")
     table.set_defaults(func=_cmd_sdm_table)
+
+    habitats = sub.add_parser(
+        "habitats",
+        help="Pl@ntBERT: fill-mask pre-training on plots, EUNIS habitat fine-tuning, peers on spatial folds; saves "
+        "the models",
+        description="Plots from a CSV/Parquet table (habitats.* settings): one row per plot with a species-list "
+        "column in cover order, or one row per plot x species with a cover column (--cover); a habitat column "
+        "(EUNIS codes; empty = unlabelled). No table: the virtual region's plots. Writes <out>/report.md, "
+        "summary.json, folds.csv, the fill-mask model in <out>/fill-mask/ and the classifier in <out>/model/.",
+    )
+    _add_config_args(habitats)
+    habitats.add_argument("--plots", type=Path, default=None, help="plot table (habitats.plots)")
+    habitats.add_argument("--species-column", default=None, help="species column (habitats.species)")
+    habitats.add_argument("--cover", default=None, help="cover column of a long table (habitats.cover)")
+    habitats.add_argument("--habitat", default=None, help="habitat code column (habitats.habitat)")
+    habitats.add_argument(
+        "--unlabelled",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="more plot tables for pre-training only (habitats.unlabelled)",
+    )
+    habitats.add_argument("--no-evaluation", action="store_true", help="train the final models only (no folds)")
+    habitats.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/habitats)")
+    habitats.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    habitats.set_defaults(func=_cmd_habitats)
 
     mapping = sub.add_parser(
         "map", help="apply the species model over the whole grid, tile by tile on the cluster -> species.zarr"

@@ -209,13 +209,11 @@ def assemblage_order(
     length = min(max_species, s, top_k if top_k is not None else s)
     if length <= 0 or n == 0:
         return np.zeros((n, 0), dtype="int64"), np.zeros((n, 0), dtype=bool)
-    part = np.argpartition(-prob, length - 1, axis=1)[:, :length] if length < s else np.tile(np.arange(s), (n, 1))
-    order = np.take_along_axis(part, np.argsort(-np.take_along_axis(prob, part, axis=1), axis=1, kind="stable"), 1)
-    best = np.take_along_axis(prob, order, axis=1)
-    if top_k is not None:
-        keep = np.isfinite(best)
-    else:
+    if top_k is None:
         if thresholds is None:
             raise PlotTableError("an assemblage needs species thresholds or a top-K (habitats.map_species)")
-        keep = best >= np.asarray(thresholds, dtype="float32")[order]
-    return order, keep
+        # Rank only the species at or above their thresholds: one below it never displaces one above.
+        prob = np.where(prob >= np.asarray(thresholds, dtype="float32")[None, :], prob, -np.inf)
+    part = np.argpartition(-prob, length - 1, axis=1)[:, :length] if length < s else np.tile(np.arange(s), (n, 1))
+    order = np.take_along_axis(part, np.argsort(-np.take_along_axis(prob, part, axis=1), axis=1, kind="stable"), 1)
+    return order, np.isfinite(np.take_along_axis(prob, order, axis=1))

@@ -40,9 +40,29 @@ def _autocast(device: torch.device, mixed: bool) -> Callable[[], contextlib.Abst
     return lambda: torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    order = rng.permutation(n)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of plots of similar length (sorted within windows of 50 batches), in shuffled order: most
+    plots are short, and a batch padded to its longest plot wastes little (about 2x faster on the GLC24 lists)."""
+    order = rng.permutation(len(lengths))
+    window = 50 * batch_size
+    for start in range(0, len(order), window):
+        part = order[start : start + window]
+        order[start : start + window] = part[np.argsort(lengths[part], kind="stable")]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _lengths(ids: np.ndarray) -> np.ndarray:
+    return (ids != PAD).sum(axis=1)
+
+
+def _mlm_loss(model: BertForMaskedLM, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Masked-species cross-entropy with the vocabulary projection at the masked positions only (the full
+    (batch, length, vocabulary) logits of ``BertForMaskedLM.forward`` cost ~10x more for nothing)."""
+    hidden = model.bert(input_ids=inputs, attention_mask=(inputs != PAD).long()).last_hidden_state
+    target = labels != -100
+    logits = model.cls(hidden[target])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[target])
 
 
 def _trim(ids: torch.Tensor) -> torch.Tensor:
@@ -88,16 +108,17 @@ def pretrain(
     rng = np.random.default_rng(train_cfg.seed)
     gen = torch.Generator().manual_seed(train_cfg.seed)
     history: list[dict[str, float]] = []
+    lengths = _lengths(ids)
     best, best_state, stale = math.inf, None, 0
     for epoch in range(epochs):
         model.train()
         t0, seen, running = time.perf_counter(), 0, 0.0
-        for idx in _batches(len(ids), train_cfg.batch_size, rng):
+        for idx in _batches(lengths, train_cfg.batch_size, rng):
             batch = _trim(torch.as_tensor(ids[idx]))
             inputs, labels = mask_tokens(batch, train_cfg.mask_prob, len(tokenizer), gen)
             inputs, labels = inputs.to(device), labels.to(device)
             with amp():
-                loss = model(input_ids=inputs, attention_mask=(inputs != PAD).long(), labels=labels).loss
+                loss = _mlm_loss(model, inputs, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -151,10 +172,11 @@ def finetune(
     history: list[dict[str, float]] = []
     best, best_state, stale = -math.inf, None, 0
     y_all = torch.as_tensor(labels, dtype=torch.long)
+    lengths = _lengths(ids)
     for epoch in range(epochs):
         model.train()
         t0, seen, running = time.perf_counter(), 0, 0.0
-        for idx in _batches(len(ids), train_cfg.batch_size, rng):
+        for idx in _batches(lengths, train_cfg.batch_size, rng):
             batch = _trim(torch.as_tensor(ids[idx])).to(device)
             with amp():
                 logits = model(input_ids=batch, attention_mask=(batch != PAD).long()).logits
