@@ -193,6 +193,39 @@ def _cmd_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_habitat_map(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from geoplantnet.jobs.habitat_map import run_habitat_map
+
+    result = run_habitat_map(
+        cfg, args.species_store, args.model, args.out, overwrite=args.overwrite, progress=not args.quiet
+    )
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def _add_habitat_map(sub: argparse._SubParsersAction) -> None:
+    habitat_map = sub.add_parser(
+        "habitat-map",
+        help="classify every pixel's predicted species assemblage (species.zarr) into EUNIS habitats -> habitat.zarr",
+        description="Each pixel's sentence is its species above their saved thresholds (or its top-K species with "
+        "habitats.map_species=K), classified by the habitat model; tile by tile on the cluster, resumable.",
+    )
+    _add_config_args(habitat_map)
+    habitat_map.add_argument(
+        "--species", dest="species_store", default=None, help="species.zarr (default: <store.root>/species.zarr)"
+    )
+    habitat_map.add_argument(
+        "--model", default=None, help="habitat classifier folder (default: <store.root>/habitats/model)"
+    )
+    habitat_map.add_argument(
+        "--out", default=None, help="habitat.zarr path or URL (default: <store.root>/habitat.zarr)"
+    )
+    habitat_map.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_overwrite(habitat_map, "habitat.zarr")
+    habitat_map.set_defaults(func=_cmd_habitat_map)
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from geoplantnet.core.errors import InputError
     from geoplantnet.jobs.quicklook import species_quicklook
@@ -345,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(mapping, "species.zarr")
     _add_input_args(mapping)
     mapping.set_defaults(func=_cmd_map)
+
+    _add_habitat_map(sub)
 
     plot = sub.add_parser(
         "plot", help="one species from one or more species.zarr stores side by side (e.g. CNN and MaxEnt) -> PNG"

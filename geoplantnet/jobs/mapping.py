@@ -13,13 +13,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import itertools
 import logging
 import os
-import sys
-import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -30,8 +26,7 @@ import pandas as pd
 import pystac
 import torch
 import xarray as xr
-from distributed import Client, WorkerPlugin, as_completed, get_worker
-from tqdm.auto import tqdm
+from distributed import Client
 
 from geoplantnet.core.config import CubeConfig, MapConfig, RunConfig, redact
 from geoplantnet.core.errors import GeoplantnetError
@@ -39,20 +34,15 @@ from geoplantnet.core.grid import Grid, Tile, overlaps
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.dense import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
 from geoplantnet.inference.points import predict_tile_points
+from geoplantnet.jobs.tiled import TiledRun, TileOutput, produce_tiles
 from geoplantnet.models.peers import PeerSpec, is_peer_file, load_peer
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
+from geoplantnet.runtime.worker_cache import WorkerCachePlugin, worker_cache
 from geoplantnet.sources import predictors
 from geoplantnet.sources.cube import item_footprint
 from geoplantnet.storage import tiles as tile_store
-from geoplantnet.storage.lease import Lease
-from geoplantnet.storage.store import (
-    default_encoding,
-    preflight,
-    run_id,
-    storage_options_for,
-    writing,
-)
+from geoplantnet.storage.store import default_encoding, preflight, run_id, storage_options_for
 from geoplantnet.training.train import ModelFileError, load_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -182,54 +172,23 @@ def _check_names(what: str, trained: Sequence[str] | None, given: Sequence[Any],
 # -- the model, once per worker process
 
 
-class ModelCache:
-    """The model a process keeps between tile tasks (tasks never ship weights): loaded on first use, pinned by the
-    sha256 the driver fingerprinted, so a model file replaced during a run is refused rather than mixed into a map."""
+def cached_model(ref: ModelRef, device: str) -> tuple[Any, ModelSpec | PeerSpec, int]:
+    """The model and spec of ``ref`` on ``device`` kept by this worker process (loaded on first use), and how many
+    loads the process has done. Pinned by the sha256 the driver fingerprinted, so a model file replaced during a run
+    is refused rather than mixed into a map."""
+    dev = resolve_device(device)
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._key: str | None = None
-        self._entry: tuple[Any, Any] | None = None
-        self.loads = 0
+    def load() -> tuple[Any, ModelSpec | PeerSpec]:
+        model, spec, raw = read_model(ref.url, dev)
+        if hashlib.sha256(raw).hexdigest() != ref.sha256:
+            raise MapError(f"{ref.url}: the model file changed during the run; start the run again")
+        return model, spec
 
-    def get(self, ref: ModelRef, device: str) -> tuple[Any, ModelSpec | PeerSpec, int]:
-        """The model and spec of ``ref`` on ``device``, and how many loads this cache has done."""
-        dev = resolve_device(device)
-        key = f"{ref.url}|{ref.sha256}|{dev}"
-        with self._lock:
-            if self._key != key:
-                model, spec, raw = read_model(ref.url, dev)
-                if hashlib.sha256(raw).hexdigest() != ref.sha256:
-                    raise MapError(f"{ref.url}: the model file changed during the run; start the run again")
-                self._key, self._entry, self.loads = key, (model, spec), self.loads + 1
-            assert self._entry is not None
-            return self._entry[0], self._entry[1], self.loads
+    (model, spec), loads = worker_cache().get("species-model", f"{ref.url}|{ref.sha256}|{dev}", load)
+    return model, spec, loads
 
 
-class ModelCachePlugin(WorkerPlugin):
-    """Gives each Dask worker its :class:`ModelCache` (registered by the driver before tiles are submitted)."""
-
-    name = "geoplantnet-model-cache"
-
-    def setup(self, worker: Any) -> None:
-        self.cache = ModelCache()
-
-
-_PROCESS_CACHE = ModelCache()  # a tile run outside a Dask worker (a test, a debugging session)
-
-
-def _model_cache() -> ModelCache:
-    try:
-        plugin = get_worker().plugins.get(ModelCachePlugin.name)
-    except ValueError:  # not in a worker
-        return _PROCESS_CACHE
-    cache = getattr(plugin, "cache", None)
-    return cache if cache is not None else _PROCESS_CACHE
-
-
-def read_model(
-    url: str, device: str | torch.device = "cpu"
-) -> tuple[SpeciesNet | Any, ModelSpec | PeerSpec, bytes]:
+def read_model(url: str, device: str | torch.device = "cpu") -> tuple[SpeciesNet | Any, ModelSpec | PeerSpec, bytes]:
     """Load a model file from a path or any fsspec URL (``s3://...``): the species network (``.pt``) or a point-value
     peer fitted by ``sdm`` (``.peer``: MaxEnt, random forest; told apart by content, not name); also its bytes."""
     try:
@@ -255,15 +214,6 @@ class ModelRef:
 
     url: str
     sha256: str
-
-
-@dataclass(frozen=True)
-class TileOutput:
-    """Where a tile goes: the store, the run whose markers it writes, the store's options."""
-
-    url: str
-    run: str
-    storage_options: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -295,7 +245,7 @@ class TileJob:
 def map_tile(job: TileJob, tile: Tile) -> dict[str, Any]:
     """Read, predict and write one tile; returns its timings (runs on a worker)."""
     t0 = time.perf_counter()
-    model, spec, loads = _model_cache().get(job.model, job.compute.device)
+    model, spec, loads = cached_model(job.model, job.compute.device)
     geom = tile_geometry(spec, tile, job.map_grid, job.cube_grid)
     patch, env = job.sources.read(spec, geom, job.map_grid, job.cube_grid)
     t1 = time.perf_counter()
@@ -375,68 +325,6 @@ def run_parts(model_sha256: str, cfg: RunConfig, sources: MapSources) -> dict[st
     }
 
 
-def _run_tiles(
-    client: Client,
-    job: TileJob,
-    todo: Sequence[Tile],
-    n_tiles: int,
-    n_done: int,
-    resources: dict[str, float] | None,
-    cfg: RunConfig,
-    lease: Lease,
-    progress: bool,
-) -> tuple[list[dict[str, Any]], float]:
-    """Stream ``todo`` to the cluster, a bounded number in flight; returns each tile's report and the wall time."""
-    threads = sum(client.nthreads().values()) or 1
-    in_flight = cfg.map.max_in_flight or 2 * threads
-    print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
-    log.info("%d tiles (%d already written), %d in flight, resources %s", n_tiles, n_done, in_flight, resources)
-    results: list[dict[str, Any]] = []
-    nonce = uuid.uuid4().hex[:6]
-    bar = tqdm(total=n_tiles, initial=n_done, unit="tile", disable=not progress, file=sys.stderr)
-    t_compute = time.perf_counter()
-    pending = iter(todo)
-    names: dict[str, str] = {}
-
-    def submit(tile: Tile) -> Any:
-        future = client.submit(
-            map_tile,
-            job,
-            tile,
-            key=f"map-tile-{tile.id}-{job.output.run}-{nonce}",
-            resources=resources,
-            retries=cfg.map.retries,
-            pure=False,
-        )
-        names[future.key] = tile.id
-        return future
-
-    queue = as_completed([submit(t) for t in itertools.islice(pending, in_flight)])
-    try:
-        for future in queue:
-            try:
-                result = future.result()
-            except GeoplantnetError as exc:  # inputs the user can fix: one line naming the tile
-                first = (str(exc).splitlines() or [""])[0]
-                raise MapError(f"tile {names[future.key]} failed: {first}") from exc
-            except Exception as exc:  # a bug: its traceback, with the tile it happened on
-                exc.add_note(f"while mapping tile {names[future.key]}")
-                raise
-            results.append(result)
-            lease.check()
-            pixels = sum(r["pixels"] for r in results)
-            bar.update(1)
-            bar.set_postfix(px_per_s=f"{pixels / max(time.perf_counter() - t_compute, 1e-9):,.0f}")
-            nxt = next(pending, None)
-            if nxt is not None:
-                queue.add(submit(nxt))
-    finally:
-        bar.close()
-        for future in list(queue.futures):
-            future.cancel()
-    return results, time.perf_counter() - t_compute
-
-
 @dataclass
 class MapSummary:
     """What a map run did: the store, its run fingerprint, tiles computed and skipped, speed, where tiles ran; and,
@@ -486,25 +374,32 @@ def produce_map(
     resources = None if isinstance(plan.spec, PeerSpec) else task_resources(client)
     if resources:
         require_resources(client, resources)
-    client.register_plugin(ModelCachePlugin())
+    client.register_plugin(WorkerCachePlugin())
     out = plan.job.output
-    with writing(
-        out.url, product="species", parts=plan.parts, overwrite=overwrite, storage_options=out.storage_options,
-        lease_ttl=cfg.store.lease_ttl_s,
-    ) as (decision, target, lease):
-        done = tile_store.prepare(
-            out.url, *with_thresholds(*tile_store.species_template(
-                plan.job.map_grid, plan.spec.species, plan.spec.species_name, cfg.map.tile, cfg.map.species_chunk
-            ), plan.spec),
-            decision=decision, target=target, product="species", parts=plan.parts, cfg=cfg, attrs=plan.attrs,
-            storage_options=out.storage_options,
-        )
-        tiles = list(plan.job.map_grid.tiles(cfg.map.tile))
-        todo = [t for t in tiles if t.id not in done]
-        results, compute_s = _run_tiles(client, plan.job, todo, len(tiles), len(done), resources, cfg, lease, progress)
-        lease.check()
-        tile_store.finalise(out.url, n_tiles=len(tiles), run=out.run, storage_options=out.storage_options)
-    return _summary(plan, tiles, todo, results, compute_s, resources, time.perf_counter() - t_start)
+    layout = with_thresholds(
+        *tile_store.species_template(
+            plan.job.map_grid, plan.spec.species, plan.spec.species_name, cfg.map.tile, cfg.map.species_chunk
+        ),
+        plan.spec,
+    )
+    done = produce_tiles(
+        client,
+        map_tile,
+        plan.job,
+        output=out,
+        grid=plan.job.map_grid,
+        tile=cfg.map.tile,
+        layout=layout,
+        product="species",
+        parts=plan.parts,
+        cfg=cfg,
+        attrs=plan.attrs,
+        overwrite=overwrite,
+        resources=resources,
+        progress=progress,
+        error=MapError,
+    )
+    return _summary(plan, done, resources, time.perf_counter() - t_start)
 
 
 SCALE_ATTR = "geoplantnet_output_scale"
@@ -550,8 +445,12 @@ def with_thresholds(
         "max_tss": ("threshold maximising the true skill statistic (sensitivity + specificity - 1)", on),
         "prevalence": (
             "threshold at which the predicted prevalence equals the observed one",
-            on + (" (observed prevalence: the share of presences among presence + background points)"
-                  if th.basis == "presence-background" else ""),
+            on
+            + (
+                " (observed prevalence: the share of presences among presence + background points)"
+                if th.basis == "presence-background"
+                else ""
+            ),
         ),
     }
     arrays = th.as_arrays()
@@ -559,10 +458,14 @@ def with_thresholds(
     for key, (long_name, description) in described.items():
         name = f"threshold_{key}"
         ds[name] = xr.DataArray(arrays[key], dims=("species",))
-        ds[name].attrs.update({
-            "long_name": long_name, "units": "1", "description": description,
-            "comment": f"p >= threshold is a predicted presence, on the scale of probability ({scale})",
-        })
+        ds[name].attrs.update(
+            {
+                "long_name": long_name,
+                "units": "1",
+                "description": description,
+                "comment": f"p >= threshold is a predicted presence, on the scale of probability ({scale})",
+            }
+        )
         enc[name] = default_encoding(ds[[name]])[name]
     return ds, enc
 
@@ -601,32 +504,22 @@ def plan_map(cfg: RunConfig, model_url: str, sources: MapSources, store_url: str
     return MapPlan(spec, parts, attrs, job)
 
 
-def _summary(
-    plan: MapPlan,
-    tiles: Sequence[Tile],
-    todo: Sequence[Tile],
-    results: Sequence[dict[str, Any]],
-    compute_s: float,
-    resources: dict[str, float] | None,
-    seconds: float,
-) -> MapSummary:
-    pixels = sum(r["pixels"] for r in results)
+def _summary(plan: MapPlan, done: TiledRun, resources: dict[str, float] | None, seconds: float) -> MapSummary:
+    results = done.results
     grid = plan.job.map_grid
     return MapSummary(
         store=plan.job.output.url,
         run=plan.job.output.run,
-        tiles=len(tiles),
+        tiles=len(done.tiles),
         tiles_computed=len(results),
-        tiles_skipped=len(tiles) - len(todo),
+        tiles_skipped=len(done.tiles) - len(done.todo),
         species=len(plan.spec.species),
         shape=[len(plan.spec.species), grid.height, grid.width],
-        pixels_per_second=round(pixels / compute_s, 1) if results else None,
+        pixels_per_second=done.pixels_per_second,
         model_seconds=round(sum(r["model_s"] for r in results), 2),
         read_seconds=round(sum(r["read_s"] for r in results), 2),
         devices=sorted({r["device"] for r in results}),
-        model_loads={
-            str(pid): max(r["model_loads"] for r in results if r["pid"] == pid) for pid in {r["pid"] for r in results}
-        },
+        model_loads=done.model_loads(),
         resources=resources,
         seconds=round(seconds, 1),
     )

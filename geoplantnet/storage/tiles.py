@@ -65,40 +65,61 @@ def species_chunks(n_species: int, tile: int, species_chunk: int) -> tuple[tuple
     return inner, (shard_species, tile, tile)
 
 
+PROBABILITY_COMMENT = (
+    f"stored as uint8 round(p * {SCALE}); {NODATA} = no data (outside the study area or not yet computed); xarray "
+    "decodes to float with NaN for no data, mask_and_scale=False gives the codes"
+)
+
+
+def probability_attrs(long_name: str) -> dict[str, Any]:
+    """CF attrs of a uint8 probability variable (:mod:`geoplantnet.core.encoding`)."""
+    return {"long_name": long_name, "units": "1", "valid_range": [0, SCALE], "comment": PROBABILITY_COMMENT}
+
+
+def tiled_variable(
+    dims: Sequence[str],
+    shape: Sequence[int],
+    *,
+    dtype: str,
+    fill: int,
+    chunks: Sequence[int],
+    shards: Sequence[int] | None = None,
+    scale: float | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> tuple[xr.DataArray, dict[str, Any]]:
+    """A lazy, never computed variable of a tiled store and its encoding: integer codes whose Zarr fill value is the
+    no-data code ``fill`` (what unwritten chunks read as: never a valid value), ``scale`` for probability codes."""
+    data = da.zeros(tuple(shape), dtype="float32" if scale else dtype, chunks=tuple(shards or chunks))
+    var = xr.DataArray(data, dims=tuple(dims), attrs=dict(attrs or {}))
+    enc = default_encoding(var.to_dataset(name="v"))["v"]
+    enc.update({"dtype": dtype, "_FillValue": fill, "fill_value": fill, "chunks": tuple(chunks)})
+    if shards is not None:
+        enc["shards"] = tuple(shards)
+    if scale:
+        enc.update({"scale_factor": 1.0 / scale, "add_offset": 0.0})
+    return var, enc
+
+
 def species_template(
     grid: Grid, species: Sequence[str], species_name: Sequence[str] | None, tile: int, species_chunk: int
 ) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
     """The lazy, never computed ``species.zarr`` layout on ``grid`` and its encoding."""
     n = len(species)
     chunks, shards = species_chunks(n, tile, species_chunk)
-    data = da.zeros((n, grid.height, grid.width), dtype="float32", chunks=shards)
+    prob, enc = tiled_variable(
+        ("species", "y", "x"),
+        (n, grid.height, grid.width),
+        dtype="uint8",
+        fill=NODATA,
+        chunks=chunks,
+        shards=shards,
+        scale=SCALE,
+        attrs=probability_attrs("predicted probability of occurrence of each species"),
+    )
     coords: dict[str, Any] = {"species": ("species", np.asarray(species, dtype=object)), **grid.coords()}
     if species_name is not None:
         coords["species_name"] = ("species", np.asarray(species_name, dtype=object))
-    ds = xr.Dataset({"probability": (("species", "y", "x"), data)}, coords=coords)
-    ds["probability"].attrs.update(
-        {
-            "long_name": "predicted probability of occurrence of each species",
-            "units": "1",
-            "valid_range": [0, SCALE],
-            "comment": f"stored as uint8 round(p * {SCALE}); {NODATA} = no data (outside the study area or not yet "
-            "computed); xarray decodes to float with NaN for no data, mask_and_scale=False gives the codes",
-        }
-    )
-    enc = default_encoding(ds)["probability"]
-    enc.update(
-        {
-            "dtype": "uint8",
-            "scale_factor": 1.0 / SCALE,
-            "add_offset": 0.0,
-            "_FillValue": NODATA,
-            # the Zarr fill value is what unwritten chunks read as: it must be the no-data code, not 0 (= p 0.0)
-            "fill_value": NODATA,
-            "chunks": chunks,
-            "shards": shards,
-        }
-    )
-    return ds, {"probability": enc}
+    return xr.Dataset({"probability": prob}, coords=coords), {"probability": enc}
 
 
 def _manifest(path: str, run: str) -> str:
@@ -168,11 +189,29 @@ def write_tile(
     storage_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Write ``block`` (..., tile.height, tile.width) into the tile's region, then the tile's marker."""
-    arr = zarr.open_array(zarr_store(url, storage_options), path=variable, mode="r+")
+    write_tile_blocks(url, {variable: block}, tile, run=run, info=info, storage_options=storage_options)
+
+
+def write_tile_blocks(
+    url: str,
+    blocks: Mapping[str, np.ndarray],
+    tile: Tile,
+    *,
+    run: str,
+    info: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Write each variable's block (..., tile.height, tile.width) into the tile's region, then the tile's marker:
+    the marker is written only after every variable, so a tile interrupted between two is recomputed."""
+    group = zarr.open_group(zarr_store(url, storage_options), mode="r+")
+    arrays = {name: group[name] for name in blocks}
+    for name, block in blocks.items():  # every shape checked before the first write
+        shape = arrays[name].shape
+        if block.shape[-2:] != (tile.height, tile.width) or block.shape[:-2] != shape[:-2]:
+            raise ValueError(f"tile {tile.id}: {name} block {block.shape} does not fit {shape[:-2]} x tile")
     ys, xs = tile.slices
-    if block.shape[-2:] != (tile.height, tile.width) or block.shape[:-2] != arr.shape[:-2]:
-        raise ValueError(f"tile {tile.id}: block {block.shape} does not fit {arr.shape[:-2]} x tile")
-    arr[..., ys, xs] = block
+    for name, block in blocks.items():
+        arrays[name][..., ys, xs] = block
     fs, path = _fs(url, storage_options)
     folder = _manifest(path, run)
     fs.makedirs(folder, exist_ok=True)  # a no-op on object storage

@@ -1,0 +1,191 @@
+"""The driver side of a tiled product (``species.zarr``, ``habitat.zarr``): one Dask task per tile, streamed.
+
+:func:`produce_tiles` is the whole protocol of :mod:`geoplantnet.storage.tiles` under the store's lease: claim the
+output (new / resume / replace with ``--overwrite`` / refused), lay it out or find the finished tiles, stream the
+missing tiles to the cluster (a bounded number in flight, so the scheduler's graph stays small for a continent),
+then mark the store complete. The tile function writes its own region and marker; it is the only part a product
+supplies besides the layout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import xarray as xr
+from distributed import Client, as_completed
+from tqdm.auto import tqdm
+
+from geoplantnet.core.config import RunConfig
+from geoplantnet.core.errors import GeoplantnetError
+from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.storage import tiles as tile_store
+from geoplantnet.storage.lease import Lease
+from geoplantnet.storage.store import writing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TileOutput:
+    """Where a tile goes: the store, the run whose markers it writes, the store's options."""
+
+    url: str
+    run: str
+    storage_options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TiledRun:
+    """What :func:`produce_tiles` did: every tile of the grid, those computed now, their reports, the compute time."""
+
+    tiles: list[Tile]
+    todo: list[Tile]
+    results: list[dict[str, Any]]
+    compute_seconds: float
+
+    @property
+    def pixels_per_second(self) -> float | None:
+        """Pixels computed per wall-clock second of the tile stream (None when every tile was already there)."""
+        pixels = sum(r["pixels"] for r in self.results)
+        return round(pixels / self.compute_seconds, 1) if self.results and self.compute_seconds > 0 else None
+
+    def model_loads(self) -> dict[str, int]:
+        """Worker process id -> model loads (1 each when the model is kept per process)."""
+        pids = {r["pid"] for r in self.results}
+        return {str(pid): max(r["model_loads"] for r in self.results if r["pid"] == pid) for pid in pids}
+
+
+def produce_tiles(
+    client: Client,
+    fn: Callable[[Any, Tile], dict[str, Any]],
+    job: Any,
+    *,
+    output: TileOutput,
+    grid: Grid,
+    tile: int,
+    layout: tuple[xr.Dataset, Mapping[str, Mapping[str, Any]]],
+    product: str,
+    parts: Mapping[str, str],
+    cfg: RunConfig,
+    attrs: Mapping[str, Any],
+    overwrite: bool,
+    resources: dict[str, float] | None,
+    progress: bool,
+    error: type[GeoplantnetError],
+) -> TiledRun:
+    """Write the ``product`` store at ``output.url``: ``fn(job, tile)`` for every tile of ``grid`` without a marker
+    of this run, then the completion flag. A store of another run is replaced only with ``overwrite``."""
+    with writing(
+        output.url,
+        product=product,
+        parts=parts,
+        overwrite=overwrite,
+        storage_options=output.storage_options,
+        lease_ttl=cfg.store.lease_ttl_s,
+    ) as (decision, target, lease):
+        done = tile_store.prepare(
+            output.url,
+            *layout,
+            decision=decision,
+            target=target,
+            product=product,
+            parts=parts,
+            cfg=cfg,
+            attrs=attrs,
+            storage_options=output.storage_options,
+        )
+        tiles = list(grid.tiles(tile))
+        todo = [t for t in tiles if t.id not in done]
+        results, compute_s = stream_tiles(
+            client,
+            fn,
+            job,
+            todo,
+            run=output.run,
+            n_tiles=len(tiles),
+            n_done=len(done),
+            resources=resources,
+            cfg=cfg,
+            lease=lease,
+            progress=progress,
+            error=error,
+            label=product,
+        )
+        lease.check()
+        tile_store.finalise(output.url, n_tiles=len(tiles), run=output.run, storage_options=output.storage_options)
+    return TiledRun(tiles, todo, results, compute_s)
+
+
+def stream_tiles(
+    client: Client,
+    fn: Callable[[Any, Tile], dict[str, Any]],
+    job: Any,
+    todo: Sequence[Tile],
+    *,
+    run: str,
+    n_tiles: int,
+    n_done: int,
+    resources: dict[str, float] | None,
+    cfg: RunConfig,
+    lease: Lease,
+    progress: bool,
+    error: type[GeoplantnetError],
+    label: str,
+) -> tuple[list[dict[str, Any]], float]:
+    """Stream ``todo`` to the cluster, a bounded number in flight; returns each tile's report and the wall time.
+    A tile failing on the user's input ends the run with one line naming the tile (``error``)."""
+    threads = sum(client.nthreads().values()) or 1
+    in_flight = cfg.map.max_in_flight or 2 * threads
+    print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
+    log.info("%d tiles (%d already written), %d in flight, resources %s", n_tiles, n_done, in_flight, resources)
+    results: list[dict[str, Any]] = []
+    nonce = uuid.uuid4().hex[:6]
+    bar = tqdm(total=n_tiles, initial=n_done, unit="tile", disable=not progress, file=sys.stderr)
+    t_compute = time.perf_counter()
+    pending = iter(todo)
+    names: dict[str, str] = {}
+
+    def submit(tile: Tile) -> Any:
+        future = client.submit(
+            fn,
+            job,
+            tile,
+            key=f"{label}-tile-{tile.id}-{run}-{nonce}",
+            resources=resources,
+            retries=cfg.map.retries,
+            pure=False,
+        )
+        names[future.key] = tile.id
+        return future
+
+    queue = as_completed([submit(t) for t in itertools.islice(pending, in_flight)])
+    try:
+        for future in queue:
+            try:
+                result = future.result()
+            except GeoplantnetError as exc:  # inputs the user can fix: one line naming the tile
+                first = (str(exc).splitlines() or [""])[0]
+                raise error(f"tile {names[future.key]} failed: {first}") from exc
+            except Exception as exc:  # a bug: its traceback, with the tile it happened on
+                exc.add_note(f"while computing {label} tile {names[future.key]}")
+                raise
+            results.append(result)
+            lease.check()
+            pixels = sum(r["pixels"] for r in results)
+            bar.update(1)
+            bar.set_postfix(px_per_s=f"{pixels / max(time.perf_counter() - t_compute, 1e-9):,.0f}")
+            nxt = next(pending, None)
+            if nxt is not None:
+                queue.add(submit(nxt))
+    finally:
+        bar.close()
+        for future in list(queue.futures):
+            future.cancel()
+    return results, time.perf_counter() - t_compute

@@ -1,0 +1,1 @@
+"""Products made from the maps: habitat maps (indicators, change maps and impact scenarios to come)."""
