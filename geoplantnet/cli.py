@@ -200,7 +200,16 @@ def _cmd_habitat_map(args: argparse.Namespace) -> int:
     result = run_habitat_map(
         cfg, args.species_store, args.model, args.out, overwrite=args.overwrite, progress=not args.quiet
     )
-    print(json.dumps(result.to_dict(), indent=2))
+    summary = result.to_dict()
+    if args.evaluate:
+        if not cfg.inputs.virtual:
+            raise ConfigError("--evaluate scores a map against the virtual region's true habitats; inputs.* are set")
+        from geoplantnet.jobs.habitat_eval import evaluate_habitat_map
+        from geoplantnet.storage.store import open_store
+
+        species = open_store(result.species_store)
+        summary["evaluation"] = evaluate_habitat_map(cfg, result.store, species.attrs["model_file"])
+    print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
@@ -220,6 +229,12 @@ def _add_habitat_map(sub: argparse._SubParsersAction) -> None:
     )
     habitat_map.add_argument(
         "--out", default=None, help="habitat.zarr path or URL (default: <store.root>/habitat.zarr)"
+    )
+    habitat_map.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="virtual region: score the map against its true habitats, next to a "
+        "direct random forest from the same predictors",
     )
     habitat_map.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     _add_overwrite(habitat_map, "habitat.zarr")

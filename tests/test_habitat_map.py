@@ -236,3 +236,64 @@ def test_score_habitat_map_on_a_constructed_case():
     table = score["classes"]
     assert table.loc["R1A", "pixels"] == 2 and table.loc["R1A", "correct"] == 1
     assert table.loc["R1A", "recall"] == pytest.approx(0.5) and table.loc["R1B", "precision"] == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_habitats_then_habitat_map_on_the_virtual_region_scored_against_its_truth(small_map: SmallMap):
+    """The demo's cascade as a user runs it: ``habitats`` on the region's plots (pre-training, fine-tuning, peers on
+    spatial folds), then ``habitat-map --evaluate`` from the region's species map, scored against the true habitats
+    next to the direct random forest."""
+    out = small_map.root / "habitats-cli"
+    tiny = [
+        "habitats.model.hidden=32",
+        "habitats.model.heads=2",
+        "habitats.model.layers=2",
+        "habitats.model.intermediate=64",
+        "habitats.train.pretrain_epochs=30",
+        "habitats.train.finetune_epochs=30",
+        "habitats.folds=3",
+        "habitats.block_size=500",
+        "habitats.x=x",
+        "habitats.y=y",
+    ]
+    sets = [a for s in [*small_map.overrides, *tiny, TOP_SPECIES] for a in ("--set", s)]
+    run = [sys.executable, "-m", "geoplantnet"]
+    trained = subprocess.run(
+        [*run, "habitats", "--config", str(CONFIG), *sets, "--out", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    summary = json.loads(trained.stdout)
+    assert {"plantbert", "logistic", "knn_jaccard"} <= set(summary["models"])
+    mapped = subprocess.run(
+        [
+            *run,
+            "habitat-map",
+            "--config",
+            str(CONFIG),
+            *sets,
+            "--species",
+            small_map.reference,
+            "--model",
+            str(out / "model"),
+            "--out",
+            str(small_map.root / "cascade.zarr"),
+            "--evaluate",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert mapped.returncode == 0, mapped.stderr[-3000:]
+    evaluation = json.loads(mapped.stdout)["evaluation"]
+    cascade, direct = evaluation["cascade"], evaluation["direct_forest"]
+    assert cascade["pixels"] == direct["pixels"] > 1000
+    # Level 1 of the cascade follows the species maps; a classifier that ignored its input would score the majority
+    # class share only.
+    assert cascade["accuracy_level1"] > evaluation["majority_class_share"]["level1"] + 0.1, evaluation
+    assert set(evaluation["cascade_minus_direct"]) == {"accuracy_level3", "accuracy_level2", "accuracy_level1"}

@@ -38,7 +38,7 @@ from geoplantnet.samples.plots import (
     plots_from_frame,
     read_plots,
 )
-from geoplantnet.training.plantbert import finetune, pretrain
+from geoplantnet.training.plantbert import finetune, pretrain, shuffle_species
 from geoplantnet.validation.habitats import fill_mask_scores, habitat_scores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +178,14 @@ def test_assemblages_become_token_rows_as_a_per_pixel_loop_would_build_them() ->
     assert order.shape == (50, 4) and (np.diff(ranked, axis=1) <= 0).all()  # kept first, best first
     with pytest.raises(PlotTableError, match="map_species"):
         assemblage_order(prob, None, 4)
+
+
+def test_shuffling_moves_species_only() -> None:
+    ids = torch.tensor([[CLS, 10, 11, 12, 13, SEP, PAD, PAD]] * 200)
+    out = shuffle_species(ids, torch.Generator().manual_seed(0))
+    assert (out[:, 0] == CLS).all() and (out[:, 5] == SEP).all() and (out[:, 6:] == PAD).all()
+    assert (out[:, 1:5].sort(dim=1).values == torch.tensor([10, 11, 12, 13])).all()
+    assert len({tuple(r.tolist()) for r in out}) > 12  # of 24 orders
 
 
 # --- peers and scores ----------------------------------------------------------------------------------------------

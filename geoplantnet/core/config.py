@@ -309,14 +309,19 @@ class PlotModelConfig(_Section):
 class PlotTrainConfig(_Section):
     """Fill-mask pre-training and habitat fine-tuning of Pl@ntBERT."""
 
-    pretrain_epochs: int = Field(40, ge=0, description="fill-mask epochs; 0 = no pre-training (the ablation)")
+    pretrain_epochs: int = Field(60, ge=0, description="fill-mask epochs; 0 = no pre-training (the ablation)")
     finetune_epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
-    pretrain_lr: float = Field(1e-3, gt=0)
+    pretrain_lr: float = Field(2e-3, gt=0)
     finetune_lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     mask_prob: float = Field(0.15, gt=0, lt=1, description="share of a plot's species masked (80/10/10)")
     patience: int = Field(8, ge=1, description="early stopping on a spatial validation split of the training folds")
+    shuffle_species: bool = Field(
+        False,
+        description="species lists carry no cover order (e.g. GLC24 ids): shuffle each plot's species in every "
+        "batch, so the model reads a set, not an arbitrary order",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.ensemble import RandomForestClassifier
 
 from geoplantnet.core.config import RunConfig
@@ -18,7 +19,7 @@ from geoplantnet.inference.points import pixel_features
 from geoplantnet.models.peers import PeerSpec, feature_names
 from geoplantnet.samples.plots import Plots, eunis_ancestor
 from geoplantnet.storage.store import open_store
-from geoplantnet.validation.habitat_maps import class_codes, score_habitat_map
+from geoplantnet.validation.habitat_maps import class_codes, cut_codes, score_habitat_map
 
 
 def truth_codes(truth_url: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -116,4 +117,12 @@ def evaluate_habitat_map(cfg: RunConfig, habitat_url: str, species_model_url: st
         for lvl in range(level, 0, -1)
     }
     out["training_plots"] = int(plots.labelled.sum())
+    # What a map of one class (the commonest true one) would score: the floor both models must clear.
+    scored = truth[both & (truth != "")]
+    out["majority_class_share"] = {
+        f"level{lvl}": round(float(pd.Series(cut_codes(scored, lvl)).value_counts(normalize=True).iloc[0]), 4)
+        if len(scored)
+        else float("nan")
+        for lvl in range(level, 0, -1)
+    }
     return out

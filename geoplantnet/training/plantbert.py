@@ -21,7 +21,7 @@ from distributed import Client, Future
 from transformers import BertForMaskedLM, BertForSequenceClassification, PreTrainedTokenizerFast
 
 from geoplantnet.core.config import PlotModelConfig, PlotTrainConfig
-from geoplantnet.models.plantbert import PAD, PlotModel, bert_config, mask_tokens
+from geoplantnet.models.plantbert import PAD, SPECIAL, PlotModel, bert_config, mask_tokens
 from geoplantnet.runtime.cluster import require_resources, task_resources
 from geoplantnet.training.train import _precision, resolve_device, seed_everything
 
@@ -50,6 +50,15 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
         order[start : start + window] = part[np.argsort(lengths[part], kind="stable")]
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def shuffle_species(ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each row's species tokens in a random order; [CLS] stays first, [SEP] and padding stay after them."""
+    species = ids >= len(SPECIAL)
+    position = torch.arange(ids.shape[1], dtype=torch.float32).expand(ids.shape)
+    keys = torch.where(species, torch.rand(ids.shape, generator=generator), 2.0 + position)
+    keys[:, 0] = -1.0
+    return torch.gather(ids, 1, keys.argsort(dim=1))
 
 
 def _lengths(ids: np.ndarray) -> np.ndarray:
@@ -115,6 +124,8 @@ def pretrain(
         t0, seen, running = time.perf_counter(), 0, 0.0
         for idx in _batches(lengths, train_cfg.batch_size, rng):
             batch = _trim(torch.as_tensor(ids[idx]))
+            if train_cfg.shuffle_species:
+                batch = shuffle_species(batch, gen)
             inputs, labels = mask_tokens(batch, train_cfg.mask_prob, len(tokenizer), gen)
             inputs, labels = inputs.to(device), labels.to(device)
             with amp():
@@ -168,6 +179,7 @@ def finetune(
     sched = _schedule(opt, max(1, epochs * math.ceil(len(ids) / train_cfg.batch_size)))
     amp = _autocast(device, train_cfg.mixed_precision)
     rng = np.random.default_rng(train_cfg.seed)
+    gen = torch.Generator().manual_seed(train_cfg.seed)
     loss_fn = torch.nn.CrossEntropyLoss()
     history: list[dict[str, float]] = []
     best, best_state, stale = -math.inf, None, 0
@@ -177,7 +189,10 @@ def finetune(
         model.train()
         t0, seen, running = time.perf_counter(), 0, 0.0
         for idx in _batches(lengths, train_cfg.batch_size, rng):
-            batch = _trim(torch.as_tensor(ids[idx])).to(device)
+            batch = _trim(torch.as_tensor(ids[idx]))
+            if train_cfg.shuffle_species:
+                batch = shuffle_species(batch, gen)
+            batch = batch.to(device)
             with amp():
                 logits = model(input_ids=batch, attention_mask=(batch != PAD).long()).logits
             loss = loss_fn(logits.float(), y_all[idx].to(device))
