@@ -204,6 +204,12 @@ def run_fold(data: HabitatData, folds: np.ndarray, k: int, h: HabitatsConfig) ->
                 "classes": len(trained.classes),
             }
         )
+    bert = next((m for m in trained.classifiers.values() if isinstance(m, PlotModel)), None)
+    if bert is not None:
+        _, unknown = encode_sentences(bert.tokenizer, sentences, bert.cfg.max_species)
+        known = sum(min(len(s), bert.cfg.max_species) for s in sentences)
+        for row in rows:  # species of the test plots the fold's tokenizer never saw: fed as [UNK]
+            row["test_species_unknown"] = unknown / max(known, 1)
     fill = {}
     if trained.fill_mask is not None and trained.baseline is not None:
         fill = {
@@ -231,7 +237,9 @@ def _summary_table(rows: pd.DataFrame) -> pd.DataFrame:
     return agg.sort_values(f"{metrics[0]}_mean", ascending=False)
 
 
-def _markdown(table: pd.DataFrame, fills: pd.DataFrame, data: HabitatData, h: HabitatsConfig) -> str:
+def _markdown(
+    table: pd.DataFrame, rows: pd.DataFrame, fills: pd.DataFrame, data: HabitatData, h: HabitatsConfig
+) -> str:
     lines = [
         f"# Habitat classification, EUNIS level {h.level}, {h.folds} spatial folds (blocks of {h.block_size:g})",
         "",
@@ -257,8 +265,14 @@ def _markdown(table: pd.DataFrame, fills: pd.DataFrame, data: HabitatData, h: Ha
                 f"| {who} | {fills[f'{who}_top1'].mean():.3f} ± {fills[f'{who}_top1'].std():.3f} | "
                 f"{fills[f'{who}_top5'].mean():.3f} ± {fills[f'{who}_top5'].std():.3f} |"
             )
-    if data.notes:
-        lines += ["", "Notes:", "", *(f"- {n}" for n in data.notes)]
+    notes = list(data.notes)
+    if "test_species_unknown" in rows.columns:
+        notes.append(
+            f"species of the test plots unknown to their fold's tokenizer ([UNK]): "
+            f"{rows['test_species_unknown'].mean():.1%} (mean over folds)"
+        )
+    if notes:
+        lines += ["", "Notes:", "", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -294,7 +308,7 @@ def run_habitats(
         if len(fills):
             fills.to_csv(out / "fill_mask_folds.csv", index=False)
         table = _summary_table(rows)
-        (out / "report.md").write_text(_markdown(table, fills, data, h))
+        (out / "report.md").write_text(_markdown(table, rows, fills, data, h))
         result["models"] = json.loads(table.to_json(orient="index"))
         result["fill_mask"] = json.loads(fills.mean(numeric_only=True).to_json()) if len(fills) else {}
     fill, classifier = final.result()
