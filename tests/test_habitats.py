@@ -387,3 +387,40 @@ def test_the_habitats_command_evaluates_on_spatial_folds_and_saves_the_models(tm
         cwd=tmp_path,
     )
     assert bad.returncode == 2 and "no column 'species' (habitats.species)" in bad.stderr
+
+
+# --- the real extracts ---------------------------------------------------------------------------------------------
+
+REAL = ROOT.parent / "shared" / "data" / "real"
+
+
+@pytest.mark.real_data
+def test_the_code_hierarchy_agrees_with_the_eunis_2021_list() -> None:
+    lookup = REAL / "eunis_habitat_lookups" / "DERIVED_eunis_habitats__EUNIS_units.csv"
+    if not lookup.is_file():
+        pytest.skip(f"real data file {lookup} is absent")
+    from geoplantnet.samples.plots import read_habitat_names
+
+    names = read_habitat_names(lookup)
+    assert len(names) > 300 and names["R1A"].startswith("Semi-dry perennial calcareous grassland")
+    # every listed code's parent by the prefix rule is itself listed (the list has no bare "MA" row)
+    orphans = [c for c in names if eunis_level(c) > 1 and eunis_ancestor(c, eunis_level(c) - 1) not in names]
+    assert orphans == ["MA2"]
+
+
+@pytest.mark.real_data
+def test_the_glc24_pipeline_reads_the_surveys_as_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = REAL / "glc24_pa_habitats"
+    if not folder.is_dir():
+        pytest.skip(f"real data folder {folder} is absent")
+    from geoplantnet.core.config import load_config
+    from geoplantnet.jobs.habitats import assign_folds, load_habitat_data
+
+    monkeypatch.chdir(ROOT)  # the pipeline names the data relative to the project
+    cfg = load_config(ROOT / "pipelines" / "glc24-habitats.yaml", [])
+    data = load_habitat_data(cfg)
+    assert len(data.labelled) == 1418  # 1,434 surveys, 16 with two codes kept for pre-training only
+    assert len(data.corpus) == 4273  # every labelled survey is also in the solution file: one sentence each
+    assert len(set(data.labelled.habitat)) == 107 and "MA22" in set(data.labelled.habitat)
+    folds, notes = assign_folds(data.labelled, cfg.habitats)
+    assert not notes and sorted(np.bincount(folds)) == [283, 283, 284, 284, 284]

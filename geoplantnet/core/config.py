@@ -346,6 +346,11 @@ class HabitatsConfig(_Section):
     x: str = Field("lon", description="x/longitude column")
     y: str = Field("lat", description="y/latitude column")
     level: int = Field(3, ge=1, le=4, description="EUNIS level the classifier predicts (codes are cut to it)")
+    names: str | None = Field(
+        None,
+        description="CSV of habitat codes and names (the first column holds codes, the first column with "
+        "'name' in its header the names), e.g. the EUNIS 2021 list: saved with the classifier, written to habitat.zarr",
+    )
     block_size: float = Field(1.0, gt=0, description="spatial fold blocks, in units of x/y (1 degree for lon/lat)")
     folds: int = Field(5, ge=2)
     seed: int = 0

@@ -109,9 +109,7 @@ class Grid:
         )
 
     @classmethod
-    def from_lonlat(
-        cls, bbox: tuple[float, float, float, float], resolution: float, *, epsg: int = EPSG
-    ) -> Grid:
+    def from_lonlat(cls, bbox: tuple[float, float, float, float], resolution: float, *, epsg: int = EPSG) -> Grid:
         """Smallest aligned grid covering a WGS84 (lon_min, lat_min, lon_max, lat_max) box."""
         lon0, lat0, lon1, lat1 = bbox
         if not (-180 <= lon0 < lon1 <= 180 and -90 <= lat0 < lat1 <= 90):
@@ -120,9 +118,7 @@ class Grid:
         return cls.from_bounds(bounds, resolution, epsg=epsg)
 
     @classmethod
-    def from_origin(
-        cls, x: float, y: float, resolution: float, width: int, height: int, *, epsg: int = EPSG
-    ) -> Grid:
+    def from_origin(cls, x: float, y: float, resolution: float, width: int, height: int, *, epsg: int = EPSG) -> Grid:
         """Grid whose top-left corner is the aligned point at or below/left of (x, y)."""
         return cls(
             float(resolution), _snap_down(x, resolution), _snap_up(y, resolution), int(width), int(height), int(epsg)
@@ -329,9 +325,7 @@ def transform_outline(
     return np.asarray(tx, dtype="float64"), np.asarray(ty, dtype="float64")
 
 
-def to_grid_crs(
-    x: np.ndarray, y: np.ndarray, crs: str | int | CRS, epsg: int = EPSG
-) -> tuple[np.ndarray, np.ndarray]:
+def to_grid_crs(x: np.ndarray, y: np.ndarray, crs: str | int | CRS, epsg: int = EPSG) -> tuple[np.ndarray, np.ndarray]:
     """Points from any CRS to the grid CRS (EPSG:3035 unless ``epsg`` says otherwise; always x/lon first)."""
     src = CRS.from_user_input(crs)
     if src.to_epsg() == epsg:

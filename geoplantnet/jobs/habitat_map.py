@@ -119,6 +119,7 @@ class HabitatPlan:
     parts: dict[str, str]
     attrs: dict[str, str]
     job: HabitatTileJob
+    names: tuple[str, ...] = ()  # class names saved with the classifier, where known
 
 
 def _species_store(url: str, options: dict[str, Any]) -> Any:
@@ -186,7 +187,7 @@ def plan_habitat_map(cfg: RunConfig, species_url: str, model_folder: str, out_ur
         "assemblage": parts["assemblage"],
         "species_unknown_to_model": str(int((token_of == UNK).sum())),
     }
-    return HabitatPlan(grid, tile, model.classes, parts, attrs, job)
+    return HabitatPlan(grid, tile, model.classes, parts, attrs, job, model.names)
 
 
 @dataclass
@@ -233,7 +234,7 @@ def produce_habitat_map(
         output=out,
         grid=plan.grid,
         tile=plan.tile,
-        layout=habitat_template(plan.grid, plan.classes, plan.tile, cfg.habitats.top_k),
+        layout=habitat_template(plan.grid, plan.classes, plan.tile, cfg.habitats.top_k, plan.names or None),
         product=PRODUCT,
         parts=plan.parts,
         cfg=cfg,

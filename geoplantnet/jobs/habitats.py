@@ -33,7 +33,7 @@ from distributed import Client
 from geoplantnet.core.config import ConfigError, HabitatsConfig, RunConfig
 from geoplantnet.models.habitat_peers import PEERS, CooccurrenceFill, JaccardNeighbours
 from geoplantnet.models.plantbert import PlotModel, build_tokenizer, encode_sentences
-from geoplantnet.samples.plots import Plots, read_plots
+from geoplantnet.samples.plots import Plots, read_habitat_names, read_plots
 from geoplantnet.training.plantbert import finetune, pretrain, submit
 from geoplantnet.validation.blocks import BlockError, spatial_blocks, validation_split
 from geoplantnet.validation.habitats import fill_mask_scores, habitat_scores
@@ -317,6 +317,12 @@ def run_habitats(
         result["fill_mask_model"] = {"path": str(out / "fill-mask"), "version": fill.version}
     if classifier is not None:
         classifier.parent = fill.version if fill is not None else ""
+        if h.names:
+            names = read_habitat_names(h.names)
+            classifier.names = tuple(names.get(c, "") for c in classifier.classes)
+            missing = [c for c, n in zip(classifier.classes, classifier.names, strict=True) if not n]
+            if missing:
+                result["classes_without_name"] = missing
         classifier.save(out / "model")
         result["model"] = {"path": str(out / "model"), **classifier.describe()}
     result["seconds"] = time.perf_counter() - t0

@@ -82,8 +82,14 @@ def user_inputs(cfg: RunConfig, *, observations: bool = True) -> Inputs:
     obs = None
     if observations:
         obs = load_observations(
-            Path(given.observations or ""), crs=given.crs, x=given.x, y=given.y, species=given.species,
-            presence=given.presence, survey=given.survey, grid=cfg.grid.grid(),
+            Path(given.observations or ""),
+            crs=given.crs,
+            x=given.x,
+            y=given.y,
+            species=given.species,
+            presence=given.presence,
+            survey=given.survey,
+            grid=cfg.grid.grid(),
         )
     env_items = raster_items(cfg) if given.rasters else []
     s2 = sentinel2_items(cfg) if given.sentinel2 else None
@@ -116,8 +122,14 @@ def sentinel2_items(cfg: RunConfig) -> list:
     grid = cfg.grid.grid(cfg.cube.resolution)
     return list(
         catalog.search(
-            cfg.stac.url, cfg.stac.s2_collection, bbox=grid.bounds, bbox_crs=grid.epsg, datetime=cfg.cube.datetime,
-            max_cloud_cover=cfg.cube.max_cloud_cover, timeout=cfg.stac.timeout, retries=cfg.stac.retries,
+            cfg.stac.url,
+            cfg.stac.s2_collection,
+            bbox=grid.bounds,
+            bbox_crs=grid.epsg,
+            datetime=cfg.cube.datetime,
+            max_cloud_cover=cfg.cube.max_cloud_cover,
+            timeout=cfg.stac.timeout,
+            retries=cfg.stac.retries,
         )
     )
 
@@ -140,7 +152,11 @@ def virtual_plots(cfg: RunConfig, *, progress: bool = False) -> tuple[Plots, str
     manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
     plots = gpd.read_parquet(manifest.plots)
     species = pd.read_parquet(manifest.plot_species)
-    long = species.merge(pd.DataFrame({"plot_id": plots["plot_id"], "habitat": plots["habitat"],
-                                       "x": plots.geometry.x, "y": plots.geometry.y}), on="plot_id")
+    long = species.merge(
+        pd.DataFrame(
+            {"plot_id": plots["plot_id"], "habitat": plots["habitat"], "x": plots.geometry.x, "y": plots.geometry.y}
+        ),
+        on="plot_id",
+    )
     settings = HabitatsConfig(plot="plot_id", species="species_id", cover="cover", habitat="habitat", x="x", y="y")
     return plots_from_frame(long, settings, str(manifest.plot_species)), str(manifest.truth_habitat)

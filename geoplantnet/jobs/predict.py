@@ -149,10 +149,14 @@ def predict_at_points(
     composite = composites(inputs.s2_items, cfg) if takes_s2 else None
     with tempfile.TemporaryDirectory(prefix="predict-", dir=workdir) as tmp:
         path = extract_samples(
-            samples, grid, composite=composite, env=env,
+            samples,
+            grid,
+            composite=composite,
+            env=env,
             patch_size=_patch_size(spec, "patch", cfg.model.patch_size),
             env_patch_size=_patch_size(spec, "env", cfg.model.env_patch_size),
-            out=str(Path(tmp) / "points.zarr"), client=client,
+            out=str(Path(tmp) / "points.zarr"),
+            client=client,
         )
         values = predict(model, spec, path, np.arange(len(rows)), cfg.train.batch_size)
         valid = _has_data(path, takes_env)
@@ -223,7 +227,8 @@ def run_predict(
     if n_missing:
         log.warning(
             "%d of %d points are outside the grid or where the predictors have no data: their probabilities are NaN",
-            n_missing, len(has_data),
+            n_missing,
+            len(has_data),
         )
     frame = pd.concat([table.table, pd.DataFrame(probs, columns=list(spec.species))], axis=1)
     _write(frame, out)

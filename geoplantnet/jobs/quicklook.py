@@ -57,9 +57,7 @@ def composite_quicklook(composite: xr.DataArray, path: str | Path, *, title: str
     return path
 
 
-def species_quicklook(
-    maps: dict[str, xr.DataArray], path: str | Path, *, title: str = "", vmax: float = 1.0
-) -> Path:
+def species_quicklook(maps: dict[str, xr.DataArray], path: str | Path, *, title: str = "", vmax: float = 1.0) -> Path:
     """One species' probability from several stores side by side (e.g. the CNN's map and MaxEnt's), on one colour
     scale; no-data pixels left blank. ``maps`` is label -> (y, x) probability."""
     path = Path(path)

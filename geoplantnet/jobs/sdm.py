@@ -62,8 +62,15 @@ class CnnPeer:
     """
 
     def __init__(
-        self, cfg: RunConfig, training_set: str, client: Client, out_dir: Path, x: np.ndarray, y: np.ndarray,
-        block_size: float, run_name: str | None = None,
+        self,
+        cfg: RunConfig,
+        training_set: str,
+        client: Client,
+        out_dir: Path,
+        x: np.ndarray,
+        y: np.ndarray,
+        block_size: float,
+        run_name: str | None = None,
     ) -> None:
         self.cfg, self.path, self.client, self.out_dir = cfg, training_set, client, out_dir
         self.x, self.y, self.block_size = x, y, block_size
@@ -86,7 +93,8 @@ class CnnPeer:
         # one normalisation (from all the rows given) for every member, so the members form one model
         stats = (
             compute_stats(open_training_set(self.path), np.flatnonzero(train), scaling=self.cfg.train.scaling)
-            if n > 1 else None
+            if n > 1
+            else None
         )
         # Ensemble members differ by their seed (initialisation, batch order) and by the blocks held out for early
         # stopping: each learns from another ~80% of the rows and together they use all of them (the fold average
@@ -105,8 +113,11 @@ class CnnPeer:
             paths.append(result.model_path)
             log.info(
                 "CNN %s: %d epochs (best %d), %.1f s/epoch on %s",
-                member_dir.relative_to(self.out_dir), result.epochs_run, result.best_epoch,
-                np.mean(result.epoch_seconds), result.device,
+                member_dir.relative_to(self.out_dir),
+                result.epochs_run,
+                result.best_epoch,
+                np.mean(result.epoch_seconds),
+                result.device,
             )
         self._model, self._spec = load_ensemble(paths)
         return self
@@ -224,8 +235,13 @@ def prepare_samples(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Clien
     layer = env if env is not None else composite
     study_area = ValidCells(layer, epsg=grid.epsg, client=client) if layer is not None else None
     samples = build_samples(
-        obs, vocab, grid, n_background=cfg.train.n_background, background=cfg.train.background,
-        seed=cfg.train.seed, valid=study_area,
+        obs,
+        vocab,
+        grid,
+        n_background=cfg.train.n_background,
+        background=cfg.train.background,
+        seed=cfg.train.seed,
+        valid=study_area,
     )
     # Records are moved only off the environmental warp's no-data (a cloudy season is no reason to move one).
     rescue = RecordRescue(0, 0, 0)
@@ -262,13 +278,29 @@ def prepare_samples(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Clien
     kept = features[rows]
     # Candidate block sizes step by 10 map pixels: 500 m at 50 m, so small regions still get enough blocks.
     block = cfg.validation.block_size_m or choose_block_size(
-        x_all[rows], y_all[rows], np.nan_to_num(kept[:, : min(features.shape[1], 8)]), folds=cfg.validation.folds,
+        x_all[rows],
+        y_all[rows],
+        np.nan_to_num(kept[:, : min(features.shape[1], 8)]),
+        folds=cfg.validation.folds,
         step=10 * grid.resolution,
     )
     species_name = [str(s) for s in ds["species_name"].values] if "species_name" in ds else None
     return PreparedSamples(
-        path, rows, x_all, y_all, labels[rows], source[rows], kept, species, int(nodata.sum()), extract_s, float(block),
-        species_name, _feature_inputs(ds), rescue.moved, int((nodata & (source != "bg")).sum()),
+        path,
+        rows,
+        x_all,
+        y_all,
+        labels[rows],
+        source[rows],
+        kept,
+        species,
+        int(nodata.sum()),
+        extract_s,
+        float(block),
+        species_name,
+        _feature_inputs(ds),
+        rescue.moved,
+        int((nodata & (source != "bg")).sum()),
     )
 
 
@@ -301,7 +333,9 @@ def fit_final_models(
             peer = (MaxentPeer if name == "maxent" else RandomForestPeer)(client=client, seed=cfg.train.seed)
             peer.fit(data.features, data.labels, data.source)
             files[name] = peer.save(
-                models_dir / f"{name}.peer", species=data.species, species_name=data.species_name,
+                models_dir / f"{name}.peer",
+                species=data.species,
+                species_name=data.species_name,
                 **(data.feature_inputs or {}),
             )
         seconds[name] = round(time.perf_counter() - t, 1)
@@ -413,8 +447,14 @@ def calibrate_models(
         if name in model_files:
             write_into_model_file(model_files[name], outcomes[name])
         t = outcomes[name].table
-        log.info("%s: calibration %s on %d PA rows, ECE %s -> %s", name, t["method"], t["n_rows"],
-                 t["ece_before"], t["ece_after"])
+        log.info(
+            "%s: calibration %s on %d PA rows, ECE %s -> %s",
+            name,
+            t["method"],
+            t["n_rows"],
+            t["ece_before"],
+            t["ece_after"],
+        )
     if not outcomes:
         return outcomes, None
     path = Path(out_dir) / "models" / "thresholds.csv"

@@ -81,13 +81,21 @@ def run_table_sdm(cfg: RunConfig, out_dir: Path, client: Client) -> dict[str, An
     units = sharing_units(samples, cfg.table.share)
     block = block_size(cfg, samples)
     models = [m for m in ("cnn", "maxent", "random_forest") if m in cfg.validation.models]
-    log.info("%d species in %d unit(s), %d samples, blocks of %g m", len(samples.species), len(units),
-             len(samples.x), block)
-    out: dict[str, Any] = {"n_species": len(samples.species), "units": {u: len(s) for u, s in units.items()},
-                           "block_size_m": block, "share": cfg.table.share}
-    notes = [*samples.notes, f"deep model shared per {cfg.table.share} ({len(units)} network(s)); loss "
-             f"{cfg.train.po_loss}, {cfg.train.scaling} scaling, ensemble of {cfg.train.ensemble}; early stopping on "
-             f"a validation split of {block / 1000:g} km blocks of the training rows"]
+    log.info(
+        "%d species in %d unit(s), %d samples, blocks of %g m", len(samples.species), len(units), len(samples.x), block
+    )
+    out: dict[str, Any] = {
+        "n_species": len(samples.species),
+        "units": {u: len(s) for u, s in units.items()},
+        "block_size_m": block,
+        "share": cfg.table.share,
+    }
+    notes = [
+        *samples.notes,
+        f"deep model shared per {cfg.table.share} ({len(units)} network(s)); loss "
+        f"{cfg.train.po_loss}, {cfg.train.scaling} scaling, ensemble of {cfg.train.ensemble}; early stopping on "
+        f"a validation split of {block / 1000:g} km blocks of the training rows",
+    ]
     if test is not None:
         out["independent"] = _independent(cfg, samples, test, units, models, block, out_dir, client, notes)
     if test is None or cfg.table.cross_validate:
@@ -114,8 +122,15 @@ def _read_rows(path: str) -> tuple[np.ndarray, ...]:
 
 
 def _independent(
-    cfg: RunConfig, samples: TableSamples, test: TestSites, units: dict[str, list[str]], models: list[str],
-    block: float, out_dir: Path, client: Client, notes: list[str],
+    cfg: RunConfig,
+    samples: TableSamples,
+    test: TestSites,
+    units: dict[str, list[str]],
+    models: list[str],
+    block: float,
+    out_dir: Path,
+    client: Client,
+    notes: list[str],
 ) -> dict[str, Any]:
     n_sites, n_species = test.label.shape
     predictions = {m: np.full((n_sites, n_species), np.nan, "float32") for m in models}
@@ -136,9 +151,14 @@ def _independent(
                 cnn = CnnPeer(cfg, path, client, out_dir / "cnn" / _safe(unit), x, y, block, run_name="final")
                 cnn.fit(rows[:, None], labels, source)
                 training_runs[unit] = [
-                    {"epochs": r.epochs_run, "best_epoch": r.best_epoch, "monitor": r.monitor,
-                     "best_score": r.best_score, "seconds_per_epoch": float(np.mean(r.epoch_seconds)),
-                     "device": r.device}
+                    {
+                        "epochs": r.epochs_run,
+                        "best_epoch": r.best_epoch,
+                        "monitor": r.monitor,
+                        "best_score": r.best_score,
+                        "seconds_per_epoch": float(np.mean(r.epoch_seconds)),
+                        "device": r.device,
+                    }
                     for r in cnn.runs
                 ]
                 predictions[name][:, cols] = cnn.predict_at(test_path, np.arange(n_sites))
@@ -147,7 +167,9 @@ def _independent(
                 peer = _peer(name, cfg, client).fit(features, labels, source)
                 predictions[name][:, cols] = peer.predict_proba(test.features)
                 files[f"{name}{tag}"] = peer.save(
-                    out_dir / "models" / f"{name}{tag}.peer", species=species, variables=samples.feature_names,
+                    out_dir / "models" / f"{name}{tag}.peer",
+                    species=species,
+                    variables=samples.feature_names,
                 )
             seconds[name] += time.perf_counter() - t
             log.info("%s on %s: %.0f s", name, unit, time.perf_counter() - t)
@@ -155,19 +177,38 @@ def _independent(
     seconds = {k: round(v, 1) for k, v in seconds.items()}
     reference = "maxent" if "maxent" in models else models[0]
     report = independent.write_independent_report(
-        scores, out_dir / "report", title=f"{cfg.name}: independent presence-absence test", models=models,
-        reference=reference, challenger=DEEP, seconds=seconds,
-        notes=[*notes, "trained on presence-only records and background: every model's output ranks relative "
-               "suitability (what AUC measures); it is not a calibrated probability of presence",
-               f"wall time per model (fit on all training rows + prediction at {n_sites} test sites, "
-               f"seconds): {json.dumps(seconds)}"],
+        scores,
+        out_dir / "report",
+        title=f"{cfg.name}: independent presence-absence test",
+        models=models,
+        reference=reference,
+        challenger=DEEP,
+        seconds=seconds,
+        notes=[
+            *notes,
+            "trained on presence-only records and background: every model's output ranks relative "
+            "suitability (what AUC measures); it is not a calibrated probability of presence",
+            f"wall time per model (fit on all training rows + prediction at {n_sites} test sites, "
+            f"seconds): {json.dumps(seconds)}",
+        ],
     )
-    return {"report": str(report), "models": independent.summary(scores, models, reference), "seconds": seconds,
-            "model_files": files, "n_test_sites": n_sites, "deep_training": training_runs}
+    return {
+        "report": str(report),
+        "models": independent.summary(scores, models, reference),
+        "seconds": seconds,
+        "model_files": files,
+        "n_test_sites": n_sites,
+        "deep_training": training_runs,
+    }
 
 
 def _cross_validate(
-    cfg: RunConfig, samples: TableSamples, species: list[str], block: float, out_dir: Path, client: Client,
+    cfg: RunConfig,
+    samples: TableSamples,
+    species: list[str],
+    block: float,
+    out_dir: Path,
+    client: Client,
     models: list[str],
 ) -> dict[str, Any]:
     path = _training_set(samples, species, out_dir / "training.zarr", cfg)
@@ -180,18 +221,32 @@ def _cross_validate(
         t = time.perf_counter()
         if name == DEEP:
             cnn = CnnPeer(cfg, path, client, out_dir / "cnn", x, y, block)
-            results[name] = cross_validate(lambda c=cnn: c, rows[:, None], labels, source, folds, cfg=cfg.validation,
-                                           species=species)
+            results[name] = cross_validate(
+                lambda c=cnn: c, rows[:, None], labels, source, folds, cfg=cfg.validation, species=species
+            )
         else:
-            results[name] = cross_validate(lambda n=name: _peer(n, cfg, client), features, labels, source, folds,
-                                           cfg=cfg.validation, species=species)
+            results[name] = cross_validate(
+                lambda n=name: _peer(n, cfg, client),
+                features,
+                labels,
+                source,
+                folds,
+                cfg=cfg.validation,
+                species=species,
+            )
         timings[name] = round(time.perf_counter() - t, 1)
     warnings = report_warnings(results)
     report = write_report(
-        results, out_dir / "report", blocks_gdf=blocks_geodataframe(x, y, block, folds, crs=samples.crs),
-        points=(x, y), title=f"{cfg.name}: spatial-block cross-validation on the training tables",
-        notes=[*samples.notes, "presence-only records vs background: scores rank relative suitability, not "
-               "probability of presence", f"wall time per model (all folds): {json.dumps(timings)}"],
+        results,
+        out_dir / "report",
+        blocks_gdf=blocks_geodataframe(x, y, block, folds, crs=samples.crs),
+        points=(x, y),
+        title=f"{cfg.name}: spatial-block cross-validation on the training tables",
+        notes=[
+            *samples.notes,
+            "presence-only records vs background: scores rank relative suitability, not probability of presence",
+            f"wall time per model (all folds): {json.dumps(timings)}",
+        ],
         warnings=warnings,
     )
     return {"report": str(report), "models": {n: _model_summary(r) for n, r in results.items()}, "seconds": timings}

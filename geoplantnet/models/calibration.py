@@ -81,8 +81,9 @@ class Calibration(BaseModel):
         probs = np.asarray(probs)
         moved = np.moveaxis(probs, axis, -1)
         if moved.shape[-1] != len(self.species):
-            raise CalibrationError(f"{moved.shape[-1]} species in the probabilities, the calibration has "
-                                   f"{len(self.species)}")
+            raise CalibrationError(
+                f"{moved.shape[-1]} species in the probabilities, the calibration has {len(self.species)}"
+            )
         out = moved.astype("float32", copy=True)
         for s, cal in enumerate(self.species):
             if cal is not None:

@@ -158,9 +158,7 @@ def combined_loss(
         elif po_loss == "deepmaxent":
             part = deepmaxent_loss(logits, label, source)
         else:
-            raise LossError(
-                f"unknown po_loss {po_loss!r}; expected 'full_weighted', 'assume_negative' or 'deepmaxent'"
-            )
+            raise LossError(f"unknown po_loss {po_loss!r}; expected 'full_weighted', 'assume_negative' or 'deepmaxent'")
         total = total + n_po * part
     return total / max(n_pa + n_po, 1)
 

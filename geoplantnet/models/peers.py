@@ -214,9 +214,7 @@ def load_peer(
             hint = f"; saved with {versions}" if differ else ""
             raise PeerFileError(f"{where}: cannot read the estimators ({exc.__class__.__name__}){hint}") from None
     if differ:
-        log.warning(
-            "%s: saved with %s", where, ", ".join(f"{k} {a} (installed {b})" for k, (a, b) in differ.items())
-        )
+        log.warning("%s: saved with %s", where, ", ".join(f"{k} {a} (installed {b})" for k, (a, b) in differ.items()))
     cls = PEER_KINDS[spec.kind]
     peer = cls(**spec.params)
     peer._set_state(state)
@@ -335,8 +333,11 @@ class _PerSpeciesPeer:
 
     def _state(self) -> dict[str, Any]:
         return {
-            "models": self.models_, "fill_values": self.fill_values_, "prevalence": self.prevalence_,
-            "skipped": self.skipped_, "n_vars": self.n_vars_,
+            "models": self.models_,
+            "fill_values": self.fill_values_,
+            "prevalence": self.prevalence_,
+            "skipped": self.skipped_,
+            "n_vars": self.n_vars_,
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
@@ -487,7 +488,9 @@ class RandomForestPeer(_PerSpeciesPeer):
 
     def params(self) -> dict[str, Any]:
         return {
-            **super().params(), "n_estimators": self.n_estimators, "min_samples_leaf": self.min_samples_leaf,
+            **super().params(),
+            "n_estimators": self.n_estimators,
+            "min_samples_leaf": self.min_samples_leaf,
             "max_features": self.max_features,
         }
 

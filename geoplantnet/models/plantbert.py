@@ -167,6 +167,7 @@ class PlotModel:
     classes: tuple[str, ...] = ()  # habitat codes of the classifier's outputs ("" for the fill-mask model)
     version: str = ""
     parent: str = ""  # version of the fill-mask model it was fine-tuned from ("" = trained from scratch)
+    names: tuple[str, ...] = ()  # habitat names of the classes, where known
 
     @property
     def kind(self) -> str:

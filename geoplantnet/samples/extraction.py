@@ -128,9 +128,7 @@ def extract_samples(
     everything = {name: tasks for name, (tasks, _) in graphs.items()}
     # optimize_graph=False: low-level fusion would inline each chunk's read into every task whose halo touches it,
     # reading a chunk up to 9 times; unoptimised, the shared read tasks run once.
-    (computed,) = dask.compute(
-        everything, scheduler=client.get if client is not None else None, optimize_graph=False
-    )
+    (computed,) = dask.compute(everything, scheduler=client.get if client is not None else None, optimize_graph=False)
     arrays: dict[str, np.ndarray] = {}
     for name, (_, members) in graphs.items():
         arrays[name] = _assemble(n, computed[name], members)

@@ -90,8 +90,9 @@ def _presence(values: pd.Series, where: str) -> pd.Series:
     text = values.astype(str).str.strip().str.lower()
     bad = ~text.isin(TRUE | FALSE)
     if bad.any():
-        raise ObservationsError(f"{where}: presence values must be 1/0, true/false or present/absent, got "
-                                f"{values[bad].iloc[0]!r}")
+        raise ObservationsError(
+            f"{where}: presence values must be 1/0, true/false or present/absent, got {values[bad].iloc[0]!r}"
+        )
     return text.isin(TRUE).astype(np.int8)
 
 
@@ -269,7 +270,10 @@ def _uniform_from_mask(
     if len(cx) < n:
         log.warning(
             "background: the study area has only %d cells with predictor data (every variable finite), so %d "
-            "background points instead of the %d asked (train.n_background)", len(cx), len(cx), n,
+            "background points instead of the %d asked (train.n_background)",
+            len(cx),
+            len(cx),
+            n,
         )
         pick = rng.permutation(len(cx))
     else:
@@ -339,13 +343,17 @@ def background_points(
         got += len(bx)
     if got < n:
         why = (
-            f"the grid has only {n_cells} cells" if len(tried) >= n_cells and valid is None
+            f"the grid has only {n_cells} cells"
+            if len(tried) >= n_cells and valid is None
             else f"after {done} rounds of candidates ({drawn} drawn, {got / max(drawn, 1):.1%} on cells with "
             f"predictor data{', near the records' if near_records else ''})"
         )
         log.warning(
             "background: %d points instead of the %d asked (train.n_background): %s; the valid area (every "
-            "predictor finite) cannot supply more", got, n, why,
+            "predictor finite) cannot supply more",
+            got,
+            n,
+            why,
         )
     if not xs:
         return np.empty(0), np.empty(0)

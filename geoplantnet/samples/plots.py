@@ -199,6 +199,17 @@ def read_plots(path: str | Path, cfg: HabitatsConfig, labels: bool = True) -> Pl
     return plots_from_frame(df, cfg, str(path), labels=labels)
 
 
+def read_habitat_names(path: str | Path) -> dict[str, str]:
+    """Code -> name from a CSV whose first column holds codes and whose first column named like ``*name*`` the names
+    (e.g. the EUNIS 2021 habitat list)."""
+    df = read_table(path, "habitat names")
+    named = [c for c in df.columns[1:] if "name" in str(c).lower()]
+    if df.empty or not named:
+        raise PlotTableError(f"{path}: expected a code column then a column with 'name' in its header")
+    codes = df.iloc[:, 0].astype(str).str.strip()
+    return dict(zip(codes, df[named[0]].fillna("").astype(str), strict=True))
+
+
 def assemblage_order(
     prob: np.ndarray, thresholds: np.ndarray | None, max_species: int, top_k: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

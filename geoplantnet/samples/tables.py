@@ -54,7 +54,10 @@ class TableSamples:
     notes: list[str] = field(default_factory=list)
 
     def write(
-        self, path: str | Path, species: list[str] | None = None, attrs: dict[str, str] | None = None,
+        self,
+        path: str | Path,
+        species: list[str] | None = None,
+        attrs: dict[str, str] | None = None,
         shuffle_seed: int | None = None,
     ) -> str:
         """Write the training-set contract (``env_point`` = the features) for ``species`` (default: all): their
@@ -66,8 +69,13 @@ class TableSamples:
         if shuffle_seed is not None:
             keep = np.random.default_rng(shuffle_seed).permutation(keep)
         return write_training_set(
-            path, x=self.x[keep], y=self.y[keep], label=self.label[keep][:, cols], source=self.source[keep],
-            species=names, env_point=self.features[keep],
+            path,
+            x=self.x[keep],
+            y=self.y[keep],
+            label=self.label[keep][:, cols],
+            source=self.source[keep],
+            species=names,
+            env_point=self.features[keep],
             attrs={**(attrs or {}), "variables": " ".join(self.feature_names), "crs": self.crs},
             chunk_samples=65_536,
         )
@@ -87,8 +95,15 @@ class TestSites:
     def write(self, path: str | Path, species: list[str], all_species: list[str], feature_names: list[str]) -> str:
         cols = [all_species.index(s) for s in species]
         return write_training_set(
-            path, x=self.x, y=self.y, label=self.label[:, cols], source=np.full(len(self.x), "pa"), species=species,
-            env_point=self.features, attrs={"variables": " ".join(feature_names)}, chunk_samples=4096,
+            path,
+            x=self.x,
+            y=self.y,
+            label=self.label[:, cols],
+            source=np.full(len(self.x), "pa"),
+            species=species,
+            env_point=self.features,
+            attrs={"variables": " ".join(feature_names)},
+            chunk_samples=4096,
         )
 
 
@@ -206,7 +221,8 @@ def read_tables(cfg: TableConfig) -> tuple[TableSamples, TestSites | None]:
     if not species:
         raise TableError(f"{cfg.presence}: no record with a species in column {cfg.species!r}")
     group_of = (
-        po.groupby("_species")[cfg.group].agg(lambda g: str(g.mode().iloc[0])).to_dict() if cfg.group
+        po.groupby("_species")[cfg.group].agg(lambda g: str(g.mode().iloc[0])).to_dict()
+        if cfg.group
         else dict.fromkeys(species, "")
     )
     po["_site"] = _site_keys(po, cfg)
@@ -254,8 +270,10 @@ def _read_test(cfg: TableConfig, encode: FeatureEncoder, species: list[str], crs
     _require(table, [cfg.site], cfg.test)
     present = [s for s in species if s in table.columns]
     if not present:
-        raise TableError(f"{cfg.test}: none of the {len(species)} training species is a column (wide) and there is "
-                         f"no {cfg.species!r} column (long)")
+        raise TableError(
+            f"{cfg.test}: none of the {len(species)} training species is a column (wide) and there is "
+            f"no {cfg.species!r} column (long)"
+        )
     if cfg.test_env:
         env = read_table(cfg.test_env, "test-site predictors")
         _require(env, [cfg.site], cfg.test_env)

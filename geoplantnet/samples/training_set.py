@@ -233,8 +233,9 @@ def compute_stats(ds: xr.Dataset, idx: np.ndarray, seed: int = 0, scaling: str =
         axis = axes[name]
         n_ch = ds[var].shape[axis]
         blocks = (
-            np.moveaxis(np.asarray(ds[var].isel(sample=use[start : start + chunk]).values, np.float64), axis, 0)
-            .reshape(n_ch, -1)
+            np.moveaxis(
+                np.asarray(ds[var].isel(sample=use[start : start + chunk]).values, np.float64), axis, 0
+            ).reshape(n_ch, -1)
             for start in range(0, use.size, chunk)
         )
         mean, std = _robust(blocks, n_ch) if scaling == "robust" else _moments(blocks, n_ch)

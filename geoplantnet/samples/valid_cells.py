@@ -134,6 +134,10 @@ def move_records_to_valid(samples: Samples, valid: ValidCells, radius: int) -> t
     log.warning(
         "%d of %d records had no predictor data at their cell: %d moved to the nearest valid cell (<= %d cells, "
         "train.nearest_valid_cells), %d without a valid cell that near",
-        len(bad), len(records), rescue.moved, radius, rescue.unrescued,
+        len(bad),
+        len(records),
+        rescue.moved,
+        radius,
+        rescue.unrescued,
     )
     return replace(samples, x=x, y=y), rescue

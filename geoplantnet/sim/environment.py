@@ -88,7 +88,6 @@ _FIELDS: dict[str, tuple[int, float]] = {
 }
 
 
-
 class EnvError(ValueError):
     """Bad input to the virtual environment (coordinates, grid, output folder)."""
 

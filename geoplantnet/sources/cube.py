@@ -51,8 +51,12 @@ _SEASONS = {12: "DJF", 3: "MAM", 6: "JJA", 9: "SON"}
 # Fixed here rather than configured: the reads happen inside stackstac on the workers, and these bounds are generous
 # for one HTTP range request.
 GDAL_ENV = stackstac.DEFAULT_GDAL_ENV.updated(
-    always={"GDAL_HTTP_TIMEOUT": "60", "GDAL_HTTP_CONNECTTIMEOUT": "20", "GDAL_HTTP_MAX_RETRY": "3",
-            "GDAL_HTTP_RETRY_DELAY": "1"}
+    always={
+        "GDAL_HTTP_TIMEOUT": "60",
+        "GDAL_HTTP_CONNECTTIMEOUT": "20",
+        "GDAL_HTTP_MAX_RETRY": "3",
+        "GDAL_HTTP_RETRY_DELAY": "1",
+    }
 )
 
 

@@ -87,8 +87,14 @@ class Lease:
     def _record(self) -> bytes:
         now = time.time()
         return json.dumps(
-            {"owner": self.owner, "run": self.run, "host": socket.gethostname(), "pid": os.getpid(),
-             "renewed": now, "expires": now + self.ttl}
+            {
+                "owner": self.owner,
+                "run": self.run,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "renewed": now,
+                "expires": now + self.ttl,
+            }
         ).encode()
 
     def _read(self) -> dict[str, Any] | None:
@@ -152,9 +158,7 @@ def _describe(record: Mapping[str, Any]) -> str:
     return f"run {record.get('run', '?')} (pid {record.get('pid', '?')} on {record.get('host', '?')}, alive at {since})"
 
 
-def acquire(
-    url: str, run: str, *, ttl: float = 120.0, storage_options: Mapping[str, Any] | None = None
-) -> Lease:
+def acquire(url: str, run: str, *, ttl: float = 120.0, storage_options: Mapping[str, Any] | None = None) -> Lease:
     """Take the lease of the store at ``url`` for run ``run``, or raise :class:`LeaseError` if another live run holds
     it (whatever its run: two processes never write one store at once). An expired lease is taken over."""
     where = lease_url(url)

@@ -168,8 +168,11 @@ def _differences(old: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
         before = {}
     if not before:
         return "made by another version of geoplantnet"
-    changed = [f"{k} {before.get(k, '-')} -> {parts.get(k, '-')}" for k in sorted(set(before) | set(parts))
-               if before.get(k) != parts.get(k)]
+    changed = [
+        f"{k} {before.get(k, '-')} -> {parts.get(k, '-')}"
+        for k in sorted(set(before) | set(parts))
+        if before.get(k) != parts.get(k)
+    ]
     return "; ".join(changed) or "same inputs, other run"
 
 
@@ -301,8 +304,16 @@ def write_store(
     another run only with ``overwrite``, anything else never (:func:`claim`). With a ``client`` the chunks are
     written by the cluster's workers; the completion flag is set only after every task succeeded.
     """
-    ds = stamp(ds, cfg, {**(attrs or {}), PRODUCT_ATTR: product, RUN_ATTR: run_id(parts),
-                         PARTS_ATTR: json.dumps(dict(parts), sort_keys=True)})
+    ds = stamp(
+        ds,
+        cfg,
+        {
+            **(attrs or {}),
+            PRODUCT_ATTR: product,
+            RUN_ATTR: run_id(parts),
+            PARTS_ATTR: json.dumps(dict(parts), sort_keys=True),
+        },
+    )
     enc = default_encoding(ds)
     for name, extra in (encoding or {}).items():
         enc.setdefault(name, {}).update(extra)

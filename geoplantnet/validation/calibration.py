@@ -166,24 +166,37 @@ def calibrate_oof(
         )
     pa = source == Source.PA
     table: dict[str, Any] = {
-        "method": "none", "basis": "presence-background", "n_rows": 0, "n_species_calibrated": 0, "n_species_shared": 0,
-        "ece_before": float("nan"), "ece_after": float("nan"),
-        "brier_before": float("nan"), "brier_after": float("nan"),
+        "method": "none",
+        "basis": "presence-background",
+        "n_rows": 0,
+        "n_species_calibrated": 0,
+        "n_species_shared": 0,
+        "ece_before": float("nan"),
+        "ece_after": float("nan"),
+        "brier_before": float("nan"),
+        "brier_after": float("nan"),
     }
     if not pa.any():
         thresholds = choose_thresholds(labels, oof, basis="presence-background", calibrated=False)
         return CalibrationOutcome(None, thresholds, RELATIVE_SUITABILITY, table)
     lab, raw, f = labels[pa], oof[pa], folds[pa]
-    table.update(basis="presence-absence", n_rows=int(pa.sum()), ece_before=expected_calibration_error(lab, raw),
-                 brier_before=brier_score(lab, raw))
+    table.update(
+        basis="presence-absence",
+        n_rows=int(pa.sum()),
+        ece_before=expected_calibration_error(lab, raw),
+        brier_before=brier_score(lab, raw),
+    )
     if method == "none":
         thresholds = choose_thresholds(lab, raw, basis="presence-absence", calibrated=False)
         return CalibrationOutcome(None, thresholds, UNCALIBRATED, table)
     held_out = nested_calibration(raw, lab, f, method, min_cases=min_cases)
     calibration = fit_calibration(raw, lab, method, min_cases=min_cases)
     table.update(
-        method=method, n_species_calibrated=calibration.n_calibrated, n_species_shared=calibration.n_shared,
-        ece_after=expected_calibration_error(lab, held_out), brier_after=brier_score(lab, held_out),
+        method=method,
+        n_species_calibrated=calibration.n_calibrated,
+        n_species_shared=calibration.n_shared,
+        ece_after=expected_calibration_error(lab, held_out),
+        brier_after=brier_score(lab, held_out),
     )
     thresholds = choose_thresholds(lab, calibration.apply(raw), basis="presence-absence", calibrated=True)
     return CalibrationOutcome(calibration, thresholds, CALIBRATED, table)
@@ -251,8 +264,14 @@ def species_thresholds_table(species: Sequence[str], outcomes: dict[str, Calibra
     for name, out in outcomes.items():
         th = out.thresholds
         for s, sp in enumerate(species):
-            rows.append({
-                "model": name, "species": sp, "basis": th.basis, "calibrated": th.calibrated,
-                "threshold_max_tss": th.max_tss[s], "threshold_prevalence": th.prevalence[s],
-            })
+            rows.append(
+                {
+                    "model": name,
+                    "species": sp,
+                    "basis": th.basis,
+                    "calibrated": th.calibrated,
+                    "threshold_max_tss": th.max_tss[s],
+                    "threshold_prevalence": th.prevalence[s],
+                }
+            )
     return rows

@@ -29,11 +29,17 @@ def score_sites(
         auc = auc_per_species(label, probs)
         tss = tss_max_per_species(label, probs)
         for k, s in enumerate(species):
-            rows.append({
-                "model": name, "species": s, "group": group_of.get(s, ""), "auc": auc[k], "tss_max": tss[k],
-                "n_presence": int((label[known[:, k], k] == 1).sum()),
-                "n_absence": int((label[known[:, k], k] == 0).sum()),
-            })
+            rows.append(
+                {
+                    "model": name,
+                    "species": s,
+                    "group": group_of.get(s, ""),
+                    "auc": auc[k],
+                    "tss_max": tss[k],
+                    "n_presence": int((label[known[:, k], k] == 1).sum()),
+                    "n_absence": int((label[known[:, k], k] == 0).sum()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -89,8 +95,13 @@ def write_independent_report(
     per-species AUC scatter of ``challenger`` vs ``reference``; returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     scores.to_csv(out_dir / "per_species.csv", index=False)
-    lines = [f"# {title}", "", "Fitted on the training tables only; scored at the independent presence-absence sites",
-             "where each species was surveyed (AUC per species, then averaged).", ""]
+    lines = [
+        f"# {title}",
+        "",
+        "Fitted on the training tables only; scored at the independent presence-absence sites",
+        "where each species was surveyed (AUC per species, then averaged).",
+        "",
+    ]
     region = region_table(scores, models)
     region["seconds"] = [seconds.get(m, float("nan")) for m in region.index]
     lines += ["## All species", "", _markdown(region), ""]
@@ -111,8 +122,10 @@ def write_independent_report(
     if challenger in models and reference in models:
         results = {m: {"per_species": scores[scores.model == m][["species", "auc"]]} for m in models}
         counts = plot_auc_scatter(results, out_dir / "auc_scatter.png", challenger, reference)
-        lines += [f"![per-species AUC](auc_scatter.png) ({counts['above']} of {counts['n']} species above the 1:1 "
-                  f"line)", ""]
+        lines += [
+            f"![per-species AUC](auc_scatter.png) ({counts['above']} of {counts['n']} species above the 1:1 line)",
+            "",
+        ]
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     path = out_dir / "report.md"
@@ -126,7 +139,9 @@ def summary(scores: pd.DataFrame, models: Sequence[str], reference: str) -> dict
     for m in models:
         s = scores[scores.model == m]
         entry: dict[str, object] = {
-            "auc": float(s.auc.mean()), "tss_max": float(s.tss_max.mean()), "species": int(s.auc.notna().sum()),
+            "auc": float(s.auc.mean()),
+            "tss_max": float(s.tss_max.mean()),
+            "species": int(s.auc.notna().sum()),
             "groups": {str(g): float(v) for g, v in s.groupby("group").auc.mean().items()},
         }
         if m != reference and reference in models:

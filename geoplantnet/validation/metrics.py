@@ -348,7 +348,10 @@ def cross_validate(
     reliability = reliability_table(labels[pa], oof[pa]) if pa.any() else reliability_table(labels, oof)
     per_species_table = pd.concat(tables, ignore_index=True)
     return {
-        "folds": summaries, "per_species": per_species_table, "reliability": reliability, "oof": oof,
+        "folds": summaries,
+        "per_species": per_species_table,
+        "reliability": reliability,
+        "oof": oof,
         # without presence-absence rows the reliability table is presences vs background: relative suitability
         "reliability_basis": "presence-absence" if pa.any() else "presence-background",
     }

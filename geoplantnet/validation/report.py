@@ -87,9 +87,7 @@ def summary_table(results: Mapping[str, Any]) -> pd.DataFrame:
     _check_results(results)
     frames = {name: pd.DataFrame(list(res["folds"])) for name, res in results.items()}
     metrics = [c for f in frames.values() for c in f.columns if _is_metric(c)]
-    metrics = list(dict.fromkeys(m for m in SUMMARY_ORDER if m in metrics)) + sorted(
-        set(metrics) - set(SUMMARY_ORDER)
-    )
+    metrics = list(dict.fromkeys(m for m in SUMMARY_ORDER if m in metrics)) + sorted(set(metrics) - set(SUMMARY_ORDER))
     rows = {}
     for name, frame in frames.items():
         cells = {}
@@ -284,7 +282,9 @@ def calibration_figure(results: Mapping[str, Any]) -> Figure | None:
         ax.set_title("Calibration, out of fold (presence-absence samples)")
     else:
         ax.set(
-            xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted relative suitability",
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="mean predicted relative suitability",
             ylabel="share of presences among presence + background points",
         )
         ax.set_title("Relative suitability, out of fold\n(presences vs background: not a probability of presence)")
@@ -361,10 +361,13 @@ def write_report(
             lines += ["", "## Reliability", "", "Out-of-fold predictions at presence-absence samples (raw).", ""]
         else:
             lines += [
-                "", "## Relative suitability", "",
+                "",
+                "## Relative suitability",
+                "",
                 "Presence-only data: presences against background points. Outputs are **relative suitability**, not "
                 "a probability of presence; the curve shows the share of presences among presence + background "
-                "points, a property of the sampling design, and is not a calibration check.", "",
+                "points, a property of the sampling design, and is not a calibration check.",
+                "",
             ]
         lines += ["![calibration](calibration.png)"]
     lines += list(sections)
