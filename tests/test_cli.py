@@ -11,6 +11,7 @@ import pytest
 
 from geoplantnet.cli import build_parser, main
 from geoplantnet.core.errors import InputError
+from geoplantnet.testing.fixtures import copy_region
 from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,9 +91,9 @@ def test_user_errors_are_one_line_and_bugs_are_tracebacks(monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_run_with_one_line_and_leaves_no_temporary_store(tmp_path):
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "geoplantnet", "run", "-q", "--set", f"workdir={tmp_path / 'work'}",
+def test_ctrl_c_stops_run_with_one_line_and_leaves_no_temporary_store(tmp_path, small_region):
+    out, work = tmp_path / "out", copy_region(small_region, tmp_path / "work")  # the session's region: no generation
+    cmd = [sys.executable, "-m", "geoplantnet", "run", "-q", "--set", f"workdir={work}",
            "--set", f"store.root={out}", *[x for item in SMALL_REGION for x in ("--set", item)]]
     # its own process group, as a terminal's foreground job: Ctrl-C signals the driver and its workers alike
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)

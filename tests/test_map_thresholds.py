@@ -2,8 +2,9 @@
 
 The fast test lays out a real tiled store (storage.tiles protocol: prepare -> tiles -> finalise) with a model spec that
 carries thresholds, and checks they are in the store before any tile is written and after it is marked complete. The
-slow test runs ``sdm`` on the small virtual region (calibration fitted on its survey plots), then ``map`` with the
-final ``cnn.pt``: the store's thresholds are the model file's, and its values are the calibrated probabilities.
+slow test reads the session's ``sdm`` run on the small virtual region (calibration fitted on its survey plots), then
+runs ``map`` with the final ``cnn.pt``: the store's thresholds are the model file's, and its values are the calibrated
+probabilities.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from geoplantnet.models.species_net import ModelSpec
 from geoplantnet.samples.training_set import NormStats
 from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.store import inspect_target, open_store, run_id
-from geoplantnet.testing.regions import SMALL_REGION
+from geoplantnet.testing.fixtures import SDM_SETTINGS, SmallSdm, copy_region
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,13 +91,15 @@ def _cli(*args: str, timeout: int = 900) -> dict:
 
 
 @pytest.mark.slow
-def test_sdm_writes_calibration_and_thresholds_into_cnn_pt_and_map_writes_them_into_species_zarr(tmp_path):
+def test_sdm_writes_calibration_and_thresholds_into_cnn_pt_and_map_writes_them_into_species_zarr(
+    small_sdm: SmallSdm, small_region: Path, tmp_path: Path
+):
     from geoplantnet.jobs.mapping import read_model
 
-    sets = [*SMALL_REGION, "train.epochs=2", "validation.folds=3", "validation.models=[cnn]", "map.tile=16",
-            f"workdir={tmp_path / 'work'}"]
+    summary = small_sdm.summary  # the session's sdm run on the small region (tests/conftest.py: small_sdm)
+    # map in a workdir of its own holding the same region
+    sets = [*SDM_SETTINGS, "map.tile=16", f"workdir={copy_region(small_region, tmp_path / 'work')}"]
     flags = [a for s in sets for a in ("--set", s)]
-    summary = _cli("sdm", "--quiet", "--out", str(tmp_path / "sdm"), *flags)
     cal = summary["calibration"]["cnn"]
     assert cal["method"] == "platt" and cal["basis"] == "presence-absence" and cal["n_rows"] > 50
     assert cal["ece_after"] < cal["ece_before"]  # nested: each fold calibrated by a map fitted on the others

@@ -12,12 +12,10 @@ import xarray as xr
 from pyproj import Transformer
 
 from geoplantnet.storage.store import open_store
-from geoplantnet.testing.regions import SMALL_REGION
+from geoplantnet.testing.fixtures import SmallSdm
 
 ROOT = Path(__file__).resolve().parents[1]
 BRADYPUS = ROOT.parent / "shared" / "data" / "real" / "predicts_bradypus_bioclim"
-
-SMALL = [*SMALL_REGION, "train.epochs=10", "validation.folds=3"]  # 3 epochs left the CNN untrained
 
 
 def _sdm(tmp_path: Path, *args: str, overrides: list[str]) -> dict:
@@ -30,8 +28,9 @@ def _sdm(tmp_path: Path, *args: str, overrides: list[str]) -> dict:
 
 
 @pytest.mark.slow
-def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(tmp_path):
-    result = _sdm(tmp_path, overrides=SMALL)
+def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(small_sdm: SmallSdm):
+    # the session's sdm run on the small region (tests/conftest.py: small_sdm)
+    result = small_sdm.summary
     assert set(result["models"]) == {"cnn", "maxent", "random_forest"}
     for name, metrics in result["models"].items():
         assert 0.5 < metrics["auc"] <= 1.0, name  # better than chance on spatial blocks
@@ -50,7 +49,7 @@ def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(tmp_path
     assert {k: Path(v).name for k, v in files.items()} == {
         "cnn": "cnn.pt", "maxent": "maxent.peer", "random_forest": "random_forest.peer"
     }
-    assert all(Path(v).parent == tmp_path / "sdm" / "models" for v in files.values())
+    assert all(Path(v).parent == small_sdm.out / "models" for v in files.values())
     _, cnn_spec = load_model(files["cnn"])
     assert len(cnn_spec.species) == result["n_species"]
     for kind in ("maxent", "random_forest"):
