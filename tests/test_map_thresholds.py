@@ -34,8 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def _spec(**update) -> ModelSpec:
     cfg = ModelConfig(patch_size=8, env_patch_size=1, width=4, series_hidden=4, env_hidden=4, fusion_hidden=8)
     spec = ModelSpec(
-        model=cfg, modalities={"env": (2, 1, 1)}, species=["a", "b", "c"],
-        norm=NormStats(env_mean=[0.0], env_std=[1.0]), variables=["t"],
+        model=cfg,
+        modalities={"env": (2, 1, 1)},
+        species=["a", "b", "c"],
+        norm=NormStats(env_mean=[0.0], env_std=[1.0]),
+        variables=["t"],
     )
     return spec.model_copy(update=update)
 
@@ -73,19 +76,22 @@ def test_output_scale_says_what_the_values_are():
     po = Thresholds(basis="presence-background", calibrated=False, max_tss=[0.1] * 3, prevalence=[0.2] * 3)
     assert output_scale(_spec()).startswith("model output, uncalibrated")  # an older or map-trained model
     assert output_scale(_spec(thresholds=po)).startswith("relative suitability")
-    ds, enc = with_thresholds(*tile_store.species_template(Grid(50.0, 4e6, 3e6, 8, 8), ["a", "b", "c"], None, 8, 2),
-                              _spec(thresholds=po))
+    ds, enc = with_thresholds(
+        *tile_store.species_template(Grid(50.0, 4e6, 3e6, 8, 8), ["a", "b", "c"], None, 8, 2), _spec(thresholds=po)
+    )
     assert "not a probability" in ds["probability"].attrs["long_name"]
     assert "share of presences among presence + background" in ds["threshold_prevalence"].attrs["description"]
     assert set(enc) == {"probability", "threshold_max_tss", "threshold_prevalence"}
-    plain, plain_enc = with_thresholds(*tile_store.species_template(Grid(50.0, 4e6, 3e6, 8, 8), ["a"], None, 8, 2),
-                                       _spec(species=["a"]))
+    plain, plain_enc = with_thresholds(
+        *tile_store.species_template(Grid(50.0, 4e6, 3e6, 8, 8), ["a"], None, 8, 2), _spec(species=["a"])
+    )
     assert "threshold_max_tss" not in plain and set(plain_enc) == {"probability"}
 
 
 def _cli(*args: str, timeout: int = 900) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "geoplantnet.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geoplantnet.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout[proc.stdout.index("{") :])
 

@@ -47,7 +47,9 @@ def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(small_sd
 
     files = result["model_files"]
     assert {k: Path(v).name for k, v in files.items()} == {
-        "cnn": "cnn.pt", "maxent": "maxent.peer", "random_forest": "random_forest.peer"
+        "cnn": "cnn.pt",
+        "maxent": "maxent.peer",
+        "random_forest": "random_forest.peer",
     }
     assert all(Path(v).parent == small_sdm.out / "models" for v in files.values())
     _, cnn_spec = load_model(files["cnn"])
@@ -65,9 +67,12 @@ def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(small_sd
 def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
     result = _sdm(
         tmp_path,
-        "-c", str(ROOT / "pipelines" / "bradypus.yaml"),
-        "--observations", str(BRADYPUS / "bradypus.csv"),
-        "--rasters", str(BRADYPUS / "bio.tif"),
+        "-c",
+        str(ROOT / "pipelines" / "bradypus.yaml"),
+        "--observations",
+        str(BRADYPUS / "bradypus.csv"),
+        "--rasters",
+        str(BRADYPUS / "bio.tif"),
         overrides=["train.epochs=15", "train.ensemble=1", "cluster.n_workers=2"],
     )
     assert result["n_species"] == 1 and result["n_samples"] > 600  # 116 presences + background on land
@@ -78,9 +83,23 @@ def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
     for name in ("cnn", "maxent"):
         model = result["model_files"][name]
         out = tmp_path / f"{name}.zarr"
-        cmd = [sys.executable, "-m", "geoplantnet", "map", "-q", "-c", str(ROOT / "pipelines" / "bradypus.yaml"),
-               "--model", model, "--rasters", str(BRADYPUS / "bio.tif"), "--out", str(out),
-               "--set", f"workdir={tmp_path / 'work'}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "geoplantnet",
+            "map",
+            "-q",
+            "-c",
+            str(ROOT / "pipelines" / "bradypus.yaml"),
+            "--model",
+            model,
+            "--rasters",
+            str(BRADYPUS / "bio.tif"),
+            "--out",
+            str(out),
+            "--set",
+            f"workdir={tmp_path / 'work'}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
         stores[name] = open_store(str(out))["probability"].sel(species_name="Bradypus variegatus")
@@ -95,8 +114,23 @@ def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
         at_records = prob.sel(x=xr.DataArray(x), y=xr.DataArray(y), method="nearest").values
         assert np.nanmean(at_records) > 2 * np.nanmean(prob.values[land]), name  # high where the sloth was seen
     png = tmp_path / "bradypus.png"
-    proc = subprocess.run([sys.executable, "-m", "geoplantnet", "plot", str(tmp_path / "cnn.zarr"),
-                           str(tmp_path / "maxent.zarr"), "--species", "Bradypus variegatus", "--out", str(png)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geoplantnet",
+            "plot",
+            str(tmp_path / "cnn.zarr"),
+            str(tmp_path / "maxent.zarr"),
+            "--species",
+            "Bradypus variegatus",
+            "--out",
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0 and png.stat().st_size > 10_000, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["maps"] == ["species-net", "maxent"]
