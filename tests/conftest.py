@@ -13,6 +13,8 @@ from geoplantnet.sources.stac_items import collection_for, write_collection
 
 COLLECTION = "test-s2"
 N_ITEMS = 30  # 30 dates over two years: several pages at limit=7
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "pipelines" / "default.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -65,9 +67,27 @@ def stac_server(request: pytest.FixtureRequest) -> StacServer:
 
 
 @pytest.fixture(scope="session")
-def small_map(tmp_path_factory: pytest.TempPathFactory):
+def small_region(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workdir holding the small virtual region (``SMALL_REGION``), generated once for the session: read only; a
+    test copies it into its own workdir (``geoplantnet.testing.fixtures.copy_region``)."""
+    from geoplantnet.testing.fixtures import small_region as make
+
+    return make(tmp_path_factory.mktemp("region") / "work", DEFAULT_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def small_map(tmp_path_factory: pytest.TempPathFactory, small_region: Path):
     """The small virtual region, a model trained on it and its reference map, made once for the session (the map
     and predict tests read them; tests write their own stores under ``small_map.root``, never over the reference)."""
     from geoplantnet.testing.fixtures import small_map as make
 
-    return make(tmp_path_factory.mktemp("mapping"), Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml")
+    return make(tmp_path_factory.mktemp("mapping"), DEFAULT_CONFIG, small_region)
+
+
+@pytest.fixture(scope="session")
+def small_sdm(tmp_path_factory: pytest.TempPathFactory, small_region: Path):
+    """``geoplantnet sdm`` once on a copy of the small region, every model scored, calibrated and saved, for the
+    session (its folders are read only)."""
+    from geoplantnet.testing.fixtures import small_sdm as make
+
+    return make(tmp_path_factory.mktemp("sdm"), small_region, ROOT)

@@ -11,12 +11,20 @@ import pytest
 
 from geoplantnet.cli import build_parser, main
 from geoplantnet.core.errors import InputError
+from geoplantnet.testing.fixtures import copy_region
 from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 
 COMMANDS = [
-    ["run"], ["sdm"], ["map"], ["predict"], ["simulate"], ["stac", "serve"], ["config", "show"], ["cluster", "spec"]
+    ["run"],
+    ["sdm"],
+    ["map"],
+    ["predict"],
+    ["simulate"],
+    ["stac", "serve"],
+    ["config", "show"],
+    ["cluster", "spec"],
 ]
 
 
@@ -45,15 +53,20 @@ def test_malformed_yaml_is_one_line_and_status_2(tmp_path):
 
 
 def test_python_dash_m_geoplantnet_is_the_command():
-    proc = subprocess.run([sys.executable, "-m", "geoplantnet", "config", "show", "--set", "cube.resolution=40"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geoplantnet", "config", "show", "--set", "cube.resolution=40"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "resolution: 40.0" in proc.stdout
 
 
 def test_a_bad_environment_override_names_the_variable_not_the_file(tmp_path):
     env = {**os.environ, "GEOPLANTNET__CUBE__RESOLUTION": "twenty"}
-    proc = subprocess.run([sys.executable, "-m", "geoplantnet", "run", "-q"], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geoplantnet", "run", "-q"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "geoplantnet: error: environment variable GEOPLANTNET__CUBE__RESOLUTION: cube.resolution: Input should be a "
@@ -64,7 +77,9 @@ def test_a_bad_environment_override_names_the_variable_not_the_file(tmp_path):
 def test_a_malformed_override_never_echoes_its_value():
     proc = subprocess.run(
         [sys.executable, "-m", "geoplantnet", "config", "show", "--set", "store.storage_options={secret: [hunter2"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2 and "hunter2" not in proc.stderr
     assert "--set store.storage_options: the value of store.storage_options is not valid YAML" in proc.stderr
@@ -90,10 +105,20 @@ def test_user_errors_are_one_line_and_bugs_are_tracebacks(monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_run_with_one_line_and_leaves_no_temporary_store(tmp_path):
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "geoplantnet", "run", "-q", "--set", f"workdir={tmp_path / 'work'}",
-           "--set", f"store.root={out}", *[x for item in SMALL_REGION for x in ("--set", item)]]
+def test_ctrl_c_stops_run_with_one_line_and_leaves_no_temporary_store(tmp_path, small_region):
+    out, work = tmp_path / "out", copy_region(small_region, tmp_path / "work")  # the session's region: no generation
+    cmd = [
+        sys.executable,
+        "-m",
+        "geoplantnet",
+        "run",
+        "-q",
+        "--set",
+        f"workdir={work}",
+        "--set",
+        f"store.root={out}",
+        *[x for item in SMALL_REGION for x in ("--set", item)],
+    ]
     # its own process group, as a terminal's foreground job: Ctrl-C signals the driver and its workers alike
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 300

@@ -50,7 +50,8 @@ def first_run(tmp_path_factory) -> tuple[Path, dict]:
 def test_demo_job_writes_composites_that_analysts_can_open(tmp_path, backend, request):
     if backend == "memory":
         result = request.getfixturevalue("first_run")[1]
-    else:
+    else:  # the same region (a copy of the first run's), served by the other backend
+        shutil.copytree(request.getfixturevalue("first_run")[0] / "work" / "region", tmp_path / "work" / "region")
         result = _run(tmp_path, f"stac.backend={backend}")
     ds = xr.open_zarr(result["composites"])
     refl = ds.reflectance

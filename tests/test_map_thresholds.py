@@ -2,8 +2,9 @@
 
 The fast test lays out a real tiled store (storage.tiles protocol: prepare -> tiles -> finalise) with a model spec that
 carries thresholds, and checks they are in the store before any tile is written and after it is marked complete. The
-slow test runs ``sdm`` on the small virtual region (calibration fitted on its survey plots), then ``map`` with the
-final ``cnn.pt``: the store's thresholds are the model file's, and its values are the calibrated probabilities.
+slow test reads the session's ``sdm`` run on the small virtual region (calibration fitted on its survey plots), then
+runs ``map`` with the final ``cnn.pt``: the store's thresholds are the model file's, and its values are the calibrated
+probabilities.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from geoplantnet.models.species_net import ModelSpec
 from geoplantnet.samples.training_set import NormStats
 from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.store import inspect_target, open_store, run_id
-from geoplantnet.testing.regions import SMALL_REGION
+from geoplantnet.testing.fixtures import SDM_SETTINGS, SmallSdm, copy_region
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def _spec(**update) -> ModelSpec:
     cfg = ModelConfig(patch_size=8, env_patch_size=1, width=4, series_hidden=4, env_hidden=4, fusion_hidden=8)
     spec = ModelSpec(
-        model=cfg, modalities={"env": (2, 1, 1)}, species=["a", "b", "c"],
-        norm=NormStats(env_mean=[0.0], env_std=[1.0]), variables=["t"],
+        model=cfg,
+        modalities={"env": (2, 1, 1)},
+        species=["a", "b", "c"],
+        norm=NormStats(env_mean=[0.0], env_std=[1.0]),
+        variables=["t"],
     )
     return spec.model_copy(update=update)
 
@@ -72,31 +76,36 @@ def test_output_scale_says_what_the_values_are():
     po = Thresholds(basis="presence-background", calibrated=False, max_tss=[0.1] * 3, prevalence=[0.2] * 3)
     assert output_scale(_spec()).startswith("model output, uncalibrated")  # an older or map-trained model
     assert output_scale(_spec(thresholds=po)).startswith("relative suitability")
-    ds, enc = with_thresholds(*tile_store.species_template(Grid(50.0, 4e6, 3e6, 8, 8), ["a", "b", "c"], None, 8, 2),
-                              _spec(thresholds=po))
+    ds, enc = with_thresholds(
+        *tile_store.species_template(Grid(50.0, 4e6, 3e6, 8, 8), ["a", "b", "c"], None, 8, 2), _spec(thresholds=po)
+    )
     assert "not a probability" in ds["probability"].attrs["long_name"]
     assert "share of presences among presence + background" in ds["threshold_prevalence"].attrs["description"]
     assert set(enc) == {"probability", "threshold_max_tss", "threshold_prevalence"}
-    plain, plain_enc = with_thresholds(*tile_store.species_template(Grid(50.0, 4e6, 3e6, 8, 8), ["a"], None, 8, 2),
-                                       _spec(species=["a"]))
+    plain, plain_enc = with_thresholds(
+        *tile_store.species_template(Grid(50.0, 4e6, 3e6, 8, 8), ["a"], None, 8, 2), _spec(species=["a"])
+    )
     assert "threshold_max_tss" not in plain and set(plain_enc) == {"probability"}
 
 
 def _cli(*args: str, timeout: int = 900) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "geoplantnet.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geoplantnet.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout[proc.stdout.index("{") :])
 
 
 @pytest.mark.slow
-def test_sdm_writes_calibration_and_thresholds_into_cnn_pt_and_map_writes_them_into_species_zarr(tmp_path):
+def test_sdm_writes_calibration_and_thresholds_into_cnn_pt_and_map_writes_them_into_species_zarr(
+    small_sdm: SmallSdm, small_region: Path, tmp_path: Path
+):
     from geoplantnet.jobs.mapping import read_model
 
-    sets = [*SMALL_REGION, "train.epochs=2", "validation.folds=3", "validation.models=[cnn]", "map.tile=16",
-            f"workdir={tmp_path / 'work'}"]
+    summary = small_sdm.summary  # the session's sdm run on the small region (tests/conftest.py: small_sdm)
+    # map in a workdir of its own holding the same region
+    sets = [*SDM_SETTINGS, "map.tile=16", f"workdir={copy_region(small_region, tmp_path / 'work')}"]
     flags = [a for s in sets for a in ("--set", s)]
-    summary = _cli("sdm", "--quiet", "--out", str(tmp_path / "sdm"), *flags)
     cal = summary["calibration"]["cnn"]
     assert cal["method"] == "platt" and cal["basis"] == "presence-absence" and cal["n_rows"] > 50
     assert cal["ece_after"] < cal["ece_before"]  # nested: each fold calibrated by a map fitted on the others

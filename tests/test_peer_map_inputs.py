@@ -12,18 +12,20 @@ from geoplantnet.core.config import load_config
 from geoplantnet.inference.dense import InferenceError
 from geoplantnet.inference.points import peer_geometry, pixel_features, predict_tile_points
 from geoplantnet.models.peers import RandomForestPeer
+from geoplantnet.testing.fixtures import copy_region
 from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_peer_tiles_read_through_map_sources(tmp_path):
+def test_peer_tiles_read_through_map_sources(tmp_path, small_region):
     from geoplantnet.jobs.composites import composites
     from geoplantnet.jobs.inputs import virtual_inputs
     from geoplantnet.jobs.mapping import MapSources, check_inputs
     from geoplantnet.sources import predictors
 
-    cfg = load_config(ROOT / "pipelines" / "default.yaml", [*SMALL_REGION, f"workdir={tmp_path / 'work'}"])
+    work = copy_region(small_region, tmp_path / "work")  # the session's small region
+    cfg = load_config(ROOT / "pipelines" / "default.yaml", [*SMALL_REGION, f"workdir={work}"])
     inputs = virtual_inputs(cfg)
     sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
     grid, cube_grid = cfg.grid.grid(), cfg.grid.grid(cfg.cube.resolution)

@@ -12,12 +12,10 @@ import xarray as xr
 from pyproj import Transformer
 
 from geoplantnet.storage.store import open_store
-from geoplantnet.testing.regions import SMALL_REGION
+from geoplantnet.testing.fixtures import SmallSdm
 
 ROOT = Path(__file__).resolve().parents[1]
 BRADYPUS = ROOT.parent / "shared" / "data" / "real" / "predicts_bradypus_bioclim"
-
-SMALL = [*SMALL_REGION, "train.epochs=10", "validation.folds=3"]  # 3 epochs left the CNN untrained
 
 
 def _sdm(tmp_path: Path, *args: str, overrides: list[str]) -> dict:
@@ -30,8 +28,9 @@ def _sdm(tmp_path: Path, *args: str, overrides: list[str]) -> dict:
 
 
 @pytest.mark.slow
-def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(tmp_path):
-    result = _sdm(tmp_path, overrides=SMALL)
+def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(small_sdm: SmallSdm):
+    # the session's sdm run on the small region (tests/conftest.py: small_sdm)
+    result = small_sdm.summary
     assert set(result["models"]) == {"cnn", "maxent", "random_forest"}
     for name, metrics in result["models"].items():
         assert 0.5 < metrics["auc"] <= 1.0, name  # better than chance on spatial blocks
@@ -48,9 +47,11 @@ def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(tmp_path
 
     files = result["model_files"]
     assert {k: Path(v).name for k, v in files.items()} == {
-        "cnn": "cnn.pt", "maxent": "maxent.peer", "random_forest": "random_forest.peer"
+        "cnn": "cnn.pt",
+        "maxent": "maxent.peer",
+        "random_forest": "random_forest.peer",
     }
-    assert all(Path(v).parent == tmp_path / "sdm" / "models" for v in files.values())
+    assert all(Path(v).parent == small_sdm.out / "models" for v in files.values())
     _, cnn_spec = load_model(files["cnn"])
     assert len(cnn_spec.species) == result["n_species"]
     for kind in ("maxent", "random_forest"):
@@ -66,9 +67,12 @@ def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(tmp_path
 def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
     result = _sdm(
         tmp_path,
-        "-c", str(ROOT / "pipelines" / "bradypus.yaml"),
-        "--observations", str(BRADYPUS / "bradypus.csv"),
-        "--rasters", str(BRADYPUS / "bio.tif"),
+        "-c",
+        str(ROOT / "pipelines" / "bradypus.yaml"),
+        "--observations",
+        str(BRADYPUS / "bradypus.csv"),
+        "--rasters",
+        str(BRADYPUS / "bio.tif"),
         overrides=["train.epochs=15", "train.ensemble=1", "cluster.n_workers=2"],
     )
     assert result["n_species"] == 1 and result["n_samples"] > 600  # 116 presences + background on land
@@ -79,9 +83,23 @@ def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
     for name in ("cnn", "maxent"):
         model = result["model_files"][name]
         out = tmp_path / f"{name}.zarr"
-        cmd = [sys.executable, "-m", "geoplantnet", "map", "-q", "-c", str(ROOT / "pipelines" / "bradypus.yaml"),
-               "--model", model, "--rasters", str(BRADYPUS / "bio.tif"), "--out", str(out),
-               "--set", f"workdir={tmp_path / 'work'}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "geoplantnet",
+            "map",
+            "-q",
+            "-c",
+            str(ROOT / "pipelines" / "bradypus.yaml"),
+            "--model",
+            model,
+            "--rasters",
+            str(BRADYPUS / "bio.tif"),
+            "--out",
+            str(out),
+            "--set",
+            f"workdir={tmp_path / 'work'}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
         stores[name] = open_store(str(out))["probability"].sel(species_name="Bradypus variegatus")
@@ -96,8 +114,23 @@ def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
         at_records = prob.sel(x=xr.DataArray(x), y=xr.DataArray(y), method="nearest").values
         assert np.nanmean(at_records) > 2 * np.nanmean(prob.values[land]), name  # high where the sloth was seen
     png = tmp_path / "bradypus.png"
-    proc = subprocess.run([sys.executable, "-m", "geoplantnet", "plot", str(tmp_path / "cnn.zarr"),
-                           str(tmp_path / "maxent.zarr"), "--species", "Bradypus variegatus", "--out", str(png)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geoplantnet",
+            "plot",
+            str(tmp_path / "cnn.zarr"),
+            str(tmp_path / "maxent.zarr"),
+            "--species",
+            "Bradypus variegatus",
+            "--out",
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0 and png.stat().st_size > 10_000, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["maps"] == ["species-net", "maxent"]

@@ -3,6 +3,7 @@ small virtual region with a trained model and its map, shared by the map and pre
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -118,6 +119,26 @@ def dates(n: int, start: datetime = datetime(2023, 1, 5, tzinfo=UTC), step_days:
 
 # -- the small virtual region, a model trained on it and its reference map (shared by the map and predict tests)
 
+
+def small_region(workdir: Path, default_config: Path) -> Path:
+    """``SMALL_REGION`` generated once under ``workdir/region``; returns ``workdir``. Tests copy it with
+    :func:`copy_region` rather than generate it again."""
+    from geoplantnet.core.config import load_config
+    from geoplantnet.sim.region import generate_region
+
+    cfg = load_config(default_config, [*SMALL_REGION, f"workdir={workdir}"])
+    generate_region(cfg, workdir / "region", progress=False)
+    return workdir
+
+
+def copy_region(source: Path, workdir: Path) -> Path:
+    """A copy of the region of the workdir ``source`` into ``workdir/region``, so a command run there with the same
+    grid and ``sim`` settings reuses it (the region is keyed by a hash of those settings, its manifest names its files
+    relative to its folder, and its STAC items name the source's COGs, which stay read only); returns ``workdir``."""
+    shutil.copytree(source / "region", workdir / "region")
+    return workdir
+
+
 MAP_SETTINGS = [
     *SMALL_REGION,
     "train.epochs=8",
@@ -138,15 +159,15 @@ class SmallMap:
     root: Path
 
 
-def small_map(root: Path, default_config: Path) -> SmallMap:
-    """A small virtual region under ``root``, a model trained on it (cached in the workdir, as the map command
-    caches it) and the reference map written by an embedded LocalCluster."""
+def small_map(root: Path, default_config: Path, region: Path) -> SmallMap:
+    """The small virtual region (a copy of the workdir ``region``'s) under ``root``, a model trained on it (cached in
+    the workdir, as the map command caches it) and the reference map written by an embedded LocalCluster."""
     from geoplantnet.core.config import load_config
     from geoplantnet.jobs.inputs import virtual_inputs
     from geoplantnet.jobs.mapping import MapSources, ensure_model, produce_map
     from geoplantnet.runtime.cluster import connect
 
-    overrides = [*MAP_SETTINGS, f"workdir={root / 'work'}", f"store.root={root / 'out'}"]
+    overrides = [*MAP_SETTINGS, f"workdir={copy_region(region, root / 'work')}", f"store.root={root / 'out'}"]
     cfg = load_config(default_config, overrides)
     inputs = virtual_inputs(cfg)
     with connect(cfg.cluster) as client:
@@ -156,3 +177,36 @@ def small_map(root: Path, default_config: Path) -> SmallMap:
         reference = str(root / "reference.zarr")
         summary = produce_map(client, cfg, model, sources, reference, progress=False)
     return SmallMap(cfg, overrides, model, sources, reference, summary, root)
+
+
+# -- the sdm command on the small region (shared by the sdm and calibration tests)
+
+SDM_SETTINGS = [*SMALL_REGION, "train.epochs=10", "validation.folds=3"]  # 3 epochs left the CNN untrained
+
+
+@dataclass
+class SmallSdm:
+    """What :func:`small_sdm` made: read it; write under ``root`` only, never into ``out``."""
+
+    summary: dict[str, Any]  # the command's JSON output
+    overrides: list[str]  # --set values of a command that should see the same region (its workdir)
+    out: Path  # the command's --out: report, models, summary.json
+    root: Path
+
+
+def small_sdm(root: Path, region: Path, project: Path) -> SmallSdm:
+    """``geoplantnet sdm`` in a subprocess started in ``project`` (the checkout under test), as a user runs it, on a
+    copy of the workdir ``region``'s small region: the CNN, MaxEnt and the random forest scored on spatial folds,
+    calibrated, and trained on all samples for maps."""
+    import json
+    import subprocess
+    import sys
+
+    overrides = [*SDM_SETTINGS, f"workdir={copy_region(region, root / 'work')}"]
+    out = root / "sdm"
+    cmd = [sys.executable, "-m", "geoplantnet.cli", "sdm", "--quiet", "--out", str(out)]
+    proc = subprocess.run(
+        [*cmd, *(a for s in overrides for a in ("--set", s))], capture_output=True, text=True, timeout=1200, cwd=project
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return SmallSdm(json.loads(proc.stdout[proc.stdout.index("{") :]), overrides, out, root)
