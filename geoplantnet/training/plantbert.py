@@ -36,8 +36,12 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sc
 
 
 def _autocast(device: torch.device, mixed: bool) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """bf16 autocast on CUDA devices that support it; fp16 would need a gradient scaler these small models do not
+    earn back, so elsewhere they train in fp32."""
     dtype = _precision(device, mixed)
-    return lambda: torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    if dtype is not torch.bfloat16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -59,6 +63,27 @@ def shuffle_species(ids: torch.Tensor, generator: torch.Generator | None = None)
     keys = torch.where(species, torch.rand(ids.shape, generator=generator), 2.0 + position)
     keys[:, 0] = -1.0
     return torch.gather(ids, 1, keys.argsort(dim=1))
+
+
+def _batch(ids: np.ndarray, idx: np.ndarray, cfg: PlotTrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """The rows ``idx`` as a tensor, trailing padding cut, species shuffled for unordered lists."""
+    batch = _trim(torch.as_tensor(ids[idx]))
+    return shuffle_species(batch, gen) if cfg.shuffle_species else batch
+
+
+def _step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    loss: torch.Tensor,
+) -> float:
+    """One optimiser step (gradients clipped at norm 1); the loss as a float."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return float(loss.detach())
 
 
 def _lengths(ids: np.ndarray) -> np.ndarray:
@@ -123,19 +148,12 @@ def pretrain(
         model.train()
         t0, seen, running = time.perf_counter(), 0, 0.0
         for idx in _batches(lengths, train_cfg.batch_size, rng):
-            batch = _trim(torch.as_tensor(ids[idx]))
-            if train_cfg.shuffle_species:
-                batch = shuffle_species(batch, gen)
+            batch = _batch(ids, idx, train_cfg, gen)
             inputs, labels = mask_tokens(batch, train_cfg.mask_prob, len(tokenizer), gen)
             inputs, labels = inputs.to(device), labels.to(device)
             with amp():
                 loss = _mlm_loss(model, inputs, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            running += float(loss.detach()) * len(idx)
+            running += _step(model, opt, sched, loss) * len(idx)
             seen += len(idx)
         val = masked_loss(model, val_ids, train_cfg.mask_prob, train_cfg.seed + 1, device) if len(val_ids) else math.nan
         history.append(
@@ -190,19 +208,10 @@ def finetune(
         model.train()
         t0, seen, running = time.perf_counter(), 0, 0.0
         for idx in _batches(lengths, train_cfg.batch_size, rng):
-            batch = _trim(torch.as_tensor(ids[idx]))
-            if train_cfg.shuffle_species:
-                batch = shuffle_species(batch, gen)
-            batch = batch.to(device)
+            batch = _batch(ids, idx, train_cfg, gen).to(device)
             with amp():
                 logits = model(input_ids=batch, attention_mask=(batch != PAD).long()).logits
-            loss = loss_fn(logits.float(), y_all[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            running += float(loss.detach()) * len(idx)
+            running += _step(model, opt, sched, loss_fn(logits.float(), y_all[idx].to(device))) * len(idx)
             seen += len(idx)
         clf = PlotModel(tokenizer=tokenizer, model=model, cfg=model_cfg, classes=classes)
         record = {"epoch": epoch, "loss": running / max(seen, 1), "seconds": time.perf_counter() - t0}
