@@ -219,7 +219,9 @@ def test_an_incomplete_species_store_is_refused(small_map, classifier, tmp_path,
 
 def test_a_store_without_thresholds_needs_map_species(small_map, classifier, tmp_path):
     with pytest.raises(ConfigError, match=r"habitats\.map_species"):
-        plan_habitat_map(_cfg(small_map), small_map.reference, classifier[0], str(tmp_path / "h.zarr"))
+        plan_habitat_map(
+            _cfg(small_map, "habitats.map_species=null"), small_map.reference, classifier[0], str(tmp_path / "h.zarr")
+        )
 
 
 def test_score_habitat_map_on_a_constructed_case():
