@@ -276,6 +276,17 @@ def test_the_classifier_names_the_habitat_and_survives_a_save_and_load(language_
     assert (tmp_path / "thesis" / "chapter1.docx").read_text() == "mine"
     with pytest.raises(PlotModelError, match="not a Pl@ntBERT folder"):
         PlotModel.load(tmp_path / "thesis")
+    # A saved model is replaced by the next save into its folder; object storage (fsspec) behaves the same.
+    assert clf.save(tmp_path / "model") == version and PlotModel.load(tmp_path / "model").version == version
+    import fsspec
+
+    mem = fsspec.filesystem("memory")
+    mem.pipe("/bucket/mine/data.csv", b"mine")
+    with pytest.raises(PlotModelError, match="not a Pl@ntBERT folder"):
+        clf.save("memory://bucket/mine")
+    assert mem.cat("/bucket/mine/data.csv") == b"mine"
+    clf.save("memory://bucket/model")
+    np.testing.assert_allclose(PlotModel.load("memory://bucket/model").predict_proba(test), proba, atol=1e-5)
 
 
 # --- the command ---------------------------------------------------------------------------------------------------

@@ -195,13 +195,22 @@ class PlotModel:
             fs, root = fsspec.core.url_to_fs(url)
             if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
                 target = Path(root)
+                if target.exists() and not (target / META).exists():
+                    _refuse(target)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
                 shutil.copytree(stage, partial)
+                # The earlier model is moved aside, not deleted, until the new one is in place.
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
                 if target.exists():
-                    shutil.rmtree(target) if (target / META).exists() else _refuse(target)
+                    os.replace(target, old)
                 os.replace(partial, target)
+                shutil.rmtree(old, ignore_errors=True)
             else:
+                if fs.exists(root) and fs.ls(root, detail=False) and not fs.exists(f"{root}/{META}"):
+                    _refuse(url)
+                if fs.exists(f"{root}/{META}"):
+                    fs.rm_file(f"{root}/{META}")  # first: a half-replaced model never reads as one
                 for f in sorted(stage.iterdir()):
                     if f.name != META:
                         fs.put_file(str(f), f"{root}/{f.name}")
@@ -276,5 +285,5 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype("float32")
 
 
-def _refuse(target: Path) -> None:
+def _refuse(target: Path | str) -> None:
     raise PlotModelError(f"{target} exists and is not a Pl@ntBERT folder; refusing to replace it")

@@ -86,6 +86,26 @@ def _step(
     return float(loss.detach())
 
 
+class _EarlyStop:
+    """The best weights so far by a score (higher is better), and when ``patience`` epochs brought nothing better."""
+
+    def __init__(self, patience: int, min_delta: float) -> None:
+        self.patience, self.min_delta = patience, min_delta
+        self.best, self.state, self.stale = -math.inf, None, 0
+
+    def update(self, score: float, model: torch.nn.Module) -> bool:
+        """Record an epoch; True when training should stop."""
+        if score > self.best + self.min_delta:
+            self.best, self.state, self.stale = score, copy.deepcopy(model.state_dict()), 0
+        else:
+            self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if self.state is not None:
+            model.load_state_dict(self.state)
+
+
 def _lengths(ids: np.ndarray) -> np.ndarray:
     return (ids != PAD).sum(axis=1)
 
@@ -143,7 +163,7 @@ def pretrain(
     gen = torch.Generator().manual_seed(train_cfg.seed)
     history: list[dict[str, float]] = []
     lengths = _lengths(ids)
-    best, best_state, stale = math.inf, None, 0
+    stop = _EarlyStop(train_cfg.patience, 1e-4)
     for epoch in range(epochs):
         model.train()
         t0, seen, running = time.perf_counter(), 0, 0.0
@@ -159,15 +179,9 @@ def pretrain(
         history.append(
             {"epoch": epoch, "loss": running / max(seen, 1), "val_loss": val, "seconds": time.perf_counter() - t0}
         )
-        score = val if len(val_ids) else running / max(seen, 1)
-        if score < best - 1e-4:
-            best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= train_cfg.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if stop.update(-(val if len(val_ids) else running / max(seen, 1)), model):
+            break
+    stop.restore(model)
     return PlotModel(tokenizer=tokenizer, model=model.eval(), cfg=model_cfg), history
 
 
@@ -201,7 +215,7 @@ def finetune(
     gen = torch.Generator().manual_seed(train_cfg.seed)
     loss_fn = torch.nn.CrossEntropyLoss()
     history: list[dict[str, float]] = []
-    best, best_state, stale = -math.inf, None, 0
+    stop = _EarlyStop(train_cfg.patience, 1e-6)
     y_all = torch.as_tensor(labels, dtype=torch.long)
     lengths = _lengths(ids)
     for epoch in range(epochs):
@@ -225,15 +239,9 @@ def finetune(
         history.append(record)
         # Early stopping on the validation cross-entropy of plots whose class is trained: a spatial split holds few
         # plots and many untrained classes, so its accuracy jumps by chance from epoch to epoch (it chose poor epochs).
-        score = -record.get("val_loss", record["loss"])
-        if score > best + 1e-6:
-            best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= train_cfg.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if stop.update(-record.get("val_loss", record["loss"]), model):
+            break
+    stop.restore(model)
     return (
         PlotModel(
             tokenizer=tokenizer,
