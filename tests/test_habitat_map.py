@@ -102,7 +102,7 @@ def test_cli_writes_a_complete_store_naming_both_models(cli_run, small_map, clas
     assert ds.attrs["habitat_model_version"] == f"plantbert-classifier/{classifier[1].version}"
     assert json.loads(ds.attrs["geoplantnet_config"])["habitats"]["map_species"] == 8
     assert ds["habitat"].dims == ("y", "x") and ds["habitat"].dtype == np.int16
-    assert ds["top_k"].dims == ("rank", "y", "x") and ds["top_k"].shape[0] == 3
+    assert ds["top_k"].dims == ("rank", "y", "x") and ds["top_k"].shape[0] == min(10, len(classifier[1].classes))
     assert ds["habitat_probability"].dtype == np.uint8
     assert [str(c) for c in ds["habitat_code"].values] == list(classifier[1].classes)
     assert ds["habitat"].attrs["flag_meanings"].split() == list(classifier[1].classes)
@@ -126,9 +126,12 @@ def test_tile_values_equal_a_direct_in_memory_computation(cli_run, small_map, cl
     p = model.predict_proba_ids(assemblage_ids(prob, token_of, None, model.cfg.max_species, 8))
     order = np.argsort(-p, axis=1, kind="stable")
     np.testing.assert_array_equal(ds["habitat"].values[16:32, 0:16].ravel(), order[:, 0])
-    np.testing.assert_array_equal(ds["top_k"].values[:, 16:32, 0:16].reshape(3, -1), order[:, :3].T)
+    k = ds["top_k"].shape[0]
+    np.testing.assert_array_equal(ds["top_k"].values[:, 16:32, 0:16].reshape(k, -1), order[:, :k].T)
     best = np.rint(p.max(axis=1) * SCALE)
     assert np.abs(ds["habitat_probability"].values[16:32, 0:16].ravel() - best).max() <= 1  # float32 vs batch sums
+    top_p = np.rint(np.take_along_axis(p, order[:, :k], axis=1) * SCALE).T
+    assert np.abs(ds["top_k_probability"].values[:, 16:32, 0:16].reshape(k, -1) - top_p).max() <= 1
 
 
 def test_no_data_pixels_stay_no_data(small_map, classifier):

@@ -371,7 +371,47 @@ class HabitatsConfig(_Section):
         description="habitat map: a pixel's sentence is its top-K species by probability; None: the "
         "species above their saved thresholds (capped at model.max_species)",
     )
-    top_k: int = Field(3, ge=1, description="classes kept per pixel in habitat.zarr's top_k")
+    top_k: int = Field(
+        10, ge=1, description="classes kept per pixel in habitat.zarr's top_k (and top_k_probability: conformal sets)"
+    )
+
+
+class IndicatorsConfig(_Section):
+    """Biodiversity indicators (``geoplantnet indicators``): status tables, calibration plots, uncertainty settings.
+
+    Unset tables on the virtual region are the region's own (``tables/species_status.csv``, ``habitat_status.csv``)."""
+
+    status: str | None = Field(
+        None,
+        description="species status table (CSV/Parquet: a species id or name column; invasive, iucn, "
+        "threatened, protected columns)",
+    )
+    invasive_list: str | None = Field(
+        None,
+        description="the EU list of invasive alien species of Union concern (GBIF-matched CSV): names on it "
+        "count as invasive, in addition to the status table",
+    )
+    protected_list: str | None = Field(
+        None, description="the Habitats Directive Art. 17 checklist (GBIF-matched CSV): names on it count as protected"
+    )
+    habitat_red_list: str | None = Field(
+        None,
+        description="European Red List of habitats crosswalk to EUNIS 2021 (folder or CSV), or a CSV of habitat "
+        "code and Red List category",
+    )
+    plots: str | None = Field(
+        None,
+        description="presence-absence survey plots (same columns as habitats.*) held out from training, to "
+        "calibrate and test the intervals; None on the virtual region: independent surveys drawn for the purpose",
+    )
+    n_surveys: int = Field(300, ge=0, description="virtual region: independent surveys drawn for calibration")
+    level: float = Field(0.9, gt=0, lt=1, description="nominal coverage of every interval and habitat set")
+    draws: int = Field(32, ge=2, description="Monte-Carlo assemblages per pixel (Shannon, ecosystem health)")
+    folds: int = Field(5, ge=2, description="spatial folds of the calibration plots for the coverage estimate")
+    block_size: float = Field(1000.0, gt=0, description="metres: side of the spatial blocks of those folds")
+    typical_species: int = Field(10, ge=1, description="typical species per habitat (highest phi fidelity)")
+    min_phi: float = Field(0.2, ge=0, lt=1, description="least phi fidelity of a typical species")
+    seed: int = 0
 
 
 class RunConfig(_Section):
@@ -392,6 +432,7 @@ class RunConfig(_Section):
     inputs: InputsConfig = InputsConfig()
     table: TableConfig = TableConfig()
     habitats: HabitatsConfig = HabitatsConfig()
+    indicators: IndicatorsConfig = IndicatorsConfig()
 
     def to_attrs(self) -> dict[str, str]:
         """The resolved configuration, credentials redacted (:func:`redact`), as a JSON string attribute."""

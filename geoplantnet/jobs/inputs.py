@@ -142,6 +142,18 @@ def run_inputs(cfg: RunConfig, *, observations: bool = True, progress: bool = Fa
     return user_inputs(cfg, observations=observations)
 
 
+def _plots_of(plots: pd.DataFrame, species: pd.DataFrame, source: str) -> Plots:
+    """The simulator's plot tables (plots with habitat and point geometry; plot_species long rows) as sentences."""
+    long = species.merge(
+        pd.DataFrame(
+            {"plot_id": plots["plot_id"], "habitat": plots["habitat"], "x": plots.geometry.x, "y": plots.geometry.y}
+        ),
+        on="plot_id",
+    )
+    settings = HabitatsConfig(plot="plot_id", species="species_id", cover="cover", habitat="habitat", x="x", y="y")
+    return plots_from_frame(long, settings, source)
+
+
 def virtual_plots(cfg: RunConfig, *, progress: bool = False) -> tuple[Plots, str]:
     """The virtual region's presence-absence plots as sentences (species ids by cover) with their habitats, and the
     path of the region's true habitat raster (``truth/habitat.zarr``) to score habitat maps against."""
@@ -152,11 +164,15 @@ def virtual_plots(cfg: RunConfig, *, progress: bool = False) -> tuple[Plots, str
     manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
     plots = gpd.read_parquet(manifest.plots)
     species = pd.read_parquet(manifest.plot_species)
-    long = species.merge(
-        pd.DataFrame(
-            {"plot_id": plots["plot_id"], "habitat": plots["habitat"], "x": plots.geometry.x, "y": plots.geometry.y}
-        ),
-        on="plot_id",
-    )
-    settings = HabitatsConfig(plot="plot_id", species="species_id", cover="cover", habitat="habitat", x="x", y="y")
-    return plots_from_frame(long, settings, str(manifest.plot_species)), str(manifest.truth_habitat)
+    return _plots_of(plots, species, str(manifest.plot_species)), str(manifest.truth_habitat)
+
+
+def virtual_surveys(cfg: RunConfig, n: int, *, progress: bool = False) -> Plots:
+    """``n`` presence-absence surveys of the virtual region that no model was trained on (another random stream than
+    its plots): held-out data to calibrate and test the indicators' intervals."""
+    from geoplantnet.sim.region import generate_region
+    from geoplantnet.sim.surveys import independent_surveys
+
+    manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
+    plots, species = independent_surveys(manifest, cfg, n)
+    return _plots_of(plots, species, f"{manifest.root} (independent surveys)")

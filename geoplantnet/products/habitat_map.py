@@ -9,6 +9,7 @@ probabilities give the ``habitat.zarr`` variables:
 - ``habitat`` (y, x) int16: index of the most probable class in ``habitat_code``; -1 = no data
 - ``habitat_probability`` (y, x) uint8: its probability, coded like species probabilities (255 = no data)
 - ``top_k`` (rank, y, x) int16: the classes by decreasing probability; -1 = no data
+- ``top_k_probability`` (rank, y, x) uint8: their probabilities (what conformal habitat sets are made of)
 """
 
 from __future__ import annotations
@@ -63,9 +64,15 @@ class HabitatBlocks:
     habitat: np.ndarray  # (y, x) int16
     habitat_probability: np.ndarray  # (y, x) uint8
     top_k: np.ndarray  # (rank, y, x) int16
+    top_k_probability: np.ndarray  # (rank, y, x) uint8
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return {"habitat": self.habitat, "habitat_probability": self.habitat_probability, "top_k": self.top_k}
+        return {
+            "habitat": self.habitat,
+            "habitat_probability": self.habitat_probability,
+            "top_k": self.top_k,
+            "top_k_probability": self.top_k_probability,
+        }
 
 
 def ranks(n_classes: int, top_k: int) -> int:
@@ -89,7 +96,7 @@ def classify_codes(
     valid = ~(codes == NODATA).any(axis=0)  # a species without data leaves the assemblage unknown
     habitat = np.full((h, w), NO_CLASS, np.int16)
     top = np.full((k, h, w), NO_CLASS, np.int16)
-    best_p = np.zeros((h, w), np.float32)
+    top_p = np.zeros((k, h, w), np.float32)
     if valid.any():
         prob = decode(codes[:, valid]).T  # (pixels with data, species)
         ids = assemblage_ids(prob, token_of, rule.thresholds, model.cfg.max_species, rule.top_species)
@@ -99,8 +106,9 @@ def classify_codes(
         order = np.argsort(-p, axis=1, kind="stable")[:, :k]
         habitat[valid] = order[:, 0]
         top[:, valid] = order.T
-        best_p[valid] = np.take_along_axis(p, order[:, :1], axis=1)[:, 0]
-    return HabitatBlocks(habitat, encode(best_p[None], valid)[0], top)
+        top_p[:, valid] = np.take_along_axis(p, order, axis=1).T
+    top_codes = encode(top_p, valid)
+    return HabitatBlocks(habitat, top_codes[0], top, top_codes)
 
 
 def read_species_tile(url: str, tile: Tile, storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
@@ -153,6 +161,15 @@ def habitat_template(
             "comment": f"rank 0 = habitat; {NO_CLASS} = no data",
         },
     )
+    top_p, top_p_enc = tiled_variable(
+        ("rank", "y", "x"),
+        (k, *shape),
+        dtype="uint8",
+        fill=NODATA,
+        chunks=(k, tile, tile),
+        scale=SCALE,
+        attrs=probability_attrs("probability of each class of top_k (classifier softmax)"),
+    )
     coords: dict[str, Any] = {
         **grid.coords(),
         "rank": ("rank", np.arange(k, dtype="int16"), {"long_name": "rank of the class (0 = most probable)"}),
@@ -161,5 +178,8 @@ def habitat_template(
     }
     if names is not None:
         coords["habitat_name"] = ("habitat_class", np.asarray(names, dtype=object))
-    ds = xr.Dataset({"habitat": habitat, "habitat_probability": prob, "top_k": top}, coords=coords)
-    return ds, {"habitat": habitat_enc, "habitat_probability": prob_enc, "top_k": top_enc}
+    ds = xr.Dataset(
+        {"habitat": habitat, "habitat_probability": prob, "top_k": top, "top_k_probability": top_p}, coords=coords
+    )
+    encoding = {"habitat": habitat_enc, "habitat_probability": prob_enc, "top_k": top_enc}
+    return ds, {**encoding, "top_k_probability": top_p_enc}
