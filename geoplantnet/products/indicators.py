@@ -227,7 +227,7 @@ def describe(name: str, model: IndicatorModel) -> dict[str, Any]:
         "threatened": "threatened species (IUCN VU, EN or CR, or flagged threatened in the status table)",
         "protected": "protected species (status table and/or Habitats Directive annexes)",
     }
-    if group in what:
+    if group in what and part in ("expected", "lower", "upper", "thresholded"):
         radius = model.count_radius.get(group, np.nan)
         calibrated = (
             f"split-conformal radius q={radius:.3f} (normalised residual |observed - expected| / (sd + 1)) "
