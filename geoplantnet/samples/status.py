@@ -46,6 +46,7 @@ _WORDS = {
     "not assessed": "NE",
 }
 _WORD_ORDER = sorted(_WORDS, key=len, reverse=True)  # "extinct in the wild" before "extinct"
+_VAGUE = ("", "NE", "DD")  # says nothing about the threat
 _MISSING = {"", "-", "–", "nan", "none", "null", "na", "n/a"}
 _TRUE = {"true", "yes", "y", "t", "1", "1.0", "x"}
 _FALSE = {"false", "no", "n", "f", "0", "0.0"} | _MISSING
@@ -452,11 +453,12 @@ def _red_list_links(path: Path) -> list[tuple[str, str, str]]:
         raise StatusTableError(f"{where}: no EUNIS code column (a 'EUNIS ... code' or 'code' column)")
     if plus is None and eu28 is None and plain is None:
         raise StatusTableError(f"{where}: no category column ('Overall category EU28+'/'EU28' or 'category')")
-    # EU28+ covers the wider region (and habitats absent from the EU28); EU28 where EU28+ says nothing.
+    # EU28+ covers the wider region (and habitats absent from the EU28); EU28 where EU28+ says nothing or only DD.
     cats = [_categories(df[c], where, c) for c in (plus, eu28, plain) if c is not None]
     best = cats[0].copy()
     for more in cats[1:]:
-        best = np.where(np.isin(best, ("", "NE")) & (more != ""), more, best)
+        vague, informative = np.isin(best, _VAGUE), ~np.isin(more, _VAGUE)
+        best = np.where((vague & informative) | ((best == "") & (more != "")), more, best)
     quals = df[qualifier].map(lambda q: " ".join(str(q).split()) if pd.notna(q) else "") if qualifier else None
     links = []
     for r, c in enumerate(df[code]):
@@ -470,7 +472,8 @@ def read_habitat_red_list(path_or_dir: str | Path | Sequence[str | Path]) -> Hab
     """EUNIS code -> Red List category from the European Red List of Habitats crosswalks (a folder: its
     ``*cross_to_EUNIS_2021*.csv`` and ``*cross_to_EUNIS_2022*.csv``), or from users' (code, category) tables.
 
-    Category of a row: ``Overall category EU28+``, else EU28 (``"-"``, empty or Not Evaluated count as absent).
+    Category of a row: ``Overall category EU28+``, else EU28 where EU28+ is ``"-"``, empty, Not Evaluated or Data
+    Deficient (a VU in the EU28 says more than a DD for the wider region); DD when both say DD.
     Several Red List habitats may link to one code; the rule: the worst category among the full links (qualifier
     ``=``, ``≈`` or ``>``, or none: the unit is the Red List habitat or a part of it, so its assessment covers the
     unit); a code with only partial links (``<``: the Red List habitat is a part of the unit; ``#``: overlap) takes
