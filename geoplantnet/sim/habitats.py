@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from geoplantnet.sim.species import N_LAND_COVER, NICHE_VARIABLES, SpeciesPool
+from geoplantnet.sim.species import IUCN_THREATENED, N_LAND_COVER, NICHE_VARIABLES, SpeciesPool
 
 LEVEL1 = {
     "C": "Inland surface waters",
@@ -54,6 +54,11 @@ LEVEL2: dict[str, tuple[str, tuple[int, ...]]] = {
     "V1": ("Arable land and market gardens", (2,)),
     "V3": ("Artificial grasslands and herb-dominated habitats", (2,)),
 }
+# How much a land-cover class adds to a habitat's threat score: wetlands and waters are the most threatened habitats
+# of the European Red List, built and arable land (J, V) is not assessed.
+THREAT_WEIGHT = {3: 1.0, 4: 0.5, 5: 0.3, 6: 1.0, 7: 2.0, 8: 1.5, 9: 0.5}
+# Categories by rank of the threat score (0 = most threatened): the first share of the assessed habitats gets CR...
+THREAT_SHARES = (("CR", 0.05), ("EN", 0.15), ("VU", 0.35), ("NT", 0.55), ("LC", 1.0))
 MIN_DIAGNOSTIC_COVER = 1.0  # % summed cover a diagnostic group needs before a plot counts as that habitat
 
 
@@ -272,6 +277,40 @@ class HabitatSet:
         if unknown:
             raise HabitatError(f"habitat table names species not in the pool: {sorted(unknown)[:5]}")
         return habitats
+
+    def red_list(self, pool: SpeciesPool) -> dict[str, str]:
+        """A Red List category per code, deterministic: level-3 habitats ranked by threat score (land-cover weight +
+        rarity of the diagnostic species, -log10 of their mean prevalence), J/V ones ``NE``; a level-2 code takes the
+        worst of its habitats; level-1 codes get none (they test the fallback and the report of missing codes)."""
+        prevalence = dict(zip(pool.ids, pool.prevalence, strict=True))
+        scores = {
+            c: THREAT_WEIGHT[k] - np.log10(np.mean([prevalence[s] for s in self.diagnostic[c]]))
+            for c, k in zip(self.codes, self.land_cover, strict=True)
+            if c in self.diagnostic and k in THREAT_WEIGHT
+        }
+        ranked = sorted(scores, key=lambda c: (-scores[c], c))
+        out = {c: "NE" for c in self.leaves if c not in scores}
+        for r, code in enumerate(ranked):
+            out[code] = next(cat for cat, share in THREAT_SHARES if r / len(ranked) < share)
+        order = [cat for cat, _ in THREAT_SHARES] + ["NE"]
+        for code, parent in zip(self.codes, self.parents, strict=True):
+            if code in out and len(parent) == 2:
+                out[parent] = min(out.get(parent, "NE"), out[code], key=order.index)
+        return out
+
+    def status_table(self, pool: SpeciesPool) -> pd.DataFrame:
+        """code, red_list_category (``""`` at level 1), threatened (VU, EN, CR) for every code."""
+        cats = self.red_list(pool)
+        category = [cats.get(c, "") for c in self.codes]
+        threatened = [c in IUCN_THREATENED for c in category]
+        return pd.DataFrame({"code": list(self.codes), "red_list_category": category, "threatened": threatened})
+
+    def write_status(self, path: str | Path, pool: SpeciesPool) -> Path:
+        """Write :meth:`status_table` as CSV."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.status_table(pool).to_csv(path, index=False)
+        return path
 
     def write_table(self, path: str | Path) -> Path:
         """Write :meth:`table` as CSV or Parquet (by suffix)."""

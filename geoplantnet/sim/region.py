@@ -67,6 +67,8 @@ PATHS = {
     "species_csv": "tables/species.csv",
     "habitat_table": "tables/habitats.parquet",
     "habitat_csv": "tables/habitats.csv",
+    "species_status": "tables/species_status.csv",
+    "habitat_status": "tables/habitat_status.csv",
     "plots": "observations/plots.parquet",
     "plot_species": "observations/plot_species.parquet",
     "presence_only": "observations/presence_only.parquet",
@@ -282,6 +284,8 @@ def _pools(config: RunConfig, grid: Grid, env: Any, root: Path) -> tuple[Species
         pool.write_table(root / PATHS[key])
     for key in ("habitat_table", "habitat_csv"):
         habitats.write_table(root / PATHS[key])
+    pool.write_status(root / PATHS["species_status"])
+    habitats.write_status(root / PATHS["habitat_status"], pool)
     return pool, habitats
 
 

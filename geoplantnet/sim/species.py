@@ -54,6 +54,22 @@ _EPITHETS = (
 )  # fmt: skip
 
 
+# Plants of the EU list of invasive alien species of Union concern (Regulation (EU) 2016/1141 as amended 2022) with
+# their growth form: the pool's invasive species take these names, so matching the real list finds exactly them.
+EU_INVASIVE_PLANTS = (
+    ("Ailanthus altissima", "tree"), ("Acacia saligna", "tree"), ("Prosopis juliflora", "tree"),
+    ("Triadica sebifera", "tree"), ("Baccharis halimifolia", "shrub"), ("Hakea sericea", "shrub"),
+    ("Impatiens glandulifera", "forb"), ("Heracleum mantegazzianum", "forb"), ("Asclepias syriaca", "forb"),
+    ("Heracleum sosnowskyi", "forb"), ("Parthenium hysterophorus", "forb"), ("Gunnera tinctoria", "forb"),
+    ("Persicaria perfoliata", "forb"), ("Humulus scandens", "forb"), ("Lysichiton americanus", "forb"),
+    ("Andropogon virginicus", "graminoid"), ("Microstegium vimineum", "graminoid"), ("Ehrharta calycina", "graminoid"),
+    ("Cortaderia jubata", "graminoid"), ("Elodea nuttallii", "aquatic"), ("Lagarosiphon major", "aquatic"),
+    ("Ludwigia grandiflora", "aquatic"), ("Myriophyllum aquaticum", "aquatic"),
+    ("Hydrocotyle ranunculoides", "aquatic"), ("Lygodium japonicum", "fern"),
+)  # fmt: skip
+PROTECTED_SHARE = 0.05  # the rarest species (a few %) carry a protected flag, as Habitats Directive species
+
+
 class SpeciesError(ValueError):
     """Bad input to the species pool (missing environmental variable, unknown species, bad table)."""
 
@@ -88,6 +104,20 @@ def _binomials(rng: np.random.Generator, n: int) -> list[str]:
             seen.add(name)
             names.append(name)
     return names
+
+
+def _invasive_names(names: list[str], invasive: np.ndarray, forms: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` with the invasive species renamed after real EU invasive plants, each of its own growth form when
+    one is left (else the next unused); beyond :data:`EU_INVASIVE_PLANTS` the synthetic names stay. No draw from the
+    random stream, so every other parameter of the pool stays as it was."""
+    out = list(names)
+    free = [(n, f) for n, f in EU_INVASIVE_PLANTS if n not in names]
+    for s in np.flatnonzero(invasive):
+        if not free:
+            break
+        pick = next((j for j, (_, f) in enumerate(free) if f == forms[s]), 0)
+        out[s] = free.pop(pick)[0]
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -180,7 +210,7 @@ class SpeciesPool:
         invasive, iucn = _flags(rng, prevalence, breadth, primary)
         pool = cls(
             ids=tuple(f"sp{i + 1:04d}" for i in range(n_species)),
-            names=tuple(_binomials(rng, n_species)),
+            names=_invasive_names(_binomials(rng, n_species), invasive, forms),
             scaling=scaling,
             optimum=optimum,
             width_low=width_low,
@@ -218,6 +248,15 @@ class SpeciesPool:
     @property
     def threatened(self) -> np.ndarray:
         return np.isin(np.asarray(self.iucn), IUCN_THREATENED)
+
+    @property
+    def protected(self) -> np.ndarray:
+        """The rarest :data:`PROTECTED_SHARE` of the non-invasive species (at least one): a function of the drawn
+        prevalences, so the pool's parameters and tables stay as they were."""
+        rarity = np.where(self.invasive, -np.inf, -np.log(self.prevalence))
+        out = np.zeros(self.n, dtype=bool)
+        out[np.argsort(-rarity, kind="stable")[: max(1, round(PROTECTED_SHARE * self.n))]] = True
+        return out & ~self.invasive
 
     def logit(
         self,
@@ -333,6 +372,25 @@ class SpeciesPool:
             df.to_parquet(path, index=False)
         else:
             raise SpeciesError(f"{path}: species table must end in .csv or .parquet")
+        return path
+
+    def status_table(self) -> pd.DataFrame:
+        """The species status as a user would give it: species_id, species_name, invasive, iucn_category, protected."""
+        return pd.DataFrame(
+            {
+                "species_id": list(self.ids),
+                "species_name": list(self.names),
+                "invasive": self.invasive,
+                "iucn_category": list(self.iucn),
+                "protected": self.protected,
+            }
+        )
+
+    def write_status(self, path: str | Path) -> Path:
+        """Write :meth:`status_table` as CSV."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.status_table().to_csv(path, index=False)
         return path
 
     @classmethod
