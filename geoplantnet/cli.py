@@ -241,6 +241,50 @@ def _add_habitat_map(sub: argparse._SubParsersAction) -> None:
     habitat_map.set_defaults(func=_cmd_habitat_map)
 
 
+def _cmd_indicators(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from geoplantnet.jobs.indicators import run_indicators
+
+    if args.evaluate and not cfg.inputs.virtual:
+        raise ConfigError("--evaluate scores indicators against the virtual region's truth; inputs.* are set")
+    result = run_indicators(
+        cfg,
+        args.species_store,
+        args.habitat_store,
+        args.out,
+        habitats=not args.no_habitats,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        evaluate=args.evaluate,
+    )
+    print(json.dumps(result.to_dict(), indent=2, default=str))
+    return 0
+
+
+def _add_indicators(sub: argparse._SubParsersAction) -> None:
+    ind = sub.add_parser(
+        "indicators",
+        help="biodiversity indicators with uncertainty (richness, Shannon, invasive, threatened, habitats, "
+        "ecosystem health) from species.zarr and habitat.zarr -> indicators.zarr",
+        description="Status tables (indicators.status, invasive_list, protected_list, habitat_red_list) are matched "
+        "to the map's species; intervals are calibrated on held-out surveys (indicators.plots; on the virtual region "
+        "independent surveys) and their coverage reported; tile by tile on the cluster, resumable.",
+    )
+    _add_config_args(ind)
+    ind.add_argument("--species", dest="species_store", default=None, help="default: <store.root>/species.zarr")
+    ind.add_argument(
+        "--habitats", dest="habitat_store", default=None, help="default: <store.root>/habitat.zarr when it exists"
+    )
+    ind.add_argument("--no-habitats", action="store_true", help="species indicators only (no habitat.zarr)")
+    ind.add_argument("--out", default=None, help="indicators.zarr path or URL (default: <store.root>/indicators.zarr)")
+    ind.add_argument(
+        "--evaluate", action="store_true", help="virtual region: error of every indicator against the truth"
+    )
+    ind.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_overwrite(ind, "indicators.zarr")
+    ind.set_defaults(func=_cmd_indicators)
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from geoplantnet.core.errors import InputError
     from geoplantnet.jobs.quicklook import species_quicklook
@@ -395,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     mapping.set_defaults(func=_cmd_map)
 
     _add_habitat_map(sub)
+    _add_indicators(sub)
 
     plot = sub.add_parser(
         "plot", help="one species from one or more species.zarr stores side by side (e.g. CNN and MaxEnt) -> PNG"

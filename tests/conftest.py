@@ -85,6 +85,14 @@ def small_map(tmp_path_factory: pytest.TempPathFactory, small_region: Path):
 
 
 @pytest.fixture(scope="session")
+def small_habitats(small_map):
+    """A tiny habitat classifier and the habitat map of ``small_map``'s reference map, made once for the session."""
+    from geoplantnet.testing.fixtures import small_habitats as make
+
+    return make(small_map, DEFAULT_CONFIG)
+
+
+@pytest.fixture(scope="session")
 def small_sdm(tmp_path_factory: pytest.TempPathFactory, small_region: Path):
     """``geoplantnet sdm`` once on a copy of the small region, every model scored, calibrated and saved, for the
     session (its folders are read only)."""

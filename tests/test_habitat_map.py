@@ -15,11 +15,11 @@ import pytest
 import zarr
 
 from geoplantnet.cli import main
-from geoplantnet.core.config import ConfigError, PlotModelConfig, PlotTrainConfig, RunConfig, load_config
+from geoplantnet.core.config import ConfigError, RunConfig, load_config
 from geoplantnet.core.encoding import NODATA, SCALE
 from geoplantnet.inference.dense import decode
 from geoplantnet.jobs.habitat_map import plan_habitat_map, run_habitat_map
-from geoplantnet.models.plantbert import PlotModel, assemblage_ids, build_tokenizer, encode_sentences
+from geoplantnet.models.plantbert import PlotModel, assemblage_ids
 from geoplantnet.products.habitat_map import NO_CLASS, AssemblageRule, classify_codes
 from geoplantnet.storage.store import COMPLETE, open_store
 from geoplantnet.storage.tiles import MANIFEST, finished_tiles
@@ -38,33 +38,10 @@ def _cfg(small_map: SmallMap, *extra: str) -> RunConfig:
 @pytest.fixture(scope="module")
 def classifier(small_map: SmallMap) -> tuple[str, PlotModel]:
     """A tiny habitat classifier trained from scratch on the virtual region's plots (same species ids as the map)."""
-    from geoplantnet.jobs.inputs import virtual_plots
-    from geoplantnet.training.plantbert import finetune
+    from geoplantnet.testing.fixtures import tiny_classifier
 
-    plots, _ = virtual_plots(small_map.cfg)
-    plots = plots.subset(plots.labelled)
-    species = [str(s) for s in open_store(small_map.reference)["species"].values]
-    assert {s for sentence in plots.sentences for s in sentence} <= set(species)  # one id space
-    classes = tuple(sorted(set(plots.habitat)))
-    tokenizer = build_tokenizer(species)
-    model_cfg = PlotModelConfig(hidden=16, layers=1, heads=2, intermediate=32, max_species=32)
-    ids, unknown = encode_sentences(tokenizer, plots.sentences, model_cfg.max_species)
-    assert unknown == 0
-    labels = np.asarray([classes.index(h) for h in plots.habitat])
-    model, _ = finetune(
-        tokenizer,
-        None,
-        ids,
-        labels,
-        ids[:0],
-        labels[:0],
-        classes,
-        model_cfg,
-        PlotTrainConfig(finetune_epochs=3, pretrain_epochs=0),
-    )
-    folder = small_map.root / "habitat-model"
-    model.save(folder)
-    return str(folder), PlotModel.load(folder)
+    folder = tiny_classifier(small_map, small_map.root / "habitat-model")
+    return folder, PlotModel.load(folder)
 
 
 @pytest.fixture(scope="module")

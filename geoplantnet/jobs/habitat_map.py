@@ -122,14 +122,16 @@ class HabitatPlan:
     names: tuple[str, ...] = ()  # class names saved with the classifier, where known
 
 
-def _species_store(url: str, options: dict[str, Any]) -> Any:
+def open_species_store(url: str, options: dict[str, Any]) -> Any:
+    """A complete species.zarr (one-line StoreError when missing, incomplete or another product)."""
     ds = open_store(url, storage_options=options)  # StoreError (one line) when missing or incomplete
     if ds.attrs.get(PRODUCT_ATTR) != "species" or "probability" not in ds:
         raise StoreError(f"{redact({'url': url})['url']}: not a species.zarr (no species probability)")
     return ds
 
 
-def _epsg(ds: Any, default: int) -> int:
+def store_epsg(ds: Any, default: int) -> int:
+    """The EPSG code of a store's ``spatial_ref`` (``default`` without one)."""
     wkt = ds["spatial_ref"].attrs.get("crs_wkt") if "spatial_ref" in ds.coords else None
     return (CRS.from_wkt(wkt).to_epsg() or default) if wkt else default
 
@@ -140,7 +142,7 @@ def plan_habitat_map(cfg: RunConfig, species_url: str, model_folder: str, out_ur
     if out_url.rstrip("/") == species_url.rstrip("/"):
         raise HabitatMapError(f"--out {out_url} is the species store the map is made from; choose another path")
     species_options = storage_options_for(species_url, cfg.store)
-    ds = _species_store(species_url, species_options)
+    ds = open_species_store(species_url, species_options)
     model = PlotModel.load(model_folder)  # PlotModelError (one line) when the folder is not a Pl@ntBERT model
     if not model.classes:
         raise InputError(f"{where['b']}: a fill-mask model, not a habitat classifier (run geoplantnet habitats)")
@@ -155,7 +157,7 @@ def plan_habitat_map(cfg: RunConfig, species_url: str, model_folder: str, out_ur
     rule = AssemblageRule.of(cfg.habitats.map_species, thresholds, where["a"])
     raw = zarr.open_group(zarr_store(species_url, species_options), mode="r")["probability"]
     tile = int((raw.shards or raw.chunks)[-1])  # the species store's tiles: one shard read per habitat tile
-    grid = grid_of(ds["probability"], _epsg(ds, cfg.grid.epsg))
+    grid = grid_of(ds["probability"], store_epsg(ds, cfg.grid.epsg))
     species_version = str(ds.attrs.get("model_version", "unknown"))
     habitat_version = f"plantbert-classifier/{model.version}"
     parts = {

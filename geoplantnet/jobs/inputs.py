@@ -176,3 +176,20 @@ def virtual_surveys(cfg: RunConfig, n: int, *, progress: bool = False) -> Plots:
     manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
     plots, species = independent_surveys(manifest, cfg, n)
     return _plots_of(plots, species, f"{manifest.root} (independent surveys)")
+
+
+def virtual_status_tables(cfg: RunConfig) -> dict[str, str]:
+    """The virtual region's species and habitat status tables (the statuses its generator assigned)."""
+    from geoplantnet.sim.region import generate_region
+
+    manifest = generate_region(cfg, Path(cfg.workdir) / "region")
+    return {"species": str(manifest.path("species_status")), "habitats": str(manifest.path("habitat_status"))}
+
+
+def virtual_truth(cfg: RunConfig) -> tuple[xr.DataArray, str]:
+    """The virtual region's true probabilities (species, y, x) and the path of its true habitat store."""
+    from geoplantnet.sim.region import generate_region
+    from geoplantnet.storage.store import open_store
+
+    manifest = generate_region(cfg, Path(cfg.workdir) / "region")
+    return open_store(str(manifest.truth_species))["probability"], str(manifest.truth_habitat)

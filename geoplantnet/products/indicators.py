@@ -32,7 +32,8 @@ from geoplantnet.storage.tiles import tiled_variable
 from geoplantnet.validation.conformal import class_sets, count_interval, count_moments
 
 GROUPS = ("richness", "invasive", "threatened", "protected")
-RED_LIST = ("LC", "NT", "VU", "EN", "CR", "DD")  # category codes; index stored in habitat_red_list, -1 = unknown
+# Red List categories (European Red List of Habitats); the index is stored in habitat_red_list, -1 = unknown
+RED_LIST = ("LC", "NT", "VU", "EN", "CR", "CO", "DD", "NE")
 THREATENED_CATEGORIES = ("VU", "EN", "CR")
 NO_FLAG = -1
 NORMAL_Z = {0.8: 1.2816, 0.9: 1.6449, 0.95: 1.96, 0.99: 2.5758}

@@ -186,7 +186,8 @@ def generate_region(config: RunConfig, out_dir: str | os.PathLike[str], *, progr
             old = RegionManifest.load(root)
         except RegionError:
             old = None
-        if old is not None and old.config_hash == digest and all(old.path(k).exists() for k in old.paths):
+        current = old is not None and set(PATHS) <= set(old.paths)  # a region of an older layout lacks new files
+        if current and old.config_hash == digest and all(old.path(k).exists() for k in old.paths):
             return old
         (root / MANIFEST).unlink()
     root.mkdir(parents=True, exist_ok=True)

@@ -179,6 +179,55 @@ def small_map(root: Path, default_config: Path, region: Path) -> SmallMap:
     return SmallMap(cfg, overrides, model, sources, reference, summary, root)
 
 
+def tiny_classifier(small: SmallMap, folder: Path) -> str:
+    """A tiny habitat classifier trained from scratch on the virtual region's plots (the map's species ids), saved in
+    ``folder``; returns the folder."""
+    from geoplantnet.core.config import PlotModelConfig, PlotTrainConfig
+    from geoplantnet.jobs.inputs import virtual_plots
+    from geoplantnet.models.plantbert import build_tokenizer, encode_sentences
+    from geoplantnet.storage.store import open_store
+    from geoplantnet.training.plantbert import finetune
+
+    plots, _ = virtual_plots(small.cfg)
+    plots = plots.subset(plots.labelled)
+    species = [str(s) for s in open_store(small.reference)["species"].values]
+    if not {s for sentence in plots.sentences for s in sentence} <= set(species):
+        raise AssertionError("the plots and the map must share one species id space")
+    classes = tuple(sorted(set(plots.habitat)))
+    tokenizer = build_tokenizer(species)
+    model_cfg = PlotModelConfig(hidden=16, layers=1, heads=2, intermediate=32, max_species=32)
+    ids, _ = encode_sentences(tokenizer, plots.sentences, model_cfg.max_species)
+    labels = np.asarray([classes.index(h) for h in plots.habitat])
+    train = PlotTrainConfig(finetune_epochs=3, pretrain_epochs=0)
+    model, _ = finetune(tokenizer, None, ids, labels, ids[:0], labels[:0], classes, model_cfg, train)
+    model.save(folder)
+    return str(folder)
+
+
+@dataclass
+class SmallHabitats:
+    """A habitat classifier and the habitat map of :class:`SmallMap`'s reference species map (read only)."""
+
+    model: str
+    store: str
+    overrides: list[str]
+
+
+def small_habitats(small: SmallMap, default_config: Path) -> SmallHabitats:
+    """:func:`tiny_classifier` and ``habitat.zarr`` of the small map (each pixel's top 8 species: the small map's
+    model has no thresholds), written by an embedded LocalCluster under ``small.root/habitats``."""
+    from geoplantnet.core.config import load_config
+    from geoplantnet.jobs.habitat_map import run_habitat_map
+
+    folder = small.root / "habitats"
+    folder.mkdir(exist_ok=True)
+    model = tiny_classifier(small, folder / "model")
+    overrides = [*small.overrides, "habitats.map_species=8"]
+    store = str(folder / "habitat.zarr")
+    run_habitat_map(load_config(default_config, overrides), small.reference, model, store, progress=False)
+    return SmallHabitats(model, store, overrides)
+
+
 # -- the sdm command on the small region (shared by the sdm and calibration tests)
 
 SDM_SETTINGS = [*SMALL_REGION, "train.epochs=10", "validation.folds=3"]  # 3 epochs left the CNN untrained

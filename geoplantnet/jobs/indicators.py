@@ -1,0 +1,601 @@
+"""``indicators.zarr`` from ``species.zarr`` (and ``habitat.zarr``): richness, Shannon, invasive, threatened and
+protected species, threatened habitats and ecosystem health, each with its uncertainty, tile by tile on the cluster.
+
+On the driver, before anything is written: the stores are complete and on one grid; the status tables are matched
+to the store's species (a report of what did not match); the typical species of each habitat come from the labelled
+plots the classifier learned from; the conformal radii are calibrated on held-out presence-absence surveys (read
+from the maps at the surveys' cells) and their coverage measured by cross-conformal spatial folds. Then one task
+per tile (:func:`geoplantnet.jobs.tiled.produce_tiles`): read the tile's species codes (one shard) and habitat
+classes, :func:`geoplantnet.products.indicators.indicator_blocks`, write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from distributed import Client
+
+from geoplantnet.core.config import RunConfig, redact
+from geoplantnet.core.errors import GeoplantnetError, InputError
+from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.inference.dense import decode
+from geoplantnet.jobs.habitat_map import open_species_store, store_epsg
+from geoplantnet.jobs.tiled import TileOutput, produce_tiles
+from geoplantnet.products.habitat_map import THRESHOLD, read_species_tile
+from geoplantnet.products.indicators import (
+    RED_LIST,
+    HabitatIndicatorModel,
+    IndicatorModel,
+    class_index,
+    indicator_blocks,
+    indicator_template,
+    typical_species,
+)
+from geoplantnet.samples import status as status_tables
+from geoplantnet.samples.extraction import grid_of
+from geoplantnet.samples.plots import Plots
+from geoplantnet.storage.store import (
+    PRODUCT_ATTR,
+    RUN_ATTR,
+    StoreError,
+    join,
+    open_store,
+    preflight,
+    run_id,
+    storage_options_for,
+    zarr_store,
+)
+from geoplantnet.storage.tiles import write_tile_blocks
+from geoplantnet.validation.blocks import spatial_blocks
+from geoplantnet.validation.conformal import (
+    class_scores,
+    class_sets,
+    count_interval,
+    count_moments,
+    count_scores,
+    cross_coverage,
+)
+
+PRODUCT = "indicators"
+
+
+class IndicatorError(GeoplantnetError):
+    """Indicators that cannot start (stores or tables that do not fit) or a tile that failed."""
+
+
+@dataclass(frozen=True)
+class IndicatorTileJob:
+    """Everything an indicator tile task needs besides its tile."""
+
+    species_url: str
+    species_options: dict[str, Any]
+    habitat_url: str | None
+    habitat_options: dict[str, Any]
+    model: IndicatorModel
+    output: TileOutput
+
+
+def read_habitat_tile(
+    url: str, tile: Tile, storage_options: Mapping[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The habitat classes (K, y, x) int16 and their probabilities (K, y, x) float32 of ``tile``."""
+    group = zarr.open_group(zarr_store(url, storage_options), mode="r")
+    ys, xs = tile.slices
+    return np.asarray(group["top_k"][:, ys, xs]), decode(np.asarray(group["top_k_probability"][:, ys, xs]))
+
+
+def tile_seed(tile: Tile) -> int:
+    """A tile's Monte-Carlo stream: fixed by its place, so a resumed or rerun tile gets the same draws."""
+    return zlib.crc32(tile.id.encode())
+
+
+def indicator_tile(job: IndicatorTileJob, tile: Tile) -> dict[str, Any]:
+    """Read, compute and write one tile's indicators; returns its timings (runs on a worker)."""
+    t0 = time.perf_counter()
+    p = decode(read_species_tile(job.species_url, tile, job.species_options))
+    top = top_p = None
+    if job.habitat_url is not None:
+        top, top_p = read_habitat_tile(job.habitat_url, tile, job.habitat_options)
+    t1 = time.perf_counter()
+    blocks = indicator_blocks(p, job.model, habitat_top=top, habitat_top_probability=top_p, seed=tile_seed(tile))
+    t2 = time.perf_counter()
+    info = {"read_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "pid": os.getpid()}
+    out = job.output
+    write_tile_blocks(out.url, blocks, tile, run=out.run, info=info, storage_options=out.storage_options)
+    return {**info, "tile": tile.id, "pixels": tile.height * tile.width, "model_loads": 0}
+
+
+# -- the driver: statuses, typical species, calibration
+
+
+@dataclass
+class Calibration:
+    """The conformal radii and their measured coverage (cross-conformal spatial folds of the surveys)."""
+
+    count_radius: dict[str, float] = field(default_factory=dict)
+    habitat_radius: float = float("nan")
+    coverage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    surveys: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def presence_matrix(plots: Plots, species: list[str]) -> np.ndarray:
+    """(plots, S) bool: which of the map's species each plot lists."""
+    where = {s: i for i, s in enumerate(species)}
+    out = np.zeros((len(plots), len(species)), dtype=bool)
+    for i, sentence in enumerate(plots.sentences):
+        idx = [where[s] for s in sentence if s in where]
+        out[i, idx] = True
+    return out
+
+
+def _cells(grid: Grid, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of the points (map CRS); -1 outside the grid."""
+    col = np.floor((np.asarray(x, dtype="float64") - grid.left) / grid.resolution).astype("int64")
+    row = np.floor((grid.top - np.asarray(y, dtype="float64")) / grid.resolution).astype("int64")
+    inside = (col >= 0) & (col < grid.width) & (row >= 0) & (row < grid.height)
+    return np.where(inside, row, -1), np.where(inside, col, -1)
+
+
+def sample_maps(
+    species_codes: xr.Dataset, habitat_codes: xr.Dataset | None, grid: Grid, plots: Plots
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """The maps at the plots' cells (stores opened with ``mask_and_scale=False``; only the chunks under the plots are
+    read): p (n, S), habitat classes and their probabilities (n, K) or None, and which plots fell on a cell with
+    data."""
+    row, col = _cells(grid, plots.x, plots.y)
+    ok = row >= 0
+    at = {"y": xr.DataArray(row[ok], dims="plot"), "x": xr.DataArray(col[ok], dims="plot")}
+    p = np.full((len(plots), species_codes.sizes["species"]), np.nan, dtype="float32")
+    p[ok] = decode(np.asarray(species_codes["probability"].isel(at).transpose("plot", "species").values))
+    top = top_p = None
+    if habitat_codes is not None:
+        k = habitat_codes.sizes["rank"]
+        top = np.full((len(plots), k), -1, dtype="int64")
+        top_p = np.zeros((len(plots), k), dtype="float32")
+        top[ok] = habitat_codes["top_k"].isel(at).transpose("plot", "rank").values
+        top_p[ok] = decode(np.asarray(habitat_codes["top_k_probability"].isel(at).transpose("plot", "rank").values))
+    valid = ok & np.isfinite(p).all(axis=1)
+    if top is not None:
+        valid &= (top >= 0).all(axis=1)
+    return p, top, top_p, valid
+
+
+def _folds(plots: Plots, cfg: RunConfig) -> np.ndarray:
+    ind = cfg.indicators
+    try:
+        return spatial_blocks(plots.x, plots.y, ind.block_size, ind.folds, seed=ind.seed)
+    except InputError:  # too few blocks for the folds: random folds, and the report says so
+        return np.random.default_rng(ind.seed).integers(0, ind.folds, len(plots))
+
+
+def calibrate(
+    p: np.ndarray,
+    observed: np.ndarray,
+    groups: Mapping[str, np.ndarray],
+    folds: np.ndarray,
+    level: float,
+    *,
+    top: np.ndarray | None = None,
+    top_p: np.ndarray | None = None,
+    truth_class: np.ndarray | None = None,
+) -> Calibration:
+    """Conformal radii of every count group (and of the habitat sets) from surveys: ``p`` (n, S) the maps at the
+    surveys, ``observed`` (n, S) what they found, ``truth_class`` (n,) their habitat's index in the map's classes
+    (-1 outside them, -2 unlabelled)."""
+    cal = Calibration(surveys=len(p))
+    for g, mask in groups.items():
+        mu, var = count_moments(p, mask)
+        obs = (observed & mask).sum(axis=1)
+        scores = count_scores(obs, mu, var)
+
+        def inside(idx: np.ndarray, q: float, mu=mu, var=var, obs=obs) -> np.ndarray:
+            lo, hi = count_interval(mu[idx], var[idx], q)
+            return (obs[idx] >= lo) & (obs[idx] <= hi)
+
+        def width(idx: np.ndarray, q: float, mu=mu, var=var) -> np.ndarray:
+            lo, hi = count_interval(mu[idx], var[idx], q)
+            return hi - lo
+
+        cov = cross_coverage(scores, folds, level, inside, width)
+        cal.count_radius[g] = cov.radius
+        cal.coverage[g] = cov.to_dict()
+    if top is not None and top_p is not None and truth_class is not None:
+        labelled = truth_class >= -1
+        scores = class_scores(top_p[labelled], top[labelled], truth_class[labelled])
+        t, tp, tc = top[labelled], top_p[labelled], truth_class[labelled]
+
+        def in_set(idx: np.ndarray, q: float) -> np.ndarray:
+            return ((t[idx] == tc[idx, None]) & class_sets(tp[idx], q)).any(axis=1)
+
+        def size(idx: np.ndarray, q: float) -> np.ndarray:
+            return class_sets(tp[idx], q).sum(axis=1)
+
+        cov = cross_coverage(scores, folds[labelled], level, in_set, size)
+        cal.habitat_radius = cov.radius
+        cal.coverage["habitat_set"] = cov.to_dict()
+        outside = int((tc == -1).sum())
+        if outside:
+            cal.notes.append(f"{outside} labelled surveys have a habitat that is not a class of the habitat map")
+    return cal
+
+
+@dataclass(frozen=True)
+class IndicatorPlan:
+    """Indicators decided on the driver before anything is written."""
+
+    grid: Grid
+    tile: int
+    parts: dict[str, str]
+    attrs: dict[str, str]
+    job: IndicatorTileJob
+    calibration: Calibration
+    status_report: dict[str, Any]
+    species: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class IndicatorInputs:
+    """The tables an indicator run reads: status sources, surveys to calibrate on, labelled plots for typical
+    species (the habitat classifier's)."""
+
+    status: str | None
+    invasive_list: str | None
+    protected_list: str | None
+    habitat_red_list: str | None
+    surveys: Plots | None
+    reference_plots: Plots | None
+
+
+def _report(rep: status_tables.MatchReport) -> dict[str, Any]:
+    """A match report for the run summary: counts and the first unmatched rows (the species list can be long)."""
+    return {
+        "summary": rep.summary(),
+        "rows": rep.rows,
+        "matched": rep.matched,
+        "unmatched": rep.unmatched[:50],
+        "species_without_row": len(rep.species_without_row),
+    }
+
+
+def species_groups(
+    inputs: IndicatorInputs, species: list[str], names: list[str] | None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Group masks and the reports of the name matching: richness always; invasive, threatened and protected when a
+    status table is given (it speaks for all three: a column it lacks flags nobody), invasive or protected also when
+    the EU list or the Habitats Directive checklist is."""
+    groups: dict[str, np.ndarray] = {"richness": np.ones(len(species), dtype=bool)}
+    report: dict[str, Any] = {}
+    given: set[str] = set()
+    if inputs.status is not None:
+        st = status_tables.read_species_status(inputs.status, species, names)
+        given |= {"invasive", "threatened", "protected"}
+        report["status_table"] = _report(st.report)
+    else:
+        st = status_tables.SpeciesStatus.empty(species, names)
+    lists: dict[str, tuple[str, ...]] = {}
+    if inputs.invasive_list is not None:
+        lists["invasive"] = status_tables.eu_invasive_names(inputs.invasive_list)
+    if inputs.protected_list is not None:
+        lists["protected"] = status_tables.habitats_directive_names(inputs.protected_list)
+    if lists:
+        before = len(st.reports)
+        st = status_tables.add_policy_lists(st, **lists)
+        given |= set(lists)
+        for rep in st.reports[before:]:
+            report[f"list: {rep.source}"] = _report(rep)
+    for g in ("invasive", "threatened", "protected"):
+        if g in given:
+            groups[g] = np.asarray(getattr(st, g), dtype=bool)
+            report[f"{g}_species"] = int(groups[g].sum())
+    return groups, report
+
+
+def habitat_model(
+    inputs: IndicatorInputs, classes: list[str], species: list[str], cfg: RunConfig, radius: float
+) -> tuple[HabitatIndicatorModel, dict[str, Any]]:
+    """Red List categories and typical species of the habitat map's classes."""
+    report: dict[str, Any] = {}
+    red = np.full(len(classes), -1, dtype="int8")
+    if inputs.habitat_red_list is not None:
+        table = status_tables.read_habitat_red_list(inputs.habitat_red_list)
+        st = status_tables.habitat_status(classes, table)
+        red = np.asarray([RED_LIST.index(c) if c in RED_LIST else -1 for c in st.category], dtype="int8")
+        report["habitat_red_list"] = {
+            "classes": len(classes),
+            "from_ancestor": st.from_ancestor,
+            "missing": st.missing,
+            "threatened": [c for c, t in zip(classes, st.threatened, strict=True) if t],
+        }
+    typical = np.zeros((len(classes), len(species)), dtype=bool)
+    reference = np.full(len(classes), np.nan)
+    if inputs.reference_plots is not None:
+        ref = inputs.reference_plots
+        labels = class_index(ref.habitat, classes)
+        typical, reference = typical_species(
+            presence_matrix(ref, species),
+            labels,
+            len(classes),
+            top=cfg.indicators.typical_species,
+            min_phi=cfg.indicators.min_phi,
+        )
+        report["typical_species"] = {
+            "plots": int((labels >= 0).sum()),
+            "classes_with_typical_species": int(np.isfinite(reference).sum()),
+            "classes": len(classes),
+        }
+    return HabitatIndicatorModel(tuple(classes), red, typical, reference, radius), report
+
+
+def _habitat_store(url: str, options: dict[str, Any], grid: Grid) -> list[str]:
+    ds = open_store(url, storage_options=options)
+    if ds.attrs.get(PRODUCT_ATTR) != "habitat" or "top_k" not in ds:
+        raise StoreError(f"{redact({'url': url})['url']}: not a habitat.zarr")
+    if "top_k_probability" not in ds:
+        raise IndicatorError(
+            f"{redact({'url': url})['url']}: a habitat map without top_k_probability (made by an earlier version): "
+            "rerun geoplantnet habitat-map with --out to a new store"
+        )
+    if ds.sizes["y"] != grid.height or ds.sizes["x"] != grid.width:
+        raise IndicatorError(f"{redact({'url': url})['url']}: habitat map and species map are on different grids")
+    return [str(c) for c in ds["habitat_code"].values]
+
+
+def plan_indicators(
+    cfg: RunConfig, species_url: str, habitat_url: str | None, out_url: str, inputs: IndicatorInputs
+) -> IndicatorPlan:
+    """Open the stores and tables, check they fit, calibrate the intervals, and fingerprint the run."""
+    for url in (species_url, habitat_url):
+        if url is not None and out_url.rstrip("/") == url.rstrip("/"):
+            raise IndicatorError(f"--out {out_url} is an input store of the indicators; choose another path")
+    species_options = storage_options_for(species_url, cfg.store)
+    ds = open_species_store(species_url, species_options)
+    species = [str(s) for s in ds["species"].values]
+    names = [str(s) for s in ds["species_name"].values] if "species_name" in ds.coords else None
+    grid = grid_of(ds["probability"], store_epsg(ds, cfg.grid.epsg))
+    raw = zarr.open_group(zarr_store(species_url, species_options), mode="r")["probability"]
+    tile = int((raw.shards or raw.chunks)[-1])
+    thresholds = ds[THRESHOLD].values.astype("float32") if THRESHOLD in ds else None
+    groups, status_report = species_groups(inputs, species, names)
+    habitat_options = storage_options_for(habitat_url, cfg.store) if habitat_url else {}
+    classes = _habitat_store(habitat_url, habitat_options, grid) if habitat_url else None
+
+    cal = Calibration()
+    if inputs.surveys is not None and len(inputs.surveys):
+        codes = open_store(species_url, storage_options=species_options, mask_and_scale=False)
+        habitat_codes = (
+            open_store(habitat_url, storage_options=habitat_options, mask_and_scale=False) if habitat_url else None
+        )
+        p, top, top_p, valid = sample_maps(codes, habitat_codes, grid, inputs.surveys)
+        surveys = inputs.surveys.subset(valid)
+        p = p[valid]
+        truth_class = None
+        if classes is not None and top is not None and top_p is not None:
+            top, top_p = top[valid], top_p[valid]
+            labelled = surveys.labelled
+            truth_class = np.where(labelled, class_index(surveys.habitat, classes), -2)
+        cal = calibrate(
+            p,
+            presence_matrix(surveys, species),
+            groups,
+            _folds(surveys, cfg),
+            cfg.indicators.level,
+            top=top,
+            top_p=top_p,
+            truth_class=truth_class,
+        )
+        cal.notes.append(f"{int((~valid).sum())} surveys off the map or on no-data cells left out")
+    hab, hab_report = (None, {})
+    if classes is not None:
+        hab, hab_report = habitat_model(inputs, classes, species, cfg, cal.habitat_radius)
+    species_version = str(ds.attrs.get("model_version", "unknown"))
+    versions = {"species_model": species_version}
+    habitat_run = "none"
+    if habitat_url is not None:
+        hds = open_store(habitat_url, storage_options=habitat_options)
+        versions["habitat_model"] = str(hds.attrs.get("habitat_model_version", "unknown"))
+        habitat_run = str(hds.attrs.get(RUN_ATTR, "unknown"))
+    ind = cfg.indicators
+    model = IndicatorModel(
+        thresholds=thresholds,
+        groups=groups,
+        count_radius=cal.count_radius,
+        level=ind.level,
+        habitats=hab,
+        draws=ind.draws,
+        seed=ind.seed,
+        versions=versions,
+    )
+    parts = {
+        "species": str(ds.attrs.get(RUN_ATTR, "unknown")),
+        "habitat": habitat_run,
+        "tables": _digest(inputs, groups, hab),
+        "calibration": json.dumps(
+            {k: round(v, 6) for k, v in {**cal.count_radius, "habitat": cal.habitat_radius}.items()}, sort_keys=True
+        ),
+        "settings": f"level={ind.level} draws={ind.draws} seed={ind.seed}",
+        "tiling": f"tile={tile}",
+    }
+    job = IndicatorTileJob(
+        species_url=species_url,
+        species_options=species_options,
+        habitat_url=habitat_url,
+        habitat_options=habitat_options,
+        model=model,
+        output=TileOutput(out_url, run_id(parts), storage_options_for(out_url, cfg.store)),
+    )
+    attrs = {
+        "species_store": redact({"u": species_url})["u"],
+        "habitat_store": redact({"u": habitat_url})["u"] if habitat_url else "none",
+        "species_model_version": species_version,
+        "habitat_model_version": versions.get("habitat_model", "none"),
+        "model_version": species_version,
+        "calibration": json.dumps({"coverage": cal.coverage, "surveys": cal.surveys, "notes": cal.notes}),
+        "nominal_level": str(ind.level),
+    }
+    report = {**status_report, **hab_report}
+    return IndicatorPlan(grid, tile, parts, attrs, job, cal, report, tuple(species))
+
+
+def _digest(inputs: IndicatorInputs, groups: Mapping[str, np.ndarray], hab: HabitatIndicatorModel | None) -> str:
+    """What the tables decided (which species in which group, each class's category and typical species)."""
+    from geoplantnet.core.hashing import fingerprint
+
+    parts: dict[str, Any] = {g: np.flatnonzero(m).tolist() for g, m in groups.items() if g != "richness"}
+    if hab is not None:
+        parts["red_list"] = hab.red_list.tolist()
+        parts["typical"] = [np.flatnonzero(t).tolist() for t in hab.typical]
+    return fingerprint(parts)[:16]
+
+
+@dataclass
+class IndicatorSummary:
+    """What an indicators run did."""
+
+    store: str
+    run: str
+    variables: list[str]
+    groups: dict[str, int]
+    tiles: int
+    tiles_computed: int
+    tiles_skipped: int
+    shape: list[int]
+    cores: int
+    pixels_per_second: float | None
+    pixels_per_second_per_core: float | None
+    seconds: float
+    calibration: dict[str, Any]
+    tables: dict[str, Any]
+    evaluation: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-ready plain values."""
+        return asdict(self)
+
+
+def produce_indicators(
+    client: Client, cfg: RunConfig, plan: IndicatorPlan, *, overwrite: bool = False, progress: bool = True
+) -> IndicatorSummary:
+    """Write ``indicators.zarr`` as planned, resuming a store of the same run; another run's only with ``overwrite``."""
+    t_start = time.perf_counter()
+    out = plan.job.output
+    done = produce_tiles(
+        client,
+        indicator_tile,
+        plan.job,
+        output=out,
+        grid=plan.grid,
+        tile=plan.tile,
+        layout=indicator_template(plan.grid, plan.job.model, plan.tile),
+        product=PRODUCT,
+        parts=plan.parts,
+        cfg=cfg,
+        attrs=plan.attrs,
+        overwrite=overwrite,
+        resources=None,
+        progress=progress,
+        error=IndicatorError,
+    )
+    cores = sum(client.nthreads().values()) or 1
+    pps = done.pixels_per_second
+    return IndicatorSummary(
+        store=redact({"url": out.url})["url"],
+        run=out.run,
+        variables=plan.job.model.variables(),
+        groups={g: int(m.sum()) for g, m in plan.job.model.groups.items()},
+        tiles=len(done.tiles),
+        tiles_computed=len(done.results),
+        tiles_skipped=len(done.tiles) - len(done.todo),
+        shape=[plan.grid.height, plan.grid.width],
+        cores=cores,
+        pixels_per_second=pps,
+        pixels_per_second_per_core=round(pps / cores, 1) if pps else None,
+        seconds=round(time.perf_counter() - t_start, 1),
+        calibration={
+            "level": cfg.indicators.level,
+            "surveys": plan.calibration.surveys,
+            "radius": {**plan.calibration.count_radius, "habitat_set": plan.calibration.habitat_radius},
+            "coverage": plan.calibration.coverage,
+            "notes": plan.calibration.notes,
+        },
+        tables=plan.status_report,
+    )
+
+
+def indicator_inputs(cfg: RunConfig, *, progress: bool = False) -> IndicatorInputs:
+    """The configured tables, or on the virtual region its own tables, independent surveys and plots."""
+    ind = cfg.indicators
+    surveys = reference = None
+    status, red_list = ind.status, ind.habitat_red_list
+    if ind.plots is not None:
+        from geoplantnet.samples.plots import read_plots
+
+        surveys = read_plots(ind.plots, cfg.habitats)
+    if cfg.habitats.plots is not None:
+        from geoplantnet.samples.plots import read_plots
+
+        reference = read_plots(cfg.habitats.plots, cfg.habitats)
+    if cfg.inputs.virtual:
+        from geoplantnet.jobs.inputs import virtual_plots, virtual_status_tables, virtual_surveys
+
+        if surveys is None and ind.n_surveys > 0:
+            surveys = virtual_surveys(cfg, ind.n_surveys, progress=progress)
+        if reference is None:
+            reference, _ = virtual_plots(cfg, progress=progress)
+        tables = virtual_status_tables(cfg)
+        status = status or tables["species"]
+        red_list = red_list or tables["habitats"]
+    return IndicatorInputs(status, ind.invasive_list, ind.protected_list, red_list, surveys, reference)
+
+
+def run_indicators(
+    cfg: RunConfig,
+    species_store_url: str | None = None,
+    habitat_store_url: str | None = None,
+    out_url: str | None = None,
+    *,
+    habitats: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+    evaluate: bool = False,
+) -> IndicatorSummary:
+    """The indicators job: ``species_store_url`` (default ``<store.root>/species.zarr``) and, unless ``habitats`` is
+    False, ``habitat_store_url`` (default ``<store.root>/habitat.zarr`` when it exists) into ``out_url`` (default
+    ``<store.root>/indicators.zarr``) on the configured cluster."""
+    from geoplantnet.runtime.cluster import connect
+
+    species_url = species_store_url or join(cfg.store.root, "species.zarr")
+    habitat_url = habitat_store_url
+    if habitat_url is None and habitats:
+        default = join(cfg.store.root, "habitat.zarr")
+        habitat_url = default if _exists(default, cfg) else None
+    out_url = out_url or join(cfg.store.root, "indicators.zarr")
+    preflight(out_url, storage_options_for(out_url, cfg.store), product=PRODUCT, overwrite=overwrite)
+    plan = plan_indicators(cfg, species_url, habitat_url, out_url, indicator_inputs(cfg, progress=progress))
+    with connect(cfg.cluster) as client:
+        summary = produce_indicators(client, cfg, plan, overwrite=overwrite, progress=progress)
+    if evaluate:
+        from geoplantnet.jobs.indicator_eval import evaluate_indicators
+        from geoplantnet.jobs.inputs import virtual_truth
+
+        truth_species, truth_habitat = virtual_truth(cfg)
+        summary.evaluation = evaluate_indicators(
+            out_url, plan.job.model, list(plan.species), truth_species, truth_habitat
+        )
+    return summary
+
+
+def _exists(url: str, cfg: RunConfig) -> bool:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, cfg.store))
+    return bool(fs.exists(path))
