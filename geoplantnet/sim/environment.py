@@ -342,7 +342,7 @@ class Environment:
         """Fill :attr:`changes`: every event's patch centres, drawn from the seed among random points of the region.
 
         Centres lie on the event's source classes in the previous year, preferably where the change is likely
-        (built-up near towns and roads, rewetting near rivers and lakes); patches of one event do not overlap."""
+        (built-up next to towns and roads, rewetting near rivers and lakes); patches of one event do not overlap."""
         events = self.sim.change_events()
         if not events:
             return
@@ -351,11 +351,14 @@ class Environment:
         cx, cy = rng.uniform(xmin, xmax, CHANGE_CANDIDATES), rng.uniform(ymin, ymax, CHANGE_CANDIDATES)
         base = self._compute(cx, cy, points=True)
         first = base["land_cover"]
+        # Cost of a centre, lowest first (ties in random order): built-up grows out of towns and along roads, with
+        # some jitter so that patches are not all at the one nearest place; rewetting near rivers and lakes.
+        to_built = np.minimum(base["road_distance"], np.maximum(base["town_distance"] - base["town_radius"], 0.0))
         wet = (np.abs(base["valley"]) < 0.3) | (self.fields["lake"].at_points(cx, cy) > 1.5)
-        prefer = {
-            "clearing": np.ones(cx.shape, bool),
-            "built_up": (base["road_distance"] < 250.0) | (base["town_distance"] < base["town_radius"] + 300.0),
-            "wetland_restored": wet,
+        cost = {
+            "clearing": np.zeros(cx.shape),
+            "built_up": to_built + rng.uniform(0.0, 300.0, cx.shape),
+            "wetland_restored": (~wet).astype("float64"),
         }
         for i, event in enumerate(events):
             previous = self.year_land_cover(first, cx, cy, event.year - 1, points=True)[0]
@@ -364,7 +367,7 @@ class Environment:
             free = np.isin(previous, sources) & (code == 0)
             order = np.random.default_rng([self.seed, 0xC4A6F, event.year, i]).permutation(CHANGE_CANDIDATES)
             order = order[free[order]]
-            order = order[np.argsort(~prefer[event.kind][order], kind="stable")]  # preferred first, random within
+            order = order[np.argsort(cost[event.kind][order], kind="stable")]
             chosen: list[int] = []
             for j in order:
                 if len(chosen) == event.count:
