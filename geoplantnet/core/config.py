@@ -12,11 +12,20 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from geoplantnet.core.errors import ConfigError
 from geoplantnet.core.grid import Grid
@@ -55,8 +64,21 @@ class GridConfig(_Section):
         return Grid.from_bounds(bounds, res, epsg=self.epsg)
 
 
+class ChangeEvent(_Section):
+    """Land-cover change of the virtual region: ``count`` round patches of radius ``size_m`` that appear in ``year``."""
+
+    year: int = Field(description="calendar year in which the change is first visible (after sim.start's year)")
+    kind: Literal["clearing", "built_up", "wetland_restored"]
+    count: int = Field(1, ge=0, description="number of patches")
+    size_m: float = Field(100.0, gt=0, description="patch radius (metres)")
+
+
 class SimConfig(_Section):
-    """The virtual region: seed, time span, numbers of species, habitats and observations."""
+    """The virtual region: seed, time span, numbers of species, habitats and observations.
+
+    ``changes`` are the land-cover changes between the years of a multi-year region; ``None`` (the default) means
+    :meth:`change_events`' automatic few patches in every year after the first, none with ``years: 1``.
+    """
 
     seed: int = 42
     s2_resolution: float = Field(10.0, gt=0)
@@ -70,6 +92,56 @@ class SimConfig(_Section):
     n_presence_only: int = Field(4000, ge=0)
     cloud_cover_mean: float = Field(0.25, ge=0, le=1)
     chunk: int = Field(1024, ge=64, description="pixels per generation window; bounds memory")
+    changes: list[ChangeEvent] | None = Field(None, description="land-cover changes between years; None: automatic")
+
+    # Patches per later year when ``changes`` is None: (kind, count, radius in metres).
+    AUTO_CHANGES: ClassVar[tuple[tuple[str, int, float], ...]] = (
+        ("clearing", 3, 120.0),
+        ("built_up", 2, 90.0),
+        ("wetland_restored", 1, 110.0),
+    )
+
+    @property
+    def first_year(self) -> int:
+        """Calendar year of ``start`` (the region's first year; its land cover is the baseline)."""
+        return int(self.start[:4])
+
+    @property
+    def calendar_years(self) -> list[int]:
+        """The region's calendar years, ``first_year`` first."""
+        return list(range(self.first_year, self.first_year + self.years))
+
+    def change_events(self) -> list[ChangeEvent]:
+        """The change events in effect, sorted by year (stable): ``changes`` or the automatic default."""
+        if self.changes is not None:
+            return sorted(self.changes, key=lambda e: e.year)
+        if self.years == 1:
+            return []
+        return [
+            ChangeEvent(year=year, kind=kind, count=count, size_m=size)  # type: ignore[arg-type]
+            for year in self.calendar_years[1:]
+            for kind, count, size in self.AUTO_CHANGES
+        ]
+
+    @model_validator(mode="after")
+    def _changes_within_years(self) -> SimConfig:
+        if not re.fullmatch(r"\d{4}-.*", self.start):
+            return self  # the date itself is checked where it is parsed
+        later = self.calendar_years[1:]
+        for event in self.changes or []:
+            if event.year not in later:
+                span = f"{later[0]}..{later[-1]}" if later else "none: sim.years is 1"
+                raise ValueError(f"sim.changes: year {event.year} is not a later year of the region ({span})")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_automatic_changes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without explicit changes the dump is what it was before sim.changes existed, so the region's hash, its
+        # manifest and every store's config attrs stay the same.
+        out = handler(self)
+        if self.changes is None:
+            out.pop("changes", None)
+        return out
 
 
 class StacConfig(_Section):

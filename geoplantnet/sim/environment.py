@@ -13,11 +13,18 @@ places, wetland beside them, forest on slopes and higher ground (conifers higher
 the treeline, alpine grass and bare rock above, a parcel mosaic of cropland and grassland in the lowlands, urban around
 towns. Towns sit on a lattice of 4 km cells (one possible town per cell, rejected on steep, high or wet ground), so
 they too are a function of space; roads join towns in neighbouring cells and run on out of any region.
+
+Time: everything above is the region's first year. In later years (``sim.years`` > 1) land cover alone changes, by the
+events of ``sim.change_events()``: round patches placed once per region from the seed on cells of the right source
+class (:data:`CHANGE_RULES`), cumulative from year to year. A pixel changes at most once a year, and only if its class
+in the previous year is a source of the event, so the land cover of a year stays a pure function of (seed, region,
+coordinates, year) and windows still stitch exactly.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,6 +53,14 @@ LAND_COVER_CLASSES: dict[int, str] = {
     8: "water",
     9: "bare_rock",
 }
+# Land-cover change kinds (codes of the change truth; 0 is no change) and their (source classes, new class).
+CHANGE_KINDS: dict[int, str] = {1: "clearing", 2: "built_up", 3: "wetland_restored"}
+CHANGE_RULES: dict[str, tuple[tuple[int, ...], int]] = {
+    "clearing": ((4, 5), 6),  # a felled stand regrows as shrubs and herbs: shrub_heath
+    "built_up": ((2, 3, 6), 1),  # open land becomes urban
+    "wetland_restored": ((2, 3), 7),  # drained fields and meadows rewetted
+}
+CHANGE_CANDIDATES = 4096  # random points of the region among which patch centres are chosen
 ENV_VARIABLES: tuple[str, ...] = ("elevation", "temperature", "precipitation", "seasonality", "soil_ph")
 ENV_UNITS: dict[str, str] = {
     "elevation": "m",
@@ -92,6 +107,21 @@ class EnvError(ValueError):
     """Bad input to the virtual environment (coordinates, grid, output folder)."""
 
 
+@dataclass(frozen=True)
+class ChangePatch:
+    """One patch of land-cover change: a disc of ``radius`` metres around (x, y), first visible in ``year``."""
+
+    year: int
+    kind: str
+    x: float
+    y: float
+    radius: float
+
+    @property
+    def code(self) -> int:
+        return next(k for k, v in CHANGE_KINDS.items() if v == self.kind)
+
+
 def _field_seed(seed: int, key: int) -> int:
     return int(np.random.SeedSequence([int(seed), 0xE4F, key]).generate_state(1)[0])
 
@@ -125,23 +155,60 @@ class Environment:
         inside = grid.contains(all_towns[:, 0], all_towns[:, 1]) if len(all_towns) else np.zeros(0, bool)
         self.towns: np.ndarray = all_towns[inside]
         self.town_radius: np.ndarray = radii[inside]
+        self.changes: list[ChangePatch] = []
+        self._place_changes()
 
     # --- public layers --------------------------------------------------------------------------------------------
-    def layers(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-        """Every layer on the grid of 1-D centre coordinates: 2-D ``(len(y), len(x))`` arrays."""
-        return self._public(self._compute(x, y, points=False))
+    def layers(self, x: np.ndarray, y: np.ndarray, year: int | None = None) -> dict[str, np.ndarray]:
+        """Every layer on the grid of 1-D centre coordinates: 2-D ``(len(y), len(x))`` arrays; land cover of
+        ``year`` (default: the first year)."""
+        return self._public(self._compute(x, y, points=False, year=year))
 
-    def at_points(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    def at_points(self, x: np.ndarray, y: np.ndarray, year: int | None = None) -> dict[str, np.ndarray]:
         """Every layer at scattered points (1-D arrays of equal length); identical to ``layers`` at grid centres."""
         x, y = np.asarray(x, dtype="float64").ravel(), np.asarray(y, dtype="float64").ravel()
         if x.shape != y.shape:
             raise EnvError(f"at_points needs x and y of equal length, got {x.size} and {y.size}")
-        return self._public(self._compute(x, y, points=True))
+        return self._public(self._compute(x, y, points=True, year=year))
 
-    def surface(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    def surface(self, x: np.ndarray, y: np.ndarray, year: int | None = None) -> dict[str, np.ndarray]:
         """``layers`` plus what a sensor sees of the ground: elevation gradient (``elev_dx``, ``elev_dy``, m/m),
         ``slope`` (degrees), ``parcel`` (uniform [0, 1) per field parcel) and ``valley`` (0 on river lines)."""
-        return self._compute(x, y, points=False)
+        return self._compute(x, y, points=False, year=year)
+
+    @property
+    def years(self) -> list[int]:
+        """The region's calendar years, the first (baseline land cover) first."""
+        return self.sim.calendar_years
+
+    def year_land_cover(
+        self, first: np.ndarray, x: np.ndarray, y: np.ndarray, year: int, *, points: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(land cover of ``year``, int8 change codes of ``year`` vs the year before (:data:`CHANGE_KINDS`, 0 = none))
+        from the first year's land cover ``first`` at the grid (or points) (x, y)."""
+        x = np.asarray(x, dtype="float64").ravel()
+        y = np.asarray(y, dtype="float64").ravel()
+        lc = np.array(first, dtype="uint8", copy=True)
+        code = np.zeros(lc.shape, dtype="int8")
+        for when in sorted({p.year for p in self.changes if p.year <= year}):
+            code = np.zeros(lc.shape, dtype="int8")  # only this year's changes are reported
+            for patch in (p for p in self.changes if p.year == when):
+                sources, target = CHANGE_RULES[patch.kind]
+                if points:
+                    box: tuple[slice, ...] = (slice(None),)
+                    inside = (x - patch.x) ** 2 + (y - patch.y) ** 2 <= patch.radius**2
+                else:
+                    # only the rows and columns the disc can reach: cheap for many patches and big windows
+                    box = (_span(y, patch.y, patch.radius), _span(x, patch.x, patch.radius))
+                    inside = (x[None, box[1]] - patch.x) ** 2 + (y[box[0], None] - patch.y) ** 2 <= patch.radius**2
+                block, block_code = lc[box], code[box]  # views: writing them writes lc and code
+                # once a year at most, and only from a source class of the previous year
+                hit = inside & np.isin(block, sources) & (block_code == 0)
+                block[hit] = target
+                block_code[hit] = patch.code
+        if year not in {p.year for p in self.changes}:
+            code = np.zeros(lc.shape, dtype="int8")
+        return lc, code
 
     @staticmethod
     def _public(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -220,7 +287,7 @@ class Environment:
         v = np.floor((py * cos - px * sin) / PARCEL_SIZE[1])
         return hash_uniform(self.seed, 0xFA7, bi, bj, u, v).astype("float32")
 
-    def _compute(self, x: np.ndarray, y: np.ndarray, points: bool) -> dict[str, np.ndarray]:
+    def _compute(self, x: np.ndarray, y: np.ndarray, points: bool, year: int | None = None) -> dict[str, np.ndarray]:
         x = np.asarray(x, dtype="float64").ravel()
         y = np.asarray(y, dtype="float64").ravel()
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
@@ -230,6 +297,8 @@ class Environment:
         out.update(self._distances(x, y, points))
         out["parcel"] = self.parcels(x, y, points=points)
         out["land_cover"] = self._land_cover(out, x, y, points)
+        if year is not None and self.changes:
+            out["land_cover"] = self.year_land_cover(out["land_cover"], x, y, int(year), points=points)[0]
         return out
 
     def _land_cover(self, v: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, points: bool) -> np.ndarray:
@@ -267,6 +336,48 @@ class Environment:
         return lc
 
     _LC_FIELDS = ("woods", "copse", "conifer", "treeline", "heath", "lake", "bog", "sprawl")
+
+    # --- change over the years -----------------------------------------------------------------------------------
+    def _place_changes(self) -> None:
+        """Fill :attr:`changes`: every event's patch centres, drawn from the seed among random points of the region.
+
+        Centres lie on the event's source classes in the previous year, preferably where the change is likely
+        (built-up next to towns and roads, rewetting near rivers and lakes); patches of one event do not overlap."""
+        events = self.sim.change_events()
+        if not events:
+            return
+        rng = np.random.default_rng([self.seed, 0xC4A6E])
+        xmin, ymin, xmax, ymax = self.grid.bounds
+        cx, cy = rng.uniform(xmin, xmax, CHANGE_CANDIDATES), rng.uniform(ymin, ymax, CHANGE_CANDIDATES)
+        base = self._compute(cx, cy, points=True)
+        first = base["land_cover"]
+        # Cost of a centre, lowest first (ties in random order): built-up grows out of towns and along roads, with
+        # some jitter so that patches are not all at the one nearest place; rewetting near rivers and lakes.
+        to_built = np.minimum(base["road_distance"], np.maximum(base["town_distance"] - base["town_radius"], 0.0))
+        wet = (np.abs(base["valley"]) < 0.3) | (self.fields["lake"].at_points(cx, cy) > 1.5)
+        cost = {
+            "clearing": np.zeros(cx.shape),
+            "built_up": to_built + rng.uniform(0.0, 300.0, cx.shape),
+            "wetland_restored": (~wet).astype("float64"),
+        }
+        for i, event in enumerate(events):
+            previous = self.year_land_cover(first, cx, cy, event.year - 1, points=True)[0]
+            _, code = self.year_land_cover(first, cx, cy, event.year, points=True)
+            sources, _ = CHANGE_RULES[event.kind]
+            free = np.isin(previous, sources) & (code == 0)
+            order = np.random.default_rng([self.seed, 0xC4A6F, event.year, i]).permutation(CHANGE_CANDIDATES)
+            order = order[free[order]]
+            order = order[np.argsort(cost[event.kind][order], kind="stable")]
+            chosen: list[int] = []
+            for j in order:
+                if len(chosen) == event.count:
+                    break
+                if all(math.hypot(cx[j] - cx[k], cy[j] - cy[k]) >= 2.0 * event.size_m for k in chosen):
+                    chosen.append(int(j))
+            # appended at once, so the next event sees this one's patches (no two changes of a pixel in a year)
+            self.changes.extend(
+                ChangePatch(event.year, event.kind, float(cx[j]), float(cy[j]), float(event.size_m)) for j in chosen
+            )
 
     # --- towns and roads ------------------------------------------------------------------------------------------
     def _cells(self) -> tuple[np.ndarray, np.ndarray]:
@@ -309,6 +420,12 @@ class Environment:
                 wiggle = hash_uniform(self.seed, 0x80AE, i, j, di + 2, dj + 2, np.arange(2)) * 2 - 1
                 roads.append(_winding(np.asarray(a), np.asarray(b), wiggle))
         return roads
+
+
+def _span(centres: np.ndarray, at: float, radius: float) -> slice:
+    """The slice of sorted (ascending or descending) pixel centres within ``radius`` of ``at``."""
+    near = np.flatnonzero(np.abs(centres - at) <= radius)
+    return slice(int(near[0]), int(near[-1]) + 1) if near.size else slice(0, 0)
 
 
 def _winding(a: np.ndarray, b: np.ndarray, wiggle: np.ndarray, n: int = 12) -> shapely.LineString:

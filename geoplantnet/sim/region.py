@@ -7,6 +7,8 @@ Layout under ``out_dir``::
     truth/species_probability.zarr   probability (species, y, x) float32 on the map grid
     truth/habitat.zarr               habitat (y, x) int16 index into habitat_code (habitat_class)
     truth/indicators.zarr            richness_expected, threatened_expected, invasive_expected, value_score (y, x)
+    truth/years/<YYYY>/{species_probability,habitat,indicators}.zarr   the same for each later year (sim.years > 1)
+    truth/changes.zarr               change (year, y, x) int8 land-cover change kind vs the year before (sim.years > 1)
     tables/species.{parquet,csv}, tables/habitats.{parquet,csv}
     observations/plots.parquet, plot_species.parquet, presence_only.parquet
     value/biodiversity_value.parquet
@@ -16,6 +18,11 @@ Everything is a pure function of the configuration's grid and sim sections (and 
 the manifest: a second call with the same hash returns the manifest without touching a file; a folder without
 ``region.json`` (an interrupted run) is regenerated from scratch. Truth rasters are computed window by window, each
 window written into its own region of the Zarr stores, so memory is bounded by the window, not the region.
+
+Years: the truth stores above are the first year's (``sim.start``), which the observations sample. A region of
+``sim.years`` > 1 adds, for every later year, truth stores of that year's land cover (same truth functions, other
+layers unchanged) and one change store; their manifest keys are ``truth_<kind>_<YYYY>`` and ``truth_changes``
+(:meth:`RegionManifest.truth_path`). A one-year region's manifest and files are exactly as before.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import zarr
 from tqdm.auto import tqdm
 
 import geoplantnet
-from geoplantnet.core.config import RunConfig, redact
+from geoplantnet.core.config import RunConfig, SimConfig, redact
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid
 from geoplantnet.core.hashing import fingerprint
@@ -74,12 +81,27 @@ PATHS = {
     "presence_only": "observations/presence_only.parquet",
     "value_polygons": "value/biodiversity_value.parquet",
 }
+TRUTH_FILES = {"species": "species_probability.zarr", "habitat": "habitat.zarr", "indicators": "indicators.zarr"}
+YEAR_TRUTH = "truth/years/{year}"  # folder of a later year's TRUTH_FILES
+CHANGES = "truth/changes.zarr"
 ENV_SAMPLE = 4000  # random points that calibrate niches and habitats to the region
 WINDOW_BYTES = 256 * 2**20  # float32 probabilities of all species in one window
 
 
 class RegionError(InputError):
     """A region folder or manifest that cannot be read or does not match."""
+
+
+def year_paths(sim: SimConfig) -> dict[str, str]:
+    """Manifest paths a multi-year region adds: each later year's truth stores and the change store (none for one
+    year)."""
+    later = sim.calendar_years[1:] if sim.years > 1 else []
+    paths = {
+        f"truth_{kind}_{year}": f"{YEAR_TRUTH.format(year=year)}/{name}"
+        for year in later
+        for kind, name in TRUTH_FILES.items()
+    }
+    return {**paths, "truth_changes": CHANGES} if later else {}
 
 
 def config_hash(config: RunConfig) -> str:
@@ -132,6 +154,28 @@ class RegionManifest:
     @property
     def map_grid(self) -> Grid:
         return Grid(**self.grid)  # type: ignore[arg-type]
+
+    @property
+    def years(self) -> list[int]:
+        """The region's calendar years (from the manifest's configuration), the first year first."""
+        try:
+            return SimConfig(**self.config["sim"]).calendar_years
+        except (KeyError, TypeError, ValueError):
+            raise RegionError(f"{self.root / MANIFEST}: no valid sim configuration in the manifest") from None
+
+    def truth_path(self, kind: str, year: int | None = None) -> Path:
+        """The truth store ``kind`` ("species", "habitat", "indicators") of ``year`` (default and first year: the
+        stores of ``truth_<kind>``), or the change store for ``kind="changes"``."""
+        if kind == "changes":
+            return self.path("truth_changes")
+        if kind not in TRUTH_FILES:
+            raise RegionError(f"no truth kind {kind!r}; one of {sorted(TRUTH_FILES)} or 'changes'")
+        years = self.years
+        if year is not None and int(year) not in years:
+            raise RegionError(f"{self.root}: no year {year} in the region (years {years})")
+        if year is None or int(year) == years[0]:
+            return self.path(f"truth_{kind}")
+        return self.path(f"truth_{kind}_{int(year)}")
 
     def collections(self) -> list[tuple[Path, Path]]:
         """(collection.json, items.ndjson) of each STAC collection in the region, for a STAC server to load."""
@@ -198,7 +242,8 @@ def generate_region(config: RunConfig, out_dir: str | os.PathLike[str], *, progr
     grid = config.grid.grid()
     s2_grid = config.grid.grid(sim.s2_resolution)
     timings: dict[str, float] = {}
-    bar = tqdm(total=7, desc="virtual region", disable=not progress)
+    later = sim.calendar_years[1:] if sim.years > 1 else []
+    bar = tqdm(total=7 + bool(later), desc="virtual region", disable=not progress)
 
     def step(name: str, fn: Any) -> Any:
         bar.set_postfix_str(name)
@@ -213,6 +258,8 @@ def generate_region(config: RunConfig, out_dir: str | os.PathLike[str], *, progr
     s2_items = step("sentinel2", lambda: _write_s2(config, s2_grid, env, root, progress))
     pool, habitats = step("species_habitats", lambda: _pools(config, grid, env, root))
     indicators = step("truth", lambda: write_truth(config, grid, env, pool, habitats, root, progress=progress))
+    if later:
+        step("truth_years", lambda: _write_years(config, grid, env, pool, habitats, root, later, progress))
     when = {"seed": sim.seed, "start": sim.start, "years": sim.years}
     plots, plot_species = step("plots", lambda: sample_plots(pool, habitats, env, grid.bounds, sim.n_plots, **when))
     write_geoparquet(plots, root / PATHS["plots"])
@@ -242,14 +289,31 @@ def generate_region(config: RunConfig, out_dir: str | os.PathLike[str], *, progr
             "plot_species": len(plot_species),
             "presence_only": len(records),
             "value_polygons": len(polys),
+            **({"change_patches": len(env.changes)} if later else {}),
         },
-        paths=dict(PATHS),
+        paths={**PATHS, **year_paths(sim)},
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         timings_s=timings,
         config=redact(config.model_dump(mode="json")),
     )
     manifest.write()
     return manifest
+
+
+def _write_years(
+    config: RunConfig,
+    grid: Grid,
+    env: Any,
+    pool: SpeciesPool,
+    habitats: HabitatSet,
+    root: Path,
+    years: list[int],
+    progress: bool,
+) -> None:
+    """Truth stores of every later year and the change store."""
+    for year in years:
+        write_truth(config, grid, env, pool, habitats, root, year=year, progress=progress)
+    write_changes(config, grid, env, root, progress=progress)
 
 
 def _write_env(config: RunConfig, grid: Grid, root: Path, progress: bool) -> list:
@@ -320,9 +384,13 @@ def write_truth(
     habitats: HabitatSet,
     root: Path,
     *,
+    year: int | None = None,
     progress: bool = False,
 ) -> xr.Dataset:
-    """Write the truth stores window by window; returns the 2-D indicators (and land cover) of the map, in memory."""
+    """Write the truth stores window by window; returns the 2-D indicators (and land cover) of the map, in memory.
+
+    ``year`` (a later year of a multi-year region) writes that year's land cover's truth under
+    ``truth/years/<year>/``; the default and the first year write ``truth/``."""
     size = truth_window(config.sim.chunk, pool.n)
     sp_chunk = min(16, pool.n)
     coords = grid.coords()
@@ -364,11 +432,12 @@ def write_truth(
     indicators_ds = xr.Dataset(
         {k: (("y", "x"), zeros("float32"), {"long_name": v, "units": "1"}) for k, v in names.items()}, coords=coords
     )
-    truth = root / "truth"
+    first = year is None or int(year) == config.sim.first_year
+    truth = root / "truth" if first else root / YEAR_TRUTH.format(year=int(year))  # type: ignore[arg-type]
     paths = {
-        "probability": truth / "species_probability.zarr",
-        "habitat": truth / "habitat.zarr",
-        "indicators": truth / "indicators.zarr",
+        "probability": truth / TRUTH_FILES["species"],
+        "habitat": truth / TRUTH_FILES["habitat"],
+        "indicators": truth / TRUTH_FILES["indicators"],
     }
     for key, ds in (("probability", species_ds), ("habitat", habitat_ds), ("indicators", indicators_ds)):
         _create(paths[key], ds, config)
@@ -381,7 +450,7 @@ def write_truth(
     n_windows = int(np.prod(grid.n_tiles(size)))
     for ys, xs in tqdm(_windows(grid, size), total=n_windows, desc="truth windows", disable=not progress):
         sub = grid.subgrid(ys, xs)
-        layers = env.layers(sub.x, sub.y)
+        layers = env.layers(sub.x, sub.y, year=None if first else year)
         p = pool.probability(layers, sub.x, sub.y)
         prob[:, ys, xs] = p
         hab[ys, xs] = habitats.assign_expected(p, layers["land_cover"])
@@ -400,3 +469,34 @@ def write_truth(
         mark_complete(str(path), None)
     indicators["land_cover"] = land_cover  # in memory only: value areas follow land-cover boundaries
     return xr.Dataset({k: (("y", "x"), v) for k, v in indicators.items()}, coords=coords)
+
+
+def write_changes(config: RunConfig, grid: Grid, env: Any, root: Path, *, progress: bool = False) -> Path:
+    """Write ``truth/changes.zarr``: ``change`` (year, y, x) int8, the kind of land-cover change of each later year vs
+    the year before on the map grid (0 = none, codes of ``CHANGE_KINDS``), window by window; returns its path."""
+    from geoplantnet.sim.environment import CHANGE_KINDS
+
+    years = env.years[1:]
+    size = min(config.sim.chunk, 1024)
+    ds = xr.Dataset(
+        {"change": (("year", "y", "x"), da.zeros((len(years), *grid.shape), dtype="int8", chunks=(1, size, size)))},
+        coords={**grid.coords(), "year": np.asarray(years, dtype="int32")},
+    )
+    ds["change"].attrs.update(
+        {
+            "long_name": "land-cover change since the year before",
+            "flag_values": [0, *CHANGE_KINDS],
+            "flag_meanings": " ".join(["no_change", *CHANGE_KINDS.values()]),
+        }
+    )
+    path = root / CHANGES
+    _create(path, ds, config)
+    change = zarr.open_group(str(path), mode="r+")["change"]
+    n_windows = int(np.prod(grid.n_tiles(size)))
+    for ys, xs in tqdm(_windows(grid, size), total=n_windows, desc="change windows", disable=not progress):
+        sub = grid.subgrid(ys, xs)
+        first = env.layers(sub.x, sub.y)["land_cover"]
+        for i, year in enumerate(years):
+            change[i, ys, xs] = env.year_land_cover(first, sub.x, sub.y, year)[1]
+    mark_complete(str(path), None)
+    return path

@@ -13,7 +13,9 @@ the region: no data beyond it in every band and in SCL.
 
 Encoding is that of L2A since processing baseline 04.00: ``DN = reflectance * 10000 + 1000`` as uint16, 0 = no data,
 and the items carry ``raster:bands`` scale 0.0001 and offset -0.1. The SCL band is at 20 m with the real class codes.
-Everything is a pure function of (seed, coordinates, date), generated window by window into COGs.
+Everything is a pure function of (seed, coordinates, date), generated window by window into COGs; a date renders
+the land cover of its calendar year (:meth:`Environment.year_land_cover`), so a multi-year series shows the region's
+land-cover changes.
 """
 
 from __future__ import annotations
@@ -267,8 +269,14 @@ class _Scene:
     resolution: float
 
 
-def _scene(env: Environment, sub: Grid) -> _Scene:
-    s = env.surface(sub.x, sub.y)
+def _scene(
+    env: Environment, sub: Grid, year: int | None = None, surface: dict[str, np.ndarray] | None = None
+) -> _Scene:
+    """The ground of window ``sub`` with the land cover of ``year`` (default: the first year); ``surface`` is
+    ``env.surface(sub.x, sub.y)`` when the caller has it already (the other layers do not change with the year)."""
+    s = env.surface(sub.x, sub.y) if surface is None else surface
+    if year is not None and env.changes:
+        s = {**s, "land_cover": env.year_land_cover(s["land_cover"], sub.x, sub.y, year)[0]}
     seed = env.seed
     lc = s["land_cover"]
     geology = np.clip((s["soil_ph"] - 4.0) / 4.5, 0.0, 1.0)
@@ -494,9 +502,15 @@ def _render_dates(sim: SimConfig, grid: Grid, env: Environment, out_dir: Path, p
     bar = tqdm(total=len(windows) * len(plans), desc="sentinel-2 windows x dates", disable=not progress)
     try:
         for fine_win, coarse_win in windows:
-            scene10 = _scene(env, fine.subgrid(*fine_win))
-            scene20 = _scene(env, coarse.subgrid(*coarse_win))
+            sub10, sub20 = fine.subgrid(*fine_win), coarse.subgrid(*coarse_win)
+            ground10, ground20 = env.surface(sub10.x, sub10.y), env.surface(sub20.x, sub20.y)
+            scenes: dict[int, tuple[_Scene, _Scene]] = {}
             for plan in plans:
+                # each date sees the land cover of its calendar year
+                year = plan.when.year
+                if year not in scenes:
+                    scenes[year] = (_scene(env, sub10, year, ground10), _scene(env, sub20, year, ground20))
+                scene10, scene20 = scenes[year]
                 refl, valid, _ = _render(scene10, plan, env.seed, fine_bands, with_scl=False)
                 for band, r in refl.items():
                     writers[(plan.index, band)].write(encode(r, valid), fine_win)
