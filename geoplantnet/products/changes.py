@@ -1,0 +1,234 @@
+"""Change maps between two years of the indicator and habitat maps, with the noise that separates change from
+chance.
+
+A year-to-year difference of a map holds real change and noise (another year's clouds, phenology and acquisition
+dates fed to the same model). Annual monitoring sees little real change in a year, so the noise of each indicator's
+difference is estimated from the differences themselves, robustly: the region-wide shift is their median and their
+noise the scaled median absolute deviation (1.4826 MAD: the standard deviation under normal noise, unmoved by the
+few changed pixels). A pixel's change is reported only where it leaves the band ``shift +- z * noise``. A habitat
+transition is reported only where the most probable class changed *and* each year's conformal prediction set leaves
+out the other year's class, so two readings of an ambiguous pixel are not a transition.
+
+Variables (y, x) of a year in ``changes.zarr``, the change from the previous mapped year:
+
+- ``<indicator>_change`` float32: the difference (this year - previous), NaN = no data
+- ``<indicator>_change_flag`` int8: 0 within the noise, 1 significant decrease, 2 significant increase; -1 no data
+- ``habitat_transition`` int8: 1 a significant transition, 0 none; -1 no data
+- ``habitat_from`` / ``habitat_to`` int16: the classes of a significant transition (index in habitat_code), -1 else
+- ``changed`` int8: 1 where any of the above is significant (the detection map), 0 not, -1 no data
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from geoplantnet.core.grid import Grid
+from geoplantnet.storage.tiles import tiled_variable
+from geoplantnet.validation.conformal import class_sets
+
+INDICATORS = ("richness_expected", "invasive_expected", "threatened_expected", "shannon", "ecosystem_health")
+NO_FLAG = -1
+MAD_SCALE = 1.4826  # MAD -> standard deviation of normal noise
+
+
+@dataclass(frozen=True)
+class ChangeModel:
+    """Per indicator: the region-wide shift and noise of its difference; ``z`` the multiple of the noise a change
+    must exceed; the habitat sets' conformal radius of each year (NaN: top class only)."""
+
+    shift: Mapping[str, float]
+    noise: Mapping[str, float]
+    z: float
+    habitat_radius: tuple[float, float] | None  # (previous year, this year); None: no habitat maps
+
+    @property
+    def indicators(self) -> list[str]:
+        return list(self.noise)
+
+    def variables(self) -> list[str]:
+        """Variable names in store order."""
+        out = [v for name in self.indicators for v in (f"{name}_change", f"{name}_change_flag")]
+        if self.habitat_radius is not None:
+            out += ["habitat_transition", "habitat_from", "habitat_to"]
+        return [*out, "changed"]
+
+
+def robust_noise(delta: np.ndarray) -> tuple[float, float]:
+    """(median, 1.4826 MAD) of the finite values of ``delta``; (0, NaN) without any."""
+    d = np.asarray(delta, dtype="float64")
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return 0.0, float("nan")
+    med = float(np.median(d))
+    return med, float(MAD_SCALE * np.median(np.abs(d - med)))
+
+
+def fit_change_model(
+    before: Mapping[str, np.ndarray],
+    after: Mapping[str, np.ndarray],
+    *,
+    z: float,
+    habitat_radius: tuple[float, float] | None,
+) -> ChangeModel:
+    """Shift and noise of each indicator present in both years, from (a sample of) their pixels."""
+    shift, noise = {}, {}
+    for name in INDICATORS:
+        if name in before and name in after:
+            shift[name], noise[name] = robust_noise(np.asarray(after[name]) - np.asarray(before[name]))
+    return ChangeModel(shift, noise, z, habitat_radius)
+
+
+def change_blocks(
+    before: Mapping[str, np.ndarray],
+    after: Mapping[str, np.ndarray],
+    model: ChangeModel,
+    *,
+    habitat_before: tuple[np.ndarray, np.ndarray] | None = None,
+    habitat_after: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Change arrays (y, x) of a tile from both years' indicators (name -> (y, x)) and habitat maps ((K, y, x)
+    classes, (K, y, x) probabilities)."""
+    first = next(iter(after.values()))
+    shape = np.shape(first)
+    out: dict[str, np.ndarray] = {}
+    any_change = np.zeros(shape, dtype=bool)
+    valid = np.ones(shape, dtype=bool)
+    for name in model.indicators:
+        delta = (np.asarray(after[name], "float64") - np.asarray(before[name], "float64")).astype("float32")
+        ok = np.isfinite(delta)
+        band = model.z * model.noise[name]
+        centred = delta - model.shift[name]
+        flag = np.where(centred < -band, 1, np.where(centred > band, 2, 0)).astype("int8")
+        flag[~ok] = NO_FLAG
+        out[f"{name}_change"], out[f"{name}_change_flag"] = delta, flag
+        any_change |= flag > 0
+        if name == "richness_expected":
+            valid &= ok  # richness is defined wherever the species maps are
+    if model.habitat_radius is not None:
+        if habitat_before is None or habitat_after is None:
+            raise ValueError("the change model has habitats: both years' habitat maps are required")
+        (c0, p0), (c1, p1) = habitat_before, habitat_after
+        known = (c0[0] >= 0) & (c1[0] >= 0)
+        moved = known & (c0[0] != c1[0])
+        in_set0 = _in_set(c0, p0, c1[0], model.habitat_radius[0])
+        in_set1 = _in_set(c1, p1, c0[0], model.habitat_radius[1])
+        transition = moved & ~in_set0 & ~in_set1
+        out["habitat_transition"] = np.where(known, transition, NO_FLAG).astype("int8")
+        out["habitat_from"] = np.where(transition, c0[0], NO_FLAG).astype("int16")
+        out["habitat_to"] = np.where(transition, c1[0], NO_FLAG).astype("int16")
+        any_change |= transition
+        valid &= known
+    out["changed"] = np.where(valid, any_change, NO_FLAG).astype("int8")
+    return out
+
+
+def _in_set(classes: np.ndarray, probability: np.ndarray, other: np.ndarray, radius: float) -> np.ndarray:
+    """Whether ``other`` (y, x) is in the conformal set made of ``classes``/``probability`` (K, y, x)."""
+    members = (
+        class_sets(np.moveaxis(probability, 0, -1), radius)
+        if np.isfinite(radius)
+        else np.zeros(np.moveaxis(probability, 0, -1).shape, bool)
+    )
+    if not np.isfinite(radius):
+        members[..., 0] = True
+    return ((np.moveaxis(classes, 0, -1) == other[..., None]) & members).any(axis=-1)
+
+
+INTEGER = {"habitat_transition": "int8", "habitat_from": "int16", "habitat_to": "int16", "changed": "int8"}
+
+
+def change_attrs(name: str, model: ChangeModel, classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """CF attributes of a change variable, with how it was decided."""
+    if name.endswith("_change"):
+        base = name.removesuffix("_change")
+        return {
+            "long_name": f"change of {base} since the previous mapped year",
+            "units": "1",
+            "description": f"{base} this year - {base} the previous year; region-wide shift "
+            f"{model.shift[base]:.4g}, noise (1.4826 MAD of the differences) {model.noise[base]:.4g}",
+        }
+    if name.endswith("_change_flag"):
+        base = name.removesuffix("_change_flag")
+        return {
+            "long_name": f"significant change of {base}",
+            "flag_values": [0, 1, 2],
+            "flag_meanings": "within_noise decrease increase",
+            "description": f"|change - shift| > {model.z:g} x noise (see {base}_change); {NO_FLAG} = no data",
+        }
+    codes = " ".join(classes or [])
+    texts: dict[str, dict[str, Any]] = {
+        "habitat_transition": {
+            "long_name": "significant habitat transition since the previous mapped year",
+            "flag_values": [0, 1],
+            "flag_meanings": "none transition",
+            "description": "the most probable class changed and each year's conformal habitat set leaves out the "
+            f"other year's class; {NO_FLAG} = no data",
+        },
+        "habitat_from": {
+            "long_name": "habitat class before a significant transition (index in habitat_code)",
+            "description": f"{NO_FLAG} where no transition",
+            "flag_meanings": codes,
+        },
+        "habitat_to": {
+            "long_name": "habitat class after a significant transition (index in habitat_code)",
+            "description": f"{NO_FLAG} where no transition",
+            "flag_meanings": codes,
+        },
+        "changed": {
+            "long_name": "any significant change (indicators or habitat)",
+            "flag_values": [0, 1],
+            "flag_meanings": "unchanged changed",
+            "description": f"1 where any *_change_flag is 1 or 2 or habitat_transition is 1; {NO_FLAG} = no data",
+        },
+    }
+    return texts[name]
+
+
+def change_template(
+    grid: Grid, model: ChangeModel, tile: int, classes: Sequence[str] | None = None
+) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    """The lazy ``changes.zarr`` layout of one year on ``grid`` (one chunk per tile) and its encoding."""
+    data: dict[str, xr.DataArray] = {}
+    encoding: dict[str, dict[str, Any]] = {}
+    for name in model.variables():
+        dtype = "float32" if name.endswith("_change") else INTEGER.get(name, "int8")
+        data[name], encoding[name] = tiled_variable(
+            ("y", "x"),
+            (grid.height, grid.width),
+            dtype=dtype,
+            fill=np.nan if dtype == "float32" else NO_FLAG,
+            chunks=(tile, tile),
+            attrs=change_attrs(name, model, classes),
+        )
+    coords: dict[str, Any] = dict(grid.coords())
+    if classes is not None and model.habitat_radius is not None:
+        coords["habitat_code"] = ("habitat_class", np.asarray(classes, dtype=object))
+    return xr.Dataset(data, coords=coords), encoding
+
+
+def detection_scores(changed: np.ndarray, truth: np.ndarray) -> dict[str, float | int]:
+    """Precision and recall of detected changed pixels (``changed`` 1/0, -1 no data) against true changes
+    (``truth`` > 0 changed, 0 not)."""
+    ok = (np.asarray(changed) >= 0) & np.isfinite(np.asarray(truth, dtype="float64"))
+    pred = np.asarray(changed)[ok] == 1
+    true = np.asarray(truth)[ok] > 0
+    tp = int((pred & true).sum())
+    fp = int((pred & ~true).sum())
+    fn = int((~pred & true).sum())
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
+    return {
+        "pixels": int(ok.sum()),
+        "true_changed": int(true.sum()),
+        "detected": int(pred.sum()),
+        "true_positive": tp,
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+    }
