@@ -297,7 +297,9 @@ def s3_tile(job: tuple[TileOutput, int], tile: Tile) -> dict[str, Any]:
     return {"tile": tile.id, "pixels": tile.height * tile.width, "pid": os.getpid(), "model_loads": 1}
 
 
-def _produce(client: Client, url: str, year: int, value: int, parts: dict[str, str], options: dict[str, Any]) -> Any:
+def _produce(
+    client: Client, url: str, year: int | None, value: int, parts: dict[str, str], options: dict[str, Any]
+) -> Any:
     output = TileOutput.of(url, parts, options, year=year)
     return produce_tiles(
         client,
@@ -329,11 +331,18 @@ def test_produce_tiles_writes_years_on_a_dask_cluster(tmp_path):
         before = _slot_chunks(url, None, 0)
         second = _produce(client, url, 2025, 9, {**PARTS, "model": "m2"}, {})
         again = _produce(client, url, 2025, 9, {**PARTS, "model": "m2"}, {})
+        single = _produce(client, str(tmp_path / "single.zarr"), None, 4, PARTS, {})
     assert len(first.todo) == len(second.todo) == len(TILES) and again.todo == []
     assert _slot_chunks(url, None, 0) == before
     ds = open_store(url, mask_and_scale=False)
     np.testing.assert_array_equal(ds["probability"].sel(year=2024).values, _expected(5))
     np.testing.assert_array_equal(ds["probability"].sel(year=2025).values, _expected(9))
+    # without a year: the store of today, no year axis, no series attrs
+    assert len(single.todo) == len(TILES)
+    ds = open_store(str(tmp_path / "single.zarr"), mask_and_scale=False)
+    assert ds["probability"].dims == ("species", "y", "x") and "year" not in ds.coords
+    assert not any(k.startswith("geoplantnet_series") or k.startswith("geoplantnet_years") for k in ds.attrs)
+    np.testing.assert_array_equal(ds["probability"].values, _expected(4))
 
 
 def test_years_on_a_real_s3_server(tmp_path):

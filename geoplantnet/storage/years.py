@@ -24,7 +24,8 @@ What a yearly run may do (:func:`claim_year`, under the store's lease):
 
 - nothing there -> ``new`` series holding this year; a series without this year -> ``append`` it (years come in any
   order, so a missed year can be filled in later; the on-disk axis is in the order added, ``open_store`` sorts);
-- this year, same run -> ``resume`` (the tiles without a marker are computed);
+- this year, same run -> ``resume`` (the tiles without a marker are computed: none once the year is complete,
+  ``overwrite`` or not, as for a store without a year axis);
 - this year, another run -> ``replace`` it, only with ``overwrite``: the year is hidden first, then its chunks and its
   old markers are removed and its tiles rewritten; other years are never touched;
 - a store without a year axis, another product, grid, tiling or variables -> refused.
@@ -232,7 +233,7 @@ def prepare_year(
             PRODUCT_ATTR: product,
             SERIES_ATTR: run_id(series),
             SERIES_PARTS_ATTR: json.dumps(series, sort_keys=True),
-            YEARS_ATTR: json.dumps({str(year): {**record, "slot": 0}}, sort_keys=True),
+            YEARS_ATTR: _dumps({year: {**record, "slot": 0}}),
             YEARS_COMPLETE_ATTR: [],
         }
         write_layout(url, stamp(ds, cfg, extra), enc, storage_options)
@@ -251,7 +252,7 @@ def prepare_year(
             _write_slot(url, ds, index, storage_options)
             # registered last: a run interrupted before this appends the same slot again (nothing is left dangling)
             records[year] = {**record, "slot": index}
-            update_attrs(url, storage_options, {**root, YEARS_ATTR: json.dumps(_keyed(records), sort_keys=True)})
+            update_attrs(url, storage_options, {**root, YEARS_ATTR: _dumps(records)})
             log.info("%s: year %d appended at slot %d", url, year, index)
             return None
         # replace: hidden first (out of the complete years), so no reader sees the old year half overwritten
@@ -262,7 +263,7 @@ def prepare_year(
             storage_options,
             {
                 **root,
-                YEARS_ATTR: json.dumps(_keyed(records), sort_keys=True),
+                YEARS_ATTR: _dumps(records),
                 YEARS_COMPLETE_ATTR: complete,
                 COMPLETE: "true" if complete else "false",
             },
@@ -288,13 +289,18 @@ def finish_year(url: str, run: str, storage_options: Mapping[str, Any] | None = 
         update_attrs(
             url,
             storage_options,
-            {YEARS_ATTR: json.dumps(_keyed(records), sort_keys=True), YEARS_COMPLETE_ATTR: complete, COMPLETE: "true"},
+            {
+                YEARS_ATTR: _dumps(records),
+                YEARS_COMPLETE_ATTR: complete,
+                COMPLETE: "true",
+            },
         )
     return True
 
 
-def _keyed(records: Mapping[int, Any]) -> dict[str, Any]:
-    return {str(year): record for year, record in records.items()}
+def _dumps(records: Mapping[int, Any]) -> str:
+    """``geoplantnet_years`` of ``records`` (JSON keys are strings)."""
+    return json.dumps({str(year): record for year, record in records.items()}, sort_keys=True, default=str)
 
 
 def _year_arrays(url: str, storage_options: Mapping[str, Any] | None) -> Iterator[tuple[str, zarr.Array]]:
