@@ -364,3 +364,36 @@ def test_years_on_a_real_s3_server(tmp_path):
         assert ds["year"].values.tolist() == [2024, 2025]
         np.testing.assert_array_equal(ds["probability"].sel(year=2024).values, _expected(7))
         np.testing.assert_array_equal(ds["probability"].sel(year=2025).values, _expected(9))
+
+
+def test_a_habitat_series_without_plain_arrays(tmp_path):
+    """habitat.zarr's layout (int16 codes with -1 for no data, a rank axis, class coordinates) as a series."""
+    from geoplantnet.products.habitat_map import habitat_template
+
+    url = str(tmp_path / "habitat.zarr")
+    layout = habitat_template(GRID, ["T1", "R2", "S3"], TILE, 2)
+
+    def blocks(value: int, tile: Tile) -> dict[str, np.ndarray]:
+        shape = (tile.height, tile.width)
+        return {
+            "habitat": np.full(shape, value % 3, "int16"),
+            "habitat_probability": np.full(shape, 100 + value, "uint8"),
+            "top_k": np.stack([np.full(shape, value % 3, "int16"), np.full(shape, (value + 1) % 3, "int16")]),
+        }
+
+    for year, value, stop in ((2024, 1, None), (2025, 2, 2)):
+        parts = {**PARTS, "model": f"h{value}"}
+        run = TileOutput.of(url, parts, {}, year=year).run
+        with _writing(url, parts=parts, year=year, layout=layout, product="habitat") as (done, _):
+            assert done == set()
+            for tile in TILES[:stop]:
+                tile_store.write_tile_blocks(url, blocks(value, tile), tile, run=run)
+            if stop is None:
+                tile_store.finalise(url, n_tiles=len(TILES), run=run)
+    ds = open_store(url, mask_and_scale=False)
+    assert ds["year"].values.tolist() == [2024] and ds["top_k"].dims == ("year", "rank", "y", "x")
+    assert (ds["habitat"].values == 1).all() and (ds["top_k"].values[0, 1] == 2).all()
+    raw = _raw(url, None)
+    assert (raw["habitat"].values[1][TILES[-1].slices] == -1).all()  # the interrupted year's unwritten tiles
+    assert (raw["habitat_probability"].values[1][TILES[0].slices] == 102).all()
+    assert raw["habitat_code"].values.tolist() == ["T1", "R2", "S3"]
