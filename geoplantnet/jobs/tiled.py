@@ -5,6 +5,10 @@ output (new / resume / replace with ``--overwrite`` / refused), lay it out or fi
 missing tiles to the cluster (a bounded number in flight, so the scheduler's graph stays small for a continent),
 then mark the store complete. The tile function writes its own region and marker; it is the only part a product
 supplies besides the layout.
+
+With ``year`` the store is a series (:mod:`geoplantnet.storage.years`) and the run writes that year only: build the
+output with :meth:`TileOutput.of` (its run id names the year); tile functions need no change, since
+:func:`geoplantnet.storage.tiles.write_tile_blocks` finds the year's slot from the run.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.lease import Lease
-from geoplantnet.storage.store import writing
+from geoplantnet.storage.store import run_id
+from geoplantnet.storage.years import year_parts
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,13 @@ class TileOutput:
     url: str
     run: str
     storage_options: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls, url: str, parts: Mapping[str, Any], storage_options: dict[str, Any], year: int | None = None
+    ) -> TileOutput:
+        """The output of the run of ``parts`` (of ``year`` of a series, when given: its parts then name the year)."""
+        return cls(url, run_id(parts if year is None else year_parts(parts, year)), storage_options)
 
 
 @dataclass(frozen=True)
@@ -79,28 +91,24 @@ def produce_tiles(
     resources: dict[str, float] | None,
     progress: bool,
     error: type[GeoplantnetError],
+    year: int | None = None,
 ) -> TiledRun:
     """Write the ``product`` store at ``output.url``: ``fn(job, tile)`` for every tile of ``grid`` without a marker
-    of this run, then the completion flag. A store of another run is replaced only with ``overwrite``."""
-    with writing(
+    of this run, then the completion flag. A store of another run is replaced only with ``overwrite``. With
+    ``year``: that year of a series (``layout`` without a year axis; ``overwrite`` replaces that year only)."""
+    with tile_store.writing_tiles(
         output.url,
+        *layout,
         product=product,
         parts=parts,
+        run=output.run,
         overwrite=overwrite,
+        cfg=cfg,
+        attrs=attrs,
         storage_options=output.storage_options,
         lease_ttl=cfg.store.lease_ttl_s,
-    ) as (decision, target, lease):
-        done = tile_store.prepare(
-            output.url,
-            *layout,
-            decision=decision,
-            target=target,
-            product=product,
-            parts=parts,
-            cfg=cfg,
-            attrs=attrs,
-            storage_options=output.storage_options,
-        )
+        year=year,
+    ) as (done, lease):
         tiles = list(grid.tiles(tile))
         todo = [t for t in tiles if t.id not in done]
         results, compute_s = stream_tiles(

@@ -7,6 +7,9 @@ written beside its final name and renamed into place, so a crash leaves only a `
 Nothing is destroyed without consent (:func:`claim`): a path holding anything but a geoplantnet store is refused; a
 store of another run (its ``geoplantnet_run`` fingerprint differs) is refused with what differs, unless the caller
 passes ``overwrite=True``; and one run at a time writes a store (:mod:`geoplantnet.storage.lease`).
+
+A store with a ``year`` axis (a series, :mod:`geoplantnet.storage.years`) is written year by year and never replaced
+whole: :func:`claim` refuses it to a run without a year, and :func:`open_store` shows its complete years only.
 """
 
 from __future__ import annotations
@@ -44,6 +47,14 @@ RUN_ATTR = "geoplantnet_run"
 PARTS_ATTR = "geoplantnet_run_parts"
 PRODUCT_ATTR = "geoplantnet_product"
 INCOMPLETE = "{url}: store is incomplete (a run was interrupted); rerun the job to rebuild it"
+# A series (a store with a ``year`` axis, geoplantnet.storage.years): its identity (product, grid, tiling, variables,
+# non-year coordinates) as a fingerprint and its parts, one record per year (JSON: slot, run, parts, attrs,
+# completeness), and the complete years (a plain list: what open_store shows).
+SERIES_ATTR = "geoplantnet_series"
+SERIES_PARTS_ATTR = "geoplantnet_series_parts"
+YEARS_ATTR = "geoplantnet_years"
+YEARS_COMPLETE_ATTR = "geoplantnet_years_complete"
+YEAR = "year"
 
 
 class StoreError(InputError):
@@ -86,7 +97,7 @@ def storage_options_for(url: str, store: StoreConfig) -> dict[str, Any]:
     return options
 
 
-def _where(url: str) -> str:
+def shown(url: str) -> str:
     """``url`` without credentials, for messages."""
     from geoplantnet.core.config import redact
 
@@ -101,12 +112,12 @@ def service_errors(url: str) -> Iterator[None]:
     except (RefusedError, InputError, ServiceError):
         raise
     except PermissionError:
-        raise ServiceError(f"{_where(url)}: access denied (check the storage credentials)") from None
+        raise ServiceError(f"{shown(url)}: access denied (check the storage credentials)") from None
     except FileNotFoundError as exc:
-        raise StoreError(f"{_where(url)}: not found ({exc})") from None
+        raise StoreError(f"{shown(url)}: not found ({exc})") from None
     except (OSError, TimeoutError) as exc:
         detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
-        where = _where(url)
+        where = shown(url)
         if is_local(url):
             raise StoreError(f"{where}: cannot write ({detail})") from None
         raise ServiceError(f"object store for {where} failed: {detail}") from None
@@ -136,7 +147,7 @@ def inspect_target(url: str, storage_options: Mapping[str, Any] | None = None) -
         if not fs.exists(path):
             return Target(url, "absent", {})
         if fs.isfile(path):
-            raise RefusedError(f"{_where(url)} is a file, not a geoplantnet store; refusing to replace it")
+            raise RefusedError(f"{shown(url)} is a file, not a geoplantnet store; refusing to replace it")
         attrs = _read_attrs(url, storage_options)
         if attrs is not None and (COMPLETE in attrs or RUN_ATTR in attrs):
             return Target(url, "store", attrs)
@@ -144,7 +155,7 @@ def inspect_target(url: str, storage_options: Mapping[str, Any] | None = None) -
     if not entries:
         return Target(url, "empty", {})
     raise RefusedError(
-        f"{_where(url)} exists and is not a geoplantnet store ({len(entries)} entries); refusing to write there: "
+        f"{shown(url)} exists and is not a geoplantnet store ({len(entries)} entries); refusing to write there: "
         "choose another output path"
     )
 
@@ -161,11 +172,17 @@ def preflight(url: str, storage_options: Mapping[str, Any] | None, *, product: s
     return target
 
 
-def _differences(old: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
+def parts_of(attrs: Mapping[str, Any], key: str = PARTS_ATTR) -> dict[str, Any]:
+    """The fingerprint parts a store's attrs record under ``key`` (a JSON object; empty when absent or unreadable)."""
     try:
-        before = json.loads(old.get(PARTS_ATTR) or "{}")
+        parts = json.loads(attrs.get(key) or "{}")
     except (TypeError, json.JSONDecodeError):
-        before = {}
+        return {}
+    return parts if isinstance(parts, dict) else {}
+
+
+def differences(before: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
+    """What differs between the parts a store records and a run's, for a one-line refusal."""
     if not before:
         return "made by another version of geoplantnet"
     changed = [
@@ -183,6 +200,12 @@ def claim(
     replace another run's (only with ``overwrite``; otherwise :class:`RefusedError` naming what differs)."""
     if target.state != "store":
         return "new"
+    if SERIES_ATTR in target.attrs:  # years of work: replaced year by year, by runs naming their year
+        kind = target.attrs.get(PRODUCT_ATTR, "geoplantnet")
+        raise RefusedError(
+            f"{shown(target.url)} holds a {kind} series with a year axis (years {years_in(target.attrs)}); a run "
+            "without a year never writes or replaces it, not even with --overwrite: write elsewhere"
+        )
     if target.attrs.get(RUN_ATTR) == run_id(parts) and target.attrs.get(PRODUCT_ATTR, product) == product:
         return "resume"
     if overwrite:
@@ -190,18 +213,29 @@ def claim(
     kind = target.attrs.get(PRODUCT_ATTR, "geoplantnet")
     state = "complete" if target.attrs.get(COMPLETE) == "true" else "incomplete"
     raise RefusedError(
-        f"{_where(target.url)} holds a {state} {kind} store of another run ({_differences(target.attrs, parts)}); "
-        "pass --overwrite to replace it, or write elsewhere"
+        f"{shown(target.url)} holds a {state} {kind} store of another run "
+        f"({differences(parts_of(target.attrs), parts)}); pass --overwrite to replace it, or write elsewhere"
     )
 
 
 def remove_store(target: Target, storage_options: Mapping[str, Any] | None = None) -> None:
     """Delete a geoplantnet store the user agreed to replace (never anything else)."""
     if target.state != "store":
-        raise RefusedError(f"{_where(target.url)}: not a geoplantnet store; not removing it")
+        raise RefusedError(f"{shown(target.url)}: not a geoplantnet store; not removing it")
     with service_errors(target.url):
         fs, path = fsspec.core.url_to_fs(target.url, **dict(storage_options or {}))
         fs.rm(path, recursive=True)
+
+
+@contextlib.contextmanager
+def leased(
+    url: str, *, run: str, storage_options: Mapping[str, Any] | None, lease_ttl: float
+) -> Iterator[tuple[Target, Lease]]:
+    """Hold the store's lease for run ``run`` and yield what is at ``url`` as seen under it (a run that finished
+    meanwhile is seen); a user's folder or file is refused before a lease is even placed beside it."""
+    inspect_target(url, storage_options)
+    with service_errors(url), hold(url, run, ttl=lease_ttl, storage_options=storage_options) as lease:
+        yield inspect_target(url, storage_options), lease
 
 
 @contextlib.contextmanager
@@ -214,11 +248,8 @@ def writing(
     storage_options: Mapping[str, Any] | None,
     lease_ttl: float,
 ) -> Iterator[tuple[Literal["new", "resume", "replace"], Target, Lease]]:
-    """Hold the store's lease, then decide (:func:`claim`) what the run may do there; checked under the lease, so
-    a run that finished meanwhile is seen."""
-    inspect_target(url, storage_options)  # refuse a user's folder before even placing a lease beside it
-    with service_errors(url), hold(url, run_id(parts), ttl=lease_ttl, storage_options=storage_options) as lease:
-        target = inspect_target(url, storage_options)
+    """Hold the store's lease, then decide (:func:`claim`) what the run may do there."""
+    with leased(url, run=run_id(parts), storage_options=storage_options, lease_ttl=lease_ttl) as (target, lease):
         yield claim(target, product=product, parts=parts, overwrite=overwrite), target, lease
 
 
@@ -264,6 +295,22 @@ def stamp(ds: xr.Dataset, cfg: RunConfig | None, extra: Mapping[str, Any] | None
     return ds
 
 
+def write_layout(
+    url: str, ds: xr.Dataset, encoding: Mapping[str, Mapping[str, Any]], storage_options: Mapping[str, Any] | None
+) -> None:
+    """Write a store's layout: metadata of every array, and the values of its plain (non-Dask) arrays and coordinates;
+    Dask-backed variables are never computed (their chunks stay unwritten, reading as the fill value)."""
+    with service_errors(url), deferred_interrupt():  # the layout is written whole or the run stops before it
+        ds.to_zarr(
+            url,
+            mode="w",
+            compute=False,
+            encoding={k: dict(v) for k, v in encoding.items()},
+            consolidated=False,
+            storage_options=dict(storage_options or {}) or None,
+        )
+
+
 def zarr_store(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
     """A zarr-python store for a local path or an fsspec URL (``s3://...``)."""
     if is_local(url):
@@ -273,14 +320,28 @@ def zarr_store(url: str, storage_options: Mapping[str, Any] | None = None) -> An
 
 def mark_complete(url: str, storage_options: Mapping[str, Any] | None) -> None:
     """Consolidate the metadata and set the completion flag: the last write of a store."""
+    update_attrs(url, storage_options, {COMPLETE: "true"})
+
+
+def update_attrs(url: str, storage_options: Mapping[str, Any] | None, attrs: Mapping[str, Any]) -> None:
+    """Set root ``attrs`` and consolidate the metadata (so readers see the arrays' current shapes)."""
     store = zarr_store(url, storage_options)
+    # opened through its consolidated metadata, if any: until re-consolidated just below, readers see the new attrs
+    # beside the arrays' previous metadata, never a store without consolidated metadata (which reads as incomplete)
     root = zarr.open_group(store, mode="r+")
-    root.attrs[COMPLETE] = "true"
+    root.attrs.update(dict(attrs))
+    with beside_the_arrays():
+        zarr.consolidate_metadata(store)
+
+
+@contextlib.contextmanager
+def beside_the_arrays() -> Iterator[None]:
+    """Silence zarr's warnings about what geoplantnet stores keep beside their arrays: consolidated metadata (not in
+    the Zarr v3 spec; zarr-python, xarray and GDAL read it all the same), the tile manifest (plain JSON files)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        # tiled stores keep their tile manifest (plain JSON files) beside the arrays
         warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
-        zarr.consolidate_metadata(store)
+        yield
 
 
 def write_store(
@@ -406,9 +467,11 @@ def _drain(client: Client, timeout: float = 30.0) -> None:
 
 
 def open_store(url: str, *, storage_options: Mapping[str, Any] | None = None, **kwargs: Any) -> xr.Dataset:
-    """Open a complete geoplantnet store (:class:`StoreError` if it is missing or incomplete). The ``species`` axis,
-    where there is one, selects by id (``sel(species="sp0001")``) or by name (``sel(species_name="Quercus robur")``);
-    use :func:`geoplantnet.storage.selection.unindex_species` before ``reindex`` along ``species``."""
+    """Open a complete geoplantnet store (:class:`StoreError` if it is missing or incomplete). A series (a store with
+    a ``year`` axis) shows its complete years only, by increasing year: a year being written, interrupted or being
+    replaced is left out (unwritten tiles of its slot read as no data). The ``species`` axis, where there is one,
+    selects by id (``sel(species="sp0001")``) or by name (``sel(species_name="Quercus robur")``); use
+    :func:`geoplantnet.storage.selection.unindex_species` before ``reindex`` along ``species``."""
     try:
         ds = xr.open_zarr(url, consolidated=True, storage_options=dict(storage_options or {}) or None, **kwargs)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
@@ -422,5 +485,23 @@ def open_store(url: str, *, storage_options: Mapping[str, Any] | None = None, **
         raise StoreError(INCOMPLETE.format(url=url)) from None
     if ds.attrs.get(COMPLETE) != "true":
         raise StoreError(INCOMPLETE.format(url=url))
+    if YEARS_COMPLETE_ATTR in ds.attrs:
+        ds = complete_years(ds)
     # species by id or scientific name, and an unknown one is one clear error with close matches
     return index_species(ds)
+
+
+def years_in(attrs: Mapping[str, Any]) -> str:
+    """The years a series' attrs record, for messages (``2024, 2025 (incomplete)``)."""
+    records = parts_of(attrs, YEARS_ATTR)
+    complete = set(attrs.get(YEARS_COMPLETE_ATTR) or [])
+    return ", ".join(f"{y}{'' if int(y) in complete else ' (incomplete)'}" for y in sorted(records, key=int)) or "none"
+
+
+def complete_years(ds: xr.Dataset) -> xr.Dataset:
+    """A series' complete years (``geoplantnet_years_complete``), by increasing year: the on-disk ``year`` axis is in
+    the order years were added, and holds years still being written."""
+    complete = {int(y) for y in ds.attrs.get(YEARS_COMPLETE_ATTR) or []}
+    years = [int(y) for y in ds[YEAR].values]
+    keep = sorted((y, i) for i, y in enumerate(years) if y in complete)
+    return ds.isel({YEAR: [i for _, i in keep]})

@@ -15,13 +15,18 @@ Protocol (local paths and object storage alike):
 
 A chunk never written reads as the fill value (no data), so an interrupted store reads as "unknown", never as a
 probability; :func:`geoplantnet.storage.store.open_store` refuses it anyway until step 3.
+
+:func:`writing_tiles` is steps 0-1 in one call. With a ``year`` the store is a series
+(:mod:`geoplantnet.storage.years`): the run's parts name the year, steps 1-3 concern that year's slot alone, and a
+tile finds its slot from its run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import dask.array as da
@@ -33,18 +38,21 @@ import zarr
 from geoplantnet.core.config import RunConfig
 from geoplantnet.core.encoding import NODATA, SCALE
 from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.storage import years
+from geoplantnet.storage.lease import Lease
 from geoplantnet.storage.store import (
     PARTS_ATTR,
     PRODUCT_ATTR,
     RUN_ATTR,
     Target,
     default_encoding,
-    deferred_interrupt,
     mark_complete,
     remove_store,
     run_id,
     service_errors,
     stamp,
+    write_layout,
+    writing,
     zarr_store,
 )
 
@@ -126,6 +134,13 @@ def _manifest(path: str, run: str) -> str:
     return f"{path.rstrip('/')}/{MANIFEST}/{run}"
 
 
+def clear_markers(url: str, run: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Remove the markers of run ``run`` (its tiles then count as never written)."""
+    fs, path = _fs(url, storage_options)
+    with service_errors(url), contextlib.suppress(FileNotFoundError):
+        fs.rm(_manifest(path, run), recursive=True)
+
+
 def finished_tiles(url: str, run: str, storage_options: Mapping[str, Any] | None = None) -> set[str]:
     """Ids of tiles with a marker from run ``run``: one listing, no marker read (a marker exists only after its
     tile's chunks were written, so its name is the proof; the contents are for people)."""
@@ -135,6 +150,67 @@ def finished_tiles(url: str, run: str, storage_options: Mapping[str, Any] | None
         return set()
     names = (entry.rsplit("/", 1)[-1] for entry in fs.ls(folder, detail=False))
     return {name.removesuffix(".json") for name in names if name.endswith(".json")}
+
+
+@contextlib.contextmanager
+def writing_tiles(
+    url: str,
+    template: xr.Dataset,
+    encoding: Mapping[str, Mapping[str, Any]],
+    *,
+    product: str,
+    parts: Mapping[str, Any],
+    run: str,
+    overwrite: bool,
+    cfg: RunConfig | None,
+    attrs: Mapping[str, Any] | None,
+    storage_options: Mapping[str, Any] | None,
+    lease_ttl: float,
+    year: int | None = None,
+) -> Iterator[tuple[set[str], Lease]]:
+    """Hold the store's lease, claim ``url`` for the run of ``parts`` and make it ready (:func:`prepare`); yields the
+    tiles already written and the lease. With ``year``, the run writes that year of a series: ``parts`` are
+    completed with the year (:func:`geoplantnet.storage.years.year_parts`) and ``run``, the id its tiles write
+    markers under, must be theirs."""
+    if year is not None:
+        parts = years.year_parts(parts, year)
+    if run != run_id(parts):
+        raise ValueError(f"tiles would write markers of run {run}, the store is claimed for run {run_id(parts)}")
+    if year is None:
+        claimed = writing(
+            url,
+            product=product,
+            parts=parts,
+            overwrite=overwrite,
+            storage_options=storage_options,
+            lease_ttl=lease_ttl,
+        )
+    else:
+        claimed = years.writing_year(
+            url,
+            product=product,
+            series=years.series_parts(template, encoding, product),
+            parts=parts,
+            year=year,
+            overwrite=overwrite,
+            storage_options=storage_options,
+            lease_ttl=lease_ttl,
+        )
+    with claimed as (decision, target, lease):
+        done = prepare(
+            url,
+            template,
+            encoding,
+            decision=decision,
+            target=target,
+            product=product,
+            parts=parts,
+            cfg=cfg,
+            attrs=attrs,
+            storage_options=storage_options,
+            year=year,
+        )
+        yield done, lease
 
 
 def prepare(
@@ -149,11 +225,30 @@ def prepare(
     cfg: RunConfig | None = None,
     attrs: Mapping[str, Any] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    year: int | None = None,
 ) -> set[str]:
     """Make ``url`` ready for the run of ``parts`` after :func:`geoplantnet.storage.store.claim` decided ``decision``:
     resume (returns the finished tiles), or lay out a fresh store (replacing ``target`` if agreed; returns an
-    empty set)."""
+    empty set). With ``year`` (``parts`` naming it, ``decision`` from
+    :func:`geoplantnet.storage.years.claim_year`): the same for that year's slot of a series."""
     run = run_id(parts)
+    if year is not None:
+        replaced = years.prepare_year(
+            url,
+            template,
+            encoding,
+            decision=decision,
+            target=target,
+            product=product,
+            parts=parts,
+            year=year,
+            cfg=cfg,
+            attrs=attrs,
+            storage_options=storage_options,
+        )
+        if replaced is not None:
+            clear_markers(url, replaced, storage_options)
+        return finished_tiles(url, run, storage_options) if decision == "resume" else set()
     if decision == "resume":
         done = finished_tiles(url, run, storage_options)
         log.info("%s: resuming run %s, %d tiles already written", url, run, len(done))
@@ -166,15 +261,7 @@ def prepare(
         cfg,
         {**(attrs or {}), PRODUCT_ATTR: product, RUN_ATTR: run, PARTS_ATTR: json.dumps(dict(parts), sort_keys=True)},
     )
-    with service_errors(url), deferred_interrupt():  # the layout is written whole or the run stops before it
-        ds.to_zarr(
-            url,
-            mode="w",
-            compute=False,
-            encoding={k: dict(v) for k, v in encoding.items()},
-            consolidated=False,
-            storage_options=dict(storage_options or {}) or None,
-        )
+    write_layout(url, ds, encoding, storage_options)
     return set()
 
 
@@ -202,27 +289,36 @@ def write_tile_blocks(
     storage_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Write each variable's block (..., tile.height, tile.width) into the tile's region, then the tile's marker:
-    the marker is written only after every variable, so a tile interrupted between two is recomputed."""
-    group = zarr.open_group(zarr_store(url, storage_options), mode="r+")
+    the marker is written only after every variable, so a tile interrupted between two is recomputed. In a series
+    (a store with a ``year`` axis) the region is in the slot of the year that ``run`` writes, and blocks have no
+    ``year`` axis."""
+    # not through consolidated metadata: in a series it holds the earlier years' state, not the year being written
+    group = zarr.open_group(zarr_store(url, storage_options), mode="r+", use_consolidated=False)
+    where = years.slot(group.attrs, run)  # None without a year axis
+    lead = () if where is None else (where[0],)
     arrays = {name: group[name] for name in blocks}
     for name, block in blocks.items():  # every shape checked before the first write
-        shape = arrays[name].shape
+        shape = arrays[name].shape[len(lead) :]
         if block.shape[-2:] != (tile.height, tile.width) or block.shape[:-2] != shape[:-2]:
             raise ValueError(f"tile {tile.id}: {name} block {block.shape} does not fit {shape[:-2]} x tile")
     ys, xs = tile.slices
     for name, block in blocks.items():
-        arrays[name][..., ys, xs] = block
+        arrays[name][(*lead, ..., ys, xs)] = block
     fs, path = _fs(url, storage_options)
     folder = _manifest(path, run)
     fs.makedirs(folder, exist_ok=True)  # a no-op on object storage
     marker = {"tile": tile.id, "run": run, "y0": tile.y0, "x0": tile.x0, "height": tile.height, "width": tile.width}
+    if where is not None:
+        marker["year"] = where[1]
     fs.pipe_file(f"{folder}/{tile.id}.json", json.dumps({**marker, **(info or {})}).encode())
 
 
 def finalise(url: str, *, n_tiles: int, run: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Mark the store complete, after checking every tile of the run has its marker."""
+    """Mark the store complete (in a series: the year that ``run`` writes), after checking every tile of the run
+    has its marker."""
     done = finished_tiles(url, run, storage_options)
     if len(done) < n_tiles:
         raise RuntimeError(f"{url}: only {len(done)} of {n_tiles} tiles written; not marking the store complete")
     with service_errors(url):
-        mark_complete(url, storage_options)
+        if not years.finish_year(url, run, storage_options):
+            mark_complete(url, storage_options)
