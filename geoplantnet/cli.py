@@ -285,6 +285,41 @@ def _add_indicators(sub: argparse._SubParsersAction) -> None:
     ind.set_defaults(func=_cmd_indicators)
 
 
+def _cmd_refresh(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from geoplantnet.jobs.refresh import run_refresh
+
+    if args.evaluate and not cfg.inputs.virtual:
+        raise ConfigError("--evaluate scores a refresh against the virtual region's truth; inputs.* are set")
+    summary = run_refresh(
+        cfg, args.year, model=args.model, overwrite=args.overwrite, progress=not args.quiet, evaluate=args.evaluate
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _add_refresh(sub: argparse._SubParsersAction) -> None:
+    refresh = sub.add_parser(
+        "refresh",
+        help="annual monitoring: map one year into the series under store.root (species, habitat, indicators) and "
+        "the change since the previous year -> changes.zarr + a run summary",
+        description="Searches the year's Sentinel-2 imagery, maps it with the series' species model and habitat "
+        "classifier, appends the year along every store's year axis without rewriting other years, and reports "
+        "the changes beyond the noise. Rerunning a year resumes it; --overwrite replaces that year only.",
+    )
+    _add_config_args(refresh)
+    refresh.add_argument("--year", type=int, required=True, help="the calendar year to map (e.g. 2025)")
+    refresh.add_argument(
+        "--model", default=None, help="species model file (default: the series' first year's, or map.model)"
+    )
+    refresh.add_argument(
+        "--evaluate", action="store_true", help="virtual region: indicators and detected changes against the truth"
+    )
+    refresh.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_overwrite(refresh, "this year of every series")
+    refresh.set_defaults(func=_cmd_refresh)
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from geoplantnet.core.errors import InputError
     from geoplantnet.jobs.quicklook import species_quicklook
@@ -440,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_habitat_map(sub)
     _add_indicators(sub)
+    _add_refresh(sub)
 
     plot = sub.add_parser(
         "plot", help="one species from one or more species.zarr stores side by side (e.g. CNN and MaxEnt) -> PNG"

@@ -42,8 +42,18 @@ def _write_layers(folder: Path) -> dict[str, Path]:
         data = rng.normal(10, 3, (height, width)).astype("float32")
         data[sea] = np.nan
         path = folder / f"{name}.tif"
-        with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32",
-                           crs="EPSG:3035", transform=transform, nodata=np.nan) as ds:
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=width,
+            height=height,
+            count=1,
+            dtype="float32",
+            crs="EPSG:3035",
+            transform=transform,
+            nodata=np.nan,
+        ) as ds:
             ds.write(data, 1)
         out[name] = path
     return out
@@ -104,8 +114,11 @@ def test_background_is_exactly_n_points_with_predictor_data(tmp_path, env, warpe
 
     samples, rescue = move_records_to_valid(samples, valid, 1)
     assert (rescue.moved, rescue.unrescued, rescue.radius) == (1, 1, 1)
-    ts = open_training_set(extract_samples(samples, GRID, composite=None, env=env, patch_size=1, env_patch_size=3,
-                                           out=str(tmp_path / "ts.zarr")))
+    ts = open_training_set(
+        extract_samples(
+            samples, GRID, composite=None, env=env, patch_size=1, env_patch_size=3, out=str(tmp_path / "ts.zarr")
+        )
+    )
     env_point = ts["env_point"].values
     source = np.array([str(s) for s in ts["source"].values])
     assert np.isfinite(env_point[source == "bg"]).all()
@@ -137,8 +150,9 @@ def test_too_small_a_valid_area_gives_fewer_points_and_says_why(tmp_path, env, w
     # without a mask, bounded rounds: as many as they find, never a point at sea, and a warning with the count
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        x, y = background_points(obs, GRID, n_valid + 50, kind="uniform",
-                                 valid=ValidCells(env, epsg=GRID.epsg, mask_cells=0))
+        x, y = background_points(
+            obs, GRID, n_valid + 50, kind="uniform", valid=ValidCells(env, epsg=GRID.epsg, mask_cells=0)
+        )
     assert len(x) <= n_valid and len(set(zip(x, y, strict=True))) == len(x)
     assert f"background: {len(x)} points instead of the {n_valid + 50} asked" in caplog.text
 

@@ -154,7 +154,9 @@ def _tiny_spec(**update) -> ModelSpec:
 
 def _calibration_and_thresholds() -> tuple[Calibration, Thresholds]:
     cal = Calibration(
-        method="platt", species=[SpeciesCalibration(slope=0.5, intercept=-1.0), None], n_rows=10,
+        method="platt",
+        species=[SpeciesCalibration(slope=0.5, intercept=-1.0), None],
+        n_rows=10,
     )
     th = Thresholds(basis="presence-absence", calibrated=True, max_tss=[0.3, None], prevalence=[0.25, 0.5])
     return cal, th

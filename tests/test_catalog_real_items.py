@@ -40,14 +40,25 @@ def test_earth_search_v1_naming_on_a_real_item(real_items):
     renames = {"B02": "blue", "B04": "red", "B08": "nir", "B8A": "nir08", "B11": "swir16", "SCL": "scl"}
     item.assets = {renames.get(k, k): a for k, a in item.assets.items()}
     assert band_assets(item, ["B02", "B04", "B08", "B8A", "B11", "SCL"]) == {
-        "B02": "blue", "B04": "red", "B08": "nir", "B8A": "nir08", "B11": "swir16", "SCL": "scl"
+        "B02": "blue",
+        "B04": "red",
+        "B08": "nir",
+        "B8A": "nir08",
+        "B11": "swir16",
+        "SCL": "scl",
     }
 
 
 def test_landsat_common_names(real_items):
     landsat = real_items[LANDSAT]
     assert band_assets(landsat, ["B02", "B03", "B04", "B08", "B8A", "B11", "B12"]) == {
-        "B02": "blue", "B03": "green", "B04": "red", "B08": "nir08", "B8A": "nir08", "B11": "swir16", "B12": "swir22"
+        "B02": "blue",
+        "B03": "green",
+        "B04": "red",
+        "B08": "nir08",
+        "B8A": "nir08",
+        "B11": "swir16",
+        "B12": "swir22",
     }
     with pytest.raises(CatalogError, match=rf"item {LANDSAT} has no asset for band\(s\) \['B05', 'SCL'\]"):
         band_assets(landsat, ["B04", "B05", "SCL"])

@@ -51,10 +51,16 @@ def scheduler_with_gpu_worker():
         )
     ]
     common = ["--nthreads", "1", "--memory-limit", "1GiB", "--host", "127.0.0.1", "--dashboard-address", ":0"]
-    procs.append(subprocess.Popen([dask, "worker", address, *common, "--resources", "GPU=1"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    procs.append(subprocess.Popen([dask, "worker", address, *common],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    procs.append(
+        subprocess.Popen(
+            [dask, "worker", address, *common, "--resources", "GPU=1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    procs.append(
+        subprocess.Popen([dask, "worker", address, *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    )
     try:
         yield address
     finally:

@@ -30,8 +30,9 @@ def test_deepmaxent_is_the_normalised_poisson_likelihood_per_species() -> None:
     assert torch.isclose(deepmaxent_loss(shifted, label, source), deepmaxent_loss(logits, label, source))
     # survey rows are not part of it; a batch without presence gives 0 with a graph
     assert torch.isclose(
-        deepmaxent_loss(torch.cat([logits, logits[:1] * 9]), torch.cat([label, label[:1]]),
-                        torch.cat([source, torch.tensor([PA])])),
+        deepmaxent_loss(
+            torch.cat([logits, logits[:1] * 9]), torch.cat([label, label[:1]]), torch.cat([source, torch.tensor([PA])])
+        ),
         deepmaxent_loss(logits, label, source),
     )
     zero = deepmaxent_loss(logits.requires_grad_(), torch.full_like(label, -1), source)
@@ -67,9 +68,12 @@ def test_species_loss_takes_deepmaxent_from_the_configuration() -> None:
 
 def _spec(n_species: int = 3, members: int = 1) -> ModelSpec:
     return ModelSpec(
-        model=ModelConfig(env_hidden=8, fusion_hidden=8), modalities={"env": (5, 1, 1)},
-        species=[f"s{i}" for i in range(n_species)], norm=NormStats(env_mean=[0.0] * 4, env_std=[1.0] * 4),
-        env_from_point=True, members=members,
+        model=ModelConfig(env_hidden=8, fusion_hidden=8),
+        modalities={"env": (5, 1, 1)},
+        species=[f"s{i}" for i in range(n_species)],
+        norm=NormStats(env_mean=[0.0] * 4, env_std=[1.0] * 4),
+        env_from_point=True,
+        members=members,
     )
 
 
@@ -103,8 +107,13 @@ def test_robust_scaling_is_median_and_iqr_not_moved_by_outliers(tmp_path: Path) 
     env_point = np.stack([rng.normal(10, 2, n), rng.lognormal(6, 1, n)], axis=1).astype("float32")
     env_point[:5, 0] = 1e6  # a few absurd values (a no-data code not declared)
     path = write_training_set(
-        tmp_path / "t.zarr", x=np.arange(n, dtype=float), y=np.zeros(n), label=np.ones((n, 1), "int8"),
-        source=["po"] * n, species=["a"], env_point=env_point,
+        tmp_path / "t.zarr",
+        x=np.arange(n, dtype=float),
+        y=np.zeros(n),
+        label=np.ones((n, 1), "int8"),
+        source=["po"] * n,
+        species=["a"],
+        env_point=env_point,
     )
     ds = open_training_set(path)
     robust = compute_stats(ds, np.arange(n), scaling="robust")

@@ -33,10 +33,14 @@ def _arrays(counted: bool = False) -> tuple[xr.DataArray, xr.DataArray, np.ndarr
     cdata = da.from_array(comp, chunks=(1, 3, 20, 20))
     if counted:
         cdata = cdata.map_blocks(_counted, dtype="float32")
-    composite = xr.DataArray(cdata, dims=("time", "band", "y", "x"), coords={"band": ["B04", "B08", "ndvi"],
-                             **CUBE.coords()})
-    env_da = xr.DataArray(da.from_array(env, chunks=(4, 16, 16)), dims=("var", "y", "x"),
-                          coords={"var": ["a", "b", "c", "d"], **MAP.coords()})
+    composite = xr.DataArray(
+        cdata, dims=("time", "band", "y", "x"), coords={"band": ["B04", "B08", "ndvi"], **CUBE.coords()}
+    )
+    env_da = xr.DataArray(
+        da.from_array(env, chunks=(4, 16, 16)),
+        dims=("var", "y", "x"),
+        coords={"var": ["a", "b", "c", "d"], **MAP.coords()},
+    )
     return composite, env_da, comp, env
 
 
@@ -53,8 +57,9 @@ def _samples(n: int = 120, seed: int = 1) -> Samples:
 def test_patches_series_env_match_direct_slicing(tmp_path):
     composite, env_da, comp, env = _arrays()
     s = _samples()
-    path = extract_samples(s, MAP, composite=composite, env=env_da, patch_size=6, env_patch_size=3,
-                           out=str(tmp_path / "ts.zarr"))
+    path = extract_samples(
+        s, MAP, composite=composite, env=env_da, patch_size=6, env_patch_size=3, out=str(tmp_path / "ts.zarr")
+    )
     ds = open_training_set(path)
     rows, cols = CUBE.index(s.x, s.y)
     erows, ecols = MAP.index(s.x, s.y)

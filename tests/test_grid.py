@@ -51,8 +51,12 @@ def test_halo_reads_are_clipped_and_padding_restores_shape(w, h, size, halo):
 
 
 @given(
-    w=st.integers(1, 60), h=st.integers(1, 60), r0=st.integers(-80, 80), c0=st.integers(-80, 80),
-    dh=st.integers(0, 40), dw=st.integers(0, 40),
+    w=st.integers(1, 60),
+    h=st.integers(1, 60),
+    r0=st.integers(-80, 80),
+    c0=st.integers(-80, 80),
+    dh=st.integers(0, 40),
+    dw=st.integers(0, 40),
 )
 @settings(max_examples=200, deadline=None)
 def test_clip_keeps_the_part_of_a_window_on_the_grid(w, h, r0, c0, dh, dw):

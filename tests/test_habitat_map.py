@@ -40,7 +40,8 @@ def classifier(small_map: SmallMap) -> tuple[str, PlotModel]:
     """A tiny habitat classifier trained from scratch on the virtual region's plots (same species ids as the map)."""
     from geoplantnet.testing.fixtures import tiny_classifier
 
-    folder = tiny_classifier(small_map, small_map.root / "habitat-model")
+    species = [str(s) for s in open_store(small_map.reference)["species"].values]
+    folder = tiny_classifier(small_map.cfg, species, small_map.root / "habitat-model")
     return folder, PlotModel.load(folder)
 
 

@@ -31,14 +31,19 @@ def _spec(patch: int = 8, env: int = 3, modalities: tuple[str, ...] = ("patch", 
         "env": (VARS + 1, env, env),
     }
     norm = NormStats(
-        patch_mean=rng.normal(size=BANDS).tolist(), patch_std=rng.uniform(0.5, 2, BANDS).tolist(),
-        series_mean=rng.normal(size=BANDS).tolist(), series_std=rng.uniform(0.5, 2, BANDS).tolist(),
-        env_mean=rng.normal(size=VARS).tolist(), env_std=rng.uniform(0.5, 2, VARS).tolist(),
+        patch_mean=rng.normal(size=BANDS).tolist(),
+        patch_std=rng.uniform(0.5, 2, BANDS).tolist(),
+        series_mean=rng.normal(size=BANDS).tolist(),
+        series_std=rng.uniform(0.5, 2, BANDS).tolist(),
+        env_mean=rng.normal(size=VARS).tolist(),
+        env_std=rng.uniform(0.5, 2, VARS).tolist(),
     )
-    cfg = ModelConfig(patch_size=patch, env_patch_size=env, width=8, depth=2, series_hidden=8, env_hidden=8,
-                      fusion_hidden=16)
-    return ModelSpec(model=cfg, modalities={m: shapes[m] for m in modalities},
-                     species=[f"sp{i}" for i in range(SPECIES)], norm=norm)
+    cfg = ModelConfig(
+        patch_size=patch, env_patch_size=env, width=8, depth=2, series_hidden=8, env_hidden=8, fusion_hidden=16
+    )
+    return ModelSpec(
+        model=cfg, modalities={m: shapes[m] for m in modalities}, species=[f"sp{i}" for i in range(SPECIES)], norm=norm
+    )
 
 
 def _model(spec: ModelSpec) -> SpeciesNet:
@@ -120,8 +125,11 @@ def _reader(grid: Grid, full: np.ndarray):
 def test_tile_windows_are_read_on_the_grid_and_nan_beyond(where):
     """A tile's halo past the grid's edge is NaN, whatever the sources hold there: training cuts NaN there too."""
     spec = _spec(patch=8, env=5)
-    tile = {"corner": Tile(0, 0, 0, 0, 16, 16, "c"), "interior": Tile(1, 1, 10, 12, 8, 8, "i"),
-            "clipped-edge": Tile(1, 2, 16, 32, 14, 8, "e")}[where]
+    tile = {
+        "corner": Tile(0, 0, 0, 0, 16, 16, "c"),
+        "interior": Tile(1, 1, 10, 12, 8, 8, "i"),
+        "clipped-edge": Tile(1, 2, 16, 32, 14, 8, "e"),
+    }[where]
     geom = tile_geometry(spec, tile, MAP, CUBE)
     rng = np.random.default_rng(2)
     for grid, which, lead in ((CUBE, "cube", (SEASONS, BANDS)), (MAP, "env", (VARS,))):

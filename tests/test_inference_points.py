@@ -53,7 +53,8 @@ INPUTS = {
 
 @pytest.mark.parametrize("inputs", list(INPUTS))
 @pytest.mark.parametrize(
-    "make", [lambda: RandomForestPeer(n_estimators=10, min_presences=3), lambda: MaxentPeer(min_presences=3)],
+    "make",
+    [lambda: RandomForestPeer(n_estimators=10, min_presences=3), lambda: MaxentPeer(min_presences=3)],
     ids=["random_forest", "maxent"],
 )
 def test_tile_equals_predict_proba_on_the_rows_training_extracts(make, inputs, tmp_path):

@@ -36,10 +36,19 @@ COLLECTION = "bigearthnet-s2"
 
 def _settings(grid: Grid, url: str, tmp: Path) -> list[str]:
     return [
-        f"stac.url={url}", f"stac.s2_collection={COLLECTION}", "cube.datetime=2017-01-01/2017-12-31",
-        f"grid.left={grid.left:.0f}", f"grid.top={grid.top:.0f}", f"grid.width_m={grid.width * grid.resolution:.0f}",
-        f"grid.height_m={grid.height * grid.resolution:.0f}", "grid.resolution=50", "cube.resolution=20",
-        "cube.chunk=64", f"workdir={tmp / 'work'}", f"store.root={tmp / 'out'}", "cluster.n_workers=2",
+        f"stac.url={url}",
+        f"stac.s2_collection={COLLECTION}",
+        "cube.datetime=2017-01-01/2017-12-31",
+        f"grid.left={grid.left:.0f}",
+        f"grid.top={grid.top:.0f}",
+        f"grid.width_m={grid.width * grid.resolution:.0f}",
+        f"grid.height_m={grid.height * grid.resolution:.0f}",
+        "grid.resolution=50",
+        "cube.resolution=20",
+        "cube.chunk=64",
+        f"workdir={tmp / 'work'}",
+        f"store.root={tmp / 'out'}",
+        "cluster.n_workers=2",
         "cluster.memory_limit=3GiB",
     ]
 
@@ -59,8 +68,9 @@ def patch_api(tmp_path_factory: pytest.TempPathFactory):
         path = write_cog(folder / f"{band}.tif", arr, transform, epsg, nodata=0)
         specs.append(AssetSpec(band, str(path), scale=1e-4, offset=0.0))
     when = datetime.fromisoformat(meta["acquisition_date"] + "+00:00")
-    item = item_from_cogs(PATCH.name, when, specs, collection=COLLECTION, properties={"eo:cloud_cover": 0.0,
-                                                                                       "platform": "sentinel-2a"})
+    item = item_from_cogs(
+        PATCH.name, when, specs, collection=COLLECTION, properties={"eo:cloud_cover": 0.0, "platform": "sentinel-2a"}
+    )
     coll = collection_for(COLLECTION, [item], "one real BigEarthNet-S2 patch")
     pair = write_collection(coll, [item], folder / "catalog")
     # the footprint's centre in EPSG:3035, and a 1 km square around it on the 50 m grid
@@ -72,8 +82,14 @@ def patch_api(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "geoplantnet", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "geoplantnet", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **(env or {})},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -118,13 +134,20 @@ def test_a_model_trained_on_real_imagery_maps_it_end_to_end(patch_api, tmp_path)
     records = green_and_bare_records(url, grid, tmp_path)
     sets = [
         *_settings(grid, url, tmp_path),
-        "model.patch_size=8", "model.width=8", "model.series_hidden=8", "model.fusion_hidden=32", "train.epochs=12",
-        "train.n_background=200", "train.background=uniform", "validation.block_size_m=250", "map.tile=16",
+        "model.patch_size=8",
+        "model.width=8",
+        "model.series_hidden=8",
+        "model.fusion_hidden=32",
+        "train.epochs=12",
+        "train.n_background=200",
+        "train.background=uniform",
+        "validation.block_size_m=250",
+        "map.tile=16",
     ]
     args = [x for s in sets for x in ("--set", s)]
     # Sentinel-2 only (no environmental rasters): `map` trains on the records, then maps every pixel
     proc = _cli("map", "-q", *args, "--observations", str(records), "--with-s2")
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    result = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert result["tiles"] == 4 and result["trained"] is not None
     assert not (tmp_path / "work" / "region").exists()  # no virtual region anywhere
     ds = open_store(result["store"])

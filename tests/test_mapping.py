@@ -176,8 +176,13 @@ def test_map_command_never_touches_a_users_folder(setup, tmp_path):
     folder.mkdir()
     (folder / "thesis.docx").write_text("four years of work")
     for extra in ((), ("--overwrite",)):
-        proc = subprocess.run(_map_cmd(setup, "--model", setup.model, "--out", str(folder), *extra), cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            _map_cmd(setup, "--model", setup.model, "--out", str(folder), *extra),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr.strip().splitlines() == [
             f"geoplantnet: error: {folder} exists and is not a geoplantnet store (1 entries); refusing to write "
@@ -215,18 +220,39 @@ def real_cluster(tmp_path_factory) -> RealCluster:
     sched_file = root / "scheduler.json"
     procs = {
         "scheduler": _spawn(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
-             "--scheduler-file", str(sched_file)], root / "scheduler.log", env,
+            [
+                dask,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--scheduler-file",
+                str(sched_file),
+            ],
+            root / "scheduler.log",
+            env,
         )
     }
     deadline = time.monotonic() + 60
     while not sched_file.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     address = json.loads(sched_file.read_text())["address"]
-    common = ["--nthreads", "1", "--memory-limit", "3GiB", "--host", "127.0.0.1",
-              "--preload", str(TESTS / "_slow_tiles.py")]
-    procs["gpu"] = _spawn([dask, "worker", address, *common, "--resources", "GPU=1", "--name", "gpu-worker"],
-                          root / "gpu.log", env)
+    common = [
+        "--nthreads",
+        "1",
+        "--memory-limit",
+        "3GiB",
+        "--host",
+        "127.0.0.1",
+        "--preload",
+        str(TESTS / "_slow_tiles.py"),
+    ]
+    procs["gpu"] = _spawn(
+        [dask, "worker", address, *common, "--resources", "GPU=1", "--name", "gpu-worker"], root / "gpu.log", env
+    )
     procs["cpu"] = _spawn([dask, "worker", address, *common, "--name", "cpu-worker"], root / "cpu.log", env)
     cluster = RealCluster(address, procs)
     client = cluster.client()
@@ -245,8 +271,11 @@ def real_cluster(tmp_path_factory) -> RealCluster:
 
 
 def _worker_pids(client) -> dict[str, int]:
-    return {info["name"]: pid for addr, pid in client.run(os.getpid).items()
-            for info in [client.scheduler_info()["workers"][addr]]}
+    return {
+        info["name"]: pid
+        for addr, pid in client.run(os.getpid).items()
+        for info in [client.scheduler_info()["workers"][addr]]
+    }
 
 
 @pytest.mark.slow
@@ -302,8 +331,19 @@ def test_a_worker_killed_mid_run_is_retried_and_the_map_is_unchanged(setup, real
 @pytest.mark.slow
 def test_an_interrupted_run_reads_as_incomplete_and_resumes_to_the_same_map(setup, real_cluster):
     url = str(setup.root / "interrupted.zarr")
-    cmd = [sys.executable, "-m", "geoplantnet.cli", "map", "--quiet", "--scheduler", real_cluster.address,
-           "--model", setup.model, "--out", url]
+    cmd = [
+        sys.executable,
+        "-m",
+        "geoplantnet.cli",
+        "map",
+        "--quiet",
+        "--scheduler",
+        real_cluster.address,
+        "--model",
+        setup.model,
+        "--out",
+        url,
+    ]
     for item in setup.overrides:
         cmd += ["--set", item]
     driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -338,8 +378,9 @@ def test_two_runs_never_write_one_store_at_once(setup, real_cluster):
     url = str(setup.root / "contended.zarr")
     common = ("--scheduler", real_cluster.address, "--model", setup.model, "--out", url)
     # 25 slowed tiles (0.4 s each, one GPU worker): the first run writes for 10 s or more
-    first = subprocess.Popen(_map_cmd(setup, *common, "--set", "map.tile=8"), cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        _map_cmd(setup, *common, "--set", "map.tile=8"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     lease = setup.root / ".contended.zarr.lease.json"
     deadline = time.monotonic() + 120
     while not (Path(url) / MANIFEST).exists() and time.monotonic() < deadline and first.poll() is None:
@@ -347,8 +388,13 @@ def test_two_runs_never_write_one_store_at_once(setup, real_cluster):
     assert lease.exists() and first.poll() is None, first.stderr.read().decode()[-2000:]
     # a second process, another tiling, the same store, while the first is writing: refused, whatever its flags
     for extra in ((), ("--overwrite",)):
-        second = subprocess.run(_map_cmd(setup, *common, *extra, "--set", "map.tile=32"), cwd=ROOT,
-                                capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            _map_cmd(setup, *common, *extra, "--set", "map.tile=32"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert second.returncode == 2, second.stderr[-2000:]
         assert "contended.zarr is being written by another run" in second.stderr.strip().splitlines()[-1]
     assert first.poll() is None, "the first run ended before the second tried: the test proves nothing"
@@ -376,8 +422,9 @@ def test_map_to_s3_compatible_object_storage(setup, tmp_path):
             summary = produce_map(client, cfg, setup.model, setup.sources, url, progress=False)
             again = produce_map(client, cfg, setup.model, setup.sources, url, progress=False)
             # the lease is an object created only if absent (If-None-Match): a live one refuses a second writer
-            with hold(url, "another-run", storage_options=s3.storage_options), pytest.raises(
-                LeaseError, match="being written by another run another-run"
+            with (
+                hold(url, "another-run", storage_options=s3.storage_options),
+                pytest.raises(LeaseError, match="being written by another run another-run"),
             ):
                 produce_map(client, cfg, setup.model, setup.sources, url, progress=False)
         assert summary.tiles_computed == 9 and again.tiles_skipped == 9
@@ -407,8 +454,17 @@ def test_map_command_bad_model_is_one_line(setup, tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")
     for model, message in ((tmp_path / "missing.pt", "no such model file"), (junk, f"{junk}: not a readable model")):
-        cmd = [sys.executable, "-m", "geoplantnet.cli", "map", "--quiet", "--model", str(model),
-               "--out", str(tmp_path / "x.zarr")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "geoplantnet.cli",
+            "map",
+            "--quiet",
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "x.zarr"),
+        ]
         for item in setup.overrides:
             cmd += ["--set", item]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -141,8 +141,16 @@ def test_per_species_flags_small_and_constant_cases() -> None:
     # cases); d: 5 and 5, but a constant prediction (AUC 0.5 by construction).
     labels = np.array(
         [
-            [1, 0, 1, 1], [1, 0, 1, 0], [0, 0, 1, 1], [0, 0, 1, 0], [0, 0, 1, 1],
-            [0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0, -1, -1, 1], [0, -1, -1, 0],
+            [1, 0, 1, 1],
+            [1, 0, 1, 0],
+            [0, 0, 1, 1],
+            [0, 0, 1, 0],
+            [0, 0, 1, 1],
+            [0, 0, 1, 0],
+            [0, 0, 0, 1],
+            [0, 0, 0, 0],
+            [0, -1, -1, 1],
+            [0, -1, -1, 0],
         ]
     )
     probs = np.linspace(0.05, 0.95, labels.size).reshape(labels.shape)

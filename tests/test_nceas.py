@@ -31,7 +31,11 @@ def _need_data() -> None:
     [("awt", 40, {"bird": 20, "plant": 20}, 442, 13), ("nsw", 54, None, 8746, None)],
 )
 def test_the_pipelines_read_the_benchmark_as_it_is_defined(
-    region: str, species: int, groups: dict[str, int] | None, sites: int, features: int | None,
+    region: str,
+    species: int,
+    groups: dict[str, int] | None,
+    sites: int,
+    features: int | None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(ROOT)  # the pipelines name the data relative to the project
@@ -57,10 +61,23 @@ def test_the_pipelines_read_the_benchmark_as_it_is_defined(
 @pytest.mark.slow
 def test_the_deep_model_ranks_the_wet_tropics_surveys(tmp_path: Path) -> None:
     out = tmp_path / "awt"
-    cmd = [sys.executable, "-m", "geoplantnet.cli", "sdm-table", "--config", "pipelines/nceas-awt.yaml", "--out",
-           str(out), "--set", "train.ensemble=2", "--set", "validation.models=[cnn]"]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "geoplantnet.cli",
+        "sdm-table",
+        "--config",
+        "pipelines/nceas-awt.yaml",
+        "--out",
+        str(out),
+        "--set",
+        "train.ensemble=2",
+        "--set",
+        "validation.models=[cnn]",
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     deep = summary["independent"]["models"]["cnn"]

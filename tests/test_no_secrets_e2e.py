@@ -45,8 +45,17 @@ def test_a_secret_given_any_way_never_reaches_an_output_or_a_log(tmp_path):
 
         # 1. --set: the composites job writes to the bucket
         options = json.dumps({"key": ACCESS_KEY, "secret": SECRET, "client_kwargs": {"endpoint_url": endpoint}})
-        proc = _run(["run", "-q", *sets, "--set", f"store.root=s3://{s3.bucket}/run",
-                     "--set", f"store.storage_options={options}"])
+        proc = _run(
+            [
+                "run",
+                "-q",
+                *sets,
+                "--set",
+                f"store.root=s3://{s3.bucket}/run",
+                "--set",
+                f"store.storage_options={options}",
+            ]
+        )
         printed += [proc.stdout, proc.stderr]
 
         # 2. environment variables: the map job trains a model, then writes species.zarr to the bucket
@@ -60,13 +69,15 @@ def test_a_secret_given_any_way_never_reaches_an_output_or_a_log(tmp_path):
 
         # 3. a configuration file: the sdm job (local report folder) with the secret in its configuration
         config = yaml.safe_load((ROOT / "pipelines" / "default.yaml").read_text())
-        config["store"] = {"root": f"s3://{s3.bucket}/sdm",
-                           "storage_options": {"key": ACCESS_KEY, "secret": SECRET,
-                                               "client_kwargs": {"endpoint_url": endpoint}}}
+        config["store"] = {
+            "root": f"s3://{s3.bucket}/sdm",
+            "storage_options": {"key": ACCESS_KEY, "secret": SECRET, "client_kwargs": {"endpoint_url": endpoint}},
+        }
         path = tmp_path / "with-secret.yaml"
         path.write_text(yaml.safe_dump(config))
-        proc = _run(["sdm", "-q", "-c", str(path), *sets, "--out", str(out / "sdm"),
-                     "--set", "validation.models=[maxent]"])  # the CNN already trained under map
+        proc = _run(
+            ["sdm", "-q", "-c", str(path), *sets, "--out", str(out / "sdm"), "--set", "validation.models=[maxent]"]
+        )  # the CNN already trained under map
         printed += [proc.stdout, proc.stderr]
         path.unlink()  # the user's own file, which of course holds it
 

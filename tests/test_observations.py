@@ -95,8 +95,16 @@ def test_target_group_background_follows_the_records():
     from geoplantnet.samples.observations import Observations
 
     records = pd.DataFrame(
-        {"record_id": "r", "survey_id": pd.Series(pd.NA, index=range(keep.sum()), dtype="string"),
-         "species_id": "A", "species_name": "A", "presence": 1, "x": x[keep], "y": y[keep], "date": None}
+        {
+            "record_id": "r",
+            "survey_id": pd.Series(pd.NA, index=range(keep.sum()), dtype="string"),
+            "species_id": "A",
+            "species_name": "A",
+            "presence": 1,
+            "x": x[keep],
+            "y": y[keep],
+            "date": None,
+        }
     )
     obs = Observations(records, 3035)
     tx, _ = background_points(obs, GRID, 500, kind="target_group", seed=0)

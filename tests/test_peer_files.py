@@ -48,8 +48,9 @@ def fitted(data):
 def test_round_trip_gives_identical_predictions(kind, fitted, data, tmp_path):
     env = data[0]
     peer = fitted[kind]
-    path = peer.save(tmp_path / f"{kind}.peer", species=["a", "b", "c"], species_name=["A a", "B b", "C c"],
-                     variables=VARS)
+    path = peer.save(
+        tmp_path / f"{kind}.peer", species=["a", "b", "c"], species_name=["A a", "B b", "C c"], variables=VARS
+    )
     back, spec = load_peer(path)
     assert type(back) is type(peer) and back.client is None
     assert np.array_equal(back.predict_proba(env), peer.predict_proba(env))  # NaN rows included (median fill)

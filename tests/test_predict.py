@@ -47,8 +47,22 @@ def test_predict_at_the_plots_equals_the_map_and_reads_any_crs(small_map, tmp_pa
     projected = tmp_path / "plots.csv"
     far = {"id": "far", "x": grid.left - 5_000, "y": grid.top}
     pd.DataFrame({"id": [*ids, far["id"]], "x": [*x, far["x"]], "y": [*y, far["y"]]}).to_csv(projected, index=False)
-    first = _cli(sets, "predict", "--model", mapped["model"], "--points", str(projected), "--crs", "EPSG:3035",
-                 "--x", "x", "--y", "y", "--out", str(tmp_path / "p.csv"))
+    first = _cli(
+        sets,
+        "predict",
+        "--model",
+        mapped["model"],
+        "--points",
+        str(projected),
+        "--crs",
+        "EPSG:3035",
+        "--x",
+        "x",
+        "--y",
+        "y",
+        "--out",
+        str(tmp_path / "p.csv"),
+    )
     assert first["points"] == len(ids) + 1 and first["no_data"] == 1
     assert f"1 of {len(ids) + 1} points are outside the grid" in first["stderr"]
     table = pd.read_csv(tmp_path / "p.csv", dtype={"id": str})

@@ -63,8 +63,9 @@ def layers(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, Path]:
     )
     land = item_from_cogs("corine", STATIC, [AssetSpec("land_cover", str(lc))])
     # the STAC classification extension: the layer declares its classes, which makes it categorical
-    land.assets["land_cover"].extra_fields["classification:classes"] = [{"value": c, "name": f"class {c}"}
-                                                                       for c in CLASSES]
+    land.assets["land_cover"].extra_fields["classification:classes"] = [
+        {"value": c, "name": f"class {c}"} for c in CLASSES
+    ]
     return [climate, land], folder
 
 
@@ -180,8 +181,14 @@ def _stack_file(path: Path, values: np.ndarray, crs: str | None = "EPSG:4326") -
     """A multi-band GeoTIFF with band descriptions, like a user's bioclim stack."""
     import rasterio
 
-    profile = {"driver": "GTiff", "width": values.shape[2], "height": values.shape[1], "count": values.shape[0],
-               "dtype": "float32", "transform": Affine(0.01, 0, 10.0, 0, -0.01, 50.0)}
+    profile = {
+        "driver": "GTiff",
+        "width": values.shape[2],
+        "height": values.shape[1],
+        "count": values.shape[0],
+        "dtype": "float32",
+        "transform": Affine(0.01, 0, 10.0, 0, -0.01, 50.0),
+    }
     if crs is not None:
         profile["crs"] = crs
     with rasterio.open(path, "w", **profile) as ds:

@@ -41,7 +41,12 @@ def test_summary_is_strict_json_with_null_for_unscored_metrics() -> None:
     text = json.dumps(summary, allow_nan=False)
     parsed = _strict_loads(text)
     assert parsed["models"]["m"] == {  # type: ignore[index]
-        "auc": 0.8, "ece": None, "n_samples": 22, "n_species_informative": 1, "folds": 2, "informative_folds": 1,
+        "auc": 0.8,
+        "ece": None,
+        "n_samples": 22,
+        "n_species_informative": 1,
+        "folds": 2,
+        "informative_folds": 1,
     }
     assert parsed["x"] is None  # type: ignore[index]
     with pytest.raises(ValueError, match="NaN"):
@@ -60,8 +65,19 @@ def test_no_predictor_data_is_an_input_error_naming_the_predictors() -> None:
 
 def _sdm(tmp_path: Path, observations: Path, raster: Path, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, "-m", "geoplantnet.cli", "sdm", "--quiet", "-c", str(ROOT / "pipelines" / "bradypus.yaml"),
-        "--observations", str(observations), "--rasters", str(raster), "--out", str(tmp_path / "sdm"),
+        sys.executable,
+        "-m",
+        "geoplantnet.cli",
+        "sdm",
+        "--quiet",
+        "-c",
+        str(ROOT / "pipelines" / "bradypus.yaml"),
+        "--observations",
+        str(observations),
+        "--rasters",
+        str(raster),
+        "--out",
+        str(tmp_path / "sdm"),
     ]
     for item in [*FAST, *overrides, f"workdir={tmp_path / 'work'}"]:
         cmd += ["--set", item]

@@ -28,12 +28,15 @@ GROUPS = {s: ("plant" if i < 3 else "bird") for i, s in enumerate(SPECIES)}
 def _env(rng: np.random.Generator, n: int) -> pd.DataFrame:
     x, y = rng.uniform(0, 200_000, n), rng.uniform(0, 200_000, n)
     # smooth fields of the coordinates, so that spatial blocks mean something; one skewed variable, one categorical
-    return pd.DataFrame({
-        "x": x, "y": y,
-        "temp": 20 + 5 * np.sin(x / 40_000) + rng.normal(0, 0.5, n),
-        "rain": np.exp(6 + np.cos(y / 50_000) + rng.normal(0, 0.3, n)),
-        "soil": (np.floor(x / 70_000) + np.floor(y / 70_000)).astype(int) % 3 + 1,
-    })
+    return pd.DataFrame(
+        {
+            "x": x,
+            "y": y,
+            "temp": 20 + 5 * np.sin(x / 40_000) + rng.normal(0, 0.5, n),
+            "rain": np.exp(6 + np.cos(y / 50_000) + rng.normal(0, 0.3, n)),
+            "soil": (np.floor(x / 70_000) + np.floor(y / 70_000)).astype(int) % 3 + 1,
+        }
+    )
 
 
 def _suitability(env: pd.DataFrame) -> np.ndarray:
@@ -71,7 +74,9 @@ def benchmark(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         surveyed = pa["group"] == GROUPS[s]
         pa[s] = np.where(surveyed, (rng.random(300) < truth[:, k]).astype(float), np.nan)
     paths = {
-        "presence": folder / "train_po.csv.gz", "background": folder / "train_bg.csv", "test": folder / "test_pa.csv",
+        "presence": folder / "train_po.csv.gz",
+        "background": folder / "train_bg.csv",
+        "test": folder / "test_pa.csv",
         "test_env": folder / "test_env.parquet",
     }
     po.to_csv(paths["presence"], index=False)
@@ -87,8 +92,13 @@ def benchmark(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _table_cfg(paths: dict[str, Path], **extra: object) -> TableConfig:
     settings: dict[str, object] = {
-        "presence": str(paths["presence"]), "background": str(paths["background"]), "test": str(paths["test"]),
-        "test_env": str(paths["test_env"]), "species": "spid", "group": "group", "crs": "EPSG:3035",
+        "presence": str(paths["presence"]),
+        "background": str(paths["background"]),
+        "test": str(paths["test"]),
+        "test_env": str(paths["test_env"]),
+        "species": "spid",
+        "group": "group",
+        "crs": "EPSG:3035",
         "categorical": ["soil"],
     }
     return TableConfig.model_validate({**settings, **extra})
@@ -108,8 +118,9 @@ def test_tables_become_one_feature_layout_for_training_and_test_sites(benchmark:
     plant_site = np.flatnonzero(test.group == "plant")[0]
     assert (test.label[plant_site, 3:] == -1).all() and (test.label[plant_site, :3] >= 0).all()
     # the long layout (site, species, presence + predictors) reads to the same labels and features
-    _, long = read_tables(_table_cfg(benchmark, test=str(benchmark["test_long"]), test_env=None,
-                                     presence_column="presence"))
+    _, long = read_tables(
+        _table_cfg(benchmark, test=str(benchmark["test_long"]), test_env=None, presence_column="presence")
+    )
     assert long is not None
     order = pd.Index(long.site).get_indexer(test.site)
     np.testing.assert_array_equal(long.label[order], test.label)
@@ -125,8 +136,9 @@ def test_missing_columns_and_files_are_named(benchmark: dict[str, Path], tmp_pat
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "geoplantnet.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "geoplantnet.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=900
+    )
 
 
 @pytest.mark.slow
@@ -142,9 +154,22 @@ def test_sdm_table_scores_every_model_on_the_independent_sites(benchmark: dict[s
         "cluster: {n_workers: 1, threads_per_worker: 2, memory_limit: 3GiB}\n"
     )
     out = tmp_path / "run"
-    done = _cli("sdm-table", "--config", str(cfg), "--presence", str(benchmark["presence"]), "--background",
-                str(benchmark["background"]), "--test", str(benchmark["test"]), "--test-env",
-                str(benchmark["test_env"]), "--out", str(out), cwd=tmp_path)
+    done = _cli(
+        "sdm-table",
+        "--config",
+        str(cfg),
+        "--presence",
+        str(benchmark["presence"]),
+        "--background",
+        str(benchmark["background"]),
+        "--test",
+        str(benchmark["test"]),
+        "--test-env",
+        str(benchmark["test_env"]),
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     models = summary["independent"]["models"]
@@ -175,8 +200,18 @@ def test_sdm_table_scores_every_model_on_the_independent_sites(benchmark: dict[s
 
 
 def test_sdm_table_bad_input_is_one_line_and_exit_2(benchmark: dict[str, Path], tmp_path: Path) -> None:
-    done = _cli("sdm-table", "--presence", str(tmp_path / "missing.csv"), "--background",
-                str(benchmark["background"]), "--set", "table.species=spid", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    done = _cli(
+        "sdm-table",
+        "--presence",
+        str(tmp_path / "missing.csv"),
+        "--background",
+        str(benchmark["background"]),
+        "--set",
+        "table.species=spid",
+        "--out",
+        str(tmp_path / "o"),
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
     assert "missing.csv: no such file" in done.stderr and "Traceback" not in done.stderr
 
@@ -189,8 +224,11 @@ def test_a_users_file_or_folder_at_out_is_refused_and_left_as_it_was(command: st
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
     for out, what in ((thesis, "is a file, not a folder"), (folder, "holds files that are not an earlier")):
-        done = _cli(command, "--presence", "x.csv", "--background", "y.csv", "--out", str(out), cwd=tmp_path) \
-            if command == "sdm-table" else _cli(command, "--out", str(out), cwd=tmp_path)
+        done = (
+            _cli(command, "--presence", "x.csv", "--background", "y.csv", "--out", str(out), cwd=tmp_path)
+            if command == "sdm-table"
+            else _cli(command, "--out", str(out), cwd=tmp_path)
+        )
         assert done.returncode == 2 and what in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert thesis.read_bytes() == b"my thesis"
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]

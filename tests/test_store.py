@@ -112,8 +112,11 @@ def test_persisted_configuration_has_no_credentials(tmp_path):
     secret = "SUPERSECRET-store-0451"
     cfg = load_config(
         environ={"GEOPLANTNET__STORE__STORAGE_OPTIONS__SECRET": secret},
-        overrides=[f"store.storage_options.key=AKIA{secret}", f"stac.url=https://user:{secret}@stac.example.org/v1",
-                   f"map.model=https://models.example.org/m.pt?X-Amz-Signature={secret}&X-Amz-Credential={secret}"],
+        overrides=[
+            f"store.storage_options.key=AKIA{secret}",
+            f"stac.url=https://user:{secret}@stac.example.org/v1",
+            f"map.model=https://models.example.org/m.pt?X-Amz-Signature={secret}&X-Amz-Credential={secret}",
+        ],
     )
     url = str(tmp_path / "out.zarr")
     write_store(_ones(), url, cfg=cfg, **RUN_A)
@@ -153,8 +156,14 @@ def test_a_live_lease_refuses_a_second_writer_and_an_expired_one_is_taken_over(t
         first.release()
     assert not (tmp_path / ".out.zarr.lease.json").exists()
     # a run that died leaves its lease behind: it expires and the next run takes the store over
-    stale = {"owner": "dead", "run": "run-a", "host": "h", "pid": 1, "renewed": time.time() - 60,
-             "expires": time.time() - 1}
+    stale = {
+        "owner": "dead",
+        "run": "run-a",
+        "host": "h",
+        "pid": 1,
+        "renewed": time.time() - 60,
+        "expires": time.time() - 1,
+    }
     (tmp_path / ".out.zarr.lease.json").write_text(json.dumps(stale))
     write_store(_ones(), url, **RUN_A)
     assert float(open_store(url).reflectance.mean()) == 1.0 and not (tmp_path / ".out.zarr.lease.json").exists()
@@ -181,8 +190,14 @@ def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(tmp_pa
     import sys
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    record = {"owner": "killed", "run": "run-a", "host": socket.gethostname(), "pid": int(dead.stdout),
-              "renewed": time.time(), "expires": time.time() + 600}
+    record = {
+        "owner": "killed",
+        "run": "run-a",
+        "host": socket.gethostname(),
+        "pid": int(dead.stdout),
+        "renewed": time.time(),
+        "expires": time.time() + 600,
+    }
     (tmp_path / ".out.zarr.lease.json").write_text(json.dumps(record))
     write_store(_ones(), str(tmp_path / "out.zarr"), **RUN_A)  # no 10-minute wait for a process that is gone
     assert float(open_store(str(tmp_path / "out.zarr")).reflectance.mean()) == 1.0

@@ -23,8 +23,16 @@ from geoplantnet.training.train import (
 )
 
 N, SPECIES, SEASONS, BANDS, PATCH, ENV_VARS, ENV_SIZE = 300, 20, 2, 3, 8, 4, 3
-MODEL = {"patch_size": PATCH, "env_patch_size": ENV_SIZE, "width": 8, "depth": 2, "series_hidden": 8,
-         "env_hidden": 16, "fusion_hidden": 32, "dropout": 0.0}
+MODEL = {
+    "patch_size": PATCH,
+    "env_patch_size": ENV_SIZE,
+    "width": 8,
+    "depth": 2,
+    "series_hidden": 8,
+    "env_hidden": 16,
+    "fusion_hidden": 32,
+    "dropout": 0.0,
+}
 
 
 def _cfg(**train) -> RunConfig:
@@ -48,9 +56,19 @@ def _make(path: Path, n: int = N, seed: int = 0, with_s2: bool = True) -> tuple[
         patch = rng.normal(size=(n, SEASONS, BANDS, PATCH, PATCH)).astype("f4")
         patch[0, 0, 0, :2, :2] = np.nan
         s2 = {"patch": patch, "series": patch[:, :, :, PATCH // 2, PATCH // 2]}
-    out = write_training_set(path, x=rng.random(n) * 1e4, y=rng.random(n) * 1e4, label=label, source=source,
-                             species=[f"s{i}" for i in range(SPECIES)], env=env, env_point=env_point,
-                             chunk_samples=64, attrs={"bands": "B04,B08,B11"}, **s2)
+    out = write_training_set(
+        path,
+        x=rng.random(n) * 1e4,
+        y=rng.random(n) * 1e4,
+        label=label,
+        source=source,
+        species=[f"s{i}" for i in range(SPECIES)],
+        env=env,
+        env_point=env_point,
+        chunk_samples=64,
+        attrs={"bands": "B04,B08,B11"},
+        **s2,
+    )
     return out, label, source
 
 
@@ -69,8 +87,11 @@ TRAIN, VAL = SPLIT[SPLIT % 5 != 0], SPLIT[SPLIT % 5 == 0]
 def test_training_set_prepares_batches_in_the_order_asked(store):
     path, label, _ = store
     ts = TrainingSet(path, SPLIT[::-1])  # positions 7, 299, 169 are samples 292, 0, 130
-    assert ts.modality_shapes() == {"patch": (SEASONS * BANDS + SEASONS, PATCH, PATCH), "series": (BANDS + 1, SEASONS),
-                                    "env": (ENV_VARS + 1, ENV_SIZE, ENV_SIZE)}
+    assert ts.modality_shapes() == {
+        "patch": (SEASONS * BANDS + SEASONS, PATCH, PATCH),
+        "series": (BANDS + 1, SEASONS),
+        "env": (ENV_VARS + 1, ENV_SIZE, ENV_SIZE),
+    }
     batch = ts[[7, 299, 169]]
     np.testing.assert_array_equal(batch["label"].numpy(), label[[292, 0, 130]])
     patch = batch["patch"].numpy()
@@ -110,8 +131,15 @@ def test_chunk_batch_sampler_covers_every_sample_once_touching_few_chunks(store)
 def test_env_point_only_store_and_bad_inputs(tmp_path):
     rng = np.random.default_rng(0)
     n = 10
-    path = write_training_set(tmp_path / "p.zarr", x=np.zeros(n), y=np.zeros(n), label=np.zeros((n, 2), np.int8),
-                              source=["pa"] * n, species=["a", "b"], env_point=rng.normal(size=(n, 3)))
+    path = write_training_set(
+        tmp_path / "p.zarr",
+        x=np.zeros(n),
+        y=np.zeros(n),
+        label=np.zeros((n, 2), np.int8),
+        source=["pa"] * n,
+        species=["a", "b"],
+        env_point=rng.normal(size=(n, 3)),
+    )
     ts = TrainingSet(path)
     assert ts.env_from_point and ts.modality_shapes() == {"env": (4, 1, 1)}
     with pytest.raises(TrainingSetError, match="patch"):
@@ -119,11 +147,23 @@ def test_env_point_only_store_and_bad_inputs(tmp_path):
     with pytest.raises(TrainingSetError, match="out of range"):
         TrainingSet(path, [0, 99])
     with pytest.raises(TrainingSetError, match="source"):
-        write_training_set(tmp_path / "q.zarr", x=np.zeros(1), y=np.zeros(1), label=np.zeros((1, 2)),
-                           source=["survey"], species=["a", "b"])
+        write_training_set(
+            tmp_path / "q.zarr",
+            x=np.zeros(1),
+            y=np.zeros(1),
+            label=np.zeros((1, 2)),
+            source=["survey"],
+            species=["a", "b"],
+        )
     with pytest.raises(TrainingSetError, match="label"):
-        write_training_set(tmp_path / "q.zarr", x=np.zeros(1), y=np.zeros(1), label=np.full((1, 2), 2),
-                           source=["pa"], species=["a", "b"])
+        write_training_set(
+            tmp_path / "q.zarr",
+            x=np.zeros(1),
+            y=np.zeros(1),
+            label=np.full((1, 2), 2),
+            source=["pa"],
+            species=["a", "b"],
+        )
     with pytest.raises(TrainingSetError, match="cannot open"):
         TrainingSet(tmp_path / "missing.zarr")
 
@@ -201,8 +241,17 @@ def test_bad_requests_give_clear_errors(store, tmp_path):
 
 def test_train_on_cluster_without_gpu_requests_no_resources(store, tmp_path):
     path, _, _ = store
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0", memory_limit="2GiB") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+            memory_limit="2GiB",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         result = train_on_cluster(client, path, TRAIN, VAL, _cfg(), tmp_path)
         assert result.resources is None and result.worker in client.scheduler_info()["workers"]
     _, spec = load_model(result.model_path)
@@ -211,8 +260,12 @@ def test_train_on_cluster_without_gpu_requests_no_resources(store, tmp_path):
 
 def test_train_on_cluster_uses_the_gpu_worker_but_cpu_when_torch_has_no_cuda(store, tmp_path):
     path, _, _ = store
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1},
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1}, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         result = train_on_cluster(client, path, TRAIN, VAL, _cfg(), tmp_path)
     assert result.resources == {"GPU": 1}
     assert result.device == ("cuda" if torch.cuda.is_available() else "cpu")

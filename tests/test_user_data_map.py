@@ -28,8 +28,16 @@ SETTINGS = [*GRID, "train.epochs=2", "train.n_background=200"]
 def _write(path: Path, data: np.ndarray, crs: str, bounds: tuple[float, float, float, float]) -> Path:
     h, w = data.shape
     with rasterio.open(
-        path, "w", driver="GTiff", width=w, height=h, count=1, dtype=data.dtype, crs=crs,
-        transform=from_bounds(*bounds, w, h), nodata=None if data.dtype.kind in "iu" else np.nan,
+        path,
+        "w",
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=1,
+        dtype=data.dtype,
+        crs=crs,
+        transform=from_bounds(*bounds, w, h),
+        nodata=None if data.dtype.kind in "iu" else np.nan,
     ) as ds:
         ds.write(data, 1)
     return path
@@ -53,10 +61,15 @@ def data(tmp_path_factory) -> dict:
     grid = load_config(None, GRID).grid.grid()
     yy, xx = np.mgrid[0:60, 0:60] / 59.0
     temp = _write(root / "temp.tif", (8 + 6 * xx).astype("float32"), "EPSG:4326", _grid_in("EPSG:4326", grid))
-    moist = _write(root / "moist.tif", (100 * yy + 20 * xx).astype("float32"), "EPSG:32632",
-                   _grid_in("EPSG:32632", grid))
-    cover = _write(root / "landcover.tif", (1 + (xx > 0.5) + 2 * (yy > 0.6)).astype("uint8"), "EPSG:3035",
-                   _grid_in("EPSG:3035", grid))
+    moist = _write(
+        root / "moist.tif", (100 * yy + 20 * xx).astype("float32"), "EPSG:32632", _grid_in("EPSG:32632", grid)
+    )
+    cover = _write(
+        root / "landcover.tif",
+        (1 + (xx > 0.5) + 2 * (yy > 0.6)).astype("uint8"),
+        "EPSG:3035",
+        _grid_in("EPSG:3035", grid),
+    )
     rng = np.random.default_rng(0)
     n = 160
     x = rng.uniform(grid.left + 60, grid.right - 60, n)
@@ -67,9 +80,15 @@ def data(tmp_path_factory) -> dict:
     lon, lat = Transformer.from_crs(grid.epsg, 4326, always_xy=True).transform(x, y)
     logits = {"Quercus robur": 6 * (u - 0.5), "Fagus sylvatica": 6 * (v - 0.5), "Carex nigra": 6 * (0.4 - u * v)}
     rows = [
-        {"plot": f"p{i:03d}", "lon": lon[i], "lat": lat[i], "species": name,
-         "present": int(rng.uniform() < 1 / (1 + np.exp(-logit[i])))}
-        for i in range(n) for name, logit in logits.items()
+        {
+            "plot": f"p{i:03d}",
+            "lon": lon[i],
+            "lat": lat[i],
+            "species": name,
+            "present": int(rng.uniform() < 1 / (1 + np.exp(-logit[i]))),
+        }
+        for i in range(n)
+        for name, logit in logits.items()
     ]
     obs = root / "surveys.csv"
     pd.DataFrame(rows).to_csv(obs, index=False)
@@ -91,10 +110,21 @@ def _result(proc: subprocess.CompletedProcess) -> dict:
 @pytest.fixture(scope="module")
 def first(data) -> dict:
     """The map command on the user's surveys and rasters: trains the model, then maps (the default --out)."""
-    return _result(_map(
-        data, "--observations", str(data["observations"]), "--survey", "plot", "--presence", "present",
-        "--rasters", *map(str, data["rasters"]), "--categorical", "landcover",
-    ))
+    return _result(
+        _map(
+            data,
+            "--observations",
+            str(data["observations"]),
+            "--survey",
+            "plot",
+            "--presence",
+            "present",
+            "--rasters",
+            *map(str, data["rasters"]),
+            "--categorical",
+            "landcover",
+        )
+    )
 
 
 @pytest.mark.slow
@@ -107,8 +137,19 @@ def test_map_trains_on_user_data_and_applies_the_model_to_rasters_alone(data, fi
     prob = ds["probability"].values
     assert prob.shape == (3, 40, 40) and np.isfinite(prob).all()  # the rasters cover the whole grid
     # the model alone on the rasters alone (no observations): the same map
-    again = _result(_map(data, "--model", first["model"], "--rasters", *rasters, "--categorical", "landcover",
-                         "--out", str(data["root"] / "again.zarr")))
+    again = _result(
+        _map(
+            data,
+            "--model",
+            first["model"],
+            "--rasters",
+            *rasters,
+            "--categorical",
+            "landcover",
+            "--out",
+            str(data["root"] / "again.zarr"),
+        )
+    )
     assert again["trained"] is None
     np.testing.assert_array_equal(open_store(again["store"])["probability"].values, prob)
     assert not (data["root"] / "work" / "region").exists()
@@ -124,8 +165,17 @@ def test_rasters_that_do_not_fit_the_model_are_refused_before_writing(data, firs
     }
     for name, (rasters, message) in cases.items():
         out = data["root"] / f"{name}.zarr"
-        proc = _map(data, "--model", first["model"], "--rasters", *map(str, rasters), "--categorical", "landcover",
-                    "--out", str(out))
+        proc = _map(
+            data,
+            "--model",
+            first["model"],
+            "--rasters",
+            *map(str, rasters),
+            "--categorical",
+            "landcover",
+            "--out",
+            str(out),
+        )
         assert proc.returncode == 2, proc.stderr[-2000:]
         last = proc.stderr.strip().splitlines()
         assert len(last) == 1 and "the model was trained on environmental variables [temp, moist," in last[0]
@@ -135,4 +185,3 @@ def test_rasters_that_do_not_fit_the_model_are_refused_before_writing(data, firs
     proc = _map(data, "--rasters", str(temp), "--out", str(data["root"] / "none.zarr"))
     assert proc.returncode == 2 and proc.stderr.strip().startswith("geoplantnet: error: map needs a model")
     assert not (data["root"] / "none.zarr").exists()
-

@@ -477,6 +477,11 @@ class IndicatorsConfig(_Section):
         "calibrate and test the intervals; None on the virtual region: independent surveys drawn for the purpose",
     )
     n_surveys: int = Field(300, ge=0, description="virtual region: independent surveys drawn for calibration")
+    recalibrate: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="fit per-species Platt maps on half the surveys (spatial folds) before the indicators "
+        "when the species map is not calibrated (auto), always, or never; the other half calibrates the intervals",
+    )
     level: float = Field(0.9, gt=0, lt=1, description="nominal coverage of every interval and habitat set")
     draws: int = Field(32, ge=2, description="Monte-Carlo assemblages per pixel (Shannon, ecosystem health)")
     folds: int = Field(5, ge=2, description="spatial folds of the calibration plots for the coverage estimate")
@@ -484,6 +489,19 @@ class IndicatorsConfig(_Section):
     typical_species: int = Field(10, ge=1, description="typical species per habitat (highest phi fidelity)")
     min_phi: float = Field(0.2, ge=0, lt=1, description="least phi fidelity of a typical species")
     seed: int = 0
+
+
+class RefreshConfig(_Section):
+    """The annual monitoring refresh (``geoplantnet refresh --year YYYY``): every store under ``store.root`` gets the
+    year along its ``year`` axis, and ``changes.zarr`` the change since the previous mapped year."""
+
+    habitat_model: str | None = Field(
+        None, description="habitat classifier folder (default <store.root>/habitats/model; none there: no habitat maps)"
+    )
+    change_z: float = Field(
+        3.0, gt=0, description="a change is reported where it leaves shift +- change_z x the differences' noise"
+    )
+    noise_pixels: int = Field(1_000_000, ge=1000, description="pixels sampled to estimate each difference's noise")
 
 
 class RunConfig(_Section):
@@ -505,6 +523,7 @@ class RunConfig(_Section):
     table: TableConfig = TableConfig()
     habitats: HabitatsConfig = HabitatsConfig()
     indicators: IndicatorsConfig = IndicatorsConfig()
+    refresh: RefreshConfig = RefreshConfig()
 
     def to_attrs(self) -> dict[str, str]:
         """The resolved configuration, credentials redacted (:func:`redact`), as a JSON string attribute."""
@@ -610,6 +629,42 @@ def _one_line(exc: ValidationError, sources: Mapping[str, str], where: str) -> s
     return "; ".join(parts)
 
 
+def _read_tree(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """A YAML file's settings; ``extends: other.yaml`` (relative to the file) reads that one first and deep-merges
+    this one over it, so a pipeline states only what differs from its base."""
+    where = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read ({exc.strerror})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise ConfigError(f"{where}:{line}: malformed YAML: {problem}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{where}: top level must be a mapping of sections, got {type(loaded).__name__}")
+    base = loaded.pop("extends", None)
+    if base is None:
+        return loaded
+    parent = (path.parent / str(base)).resolve()
+    if parent in seen or parent == path.resolve():
+        raise ConfigError(f"{where}: extends {base} makes a cycle")
+    return _merge(_read_tree(parent, (*seen, path.resolve())), loaded)
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` deep-merged into a copy of ``base`` (mappings merge, anything else replaces)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (),
@@ -620,22 +675,7 @@ def load_config(
     where = "defaults"
     if path is not None:
         where = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read ({exc.strerror})") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or exc.__class__.__name__
-            raise ConfigError(f"{where}:{line}: malformed YAML: {problem}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{where}: top level must be a mapping of sections, got {type(loaded).__name__}")
-        tree = loaded
+        tree = _read_tree(Path(path), ())
     sources: dict[str, str] = {}
     env = os.environ if environ is None else environ
     for name, raw in sorted(env.items()):

@@ -43,11 +43,11 @@ from geoplantnet.storage.store import (
     join,
     open_store,
     preflight,
-    run_id,
     storage_options_for,
     zarr_store,
 )
 from geoplantnet.storage.tiles import write_tile_blocks
+from geoplantnet.storage.years import complete_slot, year_records, year_view
 from geoplantnet.training.train import resolve_device
 
 PRODUCT = "habitat"
@@ -72,6 +72,7 @@ class HabitatTileJob:
 
     species_url: str
     species_options: dict[str, Any]
+    species_slot: int | None  # the year's slot of a species series (None: a single-year store)
     model: HabitatModelRef
     token_of: np.ndarray  # the model's token of each species of the store
     rule: AssemblageRule
@@ -99,7 +100,7 @@ def habitat_tile(job: HabitatTileJob, tile: Tile) -> dict[str, Any]:
     """Read, classify and write one tile; returns its timings (runs on a worker)."""
     t0 = time.perf_counter()
     model, loads = cached_classifier(job.model, job.device)
-    codes = read_species_tile(job.species_url, tile, job.species_options)
+    codes = read_species_tile(job.species_url, tile, job.species_options, job.species_slot)
     t1 = time.perf_counter()
     blocks = classify_codes(model, codes, job.token_of, job.rule, top_k=job.top_k, batch_size=job.batch_size)
     t2 = time.perf_counter()
@@ -130,19 +131,31 @@ def open_species_store(url: str, options: dict[str, Any]) -> Any:
     return ds
 
 
+def open_species_year(url: str, options: dict[str, Any], year: int | None) -> tuple[Any, int | None, str]:
+    """A complete species store, or the complete ``year`` of a species series: the dataset (that year's), its slot
+    (None without a year axis) and the run that wrote it."""
+    ds = open_species_store(url, options)
+    slot = complete_slot(url, ds.attrs, year)
+    run = str(ds.attrs.get(RUN_ATTR, "unknown")) if year is None else str(year_records(ds.attrs)[int(year)]["run"])
+    return year_view(ds, year), slot, run
+
+
 def store_epsg(ds: Any, default: int) -> int:
     """The EPSG code of a store's ``spatial_ref`` (``default`` without one)."""
     wkt = ds["spatial_ref"].attrs.get("crs_wkt") if "spatial_ref" in ds.coords else None
     return (CRS.from_wkt(wkt).to_epsg() or default) if wkt else default
 
 
-def plan_habitat_map(cfg: RunConfig, species_url: str, model_folder: str, out_url: str) -> HabitatPlan:
-    """Open the species store and the classifier, check they fit, and fingerprint the run."""
+def plan_habitat_map(
+    cfg: RunConfig, species_url: str, model_folder: str, out_url: str, year: int | None = None
+) -> HabitatPlan:
+    """Open the species store and the classifier, check they fit, and fingerprint the run; with ``year``, that year
+    of a species series is classified into that year of a habitat series."""
     where = redact({"a": species_url, "b": model_folder})
     if out_url.rstrip("/") == species_url.rstrip("/"):
         raise HabitatMapError(f"--out {out_url} is the species store the map is made from; choose another path")
     species_options = storage_options_for(species_url, cfg.store)
-    ds = open_species_store(species_url, species_options)
+    ds, slot, species_run = open_species_year(species_url, species_options, year)
     model = PlotModel.load(model_folder)  # PlotModelError (one line) when the folder is not a Pl@ntBERT model
     if not model.classes:
         raise InputError(f"{where['b']}: a fill-mask model, not a habitat classifier (run geoplantnet habitats)")
@@ -161,7 +174,7 @@ def plan_habitat_map(cfg: RunConfig, species_url: str, model_folder: str, out_ur
     species_version = str(ds.attrs.get("model_version", "unknown"))
     habitat_version = f"plantbert-classifier/{model.version}"
     parts = {
-        "species": str(ds.attrs.get(RUN_ATTR, "unknown")),
+        "species": species_run,
         "model": model.version[:12],
         "assemblage": rule.describe() + (f" max_species={model.cfg.max_species}"),
         "top_k": str(cfg.habitats.top_k),
@@ -170,13 +183,14 @@ def plan_habitat_map(cfg: RunConfig, species_url: str, model_folder: str, out_ur
     job = HabitatTileJob(
         species_url=species_url,
         species_options=species_options,
+        species_slot=slot,
         model=HabitatModelRef(model_folder, model.version),
         token_of=token_of,
         rule=rule,
         top_k=cfg.habitats.top_k,
         batch_size=BATCH,
         device=cfg.map.device,
-        output=TileOutput(out_url, run_id(parts), storage_options_for(out_url, cfg.store)),
+        output=TileOutput.of(out_url, parts, storage_options_for(out_url, cfg.store), year=year),
     )
     attrs = {
         "species_store": where["a"],
@@ -222,7 +236,13 @@ class HabitatMapSummary:
 
 
 def produce_habitat_map(
-    client: Client, cfg: RunConfig, plan: HabitatPlan, *, overwrite: bool = False, progress: bool = True
+    client: Client,
+    cfg: RunConfig,
+    plan: HabitatPlan,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    year: int | None = None,
 ) -> HabitatMapSummary:
     """Write ``habitat.zarr`` as planned, resuming a store of the same run; another run's only with ``overwrite``."""
     t_start = time.perf_counter()
@@ -245,6 +265,7 @@ def produce_habitat_map(
         resources=resources,
         progress=progress,
         error=HabitatMapError,
+        year=year,
     )
     results = done.results
     cores = sum(client.nthreads().values()) or 1

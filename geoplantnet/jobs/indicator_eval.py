@@ -13,6 +13,7 @@ import xarray as xr
 
 from geoplantnet.products.indicators import IndicatorModel, class_index, indicator_rows
 from geoplantnet.storage.store import open_store
+from geoplantnet.storage.years import year_view
 
 CONTINUOUS = ("shannon", "ecosystem_health")
 
@@ -99,11 +100,12 @@ def evaluate_indicators(
     species: list[str],
     truth_species: xr.DataArray,
     truth_habitat_url: str,
+    year: int | None = None,
 ) -> dict[str, Any]:
     """The indicator store at ``store_url`` against indicators of the virtual truth: ``truth_species`` the true
     probabilities (species, y, x) on the map grid, of which the map's ``species`` are taken (the truth of the
-    species the map knows); ``truth_habitat_url`` the true habitat store."""
-    store = open_store(store_url)
+    species the map knows); ``truth_habitat_url`` the true habitat store; ``year``: that year of a series."""
+    store = year_view(open_store(store_url), year)
     p = np.asarray(truth_species.sel(species=species).values, dtype="float64")
     p = p.reshape(p.shape[0], -1).T
     habitat = None

@@ -27,9 +27,12 @@ from distributed import Client
 from geoplantnet.core.config import RunConfig, redact
 from geoplantnet.core.errors import GeoplantnetError, InputError
 from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.dense import decode
-from geoplantnet.jobs.habitat_map import open_species_store, store_epsg
+from geoplantnet.jobs.habitat_map import open_species_year, store_epsg
+from geoplantnet.jobs.mapping import SCALE_ATTR
 from geoplantnet.jobs.tiled import TileOutput, produce_tiles
+from geoplantnet.models.calibration import fit_calibration
 from geoplantnet.products.habitat_map import THRESHOLD, read_species_tile
 from geoplantnet.products.indicators import (
     RED_LIST,
@@ -50,11 +53,11 @@ from geoplantnet.storage.store import (
     join,
     open_store,
     preflight,
-    run_id,
     storage_options_for,
     zarr_store,
 )
 from geoplantnet.storage.tiles import write_tile_blocks
+from geoplantnet.storage.years import complete_slot, year_records, year_view
 from geoplantnet.validation.blocks import spatial_blocks
 from geoplantnet.validation.conformal import (
     class_scores,
@@ -81,16 +84,21 @@ class IndicatorTileJob:
     habitat_url: str | None
     habitat_options: dict[str, Any]
     model: IndicatorModel
+    species_slot: int | None  # the year's slots in series (None: single-year stores)
+    habitat_slot: int | None
     output: TileOutput
 
 
 def read_habitat_tile(
-    url: str, tile: Tile, storage_options: Mapping[str, Any] | None = None
+    url: str, tile: Tile, storage_options: Mapping[str, Any] | None = None, slot: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The habitat classes (K, y, x) int16 and their probabilities (K, y, x) float32 of ``tile``."""
+    """The habitat classes (K, y, x) int16 and their probabilities (K, y, x) float32 of ``tile`` (of the year in
+    ``slot`` of a series)."""
     group = zarr.open_group(zarr_store(url, storage_options), mode="r")
     ys, xs = tile.slices
-    return np.asarray(group["top_k"][:, ys, xs]), decode(np.asarray(group["top_k_probability"][:, ys, xs]))
+    lead = (slice(None),) if slot is None else (slot, slice(None))
+    top, prob = group["top_k"][(*lead, ys, xs)], group["top_k_probability"][(*lead, ys, xs)]
+    return np.asarray(top), decode(np.asarray(prob))
 
 
 def tile_seed(tile: Tile) -> int:
@@ -101,10 +109,10 @@ def tile_seed(tile: Tile) -> int:
 def indicator_tile(job: IndicatorTileJob, tile: Tile) -> dict[str, Any]:
     """Read, compute and write one tile's indicators; returns its timings (runs on a worker)."""
     t0 = time.perf_counter()
-    p = decode(read_species_tile(job.species_url, tile, job.species_options))
+    p = decode(read_species_tile(job.species_url, tile, job.species_options, job.species_slot))
     top = top_p = None
     if job.habitat_url is not None:
-        top, top_p = read_habitat_tile(job.habitat_url, tile, job.habitat_options)
+        top, top_p = read_habitat_tile(job.habitat_url, tile, job.habitat_options, job.habitat_slot)
     t1 = time.perf_counter()
     blocks = indicator_blocks(p, job.model, habitat_top=top, habitat_top_probability=top_p, seed=tile_seed(tile))
     t2 = time.perf_counter()
@@ -118,7 +126,7 @@ def indicator_tile(job: IndicatorTileJob, tile: Tile) -> dict[str, Any]:
 
 
 @dataclass
-class Calibration:
+class IntervalCalibration:
     """The conformal radii and their measured coverage (cross-conformal spatial folds of the surveys)."""
 
     count_radius: dict[str, float] = field(default_factory=dict)
@@ -188,11 +196,11 @@ def calibrate(
     top: np.ndarray | None = None,
     top_p: np.ndarray | None = None,
     truth_class: np.ndarray | None = None,
-) -> Calibration:
+) -> IntervalCalibration:
     """Conformal radii of every count group (and of the habitat sets) from surveys: ``p`` (n, S) the maps at the
     surveys, ``observed`` (n, S) what they found, ``truth_class`` (n,) their habitat's index in the map's classes
     (-1 outside them, -2 unlabelled)."""
-    cal = Calibration(surveys=len(p))
+    cal = IntervalCalibration(surveys=len(p))
     for g, mask in groups.items():
         mu, var = count_moments(p, mask)
         obs = (observed & mask).sum(axis=1)
@@ -238,7 +246,7 @@ class IndicatorPlan:
     parts: dict[str, str]
     attrs: dict[str, str]
     job: IndicatorTileJob
-    calibration: Calibration
+    calibration: IntervalCalibration
     status_report: dict[str, Any]
     species: tuple[str, ...]
 
@@ -336,7 +344,8 @@ def habitat_model(
     return HabitatIndicatorModel(tuple(classes), red, typical, reference, radius), report
 
 
-def _habitat_store(url: str, options: dict[str, Any], grid: Grid) -> list[str]:
+def _habitat_store(url: str, options: dict[str, Any], grid: Grid, year: int | None) -> tuple[list[str], Any]:
+    """The habitat map's classes and its store (the year's of a series), checked against the species map's grid."""
     ds = open_store(url, storage_options=options)
     if ds.attrs.get(PRODUCT_ATTR) != "habitat" or "top_k" not in ds:
         raise StoreError(f"{redact({'url': url})['url']}: not a habitat.zarr")
@@ -347,18 +356,25 @@ def _habitat_store(url: str, options: dict[str, Any], grid: Grid) -> list[str]:
         )
     if ds.sizes["y"] != grid.height or ds.sizes["x"] != grid.width:
         raise IndicatorError(f"{redact({'url': url})['url']}: habitat map and species map are on different grids")
-    return [str(c) for c in ds["habitat_code"].values]
+    complete_slot(url, ds.attrs, year)  # refused unless the year is complete
+    return [str(c) for c in ds["habitat_code"].values], ds
 
 
 def plan_indicators(
-    cfg: RunConfig, species_url: str, habitat_url: str | None, out_url: str, inputs: IndicatorInputs
+    cfg: RunConfig,
+    species_url: str,
+    habitat_url: str | None,
+    out_url: str,
+    inputs: IndicatorInputs,
+    year: int | None = None,
 ) -> IndicatorPlan:
-    """Open the stores and tables, check they fit, calibrate the intervals, and fingerprint the run."""
+    """Open the stores and tables, check they fit, calibrate the intervals, and fingerprint the run; with ``year``,
+    that year of the species and habitat series into that year of an indicator series."""
     for url in (species_url, habitat_url):
         if url is not None and out_url.rstrip("/") == url.rstrip("/"):
             raise IndicatorError(f"--out {out_url} is an input store of the indicators; choose another path")
     species_options = storage_options_for(species_url, cfg.store)
-    ds = open_species_store(species_url, species_options)
+    ds, species_slot, species_run = open_species_year(species_url, species_options, year)
     species = [str(s) for s in ds["species"].values]
     names = [str(s) for s in ds["species_name"].values] if "species_name" in ds.coords else None
     grid = grid_of(ds["probability"], store_epsg(ds, cfg.grid.epsg))
@@ -367,43 +383,62 @@ def plan_indicators(
     thresholds = ds[THRESHOLD].values.astype("float32") if THRESHOLD in ds else None
     groups, status_report = species_groups(inputs, species, names)
     habitat_options = storage_options_for(habitat_url, cfg.store) if habitat_url else {}
-    classes = _habitat_store(habitat_url, habitat_options, grid) if habitat_url else None
+    classes, hds = _habitat_store(habitat_url, habitat_options, grid, year) if habitat_url else (None, None)
+    habitat_slot = complete_slot(habitat_url, hds.attrs, year) if habitat_url and hds is not None else None
 
-    cal = Calibration()
+    cal = IntervalCalibration()
+    species_cal = None
     if inputs.surveys is not None and len(inputs.surveys):
-        codes = open_store(species_url, storage_options=species_options, mask_and_scale=False)
+        codes = year_view(open_store(species_url, storage_options=species_options, mask_and_scale=False), year)
         habitat_codes = (
-            open_store(habitat_url, storage_options=habitat_options, mask_and_scale=False) if habitat_url else None
+            year_view(open_store(habitat_url, storage_options=habitat_options, mask_and_scale=False), year)
+            if habitat_url
+            else None
         )
         p, top, top_p, valid = sample_maps(codes, habitat_codes, grid, inputs.surveys)
         surveys = inputs.surveys.subset(valid)
-        p = p[valid]
+        p, observed, folds = p[valid], presence_matrix(surveys, species), _folds(surveys, cfg)
         truth_class = None
         if classes is not None and top is not None and top_p is not None:
             top, top_p = top[valid], top_p[valid]
-            labelled = surveys.labelled
-            truth_class = np.where(labelled, class_index(surveys.habitat, classes), -2)
+            truth_class = np.where(surveys.labelled, class_index(surveys.habitat, classes), -2)
+        rows = np.ones(len(p), dtype=bool)
+        if needs_recalibration(cfg.indicators.recalibrate, ds.attrs):
+            # half the surveys (alternate spatial folds) fit the species' maps; the other half, never seen by
+            # them, calibrates and tests the intervals
+            fit_rows = folds % 2 == 0
+            species_cal = fit_calibration(p[fit_rows], observed[fit_rows].astype("int8"), "platt")
+            p, rows = species_cal.apply(p, axis=1), ~fit_rows
         cal = calibrate(
-            p,
-            presence_matrix(surveys, species),
+            p[rows],
+            observed[rows],
             groups,
-            _folds(surveys, cfg),
+            folds[rows],
             cfg.indicators.level,
-            top=top,
-            top_p=top_p,
-            truth_class=truth_class,
+            top=top[rows] if top is not None else None,
+            top_p=top_p[rows] if top_p is not None else None,
+            truth_class=truth_class[rows] if truth_class is not None else None,
         )
         cal.notes.append(f"{int((~valid).sum())} surveys off the map or on no-data cells left out")
+        if species_cal is not None:
+            cal.notes.append(
+                f"species map not calibrated: Platt maps per species ({species_cal.n_calibrated} own, "
+                f"{species_cal.n_shared} pooled) fitted on {int((~rows).sum())} surveys; the intervals are "
+                f"calibrated and tested on the other {int(rows.sum())}"
+            )
+        if species_cal is not None and thresholds is not None:
+            thresholds = species_cal.apply(thresholds[None, :], axis=1)[0]  # the same cut on the new scale
     hab, hab_report = (None, {})
     if classes is not None:
         hab, hab_report = habitat_model(inputs, classes, species, cfg, cal.habitat_radius)
     species_version = str(ds.attrs.get("model_version", "unknown"))
     versions = {"species_model": species_version}
     habitat_run = "none"
-    if habitat_url is not None:
-        hds = open_store(habitat_url, storage_options=habitat_options)
-        versions["habitat_model"] = str(hds.attrs.get("habitat_model_version", "unknown"))
-        habitat_run = str(hds.attrs.get(RUN_ATTR, "unknown"))
+    if habitat_url is not None and hds is not None:
+        record = year_records(hds.attrs).get(int(year)) if year is not None else None
+        provenance = record.get("attrs", {}) if record else hds.attrs
+        versions["habitat_model"] = str(provenance.get("habitat_model_version", "unknown"))
+        habitat_run = str(record["run"]) if record else str(hds.attrs.get(RUN_ATTR, "unknown"))
     ind = cfg.indicators
     model = IndicatorModel(
         thresholds=thresholds,
@@ -414,15 +449,17 @@ def plan_indicators(
         draws=ind.draws,
         seed=ind.seed,
         versions=versions,
+        calibration=species_cal,
     )
     parts = {
-        "species": str(ds.attrs.get(RUN_ATTR, "unknown")),
+        "species": species_run,
         "habitat": habitat_run,
         "tables": _digest(inputs, groups, hab),
         "calibration": json.dumps(
             {k: round(v, 6) for k, v in {**cal.count_radius, "habitat": cal.habitat_radius}.items()}, sort_keys=True
         ),
         "settings": f"level={ind.level} draws={ind.draws} seed={ind.seed}",
+        "species_calibration": "none" if species_cal is None else fingerprint(species_cal.model_dump(mode="json")),
         "tiling": f"tile={tile}",
     }
     job = IndicatorTileJob(
@@ -431,7 +468,9 @@ def plan_indicators(
         habitat_url=habitat_url,
         habitat_options=habitat_options,
         model=model,
-        output=TileOutput(out_url, run_id(parts), storage_options_for(out_url, cfg.store)),
+        species_slot=species_slot,
+        habitat_slot=habitat_slot,
+        output=TileOutput.of(out_url, parts, storage_options_for(out_url, cfg.store), year=year),
     )
     attrs = {
         "species_store": redact({"u": species_url})["u"],
@@ -446,10 +485,16 @@ def plan_indicators(
     return IndicatorPlan(grid, tile, parts, attrs, job, cal, report, tuple(species))
 
 
+def needs_recalibration(setting: str, species_attrs: Mapping[str, Any]) -> bool:
+    """Whether the species probabilities get Platt maps from surveys first (``indicators.recalibrate``): always,
+    never, or (auto) when the species map says its values are not calibrated probabilities."""
+    if setting != "auto":
+        return setting == "always"
+    return not str(species_attrs.get(SCALE_ATTR, "")).startswith("calibrated")
+
+
 def _digest(inputs: IndicatorInputs, groups: Mapping[str, np.ndarray], hab: HabitatIndicatorModel | None) -> str:
     """What the tables decided (which species in which group, each class's category and typical species)."""
-    from geoplantnet.core.hashing import fingerprint
-
     parts: dict[str, Any] = {g: np.flatnonzero(m).tolist() for g, m in groups.items() if g != "richness"}
     if hab is not None:
         parts["red_list"] = hab.red_list.tolist()
@@ -483,7 +528,13 @@ class IndicatorSummary:
 
 
 def produce_indicators(
-    client: Client, cfg: RunConfig, plan: IndicatorPlan, *, overwrite: bool = False, progress: bool = True
+    client: Client,
+    cfg: RunConfig,
+    plan: IndicatorPlan,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    year: int | None = None,
 ) -> IndicatorSummary:
     """Write ``indicators.zarr`` as planned, resuming a store of the same run; another run's only with ``overwrite``."""
     t_start = time.perf_counter()
@@ -504,6 +555,7 @@ def produce_indicators(
         resources=None,
         progress=progress,
         error=IndicatorError,
+        year=year,
     )
     cores = sum(client.nthreads().values()) or 1
     pps = done.pixels_per_second
@@ -531,8 +583,8 @@ def produce_indicators(
     )
 
 
-def indicator_inputs(cfg: RunConfig, *, progress: bool = False) -> IndicatorInputs:
-    """The configured tables, or on the virtual region its own tables, independent surveys and plots."""
+def indicator_inputs(cfg: RunConfig, *, progress: bool = False, year: int | None = None) -> IndicatorInputs:
+    """The configured tables, or on the virtual region its own tables, independent surveys (of ``year``) and plots."""
     ind = cfg.indicators
     surveys = reference = None
     status, red_list = ind.status, ind.habitat_red_list
@@ -548,7 +600,7 @@ def indicator_inputs(cfg: RunConfig, *, progress: bool = False) -> IndicatorInpu
         from geoplantnet.jobs.inputs import virtual_plots, virtual_status_tables, virtual_surveys
 
         if surveys is None and ind.n_surveys > 0:
-            surveys = virtual_surveys(cfg, ind.n_surveys, progress=progress)
+            surveys = virtual_surveys(cfg, ind.n_surveys, progress=progress, year=year)
         if reference is None:
             reference, _ = virtual_plots(cfg, progress=progress)
         tables = virtual_status_tables(cfg)

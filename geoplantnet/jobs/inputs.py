@@ -62,7 +62,15 @@ def virtual_inputs(cfg: RunConfig, *, progress: bool = False) -> Inputs:
     grid = cfg.grid.grid(cfg.cube.resolution)
     with stac_api(cfg, progress) as url:
         where = {"bbox": grid.bounds, "bbox_crs": grid.epsg, "timeout": cfg.stac.timeout, "retries": cfg.stac.retries}
-        s2 = list(catalog.search(url, cfg.stac.s2_collection, max_cloud_cover=cfg.cube.max_cloud_cover, **where))
+        s2 = list(
+            catalog.search(
+                url,
+                cfg.stac.s2_collection,
+                max_cloud_cover=cfg.cube.max_cloud_cover,
+                datetime=cfg.cube.datetime,  # a refresh maps one year of a region imaged over several
+                **where,
+            )
+        )
         env = list(catalog.search(url, cfg.stac.env_collection, **where))
     truth = open_store(str(manifest.truth_species))["probability"]
     return Inputs(from_virtual_region(manifest), env, s2, truth, [f"virtual region {manifest.root}"])
@@ -167,14 +175,14 @@ def virtual_plots(cfg: RunConfig, *, progress: bool = False) -> tuple[Plots, str
     return _plots_of(plots, species, str(manifest.plot_species)), str(manifest.truth_habitat)
 
 
-def virtual_surveys(cfg: RunConfig, n: int, *, progress: bool = False) -> Plots:
-    """``n`` presence-absence surveys of the virtual region that no model was trained on (another random stream than
-    its plots): held-out data to calibrate and test the indicators' intervals."""
+def virtual_surveys(cfg: RunConfig, n: int, *, progress: bool = False, year: int | None = None) -> Plots:
+    """``n`` presence-absence surveys of the virtual region (in ``year``: after that year's changes) that no model was
+    trained on (another random stream than its plots): held-out data to calibrate and test the indicators' intervals."""
     from geoplantnet.sim.region import generate_region
     from geoplantnet.sim.surveys import independent_surveys
 
     manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
-    plots, species = independent_surveys(manifest, cfg, n)
+    plots, species = independent_surveys(manifest, cfg, n, year=year)
     return _plots_of(plots, species, f"{manifest.root} (independent surveys)")
 
 
@@ -186,10 +194,21 @@ def virtual_status_tables(cfg: RunConfig) -> dict[str, str]:
     return {"species": str(manifest.path("species_status")), "habitats": str(manifest.path("habitat_status"))}
 
 
-def virtual_truth(cfg: RunConfig) -> tuple[xr.DataArray, str]:
-    """The virtual region's true probabilities (species, y, x) and the path of its true habitat store."""
+def virtual_truth(cfg: RunConfig, year: int | None = None) -> tuple[xr.DataArray, str]:
+    """The virtual region's true probabilities (species, y, x) and the path of its true habitat store (of ``year``:
+    after that year's changes; default the first year)."""
     from geoplantnet.sim.region import generate_region
     from geoplantnet.storage.store import open_store
 
     manifest = generate_region(cfg, Path(cfg.workdir) / "region")
-    return open_store(str(manifest.truth_species))["probability"], str(manifest.truth_habitat)
+    species = open_store(str(manifest.truth_path("species", year)))["probability"]
+    return species, str(manifest.truth_path("habitat", year))
+
+
+def virtual_changes(cfg: RunConfig, year: int) -> xr.DataArray:
+    """The virtual region's true land-cover change codes (y, x) from the year before ``year`` (0 = none)."""
+    from geoplantnet.sim.region import generate_region
+    from geoplantnet.storage.store import open_store
+
+    manifest = generate_region(cfg, Path(cfg.workdir) / "region")
+    return open_store(str(manifest.truth_path("changes")))["change"].sel(year=int(year))

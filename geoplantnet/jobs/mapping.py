@@ -42,7 +42,7 @@ from geoplantnet.runtime.worker_cache import WorkerCachePlugin, worker_cache
 from geoplantnet.sources import predictors
 from geoplantnet.sources.cube import item_footprint
 from geoplantnet.storage import tiles as tile_store
-from geoplantnet.storage.store import default_encoding, preflight, run_id, storage_options_for
+from geoplantnet.storage.store import default_encoding, preflight, storage_options_for
 from geoplantnet.training.train import ModelFileError, load_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -363,13 +363,14 @@ def produce_map(
     progress: bool = True,
     overwrite: bool = False,
     plan: MapPlan | None = None,
+    year: int | None = None,
 ) -> MapSummary:
     """Write ``species.zarr`` at ``store_url`` for the grid of ``cfg``, resuming an interrupted run of the same
     fingerprint; a store of another run is replaced only with ``overwrite``, anything else is never touched.
     ``plan``: the caller's :func:`plan_map` of the same arguments, when it already made one."""
     t_start = time.perf_counter()
     # the model read and checked against the inputs, the run fingerprinted: nothing written yet
-    plan = plan or plan_map(cfg, model_url, sources, store_url)
+    plan = plan or plan_map(cfg, model_url, sources, store_url, year)
     # a point-value peer runs on CPU: it never waits for a GPU worker
     resources = None if isinstance(plan.spec, PeerSpec) else task_resources(client)
     if resources:
@@ -398,6 +399,7 @@ def produce_map(
         resources=resources,
         progress=progress,
         error=MapError,
+        year=year,
     )
     return _summary(plan, done, resources, time.perf_counter() - t_start)
 
@@ -481,15 +483,16 @@ class MapPlan:
     job: TileJob
 
 
-def plan_map(cfg: RunConfig, model_url: str, sources: MapSources, store_url: str) -> MapPlan:
-    """Read the model, check the run's inputs against it, and fingerprint the run (:func:`run_parts`)."""
+def plan_map(cfg: RunConfig, model_url: str, sources: MapSources, store_url: str, year: int | None = None) -> MapPlan:
+    """Read the model, check the run's inputs against it, and fingerprint the run (:func:`run_parts`); with ``year``
+    the run writes that year of a series (``geoplantnet refresh``)."""
     _, spec, raw = read_model(model_url)
     check_inputs(spec, sources, cfg)
     sha = hashlib.sha256(raw).hexdigest()
     parts = run_parts(sha, cfg, sources)
     job = TileJob(
         model=ModelRef(model_url, sha),
-        output=TileOutput(store_url, run_id(parts), storage_options_for(store_url, cfg.store)),
+        output=TileOutput.of(store_url, parts, storage_options_for(store_url, cfg.store), year=year),
         sources=sources,
         map_grid=cfg.grid.grid(),
         cube_grid=cfg.grid.grid(cfg.cube.resolution) if sources.s2_items else None,

@@ -4,10 +4,13 @@ chance.
 A year-to-year difference of a map holds real change and noise (another year's clouds, phenology and acquisition
 dates fed to the same model). Annual monitoring sees little real change in a year, so the noise of each indicator's
 difference is estimated from the differences themselves, robustly: the region-wide shift is their median and their
-noise the scaled median absolute deviation (1.4826 MAD: the standard deviation under normal noise, unmoved by the
-few changed pixels). A pixel's change is reported only where it leaves the band ``shift +- z * noise``. A habitat
-transition is reported only where the most probable class changed *and* each year's conformal prediction set leaves
-out the other year's class, so two readings of an ambiguous pixel are not a transition.
+noise the 90th percentile of the absolute deviations from it, over 1.645 (the standard deviation under normal noise;
+unmoved as long as fewer than 10 % of the pixels really changed). A median absolute deviation would be the textbook
+choice, but most pixels of a deterministic model fed near-identical imagery differ by almost nothing, which makes the
+MAD collapse to ~0 while the tail of ordinary noise stays wide. A pixel's change is reported only where it leaves
+the band ``shift +- z * noise``. A habitat transition is reported only where the most probable class changed *and*
+each year's conformal prediction set leaves out the other year's class (a set holding every stored class may hold
+more, so it excludes nothing), so two readings of an ambiguous pixel are not a transition.
 
 Variables (y, x) of a year in ``changes.zarr``, the change from the previous mapped year:
 
@@ -33,7 +36,8 @@ from geoplantnet.validation.conformal import class_sets
 
 INDICATORS = ("richness_expected", "invasive_expected", "threatened_expected", "shannon", "ecosystem_health")
 NO_FLAG = -1
-MAD_SCALE = 1.4826  # MAD -> standard deviation of normal noise
+NOISE_QUANTILE = 0.9
+NOISE_SCALE = 1.6449  # the 90th percentile of |normal noise| is 1.645 standard deviations
 
 
 @dataclass(frozen=True)
@@ -59,13 +63,13 @@ class ChangeModel:
 
 
 def robust_noise(delta: np.ndarray) -> tuple[float, float]:
-    """(median, 1.4826 MAD) of the finite values of ``delta``; (0, NaN) without any."""
+    """(median, noise) of the finite values of ``delta`` (see the module docstring); (0, NaN) without any."""
     d = np.asarray(delta, dtype="float64")
     d = d[np.isfinite(d)]
     if d.size == 0:
         return 0.0, float("nan")
     med = float(np.median(d))
-    return med, float(MAD_SCALE * np.median(np.abs(d - med)))
+    return med, float(np.quantile(np.abs(d - med), NOISE_QUANTILE) / NOISE_SCALE)
 
 
 def fit_change_model(
@@ -128,15 +132,16 @@ def change_blocks(
 
 
 def _in_set(classes: np.ndarray, probability: np.ndarray, other: np.ndarray, radius: float) -> np.ndarray:
-    """Whether ``other`` (y, x) is in the conformal set made of ``classes``/``probability`` (K, y, x)."""
-    members = (
-        class_sets(np.moveaxis(probability, 0, -1), radius)
-        if np.isfinite(radius)
-        else np.zeros(np.moveaxis(probability, 0, -1).shape, bool)
-    )
-    if not np.isfinite(radius):
+    """Whether ``other`` (y, x) may be in the conformal set made of ``classes``/``probability`` (K, y, x): a set
+    holding all K stored classes may hold more, so there any class counts as in it (no transition is claimed)."""
+    prob = np.moveaxis(probability, 0, -1)
+    if np.isfinite(radius):
+        members = class_sets(prob, radius)
+    else:
+        members = np.zeros(prob.shape, bool)
         members[..., 0] = True
-    return ((np.moveaxis(classes, 0, -1) == other[..., None]) & members).any(axis=-1)
+    listed = ((np.moveaxis(classes, 0, -1) == other[..., None]) & members).any(axis=-1)
+    return listed | members[..., -1]
 
 
 INTEGER = {"habitat_transition": "int8", "habitat_from": "int16", "habitat_to": "int16", "changed": "int8"}
@@ -150,7 +155,8 @@ def change_attrs(name: str, model: ChangeModel, classes: Sequence[str] | None = 
             "long_name": f"change of {base} since the previous mapped year",
             "units": "1",
             "description": f"{base} this year - {base} the previous year; region-wide shift "
-            f"{model.shift[base]:.4g}, noise (1.4826 MAD of the differences) {model.noise[base]:.4g}",
+            f"{model.shift[base]:.4g}, noise (90th percentile of |difference - shift| / 1.645) "
+            f"{model.noise[base]:.4g}",
         }
     if name.endswith("_change_flag"):
         base = name.removesuffix("_change_flag")

@@ -111,11 +111,14 @@ def classify_codes(
     return HabitatBlocks(habitat, top_codes[0], top, top_codes)
 
 
-def read_species_tile(url: str, tile: Tile, storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
-    """The uint8 codes (species, y, x) of every species over ``tile``: one read of the tile's shard."""
+def read_species_tile(
+    url: str, tile: Tile, storage_options: Mapping[str, Any] | None = None, slot: int | None = None
+) -> np.ndarray:
+    """The uint8 codes (species, y, x) of every species over ``tile``: one read of the tile's shard (of the year in
+    ``slot`` of a series)."""
     arr = zarr.open_group(zarr_store(url, storage_options), mode="r")["probability"]
     ys, xs = tile.slices
-    return np.asarray(arr[:, ys, xs])
+    return np.asarray(arr[:, ys, xs] if slot is None else arr[slot, :, ys, xs])
 
 
 def habitat_template(

@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from geoplantnet.core.grid import Grid
+from geoplantnet.models.calibration import Calibration
 from geoplantnet.storage.tiles import tiled_variable
 from geoplantnet.validation.conformal import class_sets, count_interval, count_moments
 
@@ -68,6 +69,7 @@ class IndicatorModel:
     draws: int = 32
     seed: int = 0
     versions: Mapping[str, str] = field(default_factory=dict)
+    calibration: Calibration | None = None  # per-species maps applied to the store's probabilities first
 
     def variables(self) -> list[str]:
         """The names of the variables this model writes, in store order."""
@@ -195,6 +197,8 @@ def indicator_blocks(
     """Indicator arrays (y, x) of a tile: ``p`` (S, y, x) with NaN for no data; ``habitat_top`` (K, y, x) int16 class
     indices (-1 no data) and ``habitat_top_probability`` (K, y, x) float. A pixel is no data when a species or its
     habitat is. ``seed`` makes the Monte-Carlo draws of a tile reproducible (a resumed tile gets the same values)."""
+    if model.calibration is not None:
+        p = model.calibration.apply(p, axis=0)
     _, h, w = p.shape
     valid = ~np.isnan(p).any(axis=0)
     if model.habitats is not None:

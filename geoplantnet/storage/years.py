@@ -58,6 +58,7 @@ from geoplantnet.storage.store import (
     YEAR,
     YEARS_ATTR,
     YEARS_COMPLETE_ATTR,
+    StoreError,
     Target,
     beside_the_arrays,
     differences,
@@ -69,6 +70,7 @@ from geoplantnet.storage.store import (
     stamp,
     update_attrs,
     write_layout,
+    years_in,
     zarr_store,
 )
 
@@ -354,3 +356,24 @@ def _clear_slot(url: str, index: int, storage_options: Mapping[str, Any] | None)
             raise ValueError(f"{name}: not the year layout of this module (chunk keys {encoding}); not clearing it")
         with contextlib.suppress(FileNotFoundError):
             fs.rm(f"{path.rstrip('/')}/{name}/c/{index}", recursive=True)
+
+
+def complete_slot(url: str, attrs: Mapping[str, Any], year: int | None) -> int | None:
+    """The slot of ``year`` in the series with root ``attrs`` at ``url``, refused (one line) unless that year is
+    complete; None for ``year`` None on a store without a year axis (the single-year layout)."""
+    if year is None:
+        if YEARS_ATTR in attrs:
+            raise StoreError(f"{shown(url)} is a series of years ({years_in(attrs)}): name the year to read")
+        return None
+    if YEARS_ATTR not in attrs:
+        raise StoreError(f"{shown(url)} has no year axis: it is not a series a yearly run can read year {year} of")
+    record = year_records(attrs).get(int(year))
+    if record is None or int(year) not in {int(y) for y in attrs.get(YEARS_COMPLETE_ATTR) or []}:
+        raise StoreError(f"{shown(url)} has no complete year {year} (years: {years_in(attrs)})")
+    return int(record["slot"])
+
+
+def year_view(ds: xr.Dataset, year: int | None) -> xr.Dataset:
+    """One year of a series opened by :func:`geoplantnet.storage.store.open_store` (the dataset itself without a
+    year axis or ``year``)."""
+    return ds.sel({YEAR: int(year)}) if year is not None and YEAR in ds.dims else ds

@@ -179,18 +179,17 @@ def small_map(root: Path, default_config: Path, region: Path) -> SmallMap:
     return SmallMap(cfg, overrides, model, sources, reference, summary, root)
 
 
-def tiny_classifier(small: SmallMap, folder: Path) -> str:
-    """A tiny habitat classifier trained from scratch on the virtual region's plots (the map's species ids), saved in
-    ``folder``; returns the folder."""
+def tiny_classifier(cfg: RunConfig, species: Sequence[str], folder: Path) -> str:
+    """A tiny habitat classifier trained from scratch on the virtual region's plots of ``cfg`` (a vocabulary of
+    ``species``: the map's ids), saved in ``folder``; returns the folder."""
     from geoplantnet.core.config import PlotModelConfig, PlotTrainConfig
     from geoplantnet.jobs.inputs import virtual_plots
     from geoplantnet.models.plantbert import build_tokenizer, encode_sentences
-    from geoplantnet.storage.store import open_store
     from geoplantnet.training.plantbert import finetune
 
-    plots, _ = virtual_plots(small.cfg)
+    plots, _ = virtual_plots(cfg)
     plots = plots.subset(plots.labelled)
-    species = [str(s) for s in open_store(small.reference)["species"].values]
+    species = [str(s) for s in species]
     if not {s for sentence in plots.sentences for s in sentence} <= set(species):
         raise AssertionError("the plots and the map must share one species id space")
     classes = tuple(sorted(set(plots.habitat)))
@@ -218,10 +217,12 @@ def small_habitats(small: SmallMap, default_config: Path) -> SmallHabitats:
     model has no thresholds), written by an embedded LocalCluster under ``small.root/habitats``."""
     from geoplantnet.core.config import load_config
     from geoplantnet.jobs.habitat_map import run_habitat_map
+    from geoplantnet.storage.store import open_store
 
     folder = small.root / "habitats"
     folder.mkdir(exist_ok=True)
-    model = tiny_classifier(small, folder / "model")
+    species = [str(s) for s in open_store(small.reference)["species"].values]
+    model = tiny_classifier(small.cfg, species, folder / "model")
     overrides = [*small.overrides, "habitats.map_species=8"]
     store = str(folder / "habitat.zarr")
     run_habitat_map(load_config(default_config, overrides), small.reference, model, store, progress=False)

@@ -1,0 +1,187 @@
+"""``geoplantnet refresh`` on a small two-year virtual region, from the CLI: 2024, then 2025 killed mid-run (2024 stays
+readable and byte-identical), rerun to completion; change maps equal the indicator differences and their bands;
+the detection scores recomputed from the stores and the generator's true changes; a complete year reruns to
+nothing; the run summary files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from geoplantnet.core.config import load_config
+from geoplantnet.products.changes import detection_scores
+from geoplantnet.storage.store import open_store
+from geoplantnet.testing.regions import SMALL_REGION
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "pipelines" / "refresh.yaml"
+STORES = ("species", "habitat", "indicators")
+
+pytestmark = pytest.mark.slow
+
+
+def _settings(tmp: Path, classifier: str) -> list[str]:
+    return [
+        *SMALL_REGION,
+        "map.tile=16",
+        "train.epochs=8",
+        f"workdir={tmp / 'work'}",
+        f"store.root={tmp / 'out'}",
+        "indicators.block_size=500",
+        "indicators.draws=8",
+        f"refresh.habitat_model={classifier}",
+    ]
+
+
+def _command(settings: list[str], year: int, *extra: str) -> list[str]:
+    sets = [a for s in settings for a in ("--set", s)]
+    return [
+        sys.executable,
+        "-m",
+        "geoplantnet",
+        "refresh",
+        "--config",
+        str(CONFIG),
+        *sets,
+        "--year",
+        str(year),
+        "--quiet",
+        *extra,
+    ]
+
+
+def _run(settings: list[str], year: int, *extra: str) -> dict:
+    proc = subprocess.run(_command(settings, year, *extra), capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def _year_bytes(url: Path, variable: str, slot: int) -> dict[str, str]:
+    """Hashes of the chunk files of one slot of a series variable."""
+    folder = url / variable / "c" / str(slot)
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("refresh")
+    from geoplantnet.sim.region import generate_region
+    from geoplantnet.testing.fixtures import tiny_classifier
+
+    base = load_config(CONFIG, _settings(tmp, "none"))
+    manifest = generate_region(base, Path(base.workdir) / "region", progress=False)
+    species = [f"sp{i + 1:04d}" for i in range(base.sim.n_species)]
+    classifier = tiny_classifier(base, species, tmp / "classifier")
+    settings = _settings(tmp, classifier)
+    first = _run(settings, 2024)
+    out = tmp / "out"
+    before = {
+        s: _year_bytes(out / f"{s}.zarr", v, 0)
+        for s, v in (("species", "probability"), ("indicators", "richness_expected"))
+    }
+    # 2025 killed once its first species tile is written (one worker, one tile at a time: it cannot finish first)
+    slow = [*settings, "cluster.n_workers=1", "map.max_in_flight=1"]
+    proc = subprocess.Popen(
+        _command(slow, 2025), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    markers = out / "species.zarr" / "_tiles"
+    deadline = time.time() + 600
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        if sum(1 for _ in markers.rglob("*.json")) > first["tiles"]:  # a 2025 tile is in
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.1)
+    proc.wait(timeout=60)
+    interrupted = {
+        s: [int(y) for y in open_store(str(out / f"{s}.zarr"))["year"].values] for s in ("species", "indicators")
+    }
+    second = _run(settings, 2025, "--evaluate")
+    return {
+        "tmp": tmp,
+        "out": out,
+        "settings": settings,
+        "first": first,
+        "second": second,
+        "killed": killed,
+        "interrupted": interrupted,
+        "before": before,
+        "manifest": manifest,
+    }
+
+
+def test_a_killed_year_leaves_earlier_years_intact_and_the_rerun_completes_it(series):
+    assert series["killed"], "the 2025 refresh finished before it could be killed"
+    assert series["interrupted"] == {"species": [2024], "indicators": [2024]}
+    out = series["out"]
+    for store in STORES:
+        ds = open_store(str(out / f"{store}.zarr"))
+        assert [int(y) for y in ds["year"].values] == [2024, 2025], store
+    after = {
+        s: _year_bytes(out / f"{s}.zarr", v, 0)
+        for s, v in (("species", "probability"), ("indicators", "richness_expected"))
+    }
+    assert after == series["before"]  # not one chunk of 2024 rewritten
+    assert series["second"]["steps"]["species"]["tiles_computed"] < series["second"]["tiles"]  # resumed
+
+
+def test_change_maps_are_the_differences_and_their_bands(series):
+    out = series["out"]
+    ind = open_store(str(out / "indicators.zarr"))
+    ch = open_store(str(out / "changes.zarr"), mask_and_scale=False).sel(year=2025)
+    change = series["second"]["change"]
+    assert change["previous_year"] == 2024
+    delta = ind.sel(year=2025)["richness_expected"].values - ind.sel(year=2024)["richness_expected"].values
+    np.testing.assert_allclose(ch["richness_expected_change"].values, delta, atol=1e-5)
+    band = change["z"] * change["noise"]["richness_expected"]
+    centred = delta - change["shift"]["richness_expected"]
+    flag = ch["richness_expected_change_flag"].values
+    assert ((flag == 1) == (centred < -band)).all() and ((flag == 2) == (centred > band)).all()
+    flags = [ch[v].values for v in ch.data_vars if str(v).endswith("_change_flag")]
+    anything = np.any([f > 0 for f in flags], axis=0) | (ch["habitat_transition"].values == 1)
+    np.testing.assert_array_equal(ch["changed"].values == 1, anything)
+
+
+def test_detection_is_scored_against_the_generators_true_changes(series):
+    out = series["out"]
+    truth = open_store(str(series["manifest"].truth_path("changes")))["change"].sel(year=2025).values
+    changed = open_store(str(out / "changes.zarr"), mask_and_scale=False).sel(year=2025)["changed"].values
+    scores = series["second"]["evaluation"]["change_detection"]
+    again = detection_scores(changed, truth)
+    for key in ("true_changed", "detected", "true_positive", "precision", "recall"):
+        assert scores[key] == again[key] or (np.isnan(scores[key]) and np.isnan(again[key])), key
+    assert scores["true_changed"] > 0 and set(scores["recall_by_kind"]) <= {"clearing", "built_up", "wetland_restored"}
+    assert "richness_change" in scores
+    ev = series["second"]["evaluation"]["indicators"]
+    assert ev["richness"]["expected"]["pixels"] == 1600
+
+
+def test_summary_files_and_a_complete_year_reruns_to_nothing(series):
+    folder = series["out"] / "refresh" / "2025"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["year"] == 2025 and summary["area_km2"] == 4.0 and summary["habitat_maps"]
+    assert "## Changes since 2024" in (folder / "report.md").read_text()
+    assert (folder / "changes.png").read_bytes()[:4] == b"\x89PNG"
+    again = _run(series["settings"], 2025)
+    assert all(step["tiles_computed"] == 0 for step in again["steps"].values())
+    raw = zarr.open_group(str(series["out"] / "indicators.zarr"), mode="r")
+    assert sorted(json.loads(raw.attrs["geoplantnet_years"])) == ["2024", "2025"]
+
+
+def test_a_year_without_imagery_is_one_line(series):
+    cmd = _command(series["settings"], 2031)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and "2031" in proc.stderr.strip().splitlines()[-1]
