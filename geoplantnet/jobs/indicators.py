@@ -32,6 +32,7 @@ from geoplantnet.inference.dense import decode
 from geoplantnet.jobs.habitat_map import open_species_year, store_epsg
 from geoplantnet.jobs.mapping import SCALE_ATTR
 from geoplantnet.jobs.tiled import TileOutput, produce_tiles
+from geoplantnet.models.calibration import Calibration as SpeciesCalibrationMaps
 from geoplantnet.models.calibration import fit_calibration
 from geoplantnet.products.habitat_map import THRESHOLD, read_species_tile
 from geoplantnet.products.indicators import (
@@ -367,9 +368,11 @@ def plan_indicators(
     out_url: str,
     inputs: IndicatorInputs,
     year: int | None = None,
+    species_calibration: SpeciesCalibrationMaps | None = None,
 ) -> IndicatorPlan:
     """Open the stores and tables, check they fit, calibrate the intervals, and fingerprint the run; with ``year``,
-    that year of the species and habitat series into that year of an indicator series."""
+    that year of the species and habitat series into that year of an indicator series. ``species_calibration``:
+    the species maps to apply instead of fitting them (a refresh keeps its first year's, so years are comparable)."""
     for url in (species_url, habitat_url):
         if url is not None and out_url.rstrip("/") == url.rstrip("/"):
             raise IndicatorError(f"--out {out_url} is an input store of the indicators; choose another path")
@@ -387,7 +390,7 @@ def plan_indicators(
     habitat_slot = complete_slot(habitat_url, hds.attrs, year) if habitat_url and hds is not None else None
 
     cal = IntervalCalibration()
-    species_cal = None
+    species_cal = species_calibration
     if inputs.surveys is not None and len(inputs.surveys):
         codes = year_view(open_store(species_url, storage_options=species_options, mask_and_scale=False), year)
         habitat_codes = (
@@ -403,7 +406,9 @@ def plan_indicators(
             top, top_p = top[valid], top_p[valid]
             truth_class = np.where(surveys.labelled, class_index(surveys.habitat, classes), -2)
         rows = np.ones(len(p), dtype=bool)
-        if needs_recalibration(cfg.indicators.recalibrate, ds.attrs):
+        if species_cal is not None:
+            p = species_cal.apply(p, axis=1)
+        elif needs_recalibration(cfg.indicators.recalibrate, ds.attrs):
             # half the surveys (alternate spatial folds) fit the species' maps; the other half, never seen by
             # them, calibrates and tests the intervals
             fit_rows = folds % 2 == 0
@@ -420,7 +425,9 @@ def plan_indicators(
             truth_class=truth_class[rows] if truth_class is not None else None,
         )
         cal.notes.append(f"{int((~valid).sum())} surveys off the map or on no-data cells left out")
-        if species_cal is not None:
+        if species_calibration is not None:
+            cal.notes.append("species probabilities through the series' first year's Platt maps (given)")
+        elif species_cal is not None:
             cal.notes.append(
                 f"species map not calibrated: Platt maps per species ({species_cal.n_calibrated} own, "
                 f"{species_cal.n_shared} pooled) fitted on {int((~rows).sum())} surveys; the intervals are "
@@ -480,6 +487,7 @@ def plan_indicators(
         "model_version": species_version,
         "calibration": json.dumps({"coverage": cal.coverage, "surveys": cal.surveys, "notes": cal.notes}),
         "nominal_level": str(ind.level),
+        "species_calibration": species_cal.model_dump_json() if species_cal is not None else "none",
     }
     report = {**status_report, **hab_report}
     return IndicatorPlan(grid, tile, parts, attrs, job, cal, report, tuple(species))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 import time
@@ -89,12 +90,18 @@ class MapSources:
 
     @classmethod
     def from_items(
-        cls, cfg: RunConfig, s2_items: Sequence[pystac.Item] | None, env_items: Sequence[pystac.Item]
+        cls,
+        cfg: RunConfig,
+        s2_items: Sequence[pystac.Item] | None,
+        env_items: Sequence[pystac.Item],
+        seasons: Sequence[np.datetime64] | None = None,
     ) -> MapSources:
-        """Sources for a run. The season axis is the region-wide composite's: every period between the first and the
-        last acquisition (:func:`geoplantnet.sources.cube.seasonal_composite` resamples the same way)."""
-        seasons = None
-        if s2_items:
+        """Sources for a run. The season axis is ``seasons`` when given (a refresh: the first year's periods shifted
+        to its year), else the region-wide composite's: every period between the first and the last acquisition
+        (:func:`geoplantnet.sources.cube.seasonal_composite` resamples the same way)."""
+        if seasons is not None:
+            seasons = tuple(np.asarray(seasons, dtype="datetime64[ns]"))
+        elif s2_items:
             times = pd.DatetimeIndex([pd.Timestamp(item.datetime).tz_convert(None) for item in s2_items])
             bins = pd.Series(1, index=times.sort_values()).resample(cfg.cube.composite).count()
             seasons = tuple(bins.index.values.astype("datetime64[ns]"))
@@ -503,6 +510,8 @@ def plan_map(cfg: RunConfig, model_url: str, sources: MapSources, store_url: str
         "model_sha256": sha,
         "model_version": f"{getattr(spec, 'kind', 'species-net')}/{spec.version}/{sha[:12]}",
         "model_spec": spec.model_dump_json(),
+        # the composite periods the tiles are read on: a refresh maps later years on the same periods, shifted
+        "seasons": json.dumps([str(t) for t in np.asarray(sources.seasons or (), dtype="datetime64[D]")]),
     }
     return MapPlan(spec, parts, attrs, job)
 

@@ -55,9 +55,18 @@ class RefreshError(GeoplantnetError):
     """A refresh that cannot run (its series or inputs do not fit) or a change tile that failed."""
 
 
+def year_window(composite: str, year: int) -> str:
+    """The imagery of monitoring year ``year``: whole composite periods, so every year has the same seasons. With
+    meteorological seasons (``QS-DEC``) the year runs from December of the year before to November (its winter is one
+    December-February season, not two halves); monthly and yearly composites use the calendar year."""
+    if composite == "QS-DEC":
+        return f"{year - 1}-12-01/{year}-11-30"
+    return f"{year}-01-01/{year}-12-31"
+
+
 def year_config(cfg: RunConfig, year: int) -> RunConfig:
-    """``cfg`` with the cube searching ``year``'s imagery only."""
-    cube = cfg.cube.model_copy(update={"datetime": f"{year}-01-01/{year}-12-31"})
+    """``cfg`` with the cube searching the imagery of monitoring year ``year`` only (:func:`year_window`)."""
+    cube = cfg.cube.model_copy(update={"datetime": year_window(cfg.cube.composite, year)})
     return cfg.model_copy(update={"cube": cube})
 
 
@@ -85,8 +94,25 @@ def check_series(cfg: RunConfig, urls: Mapping[str, str], overwrite: bool) -> No
             )
 
 
-def series_model(cfg: RunConfig, species_url: str) -> str | None:
-    """The species model the series' first mapped year used (the refresh maps every year with one model)."""
+@dataclass(frozen=True)
+class SeriesOrigin:
+    """What the series' first mapped year used: its year, species model and composite periods."""
+
+    year: int
+    model: str | None
+    seasons: tuple[str, ...]
+
+    def seasons_for(self, year: int) -> list[np.datetime64] | None:
+        """The first year's composite periods shifted by whole years to ``year`` (the model sees the same seasons
+        every year; a period without imagery is NaN, like a cloudy season)."""
+        if not self.seasons:
+            return None
+        shift = pd.DateOffset(years=year - self.year)
+        return [np.datetime64(pd.Timestamp(t) + shift, "ns") for t in self.seasons]
+
+
+def series_origin(cfg: RunConfig, species_url: str) -> SeriesOrigin | None:
+    """The first complete year of the species series (None: no series yet)."""
     if not _exists(species_url, cfg):
         return None
     ds = open_store(species_url, storage_options=storage_options_for(species_url, cfg.store))
@@ -94,7 +120,23 @@ def series_model(cfg: RunConfig, species_url: str) -> str | None:
     complete = [y for y in sorted(records) if records[y].get("completed")]
     if not complete:
         return None
-    return records[complete[0]].get("attrs", {}).get("model_file")
+    attrs = records[complete[0]].get("attrs", {})
+    return SeriesOrigin(complete[0], attrs.get("model_file"), tuple(json.loads(attrs.get("seasons", "[]"))))
+
+
+def first_species_calibration(cfg: RunConfig, url: str, year: int) -> Any:
+    """The species calibration maps the indicator series' first year fitted (None: none, or this is the first
+    year): later years reuse them, so a difference between years is never a difference of calibrations."""
+    from geoplantnet.models.calibration import Calibration
+
+    if not _exists(url, cfg):
+        return None
+    records = year_records(open_store(url, storage_options=storage_options_for(url, cfg.store)).attrs)
+    complete = [y for y in sorted(records) if records[y].get("completed") and y != year]
+    if not complete:
+        return None
+    saved = records[complete[0]].get("attrs", {}).get("species_calibration", "none")
+    return None if saved == "none" else Calibration.model_validate_json(saved)
 
 
 def previous_year(url: str, cfg: RunConfig, year: int) -> int | None:
@@ -237,11 +279,13 @@ def run_refresh(
     report_dir = Path(cfg.store.root) / "refresh" / str(year)
     habitat_model = cfg.refresh.habitat_model or join(cfg.store.root, "habitats/model")
     habitats = _exists(join(habitat_model, "geoplantnet.json"), cfg)
-    model_url = model or cfg.map.model or series_model(cfg, urls["species"])
+    origin = series_origin(cfg, urls["species"])
+    model_url = model or cfg.map.model or (origin.model if origin else None)
     inputs = run_inputs(cfg_y, observations=model_url is None, progress=progress)
     if not inputs.s2_items and cfg.inputs.virtual:
         raise RefreshError(f"no Sentinel-2 items in {year}: the virtual region's years are set by sim.start/sim.years")
-    sources = MapSources.from_items(cfg_y, inputs.s2_items, inputs.env_items)
+    seasons = origin.seasons_for(year) if origin else None
+    sources = MapSources.from_items(cfg_y, inputs.s2_items, inputs.env_items, seasons)
     steps: dict[str, dict[str, Any]] = {}
     trained = None
     with connect(cfg.cluster) as client:
@@ -278,6 +322,7 @@ def run_refresh(
             urls["indicators"],
             indicator_inputs(cfg_y, progress=progress, year=year),
             year,
+            first_species_calibration(cfg, urls["indicators"], year),
         )
         ind = produce_indicators(client, cfg_y, iplan, overwrite=overwrite, progress=progress, year=year)
         steps["indicators"] = {
