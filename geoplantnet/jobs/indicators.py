@@ -913,10 +913,7 @@ def run_indicators(
     from geoplantnet.runtime.cluster import connect
 
     species_url = species_store_url or join(cfg.store.root, "species.zarr")
-    habitat_url = habitat_store_url
-    if habitat_url is None and habitats:
-        default = join(cfg.store.root, "habitat.zarr")
-        habitat_url = default if _exists(default, cfg) else None
+    habitat_url = habitat_store_url or (_under_root(cfg, "habitat.zarr") if habitats else None)
     out_url = _output(cfg, out_url, overwrite)
     plan = plan_indicators(cfg, species_url, habitat_url, out_url, indicator_inputs(cfg, progress=progress))
     with connect(cfg.cluster) as client:
@@ -951,10 +948,7 @@ def run_fused_indicators(
             "indicators --from-model needs a species model for your inputs: pass --model FILE (or map.model), or "
             "--observations FILE (inputs.observations) to train one"
         )
-    habitat_folder = habitat_model
-    if habitat_folder is None and habitats:
-        default = join(cfg.store.root, "habitats/model")
-        habitat_folder = default if _exists(default, cfg) else None
+    habitat_folder = habitat_model or (_under_root(cfg, "habitats/model") if habitats else None)
     out_url = _output(cfg, out_url, overwrite)
     run = run_inputs(cfg, observations=model_url is None, progress=progress)
     sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
@@ -983,6 +977,12 @@ def _evaluate(cfg: RunConfig, out_url: str, plan: IndicatorPlan) -> dict[str, An
 
     truth_species, truth_habitat = virtual_truth(cfg)
     return evaluate_indicators(out_url, plan.job.model, list(plan.species), truth_species, truth_habitat)
+
+
+def _under_root(cfg: RunConfig, name: str) -> str | None:
+    """``<store.root>/<name>`` when it exists (the default habitat input of both modes)."""
+    url = join(cfg.store.root, name)
+    return url if _exists(url, cfg) else None
 
 
 def _exists(url: str, cfg: RunConfig) -> bool:
