@@ -247,16 +247,19 @@ def _cmd_indicators(args: argparse.Namespace) -> int:
 
     if args.evaluate and not cfg.inputs.virtual:
         raise ConfigError("--evaluate scores indicators against the virtual region's truth; inputs.* are set")
-    result = run_indicators(
-        cfg,
-        args.species_store,
-        args.habitat_store,
-        args.out,
-        habitats=not args.no_habitats,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        evaluate=args.evaluate,
-    )
+    options = {"habitats": not args.no_habitats, "overwrite": args.overwrite, "progress": not args.quiet}
+    if args.from_model:
+        from geoplantnet.jobs.indicators import run_fused_indicators
+
+        if args.species_store or args.habitat_store:
+            raise ConfigError("--from-model predicts the species in each tile: it reads no --species or --habitats")
+        result = run_fused_indicators(cfg, args.model, args.habitat_model, args.out, **options, evaluate=args.evaluate)
+    else:
+        if args.model or args.habitat_model:
+            raise ConfigError("--model and --habitat-model are for --from-model (stores name their own models)")
+        result = run_indicators(
+            cfg, args.species_store, args.habitat_store, args.out, **options, evaluate=args.evaluate
+        )
     print(json.dumps(result.to_dict(), indent=2, default=str))
     return 0
 
@@ -276,6 +279,20 @@ def _add_indicators(sub: argparse._SubParsersAction) -> None:
         "--habitats", dest="habitat_store", default=None, help="default: <store.root>/habitat.zarr when it exists"
     )
     ind.add_argument("--no-habitats", action="store_true", help="species indicators only (no habitat.zarr)")
+    ind.add_argument(
+        "--from-model",
+        action="store_true",
+        help="fused mode: predict the species (and classify the habitats) inside each indicator tile, on the "
+        "configured inputs, writing indicators.zarr only (no species.zarr, no habitat.zarr)",
+    )
+    ind.add_argument(
+        "--model", default=None, help="--from-model: species model file (default: map.model, else trained as map does)"
+    )
+    ind.add_argument(
+        "--habitat-model",
+        default=None,
+        help="--from-model: habitat classifier folder (default: <store.root>/habitats/model when it exists)",
+    )
     ind.add_argument("--out", default=None, help="indicators.zarr path or URL (default: <store.root>/indicators.zarr)")
     ind.add_argument(
         "--evaluate", action="store_true", help="virtual region: error of every indicator against the truth"

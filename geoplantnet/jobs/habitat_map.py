@@ -29,6 +29,7 @@ from geoplantnet.models.plantbert import UNK, PlotModel, species_vocabulary_inde
 from geoplantnet.products.habitat_map import (
     THRESHOLD,
     AssemblageRule,
+    HabitatBlocks,
     classify_codes,
     habitat_template,
     read_species_tile,
@@ -67,18 +68,38 @@ class HabitatModelRef:
 
 
 @dataclass(frozen=True)
+class HabitatClassifier:
+    """How species codes become habitat arrays: the classifier, the token of each species of the map, the
+    assemblage rule; what a habitat tile and a fused indicator tile (:mod:`geoplantnet.jobs.indicators`) share (small:
+    the per-species arrays are S values)."""
+
+    model: HabitatModelRef
+    token_of: np.ndarray  # the model's token of each species of the map
+    rule: AssemblageRule
+    assemblage: str  # the rule in words, with the model's max_species
+    top_k: int
+    batch_size: int
+    device: str
+
+    @property
+    def version(self) -> str:
+        return f"plantbert-classifier/{self.model.version}"
+
+    def classify(self, codes: np.ndarray) -> tuple[HabitatBlocks, int]:
+        """The habitat arrays of species codes (species, y, x) uint8, and the loads of this worker's classifier."""
+        model, loads = cached_classifier(self.model, self.device)
+        blocks = classify_codes(model, codes, self.token_of, self.rule, top_k=self.top_k, batch_size=self.batch_size)
+        return blocks, loads
+
+
+@dataclass(frozen=True)
 class HabitatTileJob:
-    """Everything a habitat tile task needs besides its tile (small: the per-species arrays are S values)."""
+    """Everything a habitat tile task needs besides its tile."""
 
     species_url: str
     species_options: dict[str, Any]
     species_slot: int | None  # the year's slot of a species series (None: a single-year store)
-    model: HabitatModelRef
-    token_of: np.ndarray  # the model's token of each species of the store
-    rule: AssemblageRule
-    top_k: int
-    batch_size: int
-    device: str
+    classifier: HabitatClassifier
     output: TileOutput
 
 
@@ -99,15 +120,43 @@ def cached_classifier(ref: HabitatModelRef, device: str) -> tuple[PlotModel, int
 def habitat_tile(job: HabitatTileJob, tile: Tile) -> dict[str, Any]:
     """Read, classify and write one tile; returns its timings (runs on a worker)."""
     t0 = time.perf_counter()
-    model, loads = cached_classifier(job.model, job.device)
     codes = read_species_tile(job.species_url, tile, job.species_options, job.species_slot)
     t1 = time.perf_counter()
-    blocks = classify_codes(model, codes, job.token_of, job.rule, top_k=job.top_k, batch_size=job.batch_size)
+    blocks, loads = job.classifier.classify(codes)
     t2 = time.perf_counter()
     info = {"read_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "pid": os.getpid()}
     out = job.output
     write_tile_blocks(out.url, blocks.as_dict(), tile, run=out.run, info=info, storage_options=out.storage_options)
     return {**info, "tile": tile.id, "pixels": tile.height * tile.width, "model_loads": loads}
+
+
+def plan_classifier(
+    cfg: RunConfig, model_folder: str, species: list[str], thresholds: np.ndarray | None, species_source: str
+) -> tuple[HabitatClassifier, PlotModel]:
+    """Load the habitat classifier in ``model_folder`` and check it fits the map's ``species`` (named
+    ``species_source`` in messages) and the ``habitats.map_species`` rule (``thresholds``: the map's
+    ``threshold_max_tss``, None without); one-line refusals."""
+    where = redact({"b": model_folder})["b"]
+    model = PlotModel.load(model_folder)  # PlotModelError (one line) when the folder is not a Pl@ntBERT model
+    if not model.classes:
+        raise InputError(f"{where}: a fill-mask model, not a habitat classifier (run geoplantnet habitats)")
+    token_of = species_vocabulary_index(model.tokenizer, species)
+    if (token_of == UNK).all():
+        raise HabitatMapError(
+            f"none of the {len(species)} species of {species_source} is in the vocabulary of the habitat model "
+            f"{where} (species ids differ: train it on plots naming the same species)"
+        )
+    rule = AssemblageRule.of(cfg.habitats.map_species, thresholds, species_source)
+    classifier = HabitatClassifier(
+        model=HabitatModelRef(model_folder, model.version),
+        token_of=token_of,
+        rule=rule,
+        assemblage=rule.describe() + f" max_species={model.cfg.max_species}",
+        top_k=cfg.habitats.top_k,
+        batch_size=BATCH,
+        device=cfg.map.device,
+    )
+    return classifier, model
 
 
 @dataclass(frozen=True)
@@ -156,27 +205,18 @@ def plan_habitat_map(
         raise HabitatMapError(f"--out {out_url} is the species store the map is made from; choose another path")
     species_options = storage_options_for(species_url, cfg.store)
     ds, slot, species_run = open_species_year(species_url, species_options, year)
-    model = PlotModel.load(model_folder)  # PlotModelError (one line) when the folder is not a Pl@ntBERT model
-    if not model.classes:
-        raise InputError(f"{where['b']}: a fill-mask model, not a habitat classifier (run geoplantnet habitats)")
     species = [str(s) for s in ds["species"].values]
-    token_of = species_vocabulary_index(model.tokenizer, species)
-    if (token_of == UNK).all():
-        raise HabitatMapError(
-            f"none of the {len(species)} species of {where['a']} is in the vocabulary of the habitat model "
-            f"{where['b']} (species ids differ: train it on plots naming the same species)"
-        )
     thresholds = ds[THRESHOLD].values.astype("float32") if THRESHOLD in ds else None
-    rule = AssemblageRule.of(cfg.habitats.map_species, thresholds, where["a"])
+    classifier, model = plan_classifier(cfg, model_folder, species, thresholds, where["a"])
     raw = zarr.open_group(zarr_store(species_url, species_options), mode="r")["probability"]
     tile = int((raw.shards or raw.chunks)[-1])  # the species store's tiles: one shard read per habitat tile
     grid = grid_of(ds["probability"], store_epsg(ds, cfg.grid.epsg))
     species_version = str(ds.attrs.get("model_version", "unknown"))
-    habitat_version = f"plantbert-classifier/{model.version}"
+    habitat_version = classifier.version
     parts = {
         "species": species_run,
         "model": model.version[:12],
-        "assemblage": rule.describe() + (f" max_species={model.cfg.max_species}"),
+        "assemblage": classifier.assemblage,
         "top_k": str(cfg.habitats.top_k),
         "tiling": f"tile={tile}",
     }
@@ -184,12 +224,7 @@ def plan_habitat_map(
         species_url=species_url,
         species_options=species_options,
         species_slot=slot,
-        model=HabitatModelRef(model_folder, model.version),
-        token_of=token_of,
-        rule=rule,
-        top_k=cfg.habitats.top_k,
-        batch_size=BATCH,
-        device=cfg.map.device,
+        classifier=classifier,
         output=TileOutput.of(out_url, parts, storage_options_for(out_url, cfg.store), year=year),
     )
     attrs = {
@@ -201,7 +236,7 @@ def plan_habitat_map(
         "habitat_model_folder": where["b"],
         "habitat_model": json.dumps(model.describe()),
         "assemblage": parts["assemblage"],
-        "species_unknown_to_model": str(int((token_of == UNK).sum())),
+        "species_unknown_to_model": str(int((classifier.token_of == UNK).sum())),
     }
     return HabitatPlan(grid, tile, model.classes, parts, attrs, job, model.names)
 

@@ -15,7 +15,7 @@ import json
 import os
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,12 +29,19 @@ from geoplantnet.core.errors import GeoplantnetError, InputError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.dense import decode
-from geoplantnet.jobs.habitat_map import open_species_year, store_epsg
-from geoplantnet.jobs.mapping import SCALE_ATTR
+from geoplantnet.jobs.habitat_map import HabitatClassifier, open_species_year, plan_classifier, store_epsg
+from geoplantnet.jobs.mapping import (
+    SCALE_ATTR,
+    MapSources,
+    SpeciesPredictor,
+    ensure_model,
+    output_scale,
+    plan_predictor,
+    run_parts,
+)
 from geoplantnet.jobs.tiled import TileOutput, produce_tiles
-from geoplantnet.models.calibration import Calibration as SpeciesCalibrationMaps
-from geoplantnet.models.calibration import fit_calibration
-from geoplantnet.products.habitat_map import THRESHOLD, read_species_tile
+from geoplantnet.models.calibration import Calibration, fit_calibration
+from geoplantnet.products.habitat_map import THRESHOLD, ranks, read_species_tile
 from geoplantnet.products.indicators import (
     RED_LIST,
     HabitatIndicatorModel,
@@ -44,6 +51,7 @@ from geoplantnet.products.indicators import (
     indicator_template,
     typical_species,
 )
+from geoplantnet.runtime.cluster import task_resources
 from geoplantnet.samples import status as status_tables
 from geoplantnet.samples.extraction import grid_of
 from geoplantnet.samples.plots import Plots
@@ -107,6 +115,24 @@ def tile_seed(tile: Tile) -> int:
     return zlib.crc32(tile.id.encode())
 
 
+def _compute_and_write(
+    model: IndicatorModel,
+    output: TileOutput,
+    tile: Tile,
+    p: np.ndarray,
+    top: np.ndarray | None,
+    top_p: np.ndarray | None,
+    info: dict[str, Any],
+) -> dict[str, Any]:
+    """A tile's indicators from its probabilities and habitat classes, written; returns the task's report."""
+    t0 = time.perf_counter()
+    blocks = indicator_blocks(p, model, habitat_top=top, habitat_top_probability=top_p, seed=tile_seed(tile))
+    loads = info.pop("model_loads", 0)
+    info = {**info, "indicators_s": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
+    write_tile_blocks(output.url, blocks, tile, run=output.run, info=info, storage_options=output.storage_options)
+    return {**info, "tile": tile.id, "pixels": tile.height * tile.width, "model_loads": loads}
+
+
 def indicator_tile(job: IndicatorTileJob, tile: Tile) -> dict[str, Any]:
     """Read, compute and write one tile's indicators; returns its timings (runs on a worker)."""
     t0 = time.perf_counter()
@@ -114,13 +140,96 @@ def indicator_tile(job: IndicatorTileJob, tile: Tile) -> dict[str, Any]:
     top = top_p = None
     if job.habitat_url is not None:
         top, top_p = read_habitat_tile(job.habitat_url, tile, job.habitat_options, job.habitat_slot)
-    t1 = time.perf_counter()
-    blocks = indicator_blocks(p, job.model, habitat_top=top, habitat_top_probability=top_p, seed=tile_seed(tile))
-    t2 = time.perf_counter()
-    info = {"read_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "pid": os.getpid()}
-    out = job.output
-    write_tile_blocks(out.url, blocks, tile, run=out.run, info=info, storage_options=out.storage_options)
-    return {**info, "tile": tile.id, "pixels": tile.height * tile.width, "model_loads": 0}
+    info = {"read_s": round(time.perf_counter() - t0, 3)}
+    return _compute_and_write(job.model, job.output, tile, p, top, top_p, info)
+
+
+# -- the fused mode: species predicted (and habitats classified) inside the indicator tile task
+
+
+@dataclass(frozen=True)
+class FusedPredictor:
+    """The species model and, optionally, the habitat classifier a fused tile runs: a tile's probabilities and
+    habitat classes exactly as ``species.zarr`` and ``habitat.zarr`` would hold them, never written.
+
+    The species model's output is quantised to the stores' uint8 codes and decoded (the codes are what
+    :meth:`SpeciesPredictor.predict` returns, the map's own), and the habitats are classified from those codes by
+    the same rule as ``habitat-map``: so the fused mode computes the indicators from the very values the two-pass
+    mode reads, and both give identical indicator maps."""
+
+    species: SpeciesPredictor
+    habitats: HabitatClassifier | None
+    n_species: int
+    n_ranks: int  # the habitat classes kept per pixel (top_k; 0 without a classifier)
+
+    def tile(self, tile: Tile) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+        """p (S, y, x) float32 (NaN: no data), habitat classes (K, y, x) and their probabilities (K, y, x) or None,
+        and the timings (runs on a worker)."""
+        codes, info = self.species.predict(tile)
+        top = top_p = None
+        if self.habitats is not None:
+            t0 = time.perf_counter()
+            blocks, loads = self.habitats.classify(codes)
+            top, top_p = blocks.top_k, decode(blocks.top_k_probability)
+            info = {**info, "habitat_s": round(time.perf_counter() - t0, 3)}
+            info["model_loads"] = max(info["model_loads"], loads)
+        return decode(codes), top, top_p, info
+
+    def cells(
+        self, tile: Tile, rows: np.ndarray, cols: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """p (n, S), habitat classes (n, K) and their probabilities (n, K) at grid cells inside ``tile``: the whole
+        tile computed as a fused tile computes it, so the values are the map's, bit for bit (a one-pixel window gives
+        different float rounding in the network, and a uint8 code one step off now and then)."""
+        p, top, top_p, _ = self.tile(tile)
+        r, c = np.asarray(rows) - tile.y0, np.asarray(cols) - tile.x0
+        return p[:, r, c].T, None if top is None else top[:, r, c].T, None if top_p is None else top_p[:, r, c].T
+
+    def resources(self, client: Client) -> dict[str, float] | None:
+        """What a fused task asks for: the species model's (a GPU when there are some), or the classifier's."""
+        resources = self.species.resources(client)
+        if resources is None and self.habitats is not None and self.habitats.device != "cpu":
+            resources = task_resources(client)
+        return resources
+
+
+@dataclass(frozen=True)
+class FusedTileJob:
+    """Everything a fused indicator tile task needs besides its tile."""
+
+    fused: FusedPredictor
+    model: IndicatorModel
+    output: TileOutput
+
+
+def fused_indicator_tile(job: FusedTileJob, tile: Tile) -> dict[str, Any]:
+    """Predict the tile's species (and habitats), compute and write its indicators; returns its timings."""
+    p, top, top_p, info = job.fused.tile(tile)
+    return _compute_and_write(job.model, job.output, tile, p, top, top_p, info)
+
+
+def sample_model(
+    client: Client, fused: FusedPredictor, grid: Grid, tile: int, plots: Plots
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """:func:`sample_maps` without the stores: the tiles holding plots computed on the cluster as fused tiles
+    compute them (one task per tile), the values at the plots' cells kept. Costs one tile per tile holding plots."""
+    row, col = _cells(grid, plots.x, plots.y)
+    ok = np.flatnonzero(row >= 0)
+    tiles = {(t.row, t.col): t for t in grid.tiles(tile)}
+    keys = np.stack([row[ok] // tile, col[ok] // tile], axis=1) if ok.size else np.zeros((0, 2), "int64")
+    resources = fused.resources(client)
+    groups = {(int(a), int(b)): ok[(keys == (a, b)).all(axis=1)] for a, b in {tuple(k) for k in keys.tolist()}}
+    futures = {
+        key: client.submit(fused.cells, tiles[key], row[idx], col[idx], resources=resources, pure=False)
+        for key, idx in groups.items()
+    }
+    p, top, top_p = _empty_samples(len(plots), fused.n_species, fused.n_ranks if fused.habitats is not None else None)
+    for key, future in futures.items():
+        idx = groups[key]
+        p[idx], t, tp = future.result()
+        if top is not None and top_p is not None:
+            top[idx], top_p[idx] = t, tp
+    return p, top, top_p, _sampled(p, top, row >= 0)
 
 
 # -- the driver: statuses, typical species, calibration
@@ -164,19 +273,29 @@ def sample_maps(
     row, col = _cells(grid, plots.x, plots.y)
     ok = row >= 0
     at = {"y": xr.DataArray(row[ok], dims="plot"), "x": xr.DataArray(col[ok], dims="plot")}
-    p = np.full((len(plots), species_codes.sizes["species"]), np.nan, dtype="float32")
+    k = habitat_codes.sizes["rank"] if habitat_codes is not None else None
+    p, top, top_p = _empty_samples(len(plots), species_codes.sizes["species"], k)
     p[ok] = decode(np.asarray(species_codes["probability"].isel(at).transpose("plot", "species").values))
-    top = top_p = None
-    if habitat_codes is not None:
-        k = habitat_codes.sizes["rank"]
-        top = np.full((len(plots), k), -1, dtype="int64")
-        top_p = np.zeros((len(plots), k), dtype="float32")
+    if habitat_codes is not None and top is not None and top_p is not None:
         top[ok] = habitat_codes["top_k"].isel(at).transpose("plot", "rank").values
         top_p[ok] = decode(np.asarray(habitat_codes["top_k_probability"].isel(at).transpose("plot", "rank").values))
-    valid = ok & np.isfinite(p).all(axis=1)
+    return p, top, top_p, _sampled(p, top, ok)
+
+
+def _empty_samples(n: int, n_species: int, ranks: int | None) -> tuple[np.ndarray, Any, Any]:
+    """What plots off the map get: NaN probabilities, habitat classes -1 of probability 0 (None without habitats)."""
+    p = np.full((n, n_species), np.nan, dtype="float32")
+    if ranks is None:
+        return p, None, None
+    return p, np.full((n, ranks), -1, dtype="int64"), np.zeros((n, ranks), dtype="float32")
+
+
+def _sampled(p: np.ndarray, top: np.ndarray | None, on_map: np.ndarray) -> np.ndarray:
+    """Plots on a cell with data: on the map, every species known and (with habitats) a class."""
+    valid = on_map & np.isfinite(p).all(axis=1)
     if top is not None:
         valid &= (top >= 0).all(axis=1)
-    return p, top, top_p, valid
+    return valid
 
 
 def _folds(plots: Plots, cfg: RunConfig) -> np.ndarray:
@@ -246,7 +365,7 @@ class IndicatorPlan:
     tile: int
     parts: dict[str, str]
     attrs: dict[str, str]
-    job: IndicatorTileJob
+    job: IndicatorTileJob | FusedTileJob  # two-pass: reads the stores; fused: predicts in the task
     calibration: IntervalCalibration
     status_report: dict[str, Any]
     species: tuple[str, ...]
@@ -368,11 +487,10 @@ def plan_indicators(
     out_url: str,
     inputs: IndicatorInputs,
     year: int | None = None,
-    species_calibration: SpeciesCalibrationMaps | None = None,
+    species_calibration: Calibration | None = None,
 ) -> IndicatorPlan:
-    """Open the stores and tables, check they fit, calibrate the intervals, and fingerprint the run; with ``year``,
-    that year of the species and habitat series into that year of an indicator series. ``species_calibration``:
-    the species maps to apply instead of fitting them (a refresh keeps its first year's, so years are comparable)."""
+    """The two-pass mode: open the stores and tables, check they fit, calibrate the intervals, and fingerprint the
+    run; with ``year``, that year of the species and habitat series into that year of an indicator series."""
     for url in (species_url, habitat_url):
         if url is not None and out_url.rstrip("/") == url.rstrip("/"):
             raise IndicatorError(f"--out {out_url} is an input store of the indicators; choose another path")
@@ -389,8 +507,7 @@ def plan_indicators(
     classes, hds = _habitat_store(habitat_url, habitat_options, grid, year) if habitat_url else (None, None)
     habitat_slot = complete_slot(habitat_url, hds.attrs, year) if habitat_url and hds is not None else None
 
-    cal = IntervalCalibration()
-    species_cal = species_calibration
+    sampled = None
     if inputs.surveys is not None and len(inputs.surveys):
         codes = year_view(open_store(species_url, storage_options=species_options, mask_and_scale=False), year)
         habitat_codes = (
@@ -398,46 +515,11 @@ def plan_indicators(
             if habitat_url
             else None
         )
-        p, top, top_p, valid = sample_maps(codes, habitat_codes, grid, inputs.surveys)
-        surveys = inputs.surveys.subset(valid)
-        p, observed, folds = p[valid], presence_matrix(surveys, species), _folds(surveys, cfg)
-        truth_class = None
-        if classes is not None and top is not None and top_p is not None:
-            top, top_p = top[valid], top_p[valid]
-            truth_class = np.where(surveys.labelled, class_index(surveys.habitat, classes), -2)
-        rows = np.ones(len(p), dtype=bool)
-        if species_cal is not None:
-            p = species_cal.apply(p, axis=1)
-        elif needs_recalibration(cfg.indicators.recalibrate, ds.attrs):
-            # half the surveys (alternate spatial folds) fit the species' maps; the other half, never seen by
-            # them, calibrates and tests the intervals
-            fit_rows = folds % 2 == 0
-            species_cal = fit_calibration(p[fit_rows], observed[fit_rows].astype("int8"), "platt")
-            p, rows = species_cal.apply(p, axis=1), ~fit_rows
-        cal = calibrate(
-            p[rows],
-            observed[rows],
-            groups,
-            folds[rows],
-            cfg.indicators.level,
-            top=top[rows] if top is not None else None,
-            top_p=top_p[rows] if top_p is not None else None,
-            truth_class=truth_class[rows] if truth_class is not None else None,
-        )
-        cal.notes.append(f"{int((~valid).sum())} surveys off the map or on no-data cells left out")
-        if species_calibration is not None:
-            cal.notes.append("species probabilities through the series' first year's Platt maps (given)")
-        elif species_cal is not None:
-            cal.notes.append(
-                f"species map not calibrated: Platt maps per species ({species_cal.n_calibrated} own, "
-                f"{species_cal.n_shared} pooled) fitted on {int((~rows).sum())} surveys; the intervals are "
-                f"calibrated and tested on the other {int(rows.sum())}"
-            )
-        if species_cal is not None and thresholds is not None:
-            thresholds = species_cal.apply(thresholds[None, :], axis=1)[0]  # the same cut on the new scale
-    hab, hab_report = (None, {})
-    if classes is not None:
-        hab, hab_report = habitat_model(inputs, classes, species, cfg, cal.habitat_radius)
+        sampled = sample_maps(codes, habitat_codes, grid, inputs.surveys)
+    recalibrate = needs_recalibration(cfg.indicators.recalibrate, ds.attrs)
+    cal, species_cal, thresholds = calibrate_on_surveys(
+        cfg, inputs.surveys, sampled, species, classes, groups, thresholds, recalibrate, species_calibration
+    )
     species_version = str(ds.attrs.get("model_version", "unknown"))
     versions = {"species_model": species_version}
     habitat_run = "none"
@@ -446,6 +528,149 @@ def plan_indicators(
         provenance = record.get("attrs", {}) if record else hds.attrs
         versions["habitat_model"] = str(provenance.get("habitat_model_version", "unknown"))
         habitat_run = str(record["run"]) if record else str(hds.attrs.get(RUN_ATTR, "unknown"))
+
+    def job(model: IndicatorModel, output: TileOutput) -> IndicatorTileJob:
+        return IndicatorTileJob(
+            species_url=species_url,
+            species_options=species_options,
+            habitat_url=habitat_url,
+            habitat_options=habitat_options,
+            model=model,
+            species_slot=species_slot,
+            habitat_slot=habitat_slot,
+            output=output,
+        )
+
+    return _plan(
+        cfg,
+        inputs,
+        IndicatorSource(
+            kind=STORE,
+            parts={"source": f"{STORE} {species_run}", "habitat": habitat_run},
+            attrs={
+                "species_store": redact({"u": species_url})["u"],
+                "habitat_store": redact({"u": habitat_url})["u"] if habitat_url else "none",
+            },
+            versions=versions,
+        ),
+        grid=grid,
+        tile=tile,
+        species=species,
+        classes=classes,
+        groups=groups,
+        status_report=status_report,
+        calibration=(cal, species_cal, thresholds),
+        job=job,
+        out_url=out_url,
+        year=year,
+    )
+
+
+STORE, MODEL = "store", "model"  # where a run's species probabilities come from: species.zarr, or the model itself
+SOURCE_ATTR = "indicator_source"
+SOURCES = {
+    STORE: "store: species.zarr (and habitat.zarr) read tile by tile (two-pass)",
+    MODEL: "model: species predicted (and habitats classified) inside each indicator tile task (fused); "
+    "no species.zarr or habitat.zarr",
+}
+
+
+@dataclass(frozen=True)
+class IndicatorSource:
+    """Where a run's probabilities and habitats come from (``kind``: ``store`` or ``model``), the fingerprint parts
+    and store attributes that say so, and the versions of the models behind them."""
+
+    kind: str
+    parts: dict[str, str]
+    attrs: dict[str, str]
+    versions: dict[str, str]
+
+
+def calibrate_on_surveys(
+    cfg: RunConfig,
+    surveys: Plots | None,
+    sampled: tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray] | None,
+    species: list[str],
+    classes: list[str] | None,
+    groups: Mapping[str, np.ndarray],
+    thresholds: np.ndarray | None,
+    recalibrate: bool,
+    given: Calibration | None = None,
+) -> tuple[IntervalCalibration, Calibration | None, np.ndarray | None]:
+    """The intervals' radii from the surveys and the maps' values there (``sampled``: :func:`sample_maps` or
+    :func:`sample_model`, None without surveys); with ``recalibrate``, Platt maps per species fitted on half of
+    the surveys first, or the ``given`` maps (a refresh keeps its first year's, so years stay comparable). Returns
+    the calibration, the species maps (None when none apply) and the thresholds on the probabilities' final scale."""
+    cal = IntervalCalibration()
+    if surveys is None or sampled is None:
+        return (
+            cal,
+            given,
+            thresholds if given is None or thresholds is None else given.apply(thresholds[None, :], axis=1)[0],
+        )
+    p, top, top_p, valid = sampled
+    species_cal = given
+    surveys = surveys.subset(valid)
+    p, observed, folds = p[valid], presence_matrix(surveys, species), _folds(surveys, cfg)
+    truth_class = None
+    if classes is not None and top is not None and top_p is not None:
+        top, top_p = top[valid], top_p[valid]
+        truth_class = np.where(surveys.labelled, class_index(surveys.habitat, classes), -2)
+    rows = np.ones(len(p), dtype=bool)
+    if given is not None:
+        p = given.apply(p, axis=1)
+    elif recalibrate:
+        # half the surveys (alternate spatial folds) fit the species' maps; the other half, never seen by
+        # them, calibrates and tests the intervals
+        fit_rows = folds % 2 == 0
+        species_cal = fit_calibration(p[fit_rows], observed[fit_rows].astype("int8"), "platt")
+        p, rows = species_cal.apply(p, axis=1), ~fit_rows
+    cal = calibrate(
+        p[rows],
+        observed[rows],
+        groups,
+        folds[rows],
+        cfg.indicators.level,
+        top=top[rows] if top is not None else None,
+        top_p=top_p[rows] if top_p is not None else None,
+        truth_class=truth_class[rows] if truth_class is not None else None,
+    )
+    cal.notes.append(f"{int((~valid).sum())} surveys off the map or on no-data cells left out")
+    if given is not None:
+        cal.notes.append("species probabilities through given Platt maps (the series' first year's)")
+    elif species_cal is not None:
+        cal.notes.append(
+            f"species map not calibrated: Platt maps per species ({species_cal.n_calibrated} own, "
+            f"{species_cal.n_shared} pooled) fitted on {int((~rows).sum())} surveys; the intervals are "
+            f"calibrated and tested on the other {int(rows.sum())}"
+        )
+    if species_cal is not None and thresholds is not None:
+        thresholds = species_cal.apply(thresholds[None, :], axis=1)[0]  # the same cut on the new scale
+    return cal, species_cal, thresholds
+
+
+def _plan(
+    cfg: RunConfig,
+    inputs: IndicatorInputs,
+    source: IndicatorSource,
+    *,
+    grid: Grid,
+    tile: int,
+    species: list[str],
+    classes: list[str] | None,
+    groups: dict[str, np.ndarray],
+    status_report: dict[str, Any],
+    calibration: tuple[IntervalCalibration, Calibration | None, np.ndarray | None],
+    job: Callable[[IndicatorModel, TileOutput], IndicatorTileJob | FusedTileJob],
+    out_url: str,
+    year: int | None,
+) -> IndicatorPlan:
+    """What both modes decide alike once the probabilities at the surveys are calibrated: the habitat model, the
+    indicator model, the fingerprint parts (the source's first), the store's attributes, the tile job."""
+    cal, species_cal, thresholds = calibration
+    hab, hab_report = (None, {})
+    if classes is not None:
+        hab, hab_report = habitat_model(inputs, classes, species, cfg, cal.habitat_radius)
     ind = cfg.indicators
     model = IndicatorModel(
         thresholds=thresholds,
@@ -455,12 +680,12 @@ def plan_indicators(
         habitats=hab,
         draws=ind.draws,
         seed=ind.seed,
-        versions=versions,
+        versions=source.versions,
         calibration=species_cal,
+        source=source.kind,
     )
     parts = {
-        "species": species_run,
-        "habitat": habitat_run,
+        **source.parts,
         "tables": _digest(inputs, groups, hab),
         "calibration": json.dumps(
             {k: round(v, 6) for k, v in {**cal.count_radius, "habitat": cal.habitat_radius}.items()}, sort_keys=True
@@ -469,28 +694,92 @@ def plan_indicators(
         "species_calibration": "none" if species_cal is None else fingerprint(species_cal.model_dump(mode="json")),
         "tiling": f"tile={tile}",
     }
-    job = IndicatorTileJob(
-        species_url=species_url,
-        species_options=species_options,
-        habitat_url=habitat_url,
-        habitat_options=habitat_options,
-        model=model,
-        species_slot=species_slot,
-        habitat_slot=habitat_slot,
-        output=TileOutput.of(out_url, parts, storage_options_for(out_url, cfg.store), year=year),
-    )
+    output = TileOutput.of(out_url, parts, storage_options_for(out_url, cfg.store), year=year)
+    species_version = source.versions["species_model"]
     attrs = {
-        "species_store": redact({"u": species_url})["u"],
-        "habitat_store": redact({"u": habitat_url})["u"] if habitat_url else "none",
+        **source.attrs,
+        SOURCE_ATTR: SOURCES[source.kind],
         "species_model_version": species_version,
-        "habitat_model_version": versions.get("habitat_model", "none"),
+        "habitat_model_version": source.versions.get("habitat_model", "none"),
         "model_version": species_version,
         "calibration": json.dumps({"coverage": cal.coverage, "surveys": cal.surveys, "notes": cal.notes}),
         "nominal_level": str(ind.level),
         "species_calibration": species_cal.model_dump_json() if species_cal is not None else "none",
     }
     report = {**status_report, **hab_report}
-    return IndicatorPlan(grid, tile, parts, attrs, job, cal, report, tuple(species))
+    return IndicatorPlan(grid, tile, parts, attrs, job(model, output), cal, report, tuple(species))
+
+
+def plan_fused_indicators(
+    client: Client,
+    cfg: RunConfig,
+    model_url: str,
+    sources: MapSources,
+    habitat_folder: str | None,
+    out_url: str,
+    inputs: IndicatorInputs,
+) -> IndicatorPlan:
+    """The fused mode: the species model (and the habitat classifier in ``habitat_folder``) checked against the
+    run's inputs, the intervals calibrated on the model's values at the surveys (:func:`sample_model`, on the
+    cluster), the run fingerprinted by the model files and inputs rather than by stores."""
+    predictor, spec, model_attrs = plan_predictor(cfg, model_url, sources)
+    where = redact({"u": model_url})["u"]
+    species = [str(s) for s in spec.species]
+    names = [str(s) for s in spec.species_name] if spec.species_name else None
+    # the thresholds species.zarr would hold (jobs.mapping.with_thresholds)
+    thresholds = spec.thresholds.as_arrays()["max_tss"] if spec.thresholds is not None else None
+    groups, status_report = species_groups(inputs, species, names)
+    classifier = classes = None
+    versions = {"species_model": model_attrs["model_version"]}
+    habitat_part, habitat_attrs = "none", {"habitat_model_folder": "none"}
+    if habitat_folder is not None:
+        classifier, plot_model = plan_classifier(cfg, habitat_folder, species, thresholds, f"the model {where}")
+        classes = list(plot_model.classes)
+        versions["habitat_model"] = classifier.version
+        habitat_part = f"{MODEL} {plot_model.version[:12]} {classifier.assemblage} top_k={classifier.top_k}"
+        habitat_attrs = {
+            "habitat_model_folder": redact({"u": habitat_folder})["u"],
+            "assemblage": classifier.assemblage,
+        }
+    grid, tile = predictor.map_grid, cfg.map.tile
+    n_ranks = ranks(len(classes), cfg.habitats.top_k) if classes is not None else 0
+    fused = FusedPredictor(predictor, classifier, len(species), n_ranks)
+    sampled = None
+    if inputs.surveys is not None and len(inputs.surveys):
+        sampled = sample_model(client, fused, grid, tile, inputs.surveys)
+    recalibrate = needs_recalibration(cfg.indicators.recalibrate, {SCALE_ATTR: output_scale(spec)})
+    calibration = calibrate_on_surveys(cfg, inputs.surveys, sampled, species, classes, groups, thresholds, recalibrate)
+    map_parts = run_parts(predictor.model.sha256, cfg, sources)
+    return _plan(
+        cfg,
+        inputs,
+        IndicatorSource(
+            kind=MODEL,
+            parts={
+                "source": f"{MODEL} {predictor.model.sha256[:12]}",
+                "habitat": habitat_part,
+                **{f"map_{k}": v for k, v in map_parts.items() if k != "model"},
+            },
+            attrs={
+                "species_store": "none",
+                "habitat_store": "none",
+                "species_model_file": model_attrs["model_file"],
+                "species_model_sha256": model_attrs["model_sha256"],
+                **habitat_attrs,
+            },
+            versions=versions,
+        ),
+        grid=grid,
+        tile=tile,
+        species=species,
+        classes=classes,
+        groups=groups,
+        status_report=status_report,
+        calibration=calibration,
+        job=lambda model, output: FusedTileJob(fused, model, output),
+        out_url=out_url,
+        year=None,
+    )
 
 
 def needs_recalibration(setting: str, species_attrs: Mapping[str, Any]) -> bool:
@@ -547,9 +836,10 @@ def produce_indicators(
     """Write ``indicators.zarr`` as planned, resuming a store of the same run; another run's only with ``overwrite``."""
     t_start = time.perf_counter()
     out = plan.job.output
+    fused = isinstance(plan.job, FusedTileJob)
     done = produce_tiles(
         client,
-        indicator_tile,
+        fused_indicator_tile if fused else indicator_tile,
         plan.job,
         output=out,
         grid=plan.grid,
@@ -560,7 +850,7 @@ def produce_indicators(
         cfg=cfg,
         attrs=plan.attrs,
         overwrite=overwrite,
-        resources=None,
+        resources=plan.job.fused.resources(client) if isinstance(plan.job, FusedTileJob) else None,
         progress=progress,
         error=IndicatorError,
         year=year,
@@ -634,24 +924,76 @@ def run_indicators(
     from geoplantnet.runtime.cluster import connect
 
     species_url = species_store_url or join(cfg.store.root, "species.zarr")
-    habitat_url = habitat_store_url
-    if habitat_url is None and habitats:
-        default = join(cfg.store.root, "habitat.zarr")
-        habitat_url = default if _exists(default, cfg) else None
-    out_url = out_url or join(cfg.store.root, "indicators.zarr")
-    preflight(out_url, storage_options_for(out_url, cfg.store), product=PRODUCT, overwrite=overwrite)
+    habitat_url = habitat_store_url or (_under_root(cfg, "habitat.zarr") if habitats else None)
+    out_url = _output(cfg, out_url, overwrite)
     plan = plan_indicators(cfg, species_url, habitat_url, out_url, indicator_inputs(cfg, progress=progress))
     with connect(cfg.cluster) as client:
         summary = produce_indicators(client, cfg, plan, overwrite=overwrite, progress=progress)
     if evaluate:
-        from geoplantnet.jobs.indicator_eval import evaluate_indicators
-        from geoplantnet.jobs.inputs import virtual_truth
-
-        truth_species, truth_habitat = virtual_truth(cfg)
-        summary.evaluation = evaluate_indicators(
-            out_url, plan.job.model, list(plan.species), truth_species, truth_habitat
-        )
+        summary.evaluation = _evaluate(cfg, out_url, plan)
     return summary
+
+
+def run_fused_indicators(
+    cfg: RunConfig,
+    model: str | None = None,
+    habitat_model: str | None = None,
+    out_url: str | None = None,
+    *,
+    habitats: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+    evaluate: bool = False,
+) -> IndicatorSummary:
+    """The indicators job in fused mode (``indicators --from-model``): on the configured inputs (nothing configured:
+    the virtual region), the species model ``model`` (or ``map.model``, or the one ``map`` would train and cache)
+    and, unless ``habitats`` is False, the classifier ``habitat_model`` (default ``<store.root>/habitats/model``
+    when it exists) run inside each indicator tile task; only ``out_url`` (default ``<store.root>/indicators.zarr``)
+    is written."""
+    from geoplantnet.jobs.inputs import run_inputs
+    from geoplantnet.runtime.cluster import connect
+
+    model_url = model or cfg.map.model
+    if model_url is None and not cfg.inputs.virtual and cfg.inputs.observations is None:
+        raise IndicatorError(
+            "indicators --from-model needs a species model for your inputs: pass --model FILE (or map.model), or "
+            "--observations FILE (inputs.observations) to train one"
+        )
+    habitat_folder = habitat_model or (_under_root(cfg, "habitats/model") if habitats else None)
+    out_url = _output(cfg, out_url, overwrite)
+    run = run_inputs(cfg, observations=model_url is None, progress=progress)
+    sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
+    tables = indicator_inputs(cfg, progress=progress)
+    with connect(cfg.cluster) as client:
+        if model_url is None:
+            model_url, _ = ensure_model(cfg, run, client)
+        plan = plan_fused_indicators(client, cfg, model_url, sources, habitat_folder, out_url, tables)
+        summary = produce_indicators(client, cfg, plan, overwrite=overwrite, progress=progress)
+    if evaluate:
+        summary.evaluation = _evaluate(cfg, out_url, plan)
+    return summary
+
+
+def _output(cfg: RunConfig, out_url: str | None, overwrite: bool) -> str:
+    """The output store (default ``<store.root>/indicators.zarr``), refused before anything is read when it is a
+    user's folder, a store being written or another product's."""
+    out_url = out_url or join(cfg.store.root, "indicators.zarr")
+    preflight(out_url, storage_options_for(out_url, cfg.store), product=PRODUCT, overwrite=overwrite)
+    return out_url
+
+
+def _evaluate(cfg: RunConfig, out_url: str, plan: IndicatorPlan) -> dict[str, Any]:
+    from geoplantnet.jobs.indicator_eval import evaluate_indicators
+    from geoplantnet.jobs.inputs import virtual_truth
+
+    truth_species, truth_habitat = virtual_truth(cfg)
+    return evaluate_indicators(out_url, plan.job.model, list(plan.species), truth_species, truth_habitat)
+
+
+def _under_root(cfg: RunConfig, name: str) -> str | None:
+    """``<store.root>/<name>`` when it exists (the default habitat input of both modes)."""
+    url = join(cfg.store.root, name)
+    return url if _exists(url, cfg) else None
 
 
 def _exists(url: str, cfg: RunConfig) -> bool:

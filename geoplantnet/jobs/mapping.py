@@ -238,40 +238,67 @@ class TileCompute:
 
 
 @dataclass(frozen=True)
-class TileJob:
-    """Everything a tile task needs besides its tile (sent with each task; items are the only bulky part)."""
+class SpeciesPredictor:
+    """How a tile's species codes are predicted: the model, the inputs, the grids and the compute settings. What
+    :func:`map_tile` and a fused indicator tile (:mod:`geoplantnet.jobs.indicators`) share, so both give the same
+    codes for the same tile."""
 
     model: ModelRef
-    output: TileOutput
     sources: MapSources
     map_grid: Grid
     cube_grid: Grid | None
     compute: TileCompute
+    point_model: bool = False  # a MaxEnt / forest peer: CPU only, never waits for a GPU worker
+
+    def predict(self, tile: Tile) -> tuple[np.ndarray, dict[str, Any]]:
+        """The uint8 codes (species, y, x) of ``tile`` (read its input windows, run the model) and the timings
+        (``read_s``, ``model_s``), device, process and model loads (runs on a worker)."""
+        t0 = time.perf_counter()
+        model, spec, loads = cached_model(self.model, self.compute.device)
+        geom = tile_geometry(spec, tile, self.map_grid, self.cube_grid)
+        patch, env = self.sources.read(spec, geom, self.map_grid, self.cube_grid)
+        t1 = time.perf_counter()
+        if isinstance(spec, PeerSpec):  # MaxEnt / forest: per-pixel feature rows, as at the training points (CPU)
+            device = "cpu"
+            codes = predict_tile_points(model, spec, geom, patch, env)
+        else:
+            device = next(model.parameters()).device
+            codes = predict_tile(
+                model,
+                spec,
+                geom,
+                patch,
+                env,
+                budget_bytes=default_budget(device, self.compute.batch_mb, self.compute.cpu_batch_mb),
+                mixed_precision=self.compute.mixed_precision,
+            )
+        t2 = time.perf_counter()
+        info = {"read_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "device": str(device), "pid": os.getpid()}
+        return codes, {**info, "model_loads": loads}
+
+    def resources(self, client: Client) -> dict[str, float] | None:
+        """The resources a tile task of this predictor asks for (checked to exist), with the per-worker model cache
+        registered: a GPU when the cluster has them, nothing for a point-value peer."""
+        resources = None if self.point_model else task_resources(client)
+        if resources:
+            require_resources(client, resources)
+        client.register_plugin(WorkerCachePlugin())
+        return resources
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """Everything a map tile task needs besides its tile (sent with each task; items are the only bulky part)."""
+
+    predictor: SpeciesPredictor
+    output: TileOutput
 
 
 def map_tile(job: TileJob, tile: Tile) -> dict[str, Any]:
     """Read, predict and write one tile; returns its timings (runs on a worker)."""
-    t0 = time.perf_counter()
-    model, spec, loads = cached_model(job.model, job.compute.device)
-    geom = tile_geometry(spec, tile, job.map_grid, job.cube_grid)
-    patch, env = job.sources.read(spec, geom, job.map_grid, job.cube_grid)
-    t1 = time.perf_counter()
-    if isinstance(spec, PeerSpec):  # MaxEnt / forest: per-pixel feature rows, as at the training points (CPU)
-        device = "cpu"
-        codes = predict_tile_points(model, spec, geom, patch, env)
-    else:
-        device = next(model.parameters()).device
-        codes = predict_tile(
-            model,
-            spec,
-            geom,
-            patch,
-            env,
-            budget_bytes=default_budget(device, job.compute.batch_mb, job.compute.cpu_batch_mb),
-            mixed_precision=job.compute.mixed_precision,
-        )
+    codes, info = job.predictor.predict(tile)
     t2 = time.perf_counter()
-    info = {"read_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "device": str(device), "pid": os.getpid()}
+    loads = info.pop("model_loads")
     out = job.output
     tile_store.write_tile(
         out.url, "probability", tile, codes, run=out.run, info=info, storage_options=out.storage_options
@@ -378,15 +405,12 @@ def produce_map(
     t_start = time.perf_counter()
     # the model read and checked against the inputs, the run fingerprinted: nothing written yet
     plan = plan or plan_map(cfg, model_url, sources, store_url, year)
-    # a point-value peer runs on CPU: it never waits for a GPU worker
-    resources = None if isinstance(plan.spec, PeerSpec) else task_resources(client)
-    if resources:
-        require_resources(client, resources)
-    client.register_plugin(WorkerCachePlugin())
+    resources = plan.job.predictor.resources(client)
     out = plan.job.output
+    grid = plan.job.predictor.map_grid
     layout = with_thresholds(
         *tile_store.species_template(
-            plan.job.map_grid, plan.spec.species, plan.spec.species_name, cfg.map.tile, cfg.map.species_chunk
+            grid, plan.spec.species, plan.spec.species_name, cfg.map.tile, cfg.map.species_chunk
         ),
         plan.spec,
     )
@@ -395,7 +419,7 @@ def produce_map(
         map_tile,
         plan.job,
         output=out,
-        grid=plan.job.map_grid,
+        grid=grid,
         tile=cfg.map.tile,
         layout=layout,
         product="species",
@@ -490,20 +514,22 @@ class MapPlan:
     job: TileJob
 
 
-def plan_map(cfg: RunConfig, model_url: str, sources: MapSources, store_url: str, year: int | None = None) -> MapPlan:
-    """Read the model, check the run's inputs against it, and fingerprint the run (:func:`run_parts`); with ``year``
-    the run writes that year of a series (``geoplantnet refresh``)."""
+def plan_predictor(
+    cfg: RunConfig, model_url: str, sources: MapSources
+) -> tuple[SpeciesPredictor, ModelSpec | PeerSpec, dict[str, str]]:
+    """Read the model and check the run's inputs against it: the predictor tile tasks carry (pinned by the model
+    file's sha256), the model's spec and the attributes naming it (``model_file``, ``model_sha256``,
+    ``model_version``, ``model_spec``)."""
     _, spec, raw = read_model(model_url)
     check_inputs(spec, sources, cfg)
     sha = hashlib.sha256(raw).hexdigest()
-    parts = run_parts(sha, cfg, sources)
-    job = TileJob(
+    predictor = SpeciesPredictor(
         model=ModelRef(model_url, sha),
-        output=TileOutput.of(store_url, parts, storage_options_for(store_url, cfg.store), year=year),
         sources=sources,
         map_grid=cfg.grid.grid(),
         cube_grid=cfg.grid.grid(cfg.cube.resolution) if sources.s2_items else None,
         compute=TileCompute.of(cfg.map),
+        point_model=isinstance(spec, PeerSpec),
     )
     attrs = {
         "model_file": redact({"url": model_url})["url"],
@@ -513,12 +539,21 @@ def plan_map(cfg: RunConfig, model_url: str, sources: MapSources, store_url: str
         # the composite periods the tiles are read on: a refresh maps later years on the same periods, shifted
         "seasons": json.dumps([str(t) for t in np.asarray(sources.seasons or (), dtype="datetime64[D]")]),
     }
-    return MapPlan(spec, parts, attrs, job)
+    return predictor, spec, attrs
+
+
+def plan_map(cfg: RunConfig, model_url: str, sources: MapSources, store_url: str, year: int | None = None) -> MapPlan:
+    """Read the model, check the run's inputs against it, and fingerprint the run (:func:`run_parts`); with ``year``
+    the run writes that year of a series (``geoplantnet refresh``)."""
+    predictor, spec, attrs = plan_predictor(cfg, model_url, sources)
+    parts = run_parts(predictor.model.sha256, cfg, sources)
+    output = TileOutput.of(store_url, parts, storage_options_for(store_url, cfg.store), year=year)
+    return MapPlan(spec, parts, attrs, TileJob(predictor, output))
 
 
 def _summary(plan: MapPlan, done: TiledRun, resources: dict[str, float] | None, seconds: float) -> MapSummary:
     results = done.results
-    grid = plan.job.map_grid
+    grid = plan.job.predictor.map_grid
     return MapSummary(
         store=plan.job.output.url,
         run=plan.job.output.run,

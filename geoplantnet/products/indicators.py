@@ -70,6 +70,9 @@ class IndicatorModel:
     seed: int = 0
     versions: Mapping[str, str] = field(default_factory=dict)
     calibration: Calibration | None = None  # per-species maps applied to the store's probabilities first
+    # where the probabilities come from: "store" (species.zarr read, two-pass) or "model" (predicted in the tile
+    # task, fused); both give the same values, the store says which made it
+    source: str = "store"
 
     def variables(self) -> list[str]:
         """The names of the variables this model writes, in store order."""
