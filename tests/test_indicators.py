@@ -115,6 +115,9 @@ def test_indicator_rows_by_hand() -> None:
     np.testing.assert_allclose(out["invasive_upper"], [0.1 + 1.6449 * 0.3, 0.2 + 1.6449 * 0.4])  # uncalibrated
     np.testing.assert_allclose(out["richness_thresholded"], [1, 1])  # 0.9>=0.5, 0.5<0.6, NaN never / only 0.2>=0.1
     np.testing.assert_allclose(out["threatened_thresholded"], [1, 0])
+    np.testing.assert_allclose(out["invasive_any"], [0.1, 0.2])  # one invasive species
+    np.testing.assert_allclose(out["threatened_any"], [0.9, 0.2])
+    assert "richness_any" not in out
     q = np.array([0.9, 0.5, 0.1]) / 1.5
     assert out["shannon"][0] == pytest.approx(-(q * np.log(q)).sum())
     assert out["shannon"][1] == pytest.approx(np.log(4))

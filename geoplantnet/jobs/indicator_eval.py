@@ -70,6 +70,8 @@ def score_indicators(store: xr.Dataset, truth: dict[str, np.ndarray], model: Ind
         row = {"expected": _errors(flat(f"{g}_expected"), t), **_coverage(flat(f"{g}_lower"), flat(f"{g}_upper"), t)}
         if f"{g}_thresholded" in store:
             row["thresholded"] = _errors(flat(f"{g}_thresholded"), t)
+        if f"{g}_any" in store:
+            row["any"] = _errors(flat(f"{g}_any"), truth[f"{g}_any"])
         out[g] = row
     for name in CONTINUOUS:
         if name in store:

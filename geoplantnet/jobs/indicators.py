@@ -693,6 +693,7 @@ def _plan(
         "settings": f"level={ind.level} draws={ind.draws} seed={ind.seed}",
         "species_calibration": "none" if species_cal is None else fingerprint(species_cal.model_dump(mode="json")),
         "tiling": f"tile={tile}",
+        "variables": fingerprint(model.variables())[:16],  # a new indicator is a new layout, never a resume
     }
     output = TileOutput.of(out_url, parts, storage_options_for(out_url, cfg.store), year=year)
     species_version = source.versions["species_model"]

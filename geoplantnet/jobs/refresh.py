@@ -111,12 +111,20 @@ class SeriesOrigin:
         return [np.datetime64(pd.Timestamp(t) + shift, "ns") for t in self.seasons]
 
 
+def _series_attrs(url: str, cfg: RunConfig) -> Mapping[str, Any] | None:
+    """The root attrs of the series at ``url`` (None: nothing there yet). Read raw: a series whose first year was
+    interrupted has no complete year, and the refresh completing it must still find its records."""
+    if not _exists(url, cfg):
+        return None
+    return dict(zarr.open_group(zarr_store(url, storage_options_for(url, cfg.store)), mode="r").attrs)
+
+
 def series_origin(cfg: RunConfig, species_url: str) -> SeriesOrigin | None:
     """The first complete year of the species series (None: no series yet)."""
-    if not _exists(species_url, cfg):
+    attrs = _series_attrs(species_url, cfg)
+    if attrs is None:
         return None
-    ds = open_store(species_url, storage_options=storage_options_for(species_url, cfg.store))
-    records = year_records(ds.attrs)
+    records = year_records(attrs)
     complete = [y for y in sorted(records) if records[y].get("completed")]
     if not complete:
         return None
@@ -129,9 +137,10 @@ def first_species_calibration(cfg: RunConfig, url: str, year: int) -> Any:
     year): later years reuse them, so a difference between years is never a difference of calibrations."""
     from geoplantnet.models.calibration import Calibration
 
-    if not _exists(url, cfg):
+    attrs = _series_attrs(url, cfg)
+    if attrs is None:
         return None
-    records = year_records(open_store(url, storage_options=storage_options_for(url, cfg.store)).attrs)
+    records = year_records(attrs)
     complete = [y for y in sorted(records) if records[y].get("completed") and y != year]
     if not complete:
         return None
@@ -141,10 +150,10 @@ def first_species_calibration(cfg: RunConfig, url: str, year: int) -> Any:
 
 def previous_year(url: str, cfg: RunConfig, year: int) -> int | None:
     """The latest complete year before ``year`` of the series at ``url`` (None: nothing earlier)."""
-    if not _exists(url, cfg):
+    attrs = _series_attrs(url, cfg)
+    if attrs is None:
         return None
-    ds = open_store(url, storage_options=storage_options_for(url, cfg.store))
-    earlier = [int(y) for y in ds["year"].values if int(y) < year] if "year" in ds.dims else []
+    earlier = [y for y, r in year_records(attrs).items() if r.get("completed") and y < year]
     return max(earlier) if earlier else None
 
 

@@ -6,7 +6,8 @@ Definitions (docs/indicators.md has the reasoning and the references):
   (every species), ``invasive``, ``threatened``, ``protected`` (status tables); ``<group>_lower``/``_upper``: the
   split-conformal interval of the count a survey plot there would find (:mod:`geoplantnet.validation.conformal`),
   or the Poisson-binomial normal interval when no plots calibrated it.
-- ``<group>_thresholded``: species of the group at or above their ``threshold_max_tss``.
+- ``<group>_thresholded``: species of the group at or above their ``threshold_max_tss``; ``<group>_any`` (not for
+  richness): the probability that at least one species of the group is present, ``1 - prod(1 - p)``.
 - ``shannon``: Shannon diversity of the expected assemblage (``-sum q ln q``, ``q = p / sum p``).
 - ``threatened_habitat``: the predicted habitat is on the European Red List as VU, EN or CR;
   ``habitat_red_list``: its category; ``habitat_set_size``: size of the conformal habitat set;
@@ -79,6 +80,8 @@ class IndicatorModel:
         out: list[str] = []
         for g in self.groups:
             out += [f"{g}_expected", f"{g}_lower", f"{g}_upper"]
+            if g != "richness":
+                out.append(f"{g}_any")
             if self.thresholds is not None:
                 out.append(f"{g}_thresholded")
         out += ["shannon", "shannon_lower", "shannon_upper"]
@@ -144,6 +147,9 @@ def indicator_rows(
         mu, var = count_moments(p, mask)
         lo, hi = _interval(mu, var, model.count_radius.get(g, np.nan), model.level)
         out[f"{g}_expected"], out[f"{g}_lower"], out[f"{g}_upper"] = mu, lo, hi
+        if g != "richness":  # presence without thresholds: at least one of the group, occurrences independent
+            with np.errstate(divide="ignore"):
+                out[f"{g}_any"] = 1.0 - np.exp(np.log1p(-np.clip(p, 0.0, 1.0)) @ mask.astype("float64"))
         if model.thresholds is not None:
             present = p >= np.where(np.isnan(model.thresholds), np.inf, model.thresholds)
             out[f"{g}_thresholded"] = (present & mask).sum(axis=1).astype("float64")
@@ -235,7 +241,7 @@ def describe(name: str, model: IndicatorModel) -> dict[str, Any]:
         "threatened": "threatened species (IUCN VU, EN or CR, or flagged threatened in the status table)",
         "protected": "protected species (status table and/or Habitats Directive annexes)",
     }
-    if group in what and part in ("expected", "lower", "upper", "thresholded"):
+    if group in what and part in ("expected", "lower", "upper", "thresholded", "any"):
         radius = model.count_radius.get(group, np.nan)
         calibrated = (
             f"split-conformal radius q={radius:.3f} (normalised residual |observed - expected| / (sd + 1)) "
@@ -247,6 +253,10 @@ def describe(name: str, model: IndicatorModel) -> dict[str, Any]:
             "expected": (f"expected number of {what[group]}", "sum of the calibrated probabilities of the group"),
             "lower": (f"lower bound of the {level} interval of the number of {what[group]}", calibrated),
             "upper": (f"upper bound of the {level} interval of the number of {what[group]}", calibrated),
+            "any": (
+                f"probability that at least one of the {what[group]} is present",
+                "1 - prod(1 - p) over the group (occurrences taken as independent); needs no threshold",
+            ),
             "thresholded": (
                 f"number of {what[group]} predicted present",
                 "species at or above their threshold_max_tss (species without a threshold never count)",
