@@ -148,8 +148,8 @@ def indicator_rows(
         lo, hi = _interval(mu, var, model.count_radius.get(g, np.nan), model.level)
         out[f"{g}_expected"], out[f"{g}_lower"], out[f"{g}_upper"] = mu, lo, hi
         if g != "richness":  # presence without thresholds: at least one of the group, occurrences independent
-            with np.errstate(divide="ignore"):
-                out[f"{g}_any"] = 1.0 - np.exp(np.log1p(-np.clip(p, 0.0, 1.0)) @ mask.astype("float64"))
+            # p is capped just below 1: log(0) = -inf times a species outside the group (0) would be NaN
+            out[f"{g}_any"] = 1.0 - np.exp(np.log1p(-np.clip(p, 0.0, 1.0 - 1e-12)) @ mask.astype("float64"))
         if model.thresholds is not None:
             present = p >= np.where(np.isnan(model.thresholds), np.inf, model.thresholds)
             out[f"{g}_thresholded"] = (present & mask).sum(axis=1).astype("float64")
