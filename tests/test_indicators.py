@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -112,7 +113,10 @@ def test_indicator_rows_by_hand() -> None:
     sd = np.sqrt([0.09 + 0.25 + 0.09, 4 * 0.16])
     np.testing.assert_allclose(out["richness_upper"], [1.5, 0.8] + 2 * (sd + 1))
     np.testing.assert_allclose(out["richness_lower"], np.maximum([1.5, 0.8] - 2 * (sd + 1), 0))
-    np.testing.assert_allclose(out["invasive_upper"], [0.1 + 1.6449 * 0.3, 0.2 + 1.6449 * 0.4])  # uncalibrated
+    z = 1.6448536  # uncalibrated: the normal quantile of the level
+    np.testing.assert_allclose(out["invasive_upper"], [0.1 + z * 0.3, 0.2 + z * 0.4], rtol=1e-6)
+    few = indicator_rows(p, replace(model, count_radius={"richness": float("inf")}, habitats=None))
+    assert (few["richness_upper"] == np.inf).all() and (few["richness_lower"] == 0).all()  # too few surveys
     np.testing.assert_allclose(out["richness_thresholded"], [1, 1])  # 0.9>=0.5, 0.5<0.6, NaN never / only 0.2>=0.1
     np.testing.assert_allclose(out["threatened_thresholded"], [1, 0])
     np.testing.assert_allclose(out["invasive_any"], [0.1, 0.2])  # one invasive species

@@ -576,6 +576,11 @@ def _redact_url(text: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def redact_text(text: str) -> str:
+    """A sentence (a log line, a note) with every URL in it stripped of credentials (:func:`redact`)."""
+    return " ".join(_redact_url(word) for word in text.split(" "))
+
+
 def redact(value: Any, *, _key: str = "", _storage: bool = False) -> Any:
     """``value`` (a configuration tree) with credentials replaced by ``<redacted>``: every storage option except
     a few public ones (endpoint, region), any setting whose name looks like a credential, URL userinfo and signed

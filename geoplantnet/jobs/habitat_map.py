@@ -185,8 +185,13 @@ def open_species_year(url: str, options: dict[str, Any], year: int | None) -> tu
     (None without a year axis) and the run that wrote it."""
     ds = open_species_store(url, options)
     slot = complete_slot(url, ds.attrs, year)
-    run = str(ds.attrs.get(RUN_ATTR, "unknown")) if year is None else str(year_records(ds.attrs)[int(year)]["run"])
-    return year_view(ds, year), slot, run
+    if year is None:
+        return ds, slot, str(ds.attrs.get(RUN_ATTR, "unknown"))
+    record = year_records(ds.attrs)[int(year)]
+    view = year_view(ds, year)
+    # the root's provenance is the last writer's (any year): the year's own record says what made this year
+    view.attrs = {**ds.attrs, **record.get("attrs", {})}
+    return view, slot, str(record["run"])
 
 
 def store_epsg(ds: Any, default: int) -> int:

@@ -17,6 +17,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ import xarray as xr
 import zarr
 from distributed import Client
 
-from geoplantnet.core.config import RunConfig, redact
+from geoplantnet.core.config import ConfigError, RunConfig, redact
 from geoplantnet.core.errors import GeoplantnetError, InputError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.core.hashing import fingerprint
@@ -59,6 +60,7 @@ from geoplantnet.storage.store import (
     PRODUCT_ATTR,
     RUN_ATTR,
     StoreError,
+    exists,
     join,
     open_store,
     preflight,
@@ -298,12 +300,17 @@ def _sampled(p: np.ndarray, top: np.ndarray | None, on_map: np.ndarray) -> np.nd
     return valid
 
 
-def _folds(plots: Plots, cfg: RunConfig) -> np.ndarray:
+def survey_folds(plots: Plots, cfg: RunConfig, folds: int, notes: list[str]) -> np.ndarray:
+    """Spatial-block folds of the surveys (``indicators.block_size``); random folds, said in ``notes``, when the
+    surveys fill too few blocks (random folds put neighbours on both sides: coverage reads optimistic)."""
     ind = cfg.indicators
     try:
-        return spatial_blocks(plots.x, plots.y, ind.block_size, ind.folds, seed=ind.seed)
-    except InputError:  # too few blocks for the folds: random folds, and the report says so
-        return np.random.default_rng(ind.seed).integers(0, ind.folds, len(plots))
+        return spatial_blocks(plots.x, plots.y, ind.block_size, folds, seed=ind.seed)
+    except InputError:
+        notes.append(
+            f"surveys fill fewer than {folds} blocks of {ind.block_size:g} m: random folds (coverage optimistic)"
+        )
+        return np.random.default_rng(ind.seed).integers(0, folds, len(plots))
 
 
 def calibrate(
@@ -610,39 +617,43 @@ def calibrate_on_surveys(
         )
     p, top, top_p, valid = sampled
     species_cal = given
+    notes: list[str] = []
     surveys = surveys.subset(valid)
-    p, observed, folds = p[valid], presence_matrix(surveys, species), _folds(surveys, cfg)
+    p, observed = p[valid], presence_matrix(surveys, species)
     truth_class = None
     if classes is not None and top is not None and top_p is not None:
         top, top_p = top[valid], top_p[valid]
         truth_class = np.where(surveys.labelled, class_index(surveys.habitat, classes), -2)
     rows = np.ones(len(p), dtype=bool)
-    if given is not None:
-        p = given.apply(p, axis=1)
-    elif recalibrate:
-        # half the surveys (alternate spatial folds) fit the species' maps; the other half, never seen by
-        # them, calibrates and tests the intervals
-        fit_rows = folds % 2 == 0
-        species_cal = fit_calibration(p[fit_rows], observed[fit_rows].astype("int8"), "platt")
+    if given is not None or recalibrate:
+        # two spatial halves: one fits the species' Platt maps, the other (never seen by them) calibrates and tests
+        # the intervals; deterministic, so a later year given the first year's maps keeps the same held-out half
+        fit_rows = survey_folds(surveys, cfg, 2, notes) == 0
+        if given is None:
+            species_cal = fit_calibration(p[fit_rows], observed[fit_rows].astype("int8"), "platt")
         p, rows = species_cal.apply(p, axis=1), ~fit_rows
+    held = surveys.subset(rows)
     cal = calibrate(
         p[rows],
         observed[rows],
         groups,
-        folds[rows],
+        survey_folds(held, cfg, cfg.indicators.folds, notes),
         cfg.indicators.level,
         top=top[rows] if top is not None else None,
         top_p=top_p[rows] if top_p is not None else None,
         truth_class=truth_class[rows] if truth_class is not None else None,
     )
-    cal.notes.append(f"{int((~valid).sum())} surveys off the map or on no-data cells left out")
+    cal.notes += [f"{int((~valid).sum())} surveys off the map or on no-data cells left out", *notes]
     if given is not None:
-        cal.notes.append("species probabilities through given Platt maps (the series' first year's)")
+        cal.notes.append(
+            f"species probabilities through given Platt maps (the series' first year's); the intervals are "
+            f"calibrated and tested on the {int(rows.sum())} surveys of the half those maps were not fitted on"
+        )
     elif species_cal is not None:
         cal.notes.append(
             f"species map not calibrated: Platt maps per species ({species_cal.n_calibrated} own, "
-            f"{species_cal.n_shared} pooled) fitted on {int((~rows).sum())} surveys; the intervals are "
-            f"calibrated and tested on the other {int(rows.sum())}"
+            f"{species_cal.n_shared} pooled) fitted on {int((~rows).sum())} surveys (one spatial half); the "
+            f"intervals are calibrated and tested on the other {int(rows.sum())}"
         )
     if species_cal is not None and thresholds is not None:
         thresholds = species_cal.apply(thresholds[None, :], axis=1)[0]  # the same cut on the new scale
@@ -797,6 +808,7 @@ def _digest(inputs: IndicatorInputs, groups: Mapping[str, np.ndarray], hab: Habi
     if hab is not None:
         parts["red_list"] = hab.red_list.tolist()
         parts["typical"] = [np.flatnonzero(t).tolist() for t in hab.typical]
+        parts["reference"] = [None if not np.isfinite(r) else round(float(r), 6) for r in hab.reference]
     return fingerprint(parts)[:16]
 
 
@@ -890,6 +902,11 @@ def indicator_inputs(cfg: RunConfig, *, progress: bool = False, year: int | None
     if ind.plots is not None:
         from geoplantnet.samples.plots import read_plots
 
+        if cfg.habitats.plots is not None and Path(ind.plots).resolve() == Path(cfg.habitats.plots).resolve():
+            raise ConfigError(
+                f"indicators.plots {ind.plots} is the habitat classifier's training table (habitats.plots): the "
+                "intervals need surveys no model saw"
+            )
         surveys = read_plots(ind.plots, cfg.habitats)
     if cfg.habitats.plots is not None:
         from geoplantnet.samples.plots import read_plots
@@ -994,11 +1011,4 @@ def _evaluate(cfg: RunConfig, out_url: str, plan: IndicatorPlan) -> dict[str, An
 def _under_root(cfg: RunConfig, name: str) -> str | None:
     """``<store.root>/<name>`` when it exists (the default habitat input of both modes)."""
     url = join(cfg.store.root, name)
-    return url if _exists(url, cfg) else None
-
-
-def _exists(url: str, cfg: RunConfig) -> bool:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, cfg.store))
-    return bool(fs.exists(path))
+    return url if exists(url, storage_options_for(url, cfg.store)) else None

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from geoplantnet.core.config import ConfigError, RunConfig, redact
+from geoplantnet.core.config import ConfigError, RunConfig, redact, redact_text
 from geoplantnet.core.errors import GeoplantnetError, RefusedError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.jobs.tiled import TileOutput, produce_tiles
@@ -39,6 +39,7 @@ from geoplantnet.products.changes import (
 from geoplantnet.storage.store import (
     PRODUCT_ATTR,
     YEARS_ATTR,
+    exists,
     join,
     open_store,
     preflight,
@@ -76,10 +77,7 @@ def series_urls(cfg: RunConfig) -> dict[str, str]:
 
 
 def _exists(url: str, cfg: RunConfig) -> bool:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, cfg.store))
-    return bool(fs.exists(path))
+    return exists(url, storage_options_for(url, cfg.store))
 
 
 def check_series(cfg: RunConfig, urls: Mapping[str, str], overwrite: bool) -> None:
@@ -119,6 +117,26 @@ def _series_attrs(url: str, cfg: RunConfig) -> Mapping[str, Any] | None:
     return dict(zarr.open_group(zarr_store(url, storage_options_for(url, cfg.store)), mode="r").attrs)
 
 
+def habitat_classifier(cfg: RunConfig, urls: Mapping[str, str], series: bool) -> tuple[str, bool]:
+    """The habitat classifier folder and whether this refresh maps habitats: once a series exists its answer is
+    the series' (a habitat series needs its classifier every year; a series without one stays without), else
+    whether the classifier is there. A configured folder that holds no classifier is refused."""
+    configured = cfg.refresh.habitat_model
+    folder = configured or join(cfg.store.root, "habitats/model")
+    found = _exists(join(folder, "geoplantnet.json"), cfg)
+    if configured and not found:
+        raise ConfigError(f"refresh.habitat_model {configured}: no habitat classifier there (no geoplantnet.json)")
+    if not series:
+        return folder, found
+    mapped = _exists(urls["habitat"], cfg)
+    if mapped and not found:
+        raise RefreshError(
+            f"the series maps habitats ({redact({'u': urls['habitat']})['u']}) but {folder} holds no "
+            "classifier: set refresh.habitat_model"
+        )
+    return folder, mapped
+
+
 def series_origin(cfg: RunConfig, species_url: str) -> SeriesOrigin | None:
     """The first complete year of the species series (None: no series yet)."""
     attrs = _series_attrs(species_url, cfg)
@@ -132,9 +150,10 @@ def series_origin(cfg: RunConfig, species_url: str) -> SeriesOrigin | None:
     return SeriesOrigin(complete[0], attrs.get("model_file"), tuple(json.loads(attrs.get("seasons", "[]"))))
 
 
-def first_species_calibration(cfg: RunConfig, url: str, year: int) -> Any:
-    """The species calibration maps the indicator series' first year fitted (None: none, or this is the first
-    year): later years reuse them, so a difference between years is never a difference of calibrations."""
+def first_species_calibration(cfg: RunConfig, url: str, year: int, model_version: str) -> Any:
+    """The species calibration maps the indicator series' first year fitted for the same species model (None:
+    none, another model, or this is the first year): later years reuse them, so a difference between years is never
+    a difference of calibrations."""
     from geoplantnet.models.calibration import Calibration
 
     attrs = _series_attrs(url, cfg)
@@ -144,8 +163,11 @@ def first_species_calibration(cfg: RunConfig, url: str, year: int) -> Any:
     complete = [y for y in sorted(records) if records[y].get("completed") and y != year]
     if not complete:
         return None
-    saved = records[complete[0]].get("attrs", {}).get("species_calibration", "none")
-    return None if saved == "none" else Calibration.model_validate_json(saved)
+    first = records[complete[0]].get("attrs", {})
+    saved = first.get("species_calibration", "none")
+    if saved == "none" or first.get("species_model_version") != model_version:
+        return None  # a new model is calibrated afresh (its probabilities are on another scale)
+    return Calibration.model_validate_json(saved)
 
 
 def previous_year(url: str, cfg: RunConfig, year: int) -> int | None:
@@ -257,11 +279,6 @@ def plan_changes(cfg: RunConfig, urls: Mapping[str, str], year: int, previous: i
 # -- the run
 
 
-def _tile_size(url: str, cfg: RunConfig) -> int:
-    raw = zarr.open_group(zarr_store(url, storage_options_for(url, cfg.store)), mode="r")["probability"]
-    return int((raw.shards or raw.chunks)[-1])
-
-
 def run_refresh(
     cfg: RunConfig,
     year: int,
@@ -285,11 +302,11 @@ def run_refresh(
     cfg_y = year_config(cfg, year)
     urls = series_urls(cfg)
     check_series(cfg, urls, overwrite)
-    report_dir = Path(cfg.store.root) / "refresh" / str(year)
-    habitat_model = cfg.refresh.habitat_model or join(cfg.store.root, "habitats/model")
-    habitats = _exists(join(habitat_model, "geoplantnet.json"), cfg)
+    report_dir = summary_folder(cfg, year)
     origin = series_origin(cfg, urls["species"])
-    model_url = model or cfg.map.model or (origin.model if origin else None)
+    habitat_model, habitats = habitat_classifier(cfg, urls, origin is not None)
+    # the series' model first: every year is mapped with the one its first year used, unless --model says otherwise
+    model_url = model or (origin.model if origin else None) or cfg.map.model
     inputs = run_inputs(cfg_y, observations=model_url is None, progress=progress)
     if not inputs.s2_items and cfg.inputs.virtual:
         raise RefreshError(f"no Sentinel-2 items in {year}: the virtual region's years are set by sim.start/sim.years")
@@ -331,7 +348,7 @@ def run_refresh(
             urls["indicators"],
             indicator_inputs(cfg_y, progress=progress, year=year),
             year,
-            first_species_calibration(cfg, urls["indicators"], year),
+            first_species_calibration(cfg, urls["indicators"], year, plan.attrs["model_version"]),
         )
         ind = produce_indicators(client, cfg_y, iplan, overwrite=overwrite, progress=progress, year=year)
         steps["indicators"] = {
@@ -383,7 +400,7 @@ def run_refresh(
         "tiles": species.tiles,
         "steps": steps,
         "change": change,
-        "inputs": inputs.notes,
+        "inputs": [redact_text(note) for note in inputs.notes],
     }
     if change is not None:
         summary["changes"] = describe_changes(cfg, urls["changes"], year, iplan.grid, iplan.tile)
@@ -479,8 +496,7 @@ def evaluate_refresh(cfg: RunConfig, urls: Mapping[str, str], year: int, iplan: 
             "changed_pixels": change_errors(delta[truth > 0], true_delta[truth > 0]),
         }
         scores["recall_by_kind"] = {}
-        kinds = dict(zip(open_store_flags(cfg), range(1, 10), strict=False))
-        for name, code in kinds.items():
+        for name, code in true_change_kinds(cfg, year).items():
             mask = truth == code
             if mask.any():
                 scores["recall_by_kind"][name] = round(float((changed[mask] == 1).mean()), 4)
@@ -504,20 +520,45 @@ def change_errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     }
 
 
-def open_store_flags(cfg: RunConfig) -> list[str]:
-    """The change kinds of the virtual truth (its flag meanings after ``no_change``)."""
+def true_change_kinds(cfg: RunConfig, year: int) -> dict[str, int]:
+    """The virtual truth's change kinds and codes (its ``flag_meanings`` / ``flag_values``; no-change left out)."""
     from geoplantnet.jobs.inputs import virtual_changes
 
-    meanings = str(virtual_changes(cfg, cfg.sim.calendar_years[-1]).attrs.get("flag_meanings", "")).split()
-    return meanings[1:]
+    attrs = virtual_changes(cfg, year).attrs
+    pairs = zip(str(attrs.get("flag_meanings", "")).split(), attrs.get("flag_values", []), strict=False)
+    return {name: int(code) for name, code in pairs if int(code) != 0}
+
+
+SUMMARY_FILES = ("summary.json", "report.md", "changes.png")
+
+
+def summary_folder(cfg: RunConfig, year: int) -> Path:
+    """``<store.root>/refresh/<year>``, refused when it holds anything but a refresh summary (a user's files); an
+    earlier summary of the year is removed before the run, so an interrupted run never leaves one that looks like
+    this run's."""
+    folder = Path(cfg.store.root) / "refresh" / str(year)
+    if folder.exists():
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in SUMMARY_FILES)
+        if not folder.is_dir() or foreign:
+            raise RefusedError(f"{folder} holds {foreign[:3] or 'a file'}: not a refresh summary; refusing to write")
+        for name in SUMMARY_FILES:
+            (folder / name).unlink(missing_ok=True)
+    return folder
 
 
 def write_summary(summary: Mapping[str, Any], folder: Path, cfg: RunConfig, urls: Mapping[str, str], year: int) -> None:
-    """``summary.json``, ``report.md`` and ``changes.png`` of a refresh."""
+    """``summary.json``, ``report.md`` and ``changes.png`` of a refresh, each written beside its name and renamed
+    into place (the JSON last: its presence says the summary is whole)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (folder / "report.md").write_text(markdown(summary))
-    plot_changes(cfg, urls, year, summary, folder / "changes.png")
+
+    def place(name: str, write: Any) -> None:
+        tmp = folder / f".{name}.partial"
+        write(tmp)
+        tmp.replace(folder / name)
+
+    place("report.md", lambda path: path.write_text(markdown(summary)))
+    place("changes.png", lambda path: plot_changes(cfg, urls, year, summary, path))
+    place("summary.json", lambda path: path.write_text(json.dumps(summary, indent=2, default=str)))
 
 
 def markdown(summary: Mapping[str, Any]) -> str:
@@ -609,5 +650,5 @@ def plot_changes(cfg: RunConfig, urls: Mapping[str, str], year: int, summary: Ma
         ax.set_axis_off()
         fig.colorbar(im, ax=ax, shrink=0.7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

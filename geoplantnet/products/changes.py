@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from geoplantnet.core.encoding import SCALE
 from geoplantnet.core.grid import Grid
 from geoplantnet.storage.tiles import tiled_variable
 from geoplantnet.validation.conformal import class_sets
@@ -69,7 +70,9 @@ def robust_noise(delta: np.ndarray) -> tuple[float, float]:
     if d.size == 0:
         return 0.0, float("nan")
     med = float(np.median(d))
-    return med, float(np.quantile(np.abs(d - med), NOISE_QUANTILE) / NOISE_SCALE)
+    # never below one step of the uint8 probability codes: where most pixels repeat the same code in both years the
+    # quantile is 0, and every one-code wobble would read as change
+    return med, max(float(np.quantile(np.abs(d - med), NOISE_QUANTILE) / NOISE_SCALE), 1.0 / SCALE)
 
 
 def fit_change_model(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,6 @@ GROUPS = ("richness", "invasive", "threatened", "protected")
 RED_LIST = ("LC", "NT", "VU", "EN", "CR", "CO", "DD", "NE")
 THREATENED_CATEGORIES = ("VU", "EN", "CR")
 NO_FLAG = -1
-NORMAL_Z = {0.8: 1.2816, 0.9: 1.6449, 0.95: 1.96, 0.99: 2.5758}
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,11 @@ def health(presence: np.ndarray, habitat: np.ndarray, invasive: np.ndarray, mode
 
 
 def _interval(expected: np.ndarray, variance: np.ndarray, q: float, level: float) -> tuple[np.ndarray, np.ndarray]:
+    if np.isinf(q):  # too few surveys for the level: the honest interval is unbounded
+        return np.zeros_like(expected), np.full_like(expected, np.inf)
     if np.isfinite(q):
         return count_interval(expected, variance, q)
-    z = NORMAL_Z.get(round(level, 2), 1.6449)  # uncalibrated: the count's own Poisson-binomial spread
+    z = NormalDist().inv_cdf(0.5 + level / 2)  # no surveys: the count's own Poisson-binomial spread (normal)
     sd = np.sqrt(np.maximum(variance, 0.0))
     return np.maximum(expected - z * sd, 0.0), expected + z * sd
 
@@ -191,8 +193,12 @@ def indicator_rows(
     return out
 
 
-INTEGER_VARIABLES = {"habitat_red_list": "int8", "threatened_habitat": "int8", "habitat_set_size": "int16"}
-INTEGER_VARIABLES["threatened_habitat_set"] = "int8"
+INTEGER_VARIABLES = {
+    "habitat_red_list": "int8",
+    "threatened_habitat": "int8",
+    "habitat_set_size": "int16",
+    "threatened_habitat_set": "int8",
+}
 
 
 def indicator_blocks(
@@ -243,12 +249,15 @@ def describe(name: str, model: IndicatorModel) -> dict[str, Any]:
     }
     if group in what and part in ("expected", "lower", "upper", "thresholded", "any"):
         radius = model.count_radius.get(group, np.nan)
-        calibrated = (
-            f"split-conformal radius q={radius:.3f} (normalised residual |observed - expected| / (sd + 1)) "
-            "calibrated on presence-absence plots"
-            if np.isfinite(radius)
-            else "no plots calibrated it: the Poisson-binomial normal interval"
-        )
+        if np.isinf(radius):
+            calibrated = "too few surveys for the level: the interval is unbounded (0, inf)"
+        elif np.isfinite(radius):
+            calibrated = (
+                f"split-conformal radius q={radius:.3f} (normalised residual |observed - expected| / (sd + 1)) "
+                "calibrated on presence-absence surveys"
+            )
+        else:
+            calibrated = "no surveys calibrated it: the Poisson-binomial normal interval (model-based)"
         texts = {
             "expected": (f"expected number of {what[group]}", "sum of the calibrated probabilities of the group"),
             "lower": (f"lower bound of the {level} interval of the number of {what[group]}", calibrated),

@@ -71,6 +71,13 @@ def join(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}"
 
 
+def exists(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether anything is at ``url`` (a file, a folder, a store), with the store's timeouts."""
+    with service_errors(url):
+        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        return bool(fs.exists(path))
+
+
 def is_local(url: str) -> bool:
     """Whether ``url`` is a path on this machine's filesystem (no scheme, or ``file://``)."""
     return "://" not in url or url.startswith("file://")

@@ -233,6 +233,11 @@ def prepare(
     :func:`geoplantnet.storage.years.claim_year`): the same for that year's slot of a series."""
     run = run_id(parts)
     if year is not None:
+        if decision in ("replace", "append", "new"):
+            # markers first, before any chunk is cleared: a stale marker of this run (an earlier replacement of the
+            # year, interrupted) or of the run being replaced must never vouch for a cleared tile
+            for stale in {run, str(years.year_records(target.attrs).get(int(year), {}).get("run", run))}:
+                clear_markers(url, stale, storage_options)
         replaced = years.prepare_year(
             url,
             template,

@@ -363,7 +363,10 @@ def complete_slot(url: str, attrs: Mapping[str, Any], year: int | None) -> int |
     complete; None for ``year`` None on a store without a year axis (the single-year layout)."""
     if year is None:
         if YEARS_ATTR in attrs:
-            raise StoreError(f"{shown(url)} is a series of years ({years_in(attrs)}): name the year to read")
+            raise StoreError(
+                f"{shown(url)} is a series of years ({years_in(attrs)}) written by geoplantnet refresh: refresh maps "
+                "each year's products; to read one year, open_store(...).sel(year=YYYY)"
+            )
         return None
     if YEARS_ATTR not in attrs:
         raise StoreError(f"{shown(url)} has no year axis: it is not a series a yearly run can read year {year} of")
