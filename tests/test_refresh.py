@@ -185,3 +185,11 @@ def test_a_year_without_imagery_is_one_line(series):
     cmd = _command(series["settings"], 2031)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 2 and "2031" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_configured_classifier_that_is_not_there_is_one_line(tmp_path):
+    settings = _settings(tmp_path, str(tmp_path / "no-classifier"))
+    proc = subprocess.run(_command(settings, 2024), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "refresh.habitat_model" in last and "no-classifier" in last
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()  # refused before any work
