@@ -21,6 +21,7 @@ Definitions (docs/indicators.md has the reasoning and the references):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -187,7 +188,8 @@ def indicator_rows(
     alpha = (1.0 - model.level) / 2.0
     out["shannon_lower"], out["shannon_upper"] = np.quantile(draws_h, [alpha, 1.0 - alpha], axis=0)
     if draws_e is not None:
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():  # pixels of a class without typical species are all-NaN: NaN bounds
+            warnings.simplefilter("ignore", RuntimeWarning)
             lo, hi = np.nanquantile(draws_e, [alpha, 1.0 - alpha], axis=0) if n else (np.empty(0), np.empty(0))
         out["ecosystem_health_lower"], out["ecosystem_health_upper"] = lo, hi
     return out
