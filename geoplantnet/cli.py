@@ -325,7 +325,13 @@ def _add_refresh(sub: argparse._SubParsersAction) -> None:
         "the changes beyond the noise. Rerunning a year resumes it; --overwrite replaces that year only.",
     )
     _add_config_args(refresh)
-    refresh.add_argument("--year", type=int, required=True, help="the calendar year to map (e.g. 2025)")
+    refresh.add_argument(
+        "--year",
+        type=int,
+        required=True,
+        help="the monitoring year to map (e.g. 2025: whole composite seasons, December 2024 to November 2025 with "
+        "cube.composite QS-DEC)",
+    )
     refresh.add_argument(
         "--model", default=None, help="species model file (default: the series' first year's, or map.model)"
     )
@@ -333,7 +339,12 @@ def _add_refresh(sub: argparse._SubParsersAction) -> None:
         "--evaluate", action="store_true", help="virtual region: indicators and detected changes against the truth"
     )
     refresh.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_overwrite(refresh, "this year of every series")
+    refresh.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace this year of every series when another run (other model, inputs or settings) wrote it; other "
+        "years are never touched, and a path that is not a geoplantnet series is never replaced",
+    )
     refresh.set_defaults(func=_cmd_refresh)
 
 
