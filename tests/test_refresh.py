@@ -181,15 +181,22 @@ def test_summary_files_and_a_complete_year_reruns_to_nothing(series):
     assert sorted(json.loads(raw.attrs["geoplantnet_years"])) == ["2024", "2025"]
 
 
-def test_a_year_without_imagery_is_one_line(series):
-    cmd = _command(series["settings"], 2031)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 2 and "2031" in proc.stderr.strip().splitlines()[-1]
+def _main(settings: list[str], year: int, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """The command in this process (a refusal starts no cluster: no interpreter start-up to pay): status, stderr."""
+    from geoplantnet.cli import main
+
+    code = main(_command(settings, year)[3:])  # the arguments after ``python -m geoplantnet``
+    return code, capsys.readouterr().err
 
 
-def test_a_configured_classifier_that_is_not_there_is_one_line(tmp_path):
+def test_a_year_without_imagery_is_one_line(series, capsys):
+    code, err = _main(series["settings"], 2031, capsys)
+    assert code == 2 and "2031" in err.strip().splitlines()[-1]
+
+
+def test_a_configured_classifier_that_is_not_there_is_one_line(tmp_path, capsys):
     settings = _settings(tmp_path, str(tmp_path / "no-classifier"))
-    proc = subprocess.run(_command(settings, 2024), capture_output=True, text=True, timeout=300, cwd=ROOT)
-    last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 2 and "refresh.habitat_model" in last and "no-classifier" in last
+    code, err = _main(settings, 2024, capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "refresh.habitat_model" in last and "no-classifier" in last
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()  # refused before any work
