@@ -122,6 +122,8 @@ def test_indicator_rows_by_hand() -> None:
     np.testing.assert_allclose(out["invasive_any"], [0.1, 0.2])  # one invasive species
     np.testing.assert_allclose(out["threatened_any"], [0.9, 0.2])
     assert "richness_any" not in out
+    point = indicator_rows(p, replace(model, draws=0), top_classes=top, top_probability=top_p)
+    assert "shannon_lower" not in point and np.array_equal(point["shannon"], out["shannon"])
     sure = indicator_rows(np.array([[1.0, 0.0, 0.3, 0.0]]), model, top_classes=top[:1], top_probability=top_p[:1])
     assert sure["threatened_any"][0] == pytest.approx(1.0) and sure["invasive_any"][0] == pytest.approx(0.3)
     q = np.array([0.9, 0.5, 0.1]) / 1.5

@@ -23,7 +23,7 @@ def truth_indicators(
 ) -> dict[str, np.ndarray]:
     """Indicators (n,) of the true probabilities ``p_true`` (n, S) and true habitat classes (n,) (index in the
     model's classes, -1 where the true habitat is none of them: habitat indicators NaN there)."""
-    exact = replace(model, draws=2)  # the truth has no interval: the draws are computed and ignored
+    exact = replace(model, draws=0)  # the truth has no interval: no Monte-Carlo draws
     n = p_true.shape[0]
     if model.habitats is None or habitat_true is None:
         return indicator_rows(p_true, replace(exact, habitats=None))

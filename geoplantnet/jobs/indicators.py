@@ -471,8 +471,11 @@ def habitat_model(
     return HabitatIndicatorModel(tuple(classes), red, typical, reference, radius), report
 
 
-def _habitat_store(url: str, options: dict[str, Any], grid: Grid, year: int | None) -> tuple[list[str], Any]:
-    """The habitat map's classes and its store (the year's of a series), checked against the species map's grid."""
+def _habitat_store(
+    url: str, options: dict[str, Any], grid: Grid, year: int | None
+) -> tuple[list[str], Any, int | None]:
+    """The habitat map's classes, its store and the year's slot of a series (refused unless that year is complete),
+    checked against the species map's grid."""
     ds = open_store(url, storage_options=options)
     if ds.attrs.get(PRODUCT_ATTR) != "habitat" or "top_k" not in ds:
         raise StoreError(f"{redact({'url': url})['url']}: not a habitat.zarr")
@@ -483,8 +486,7 @@ def _habitat_store(url: str, options: dict[str, Any], grid: Grid, year: int | No
         )
     if ds.sizes["y"] != grid.height or ds.sizes["x"] != grid.width:
         raise IndicatorError(f"{redact({'url': url})['url']}: habitat map and species map are on different grids")
-    complete_slot(url, ds.attrs, year)  # refused unless the year is complete
-    return [str(c) for c in ds["habitat_code"].values], ds
+    return [str(c) for c in ds["habitat_code"].values], ds, complete_slot(url, ds.attrs, year)
 
 
 def plan_indicators(
@@ -511,8 +513,9 @@ def plan_indicators(
     thresholds = ds[THRESHOLD].values.astype("float32") if THRESHOLD in ds else None
     groups, status_report = species_groups(inputs, species, names)
     habitat_options = storage_options_for(habitat_url, cfg.store) if habitat_url else {}
-    classes, hds = _habitat_store(habitat_url, habitat_options, grid, year) if habitat_url else (None, None)
-    habitat_slot = complete_slot(habitat_url, hds.attrs, year) if habitat_url and hds is not None else None
+    classes, hds, habitat_slot = (
+        _habitat_store(habitat_url, habitat_options, grid, year) if habitat_url else (None, None, None)
+    )
 
     sampled = None
     if inputs.surveys is not None and len(inputs.surveys):

@@ -109,12 +109,13 @@ class SeriesOrigin:
         return [np.datetime64(pd.Timestamp(t) + shift, "ns") for t in self.seasons]
 
 
-def _series_attrs(url: str, cfg: RunConfig) -> Mapping[str, Any] | None:
-    """The root attrs of the series at ``url`` (None: nothing there yet). Read raw: a series whose first year was
-    interrupted has no complete year, and the refresh completing it must still find its records."""
+def complete_records(url: str, cfg: RunConfig) -> dict[int, dict[str, Any]]:
+    """The complete years of the series at ``url`` and their records, by year (empty: nothing there yet). Read raw:
+    a series whose first year was interrupted has no complete year, and the refresh completing it must still run."""
     if not _exists(url, cfg):
-        return None
-    return dict(zarr.open_group(zarr_store(url, storage_options_for(url, cfg.store)), mode="r").attrs)
+        return {}
+    attrs = zarr.open_group(zarr_store(url, storage_options_for(url, cfg.store)), mode="r").attrs
+    return {y: r for y, r in sorted(year_records(dict(attrs)).items()) if r.get("completed")}
 
 
 def habitat_classifier(cfg: RunConfig, urls: Mapping[str, str], series: bool) -> tuple[str, bool]:
@@ -139,15 +140,12 @@ def habitat_classifier(cfg: RunConfig, urls: Mapping[str, str], series: bool) ->
 
 def series_origin(cfg: RunConfig, species_url: str) -> SeriesOrigin | None:
     """The first complete year of the species series (None: no series yet)."""
-    attrs = _series_attrs(species_url, cfg)
-    if attrs is None:
+    records = complete_records(species_url, cfg)
+    if not records:
         return None
-    records = year_records(attrs)
-    complete = [y for y in sorted(records) if records[y].get("completed")]
-    if not complete:
-        return None
-    attrs = records[complete[0]].get("attrs", {})
-    return SeriesOrigin(complete[0], attrs.get("model_file"), tuple(json.loads(attrs.get("seasons", "[]"))))
+    first = min(records)
+    attrs = records[first].get("attrs", {})
+    return SeriesOrigin(first, attrs.get("model_file"), tuple(json.loads(attrs.get("seasons", "[]"))))
 
 
 def first_species_calibration(cfg: RunConfig, url: str, year: int, model_version: str) -> Any:
@@ -156,14 +154,11 @@ def first_species_calibration(cfg: RunConfig, url: str, year: int, model_version
     a difference of calibrations."""
     from geoplantnet.models.calibration import Calibration
 
-    attrs = _series_attrs(url, cfg)
-    if attrs is None:
+    records = complete_records(url, cfg)
+    others = [y for y in records if y != year]
+    if not others:
         return None
-    records = year_records(attrs)
-    complete = [y for y in sorted(records) if records[y].get("completed") and y != year]
-    if not complete:
-        return None
-    first = records[complete[0]].get("attrs", {})
+    first = records[min(others)].get("attrs", {})
     saved = first.get("species_calibration", "none")
     if saved == "none" or first.get("species_model_version") != model_version:
         return None  # a new model is calibrated afresh (its probabilities are on another scale)
@@ -172,10 +167,7 @@ def first_species_calibration(cfg: RunConfig, url: str, year: int, model_version
 
 def previous_year(url: str, cfg: RunConfig, year: int) -> int | None:
     """The latest complete year before ``year`` of the series at ``url`` (None: nothing earlier)."""
-    attrs = _series_attrs(url, cfg)
-    if attrs is None:
-        return None
-    earlier = [y for y, r in year_records(attrs).items() if r.get("completed") and y < year]
+    earlier = [y for y in complete_records(url, cfg) if y < year]
     return max(earlier) if earlier else None
 
 

@@ -68,7 +68,7 @@ class IndicatorModel:
     count_radius: Mapping[str, float]  # group -> conformal q (NaN: normal interval)
     level: float
     habitats: HabitatIndicatorModel | None = None
-    draws: int = 32
+    draws: int = 32  # Monte-Carlo assemblages per pixel; 0: point values only (no Shannon or health interval)
     seed: int = 0
     versions: Mapping[str, str] = field(default_factory=dict)
     calibration: Calibration | None = None  # per-species maps applied to the store's probabilities first
@@ -176,6 +176,8 @@ def indicator_rows(
             [threatened_members == 0, threatened_members == members.sum(axis=1)], [0.0, 2.0], 1.0
         )
         out["ecosystem_health"] = health(p, top1, invasive, hab)
+    if model.draws == 0:  # point values only (the virtual truth has no interval)
+        return out
     # Monte-Carlo assemblages: each species present with its probability, independently
     rng = rng or np.random.default_rng(model.seed)
     draws_h = np.empty((model.draws, n))
