@@ -126,32 +126,46 @@ class MapSources:
         if geom.cube_window is not None:
             if not self.s2_items or cube_grid is None:
                 raise InferenceError("the model takes Sentinel-2 inputs but the run has no Sentinel-2 items")
-            cube = self.settings.cube
-            n_bands = len(spec.bands) if spec.bands else len(cube.bands) + len(cube.indices)
-            lead = (len(self.seasons or ()), n_bands)
-            patch = geom.read_window(cube_grid, "cube", lambda window: self._composite(spec, window, lead), lead)
+            bands = self.band_names(spec.bands)
+            lead = (len(self.seasons or ()), len(bands))
+            patch = geom.read_window(cube_grid, "cube", lambda window: self.composite(window, bands), lead)
         if geom.env_window is not None:
             n_vars = spec.modalities["env"][0] - (1 if spec.mask_channels else 0)
-            env = geom.read_window(map_grid, "env", lambda window: self._env(spec, window, n_vars), (n_vars,))
+            names = list(spec.variables) if spec.variables else [f"var{i}" for i in range(n_vars)]
+            check = spec.variables is not None
+            env = geom.read_window(
+                map_grid, "env", lambda window: self.environment(window, names, check=check), (n_vars,)
+            )
         return patch, env
 
-    def _env(self, spec: ModelSpec, window: Grid, n_vars: int) -> np.ndarray:
+    def band_names(self, trained: Sequence[str] | None = None) -> list[str]:
+        """The composite's channels: a model's (``trained``) or the run's bands then indices."""
+        cube = self.settings.cube
+        return list(trained) if trained else [*cube.bands, *cube.indices]
+
+    def environment(self, window: Grid, names: Sequence[str], *, check: bool = True) -> np.ndarray:
+        """The environmental predictors ``names`` (var, y, x) on ``window`` as models take them
+        (:func:`geoplantnet.sources.predictors.model_stack`; NaN where no raster covers it). ``check``: refuse
+        rasters whose variables are not ``names`` in that order."""
         items = _touching(self.env_items or (), self.env_footprints, window)
         if not items:
-            return np.full((n_vars, window.height, window.width), np.nan, np.float32)
+            return np.full((len(names), window.height, window.width), np.nan, np.float32)
         stack = predictors.model_stack(items, window, chunk=max(window.height, window.width))
-        _check_names("environmental variables", spec.variables, stack["var"].values, "rasters")
+        if check:
+            _check_names("environmental variables", names, stack["var"].values, "rasters")
         return stack.compute(scheduler="sync").values.astype(np.float32)
 
-    def _composite(self, spec: ModelSpec, window: Grid, lead: tuple[int, int]) -> np.ndarray:
+    def composite(self, window: Grid, bands: Sequence[str]) -> np.ndarray:
+        """The seasonal composite (season, band, y, x) on ``window``, channels ``bands`` (checked against the
+        imagery), seasons the run's (NaN where a season or the imagery is missing)."""
         from geoplantnet.jobs.composites import cube_composites
 
-        shape = (*lead, window.height, window.width)
+        shape = (len(self.seasons or ()), len(bands), window.height, window.width)
         items = _touching(self.s2_items or (), self.s2_footprints, window)
         if not items:
             return np.full(shape, np.nan, np.float32)
         comp = cube_composites(items, self.settings.cube, window)
-        _check_names("Sentinel-2 bands", spec.bands, comp["band"].values, "imagery")
+        _check_names("Sentinel-2 bands", bands, comp["band"].values, "imagery")
         comp = comp.reindex(time=list(self.seasons or ()))
         return comp.compute(scheduler="sync").values.astype(np.float32)
 
