@@ -302,6 +302,97 @@ def _add_indicators(sub: argparse._SubParsersAction) -> None:
     ind.set_defaults(func=_cmd_indicators)
 
 
+def _cmd_impact(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from geoplantnet.jobs.impact import run_impact
+
+    summary = run_impact(
+        cfg,
+        args.footprint,
+        args.scenario,
+        model=args.model,
+        habitat_model=args.habitat_model,
+        value_model=args.value_model,
+        out=args.out,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        evaluate=args.evaluate,
+    )
+    print(json.dumps({k: summary[k] for k in ("report", "zones", "tiles", "seconds")}, indent=2, default=str))
+    return 0
+
+
+def _cmd_offsets(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from geoplantnet.jobs.impact import run_offsets
+
+    summary = run_offsets(
+        cfg,
+        args.sites,
+        args.scenario,
+        impact=args.impact,
+        id_column=args.id_column,
+        model=args.model,
+        habitat_model=args.habitat_model,
+        value_model=args.value_model,
+        out=args.out,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        evaluate=args.evaluate,
+    )
+    print(json.dumps({k: summary[k] for k in ("report", "ranking", "seconds")}, indent=2, default=str))
+    return 0
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=None, help="species model file (default: map.model, else trained as map does)"
+    )
+    parser.add_argument(
+        "--habitat-model", default=None, help="habitat classifier folder (default: <store.root>/habitats/model)"
+    )
+    parser.add_argument(
+        "--value-model", default=None, help="value model file (default: impact.value_model, else <store.root>/value)"
+    )
+    parser.add_argument("--evaluate", action="store_true", help="virtual region: predicted versus true change")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _add_impact(sub: argparse._SubParsersAction) -> None:
+    impact = sub.add_parser(
+        "impact",
+        help="in-silico impact assessment: a scenario applied inside a project footprint, the affected tiles "
+        "predicted again -> report.md, summary.json, maps.png, impact.gpkg",
+        description="The scenario (YAML: name, land_cover, buffer_m, edge_strength, context_m) edits the models' "
+        "inputs inside the footprint and its buffer; species, habitats, indicators and biodiversity value are "
+        "predicted before and after, with paired Monte-Carlo dropout intervals of the change.",
+    )
+    _add_config_args(impact)
+    impact.add_argument(
+        "--footprint", required=True, help="project polygons (GeoJSON, GeoPackage, GeoParquet; any CRS)"
+    )
+    impact.add_argument("--scenario", required=True, help="scenario YAML file")
+    impact.add_argument("--out", default=None, help="report folder (default: <store.root>/impact/<scenario name>)")
+    impact.add_argument("--overwrite", action="store_true", help="replace an earlier report in the folder")
+    _add_model_args(impact)
+    impact.set_defaults(func=_cmd_impact)
+
+    offsets = sub.add_parser(
+        "offsets",
+        help="rank candidate offset sites by the value a restoration scenario would gain there, and say whether "
+        "each compensates an impact (no net loss) -> report.md, offsets.csv, offsets.gpkg",
+    )
+    _add_config_args(offsets)
+    offsets.add_argument("--sites", required=True, help="candidate site polygons (any vector format and CRS)")
+    offsets.add_argument("--scenario", required=True, help="restoration scenario YAML file")
+    offsets.add_argument("--impact", default=None, help="an impact report folder (or its summary.json) to offset")
+    offsets.add_argument("--id-column", default=None, help="the sites' id column (default: id, name, else row number)")
+    offsets.add_argument("--out", default=None, help="report folder (default: <store.root>/offsets/<scenario name>)")
+    offsets.add_argument("--overwrite", action="store_true", help="replace an earlier report in the folder")
+    _add_model_args(offsets)
+    offsets.set_defaults(func=_cmd_offsets)
+
+
 def _cmd_refresh(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from geoplantnet.jobs.refresh import run_refresh
@@ -504,6 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_habitat_map(sub)
     _add_indicators(sub)
     _add_refresh(sub)
+    _add_impact(sub)
 
     plot = sub.add_parser(
         "plot", help="one species from one or more species.zarr stores side by side (e.g. CNN and MaxEnt) -> PNG"

@@ -504,6 +504,23 @@ class RefreshConfig(_Section):
     noise_pixels: int = Field(1_000_000, ge=1000, description="pixels sampled to estimate each difference's noise")
 
 
+class ImpactConfig(_Section):
+    """In-silico impact assessment and offset ranking (``geoplantnet impact`` / ``offsets``): the scenario is a file
+    of its own (:class:`geoplantnet.products.scenarios.Scenario`); these are the run's settings."""
+
+    draws: int = Field(8, ge=0, description="Monte-Carlo dropout draws of the change (0: point values only)")
+    seed: int = Field(0, ge=0, description="seed of the first draw (draw k uses seed + k, before and after alike)")
+    value_model: str | None = Field(
+        None, description="value model file (default <store.root>/value/model.pt when it exists; none: no value)"
+    )
+    offset_ratio: float = Field(
+        1.0, gt=0, description="no net loss: an offset's value gain must reach ratio x the impact's value loss"
+    )
+    confidence: float = Field(
+        0.9, gt=0.5, lt=1, description="probability of the gain covering the loss needed to say 'compensates'"
+    )
+
+
 class RunConfig(_Section):
     """Everything one run needs; nothing else reads settings."""
 
@@ -524,6 +541,7 @@ class RunConfig(_Section):
     habitats: HabitatsConfig = HabitatsConfig()
     indicators: IndicatorsConfig = IndicatorsConfig()
     refresh: RefreshConfig = RefreshConfig()
+    impact: ImpactConfig = ImpactConfig()
 
     def to_attrs(self) -> dict[str, str]:
         """The resolved configuration, credentials redacted (:func:`redact`), as a JSON string attribute."""

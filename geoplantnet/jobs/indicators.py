@@ -167,7 +167,12 @@ class FusedPredictor:
     def tile(self, tile: Tile) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, Any]]:
         """p (S, y, x) float32 (NaN: no data), habitat classes (K, y, x) and their probabilities (K, y, x) or None,
         and the timings (runs on a worker)."""
-        codes, info = self.species.predict(tile)
+        return self.classify(*self.species.predict(tile))
+
+    def classify(
+        self, codes: np.ndarray, info: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+        """:meth:`tile` from the species codes of a tile: decoded, and their habitats classified."""
         top = top_p = None
         if self.habitats is not None:
             t0 = time.perf_counter()
@@ -945,7 +950,7 @@ def run_indicators(
     from geoplantnet.runtime.cluster import connect
 
     species_url = species_store_url or join(cfg.store.root, "species.zarr")
-    habitat_url = habitat_store_url or (_under_root(cfg, "habitat.zarr") if habitats else None)
+    habitat_url = habitat_store_url or (under_root(cfg, "habitat.zarr") if habitats else None)
     out_url = _output(cfg, out_url, overwrite)
     plan = plan_indicators(cfg, species_url, habitat_url, out_url, indicator_inputs(cfg, progress=progress))
     with connect(cfg.cluster) as client:
@@ -980,7 +985,7 @@ def run_fused_indicators(
             "indicators --from-model needs a species model for your inputs: pass --model FILE (or map.model), or "
             "--observations FILE (inputs.observations) to train one"
         )
-    habitat_folder = habitat_model or (_under_root(cfg, "habitats/model") if habitats else None)
+    habitat_folder = habitat_model or (under_root(cfg, "habitats/model") if habitats else None)
     out_url = _output(cfg, out_url, overwrite)
     run = run_inputs(cfg, observations=model_url is None, progress=progress)
     sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
@@ -1011,7 +1016,7 @@ def _evaluate(cfg: RunConfig, out_url: str, plan: IndicatorPlan) -> dict[str, An
     return evaluate_indicators(out_url, plan.job.model, list(plan.species), truth_species, truth_habitat)
 
 
-def _under_root(cfg: RunConfig, name: str) -> str | None:
+def under_root(cfg: RunConfig, name: str) -> str | None:
     """``<store.root>/<name>`` when it exists (the default habitat input of both modes)."""
     url = join(cfg.store.root, name)
     return url if exists(url, storage_options_for(url, cfg.store)) else None

@@ -11,13 +11,16 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import rasterio
 import xarray as xr
 from rasterio.errors import RasterioError
 
 from geoplantnet.core.config import ConfigError, HabitatsConfig, RunConfig, redact
+from geoplantnet.core.grid import Grid
 from geoplantnet.samples.observations import Observations
 from geoplantnet.samples.plots import Plots, plots_from_frame
 from geoplantnet.sources import predictors
@@ -212,3 +215,13 @@ def virtual_changes(cfg: RunConfig, year: int) -> xr.DataArray:
 
     manifest = generate_region(cfg, Path(cfg.workdir) / "region")
     return open_store(str(manifest.truth_path("changes")))["change"].sel(year=int(year))
+
+
+def virtual_scenario_truth(cfg: RunConfig, window: Grid, inside: np.ndarray, code: int) -> tuple[Any, Any, list[str]]:
+    """The virtual region's truth on ``window`` (a sub-grid of the map grid) before and after its pixels ``inside``
+    become land-cover ``code`` (:func:`geoplantnet.sim.scenario.scenario_truth`), and the habitat codes."""
+    from geoplantnet.sim.region import generate_region
+    from geoplantnet.sim.scenario import scenario_truth
+
+    manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=False)
+    return scenario_truth(cfg, manifest, window, inside, code)

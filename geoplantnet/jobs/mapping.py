@@ -36,6 +36,7 @@ from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.dense import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
 from geoplantnet.inference.points import predict_tile_points
 from geoplantnet.jobs.tiled import TiledRun, TileOutput, produce_tiles
+from geoplantnet.models.mc_dropout import mc_dropout
 from geoplantnet.models.peers import PeerSpec, is_peer_file, load_peer
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
@@ -252,6 +253,17 @@ class TileCompute:
 
 
 @dataclass(frozen=True)
+class TileInputs:
+    """A tile's raw input windows as :meth:`SpeciesPredictor.read` gives them."""
+
+    geom: TileGeometry
+    patch: np.ndarray | None
+    env: np.ndarray | None
+    read_s: float
+    model_loads: int
+
+
+@dataclass(frozen=True)
 class SpeciesPredictor:
     """How a tile's species codes are predicted: the model, the inputs, the grids and the compute settings. What
     :func:`map_tile` and a fused indicator tile (:mod:`geoplantnet.jobs.indicators`) share, so both give the same
@@ -267,28 +279,41 @@ class SpeciesPredictor:
     def predict(self, tile: Tile) -> tuple[np.ndarray, dict[str, Any]]:
         """The uint8 codes (species, y, x) of ``tile`` (read its input windows, run the model) and the timings
         (``read_s``, ``model_s``), device, process and model loads (runs on a worker)."""
+        return self.forward(self.read(tile))
+
+    def read(self, tile: Tile) -> TileInputs:
+        """The raw input windows of ``tile`` (read once; :meth:`forward` may run on them several times)."""
         t0 = time.perf_counter()
-        model, spec, loads = cached_model(self.model, self.compute.device)
+        _, spec, loads = cached_model(self.model, self.compute.device)
         geom = tile_geometry(spec, tile, self.map_grid, self.cube_grid)
         patch, env = self.sources.read(spec, geom, self.map_grid, self.cube_grid)
+        return TileInputs(geom, patch, env, round(time.perf_counter() - t0, 3), loads)
+
+    def forward(self, inputs: TileInputs, *, dropout_seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """The model on a tile's inputs: uint8 codes (species, y, x) and timings. ``dropout_seed``: one Monte-Carlo
+        dropout draw (:func:`geoplantnet.models.mc_dropout.mc_dropout`) instead of the map's values."""
         t1 = time.perf_counter()
+        model, spec, _ = cached_model(self.model, self.compute.device)
+        geom, patch, env = inputs.geom, inputs.patch, inputs.env
         if isinstance(spec, PeerSpec):  # MaxEnt / forest: per-pixel feature rows, as at the training points (CPU)
             device = "cpu"
             codes = predict_tile_points(model, spec, geom, patch, env)
         else:
             device = next(model.parameters()).device
-            codes = predict_tile(
-                model,
-                spec,
-                geom,
-                patch,
-                env,
-                budget_bytes=default_budget(device, self.compute.batch_mb, self.compute.cpu_batch_mb),
-                mixed_precision=self.compute.mixed_precision,
-            )
+            draw = contextlib.nullcontext() if dropout_seed is None else mc_dropout(model, dropout_seed)
+            with draw:
+                codes = predict_tile(
+                    model,
+                    spec,
+                    geom,
+                    patch,
+                    env,
+                    budget_bytes=default_budget(device, self.compute.batch_mb, self.compute.cpu_batch_mb),
+                    mixed_precision=self.compute.mixed_precision,
+                )
         t2 = time.perf_counter()
-        info = {"read_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "device": str(device), "pid": os.getpid()}
-        return codes, {**info, "model_loads": loads}
+        info = {"read_s": inputs.read_s, "model_s": round(t2 - t1, 3), "device": str(device), "pid": os.getpid()}
+        return codes, {**info, "model_loads": inputs.model_loads}
 
     def resources(self, client: Client) -> dict[str, float] | None:
         """The resources a tile task of this predictor asks for (checked to exist), with the per-worker model cache

@@ -36,6 +36,7 @@ from geoplantnet.products.changes import (
     detection_scores,
     fit_change_model,
 )
+from geoplantnet.storage.reports import claim_report_folder, place, place_json
 from geoplantnet.storage.store import (
     PRODUCT_ATTR,
     YEARS_ATTR,
@@ -526,31 +527,16 @@ SUMMARY_FILES = ("summary.json", "report.md", "changes.png")
 
 def summary_folder(cfg: RunConfig, year: int) -> Path:
     """``<store.root>/refresh/<year>``, refused when it holds anything but a refresh summary (a user's files); an
-    earlier summary of the year is removed before the run, so an interrupted run never leaves one that looks like
-    this run's."""
-    folder = Path(cfg.store.root) / "refresh" / str(year)
-    if folder.exists():
-        foreign = sorted(p.name for p in folder.iterdir() if p.name not in SUMMARY_FILES)
-        if not folder.is_dir() or foreign:
-            raise RefusedError(f"{folder} holds {foreign[:3] or 'a file'}: not a refresh summary; refusing to write")
-        for name in SUMMARY_FILES:
-            (folder / name).unlink(missing_ok=True)
-    return folder
+    earlier summary of the year is removed before the run."""
+    return claim_report_folder(Path(cfg.store.root) / "refresh" / str(year), SUMMARY_FILES, "refresh summary")
 
 
 def write_summary(summary: Mapping[str, Any], folder: Path, cfg: RunConfig, urls: Mapping[str, str], year: int) -> None:
     """``summary.json``, ``report.md`` and ``changes.png`` of a refresh, each written beside its name and renamed
     into place (the JSON last: its presence says the summary is whole)."""
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def place(name: str, write: Any) -> None:
-        tmp = folder / f".{name}.partial"
-        write(tmp)
-        tmp.replace(folder / name)
-
-    place("report.md", lambda path: path.write_text(markdown(summary)))
-    place("changes.png", lambda path: plot_changes(cfg, urls, year, summary, path))
-    place("summary.json", lambda path: path.write_text(json.dumps(summary, indent=2, default=str)))
+    place(folder, "report.md", lambda path: path.write_text(markdown(summary)))
+    place(folder, "changes.png", lambda path: plot_changes(cfg, urls, year, summary, path))
+    place_json(folder, "summary.json", summary)
 
 
 def markdown(summary: Mapping[str, Any]) -> str:
