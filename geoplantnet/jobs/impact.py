@@ -15,6 +15,7 @@ virtual_scenario_truth`) and the report gives predicted versus true change.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -219,7 +220,8 @@ def coarsen(values: np.ndarray, factor: int) -> np.ndarray:
     """Mean of ``factor x factor`` blocks over the last two axes (NaN-aware; all-NaN blocks are NaN)."""
     *lead, h, w = values.shape
     blocks = values.reshape(*lead, h // factor, factor, w // factor, factor)
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN block is NaN, as it should be
         return np.nanmean(blocks, axis=(-3, -1)).astype("float32")
 
 
@@ -918,6 +920,7 @@ def run_impact(
     folder = report_folder(cfg, out, f"impact/{sc.name}", REPORT_FILES, "impact report", overwrite)
     run = run_inputs(cfg, observations=models.species is None, progress=progress)
     sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
+    resolve_class(sc, land_cover_classes(sources, sc.variable))  # a wrong class is refused before the cluster starts
     with connect(cfg.cluster) as client:
         species_url = models.species or ensure_model(cfg, run, client)[0]
         plan = plan_impact(client, cfg, species_url, sources, models.habitats, models.value, folder)
@@ -927,6 +930,7 @@ def run_impact(
         "scenario": scenario_summary(edit, land_cover_classes(sources, sc.variable)),
         "footprint": redact({"u": str(footprint)})["u"],
         "tiles": assessment.tiles,
+        "reach_m": plan.reach_m,
         "draws": plan.draws,
         "level": cfg.indicators.level,
         "versions": plan.versions,
@@ -1032,6 +1036,7 @@ def run_offsets(
     folder = report_folder(cfg, out, f"offsets/{sc.name}", OFFSET_FILES, "offset ranking", overwrite)
     run = run_inputs(cfg, observations=models.species is None, progress=progress)
     sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
+    resolve_class(sc, land_cover_classes(sources, sc.variable))
     with connect(cfg.cluster) as client:
         species_url = models.species or ensure_model(cfg, run, client)[0]
         plan = plan_impact(client, cfg, species_url, sources, models.habitats, models.value, folder)
