@@ -29,7 +29,8 @@ def claim_report_folder(folder: Path, files: Sequence[str], what: str) -> Path:
 def place(folder: Path, name: str, write: Callable[[Path], Any]) -> Path:
     """``write(path)`` to a partial file beside ``folder / name``, then renamed into place."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.partial"
+    # the partial file keeps the suffix: writers that check it (GeoPackage) see the right one
+    tmp = folder / f".{Path(name).stem}.partial{Path(name).suffix}"
     write(tmp)
     tmp.replace(folder / name)
     return folder / name

@@ -1,0 +1,2 @@
+def default_value_model(cfg):
+    return "/nonexistent/value.pt"
