@@ -12,7 +12,7 @@ from torch import nn
 
 from geoplantnet.core.errors import ConfigError
 from geoplantnet.core.grid import Grid
-from geoplantnet.jobs.impact import compensation, coarsen
+from geoplantnet.jobs.impact import coarsen, compensation
 from geoplantnet.models.mc_dropout import has_dropout, mc_dropout
 from geoplantnet.products.scenarios import (
     Scenario,
@@ -64,7 +64,7 @@ def test_bad_footprints_are_named(tmp_path):
     with pytest.raises(ScenarioError, match="Point geometries"):
         read_polygons(tmp_path / "p.gpkg", 3035, "footprint")
     (tmp_path / "bad.geojson").write_text("{not json")
-    with pytest.raises(ScenarioError, match="bad.geojson: cannot read"):
+    with pytest.raises(ScenarioError, match=r"bad\.geojson: cannot read"):
         read_polygons(tmp_path / "bad.geojson", 3035, "footprint")
 
 
