@@ -184,7 +184,7 @@ class ImpactTileJob:
     seed: int
     value_before: Any | None = None  # jobs.value.ValuePredictor on the run's sources
     value_after: Any | None = None  # the same on the scenario's sources
-    value_factor: int = 5  # value pixels per map pixel side
+    value_factor: int = 1  # value pixels per map pixel side
 
 
 def _zones(job: ImpactTileJob, tile: Tile) -> np.ndarray:
@@ -210,10 +210,10 @@ def _group_counts(p: np.ndarray, model: IndicatorModel) -> dict[str, np.ndarray]
     return {g: p[np.asarray(mask)].sum(axis=0) for g, mask in model.groups.items() if g in COUNTS}
 
 
-def _value_tile(predictor: Any, tile: Tile, factor: int, draws: int, seed: int) -> np.ndarray:
-    fine = Tile(tile.row, tile.col, tile.y0 * factor, tile.x0 * factor, tile.height * factor, tile.width * factor,
+def _fine(tile: Tile, factor: int) -> Tile:
+    """The tile on the value grid (``factor`` value pixels per map pixel side, the same origin)."""
+    return Tile(tile.row, tile.col, tile.y0 * factor, tile.x0 * factor, tile.height * factor, tile.width * factor,
                 tile.id)  # fmt: skip
-    return predictor.predict(fine, draws=draws, seed=seed)
 
 
 def coarsen(values: np.ndarray, factor: int) -> np.ndarray:
@@ -249,11 +249,12 @@ def impact_tile(job: ImpactTileJob, tile: Tile) -> dict[str, Any]:
             draws[-1]["richness_pixels"] = counts["richness"]
         out[state]["draws"] = {g: np.stack([d[g] for d in draws]) for g in draws[0]} if draws else {}
         if value is not None:
-            fine = _value_tile(value, tile, job.value_factor, 0, 0)[0]
-            out[state]["value"] = coarsen(fine, job.value_factor)
+            fine = _fine(tile, job.value_factor)
+            features = value.read(fine)  # once for the map's values and the draws
+            out[state]["value"] = coarsen(value.predict_window(features, fine)[0], job.value_factor)
             if job.draws:
-                sampled = coarsen(_value_tile(value, tile, job.value_factor, job.draws, job.seed), job.value_factor)
-                out[state]["value_draws"] = sampled
+                sampled = value.predict_window(features, fine, draws=job.draws, seed=job.seed)
+                out[state]["value_draws"] = coarsen(sampled, job.value_factor)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
@@ -353,6 +354,16 @@ def plan_impact(
     )
 
 
+def value_factor(plan: ImpactPlan) -> int:
+    """Value pixels per map pixel side (5: 10 m in 50 m)."""
+    if plan.value is None:
+        return 1
+    ratio = plan.map_grid.resolution / plan.value.grid.resolution
+    if abs(ratio - round(ratio)) > 1e-9:
+        raise ImpactError(f"the value grid ({plan.value.grid.resolution} m) does not divide the map's cells")
+    return round(ratio)
+
+
 def value_reach_m(value: Any) -> float:
     """How far the value network sees beyond a pixel (metres)."""
     return float(value.halo) * float(value.grid.resolution)
@@ -406,6 +417,7 @@ def assess_many(client: Client, plan: ImpactPlan, edits: Sequence[ScenarioEdit],
                 seed=plan.seed,
                 value_before=plan.value,
                 value_after=replace(plan.value, sources=after_sources) if plan.value is not None else None,
+                value_factor=value_factor(plan),
             )
         )
         tiles.append(affected_tiles(plan, edit.geometry, edit.scenario.buffer_m))

@@ -1,2 +1,0 @@
-def default_value_model(cfg):
-    return "/nonexistent/value.pt"
