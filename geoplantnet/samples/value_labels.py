@@ -37,13 +37,14 @@ class LabelRasters:
 
 def _read_vector(source: str) -> gpd.GeoDataFrame:
     suffix = Path(source.split("?", 1)[0]).suffix.lower()
+    fs, path = fsspec.core.url_to_fs(source)
+    if not fs.exists(path):
+        raise ValueLabelsError(f"{source}: no such polygon file")
     try:
         if suffix in PARQUET:
             with fsspec.open(source, "rb") as f:
                 return gpd.read_parquet(f)
         return gpd.read_file(source)
-    except FileNotFoundError:
-        raise ValueLabelsError(f"{source}: no such polygon file") from None
     except Exception as exc:  # pyogrio / pyarrow raise their own kinds for unreadable files
         detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
         raise ValueLabelsError(f"{source}: cannot read as polygons ({detail})") from None
