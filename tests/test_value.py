@@ -4,6 +4,7 @@ whole polygons, the model file, MC-dropout draws, and tiles with a halo that equ
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,9 +127,9 @@ def test_folds_hold_whole_polygons_and_both_classes() -> None:
 
 
 def test_value_settings_validated() -> None:
-    with pytest.raises(ConfigError, match="value.crop=62 must be a multiple of 2\\*\\*depth = 4"):
+    with pytest.raises(ConfigError, match=re.escape("value.crop=62 must be a multiple of 2**depth = 4")):
         load_config(CONFIG, ["value.crop=62"])
-    with pytest.raises(ConfigError, match="value.high and value.low"):
+    with pytest.raises(ConfigError, match=re.escape("value.high and value.low")):
         load_config(CONFIG, ["value.low=high"])
     from geoplantnet.jobs.value import value_grid
 

@@ -232,9 +232,8 @@ class ValueModel:
         step = 2**spec.depth
         h, w = features.shape[-2:]
         pad = ((0, 0), (0, -h % step), (0, -w % step))
-        x = prepare_features(
-            np.pad(features, pad, constant_values=np.nan), np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
-        )
+        mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+        x = prepare_features(np.pad(features, pad, constant_values=np.nan), mean, std)
         device = next(self.net.parameters()).device
         inputs = torch.from_numpy(x[None]).to(device)
         self.net.eval()
