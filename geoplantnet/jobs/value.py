@@ -59,7 +59,6 @@ from geoplantnet.validation.blocks import BlockError, spatial_blocks
 PRODUCT = "value"
 AGGREGATE = "value-50m"
 REPORT_FILES = ("model.pt", "report.md", "report.json", "folds.csv")
-VALUE_VARS = ("biodiversity_value", "biodiversity_value_sd")
 
 
 class ValueJobError(GeoplantnetError):
@@ -255,7 +254,6 @@ class AggregateTileJob:
     value_url: str
     value_options: dict[str, Any]
     ratio: int
-    variables: tuple[str, ...]
     output: TileOutput
 
 
@@ -717,7 +715,7 @@ def produce_value_maps(
     done = produce_tiles(
         client,
         aggregate_tile,
-        AggregateTileJob(value_url, options, ratio, VALUE_VARS, agg_output),
+        AggregateTileJob(value_url, options, ratio, agg_output),
         output=agg_output,
         grid=map_grid,
         tile=s.tile // ratio,
