@@ -114,6 +114,8 @@ def test_value_refusals_are_one_line(tmp_path: Path, capsys) -> None:
         (["--polygons", str(polygons), "--label-column", "quality"], "no label column 'quality'"),
         (["--polygons", str(polygons), "--set", "value.high=excellent"], "holds no 'excellent'"),
         (["--polygons", str(polygons), "--out", str(user)], "not a geoplantnet store"),
+        (["--polygons", str(polygons), "--evaluate", "--set", "inputs.sentinel2=true"], "the virtual region's truth"),
+        (["--set", "inputs.sentinel2=true"], "value needs labelled polygons"),
     ]
     for extra, expected in cases:
         code, _, err = _run(_args(tmp_path, *extra), capsys)
@@ -122,3 +124,9 @@ def test_value_refusals_are_one_line(tmp_path: Path, capsys) -> None:
     assert sorted(p.name for p in user.iterdir()) == ["notes.txt"] and (user / "notes.txt").read_text() == "keep me"
     # refused before any work: no region generated, nothing written under the store root
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+    # a report folder holding a user's file is not written into
+    (tmp_path / "out" / "value").mkdir(parents=True)
+    (tmp_path / "out" / "value" / "draft.md").write_text("mine")
+    code, _, err = _run(_args(tmp_path, "--polygons", str(polygons)), capsys)
+    assert code == 2 and "not a value report folder" in err.strip().splitlines()[-1]
+    assert [p.name for p in (tmp_path / "out" / "value").iterdir()] == ["draft.md"]
