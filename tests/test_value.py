@@ -218,6 +218,8 @@ def test_tiles_with_halo_equal_one_pass_and_draws_repeat(tmp_path: Path) -> None
     assert (~ok).sum() == 4 * 36
     assert np.nanmax(np.abs(draws[0] - draws[1])) > 1e-4
     np.testing.assert_array_equal(predictor.predict(tile, draws=4, seed=7), draws)
+    whole_draws = loaded.predict(features, draws=4, seed=7)[:, h:-h, h:-h]  # no seams in the draws either
+    np.testing.assert_allclose(draws[ok], whole_draws[(slice(None), *tile.slices)][ok], atol=5e-7)
     assert np.nanmax(np.abs(predictor.predict(tile, draws=4, seed=8) - draws)) > 1e-4
     loaded.predict(features, draws=3, seed=1)
     assert all(torch.equal(before[k], v) for k, v in loaded.net.state_dict().items())

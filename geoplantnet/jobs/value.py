@@ -180,9 +180,9 @@ class ValuePredictor:
     def predict_window(self, features: np.ndarray, tile: Tile, *, draws: int = 0, seed: int = 0) -> np.ndarray:
         """:meth:`predict` from features already read by :meth:`read`."""
         model, _ = cached_value_model(self.model, self.device)
-        # one seed per tile and call: reruns repeat the draws, neighbouring tiles do not share them
-        tile_seed = int(fingerprint(seed, tile.y0, tile.x0)[:8], 16)
-        probs = model.predict(features, draws=draws, seed=tile_seed)
+        # the same seed in every tile: Dropout2d draws one mask per channel whatever the window's size, so draw k is
+        # the same thinned network everywhere and the draws (and their spread) have no tile seams either
+        probs = model.predict(features, draws=draws, seed=seed)
         h = self.halo
         inner = (slice(h, h + tile.height), slice(h, h + tile.width))
         nodata = ~np.isfinite(features[(slice(None), *inner)]).any(axis=0)  # no input at all: no value

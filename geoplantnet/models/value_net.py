@@ -224,7 +224,8 @@ class ValueModel:
     def predict(self, features: np.ndarray, *, draws: int = 0, seed: int = 0) -> np.ndarray:
         """Probability of high value (max(draws, 1), y, x) float32 of raw features (C, y, x): ``draws`` = 0 one
         deterministic pass; k > 0 k passes with only the dropout layers active (BatchNorm keeps its running
-        statistics), seeded by ``seed`` so a rerun gives the same draws. The window is padded at its bottom and
+        statistics), seeded by ``seed`` so a rerun gives the same draws; Dropout2d's masks are one per channel,
+        so with one seed draw k is the same network over any window. The window is padded at its bottom and
         right to a multiple of ``2**depth`` (NaN, i.e. no data) and cut back."""
         spec = self.spec
         if features.shape[0] != len(spec.features):
