@@ -425,7 +425,7 @@ def _train(
     names: list[str],
     one_hot: list[str],
     key: str,
-) -> ValueModel:
+) -> tuple[ValueModel, float]:
     s = cfg.value
     extra = {
         "labels": {"column": s.label_column, "high": s.high, "low": s.low},
@@ -435,8 +435,10 @@ def _train(
     model, info = train_value_net(
         features, label, labels.rasters.polygon, names, s, device=cfg.train.device, unscaled=one_hot, spec_extra=extra
     )
-    model.spec = model.spec.model_copy(update={"trained": info.as_dict()})
-    return model
+    # not the seconds: a model retrained on the same data is the same file (so its maps resume rather than clash)
+    trained = {k: v for k, v in info.as_dict().items() if k != "seconds"}
+    model.spec = model.spec.model_copy(update={"trained": trained})
+    return model, info.seconds
 
 
 def cross_validate(
@@ -467,7 +469,7 @@ def cross_validate(
             "train_polygons": int((labels.polygons["fold"] != k).sum()),
         }
         t0 = time.perf_counter()
-        net = _train(cfg, features, train_label, labels, names, one_hot, key)
+        net, _ = _train(cfg, features, train_label, labels, names, one_hot, key)
         prob = net.predict(features)[0][rows[test], cols[test]]
         out.append({"model": "unet", **common, **_scores(y[test], prob), "seconds": round(time.perf_counter() - t0, 1)})
         t0 = time.perf_counter()
@@ -531,9 +533,10 @@ def train_or_reuse(
     region = Tile(0, 0, labels.window[0], labels.window[2], 0, 0, "training-window")
     features = read_features(sources, grid, region, labels.window, bands, variables)
     folds = cross_validate(cfg, features, labels, names, one_hot, key)
-    final = _train(cfg, features, labels.rasters.label, labels, names, one_hot, key)
+    final, seconds = _train(cfg, features, labels.rasters.label, labels, names, one_hot, key)
     sha = final.save(model_url)
-    return Trained(folds, model_url, sha, {**final.spec.trained, "version": final.version[:12]}, False), key
+    training = {**final.spec.trained, "seconds": round(seconds, 1), "version": final.version[:12]}
+    return Trained(folds, model_url, sha, training, False), key
 
 
 # -- evaluation against the virtual truth
