@@ -439,6 +439,35 @@ def _add_refresh(sub: argparse._SubParsersAction) -> None:
     refresh.set_defaults(func=_cmd_refresh)
 
 
+def _cmd_value(args: argparse.Namespace) -> int:
+    from geoplantnet.jobs.value import run_value, with_cli_options
+
+    cfg = with_cli_options(_config(args), args.polygons, args.label_column)
+    report = run_value(cfg, out=args.out, overwrite=args.overwrite, evaluate=args.evaluate, progress=not args.quiet)
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def _add_value(sub: argparse._SubParsersAction) -> None:
+    value = sub.add_parser(
+        "value",
+        help="biodiversity value (0-1) at 10 m from polygons labelled high / low: a U-Net vs a random forest on "
+        "spatial folds, then value.zarr and its 50 m aggregate value_50m.zarr",
+        description="Polygons (GeoParquet / GeoJSON / GeoPackage, any CRS; value.polygons, or the virtual region's) "
+        "are rasterised onto the 10 m grid; folds hold whole polygons; the report goes to <store.root>/value.",
+    )
+    _add_config_args(value)
+    value.add_argument("--polygons", default=None, help="labelled polygons file or URL (value.polygons)")
+    value.add_argument("--label-column", default=None, help="column of high / low labels (value.label_column)")
+    value.add_argument("--out", default=None, help="value.zarr path or URL (default: <store.root>/value.zarr)")
+    value.add_argument(
+        "--evaluate", action="store_true", help="virtual region: agreement of the 50 m map with the true value score"
+    )
+    value.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_overwrite(value, "value.zarr")
+    value.set_defaults(func=_cmd_value)
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from geoplantnet.core.errors import InputError
     from geoplantnet.jobs.quicklook import species_quicklook
@@ -595,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_habitat_map(sub)
     _add_indicators(sub)
     _add_refresh(sub)
+    _add_value(sub)
     _add_impact(sub)
 
     plot = sub.add_parser(

@@ -504,6 +504,48 @@ class RefreshConfig(_Section):
     noise_pixels: int = Field(1_000_000, ge=1000, description="pixels sampled to estimate each difference's noise")
 
 
+class ValueConfig(_Section):
+    """The biodiversity-value model (``geoplantnet value``): a small U-Net learns high / low value from labelled
+    polygons and maps ``biodiversity_value`` in [0, 1] at ``resolution``; a random forest on the same pixels is its
+    peer on spatial folds of whole polygons."""
+
+    polygons: str | None = Field(
+        None, description="GeoParquet / GeoJSON / GeoPackage of labelled polygons (any CRS); None: the virtual region's"
+    )
+    label_column: str = Field("value", description="column holding each polygon's label")
+    high: str = Field("high", description="label of high-value polygons")
+    low: str = Field("low", description="label of low-value polygons")
+    resolution: float = Field(10.0, gt=0, description="metres; divides the map resolution (the 50 m aggregate)")
+    tile: int = Field(320, ge=16, description="pixels per tile and Zarr chunk side at the value resolution")
+    base_channels: int = Field(16, ge=2, description="U-Net channels at full resolution (doubled per level)")
+    depth: int = Field(2, ge=1, le=5, description="U-Net down-sampling levels")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout2d rate (also the MC-dropout draws' rate)")
+    epochs: int = Field(40, ge=1, description="passes; each draws one training crop per training polygon")
+    batch: int = Field(16, ge=1, description="crops per optimiser step")
+    crop: int = Field(64, ge=8, description="training crop side in pixels (a multiple of 2**depth)")
+    lr: float = Field(2e-3, gt=0)
+    folds: int = Field(5, ge=2, description="spatial folds of whole polygons")
+    block_size_m: float = Field(1000.0, gt=0, description="metres: polygons are grouped into blocks by centroid")
+    pixels_per_polygon: int = Field(
+        200, ge=1, description="labelled pixels sampled per polygon for the forest and for both models' test scores"
+    )
+    forest_trees: int = Field(300, ge=1, description="trees of the random-forest peer")
+    draws: int = Field(16, ge=0, description="MC-dropout draws for the map's uncertainty (0: none)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _aligned(self) -> ValueConfig:
+        step = 2**self.depth
+        # the U-Net pools by 2 ``depth`` times: tiles and crops on multiples of 2**depth keep the pooling grid the
+        # same in every tile, so tiles predict what one pass over the whole grid would (no seams)
+        for name in ("tile", "crop"):
+            if getattr(self, name) % step:
+                raise ValueError(f"value.{name}={getattr(self, name)} must be a multiple of 2**depth = {step}")
+        if self.high == self.low:
+            raise ValueError(f"value.high and value.low are both {self.high!r}")
+        return self
+
+
 class ImpactConfig(_Section):
     """In-silico impact assessment and offset ranking (``geoplantnet impact`` / ``offsets``): the scenario is a file
     of its own (:class:`geoplantnet.products.scenarios.Scenario`); these are the run's settings."""
@@ -541,6 +583,7 @@ class RunConfig(_Section):
     habitats: HabitatsConfig = HabitatsConfig()
     indicators: IndicatorsConfig = IndicatorsConfig()
     refresh: RefreshConfig = RefreshConfig()
+    value: ValueConfig = ValueConfig()
     impact: ImpactConfig = ImpactConfig()
 
     def to_attrs(self) -> dict[str, str]:

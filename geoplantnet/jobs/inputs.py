@@ -225,3 +225,22 @@ def virtual_scenario_truth(cfg: RunConfig, window: Grid, inside: np.ndarray, cod
 
     manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=False)
     return scenario_truth(cfg, manifest, window, inside, code)
+
+
+def virtual_value_polygons(cfg: RunConfig, *, progress: bool = False) -> str:
+    """The path of the virtual region's value polygons (``value/biodiversity_value.parquet``: connected areas of the
+    top and bottom 15 % of its true value score, labelled ``high`` / ``low`` in column ``value``)."""
+    from geoplantnet.sim.region import generate_region
+
+    manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
+    return str(manifest.path("value_polygons"))
+
+
+def virtual_value_score(cfg: RunConfig) -> xr.DataArray:
+    """The virtual region's true biodiversity value score (y, x) on the map grid (``truth/indicators.zarr``
+    ``value_score``: expected richness + 4 x expected threatened species)."""
+    from geoplantnet.sim.region import generate_region
+    from geoplantnet.storage.store import open_store
+
+    manifest = generate_region(cfg, Path(cfg.workdir) / "region")
+    return open_store(str(manifest.truth_path("indicators")))["value_score"]

@@ -1,0 +1,149 @@
+"""Training the biodiversity-value U-Net on random crops around labelled polygons.
+
+Each epoch draws one crop per training polygon, centred on a random pixel of it (so every polygon, small or large,
+is seen equally often and every crop holds labels), flipped and rotated at random; the loss is the class-balanced
+binary cross-entropy on the crop's labelled pixels (:func:`geoplantnet.models.value_net.masked_bce`). Normalisation
+statistics come from the training pixels only. Seeded: a rerun on the same data gives the same weights on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from geoplantnet.core.config import ValueConfig
+from geoplantnet.models.value_net import ValueModel, ValueSpec, masked_bce, norm_stats, prepare_features
+from geoplantnet.training.train import resolve_device, seed_everything
+
+
+@dataclass(frozen=True)
+class ValueTrainInfo:
+    """How a value network was trained."""
+
+    epochs: int
+    steps: int
+    polygons: int
+    pixels: dict[str, int]  # labelled training pixels per class
+    final_loss: float
+    device: str
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "polygons": self.polygons,
+            "pixels": self.pixels,
+            "final_loss": round(self.final_loss, 4),
+            "device": self.device,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def _crop_origins(polygon: np.ndarray, ids: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 2) top-left corners of one crop per polygon id, centred on a random pixel of it, kept in the array."""
+    h, w = polygon.shape
+    rows, cols = np.nonzero(np.isin(polygon, ids))
+    owner = polygon[rows, cols]
+    out = np.empty((len(ids), 2), np.int64)
+    for i, pid in enumerate(ids):
+        where = np.flatnonzero(owner == pid)
+        k = where[rng.integers(len(where))]
+        out[i] = (
+            np.clip(rows[k] - crop // 2, 0, max(h - crop, 0)),
+            np.clip(cols[k] - crop // 2, 0, max(w - crop, 0)),
+        )
+    return out
+
+
+def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random flip and quarter turn of a crop's features (C, s, s) and labels (s, s)."""
+    k = int(rng.integers(4))
+    x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
+    if rng.random() < 0.5:
+        x, y = torch.flip(x, (-1,)), torch.flip(y, (-1,))
+    return x, y
+
+
+def train_value_net(
+    features: np.ndarray,
+    label: np.ndarray,
+    polygon: np.ndarray,
+    names: list[str],
+    settings: ValueConfig,
+    *,
+    device: str = "auto",
+    unscaled: Sequence[str] = (),
+    spec_extra: dict[str, Any] | None = None,
+) -> tuple[ValueModel, ValueTrainInfo]:
+    """Train a U-Net on ``features`` (C, y, x; NaN = no data) where ``label`` (y, x: -1 / 0 / 1) is known; crops
+    around the polygons of ``polygon`` (y, x ids, -1 none) holding training labels. ``unscaled``: features left
+    as they are (one-hot classes: 0 / 1 already). ``spec_extra``: more :class:`ValueSpec` fields."""
+    t0 = time.perf_counter()
+    seed_everything(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    known = label >= 0
+    ids = np.unique(polygon[known & (polygon >= 0)])
+    if len(ids) == 0:
+        raise ValueError("no labelled training pixels")
+    mean, std = norm_stats(features[:, known].T)  # training pixels only
+    keep = np.isin(names, list(unscaled))
+    mean[keep], std[keep] = 0.0, 1.0
+    spec = ValueSpec(
+        base_channels=settings.base_channels,
+        depth=settings.depth,
+        dropout=settings.dropout,
+        features=list(names),
+        mean=mean.tolist(),
+        std=std.tolist(),
+        **(spec_extra or {}),
+    )
+    dev = resolve_device(device)
+    model = ValueModel.build(spec)
+    net = model.net.to(dev)
+    x_all = torch.from_numpy(prepare_features(features, mean, std))
+    y_all = torch.from_numpy(label.astype(np.int64))
+    counts = [int((label == c).sum()) for c in (0, 1)]
+    total = sum(counts)
+    # balanced classes: each class weighs half of the loss whatever its pixel count
+    weights = tuple(total / (2 * c) if c else 0.0 for c in counts)
+    opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
+    crop = settings.crop
+    steps, loss_value = 0, float("nan")
+    net.train()
+    for _ in range(settings.epochs):
+        origins = _crop_origins(polygon, ids, crop, rng)[rng.permutation(len(ids))]
+        for start in range(0, len(origins), settings.batch):
+            xs, ys = [], []
+            for r, c in origins[start : start + settings.batch]:
+                x, y = _augment(x_all[:, r : r + crop, c : c + crop], y_all[r : r + crop, c : c + crop], rng)
+                xs.append(x)
+                ys.append(y)
+            xb, yb = torch.stack(xs).to(dev), torch.stack(ys).to(dev)
+            if xb.shape[0] == 1:  # BatchNorm needs more than one value per channel: a crop and its mirror
+                xb, yb = torch.cat([xb, torch.flip(xb, (-2,))]), torch.cat([yb, torch.flip(yb, (-2,))])
+            loss = masked_bce(net(xb), yb, weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+            loss_value = float(loss.detach())
+        sched.step()
+    net.eval()
+    info = ValueTrainInfo(
+        epochs=settings.epochs,
+        steps=steps,
+        polygons=len(ids),
+        pixels={"low": counts[0], "high": counts[1]},
+        final_loss=loss_value,
+        device=str(dev),
+        seconds=time.perf_counter() - t0,
+    )
+    model.net = net.cpu()
+    return model, info
