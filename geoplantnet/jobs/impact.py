@@ -1073,6 +1073,7 @@ def run_offsets(
             "value_ha_gain_upper": _interval(draws, cfg.indicators.level)[1] if draws is not None else None,
             "richness_change_site": s["indicators"].get("richness_expected", {}).get("footprint", {}).get("change"),
             "threatened_change_site": s["indicators"].get("threatened_expected", {}).get("footprint", {}).get("change"),
+            "value_ha_gain_draws": None if draws is None else [round(float(d), 4) for d in draws],
             "_draws": draws,
         }
         if loss is not None:
