@@ -24,6 +24,7 @@ TINY = [
     "value.folds=3",
     "value.block_size_m=500",
     "value.epochs=3",
+    "value.patience=2",  # early stopping on a spatial fifth of the training polygons (off by default)
     "value.crop=32",
     "value.base_channels=4",
     "value.draws=2",

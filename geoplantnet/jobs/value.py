@@ -455,7 +455,7 @@ def _train(
         "config": s.model_dump(mode="json"),
         "training_key": key,
     }
-    fit, val = inner_split(labels, label, s)
+    fit, val = inner_split(labels, label, s) if s.patience is not None else (label, None)
     model, info = train_value_net(
         features,
         fit,

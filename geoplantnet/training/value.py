@@ -115,8 +115,9 @@ def train_value_net(
     """Train a U-Net on ``features`` (C, y, x; NaN = no data) where ``label`` (y, x: -1 / 0 / 1) is known; crops
     around the polygons of ``polygon`` (y, x ids, -1 none) holding training labels. ``val_label``: the labels of
     validation polygons (none of them in ``label``): the weights of the epoch with the least loss on one crop per
-    validation polygon are kept, and training stops ``value.patience`` epochs after it. ``unscaled``: features left
-    as they are (one-hot classes: 0 / 1 already). ``spec_extra``: more :class:`ValueSpec` fields."""
+    validation polygon are kept, and training stops ``value.patience`` epochs after it (None: never early).
+    ``unscaled``: features left as they are (one-hot classes: 0 / 1 already). ``spec_extra``: more
+    :class:`ValueSpec` fields."""
     t0 = time.perf_counter()
     seed_everything(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -172,7 +173,7 @@ def train_value_net(
             val_loss = float(masked_bce(net(val[0].to(dev)), val[1].to(dev), val[2]))
         if best is None or val_loss < best[0]:
             best = (val_loss, epochs, {k: v.detach().clone() for k, v in net.state_dict().items()})
-        elif epochs - best[1] >= settings.patience:
+        elif epochs - best[1] >= (settings.patience or settings.epochs):
             break
     if best is not None:
         net.load_state_dict(best[2])
