@@ -223,3 +223,27 @@ def test_tiles_with_halo_equal_one_pass_and_draws_repeat(tmp_path: Path) -> None
     assert np.nanmax(np.abs(predictor.predict(tile, draws=4, seed=8) - draws)) > 1e-4
     loaded.predict(features, draws=3, seed=1)
     assert all(torch.equal(before[k], v) for k, v in loaded.net.state_dict().items())
+
+
+def test_early_stopping_keeps_the_best_validation_epoch() -> None:
+    from geoplantnet.training.value import train_value_net
+
+    # validation polygon B looks exactly like training polygon A (high) but is labelled low: the better the network
+    # fits the training polygons, the worse its validation loss, so training stops soon after the first epochs
+    features = np.zeros((2, 64, 64), np.float32)
+    features[0, 4:20, 4:20] = features[0, 40:56, 40:56] = 1.0
+    features[1] = np.linspace(0, 1, 64)[None, :] * 0.1
+    label = np.full((64, 64), -1, np.int8)
+    label[4:20, 4:20], label[4:20, 40:56] = 1, 0  # A high, C low (C: feature 0 is 0 there)
+    val_label = np.full((64, 64), -1, np.int8)
+    val_label[40:56, 40:56] = 0  # B
+    polygon = np.full((64, 64), -1, np.int32)
+    polygon[4:20, 4:20], polygon[4:20, 40:56], polygon[40:56, 40:56] = 0, 1, 2
+    settings = ValueConfig(epochs=40, patience=3, crop=32, base_channels=4, batch=2, lr=1e-2)
+    model, info = train_value_net(features, label, polygon, ["a", "b"], settings, val_label=val_label, device="cpu")
+    assert info.validation_polygons == 1 and info.polygons == 2
+    assert info.epochs == info.best_epoch + 3 < 40 and info.val_loss is not None
+    _, without = train_value_net(features, label, polygon, ["a", "b"], settings.model_copy(update={"epochs": 8}))
+    assert without.epochs == without.best_epoch == 8 and without.val_loss is None  # no validation: every epoch
+    full = model.predict(features)[0]
+    assert full[4:20, 4:20].mean() > full[4:20, 40:56].mean()  # it did learn the training polygons

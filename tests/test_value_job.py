@@ -24,6 +24,7 @@ TINY = [
     "value.folds=3",
     "value.block_size_m=500",
     "value.epochs=3",
+    "value.patience=2",  # early stopping on a spatial fifth of the training polygons (off by default)
     "value.crop=32",
     "value.base_channels=4",
     "value.draws=2",
@@ -61,7 +62,9 @@ def test_value_end_to_end_resumes_and_evaluates(small_region: Path, tmp_path: Pa
     scored = [r for r in report["folds"] if r["auc"] is not None]
     assert {r["model"] for r in scored} == {"unet", "random_forest"}
     assert set(report["means"]) == {"unet", "random_forest"}
-    assert report["final_model"]["polygons"] == report["polygons"]["high"] + report["polygons"]["low"]
+    final = report["final_model"]
+    assert final["polygons"] + final["validation_polygons"] == report["polygons"]["high"] + report["polygons"]["low"]
+    assert final["validation_polygons"] > 0 and 1 <= final["best_epoch"] <= final["epochs"] <= 3
     # the 10 m map: complete, every pixel a value in [0, 1] with its MC-dropout spread
     value = open_store(str(tmp_path / "out" / "value.zarr"))
     assert value["biodiversity_value"].shape == (200, 200)

@@ -521,6 +521,12 @@ class ValueConfig(_Section):
     depth: int = Field(2, ge=1, le=5, description="U-Net down-sampling levels")
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout2d rate (also the MC-dropout draws' rate)")
     epochs: int = Field(40, ge=1, description="passes; each draws one training crop per training polygon")
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="early stopping: hold out a spatial fifth of each model's training polygons and stop after this "
+        "many epochs without a better loss on them; None: every epoch on every training polygon",
+    )
     batch: int = Field(16, ge=1, description="crops per optimiser step")
     crop: int = Field(64, ge=8, description="training crop side in pixels (a multiple of 2**depth)")
     lr: float = Field(2e-3, gt=0)

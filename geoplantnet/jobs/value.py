@@ -54,7 +54,7 @@ from geoplantnet.storage.store import join, open_store, preflight, shown, storag
 from geoplantnet.storage.tiles import probability_attrs, tiled_variable, write_tile_blocks
 from geoplantnet.training.train import resolve_device
 from geoplantnet.training.value import train_value_net
-from geoplantnet.validation.blocks import BlockError, spatial_blocks
+from geoplantnet.validation.blocks import BlockError, spatial_blocks, validation_split
 
 PRODUCT = "value"
 AGGREGATE = "value-50m"
@@ -417,6 +417,29 @@ class Trained:
     reused: bool
 
 
+def inner_split(labels: Labels, label: np.ndarray, settings: ValueConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """``label`` split into the labels a network fits and those of its validation polygons (early stopping): about a
+    fifth of the polygons ``label`` holds, by whole spatial blocks of their centroids (halved while too few), never
+    a test fold's. No validation (None) when the polygons are too few to split."""
+    polygon = labels.rasters.polygon
+    ids = np.unique(polygon[(label >= 0) & (polygon >= 0)])
+    part = labels.polygons[labels.polygons["polygon_id"].isin(ids)]
+    centre = part.geometry.centroid
+    size = settings.block_size_m
+    while True:
+        try:
+            _, val = validation_split(
+                centre.x.to_numpy(), centre.y.to_numpy(), np.ones(len(part), bool), size, 0.2, settings.seed
+            )
+            break
+        except BlockError:
+            if size < 1.0:
+                return label, None
+            size /= 2
+    held = np.isin(polygon, part["polygon_id"].to_numpy()[val]) & (label >= 0)
+    return np.where(held, -1, label).astype(np.int8), np.where(held, label, -1).astype(np.int8)
+
+
 def _train(
     cfg: RunConfig,
     features: np.ndarray,
@@ -432,8 +455,17 @@ def _train(
         "config": s.model_dump(mode="json"),
         "training_key": key,
     }
+    fit, val = inner_split(labels, label, s) if s.patience is not None else (label, None)
     model, info = train_value_net(
-        features, label, labels.rasters.polygon, names, s, device=cfg.train.device, unscaled=one_hot, spec_extra=extra
+        features,
+        fit,
+        labels.rasters.polygon,
+        names,
+        s,
+        val_label=val,
+        device=cfg.train.device,
+        unscaled=one_hot,
+        spec_extra=extra,
     )
     # not the seconds: a model retrained on the same data is the same file (so its maps resume rather than clash)
     trained = {k: v for k, v in info.as_dict().items() if k != "seconds"}

@@ -3,7 +3,9 @@
 Each epoch draws one crop per training polygon, centred on a random pixel of it (so every polygon, small or large,
 is seen equally often and every crop holds labels), flipped and rotated at random; the loss is the class-balanced
 binary cross-entropy on the crop's labelled pixels (:func:`geoplantnet.models.value_net.masked_bce`). Normalisation
-statistics come from the training pixels only. Seeded: a rerun on the same data gives the same weights on CPU.
+statistics come from the training pixels only. With validation polygons (a spatial split of the training polygons,
+never a test fold) the weights of the epoch with the least validation loss are kept (early stopping, as the species
+models do). Seeded: a rerun on the same data gives the same weights on CPU.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from geoplantnet.training.train import resolve_device, seed_everything
 class ValueTrainInfo:
     """How a value network was trained."""
 
-    epochs: int
+    epochs: int  # run (early stopping may end training before value.epochs)
+    best_epoch: int  # whose weights were kept
+    val_loss: float | None  # loss on the validation polygons' crops at that epoch (None without them)
     steps: int
-    polygons: int
+    polygons: int  # fitted
+    validation_polygons: int
     pixels: dict[str, int]  # labelled training pixels per class
     final_loss: float
     device: str
@@ -36,8 +41,11 @@ class ValueTrainInfo:
     def as_dict(self) -> dict[str, Any]:
         return {
             "epochs": self.epochs,
+            "best_epoch": self.best_epoch,
+            "val_loss": round(self.val_loss, 4) if self.val_loss is not None else None,
             "steps": self.steps,
             "polygons": self.polygons,
+            "validation_polygons": self.validation_polygons,
             "pixels": self.pixels,
             "final_loss": round(self.final_loss, 4),
             "device": self.device,
@@ -70,6 +78,28 @@ def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tupl
     return x, y
 
 
+def _balanced(label: np.ndarray) -> tuple[float, float]:
+    """Class weights giving each class half of the loss whatever its pixel count."""
+    counts = [int((label == c).sum()) for c in (0, 1)]
+    return tuple(sum(counts) / (2 * c) if c else 0.0 for c in counts)  # type: ignore[return-value]
+
+
+def _crops(
+    x_all: torch.Tensor, y_all: torch.Tensor, origins: np.ndarray, crop: int, rng: np.random.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of crops (features, labels) at ``origins``, flipped and turned at random when ``rng`` is given."""
+    xs, ys = [], []
+    for r, c in origins:
+        x, y = x_all[:, r : r + crop, c : c + crop], y_all[r : r + crop, c : c + crop]
+        x, y = _augment(x, y, rng) if rng is not None else (x, y)
+        xs.append(x)
+        ys.append(y)
+    xb, yb = torch.stack(xs), torch.stack(ys)
+    if xb.shape[0] == 1:  # BatchNorm needs more than one value per channel: a crop and its mirror
+        xb, yb = torch.cat([xb, torch.flip(xb, (-2,))]), torch.cat([yb, torch.flip(yb, (-2,))])
+    return xb, yb
+
+
 def train_value_net(
     features: np.ndarray,
     label: np.ndarray,
@@ -77,13 +107,17 @@ def train_value_net(
     names: list[str],
     settings: ValueConfig,
     *,
+    val_label: np.ndarray | None = None,
     device: str = "auto",
     unscaled: Sequence[str] = (),
     spec_extra: dict[str, Any] | None = None,
 ) -> tuple[ValueModel, ValueTrainInfo]:
     """Train a U-Net on ``features`` (C, y, x; NaN = no data) where ``label`` (y, x: -1 / 0 / 1) is known; crops
-    around the polygons of ``polygon`` (y, x ids, -1 none) holding training labels. ``unscaled``: features left
-    as they are (one-hot classes: 0 / 1 already). ``spec_extra``: more :class:`ValueSpec` fields."""
+    around the polygons of ``polygon`` (y, x ids, -1 none) holding training labels. ``val_label``: the labels of
+    validation polygons (none of them in ``label``): the weights of the epoch with the least loss on one crop per
+    validation polygon are kept, and training stops ``value.patience`` epochs after it (None: never early).
+    ``unscaled``: features left as they are (one-hot classes: 0 / 1 already). ``spec_extra``: more
+    :class:`ValueSpec` fields."""
     t0 = time.perf_counter()
     seed_everything(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -108,39 +142,50 @@ def train_value_net(
     net = model.net.to(dev)
     x_all = torch.from_numpy(prepare_features(features, mean, std))
     y_all = torch.from_numpy(label.astype(np.int64))
-    counts = [int((label == c).sum()) for c in (0, 1)]
-    total = sum(counts)
-    # balanced classes: each class weighs half of the loss whatever its pixel count
-    weights = tuple(total / (2 * c) if c else 0.0 for c in counts)
+    weights = _balanced(label)
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
     crop = settings.crop
-    steps, loss_value = 0, float("nan")
-    net.train()
-    for _ in range(settings.epochs):
+    val, val_ids = None, np.zeros(0, np.int32)
+    if val_label is not None and (val_label >= 0).any():
+        val_ids = np.unique(polygon[(val_label >= 0) & (polygon >= 0)])
+        origins = _crop_origins(polygon, val_ids, crop, np.random.default_rng(settings.seed + 1))
+        val = (*_crops(x_all, torch.from_numpy(val_label.astype(np.int64)), origins, crop, None), _balanced(val_label))
+    steps, loss_value, epochs = 0, float("nan"), 0
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    for epoch in range(settings.epochs):
+        net.train()
         origins = _crop_origins(polygon, ids, crop, rng)[rng.permutation(len(ids))]
         for start in range(0, len(origins), settings.batch):
-            xs, ys = [], []
-            for r, c in origins[start : start + settings.batch]:
-                x, y = _augment(x_all[:, r : r + crop, c : c + crop], y_all[r : r + crop, c : c + crop], rng)
-                xs.append(x)
-                ys.append(y)
-            xb, yb = torch.stack(xs).to(dev), torch.stack(ys).to(dev)
-            if xb.shape[0] == 1:  # BatchNorm needs more than one value per channel: a crop and its mirror
-                xb, yb = torch.cat([xb, torch.flip(xb, (-2,))]), torch.cat([yb, torch.flip(yb, (-2,))])
-            loss = masked_bce(net(xb), yb, weights)
+            xb, yb = _crops(x_all, y_all, origins[start : start + settings.batch], crop, rng)
+            loss = masked_bce(net(xb.to(dev)), yb.to(dev), weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             steps += 1
             loss_value = float(loss.detach())
         sched.step()
+        epochs = epoch + 1
+        if val is None:
+            continue
+        net.eval()
+        with torch.no_grad():
+            val_loss = float(masked_bce(net(val[0].to(dev)), val[1].to(dev), val[2]))
+        if best is None or val_loss < best[0]:
+            best = (val_loss, epochs, {k: v.detach().clone() for k, v in net.state_dict().items()})
+        elif epochs - best[1] >= (settings.patience or settings.epochs):
+            break
+    if best is not None:
+        net.load_state_dict(best[2])
     net.eval()
     info = ValueTrainInfo(
-        epochs=settings.epochs,
+        epochs=epochs,
+        best_epoch=best[1] if best is not None else epochs,
+        val_loss=best[0] if best is not None else None,
         steps=steps,
         polygons=len(ids),
-        pixels={"low": counts[0], "high": counts[1]},
+        validation_polygons=len(val_ids),
+        pixels={"low": int((label == 0).sum()), "high": int((label == 1).sum())},
         final_loss=loss_value,
         device=str(dev),
         seconds=time.perf_counter() - t0,
