@@ -80,6 +80,9 @@ def test_edits_keep_missing_data_missing():
     expected = 0.2 + where.edge[ring] * (0.5 - 0.2)
     assert np.allclose(out[0, 0][ring], expected)
     assert np.allclose(out[1, 2][ring], 0.2)  # a season the class has no typical value for is left as it was
+    inside = out[1, 2][where.inside]
+    assert np.allclose(inside[~np.isnan(inside)], 0.2)  # inside too: the data mask never changes
+    assert (np.isnan(out) == np.isnan(values)).all()
     far = where.distance == np.inf
     assert (out[:, :, far] == values[:, :, far]).all()
 
@@ -161,3 +164,19 @@ def test_coarsen_is_a_nan_aware_block_mean():
     fine[:5, :5] = np.nan
     out = coarsen(fine, 5)
     assert np.isnan(out[0, 0]) and out[1, 1] == fine[5:, 5:].mean()
+
+
+def test_a_draw_is_one_thinned_network():
+    """The same channels are dropped for every pixel and whatever the batch: zone sums keep the draw's spread."""
+    net = nn.Sequential(nn.Linear(8, 64), nn.Dropout(0.5)).eval()
+    x = torch.randn(10, 8)
+    with torch.no_grad(), mc_dropout(net, 3):
+        rows, one = net(x), net(x[:1])
+    dropped = rows == 0
+    assert dropped[0].any() and (dropped == dropped[0]).all()
+    assert torch.allclose(rows[:1], one, atol=1e-5)
+    conv = nn.Sequential(nn.Conv2d(2, 16, 1), nn.Dropout2d(0.5)).eval()
+    with torch.no_grad(), mc_dropout(conv, 3):
+        maps = conv(torch.randn(1, 2, 5, 7))
+    off = (maps == 0).all(dim=(2, 3))[0]
+    assert off.any() and ((maps[0, ~off] != 0).any(dim=(1, 2))).all()  # whole channels, never single pixels

@@ -36,7 +36,7 @@ from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.dense import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
 from geoplantnet.inference.points import predict_tile_points
 from geoplantnet.jobs.tiled import TiledRun, TileOutput, produce_tiles
-from geoplantnet.models.mc_dropout import mc_dropout
+from geoplantnet.models.mc_dropout import exclusive, mc_dropout
 from geoplantnet.models.peers import PeerSpec, is_peer_file, load_peer
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
@@ -261,6 +261,7 @@ class TileInputs:
     env: np.ndarray | None
     read_s: float
     model_loads: int
+    budget_bytes: int  # the strip budget of every pass over them (a GPU's free memory is read once)
 
 
 @dataclass(frozen=True)
@@ -284,10 +285,13 @@ class SpeciesPredictor:
     def read(self, tile: Tile) -> TileInputs:
         """The raw input windows of ``tile`` (read once; :meth:`forward` may run on them several times)."""
         t0 = time.perf_counter()
-        _, spec, loads = cached_model(self.model, self.compute.device)
+        model, spec, loads = cached_model(self.model, self.compute.device)
         geom = tile_geometry(spec, tile, self.map_grid, self.cube_grid)
         patch, env = self.sources.read(spec, geom, self.map_grid, self.cube_grid)
-        return TileInputs(geom, patch, env, round(time.perf_counter() - t0, 3), loads)
+        budget = 0
+        if not isinstance(spec, PeerSpec):  # fixed per tile: every pass over these inputs uses the same strips
+            budget = default_budget(next(model.parameters()).device, self.compute.batch_mb, self.compute.cpu_batch_mb)
+        return TileInputs(geom, patch, env, round(time.perf_counter() - t0, 3), loads, budget)
 
     def forward(self, inputs: TileInputs, *, dropout_seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """The model on a tile's inputs: uint8 codes (species, y, x) and timings. ``dropout_seed``: one Monte-Carlo
@@ -300,7 +304,8 @@ class SpeciesPredictor:
             codes = predict_tile_points(model, spec, geom, patch, env)
         else:
             device = next(model.parameters()).device
-            draw = contextlib.nullcontext() if dropout_seed is None else mc_dropout(model, dropout_seed)
+            # the model is shared by the worker's threads: a pass never runs inside another thread's draw
+            draw = exclusive() if dropout_seed is None else mc_dropout(model, dropout_seed)
             with draw:
                 codes = predict_tile(
                     model,
@@ -308,7 +313,7 @@ class SpeciesPredictor:
                     geom,
                     patch,
                     env,
-                    budget_bytes=default_budget(device, self.compute.batch_mb, self.compute.cpu_batch_mb),
+                    budget_bytes=inputs.budget_bytes,
                     mixed_precision=self.compute.mixed_precision,
                 )
         t2 = time.perf_counter()

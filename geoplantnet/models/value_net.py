@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from geoplantnet.core.errors import InputError
+from geoplantnet.models.mc_dropout import exclusive, mc_dropout
 
 FILE_FORMAT = "geoplantnet-value-net/1"
 CLASSES = ("low", "high")  # the output is the probability of the second
@@ -237,19 +238,12 @@ class ValueModel:
         x = prepare_features(np.pad(features, pad, constant_values=np.nan), mean, std)
         device = next(self.net.parameters()).device
         inputs = torch.from_numpy(x[None]).to(device)
-        self.net.eval()
-        if draws <= 0:
-            return torch.sigmoid(self.net(inputs))[:, :h, :w].float().cpu().numpy()
-        dropouts = [m for m in self.net.modules() if isinstance(m, nn.Dropout | nn.Dropout2d)]
-        out = []
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # the caller's random state is left as it was
-            torch.manual_seed(seed)
-            try:
-                for m in dropouts:
-                    m.train()
-                for _ in range(draws):
+        with exclusive():  # the cached net is shared by the worker's threads
+            self.net.eval()  # a net fresh from training comes back in train mode
+            if draws <= 0:
+                return torch.sigmoid(self.net(inputs))[:, :h, :w].float().cpu().numpy()
+            out = []
+            for k in range(draws):  # draw k: one thinned network (channel masks), the same over any window
+                with mc_dropout(self.net, seed + k):
                     out.append(torch.sigmoid(self.net(inputs))[0, :h, :w].float().cpu().numpy())
-            finally:
-                self.net.eval()
         return np.stack(out)

@@ -11,8 +11,9 @@ the species, value) answers the same question: what would it predict on the chan
 - **In the buffer** (0 < distance <= ``buffer_m``) the land cover is kept and the composite moves towards the new class
   by ``edge_strength x (1 - distance / buffer_m)``: dust, trampling, drainage and light at a new edge, fading with
   distance. That is an assumption of the scenario, stated in every report, not something the models learned.
-- **Missing data is kept missing**: a season that is NaN (cloud) before stays NaN after, so a change is always the
-  land's, never a difference in data gaps.
+- **Missing data is kept missing, and data kept data**: a season that is NaN (cloud) before stays NaN after, and a
+  season the new class has no typical value for keeps its values, so the models' data masks are the same before and
+  after and a change is always the land's, never a difference in data gaps.
 """
 
 from __future__ import annotations
@@ -203,12 +204,15 @@ def one_hot_layers(names: list[str], variable: str) -> dict[int, int]:
 
 def edit_composite(values: np.ndarray, where: Zone, signature: np.ndarray) -> np.ndarray:
     """The composite (season, band, y, x) after the scenario: the footprint takes the new class's typical values,
-    the buffer moves towards them by its edge weight; NaN (no data) stays NaN."""
+    the buffer moves towards them by its edge weight; NaN (no data) stays NaN and data stays data (a channel without
+    a typical value keeps its values), so the data mask is the same before and after."""
     out = values.copy()
     target = signature[:, :, None]
     if where.inside.any():
         inner = out[:, :, where.inside]
-        out[:, :, where.inside] = np.where(np.isnan(inner), np.nan, np.broadcast_to(target, inner.shape))
+        typical = np.broadcast_to(target, inner.shape)
+        # no data stays no data, and data stays data: a season the class has no typical value for keeps its values
+        out[:, :, where.inside] = np.where(np.isnan(inner) | np.isnan(typical), inner, typical)
     ring = where.edge > 0
     if ring.any():
         w = where.edge[ring]
