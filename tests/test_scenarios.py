@@ -22,10 +22,10 @@ from geoplantnet.products.scenarios import (
     edit_environment,
     learn_signature,
     load_scenario,
-    read_polygons,
     resolve_class,
     zone,
 )
+from geoplantnet.samples.vectors import VectorError, read_polygons
 
 GRID = Grid.from_origin(4_321_000.0, 2_981_000.0, 10.0, 40, 30)  # 400 m x 300 m at 10 m
 SQUARE = shapely.box(4_321_100.0, 2_980_800.0, 4_321_200.0, 2_980_900.0)  # 10 x 10 pixels
@@ -58,13 +58,13 @@ def test_a_footprint_in_lonlat_is_the_same_footprint(tmp_path):
 
 
 def test_bad_footprints_are_named(tmp_path):
-    with pytest.raises(ScenarioError, match="no such file"):
+    with pytest.raises(VectorError, match="no such file"):
         read_polygons(tmp_path / "none.geojson", 3035, "footprint")
     gpd.GeoDataFrame(geometry=[shapely.Point(4_321_100, 2_980_800)], crs=3035).to_file(tmp_path / "p.gpkg")
-    with pytest.raises(ScenarioError, match="Point geometries"):
+    with pytest.raises(VectorError, match="Point geometries"):
         read_polygons(tmp_path / "p.gpkg", 3035, "footprint")
     (tmp_path / "bad.geojson").write_text("{not json")
-    with pytest.raises(ScenarioError, match=r"bad\.geojson: cannot read"):
+    with pytest.raises(VectorError, match=r"bad\.geojson: cannot read"):
         read_polygons(tmp_path / "bad.geojson", 3035, "footprint")
 
 

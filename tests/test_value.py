@@ -15,11 +15,12 @@ import torch
 from shapely.geometry import box
 
 from geoplantnet.core.config import ConfigError, CubeConfig, ValueConfig, load_config
+from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.jobs.mapping import MapSources, ModelRef, ReadSettings
 from geoplantnet.jobs.value import ValuePredictor, polygon_folds, read_features, sample_pixels
 from geoplantnet.models.value_net import ValueModel, ValueSpec, halo, masked_bce
-from geoplantnet.samples.value_labels import ValueLabelsError, rasterise_labels, read_value_polygons
+from geoplantnet.samples.value_labels import rasterise_labels, read_value_polygons
 from geoplantnet.testing.fixtures import small_grid
 
 CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml"
@@ -78,16 +79,16 @@ def test_polygon_files_refused_in_one_line(tmp_path: Path) -> None:
     grid = small_grid(10.0, 64)
     polys = _polygons(grid)
     kw = {"label_column": "value", "high": "high", "low": "low", "epsg": 3035}
-    cases = {"missing": (str(tmp_path / "nowhere.gpkg"), kw, "no such polygon file")}
+    cases = {"missing": (str(tmp_path / "nowhere.gpkg"), kw, "no such file")}
     polys.to_file(tmp_path / "sites.gpkg", driver="GPKG")
     cases["column"] = (str(tmp_path / "sites.gpkg"), {**kw, "label_column": "quality"}, "no label column 'quality'")
     cases["values"] = (str(tmp_path / "sites.gpkg"), {**kw, "high": "HIGH"}, "holds no 'HIGH'")
     polys.set_crs(None, allow_override=True).to_parquet(tmp_path / "nocrs.parquet")
     cases["crs"] = (str(tmp_path / "nocrs.parquet"), kw, "have no CRS")
     (tmp_path / "junk.geojson").write_text("not json")
-    cases["junk"] = (str(tmp_path / "junk.geojson"), kw, "cannot read as polygons")
+    cases["junk"] = (str(tmp_path / "junk.geojson"), kw, "cannot read it")
     for path, settings, expected in cases.values():
-        with pytest.raises(ValueLabelsError, match=expected) as err:
+        with pytest.raises(InputError, match=expected) as err:  # the labels' own kinds and the reader's
             read_value_polygons(path, **settings)
         assert "\n" not in str(err.value) and Path(path).name in str(err.value)
 

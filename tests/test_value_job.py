@@ -113,7 +113,7 @@ def test_value_refusals_are_one_line(tmp_path: Path, capsys) -> None:
     user.mkdir()
     (user / "notes.txt").write_text("keep me")
     cases = [
-        (["--polygons", str(tmp_path / "nowhere.gpkg")], "no such polygon file"),
+        (["--polygons", str(tmp_path / "nowhere.gpkg")], "no such file"),
         (["--polygons", str(polygons), "--label-column", "quality"], "no label column 'quality'"),
         (["--polygons", str(polygons), "--set", "value.high=excellent"], "holds no 'excellent'"),
         (["--polygons", str(polygons), "--out", str(user)], "not a geoplantnet store"),

@@ -49,10 +49,10 @@ from geoplantnet.products.scenarios import (
     edit_environment,
     learn_signature,
     load_scenario,
-    read_polygons,
     resolve_class,
     zone,
 )
+from geoplantnet.samples.vectors import read_polygons
 from geoplantnet.sources.predictors import declared_classes
 from geoplantnet.storage.reports import claim_report_folder, place, place_json
 

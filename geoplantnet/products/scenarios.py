@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import geopandas as gpd
 import numpy as np
 import rasterio.features
 import shapely
@@ -31,8 +30,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geoplantnet.core.errors import ConfigError, InputError
 from geoplantnet.core.grid import Grid
-
-POLYGONAL = ("Polygon", "MultiPolygon")
 
 
 class ScenarioError(InputError):
@@ -76,29 +73,6 @@ def load_scenario(path: str | Path) -> Scenario:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "scenario"
         raise ScenarioError(f"scenario {path}: {where}: {err['msg']}") from None
-
-
-def read_polygons(path: str | Path, epsg: int, what: str) -> gpd.GeoDataFrame:
-    """Polygons from GeoParquet / GeoPackage / GeoJSON / shapefile in any CRS, in EPSG:``epsg``; ``what`` names the
-    file in errors (``footprint``, ``candidate sites``). Invalid rings are repaired; other geometry kinds refused."""
-    path = Path(path)
-    if not path.exists():
-        raise ScenarioError(f"{what} {path}: no such file")
-    try:
-        frame = gpd.read_parquet(path) if path.suffix.lower() in (".parquet", ".geoparquet") else gpd.read_file(path)
-    except Exception as exc:  # any reader error is the file's: fiona/pyogrio/pyarrow raise many kinds
-        raise ScenarioError(f"{what} {path}: cannot read it ({str(exc).splitlines()[0][:200]})") from None
-    frame = frame[~frame.geometry.isna() & ~frame.geometry.is_empty]
-    if frame.empty:
-        raise ScenarioError(f"{what} {path}: no geometries")
-    if frame.crs is None:
-        raise ScenarioError(f"{what} {path}: no CRS; write the file with its CRS (e.g. EPSG:4326 or EPSG:3035)")
-    kinds = sorted(set(frame.geom_type) - set(POLYGONAL))
-    if kinds:
-        raise ScenarioError(f"{what} {path}: {', '.join(kinds)} geometries; give polygons (buffer lines to a width)")
-    frame = frame.to_crs(epsg)
-    frame["geometry"] = shapely.make_valid(frame.geometry.values)
-    return frame.reset_index(drop=True)
 
 
 def resolve_class(scenario: Scenario, classes: dict[int, str]) -> int:

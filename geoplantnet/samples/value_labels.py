@@ -10,17 +10,14 @@ raster (-1 outside every polygon), so pixels can be traced to their polygon (fol
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import fsspec
 import geopandas as gpd
 import numpy as np
 import rasterio.features
 
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid
-
-PARQUET = (".parquet", ".geoparquet")
+from geoplantnet.samples.vectors import read_vector
 
 
 class ValueLabelsError(InputError):
@@ -35,25 +32,10 @@ class LabelRasters:
     polygon: np.ndarray
 
 
-def _read_vector(source: str) -> gpd.GeoDataFrame:
-    suffix = Path(source.split("?", 1)[0]).suffix.lower()
-    fs, path = fsspec.core.url_to_fs(source)
-    if not fs.exists(path):
-        raise ValueLabelsError(f"{source}: no such polygon file")
-    try:
-        if suffix in PARQUET:
-            with fsspec.open(source, "rb") as f:
-                return gpd.read_parquet(f)
-        return gpd.read_file(source)
-    except Exception as exc:  # pyogrio / pyarrow raise their own kinds for unreadable files
-        detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
-        raise ValueLabelsError(f"{source}: cannot read as polygons ({detail})") from None
-
-
 def read_value_polygons(source: str, *, label_column: str, high: str, low: str, epsg: int) -> gpd.GeoDataFrame:
     """The polygons of ``source`` in EPSG:``epsg`` with ``label`` (1 for ``high``, 0 for ``low``; other labels are
     dropped) and ``polygon_id`` (row order); one-line refusals naming what to fix."""
-    table = _read_vector(source)
+    table = read_vector(source, "value polygons")
     if table.crs is None:
         raise ValueLabelsError(f"{source}: the polygons have no CRS; write the file with one (e.g. EPSG:3035)")
     if label_column not in table.columns:

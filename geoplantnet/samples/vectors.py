@@ -1,0 +1,53 @@
+"""Polygons from a user's vector file: GeoParquet, GeoPackage, GeoJSON or a shapefile, a local path or an fsspec URL,
+in any CRS. The one reader of value labels, project footprints and candidate offset sites."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fsspec
+import geopandas as gpd
+import shapely
+
+from geoplantnet.core.errors import InputError
+
+PARQUET = (".parquet", ".geoparquet")
+POLYGONAL = ("Polygon", "MultiPolygon")
+
+
+class VectorError(InputError):
+    """A vector file that cannot be used (one line naming the file and what to fix)."""
+
+
+def read_vector(source: str | Path, what: str) -> gpd.GeoDataFrame:
+    """The features of ``source`` as they are (their CRS, every column); ``what`` names the file in errors."""
+    source = str(source)
+    suffix = Path(source.split("?", 1)[0]).suffix.lower()
+    fs, path = fsspec.core.url_to_fs(source)
+    if not fs.exists(path):
+        raise VectorError(f"{what} {source}: no such file")
+    try:
+        if suffix in PARQUET:
+            with fsspec.open(source, "rb") as f:
+                return gpd.read_parquet(f)
+        return gpd.read_file(source)
+    except Exception as exc:  # pyogrio / pyarrow raise their own kinds for unreadable files
+        detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        raise VectorError(f"{what} {source}: cannot read it ({detail})") from None
+
+
+def read_polygons(source: str | Path, epsg: int, what: str) -> gpd.GeoDataFrame:
+    """The polygons of ``source`` in EPSG:``epsg``, empty rows dropped, invalid rings repaired; a file without a CRS
+    or with other geometry kinds is refused."""
+    frame = read_vector(source, what)
+    frame = frame[~frame.geometry.isna() & ~frame.geometry.is_empty]
+    if frame.empty:
+        raise VectorError(f"{what} {source}: no geometries")
+    if frame.crs is None:
+        raise VectorError(f"{what} {source}: no CRS; write the file with its CRS (e.g. EPSG:4326 or EPSG:3035)")
+    kinds = sorted(set(frame.geom_type) - set(POLYGONAL))
+    if kinds:
+        raise VectorError(f"{what} {source}: {', '.join(kinds)} geometries; give polygons (buffer lines to a width)")
+    frame = frame.to_crs(epsg)
+    frame["geometry"] = shapely.make_valid(frame.geometry.values)
+    return frame.reset_index(drop=True)
