@@ -49,12 +49,14 @@ from geoplantnet.products.scenarios import (
     edit_environment,
     learn_signature,
     load_scenario,
+    one_hot_layers,
     resolve_class,
     zone,
 )
 from geoplantnet.samples.vectors import read_polygons
 from geoplantnet.sources.predictors import declared_classes
 from geoplantnet.storage.reports import claim_report_folder, place, place_json
+from geoplantnet.storage.store import exists, is_local, storage_options_for
 
 REPORT_FILES = ("summary.json", "report.md", "maps.png", "impact.gpkg")
 OFFSET_FILES = ("summary.json", "report.md", "offsets.csv", "offsets.gpkg")
@@ -144,11 +146,13 @@ def learn_edit(
     rural region) is looked for in a context three and nine times as wide before the scenario is refused."""
     classes = land_cover_classes(sources, scenario.variable)
     code = resolve_class(scenario, classes)
+    if code not in one_hot_layers(list(env_names), scenario.variable):
+        raise ScenarioError(f"scenario {scenario.name}: the models take no '{scenario.variable}_{code}' layer")
     bands = sources.band_names()
     where = f"scenario {scenario.name}"
     for widen in CONTEXT_STEPS:
         context = context_window(cube_grid, geometry, scenario.context_m * widen)
-        env = sources.environment(context, list(env_names), check=False)
+        env = sources.environment(context, list(env_names))
         land_cover, _ = dominant_class(env, list(env_names), scenario.variable)
         if (land_cover == code).sum() >= scenario.min_context_pixels or widen == CONTEXT_STEPS[-1]:
             break
@@ -330,7 +334,7 @@ def plan_impact(
         notes.append("no value model (run `geoplantnet value` first): biodiversity value is not assessed")
     versions = dict(job.model.versions)
     if value is not None:
-        versions["value_model"] = str(getattr(value, "version", value_model))
+        versions["value_model"] = f"value-unet/{value.model.sha256[:12]}"
     if spec.variables is None:
         raise ImpactError(f"the species model {redact({'u': model_url})['u']} records no variable names")
     return ImpactPlan(
@@ -352,6 +356,15 @@ def plan_impact(
         versions=versions,
         notes=notes,
     )
+
+
+def draws_of(plan: ImpactPlan) -> dict[str, Any]:
+    """What makes two runs' draws the same thinned networks: the value model's content, the seed and the count."""
+    return {
+        "value_model": plan.value.model.sha256 if plan.value is not None else None,
+        "seed": plan.seed,
+        "draws": plan.draws,
+    }
 
 
 def value_factor(plan: ImpactPlan) -> int:
@@ -651,9 +664,11 @@ def evaluate_truth(plan: ImpactPlan, a: Assessment) -> dict[str, Any]:
 
 
 def summarise_intervals(plan: ImpactPlan, a: Assessment) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per group and zone, the Monte-Carlo interval of the mean per-pixel change of the expected count."""
+    """Per group and zone, the Monte-Carlo interval of the mean per-pixel change of the expected count (over the
+    pixels with data, as the point change is: the draws have the map's data mask)."""
     level = plan.cfg.indicators.level
-    sizes = np.maximum([(a.zones == z).sum() for z in (1, 2, 3)], 1)
+    finite = np.isfinite(a.before["richness_expected"])
+    sizes = np.maximum([((a.zones == z) & finite).sum() for z in (1, 2, 3)], 1)
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for group, before in a.draws["before"].items():
         if group == "richness_pixels":
@@ -670,7 +685,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "–"
     if isinstance(v, float):
-        return f"{v:+.{digits}f}" if digits < 0 else f"{v:.{digits}f}"
+        return f"{v:.{digits}f}"
     return str(v)
 
 
@@ -757,7 +772,8 @@ def impact_markdown(summary: Mapping[str, Any]) -> str:
                 f"{_fmt(row.get('threatened_change_predicted'))} | {_fmt(row.get('threatened_change_true'))} | "
                 f"{_fmt(row.get('value_change_predicted'), 3)} | {_fmt(row.get('value_score_change_true'))} |"
             )
-        lines += ["", f"Per-pixel correlation of predicted and true change (footprint and buffer): {ev['pixel_r']}."]
+        shown = ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in ev["pixel_r"].items())
+        lines += ["", f"Per-pixel correlation of predicted and true change (footprint and buffer): {shown}."]
         lines += [f"Note: {ev['note']}."]
     if summary.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in summary["notes"]]
@@ -878,13 +894,15 @@ def resolve_models(cfg: RunConfig, model: str | None, habitat_model: str | None,
         from geoplantnet.jobs.value import default_value_model
 
         default = default_value_model(cfg)
-        value = default if Path(default).exists() else None
+        value = default if exists(default, storage_options_for(default, cfg.store)) else None
     return Models(species, habitat_model or under_root(cfg, "habitats/model"), value)
 
 
 def report_folder(cfg: RunConfig, out: str | None, default: str, files: Sequence[str], what: str, overwrite: bool):
     """The report folder (``out`` or ``<store.root>/<default>``): a whole earlier report is replaced only with
     ``overwrite``; a folder with anything else is refused."""
+    if out is None and not is_local(cfg.store.root):
+        raise ConfigError("reports are written to a local folder and store.root is remote: pass --out DIR")
     folder = Path(out) if out is not None else Path(cfg.store.root) / default
     if (folder / "summary.json").exists() and not overwrite:
         raise RefusedError(f"{folder} holds an earlier {what}; pass --overwrite to replace it")
@@ -926,7 +944,8 @@ def run_impact(
     t0 = time.perf_counter()
     sc = load_scenario(scenario)
     geometry = shapely.union_all(read_polygons(footprint, cfg.grid.epsg, "footprint").geometry.values)
-    if not shapely.intersects(geometry, shapely.box(*cfg.grid.grid().bounds)):
+    region = shapely.box(*cfg.grid.grid().bounds)
+    if not shapely.intersects(geometry, region):
         raise ScenarioError(f"footprint {footprint}: it does not overlap the region {cfg.grid.grid().bounds}")
     models = resolve_models(cfg, model, habitat_model, value_model)
     folder = report_folder(cfg, out, f"impact/{sc.name}", REPORT_FILES, "impact report", overwrite)
@@ -943,12 +962,19 @@ def run_impact(
         "footprint": redact({"u": str(footprint)})["u"],
         "tiles": assessment.tiles,
         "reach_m": plan.reach_m,
+        "footprint_area_ha": round(float(shapely.intersection(geometry, region).area) / 1e4, 3),
         "draws": plan.draws,
+        "draws_of": draws_of(plan),
         "level": cfg.indicators.level,
         "versions": plan.versions,
         **summarise(plan, assessment),
         "notes": plan.notes + [redact_text(n) for n in run.notes],
     }
+    if not summary["zones"]["footprint"]["pixels"]:
+        summary["notes"].append(
+            f"the footprint holds no {plan.map_grid.resolution:g} m map cell centre: the species and indicator tables "
+            "show its edge and surroundings only (the value map sees it at 10 m)"
+        )
     if evaluate:
         summary["evaluation"] = evaluate_truth(plan, assessment)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
@@ -997,12 +1023,18 @@ def read_impact(path: str) -> dict[str, Any]:
     return summary
 
 
-def compensation(gain: np.ndarray | None, loss: np.ndarray | None, ratio: float, confidence: float) -> tuple:
-    """(P(gain >= ratio x loss) over all pairs of draws, verdict): "yes" at ``confidence``, "no" when the opposite
-    holds at that confidence, else "uncertain"; without draws only the point values decide (P is None)."""
+def compensation(
+    gain: np.ndarray | None, loss: np.ndarray | None, ratio: float, confidence: float, *, paired: bool = False
+) -> tuple[float | None, str | None]:
+    """(P(gain >= ratio x loss), verdict): "yes" at ``confidence``, "no" when the opposite holds at that confidence,
+    else "uncertain"; None without draws. ``paired``: draw k of both is the same thinned network (same value model,
+    seeds and draw count), so draw k is compared with draw k; otherwise every pair of draws."""
     if gain is None or loss is None or not len(gain) or not len(loss):
         return None, None
-    p = float((gain[:, None] >= ratio * loss[None, :]).mean())
+    if paired and len(gain) == len(loss):
+        p = float((gain >= ratio * loss).mean())
+    else:
+        p = float((gain[:, None] >= ratio * loss[None, :]).mean())
     verdict = "yes" if p >= confidence else ("no" if p <= 1 - confidence else "uncertain")
     return p, verdict
 
@@ -1039,6 +1071,13 @@ def run_offsets(
     outside = [i for i, g in zip(ids, frame.geometry, strict=True) if not shapely.intersects(g, region)]
     if outside:
         raise ScenarioError(f"candidate sites {sites}: {outside[:5]} lie outside the region")
+    geoms = frame.geometry.values
+    for i in range(len(geoms)):
+        for j in range(i + 1, len(geoms)):
+            if shapely.intersection(geoms[i], geoms[j]).area > 0:
+                raise ScenarioError(
+                    f"candidate sites {sites}: {ids[i]} and {ids[j]} overlap (their gains would count twice)"
+                )
     impact_summary = read_impact(impact) if impact is not None else None
     models = resolve_models(cfg, model, habitat_model, value_model)
     if models.value is None:
@@ -1059,7 +1098,9 @@ def run_offsets(
     loss = None
     if impact_summary is not None:
         change, draws = _total_value_change(impact_summary["value"])
-        loss = {"value_ha": -change, "draws": None if draws is None else -draws}
+        same = {k: impact_summary.get("draws_of", {}).get(k) for k in ("value_model", "seed", "draws")}
+        paired = same == draws_of(plan)
+        loss = {"value_ha": -change, "draws": None if draws is None else -draws, "paired": paired}
     ratio, confidence = cfg.impact.offset_ratio, cfg.impact.confidence
     rows = []
     for site, a in zip(ids, assessments, strict=True):
@@ -1077,7 +1118,9 @@ def run_offsets(
             "_draws": draws,
         }
         if loss is not None:
-            row["p_no_net_loss"], row["compensates"] = compensation(draws, loss["draws"], ratio, confidence)
+            row["p_no_net_loss"], row["compensates"] = compensation(
+                draws, loss["draws"], ratio, confidence, paired=loss["paired"]
+            )
             if row["compensates"] is None:
                 row["compensates"] = "yes" if gain >= ratio * loss["value_ha"] else "no"
         if evaluate:
@@ -1103,6 +1146,7 @@ def run_offsets(
             "value_ha_loss": loss["value_ha"],
             "ratio": ratio,
             "confidence": confidence,
+            "draws_paired": loss["paired"],
             "portfolio": portfolio(rows, loss, ratio, confidence),
         }
     if evaluate:
@@ -1113,18 +1157,21 @@ def run_offsets(
 
 
 def portfolio(rows: list[dict[str, Any]], loss: Mapping[str, Any], ratio: float, confidence: float) -> dict:
-    """The fewest best-ranked sites whose summed gain compensates the loss (per draw), or all of them falling short."""
+    """The fewest best-ranked sites with a positive gain whose summed gain compensates the loss (draw by draw), or
+    all of them falling short."""
+    if loss["value_ha"] <= 0:
+        return {"sites": [], "value_ha_gain": 0.0, "compensates": "no loss to offset"}
     chosen: list[str] = []
     total, draws = 0.0, None
-    for row in rows:
+    for row in (r for r in rows if r["value_ha_gain"] > 0):
         chosen.append(row["site"])
         total += row["value_ha_gain"]
         if row["_draws"] is not None:
             draws = row["_draws"] if draws is None else draws + row["_draws"]
-        p, verdict = compensation(draws, loss["draws"], ratio, confidence)
+        p, verdict = compensation(draws, loss["draws"], ratio, confidence, paired=loss["paired"])
         if (verdict or ("yes" if total >= ratio * loss["value_ha"] else "no")) == "yes":
             return {"sites": chosen, "value_ha_gain": round(total, 4), "p_no_net_loss": p, "compensates": "yes"}
-    return {"sites": chosen, "value_ha_gain": round(total, 4), "compensates": "no: all candidates fall short"}
+    return {"sites": chosen, "value_ha_gain": round(total, 4), "compensates": "no: the candidates fall short"}
 
 
 def offsets_evaluation(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1183,12 +1230,14 @@ def offsets_markdown(summary: Mapping[str, Any]) -> str:
 
 def write_offsets(folder: Path, summary: Mapping[str, Any], frame: Any, ids: list[str]) -> None:
     """``offsets.csv``, ``offsets.gpkg`` (the sites with their ranking), ``report.md`` and, last, ``summary.json``."""
+    import geopandas as gpd
     import pandas as pd
 
-    table = pd.DataFrame(summary["ranking"])
-    sites = frame.assign(site=ids).merge(table, on="site", how="left").sort_values("rank")
-    keep = ["site", *[c for c in table.columns if c != "site"], "geometry"]
+    table = pd.DataFrame(summary["ranking"]).drop(columns=["value_ha_gain_draws"])
+    # the ranking's columns and the geometry only: a site's own columns may share names with them
+    shapes = gpd.GeoDataFrame({"site": ids}, geometry=frame.geometry.values, crs=frame.crs)
+    sites = shapes.merge(table, on="site", how="left").sort_values("rank")
     place(folder, "offsets.csv", lambda p: table.to_csv(p, index=False))
-    place(folder, "offsets.gpkg", lambda p: sites[keep].to_file(p, layer="sites", driver="GPKG"))
+    place(folder, "offsets.gpkg", lambda p: sites.to_file(p, layer="sites", driver="GPKG"))
     place(folder, "report.md", lambda p: p.write_text(offsets_markdown(summary)))
     place_json(folder, "summary.json", summary)

@@ -50,7 +50,16 @@ from geoplantnet.runtime.cluster import task_resources
 from geoplantnet.runtime.worker_cache import WorkerCachePlugin, worker_cache
 from geoplantnet.samples.value_labels import LabelRasters, rasterise_labels, read_value_polygons
 from geoplantnet.sources import predictors
-from geoplantnet.storage.store import join, open_store, preflight, shown, storage_options_for, zarr_store
+from geoplantnet.storage.reports import place, place_json
+from geoplantnet.storage.store import (
+    exists,
+    join,
+    open_store,
+    preflight,
+    shown,
+    storage_options_for,
+    zarr_store,
+)
 from geoplantnet.storage.tiles import probability_attrs, tiled_variable, write_tile_blocks
 from geoplantnet.training.train import resolve_device
 from geoplantnet.training.value import train_value_net
@@ -551,7 +560,7 @@ def training_key(cfg: RunConfig, labels: Labels, sources: MapSources, names: lis
 
 
 def train_or_reuse(
-    cfg: RunConfig, sources: MapSources, labels: Labels, folder: Path, model_url: str
+    cfg: RunConfig, sources: MapSources, labels: Labels, folder: Path, model_url: str, overwrite: bool = False
 ) -> tuple[Trained, str]:
     """Cross-validate and train the final model, or reuse those of an earlier run with the same training key."""
     grid = value_grid(cfg)
@@ -562,6 +571,12 @@ def train_or_reuse(
     if previous is not None:
         report, sha = previous
         return Trained(report["folds"], model_url, sha, report["final_model"], True), key
+    if exists(model_url, storage_options_for(model_url, cfg.store)) and not overwrite:
+        raise RefusedError(
+            f"{shown(model_url)} is a value model of other polygons, inputs or settings; pass --overwrite to replace it"
+        )
+    for name in ("report.json", "report.md", "folds.csv"):  # they describe the model about to be replaced
+        (folder / name).unlink(missing_ok=True)
     region = Tile(0, 0, labels.window[0], labels.window[2], 0, 0, "training-window")
     features = read_features(sources, grid, region, labels.window, bands, variables)
     folds = cross_validate(cfg, features, labels, names, one_hot, key)
@@ -575,8 +590,8 @@ def train_or_reuse(
 
 
 def evaluate_value(cfg: RunConfig, aggregate_url: str, labels: Labels, quantile: float = 0.15) -> dict[str, Any]:
-    """The 50 m map against the virtual region's true value score: Spearman r over every pixel with both, and the
-    AUC of separating the true top from the bottom ``quantile`` of pixels outside the training polygons."""
+    """The 50 m map against the virtual region's true value score: Spearman r over every pixel with both and over those
+    outside the training polygons, and the AUC of separating the true top from the bottom ``quantile`` of pixels outside the training polygons."""
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
@@ -601,8 +616,10 @@ def evaluate_value(cfg: RunConfig, aggregate_url: str, labels: Labels, quantile:
     top, bottom = outside & (truth >= hi), outside & (truth <= lo)
     y = np.r_[np.ones(top.sum()), np.zeros(bottom.sum())]
     auc = roc_auc_score(y, np.r_[mapped[top], mapped[bottom]]) if top.any() and bottom.any() else float("nan")
+    rho_out = spearmanr(truth[outside], mapped[outside]).statistic if outside.sum() > 2 else float("nan")
     return {
         "spearman_r": round(float(rho), 4),
+        "spearman_r_outside_training": round(float(rho_out), 4),  # the training cells are easy: both are reported
         "pixels": int(both.sum()),
         "top_bottom_auc": round(float(auc), 4),
         "top_bottom_quantile": quantile,
@@ -650,7 +667,10 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("evaluation"):
         e = report["evaluation"]
         lines += ["", "## Against the virtual truth (50 m)", ""]
-        lines += [f"- Spearman r with value_score: {e['spearman_r']} over {e['pixels']} pixels"]
+        lines += [
+            f"- Spearman r with value_score: {e['spearman_r']} over {e['pixels']} pixels, "
+            f"{e['spearman_r_outside_training']} outside the training polygons"
+        ]
         lines += [
             f"- AUC, true top vs bottom {e['top_bottom_quantile']:.0%} outside the polygons: {e['top_bottom_auc']} "
             f"({e['top_pixels']} / {e['bottom_pixels']} pixels)"
@@ -660,17 +680,10 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(folder: Path, report: dict[str, Any]) -> None:
-    """``report.md``, ``folds.csv`` and ``report.json``, each written beside its name and renamed (JSON last)."""
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def place(name: str, text: str) -> None:
-        tmp = folder / f".{name}.partial"
-        tmp.write_text(text)
-        tmp.replace(folder / name)
-
-    place("report.md", markdown(report))
-    place("folds.csv", pd.DataFrame(report["folds"]).to_csv(index=False))
-    place("report.json", json.dumps(report, indent=2, default=str))
+    """``report.md``, ``folds.csv`` and ``report.json``, each written beside its name and renamed (strict JSON last)."""
+    place(folder, "report.md", lambda p: p.write_text(markdown(report)))
+    place(folder, "folds.csv", lambda p: pd.DataFrame(report["folds"]).to_csv(p, index=False))
+    place_json(folder, "report.json", report)
 
 
 # -- the job
@@ -796,7 +809,7 @@ def run_value(
         labels = load_labels(cfg, virtual_value_polygons(cfg, progress=progress), grid)
     sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
     model_url = default_value_model(cfg)
-    trained, key = train_or_reuse(cfg, sources, labels, folder, model_url)
+    trained, key = train_or_reuse(cfg, sources, labels, folder, model_url, overwrite)
     predictor = plan_value_predictor(cfg, model_url, sources)
     with connect(cfg.cluster) as client:
         maps = produce_value_maps(client, cfg, predictor, urls, overwrite=overwrite, progress=progress)

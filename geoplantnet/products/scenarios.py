@@ -41,7 +41,9 @@ class Scenario(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="short name; the default report folder")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="short name (letters, digits, . _ -): the report folder"
+    )
     land_cover: int | str = Field(description="the class the footprint becomes: a code or a declared class name")
     buffer_m: float = Field(100.0, ge=0, description="edge-effect distance around the footprint (metres)")
     edge_strength: float = Field(

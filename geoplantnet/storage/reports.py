@@ -18,21 +18,32 @@ def claim_report_folder(folder: Path, files: Sequence[str], what: str) -> Path:
     one that looks like this run's."""
     folder = Path(folder)
     if folder.exists():
-        foreign = sorted(p.name for p in folder.iterdir() if p.name not in files) if folder.is_dir() else []
+        # an interrupted run's partial files (and a GeoPackage writer's journals) are ours too
+        ours = set(files) | {_partial(n).name for n in files}
+        ours |= {f"{name}{tail}" for name in ours for tail in ("-journal", "-wal", "-shm")}
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours) if folder.is_dir() else []
         if not folder.is_dir() or foreign:
             raise RefusedError(f"{folder} holds {foreign[:3] or 'a file'}: not a {what}; refusing to write")
-        for name in files:
+        for name in ours:
             (folder / name).unlink(missing_ok=True)
     return folder
+
+
+def _partial(path: Path | str) -> Path:
+    # the partial file keeps the suffix: writers that check it (GeoPackage) see the right one
+    path = Path(path)
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
 def place(folder: Path, name: str, write: Callable[[Path], Any]) -> Path:
     """``write(path)`` to a partial file beside ``folder / name``, then renamed into place."""
     folder.mkdir(parents=True, exist_ok=True)
-    # the partial file keeps the suffix: writers that check it (GeoPackage) see the right one
-    tmp = folder / f".{Path(name).stem}.partial{Path(name).suffix}"
-    write(tmp)
-    tmp.replace(folder / name)
+    tmp = _partial(folder / name)
+    try:
+        write(tmp)
+        tmp.replace(folder / name)
+    finally:
+        tmp.unlink(missing_ok=True)
     return folder / name
 
 
