@@ -590,8 +590,9 @@ def train_or_reuse(
 
 
 def evaluate_value(cfg: RunConfig, aggregate_url: str, labels: Labels, quantile: float = 0.15) -> dict[str, Any]:
-    """The 50 m map against the virtual region's true value score: Spearman r over every pixel with both and over those
-    outside the training polygons, and the AUC of separating the true top from the bottom ``quantile`` of pixels outside the training polygons."""
+    """The 50 m map against the virtual region's true value score: Spearman r over every pixel with both and over
+    those outside the training polygons, and the AUC of separating the true top from the bottom ``quantile`` of pixels
+    outside the training polygons."""
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
