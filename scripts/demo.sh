@@ -6,7 +6,7 @@
 # then the biodiversity indicators with their uncertainty -> indicators.zarr, scored against the region's truth; then
 # the biodiversity-value U-Net from the region's high/low value polygons -> value.zarr (10 m) + value_50m.zarr, an
 # impact assessment of an example project (a quarry sealed inside its footprint) and an offset ranking of four
-# candidate sites under a grassland restoration, each scored against the region's truth under the same scenario.
+# candidate sites under a broadleaf woodland restoration, each scored against the region's truth under the same scenario.
 # Extra arguments go to every command (e.g. --set cluster.n_workers=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +21,5 @@ scripts/bootstrap.sh
 .venv/bin/geoplantnet impact --config pipelines/default.yaml --footprint pipelines/examples/impact/footprint.geojson \
     --scenario pipelines/examples/impact/sealed.yaml --evaluate --overwrite "$@"
 exec .venv/bin/geoplantnet offsets --config pipelines/default.yaml \
-    --sites pipelines/examples/impact/offset_sites.geojson --scenario pipelines/examples/impact/restore_grassland.yaml \
+    --sites pipelines/examples/impact/offset_sites.geojson --scenario pipelines/examples/impact/restore_woodland.yaml \
     --impact outputs/virtual-demo/impact/quarry-sealed --evaluate --overwrite "$@"

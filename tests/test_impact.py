@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+import shapely.affinity
 
 from geoplantnet.cli import main
 from geoplantnet.core.config import load_config
@@ -116,7 +117,8 @@ def test_the_report_is_whole(assessed):
     cells = gpd.read_file(out / "impact.gpkg", layer="cells")
     columns = {"richness_expected_change", "richness_change_sd", "value_change", "value_change_sd", "habitat_after"}
     assert columns <= set(cells.columns)
-    assert summary["value"]["footprint"]["value_ha_change_lower"] <= summary["value"]["footprint"]["value_ha_change"]
+    foot = summary["value"]["footprint"]
+    assert foot["value_ha_change_lower"] <= foot["value_ha_change_upper"] and len(foot["value_ha_change_draws"]) == 3
     assert "value_change_predicted" in summary["evaluation"]["zones"]["footprint"]
     assert cells.crs.to_epsg() == 3035
 
@@ -230,12 +232,13 @@ def test_offsets_rank_sites_and_judge_no_net_loss(assessed, ranked):
     assert summary["impact"]["value_ha_loss"] == pytest.approx(
         -sum(r["value_ha_change"] for r in impact["value"].values())
     )
+    assert summary["impact"]["draws_paired"]  # the same value model, seeds and draws: draw k is one network in both
     for r in ranking:
-        p = float((np.asarray(r["value_ha_gain_draws"])[:, None] >= loss[None, :]).mean())
+        p = float((np.asarray(r["value_ha_gain_draws"]) >= loss).mean())
         assert r["p_no_net_loss"] == pytest.approx(p)
         assert r["compensates"] == ("yes" if p >= 0.9 else "no" if p <= 0.1 else "uncertain")
     chosen = summary["impact"]["portfolio"]["sites"]
-    assert chosen == [r["site"] for r in ranking][: len(chosen)]
+    assert chosen == [r["site"] for r in ranking if r["value_ha_gain"] > 0][: len(chosen)]
     assert set(summary["evaluation"]) >= {"spearman_rank", "true_best_site", "predicted_best_site"}
     assert all(np.isfinite(r["true_value_score_gain"]) for r in ranking)
     table = gpd.read_file(out / "offsets.gpkg", layer="sites")
@@ -262,4 +265,12 @@ def test_offsets_refusals_are_one_line(assessed, ranked, tmp_path, capsys):
     at = fresh.index("--sites") + 1
     assert main([*fresh[:at], str(dup), *fresh[at + 1 :]]) == 2
     assert "not unique" in capsys.readouterr().err.strip().splitlines()[-1]
+    # overlapping sites: their gains would count twice
+    both = tmp_path / "both.geojson"
+    shifted = shapely.affinity.translate(assessed["square"], 50, 0)
+    gpd.GeoDataFrame({"id": ["a", "b"]}, geometry=[assessed["square"], shifted], crs=3035).to_file(
+        both, driver="GeoJSON"
+    )
+    assert main([*fresh[:at], str(both), *fresh[at + 1 :]]) == 2
+    assert "a and b overlap" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "r").exists()

@@ -132,6 +132,31 @@ def test_scenario_files(tmp_path):
             load_scenario(tmp_path / "b.yaml")
     with pytest.raises(ScenarioError, match="no such file"):
         load_scenario(tmp_path / "none.yaml")
+    (tmp_path / "up.yaml").write_text("name: ../elsewhere\nland_cover: 1\n")
+    with pytest.raises(ScenarioError, match="name: String should match"):  # the name is a report folder's
+        load_scenario(tmp_path / "up.yaml")
+
+
+def test_an_interrupted_report_never_blocks_the_next(tmp_path):
+    from geoplantnet.core.errors import RefusedError
+    from geoplantnet.storage.reports import claim_report_folder, place, place_json
+
+    folder = tmp_path / "report"
+    files = ("summary.json", "report.md", "impact.gpkg")
+    place(folder, "report.md", lambda p: p.write_text("old"))
+    (folder / ".impact.partial.gpkg").write_text("half")  # killed while writing
+    (folder / ".impact.partial.gpkg-journal").write_text("half")
+    with pytest.raises(RuntimeError):  # a writer that fails leaves no partial file behind
+        place(folder, "summary.json", lambda p: (p.write_text("{"), (_ for _ in ()).throw(RuntimeError("boom"))))
+    assert not list(folder.glob(".summary*"))
+    claim_report_folder(folder, files, "impact report")
+    assert list(folder.iterdir()) == []
+    place_json(folder, "summary.json", {"x": float("nan"), "y": [1.0, float("inf")]})
+    assert (folder / "summary.json").read_text().replace(" ", "").replace("\n", "") == '{"x":null,"y":[1.0,null]}'
+    (folder / "mine.txt").write_text("keep")
+    with pytest.raises(RefusedError, match=r"mine\.txt"):
+        claim_report_folder(folder, files, "impact report")
+    assert (folder / "mine.txt").read_text() == "keep"
 
 
 def test_mc_dropout_draws_are_seeded_and_leave_the_model_in_eval():

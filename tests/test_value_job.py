@@ -89,6 +89,12 @@ def test_value_end_to_end_resumes_and_evaluates(small_region: Path, tmp_path: Pa
     raw = zarr.open_group(str(tmp_path / "out" / "value.zarr"), mode="r")["biodiversity_value"][:]
     assert (raw != NODATA).all()
     np.testing.assert_array_equal(open_store(str(tmp_path / "out" / "value.zarr"))["biodiversity_value"].values, v)
+    # a model of other settings is never replaced unasked (and nothing else is touched)
+    model = tmp_path / "out" / "value" / "model.pt"
+    before = model.read_bytes()
+    code, _, err = _run([*_args(tmp_path), "--set", "value.epochs=4"], capsys)
+    assert code == 2 and "pass --overwrite" in err.strip().splitlines()[-1]
+    assert model.read_bytes() == before and (tmp_path / "out" / "value" / "report.json").exists()
 
 
 def _polygon_file(tmp: Path) -> Path:
