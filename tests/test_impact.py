@@ -241,6 +241,12 @@ def test_offsets_rank_sites_and_judge_no_net_loss(assessed, ranked):
     assert chosen == [r["site"] for r in ranking if r["value_ha_gain"] > 0][: len(chosen)]
     assert set(summary["evaluation"]) >= {"spearman_rank", "true_best_site", "predicted_best_site"}
     assert all(np.isfinite(r["true_value_score_gain"]) for r in ranking)
+    # the truth's own verdict: value-score x hectares lost by the impact against those gained at the chosen sites
+    ev, zones = summary["evaluation"], impact["evaluation"]["zones"]
+    true_loss = -sum(zones[z]["value_score_change_true"] * impact["zones"][z]["area_ha"] for z in zones)
+    assert ev["true_value_score_loss"] == pytest.approx(true_loss)
+    gain = sum(r["true_value_score_gain"] for r in ranking if r["site"] in chosen)
+    assert ev["true_compensates"] == ("no loss to offset" if true_loss <= 0 else "yes" if gain >= true_loss else "no")
     table = gpd.read_file(out / "offsets.gpkg", layer="sites")
     assert sorted(table["site"]) == ["site-0", "site-1", "site-2"] and table.crs.to_epsg() == 3035
     assert "P(no net loss)" in (out / "report.md").read_text()

@@ -1150,7 +1150,8 @@ def run_offsets(
             "portfolio": portfolio(rows, loss, ratio, confidence),
         }
     if evaluate:
-        summary["evaluation"] = offsets_evaluation(rows)
+        chosen = summary["impact"]["portfolio"]["sites"] if loss is not None else []
+        summary["evaluation"] = offsets_evaluation(rows, impact_summary, ratio, chosen)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     write_offsets(folder, summary, frame, ids)
     return {**summary, "report": str(folder)}
@@ -1174,15 +1175,30 @@ def portfolio(rows: list[dict[str, Any]], loss: Mapping[str, Any], ratio: float,
     return {"sites": chosen, "value_ha_gain": round(total, 4), "compensates": "no: the candidates fall short"}
 
 
-def offsets_evaluation(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The predicted ranking against the truth's (the generator's value-score gain under the same restoration)."""
+def offsets_evaluation(
+    rows: list[dict[str, Any]], impact: Mapping[str, Any] | None, ratio: float, portfolio_sites: Sequence[str]
+) -> dict[str, Any]:
+    """The predicted ranking against the truth's (the generator's value-score gain under the same restoration) and,
+    when the impact report was scored against the truth too, the truth's own no-net-loss verdict for the sites the
+    prediction chose (value-score x hectares on both sides)."""
     from scipy.stats import spearmanr
 
     pred = np.array([r["value_ha_gain"] for r in rows])
     true = np.array([r["true_value_score_gain"] for r in rows])
     rho = float(spearmanr(pred, true).statistic) if len(rows) >= 3 else float("nan")
-    best_true = rows[int(np.argmax(true))]["site"]
-    return {"spearman_rank": rho, "true_best_site": best_true, "predicted_best_site": rows[0]["site"]}
+    out: dict[str, Any] = {
+        "spearman_rank": rho,
+        "true_best_site": rows[int(np.argmax(true))]["site"],
+        "predicted_best_site": rows[0]["site"],
+    }
+    if impact is not None and "evaluation" in impact:
+        zones = impact["evaluation"]["zones"]
+        loss = -sum(zones[z]["value_score_change_true"] * impact["zones"][z]["area_ha"] for z in ZONES)
+        gain = sum(r["true_value_score_gain"] for r in rows if r["site"] in portfolio_sites)
+        out["true_value_score_loss"] = loss
+        out["true_value_score_gain_of_chosen_sites"] = gain
+        out["true_compensates"] = "no loss to offset" if loss <= 0 else ("yes" if gain >= ratio * loss else "no")
+    return out
 
 
 def offsets_markdown(summary: Mapping[str, Any]) -> str:
@@ -1223,6 +1239,12 @@ def offsets_markdown(summary: Mapping[str, Any]) -> str:
             f"{_fmt(ev['spearman_rank'])}; best site predicted {ev['predicted_best_site']}, "
             f"truly {ev['true_best_site']}.",
         ]
+        if "true_compensates" in ev:
+            lines += [
+                f"The truth's verdict for those sites: they gain {_fmt(ev['true_value_score_gain_of_chosen_sites'])} "
+                f"value-score-ha against a true loss of {_fmt(ev['true_value_score_loss'])} -> "
+                f"{ev['true_compensates']}.",
+            ]
     if summary.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in summary["notes"]]
     return "\n".join(lines) + "\n"
