@@ -13,6 +13,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from geoplantnet.core.config import ConfigError, HabitatsConfig, InputsConfig, RunConfig, TableConfig, load_config
 from geoplantnet.core.errors import GeoplantnetError, RefusedError
@@ -302,22 +303,24 @@ def _add_indicators(sub: argparse._SubParsersAction) -> None:
     ind.set_defaults(func=_cmd_indicators)
 
 
+def _assessment_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What impact and offsets take alike from their command lines."""
+    return {
+        "model": args.model,
+        "habitat_model": args.habitat_model,
+        "value_model": args.value_model,
+        "out": args.out,
+        "overwrite": args.overwrite,
+        "progress": not args.quiet,
+        "evaluate": args.evaluate,
+    }
+
+
 def _cmd_impact(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from geoplantnet.jobs.impact import run_impact
 
-    summary = run_impact(
-        cfg,
-        args.footprint,
-        args.scenario,
-        model=args.model,
-        habitat_model=args.habitat_model,
-        value_model=args.value_model,
-        out=args.out,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        evaluate=args.evaluate,
-    )
+    summary = run_impact(cfg, args.footprint, args.scenario, **_assessment_options(args))
     print(json.dumps({k: summary[k] for k in ("report", "zones", "tiles", "seconds")}, indent=2, default=str))
     return 0
 
@@ -327,18 +330,7 @@ def _cmd_offsets(args: argparse.Namespace) -> int:
     from geoplantnet.jobs.impact import run_offsets
 
     summary = run_offsets(
-        cfg,
-        args.sites,
-        args.scenario,
-        impact=args.impact,
-        id_column=args.id_column,
-        model=args.model,
-        habitat_model=args.habitat_model,
-        value_model=args.value_model,
-        out=args.out,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        evaluate=args.evaluate,
+        cfg, args.sites, args.scenario, impact=args.impact, id_column=args.id_column, **_assessment_options(args)
     )
     print(json.dumps({k: summary[k] for k in ("report", "ranking", "seconds")}, indent=2, default=str))
     return 0

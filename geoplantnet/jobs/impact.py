@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -909,6 +910,23 @@ def report_folder(cfg: RunConfig, out: str | None, default: str, files: Sequence
     return claim_report_folder(folder, files, what)
 
 
+@contextmanager
+def planned(
+    cfg: RunConfig, sc: Scenario, models: Models, folder: Path, progress: bool
+) -> Iterator[tuple[Client, ImpactPlan, Any]]:
+    """The run's inputs, the scenario's class checked against them (before the cluster starts), the cluster and the
+    plan: what an impact assessment and an offset ranking share."""
+    from geoplantnet.jobs.inputs import run_inputs
+    from geoplantnet.runtime.cluster import connect
+
+    run = run_inputs(cfg, observations=models.species is None, progress=progress)
+    sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
+    resolve_class(sc, land_cover_classes(sources, sc.variable))
+    with connect(cfg.cluster) as client:
+        species_url = models.species or ensure_model(cfg, run, client)[0]
+        yield client, plan_impact(client, cfg, species_url, sources, models.habitats, models.value, folder), run
+
+
 def scenario_summary(edit: ScenarioEdit, classes: Mapping[int, str]) -> dict[str, Any]:
     s = edit.scenario
     return {
@@ -936,9 +954,6 @@ def run_impact(
     the affected tiles predicted before and after, and the report folder written (``report.md``, ``summary.json``,
     ``maps.png``, ``impact.gpkg``). With ``evaluate`` (virtual region) the generator's truth under the same scenario
     is compared."""
-    from geoplantnet.jobs.inputs import run_inputs
-    from geoplantnet.runtime.cluster import connect
-
     if evaluate and not cfg.inputs.virtual:
         raise ConfigError("--evaluate compares with the virtual region's truth; inputs.* are set")
     t0 = time.perf_counter()
@@ -949,16 +964,11 @@ def run_impact(
         raise ScenarioError(f"footprint {footprint}: it does not overlap the region {cfg.grid.grid().bounds}")
     models = resolve_models(cfg, model, habitat_model, value_model)
     folder = report_folder(cfg, out, f"impact/{sc.name}", REPORT_FILES, "impact report", overwrite)
-    run = run_inputs(cfg, observations=models.species is None, progress=progress)
-    sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
-    resolve_class(sc, land_cover_classes(sources, sc.variable))  # a wrong class is refused before the cluster starts
-    with connect(cfg.cluster) as client:
-        species_url = models.species or ensure_model(cfg, run, client)[0]
-        plan = plan_impact(client, cfg, species_url, sources, models.habitats, models.value, folder)
-        edit = learn_edit(sources, plan.cube_grid, geometry, sc, plan.env_names)
+    with planned(cfg, sc, models, folder, progress) as (client, plan, run):
+        edit = learn_edit(plan.sources, plan.cube_grid, geometry, sc, plan.env_names)
         (assessment,) = assess_many(client, plan, [edit], progress)
     summary = {
-        "scenario": scenario_summary(edit, land_cover_classes(sources, sc.variable)),
+        "scenario": scenario_summary(edit, land_cover_classes(plan.sources, sc.variable)),
         "footprint": redact({"u": str(footprint)})["u"],
         "tiles": assessment.tiles,
         "reach_m": plan.reach_m,
@@ -1058,9 +1068,6 @@ def run_offsets(
     (its own footprint), ranked by the biodiversity value it would gain (value-hectares, with Monte-Carlo
     intervals); with ``impact`` (a report), whether each site, and the best sites together, compensate its value
     loss at ``impact.offset_ratio`` (no net loss)."""
-    from geoplantnet.jobs.inputs import run_inputs
-    from geoplantnet.runtime.cluster import connect
-
     if evaluate and not cfg.inputs.virtual:
         raise ConfigError("--evaluate compares with the virtual region's truth; inputs.* are set")
     t0 = time.perf_counter()
@@ -1085,14 +1092,9 @@ def run_offsets(
             "offsets rank sites by biodiversity value: run `geoplantnet value` first or pass --value-model"
         )
     folder = report_folder(cfg, out, f"offsets/{sc.name}", OFFSET_FILES, "offset ranking", overwrite)
-    run = run_inputs(cfg, observations=models.species is None, progress=progress)
-    sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
-    resolve_class(sc, land_cover_classes(sources, sc.variable))
-    with connect(cfg.cluster) as client:
-        species_url = models.species or ensure_model(cfg, run, client)[0]
-        plan = plan_impact(client, cfg, species_url, sources, models.habitats, models.value, folder)
+    with planned(cfg, sc, models, folder, progress) as (client, plan, _):
         # one typical composite for all sites, learned around all of them (one read rather than one per site)
-        shared = learn_edit(sources, plan.cube_grid, shapely.union_all(frame.geometry.values), sc, plan.env_names)
+        shared = learn_edit(plan.sources, plan.cube_grid, shapely.union_all(frame.geometry.values), sc, plan.env_names)
         edits = [replace(shared, geometry=g) for g in frame.geometry.values]
         assessments = assess_many(client, plan, edits, progress)
     loss = None
@@ -1132,7 +1134,7 @@ def run_offsets(
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     summary: dict[str, Any] = {
-        "scenario": scenario_summary(shared, land_cover_classes(sources, sc.variable)),
+        "scenario": scenario_summary(shared, land_cover_classes(plan.sources, sc.variable)),
         "sites": redact({"u": str(sites)})["u"],
         "draws": plan.draws,
         "level": cfg.indicators.level,
