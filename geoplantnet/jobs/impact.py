@@ -55,7 +55,7 @@ from geoplantnet.products.scenarios import (
     zone,
 )
 from geoplantnet.samples.vectors import read_polygons
-from geoplantnet.sources.predictors import declared_classes
+from geoplantnet.sources.predictors import class_names
 from geoplantnet.storage.reports import claim_report_folder, place, place_json
 from geoplantnet.storage.store import exists, is_local, storage_options_for
 
@@ -125,18 +125,8 @@ def land_cover_classes(sources: MapSources, variable: str) -> dict[int, str]:
     """The classes (code -> name) the land-cover layer's items declare (empty when they declare none)."""
     import pystac
 
-    for raw in sources.env_items or ():
-        item = pystac.Item.from_dict(dict(raw))
-        asset = item.assets.get(variable)
-        if asset is None:
-            continue
-        for where in (asset.extra_fields, item.properties):
-            classes = where.get("classification:classes")
-            if classes:
-                return {int(c["value"]): str(c.get("name", c["value"])) for c in classes}
-        codes = declared_classes([item], variable)
-        return {c: str(c) for c in codes or ()}
-    return {}
+    items = [pystac.Item.from_dict(dict(raw)) for raw in sources.env_items or () if variable in raw.get("assets", {})]
+    return class_names(items, variable)
 
 
 def learn_edit(

@@ -233,13 +233,18 @@ def one_hot(land_cover: xr.DataArray, classes: Sequence[int], *, name: str | Non
 
 def declared_classes(items: Sequence[pystac.Item], var: str) -> list[int] | None:
     """The class values a layer declares (``classification:classes`` on its asset, else on its item), or None."""
+    return sorted(class_names(items, var)) or None
+
+
+def class_names(items: Sequence[pystac.Item], var: str) -> dict[int, str]:
+    """Code -> name of the classes a layer declares (the code itself where a class has no name); empty if none."""
     for item in items:
         asset = item.assets.get(var)
         for where in (asset.extra_fields if asset is not None else {}, item.properties):
             classes = where.get(CLASSES_KEY)
             if classes:
-                return sorted(int(c["value"]) for c in classes)
-    return None
+                return {int(c["value"]): str(c.get("name", c["value"])) for c in classes}
+    return {}
 
 
 def model_stack(items: Iterable[pystac.Item], grid: Grid, *, chunk: int = 512) -> xr.DataArray:
