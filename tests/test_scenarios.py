@@ -157,6 +157,16 @@ def test_an_interrupted_report_never_blocks_the_next(tmp_path):
     with pytest.raises(RefusedError, match=r"mine\.txt"):
         claim_report_folder(folder, files, "impact report")
     assert (folder / "mine.txt").read_text() == "keep"
+    # a job that reuses its files keeps them; a writer's temporary file goes, a look-alike of a user's stays
+    kept = tmp_path / "value"
+    place(kept, "model.pt", lambda p: p.write_bytes(b"weights"))
+    (kept / ".model.pt.tmp-123").write_bytes(b"half")
+    claim_report_folder(kept, ("model.pt", "report.json"), "value report folder", clear=False)
+    assert sorted(p.name for p in kept.iterdir()) == ["model.pt"]
+    (kept / ".model.pt.backup").write_bytes(b"mine")
+    with pytest.raises(RefusedError, match=r"model\.pt\.backup"):
+        claim_report_folder(kept, ("model.pt", "report.json"), "value report folder", clear=False)
+    assert (kept / ".model.pt.backup").read_bytes() == b"mine"
 
 
 def test_mc_dropout_draws_are_seeded_and_leave_the_model_in_eval():

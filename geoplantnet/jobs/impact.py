@@ -15,7 +15,6 @@ virtual_scenario_truth`) and the report gives predicted versus true change.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -39,6 +38,7 @@ from geoplantnet.jobs.indicators import (
     under_root,
 )
 from geoplantnet.jobs.mapping import MapSources, ensure_model, read_model
+from geoplantnet.jobs.value import cell_stats, default_value_model, plan_value_predictor
 from geoplantnet.models.mc_dropout import has_dropout
 from geoplantnet.products.indicators import IndicatorModel, indicator_blocks
 from geoplantnet.products.scenarios import (
@@ -212,12 +212,8 @@ def _fine(tile: Tile, factor: int) -> Tile:
 
 
 def coarsen(values: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of ``factor x factor`` blocks over the last two axes (NaN-aware; all-NaN blocks are NaN)."""
-    *lead, h, w = values.shape
-    blocks = values.reshape(*lead, h // factor, factor, w // factor, factor)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN block is NaN, as it should be
-        return np.nanmean(blocks, axis=(-3, -1)).astype("float32")
+    """The 50 m cell means of 10 m values: the value job's aggregate rule (:func:`jobs.value.cell_stats`)."""
+    return cell_stats(values, factor)[0].astype("float32")
 
 
 def impact_tile(job: ImpactTileJob, tile: Tile) -> dict[str, Any]:
@@ -317,8 +313,6 @@ def plan_impact(
     reach = _species_reach(spec, map_grid, cube_grid)
     value = None
     if value_model is not None:
-        from geoplantnet.jobs.value import plan_value_predictor
-
         value = plan_value_predictor(cfg, value_model, sources)
         reach = max(reach, value_reach_m(value))
     else:
@@ -882,8 +876,6 @@ def resolve_models(cfg: RunConfig, model: str | None, habitat_model: str | None,
         raise ConfigError("impact needs a species model for your inputs: pass --model FILE (or map.model)")
     value = value_model or cfg.impact.value_model
     if value is None:
-        from geoplantnet.jobs.value import default_value_model
-
         default = default_value_model(cfg)
         value = default if exists(default, storage_options_for(default, cfg.store)) else None
     return Models(species, habitat_model or under_root(cfg, "habitats/model"), value)

@@ -50,7 +50,7 @@ from geoplantnet.runtime.cluster import task_resources
 from geoplantnet.runtime.worker_cache import WorkerCachePlugin, worker_cache
 from geoplantnet.samples.value_labels import LabelRasters, rasterise_labels, read_value_polygons
 from geoplantnet.sources import predictors
-from geoplantnet.storage.reports import place, place_json
+from geoplantnet.storage.reports import claim_report_folder, place, place_json
 from geoplantnet.storage.store import (
     exists,
     join,
@@ -266,6 +266,16 @@ class AggregateTileJob:
     output: TileOutput
 
 
+def cell_stats(values: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each ``factor x factor`` block of fine pixels (the last two axes), NaN-aware:
+    a cell without any value is NaN."""
+    *lead, h, w = values.shape
+    cells = values.reshape(*lead, h // factor, factor, w // factor, factor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN cell: NaN, as it should be
+        return np.nanmean(cells, axis=(-3, -1)), np.nanstd(cells, axis=(-3, -1))
+
+
 def aggregate_tile(job: AggregateTileJob, tile: Tile) -> dict[str, Any]:
     """One map-grid tile of the aggregate: the mean and standard deviation of the 10 m values in each cell (NaN,
     stored as no data, where a cell has no value)."""
@@ -274,11 +284,7 @@ def aggregate_tile(job: AggregateTileJob, tile: Tile) -> dict[str, Any]:
     group = zarr.open_group(zarr_store(job.value_url, job.value_options), mode="r")
     ys = slice(tile.y0 * r, (tile.y0 + tile.height) * r)
     xs = slice(tile.x0 * r, (tile.x0 + tile.width) * r)
-    values = decode(np.asarray(group["biodiversity_value"][ys, xs]))
-    cells = values.reshape(tile.height, r, tile.width, r)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a cell without any value: NaN, written as no data
-        mean, sd = np.nanmean(cells, axis=(1, 3)), np.nanstd(cells, axis=(1, 3))
+    mean, sd = cell_stats(decode(np.asarray(group["biodiversity_value"][ys, xs])), r)
     finite = np.isfinite(mean)
     blocks = {"biodiversity_value": encode(mean[None], finite)[0], "biodiversity_value_sd": encode(sd[None], finite)[0]}
     info = {"read_s": 0.0, "model_s": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
@@ -526,15 +532,9 @@ def cross_validate(
 
 
 def _report_folder(cfg: RunConfig) -> Path:
-    """``<store.root>/value``, refused when it holds anything but this job's files (a user's folder)."""
-    folder = Path(cfg.store.root) / "value"
-    if folder.exists():
-        if not folder.is_dir():
-            raise RefusedError(f"{folder} is a file, not a value report folder; refusing to write there")
-        foreign = sorted(p.name for p in folder.iterdir() if p.name not in REPORT_FILES and not p.name.startswith("."))
-        if foreign:
-            raise RefusedError(f"{folder} holds {foreign[:3]}: not a value report folder; refusing to write there")
-    return folder
+    """``<store.root>/value``, refused when it holds anything but this job's files (a user's folder); its model and
+    report stay for reuse."""
+    return claim_report_folder(Path(cfg.store.root) / "value", REPORT_FILES, "value report folder", clear=False)
 
 
 def _previous(folder: Path, model_url: str, key: str) -> tuple[dict[str, Any], str] | None:

@@ -12,20 +12,27 @@ from typing import Any
 from geoplantnet.core.errors import RefusedError
 
 
-def claim_report_folder(folder: Path, files: Sequence[str], what: str) -> Path:
+def claim_report_folder(folder: Path, files: Sequence[str], what: str, *, clear: bool = True) -> Path:
     """``folder`` made ready for a report of ``files``: refused when it holds anything else (a user's files, or a
-    file where the folder should be); an earlier report there is removed first, so an interrupted run never leaves
-    one that looks like this run's."""
+    file where the folder should be). Leftovers of an interrupted writer (partial and temporary files beside ours,
+    GeoPackage journals) are removed; with ``clear`` an earlier report is too, so an interrupted run never leaves one
+    that looks like this run's (without: a job that reuses its earlier files, such as a saved model)."""
     folder = Path(folder)
     if folder.exists():
-        # an interrupted run's partial files (and a GeoPackage writer's journals) are ours too
-        ours = set(files) | {_partial(n).name for n in files}
-        ours |= {f"{name}{tail}" for name in ours for tail in ("-journal", "-wal", "-shm")}
-        foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours) if folder.is_dir() else []
+        leftovers = {_partial(n).name for n in files}
+        leftovers |= {f"{name}{tail}" for name in (*files, *leftovers) for tail in ("-journal", "-wal", "-shm")}
+        temporary = tuple(f".{n}.tmp-" for n in files)  # a model file's own writer (``.model.pt.tmp-<pid>``)
+
+        def left(name: str) -> bool:
+            return name in leftovers or name.startswith(temporary)
+
+        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        foreign = sorted(n for n in names if n not in files and not left(n))
         if not folder.is_dir() or foreign:
             raise RefusedError(f"{folder} holds {foreign[:3] or 'a file'}: not a {what}; refusing to write")
-        for name in ours:
-            (folder / name).unlink(missing_ok=True)
+        for name in names:
+            if left(name) or (clear and name in files):
+                (folder / name).unlink()
     return folder
 
 
