@@ -11,12 +11,13 @@ import re
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from geoplantnet.core.config import ConfigError, HabitatsConfig, InputsConfig, RunConfig, TableConfig, load_config
-from geoplantnet.core.errors import GeoplantnetError, RefusedError
+from geoplantnet.core.errors import GeoplantnetError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml"
 
@@ -51,6 +52,15 @@ def _add_overwrite(parser: argparse.ArgumentParser, store: str) -> None:
         action="store_true",
         help=f"replace a {store} of another run (other model, grid, tiling or inputs) at the output; without it such "
         "a store is left alone and the command stops. A path that is not a geoplantnet store is never replaced",
+    )
+
+
+def _add_report_overwrite(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace an earlier {command} report at the output folder; a folder geoplantnet did not write is never "
+        "written into",
     )
 
 
@@ -111,21 +121,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_folder(args: argparse.Namespace, cfg: RunConfig, command: str, markers: tuple[str, ...]) -> Path:
-    """The local output folder of a report command (``--out`` or ``<store.root>/<command>``): empty, new, or an earlier
-    run of the command (one of ``markers`` in it); a user's file or folder is refused, never written into."""
+# What each report command writes at the top of its folder (storage/outputs.claim_folder: anything else there is a
+# user's, and refused).
+_REPORT_ENTRIES = {
+    "sdm": ("summary.json", "training.zarr", "report", "models", "cnn", "model"),
+    "sdm-table": ("summary.json", "training.zarr", "report", "models", "cnn", "units", "cv"),
+    "habitats": ("summary.json", "report.md", "folds.csv", "fill_mask_folds.csv", "fill-mask", "model"),
+}
+
+
+@contextmanager
+def _report_folder(args: argparse.Namespace, cfg: RunConfig, command: str) -> Iterator[Path]:
+    """The local output folder of a report command (``--out`` or ``<store.root>/<command>``), claimed for the run:
+    new or empty, or this command's earlier report (replaced with ``--overwrite``); a user's file or folder is refused,
+    never written into. Marked finished when the run ends."""
+    from geoplantnet.storage.outputs import claimed_folder
     from geoplantnet.storage.store import is_local
 
     if args.out is None and not is_local(cfg.store.root):
         raise ConfigError(f"{command} writes a local report folder and store.root is {cfg.store.root}: pass --out DIR")
     out = Path(args.out or Path(cfg.store.root) / command)
-    if out.exists() and not out.is_dir():
-        raise RefusedError(f"{out} is a file, not a folder; refusing to replace it (use another --out)")
-    if out.exists() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
-        raise RefusedError(
-            f"{out} holds files that are not an earlier {command} run's; refusing to write there (use another --out)"
-        )
-    return out
+    with claimed_folder(out, f"{command} report", _REPORT_ENTRIES[command], overwrite=args.overwrite) as folder:
+        yield folder
 
 
 def _cmd_sdm(args: argparse.Namespace) -> int:
@@ -134,10 +151,10 @@ def _cmd_sdm(args: argparse.Namespace) -> int:
     from geoplantnet.jobs.sdm import run_sdm
     from geoplantnet.runtime.cluster import connect
 
-    out = _report_folder(args, cfg, "sdm", ("summary.json", "training.zarr"))
-    inputs = run_inputs(cfg, progress=not args.quiet)
-    with connect(cfg.cluster) as client:
-        result = run_sdm(cfg, inputs, out, client)
+    with _report_folder(args, cfg, "sdm") as out:
+        inputs = run_inputs(cfg, progress=not args.quiet)
+        with connect(cfg.cluster) as client:
+            result = run_sdm(cfg, inputs, out, client)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -153,8 +170,7 @@ def _cmd_sdm_table(args: argparse.Namespace) -> int:
     from geoplantnet.jobs.tabular import run_table_sdm
     from geoplantnet.runtime.cluster import connect
 
-    out = _report_folder(args, cfg, "sdm-table", ("summary.json", "units"))
-    with connect(cfg.cluster) as client:
+    with _report_folder(args, cfg, "sdm-table") as out, connect(cfg.cluster) as client:
         result = run_table_sdm(cfg, out, client)
     print(json.dumps(result, indent=2))
     return 0
@@ -173,14 +189,14 @@ def _cmd_habitats(args: argparse.Namespace) -> int:
     from geoplantnet.jobs.habitats import run_habitats
     from geoplantnet.runtime.cluster import connect
 
-    out = _report_folder(args, cfg, "habitats", ("summary.json", "folds.csv"))
-    plots = None
-    if cfg.habitats.plots is None:
-        from geoplantnet.jobs.inputs import virtual_plots
+    with _report_folder(args, cfg, "habitats") as out:
+        plots = None
+        if cfg.habitats.plots is None:
+            from geoplantnet.jobs.inputs import virtual_plots
 
-        plots, _ = virtual_plots(cfg, progress=not args.quiet)
-    with connect(cfg.cluster) as client:
-        result = run_habitats(cfg, out, client, plots=plots, evaluate=not args.no_evaluation)
+            plots, _ = virtual_plots(cfg, progress=not args.quiet)
+        with connect(cfg.cluster) as client:
+            result = run_habitats(cfg, out, client, plots=plots, evaluate=not args.no_evaluation)
     print(json.dumps({k: v for k, v in result.items() if k != "notes"}, indent=2, default=str))
     return 0
 
@@ -365,7 +381,7 @@ def _add_impact(sub: argparse._SubParsersAction) -> None:
     )
     impact.add_argument("--scenario", required=True, help="scenario YAML file")
     impact.add_argument("--out", default=None, help="report folder (default: <store.root>/impact/<scenario name>)")
-    impact.add_argument("--overwrite", action="store_true", help="replace an earlier report in the folder")
+    _add_report_overwrite(impact, "impact")
     _add_model_args(impact)
     impact.set_defaults(func=_cmd_impact)
 
@@ -380,7 +396,7 @@ def _add_impact(sub: argparse._SubParsersAction) -> None:
     offsets.add_argument("--impact", default=None, help="an impact report folder (or its summary.json) to offset")
     offsets.add_argument("--id-column", default=None, help="the sites' id column (default: id, name, else row number)")
     offsets.add_argument("--out", default=None, help="report folder (default: <store.root>/offsets/<scenario name>)")
-    offsets.add_argument("--overwrite", action="store_true", help="replace an earlier report in the folder")
+    _add_report_overwrite(offsets, "offsets")
     _add_model_args(offsets)
     offsets.set_defaults(func=_cmd_offsets)
 
@@ -460,11 +476,16 @@ def _add_value(sub: argparse._SubParsersAction) -> None:
     value.set_defaults(func=_cmd_value)
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")  # what matplotlib writes without extra packages
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from geoplantnet.core.errors import InputError
     from geoplantnet.jobs.quicklook import species_quicklook
+    from geoplantnet.storage.outputs import claim_file, write_file
     from geoplantnet.storage.store import open_store
 
+    out = claim_file(args.out, "species plot", overwrite=args.overwrite, suffixes=PLOT_SUFFIXES)
     maps = {}
     for url in args.stores:
         ds = open_store(url)
@@ -476,7 +497,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             raise InputError(f"{url}: {args.species!r} names {prob.sizes.get('species', 0)} species; give its id")
         kind = ds.attrs.get("model_version", "").split("/")[0] or Path(url).name  # species-net, maxent, ...
         maps[kind if kind not in maps else f"{kind} ({Path(url).name})"] = prob
-    png = species_quicklook(maps, args.out, title=args.title or args.species)
+    png = write_file(out, "species plot", lambda p: species_quicklook(maps, p, title=args.title or args.species))
     print(json.dumps({"png": str(png), "maps": list(maps)}, indent=2))
     return 0
 
@@ -556,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(sdm)
     sdm.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm)")
     sdm.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_report_overwrite(sdm, "sdm")
     sdm.set_defaults(func=_cmd_sdm)
 
     table = sub.add_parser(
@@ -572,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--test", type=Path, default=None, help="independent presence-absence sites (table.test)")
     table.add_argument("--test-env", type=Path, default=None, help="test-site predictors, joined on table.site")
     table.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm-table)")
+    _add_report_overwrite(table, "sdm-table")
     table.set_defaults(func=_cmd_sdm_table)
 
     habitats = sub.add_parser(
@@ -598,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     habitats.add_argument("--no-evaluation", action="store_true", help="train the final models only (no folds)")
     habitats.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/habitats)")
     habitats.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_report_overwrite(habitats, "habitats")
     habitats.set_defaults(func=_cmd_habitats)
 
     mapping = sub.add_parser(
@@ -624,7 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plot.add_argument("stores", nargs="+", help="species.zarr paths or URLs (complete stores)")
     plot.add_argument("--species", required=True, help="species id or scientific name")
-    plot.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    plot.add_argument("--out", type=Path, required=True, help="figure file to write (.png, .pdf or .svg)")
+    plot.add_argument(
+        "--overwrite", action="store_true", help="replace a figure geoplantnet wrote there before (never a user's file)"
+    )
     plot.add_argument("--title", default=None, help="figure title (default: the species)")
     plot.set_defaults(func=_cmd_plot)
 

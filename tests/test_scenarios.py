@@ -137,38 +137,6 @@ def test_scenario_files(tmp_path):
         load_scenario(tmp_path / "up.yaml")
 
 
-def test_an_interrupted_report_never_blocks_the_next(tmp_path):
-    from geoplantnet.core.errors import RefusedError
-    from geoplantnet.storage.reports import claim_report_folder, place, place_json
-
-    folder = tmp_path / "report"
-    files = ("summary.json", "report.md", "impact.gpkg")
-    place(folder, "report.md", lambda p: p.write_text("old"))
-    (folder / ".impact.partial.gpkg").write_text("half")  # killed while writing
-    (folder / ".impact.partial.gpkg-journal").write_text("half")
-    with pytest.raises(RuntimeError):  # a writer that fails leaves no partial file behind
-        place(folder, "summary.json", lambda p: (p.write_text("{"), (_ for _ in ()).throw(RuntimeError("boom"))))
-    assert not list(folder.glob(".summary*"))
-    claim_report_folder(folder, files, "impact report")
-    assert list(folder.iterdir()) == []
-    place_json(folder, "summary.json", {"x": float("nan"), "y": [1.0, float("inf")]})
-    assert (folder / "summary.json").read_text().replace(" ", "").replace("\n", "") == '{"x":null,"y":[1.0,null]}'
-    (folder / "mine.txt").write_text("keep")
-    with pytest.raises(RefusedError, match=r"mine\.txt"):
-        claim_report_folder(folder, files, "impact report")
-    assert (folder / "mine.txt").read_text() == "keep"
-    # a job that reuses its files keeps them; a writer's temporary file goes, a look-alike of a user's stays
-    kept = tmp_path / "value"
-    place(kept, "model.pt", lambda p: p.write_bytes(b"weights"))
-    (kept / ".model.pt.tmp-123").write_bytes(b"half")
-    claim_report_folder(kept, ("model.pt", "report.json"), "value report folder", clear=False)
-    assert sorted(p.name for p in kept.iterdir()) == ["model.pt"]
-    (kept / ".model.pt.backup").write_bytes(b"mine")
-    with pytest.raises(RefusedError, match=r"model\.pt\.backup"):
-        claim_report_folder(kept, ("model.pt", "report.json"), "value report folder", clear=False)
-    assert (kept / ".model.pt.backup").read_bytes() == b"mine"
-
-
 def test_mc_dropout_draws_are_seeded_and_leave_the_model_in_eval():
     net = nn.Sequential(nn.Linear(8, 32), nn.Dropout(0.3), nn.Linear(32, 1)).eval()
     x = torch.ones(4, 8)

@@ -10,6 +10,7 @@ import pytest
 import xarray as xr
 
 from geoplantnet.core.config import GridConfig, RunConfig, SimConfig
+from geoplantnet.core.errors import RefusedError
 from geoplantnet.sim.region import MANIFEST, RegionError, RegionManifest, config_hash, generate_region, truth_window
 from geoplantnet.sources.stac_items import read_ndjson
 from geoplantnet.storage.store import open_store
@@ -114,7 +115,11 @@ def test_a_folder_that_is_not_a_region_is_never_cleared(tmp_path):
     (tmp_path / "environment").mkdir()
     (tmp_path / "environment" / "field-notes.txt").write_text("mine")
     (tmp_path / "thesis.docx").write_text("mine too")
-    with pytest.raises(RegionError, match=r"holds \['thesis.docx'\] and no region.json: not a virtual region"):
+    with pytest.raises(RefusedError, match=r"holds \['environment', 'thesis.docx'\] that geoplantnet did not write"):
         generate_region(CONFIG, tmp_path, progress=False)
     assert (tmp_path / "environment" / "field-notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["environment", "field-notes.txt", "thesis.docx"]
+    (tmp_path / "thesis.docx").unlink()  # a folder holding only a name the region uses is still the user's
+    with pytest.raises(RefusedError, match=r"holds \['environment'\] that geoplantnet did not write"):
+        generate_region(CONFIG, tmp_path, progress=False)
+    assert (tmp_path / "environment" / "field-notes.txt").read_text() == "mine"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import xarray as xr
@@ -21,8 +22,10 @@ from geoplantnet.jobs.quicklook import composite_quicklook
 from geoplantnet.runtime.cluster import connect
 from geoplantnet.sources import catalog, cube
 from geoplantnet.storage import store
+from geoplantnet.storage.outputs import claim_file, write_file
 
 log = logging.getLogger(__name__)
+QUICKLOOK = "composites quick-look"
 
 
 def composites(items: list, cfg: RunConfig, grid: Grid | None = None) -> xr.DataArray:
@@ -55,6 +58,9 @@ def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = F
     zarr_url = store.join(out_root, "composites.zarr")
     storage_options = store.storage_options_for(zarr_url, cfg.store)
     store.preflight(zarr_url, storage_options, product="composites", overwrite=overwrite)  # before any work
+    # the quick-look shows the store: replaced when the store may be, and never a user's own file of that name
+    local = store.is_local(out_root)
+    png_path = claim_file(Path(out_root) / "composites.png", QUICKLOOK, overwrite=True) if local else None
     with stac_api(cfg, progress) as url:
         items = list(
             catalog.search(
@@ -97,8 +103,9 @@ def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = F
         compute_s = time.perf_counter() - t1
     written = store.open_store(zarr_url, storage_options=storage_options)
     png = None
-    if store.is_local(zarr_url):
-        png = str(composite_quicklook(written["reflectance"], Path(out_root) / "composites.png", title=cfg.name))
+    if png_path is not None:
+        draw = partial(composite_quicklook, written["reflectance"], title=cfg.name)
+        png = str(write_file(png_path, QUICKLOOK, draw))
     return {
         "composites": zarr_url,
         "quicklook": png,

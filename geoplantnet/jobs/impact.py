@@ -26,7 +26,7 @@ import shapely
 from distributed import Client
 
 from geoplantnet.core.config import RunConfig, redact, redact_text
-from geoplantnet.core.errors import ConfigError, GeoplantnetError, RefusedError
+from geoplantnet.core.errors import ConfigError, GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.inference.dense import decode
 from geoplantnet.jobs.indicators import (
@@ -56,7 +56,7 @@ from geoplantnet.products.scenarios import (
 )
 from geoplantnet.samples.vectors import read_polygons
 from geoplantnet.sources.predictors import class_names
-from geoplantnet.storage.reports import claim_report_folder, place, place_json
+from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import exists, is_local, storage_options_for
 
 REPORT_FILES = ("summary.json", "report.md", "maps.png", "impact.gpkg")
@@ -882,14 +882,12 @@ def resolve_models(cfg: RunConfig, model: str | None, habitat_model: str | None,
 
 
 def report_folder(cfg: RunConfig, out: str | None, default: str, files: Sequence[str], what: str, overwrite: bool):
-    """The report folder (``out`` or ``<store.root>/<default>``): a whole earlier report is replaced only with
-    ``overwrite``; a folder with anything else is refused."""
+    """The report folder (``out`` or ``<store.root>/<default>``), claimed (storage/outputs): an earlier report of
+    this kind is replaced only with ``overwrite``; a folder geoplantnet did not write is refused."""
     if out is None and not is_local(cfg.store.root):
         raise ConfigError("reports are written to a local folder and store.root is remote: pass --out DIR")
     folder = Path(out) if out is not None else Path(cfg.store.root) / default
-    if (folder / "summary.json").exists() and not overwrite:
-        raise RefusedError(f"{folder} holds an earlier {what}; pass --overwrite to replace it")
-    return claim_report_folder(folder, files, what)
+    return claim_folder(folder, what, files, overwrite=overwrite)
 
 
 @contextmanager
@@ -974,6 +972,7 @@ def run_impact(
     place(folder, "maps.png", lambda p: plot_impact(plan, assessment, p))
     place(folder, "impact.gpkg", lambda p: write_geopackage(plan, assessment, summary, p))
     place_json(folder, "summary.json", summary)
+    finish_folder(folder)
     return {**summary, "report": str(folder)}
 
 
@@ -1247,3 +1246,4 @@ def write_offsets(folder: Path, summary: Mapping[str, Any], frame: Any, ids: lis
     place(folder, "offsets.gpkg", lambda p: sites.to_file(p, layer="sites", driver="GPKG"))
     place(folder, "report.md", lambda p: p.write_text(offsets_markdown(summary)))
     place_json(folder, "summary.json", summary)
+    finish_folder(folder)

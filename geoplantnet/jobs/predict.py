@@ -15,7 +15,6 @@ no-data rule), get NaN and are counted in one warning.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -26,18 +25,20 @@ import numpy as np
 import pandas as pd
 
 from geoplantnet.core.config import RunConfig
-from geoplantnet.core.errors import InputError, RefusedError
+from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import to_grid_crs
 from geoplantnet.jobs.inputs import Inputs
 from geoplantnet.models.species_net import ModelSpec
 from geoplantnet.samples.extraction import extract_samples
 from geoplantnet.samples.observations import Samples, SpeciesVocabulary
 from geoplantnet.sources import predictors
+from geoplantnet.storage.outputs import claim_file, write_file
 from geoplantnet.training.train import predict
 
 log = logging.getLogger(__name__)
 
 FORMATS = (".csv", ".parquet")
+KIND = "prediction table"
 
 
 class PointsError(InputError):
@@ -176,18 +177,11 @@ def _has_data(path: str, takes_env: bool) -> np.ndarray:
     return np.isfinite(ds["series"].values).any(axis=(1, 2))
 
 
-def _write(frame: pd.DataFrame, out: Path) -> None:
-    """Write atomically (a temporary file renamed), so an interrupted run never leaves half a table at ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        if out.suffix.lower() == ".csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            frame.to_parquet(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _write(frame: pd.DataFrame, path: Path) -> None:
+    if path.suffix.lower() == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
 
 
 def run_predict(
@@ -210,11 +204,7 @@ def run_predict(
     model_url = model or cfg.map.model
     if model_url is None:
         raise InputError("predict needs a trained model: --model FILE (or map.model)")
-    out = Path(out)
-    if out.suffix.lower() not in FORMATS:
-        raise InputError(f"--out {out}: the output must end in .csv or .parquet")
-    if out.exists() and (out.is_dir() or not overwrite):
-        raise RefusedError(f"{out} exists; refusing to replace it (pass --overwrite for a file, or write elsewhere)")
+    out = claim_file(out, KIND, overwrite=overwrite, suffixes=FORMATS)
     table = read_points(Path(points), cfg, id_column)
     net, spec, _ = read_model(model_url)
     inputs = run_inputs(cfg, observations=False, progress=progress)
@@ -231,7 +221,7 @@ def run_predict(
             len(has_data),
         )
     frame = pd.concat([table.table, pd.DataFrame(probs, columns=list(spec.species))], axis=1)
-    _write(frame, out)
+    write_file(out, KIND, lambda path: _write(frame, path))  # beside its name, renamed: never half a table at out
     return PredictSummary(
         str(out), model_url, len(frame), len(spec.species), n_missing, round(time.perf_counter() - t0, 1)
     )

@@ -36,7 +36,7 @@ from geoplantnet.products.changes import (
     detection_scores,
     fit_change_model,
 )
-from geoplantnet.storage.reports import claim_report_folder, place, place_json
+from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import (
     PRODUCT_ATTR,
     YEARS_ATTR,
@@ -528,7 +528,9 @@ SUMMARY_FILES = ("summary.json", "report.md", "changes.png")
 def summary_folder(cfg: RunConfig, year: int) -> Path:
     """``<store.root>/refresh/<year>``, refused when it holds anything but a refresh summary (a user's files); an
     earlier summary of the year is removed before the run."""
-    return claim_report_folder(Path(cfg.store.root) / "refresh" / str(year), SUMMARY_FILES, "refresh summary")
+    # the year's stores were claimed first (another run's year needs --overwrite there): the summary is theirs
+    folder = Path(cfg.store.root) / "refresh" / str(year)
+    return claim_folder(folder, "refresh summary", SUMMARY_FILES, overwrite=True)
 
 
 def write_summary(summary: Mapping[str, Any], folder: Path, cfg: RunConfig, urls: Mapping[str, str], year: int) -> None:
@@ -537,6 +539,7 @@ def write_summary(summary: Mapping[str, Any], folder: Path, cfg: RunConfig, urls
     place(folder, "report.md", lambda path: path.write_text(markdown(summary)))
     place(folder, "changes.png", lambda path: plot_changes(cfg, urls, year, summary, path))
     place_json(folder, "summary.json", summary)
+    finish_folder(folder)
 
 
 def markdown(summary: Mapping[str, Any]) -> str:

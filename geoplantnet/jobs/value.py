@@ -50,7 +50,7 @@ from geoplantnet.runtime.cluster import task_resources
 from geoplantnet.runtime.worker_cache import WorkerCachePlugin, worker_cache
 from geoplantnet.samples.value_labels import LabelRasters, rasterise_labels, read_value_polygons
 from geoplantnet.sources import predictors
-from geoplantnet.storage.reports import claim_report_folder, place, place_json
+from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import (
     exists,
     join,
@@ -532,9 +532,9 @@ def cross_validate(
 
 
 def _report_folder(cfg: RunConfig) -> Path:
-    """``<store.root>/value``, refused when it holds anything but this job's files (a user's folder); its model and
-    report stay for reuse."""
-    return claim_report_folder(Path(cfg.store.root) / "value", REPORT_FILES, "value report folder", clear=False)
+    """``<store.root>/value``, claimed (storage/outputs): a folder geoplantnet did not write is refused; its model and
+    report stay for reuse (``train_or_reuse`` decides, replacing another training's model only with --overwrite)."""
+    return claim_folder(Path(cfg.store.root) / "value", "value report", REPORT_FILES, overwrite=False, keep=True)
 
 
 def _previous(folder: Path, model_url: str, key: str) -> tuple[dict[str, Any], str] | None:
@@ -685,6 +685,7 @@ def write_report(folder: Path, report: dict[str, Any]) -> None:
     place(folder, "report.md", lambda p: p.write_text(markdown(report)))
     place(folder, "folds.csv", lambda p: pd.DataFrame(report["folds"]).to_csv(p, index=False))
     place_json(folder, "report.json", report)
+    finish_folder(folder)
 
 
 # -- the job

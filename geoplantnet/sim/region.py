@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -58,6 +57,7 @@ from geoplantnet.sim.observations import (
 )
 from geoplantnet.sim.species import SpeciesPool
 from geoplantnet.sources.stac_items import collection_for, write_collection
+from geoplantnet.storage.outputs import claim_folder, finish_folder
 from geoplantnet.storage.store import default_encoding, mark_complete, stamp
 
 MANIFEST = "region.json"
@@ -221,10 +221,6 @@ def generate_region(config: RunConfig, out_dir: str | os.PathLike[str], *, progr
 
     root = Path(out_dir).resolve()
     digest = config_hash(config)
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in (*SUBDIRS, MANIFEST)) if root.is_dir() else []
-    if foreign and not (root / MANIFEST).exists():
-        # regenerating removes the region's own sub-folders: never in a folder that holds other things
-        raise RegionError(f"{root} holds {foreign[:3]} and no {MANIFEST}: not a virtual region; choose another folder")
     if (root / MANIFEST).exists():
         try:
             old = RegionManifest.load(root)
@@ -233,10 +229,9 @@ def generate_region(config: RunConfig, out_dir: str | os.PathLike[str], *, progr
         current = old is not None and set(PATHS) <= set(old.paths)  # a region of an older layout lacks new files
         if current and old.config_hash == digest and all(old.path(k).exists() for k in old.paths):
             return old
-        (root / MANIFEST).unlink()
-    root.mkdir(parents=True, exist_ok=True)
-    for sub in SUBDIRS:  # only our own folders: out_dir may hold other things
-        shutil.rmtree(root / sub, ignore_errors=True)
+    # regenerating removes the region's own files first: never in a folder geoplantnet did not make a region in (its
+    # marker, or the manifest of a region from before the markers)
+    claim_folder(root, "virtual region", (*SUBDIRS, MANIFEST), overwrite=True, written_by_us=MANIFEST)
 
     sim = config.sim
     grid = config.grid.grid()
@@ -297,6 +292,7 @@ def generate_region(config: RunConfig, out_dir: str | os.PathLike[str], *, progr
         config=redact(config.model_dump(mode="json")),
     )
     manifest.write()
+    finish_folder(root)
     return manifest
 
 
