@@ -11,8 +11,8 @@ import re
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -130,19 +130,26 @@ _REPORT_ENTRIES = {
 }
 
 
-@contextmanager
-def _report_folder(args: argparse.Namespace, cfg: RunConfig, command: str) -> Iterator[Path]:
-    """The local output folder of a report command (``--out`` or ``<store.root>/<command>``), claimed for the run:
+def _report_folder(args: argparse.Namespace, cfg: RunConfig, command: str) -> Path:
+    """The local output folder of a report command (``--out`` or ``<store.root>/<command>``), checked before any work:
     new or empty, or this command's earlier report (replaced with ``--overwrite``); a user's file or folder is refused,
-    never written into. Marked finished when the run ends."""
-    from geoplantnet.storage.outputs import claimed_folder
+    never written into."""
+    from geoplantnet.storage.outputs import check_folder
     from geoplantnet.storage.store import is_local
 
     if args.out is None and not is_local(cfg.store.root):
         raise ConfigError(f"{command} writes a local report folder and store.root is {cfg.store.root}: pass --out DIR")
     out = Path(args.out or Path(cfg.store.root) / command)
-    with claimed_folder(out, f"{command} report", _REPORT_ENTRIES[command], overwrite=args.overwrite) as folder:
-        yield folder
+    check_folder(out, f"{command} report", _REPORT_ENTRIES[command], overwrite=args.overwrite)
+    return out
+
+
+def _writing_report(args: argparse.Namespace, out: Path, command: str) -> AbstractContextManager[Path]:
+    """The report folder claimed once the inputs are read (an earlier report is removed only then), marked finished
+    when the run ends."""
+    from geoplantnet.storage.outputs import claimed_folder
+
+    return claimed_folder(out, f"{command} report", _REPORT_ENTRIES[command], overwrite=args.overwrite)
 
 
 def _cmd_sdm(args: argparse.Namespace) -> int:
@@ -151,10 +158,10 @@ def _cmd_sdm(args: argparse.Namespace) -> int:
     from geoplantnet.jobs.sdm import run_sdm
     from geoplantnet.runtime.cluster import connect
 
-    with _report_folder(args, cfg, "sdm") as out:
-        inputs = run_inputs(cfg, progress=not args.quiet)
-        with connect(cfg.cluster) as client:
-            result = run_sdm(cfg, inputs, out, client)
+    out = _report_folder(args, cfg, "sdm")
+    inputs = run_inputs(cfg, progress=not args.quiet)
+    with _writing_report(args, out, "sdm"), connect(cfg.cluster) as client:
+        result = run_sdm(cfg, inputs, out, client)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -170,7 +177,8 @@ def _cmd_sdm_table(args: argparse.Namespace) -> int:
     from geoplantnet.jobs.tabular import run_table_sdm
     from geoplantnet.runtime.cluster import connect
 
-    with _report_folder(args, cfg, "sdm-table") as out, connect(cfg.cluster) as client:
+    out = _report_folder(args, cfg, "sdm-table")
+    with _writing_report(args, out, "sdm-table"), connect(cfg.cluster) as client:
         result = run_table_sdm(cfg, out, client)
     print(json.dumps(result, indent=2))
     return 0
@@ -189,14 +197,14 @@ def _cmd_habitats(args: argparse.Namespace) -> int:
     from geoplantnet.jobs.habitats import run_habitats
     from geoplantnet.runtime.cluster import connect
 
-    with _report_folder(args, cfg, "habitats") as out:
-        plots = None
-        if cfg.habitats.plots is None:
-            from geoplantnet.jobs.inputs import virtual_plots
+    out = _report_folder(args, cfg, "habitats")
+    plots = None
+    if cfg.habitats.plots is None:
+        from geoplantnet.jobs.inputs import virtual_plots
 
-            plots, _ = virtual_plots(cfg, progress=not args.quiet)
-        with connect(cfg.cluster) as client:
-            result = run_habitats(cfg, out, client, plots=plots, evaluate=not args.no_evaluation)
+        plots, _ = virtual_plots(cfg, progress=not args.quiet)
+    with _writing_report(args, out, "habitats"), connect(cfg.cluster) as client:
+        result = run_habitats(cfg, out, client, plots=plots, evaluate=not args.no_evaluation)
     print(json.dumps({k: v for k, v in result.items() if k != "notes"}, indent=2, default=str))
     return 0
 

@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 .venv/bin/geoplantnet run --config pipelines/default.yaml "$@"
 .venv/bin/geoplantnet map --config pipelines/default.yaml "$@"
-.venv/bin/geoplantnet habitats --config pipelines/default.yaml "$@"
+# --overwrite: a rerun replaces the earlier demo's habitat report and models (seeded: the same models again)
+.venv/bin/geoplantnet habitats --config pipelines/default.yaml --overwrite "$@"
 .venv/bin/geoplantnet habitat-map --config pipelines/default.yaml --evaluate "$@"
 .venv/bin/geoplantnet indicators --config pipelines/default.yaml --evaluate "$@"
 .venv/bin/geoplantnet value --config pipelines/default.yaml --evaluate "$@"

@@ -19,6 +19,7 @@ from geoplantnet.cli import main
 from geoplantnet.core.config import load_config
 from geoplantnet.jobs.inputs import virtual_scenario_truth
 from geoplantnet.sim.region import RegionManifest
+from geoplantnet.storage.outputs import MARKER, owned_folder
 from geoplantnet.storage.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,8 @@ def assessed(small_map, small_habitats, value_model, tmp_path_factory):
 
 def test_the_report_is_whole(assessed):
     out = assessed["out"]
-    assert sorted(p.name for p in out.iterdir()) == ["impact.gpkg", "maps.png", "report.md", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "impact.gpkg", "maps.png", "report.md", "summary.json"]
+    assert owned_folder(out, "impact report")  # marked finished
     assert (out / "maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["scenario"]["land_cover"] == assessed["target"]
@@ -220,7 +222,7 @@ def ranked(assessed, tmp_path_factory):
 
 def test_offsets_rank_sites_and_judge_no_net_loss(assessed, ranked):
     out = ranked["out"]
-    assert sorted(p.name for p in out.iterdir()) == ["offsets.csv", "offsets.gpkg", "report.md", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "offsets.csv", "offsets.gpkg", "report.md", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     ranking = summary["ranking"]
     assert [r["rank"] for r in ranking] == [1, 2, 3]

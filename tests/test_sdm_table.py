@@ -223,7 +223,7 @@ def test_a_users_file_or_folder_at_out_is_refused_and_left_as_it_was(command: st
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
-    for out, what in ((thesis, "is a file, not a folder"), (folder, "geoplantnet did not write")):
+    for out, what in ((thesis, "is a file, not a"), (folder, "geoplantnet did not write")):
         done = (
             _cli(command, "--presence", "x.csv", "--background", "y.csv", "--out", str(out), cwd=tmp_path)
             if command == "sdm-table"

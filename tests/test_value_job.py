@@ -137,5 +137,5 @@ def test_value_refusals_are_one_line(tmp_path: Path, capsys) -> None:
     (tmp_path / "out" / "value").mkdir(parents=True)
     (tmp_path / "out" / "value" / "draft.md").write_text("mine")
     code, _, err = _run(_args(tmp_path, "--polygons", str(polygons)), capsys)
-    assert code == 2 and "not a value report folder" in err.strip().splitlines()[-1]
+    assert code == 2 and "geoplantnet did not write" in err.strip().splitlines()[-1]
     assert [p.name for p in (tmp_path / "out" / "value").iterdir()] == ["draft.md"]

@@ -56,7 +56,7 @@ from geoplantnet.products.scenarios import (
 )
 from geoplantnet.samples.vectors import read_polygons
 from geoplantnet.sources.predictors import class_names
-from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
+from geoplantnet.storage.outputs import check_folder, claim_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import exists, is_local, storage_options_for
 
 REPORT_FILES = ("summary.json", "report.md", "maps.png", "impact.gpkg")
@@ -882,12 +882,14 @@ def resolve_models(cfg: RunConfig, model: str | None, habitat_model: str | None,
 
 
 def report_folder(cfg: RunConfig, out: str | None, default: str, files: Sequence[str], what: str, overwrite: bool):
-    """The report folder (``out`` or ``<store.root>/<default>``), claimed (storage/outputs): an earlier report of
-    this kind is replaced only with ``overwrite``; a folder geoplantnet did not write is refused."""
+    """The report folder (``out`` or ``<store.root>/<default>``), checked before any work (storage/outputs): an
+    earlier report of this kind is replaced only with ``overwrite``; a folder geoplantnet did not write is refused.
+    It is claimed (the earlier report removed) only when the new one is written."""
     if out is None and not is_local(cfg.store.root):
         raise ConfigError("reports are written to a local folder and store.root is remote: pass --out DIR")
     folder = Path(out) if out is not None else Path(cfg.store.root) / default
-    return claim_folder(folder, what, files, overwrite=overwrite)
+    check_folder(folder, what, files, overwrite=overwrite)
+    return folder
 
 
 @contextmanager
@@ -968,6 +970,7 @@ def run_impact(
     if evaluate:
         summary["evaluation"] = evaluate_truth(plan, assessment)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
+    claim_folder(folder, "impact report", REPORT_FILES, overwrite=overwrite)
     place(folder, "report.md", lambda p: p.write_text(impact_markdown(summary)))
     place(folder, "maps.png", lambda p: plot_impact(plan, assessment, p))
     place(folder, "impact.gpkg", lambda p: write_geopackage(plan, assessment, summary, p))
@@ -1136,6 +1139,7 @@ def run_offsets(
         chosen = summary["impact"]["portfolio"]["sites"] if loss is not None else []
         summary["evaluation"] = offsets_evaluation(rows, impact_summary, ratio, chosen)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
+    claim_folder(folder, "offset ranking", OFFSET_FILES, overwrite=overwrite)
     write_offsets(folder, summary, frame, ids)
     return {**summary, "report": str(folder)}
 

@@ -36,7 +36,7 @@ from geoplantnet.products.changes import (
     detection_scores,
     fit_change_model,
 )
-from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
+from geoplantnet.storage.outputs import check_folder, claim_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import (
     PRODUCT_ATTR,
     YEARS_ATTR,
@@ -523,19 +523,22 @@ def true_change_kinds(cfg: RunConfig, year: int) -> dict[str, int]:
 
 
 SUMMARY_FILES = ("summary.json", "report.md", "changes.png")
+SUMMARY_KIND = "refresh summary"
 
 
 def summary_folder(cfg: RunConfig, year: int) -> Path:
-    """``<store.root>/refresh/<year>``, refused when it holds anything but a refresh summary (a user's files); an
-    earlier summary of the year is removed before the run."""
-    # the year's stores were claimed first (another run's year needs --overwrite there): the summary is theirs
+    """``<store.root>/refresh/<year>``, checked before the run: refused when geoplantnet did not write it (a user's
+    files); an earlier summary of the year is replaced when the new one is written."""
     folder = Path(cfg.store.root) / "refresh" / str(year)
-    return claim_folder(folder, "refresh summary", SUMMARY_FILES, overwrite=True)
+    check_folder(folder, SUMMARY_KIND, SUMMARY_FILES, overwrite=True)
+    return folder
 
 
 def write_summary(summary: Mapping[str, Any], folder: Path, cfg: RunConfig, urls: Mapping[str, str], year: int) -> None:
     """``summary.json``, ``report.md`` and ``changes.png`` of a refresh, each written beside its name and renamed
     into place (the JSON last: its presence says the summary is whole)."""
+    # the year's stores were claimed first (another run's year needs --overwrite there): the summary is theirs
+    claim_folder(folder, SUMMARY_KIND, SUMMARY_FILES, overwrite=True)
     place(folder, "report.md", lambda path: path.write_text(markdown(summary)))
     place(folder, "changes.png", lambda path: plot_changes(cfg, urls, year, summary, path))
     place_json(folder, "summary.json", summary)

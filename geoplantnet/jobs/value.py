@@ -50,7 +50,7 @@ from geoplantnet.runtime.cluster import task_resources
 from geoplantnet.runtime.worker_cache import WorkerCachePlugin, worker_cache
 from geoplantnet.samples.value_labels import LabelRasters, rasterise_labels, read_value_polygons
 from geoplantnet.sources import predictors
-from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
+from geoplantnet.storage.outputs import check_folder, claim_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import (
     exists,
     join,
@@ -531,10 +531,15 @@ def cross_validate(
     return out
 
 
-def _report_folder(cfg: RunConfig) -> Path:
-    """``<store.root>/value``, claimed (storage/outputs): a folder geoplantnet did not write is refused; its model and
-    report stay for reuse (``train_or_reuse`` decides, replacing another training's model only with --overwrite)."""
-    return claim_folder(Path(cfg.store.root) / "value", "value report", REPORT_FILES, overwrite=False, keep=True)
+def _report_folder(cfg: RunConfig, *, check: bool = False) -> Path:
+    """``<store.root>/value``, claimed (storage/outputs; with ``check`` only checked, before any work): a folder
+    geoplantnet did not write is refused; its model and report stay for reuse (``train_or_reuse`` decides, replacing
+    another training's model only with --overwrite)."""
+    folder = Path(cfg.store.root) / "value"
+    if check:
+        check_folder(folder, "value report", REPORT_FILES, overwrite=False, keep=True)
+        return folder
+    return claim_folder(folder, "value report", REPORT_FILES, overwrite=False, keep=True)
 
 
 def _previous(folder: Path, model_url: str, key: str) -> tuple[dict[str, Any], str] | None:
@@ -803,7 +808,7 @@ def run_value(
     # a user's folder, a store being written, another product's store: refused before minutes of work
     for url, product in zip(urls, (PRODUCT, AGGREGATE), strict=True):
         preflight(url, storage_options_for(url, cfg.store), product=product, overwrite=overwrite)
-    folder = _report_folder(cfg)
+    _report_folder(cfg, check=True)
     source = cfg.value.polygons
     labels = load_labels(cfg, source, grid) if source else None  # a user's file: checked before the inputs
     inputs = run_inputs(cfg, observations=False, progress=progress)
@@ -811,6 +816,7 @@ def run_value(
         labels = load_labels(cfg, virtual_value_polygons(cfg, progress=progress), grid)
     sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
     model_url = default_value_model(cfg)
+    folder = _report_folder(cfg)
     trained, key = train_or_reuse(cfg, sources, labels, folder, model_url, overwrite)
     predictor = plan_value_predictor(cfg, model_url, sources)
     with connect(cfg.cluster) as client:
