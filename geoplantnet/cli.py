@@ -46,22 +46,15 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_overwrite(parser: argparse.ArgumentParser, store: str) -> None:
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help=f"replace a {store} of another run (other model, grid, tiling or inputs) at the output; without it such "
-        "a store is left alone and the command stops. A path that is not a geoplantnet store is never replaced",
+def _add_overwrite(parser: argparse.ArgumentParser, output: str, *, report: bool = False) -> None:
+    help_ = (
+        f"replace an earlier {output} report at the output folder; a folder geoplantnet did not write is never "
+        "written into"
+        if report
+        else f"replace a {output} of another run (other model, grid, tiling or inputs) at the output; without it "
+        "such a store is left alone and the command stops. A path that is not a geoplantnet store is never replaced"
     )
-
-
-def _add_report_overwrite(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help=f"replace an earlier {command} report at the output folder; a folder geoplantnet did not write is never "
-        "written into",
-    )
+    parser.add_argument("--overwrite", action="store_true", help=help_)
 
 
 def _add_input_args(parser: argparse.ArgumentParser) -> None:
@@ -134,13 +127,13 @@ def _report_folder(args: argparse.Namespace, cfg: RunConfig, command: str) -> Pa
     """The local output folder of a report command (``--out`` or ``<store.root>/<command>``), checked before any work:
     new or empty, or this command's earlier report (replaced with ``--overwrite``); a user's file or folder is refused,
     never written into."""
-    from geoplantnet.storage.outputs import check_folder
+    from geoplantnet.storage.outputs import claim_folder
     from geoplantnet.storage.store import is_local
 
     if args.out is None and not is_local(cfg.store.root):
         raise ConfigError(f"{command} writes a local report folder and store.root is {cfg.store.root}: pass --out DIR")
     out = Path(args.out or Path(cfg.store.root) / command)
-    check_folder(out, f"{command} report", _REPORT_ENTRIES[command], overwrite=args.overwrite)
+    claim_folder(out, f"{command} report", _REPORT_ENTRIES[command], overwrite=args.overwrite, check_only=True)
     return out
 
 
@@ -389,7 +382,7 @@ def _add_impact(sub: argparse._SubParsersAction) -> None:
     )
     impact.add_argument("--scenario", required=True, help="scenario YAML file")
     impact.add_argument("--out", default=None, help="report folder (default: <store.root>/impact/<scenario name>)")
-    _add_report_overwrite(impact, "impact")
+    _add_overwrite(impact, "impact", report=True)
     _add_model_args(impact)
     impact.set_defaults(func=_cmd_impact)
 
@@ -404,7 +397,7 @@ def _add_impact(sub: argparse._SubParsersAction) -> None:
     offsets.add_argument("--impact", default=None, help="an impact report folder (or its summary.json) to offset")
     offsets.add_argument("--id-column", default=None, help="the sites' id column (default: id, name, else row number)")
     offsets.add_argument("--out", default=None, help="report folder (default: <store.root>/offsets/<scenario name>)")
-    _add_report_overwrite(offsets, "offsets")
+    _add_overwrite(offsets, "offsets", report=True)
     _add_model_args(offsets)
     offsets.set_defaults(func=_cmd_offsets)
 
@@ -585,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(sdm)
     sdm.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm)")
     sdm.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_report_overwrite(sdm, "sdm")
+    _add_overwrite(sdm, "sdm", report=True)
     sdm.set_defaults(func=_cmd_sdm)
 
     table = sub.add_parser(
@@ -602,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--test", type=Path, default=None, help="independent presence-absence sites (table.test)")
     table.add_argument("--test-env", type=Path, default=None, help="test-site predictors, joined on table.site")
     table.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm-table)")
-    _add_report_overwrite(table, "sdm-table")
+    _add_overwrite(table, "sdm-table", report=True)
     table.set_defaults(func=_cmd_sdm_table)
 
     habitats = sub.add_parser(
@@ -629,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     habitats.add_argument("--no-evaluation", action="store_true", help="train the final models only (no folds)")
     habitats.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/habitats)")
     habitats.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_report_overwrite(habitats, "habitats")
+    _add_overwrite(habitats, "habitats", report=True)
     habitats.set_defaults(func=_cmd_habitats)
 
     mapping = sub.add_parser(

@@ -56,7 +56,7 @@ from geoplantnet.products.scenarios import (
 )
 from geoplantnet.samples.vectors import read_polygons
 from geoplantnet.sources.predictors import class_names
-from geoplantnet.storage.outputs import check_folder, claim_folder, finish_folder, place, place_json
+from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import exists, is_local, storage_options_for
 
 REPORT_FILES = ("summary.json", "report.md", "maps.png", "impact.gpkg")
@@ -888,7 +888,7 @@ def report_folder(cfg: RunConfig, out: str | None, default: str, files: Sequence
     if out is None and not is_local(cfg.store.root):
         raise ConfigError("reports are written to a local folder and store.root is remote: pass --out DIR")
     folder = Path(out) if out is not None else Path(cfg.store.root) / default
-    check_folder(folder, what, files, overwrite=overwrite)
+    claim_folder(folder, what, files, overwrite=overwrite, check_only=True)
     return folder
 
 

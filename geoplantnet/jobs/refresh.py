@@ -36,7 +36,7 @@ from geoplantnet.products.changes import (
     detection_scores,
     fit_change_model,
 )
-from geoplantnet.storage.outputs import check_folder, claim_folder, finish_folder, place, place_json
+from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import (
     PRODUCT_ATTR,
     YEARS_ATTR,
@@ -530,7 +530,7 @@ def summary_folder(cfg: RunConfig, year: int) -> Path:
     """``<store.root>/refresh/<year>``, checked before the run: refused when geoplantnet did not write it (a user's
     files); an earlier summary of the year is replaced when the new one is written."""
     folder = Path(cfg.store.root) / "refresh" / str(year)
-    check_folder(folder, SUMMARY_KIND, SUMMARY_FILES, overwrite=True)
+    claim_folder(folder, SUMMARY_KIND, SUMMARY_FILES, overwrite=True, check_only=True)
     return folder
 
 

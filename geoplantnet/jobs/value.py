@@ -50,7 +50,7 @@ from geoplantnet.runtime.cluster import task_resources
 from geoplantnet.runtime.worker_cache import WorkerCachePlugin, worker_cache
 from geoplantnet.samples.value_labels import LabelRasters, rasterise_labels, read_value_polygons
 from geoplantnet.sources import predictors
-from geoplantnet.storage.outputs import check_folder, claim_folder, finish_folder, place, place_json
+from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import (
     exists,
     join,
@@ -536,10 +536,7 @@ def _report_folder(cfg: RunConfig, *, check: bool = False) -> Path:
     geoplantnet did not write is refused; its model and report stay for reuse (``train_or_reuse`` decides, replacing
     another training's model only with --overwrite)."""
     folder = Path(cfg.store.root) / "value"
-    if check:
-        check_folder(folder, "value report", REPORT_FILES, overwrite=False, keep=True)
-        return folder
-    return claim_folder(folder, "value report", REPORT_FILES, overwrite=False, keep=True)
+    return claim_folder(folder, "value report", REPORT_FILES, overwrite=False, keep=True, check_only=check)
 
 
 def _previous(folder: Path, model_url: str, key: str) -> tuple[dict[str, Any], str] | None:

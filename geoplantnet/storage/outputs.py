@@ -68,7 +68,7 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def check_folder(
+def claim_folder(
     folder: Path | str,
     kind: str,
     entries: Sequence[str],
@@ -76,9 +76,17 @@ def check_folder(
     overwrite: bool,
     keep: bool = False,
     written_by_us: str | None = None,
-) -> list[str]:
-    """The refusals of :func:`claim_folder`, with no side effect (what a job checks before any work); returns the
-    names the claim would remove."""
+    check_only: bool = False,
+) -> Path:
+    """``folder`` made ready for an output of ``kind`` whose run writes the top-level names ``entries``.
+
+    New or empty: marked as this kind's. Marked by an unfinished run of this kind: its entries are cleared. Marked by
+    a finished run: replaced only with ``overwrite`` (or, with ``keep``, handed over as it is: a job that reuses its
+    earlier files, such as a saved model, decides itself). Refused always: a file where the folder should be, a folder
+    without the marker (a user's), another kind's, or one holding names this kind never writes.
+    ``written_by_us``: a file of this kind's own format that proves an earlier geoplantnet run (from before these
+    markers) wrote the folder, such as the virtual region's manifest. ``check_only``: the refusals alone, with no side
+    effect (what a job checks before any work, claiming only when it writes)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise RefusedError(f"{folder} is a file, not a {kind} folder; refusing to replace it (choose another path)")
@@ -99,29 +107,11 @@ def check_folder(
     finished = marker is not None and bool(marker.get("complete"))
     if finished and names and not (overwrite or keep):
         raise RefusedError(f"{folder} holds an earlier {kind}; pass --overwrite to replace it")
-    return [n for n in names if _leftover(n, entries) or not keep]
-
-
-def claim_folder(
-    folder: Path | str,
-    kind: str,
-    entries: Sequence[str],
-    *,
-    overwrite: bool,
-    keep: bool = False,
-    written_by_us: str | None = None,
-) -> Path:
-    """``folder`` made ready for an output of ``kind`` whose run writes the top-level names ``entries``.
-
-    New or empty: marked as this kind's. Marked by an unfinished run of this kind: its entries are cleared. Marked by
-    a finished run: replaced only with ``overwrite`` (or, with ``keep``, handed over as it is: a job that reuses its
-    earlier files, such as a saved model, decides itself). Refused always: a file where the folder should be, a folder
-    without the marker (a user's), another kind's, or one holding names this kind never writes.
-    ``written_by_us``: a file of this kind's own format that proves an earlier geoplantnet run (from before these
-    markers) wrote the folder, such as the virtual region's manifest."""
-    folder = Path(folder)
-    for name in check_folder(folder, kind, entries, overwrite=overwrite, keep=keep, written_by_us=written_by_us):
-        _remove(folder / name)
+    if check_only:
+        return folder
+    for name in names:
+        if _leftover(name, entries) or not keep:
+            _remove(folder / name)
     folder.mkdir(parents=True, exist_ok=True)
     _write_marker(
         folder / MARKER,
