@@ -68,3 +68,18 @@ def test_an_unknown_setting_blames_the_set_override(capsys) -> None:
 def test_settings_that_can_exhaust_the_machine_are_bounded(capsys, setting: str, bound: str) -> None:
     key = setting.split("=")[0]
     refused(capsys, ["config", "show", *sets(setting)], f"--set {key}", f"less than or equal to {bound}")
+
+
+# -- observations (samples/observations.py)
+
+REAL = ROOT.parent / "shared" / "data" / "real"
+BRADYPUS = REAL / "predicts_bradypus_bioclim"
+
+
+@pytest.mark.parametrize(("text", "expected"), [("", "the file is empty"), ("species,lon,lat\n", "no records")])
+def test_observations_without_records_are_refused(capsys, tmp_path: Path, text: str, expected: str) -> None:
+    observations = tmp_path / "observations.csv"
+    observations.write_text(text)
+    args = ["sdm", "--config", str(ROOT / "pipelines" / "bradypus.yaml"), "--observations", str(observations)]
+    args += ["--rasters", str(BRADYPUS / "bio.tif"), "--out", str(tmp_path / "out"), "--quiet"]
+    refused(capsys, args, str(observations), expected)

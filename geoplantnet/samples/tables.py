@@ -117,7 +117,7 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
             return pd.read_parquet(path)
         return pd.read_csv(path, low_memory=False)
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise TableError(f"{path}: cannot read the {what} table ({exc.__class__.__name__}: {exc})") from None
+        raise TableError(f"{path}: cannot read it ({what}; {exc.__class__.__name__}: {exc})") from None
 
 
 def _require(frame: pd.DataFrame, columns: list[str | None], where: str) -> None:
