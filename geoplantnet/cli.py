@@ -152,10 +152,12 @@ def _cmd_sdm_table(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"table": TableConfig.model_validate({**cfg.table.model_dump(), **given})})
     from geoplantnet.jobs.tabular import run_table_sdm
     from geoplantnet.runtime.cluster import connect
+    from geoplantnet.samples.tables import read_tables
 
     out = _report_folder(args, cfg, "sdm-table", ("summary.json", "units"))
+    tables = read_tables(cfg.table)  # the user's tables checked before a cluster starts
     with connect(cfg.cluster) as client:
-        result = run_table_sdm(cfg, out, client)
+        result = run_table_sdm(cfg, out, client, tables)
     print(json.dumps(result, indent=2))
     return 0
 

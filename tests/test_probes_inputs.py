@@ -83,3 +83,72 @@ def test_observations_without_records_are_refused(capsys, tmp_path: Path, text: 
     args = ["sdm", "--config", str(ROOT / "pipelines" / "bradypus.yaml"), "--observations", str(observations)]
     args += ["--rasters", str(BRADYPUS / "bio.tif"), "--out", str(tmp_path / "out"), "--quiet"]
     refused(capsys, args, str(observations), expected)
+
+
+# -- tables of extracted predictors (samples/tables.py), from the NCEAS Australian Wet Tropics extracts
+
+NCEAS = REAL / "nceas_disdat"
+TABLE_SETTINGS = ("table.species=spid", "table.group=group", "table.crs=EPSG:28355")
+
+
+@pytest.fixture(scope="module")
+def awt_tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two bird species of the AWT benchmark: their presence-only records, 600 background sites, 120 test sites
+    (presence-absence and predictors), and copies with one defect each."""
+    import numpy as np
+    import pandas as pd
+
+    folder = tmp_path_factory.mktemp("awt")
+    po = pd.read_csv(NCEAS / "AWT_train_po.csv.gz").query("spid in ['awt01', 'awt02']")
+    bg = pd.read_csv(NCEAS / "AWT_train_bg.csv.gz").head(600)
+    pa = pd.read_csv(NCEAS / "AWT_test_pa.csv.gz")[["group", "siteid", "x", "y", "awt01", "awt02"]].head(120)
+    env = pd.read_csv(NCEAS / "AWT_test_env.csv.gz").merge(pa[["siteid"]], on="siteid")
+    frames = {"po": po, "bg": bg, "pa": pa, "env": env}
+    frames["bg_inf"] = bg.assign(bc01=np.where(np.arange(len(bg)) < 3, np.inf, bg["bc01"]))
+    frames["env_inf"] = env.assign(bc04=np.where(np.arange(len(env)) < 2, -np.inf, env["bc04"]))
+    frames["env_nan"] = env.assign(bc04=np.where(np.arange(len(env)) < 2, np.nan, env["bc04"]))
+    surveyed = pa[["awt01", "awt02"]].notna()
+    frames["pa_absent"] = pa.assign(awt01=pa["awt01"].where(~surveyed["awt01"], 0.0))
+    frames["pa_none"] = frames["pa_absent"].assign(awt02=pa["awt02"].where(~surveyed["awt02"], 0.0))
+    paths = {name: folder / f"{name}.csv" for name in frames}
+    for name, frame in frames.items():
+        frame.to_csv(paths[name], index=False)
+    return paths
+
+
+def _table_args(paths: dict[str, Path], out: Path, **files: str) -> list[str]:
+    chosen = {"presence": "po", "background": "bg", "test": "pa", "test_env": "env", **files}
+    flags = [a for key, name in chosen.items() for a in (f"--{key.replace('_', '-')}", str(paths[name]))]
+    return ["sdm-table", *sets(*TABLE_SETTINGS), *flags, "--out", str(out)]
+
+
+@pytest.mark.parametrize(
+    ("files", "culprit", "expected"),
+    [
+        ({"background": "bg_inf"}, "bg_inf", "3 rows with infinite predictor values (columns: bc01: 3)"),
+        ({"test_env": "env_inf"}, "env_inf", "2 rows with infinite predictor values (columns: bc04: 2)"),
+        ({"test": "pa_none"}, "pa_none", "no species has both a presence (1) and an absence (0) at the test sites"),
+    ],
+)
+def test_tables_that_cannot_be_scored_are_refused_before_a_cluster_starts(
+    capsys, tmp_path: Path, awt_tables: dict[str, Path], files: dict[str, str], culprit: str, expected: str
+) -> None:
+    out = tmp_path / "out"
+    refused(capsys, _table_args(awt_tables, out, **files), str(awt_tables[culprit]), expected)
+    assert not out.exists()
+
+
+def test_test_sites_with_missing_predictors_or_species_without_presences_are_left_out_and_said(
+    awt_tables: dict[str, Path],
+) -> None:
+    import numpy as np
+
+    from geoplantnet.core.config import load_config
+    from geoplantnet.samples.tables import read_tables
+
+    names = {"presence": "po", "background": "bg", "test": "pa_absent", "test_env": "env_nan"}
+    overrides = [*TABLE_SETTINGS, *(f"table.{k}={awt_tables[v]}" for k, v in names.items())]
+    _, test = read_tables(load_config(CONFIG, overrides, environ={}).table)
+    assert test is not None and len(test.site) == 118 and np.isfinite(test.features).all()
+    assert any("2 of 120 test sites left out of the scores: missing values of bc04" in n for n in test.notes)
+    assert any("1 species with no presence at the test sites not scored: awt01" in n for n in test.notes)
