@@ -172,7 +172,7 @@ def _cmd_habitats(args: argparse.Namespace) -> int:
         given["unlabelled"] = [str(u) for u in args.unlabelled]
     if given:
         cfg = cfg.model_copy(update={"habitats": HabitatsConfig.model_validate({**cfg.habitats.model_dump(), **given})})
-    from geoplantnet.jobs.habitats import run_habitats
+    from geoplantnet.jobs.habitats import load_habitat_data, run_habitats
     from geoplantnet.runtime.cluster import connect
 
     out = _report_folder(args, cfg, "habitats", ("summary.json", "folds.csv"))
@@ -181,8 +181,9 @@ def _cmd_habitats(args: argparse.Namespace) -> int:
         from geoplantnet.jobs.inputs import virtual_plots
 
         plots, _ = virtual_plots(cfg, progress=not args.quiet)
+    data = load_habitat_data(cfg, plots)  # the plot tables read and checked before a cluster starts
     with connect(cfg.cluster) as client:
-        result = run_habitats(cfg, out, client, plots=plots, evaluate=not args.no_evaluation)
+        result = run_habitats(cfg, out, client, data, evaluate=not args.no_evaluation)
     print(json.dumps({k: v for k, v in result.items() if k != "notes"}, indent=2, default=str))
     return 0
 

@@ -152,3 +152,73 @@ def test_test_sites_with_missing_predictors_or_species_without_presences_are_lef
     assert test is not None and len(test.site) == 118 and np.isfinite(test.features).all()
     assert any("2 of 120 test sites left out of the scores: missing values of bc04" in n for n in test.notes)
     assert any("1 species with no presence at the test sites not scored: awt01" in n for n in test.notes)
+
+
+# -- vegetation plot tables (samples/plots.py, jobs/habitats.py), from the GeoLifeCLEF 2024 surveys with EUNIS codes
+
+GLC24 = REAL / "glc24_pa_habitats" / "GLC24_PA_species_habitat_joined.csv"
+PLOT_SETTINGS = (
+    "habitats.plot=surveyId",
+    "habitats.species=target_species_ids",
+    "habitats.habitat=habitatIds",
+    "habitats.block_size=1.0",
+)
+
+
+@pytest.fixture(scope="module")
+def glc24_plots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """80 surveys of two habitats (N16, R22) and copies with one defect each."""
+    import pandas as pd
+
+    folder = tmp_path_factory.mktemp("glc24")
+    table = pd.read_csv(GLC24, usecols=["surveyId", "target_species_ids", "lon", "lat", "habitatIds"])
+    two = table[table["habitatIds"].isin(["N16", "R22"])].head(80).reset_index(drop=True)
+    script, coords = two.copy(), two.astype({"lon": object})
+    script.loc[2, "habitatIds"] = "<script>"
+    coords.loc[4, "lon"] = "abc"
+    frames = {
+        "two": two,
+        "one": table[table["habitatIds"] == "N16"].head(60),
+        "script": script,
+        "empty": two.assign(habitatIds=""),
+        "nan": two.assign(habitatIds="nan"),
+        "coords": coords,
+    }
+    paths = {name: folder / f"{name}.csv" for name in frames}
+    for name, frame in frames.items():
+        frame.to_csv(paths[name], index=False)
+    (folder / "blank.csv").write_text("")
+    paths["blank"] = folder / "blank.csv"
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ("one", "1 habitat class at EUNIS level 3 with habitats.min_plots=2 plots or more (N16 60)"),
+        ("script", "column 'habitatIds' (habitats.habitat) holds values that are not EUNIS habitat codes"),
+        ("empty", "0 plots with one habitat code (column 'habitatIds') are too few"),
+        ("nan", "0 plots with one habitat code (column 'habitatIds') are too few"),
+        ("coords", "column 'lon' (habitats.x) holds values that are not finite numbers in row 5 ('abc')"),
+        ("blank", "cannot read it (plot table; EmptyDataError"),
+    ],
+)
+def test_plot_tables_that_cannot_train_a_classifier_are_refused_before_a_cluster_starts(
+    capsys, tmp_path: Path, glc24_plots: dict[str, Path], table: str, expected: str
+) -> None:
+    out = tmp_path / "out"
+    args = ["habitats", *sets(*PLOT_SETTINGS), "--plots", str(glc24_plots[table]), "--out", str(out), "--quiet"]
+    line = refused(capsys, args, str(glc24_plots[table]), expected)
+    assert "table table" not in line
+    if table == "script":
+        assert "row 3 ('<script>')" in line
+    assert not out.exists()
+
+
+def test_a_valid_plot_table_reads_with_its_codes(glc24_plots: dict[str, Path]) -> None:
+    from geoplantnet.core.config import load_config
+    from geoplantnet.jobs.habitats import load_habitat_data
+
+    cfg = load_config(CONFIG, [*PLOT_SETTINGS, f"habitats.plots={glc24_plots['two']}"], environ={})
+    data = load_habitat_data(cfg)
+    assert sorted(set(data.labelled.habitat)) == ["N16", "R22"] and len(data.labelled) == 80
