@@ -222,3 +222,36 @@ def test_a_valid_plot_table_reads_with_its_codes(glc24_plots: dict[str, Path]) -
     cfg = load_config(CONFIG, [*PLOT_SETTINGS, f"habitats.plots={glc24_plots['two']}"], environ={})
     data = load_habitat_data(cfg)
     assert sorted(set(data.labelled.habitat)) == ["N16", "R22"] and len(data.labelled) == 80
+
+
+# -- users' polygons (samples/vectors.py): an invalid geometry is refused, never silently repaired
+
+SCENARIO = ROOT / "pipelines" / "examples" / "impact" / "sealed.yaml"
+
+
+def _polygons_with_a_bow_tie(path: Path) -> Path:
+    """Two polygons near the example footprint (lon/lat), the second a self-intersecting bow-tie."""
+    import geopandas as gpd
+    from shapely.geometry import Polygon
+
+    square = Polygon([(10.0083, 49.9145), (10.0125, 49.9145), (10.0125, 49.9170), (10.0083, 49.9170)])
+    bow_tie = Polygon([(10.0083, 49.9145), (10.0125, 49.9170), (10.0125, 49.9145), (10.0083, 49.9170)])
+    frame = gpd.GeoDataFrame({"value": ["high", "low"]}, geometry=[square, bow_tie], crs=4326)
+    frame.to_file(path, driver="GeoJSON")
+    return path
+
+
+def test_an_invalid_footprint_is_refused_with_its_feature(capsys, tmp_path: Path) -> None:
+    footprint = _polygons_with_a_bow_tie(tmp_path / "footprint.geojson")
+    args = ["impact", *sets(f"workdir={tmp_path / 'work'}", f"store.root={tmp_path / 'out'}")]
+    args += ["--footprint", str(footprint), "--scenario", str(SCENARIO), "--quiet"]
+    refused(capsys, args, f"footprint {footprint}", "feature 1 is not a valid polygon: Self-intersection")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+def test_invalid_value_polygons_are_refused_with_their_feature(capsys, tmp_path: Path) -> None:
+    polygons = _polygons_with_a_bow_tie(tmp_path / "labels.geojson")
+    args = ["value", *sets(f"workdir={tmp_path / 'work'}", f"store.root={tmp_path / 'out'}")]
+    args += ["--polygons", str(polygons), "--quiet"]
+    refused(capsys, args, f"value polygons {polygons}", "feature 1 is not a valid polygon: Self-intersection")
+    assert not (tmp_path / "work").exists()
