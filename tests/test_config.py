@@ -35,7 +35,7 @@ def test_shipped_pipelines_validate():
     [
         ("cube: [1, 2\n", [], r"line \d+: malformed YAML"),
         ("- a\n- b\n", [], "top level must be a mapping"),
-        ("cube:\n  resolutoin: 20\n", [], r"cube\.resolutoin: Extra inputs"),
+        ("cube:\n  resolutoin: 20\n", [], r"cube\.resolutoin: no such setting in cube; did you mean cube\.resolution"),
         ("cube:\n  resolution: -5\n", [], r"cube\.resolution: Input should be greater than 0"),
         ("", ["cluster.kind=address"], "needs cluster.address"),
         ("", ["nonsense"], "not key=value"),

@@ -7,6 +7,7 @@ Precedence, lowest first: defaults here < YAML file < ``GEOPLANTNET__SECTION__KE
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -28,11 +29,20 @@ from pydantic import (
 )
 
 from geoplantnet.core.errors import ConfigError
-from geoplantnet.core.grid import Grid
+from geoplantnet.core.grid import Grid, known_crs, projected_epsg
 
 __all__ = ["ConfigError", "CubeConfig", "InputsConfig", "RunConfig", "load_config", "redact"]
 
 ENV_PREFIX = "GEOPLANTNET__"
+
+# Upper bounds of the settings that size work or memory: generous for any real run, but finite, so a typo or a hostile
+# value (impact.draws=1000000) is refused at once instead of running until the machine runs out of memory.
+MAX_DRAWS = 1000  # Monte-Carlo draws per pixel (impact, indicators, value)
+MAX_TILE = 4096  # pixels per tile / chunk side (a float32 tile of 4096 x 4096 is 64 MiB per band)
+MAX_EPOCHS = 10_000
+MAX_ENSEMBLE = 100  # networks trained and kept per model
+MAX_WORKERS = 256  # Dask workers and threads per worker started on one machine
+MAX_BATCH_MB = 65_536  # memory of one forward pass (MiB)
 
 
 class _Section(BaseModel):
@@ -47,7 +57,14 @@ class GridConfig(_Section):
     width_m: float = Field(5_000.0, gt=0)
     height_m: float = Field(5_000.0, gt=0)
     resolution: float = Field(50.0, gt=0, description="map resolution (metres)")
-    epsg: int = Field(3035, description="projected CRS of the grid; 3035 (LAEA Europe) unless data lie elsewhere")
+    epsg: int = Field(
+        3035, description="projected CRS of the grid (EPSG code, metres); 3035 (LAEA Europe) unless data lie elsewhere"
+    )
+
+    @field_validator("epsg")
+    @classmethod
+    def _projected(cls, v: int) -> int:
+        return projected_epsg(v)
 
     @model_validator(mode="after")
     def _aligned(self) -> GridConfig:
@@ -91,7 +108,9 @@ class SimConfig(_Section):
     n_plots: int = Field(400, ge=0)
     n_presence_only: int = Field(4000, ge=0)
     cloud_cover_mean: float = Field(0.25, ge=0, le=1)
-    chunk: int = Field(1024, ge=64, description="pixels per generation window; bounds memory")
+    chunk: int = Field(
+        1024, ge=64, le=MAX_TILE, description=f"pixels per generation window; bounds memory (at most {MAX_TILE})"
+    )
     changes: list[ChangeEvent] | None = Field(None, description="land-cover changes between years; None: automatic")
 
     # Patches per later year when ``changes`` is None: (kind, count, radius in metres).
@@ -161,7 +180,7 @@ class CubeConfig(_Section):
     """The Sentinel-2 cube: resolution, chunking, bands, masking and compositing."""
 
     resolution: float = Field(20.0, gt=0)
-    chunk: int = Field(512, ge=16)
+    chunk: int = Field(512, ge=16, le=MAX_TILE, description=f"cube chunk side in pixels (at most {MAX_TILE})")
     bands: list[str] = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
     datetime: str | None = None
     max_cloud_cover: float = Field(90.0, ge=0, le=100)
@@ -183,7 +202,7 @@ class KubernetesConfig(_Section):
     name: str = "geoplantnet"
     namespace: str | None = None
     image: str = "ghcr.io/geoplantnet/geoplantnet:latest"
-    n_workers: int = Field(4, ge=0)
+    n_workers: int = Field(4, ge=0, le=10_000, description="worker pods (at most 10000)")
     worker_gpus: int = Field(0, ge=0)
     worker_memory: str = "16Gi"
     worker_cpu: str = "4"
@@ -194,8 +213,8 @@ class ClusterConfig(_Section):
 
     kind: Literal["local", "address", "kubernetes"] = "local"
     address: str | None = None
-    n_workers: int = Field(2, ge=1)
-    threads_per_worker: int = Field(1, ge=1)
+    n_workers: int = Field(2, ge=1, le=MAX_WORKERS, description=f"local worker processes (at most {MAX_WORKERS})")
+    threads_per_worker: int = Field(1, ge=1, le=MAX_WORKERS, description=f"threads per worker (at most {MAX_WORKERS})")
     memory_limit: str = "4GiB"
     dashboard_address: str = "127.0.0.1:0"
     connect_timeout: str = "20s"
@@ -243,8 +262,8 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """Training: optimisation, presence-only handling, device, seeds."""
 
-    epochs: int = Field(40, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(40, ge=1, le=MAX_EPOCHS, description=f"at most {MAX_EPOCHS}")
+    batch_size: int = Field(128, ge=1, le=65_536, description="samples per optimiser step (at most 65536)")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(6, ge=1, description="early stopping on the spatial validation split")
@@ -269,7 +288,12 @@ class TrainConfig(_Section):
     scaling: Literal["standard", "robust"] = Field(
         "standard", description="input normalisation: mean/std, or median/IQR (robust to outliers and skew)"
     )
-    ensemble: int = Field(1, ge=1, description="networks trained with seeds seed..seed+n-1 and averaged")
+    ensemble: int = Field(
+        1,
+        ge=1,
+        le=MAX_ENSEMBLE,
+        description=f"networks trained with seeds seed..seed+n-1 and averaged (at most {MAX_ENSEMBLE})",
+    )
 
 
 class ValidationConfig(_Section):
@@ -293,14 +317,25 @@ class MapConfig(_Section):
     """Map production: a trained species model over the whole grid, tile by tile (:mod:`geoplantnet.jobs.mapping`)."""
 
     model: str | None = Field(None, description="trained model file (path or URL); None trains one on the region")
-    tile: int = Field(128, ge=8, description="tile side in map pixels; also the Zarr chunk/shard side")
+    tile: int = Field(
+        128,
+        ge=8,
+        le=MAX_TILE,
+        description=f"tile side in map pixels; also the Zarr chunk/shard side (at most {MAX_TILE})",
+    )
     species_chunk: int = Field(16, ge=1, description="species per Zarr chunk (inside one shard per tile)")
-    batch_mb: int = Field(512, ge=16, description="GPU: activation memory per forward pass (row strips of a tile)")
+    batch_mb: int = Field(
+        512,
+        ge=16,
+        le=MAX_BATCH_MB,
+        description=f"GPU: activation memory per forward pass (row strips of a tile; MiB, at most {MAX_BATCH_MB})",
+    )
     cpu_batch_mb: int = Field(
         64,
         ge=4,
-        description="CPU: activations per forward pass; strips that stay in cache ran ~1.7x faster than a "
-        "whole 256-pixel tile (benchmarks/bench_map.py)",
+        le=MAX_BATCH_MB,
+        description="CPU: activations per forward pass (MiB); strips that stay in cache ran ~1.7x faster than a "
+        f"whole 256-pixel tile (benchmarks/bench_map.py); at most {MAX_BATCH_MB}",
     )
     max_in_flight: int | None = Field(None, ge=1, description="tiles submitted at once; None: 2 per worker thread")
     retries: int = Field(2, ge=0, description="retries of a failed tile task (a dead worker is retried anyway)")
@@ -319,6 +354,12 @@ class InputsConfig(_Section):
     x: str = Field("lon", description="x/longitude column of a CSV (observations, and predict's points)")
     y: str = Field("lat", description="y/latitude column of a CSV")
     crs: str = Field("EPSG:4326", description="CRS of the CSV coordinates")
+
+    @field_validator("crs")
+    @classmethod
+    def _known_crs(cls, v: str) -> str:
+        return known_crs(v)
+
     species: str = Field("species", description="species column")
     presence: str | None = Field(None, description="presence/absence column (1/0); None: presence-only")
     survey: str | None = Field(None, description="survey/plot id column: rows sharing it form one survey")
@@ -353,6 +394,12 @@ class TableConfig(_Section):
     x: str = "x"
     y: str = "y"
     crs: str = Field("EPSG:4326", description="CRS of x/y; geographic coordinates are projected for spatial blocks")
+
+    @field_validator("crs")
+    @classmethod
+    def _known_crs(cls, v: str) -> str:
+        return known_crs(v)
+
     predictors: list[str] | None = Field(
         None,
         description="predictor columns; None: the numeric columns the tables share, minus ids, coordinates and "
@@ -381,9 +428,14 @@ class PlotModelConfig(_Section):
 class PlotTrainConfig(_Section):
     """Fill-mask pre-training and habitat fine-tuning of Pl@ntBERT."""
 
-    pretrain_epochs: int = Field(60, ge=0, description="fill-mask epochs; 0 = no pre-training (the ablation)")
-    finetune_epochs: int = Field(40, ge=1)
-    batch_size: int = Field(64, ge=1)
+    pretrain_epochs: int = Field(
+        60,
+        ge=0,
+        le=MAX_EPOCHS,
+        description=f"fill-mask epochs; 0 = no pre-training (the ablation); at most {MAX_EPOCHS}",
+    )
+    finetune_epochs: int = Field(40, ge=1, le=MAX_EPOCHS, description=f"at most {MAX_EPOCHS}")
+    batch_size: int = Field(64, ge=1, le=4096, description="plots per optimiser step (at most 4096)")
     pretrain_lr: float = Field(2e-3, gt=0)
     finetune_lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -483,7 +535,12 @@ class IndicatorsConfig(_Section):
         "when the species map is not calibrated (auto), always, or never; the other half calibrates the intervals",
     )
     level: float = Field(0.9, gt=0, lt=1, description="nominal coverage of every interval and habitat set")
-    draws: int = Field(32, ge=2, description="Monte-Carlo assemblages per pixel (Shannon, ecosystem health)")
+    draws: int = Field(
+        32,
+        ge=2,
+        le=MAX_DRAWS,
+        description=f"Monte-Carlo assemblages per pixel (Shannon, ecosystem health; at most {MAX_DRAWS})",
+    )
     folds: int = Field(5, ge=2, description="spatial folds of the calibration plots for the coverage estimate")
     block_size: float = Field(1000.0, gt=0, description="metres: side of the spatial blocks of those folds")
     typical_species: int = Field(10, ge=1, description="typical species per habitat (highest phi fidelity)")
@@ -516,27 +573,41 @@ class ValueConfig(_Section):
     high: str = Field("high", description="label of high-value polygons")
     low: str = Field("low", description="label of low-value polygons")
     resolution: float = Field(10.0, gt=0, description="metres; divides the map resolution (the 50 m aggregate)")
-    tile: int = Field(320, ge=16, description="pixels per tile and Zarr chunk side at the value resolution")
+    tile: int = Field(
+        320,
+        ge=16,
+        le=MAX_TILE,
+        description=f"pixels per tile and Zarr chunk side at the value resolution (at most {MAX_TILE})",
+    )
     base_channels: int = Field(16, ge=2, description="U-Net channels at full resolution (doubled per level)")
     depth: int = Field(2, ge=1, le=5, description="U-Net down-sampling levels")
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout2d rate (also the MC-dropout draws' rate)")
-    epochs: int = Field(40, ge=1, description="passes; each draws one training crop per training polygon")
+    epochs: int = Field(
+        40,
+        ge=1,
+        le=MAX_EPOCHS,
+        description=f"passes; each draws one training crop per training polygon (at most {MAX_EPOCHS})",
+    )
     patience: int | None = Field(
         None,
         ge=1,
         description="early stopping: hold out a spatial fifth of each model's training polygons and stop after this "
         "many epochs without a better loss on them; None: every epoch on every training polygon",
     )
-    batch: int = Field(16, ge=1, description="crops per optimiser step")
-    crop: int = Field(64, ge=8, description="training crop side in pixels (a multiple of 2**depth)")
+    batch: int = Field(16, ge=1, le=1024, description="crops per optimiser step (at most 1024)")
+    crop: int = Field(
+        64, ge=8, le=2048, description="training crop side in pixels (a multiple of 2**depth; at most 2048)"
+    )
     lr: float = Field(2e-3, gt=0)
     folds: int = Field(5, ge=2, description="spatial folds of whole polygons")
     block_size_m: float = Field(1000.0, gt=0, description="metres: polygons are grouped into blocks by centroid")
     pixels_per_polygon: int = Field(
         200, ge=1, description="labelled pixels sampled per polygon for the forest and for both models' test scores"
     )
-    forest_trees: int = Field(300, ge=1, description="trees of the random-forest peer")
-    draws: int = Field(16, ge=0, description="MC-dropout draws for the map's uncertainty (0: none)")
+    forest_trees: int = Field(300, ge=1, le=10_000, description="trees of the random-forest peer (at most 10000)")
+    draws: int = Field(
+        16, ge=0, le=MAX_DRAWS, description=f"MC-dropout draws for the map's uncertainty (0: none; at most {MAX_DRAWS})"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -556,7 +627,12 @@ class ImpactConfig(_Section):
     """In-silico impact assessment and offset ranking (``geoplantnet impact`` / ``offsets``): the scenario is a file
     of its own (:class:`geoplantnet.products.scenarios.Scenario`); these are the run's settings."""
 
-    draws: int = Field(8, ge=0, description="Monte-Carlo dropout draws of the change (0: point values only)")
+    draws: int = Field(
+        8,
+        ge=0,
+        le=MAX_DRAWS,
+        description=f"Monte-Carlo dropout draws of the change (0: point values only; at most {MAX_DRAWS})",
+    )
     seed: int = Field(0, ge=0, description="seed of the first draw (draw k uses seed + k, before and after alike)")
     value_model: str | None = Field(
         None, description="value model file (default <store.root>/value/model.pt when it exists; none: no value)"
@@ -687,17 +763,43 @@ def _parse_value(key: str, raw: str, source: str) -> Any:
         raise ConfigError(f"{source}: the value of {key} is not valid YAML ({exc.__class__.__name__})") from None
 
 
+def _settings_of(loc: Sequence[str]) -> list[str]:
+    """The setting names of the section at ``loc`` (the run's sections at the top), for close matches."""
+    model: Any = RunConfig
+    for key in loc:
+        field = getattr(model, "model_fields", {}).get(key)
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
+def _problem(err: Any, loc: list[str]) -> str:
+    """pydantic's message made plain: an unknown name says so (with close matches), no "Value error," prefix."""
+    if err["type"] == "extra_forbidden":
+        known = _settings_of(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=3)
+        prefix = ".".join(loc[:-1])
+        hint = f"; did you mean {' or '.join(f'{prefix}.{c}' if prefix else c for c in close)}?" if close else ""
+        if prefix:
+            return f"no such setting in {prefix}{hint}"
+        return f"no such section or setting{hint} (the top level has {', '.join(known)})"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
 def _one_line(exc: ValidationError, sources: Mapping[str, str], where: str) -> str:
     """Each problem with the source that set it (``--set``, an environment variable, or the file)."""
     parts = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         dotted = ".".join(loc) or "(root)"
-        # the longest prefix set by an override (a section given whole by --set, or the setting itself)
+        # the longest prefix set by an override (a section given whole by --set, or the setting itself), else an
+        # override of a setting inside it (--set unknown.key=1 makes the unknown section "unknown")
         source = next(
-            (sources[".".join(loc[:n])] for n in range(len(loc), 0, -1) if ".".join(loc[:n]) in sources), where
+            (sources[".".join(loc[:n])] for n in range(len(loc), 0, -1) if ".".join(loc[:n]) in sources),
+            next((s for key, s in sources.items() if dotted != "(root)" and key.startswith(f"{dotted}.")), where),
         )
-        parts.append(f"{source}: {dotted}: {err['msg']}")
+        parts.append(f"{source}: {dotted}: {_problem(err, loc)}")
     return "; ".join(parts)
 
 

@@ -18,6 +18,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 from affine import Affine
 from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
 
 from geoplantnet.core.errors import InputError
 
@@ -30,6 +31,31 @@ LONLAT = 4326
 
 class GridError(InputError):
     """A bbox, resolution or tile request that does not fit the grid."""
+
+
+def known_crs(text: str) -> str:
+    """``text`` when PROJ knows it as a CRS (``EPSG:4326``, a WKT, a PROJ string); ``ValueError`` saying so otherwise
+    (a configuration validator's error)."""
+    try:
+        CRS.from_user_input(text)
+    except CRSError:
+        raise ValueError(f"{text!r} is not a CRS PROJ knows (e.g. EPSG:4326, EPSG:3035)") from None
+    return text
+
+
+def projected_epsg(epsg: int) -> int:
+    """``epsg`` when it is a projected CRS in metres (a grid's pixels are metres); ``ValueError`` otherwise."""
+    try:
+        crs = CRS.from_epsg(epsg)
+    except CRSError:
+        raise ValueError(f"EPSG:{epsg} is not a CRS PROJ knows (e.g. 3035, LAEA Europe; 6933 worldwide)") from None
+    units = {axis.unit_name for axis in crs.axis_info}
+    if not crs.is_projected or units != {"metre"}:
+        raise ValueError(
+            f"EPSG:{epsg} ({crs.name}) is not a projected CRS in metres; the grid needs one (e.g. 3035, LAEA Europe; "
+            "6933 worldwide)"
+        )
+    return epsg
 
 
 def _snap_down(value: float, step: float) -> float:

@@ -33,7 +33,7 @@ from distributed import Client
 from geoplantnet.core.config import ConfigError, HabitatsConfig, RunConfig
 from geoplantnet.models.habitat_peers import PEERS, CooccurrenceFill, JaccardNeighbours
 from geoplantnet.models.plantbert import PlotModel, build_tokenizer, encode_sentences
-from geoplantnet.samples.plots import Plots, read_habitat_names, read_plots
+from geoplantnet.samples.plots import Plots, PlotTableError, read_habitat_names, read_plots
 from geoplantnet.training.plantbert import finetune, pretrain, submit
 from geoplantnet.validation.blocks import BlockError, spatial_blocks, validation_split
 from geoplantnet.validation.habitats import fill_mask_scores, habitat_scores
@@ -61,8 +61,19 @@ def load_habitat_data(cfg: RunConfig, plots: Plots | None = None) -> HabitatData
     extra = [read_plots(u, h, labels=False) for u in h.unlabelled]
     labelled = plots.subset(plots.labelled)
     labelled.habitat = labelled.at_level(h.level)
+    where = h.plots or "the virtual region's plots"
     if len(labelled) < 2 * h.folds:
-        raise ConfigError(f"{len(labelled)} labelled plots are too few for habitats.folds={h.folds}")
+        raise ConfigError(
+            f"{where}: {len(labelled)} plots with one habitat code (column {h.habitat!r}) are too few for "
+            f"habitats.folds={h.folds} (at least {2 * h.folds})"
+        )
+    classes = _classes(labelled.habitat, h)
+    if len(classes) < 2:
+        counts = ", ".join(f"{c} {n}" for c, n in Counter(labelled.habitat).most_common(5))
+        raise PlotTableError(
+            f"{where}: {len(classes)} habitat class{'es' if len(classes) != 1 else ''} at EUNIS level {h.level} with "
+            f"habitats.min_plots={h.min_plots} plots or more ({counts}); a classifier needs at least two"
+        )
     corpus = Plots.concat([plots, *extra])
     # One survey listed in several tables is one sentence of the corpus (the first copy is kept).
     _, first = np.unique(corpus.ids.astype(str), return_index=True)
@@ -277,13 +288,15 @@ def _markdown(
 
 
 def run_habitats(
-    cfg: RunConfig, out: Path, client: Client, plots: Plots | None = None, evaluate: bool = True
+    cfg: RunConfig, out: Path, client: Client, data: HabitatData | None = None, evaluate: bool = True
 ) -> dict[str, Any]:
     """Cross-validate every configured model on spatial folds (one Dask task per fold), then train and save the
-    final fill-mask model and classifier under ``out`` (``fill-mask/``, ``model/``); write the report there."""
+    final fill-mask model and classifier under ``out`` (``fill-mask/``, ``model/``); write the report there.
+    ``data``: the plots as :func:`load_habitat_data` read and checked them (the command does before it starts a
+    cluster); None reads ``habitats.plots``."""
     h = cfg.habitats
     t0 = time.perf_counter()
-    data = load_habitat_data(cfg, plots)
+    data = data or load_habitat_data(cfg)
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "labelled_plots": len(data.labelled),

@@ -25,7 +25,8 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from geoplantnet.storage.store import (
     join,
     open_store,
     preflight,
+    read_options_for,
     shown,
     storage_options_for,
     zarr_store,
@@ -150,13 +152,15 @@ def read_features(
 # -- the predictor (tile + halo), shared with other jobs
 
 
-def cached_value_model(ref: ModelRef, device: str) -> tuple[ValueModel, int]:
-    """The value model of ``ref`` kept by this worker process, and its loads; a file changed since the driver read
-    it is refused rather than mixed into a map."""
+def cached_value_model(
+    ref: ModelRef, device: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[ValueModel, int]:
+    """The value model of ``ref`` (read with ``storage_options``) kept by this worker process, and its loads; a file
+    changed since the driver read it is refused rather than mixed into a map."""
     dev = resolve_device(device)
 
     def load() -> ValueModel:
-        model, raw = ValueModel.load(ref.url, dev)
+        model, raw = ValueModel.load(ref.url, dev, dict(storage_options or {}))
         if hashlib.sha256(raw).hexdigest() != ref.sha256:
             raise ValueJobError(f"{ref.url}: the value model file changed during the run; start the run again")
         return model
@@ -176,6 +180,7 @@ class ValuePredictor:
     variables: tuple[str, ...]
     halo: int
     device: str = "cpu"
+    model_options: Mapping[str, Any] = field(default_factory=dict, hash=False)  # fsspec options of the model file
 
     def window(self, tile: Tile) -> tuple[int, int, int, int]:
         """The read window of ``tile``: the tile grown by the halo (rows, then columns; may leave the grid)."""
@@ -188,7 +193,7 @@ class ValuePredictor:
 
     def predict_window(self, features: np.ndarray, tile: Tile, *, draws: int = 0, seed: int = 0) -> np.ndarray:
         """:meth:`predict` from features already read by :meth:`read`."""
-        model, _ = cached_value_model(self.model, self.device)
+        model, _ = cached_value_model(self.model, self.device, self.model_options)
         # the same seed in every tile: Dropout2d draws one mask per channel whatever the window's size, so draw k is
         # the same thinned network everywhere and the draws (and their spread) have no tile seams either
         probs = model.predict(features, draws=draws, seed=seed)
@@ -207,7 +212,8 @@ class ValuePredictor:
 def plan_value_predictor(cfg: RunConfig, model_url: str, sources: MapSources) -> ValuePredictor:
     """Read the value model at ``model_url`` and check the run's inputs give its features in its order; the
     predictor tile tasks carry, pinned by the file's sha256."""
-    model, raw = ValueModel.load(model_url)
+    options = read_options_for(model_url, cfg.store)
+    model, raw = ValueModel.load(model_url, storage_options=options)
     grid = value_grid(cfg)
     bands, variables, _ = feature_layout(sources, grid)
     names = feature_names(bands, variables, len(sources.seasons or ()) if bands else 0)
@@ -219,7 +225,7 @@ def plan_value_predictor(cfg: RunConfig, model_url: str, sources: MapSources) ->
             f"inputs give {len(names)} (missing {missing[:6]}, not in the model {extra[:6]})"
         )
     ref = ModelRef(model_url, hashlib.sha256(raw).hexdigest())
-    return ValuePredictor(ref, sources, grid, tuple(bands), tuple(variables), model.spec.halo, cfg.map.device)
+    return ValuePredictor(ref, sources, grid, tuple(bands), tuple(variables), model.spec.halo, cfg.map.device, options)
 
 
 # -- tile tasks
@@ -249,7 +255,7 @@ def value_tile(job: ValueTileJob, tile: Tile) -> dict[str, Any]:
         draws = p.predict_window(features, tile, draws=job.draws, seed=job.seed)
         blocks["biodiversity_value_sd"] = encode(draws.std(axis=0)[None], valid)[0]
     t2 = time.perf_counter()
-    _, loads = cached_value_model(p.model, p.device)
+    _, loads = cached_value_model(p.model, p.device, p.model_options)
     info = {"read_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "pid": os.getpid()}
     out = job.output
     write_tile_blocks(out.url, blocks, tile, run=out.run, info=info, storage_options=out.storage_options)
@@ -539,11 +545,11 @@ def _report_folder(cfg: RunConfig, *, check: bool = False) -> Path:
     return claim_folder(folder, "value report", REPORT_FILES, overwrite=False, keep=True, check_only=check)
 
 
-def _previous(folder: Path, model_url: str, key: str) -> tuple[dict[str, Any], str] | None:
+def _previous(folder: Path, model_url: str, key: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], str] | None:
     """The report and model sha256 of an earlier run with the same training key, when both are there."""
     try:
         report = json.loads((folder / "report.json").read_text())
-        model, raw = ValueModel.load(model_url)
+        model, raw = ValueModel.load(model_url, storage_options=dict(options))
     except (OSError, ValueError, ValueModelError):
         return None
     if report.get("training_key") != key or model.spec.training_key != key:
@@ -569,11 +575,12 @@ def train_or_reuse(
     bands, variables, one_hot = feature_layout(sources, grid)
     names = feature_names(bands, variables, len(sources.seasons or ()) if bands else 0)
     key = training_key(cfg, labels, sources, names)
-    previous = _previous(folder, model_url, key)
+    options = storage_options_for(model_url, cfg.store)  # the store's: the model is written under store.root
+    previous = _previous(folder, model_url, key, options)
     if previous is not None:
         report, sha = previous
         return Trained(report["folds"], model_url, sha, report["final_model"], True), key
-    if exists(model_url, storage_options_for(model_url, cfg.store)) and not overwrite:
+    if exists(model_url, options) and not overwrite:
         raise RefusedError(
             f"{shown(model_url)} is a value model of other polygons, inputs or settings; pass --overwrite to replace it"
         )
@@ -583,7 +590,7 @@ def train_or_reuse(
     features = read_features(sources, grid, region, labels.window, bands, variables)
     folds = cross_validate(cfg, features, labels, names, one_hot, key)
     final, seconds = _train(cfg, features, labels.rasters.label, labels, names, one_hot, key)
-    sha = final.save(model_url)
+    sha = final.save(model_url, options)
     training = {**final.spec.trained, "seconds": round(seconds, 1), "version": final.version[:12]}
     return Trained(folds, model_url, sha, training, False), key
 

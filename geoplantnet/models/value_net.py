@@ -29,6 +29,7 @@ from torch import nn
 
 from geoplantnet.core.errors import InputError
 from geoplantnet.models.mc_dropout import exclusive, mc_dropout
+from geoplantnet.storage.store import service_errors
 
 FILE_FORMAT = "geoplantnet-value-net/1"
 CLASSES = ("low", "high")  # the output is the probability of the second
@@ -186,7 +187,7 @@ class ValueModel:
             tmp.write_bytes(raw)
             os.replace(tmp, path)
         else:
-            with fsspec.open(url, "wb", **(storage_options or {})) as f:
+            with service_errors(url), fsspec.open(url, "wb", **(storage_options or {})) as f:
                 f.write(raw)
         return hashlib.sha256(raw).hexdigest()
 
@@ -212,13 +213,14 @@ class ValueModel:
         cls, url: str, device: str | torch.device = "cpu", storage_options: dict[str, Any] | None = None
     ) -> tuple[ValueModel, bytes]:
         """The model in the file at ``url`` (a path or fsspec URL) and the file's bytes."""
-        try:
-            with fsspec.open(url, "rb", **(storage_options or {})) as f:
-                raw = f.read()
-        except FileNotFoundError:
-            raise ValueModelError(f"{url}: no such value model file (train one with geoplantnet value)") from None
-        except IsADirectoryError:
-            raise ValueModelError(f"{url}: a folder, not a value model file") from None
+        with service_errors(url):  # an object store's failures: one line naming it (its model errors pass)
+            try:
+                with fsspec.open(url, "rb", **(storage_options or {})) as f:
+                    raw = f.read()
+            except FileNotFoundError:
+                raise ValueModelError(f"{url}: no such value model file (train one with geoplantnet value)") from None
+            except IsADirectoryError:
+                raise ValueModelError(f"{url}: a folder, not a value model file") from None
         return cls.from_bytes(raw, url, device), raw
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid, to_grid_crs
@@ -165,9 +166,13 @@ def load_observations(
             xs, ys = np.full(len(table), np.nan), np.full(len(table), np.nan)
             if ok.any():
                 xs[ok], ys[ok] = to_grid_crs(lon[ok], lat[ok], crs, epsg=epsg)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except pd.errors.EmptyDataError:
+        raise ObservationsError(f"{where}: the file is empty (no header, no records)") from None
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError, pa.ArrowException) as exc:
         reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
         raise ObservationsError(f"{where}: cannot read ({reason})") from None
+    if table.empty:
+        raise ObservationsError(f"{where}: no records (a header and no rows)")
     for col in (species, presence, survey, date):
         if col is not None and col not in table.columns:
             raise ObservationsError(f"{where}: no column {col!r} (columns: {list(table.columns)})")

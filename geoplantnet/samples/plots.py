@@ -30,6 +30,10 @@ from geoplantnet.samples.tables import read_table
 
 log = logging.getLogger(__name__)
 _MULTI_CODE = re.compile(r"[\s,;/|]+")
+# One habitat code as EUNIS writes them: a letter, then letters, digits or dots (R1A, MA225, E1.2); "!" (a tentative
+# assignment in EUNIS-ESy output) is stripped. Anything else in a habitat column is a mistake, not a class.
+_CODE = re.compile(r"[A-Za-z][A-Za-z0-9.]{0,15}")
+_MISSING = ("nan", "none", "?")
 
 
 class PlotTableError(InputError):
@@ -129,12 +133,48 @@ def _habitat_codes(values: pd.Series) -> tuple[np.ndarray, int]:
         if v is None or (isinstance(v, float) and np.isnan(v)):
             out.append("")
             continue
-        codes = [c for c in _MULTI_CODE.split(str(v).strip()) if c and c.lower() not in ("nan", "none", "?")]
+        codes = [c for c in _MULTI_CODE.split(str(v).strip()) if c and c.lower() not in _MISSING]
         codes = list(dict.fromkeys(c.rstrip("!") for c in codes))
         if len(codes) > 1:
             ambiguous += 1
         out.append(codes[0] if len(codes) == 1 else "")
     return np.asarray(out, dtype=object), ambiguous
+
+
+def _rows(mask: np.ndarray, values: pd.Series) -> str:
+    """The first rows of ``mask`` (data rows counted from 1, the header not counted) with their values."""
+    where = np.flatnonzero(mask)
+    shown = ", ".join(f"{i + 1} ({str(values.iloc[i])[:20]!r})" for i in where[:5])
+    return f"row{'s' if len(where) > 1 else ''} {shown}" + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+
+
+def _check_rows(df: pd.DataFrame, cfg: HabitatsConfig, path: str, labels: bool) -> None:
+    """Refuse a table whose habitat codes do not look like EUNIS codes or whose coordinates are not numbers, naming
+    the rows, before anything is trained on it (an empty cell is fine: unlabelled, or a plot without a location)."""
+    if labels and cfg.habitat in df.columns:
+        text = df[cfg.habitat].astype("string").fillna("").str.strip()
+        bad = np.asarray(
+            [
+                any(not _CODE.fullmatch(c.rstrip("!")) for c in _MULTI_CODE.split(t) if c and c.lower() not in _MISSING)
+                for t in text
+            ]
+        )
+        if bad.any():
+            raise PlotTableError(
+                f"{path}: column {cfg.habitat!r} (habitats.habitat) holds values that are not EUNIS habitat codes "
+                f"(letters, digits, dots, e.g. R1A or E1.2) in {_rows(bad, df[cfg.habitat])}"
+            )
+    for column, setting in ((cfg.x, "x"), (cfg.y, "y")):
+        if column not in df.columns:
+            continue
+        raw = df[column]
+        given = raw.notna().to_numpy() & raw.astype("string").str.strip().ne("").fillna(False).to_numpy()
+        bad = given & ~np.isfinite(pd.to_numeric(raw, errors="coerce").to_numpy("float64"))
+        if bad.any():
+            raise PlotTableError(
+                f"{path}: column {column!r} (habitats.{setting}) holds values that are not finite numbers in "
+                f"{_rows(bad, raw)}; leave a plot's coordinates empty where they are unknown"
+            )
 
 
 def _coordinates(df: pd.DataFrame, cfg: HabitatsConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +191,7 @@ def plots_from_frame(df: pd.DataFrame, cfg: HabitatsConfig, path: str = "<table>
     """Plots from a table in memory (wide species lists, or long rows with ``cfg.cover``)."""
     _need(df, path, cfg.plot, "plot")
     _need(df, path, cfg.species, "species")
+    _check_rows(df, cfg, path, labels)
     notes: list[str] = []
     if cfg.cover is not None:
         _need(df, path, cfg.cover, "cover")

@@ -91,6 +91,7 @@ class TestSites:
     label: np.ndarray
     site: np.ndarray
     group: np.ndarray  # per site ("" without a group column)
+    notes: list[str] = field(default_factory=list)  # sites and species left out of the scores, and why
 
     def write(self, path: str | Path, species: list[str], all_species: list[str], feature_names: list[str]) -> str:
         cols = [all_species.index(s) for s in species]
@@ -117,7 +118,7 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
             return pd.read_parquet(path)
         return pd.read_csv(path, low_memory=False)
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise TableError(f"{path}: cannot read the {what} table ({exc.__class__.__name__}: {exc})") from None
+        raise TableError(f"{path}: cannot read it ({what}; {exc.__class__.__name__}: {exc})") from None
 
 
 def _require(frame: pd.DataFrame, columns: list[str | None], where: str) -> None:
@@ -181,8 +182,18 @@ class FeatureEncoder:
         self.names = self.continuous + [f"{c}={lv}" for c, lvs in self.levels.items() for lv in lvs]
 
     def __call__(self, frame: pd.DataFrame, where: str) -> np.ndarray:
+        """The feature matrix of ``frame``'s rows; an infinite predictor value is refused (no tool can use it, and it
+        is no measurement: a division by zero or a no-data code upstream), a missing one is NaN."""
         _require(frame, [*self.continuous, *self.levels], where)
-        parts = [frame[self.continuous].apply(pd.to_numeric, errors="coerce").to_numpy("float32")]
+        values = frame[self.continuous].apply(pd.to_numeric, errors="coerce").to_numpy("float64")
+        infinite = np.isinf(values).sum(axis=0)
+        if infinite.any():
+            counts = ", ".join(f"{c}: {n}" for c, n in zip(self.continuous, infinite, strict=True) if n)
+            raise TableError(
+                f"{where}: {int(np.isinf(values).any(axis=1).sum())} rows with infinite predictor values (columns: "
+                f"{counts}); give finite numbers, or leave a value empty where it is missing"
+            )
+        parts = [values.astype("float32")]
         for c, lvs in self.levels.items():
             values = frame[c].to_numpy()
             parts.append(np.stack([values == lv for lv in lvs], axis=1).astype("float32"))
@@ -288,9 +299,49 @@ def _read_test(cfg: TableConfig, encode: FeatureEncoder, species: list[str], crs
             if np.isfinite(v).any() and not np.isin(v[np.isfinite(v)], (0, 1)).all():
                 raise TableError(f"{cfg.test}: column {s!r} holds values other than 1/0")
             label[:, k] = np.where(np.isfinite(v), v, -1).astype("int8")
-    x, y = _coords(table, cfg, crs)
-    group = table[cfg.group].astype(str).to_numpy() if cfg.group and cfg.group in table else np.full(len(table), "")
+    features = encode(table, where)
+    notes = []
     missing = len(species) - len(present)
     if missing:
-        log.warning("%s: %d of %d training species have no test column: not scored", cfg.test, missing, len(species))
-    return TestSites(x, y, encode(table, where), label, table[cfg.site].astype(str).to_numpy(), group)
+        notes.append(f"{cfg.test}: {missing} of {len(species)} training species have no test column: not scored")
+    # A site with a missing predictor is left out, as MaxEnt skips samples with missing values: the models would
+    # score an imputed value (training medians), not the site, and a test must not measure the imputation.
+    unknown = np.isnan(features[:, : len(encode.continuous)]).any(axis=1)
+    if unknown.all():
+        raise TableError(f"{where}: every test site lacks a predictor value ({', '.join(encode.continuous)})")
+    if unknown.any():
+        gaps = np.isnan(features[:, : len(encode.continuous)]).sum(axis=0)
+        empty = [c for c, n in zip(encode.continuous, gaps, strict=True) if n]
+        notes.append(
+            f"{where}: {int(unknown.sum())} of {len(table)} test sites left out of the scores: missing values of "
+            f"{', '.join(empty)}"
+        )
+        keep = ~unknown
+        table, label, features = table[keep].reset_index(drop=True), label[keep], features[keep]
+    notes += _unscored(label, species, cfg.test)
+    for note in notes:
+        log.warning("%s", note)
+    x, y = _coords(table, cfg, crs)
+    group = table[cfg.group].astype(str).to_numpy() if cfg.group and cfg.group in table else np.full(len(table), "")
+    return TestSites(x, y, features, label, table[cfg.site].astype(str).to_numpy(), group, notes)
+
+
+def _unscored(label: np.ndarray, species: list[str], where: str) -> list[str]:
+    """A note on the species that cannot be scored at the test sites (an AUC needs a presence and an absence where
+    the species was surveyed); :class:`TableError` when no species can be, before any model is fitted."""
+    presences, absences = (label == 1).sum(axis=0), (label == 0).sum(axis=0)
+    surveyed = (label >= 0).any(axis=0)
+    scorable = (presences > 0) & (absences > 0)
+    if not scorable.any():
+        raise TableError(
+            f"{where}: no species has both a presence (1) and an absence (0) at the test sites "
+            f"({int(surveyed.sum())} species surveyed, {int((surveyed & (presences == 0)).sum())} of them never "
+            "present): nothing can be scored"
+        )
+    notes = []
+    for what, which in (("no presence", presences == 0), ("no absence", absences == 0)):
+        named = [s for s, bad in zip(species, which & surveyed, strict=True) if bad]
+        if named:
+            shown = ", ".join(named[:8]) + (f" and {len(named) - 8} more" if len(named) > 8 else "")
+            notes.append(f"{where}: {len(named)} species with {what} at the test sites not scored: {shown}")
+    return notes

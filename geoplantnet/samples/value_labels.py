@@ -17,7 +17,7 @@ import rasterio.features
 
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid
-from geoplantnet.samples.vectors import read_vector
+from geoplantnet.samples.vectors import check_valid, read_vector
 
 
 class ValueLabelsError(InputError):
@@ -51,6 +51,7 @@ def read_value_polygons(source: str, *, label_column: str, high: str, low: str, 
         )
     keep = values.isin([high, low]).fillna(False).to_numpy() & table.geometry.notna().to_numpy()
     table = table[keep]
+    check_valid(table, source, "value polygons")
     polygons = gpd.GeoDataFrame(
         {
             "polygon_id": np.flatnonzero(keep).astype("int32"),

@@ -36,11 +36,19 @@ import zarr
 from distributed import Client, progress
 
 import geoplantnet
-from geoplantnet.core.config import ConfigError, RunConfig, StoreConfig
+from geoplantnet.core.config import ConfigError, RunConfig, StoreConfig, redact_text
 from geoplantnet.core.errors import InputError, RefusedError, ServiceError
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.storage.lease import Lease, ensure_free, hold
 from geoplantnet.storage.selection import index_species
+
+try:  # the S3 client's own errors: s3fs passes some through untranslated (no credentials, endpoint unreachable)
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    _CLIENT_ERRORS: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
+except ImportError:  # no S3 support installed: nothing to translate
+    _CLIENT_ERRORS = ()
 
 COMPLETE = "geoplantnet_complete"
 RUN_ATTR = "geoplantnet_run"
@@ -81,6 +89,12 @@ def exists(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
 def is_local(url: str) -> bool:
     """Whether ``url`` is a path on this machine's filesystem (no scheme, or ``file://``)."""
     return "://" not in url or url.startswith("file://")
+
+
+def read_options_for(url: str, store: StoreConfig) -> dict[str, Any]:
+    """The fsspec options to read an input at ``url`` (a model file): the store's (endpoint, credentials, timeouts)
+    when it is an object-store URL, none for a local path (the store's options are never an error there)."""
+    return {} if is_local(url) else storage_options_for(url, store)
 
 
 def storage_options_for(url: str, store: StoreConfig) -> dict[str, Any]:
@@ -127,7 +141,22 @@ def service_errors(url: str) -> Iterator[None]:
         where = shown(url)
         if is_local(url):
             raise StoreError(f"{where}: cannot write ({detail})") from None
-        raise ServiceError(f"object store for {where} failed: {detail}") from None
+        raise ServiceError(f"object store for {where} failed: {redact_text(detail)}") from None
+    except _CLIENT_ERRORS as exc:
+        raise ServiceError(f"object store for {shown(url)}: {_client_problem(exc)}") from None
+
+
+def _client_problem(exc: Exception) -> str:
+    """What an S3 client error means for the user, in a few words (never a credential: URLs are redacted)."""
+    if isinstance(exc, NoCredentialsError):
+        return (
+            "no credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, an AWS profile, or key and secret "
+            "in store.storage_options)"
+        )
+    detail = redact_text((str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200])
+    if isinstance(exc, BotoConnectionError):
+        return f"cannot reach the endpoint ({detail}); check store.storage_options' endpoint_url and the network"
+    return f"failed ({detail})"
 
 
 @dataclass(frozen=True)
@@ -167,10 +196,32 @@ def inspect_target(url: str, storage_options: Mapping[str, Any] | None = None) -
     )
 
 
+# The first contact with an object store: an endpoint that refuses connections or a store without credentials is
+# told in a second or two, not after the configured retries' backoff (half a minute and more).
+FIRST_CONTACT = {"max_attempts": 2, "connect_timeout": 5.0}
+
+
+def check_reachable(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """A quick look at ``url`` on its object store (two attempts, short connect timeout): :class:`ServiceError`
+    naming the store when it cannot be reached or refuses the credentials; nothing for a local path."""
+    if is_local(url) or url.split("://", 1)[0] not in ("s3", "s3a"):
+        return
+    options = dict(storage_options or {})
+    config = dict(options.get("config_kwargs") or {})
+    config["retries"] = {"max_attempts": FIRST_CONTACT["max_attempts"], "mode": "standard"}
+    config["connect_timeout"] = min(float(config.get("connect_timeout", 60.0)), FIRST_CONTACT["connect_timeout"])
+    options["config_kwargs"] = config
+    with service_errors(url):
+        fs, path = fsspec.core.url_to_fs(url, **options)
+        fs.exists(path)
+
+
 def preflight(url: str, storage_options: Mapping[str, Any] | None, *, product: str, overwrite: bool) -> Target:
-    """The checks a job makes before any work (minutes of region generation or training): the output is not a
-    user's folder or file, no live run is writing it, and it is not another product's store (unless
-    ``overwrite``). The same checks run again, under the lease, just before writing (:func:`writing`)."""
+    """The checks a job makes before any work (minutes of region generation or training): the object store answers
+    (:func:`check_reachable`), the output is not a user's folder or file, no live run is writing it, and it is not
+    another product's store (unless ``overwrite``). The same checks run again, under the lease, just before writing
+    (:func:`writing`)."""
+    check_reachable(url, storage_options)
     target = inspect_target(url, storage_options)
     with service_errors(url):
         ensure_free(url, storage_options=storage_options)
