@@ -54,6 +54,7 @@ from geoplantnet.sources import predictors
 from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import (
     exists,
+    is_local,
     join,
     open_store,
     preflight,
@@ -538,10 +539,11 @@ def cross_validate(
 
 
 def _report_folder(cfg: RunConfig, *, check: bool = False) -> Path:
-    """``<store.root>/value``, claimed (storage/outputs; with ``check`` only checked, before any work): a folder
+    """``<store.root>/value`` (with a remote store root, where the model goes: ``<workdir>/value-report``, since
+    reports are local files), claimed (storage/outputs; with ``check`` only checked, before any work): a folder
     geoplantnet did not write is refused; its model and report stay for reuse (``train_or_reuse`` decides, replacing
     another training's model only with --overwrite)."""
-    folder = Path(cfg.store.root) / "value"
+    folder = Path(cfg.store.root) / "value" if is_local(cfg.store.root) else Path(cfg.workdir) / "value-report"
     return claim_folder(folder, "value report", REPORT_FILES, overwrite=False, keep=True, check_only=check)
 
 
@@ -848,6 +850,7 @@ def run_value(
     if evaluate:
         report["evaluation"] = evaluate_value(cfg, urls[1], labels)
     report["seconds"] = round(time.perf_counter() - t_start, 1)
+    report["report"] = str(folder)
     write_report(folder, report)
     return report
 
