@@ -152,10 +152,12 @@ def _cmd_sdm_table(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"table": TableConfig.model_validate({**cfg.table.model_dump(), **given})})
     from geoplantnet.jobs.tabular import run_table_sdm
     from geoplantnet.runtime.cluster import connect
+    from geoplantnet.samples.tables import read_tables
 
     out = _report_folder(args, cfg, "sdm-table", ("summary.json", "units"))
+    tables = read_tables(cfg.table)  # a bad table fails before the cluster starts
     with connect(cfg.cluster) as client:
-        result = run_table_sdm(cfg, out, client)
+        result = run_table_sdm(cfg, out, client, tables)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -170,17 +172,13 @@ def _cmd_habitats(args: argparse.Namespace) -> int:
         given["unlabelled"] = [str(u) for u in args.unlabelled]
     if given:
         cfg = cfg.model_copy(update={"habitats": HabitatsConfig.model_validate({**cfg.habitats.model_dump(), **given})})
-    from geoplantnet.jobs.habitats import run_habitats
+    from geoplantnet.jobs.habitats import load_habitat_data, run_habitats
     from geoplantnet.runtime.cluster import connect
 
     out = _report_folder(args, cfg, "habitats", ("summary.json", "folds.csv"))
-    plots = None
-    if cfg.habitats.plots is None:
-        from geoplantnet.jobs.inputs import virtual_plots
-
-        plots, _ = virtual_plots(cfg, progress=not args.quiet)
+    data = load_habitat_data(cfg, progress=not args.quiet)  # the tables (or the virtual region's plots) first
     with connect(cfg.cluster) as client:
-        result = run_habitats(cfg, out, client, plots=plots, evaluate=not args.no_evaluation)
+        result = run_habitats(cfg, out, client, data, evaluate=not args.no_evaluation)
     print(json.dumps({k: v for k, v in result.items() if k != "notes"}, indent=2, default=str))
     return 0
 

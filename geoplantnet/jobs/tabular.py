@@ -72,12 +72,16 @@ def block_size(cfg: RunConfig, samples: TableSamples) -> float:
     return float(choose_block_size(samples.x, samples.y, feats, folds=cfg.validation.folds, step=step))
 
 
-def run_table_sdm(cfg: RunConfig, out_dir: Path, client: Client) -> dict[str, Any]:
-    """Fit and score every model of ``validation.models`` on the configured tables; write the reports and models."""
+def run_table_sdm(
+    cfg: RunConfig, out_dir: Path, client: Client, tables: tuple[TableSamples, TestSites | None] | None = None
+) -> dict[str, Any]:
+    """Fit and score every model of ``validation.models`` on the configured tables (``tables``: already read by
+    :func:`~geoplantnet.samples.tables.read_tables`, as the command does before it starts a cluster); write the
+    reports and models."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    samples, test = tables or read_tables(cfg.table)
     out_dir.mkdir(parents=True, exist_ok=True)
-    samples, test = read_tables(cfg.table)
     units = sharing_units(samples, cfg.table.share)
     block = block_size(cfg, samples)
     models = [m for m in ("cnn", "maxent", "random_forest") if m in cfg.validation.models]
