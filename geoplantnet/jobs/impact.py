@@ -312,8 +312,6 @@ def plan_impact(
     :func:`~geoplantnet.jobs.indicators.fused_setup`, checked before the cluster started), and the value predictor
     (:func:`~geoplantnet.jobs.value.plan_value_predictor`) when there is a value model."""
     sources = setup.fused.species.sources
-    if not sources.s2_items:
-        raise ImpactError("an impact assessment edits the Sentinel-2 composites: the run has no Sentinel-2 items")
     iplan = plan_fused_indicators(client, cfg, setup, str(work / "indicators.zarr"))  # never written
     job = iplan.job
     if not isinstance(job, FusedTileJob):  # pragma: no cover - plan_fused_indicators always makes one
@@ -921,8 +919,10 @@ def planned(
         scenario_code(sc, classes, model_variables(species.spec, species.url))
     else:
         resolve_class(sc, classes)
-    tables = indicator_inputs(cfg, progress=False)
+    tables = indicator_inputs(cfg, progress=progress)
     run = inputs.load(progress=progress)
+    if not run.s2_items:
+        raise ImpactError("an impact assessment edits the Sentinel-2 composites: the run has no Sentinel-2 items")
     sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
     value = plan_value_predictor(cfg, value_file, sources) if value_file is not None else None
     setup = fused_setup(cfg, species, sources, classifier, tables) if species is not None else None
