@@ -22,7 +22,14 @@ from pathlib import Path
 
 from geoplantnet.core.config import RunConfig, load_config
 from geoplantnet.jobs.habitat_map import plan_habitat_map, produce_habitat_map
-from geoplantnet.jobs.indicators import indicator_inputs, plan_fused_indicators, plan_indicators, produce_indicators
+from geoplantnet.jobs.indicators import (
+    IndicatorStores,
+    fused_setup,
+    indicator_inputs,
+    plan_fused_indicators,
+    plan_indicators,
+    produce_indicators,
+)
 from geoplantnet.jobs.inputs import virtual_inputs
 from geoplantnet.jobs.mapping import MapSources, ensure_model, produce_map
 from geoplantnet.runtime.cluster import connect
@@ -63,9 +70,10 @@ def two_pass(client, cfg: RunConfig, model: str, sources: MapSources, classifier
     hplan = plan_habitat_map(cfg, str(out / "species.zarr"), classifier, str(out / "habitat.zarr"))
     produce_habitat_map(client, cfg, hplan, progress=False)
     t2 = time.perf_counter()
-    iplan = plan_indicators(
-        cfg, str(out / "species.zarr"), str(out / "habitat.zarr"), str(out / "indicators.zarr"), tables
+    stores = IndicatorStores.open(
+        cfg, str(out / "species.zarr"), str(out / "habitat.zarr"), str(out / "indicators.zarr")
     )
+    iplan = plan_indicators(cfg, stores, tables)
     produce_indicators(client, cfg, iplan, progress=False)
     t3 = time.perf_counter()
     return {
@@ -79,7 +87,8 @@ def two_pass(client, cfg: RunConfig, model: str, sources: MapSources, classifier
 def fused(client, cfg: RunConfig, model: str, sources: MapSources, classifier: str, tables, out: Path) -> dict:
     """indicators.zarr only, species and habitats computed in its tile tasks."""
     t0 = time.perf_counter()
-    plan = plan_fused_indicators(client, cfg, model, sources, classifier, str(out / "indicators.zarr"), tables)
+    setup = fused_setup(cfg, model, sources, classifier, tables)
+    plan = plan_fused_indicators(client, cfg, setup, str(out / "indicators.zarr"))
     t1 = time.perf_counter()
     produce_indicators(client, cfg, plan, progress=False)
     t2 = time.perf_counter()

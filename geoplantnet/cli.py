@@ -193,12 +193,7 @@ def _cmd_habitats(args: argparse.Namespace) -> int:
     from geoplantnet.runtime.cluster import connect
 
     out = _report_folder(args, cfg, "habitats")
-    plots = None
-    if cfg.habitats.plots is None:
-        from geoplantnet.jobs.inputs import virtual_plots
-
-        plots, _ = virtual_plots(cfg, progress=not args.quiet)
-    data = load_habitat_data(cfg, plots)  # the plot tables read and checked before a cluster starts
+    data = load_habitat_data(cfg, progress=not args.quiet)  # the tables (or the virtual region's plots) first
     with _writing_report(args, out, "habitats"), connect(cfg.cluster) as client:
         result = run_habitats(cfg, out, client, data, evaluate=not args.no_evaluation)
     print(json.dumps({k: v for k, v in result.items() if k != "notes"}, indent=2, default=str))

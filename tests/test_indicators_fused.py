@@ -16,7 +16,9 @@ from geoplantnet.cli import main
 from geoplantnet.core.config import load_config
 from geoplantnet.jobs.indicators import (
     FusedTileJob,
+    IndicatorStores,
     IndicatorTileJob,
+    fused_setup,
     indicator_inputs,
     plan_fused_indicators,
     plan_indicators,
@@ -47,11 +49,11 @@ def both(small_map, small_habitats):
     root = small_map.root / "fused"
     root.mkdir(exist_ok=True)
     with connect(cfg.cluster) as client:
-        two = plan_indicators(cfg, small_map.reference, small_habitats.store, str(root / "two.zarr"), tables)
+        stores = IndicatorStores.open(cfg, small_map.reference, small_habitats.store, str(root / "two.zarr"))
+        two = plan_indicators(cfg, stores, tables)
         produce_indicators(client, cfg, two, progress=False)
-        fused = plan_fused_indicators(
-            client, cfg, small_map.model, small_map.sources, small_habitats.model, str(root / "fused.zarr"), tables
-        )
+        setup = fused_setup(cfg, small_map.model, small_map.sources, small_habitats.model, tables)
+        fused = plan_fused_indicators(client, cfg, setup, str(root / "fused.zarr"))
         summary = produce_indicators(client, cfg, fused, progress=False)
         assert isinstance(fused.job, FusedTileJob) and isinstance(two.job, IndicatorTileJob)
         from_model = sample_model(client, fused.job.fused, fused.grid, fused.tile, tables.surveys)

@@ -7,6 +7,7 @@ Precedence, lowest first: defaults here < YAML file < ``GEOPLANTNET__SECTION__KE
 
 from __future__ import annotations
 
+import datetime as _dt
 import difflib
 import json
 import os
@@ -90,6 +91,24 @@ class ChangeEvent(_Section):
     size_m: float = Field(100.0, gt=0, description="patch radius (metres)")
 
 
+def _iso_date(text: str) -> None:
+    """Refuse a date that is not ISO 8601 (``2024``, ``2024-05``, ``2024-05-01``, or a date and time): checked when the
+    configuration is read, so a typo fails before a region is generated or imagery searched."""
+    year_month = re.fullmatch(r"(\d{4})(?:-(\d{2}))?", text)
+    try:
+        if year_month:
+            _dt.date(int(year_month[1]), int(year_month[2] or 1), 1)
+        else:
+            _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 date (e.g. 2024-05-01)") from None
+
+
+def _date_text(v: Any) -> Any:
+    """A date YAML read as a date (``--set sim.start=2024-01-01``) back to its ISO text."""
+    return v.isoformat() if isinstance(v, _dt.date) else v
+
+
 class SimConfig(_Section):
     """The virtual region: seed, time span, numbers of species, habitats and observations.
 
@@ -142,10 +161,16 @@ class SimConfig(_Section):
             for kind, count, size in self.AUTO_CHANGES
         ]
 
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start_is_a_date(cls, v: Any) -> Any:
+        v = _date_text(v)
+        if isinstance(v, str):
+            _iso_date(v)
+        return v
+
     @model_validator(mode="after")
     def _changes_within_years(self) -> SimConfig:
-        if not re.fullmatch(r"\d{4}-.*", self.start):
-            return self  # the date itself is checked where it is parsed
         later = self.calendar_years[1:]
         for event in self.changes or []:
             if event.year not in later:
@@ -193,6 +218,16 @@ class CubeConfig(_Section):
     def _bands_nonempty(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("cube.bands must name at least one band")
+        return v
+
+    @field_validator("datetime", mode="before")
+    @classmethod
+    def _datetime_interval(cls, v: Any) -> Any:
+        """A date, or an interval ``start/end`` of dates (``..`` or nothing: open), as a STAC search takes it."""
+        v = _date_text(v)
+        for part in v.split("/") if isinstance(v, str) else ():
+            if part not in ("", ".."):
+                _iso_date(part)
         return v
 
 
@@ -758,7 +793,7 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any, source: str, source
 def _parse_value(key: str, raw: str, source: str) -> Any:
     try:
         return yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a YAML timestamp that is no date (2024-13-01)
         # the value is not echoed: it may be a credential
         raise ConfigError(f"{source}: the value of {key} is not valid YAML ({exc.__class__.__name__})") from None
 
@@ -813,6 +848,8 @@ def _read_tree(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"{where}: cannot read ({exc.strerror})") from None
     try:
         loaded = yaml.safe_load(text)
+    except ValueError as exc:  # a YAML timestamp that is no date (2024-13-01)
+        raise ConfigError(f"{where}: malformed YAML: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

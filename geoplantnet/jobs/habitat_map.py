@@ -130,16 +130,42 @@ def habitat_tile(job: HabitatTileJob, tile: Tile) -> dict[str, Any]:
     return {**info, "tile": tile.id, "pixels": tile.height * tile.width, "model_loads": loads}
 
 
+@dataclass(frozen=True)
+class ClassifierFolder:
+    """A habitat classifier folder read and checked on the driver (a Pl@ntBERT classifier, not a fill-mask model):
+    read before a job's inputs are made or a cluster starts, so a wrong folder fails first."""
+
+    folder: str
+    model: PlotModel
+
+    @classmethod
+    def read(cls, folder: str) -> ClassifierFolder:
+        """Load ``folder``; one-line errors when it is not a habitat classifier."""
+        model = PlotModel.load(folder)  # PlotModelError (one line) when the folder is not a Pl@ntBERT model
+        if not model.classes:
+            where = redact({"b": folder})["b"]
+            raise InputError(f"{where}: a fill-mask model, not a habitat classifier (run geoplantnet habitats)")
+        return cls(folder, model)
+
+    @classmethod
+    def of(cls, classifier: str | ClassifierFolder) -> ClassifierFolder:
+        """``classifier`` itself, or the folder at that URL read."""
+        return classifier if isinstance(classifier, ClassifierFolder) else cls.read(classifier)
+
+
 def plan_classifier(
-    cfg: RunConfig, model_folder: str, species: list[str], thresholds: np.ndarray | None, species_source: str
+    cfg: RunConfig,
+    folder: str | ClassifierFolder,
+    species: list[str],
+    thresholds: np.ndarray | None,
+    species_source: str,
 ) -> tuple[HabitatClassifier, PlotModel]:
-    """Load the habitat classifier in ``model_folder`` and check it fits the map's ``species`` (named
+    """Load the habitat classifier (unless given read) and check it fits the map's ``species`` (named
     ``species_source`` in messages) and the ``habitats.map_species`` rule (``thresholds``: the map's
     ``threshold_max_tss``, None without); one-line refusals."""
+    read = ClassifierFolder.of(folder)
+    model_folder, model = read.folder, read.model
     where = redact({"b": model_folder})["b"]
-    model = PlotModel.load(model_folder)  # PlotModelError (one line) when the folder is not a Pl@ntBERT model
-    if not model.classes:
-        raise InputError(f"{where}: a fill-mask model, not a habitat classifier (run geoplantnet habitats)")
     token_of = species_vocabulary_index(model.tokenizer, species)
     if (token_of == UNK).all():
         raise HabitatMapError(
@@ -201,11 +227,16 @@ def store_epsg(ds: Any, default: int) -> int:
 
 
 def plan_habitat_map(
-    cfg: RunConfig, species_url: str, model_folder: str, out_url: str, year: int | None = None
+    cfg: RunConfig,
+    species_url: str,
+    model_folder: str | ClassifierFolder,
+    out_url: str,
+    year: int | None = None,
 ) -> HabitatPlan:
-    """Open the species store and the classifier, check they fit, and fingerprint the run; with ``year``, that year
-    of a species series is classified into that year of a habitat series."""
-    where = redact({"a": species_url, "b": model_folder})
+    """Open the species store and the classifier (unless given read), check they fit, and fingerprint the run; with
+    ``year``, that year of a species series is classified into that year of a habitat series."""
+    folder = model_folder.folder if isinstance(model_folder, ClassifierFolder) else model_folder
+    where = redact({"a": species_url, "b": folder})
     if out_url.rstrip("/") == species_url.rstrip("/"):
         raise HabitatMapError(f"--out {out_url} is the species store the map is made from; choose another path")
     species_options = storage_options_for(species_url, cfg.store)

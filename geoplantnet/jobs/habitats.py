@@ -49,16 +49,22 @@ class HabitatData:
     labelled: Plots
     corpus: Plots
     notes: list[str] = field(default_factory=list)
+    names: dict[str, str] | None = None  # habitat code -> name (``habitats.names``)
 
 
-def load_habitat_data(cfg: RunConfig, plots: Plots | None = None) -> HabitatData:
-    """Read ``habitats.plots`` (+ ``unlabelled``), or use ``plots`` (the virtual region's, given by the caller)."""
+def load_habitat_data(cfg: RunConfig, plots: Plots | None = None, *, progress: bool = False) -> HabitatData:
+    """Read ``habitats.plots`` (+ ``unlabelled``, ``names``), or use ``plots``; without either, the virtual region's
+    plots. The user's tables are read first, before the region is generated or a cluster started: a bad table fails
+    in seconds."""
     h = cfg.habitats
-    if plots is None:
-        if h.plots is None:
-            raise ConfigError("no plot table: set habitats.plots (or run on the virtual region)")
-        plots = read_plots(h.plots, h)
+    names = read_habitat_names(h.names) if h.names else None
     extra = [read_plots(u, h, labels=False) for u in h.unlabelled]
+    if plots is None and h.plots is not None:
+        plots = read_plots(h.plots, h)
+    if plots is None:
+        from geoplantnet.jobs.inputs import virtual_plots
+
+        plots, _ = virtual_plots(cfg, progress=progress)
     labelled = plots.subset(plots.labelled)
     labelled.habitat = labelled.at_level(h.level)
     where = h.plots or "the virtual region's plots"
@@ -79,7 +85,7 @@ def load_habitat_data(cfg: RunConfig, plots: Plots | None = None) -> HabitatData
     _, first = np.unique(corpus.ids.astype(str), return_index=True)
     corpus = corpus.subset(np.sort(first))
     notes = [*plots.notes, *(n for e in extra for n in e.notes)]
-    return HabitatData(labelled=labelled, corpus=corpus, notes=notes)
+    return HabitatData(labelled=labelled, corpus=corpus, notes=notes, names=names)
 
 
 def assign_folds(plots: Plots, h: HabitatsConfig) -> tuple[np.ndarray, list[str]]:
@@ -292,8 +298,7 @@ def run_habitats(
 ) -> dict[str, Any]:
     """Cross-validate every configured model on spatial folds (one Dask task per fold), then train and save the
     final fill-mask model and classifier under ``out`` (``fill-mask/``, ``model/``); write the report there.
-    ``data``: the plots as :func:`load_habitat_data` read and checked them (the command does before it starts a
-    cluster); None reads ``habitats.plots``."""
+    ``data``: :func:`load_habitat_data`'s, read and checked before the cluster started (default: read here)."""
     h = cfg.habitats
     t0 = time.perf_counter()
     data = data or load_habitat_data(cfg)
@@ -330,8 +335,8 @@ def run_habitats(
         result["fill_mask_model"] = {"path": str(out / "fill-mask"), "version": fill.version}
     if classifier is not None:
         classifier.parent = fill.version if fill is not None else ""
-        if h.names:
-            names = read_habitat_names(h.names)
+        if data.names is not None:
+            names = data.names
             classifier.names = tuple(names.get(c, "") for c in classifier.classes)
             missing = [c for c, n in zip(classifier.classes, classifier.names, strict=True) if not n]
             if missing:

@@ -29,16 +29,19 @@ from geoplantnet.core.config import RunConfig, redact, redact_text
 from geoplantnet.core.errors import ConfigError, GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.inference.dense import decode
+from geoplantnet.jobs.habitat_map import ClassifierFolder
 from geoplantnet.jobs.indicators import (
     FusedPredictor,
+    FusedSetup,
     FusedTileJob,
+    fused_setup,
     indicator_inputs,
     plan_fused_indicators,
     tile_seed,
     under_root,
 )
-from geoplantnet.jobs.mapping import MapSources, ensure_model, read_model
-from geoplantnet.jobs.value import cell_stats, default_value_model, plan_value_predictor
+from geoplantnet.jobs.mapping import MapSources, ModelFile, ensure_model, read_model
+from geoplantnet.jobs.value import ValueModelFile, cell_stats, default_value_model, plan_value_predictor
 from geoplantnet.models.mc_dropout import has_dropout
 from geoplantnet.products.indicators import IndicatorModel, indicator_blocks
 from geoplantnet.products.scenarios import (
@@ -135,10 +138,7 @@ def learn_edit(
     """The scenario made concrete around ``geometry``: its class code and the class's typical composite, learned on
     the cube grid within ``context_m`` of the footprint (clipped to the region). A rare class (a few towns in a
     rural region) is looked for in a context three and nine times as wide before the scenario is refused."""
-    classes = land_cover_classes(sources, scenario.variable)
-    code = resolve_class(scenario, classes)
-    if code not in one_hot_layers(list(env_names), scenario.variable):
-        raise ScenarioError(f"scenario {scenario.name}: the models take no '{scenario.variable}_{code}' layer")
+    code = scenario_code(scenario, land_cover_classes(sources, scenario.variable), env_names)
     bands = sources.band_names()
     where = f"scenario {scenario.name}"
     for widen in CONTEXT_STEPS:
@@ -150,6 +150,22 @@ def learn_edit(
     composite = sources.composite(context, bands)
     typical = learn_signature(composite, land_cover, code, min_pixels=scenario.min_context_pixels, where=where)
     return ScenarioEdit(geometry, scenario, code, {b: typical[:, i] for i, b in enumerate(bands)})
+
+
+def scenario_code(scenario: Scenario, classes: Mapping[int, str], env_names: Sequence[str]) -> int:
+    """The land-cover code the scenario gives the footprint: a class the layer declares (``classes``), and one the
+    species model takes as an input layer (``env_names``: its variables)."""
+    code = resolve_class(scenario, dict(classes))
+    if code not in one_hot_layers(list(env_names), scenario.variable):
+        raise ScenarioError(f"scenario {scenario.name}: the models take no '{scenario.variable}_{code}' layer")
+    return code
+
+
+def model_variables(spec: Any, model_url: str) -> tuple[str, ...]:
+    """The environmental variables the species model takes (its file must name them: the scenario edits one)."""
+    if spec.variables is None:
+        raise ImpactError(f"the species model {redact({'u': model_url})['u']} records no variable names")
+    return tuple(spec.variables)
 
 
 def context_window(grid: Grid, geometry: Any, margin_m: float) -> Grid:
@@ -288,40 +304,32 @@ def _species_reach(spec: Any, map_grid: Grid, cube_grid: Grid) -> float:
 def plan_impact(
     client: Client,
     cfg: RunConfig,
-    model_url: str,
-    sources: MapSources,
-    habitat_folder: str | None,
-    value_model: str | None,
+    setup: FusedSetup,
+    value: Any | None,
     work: Path,
 ) -> ImpactPlan:
-    """The species model, classifier and indicator calibration as ``indicators --from-model`` plans them, and the
-    value model when there is one."""
-    if not sources.s2_items:
-        raise ImpactError("an impact assessment edits the Sentinel-2 composites: the run has no Sentinel-2 items")
-    tables = indicator_inputs(cfg, progress=False)
-    iplan = plan_fused_indicators(
-        client, cfg, model_url, sources, habitat_folder, str(work / "indicators.zarr"), tables
-    )  # the store is never written: the plan's output is not used
+    """The species model, classifier and indicator calibration as ``indicators --from-model`` plans them (``setup``:
+    :func:`~geoplantnet.jobs.indicators.fused_setup`, checked before the cluster started), and the value predictor
+    (:func:`~geoplantnet.jobs.value.plan_value_predictor`) when there is a value model."""
+    sources = setup.fused.species.sources
+    iplan = plan_fused_indicators(client, cfg, setup, str(work / "indicators.zarr"))  # never written
     job = iplan.job
     if not isinstance(job, FusedTileJob):  # pragma: no cover - plan_fused_indicators always makes one
         raise TypeError(type(job))
-    species_model, spec, _ = read_model(model_url)
+    model_ref, spec = setup.fused.species.model, setup.spec
+    species_model, _, _ = read_model(model_ref.url)
     notes = []
     if not has_dropout(species_model):
         notes.append("the species model has no dropout: its Monte-Carlo draws are all equal (no species spread)")
     map_grid, cube_grid = cfg.grid.grid(), cfg.grid.grid(cfg.cube.resolution)
     reach = _species_reach(spec, map_grid, cube_grid)
-    value = None
-    if value_model is not None:
-        value = plan_value_predictor(cfg, value_model, sources)
+    if value is not None:
         reach = max(reach, value_reach_m(value))
     else:
         notes.append("no value model (run `geoplantnet value` first): biodiversity value is not assessed")
     versions = dict(job.model.versions)
     if value is not None:
         versions["value_model"] = f"value-unet/{value.model.sha256[:12]}"
-    if spec.variables is None:
-        raise ImpactError(f"the species model {redact({'u': model_url})['u']} records no variable names")
     return ImpactPlan(
         cfg=cfg,
         sources=sources,
@@ -331,7 +339,7 @@ def plan_impact(
         cube_grid=cube_grid,
         tile=cfg.map.tile,
         reach_m=reach,
-        env_names=tuple(spec.variables),
+        env_names=model_variables(spec, model_ref.url),
         species=iplan.species,
         species_names=tuple(str(n) for n in (spec.species_name or spec.species)),
         classes=job.model.habitats.codes if job.model.habitats is not None else None,
@@ -896,17 +904,32 @@ def report_folder(cfg: RunConfig, out: str | None, default: str, files: Sequence
 def planned(
     cfg: RunConfig, sc: Scenario, models: Models, folder: Path, progress: bool
 ) -> Iterator[tuple[Client, ImpactPlan, Any]]:
-    """The run's inputs, the scenario's class checked against them (before the cluster starts), the cluster and the
-    plan: what an impact assessment and an offset ranking share."""
-    from geoplantnet.jobs.inputs import run_inputs
+    """What an impact assessment and an offset ranking share: the models and the user's files read and checked,
+    the scenario's class against the land-cover layer's declared classes and the species model's inputs, all before
+    the virtual region is generated or a cluster starts; then the run's inputs, the cluster and the plan."""
+    from geoplantnet.jobs.inputs import plan_inputs
     from geoplantnet.runtime.cluster import connect
 
-    run = run_inputs(cfg, observations=models.species is None, progress=progress)
+    species = ModelFile.read(models.species) if models.species is not None else None
+    classifier = ClassifierFolder.read(models.habitats) if models.habitats is not None else None
+    value_file = ValueModelFile.read(models.value, cfg.store) if models.value is not None else None
+    inputs = plan_inputs(cfg, observations=species is None)
+    classes = inputs.classes(sc.variable)
+    if species is not None:
+        scenario_code(sc, classes, model_variables(species.spec, species.url))
+    else:
+        resolve_class(sc, classes)
+    tables = indicator_inputs(cfg, progress=progress)
+    run = inputs.load(progress=progress)
+    if not run.s2_items:
+        raise ImpactError("an impact assessment edits the Sentinel-2 composites: the run has no Sentinel-2 items")
     sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
-    resolve_class(sc, land_cover_classes(sources, sc.variable))
+    value = plan_value_predictor(cfg, value_file, sources) if value_file is not None else None
+    setup = fused_setup(cfg, species, sources, classifier, tables) if species is not None else None
     with connect(cfg.cluster) as client:
-        species_url = models.species or ensure_model(cfg, run, client)[0]
-        yield client, plan_impact(client, cfg, species_url, sources, models.habitats, models.value, folder), run
+        if setup is None:
+            setup = fused_setup(cfg, ensure_model(cfg, run, client)[0], sources, classifier, tables)
+        yield client, plan_impact(client, cfg, setup, value, folder), run
 
 
 def scenario_summary(edit: ScenarioEdit, classes: Mapping[int, str]) -> dict[str, Any]:

@@ -30,10 +30,17 @@ from geoplantnet.core.errors import GeoplantnetError, InputError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.dense import decode
-from geoplantnet.jobs.habitat_map import HabitatClassifier, open_species_year, plan_classifier, store_epsg
+from geoplantnet.jobs.habitat_map import (
+    ClassifierFolder,
+    HabitatClassifier,
+    open_species_year,
+    plan_classifier,
+    store_epsg,
+)
 from geoplantnet.jobs.mapping import (
     SCALE_ATTR,
     MapSources,
+    ModelFile,
     SpeciesPredictor,
     ensure_model,
     output_scale,
@@ -385,13 +392,13 @@ class IndicatorPlan:
 
 @dataclass(frozen=True)
 class IndicatorInputs:
-    """The tables an indicator run reads: status sources, surveys to calibrate on, labelled plots for typical
-    species (the habitat classifier's)."""
+    """The tables an indicator run reads: status sources (the species table is matched to a map's species later;
+    the lists are read), surveys to calibrate on, labelled plots for typical species (the habitat classifier's)."""
 
     status: str | None
-    invasive_list: str | None
-    protected_list: str | None
-    habitat_red_list: str | None
+    invasive_names: tuple[str, ...] | None  # the EU invasive list's names
+    protected_names: tuple[str, ...] | None  # the Habitats Directive checklist's names
+    habitat_red_list: status_tables.HabitatRedList | None
     surveys: Plots | None
     reference_plots: Plots | None
 
@@ -423,10 +430,10 @@ def species_groups(
     else:
         st = status_tables.SpeciesStatus.empty(species, names)
     lists: dict[str, tuple[str, ...]] = {}
-    if inputs.invasive_list is not None:
-        lists["invasive"] = status_tables.eu_invasive_names(inputs.invasive_list)
-    if inputs.protected_list is not None:
-        lists["protected"] = status_tables.habitats_directive_names(inputs.protected_list)
+    if inputs.invasive_names is not None:
+        lists["invasive"] = inputs.invasive_names
+    if inputs.protected_names is not None:
+        lists["protected"] = inputs.protected_names
     if lists:
         before = len(st.reports)
         st = status_tables.add_policy_lists(st, **lists)
@@ -447,8 +454,7 @@ def habitat_model(
     report: dict[str, Any] = {}
     red = np.full(len(classes), -1, dtype="int8")
     if inputs.habitat_red_list is not None:
-        table = status_tables.read_habitat_red_list(inputs.habitat_red_list)
-        st = status_tables.habitat_status(classes, table)
+        st = status_tables.habitat_status(classes, inputs.habitat_red_list)
         red = np.asarray([RED_LIST.index(c) if c in RED_LIST else -1 for c in st.category], dtype="int8")
         report["habitat_red_list"] = {
             "classes": len(classes),
@@ -494,33 +500,78 @@ def _habitat_store(
     return [str(c) for c in ds["habitat_code"].values], ds, complete_slot(url, ds.attrs, year)
 
 
+@dataclass(frozen=True)
+class IndicatorStores:
+    """The two-pass mode's stores, opened and checked on the driver (complete, of their product, on one grid; the
+    output none of them): the species map (the ``year`` of a series), the habitat map or None, the output."""
+
+    species_url: str
+    species_options: dict[str, Any]
+    species: Any  # xarray Dataset: the species store (the year's view of a series)
+    species_slot: int | None
+    species_run: str
+    grid: Grid
+    tile: int
+    habitat_url: str | None
+    habitat_options: dict[str, Any]
+    habitat: Any | None  # xarray Dataset or None
+    classes: list[str] | None
+    habitat_slot: int | None
+    out_url: str
+    year: int | None = None
+
+    @classmethod
+    def open(
+        cls, cfg: RunConfig, species_url: str, habitat_url: str | None, out_url: str, year: int | None = None
+    ) -> IndicatorStores:
+        """Open the stores (metadata only): cheap, so a missing or wrong store fails before the tables are read,
+        the virtual region generated or a cluster started."""
+        for url in (species_url, habitat_url):
+            if url is not None and out_url.rstrip("/") == url.rstrip("/"):
+                raise IndicatorError(f"--out {out_url} is an input store of the indicators; choose another path")
+        species_options = storage_options_for(species_url, cfg.store)
+        ds, species_slot, species_run = open_species_year(species_url, species_options, year)
+        grid = grid_of(ds["probability"], store_epsg(ds, cfg.grid.epsg))
+        raw = zarr.open_group(zarr_store(species_url, species_options), mode="r")["probability"]
+        habitat_options = storage_options_for(habitat_url, cfg.store) if habitat_url else {}
+        classes, hds, habitat_slot = (
+            _habitat_store(habitat_url, habitat_options, grid, year) if habitat_url else (None, None, None)
+        )
+        return cls(
+            species_url=species_url,
+            species_options=species_options,
+            species=ds,
+            species_slot=species_slot,
+            species_run=species_run,
+            grid=grid,
+            tile=int((raw.shards or raw.chunks)[-1]),
+            habitat_url=habitat_url,
+            habitat_options=habitat_options,
+            habitat=hds,
+            classes=classes,
+            habitat_slot=habitat_slot,
+            out_url=out_url,
+            year=year,
+        )
+
+
 def plan_indicators(
     cfg: RunConfig,
-    species_url: str,
-    habitat_url: str | None,
-    out_url: str,
+    stores: IndicatorStores,
     inputs: IndicatorInputs,
-    year: int | None = None,
     species_calibration: Calibration | None = None,
 ) -> IndicatorPlan:
-    """The two-pass mode: open the stores and tables, check they fit, calibrate the intervals, and fingerprint the
-    run; with ``year``, that year of the species and habitat series into that year of an indicator series."""
-    for url in (species_url, habitat_url):
-        if url is not None and out_url.rstrip("/") == url.rstrip("/"):
-            raise IndicatorError(f"--out {out_url} is an input store of the indicators; choose another path")
-    species_options = storage_options_for(species_url, cfg.store)
-    ds, species_slot, species_run = open_species_year(species_url, species_options, year)
+    """The two-pass mode: with the stores opened (:meth:`IndicatorStores.open`), match the tables, calibrate the
+    intervals, and fingerprint the run; with the stores' ``year``, that year of the species and habitat series into
+    that year of an indicator series."""
+    ds, grid, tile, year = stores.species, stores.grid, stores.tile, stores.year
+    species_url, species_options = stores.species_url, stores.species_options
+    habitat_url, habitat_options = stores.habitat_url, stores.habitat_options
+    classes, hds, out_url = stores.classes, stores.habitat, stores.out_url
     species = [str(s) for s in ds["species"].values]
     names = [str(s) for s in ds["species_name"].values] if "species_name" in ds.coords else None
-    grid = grid_of(ds["probability"], store_epsg(ds, cfg.grid.epsg))
-    raw = zarr.open_group(zarr_store(species_url, species_options), mode="r")["probability"]
-    tile = int((raw.shards or raw.chunks)[-1])
     thresholds = ds[THRESHOLD].values.astype("float32") if THRESHOLD in ds else None
     groups, status_report = species_groups(inputs, species, names)
-    habitat_options = storage_options_for(habitat_url, cfg.store) if habitat_url else {}
-    classes, hds, habitat_slot = (
-        _habitat_store(habitat_url, habitat_options, grid, year) if habitat_url else (None, None, None)
-    )
 
     sampled = None
     if inputs.surveys is not None and len(inputs.surveys):
@@ -551,8 +602,8 @@ def plan_indicators(
             habitat_url=habitat_url,
             habitat_options=habitat_options,
             model=model,
-            species_slot=species_slot,
-            habitat_slot=habitat_slot,
+            species_slot=stores.species_slot,
+            habitat_slot=stores.habitat_slot,
             output=output,
         )
 
@@ -561,7 +612,7 @@ def plan_indicators(
         inputs,
         IndicatorSource(
             kind=STORE,
-            parts={"source": f"{STORE} {species_run}", "habitat": habitat_run},
+            parts={"source": f"{STORE} {stores.species_run}", "habitat": habitat_run},
             attrs={
                 "species_store": redact({"u": species_url})["u"],
                 "habitat_store": redact({"u": habitat_url})["u"] if habitat_url else "none",
@@ -730,20 +781,38 @@ def _plan(
     return IndicatorPlan(grid, tile, parts, attrs, job(model, output), cal, report, tuple(species))
 
 
-def plan_fused_indicators(
-    client: Client,
+@dataclass(frozen=True)
+class FusedSetup:
+    """The fused mode decided on the driver before any cluster work: the species model checked against the run's
+    inputs, the status tables matched to its species, the habitat classifier checked against them, the fingerprint
+    parts and attributes naming the models. :func:`plan_fused_indicators` adds the calibration (on the cluster)."""
+
+    fused: FusedPredictor
+    inputs: IndicatorInputs
+    spec: Any  # the species model's ModelSpec or PeerSpec
+    classes: list[str] | None
+    thresholds: np.ndarray | None
+    groups: dict[str, np.ndarray]
+    status_report: dict[str, Any]
+    source: IndicatorSource
+
+    @property
+    def species(self) -> list[str]:
+        return [str(s) for s in self.spec.species]
+
+
+def fused_setup(
     cfg: RunConfig,
-    model_url: str,
+    model: str | ModelFile,
     sources: MapSources,
-    habitat_folder: str | None,
-    out_url: str,
+    habitat: str | ClassifierFolder | None,
     inputs: IndicatorInputs,
-) -> IndicatorPlan:
-    """The fused mode: the species model (and the habitat classifier in ``habitat_folder``) checked against the
-    run's inputs, the intervals calibrated on the model's values at the surveys (:func:`sample_model`, on the
-    cluster), the run fingerprinted by the model files and inputs rather than by stores."""
-    predictor, spec, model_attrs = plan_predictor(cfg, model_url, sources)
-    where = redact({"u": model_url})["u"]
+) -> FusedSetup:
+    """The species model (a file or its URL) and the habitat classifier (a folder read or its URL, or None) checked
+    against the run's inputs and against each other, the tables matched to the model's species: all on the driver,
+    no cluster needed, so a job runs it before it starts one."""
+    predictor, spec, model_attrs = plan_predictor(cfg, model, sources)
+    where = model_attrs["model_file"]
     species = [str(s) for s in spec.species]
     names = [str(s) for s in spec.species_name] if spec.species_name else None
     # the thresholds species.zarr would hold (jobs.mapping.with_thresholds)
@@ -752,49 +821,60 @@ def plan_fused_indicators(
     classifier = classes = None
     versions = {"species_model": model_attrs["model_version"]}
     habitat_part, habitat_attrs = "none", {"habitat_model_folder": "none"}
-    if habitat_folder is not None:
-        classifier, plot_model = plan_classifier(cfg, habitat_folder, species, thresholds, f"the model {where}")
+    if habitat is not None:
+        classifier, plot_model = plan_classifier(cfg, habitat, species, thresholds, f"the model {where}")
         classes = list(plot_model.classes)
         versions["habitat_model"] = classifier.version
         habitat_part = f"{MODEL} {plot_model.version[:12]} {classifier.assemblage} top_k={classifier.top_k}"
         habitat_attrs = {
-            "habitat_model_folder": redact({"u": habitat_folder})["u"],
+            "habitat_model_folder": redact({"u": classifier.model.folder})["u"],
             "assemblage": classifier.assemblage,
         }
-    grid, tile = predictor.map_grid, cfg.map.tile
     n_ranks = ranks(len(classes), cfg.habitats.top_k) if classes is not None else 0
     fused = FusedPredictor(predictor, classifier, len(species), n_ranks)
+    map_parts = run_parts(predictor.model.sha256, cfg, sources)
+    source = IndicatorSource(
+        kind=MODEL,
+        parts={
+            "source": f"{MODEL} {predictor.model.sha256[:12]}",
+            "habitat": habitat_part,
+            **{f"map_{k}": v for k, v in map_parts.items() if k != "model"},
+        },
+        attrs={
+            "species_store": "none",
+            "habitat_store": "none",
+            "species_model_file": model_attrs["model_file"],
+            "species_model_sha256": model_attrs["model_sha256"],
+            **habitat_attrs,
+        },
+        versions=versions,
+    )
+    return FusedSetup(fused, inputs, spec, classes, thresholds, groups, status_report, source)
+
+
+def plan_fused_indicators(client: Client, cfg: RunConfig, setup: FusedSetup, out_url: str) -> IndicatorPlan:
+    """The fused mode: with the models checked (:func:`fused_setup`), the intervals calibrated on the model's values
+    at the surveys (:func:`sample_model`, on the cluster), the run fingerprinted by the model files and inputs
+    rather than by stores."""
+    inputs, fused = setup.inputs, setup.fused
+    grid, tile = fused.species.map_grid, cfg.map.tile
     sampled = None
     if inputs.surveys is not None and len(inputs.surveys):
         sampled = sample_model(client, fused, grid, tile, inputs.surveys)
-    recalibrate = needs_recalibration(cfg.indicators.recalibrate, {SCALE_ATTR: output_scale(spec)})
-    calibration = calibrate_on_surveys(cfg, inputs.surveys, sampled, species, classes, groups, thresholds, recalibrate)
-    map_parts = run_parts(predictor.model.sha256, cfg, sources)
+    recalibrate = needs_recalibration(cfg.indicators.recalibrate, {SCALE_ATTR: output_scale(setup.spec)})
+    calibration = calibrate_on_surveys(
+        cfg, inputs.surveys, sampled, setup.species, setup.classes, setup.groups, setup.thresholds, recalibrate
+    )
     return _plan(
         cfg,
         inputs,
-        IndicatorSource(
-            kind=MODEL,
-            parts={
-                "source": f"{MODEL} {predictor.model.sha256[:12]}",
-                "habitat": habitat_part,
-                **{f"map_{k}": v for k, v in map_parts.items() if k != "model"},
-            },
-            attrs={
-                "species_store": "none",
-                "habitat_store": "none",
-                "species_model_file": model_attrs["model_file"],
-                "species_model_sha256": model_attrs["model_sha256"],
-                **habitat_attrs,
-            },
-            versions=versions,
-        ),
+        setup.source,
         grid=grid,
         tile=tile,
-        species=species,
-        classes=classes,
-        groups=groups,
-        status_report=status_report,
+        species=setup.species,
+        classes=setup.classes,
+        groups=setup.groups,
+        status_report=setup.status_report,
         calibration=calibration,
         job=lambda model, output: FusedTileJob(fused, model, output),
         out_url=out_url,
@@ -903,13 +983,13 @@ def produce_indicators(
 
 
 def indicator_inputs(cfg: RunConfig, *, progress: bool = False, year: int | None = None) -> IndicatorInputs:
-    """The configured tables, or on the virtual region its own tables, independent surveys (of ``year``) and plots."""
+    """The configured tables, or on the virtual region its own tables, independent surveys (of ``year``) and plots.
+    A user's tables are read first: a bad one fails before the region is generated."""
+    from geoplantnet.samples.plots import read_plots
+
     ind = cfg.indicators
     surveys = reference = None
-    status, red_list = ind.status, ind.habitat_red_list
     if ind.plots is not None:
-        from geoplantnet.samples.plots import read_plots
-
         if cfg.habitats.plots is not None and Path(ind.plots).resolve() == Path(cfg.habitats.plots).resolve():
             raise ConfigError(
                 f"indicators.plots {ind.plots} is the habitat classifier's training table (habitats.plots): the "
@@ -917,9 +997,11 @@ def indicator_inputs(cfg: RunConfig, *, progress: bool = False, year: int | None
             )
         surveys = read_plots(ind.plots, cfg.habitats)
     if cfg.habitats.plots is not None:
-        from geoplantnet.samples.plots import read_plots
-
         reference = read_plots(cfg.habitats.plots, cfg.habitats)
+    invasive = status_tables.eu_invasive_names(ind.invasive_list) if ind.invasive_list is not None else None
+    protected = status_tables.habitats_directive_names(ind.protected_list) if ind.protected_list is not None else None
+    red_list = status_tables.read_habitat_red_list(ind.habitat_red_list) if ind.habitat_red_list is not None else None
+    status = ind.status
     if cfg.inputs.virtual:
         from geoplantnet.jobs.inputs import virtual_plots, virtual_status_tables, virtual_surveys
 
@@ -929,8 +1011,9 @@ def indicator_inputs(cfg: RunConfig, *, progress: bool = False, year: int | None
             reference, _ = virtual_plots(cfg, progress=progress)
         tables = virtual_status_tables(cfg)
         status = status or tables["species"]
-        red_list = red_list or tables["habitats"]
-    return IndicatorInputs(status, ind.invasive_list, ind.protected_list, red_list, surveys, reference)
+        if red_list is None:
+            red_list = status_tables.read_habitat_red_list(tables["habitats"])
+    return IndicatorInputs(status, invasive, protected, red_list, surveys, reference)
 
 
 def run_indicators(
@@ -952,7 +1035,8 @@ def run_indicators(
     species_url = species_store_url or join(cfg.store.root, "species.zarr")
     habitat_url = habitat_store_url or (under_root(cfg, "habitat.zarr") if habitats else None)
     out_url = _output(cfg, out_url, overwrite)
-    plan = plan_indicators(cfg, species_url, habitat_url, out_url, indicator_inputs(cfg, progress=progress))
+    stores = IndicatorStores.open(cfg, species_url, habitat_url, out_url)  # before the tables (virtual: generated)
+    plan = plan_indicators(cfg, stores, indicator_inputs(cfg, progress=progress))
     with connect(cfg.cluster) as client:
         summary = produce_indicators(client, cfg, plan, overwrite=overwrite, progress=progress)
     if evaluate:
@@ -976,7 +1060,7 @@ def run_fused_indicators(
     and, unless ``habitats`` is False, the classifier ``habitat_model`` (default ``<store.root>/habitats/model``
     when it exists) run inside each indicator tile task; only ``out_url`` (default ``<store.root>/indicators.zarr``)
     is written."""
-    from geoplantnet.jobs.inputs import run_inputs
+    from geoplantnet.jobs.inputs import plan_inputs
     from geoplantnet.runtime.cluster import connect
 
     model_url = model or cfg.map.model
@@ -987,13 +1071,19 @@ def run_fused_indicators(
         )
     habitat_folder = habitat_model or (under_root(cfg, "habitats/model") if habitats else None)
     out_url = _output(cfg, out_url, overwrite)
-    run = run_inputs(cfg, observations=model_url is None, progress=progress)
-    sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
+    # every file given is read and checked before the virtual region is generated or a cluster starts
+    model_file = ModelFile.read(model_url) if model_url is not None else None
+    classifier = ClassifierFolder.read(habitat_folder) if habitat_folder is not None else None
+    planned = plan_inputs(cfg, observations=model_url is None)
     tables = indicator_inputs(cfg, progress=progress)
+    run = planned.load(progress=progress)
+    sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
+    setup = fused_setup(cfg, model_file, sources, classifier, tables) if model_file is not None else None
     with connect(cfg.cluster) as client:
-        if model_url is None:
+        if setup is None:
             model_url, _ = ensure_model(cfg, run, client)
-        plan = plan_fused_indicators(client, cfg, model_url, sources, habitat_folder, out_url, tables)
+            setup = fused_setup(cfg, model_url, sources, classifier, tables)
+        plan = plan_fused_indicators(client, cfg, setup, out_url)
         summary = produce_indicators(client, cfg, plan, overwrite=overwrite, progress=progress)
     if evaluate:
         summary.evaluation = _evaluate(cfg, out_url, plan)

@@ -79,10 +79,52 @@ def virtual_inputs(cfg: RunConfig, *, progress: bool = False) -> Inputs:
     return Inputs(from_virtual_region(manifest), env, s2, truth, [f"virtual region {manifest.root}"])
 
 
-def user_inputs(cfg: RunConfig, *, observations: bool = True) -> Inputs:
-    """A user's inputs as ``cfg.inputs`` names them: the observations file (CSV or GeoParquet; read only when
-    ``observations``: training needs it, applying a model does not), predictor GeoTIFFs (any CRS) and/or Sentinel-2
-    items searched in ``stac.url``."""
+@dataclass(frozen=True)
+class InputsPlan:
+    """What a run will read, checked before any heavy work (no cluster, no region generated, no search): a user's
+    files read (observations, raster headers and declared classes, the settings each needs) or, with nothing
+    configured, the virtual region, whose layers and years its settings say. :meth:`load` does the rest."""
+
+    cfg: RunConfig
+    observations: Observations | None = None  # the user's records when training needs them
+    env_items: tuple = ()  # the user's rasters as STAC items (the virtual region's are found by load)
+
+    @property
+    def virtual(self) -> bool:
+        return self.cfg.inputs.virtual
+
+    def classes(self, variable: str) -> dict[int, str]:
+        """Code -> name of the classes the layer ``variable`` declares (empty: none, or no such layer)."""
+        if self.virtual:
+            from geoplantnet.sim.environment import layer_classes
+
+            return layer_classes(variable)
+        return predictors.class_names(list(self.env_items), variable)
+
+    def years(self) -> list[int] | None:
+        """The calendar years the inputs hold imagery for, when known without a search (the virtual region's)."""
+        return self.cfg.sim.calendar_years if self.virtual else None
+
+    def load(self, *, progress: bool = False) -> Inputs:
+        """The inputs themselves: the virtual region generated (cached under the workdir) and searched through its
+        STAC API, or the user's Sentinel-2 items searched in ``stac.url``."""
+        if self.virtual:
+            return virtual_inputs(self.cfg, progress=progress)
+        given, cfg = self.cfg.inputs, self.cfg
+        s2 = sentinel2_items(cfg) if given.sentinel2 else None
+        what = [f"observations {given.observations}"] if self.observations is not None else []
+        what += [f"rasters {[Path(p).name for p in given.rasters]}"] if given.rasters else []
+        what += [f"Sentinel-2 from {redact({'url': cfg.stac.url})['url']}"] if given.sentinel2 else []
+        return Inputs(self.observations, list(self.env_items), s2, None, ["; ".join(what)])
+
+
+def plan_inputs(cfg: RunConfig, *, observations: bool = True) -> InputsPlan:
+    """Read and check what ``cfg.inputs`` names (the observations file, CSV or GeoParquet, only when
+    ``observations``: training needs it, applying a model does not; predictor GeoTIFFs, any CRS; Sentinel-2 needs
+    ``stac.url``), or nothing for the virtual region. Cheap: a bad file or setting fails here, before a cluster
+    starts or a region is generated."""
+    if cfg.inputs.virtual:
+        return InputsPlan(cfg)
     from geoplantnet.samples.observations import load_observations
 
     given = cfg.inputs
@@ -90,6 +132,8 @@ def user_inputs(cfg: RunConfig, *, observations: bool = True) -> Inputs:
         raise ConfigError("no observations file given (--observations FILE or inputs.observations)")
     if not given.rasters and not given.sentinel2:
         raise ConfigError("no predictors: give rasters (--rasters, inputs.rasters) and/or Sentinel-2 (--with-s2)")
+    if given.sentinel2 and not cfg.stac.url:
+        raise ConfigError("Sentinel-2 inputs (--with-s2, inputs.sentinel2) need a STAC API: --set stac.url=https://...")
     obs = None
     if observations:
         obs = load_observations(
@@ -102,12 +146,7 @@ def user_inputs(cfg: RunConfig, *, observations: bool = True) -> Inputs:
             survey=given.survey,
             grid=cfg.grid.grid(),
         )
-    env_items = raster_items(cfg) if given.rasters else []
-    s2 = sentinel2_items(cfg) if given.sentinel2 else None
-    what = [f"observations {given.observations}"] if observations else []
-    what += [f"rasters {[Path(p).name for p in given.rasters]}"] if given.rasters else []
-    what += [f"Sentinel-2 from {redact({'url': cfg.stac.url})['url']}"] if given.sentinel2 else []
-    return Inputs(obs, env_items, s2, None, ["; ".join(what)])
+    return InputsPlan(cfg, obs, tuple(raster_items(cfg)) if given.rasters else ())
 
 
 def raster_items(cfg: RunConfig) -> list:
@@ -125,11 +164,10 @@ def raster_items(cfg: RunConfig) -> list:
 
 
 def sentinel2_items(cfg: RunConfig) -> list:
-    """Sentinel-2 items over the grid from ``stac.url`` (``stac.s2_collection``, ``cube.datetime``, cloud cover)."""
+    """Sentinel-2 items over the grid from ``stac.url`` (``stac.s2_collection``, ``cube.datetime``, cloud cover;
+    :func:`plan_inputs` checked the URL is set)."""
     from geoplantnet.sources import catalog
 
-    if not cfg.stac.url:
-        raise ConfigError("Sentinel-2 inputs (--with-s2, inputs.sentinel2) need a STAC API: --set stac.url=https://...")
     grid = cfg.grid.grid(cfg.cube.resolution)
     return list(
         catalog.search(
@@ -147,10 +185,9 @@ def sentinel2_items(cfg: RunConfig) -> list:
 
 def run_inputs(cfg: RunConfig, *, observations: bool = True, progress: bool = False) -> Inputs:
     """The run's inputs from the configured provider: the user's (``cfg.inputs``) or, when nothing is configured,
-    the virtual region. ``observations=False`` when a trained model is applied (map, predict)."""
-    if cfg.inputs.virtual:
-        return virtual_inputs(cfg, progress=progress)
-    return user_inputs(cfg, observations=observations)
+    the virtual region. ``observations=False`` when a trained model is applied (map, predict). A job that has its
+    own files to check first calls :func:`plan_inputs`, checks, then :meth:`InputsPlan.load`."""
+    return plan_inputs(cfg, observations=observations).load(progress=progress)
 
 
 def _plots_of(plots: pd.DataFrame, species: pd.DataFrame, source: str) -> Plots:

@@ -227,6 +227,27 @@ def read_model(url: str, device: str | torch.device = "cpu") -> tuple[SpeciesNet
     return model, spec, raw
 
 
+@dataclass(frozen=True)
+class ModelFile:
+    """A species model file read and checked on the driver: its spec and the sha256 of its bytes. Read before a
+    job's inputs are made or a cluster starts, so a missing or corrupt model fails first."""
+
+    url: str
+    spec: ModelSpec | PeerSpec
+    sha256: str
+
+    @classmethod
+    def read(cls, url: str) -> ModelFile:
+        """Read ``url`` (:func:`read_model`; one-line :class:`ModelFileError` when it cannot be used)."""
+        _, spec, raw = read_model(url)
+        return cls(url, spec, hashlib.sha256(raw).hexdigest())
+
+    @classmethod
+    def of(cls, model: str | ModelFile) -> ModelFile:
+        """``model`` itself, or the file at that URL read."""
+        return model if isinstance(model, ModelFile) else cls.read(model)
+
+
 # -- one tile
 
 
@@ -559,14 +580,14 @@ class MapPlan:
 
 
 def plan_predictor(
-    cfg: RunConfig, model_url: str, sources: MapSources
+    cfg: RunConfig, model: str | ModelFile, sources: MapSources
 ) -> tuple[SpeciesPredictor, ModelSpec | PeerSpec, dict[str, str]]:
-    """Read the model and check the run's inputs against it: the predictor tile tasks carry (pinned by the model
-    file's sha256), the model's spec and the attributes naming it (``model_file``, ``model_sha256``,
-    ``model_version``, ``model_spec``)."""
-    _, spec, raw = read_model(model_url)
+    """Read the model (unless given read) and check the run's inputs against it: the predictor tile tasks carry
+    (pinned by the model file's sha256), the model's spec and the attributes naming it (``model_file``,
+    ``model_sha256``, ``model_version``, ``model_spec``)."""
+    model = ModelFile.of(model)
+    model_url, spec, sha = model.url, model.spec, model.sha256
     check_inputs(spec, sources, cfg)
-    sha = hashlib.sha256(raw).hexdigest()
     predictor = SpeciesPredictor(
         model=ModelRef(model_url, sha),
         sources=sources,
@@ -586,10 +607,12 @@ def plan_predictor(
     return predictor, spec, attrs
 
 
-def plan_map(cfg: RunConfig, model_url: str, sources: MapSources, store_url: str, year: int | None = None) -> MapPlan:
-    """Read the model, check the run's inputs against it, and fingerprint the run (:func:`run_parts`); with ``year``
-    the run writes that year of a series (``geoplantnet refresh``)."""
-    predictor, spec, attrs = plan_predictor(cfg, model_url, sources)
+def plan_map(
+    cfg: RunConfig, model: str | ModelFile, sources: MapSources, store_url: str, year: int | None = None
+) -> MapPlan:
+    """Read the model (unless given read), check the run's inputs against it, and fingerprint the run
+    (:func:`run_parts`); with ``year`` the run writes that year of a series (``geoplantnet refresh``)."""
+    predictor, spec, attrs = plan_predictor(cfg, model, sources)
     parts = run_parts(predictor.model.sha256, cfg, sources)
     output = TileOutput.of(store_url, parts, storage_options_for(store_url, cfg.store), year=year)
     return MapPlan(spec, parts, attrs, TileJob(predictor, output))
@@ -673,7 +696,7 @@ def run_map(
     """The map job on the configured inputs (``cfg.inputs``: a user's rasters and/or Sentinel-2 from ``stac.url``;
     nothing configured: the virtual region), with the model ``model`` or ``map.model``, or one trained here on the
     configured observations and cached by configuration; then :func:`produce_map` on the configured cluster."""
-    from geoplantnet.jobs.inputs import run_inputs
+    from geoplantnet.jobs.inputs import plan_inputs
     from geoplantnet.runtime.cluster import connect
     from geoplantnet.storage.store import join
 
@@ -687,11 +710,13 @@ def run_map(
     storage_options = storage_options_for(store_url, cfg.store)
     # refuse a user's folder, a store being written, another product's store before minutes of generation and training
     preflight(store_url, storage_options, product="species", overwrite=overwrite)
-    # observations only to train: a given model is applied to the predictors alone
-    inputs = run_inputs(cfg, observations=model_url is None, progress=progress)
+    # the given model, then the user's files (observations only to train: a given model is applied to the predictors
+    # alone), all read before the virtual region is generated or imagery searched
+    model_file = ModelFile.read(model_url) if model_url is not None else None
+    inputs = plan_inputs(cfg, observations=model_url is None).load(progress=progress)
     sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
     # inputs that do not fit a given model: refused before a cluster starts
-    plan = plan_map(cfg, model_url, sources, store_url) if model_url is not None else None
+    plan = plan_map(cfg, model_file, sources, store_url) if model_file is not None else None
     trained = None
     with connect(cfg.cluster) as client:
         if model_url is None:

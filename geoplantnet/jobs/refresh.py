@@ -282,15 +282,17 @@ def run_refresh(
     evaluate: bool = False,
 ) -> dict[str, Any]:
     """Map ``year`` into every series under ``store.root`` and write its run summary (see the module docstring)."""
-    from geoplantnet.jobs.habitat_map import plan_habitat_map, produce_habitat_map
-    from geoplantnet.jobs.indicators import indicator_inputs, plan_indicators, produce_indicators
-    from geoplantnet.jobs.inputs import run_inputs
-    from geoplantnet.jobs.mapping import MapSources, ensure_model, plan_map, produce_map
+    from geoplantnet.jobs.habitat_map import ClassifierFolder, plan_habitat_map, produce_habitat_map
+    from geoplantnet.jobs.indicators import IndicatorStores, indicator_inputs, plan_indicators, produce_indicators
+    from geoplantnet.jobs.inputs import plan_inputs
+    from geoplantnet.jobs.mapping import MapSources, ModelFile, ensure_model, plan_map, produce_map
     from geoplantnet.runtime.cluster import connect
     from geoplantnet.storage.store import is_local
 
     if not is_local(cfg.store.root):
         raise ConfigError(f"refresh writes its run summary beside the stores and store.root is {cfg.store.root}")
+    if not 1000 <= year <= 9999:  # imagery is searched by ISO 8601 dates
+        raise RefreshError(f"--year {year}: give the calendar year with its four digits (e.g. 2025)")
     t_start = time.perf_counter()
     cfg_y = year_config(cfg, year)
     urls = series_urls(cfg)
@@ -300,22 +302,33 @@ def run_refresh(
     habitat_model, habitats = habitat_classifier(cfg, urls, origin is not None)
     # the series' model first: every year is mapped with the one its first year used, unless --model says otherwise
     model_url = model or (origin.model if origin else None) or cfg.map.model
-    inputs = run_inputs(cfg_y, observations=model_url is None, progress=progress)
+    # every file is read and checked before the virtual region is generated, imagery searched or a cluster started
+    model_file = ModelFile.read(model_url) if model_url is not None else None
+    classifier = ClassifierFolder.read(habitat_model) if habitats else None
+    planned = plan_inputs(cfg_y, observations=model_url is None)
+    years = planned.years()
+    if years is not None and year not in years:
+        held = f"the year {years[0]}" if len(years) == 1 else f"the years {years[0]}-{years[-1]}"
+        raise RefreshError(f"--year {year}: the virtual region holds {held} (sim.start, sim.years)")
+    tables = indicator_inputs(cfg_y, progress=progress, year=year)
+    inputs = planned.load(progress=progress)
     if not inputs.s2_items and cfg.inputs.virtual:
         raise RefreshError(f"no Sentinel-2 items in {year}: the virtual region's years are set by sim.start/sim.years")
     seasons = origin.seasons_for(year) if origin else None
     sources = MapSources.from_items(cfg_y, inputs.s2_items, inputs.env_items, seasons)
+    # inputs that do not fit a given model: refused before a cluster starts
+    plan = plan_map(cfg_y, model_file, sources, urls["species"], year) if model_file is not None else None
     steps: dict[str, dict[str, Any]] = {}
     trained = None
     with connect(cfg.cluster) as client:
         t0 = time.perf_counter()
-        if model_url is None:
+        if plan is None:
             model_url, trained = ensure_model(cfg_y, inputs, client)
-        plan = plan_map(cfg_y, model_url, sources, urls["species"], year)
+            plan = plan_map(cfg_y, model_url, sources, urls["species"], year)
         species = produce_map(
             client,
             cfg_y,
-            model_url,
+            plan.job.predictor.model.url,  # the given model's, or the one just trained
             sources,
             urls["species"],
             plan=plan,
@@ -330,17 +343,17 @@ def run_refresh(
         }
         if habitats:
             t0 = time.perf_counter()
-            hplan = plan_habitat_map(cfg_y, urls["species"], habitat_model, urls["habitat"], year)
+            hplan = plan_habitat_map(cfg_y, urls["species"], classifier or habitat_model, urls["habitat"], year)
             hab = produce_habitat_map(client, cfg_y, hplan, overwrite=overwrite, progress=progress, year=year)
             steps["habitat"] = {"seconds": round(time.perf_counter() - t0, 1), "tiles_computed": hab.tiles_computed}
         t0 = time.perf_counter()
+        stores = IndicatorStores.open(
+            cfg_y, urls["species"], urls["habitat"] if habitats else None, urls["indicators"], year
+        )
         iplan = plan_indicators(
             cfg_y,
-            urls["species"],
-            urls["habitat"] if habitats else None,
-            urls["indicators"],
-            indicator_inputs(cfg_y, progress=progress, year=year),
-            year,
+            stores,
+            tables,
             first_species_calibration(cfg, urls["indicators"], year, plan.attrs["model_version"]),
         )
         ind = produce_indicators(client, cfg_y, iplan, overwrite=overwrite, progress=progress, year=year)

@@ -80,8 +80,8 @@ def run_table_sdm(
     reports and models."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     samples, test = tables or read_tables(cfg.table)
+    out_dir.mkdir(parents=True, exist_ok=True)
     units = sharing_units(samples, cfg.table.share)
     block = block_size(cfg, samples)
     models = [m for m in ("cnn", "maxent", "random_forest") if m in cfg.validation.models]

@@ -38,7 +38,7 @@ import xarray as xr
 import zarr
 from distributed import Client
 
-from geoplantnet.core.config import ConfigError, RunConfig, ValueConfig, redact
+from geoplantnet.core.config import ConfigError, RunConfig, StoreConfig, ValueConfig, redact
 from geoplantnet.core.encoding import SCALE
 from geoplantnet.core.errors import GeoplantnetError, RefusedError
 from geoplantnet.core.grid import Grid, Tile
@@ -210,23 +210,40 @@ class ValuePredictor:
         return self.predict_window(self.read(tile), tile, draws=draws, seed=seed)
 
 
-def plan_value_predictor(cfg: RunConfig, model_url: str, sources: MapSources) -> ValuePredictor:
-    """Read the value model at ``model_url`` and check the run's inputs give its features in its order; the
+@dataclass(frozen=True)
+class ValueModelFile:
+    """A value model file read and checked on the driver, with the sha256 of its bytes: read before a job's inputs
+    are made or a cluster starts, so a missing or corrupt file fails first."""
+
+    url: str
+    model: ValueModel
+    sha256: str
+    options: dict[str, Any]  # the storage options it is read with (the store's, for a model under store.root)
+
+    @classmethod
+    def read(cls, url: str, store: StoreConfig) -> ValueModelFile:
+        options = read_options_for(url, store)
+        model, raw = ValueModel.load(url, storage_options=options)  # ValueModelError (one line) when unusable
+        return cls(url, model, hashlib.sha256(raw).hexdigest(), options)
+
+
+def plan_value_predictor(cfg: RunConfig, model: str | ValueModelFile, sources: MapSources) -> ValuePredictor:
+    """Read the value model (unless given read) and check the run's inputs give its features in its order; the
     predictor tile tasks carry, pinned by the file's sha256."""
-    options = read_options_for(model_url, cfg.store)
-    model, raw = ValueModel.load(model_url, storage_options=options)
+    read = model if isinstance(model, ValueModelFile) else ValueModelFile.read(model, cfg.store)
+    model_url, spec = read.url, read.model.spec
     grid = value_grid(cfg)
     bands, variables, _ = feature_layout(sources, grid)
     names = feature_names(bands, variables, len(sources.seasons or ()) if bands else 0)
-    if names != model.spec.features:
-        missing = [n for n in model.spec.features if n not in names]
-        extra = [n for n in names if n not in model.spec.features]
+    if names != spec.features:
+        missing = [n for n in spec.features if n not in names]
+        extra = [n for n in names if n not in spec.features]
         raise ValueModelError(
-            f"{shown(model_url)}: the value model was trained on {len(model.spec.features)} features, the run's "
+            f"{shown(model_url)}: the value model was trained on {len(spec.features)} features, the run's "
             f"inputs give {len(names)} (missing {missing[:6]}, not in the model {extra[:6]})"
         )
-    ref = ModelRef(model_url, hashlib.sha256(raw).hexdigest())
-    return ValuePredictor(ref, sources, grid, tuple(bands), tuple(variables), model.spec.halo, cfg.map.device, options)
+    ref = ModelRef(model_url, read.sha256)
+    return ValuePredictor(ref, sources, grid, tuple(bands), tuple(variables), spec.halo, cfg.map.device, read.options)
 
 
 # -- tile tasks

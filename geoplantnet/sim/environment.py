@@ -53,6 +53,14 @@ LAND_COVER_CLASSES: dict[int, str] = {
     8: "water",
     9: "bare_rock",
 }
+
+
+def layer_classes(variable: str) -> dict[int, str]:
+    """Code -> name of the classes the region's layer ``variable`` declares (its items say the same): known before the
+    region is generated, so a scenario naming a class can be checked first. Empty for a continuous layer."""
+    return dict(LAND_COVER_CLASSES) if variable == "land_cover" else {}
+
+
 # Land-cover change kinds (codes of the change truth; 0 is no change) and their (source classes, new class).
 CHANGE_KINDS: dict[int, str] = {1: "clearing", 2: "built_up", 3: "wetland_restored"}
 CHANGE_RULES: dict[str, tuple[tuple[int, ...], int]] = {
@@ -578,10 +586,9 @@ def write_environment(
                               collection=collection_id, properties={"geoplantnet:virtual": True})  # fmt: skip
         band = item.assets[v].extra_fields["raster:bands"][0]
         band["unit"] = ENV_UNITS.get(v, "class")
+        if layer_classes(v):
+            item.properties["classification:classes"] = [{"value": k, "name": n} for k, n in layer_classes(v).items()]
         if v == "land_cover":
-            item.properties["classification:classes"] = [
-                {"value": k, "name": name} for k, name in LAND_COVER_CLASSES.items()
-            ]
             for key, path in vectors.items():
                 item.add_asset(
                     key,
