@@ -15,7 +15,7 @@ for every sample, made by a model that never saw the sample's spatial block. :fu
   then fitted on all OOF rows (it is applied to the final model, fitted on every sample, which the OOF predictions
   approximate: a model on (k-1)/k of the data).
 * **ECE** here: equal-width bins (10 over [0, 1]), count-weighted mean |observed frequency - mean prediction|, pooled
-  over every (sample, species) entry with a known label (the same definition as the ``ece`` column of the report).
+  over every (sample, species) entry with a known label: the one ECE of ``validation.metrics`` (the report's ``ece``).
   :func:`expected_calibration_error` also offers quantile bins (equal counts), which resolve the low-probability range
   where most entries of rare species lie.
 * **Thresholds** (:func:`choose_thresholds`): per species, max TSS and "observed prevalence", on the OOF predictions
@@ -42,8 +42,8 @@ from geoplantnet.models.calibration import (
     fit_calibration,
 )
 from geoplantnet.samples.kinds import Source
+from geoplantnet.validation.metrics import expected_calibration_error, known_pairs
 
-N_BINS = 10
 RELATIVE_SUITABILITY = (
     "relative suitability (presence-only data: presences against background points; not a probability of presence)"
 )
@@ -51,36 +51,9 @@ CALIBRATED = "calibrated probability of presence (per-species calibration on pre
 UNCALIBRATED = "probability of presence, uncalibrated (presence-absence surveys; calibration off)"
 
 
-def _known(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    labels, probs = np.asarray(labels), np.asarray(probs, "float64")
-    if labels.shape != probs.shape:
-        raise CalibrationError(f"labels {labels.shape} and probs {probs.shape} must have the same shape")
-    known = (labels >= 0) & np.isfinite(probs)
-    return labels[known].astype("float64"), np.clip(probs[known], 0.0, 1.0)
-
-
-def expected_calibration_error(
-    labels: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS, bins: Literal["uniform", "quantile"] = "uniform"
-) -> float:
-    """Count-weighted mean |observed frequency - mean prediction| over ``n_bins`` bins of the known entries:
-    equal-width bins over [0, 1] (``uniform``) or bins of equal counts (``quantile``). NaN with no known entry."""
-    y, p = _known(labels, probs)
-    if not len(y):
-        return float("nan")
-    if bins == "quantile":
-        edges = np.unique(np.quantile(p, np.linspace(0.0, 1.0, n_bins + 1)))
-    else:
-        edges = np.linspace(0.0, 1.0, n_bins + 1)
-    b = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(len(edges) - 2, 0))
-    n = np.bincount(b, minlength=len(edges))
-    used = n > 0
-    gap = np.abs(np.bincount(b, weights=y, minlength=len(n))[used] - np.bincount(b, weights=p, minlength=len(n))[used])
-    return float(gap.sum() / len(y))  # sum over bins of n_b * |mean_y - mean_p| / N
-
-
 def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
     """Mean squared difference between prediction and outcome over the known entries (NaN with none)."""
-    y, p = _known(labels, probs)
+    y, p = known_pairs(labels, probs)
     return float(np.mean((p - y) ** 2)) if len(y) else float("nan")
 
 

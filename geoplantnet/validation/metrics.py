@@ -17,7 +17,7 @@ fitted, or never saw a presence) scores AUC 0.5 by construction, which is *const
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -163,14 +163,35 @@ def reliability_table(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) -
     )
 
 
-def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:
-    """Count-weighted mean |observed frequency - mean prediction| over probability bins."""
-    table = reliability_table(labels, probs, n_bins)
-    used = table[table["n"] > 0]
-    if used.empty:
+def known_pairs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entries with a known label (0/1; -1 is unknown) and a finite prediction, as float outcome and prediction
+    clipped to [0, 1]."""
+    labels, probs = np.asarray(labels), np.asarray(probs, "float64")
+    if labels.shape != probs.shape:
+        raise MetricsError(f"labels {labels.shape} and probs {probs.shape} must have the same shape")
+    known = (labels >= 0) & np.isfinite(probs)
+    return labels[known].astype("float64"), np.clip(probs[known], 0.0, 1.0)
+
+
+def expected_calibration_error(
+    labels: np.ndarray, probs: np.ndarray, n_bins: int = 10, bins: Literal["uniform", "quantile"] = "uniform"
+) -> float:
+    """Count-weighted mean |observed frequency - mean prediction| over ``n_bins`` bins of the known entries
+    (:func:`known_pairs`): equal-width bins over [0, 1] (``uniform``, the bins of :func:`reliability_table`) or bins of
+    equal counts (``quantile``, which resolve the low-probability range where most predictions fall). NaN with no
+    known entry."""
+    y, p = known_pairs(labels, probs)
+    if not len(y):
         return float("nan")
-    gap = (used["observed_frequency"] - used["mean_predicted"]).abs()
-    return float((gap * used["n"]).sum() / used["n"].sum())
+    if bins == "quantile":
+        edges = np.unique(np.quantile(p, np.linspace(0.0, 1.0, n_bins + 1)))
+    else:
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+    b = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(len(edges) - 2, 0))
+    n = np.bincount(b, minlength=len(edges))
+    used = n > 0
+    gap = np.abs(np.bincount(b, weights=y, minlength=len(n))[used] - np.bincount(b, weights=p, minlength=len(n))[used])
+    return float(gap.sum() / len(y))  # sum over bins of n_b * |mean_y - mean_p| / N
 
 
 # --- against the truth ---------------------------------------------------------------------------------------------
