@@ -227,7 +227,7 @@ def sample_model(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
     """:func:`sample_maps` without the stores: the tiles holding plots computed on the cluster as fused tiles
     compute them (one task per tile), the values at the plots' cells kept. Costs one tile per tile holding plots."""
-    row, col = _cells(grid, plots.x, plots.y)
+    row, col = grid.index(plots.x, plots.y)
     ok = np.flatnonzero(row >= 0)
     tiles = {(t.row, t.col): t for t in grid.tiles(tile)}
     keys = np.stack([row[ok] // tile, col[ok] // tile], axis=1) if ok.size else np.zeros((0, 2), "int64")
@@ -270,21 +270,13 @@ def presence_matrix(plots: Plots, species: list[str]) -> np.ndarray:
     return out
 
 
-def _cells(grid: Grid, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of the points (map CRS); -1 outside the grid."""
-    col = np.floor((np.asarray(x, dtype="float64") - grid.left) / grid.resolution).astype("int64")
-    row = np.floor((grid.top - np.asarray(y, dtype="float64")) / grid.resolution).astype("int64")
-    inside = (col >= 0) & (col < grid.width) & (row >= 0) & (row < grid.height)
-    return np.where(inside, row, -1), np.where(inside, col, -1)
-
-
 def sample_maps(
     species_codes: xr.Dataset, habitat_codes: xr.Dataset | None, grid: Grid, plots: Plots
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
     """The maps at the plots' cells (stores opened with ``mask_and_scale=False``; only the chunks under the plots are
     read): p (n, S), habitat classes and their probabilities (n, K) or None, and which plots fell on a cell with
     data."""
-    row, col = _cells(grid, plots.x, plots.y)
+    row, col = grid.index(plots.x, plots.y)
     ok = row >= 0
     at = {"y": xr.DataArray(row[ok], dims="plot"), "x": xr.DataArray(col[ok], dims="plot")}
     k = habitat_codes.sizes["rank"] if habitat_codes is not None else None
