@@ -35,7 +35,7 @@ from geoplantnet.products.habitat_map import (
     read_species_tile,
 )
 from geoplantnet.runtime.cluster import task_resources
-from geoplantnet.runtime.worker_cache import WorkerCachePlugin, worker_cache
+from geoplantnet.runtime.worker_cache import WorkerCachePlugin, pinned
 from geoplantnet.samples.extraction import grid_of
 from geoplantnet.storage.store import (
     PRODUCT_ATTR,
@@ -108,13 +108,11 @@ def cached_classifier(ref: HabitatModelRef, device: str) -> tuple[PlotModel, int
     since the driver read it is refused rather than mixed into a map."""
     dev = resolve_device(device)
 
-    def load() -> PlotModel:
+    def load() -> tuple[PlotModel, str]:
         model = PlotModel.load(ref.folder, dev)
-        if model.version != ref.version:
-            raise HabitatMapError(f"{ref.folder}: the habitat model changed during the run; start the run again")
-        return model
+        return model, model.version
 
-    return worker_cache().get("habitat-model", f"{ref.folder}|{ref.version}|{dev}", load)
+    return pinned("habitat-model", ref.folder, ref.version, str(dev), load, "habitat model")
 
 
 def habitat_tile(job: HabitatTileJob, tile: Tile) -> dict[str, Any]:

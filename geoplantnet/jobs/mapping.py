@@ -40,7 +40,7 @@ from geoplantnet.models.mc_dropout import exclusive, mc_dropout
 from geoplantnet.models.peers import PeerSpec, is_peer_file, load_peer
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
-from geoplantnet.runtime.worker_cache import WorkerCachePlugin, worker_cache
+from geoplantnet.runtime.worker_cache import WorkerCachePlugin, pinned
 from geoplantnet.sources import predictors
 from geoplantnet.sources.cube import item_footprint
 from geoplantnet.storage import tiles as tile_store
@@ -200,13 +200,11 @@ def cached_model(ref: ModelRef, device: str) -> tuple[Any, ModelSpec | PeerSpec,
     is refused rather than mixed into a map."""
     dev = resolve_device(device)
 
-    def load() -> tuple[Any, ModelSpec | PeerSpec]:
+    def load() -> tuple[tuple[Any, ModelSpec | PeerSpec], str]:
         model, spec, raw = read_model(ref.url, dev)
-        if hashlib.sha256(raw).hexdigest() != ref.sha256:
-            raise MapError(f"{ref.url}: the model file changed during the run; start the run again")
-        return model, spec
+        return (model, spec), hashlib.sha256(raw).hexdigest()
 
-    (model, spec), loads = worker_cache().get("species-model", f"{ref.url}|{ref.sha256}|{dev}", load)
+    (model, spec), loads = pinned("species-model", ref.url, ref.sha256, str(dev), load, "model file")
     return model, spec, loads
 
 

@@ -48,7 +48,7 @@ from geoplantnet.jobs.mapping import MapSources, ModelRef, run_parts
 from geoplantnet.jobs.tiled import TileOutput, produce_tiles
 from geoplantnet.models.value_net import ValueModel, ValueModelError, halo
 from geoplantnet.runtime.cluster import task_resources
-from geoplantnet.runtime.worker_cache import WorkerCachePlugin, worker_cache
+from geoplantnet.runtime.worker_cache import WorkerCachePlugin, pinned
 from geoplantnet.samples.value_labels import LabelRasters, rasterise_labels, read_value_polygons
 from geoplantnet.sources import predictors
 from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
@@ -160,13 +160,11 @@ def cached_value_model(
     changed since the driver read it is refused rather than mixed into a map."""
     dev = resolve_device(device)
 
-    def load() -> ValueModel:
+    def load() -> tuple[ValueModel, str]:
         model, raw = ValueModel.load(ref.url, dev, dict(storage_options or {}))
-        if hashlib.sha256(raw).hexdigest() != ref.sha256:
-            raise ValueJobError(f"{ref.url}: the value model file changed during the run; start the run again")
-        return model
+        return model, hashlib.sha256(raw).hexdigest()
 
-    return worker_cache().get("value-model", f"{ref.url}|{ref.sha256}|{dev}", load)
+    return pinned("value-model", ref.url, ref.sha256, str(dev), load, "value model file")
 
 
 @dataclass(frozen=True)

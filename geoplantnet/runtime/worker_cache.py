@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 from distributed import WorkerPlugin, get_worker
 
+from geoplantnet.core.errors import InputError
+
 T = TypeVar("T")
 
 
@@ -55,3 +57,21 @@ def worker_cache() -> WorkerCache:
         return _PROCESS_CACHE
     cache = getattr(plugin, "cache", None)
     return cache if cache is not None else _PROCESS_CACHE
+
+
+class ModelChangedError(InputError):
+    """A model file or folder changed between the driver's read and a worker's load."""
+
+
+def pinned(slot: str, url: str, pin: str, device: str, load: Callable[[], tuple[T, str]], what: str) -> tuple[T, int]:
+    """The object of ``slot`` that ``load()`` makes from ``url`` on ``device``, kept by this worker process, and the
+    loads the slot has done. ``load`` returns the object and the pin of what it read (a content hash, a version):
+    pinned by the one the driver read, so a model replaced during a run is refused rather than mixed into a map."""
+
+    def checked() -> T:
+        obj, got = load()
+        if got != pin:
+            raise ModelChangedError(f"{url}: the {what} changed during the run; start the run again")
+        return obj
+
+    return worker_cache().get(slot, f"{url}|{pin}|{device}", checked)
