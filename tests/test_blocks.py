@@ -144,3 +144,19 @@ def test_blocks_geodataframe() -> None:
     assert np.allclose(minx % 50_000.0, 0)
     with pytest.raises(BlockError, match="more than one fold"):
         blocks_geodataframe(x, y, 50_000.0, np.arange(500) % 3)
+
+
+def test_spatial_folds_say_their_fallback():
+    from geoplantnet.validation.blocks import BlockError, spatial_folds
+
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 900, 60), rng.uniform(0, 900, 60)  # one 1 km block
+    with pytest.raises(BlockError):
+        spatial_folds(x, y, 1000.0, 3)
+    folds, notes = spatial_folds(x, y, 1000.0, 3, fallback="smaller_blocks", what="plots")
+    assert set(folds) == {0, 1, 2} and notes == ["plots in blocks of 500 m (not 1000 m: fewer blocks than folds)"]
+    folds, notes = spatial_folds(x, y, 1000.0, 3, fallback="random", what="surveys")
+    assert set(folds) == {0, 1, 2} and "random folds" in notes[0]
+    x[:5] = np.nan  # no coordinates: dealt at random, said
+    folds, notes = spatial_folds(x, y, 100.0, 3, what="plots")
+    assert (folds >= 0).all() and notes == ["5 plots without coordinates dealt to folds at random"]

@@ -35,7 +35,7 @@ from geoplantnet.models.habitat_peers import PEERS, CooccurrenceFill, JaccardNei
 from geoplantnet.models.plantbert import PlotModel, build_tokenizer, encode_sentences
 from geoplantnet.samples.plots import Plots, PlotTableError, read_habitat_names, read_plots
 from geoplantnet.training.plantbert import finetune, pretrain, submit
-from geoplantnet.validation.blocks import BlockError, spatial_blocks, validation_split
+from geoplantnet.validation.blocks import BlockError, spatial_folds, validation_split
 from geoplantnet.validation.habitats import fill_mask_scores, habitat_scores
 
 log = logging.getLogger(__name__)
@@ -90,16 +90,7 @@ def load_habitat_data(cfg: RunConfig, plots: Plots | None = None, *, progress: b
 
 def assign_folds(plots: Plots, h: HabitatsConfig) -> tuple[np.ndarray, list[str]]:
     """Spatial block folds; plots without coordinates are dealt to folds at random (and said so)."""
-    folds = np.full(len(plots), -1, dtype="int64")
-    located = np.isfinite(plots.x) & np.isfinite(plots.y)
-    notes = []
-    if located.sum() >= h.folds:
-        folds[located] = spatial_blocks(plots.x[located], plots.y[located], h.block_size, h.folds, seed=h.seed)
-    if (~located).any():
-        rng = np.random.default_rng(h.seed)
-        folds[~located] = rng.integers(0, h.folds, int((~located).sum()))
-        notes.append(f"{int((~located).sum())} labelled plots without coordinates dealt to folds at random")
-    return folds, notes
+    return spatial_folds(plots.x, plots.y, h.block_size, h.folds, seed=h.seed, what="labelled plots")
 
 
 def _inner_split(plots: Plots, train: np.ndarray, h: HabitatsConfig) -> tuple[np.ndarray, np.ndarray]:

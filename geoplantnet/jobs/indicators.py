@@ -26,7 +26,7 @@ import zarr
 from distributed import Client
 
 from geoplantnet.core.config import ConfigError, RunConfig, redact
-from geoplantnet.core.errors import GeoplantnetError, InputError
+from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.dense import decode
@@ -76,7 +76,7 @@ from geoplantnet.storage.store import (
 )
 from geoplantnet.storage.tiles import write_tile_blocks
 from geoplantnet.storage.years import complete_slot, year_records, year_view
-from geoplantnet.validation.blocks import spatial_blocks
+from geoplantnet.validation.blocks import spatial_folds
 from geoplantnet.validation.conformal import (
     class_scores,
     class_sets,
@@ -308,13 +308,9 @@ def survey_folds(plots: Plots, cfg: RunConfig, folds: int, notes: list[str]) -> 
     """Spatial-block folds of the surveys (``indicators.block_size``); random folds, said in ``notes``, when the
     surveys fill too few blocks (random folds put neighbours on both sides: coverage reads optimistic)."""
     ind = cfg.indicators
-    try:
-        return spatial_blocks(plots.x, plots.y, ind.block_size, folds, seed=ind.seed)
-    except InputError:
-        notes.append(
-            f"surveys fill fewer than {folds} blocks of {ind.block_size:g} m: random folds (coverage optimistic)"
-        )
-        return np.random.default_rng(ind.seed).integers(0, folds, len(plots))
+    out, said = spatial_folds(plots.x, plots.y, ind.block_size, folds, seed=ind.seed, fallback="random", what="surveys")
+    notes.extend(said)
+    return out
 
 
 def calibrate(

@@ -66,7 +66,7 @@ from geoplantnet.storage.store import (
 from geoplantnet.storage.tiles import probability_attrs, tiled_variable, write_tile_blocks
 from geoplantnet.training.train import resolve_device
 from geoplantnet.training.value import train_value_net
-from geoplantnet.validation.blocks import BlockError, spatial_blocks, validation_split
+from geoplantnet.validation.blocks import BlockError, spatial_folds, validation_split
 
 PRODUCT = "value"
 AGGREGATE = "value-50m"
@@ -353,25 +353,17 @@ class Labels:
 
 def polygon_folds(polygons: gpd.GeoDataFrame, settings: ValueConfig) -> tuple[np.ndarray, list[str]]:
     """A fold per polygon: spatial blocks of ``block_size_m`` by centroid dealt to folds with both classes spread
-    (``spatial_blocks`` stratified by label), so a polygon is never in two folds; blocks are halved while fewer than
+    (``spatial_folds`` stratified by label), so a polygon is never in two folds; blocks are halved while fewer than
     the folds hold polygons (said so). Notes name folds without one of the classes."""
     n = len(polygons)
     if n < settings.folds:
         raise ValueJobError(f"{n} labelled polygons on the grid, fewer than value.folds={settings.folds}")
     centre = polygons.geometry.centroid
-    size, notes = settings.block_size_m, []
-    while True:
-        try:
-            folds = spatial_blocks(
-                centre.x.to_numpy(), centre.y.to_numpy(), size, settings.folds, settings.seed, polygons["label"]
-            )
-            break
-        except BlockError:
-            if size < 1.0:
-                raise
-            size /= 2
-    if size != settings.block_size_m:
-        notes.append(f"blocks of {size:g} m (value.block_size_m={settings.block_size_m:g}: fewer blocks than folds)")
+    x, y, labels = centre.x.to_numpy(), centre.y.to_numpy(), polygons["label"].to_numpy()
+    folds, notes = spatial_folds(
+        x, y, settings.block_size_m, settings.folds, seed=settings.seed, stratify=labels, fallback="smaller_blocks",
+        what="polygons",
+    )  # fmt: skip
     for k in range(settings.folds):
         labels = set(polygons["label"][folds == k].tolist())
         for cls, name in ((1, settings.high), (0, settings.low)):

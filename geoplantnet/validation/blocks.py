@@ -116,6 +116,53 @@ def spatial_blocks(
     return fold_of_block[inverse]
 
 
+def spatial_folds(
+    x: np.ndarray,
+    y: np.ndarray,
+    block_size: float,
+    folds: int,
+    *,
+    seed: int = 0,
+    stratify: np.ndarray | None = None,
+    fallback: Literal["refuse", "smaller_blocks", "random"] = "refuse",
+    what: str = "samples",
+) -> tuple[np.ndarray, list[str]]:
+    """:func:`spatial_blocks` for every caller that splits samples into folds, with its fallback said, not hidden:
+    fold ids and notes. Samples without coordinates (NaN) are dealt to folds at random. When the located samples fill
+    fewer blocks than ``folds``: ``refuse`` raises :class:`BlockError`; ``smaller_blocks`` halves the block size until
+    they fill enough (spatial separation kept, at a shorter range); ``random`` deals random folds (neighbours end up
+    on both sides, so scores read optimistic)."""
+    x, y = np.asarray(x, "float64"), np.asarray(y, "float64")
+    out = np.full(len(x), -1, dtype="int64")
+    located = np.isfinite(x) & np.isfinite(y)
+    rng = np.random.default_rng(seed)
+    notes: list[str] = []
+    size = float(block_size)
+    strat = None if stratify is None else np.asarray(stratify)[located]
+    while True:
+        try:
+            out[located] = spatial_blocks(x[located], y[located], size, folds, seed, strat)
+            break
+        except BlockError:
+            if fallback == "smaller_blocks" and size >= 1.0 and located.sum() >= folds:
+                size /= 2
+            elif fallback == "random":
+                out[located] = rng.integers(0, folds, int(located.sum()))
+                notes.append(
+                    f"{what} fill fewer than {folds} blocks of {block_size:g} m: random folds (neighbours on both "
+                    "sides: scores read optimistic)"
+                )
+                break
+            else:
+                raise
+    if size != block_size:
+        notes.append(f"{what} in blocks of {size:g} m (not {block_size:g} m: fewer blocks than folds)")
+    if (~located).any():
+        out[~located] = rng.integers(0, folds, int((~located).sum()))
+        notes.append(f"{int((~located).sum())} {what} without coordinates dealt to folds at random")
+    return out, notes
+
+
 def fold_masks(folds_array: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(train_mask, test_mask) for fold ``k``: test is fold ``k``, train is everything else."""
     folds_array = np.asarray(folds_array)
