@@ -3,9 +3,10 @@ before it generates the virtual region, searches imagery, starts a Dask cluster 
 
 Each case runs the command in this process (``geoplantnet.cli.main``) on the default configuration with an empty
 workdir, so anything heavy done before the check would show: the default virtual region alone takes tens of seconds
-to generate, a cluster several. The assertions: exit status 2, one line on stderr naming the culprit, no region
-generated, and under 3 s of the command's own time. The interpreter's imports are paid once, before the clock starts
-(:func:`_imported`): they are the same for good and bad input. The figures are printed at the end of the module."""
+to generate. The assertions: exit status 2, one line on stderr naming the culprit, no region generated, no cluster
+started (:func:`_no_cluster`), and under 3 s of the command's own time. The interpreter's imports are paid once,
+before the clock starts (:func:`_imported`): they are the same for good and bad input. The figures are printed at
+the end of the module."""
 
 from __future__ import annotations
 
@@ -48,6 +49,19 @@ def _imported(request: pytest.FixtureRequest) -> Iterator[None]:
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
         print(report)
+
+
+@pytest.fixture(autouse=True)
+def _no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting a cluster before the check fails the case, however fast the cluster would start (a local one takes a
+    second on an idle machine, half a minute on a busy one: the clock alone would not say): the one place a client
+    is made (:func:`geoplantnet.runtime.cluster.get_client`) raises instead."""
+    from geoplantnet.runtime import cluster
+
+    def started(cfg: object) -> None:
+        raise AssertionError("a Dask cluster was started before the input was checked")
+
+    monkeypatch.setattr(cluster, "get_client", started)
 
 
 @dataclass(frozen=True)
@@ -184,7 +198,7 @@ def test_bad_input_fails_in_seconds(name: str, tmp_path: Path, capsys: pytest.Ca
     seconds = time.perf_counter() - t0
     TIMINGS[name] = seconds
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert code == 2, err
+    assert code == 2, "\n".join(err[-3:])  # the end of a traceback says what started
     assert len(err) == 1 and err[0].startswith("geoplantnet: error: "), err
     assert case.culprit in err[0], err[0]
     assert not (tmp_path / "work" / "region").exists(), "the virtual region was generated before the check"
