@@ -30,6 +30,8 @@ from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.models.calibration import calibrate
 from geoplantnet.samples.kinds import Modality
 
+# torch is imported by the functions running a model: the geometry, codes and errors here are used by commands
+# checking their inputs, which refuse bad ones without paying for torch (tests/test_refusal_times.py)
 if TYPE_CHECKING:
     import torch
 

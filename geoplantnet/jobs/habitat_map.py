@@ -47,6 +47,8 @@ from geoplantnet.storage.store import (
 from geoplantnet.storage.tiles import write_tile_blocks
 from geoplantnet.storage.years import complete_slot, year_records, year_view
 
+# Pl@ntBERT (torch, transformers), distributed and the worker cache are imported where a classifier is read or a tile
+# classified: a command refuses a bad species store without them (tests/test_refusal_times.py)
 if TYPE_CHECKING:
     from distributed import Client
 

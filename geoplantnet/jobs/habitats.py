@@ -30,7 +30,10 @@ import pandas as pd
 
 from geoplantnet.core.config import ConfigError, HabitatsConfig, RunConfig
 from geoplantnet.samples.plots import Plots, PlotTableError, read_habitat_names, read_plots
+from geoplantnet.validation.blocks import BlockError, spatial_blocks, validation_split
 
+# the models, their training and scoring (torch, transformers, scikit-learn) are imported where they run: a bad plot
+# table is refused without them (tests/test_refusal_times.py)
 if TYPE_CHECKING:
     from distributed import Client
 
@@ -89,8 +92,6 @@ def load_habitat_data(cfg: RunConfig, plots: Plots | None = None, *, progress: b
 
 def assign_folds(plots: Plots, h: HabitatsConfig) -> tuple[np.ndarray, list[str]]:
     """Spatial block folds; plots without coordinates are dealt to folds at random (and said so)."""
-    from geoplantnet.validation.blocks import spatial_blocks
-
     folds = np.full(len(plots), -1, dtype="int64")
     located = np.isfinite(plots.x) & np.isfinite(plots.y)
     notes = []
@@ -106,8 +107,6 @@ def assign_folds(plots: Plots, h: HabitatsConfig) -> tuple[np.ndarray, list[str]
 def _inner_split(plots: Plots, train: np.ndarray, h: HabitatsConfig) -> tuple[np.ndarray, np.ndarray]:
     """A spatial validation split of the training plots (early stopping, the logistic penalty); blocks are halved
     until the training part has the five it needs, and plots without coordinates are split at random."""
-    from geoplantnet.validation.blocks import BlockError, validation_split
-
     located = np.isfinite(plots.x) & np.isfinite(plots.y)
     size = h.block_size
     while located[train].all() and size > h.block_size / 16:

@@ -11,21 +11,18 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import rasterio
+import xarray as xr
 from rasterio.errors import RasterioError
 
 from geoplantnet.core.config import ConfigError, HabitatsConfig, RunConfig, redact
+from geoplantnet.core.grid import Grid
 from geoplantnet.samples.observations import Observations
 from geoplantnet.samples.plots import Plots, plots_from_frame
-
-if TYPE_CHECKING:
-    import numpy as np
-    import xarray as xr
-
-    from geoplantnet.core.grid import Grid
 
 
 @dataclass

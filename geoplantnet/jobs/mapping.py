@@ -39,6 +39,8 @@ from geoplantnet.runtime.cluster import require_resources, task_resources
 from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.store import default_encoding, preflight, storage_options_for
 
+# torch, distributed and stackstac are imported where a model is read or run, a window read or a cluster used: a
+# command refuses bad input without them (tests/test_refusal_times.py)
 if TYPE_CHECKING:
     import torch
     from distributed import Client

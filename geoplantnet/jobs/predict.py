@@ -31,6 +31,7 @@ from geoplantnet.jobs.inputs import Inputs
 from geoplantnet.samples.observations import Samples, SpeciesVocabulary
 from geoplantnet.storage.outputs import claim_file, write_file
 
+# torch and stackstac are imported where the points are predicted: a bad points table is refused without them
 if TYPE_CHECKING:
     from geoplantnet.models.species_net import ModelSpec
 

@@ -32,6 +32,7 @@ from geoplantnet.storage.lease import Lease
 from geoplantnet.storage.store import run_id
 from geoplantnet.storage.years import year_parts
 
+# distributed is imported where tiles are streamed: commands import this module before checking their inputs
 if TYPE_CHECKING:
     from distributed import Client
 

@@ -61,6 +61,8 @@ from geoplantnet.storage.store import (
 from geoplantnet.storage.tiles import probability_attrs, tiled_variable, write_tile_blocks
 from geoplantnet.validation.blocks import BlockError, spatial_blocks, validation_split
 
+# the value network (torch), stackstac and distributed are imported where they are used: a command refuses bad
+# polygons or a bad value model file without the rest (tests/test_refusal_times.py)
 if TYPE_CHECKING:
     import geopandas as gpd
     from distributed import Client

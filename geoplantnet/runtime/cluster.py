@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from geoplantnet.core.config import ClusterConfig
 from geoplantnet.core.errors import ServiceError
 
+# distributed is imported where a cluster is made: commands import this module before checking their inputs
 if TYPE_CHECKING:
     from distributed import Client
 
