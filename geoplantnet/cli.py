@@ -148,11 +148,13 @@ def _writing_report(args: argparse.Namespace, out: Path, command: str) -> Abstra
 def _cmd_sdm(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from geoplantnet.jobs.inputs import run_inputs
-    from geoplantnet.jobs.sdm import run_sdm
-    from geoplantnet.runtime.cluster import connect
 
     out = _report_folder(args, cfg, "sdm")
     inputs = run_inputs(cfg, progress=not args.quiet)
+    # the job's modules (torch, scikit-learn, Dask: seconds) once the inputs are checked
+    from geoplantnet.jobs.sdm import run_sdm
+    from geoplantnet.runtime.cluster import connect
+
     with _writing_report(args, out, "sdm"), connect(cfg.cluster) as client:
         result = run_sdm(cfg, inputs, out, client)
     print(json.dumps(result, indent=2))
@@ -167,12 +169,13 @@ def _cmd_sdm_table(args: argparse.Namespace) -> int:
     given = {k: str(getattr(args, k)) for k in _TABLE_FLAGS if getattr(args, k) is not None}
     if given:
         cfg = cfg.model_copy(update={"table": TableConfig.model_validate({**cfg.table.model_dump(), **given})})
-    from geoplantnet.jobs.tabular import run_table_sdm
-    from geoplantnet.runtime.cluster import connect
     from geoplantnet.samples.tables import read_tables
 
     out = _report_folder(args, cfg, "sdm-table")
-    tables = read_tables(cfg.table)  # the user's tables checked before a cluster starts
+    tables = read_tables(cfg.table)  # the user's tables checked before a cluster starts and the job is imported
+    from geoplantnet.jobs.tabular import run_table_sdm
+    from geoplantnet.runtime.cluster import connect
+
     with _writing_report(args, out, "sdm-table"), connect(cfg.cluster) as client:
         result = run_table_sdm(cfg, out, client, tables)
     print(json.dumps(result, indent=2))
@@ -480,7 +483,6 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg")  # what matplotlib writes without extra
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from geoplantnet.core.errors import InputError
-    from geoplantnet.jobs.quicklook import species_quicklook
     from geoplantnet.storage.outputs import claim_file, write_file
     from geoplantnet.storage.store import open_store
 
@@ -496,6 +498,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             raise InputError(f"{url}: {args.species!r} names {prob.sizes.get('species', 0)} species; give its id")
         kind = ds.attrs.get("model_version", "").split("/")[0] or Path(url).name  # species-net, maxent, ...
         maps[kind if kind not in maps else f"{kind} ({Path(url).name})"] = prob
+    from geoplantnet.jobs.quicklook import species_quicklook  # matplotlib: once the stores are read
+
     png = write_file(out, "species plot", lambda p: species_quicklook(maps, p, title=args.title or args.species))
     print(json.dumps({"png": str(png), "maps": list(maps)}, indent=2))
     return 0
@@ -519,9 +523,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     from geoplantnet.sim.region import generate_region
 
-    cfg = _config(args)
     out = args.out or Path(cfg.workdir) / "region"
     manifest = generate_region(cfg, Path(out), progress=not args.quiet)
     print(f"virtual region ready: {manifest.root / 'region.json'}")
@@ -729,8 +733,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("geoplantnet").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         _quiet_warnings()
-        import distributed  # noqa: F401  (it configures its INFO logging on import: import first, then quieten)
+        import dask.config
 
+        # distributed sets its loggers to this level when first imported (by a command that starts a cluster: not
+        # before a bad input is refused), else to INFO; and it may be imported already
+        dask.config.set({"logging.distributed": "warning"})
         logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         return args.func(args)

@@ -20,18 +20,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from geoplantnet.core.encoding import NODATA, SCALE
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.models.calibration import calibrate
-from geoplantnet.models.species_net import ModelSpec, SpeciesNet
-from geoplantnet.samples.extraction import cut_patches
 from geoplantnet.samples.kinds import Modality
-from geoplantnet.samples.training_set import prepare_env, prepare_patch, prepare_series
+
+# torch is imported by the functions running a model: the geometry, codes and errors here are used by commands
+# checking their inputs, which refuse bad ones without paying for torch (tests/test_refusal_times.py)
+if TYPE_CHECKING:
+    import torch
+
+    from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 
 
 class InferenceError(InputError):
@@ -161,6 +165,8 @@ def decode(codes: np.ndarray) -> np.ndarray:
 
 
 def _autocast(device: torch.device, mixed_precision: bool) -> contextlib.AbstractContextManager[object]:
+    import torch
+
     if device.type == "cuda" and mixed_precision:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast(device_type="cuda", dtype=dtype)
@@ -203,6 +209,10 @@ def predict_tile(
     ``patch``: the Sentinel-2 composite window (season, band, y, x) over ``geom.cube_window``; ``env``: the
     environmental window (var, y, x) over ``geom.env_window``. NaN marks missing input, as in training.
     """
+    import torch
+
+    from geoplantnet.samples.training_set import prepare_env, prepare_patch, prepare_series
+
     _check_inputs(spec, geom, patch, env)
     device = next(model.parameters()).device
     tile = geom.tile
@@ -252,6 +262,11 @@ def predict_tile_naive(
 ) -> np.ndarray:
     """Reference path: cut one patch per map pixel, exactly as training cuts samples, and run :meth:`SpeciesNet.forward`
     in batches. Same output as :func:`predict_tile`; used by tests and the benchmark only."""
+    import torch
+
+    from geoplantnet.samples.extraction import cut_patches
+    from geoplantnet.samples.training_set import prepare_env, prepare_patch, prepare_series
+
     _check_inputs(spec, geom, patch, env)
     tile = geom.tile
     device = next(model.parameters()).device
@@ -286,6 +301,8 @@ def predict_tile_naive(
 def default_budget(device: torch.device, gpu_mb: int, cpu_mb: int = 64) -> int:
     """Activation budget per forward pass: ``gpu_mb`` on CUDA (capped at a quarter of free memory), ``cpu_mb`` on CPU
     (small strips stay in cache; larger ones are slower, not faster)."""
+    import torch
+
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(min(gpu_mb * 2**20, free // 4))

@@ -14,18 +14,16 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from distributed import Client
 from pyproj import CRS
 
 from geoplantnet.core.config import RunConfig, redact
 from geoplantnet.core.errors import GeoplantnetError, InputError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.jobs.tiled import TileOutput, produce_tiles
-from geoplantnet.models.plantbert import UNK, PlotModel, species_vocabulary_index
 from geoplantnet.products.habitat_map import (
     THRESHOLD,
     AssemblageRule,
@@ -35,7 +33,6 @@ from geoplantnet.products.habitat_map import (
     read_species_tile,
 )
 from geoplantnet.runtime.cluster import task_resources
-from geoplantnet.runtime.worker_cache import WorkerCachePlugin, pinned
 from geoplantnet.samples.extraction import grid_of
 from geoplantnet.storage.store import (
     PRODUCT_ATTR,
@@ -49,7 +46,13 @@ from geoplantnet.storage.store import (
 )
 from geoplantnet.storage.tiles import write_tile_blocks
 from geoplantnet.storage.years import complete_slot, year_records, year_view
-from geoplantnet.training.train import resolve_device
+
+# Pl@ntBERT (torch, transformers), distributed and the worker cache are imported where a classifier is read or a tile
+# classified: a command refuses a bad species store without them (tests/test_refusal_times.py)
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from geoplantnet.models.plantbert import PlotModel
 
 PRODUCT = "habitat"
 BATCH = 1024  # sentences per classifier forward pass (inference: far larger than the training batch)
@@ -106,6 +109,10 @@ class HabitatTileJob:
 def cached_classifier(ref: HabitatModelRef, device: str) -> tuple[PlotModel, int]:
     """The classifier of ``ref`` kept by this worker process, and the loads it has done; a folder whose model changed
     since the driver read it is refused rather than mixed into a map."""
+    from geoplantnet.models.plantbert import PlotModel
+    from geoplantnet.runtime.worker_cache import pinned
+    from geoplantnet.training.train import resolve_device
+
     dev = resolve_device(device)
 
     def load() -> tuple[PlotModel, str]:
@@ -139,6 +146,8 @@ class ClassifierFolder:
     @classmethod
     def read(cls, folder: str) -> ClassifierFolder:
         """Load ``folder``; one-line errors when it is not a habitat classifier."""
+        from geoplantnet.models.plantbert import PlotModel
+
         model = PlotModel.load(folder)  # PlotModelError (one line) when the folder is not a Pl@ntBERT model
         if not model.classes:
             where = redact({"b": folder})["b"]
@@ -161,6 +170,8 @@ def plan_classifier(
     """Load the habitat classifier (unless given read) and check it fits the map's ``species`` (named
     ``species_source`` in messages) and the ``habitats.map_species`` rule (``thresholds``: the map's
     ``threshold_max_tss``, None without); one-line refusals."""
+    from geoplantnet.models.plantbert import UNK, species_vocabulary_index
+
     read = ClassifierFolder.of(folder)
     model_folder, model = read.folder, read.model
     where = redact({"b": model_folder})["b"]
@@ -261,6 +272,8 @@ def plan_habitat_map(
         classifier=classifier,
         output=TileOutput.of(out_url, parts, storage_options_for(out_url, cfg.store), year=year),
     )
+    from geoplantnet.models.plantbert import UNK  # imported with the classifier, once the species store is read
+
     attrs = {
         "species_store": where["a"],
         "species_run": parts["species"],
@@ -314,6 +327,8 @@ def produce_habitat_map(
     year: int | None = None,
 ) -> HabitatMapSummary:
     """Write ``habitat.zarr`` as planned, resuming a store of the same run; another run's only with ``overwrite``."""
+    from geoplantnet.runtime.worker_cache import WorkerCachePlugin
+
     t_start = time.perf_counter()
     resources = task_resources(client) if cfg.map.device != "cpu" else None
     client.register_plugin(WorkerCachePlugin())

@@ -23,20 +23,22 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-from distributed import Client
 
 from geoplantnet.core.config import ConfigError, HabitatsConfig, RunConfig
-from geoplantnet.models.habitat_peers import PEERS, CooccurrenceFill, JaccardNeighbours
-from geoplantnet.models.plantbert import PlotModel, build_tokenizer, encode_sentences
 from geoplantnet.samples.plots import Plots, PlotTableError, read_habitat_names, read_plots
-from geoplantnet.training.plantbert import finetune, pretrain, submit
 from geoplantnet.validation.blocks import BlockError, spatial_folds, validation_split
-from geoplantnet.validation.habitats import fill_mask_scores, habitat_scores
+
+# the models, their training and scoring (torch, transformers, scikit-learn) are imported where they run: a bad plot
+# table is refused without them (tests/test_refusal_times.py)
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from geoplantnet.models.habitat_peers import CooccurrenceFill
+    from geoplantnet.models.plantbert import PlotModel
 
 log = logging.getLogger(__name__)
 BERT_MODELS = ("plantbert", "plantbert_scratch")
@@ -132,6 +134,8 @@ class TrainedModels:
 
 def _fit_threads() -> None:
     """Inside a Dask task, torch uses the worker's threads, not every core (workers would oversubscribe the CPU)."""
+    import torch
+
     try:
         from distributed import get_worker
 
@@ -145,6 +149,10 @@ def train_models(
 ) -> TrainedModels:
     """Every model in ``models`` trained on ``labelled[fit]`` (+ ``corpus`` for pre-training), early-stopped on
     ``labelled[val]``."""
+    from geoplantnet.models.habitat_peers import PEERS, CooccurrenceFill, JaccardNeighbours
+    from geoplantnet.models.plantbert import build_tokenizer, encode_sentences
+    from geoplantnet.training.plantbert import finetune, pretrain
+
     _fit_threads()
     classes = _classes(labelled.habitat[fit], h)
     if not classes:
@@ -189,6 +197,9 @@ def train_models(
 
 def run_fold(data: HabitatData, folds: np.ndarray, k: int, h: HabitatsConfig) -> dict[str, Any]:
     """Train on every fold but ``k``, score on ``k``: one row per model, plus the fill-mask scores."""
+    from geoplantnet.models.plantbert import PlotModel, encode_sentences
+    from geoplantnet.validation.habitats import fill_mask_scores, habitat_scores
+
     labelled = data.labelled
     test = folds == k
     fit, val = _inner_split(labelled, ~test, h)
@@ -290,6 +301,8 @@ def run_habitats(
     """Cross-validate every configured model on spatial folds (one Dask task per fold), then train and save the
     final fill-mask model and classifier under ``out`` (``fill-mask/``, ``model/``); write the report there.
     ``data``: :func:`load_habitat_data`'s, read and checked before the cluster started (default: read here)."""
+    from geoplantnet.training.plantbert import submit
+
     h = cfg.habitats
     t0 = time.perf_counter()
     data = data or load_habitat_data(cfg)

@@ -19,11 +19,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import shapely
-from distributed import Client
 
 from geoplantnet.core.config import RunConfig, redact, redact_text
 from geoplantnet.core.errors import ConfigError, GeoplantnetError
@@ -42,7 +41,6 @@ from geoplantnet.jobs.indicators import (
 )
 from geoplantnet.jobs.mapping import MapSources, ModelFile, ensure_model, read_model
 from geoplantnet.jobs.value import ValueModelFile, cell_stats, default_value_model, plan_value_predictor
-from geoplantnet.models.mc_dropout import has_dropout
 from geoplantnet.products.indicators import IndicatorModel, indicator_blocks
 from geoplantnet.products.scenarios import (
     Scenario,
@@ -58,9 +56,11 @@ from geoplantnet.products.scenarios import (
     zone,
 )
 from geoplantnet.samples.vectors import read_polygons
-from geoplantnet.sources.predictors import class_names
 from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import exists, is_local, storage_options_for
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 REPORT_FILES = ("summary.json", "report.md", "maps.png", "impact.gpkg")
 OFFSET_FILES = ("summary.json", "report.md", "offsets.csv", "offsets.gpkg")
@@ -127,6 +127,8 @@ def with_edit(sources: MapSources, edit: ScenarioEdit) -> ScenarioSources:
 def land_cover_classes(sources: MapSources, variable: str) -> dict[int, str]:
     """The classes (code -> name) the land-cover layer's items declare (empty when they declare none)."""
     import pystac
+
+    from geoplantnet.sources.predictors import class_names
 
     items = [pystac.Item.from_dict(dict(raw)) for raw in sources.env_items or () if variable in raw.get("assets", {})]
     return class_names(items, variable)
@@ -311,6 +313,8 @@ def plan_impact(
     """The species model, classifier and indicator calibration as ``indicators --from-model`` plans them (``setup``:
     :func:`~geoplantnet.jobs.indicators.fused_setup`, checked before the cluster started), and the value predictor
     (:func:`~geoplantnet.jobs.value.plan_value_predictor`) when there is a value model."""
+    from geoplantnet.models.mc_dropout import has_dropout
+
     sources = setup.fused.species.sources
     iplan = plan_fused_indicators(client, cfg, setup, str(work / "indicators.zarr"))  # never written
     job = iplan.job

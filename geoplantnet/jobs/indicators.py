@@ -18,12 +18,11 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 import zarr
-from distributed import Client
 
 from geoplantnet.core.config import ConfigError, RunConfig, redact
 from geoplantnet.core.errors import GeoplantnetError
@@ -85,6 +84,9 @@ from geoplantnet.validation.conformal import (
     count_scores,
     cross_coverage,
 )
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 PRODUCT = "indicators"
 

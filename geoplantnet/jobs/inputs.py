@@ -23,7 +23,6 @@ from geoplantnet.core.config import ConfigError, HabitatsConfig, RunConfig, reda
 from geoplantnet.core.grid import Grid
 from geoplantnet.samples.observations import Observations
 from geoplantnet.samples.plots import Plots, plots_from_frame
-from geoplantnet.sources import predictors
 
 
 @dataclass
@@ -99,6 +98,8 @@ class InputsPlan:
             from geoplantnet.sim.environment import layer_classes
 
             return layer_classes(variable)
+        from geoplantnet.sources import predictors  # stackstac and Dask arrays: for the stacks, not the headers
+
         return predictors.class_names(list(self.env_items), variable)
 
     def years(self) -> list[int] | None:
@@ -151,6 +152,8 @@ def plan_inputs(cfg: RunConfig, *, observations: bool = True) -> InputsPlan:
 
 def raster_items(cfg: RunConfig) -> list:
     """STAC items for the rasters of ``inputs.rasters`` (multi-band files split into one layer per band)."""
+    from geoplantnet.sources import predictors  # stackstac and Dask arrays: for the stacks, not the headers
+
     layers: dict[str, Path] = {}
     for name in cfg.inputs.rasters:
         path = Path(name)

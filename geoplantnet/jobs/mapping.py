@@ -19,15 +19,13 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
 import pandas as pd
 import pystac
-import torch
 import xarray as xr
-from distributed import Client
 
 from geoplantnet.core.config import CubeConfig, MapConfig, RunConfig, redact
 from geoplantnet.core.errors import GeoplantnetError
@@ -36,16 +34,18 @@ from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.dense import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
 from geoplantnet.inference.points import predict_tile_points
 from geoplantnet.jobs.tiled import TiledRun, TileOutput, produce_tiles
-from geoplantnet.models.mc_dropout import exclusive, mc_dropout
 from geoplantnet.models.peers import PeerSpec, is_peer_file, load_peer
-from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
-from geoplantnet.runtime.worker_cache import WorkerCachePlugin, pinned
-from geoplantnet.sources import predictors
-from geoplantnet.sources.cube import item_footprint
 from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.store import default_encoding, preflight, storage_options_for
-from geoplantnet.training.train import ModelFileError, load_model, resolve_device
+
+# torch, distributed and stackstac are imported where a model is read or run, a window read or a cluster used: a
+# command refuses bad input without them (tests/test_refusal_times.py)
+if TYPE_CHECKING:
+    import torch
+    from distributed import Client
+
+    from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,8 @@ class MapSources:
         """Sources for a run. The season axis is ``seasons`` when given (a refresh: the first year's periods shifted
         to its year), else the region-wide composite's: every period between the first and the last acquisition
         (:func:`geoplantnet.sources.cube.seasonal_composite` resamples the same way)."""
+        from geoplantnet.sources.cube import item_footprint
+
         if seasons is not None:
             seasons = tuple(np.asarray(seasons, dtype="datetime64[ns]"))
         elif s2_items:
@@ -148,6 +150,8 @@ class MapSources:
         """The environmental predictors ``names`` (var, y, x) on ``window`` as models take them
         (:func:`geoplantnet.sources.predictors.model_stack`; NaN where no raster covers it). ``check``: refuse
         rasters whose variables are not ``names`` in that order."""
+        from geoplantnet.sources import predictors
+
         items = _touching(self.env_items or (), self.env_footprints, window)
         if not items:
             return np.full((len(names), window.height, window.width), np.nan, np.float32)
@@ -198,6 +202,9 @@ def cached_model(ref: ModelRef, device: str) -> tuple[Any, ModelSpec | PeerSpec,
     """The model and spec of ``ref`` on ``device`` kept by this worker process (loaded on first use), and how many
     loads the process has done. Pinned by the sha256 the driver fingerprinted, so a model file replaced during a run
     is refused rather than mixed into a map."""
+    from geoplantnet.runtime.worker_cache import pinned
+    from geoplantnet.training.train import resolve_device
+
     dev = resolve_device(device)
 
     def load() -> tuple[tuple[Any, ModelSpec | PeerSpec], str]:
@@ -211,6 +218,8 @@ def cached_model(ref: ModelRef, device: str) -> tuple[Any, ModelSpec | PeerSpec,
 def read_model(url: str, device: str | torch.device = "cpu") -> tuple[SpeciesNet | Any, ModelSpec | PeerSpec, bytes]:
     """Load a model file from a path or any fsspec URL (``s3://...``): the species network (``.pt``) or a point-value
     peer fitted by ``sdm`` (``.peer``: MaxEnt, random forest; told apart by content, not name); also its bytes."""
+    from geoplantnet.training.train import ModelFileError, load_model
+
     try:
         with fsspec.open(url, "rb") as f:
             raw = f.read()
@@ -315,6 +324,8 @@ class SpeciesPredictor:
     def forward(self, inputs: TileInputs, *, dropout_seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """The model on a tile's inputs: uint8 codes (species, y, x) and timings. ``dropout_seed``: one Monte-Carlo
         dropout draw (:func:`geoplantnet.models.mc_dropout.mc_dropout`) instead of the map's values."""
+        from geoplantnet.models.mc_dropout import exclusive, mc_dropout
+
         t1 = time.perf_counter()
         model, spec, _ = cached_model(self.model, self.compute.device)
         geom, patch, env = inputs.geom, inputs.patch, inputs.env
@@ -342,6 +353,8 @@ class SpeciesPredictor:
     def resources(self, client: Client) -> dict[str, float] | None:
         """The resources a tile task of this predictor asks for (checked to exist), with the per-worker model cache
         registered: a GPU when the cluster has them, nothing for a point-value peer."""
+        from geoplantnet.runtime.worker_cache import WorkerCachePlugin
+
         resources = None if self.point_model else task_resources(client)
         if resources:
             require_resources(client, resources)
@@ -381,6 +394,8 @@ def map_tile(job: TileJob, tile: Tile) -> dict[str, Any]:
 def check_inputs(spec: ModelSpec, sources: MapSources, cfg: RunConfig) -> None:
     """On the driver, before anything is written: the run's inputs are the ones the model was trained on (the same
     Sentinel-2 bands and indices, the same seasons, the same environmental variables in the same order)."""
+    from geoplantnet.sources import predictors
+
     takes_s2 = "patch" in spec.modalities or "series" in spec.modalities
     if takes_s2 and not sources.s2_items:
         raise InferenceError(

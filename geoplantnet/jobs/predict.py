@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,12 +28,12 @@ from geoplantnet.core.config import RunConfig
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import to_grid_crs
 from geoplantnet.jobs.inputs import Inputs
-from geoplantnet.models.species_net import ModelSpec
-from geoplantnet.samples.extraction import extract_samples
 from geoplantnet.samples.observations import Samples, SpeciesVocabulary
-from geoplantnet.sources import predictors
 from geoplantnet.storage.outputs import claim_file, write_file
-from geoplantnet.training.train import predict
+
+# torch and stackstac are imported where the points are predicted: a bad points table is refused without them
+if TYPE_CHECKING:
+    from geoplantnet.models.species_net import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,9 @@ def predict_at_points(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities ``(points, species)`` (NaN where there is no data) and the mask of points with data."""
     from geoplantnet.jobs.composites import composites
+    from geoplantnet.samples.extraction import extract_samples
+    from geoplantnet.sources import predictors
+    from geoplantnet.training.train import predict
 
     model, spec = spec_model
     grid = cfg.grid.grid()

@@ -20,11 +20,9 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xarray as xr
-from distributed import Client, as_completed
-from tqdm.auto import tqdm
 
 from geoplantnet.core.config import RunConfig
 from geoplantnet.core.errors import GeoplantnetError
@@ -33,6 +31,10 @@ from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.lease import Lease
 from geoplantnet.storage.store import run_id
 from geoplantnet.storage.years import year_parts
+
+# distributed is imported where tiles are streamed: commands import this module before checking their inputs
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,9 @@ def stream_tiles(
 ) -> tuple[list[dict[str, Any]], float]:
     """Stream ``todo`` to the cluster, a bounded number in flight; returns each tile's report and the wall time.
     A tile failing on the user's input ends the run with one line naming the tile (``error``)."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
     threads = sum(client.nthreads().values()) or 1
     in_flight = cfg.map.max_in_flight or 2 * threads
     print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)

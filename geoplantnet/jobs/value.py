@@ -28,15 +28,13 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pystac
 import xarray as xr
 import zarr
-from distributed import Client
 
 from geoplantnet.core.config import ConfigError, RunConfig, StoreConfig, ValueConfig, redact
 from geoplantnet.core.encoding import SCALE
@@ -46,11 +44,8 @@ from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.dense import TileGeometry, decode, encode
 from geoplantnet.jobs.mapping import MapSources, ModelRef, run_parts
 from geoplantnet.jobs.tiled import TileOutput, produce_tiles
-from geoplantnet.models.value_net import ValueModel, ValueModelError, halo
 from geoplantnet.runtime.cluster import task_resources
-from geoplantnet.runtime.worker_cache import WorkerCachePlugin, pinned
 from geoplantnet.samples.value_labels import LabelRasters, rasterise_labels, read_value_polygons
-from geoplantnet.sources import predictors
 from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import (
     exists,
@@ -64,9 +59,15 @@ from geoplantnet.storage.store import (
     zarr_store,
 )
 from geoplantnet.storage.tiles import probability_attrs, tiled_variable, write_tile_blocks
-from geoplantnet.training.train import resolve_device
-from geoplantnet.training.value import train_value_net
 from geoplantnet.validation.blocks import BlockError, spatial_folds, validation_split
+
+# the value network (torch), stackstac and distributed are imported where they are used: a command refuses bad
+# polygons or a bad value model file without the rest (tests/test_refusal_times.py)
+if TYPE_CHECKING:
+    import geopandas as gpd
+    from distributed import Client
+
+    from geoplantnet.models.value_net import ValueModel
 
 PRODUCT = "value"
 AGGREGATE = "value-50m"
@@ -109,6 +110,8 @@ def default_stores(cfg: RunConfig, out: str | None) -> tuple[str, str]:
 def feature_layout(sources: MapSources, grid: Grid) -> tuple[list[str], list[str], list[str]]:
     """The run's inputs as the value model takes them: Sentinel-2 channels (bands then indices), environmental
     variables (``model_stack``'s names, from the rasters' metadata only) and those of them that are one-hot classes."""
+    from geoplantnet.sources import predictors
+
     bands = sources.band_names() if sources.s2_items else []
     variables: list[str] = []
     one_hot: list[str] = []
@@ -158,6 +161,10 @@ def cached_value_model(
 ) -> tuple[ValueModel, int]:
     """The value model of ``ref`` (read with ``storage_options``) kept by this worker process, and its loads; a file
     changed since the driver read it is refused rather than mixed into a map."""
+    from geoplantnet.models.value_net import ValueModel
+    from geoplantnet.runtime.worker_cache import pinned
+    from geoplantnet.training.train import resolve_device
+
     dev = resolve_device(device)
 
     def load() -> tuple[ValueModel, str]:
@@ -220,6 +227,8 @@ class ValueModelFile:
 
     @classmethod
     def read(cls, url: str, store: StoreConfig) -> ValueModelFile:
+        from geoplantnet.models.value_net import ValueModel
+
         options = read_options_for(url, store)
         model, raw = ValueModel.load(url, storage_options=options)  # ValueModelError (one line) when unusable
         return cls(url, model, hashlib.sha256(raw).hexdigest(), options)
@@ -228,6 +237,8 @@ class ValueModelFile:
 def plan_value_predictor(cfg: RunConfig, model: str | ValueModelFile, sources: MapSources) -> ValuePredictor:
     """Read the value model (unless given read) and check the run's inputs give its features in its order; the
     predictor tile tasks carry, pinned by the file's sha256."""
+    from geoplantnet.models.value_net import ValueModelError
+
     read = model if isinstance(model, ValueModelFile) else ValueModelFile.read(model, cfg.store)
     model_url, spec = read.url, read.model.spec
     grid = value_grid(cfg)
@@ -386,6 +397,8 @@ def load_labels(cfg: RunConfig, source: str, grid: Grid) -> Labels:
     folds, notes = polygon_folds(polygons, s)
     polygons["fold"] = folds
     rows, cols = np.nonzero(full.label >= 0)
+    from geoplantnet.models.value_net import halo  # torch: imported once the polygons are read and checked
+
     margin = max(s.crop, halo(s.depth))
     window = (rows.min() - margin, rows.max() + 1 + margin, cols.min() - margin, cols.max() + 1 + margin)
     (ys, xs), ((top, bottom), (left, right)) = grid.clip(window[:2], window[2:])
@@ -478,6 +491,8 @@ def _train(
     one_hot: list[str],
     key: str,
 ) -> tuple[ValueModel, float]:
+    from geoplantnet.training.value import train_value_net
+
     s = cfg.value
     extra = {
         "labels": {"column": s.label_column, "high": s.high, "low": s.low},
@@ -556,6 +571,8 @@ def _report_folder(cfg: RunConfig, *, check: bool = False) -> Path:
 
 def _previous(folder: Path, model_url: str, key: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], str] | None:
     """The report and model sha256 of an earlier run with the same training key, when both are there."""
+    from geoplantnet.models.value_net import ValueModel, ValueModelError
+
     try:
         report = json.loads((folder / "report.json").read_text())
         model, raw = ValueModel.load(model_url, storage_options=dict(options))
@@ -733,6 +750,8 @@ def produce_value_maps(
     year: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``value.zarr`` (10 m) then ``value_50m.zarr`` (the map grid), each resumable through ``produce_tiles``."""
+    from geoplantnet.runtime.worker_cache import WorkerCachePlugin
+
     s = cfg.value
     value_url, agg_url = urls
     grid, map_grid = predictor.grid, cfg.grid.grid()

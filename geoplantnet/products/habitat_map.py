@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -26,9 +26,11 @@ from geoplantnet.core.config import ConfigError
 from geoplantnet.core.encoding import NODATA, SCALE
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.inference.dense import decode, encode
-from geoplantnet.models.plantbert import PlotModel, assemblage_ids
 from geoplantnet.storage.store import zarr_store
 from geoplantnet.storage.tiles import probability_attrs, tiled_variable
+
+if TYPE_CHECKING:
+    from geoplantnet.models.plantbert import PlotModel
 
 NO_CLASS = -1  # habitat / top_k where a pixel has no data
 THRESHOLD = "threshold_max_tss"  # species.zarr's thresholds a sentence keeps species by (jobs.mapping.with_thresholds)
@@ -91,6 +93,8 @@ def classify_codes(
 ) -> HabitatBlocks:
     """Habitat arrays of a block of species codes (species, y, x) uint8; ``token_of``: the model's token of each
     species of the store (:func:`geoplantnet.models.plantbert.species_vocabulary_index`)."""
+    from geoplantnet.models.plantbert import assemblage_ids
+
     _, h, w = codes.shape
     k = ranks(len(model.classes), top_k)
     valid = ~(codes == NODATA).any(axis=0)  # a species without data leaves the assemblage unknown

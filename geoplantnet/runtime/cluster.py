@@ -11,11 +11,14 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator, Mapping
-
-from distributed import Client, LocalCluster
+from typing import TYPE_CHECKING
 
 from geoplantnet.core.config import ClusterConfig
 from geoplantnet.core.errors import ServiceError
+
+# distributed is imported where a cluster is made: commands import this module before checking their inputs
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ def _children_ignore_sigint() -> Iterator[None]:
 
 
 def _local(cfg: ClusterConfig) -> Client:
+    from distributed import Client, LocalCluster
+
     gpus = _gpu_count()
     # One GPU per worker at most: a worker advertising GPU=1 runs one GPU task at a time, which is what bounds memory.
     resources = {"GPU": 1} if gpus else None
@@ -67,6 +72,8 @@ def _local(cfg: ClusterConfig) -> Client:
 
 
 def _address(cfg: ClusterConfig) -> Client:
+    from distributed import Client
+
     try:
         return Client(cfg.address, timeout=cfg.connect_timeout)
     except (OSError, TimeoutError) as exc:
@@ -108,6 +115,7 @@ def kubernetes_spec(cfg: ClusterConfig) -> dict:
 
 def _kubernetes(cfg: ClusterConfig) -> Client:
     from dask_kubernetes.operator import KubeCluster
+    from distributed import Client
 
     cluster = KubeCluster(custom_cluster_spec=kubernetes_spec(cfg), namespace=cfg.kubernetes.namespace)
     return Client(cluster)

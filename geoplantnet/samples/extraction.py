@@ -17,7 +17,6 @@ import xarray as xr
 from geoplantnet.core.grid import Grid
 from geoplantnet.samples.kinds import ENV_POINT, Modality
 from geoplantnet.samples.observations import Samples
-from geoplantnet.samples.training_set import write_training_set
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +115,8 @@ def extract_samples(
     ``composite`` (time, band, y, x) and ``env`` (var, y, x) are lazy; either may be None. One graph, one compute, on
     the cluster of ``client`` when given.
     """
+    from geoplantnet.samples.training_set import write_training_set
+
     if composite is None and env is None:
         raise ExtractionError("nothing to extract: neither a Sentinel-2 composite nor environmental rasters")
     n = len(samples)

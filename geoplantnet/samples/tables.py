@@ -28,7 +28,6 @@ from pyproj.exceptions import CRSError
 from geoplantnet.core.config import TableConfig
 from geoplantnet.core.errors import ConfigError, InputError
 from geoplantnet.core.grid import to_grid_crs
-from geoplantnet.samples.training_set import write_training_set
 
 log = logging.getLogger(__name__)
 _ID_LIKE = {"occ", "occurrence", "presence", "pa", "count", "weight", "fold"}
@@ -63,6 +62,8 @@ class TableSamples:
         """Write the training-set contract (``env_point`` = the features) for ``species`` (default: all): their
         presence-only sites and the background. ``shuffle_seed`` writes the rows in a seeded random order, so that
         batches drawn a few storage chunks at a time mix records and background."""
+        from geoplantnet.samples.training_set import write_training_set  # torch: not for reading tables
+
         cols = [self.species.index(s) for s in species] if species is not None else list(range(len(self.species)))
         names = [self.species[c] for c in cols]
         keep = np.flatnonzero((self.source == "bg") | (self.label[:, cols] == 1).any(axis=1))
@@ -94,6 +95,8 @@ class TestSites:
     notes: list[str] = field(default_factory=list)  # sites and species left out of the scores, and why
 
     def write(self, path: str | Path, species: list[str], all_species: list[str], feature_names: list[str]) -> str:
+        from geoplantnet.samples.training_set import write_training_set  # torch: not for reading tables
+
         cols = [all_species.index(s) for s in species]
         return write_training_set(
             path,

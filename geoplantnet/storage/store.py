@@ -27,13 +27,12 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import fsspec
 import numpy as np
 import xarray as xr
 import zarr
-from distributed import Client, progress
 
 import geoplantnet
 from geoplantnet.core.config import ConfigError, RunConfig, StoreConfig, redact_text
@@ -41,6 +40,9 @@ from geoplantnet.core.errors import InputError, RefusedError, ServiceError
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.storage.lease import Lease, ensure_free, hold
 from geoplantnet.storage.selection import index_species
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 try:  # the S3 client's own errors: s3fs passes some through untranslated (no credentials, endpoint unreachable)
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -483,6 +485,8 @@ def _write(
             storage_options=dict(storage_options or {}) or None,
         )
     if client is not None:
+        from distributed import progress
+
         future = client.compute(delayed)
         try:
             if show_progress:

@@ -29,7 +29,6 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import dask.array as da
 import fsspec
 import numpy as np
 import xarray as xr
@@ -97,6 +96,8 @@ def tiled_variable(
 ) -> tuple[xr.DataArray, dict[str, Any]]:
     """A lazy, never computed variable of a tiled store and its encoding: integer codes whose Zarr fill value is the
     no-data code ``fill`` (what unwritten chunks read as: never a valid value), ``scale`` for probability codes."""
+    import dask.array as da
+
     data = da.zeros(tuple(shape), dtype="float32" if scale else dtype, chunks=tuple(shards or chunks))
     var = xr.DataArray(data, dims=tuple(dims), attrs=dict(attrs or {}))
     enc = default_encoding(var.to_dataset(name="v"))["v"]

@@ -13,17 +13,19 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from distributed import Client, Future
 from transformers import BertForMaskedLM, BertForSequenceClassification, PreTrainedTokenizerFast
 
 from geoplantnet.core.config import PlotModelConfig, PlotTrainConfig
 from geoplantnet.models.plantbert import PAD, SPECIAL, PlotModel, bert_config, mask_tokens
 from geoplantnet.runtime.cluster import require_resources, task_resources
 from geoplantnet.training.train import _precision, resolve_device, seed_everything
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,10 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from distributed import Client
 
 from geoplantnet.core.config import ConfigError, RunConfig
 from geoplantnet.core.errors import InputError
@@ -33,6 +32,9 @@ from geoplantnet.models.species_net import SPEC_VERSION, ModelSpec, SpeciesEnsem
 from geoplantnet.runtime.cluster import require_resources, task_resources
 from geoplantnet.samples.kinds import Modality
 from geoplantnet.samples.training_set import ChunkBatchSampler, NormStats, TrainingSet
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 FILE_FORMAT = "geoplantnet.species_net"

@@ -12,8 +12,6 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from scipy.optimize import curve_fit
-from scipy.spatial.distance import pdist
 
 from geoplantnet.core.errors import InputError
 
@@ -224,6 +222,8 @@ def empirical_semivariogram(
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(bin centres, semivariance, pair counts) of one standardised variable, from at most 2,000 random points."""
+    from scipy.spatial.distance import pdist
+
     x, y = _xy(x, y)
     v = np.asarray(values, dtype="float64")
     if v.shape != x.shape:
@@ -254,6 +254,8 @@ def empirical_semivariogram(
 
 
 def _fit_range(h: np.ndarray, gamma: np.ndarray, counts: np.ndarray, model: str) -> float:
+    from scipy.optimize import curve_fit
+
     edge = float(h[-1] + (h[-1] - h[-2]) / 2) if len(h) > 1 else float(h[-1])
     func, practical = _VARIOGRAM_MODELS[model]
     ok = counts > 0
