@@ -682,6 +682,9 @@ QUIET_WARNINGS = (
     "ignore:Consolidated metadata:UserWarning",  # zarr: consolidated metadata is not in the v3 spec yet
     "ignore:Mean of empty slice:RuntimeWarning",  # numpy: all-NaN pixels (clouds, sea) give NaN, as intended
     "ignore:All-NaN slice encountered:RuntimeWarning",
+    # multiprocessing: a worker killed on Ctrl-C or SIGTERM leaves its semaphores (tqdm's lock) to the resource
+    # tracker, which removes them and says so at exit
+    "ignore:resource_tracker:UserWarning",
 )
 
 

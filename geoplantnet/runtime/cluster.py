@@ -164,14 +164,21 @@ def stop_now(client: Client, *, own: bool) -> None:
     cluster and the client are closed with short timeouts. What a killed task was writing has no marker or completion
     flag yet, so a resumed run writes it again. An external scheduler's workers are left running. Never raises."""
     cluster = client.cluster if own else None
-    if isinstance(cluster, SpecCluster):
+    dask_log = logging.getLogger("distributed")
+    level = dask_log.level
+    # the workers are killed on purpose: no warnings about the results they held being lost
+    dask_log.setLevel(max(level, logging.ERROR))
+    try:
+        if isinstance(cluster, SpecCluster):
+            with contextlib.suppress(Exception):
+                _kill_workers(cluster)
         with contextlib.suppress(Exception):
-            _kill_workers(cluster)
-    with contextlib.suppress(Exception):
-        if cluster is not None:
-            cluster.close(timeout=STOP_TIMEOUT_S)
-    with contextlib.suppress(Exception):
-        client.close(timeout=STOP_TIMEOUT_S)
+            if cluster is not None:
+                cluster.close(timeout=STOP_TIMEOUT_S)
+        with contextlib.suppress(Exception):
+            client.close(timeout=STOP_TIMEOUT_S)
+    finally:
+        dask_log.setLevel(level)
 
 
 def _kill_workers(cluster: SpecCluster) -> None:
