@@ -696,6 +696,12 @@ def _quiet_warnings() -> None:
     os.environ["PYTHONWARNINGS"] = ",".join([*([existing] if existing else []), *QUIET_WARNINGS])
 
 
+def _give_up(status: int) -> None:
+    """Stopping took seconds (the driver in a long native call, where Python runs no signal handler): end now."""
+    print("geoplantnet: interrupted", file=sys.stderr, flush=True)
+    os._exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run one sub-command. User errors (:class:`geoplantnet.core.errors.GeoplantnetError`) are one line on
     stderr and exit status 2; Ctrl-C or SIGTERM is one line and 130 or 143; anything else is a bug: its traceback and
@@ -713,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
-        with stop_on_signals():  # SIGTERM (kill, Kubernetes) stops a run as Ctrl-C does
+        with stop_on_signals(give_up=_give_up):  # SIGTERM (kill, Kubernetes) stops a run as Ctrl-C does
             return args.func(args)
     except KeyboardInterrupt as exc:
         if args.verbose:  # where it was stopped

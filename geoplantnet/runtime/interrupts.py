@@ -9,16 +9,21 @@ must not be cut in half (a metadata write, taking a lease).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# A signal landing in distributed's sync() before its coroutine has started is delivered again this much later.
+# A signal arriving where an exception would be lost is delivered again this much later.
 REDELIVER_S = 0.05
+# While a stopped block has not ended this long after its signal, the signal is raised again: the first may have been
+# swallowed by code that ignores exceptions (a library's bare except), or the clean-up be stuck.
+RETRY_S = 2.0
 
 
 class Interrupted(KeyboardInterrupt):
@@ -34,51 +39,102 @@ def exit_status(exc: KeyboardInterrupt) -> int:
     return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
 
 
-def _sync_code() -> Any:
-    utils = sys.modules.get("distributed.utils")
-    return getattr(getattr(utils, "sync", None), "__code__", None)
-
-
 def _in_unstarted_dask_call(frame: FrameType | None) -> bool:
     """Whether the main thread waits in ``distributed.utils.sync`` whose coroutine has not started yet. Interrupted
-    there, distributed (2026.8) schedules the cancel of a future it has not made and the event loop prints
+    there, distributed (2026.8) schedules the cancel of a future it has not made, and its event loop prints
     ``NameError: cannot access free variable 'future'``; a moment later the call is safe to interrupt."""
-    code = _sync_code()
-    while code is not None and frame is not None:
-        if frame.f_code is code:
+    sync = getattr(getattr(sys.modules.get("distributed.utils"), "sync", None), "__code__", None)
+    while sync is not None and frame is not None:
+        if frame.f_code is sync:
             return "future" not in frame.f_locals  # an unbound closure variable is absent from f_locals
         frame = frame.f_back
     return False
 
 
+def _later(seconds: float, action: Callable[[], Any]) -> threading.Timer:
+    timer = threading.Timer(seconds, action)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals(give_up: Callable[[int], Any] | None = None, give_up_s: float = 4.5) -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread for the duration of the block (the previous
-    handlers are restored after). Only the first one: a second Ctrl-C while the run stops (within seconds) would cut
-    short the very clean-up it waits for, so it is ignored."""
+    handlers are restored after). A second signal within :data:`RETRY_S` is ignored: it would cut short the clean-up
+    the first one started. With ``give_up``, ``give_up(exit status)`` is called from another thread when the block
+    has not ended ``give_up_s`` after the first signal (the main thread stuck in a long native call, where Python runs
+    no signal handler): a command ends there, within its promised time, whatever it was doing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    stopping = threading.Event()
     main = threading.main_thread().ident
+    active = threading.Event()
+    active.set()
+    raised: list[float] = []  # when the signal was last raised
+
+    def again(signum: int) -> None:
+        if active.is_set():
+            signal.pthread_kill(main, signum)
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if stopping.is_set():
-            return
         if _in_unstarted_dask_call(frame):
-            timer = threading.Timer(REDELIVER_S, signal.pthread_kill, (main, signum))
-            timer.daemon = True
-            timer.start()
+            _later(REDELIVER_S, lambda: again(signum))
             return
-        stopping.set()
+        now = time.monotonic()
+        if raised and now - raised[-1] < RETRY_S:
+            return
+        raised.append(now)
+        _later(RETRY_S, lambda: again(signum))
         raise Interrupted(signum)
 
+    def lost(unraisable: Any) -> None:
+        # raised where Python prints an exception as ignored and carries on (a garbage-collector or weakref callback,
+        # a __del__; distributed registers a gc callback): raise it again a moment later
+        if isinstance(unraisable.exc_value, Interrupted):
+            raised.clear()
+            _later(REDELIVER_S, lambda: again(unraisable.exc_value.signum))
+        else:
+            previous_hook(unraisable)
+
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, lost
+    unwatch = _watch(lambda signum: active.is_set() and give_up(128 + signum), give_up_s) if give_up else None
     try:
         yield
     finally:
+        active.clear()
         for s, h in previous.items():
             signal.signal(s, h)
+        sys.unraisablehook = previous_hook
+        if unwatch is not None:
+            unwatch()
+
+
+def _watch(action: Callable[[int], Any], after: float) -> Callable[[], None]:
+    """``action(signum)`` ``after`` seconds after the first SIGINT or SIGTERM, seen on another thread through the
+    signal wakeup fd (written by the C-level handler, even while the main thread runs native code); returns the
+    function that stops watching."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        try:
+            while data := os.read(read, 1):  # b"" once the write end is closed
+                if data[0] in SIGNALS:
+                    _later(after, lambda: action(data[0]))
+                    return
+        finally:
+            os.close(read)
+
+    threading.Thread(target=watch, name="geoplantnet signal watch", daemon=True).start()
+
+    def unwatch() -> None:
+        signal.set_wakeup_fd(previous)
+        os.close(write)
+
+    return unwatch
 
 
 @contextlib.contextmanager
