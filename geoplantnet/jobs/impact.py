@@ -57,7 +57,7 @@ from geoplantnet.products.scenarios import (
 from geoplantnet.samples.vectors import read_polygons
 from geoplantnet.sources.predictors import class_names
 from geoplantnet.storage.reports import claim_report_folder, place, place_json
-from geoplantnet.storage.store import exists, is_local, storage_options_for
+from geoplantnet.storage.store import exists, is_local, join, storage_options_for
 
 REPORT_FILES = ("summary.json", "report.md", "maps.png", "impact.gpkg")
 OFFSET_FILES = ("summary.json", "report.md", "offsets.csv", "offsets.gpkg")
@@ -292,16 +292,16 @@ def plan_impact(
     sources: MapSources,
     habitat_folder: str | None,
     value_model: str | None,
-    work: Path,
 ) -> ImpactPlan:
     """The species model, classifier and indicator calibration as ``indicators --from-model`` plans them, and the
     value model when there is one."""
     if not sources.s2_items:
         raise ImpactError("an impact assessment edits the Sentinel-2 composites: the run has no Sentinel-2 items")
     tables = indicator_inputs(cfg, progress=False)
-    iplan = plan_fused_indicators(
-        client, cfg, model_url, sources, habitat_folder, str(work / "indicators.zarr"), tables
-    )  # the store is never written: the plan's output is not used
+    # the plan's output store is never written (nor read): named under store.root, where the run's storage options
+    # apply (a local name with them set is refused as credentials meant for elsewhere)
+    unused = join(cfg.store.root, ".impact-plan.zarr")
+    iplan = plan_fused_indicators(client, cfg, model_url, sources, habitat_folder, unused, tables)
     job = iplan.job
     if not isinstance(job, FusedTileJob):  # pragma: no cover - plan_fused_indicators always makes one
         raise TypeError(type(job))
@@ -893,9 +893,7 @@ def report_folder(cfg: RunConfig, out: str | None, default: str, files: Sequence
 
 
 @contextmanager
-def planned(
-    cfg: RunConfig, sc: Scenario, models: Models, folder: Path, progress: bool
-) -> Iterator[tuple[Client, ImpactPlan, Any]]:
+def planned(cfg: RunConfig, sc: Scenario, models: Models, progress: bool) -> Iterator[tuple[Client, ImpactPlan, Any]]:
     """The run's inputs, the scenario's class checked against them (before the cluster starts), the cluster and the
     plan: what an impact assessment and an offset ranking share."""
     from geoplantnet.jobs.inputs import run_inputs
@@ -906,7 +904,7 @@ def planned(
     resolve_class(sc, land_cover_classes(sources, sc.variable))
     with connect(cfg.cluster) as client:
         species_url = models.species or ensure_model(cfg, run, client)[0]
-        yield client, plan_impact(client, cfg, species_url, sources, models.habitats, models.value, folder), run
+        yield client, plan_impact(client, cfg, species_url, sources, models.habitats, models.value), run
 
 
 def scenario_summary(edit: ScenarioEdit, classes: Mapping[int, str]) -> dict[str, Any]:
@@ -946,7 +944,7 @@ def run_impact(
         raise ScenarioError(f"footprint {footprint}: it does not overlap the region {cfg.grid.grid().bounds}")
     models = resolve_models(cfg, model, habitat_model, value_model)
     folder = report_folder(cfg, out, f"impact/{sc.name}", REPORT_FILES, "impact report", overwrite)
-    with planned(cfg, sc, models, folder, progress) as (client, plan, run):
+    with planned(cfg, sc, models, progress) as (client, plan, run):
         edit = learn_edit(plan.sources, plan.cube_grid, geometry, sc, plan.env_names)
         (assessment,) = assess_many(client, plan, [edit], progress)
     summary = {
@@ -1074,7 +1072,7 @@ def run_offsets(
             "offsets rank sites by biodiversity value: run `geoplantnet value` first or pass --value-model"
         )
     folder = report_folder(cfg, out, f"offsets/{sc.name}", OFFSET_FILES, "offset ranking", overwrite)
-    with planned(cfg, sc, models, folder, progress) as (client, plan, _):
+    with planned(cfg, sc, models, progress) as (client, plan, _):
         # one typical composite for all sites, learned around all of them (one read rather than one per site)
         shared = learn_edit(plan.sources, plan.cube_grid, shapely.union_all(frame.geometry.values), sc, plan.env_names)
         edits = [replace(shared, geometry=g) for g in frame.geometry.values]
