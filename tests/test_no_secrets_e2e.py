@@ -222,7 +222,8 @@ VALUE += ["value.draws=0", "value.forest_trees=5", "value.pixels_per_polygon=30"
 @pytest.mark.xfail(
     strict=True,  # passes once value writes to object storage: then drop this mark
     raises=AssertionError,
-    reason="value cannot write to object storage yet: value_net.save gets no storage options (fixed elsewhere)",
+    reason="value cannot write to object storage yet: value_net.save gets no storage options (fixed elsewhere), and "
+    "its report folder <store.root>/value is taken as a local path (./s3:/...)",
 )
 def test_value_on_object_storage_writes_no_credential(tmp_path, small_region):
     from geoplantnet.testing.s3 import ACCESS_KEY, seaweedfs, weed_binary
@@ -244,5 +245,6 @@ def test_value_on_object_storage_writes_no_credential(tmp_path, small_region):
         fs = s3fs.S3FileSystem(**s3.storage_options)
         objects = {key: fs.cat_file(key) for key in fs.find(s3.bucket)}
     assert {f"{s3.bucket}/run/{n}.zarr/zarr.json" for n in ("value", "value_50m")} <= set(objects)
+    assert not list(cwd.iterdir()), "value wrote beside where it was run"
     files = {str(p): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and (tmp_path / "s3") not in p.parents}
     assert not _leaks(files | objects, printed, [SECRET, TOKEN, ACCESS_KEY])
