@@ -166,8 +166,8 @@ def stop_now(client: Client, *, own: bool) -> None:
     cluster = client.cluster if own else None
     dask_log = logging.getLogger("distributed")
     level = dask_log.level
-    # the workers are killed on purpose: no warnings about the results they held being lost
-    dask_log.setLevel(max(level, logging.ERROR))
+    # the workers are killed on purpose: no warnings or errors about the results they held, or were sending, lost
+    dask_log.setLevel(max(level, logging.CRITICAL))
     try:
         if isinstance(cluster, SpecCluster):
             with contextlib.suppress(Exception):
