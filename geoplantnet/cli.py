@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import gc
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 from geoplantnet.core.config import ConfigError, HabitatsConfig, InputsConfig, RunConfig, TableConfig, load_config
 from geoplantnet.core.errors import GeoplantnetError
+from geoplantnet.runtime.interrupts import exit_status, stop_on_signals
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml"
 
@@ -710,6 +712,9 @@ QUIET_WARNINGS = (
     "ignore:Consolidated metadata:UserWarning",  # zarr: consolidated metadata is not in the v3 spec yet
     "ignore:Mean of empty slice:RuntimeWarning",  # numpy: all-NaN pixels (clouds, sea) give NaN, as intended
     "ignore:All-NaN slice encountered:RuntimeWarning",
+    # multiprocessing: a worker killed on Ctrl-C or SIGTERM leaves its semaphores (tqdm's lock) to the resource
+    # tracker, which removes them and says so at exit
+    "ignore:resource_tracker:UserWarning",
 )
 
 
@@ -721,9 +726,16 @@ def _quiet_warnings() -> None:
     os.environ["PYTHONWARNINGS"] = ",".join([*([existing] if existing else []), *QUIET_WARNINGS])
 
 
+def _give_up(status: int) -> None:
+    """Stopping took seconds (the driver in a long native call, where Python runs no signal handler): end now."""
+    print("geoplantnet: interrupted", file=sys.stderr, flush=True)
+    os._exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run one sub-command. User errors (:class:`geoplantnet.core.errors.GeoplantnetError`) are one line on
-    stderr and exit status 2; Ctrl-C is one line and 130; anything else is a bug: its traceback and exit status 1."""
+    stderr and exit status 2; Ctrl-C or SIGTERM is one line and 130 or 143; anything else is a bug: its traceback and
+    exit status 1."""
     parser = build_parser()
     args = parser.parse_args(argv)
     # Our own progress at INFO; Dask's chatter (workers joining, clients closing) only with --verbose.
@@ -740,12 +752,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         dask.config.set({"logging.distributed": "warning"})
         logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
+        with stop_on_signals(give_up=_give_up):  # SIGTERM (kill, Kubernetes) stops a run as Ctrl-C does
+            return args.func(args)
+    except KeyboardInterrupt as exc:
         if args.verbose:  # where it was stopped
             traceback.print_exc()
         print("geoplantnet: interrupted", file=sys.stderr)
-        return 130
+        gc.freeze()  # the process ends now: the collections of interpreter exit would take seconds on this heap
+        return exit_status(exc)
     except GeoplantnetError as exc:
         if args.verbose:
             traceback.print_exc()

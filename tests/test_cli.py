@@ -1,5 +1,7 @@
 """The command line: help for every sub-command, one-line errors with exit status 2."""
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -7,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from geoplantnet.cli import build_parser, main
 from geoplantnet.core.errors import InputError
+from geoplantnet.storage.store import open_store
+from geoplantnet.storage.tiles import MANIFEST
 from geoplantnet.testing.fixtures import copy_region
 from geoplantnet.testing.regions import SMALL_REGION
 
@@ -133,3 +138,59 @@ def test_ctrl_c_stops_run_with_one_line_and_leaves_no_temporary_store(tmp_path, 
     assert "Traceback" not in err.decode() and "KeyboardInterrupt" not in err.decode(), err.decode()[-3000:]
     assert not list(out.glob(".composites.zarr*")), "temporary store or lease left behind"
     assert not (out / "composites.zarr").exists()
+
+
+def _stop_midway(args: list[str], store: Path, sig: int, *, group: bool) -> tuple[int, str, float]:
+    """Start ``geoplantnet <args>`` writing the tiled ``store``, send ``sig`` once its first tile is written (the
+    workers busy with the next ones), to its process group (a terminal's Ctrl-C) or to the driver alone (Kubernetes'
+    SIGTERM); returns the exit status, stderr and the seconds from the signal to the exit."""
+    cmd = [sys.executable, "-m", "geoplantnet", *args, "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not list(store.glob(f"{MANIFEST}/*/*.json")):
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    assert (store.parent / f".{store.name}.lease.json").exists()  # really working: under the store's lease
+    sent = time.monotonic()
+    (os.killpg if group else os.kill)(proc.pid, sig)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, err.decode(), time.monotonic() - sent
+
+
+def _stopped_in_one_line(status: int, err: str, seconds: float, expected: int, store: Path) -> None:
+    assert status == expected, err[-3000:]
+    assert seconds < 5, f"{seconds:.1f} s from the signal to the exit"
+    assert err.strip().splitlines()[-1] == "geoplantnet: interrupted"
+    # no traceback (the driver's, a worker's, distributed's event loop), no warning about workers being killed
+    for noise in ("Traceback", "Error", "WARNING", "ERROR"):
+        assert noise not in err, err[-3000:]
+    assert not (store.parent / f".{store.name}.lease.json").exists(), "the store's lease was left behind"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_map_within_seconds_and_the_rerun_resumes_it(tmp_path, small_map):
+    store = tmp_path / "species.zarr"
+    args = ["map", *[x for s in small_map.overrides for x in ("--set", s)], "--model", small_map.model]
+    args += ["--out", str(store)]
+    _stopped_in_one_line(*_stop_midway(args, store, signal.SIGINT, group=True), 130, store)
+    # at once (no lease to wait out), the tiles written are kept, the others computed: the reference map
+    proc = subprocess.run(
+        [sys.executable, "-m", "geoplantnet", *args, "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 0 < json.loads(proc.stdout)["tiles_computed"] < 9
+    reference = open_store(small_map.reference)
+    np.testing.assert_array_equal(open_store(str(store))["probability"].values, reference["probability"].values)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_indicators_like_ctrl_c(tmp_path, small_map, small_habitats):
+    """Kubernetes stops a pod with SIGTERM to its main process: the driver alone gets it."""
+    store = tmp_path / "indicators.zarr"
+    args = ["indicators", *[x for s in small_habitats.overrides for x in ("--set", s)], "--out", str(store)]
+    args += ["--species", small_map.reference, "--habitats", small_habitats.store, "--set", "indicators.n_surveys=0"]
+    _stopped_in_one_line(*_stop_midway(args, store, signal.SIGTERM, group=False), 143, store)

@@ -57,7 +57,7 @@ from geoplantnet.products.scenarios import (
 )
 from geoplantnet.samples.vectors import read_polygons
 from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
-from geoplantnet.storage.store import exists, is_local, storage_options_for
+from geoplantnet.storage.store import exists, is_local, join, storage_options_for
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -308,7 +308,6 @@ def plan_impact(
     cfg: RunConfig,
     setup: FusedSetup,
     value: Any | None,
-    work: Path,
 ) -> ImpactPlan:
     """The species model, classifier and indicator calibration as ``indicators --from-model`` plans them (``setup``:
     :func:`~geoplantnet.jobs.indicators.fused_setup`, checked before the cluster started), and the value predictor
@@ -316,7 +315,9 @@ def plan_impact(
     from geoplantnet.models.mc_dropout import has_dropout
 
     sources = setup.fused.species.sources
-    iplan = plan_fused_indicators(client, cfg, setup, str(work / "indicators.zarr"))  # never written
+    # the plan's output store is never written (nor read): named under store.root, where the run's storage options
+    # apply (a local name with them set is refused as credentials meant for elsewhere)
+    iplan = plan_fused_indicators(client, cfg, setup, join(cfg.store.root, ".impact-plan.zarr"))
     job = iplan.job
     if not isinstance(job, FusedTileJob):  # pragma: no cover - plan_fused_indicators always makes one
         raise TypeError(type(job))
@@ -933,7 +934,7 @@ def planned(
     with connect(cfg.cluster) as client:
         if setup is None:
             setup = fused_setup(cfg, ensure_model(cfg, run, client)[0], sources, classifier, tables)
-        yield client, plan_impact(client, cfg, setup, value, folder), run
+        yield client, plan_impact(client, cfg, setup, value), run
 
 
 def scenario_summary(edit: ScenarioEdit, classes: Mapping[int, str]) -> dict[str, Any]:
@@ -973,7 +974,7 @@ def run_impact(
         raise ScenarioError(f"footprint {footprint}: it does not overlap the region {cfg.grid.grid().bounds}")
     models = resolve_models(cfg, model, habitat_model, value_model)
     folder = report_folder(cfg, out, f"impact/{sc.name}", REPORT_FILES, "impact report", overwrite)
-    with planned(cfg, sc, models, folder, progress) as (client, plan, run):
+    with planned(cfg, sc, models, progress) as (client, plan, run):
         edit = learn_edit(plan.sources, plan.cube_grid, geometry, sc, plan.env_names)
         (assessment,) = assess_many(client, plan, [edit], progress)
     summary = {
@@ -1103,7 +1104,7 @@ def run_offsets(
             "offsets rank sites by biodiversity value: run `geoplantnet value` first or pass --value-model"
         )
     folder = report_folder(cfg, out, f"offsets/{sc.name}", OFFSET_FILES, "offset ranking", overwrite)
-    with planned(cfg, sc, models, folder, progress) as (client, plan, _):
+    with planned(cfg, sc, models, progress) as (client, plan, _):
         # one typical composite for all sites, learned around all of them (one read rather than one per site)
         shared = learn_edit(plan.sources, plan.cube_grid, shapely.union_all(frame.geometry.values), sc, plan.env_names)
         edits = [replace(shared, geometry=g) for g in frame.geometry.values]

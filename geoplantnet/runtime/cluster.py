@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator, Mapping
@@ -15,12 +16,16 @@ from typing import TYPE_CHECKING
 
 from geoplantnet.core.config import ClusterConfig
 from geoplantnet.core.errors import ServiceError
+from geoplantnet.runtime.interrupts import SIGNALS
 
 # distributed is imported where a cluster is made: commands import this module before checking their inputs
 if TYPE_CHECKING:
-    from distributed import Client
+    from distributed import Client, SpecCluster
 
 log = logging.getLogger(__name__)
+
+# After Ctrl-C or SIGTERM: how long closing the cluster and the client may take (each), workers already killed.
+STOP_TIMEOUT_S = 2.0
 
 
 class ClusterError(ServiceError):
@@ -36,18 +41,21 @@ def _gpu_count() -> int:
 
 
 @contextlib.contextmanager
-def _children_ignore_sigint() -> Iterator[None]:
-    """Worker processes started in this block ignore SIGINT (an ignored signal stays ignored across exec, and
-    Python then installs no KeyboardInterrupt handler). Ctrl-C in a terminal signals the whole process group: the
-    driver alone should stop, close the cluster in order, and say so in one line, not six worker tracebacks."""
+def _children_ignore_signals() -> Iterator[None]:
+    """Worker processes started in this block ignore SIGINT and SIGTERM (an ignored signal stays ignored across exec,
+    and Python then installs no KeyboardInterrupt handler). Ctrl-C in a terminal signals the whole process group, and
+    so do systemd and ``kill -- -PGID`` with SIGTERM: the driver alone should stop, stop its workers
+    (:func:`connect`) and say so in one line, not six worker tracebacks. A worker whose driver is gone exits by itself
+    (distributed watches the parent)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _local(cfg: ClusterConfig) -> Client:
@@ -57,7 +65,7 @@ def _local(cfg: ClusterConfig) -> Client:
     # One GPU per worker at most: a worker advertising GPU=1 runs one GPU task at a time, which is what bounds memory.
     resources = {"GPU": 1} if gpus else None
     n_workers = min(cfg.n_workers, gpus) if gpus else cfg.n_workers
-    with _children_ignore_sigint():
+    with _children_ignore_signals():
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=cfg.threads_per_worker,
@@ -131,16 +139,72 @@ def get_client(cfg: ClusterConfig) -> Client:
 
 @contextlib.contextmanager
 def connect(cfg: ClusterConfig) -> Iterator[Client]:
-    """Context manager around :func:`get_client` that closes what it made (never an external scheduler)."""
+    """Context manager around :func:`get_client` that closes what it made (never an external scheduler). Stopped by
+    Ctrl-C or SIGTERM (a :class:`KeyboardInterrupt`), it stops at once instead (:func:`stop_now`)."""
     client = get_client(cfg)
+    own = client.cluster is not None and cfg.kind != "address"
     try:
         yield client
-    finally:
-        cluster = client.cluster
-        if cluster is not None and cfg.kind != "address":
+    except KeyboardInterrupt:
+        stop_now(client, own=own)
+        raise
+    except BaseException:
+        _close(client, own=own)
+        raise
+    _close(client, own=own)
+
+
+def _close(client: Client, *, own: bool) -> None:
+    try:
+        if own:
             # Workers first, then the scheduler: closing the client first makes workers log CommClosedError.
-            cluster.close()
+            client.cluster.close()
         client.close()
+    except KeyboardInterrupt:  # stopped while closing in order
+        stop_now(client, own=own)
+        raise
+
+
+def stop_now(client: Client, *, own: bool) -> None:
+    """Stop within seconds whatever the tasks are doing (after Ctrl-C or SIGTERM): a local cluster's worker processes
+    are killed, since a worker asked to close first finishes its running task (a tile: many seconds), then the
+    cluster and the client are closed with short timeouts. What a killed task was writing has no marker or completion
+    flag yet, so a resumed run writes it again. An external scheduler's workers are left running. Never raises."""
+    from distributed import SpecCluster
+
+    cluster = client.cluster if own else None
+    dask_log = logging.getLogger("distributed")
+    level = dask_log.level
+    # the workers are killed on purpose: no warnings or errors about the results they held, or were sending, lost
+    dask_log.setLevel(max(level, logging.CRITICAL))
+    try:
+        if isinstance(cluster, SpecCluster):
+            with contextlib.suppress(Exception):
+                _kill_workers(cluster)
+        with contextlib.suppress(Exception):
+            if cluster is not None:
+                cluster.close(timeout=STOP_TIMEOUT_S)
+        with contextlib.suppress(Exception):
+            client.close(timeout=STOP_TIMEOUT_S)
+    finally:
+        dask_log.setLevel(level)
+
+
+def _kill_workers(cluster: SpecCluster) -> None:
+    """SIGKILL the worker processes of ``cluster``'s nannies, each nanny first told not to start a new one."""
+    from distributed import Nanny
+    from distributed.core import Status
+
+    for nanny in list(cluster.workers.values()):
+        if not isinstance(nanny, Nanny):
+            continue
+        pid = nanny.pid
+        # closing_gracefully: a nanny whose worker exits closes instead of restarting it (a plain attribute; the
+        # event loop reads it when the exit is noticed, after this)
+        nanny.status = Status.closing_gracefully
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def cluster_resources(client: Client) -> dict[str, float]:

@@ -28,8 +28,12 @@ from typing import Any
 import fsspec
 
 from geoplantnet.core.errors import RefusedError, ServiceError
+from geoplantnet.runtime.interrupts import deferred
 
 log = logging.getLogger(__name__)
+
+# How long releasing a lease waits for a heartbeat in progress.
+RELEASE_WAIT_S = 2.0
 
 
 class LeaseError(RefusedError):
@@ -111,6 +115,8 @@ class Lease:
                     log.error("%s: the lease was taken by another run; stopping", self.url)
                     self.lost.set()
                     return
+                if self._stop.is_set():  # released while we read: writing now would bring the lease back
+                    return
                 self.fs.pipe_file(self.path, self._record())
             except Exception as exc:  # a failed heartbeat is retried; the lease expires only after ttl
                 log.warning("%s: lease heartbeat failed (%s); retrying", self.url, exc.__class__.__name__)
@@ -124,7 +130,9 @@ class Lease:
         """Stop the heartbeat and remove the lease if it is still ours."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.ttl)
+            # bounded: a run stopped by Ctrl-C or SIGTERM must end within seconds, even when a heartbeat hangs on a
+            # slow object store (its write then lands after our removal at worst: a lease that expires by itself)
+            self._thread.join(timeout=min(self.ttl, RELEASE_WAIT_S))
         with contextlib.suppress(Exception):  # a lease left behind expires by itself
             current = self._read()
             if current is not None and current.get("owner") == self.owner:
@@ -202,8 +210,11 @@ def hold(
     url: str, run: str, *, ttl: float = 120.0, storage_options: Mapping[str, Any] | None = None
 ) -> Iterator[Lease]:
     """The lease of ``url`` for the duration of a ``with`` block, released on exit (success or failure)."""
-    lease = acquire(url, run, ttl=ttl, storage_options=storage_options)
+    lease: Lease | None = None
     try:
+        with deferred():  # Ctrl-C or SIGTERM waits until a lease created is ours to release, never left behind
+            lease = acquire(url, run, ttl=ttl, storage_options=storage_options)
         yield lease
     finally:
-        lease.release()
+        if lease is not None:
+            lease.release()

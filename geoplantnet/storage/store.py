@@ -19,8 +19,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
-import threading
 import time
 import uuid
 import warnings
@@ -38,6 +36,7 @@ import geoplantnet
 from geoplantnet.core.config import ConfigError, RunConfig, StoreConfig, redact_text
 from geoplantnet.core.errors import InputError, RefusedError, ServiceError
 from geoplantnet.core.hashing import fingerprint
+from geoplantnet.runtime.interrupts import deferred
 from geoplantnet.storage.lease import Lease, ensure_free, hold
 from geoplantnet.storage.selection import index_species
 
@@ -360,7 +359,7 @@ def write_layout(
 ) -> None:
     """Write a store's layout: metadata of every array, and the values of its plain (non-Dask) arrays and coordinates;
     Dask-backed variables are never computed (their chunks stay unwritten, reading as the fill value)."""
-    with service_errors(url), deferred_interrupt():  # the layout is written whole or the run stops before it
+    with service_errors(url), deferred():  # the layout is written whole or the run stops before it
         ds.to_zarr(
             url,
             mode="w",
@@ -473,7 +472,7 @@ def _write(
     client: Client | None,
     show_progress: bool,
 ) -> None:
-    with warnings.catch_warnings(), deferred_interrupt():
+    with warnings.catch_warnings(), deferred():
         # Consolidated metadata is not (yet) in the Zarr v3 spec; zarr-python, xarray and GDAL read it all the same.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         delayed = ds.to_zarr(
@@ -501,23 +500,6 @@ def _write(
         delayed.compute()
     if is_local(target):
         mark_complete(target, None)
-
-
-@contextlib.contextmanager
-def deferred_interrupt() -> Iterator[None]:
-    """Ctrl-C during a short metadata write takes effect right after it. zarr finishes such writes on its own IO
-    thread: interrupted halfway, files would keep appearing after the caller removed the temporary store."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
 
 
 def _drain(client: Client, timeout: float = 30.0) -> None:
