@@ -164,7 +164,5 @@ def deferred() -> Iterator[None]:
 def _deliver(signum: int, handler: Callable[[int, FrameType | None], Any] | int | None) -> None:
     if callable(handler):
         handler(signum, None)
-    elif handler == signal.SIG_DFL:
-        signal.raise_signal(
-            signum
-        )  # what it would have done: SIGINT raises KeyboardInterrupt, SIGTERM ends the process
+    elif handler == signal.SIG_DFL:  # what it would have done: end the process
+        signal.raise_signal(signum)
