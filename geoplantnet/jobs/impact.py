@@ -906,9 +906,7 @@ def report_folder(cfg: RunConfig, out: str | None, default: str, files: Sequence
 
 
 @contextmanager
-def planned(
-    cfg: RunConfig, sc: Scenario, models: Models, folder: Path, progress: bool
-) -> Iterator[tuple[Client, ImpactPlan, Any]]:
+def planned(cfg: RunConfig, sc: Scenario, models: Models, progress: bool) -> Iterator[tuple[Client, ImpactPlan, Any]]:
     """What an impact assessment and an offset ranking share: the models and the user's files read and checked,
     the scenario's class against the land-cover layer's declared classes and the species model's inputs, all before
     the virtual region is generated or a cluster starts; then the run's inputs, the cluster and the plan."""
