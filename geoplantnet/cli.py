@@ -50,8 +50,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_overwrite(parser: argparse.ArgumentParser, output: str, *, report: bool = False) -> None:
     help_ = (
-        f"replace an earlier {output} report at the output folder; a folder geoplantnet did not write is never "
-        "written into"
+        f"replace an earlier {output} at the output (only geoplantnet's own: a folder or file it did not write is "
+        "never touched)"
         if report
         else f"replace a {output} of another run (other model, grid, tiling or inputs) at the output; without it "
         "such a store is left alone and the command stops. A path that is not a geoplantnet store is never replaced"
@@ -385,7 +385,7 @@ def _add_impact(sub: argparse._SubParsersAction) -> None:
     )
     impact.add_argument("--scenario", required=True, help="scenario YAML file")
     impact.add_argument("--out", default=None, help="report folder (default: <store.root>/impact/<scenario name>)")
-    _add_overwrite(impact, "impact", report=True)
+    _add_overwrite(impact, "impact report", report=True)
     _add_model_args(impact)
     impact.set_defaults(func=_cmd_impact)
 
@@ -400,7 +400,7 @@ def _add_impact(sub: argparse._SubParsersAction) -> None:
     offsets.add_argument("--impact", default=None, help="an impact report folder (or its summary.json) to offset")
     offsets.add_argument("--id-column", default=None, help="the sites' id column (default: id, name, else row number)")
     offsets.add_argument("--out", default=None, help="report folder (default: <store.root>/offsets/<scenario name>)")
-    _add_overwrite(offsets, "offsets", report=True)
+    _add_overwrite(offsets, "offset ranking", report=True)
     _add_model_args(offsets)
     offsets.set_defaults(func=_cmd_offsets)
 
@@ -529,7 +529,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from geoplantnet.sim.region import generate_region
 
     out = args.out or Path(cfg.workdir) / "region"
-    manifest = generate_region(cfg, Path(out), progress=not args.quiet)
+    manifest = generate_region(cfg, Path(out), progress=not args.quiet, overwrite=args.overwrite)
     print(f"virtual region ready: {manifest.root / 'region.json'}")
     return 0
 
@@ -582,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(sdm)
     sdm.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm)")
     sdm.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_overwrite(sdm, "sdm", report=True)
+    _add_overwrite(sdm, "sdm report", report=True)
     sdm.set_defaults(func=_cmd_sdm)
 
     table = sub.add_parser(
@@ -599,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--test", type=Path, default=None, help="independent presence-absence sites (table.test)")
     table.add_argument("--test-env", type=Path, default=None, help="test-site predictors, joined on table.site")
     table.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm-table)")
-    _add_overwrite(table, "sdm-table", report=True)
+    _add_overwrite(table, "sdm-table report", report=True)
     table.set_defaults(func=_cmd_sdm_table)
 
     habitats = sub.add_parser(
@@ -626,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     habitats.add_argument("--no-evaluation", action="store_true", help="train the final models only (no folds)")
     habitats.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/habitats)")
     habitats.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_overwrite(habitats, "habitats", report=True)
+    _add_overwrite(habitats, "habitats report", report=True)
     habitats.set_defaults(func=_cmd_habitats)
 
     mapping = sub.add_parser(
@@ -681,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(sim)
     sim.add_argument("--out", type=Path, default=None, help="output folder (default: <workdir>/region)")
     sim.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_overwrite(sim, "virtual region", report=True)
     sim.set_defaults(func=_cmd_simulate)
 
     stac = sub.add_parser("stac", help="STAC API server commands")

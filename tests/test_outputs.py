@@ -180,3 +180,13 @@ def test_simulate_and_run_never_touch_a_users_folder_or_quicklook(tmp_path, caps
     line = _refused(capsys, ["run", "--set", f"store.root={root}", "--set", f"workdir={tmp_path / 'w'}"])
     assert "composites.png" in line
     assert _tree(root) == before
+
+
+def test_simulate_replaces_a_region_of_other_settings_only_with_overwrite(tmp_path, capsys):
+    region = tmp_path / "region"
+    region.mkdir()
+    (region / "region.json").write_text("{}")  # a finished region whose settings are not these
+    (region / MARKER).write_text('{"kind": "virtual region", "complete": true}')
+    line = _refused(capsys, ["simulate", "--out", str(region)])
+    assert "holds an earlier virtual region; pass --overwrite" in line
+    assert sorted(p.name for p in region.iterdir()) == [MARKER, "region.json"]

@@ -215,8 +215,12 @@ def truth_window(chunk: int, n_species: int) -> int:
     return max(16, min(chunk, fit))
 
 
-def generate_region(config: RunConfig, out_dir: str | os.PathLike[str], *, progress: bool = True) -> RegionManifest:
-    """Write the whole virtual region under ``out_dir`` and return its manifest (reused if already complete)."""
+def generate_region(
+    config: RunConfig, out_dir: str | os.PathLike[str], *, progress: bool = True, overwrite: bool = True
+) -> RegionManifest:
+    """Write the whole virtual region under ``out_dir`` and return its manifest (reused if already complete with the
+    same settings). A region of other settings is regenerated only with ``overwrite`` (the jobs' own cache under the
+    workdir: always; ``geoplantnet simulate --out``: when asked)."""
     from geoplantnet.sim.environment import Environment
 
     root = Path(out_dir).resolve()
@@ -231,7 +235,7 @@ def generate_region(config: RunConfig, out_dir: str | os.PathLike[str], *, progr
             return old
     # regenerating removes the region's own files first: never in a folder geoplantnet did not make a region in (its
     # marker, or the manifest of a region from before the markers)
-    claim_folder(root, "virtual region", (*SUBDIRS, MANIFEST), overwrite=True, written_by_us=MANIFEST)
+    claim_folder(root, "virtual region", (*SUBDIRS, MANIFEST), overwrite=overwrite, written_by_us=MANIFEST)
 
     sim = config.sim
     grid = config.grid.grid()
