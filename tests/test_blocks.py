@@ -159,4 +159,7 @@ def test_spatial_folds_say_their_fallback():
     assert set(folds) == {0, 1, 2} and "random folds" in notes[0]
     x[:5] = np.nan  # no coordinates: dealt at random, said
     folds, notes = spatial_folds(x, y, 100.0, 3, what="plots")
-    assert (folds >= 0).all() and notes == ["5 plots without coordinates dealt to folds at random"]
+    assert (folds >= 0).all() and notes == ["5 plots dealt to folds at random (without coordinates)"]
+    folds, notes = spatial_folds(np.full(9, np.nan), np.full(9, np.nan), 100.0, 3, what="plots")  # none placed
+    assert set(folds) == {0, 1, 2}
+    assert notes == ["9 plots dealt to folds at random (fewer than the folds have coordinates)"]

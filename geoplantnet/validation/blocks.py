@@ -133,11 +133,14 @@ def spatial_folds(
     x, y = np.asarray(x, "float64"), np.asarray(y, "float64")
     out = np.full(len(x), -1, dtype="int64")
     located = np.isfinite(x) & np.isfinite(y)
+    few = located.sum() < folds
+    if few:  # too few placed samples to split by place: every sample is dealt at random
+        located[:] = False
     rng = np.random.default_rng(seed)
     notes: list[str] = []
     size = float(block_size)
     strat = None if stratify is None else np.asarray(stratify)[located]
-    while True:
+    while located.any():
         try:
             out[located] = spatial_blocks(x[located], y[located], size, folds, seed, strat)
             break
@@ -157,7 +160,8 @@ def spatial_folds(
         notes.append(f"{what} in blocks of {size:g} m (not {block_size:g} m: fewer blocks than folds)")
     if (~located).any():
         out[~located] = rng.integers(0, folds, int((~located).sum()))
-        notes.append(f"{int((~located).sum())} {what} without coordinates dealt to folds at random")
+        why = "fewer than the folds have coordinates" if few else "without coordinates"
+        notes.append(f"{int((~located).sum())} {what} dealt to folds at random ({why})")
     return out, notes
 
 
