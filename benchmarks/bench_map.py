@@ -29,9 +29,9 @@ import torch
 
 from geoplantnet.core.config import RunConfig, load_config
 from geoplantnet.inference.dense import predict_tile, predict_tile_naive, tile_geometry
-from geoplantnet.jobs.inputs import virtual_inputs
 from geoplantnet.jobs.mapping import MapSources, ensure_model, produce_map, read_model
 from geoplantnet.models.species_net import SpeciesNet
+from geoplantnet.runs.inputs import virtual_inputs
 from geoplantnet.runtime.cluster import connect
 
 ROOT = Path(__file__).resolve().parents[1]

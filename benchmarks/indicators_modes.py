@@ -30,8 +30,8 @@ from geoplantnet.jobs.indicators import (
     plan_indicators,
     produce_indicators,
 )
-from geoplantnet.jobs.inputs import virtual_inputs
 from geoplantnet.jobs.mapping import MapSources, ensure_model, produce_map
+from geoplantnet.runs.inputs import virtual_inputs
 from geoplantnet.runtime.cluster import connect
 from geoplantnet.testing.fixtures import tiny_classifier
 from geoplantnet.testing.regions import SMALL_REGION

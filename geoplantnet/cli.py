@@ -149,7 +149,7 @@ def _writing_report(args: argparse.Namespace, out: Path, command: str) -> Abstra
 
 def _cmd_sdm(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from geoplantnet.jobs.inputs import run_inputs
+    from geoplantnet.runs.inputs import run_inputs
 
     out = _report_folder(args, cfg, "sdm")
     inputs = run_inputs(cfg, progress=not args.quiet)

@@ -279,7 +279,7 @@ def test_habitats_then_habitat_map_on_the_virtual_region_scored_against_its_trut
     # The scoring is right: the truth is aligned (the direct forest from the same predictors clears a one-class map by
     # far) and the cascade's score is what the two stores say, recomputed here from the raw indices.
     assert direct["accuracy_level1"] > evaluation["majority_class_share"]["level1"] + 0.1, evaluation
-    from geoplantnet.jobs.inputs import virtual_plots
+    from geoplantnet.runs.inputs import virtual_plots
 
     _, truth_url = virtual_plots(_cfg(small_map))
     truth = open_store(truth_url, mask_and_scale=False)

@@ -17,7 +17,7 @@ import shapely.affinity
 
 from geoplantnet.cli import main
 from geoplantnet.core.config import load_config
-from geoplantnet.jobs.inputs import virtual_scenario_truth
+from geoplantnet.runs.inputs import virtual_scenario_truth
 from geoplantnet.sim.region import RegionManifest
 from geoplantnet.storage.outputs import MARKER, owned_folder
 from geoplantnet.storage.store import open_store

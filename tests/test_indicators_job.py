@@ -17,8 +17,8 @@ import zarr
 from geoplantnet.cli import main
 from geoplantnet.core.config import load_config
 from geoplantnet.inference.dense import decode
-from geoplantnet.jobs.inputs import virtual_status_tables
 from geoplantnet.models.calibration import Calibration
+from geoplantnet.runs.inputs import virtual_status_tables
 from geoplantnet.storage.store import COMPLETE, open_store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -129,8 +129,8 @@ def test_sdm_writes_calibration_and_thresholds_into_cnn_pt_and_map_writes_them_i
     # and differs from the raw network's output
     from geoplantnet.core.config import load_config
     from geoplantnet.inference.dense import predict_tile, tile_geometry
-    from geoplantnet.jobs.inputs import virtual_inputs
     from geoplantnet.jobs.mapping import MapSources
+    from geoplantnet.runs.inputs import virtual_inputs
 
     cfg = load_config(None, sets)
     inputs = virtual_inputs(cfg)

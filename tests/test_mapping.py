@@ -111,8 +111,8 @@ def test_every_pixel_of_the_tiled_map_is_the_per_pixel_prediction(setup, tmp_pat
     import pandas as pd
     import pystac
 
-    from geoplantnet.jobs.inputs import Inputs
     from geoplantnet.jobs.predict import Points, predict_at_points
+    from geoplantnet.runs.inputs import Inputs
 
     model, spec, _ = read_model(setup.model)
     grid = setup.cfg.grid.grid()

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_peer_tiles_read_through_map_sources(tmp_path, small_region):
     from geoplantnet.jobs.composites import composites
-    from geoplantnet.jobs.inputs import virtual_inputs
     from geoplantnet.jobs.mapping import MapSources, check_inputs
+    from geoplantnet.runs.inputs import virtual_inputs
     from geoplantnet.sources import predictors
 
     work = copy_region(small_region, tmp_path / "work")  # the session's small region

@@ -29,7 +29,7 @@ def test_written_store_opens_with_crs_config_and_values(tmp_path):
     values = da.random.default_rng(0).random((2, *GRID.shape), chunks=(1, 32, 32)).astype("float32")
     cfg = load_config(environ={})
     url = str(tmp_path / "out.zarr")
-    write_store(_dataset(values), url, cfg=cfg, attrs={"source_items": 3}, **RUN_A)
+    write_store(_dataset(values), url, provenance=cfg.to_attrs(), attrs={"source_items": 3}, **RUN_A)
     ds = open_store(url)
     np.testing.assert_allclose(ds.reflectance.values, values.compute())
     assert ds.attrs["source_items"] == 3 and "geoplantnet_config" in ds.attrs
@@ -119,7 +119,7 @@ def test_persisted_configuration_has_no_credentials(tmp_path):
         ],
     )
     url = str(tmp_path / "out.zarr")
-    write_store(_ones(), url, cfg=cfg, **RUN_A)
+    write_store(_ones(), url, provenance=cfg.to_attrs(), **RUN_A)
     written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
     assert written and not any(secret.encode() in data for data in written)
     persisted = json.loads(open_store(url).attrs["geoplantnet_config"])

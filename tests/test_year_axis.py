@@ -19,7 +19,8 @@ from distributed import Client, LocalCluster
 from geoplantnet.core.config import load_config
 from geoplantnet.core.errors import RefusedError
 from geoplantnet.core.grid import Grid, Tile
-from geoplantnet.jobs.tiled import TileOutput, produce_tiles
+from geoplantnet.runs.context import streaming
+from geoplantnet.runs.tiles import TileOutput, produce_tiles
 from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.store import (
     COMPLETE,
@@ -77,7 +78,7 @@ def _writing(
         parts=parts,
         run=run or TileOutput.of(url, parts, {}, year=year).run,
         overwrite=overwrite,
-        cfg=None,
+        provenance=None,
         attrs={"model_version": parts["model"]},
         storage_options=options,
         lease_ttl=30.0,
@@ -311,7 +312,8 @@ def _produce(
         layout=_layout(),
         product="species",
         parts=parts,
-        cfg=load_config(environ={}),
+        settings=streaming(load_config(environ={})),
+        provenance=None,
         attrs={"model_version": parts["model"]},
         overwrite=False,
         resources=None,

@@ -17,8 +17,8 @@ import xarray as xr
 from geoplantnet.core.config import CubeConfig, RunConfig
 from geoplantnet.core.grid import Grid
 from geoplantnet.core.hashing import fingerprint
-from geoplantnet.jobs.inputs import stac_api
 from geoplantnet.jobs.quicklook import composite_quicklook
+from geoplantnet.runs.inputs import stac_api
 from geoplantnet.runtime.cluster import connect
 from geoplantnet.sources import catalog, cube
 from geoplantnet.storage import store
@@ -92,7 +92,7 @@ def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = F
             zarr_url,
             product="composites",
             parts=parts,
-            cfg=cfg,
+            provenance=cfg.to_attrs(),
             attrs={"source_items": len(items)},
             storage_options=storage_options,
             client=client,

@@ -58,8 +58,8 @@ def direct_forest_map(
 ) -> np.ndarray:
     """Habitat codes (y, x) of the grid of ``cfg`` from a random forest on the pixels' point predictors, fitted on
     the labelled ``plots`` (codes cut to ``level``); ``""`` where a pixel has no data."""
-    from geoplantnet.jobs.inputs import run_inputs
     from geoplantnet.jobs.mapping import MapSources
+    from geoplantnet.runs.inputs import run_inputs
 
     spec = _peer_spec(species_model_url)
     inputs = run_inputs(cfg, observations=False)
@@ -98,7 +98,7 @@ def _public(score: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_habitat_map(cfg: RunConfig, habitat_url: str, species_model_url: str, level: int = 3) -> dict[str, Any]:
     """The cascade's map and the direct forest scored against the virtual region's true habitats (same pixels)."""
-    from geoplantnet.jobs.inputs import virtual_plots
+    from geoplantnet.runs.inputs import virtual_plots
 
     plots, truth_url = virtual_plots(cfg)
     cascade, x, y = map_codes(habitat_url)

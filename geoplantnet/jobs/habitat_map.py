@@ -1,6 +1,6 @@
 """``habitat.zarr`` from ``species.zarr``: the habitat classifier over every pixel's predicted assemblage.
 
-Same tile grid as the species store, one Dask task per tile (:func:`geoplantnet.jobs.tiled.produce_tiles`: lease,
+Same tile grid as the species store, one Dask task per tile (:func:`geoplantnet.runs.tiles.produce_tiles`: lease,
 claim, resumable tiles with markers, completion flag last); each task reads its tile of every species once,
 classifies it (:func:`geoplantnet.products.habitat_map.classify_codes`) with the model each worker process loads
 once, and writes its region. Checks on the driver before anything is written: the species store is complete, the
@@ -23,7 +23,6 @@ from pyproj import CRS
 from geoplantnet.core.config import RunConfig, redact
 from geoplantnet.core.errors import GeoplantnetError, InputError
 from geoplantnet.core.grid import Grid, Tile
-from geoplantnet.jobs.tiled import TileOutput, produce_tiles
 from geoplantnet.products.habitat_map import (
     THRESHOLD,
     AssemblageRule,
@@ -32,6 +31,8 @@ from geoplantnet.products.habitat_map import (
     habitat_template,
     read_species_tile,
 )
+from geoplantnet.runs.context import streaming
+from geoplantnet.runs.tiles import TileOutput, produce_tiles
 from geoplantnet.runtime.cluster import task_resources
 from geoplantnet.samples.extraction import grid_of
 from geoplantnet.storage.store import (
@@ -343,7 +344,8 @@ def produce_habitat_map(
         layout=habitat_template(plan.grid, plan.classes, plan.tile, cfg.habitats.top_k, plan.names or None),
         product=PRODUCT,
         parts=plan.parts,
-        cfg=cfg,
+        settings=streaming(cfg),
+        provenance=cfg.to_attrs(),
         attrs=plan.attrs,
         overwrite=overwrite,
         resources=resources,

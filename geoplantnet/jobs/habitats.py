@@ -64,7 +64,7 @@ def load_habitat_data(cfg: RunConfig, plots: Plots | None = None, *, progress: b
     if plots is None and h.plots is not None:
         plots = read_plots(h.plots, h)
     if plots is None:
-        from geoplantnet.jobs.inputs import virtual_plots
+        from geoplantnet.runs.inputs import virtual_plots
 
         plots, _ = virtual_plots(cfg, progress=progress)
     labelled = plots.subset(plots.labelled)

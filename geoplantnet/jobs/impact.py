@@ -8,7 +8,7 @@ the same calibration), and the value model at 10 m when there is one. The change
 Monte-Carlo dropout draws of the species and value networks, paired before/after (the same dropout masks on both
 landscapes), so it is the spread of the *change* under the models' own uncertainty, not of the two levels.
 
-On the virtual region the same scenario is applied to the generator's truth (:func:`geoplantnet.jobs.inputs.
+On the virtual region the same scenario is applied to the generator's truth (:func:`geoplantnet.runs.inputs.
 virtual_scenario_truth`) and the report gives predicted versus true change.
 """
 
@@ -626,7 +626,7 @@ def evaluate_truth(plan: ImpactPlan, a: Assessment) -> dict[str, Any]:
     """The generator's truth under the same scenario on the same window: true versus predicted change of richness,
     threatened species, habitats and value (the truth's value score: richness + 4 x threatened), per zone and per
     pixel. Edge effects are the scenario's assumption only: the generator's species do not see them."""
-    from geoplantnet.jobs.inputs import virtual_scenario_truth
+    from geoplantnet.runs.inputs import virtual_scenario_truth
 
     before, after, codes = virtual_scenario_truth(plan.cfg, a.grid, a.zones == 1, a.edit.code)
     masks = {name: a.zones == z for z, name in enumerate(ZONES, start=1)}
@@ -910,7 +910,7 @@ def planned(cfg: RunConfig, sc: Scenario, models: Models, progress: bool) -> Ite
     """What an impact assessment and an offset ranking share: the models and the user's files read and checked,
     the scenario's class against the land-cover layer's declared classes and the species model's inputs, all before
     the virtual region is generated or a cluster starts; then the run's inputs, the cluster and the plan."""
-    from geoplantnet.jobs.inputs import plan_inputs
+    from geoplantnet.runs.inputs import plan_inputs
     from geoplantnet.runtime.cluster import connect
 
     species = ModelFile.read(models.species) if models.species is not None else None

@@ -5,7 +5,7 @@ On the driver, before anything is written: the stores are complete and on one gr
 to the store's species (a report of what did not match); the typical species of each habitat come from the labelled
 plots the classifier learned from; the conformal radii are calibrated on held-out presence-absence surveys (read
 from the maps at the surveys' cells) and their coverage measured by cross-conformal spatial folds. Then one task
-per tile (:func:`geoplantnet.jobs.tiled.produce_tiles`): read the tile's species codes (one shard) and habitat
+per tile (:func:`geoplantnet.runs.tiles.produce_tiles`): read the tile's species codes (one shard) and habitat
 classes, :func:`geoplantnet.products.indicators.indicator_blocks`, write.
 """
 
@@ -46,7 +46,6 @@ from geoplantnet.jobs.mapping import (
     plan_predictor,
     run_parts,
 )
-from geoplantnet.jobs.tiled import TileOutput, produce_tiles
 from geoplantnet.models.calibration import Calibration, fit_calibration
 from geoplantnet.products.habitat_map import THRESHOLD, ranks, read_species_tile
 from geoplantnet.products.indicators import (
@@ -58,6 +57,8 @@ from geoplantnet.products.indicators import (
     indicator_template,
     typical_species,
 )
+from geoplantnet.runs.context import streaming
+from geoplantnet.runs.tiles import TileOutput, produce_tiles
 from geoplantnet.runtime.cluster import task_resources
 from geoplantnet.samples import status as status_tables
 from geoplantnet.samples.extraction import grid_of
@@ -938,7 +939,8 @@ def produce_indicators(
         layout=indicator_template(plan.grid, plan.job.model, plan.tile),
         product=PRODUCT,
         parts=plan.parts,
-        cfg=cfg,
+        settings=streaming(cfg),
+        provenance=cfg.to_attrs(),
         attrs=plan.attrs,
         overwrite=overwrite,
         resources=plan.job.fused.resources(client) if isinstance(plan.job, FusedTileJob) else None,
@@ -993,7 +995,7 @@ def indicator_inputs(cfg: RunConfig, *, progress: bool = False, year: int | None
     red_list = status_tables.read_habitat_red_list(ind.habitat_red_list) if ind.habitat_red_list is not None else None
     status = ind.status
     if cfg.inputs.virtual:
-        from geoplantnet.jobs.inputs import virtual_plots, virtual_status_tables, virtual_surveys
+        from geoplantnet.runs.inputs import virtual_plots, virtual_status_tables, virtual_surveys
 
         if surveys is None and ind.n_surveys > 0:
             surveys = virtual_surveys(cfg, ind.n_surveys, progress=progress, year=year)
@@ -1050,7 +1052,7 @@ def run_fused_indicators(
     and, unless ``habitats`` is False, the classifier ``habitat_model`` (default ``<store.root>/habitats/model``
     when it exists) run inside each indicator tile task; only ``out_url`` (default ``<store.root>/indicators.zarr``)
     is written."""
-    from geoplantnet.jobs.inputs import plan_inputs
+    from geoplantnet.runs.inputs import plan_inputs
     from geoplantnet.runtime.cluster import connect
 
     model_url = model or cfg.map.model
@@ -1090,7 +1092,7 @@ def _output(cfg: RunConfig, out_url: str | None, overwrite: bool) -> str:
 
 def _evaluate(cfg: RunConfig, out_url: str, plan: IndicatorPlan) -> dict[str, Any]:
     from geoplantnet.jobs.indicator_eval import evaluate_indicators
-    from geoplantnet.jobs.inputs import virtual_truth
+    from geoplantnet.runs.inputs import virtual_truth
 
     truth_species, truth_habitat = virtual_truth(cfg)
     return evaluate_indicators(out_url, plan.job.model, list(plan.species), truth_species, truth_habitat)

@@ -33,8 +33,9 @@ from geoplantnet.core.grid import Grid, Tile, overlaps
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.dense import InferenceError, TileGeometry, default_budget, predict_tile, tile_geometry
 from geoplantnet.inference.points import predict_tile_points
-from geoplantnet.jobs.tiled import TiledRun, TileOutput, produce_tiles
 from geoplantnet.models.peers import PeerSpec, is_peer_file, load_peer
+from geoplantnet.runs.context import streaming
+from geoplantnet.runs.tiles import TiledRun, TileOutput, produce_tiles
 from geoplantnet.runtime.cluster import require_resources, task_resources
 from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.store import default_encoding, preflight, storage_options_for
@@ -502,7 +503,8 @@ def produce_map(
         layout=layout,
         product="species",
         parts=plan.parts,
-        cfg=cfg,
+        settings=streaming(cfg),
+        provenance=cfg.to_attrs(),
         attrs=plan.attrs,
         overwrite=overwrite,
         resources=resources,
@@ -709,7 +711,7 @@ def run_map(
     """The map job on the configured inputs (``cfg.inputs``: a user's rasters and/or Sentinel-2 from ``stac.url``;
     nothing configured: the virtual region), with the model ``model`` or ``map.model``, or one trained here on the
     configured observations and cached by configuration; then :func:`produce_map` on the configured cluster."""
-    from geoplantnet.jobs.inputs import plan_inputs
+    from geoplantnet.runs.inputs import plan_inputs
     from geoplantnet.runtime.cluster import connect
     from geoplantnet.storage.store import join
 

@@ -27,7 +27,7 @@ import pandas as pd
 from geoplantnet.core.config import RunConfig
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import to_grid_crs
-from geoplantnet.jobs.inputs import Inputs
+from geoplantnet.runs.inputs import Inputs
 from geoplantnet.samples.observations import Samples, SpeciesVocabulary
 from geoplantnet.storage.outputs import claim_file, write_file
 
@@ -199,8 +199,8 @@ def run_predict(
 ) -> PredictSummary:
     """Each species' probability at ``points`` from ``model`` (or ``map.model``) on the configured inputs
     (``cfg.inputs``; nothing configured: the virtual region), written to ``out`` (.csv or .parquet)."""
-    from geoplantnet.jobs.inputs import run_inputs
     from geoplantnet.jobs.mapping import MapSources, check_inputs, read_model
+    from geoplantnet.runs.inputs import run_inputs
     from geoplantnet.runtime.cluster import connect
 
     t0 = time.perf_counter()

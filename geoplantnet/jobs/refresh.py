@@ -28,7 +28,6 @@ import zarr
 from geoplantnet.core.config import ConfigError, RunConfig, redact, redact_text
 from geoplantnet.core.errors import GeoplantnetError, RefusedError
 from geoplantnet.core.grid import Grid, Tile
-from geoplantnet.jobs.tiled import TileOutput, produce_tiles
 from geoplantnet.products.changes import (
     ChangeModel,
     change_blocks,
@@ -36,6 +35,8 @@ from geoplantnet.products.changes import (
     detection_scores,
     fit_change_model,
 )
+from geoplantnet.runs.context import streaming
+from geoplantnet.runs.tiles import TileOutput, produce_tiles
 from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import (
     PRODUCT_ATTR,
@@ -284,8 +285,8 @@ def run_refresh(
     """Map ``year`` into every series under ``store.root`` and write its run summary (see the module docstring)."""
     from geoplantnet.jobs.habitat_map import ClassifierFolder, plan_habitat_map, produce_habitat_map
     from geoplantnet.jobs.indicators import IndicatorStores, indicator_inputs, plan_indicators, produce_indicators
-    from geoplantnet.jobs.inputs import plan_inputs
     from geoplantnet.jobs.mapping import MapSources, ModelFile, ensure_model, plan_map, produce_map
+    from geoplantnet.runs.inputs import plan_inputs
     from geoplantnet.runtime.cluster import connect
     from geoplantnet.storage.store import is_local
 
@@ -378,7 +379,8 @@ def run_refresh(
                 layout=change_template(grid, change_model, iplan.tile, classes),
                 product="changes",
                 parts=parts,
-                cfg=cfg,
+                settings=streaming(cfg),
+                provenance=cfg.to_attrs(),
                 attrs={"previous_year": str(previous), "change_z": str(cfg.refresh.change_z)},
                 overwrite=overwrite,
                 resources=None,
@@ -474,7 +476,7 @@ def describe_changes(cfg: RunConfig, url: str, year: int, grid: Grid, tile: int)
 def evaluate_refresh(cfg: RunConfig, urls: Mapping[str, str], year: int, iplan: Any, previous: int | None) -> dict:
     """Virtual region: the year's indicators against that year's truth, detected changes against true changes."""
     from geoplantnet.jobs.indicator_eval import evaluate_indicators
-    from geoplantnet.jobs.inputs import virtual_changes, virtual_truth
+    from geoplantnet.runs.inputs import virtual_changes, virtual_truth
 
     if not cfg.inputs.virtual:
         raise ConfigError("--evaluate scores a refresh against the virtual region's truth; inputs.* are set")
@@ -528,7 +530,7 @@ def change_errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 def true_change_kinds(cfg: RunConfig, year: int) -> dict[str, int]:
     """The virtual truth's change kinds and codes (its ``flag_meanings`` / ``flag_values``; no-change left out)."""
-    from geoplantnet.jobs.inputs import virtual_changes
+    from geoplantnet.runs.inputs import virtual_changes
 
     attrs = virtual_changes(cfg, year).attrs
     pairs = zip(str(attrs.get("flag_meanings", "")).split(), attrs.get("flag_values", []), strict=False)

@@ -31,8 +31,8 @@ from distributed import Client
 from geoplantnet.core.config import RunConfig
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid
-from geoplantnet.jobs.inputs import Inputs
 from geoplantnet.models.peers import MaxentPeer, RandomForestPeer, point_features
+from geoplantnet.runs.inputs import Inputs
 from geoplantnet.samples.extraction import extract_samples
 from geoplantnet.samples.observations import SpeciesVocabulary, build_samples
 from geoplantnet.samples.training_set import compute_stats, open_training_set

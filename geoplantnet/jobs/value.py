@@ -11,7 +11,7 @@
         ─▶ the final U-Net on every polygon ─▶ <store.root>/value/model.pt (+ report.md, report.json)
     ValuePredictor per tile (tile + halo read through its MapSources, NaN past the grid) ─▶ value.zarr (10 m,
         biodiversity_value and, with MC-dropout draws, biodiversity_value_sd; uint8 codes) ─▶ value_50m.zarr (the
-        map grid: mean and spread of the 10 m values per cell), both through jobs.tiled.produce_tiles
+        map grid: mean and spread of the 10 m values per cell), both through runs.tiles.produce_tiles
     --evaluate (virtual region): the 50 m map against the true value score
 
 Nothing is chosen on a test fold: the folds' numbers are reported, never used to pick a model or a setting. A rerun
@@ -43,7 +43,8 @@ from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.dense import TileGeometry, decode, encode
 from geoplantnet.jobs.mapping import MapSources, ModelRef, run_parts
-from geoplantnet.jobs.tiled import TileOutput, produce_tiles
+from geoplantnet.runs.context import streaming
+from geoplantnet.runs.tiles import TileOutput, produce_tiles
 from geoplantnet.runtime.cluster import task_resources
 from geoplantnet.samples.value_labels import LabelRasters, rasterise_labels, read_value_polygons
 from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
@@ -631,7 +632,7 @@ def evaluate_value(cfg: RunConfig, aggregate_url: str, labels: Labels, quantile:
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
-    from geoplantnet.jobs.inputs import virtual_value_score
+    from geoplantnet.runs.inputs import virtual_value_score
 
     truth = virtual_value_score(cfg).values.astype(np.float64)
     mapped = open_store(aggregate_url)["biodiversity_value"].values.astype(np.float64)
@@ -775,7 +776,14 @@ def produce_value_maps(
     resources = task_resources(client) if cfg.map.device != "cpu" else None
     options = storage_options_for(value_url, cfg.store)
     output = TileOutput.of(value_url, parts, options, year=year)
-    common = {"cfg": cfg, "overwrite": overwrite, "progress": progress, "error": ValueJobError, "year": year}
+    common = {
+        "settings": streaming(cfg),
+        "provenance": cfg.to_attrs(),
+        "overwrite": overwrite,
+        "progress": progress,
+        "error": ValueJobError,
+        "year": year,
+    }
     t0 = time.perf_counter()
     done = produce_tiles(
         client,
@@ -827,7 +835,7 @@ def run_value(
 ) -> dict[str, Any]:
     """The value job: labels, folds (U-Net vs forest), the final model, ``value.zarr`` and ``value_50m.zarr``, the
     report (``<store.root>/value``); with ``evaluate`` (virtual region only) the agreement with the true value."""
-    from geoplantnet.jobs.inputs import run_inputs, virtual_value_polygons
+    from geoplantnet.runs.inputs import run_inputs, virtual_value_polygons
     from geoplantnet.runtime.cluster import connect
 
     t_start = time.perf_counter()

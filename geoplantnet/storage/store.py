@@ -33,7 +33,7 @@ import xarray as xr
 import zarr
 
 import geoplantnet
-from geoplantnet.core.config import ConfigError, RunConfig, StoreConfig, redact_text
+from geoplantnet.core.config import ConfigError, StoreConfig, redact_text
 from geoplantnet.core.errors import InputError, RefusedError, ServiceError
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.runtime.interrupts import deferred
@@ -328,8 +328,9 @@ def default_encoding(ds: xr.Dataset, *, clevel: int = 5) -> dict[str, dict[str, 
     return encoding
 
 
-def stamp(ds: xr.Dataset, cfg: RunConfig | None, extra: Mapping[str, Any] | None) -> xr.Dataset:
-    """``ds`` with CF and provenance attrs (version, time, redacted configuration) and an incomplete flag."""
+def stamp(ds: xr.Dataset, provenance: Mapping[str, Any] | None, extra: Mapping[str, Any] | None) -> xr.Dataset:
+    """``ds`` with CF and provenance attrs (version, time, the run's redacted configuration as
+    ``RunConfig.to_attrs`` gives it) and an incomplete flag."""
     ds = ds.copy()
     attrs = dict(ds.attrs)
     attrs.update(
@@ -340,8 +341,7 @@ def stamp(ds: xr.Dataset, cfg: RunConfig | None, extra: Mapping[str, Any] | None
             COMPLETE: "false",
         }
     )
-    if cfg is not None:
-        attrs.update(cfg.to_attrs())
+    attrs.update(provenance or {})
     attrs.update(extra or {})
     ds.attrs = attrs
     # Fixed-width numpy strings have no Zarr v3 spec (other readers may fail); variable-length UTF-8 does. All at once,
@@ -409,7 +409,7 @@ def write_store(
     *,
     product: str,
     parts: Mapping[str, Any],
-    cfg: RunConfig | None = None,
+    provenance: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any] | None = None,
     encoding: Mapping[str, Mapping[str, Any]] | None = None,
     storage_options: Mapping[str, Any] | None = None,
@@ -426,7 +426,7 @@ def write_store(
     """
     ds = stamp(
         ds,
-        cfg,
+        provenance,
         {
             **(attrs or {}),
             PRODUCT_ATTR: product,

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -34,7 +35,6 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from geoplantnet.core.config import RunConfig
 from geoplantnet.core.encoding import NODATA, SCALE
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.storage import years
@@ -153,6 +153,22 @@ def finished_tiles(url: str, run: str, storage_options: Mapping[str, Any] | None
     return {name.removesuffix(".json") for name in names if name.endswith(".json")}
 
 
+@dataclass(frozen=True)
+class TileOutput:
+    """Where a tile goes: the store, the run whose markers it writes, the store's options."""
+
+    url: str
+    run: str
+    storage_options: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls, url: str, parts: Mapping[str, Any], storage_options: dict[str, Any], year: int | None = None
+    ) -> TileOutput:
+        """The output of the run of ``parts`` (of ``year`` of a series, when given: its parts then name the year)."""
+        return cls(url, run_id(parts if year is None else years.year_parts(parts, year)), storage_options)
+
+
 @contextlib.contextmanager
 def writing_tiles(
     url: str,
@@ -163,7 +179,7 @@ def writing_tiles(
     parts: Mapping[str, Any],
     run: str,
     overwrite: bool,
-    cfg: RunConfig | None,
+    provenance: Mapping[str, Any] | None,
     attrs: Mapping[str, Any] | None,
     storage_options: Mapping[str, Any] | None,
     lease_ttl: float,
@@ -206,7 +222,7 @@ def writing_tiles(
             target=target,
             product=product,
             parts=parts,
-            cfg=cfg,
+            provenance=provenance,
             attrs=attrs,
             storage_options=storage_options,
             year=year,
@@ -223,7 +239,7 @@ def prepare(
     target: Target,
     product: str,
     parts: Mapping[str, Any],
-    cfg: RunConfig | None = None,
+    provenance: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     year: int | None = None,
@@ -248,7 +264,7 @@ def prepare(
             product=product,
             parts=parts,
             year=year,
-            cfg=cfg,
+            provenance=provenance,
             attrs=attrs,
             storage_options=storage_options,
         )
@@ -264,7 +280,7 @@ def prepare(
         remove_store(target, storage_options)
     ds = stamp(
         template,
-        cfg,
+        provenance,
         {**(attrs or {}), PRODUCT_ATTR: product, RUN_ATTR: run, PARTS_ATTR: json.dumps(dict(parts), sort_keys=True)},
     )
     write_layout(url, ds, encoding, storage_options)

@@ -45,7 +45,6 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from geoplantnet.core.config import RunConfig
 from geoplantnet.core.errors import RefusedError
 from geoplantnet.storage.lease import Lease
 from geoplantnet.storage.store import (
@@ -216,7 +215,7 @@ def prepare_year(
     product: str,
     parts: Mapping[str, Any],
     year: int,
-    cfg: RunConfig | None = None,
+    provenance: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any] | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> str | None:
@@ -225,7 +224,7 @@ def prepare_year(
     Returns the run whose year was replaced (its markers are the caller's to clear), else None."""
     run = run_id(parts)
     ds, enc = with_year(template, encoding, year)
-    provenance = {**template.attrs, **(cfg.to_attrs() if cfg is not None else {}), **(attrs or {})}
+    provenance = {**template.attrs, **(provenance or {}), **(attrs or {})}
     record = {"run": run, "parts": dict(parts), "attrs": provenance, "started": _now(), "completed": None}
     root = {**provenance, RUN_ATTR: run, PARTS_ATTR: json.dumps(dict(parts), sort_keys=True)}
     if decision == "new":
@@ -238,7 +237,7 @@ def prepare_year(
             YEARS_ATTR: _dumps({year: {**record, "slot": 0}}),
             YEARS_COMPLETE_ATTR: [],
         }
-        write_layout(url, stamp(ds, cfg, extra), enc, storage_options)
+        write_layout(url, stamp(ds, provenance, extra), enc, storage_options)
         return None
     records = year_records(target.attrs)
     complete = [y for y in target.attrs.get(YEARS_COMPLETE_ATTR) or [] if y != year]

@@ -163,8 +163,8 @@ def small_map(root: Path, default_config: Path, region: Path) -> SmallMap:
     """The small virtual region (a copy of the workdir ``region``'s) under ``root``, a model trained on it (cached in
     the workdir, as the map command caches it) and the reference map written by an embedded LocalCluster."""
     from geoplantnet.core.config import load_config
-    from geoplantnet.jobs.inputs import virtual_inputs
     from geoplantnet.jobs.mapping import MapSources, ensure_model, produce_map
+    from geoplantnet.runs.inputs import virtual_inputs
     from geoplantnet.runtime.cluster import connect
 
     overrides = [*MAP_SETTINGS, f"workdir={copy_region(region, root / 'work')}", f"store.root={root / 'out'}"]
@@ -183,8 +183,8 @@ def tiny_classifier(cfg: RunConfig, species: Sequence[str], folder: Path) -> str
     """A tiny habitat classifier trained from scratch on the virtual region's plots of ``cfg`` (a vocabulary of
     ``species``: the map's ids), saved in ``folder``; returns the folder."""
     from geoplantnet.core.config import PlotModelConfig, PlotTrainConfig
-    from geoplantnet.jobs.inputs import virtual_plots
     from geoplantnet.models.plantbert import build_tokenizer, encode_sentences
+    from geoplantnet.runs.inputs import virtual_plots
     from geoplantnet.training.plantbert import finetune
 
     plots, _ = virtual_plots(cfg)

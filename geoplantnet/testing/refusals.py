@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,7 @@ CONFIG = ROOT / "pipelines" / "default.yaml"
 SQUARE = [[4322000, 2980000], [4322300, 2980000], [4322300, 2979700], [4322000, 2979700], [4322000, 2980000]]
 
 # What the commands import (torch, transformers, Dask: seconds the first command of a process pays for any input)
-JOBS = ("composites", "sdm", "tabular", "habitats", "mapping", "habitat_map", "indicators", "refresh", "value",
-        "impact", "predict", "inputs", "quicklook")  # fmt: skip
-IMPORTED = [*(f"geoplantnet.jobs.{name}" for name in JOBS), "geoplantnet.sim.region"]
+IMPORTED = ("geoplantnet.jobs", "geoplantnet.runs", "geoplantnet.sim.region")  # every module of the packages
 
 # What the heavy work imports (each a second or more to import) and a refusal should not: it is what a user waits for
 HEAVY = ("torch", "transformers", "sklearn", "matplotlib", "stackstac", "distributed")
@@ -34,7 +33,9 @@ HEAVY = ("torch", "transformers", "sklearn", "matplotlib", "stackstac", "distrib
 def import_commands() -> None:
     """Import every command's modules, so that a command timed after this pays for its own work only."""
     for name in IMPORTED:
-        importlib.import_module(name)
+        module = importlib.import_module(name)
+        for info in pkgutil.iter_modules(getattr(module, "__path__", []), prefix=f"{name}."):
+            importlib.import_module(info.name)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The driver side of a tiled product (``species.zarr``, ``habitat.zarr``): one Dask task per tile, streamed.
+"""The one tile streamer: every loop over tiles on the cluster goes through here (bounded, retried, leased).
 
 :func:`produce_tiles` is the whole protocol of :mod:`geoplantnet.storage.tiles` under the store's lease: claim the
 output (new / resume / replace with ``--overwrite`` / refused), lay it out or find the finished tiles, stream the
@@ -24,13 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import xarray as xr
 
-from geoplantnet.core.config import RunConfig
 from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.lease import Lease
-from geoplantnet.storage.store import run_id
-from geoplantnet.storage.years import year_parts
+from geoplantnet.storage.tiles import TileOutput
 
 # distributed is imported where tiles are streamed: commands import this module before checking their inputs
 if TYPE_CHECKING:
@@ -40,19 +38,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TileOutput:
-    """Where a tile goes: the store, the run whose markers it writes, the store's options."""
+class StreamSettings:
+    """How tiles are streamed: tasks in flight (None: two per worker thread), retries of a failed tile task, and the
+    store lease's time to live (the run context builds it from ``map.max_in_flight``, ``map.retries``,
+    ``store.lease_ttl_s``)."""
 
-    url: str
-    run: str
-    storage_options: dict[str, Any]
-
-    @classmethod
-    def of(
-        cls, url: str, parts: Mapping[str, Any], storage_options: dict[str, Any], year: int | None = None
-    ) -> TileOutput:
-        """The output of the run of ``parts`` (of ``year`` of a series, when given: its parts then name the year)."""
-        return cls(url, run_id(parts if year is None else year_parts(parts, year)), storage_options)
+    max_in_flight: int | None = None
+    retries: int = 2
+    lease_ttl: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -87,7 +80,8 @@ def produce_tiles(
     layout: tuple[xr.Dataset, Mapping[str, Mapping[str, Any]]],
     product: str,
     parts: Mapping[str, str],
-    cfg: RunConfig,
+    settings: StreamSettings,
+    provenance: Mapping[str, Any] | None,
     attrs: Mapping[str, Any],
     overwrite: bool,
     resources: dict[str, float] | None,
@@ -105,10 +99,10 @@ def produce_tiles(
         parts=parts,
         run=output.run,
         overwrite=overwrite,
-        cfg=cfg,
+        provenance=provenance,
         attrs=attrs,
         storage_options=output.storage_options,
-        lease_ttl=cfg.store.lease_ttl_s,
+        lease_ttl=settings.lease_ttl,
         year=year,
     ) as (done, lease):
         tiles = list(grid.tiles(tile))
@@ -122,7 +116,7 @@ def produce_tiles(
             n_tiles=len(tiles),
             n_done=len(done),
             resources=resources,
-            cfg=cfg,
+            settings=settings,
             lease=lease,
             progress=progress,
             error=error,
@@ -143,8 +137,8 @@ def stream_tiles(
     n_tiles: int,
     n_done: int,
     resources: dict[str, float] | None,
-    cfg: RunConfig,
-    lease: Lease,
+    settings: StreamSettings,
+    lease: Lease | None,
     progress: bool,
     error: type[GeoplantnetError],
     label: str,
@@ -155,7 +149,7 @@ def stream_tiles(
     from tqdm.auto import tqdm
 
     threads = sum(client.nthreads().values()) or 1
-    in_flight = cfg.map.max_in_flight or 2 * threads
+    in_flight = settings.max_in_flight or 2 * threads
     print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
     log.info("%d tiles (%d already written), %d in flight, resources %s", n_tiles, n_done, in_flight, resources)
     results: list[dict[str, Any]] = []
@@ -172,7 +166,7 @@ def stream_tiles(
             tile,
             key=f"{label}-tile-{tile.id}-{run}-{nonce}",
             resources=resources,
-            retries=cfg.map.retries,
+            retries=settings.retries,
             pure=False,
         )
         names[future.key] = tile.id
@@ -190,7 +184,8 @@ def stream_tiles(
                 exc.add_note(f"while computing {label} tile {names[future.key]}")
                 raise
             results.append(result)
-            lease.check()
+            if lease is not None:
+                lease.check()
             pixels = sum(r["pixels"] for r in results)
             bar.update(1)
             bar.set_postfix(px_per_s=f"{pixels / max(time.perf_counter() - t_compute, 1e-9):,.0f}")

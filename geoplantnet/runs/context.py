@@ -1,0 +1,115 @@
+"""The run context: what every job starts from, written once (the configuration, its outputs, the cluster, the tile
+stream), so that a job is a short driver: context -> product plan -> :mod:`geoplantnet.runs.tiles` -> report.
+
+:class:`RunContext` is the one place below the jobs that reads :class:`~geoplantnet.core.config.RunConfig`; it hands
+the layers under it the sections or typed settings they need (:class:`~geoplantnet.runs.tiles.StreamSettings`, the
+store's options, the provenance attributes), never the whole configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from geoplantnet.core.config import RunConfig
+from geoplantnet.core.errors import GeoplantnetError
+from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.runs.tiles import StreamSettings, TiledRun, TileOutput, produce_tiles
+from geoplantnet.storage.store import join, preflight, storage_options_for
+
+if TYPE_CHECKING:
+    import xarray as xr
+    from distributed import Client
+
+
+def streaming(cfg: RunConfig) -> StreamSettings:
+    """How the run's tiles are streamed (``map.max_in_flight``, ``map.retries``, ``store.lease_ttl_s``)."""
+    return StreamSettings(cfg.map.max_in_flight, cfg.map.retries, cfg.store.lease_ttl_s)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One run of a command: its configuration and how it was asked to run (``progress``, ``overwrite``, the
+    ``year`` of a series)."""
+
+    cfg: RunConfig
+    progress: bool = True
+    overwrite: bool = False
+    year: int | None = None
+
+    @property
+    def streaming(self) -> StreamSettings:
+        """How tiles are streamed (:func:`streaming`)."""
+        return streaming(self.cfg)
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The attributes every store of the run carries: its redacted configuration."""
+        return self.cfg.to_attrs()
+
+    def options(self, url: str) -> dict[str, Any]:
+        """The fsspec options for ``url`` (those of ``store`` for a URL under object storage)."""
+        return storage_options_for(url, self.cfg.store)
+
+    def url(self, name: str) -> str:
+        """``<store.root>/<name>``."""
+        return join(self.cfg.store.root, name)
+
+    def output(self, name: str, product: str, out: str | None = None) -> str:
+        """The store the run writes (``out``, default ``<store.root>/<name>``), refused before anything is read when
+        it is a user's folder, a store being written or another product's (``storage.store.preflight``)."""
+        url = out or self.url(name)
+        preflight(url, self.options(url), product=product, overwrite=self.overwrite)
+        return url
+
+    def tile_output(self, url: str, parts: Mapping[str, Any]) -> TileOutput:
+        """Where the tiles of the run of ``parts`` go (the year's run of a series when the context has a year)."""
+        return TileOutput.of(url, parts, self.options(url), year=self.year)
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[Client]:
+        """The configured cluster (closed after, or stopped at once on Ctrl-C)."""
+        from geoplantnet.runtime.cluster import connect
+
+        with connect(self.cfg.cluster) as client:
+            yield client
+
+    def produce(
+        self,
+        client: Client,
+        fn: Callable[[Any, Tile], dict[str, Any]],
+        job: Any,
+        *,
+        output: TileOutput,
+        grid: Grid,
+        tile: int,
+        layout: tuple[xr.Dataset, Mapping[str, Mapping[str, Any]]],
+        product: str,
+        parts: Mapping[str, str],
+        attrs: Mapping[str, Any],
+        resources: dict[str, float] | None,
+        error: type[GeoplantnetError],
+    ) -> TiledRun:
+        """:func:`~geoplantnet.runs.tiles.produce_tiles` with the run's stream settings, provenance, ``overwrite``,
+        progress and year."""
+        return produce_tiles(
+            client,
+            fn,
+            job,
+            output=output,
+            grid=grid,
+            tile=tile,
+            layout=layout,
+            product=product,
+            parts=parts,
+            settings=self.streaming,
+            provenance=self.provenance,
+            attrs=attrs,
+            overwrite=self.overwrite,
+            resources=resources,
+            progress=self.progress,
+            error=error,
+            year=self.year,
+        )
