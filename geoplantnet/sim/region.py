@@ -369,7 +369,7 @@ def _windows(grid: Grid, size: int) -> Iterator[tuple[slice, slice]]:
 def _create(path: Path, ds: xr.Dataset, config: RunConfig) -> None:
     """Metadata and coordinates of a store whose data chunks are written later, window by window; committed by
     :func:`geoplantnet.storage.store.mark_complete` once every window is in."""
-    ds = stamp(ds, config, None)
+    ds = stamp(ds, config.to_attrs(), None)
     encoding = default_encoding(ds, clevel=3)
     for name, var in ds.data_vars.items():
         encoding[str(name)]["chunks"] = var.data.chunksize
