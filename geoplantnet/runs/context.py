@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import xarray as xr
     from distributed import Client
 
+    from geoplantnet.products.base import TilePlan
+
 
 def streaming(cfg: RunConfig) -> StreamSettings:
     """How the run's tiles are streamed (``map.max_in_flight``, ``map.retries``, ``store.lease_ttl_s``)."""
@@ -112,4 +114,21 @@ class RunContext:
             progress=self.progress,
             error=error,
             year=self.year,
+        )
+
+    def produce_plan(self, client: Client, plan: TilePlan, product: str) -> TiledRun:
+        """:meth:`produce` of a product's plan (``product``: the store's ``geoplantnet_product``)."""
+        return self.produce(
+            client,
+            plan.fn,
+            plan.job,
+            output=plan.output,
+            grid=plan.grid,
+            tile=plan.tile,
+            layout=plan.layout,
+            product=product,
+            parts=plan.parts,
+            attrs=plan.attrs,
+            resources=plan.resources,
+            error=plan.error,
         )
