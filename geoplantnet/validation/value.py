@@ -30,7 +30,7 @@ from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.value import ValueJobError
 from geoplantnet.samples.value_labels import LabelRasters, Labels, rasterise_labels, read_value_polygons
 from geoplantnet.storage.store import exists, shown, storage_options_for
-from geoplantnet.validation.blocks import BlockError, spatial_folds, validation_split
+from geoplantnet.validation.blocks import BlockError, spatial_folds
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 FOLD_FILES = ("report.json", "report.md", "folds.csv")  # what describes a trained model beside it
 MODELS = ("unet", "random_forest")
+VALIDATION_PARTS = 5  # a fifth of a network's training polygons validate it (early stopping)
 
 
 def polygon_folds(polygons: gpd.GeoDataFrame, settings: ValueConfig) -> tuple[np.ndarray, list[str]]:
@@ -171,24 +172,22 @@ class Trained:
 
 def inner_split(labels: Labels, label: np.ndarray, settings: ValueConfig) -> tuple[np.ndarray, np.ndarray | None]:
     """``label`` split into the labels a network fits and those of its validation polygons (early stopping): about a
-    fifth of the polygons ``label`` holds, by whole spatial blocks of their centroids (halved while too few), never
-    a test fold's. No validation (None) when the polygons are too few to split."""
+    fifth of the polygons ``label`` holds, by whole spatial blocks of their centroids (``spatial_folds``, blocks
+    halved while too few), never a test fold's. No validation (None) when the polygons are too few to split."""
     polygon = labels.rasters.polygon
     ids = np.unique(polygon[(label >= 0) & (polygon >= 0)])
     part = labels.polygons[labels.polygons["polygon_id"].isin(ids)]
+    if len(part) < VALIDATION_PARTS:
+        return label, None
     centre = part.geometry.centroid
-    size = settings.block_size_m
-    while True:
-        try:
-            _, val = validation_split(
-                centre.x.to_numpy(), centre.y.to_numpy(), np.ones(len(part), bool), size, 0.2, settings.seed
-            )
-            break
-        except BlockError:
-            if size < 1.0:
-                return label, None
-            size /= 2
-    held = np.isin(polygon, part["polygon_id"].to_numpy()[val]) & (label >= 0)
+    try:
+        parts, _ = spatial_folds(
+            centre.x.to_numpy(), centre.y.to_numpy(), settings.block_size_m, VALIDATION_PARTS, seed=settings.seed,
+            fallback="smaller_blocks", what="validation polygons",
+        )  # fmt: skip
+    except BlockError:  # too few blocks even under a metre
+        return label, None
+    held = np.isin(polygon, part["polygon_id"].to_numpy()[parts == 0]) & (label >= 0)
     return np.where(held, -1, label).astype(np.int8), np.where(held, label, -1).astype(np.int8)
 
 
