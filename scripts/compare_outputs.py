@@ -96,8 +96,10 @@ def _cells(line: str, skip: set[int]) -> str:
     return "|".join(c for i, c in enumerate(line.split("|")) if i not in skip)
 
 
-def compare_text(a: Path, b: Path, rtol: float) -> list[str]:
-    la, lb = a.read_text().splitlines(), b.read_text().splitlines()
+def compare_text(a: Path, b: Path, rtol: float, roots: tuple[Path, Path]) -> list[str]:
+    # each run's folder (its outputs' parent holds its work folder too) reads as ROOT
+    la = a.read_text().replace(str(roots[0].parent), "ROOT").splitlines()
+    lb = b.read_text().replace(str(roots[1].parent), "ROOT").splitlines()
     if len(la) != len(lb):
         return [f"{len(la)} vs {len(lb)} lines"]
     out = []
@@ -151,7 +153,7 @@ def main() -> int:
             problems = []
             _same(json.loads(a.read_text()), json.loads(b.read_text()), args.rtol, rel.name, problems)
         elif rel.suffix == ".md":
-            problems = compare_text(a, b, args.rtol)
+            problems = compare_text(a, b, args.rtol, (args.before.resolve(), args.after.resolve()))
         else:
             problems = compare_png(a, b)
         bad += bool(problems)
