@@ -1,4 +1,7 @@
-"""The ``geoplantnet`` command: thin sub-commands over the run configurations in ``pipelines/``."""
+"""The ``geoplantnet`` command: thin sub-commands over the run configurations in ``pipelines/``, built from one table
+of commands (:func:`commands`: name, help, arguments, handler). Every product of the registry with a tile plan is
+run by ``geoplantnet product NAME``. Nothing heavy is imported here: a handler imports its job once its inputs are
+checked."""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ import re
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -234,34 +238,6 @@ def _cmd_habitat_map(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_habitat_map(sub: argparse._SubParsersAction) -> None:
-    habitat_map = sub.add_parser(
-        "habitat-map",
-        help="classify every pixel's predicted species assemblage (species.zarr) into EUNIS habitats -> habitat.zarr",
-        description="Each pixel's sentence is its species above their saved thresholds (or its top-K species with "
-        "habitats.map_species=K), classified by the habitat model; tile by tile on the cluster, resumable.",
-    )
-    _add_config_args(habitat_map)
-    habitat_map.add_argument(
-        "--species", dest="species_store", default=None, help="species.zarr (default: <store.root>/species.zarr)"
-    )
-    habitat_map.add_argument(
-        "--model", default=None, help="habitat classifier folder (default: <store.root>/habitats/model)"
-    )
-    habitat_map.add_argument(
-        "--out", default=None, help="habitat.zarr path or URL (default: <store.root>/habitat.zarr)"
-    )
-    habitat_map.add_argument(
-        "--evaluate",
-        action="store_true",
-        help="virtual region: score the map against its true habitats, next to a "
-        "direct random forest from the same predictors",
-    )
-    habitat_map.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_overwrite(habitat_map, "habitat.zarr")
-    habitat_map.set_defaults(func=_cmd_habitat_map)
-
-
 def _cmd_indicators(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from geoplantnet.jobs.indicators import run_indicators
@@ -283,44 +259,6 @@ def _cmd_indicators(args: argparse.Namespace) -> int:
         )
     print(json.dumps(result.to_dict(), indent=2, default=str))
     return 0
-
-
-def _add_indicators(sub: argparse._SubParsersAction) -> None:
-    ind = sub.add_parser(
-        "indicators",
-        help="biodiversity indicators with uncertainty (richness, Shannon, invasive, threatened, habitats, "
-        "ecosystem health) from species.zarr and habitat.zarr -> indicators.zarr",
-        description="Status tables (indicators.status, invasive_list, protected_list, habitat_red_list) are matched "
-        "to the map's species; intervals are calibrated on held-out surveys (indicators.plots; on the virtual region "
-        "independent surveys) and their coverage reported; tile by tile on the cluster, resumable.",
-    )
-    _add_config_args(ind)
-    ind.add_argument("--species", dest="species_store", default=None, help="default: <store.root>/species.zarr")
-    ind.add_argument(
-        "--habitats", dest="habitat_store", default=None, help="default: <store.root>/habitat.zarr when it exists"
-    )
-    ind.add_argument("--no-habitats", action="store_true", help="species indicators only (no habitat.zarr)")
-    ind.add_argument(
-        "--from-model",
-        action="store_true",
-        help="fused mode: predict the species (and classify the habitats) inside each indicator tile, on the "
-        "configured inputs, writing indicators.zarr only (no species.zarr, no habitat.zarr)",
-    )
-    ind.add_argument(
-        "--model", default=None, help="--from-model: species model file (default: map.model, else trained as map does)"
-    )
-    ind.add_argument(
-        "--habitat-model",
-        default=None,
-        help="--from-model: habitat classifier folder (default: <store.root>/habitats/model when it exists)",
-    )
-    ind.add_argument("--out", default=None, help="indicators.zarr path or URL (default: <store.root>/indicators.zarr)")
-    ind.add_argument(
-        "--evaluate", action="store_true", help="virtual region: error of every indicator against the truth"
-    )
-    ind.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_overwrite(ind, "indicators.zarr")
-    ind.set_defaults(func=_cmd_indicators)
 
 
 def _assessment_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -370,41 +308,6 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
-def _add_impact(sub: argparse._SubParsersAction) -> None:
-    impact = sub.add_parser(
-        "impact",
-        help="in-silico impact assessment: a scenario applied inside a project footprint, the affected tiles "
-        "predicted again -> report.md, summary.json, maps.png, impact.gpkg",
-        description="The scenario (YAML: name, land_cover, buffer_m, edge_strength, context_m) edits the models' "
-        "inputs inside the footprint and its buffer; species, habitats, indicators and biodiversity value are "
-        "predicted before and after, with paired Monte-Carlo dropout intervals of the change.",
-    )
-    _add_config_args(impact)
-    impact.add_argument(
-        "--footprint", required=True, help="project polygons (GeoJSON, GeoPackage, GeoParquet; any CRS)"
-    )
-    impact.add_argument("--scenario", required=True, help="scenario YAML file")
-    impact.add_argument("--out", default=None, help="report folder (default: <store.root>/impact/<scenario name>)")
-    _add_overwrite(impact, "impact report", report=True)
-    _add_model_args(impact)
-    impact.set_defaults(func=_cmd_impact)
-
-    offsets = sub.add_parser(
-        "offsets",
-        help="rank candidate offset sites by the value a restoration scenario would gain there, and say whether "
-        "each compensates an impact (no net loss) -> report.md, offsets.csv, offsets.gpkg",
-    )
-    _add_config_args(offsets)
-    offsets.add_argument("--sites", required=True, help="candidate site polygons (any vector format and CRS)")
-    offsets.add_argument("--scenario", required=True, help="restoration scenario YAML file")
-    offsets.add_argument("--impact", default=None, help="an impact report folder (or its summary.json) to offset")
-    offsets.add_argument("--id-column", default=None, help="the sites' id column (default: id, name, else row number)")
-    offsets.add_argument("--out", default=None, help="report folder (default: <store.root>/offsets/<scenario name>)")
-    _add_overwrite(offsets, "offset ranking", report=True)
-    _add_model_args(offsets)
-    offsets.set_defaults(func=_cmd_offsets)
-
-
 def _cmd_refresh(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from geoplantnet.jobs.refresh import run_refresh
@@ -418,37 +321,15 @@ def _cmd_refresh(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_refresh(sub: argparse._SubParsersAction) -> None:
-    refresh = sub.add_parser(
-        "refresh",
-        help="annual monitoring: map one year into the series under store.root (species, habitat, indicators) and "
-        "the change since the previous year -> changes.zarr + a run summary",
-        description="Searches the year's Sentinel-2 imagery, maps it with the series' species model and habitat "
-        "classifier, appends the year along every store's year axis without rewriting other years, and reports "
-        "the changes beyond the noise. Rerunning a year resumes it; --overwrite replaces that year only.",
+def _cmd_product(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from geoplantnet.jobs.product import run_product
+
+    summary = run_product(
+        cfg, args.name, year=args.year, overwrite=args.overwrite, progress=not args.quiet, evaluate=args.evaluate
     )
-    _add_config_args(refresh)
-    refresh.add_argument(
-        "--year",
-        type=int,
-        required=True,
-        help="the monitoring year to map (e.g. 2025: whole composite seasons, December 2024 to November 2025 with "
-        "cube.composite QS-DEC)",
-    )
-    refresh.add_argument(
-        "--model", default=None, help="species model file (default: the series' first year's, or map.model)"
-    )
-    refresh.add_argument(
-        "--evaluate", action="store_true", help="virtual region: indicators and detected changes against the truth"
-    )
-    refresh.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    refresh.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace this year of every series when another run (other model, inputs or settings) wrote it; other "
-        "years are never touched, and a path that is not a geoplantnet series is never replaced",
-    )
-    refresh.set_defaults(func=_cmd_refresh)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
 
 
 def _cmd_value(args: argparse.Namespace) -> int:
@@ -458,26 +339,6 @@ def _cmd_value(args: argparse.Namespace) -> int:
     report = run_value(cfg, out=args.out, overwrite=args.overwrite, evaluate=args.evaluate, progress=not args.quiet)
     print(json.dumps(report, indent=2, default=str))
     return 0
-
-
-def _add_value(sub: argparse._SubParsersAction) -> None:
-    value = sub.add_parser(
-        "value",
-        help="biodiversity value (0-1) at 10 m from polygons labelled high / low: a U-Net vs a random forest on "
-        "spatial folds, then value.zarr and its 50 m aggregate value_50m.zarr",
-        description="Polygons (GeoParquet / GeoJSON / GeoPackage, any CRS; value.polygons, or the virtual region's) "
-        "are rasterised onto the 10 m grid; folds hold whole polygons; the report goes to <store.root>/value.",
-    )
-    _add_config_args(value)
-    value.add_argument("--polygons", default=None, help="labelled polygons file or URL (value.polygons)")
-    value.add_argument("--label-column", default=None, help="column of high / low labels (value.label_column)")
-    value.add_argument("--out", default=None, help="value.zarr path or URL (default: <store.root>/value.zarr)")
-    value.add_argument(
-        "--evaluate", action="store_true", help="virtual region: agreement of the 50 m map with the true value score"
-    )
-    value.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_overwrite(value, "value.zarr")
-    value.set_defaults(func=_cmd_value)
 
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")  # what matplotlib writes without extra packages
@@ -557,153 +418,405 @@ def _cmd_cluster_spec(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (sub-commands with their own ``--help``)."""
-    parser = argparse.ArgumentParser(
-        prog="geoplantnet", description="Plant biodiversity maps of Europe from Sentinel-2 on Dask."
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
-    run = sub.add_parser("run", help="run the main job (region -> STAC -> cube -> composites Zarr + PNG)")
-    _add_config_args(run)
-    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_overwrite(run, "composites.zarr")
-    run.set_defaults(func=_cmd_run)
 
-    sdm = sub.add_parser(
-        "sdm",
-        help="train and evaluate species models (CNN, MaxEnt, random forest) on spatial blocks; write a report",
-        description="With no inputs named (flags or inputs.* settings): the virtual region (scored against its true "
-        "probabilities too). With --observations and --rasters: your own data (CSV or GeoParquet, coordinates in any "
-        "CRS; GeoTIFFs in any CRS/resolution, aligned onto the grid set by grid.* in the configuration).",
-    )
-    _add_config_args(sdm)
-    _add_input_args(sdm)
-    sdm.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm)")
-    sdm.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_overwrite(sdm, "sdm report", report=True)
-    sdm.set_defaults(func=_cmd_sdm)
+def _args_run(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    _add_quiet(parser)
+    _add_overwrite(parser, "composites.zarr")
 
-    table = sub.add_parser(
-        "sdm-table",
-        help="species models from tables of extracted predictors: deep model vs MaxEnt vs random forest, scored on "
-        "independent presence-absence sites and/or spatial blocks",
-        description="Presence-only records and background sites with their predictor values (CSV/Parquet; columns "
-        "named by table.* settings, e.g. pipelines/nceas-awt.yaml), optionally independent presence-absence sites "
-        "(wide or long). Writes <out>/report/report.md, summary.json and the fitted models in <out>/models/.",
-    )
-    _add_config_args(table)
-    table.add_argument("--presence", type=Path, default=None, help="presence-only records (table.presence)")
-    table.add_argument("--background", type=Path, default=None, help="background sites (table.background)")
-    table.add_argument("--test", type=Path, default=None, help="independent presence-absence sites (table.test)")
-    table.add_argument("--test-env", type=Path, default=None, help="test-site predictors, joined on table.site")
-    table.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm-table)")
-    _add_overwrite(table, "sdm-table report", report=True)
-    table.set_defaults(func=_cmd_sdm_table)
 
-    habitats = sub.add_parser(
-        "habitats",
-        help="Pl@ntBERT: fill-mask pre-training on plots, EUNIS habitat fine-tuning, peers on spatial folds; saves "
-        "the models",
-        description="Plots from a CSV/Parquet table (habitats.* settings): one row per plot with a species-list "
-        "column in cover order, or one row per plot x species with a cover column (--cover); a habitat column "
-        "(EUNIS codes; empty = unlabelled). No table: the virtual region's plots. Writes <out>/report.md, "
-        "summary.json, folds.csv, the fill-mask model in <out>/fill-mask/ and the classifier in <out>/model/.",
-    )
-    _add_config_args(habitats)
-    habitats.add_argument("--plots", type=Path, default=None, help="plot table (habitats.plots)")
-    habitats.add_argument("--species-column", default=None, help="species column (habitats.species)")
-    habitats.add_argument("--cover", default=None, help="cover column of a long table (habitats.cover)")
-    habitats.add_argument("--habitat", default=None, help="habitat code column (habitats.habitat)")
-    habitats.add_argument(
+def _args_sdm(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    _add_input_args(parser)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm)")
+    _add_quiet(parser)
+    _add_overwrite(parser, "sdm report", report=True)
+
+
+def _args_sdm_table(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument("--presence", type=Path, default=None, help="presence-only records (table.presence)")
+    parser.add_argument("--background", type=Path, default=None, help="background sites (table.background)")
+    parser.add_argument("--test", type=Path, default=None, help="independent presence-absence sites (table.test)")
+    parser.add_argument("--test-env", type=Path, default=None, help="test-site predictors, joined on table.site")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/sdm-table)")
+    _add_overwrite(parser, "sdm-table report", report=True)
+
+
+def _args_habitats(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument("--plots", type=Path, default=None, help="plot table (habitats.plots)")
+    parser.add_argument("--species-column", default=None, help="species column (habitats.species)")
+    parser.add_argument("--cover", default=None, help="cover column of a long table (habitats.cover)")
+    parser.add_argument("--habitat", default=None, help="habitat code column (habitats.habitat)")
+    parser.add_argument(
         "--unlabelled",
         type=Path,
         nargs="*",
         default=None,
         help="more plot tables for pre-training only (habitats.unlabelled)",
     )
-    habitats.add_argument("--no-evaluation", action="store_true", help="train the final models only (no folds)")
-    habitats.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/habitats)")
-    habitats.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_overwrite(habitats, "habitats report", report=True)
-    habitats.set_defaults(func=_cmd_habitats)
+    parser.add_argument("--no-evaluation", action="store_true", help="train the final models only (no folds)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <store.root>/habitats)")
+    _add_quiet(parser)
+    _add_overwrite(parser, "habitats report", report=True)
 
-    mapping = sub.add_parser(
-        "map", help="apply the species model over the whole grid, tile by tile on the cluster -> species.zarr"
-    )
-    _add_config_args(mapping)
-    mapping.add_argument(
+
+def _args_map(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument(
         "--model", default=None, help="trained model file (default: map.model, or train one on --observations)"
     )
-    mapping.add_argument("--out", default=None, help="species.zarr path or URL (default: <store.root>/species.zarr)")
-    mapping.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_overwrite(mapping, "species.zarr")
-    _add_input_args(mapping)
-    mapping.set_defaults(func=_cmd_map)
+    parser.add_argument("--out", default=None, help="species.zarr path or URL (default: <store.root>/species.zarr)")
+    _add_quiet(parser)
+    _add_overwrite(parser, "species.zarr")
+    _add_input_args(parser)
 
-    _add_habitat_map(sub)
-    _add_indicators(sub)
-    _add_refresh(sub)
-    _add_value(sub)
-    _add_impact(sub)
 
-    plot = sub.add_parser(
-        "plot", help="one species from one or more species.zarr stores side by side (e.g. CNN and MaxEnt) -> PNG"
+def _args_habitat_map(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument(
+        "--species", dest="species_store", default=None, help="species.zarr (default: <store.root>/species.zarr)"
     )
-    plot.add_argument("stores", nargs="+", help="species.zarr paths or URLs (complete stores)")
-    plot.add_argument("--species", required=True, help="species id or scientific name")
-    plot.add_argument("--out", type=Path, required=True, help="figure file to write (.png, .pdf or .svg)")
-    plot.add_argument(
+    parser.add_argument(
+        "--model", default=None, help="habitat classifier folder (default: <store.root>/habitats/model)"
+    )
+    parser.add_argument("--out", default=None, help="habitat.zarr path or URL (default: <store.root>/habitat.zarr)")
+    parser.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="virtual region: score the map against its true habitats, next to a "
+        "direct random forest from the same predictors",
+    )
+    _add_quiet(parser)
+    _add_overwrite(parser, "habitat.zarr")
+
+
+def _args_indicators(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument("--species", dest="species_store", default=None, help="default: <store.root>/species.zarr")
+    parser.add_argument(
+        "--habitats", dest="habitat_store", default=None, help="default: <store.root>/habitat.zarr when it exists"
+    )
+    parser.add_argument("--no-habitats", action="store_true", help="species indicators only (no habitat.zarr)")
+    parser.add_argument(
+        "--from-model",
+        action="store_true",
+        help="fused mode: predict the species (and classify the habitats) inside each indicator tile, on the "
+        "configured inputs, writing indicators.zarr only (no species.zarr, no habitat.zarr)",
+    )
+    parser.add_argument(
+        "--model", default=None, help="--from-model: species model file (default: map.model, else trained as map does)"
+    )
+    parser.add_argument(
+        "--habitat-model",
+        default=None,
+        help="--from-model: habitat classifier folder (default: <store.root>/habitats/model when it exists)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="indicators.zarr path or URL (default: <store.root>/indicators.zarr)"
+    )
+    parser.add_argument(
+        "--evaluate", action="store_true", help="virtual region: error of every indicator against the truth"
+    )
+    _add_quiet(parser)
+    _add_overwrite(parser, "indicators.zarr")
+
+
+def _args_refresh(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument(
+        "--year",
+        type=int,
+        required=True,
+        help="the monitoring year to map (e.g. 2025: whole composite seasons, December 2024 to November 2025 with "
+        "cube.composite QS-DEC)",
+    )
+    parser.add_argument(
+        "--model", default=None, help="species model file (default: the series' first year's, or map.model)"
+    )
+    parser.add_argument(
+        "--evaluate", action="store_true", help="virtual region: indicators and detected changes against the truth"
+    )
+    _add_quiet(parser)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace this year of every series when another run (other model, inputs or settings) wrote it; other "
+        "years are never touched, and a path that is not a geoplantnet series is never replaced",
+    )
+
+
+def _args_product(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument("name", metavar="NAME", help="the product's registry name (e.g. changes)")
+    parser.add_argument(
+        "--year", type=int, default=None, help="write that year of the product's series (the year of its inputs')"
+    )
+    parser.add_argument(
+        "--evaluate", action="store_true", help="virtual region: the product's registered evaluation against the truth"
+    )
+    _add_quiet(parser)
+    _add_overwrite(parser, "store of the product")
+
+
+def _args_value(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument("--polygons", default=None, help="labelled polygons file or URL (value.polygons)")
+    parser.add_argument("--label-column", default=None, help="column of high / low labels (value.label_column)")
+    parser.add_argument("--out", default=None, help="value.zarr path or URL (default: <store.root>/value.zarr)")
+    parser.add_argument(
+        "--evaluate", action="store_true", help="virtual region: agreement of the 50 m map with the true value score"
+    )
+    _add_quiet(parser)
+    _add_overwrite(parser, "value.zarr")
+
+
+def _args_impact(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument(
+        "--footprint", required=True, help="project polygons (GeoJSON, GeoPackage, GeoParquet; any CRS)"
+    )
+    parser.add_argument("--scenario", required=True, help="scenario YAML file")
+    parser.add_argument("--out", default=None, help="report folder (default: <store.root>/impact/<scenario name>)")
+    _add_overwrite(parser, "impact report", report=True)
+    _add_model_args(parser)
+
+
+def _args_offsets(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument("--sites", required=True, help="candidate site polygons (any vector format and CRS)")
+    parser.add_argument("--scenario", required=True, help="restoration scenario YAML file")
+    parser.add_argument("--impact", default=None, help="an impact report folder (or its summary.json) to offset")
+    parser.add_argument("--id-column", default=None, help="the sites' id column (default: id, name, else row number)")
+    parser.add_argument("--out", default=None, help="report folder (default: <store.root>/offsets/<scenario name>)")
+    _add_overwrite(parser, "offset ranking", report=True)
+    _add_model_args(parser)
+
+
+def _args_plot(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("stores", nargs="+", help="species.zarr paths or URLs (complete stores)")
+    parser.add_argument("--species", required=True, help="species id or scientific name")
+    parser.add_argument("--out", type=Path, required=True, help="figure file to write (.png, .pdf or .svg)")
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace a figure geoplantnet wrote there before (never a user's file)"
     )
-    plot.add_argument("--title", default=None, help="figure title (default: the species)")
-    plot.set_defaults(func=_cmd_plot)
+    parser.add_argument("--title", default=None, help="figure title (default: the species)")
 
-    pred = sub.add_parser(
-        "predict",
-        help="each species' probability at a table of points (CSV or Parquet out: one row per point)",
-        description="Extracts the model's inputs at the points as training did and writes one row per point: the id "
-        "column (--id, else the row number as 'point'), the coordinates as given, one probability column per "
-        "species id. Points outside the grid or the rasters' data get NaN (counted in a warning).",
+
+def _args_predict(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument("--model", default=None, help="trained model file (default: map.model)")
+    parser.add_argument("--points", type=Path, required=True, help="CSV (--x/--y in --crs) or (Geo)Parquet of points")
+    parser.add_argument("--id", default="id", help="point id column, copied to the output when present (default id)")
+    parser.add_argument("--out", type=Path, required=True, help="output table: .csv or .parquet")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_quiet(parser)
+    _add_input_args(parser)
+
+
+def _args_simulate(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <workdir>/region)")
+    _add_quiet(parser)
+    _add_overwrite(parser, "virtual region", report=True)
+
+
+def _args_stac_serve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("region", type=Path, help="a region folder (with region.json) from `geoplantnet simulate`")
+    parser.add_argument("--backend", choices=["memory", "pgstac"], default="memory")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command, declared once: its name (``"stac serve"``: a sub-command of the group ``stac``), its one-line
+    help and longer description, what builds its arguments, and its handler (exit status)."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+    description: str | None = None
+
+
+# The groups of sub-commands: name -> (help, the attribute their sub-command's name is parsed into)
+GROUPS = {
+    "stac": ("STAC API server commands", "stac_command"),
+    "config": ("configuration commands", "config_command"),
+    "cluster": ("cluster commands", "cluster_command"),
+}
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    """A command without options."""
+
+
+def commands() -> tuple[Command, ...]:
+    """The table of commands, in the order ``--help`` lists them (read when the parser is built, so a handler
+    replaced in a test is the one called). The registered products' tile plans are all reached through ``product``."""
+    return (
+        Command("run", "run the main job (region -> STAC -> cube -> composites Zarr + PNG)", _args_run, _cmd_run),
+        Command(
+            "sdm",
+            "train and evaluate species models (CNN, MaxEnt, random forest) on spatial blocks; write a report",
+            _args_sdm,
+            _cmd_sdm,
+            "With no inputs named (flags or inputs.* settings): the virtual region (scored against its true "
+            "probabilities too). With --observations and --rasters: your own data (CSV or GeoParquet, coordinates in "
+            "any CRS; GeoTIFFs in any CRS/resolution, aligned onto the grid set by grid.* in the configuration).",
+        ),
+        Command(
+            "sdm-table",
+            "species models from tables of extracted predictors: deep model vs MaxEnt vs random forest, scored on "
+            "independent presence-absence sites and/or spatial blocks",
+            _args_sdm_table,
+            _cmd_sdm_table,
+            "Presence-only records and background sites with their predictor values (CSV/Parquet; columns named by "
+            "table.* settings, e.g. pipelines/nceas-awt.yaml), optionally independent presence-absence sites (wide or "
+            "long). Writes <out>/report/report.md, summary.json and the fitted models in <out>/models/.",
+        ),
+        Command(
+            "habitats",
+            "Pl@ntBERT: fill-mask pre-training on plots, EUNIS habitat fine-tuning, peers on spatial folds; saves the "
+            "models",
+            _args_habitats,
+            _cmd_habitats,
+            "Plots from a CSV/Parquet table (habitats.* settings): one row per plot with a species-list column in "
+            "cover order, or one row per plot x species with a cover column (--cover); a habitat column (EUNIS codes; "
+            "empty = unlabelled). No table: the virtual region's plots. Writes <out>/report.md, summary.json, "
+            "folds.csv, the fill-mask model in <out>/fill-mask/ and the classifier in <out>/model/.",
+        ),
+        Command(
+            "map",
+            "apply the species model over the whole grid, tile by tile on the cluster -> species.zarr",
+            _args_map,
+            _cmd_map,
+        ),
+        Command(
+            "habitat-map",
+            "classify every pixel's predicted species assemblage (species.zarr) into EUNIS habitats -> habitat.zarr",
+            _args_habitat_map,
+            _cmd_habitat_map,
+            "Each pixel's sentence is its species above their saved thresholds (or its top-K species with "
+            "habitats.map_species=K), classified by the habitat model; tile by tile on the cluster, resumable.",
+        ),
+        Command(
+            "indicators",
+            "biodiversity indicators with uncertainty (richness, Shannon, invasive, threatened, habitats, ecosystem "
+            "health) from species.zarr and habitat.zarr -> indicators.zarr",
+            _args_indicators,
+            _cmd_indicators,
+            "Status tables (indicators.status, invasive_list, protected_list, habitat_red_list) are matched to the "
+            "map's species; intervals are calibrated on held-out surveys (indicators.plots; on the virtual region "
+            "independent surveys) and their coverage reported; tile by tile on the cluster, resumable.",
+        ),
+        Command(
+            "refresh",
+            "annual monitoring: map one year into the series under store.root (species, habitat, indicators) and the "
+            "change since the previous year -> changes.zarr + a run summary",
+            _args_refresh,
+            _cmd_refresh,
+            "Searches the year's Sentinel-2 imagery, maps it with the series' species model and habitat classifier, "
+            "appends the year along every store's year axis without rewriting other years, and reports the changes "
+            "beyond the noise. Rerunning a year resumes it; --overwrite replaces that year only.",
+        ),
+        Command(
+            "product",
+            "map one registered product from the stores it reads, tile by tile on the cluster -> its store under "
+            "store.root",
+            _args_product,
+            _cmd_product,
+            "Any product of the registry with a tile plan (geoplantnet.products.base: e.g. changes, or one a plugin "
+            "registers): its plan reads its input stores under store.root and its tiles are written resumably; with "
+            "--year, that year of its series.",
+        ),
+        Command(
+            "value",
+            "biodiversity value (0-1) at 10 m from polygons labelled high / low: a U-Net vs a random forest on spatial "
+            "folds, then value.zarr and its 50 m aggregate value_50m.zarr",
+            _args_value,
+            _cmd_value,
+            "Polygons (GeoParquet / GeoJSON / GeoPackage, any CRS; value.polygons, or the virtual region's) are "
+            "rasterised onto the 10 m grid; folds hold whole polygons; the report goes to <store.root>/value.",
+        ),
+        Command(
+            "impact",
+            "in-silico impact assessment: a scenario applied inside a project footprint, the affected tiles predicted "
+            "again -> report.md, summary.json, maps.png, impact.gpkg",
+            _args_impact,
+            _cmd_impact,
+            "The scenario (YAML: name, land_cover, buffer_m, edge_strength, context_m) edits the models' inputs inside "
+            "the footprint and its buffer; species, habitats, indicators and biodiversity value are predicted before "
+            "and after, with paired Monte-Carlo dropout intervals of the change.",
+        ),
+        Command(
+            "offsets",
+            "rank candidate offset sites by the value a restoration scenario would gain there, and say whether each "
+            "compensates an impact (no net loss) -> report.md, offsets.csv, offsets.gpkg",
+            _args_offsets,
+            _cmd_offsets,
+        ),
+        Command(
+            "plot",
+            "one species from one or more species.zarr stores side by side (e.g. CNN and MaxEnt) -> PNG",
+            _args_plot,
+            _cmd_plot,
+        ),
+        Command(
+            "predict",
+            "each species' probability at a table of points (CSV or Parquet out: one row per point)",
+            _args_predict,
+            _cmd_predict,
+            "Extracts the model's inputs at the points as training did and writes one row per point: the id column "
+            "(--id, else the row number as 'point'), the coordinates as given, one probability column per species id. "
+            "Points outside the grid or the rasters' data get NaN (counted in a warning).",
+        ),
+        Command(
+            "simulate",
+            "generate the virtual region (imagery, environment, species, observations)",
+            _args_simulate,
+            _cmd_simulate,
+        ),
+        Command(
+            "stac serve",
+            "serve a generated region's collections on loopback until Ctrl-C",
+            _args_stac_serve,
+            _cmd_stac_serve,
+        ),
+        Command("config show", "print the resolved configuration as YAML", _add_config_args, _cmd_config_show),
+        Command(
+            "cluster spec",
+            "print the dask-kubernetes DaskCluster resource for the configuration",
+            _add_config_args,
+            _cmd_cluster_spec,
+        ),
     )
-    _add_config_args(pred)
-    pred.add_argument("--model", default=None, help="trained model file (default: map.model)")
-    pred.add_argument("--points", type=Path, required=True, help="CSV (--x/--y in --crs) or (Geo)Parquet of points")
-    pred.add_argument("--id", default="id", help="point id column, copied to the output when present (default id)")
-    pred.add_argument("--out", type=Path, required=True, help="output table: .csv or .parquet")
-    pred.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    pred.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_input_args(pred)
-    pred.set_defaults(func=_cmd_predict)
 
-    sim = sub.add_parser("simulate", help="generate the virtual region (imagery, environment, species, observations)")
-    _add_config_args(sim)
-    sim.add_argument("--out", type=Path, default=None, help="output folder (default: <workdir>/region)")
-    sim.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    _add_overwrite(sim, "virtual region", report=True)
-    sim.set_defaults(func=_cmd_simulate)
 
-    stac = sub.add_parser("stac", help="STAC API server commands")
-    stac_sub = stac.add_subparsers(dest="stac_command", required=True, metavar="SUBCOMMAND")
-    serve = stac_sub.add_parser("serve", help="serve a generated region's collections on loopback until Ctrl-C")
-    serve.add_argument("region", type=Path, help="a region folder (with region.json) from `geoplantnet simulate`")
-    serve.add_argument("--backend", choices=["memory", "pgstac"], default="memory")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    serve.set_defaults(func=_cmd_stac_serve)
-
-    config = sub.add_parser("config", help="configuration commands")
-    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
-    show = config_sub.add_parser("show", help="print the resolved configuration as YAML")
-    _add_config_args(show)
-    show.set_defaults(func=_cmd_config_show)
-
-    cluster = sub.add_parser("cluster", help="cluster commands")
-    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="SUBCOMMAND")
-    spec = cluster_sub.add_parser("spec", help="print the dask-kubernetes DaskCluster resource for the configuration")
-    _add_config_args(spec)
-    spec.set_defaults(func=_cmd_cluster_spec)
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: one sub-command per entry of :func:`commands` (sub-commands with their own ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="geoplantnet", description="Plant biodiversity maps of Europe from Sentinel-2 on Dask."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for command in commands():
+        group, _, name = command.name.rpartition(" ")
+        if group and group not in groups:
+            help_, dest = GROUPS[group]
+            groups[group] = sub.add_parser(group, help=help_).add_subparsers(
+                dest=dest, required=True, metavar="SUBCOMMAND"
+            )
+        parent = groups[group] if group else sub
+        parser_ = parent.add_parser(name, help=command.help, description=command.description)
+        command.arguments(parser_)
+        parser_.set_defaults(func=command.handler)
     return parser
 
 
