@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,9 @@ from geoplantnet.core.config import ConfigError, HabitatsConfig, RunConfig, reda
 from geoplantnet.core.grid import Grid
 from geoplantnet.samples.observations import Observations
 from geoplantnet.samples.plots import Plots, plots_from_frame
+
+if TYPE_CHECKING:
+    from geoplantnet.evaluation.truth import VirtualTruth
 
 
 @dataclass
@@ -246,6 +249,17 @@ def virtual_truth(cfg: RunConfig, year: int | None = None) -> tuple[xr.DataArray
     manifest = generate_region(cfg, Path(cfg.workdir) / "region")
     species = open_store(str(manifest.truth_path("species", year)))["probability"]
     return species, str(manifest.truth_path("habitat", year))
+
+
+def region_truth(cfg: RunConfig) -> VirtualTruth:
+    """The virtual region's truth as the evaluations read it (:mod:`geoplantnet.evaluation.registry`); refused
+    (one line) when the configuration names the user's inputs."""
+    from geoplantnet.evaluation.truth import VirtualTruth
+    from geoplantnet.sim.region import generate_region
+
+    if not cfg.inputs.virtual:
+        raise ConfigError("--evaluate scores against the virtual region's truth; inputs.* are set")
+    return VirtualTruth(generate_region(cfg, Path(cfg.workdir) / "region"))
 
 
 def virtual_changes(cfg: RunConfig, year: int) -> xr.DataArray:
