@@ -204,7 +204,7 @@ def _cmd_impact(args: argparse.Namespace) -> int:
 
 def _cmd_offsets(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from geoplantnet.jobs.impact import run_offsets
+    from geoplantnet.jobs.offsets import run_offsets
 
     summary = run_offsets(
         cfg, args.sites, args.scenario, impact=args.impact, id_column=args.id_column, **_assessment_options(args)
