@@ -18,9 +18,9 @@ from geoplantnet.cli import main
 from geoplantnet.core.config import ConfigError, RunConfig, load_config
 from geoplantnet.core.encoding import NODATA, SCALE
 from geoplantnet.inference.dense import decode
+from geoplantnet.inference.habitat import NO_CLASS, AssemblageRule, classify_codes
 from geoplantnet.jobs.habitat_map import plan_habitat_map, run_habitat_map
 from geoplantnet.models.plantbert import PlotModel, assemblage_ids
-from geoplantnet.products.habitat_map import NO_CLASS, AssemblageRule, classify_codes
 from geoplantnet.storage.store import COMPLETE, open_store
 from geoplantnet.storage.tiles import MANIFEST, finished_tiles
 from geoplantnet.testing.fixtures import SmallMap

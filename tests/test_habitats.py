@@ -425,7 +425,8 @@ def test_the_glc24_pipeline_reads_the_surveys_as_published(monkeypatch: pytest.M
     if not folder.is_dir():
         pytest.skip(f"real data folder {folder} is absent")
     from geoplantnet.core.config import load_config
-    from geoplantnet.jobs.habitats import assign_folds, load_habitat_data
+    from geoplantnet.jobs.habitats import load_habitat_data
+    from geoplantnet.validation.habitat_folds import assign_folds
 
     monkeypatch.chdir(ROOT)  # the pipeline names the data relative to the project
     cfg = load_config(ROOT / "pipelines" / "glc24-habitats.yaml", [])
