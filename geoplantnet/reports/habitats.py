@@ -10,12 +10,14 @@ import pandas as pd
 from geoplantnet.core.config import HabitatsConfig
 from geoplantnet.reports.markdown import document, table
 
-METRICS = ("top1", "top3", "macro_f1", "top1_level2", "top1_level1")
+METRICS = ("top1", "top3", "macro_f1")
 
 
 def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sd over folds of each model's scores (``<metric>_mean``, ``<metric>_std``), best top-1 first."""
-    metrics = [c for c in METRICS if c in rows.columns]
+    """Mean and sd over folds of each model's scores (``<metric>_mean``, ``<metric>_std``), best top-1 first: the
+    accuracies of every level above the classifier's (``top1_level<u>``, highest level first) after the others."""
+    ups = sorted((c for c in rows.columns if str(c).startswith("top1_level")), reverse=True)
+    metrics = [*(c for c in METRICS if c in rows.columns), *ups]
     agg = rows.groupby("model")[metrics].agg(["mean", "std"])
     agg.columns = [f"{m}_{s}" for m, s in agg.columns]
     return agg.sort_values(f"{metrics[0]}_mean", ascending=False)
