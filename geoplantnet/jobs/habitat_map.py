@@ -24,7 +24,7 @@ from geoplantnet.products.habitat_map import (
     HabitatMapSummary,
     on_cluster,
     open_species_year,
-    plan_habitat,
+    plan_in,
     store_epsg,
     summarise,
 )
@@ -73,18 +73,7 @@ def plan_habitat_map(
 ) -> TilePlan:
     """Open the species store and the classifier (unless given read), check they fit, and fingerprint the run; with
     ``year``, that year of a species series is classified into that year of a habitat series."""
-    ctx = RunContext(cfg, year=year)
-    return plan_habitat(
-        species_url,
-        model_folder,
-        out_url,
-        habitats=cfg.habitats,
-        device=cfg.map.device,
-        epsg=cfg.grid.epsg,
-        species_options=ctx.options(species_url),
-        out_options=ctx.options(out_url),
-        year=year,
-    )
+    return plan_in(RunContext(cfg, year=year), species_url, model_folder, out_url)
 
 
 def produce_habitat_map(
@@ -99,21 +88,7 @@ def produce_habitat_map(
     """Write ``habitat.zarr`` as planned, resuming a store of the same run; another run's only with ``overwrite``."""
     t_start = time.perf_counter()
     ctx = RunContext(cfg, progress=progress, overwrite=overwrite, year=year)
-    plan = on_cluster(plan, client)
-    done = ctx.produce(
-        client,
-        plan.fn,
-        plan.job,
-        output=plan.output,
-        grid=plan.grid,
-        tile=plan.tile,
-        layout=plan.layout,
-        product=PRODUCT,
-        parts=plan.parts,
-        attrs=plan.attrs,
-        resources=plan.resources,
-        error=plan.error,
-    )
+    done = ctx.produce_plan(client, on_cluster(plan, client), PRODUCT)
     cores = sum(client.nthreads().values()) or 1
     return summarise(plan, done, cores=cores, seconds=time.perf_counter() - t_start)
 

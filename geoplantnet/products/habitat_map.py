@@ -14,7 +14,6 @@ store has thresholds unless ``habitats.map_species`` asks for top-K sentences. T
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -316,38 +315,41 @@ def summarise(plan: TilePlan, done: Any, *, cores: int, seconds: float) -> Habit
     )
 
 
-# -- the registry entry ---------------------------------------------------------------------------------------------
+# -- the run context's plan and the registry entry -------------------------------------------------------------------
 
 
-def plan(ctx: Any, client: Client) -> TilePlan:
-    """The registry's plan for a run context (:class:`geoplantnet.runs.context.RunContext`): ``species.zarr`` under
-    ``store.root`` classified by the classifier ``geoplantnet habitats`` saved there into ``habitat.zarr`` (the
-    context's year of a series)."""
+def plan_in(ctx: Any, species_url: str, classifier: str | ClassifierFolder, out_url: str) -> TilePlan:
+    """:func:`plan_habitat` with the settings of a run context (:class:`geoplantnet.runs.context.RunContext`): its
+    ``habitats`` section, ``map.device``, ``grid.epsg``, the stores' options and its year."""
     cfg = ctx.cfg
-    species, out = ctx.url(SPECIES_STORE), ctx.url(STORE)
-    tiles = plan_habitat(
-        species,
-        ctx.url(MODEL_FOLDER),
-        out,
+    return plan_habitat(
+        species_url,
+        classifier,
+        out_url,
         habitats=cfg.habitats,
         device=cfg.map.device,
         epsg=cfg.grid.epsg,
-        species_options=ctx.options(species),
-        out_options=ctx.options(out),
+        species_options=ctx.options(species_url),
+        out_options=ctx.options(out_url),
         year=ctx.year,
     )
-    return on_cluster(tiles, client)
 
 
-HABITAT = Product(
-    name=PRODUCT,
-    store=STORE,
-    title="habitat map: each pixel's predicted assemblage classified by Pl@ntBERT",
-    requires=("species",),
-    yearly=True,
-    plan=plan,
+def plan(ctx: Any, client: Client) -> TilePlan:
+    """The registry's plan: ``species.zarr`` under ``store.root`` classified by the classifier of
+    ``refresh.habitat_model`` (default: the one ``geoplantnet habitats`` saved under ``store.root``) into
+    ``habitat.zarr`` (the context's year of a series)."""
+    folder = ctx.cfg.refresh.habitat_model or ctx.url(MODEL_FOLDER)
+    return on_cluster(plan_in(ctx, ctx.url(SPECIES_STORE), folder, ctx.url(STORE)), client)
+
+
+register(
+    Product(
+        name=PRODUCT,
+        store=STORE,
+        title="habitat map: each pixel's predicted assemblage classified by Pl@ntBERT",
+        requires=("species",),
+        yearly=True,
+        plan=plan,
+    )
 )
-# The base registry refuses a product registered before those it requires; issue 21's registry takes them in any
-# order (the refresh imports every product module first): then this is a plain register(HABITAT).
-with contextlib.suppress(ValueError):
-    register(HABITAT)
