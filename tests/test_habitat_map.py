@@ -205,6 +205,20 @@ def test_a_store_without_thresholds_needs_map_species(small_map, classifier, tmp
         )
 
 
+def test_the_registered_habitat_product_maps_the_stores_under_store_root(cli_run, small_map, classifier, tmp_path):
+    """``geoplantnet product habitat``: the registry's plan reads species.zarr and the classifier under store.root
+    and writes the same habitat.zarr as ``habitat-map``."""
+    root = tmp_path / "root"
+    shutil.copytree(small_map.reference, root / "species.zarr")
+    shutil.copytree(classifier[0], root / "habitats" / "model")
+    sets = [a for s in [*small_map.overrides, TOP_SPECIES, f"store.root={root}"] for a in ("--set", s)]
+    assert main(["product", "habitat", "--config", str(CONFIG), *sets, "--quiet"]) == 0
+    made = open_store(str(root / "habitat.zarr"), mask_and_scale=False)
+    assert made.attrs["geoplantnet_product"] == "habitat" and made.attrs[COMPLETE] == "true"
+    for name in ("habitat", "top_k", "top_k_probability"):
+        np.testing.assert_array_equal(made[name].values, open_store(cli_run[0], mask_and_scale=False)[name].values)
+
+
 def test_score_habitat_map_on_a_constructed_case():
     classes = ["R1A", "R1B", "R2A", "T1A"]
     truth = class_codes(np.array([[0, 0, 1, 1], [2, 3, 3, -1]]), classes)
