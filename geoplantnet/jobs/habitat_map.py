@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
     from geoplantnet.models.plantbert import PlotModel
 
-# what other jobs import from here (refresh, indicators, impact): their homes are inference.habitat and
-# products.habitat_map, re-exported until those imports are rewired
+# what jobs/indicators.py (and benchmarks/indicators_modes.py) import from here: their homes are inference.habitat
+# and products.habitat_map, re-exported until those imports are rewired
 __all__ = [
     "ClassifierFolder",
     "HabitatClassifier",
