@@ -7,15 +7,15 @@ racing the first and "imports none of the heavy modules" still need ``subprocess
 What a fresh process would give the command is given to it for the call and taken back after: the environment (plus
 ``env``), the working directory, Python's default warning filters with warnings printed on stderr (pytest's filters
 would hide warnings a test asserts are absent), a root logger without handlers (``main`` configures it) and the
-levels and Dask configuration ``main`` sets. Output is captured at both levels: ``sys.stdout``/``sys.stderr`` and the
-file descriptors 1 and 2 (native libraries, the worker processes of a cluster the command starts), in that order.
+levels and the Dask logging setting ``main`` sets. Output is captured at both levels: ``sys.stdout``/``sys.stderr``
+and the file descriptors 1 and 2 (native libraries, the worker processes of a cluster the command starts), in that
+order.
 Signal handlers are ``main``'s own business: it installs them for the command and restores them after.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import os
@@ -75,7 +75,7 @@ def _fresh_process(
     here = Path.cwd()
     root = logging.getLogger()
     handlers, levels = root.handlers[:], {name: logging.getLogger(name).level for name in _LOGGERS}
-    dask_config = _dask_config()
+    dask_logging = _dask_logging()
     out, err = io.StringIO(), io.StringIO()
     try:
         for key, value in (env or {}).items():
@@ -105,11 +105,10 @@ def _fresh_process(
         root.handlers = handlers
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
-        if dask_config is not None:
+        if dask_logging is not None:
             import dask.config
 
-            dask.config.config.clear()
-            dask.config.config.update(dask_config)
+            dask.config.set({"logging.distributed": dask_logging})
         os.chdir(here)
         os.environ.clear()
         os.environ.update(environ)
@@ -119,10 +118,11 @@ def _show_on_stderr(message, category, filename, lineno, file=None, line=None) -
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def _dask_config() -> dict | None:
-    """A copy of Dask's configuration where Dask is imported (main sets its logging levels)."""
+def _dask_logging() -> object | None:
+    """Dask's ``logging.distributed`` setting (``main`` sets it), where Dask is imported and it is set. Only that key
+    is put back: the configuration as a whole gains the defaults of what the command imported (distributed's)."""
     config = sys.modules.get("dask.config")
-    return copy.deepcopy(config.config) if config is not None else None  # type: ignore[attr-defined]
+    return None if config is None else config.get("logging.distributed", default=None)  # type: ignore[attr-defined]
 
 
 class _FdText:
