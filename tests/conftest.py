@@ -76,26 +76,44 @@ def small_region(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_map(tmp_path_factory: pytest.TempPathFactory, small_region: Path):
+def small_map(tmp_path_factory: pytest.TempPathFactory, small_region: Path, shared_cluster_sets: list[str]):
     """The small virtual region, a model trained on it and its reference map, made once for the session (the map
     and predict tests read them; tests write their own stores under ``small_map.root``, never over the reference)."""
     from geoplantnet.testing.fixtures import small_map as make
 
-    return make(tmp_path_factory.mktemp("mapping"), DEFAULT_CONFIG, small_region)
+    return make(tmp_path_factory.mktemp("mapping"), DEFAULT_CONFIG, small_region, shared_cluster_sets)
 
 
 @pytest.fixture(scope="session")
-def small_habitats(small_map):
+def small_habitats(small_map, shared_cluster_sets: list[str]):
     """A tiny habitat classifier and the habitat map of ``small_map``'s reference map, made once for the session."""
     from geoplantnet.testing.fixtures import small_habitats as make
 
-    return make(small_map, DEFAULT_CONFIG)
+    return make(small_map, DEFAULT_CONFIG, shared_cluster_sets)
 
 
 @pytest.fixture(scope="session")
-def small_sdm(tmp_path_factory: pytest.TempPathFactory, small_region: Path):
-    """``geoplantnet sdm`` once on a copy of the small region, every model scored, calibrated and saved, for the
-    session (its folders are read only)."""
+def small_sdm(tmp_path_factory: pytest.TempPathFactory, small_region: Path, shared_cluster_sets: list[str]):
+    """``geoplantnet sdm`` (in-process, on the session's cluster) once on a copy of the small region, every model
+    scored, calibrated and saved, for the session (its folders are read only)."""
     from geoplantnet.testing.fixtures import small_sdm as make
 
-    return make(tmp_path_factory.mktemp("sdm"), small_region, ROOT)
+    return make(tmp_path_factory.mktemp("sdm"), small_region, ROOT, shared_cluster_sets)
+
+
+@pytest.fixture(scope="session")
+def dask_address() -> Iterator[str]:
+    """The scheduler address of one LocalCluster (2 real worker processes) for the whole session: commands run
+    in-process connect to it (``geoplantnet.testing.cluster.address_sets``) rather than start their own."""
+    from geoplantnet.testing.cluster import shared_cluster
+
+    with shared_cluster() as address:
+        yield address
+
+
+@pytest.fixture(scope="session")
+def shared_cluster_sets(dask_address: str) -> list[str]:
+    """``--set`` overrides (put them after the test's own) for the session's cluster."""
+    from geoplantnet.testing.cluster import address_sets
+
+    return address_sets(dask_address)

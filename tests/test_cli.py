@@ -16,6 +16,7 @@ from geoplantnet.cli import build_parser, main
 from geoplantnet.core.errors import InputError
 from geoplantnet.storage.store import open_store
 from geoplantnet.storage.tiles import MANIFEST
+from geoplantnet.testing.cli import cli_sets, run_cli
 from geoplantnet.testing.fixtures import copy_region
 from geoplantnet.testing.regions import SMALL_REGION
 
@@ -49,9 +50,7 @@ def test_config_show_applies_overrides(capsys):
 def test_malformed_yaml_is_one_line_and_status_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("cube:\n  resolution: [20\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "geoplantnet.cli", "run", "-c", str(bad)], capture_output=True, text=True, timeout=120
-    )
+    proc = run_cli("run", "-c", str(bad))
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "malformed YAML" in proc.stderr
@@ -68,10 +67,7 @@ def test_python_dash_m_geoplantnet_is_the_command():
 
 
 def test_a_bad_environment_override_names_the_variable_not_the_file(tmp_path):
-    env = {**os.environ, "GEOPLANTNET__CUBE__RESOLUTION": "twenty"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "geoplantnet", "run", "-q"], capture_output=True, text=True, timeout=120, env=env
-    )
+    proc = run_cli("run", "-q", env={"GEOPLANTNET__CUBE__RESOLUTION": "twenty"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "geoplantnet: error: environment variable GEOPLANTNET__CUBE__RESOLUTION: cube.resolution: Input should be a "
@@ -80,12 +76,7 @@ def test_a_bad_environment_override_names_the_variable_not_the_file(tmp_path):
 
 
 def test_a_malformed_override_never_echoes_its_value():
-    proc = subprocess.run(
-        [sys.executable, "-m", "geoplantnet", "config", "show", "--set", "store.storage_options={secret: [hunter2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("config", "show", "--set", "store.storage_options={secret: [hunter2")
     assert proc.returncode == 2 and "hunter2" not in proc.stderr
     assert "--set store.storage_options: the value of store.storage_options is not valid YAML" in proc.stderr
 
@@ -172,15 +163,13 @@ def _stopped_in_one_line(status: int, err: str, seconds: float, expected: int, s
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_a_map_within_seconds_and_the_rerun_resumes_it(tmp_path, small_map):
+def test_ctrl_c_stops_a_map_within_seconds_and_the_rerun_resumes_it(tmp_path, small_map, shared_cluster_sets):
     store = tmp_path / "species.zarr"
     args = ["map", *[x for s in small_map.overrides for x in ("--set", s)], "--model", small_map.model]
     args += ["--out", str(store)]
     _stopped_in_one_line(*_stop_midway(args, store, signal.SIGINT, group=True), 130, store)
     # at once (no lease to wait out), the tiles written are kept, the others computed: the reference map
-    proc = subprocess.run(
-        [sys.executable, "-m", "geoplantnet", *args, "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    proc = run_cli(*args, *cli_sets(shared_cluster_sets), "--quiet", cwd=ROOT)  # in-process, the session's cluster
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 0 < json.loads(proc.stdout)["tiles_computed"] < 9
     reference = open_store(small_map.reference)

@@ -3,14 +3,14 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
+
+from geoplantnet.testing.cli import cli_sets, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,30 +29,28 @@ SMALL = [
 
 
 def _run(tmp_path: Path, *extra: str) -> dict:
+    """``run`` in-process; ``extra`` overrides last (the session's cluster among them)."""
     overrides = [*SMALL, f"workdir={tmp_path / 'work'}", f"store.root={tmp_path / 'out'}", *extra]
-    cmd = [sys.executable, "-m", "geoplantnet.cli", "run", "--quiet"]
-    for item in overrides:
-        cmd += ["--set", item]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    proc = run_cli("run", "--quiet", *cli_sets(overrides), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout[proc.stdout.index("{") :])
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory) -> tuple[Path, dict]:
+def first_run(tmp_path_factory, shared_cluster_sets) -> tuple[Path, dict]:
     """The job once with the in-memory STAC API (the default backend): its folder (read only: copy to rerun)."""
     root = tmp_path_factory.mktemp("demo")
-    return root, _run(root, "stac.backend=memory")
+    return root, _run(root, "stac.backend=memory", *shared_cluster_sets)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["memory", pytest.param("pgstac", marks=pytest.mark.pgstac)])
-def test_demo_job_writes_composites_that_analysts_can_open(tmp_path, backend, request):
+def test_demo_job_writes_composites_that_analysts_can_open(tmp_path, backend, request, shared_cluster_sets):
     if backend == "memory":
         result = request.getfixturevalue("first_run")[1]
     else:  # the same region (a copy of the first run's), served by the other backend
         shutil.copytree(request.getfixturevalue("first_run")[0] / "work" / "region", tmp_path / "work" / "region")
-        result = _run(tmp_path, f"stac.backend={backend}")
+        result = _run(tmp_path, f"stac.backend={backend}", *shared_cluster_sets)
     ds = xr.open_zarr(result["composites"])
     refl = ds.reflectance
     assert refl.dims == ("time", "band", "y", "x")
@@ -71,14 +69,14 @@ def test_demo_job_writes_composites_that_analysts_can_open(tmp_path, backend, re
 
 
 @pytest.mark.slow
-def test_rerun_reuses_the_region_and_notebook_reads_the_store(tmp_path, first_run):
+def test_rerun_reuses_the_region_and_notebook_reads_the_store(tmp_path, first_run, shared_cluster_sets):
     # a copy of the first run's work and output folders (copy2 keeps modification times), run again there
     root, first = first_run
     for name in ("work", "out"):
         shutil.copytree(root / name, tmp_path / name)
     manifest = tmp_path / "work" / "region" / "region.json"
     before = manifest.stat().st_mtime_ns
-    second = _run(tmp_path)
+    second = _run(tmp_path, *shared_cluster_sets)
     assert manifest.stat().st_mtime_ns == before, "the region is generated once"
     assert first["shape"] == second["shape"]
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from geoplantnet.jobs.habitat_map import plan_habitat_map, run_habitat_map
 from geoplantnet.models.plantbert import PlotModel, assemblage_ids
 from geoplantnet.storage.store import COMPLETE, open_store
 from geoplantnet.storage.tiles import MANIFEST, finished_tiles
+from geoplantnet.testing.cli import cli_sets, run_cli
 from geoplantnet.testing.fixtures import SmallMap
 from geoplantnet.validation.habitat_maps import class_codes, score_habitat_map
 
@@ -46,14 +45,11 @@ def classifier(small_map: SmallMap) -> tuple[str, PlotModel]:
 
 
 @pytest.fixture(scope="module")
-def cli_run(small_map: SmallMap, classifier) -> tuple[str, dict]:
-    """``geoplantnet habitat-map`` end to end in a subprocess (its own LocalCluster)."""
+def cli_run(small_map: SmallMap, classifier, shared_cluster_sets: list[str]) -> tuple[str, dict]:
+    """``geoplantnet habitat-map`` end to end, run in-process on the session's cluster."""
     out = small_map.root / "cli-habitat.zarr"
-    sets = [a for s in [*small_map.overrides, TOP_SPECIES] for a in ("--set", s)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "geoplantnet",
+    sets = cli_sets([*small_map.overrides, TOP_SPECIES, *shared_cluster_sets])
+    proc = run_cli(
         "habitat-map",
         "--config",
         str(CONFIG),
@@ -65,8 +61,8 @@ def cli_run(small_map: SmallMap, classifier) -> tuple[str, dict]:
         "--out",
         str(out),
         "--quiet",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return str(out), json.loads(proc.stdout)
 
@@ -236,7 +232,9 @@ def test_score_habitat_map_on_a_constructed_case():
 
 
 @pytest.mark.slow
-def test_habitats_then_habitat_map_on_the_virtual_region_scored_against_its_truth(small_map: SmallMap):
+def test_habitats_then_habitat_map_on_the_virtual_region_scored_against_its_truth(
+    small_map: SmallMap, shared_cluster_sets: list[str]
+):
     """The demo's cascade as a user runs it: ``habitats`` on the region's plots (pre-training, fine-tuning, peers on
     spatial folds), then ``habitat-map --evaluate`` from the region's species map, scored against the true habitats
     next to the direct random forest."""
@@ -253,37 +251,24 @@ def test_habitats_then_habitat_map_on_the_virtual_region_scored_against_its_trut
         "habitats.x=x",
         "habitats.y=y",
     ]
-    sets = [a for s in [*small_map.overrides, *tiny, TOP_SPECIES] for a in ("--set", s)]
-    run = [sys.executable, "-m", "geoplantnet"]
-    trained = subprocess.run(
-        [*run, "habitats", "--config", str(CONFIG), *sets, "--out", str(out), "-q"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    sets = cli_sets([*small_map.overrides, *tiny, TOP_SPECIES, *shared_cluster_sets])
+    trained = run_cli("habitats", "--config", str(CONFIG), *sets, "--out", str(out), "-q", cwd=ROOT)
     assert trained.returncode == 0, trained.stderr[-3000:]
     summary = json.loads(trained.stdout)
     assert {"plantbert", "logistic", "knn_jaccard"} <= set(summary["models"])
-    mapped = subprocess.run(
-        [
-            *run,
-            "habitat-map",
-            "--config",
-            str(CONFIG),
-            *sets,
-            "--species",
-            small_map.reference,
-            "--model",
-            str(out / "model"),
-            "--out",
-            str(small_map.root / "cascade.zarr"),
-            "--evaluate",
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    mapped = run_cli(
+        "habitat-map",
+        "--config",
+        str(CONFIG),
+        *sets,
+        "--species",
+        small_map.reference,
+        "--model",
+        str(out / "model"),
+        "--out",
+        str(small_map.root / "cascade.zarr"),
+        "--evaluate",
+        "-q",
         cwd=ROOT,
     )
     assert mapped.returncode == 0, mapped.stderr[-3000:]

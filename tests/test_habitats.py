@@ -4,8 +4,6 @@ scores, learning on a plot language with a known syntax, and the ``habitats`` co
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +36,7 @@ from geoplantnet.samples.plots import (
     plots_from_frame,
     read_plots,
 )
+from geoplantnet.testing.cli import Result, run_cli
 from geoplantnet.training.plantbert import finetune, pretrain, shuffle_species
 from geoplantnet.validation.habitats import fill_mask_scores, habitat_scores
 
@@ -292,10 +291,8 @@ def test_the_classifier_names_the_habitat_and_survives_a_save_and_load(language_
 # --- the command ---------------------------------------------------------------------------------------------------
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "geoplantnet", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+def _cli(*args: str, cwd: Path) -> Result:
+    return run_cli(*args, cwd=cwd)  # in-process: the command's output and status are what is tested, not a process
 
 
 @pytest.mark.slow

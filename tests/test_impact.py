@@ -76,16 +76,18 @@ def _footprint(cfg) -> tuple[shapely.Polygon, int, int]:
 
 
 @pytest.fixture(scope="module")
-def value_model(small_map, tmp_path_factory) -> str:
-    """A tiny value model trained by ``geoplantnet value`` on the small region (its maps written beside it)."""
+def value_model(small_map, tmp_path_factory, shared_cluster_sets) -> str:
+    """A tiny value model trained by ``geoplantnet value`` on the small region (its maps written beside it, by the
+    session's cluster)."""
     root = tmp_path_factory.mktemp("value")
-    args = ["value", "--config", str(CONFIG), *_sets([*small_map.overrides, *VALUE, f"store.root={root}"]), "--quiet"]
+    sets = _sets([*small_map.overrides, *VALUE, f"store.root={root}", *shared_cluster_sets])
+    args = ["value", "--config", str(CONFIG), *sets, "--quiet"]
     assert main(args) == 0
     return str(root / "value" / "model.pt")
 
 
 @pytest.fixture(scope="module")
-def assessed(small_map, small_habitats, value_model, tmp_path_factory):
+def assessed(small_map, small_habitats, value_model, tmp_path_factory, shared_cluster_sets):
     root = tmp_path_factory.mktemp("impact")
     overrides = [*small_habitats.overrides, *SETTINGS, f"impact.value_model={value_model}"]
     cfg = load_config(CONFIG, overrides)
@@ -95,7 +97,7 @@ def assessed(small_map, small_habitats, value_model, tmp_path_factory):
     )
     (root / "scenario.yaml").write_text(f"name: test-project\nland_cover: {target}\nbuffer_m: 60\nedge_strength: 0.3\n")
     out = root / "report"
-    base = ["--config", str(CONFIG), *_sets(overrides), "--quiet"]
+    base = ["--config", str(CONFIG), *_sets([*overrides, *shared_cluster_sets]), "--quiet"]  # the session's cluster
     models = ["--model", small_map.model, "--habitat-model", small_habitats.model]
     args = ["impact", *base, "--evaluate", *models, "--out", str(out)]
     args += ["--footprint", str(root / "footprint.geojson"), "--scenario", str(root / "scenario.yaml")]

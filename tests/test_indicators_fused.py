@@ -5,15 +5,13 @@ same indicator maps; the store says which mode made it; one-line refusals."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from geoplantnet.cli import main
-from geoplantnet.core.config import load_config
+from geoplantnet.core.config import ClusterConfig, load_config
 from geoplantnet.jobs.indicators import (
     FusedTileJob,
     IndicatorStores,
@@ -28,6 +26,7 @@ from geoplantnet.jobs.indicators import (
 )
 from geoplantnet.runtime.cluster import connect
 from geoplantnet.storage.store import COMPLETE, open_store
+from geoplantnet.testing.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "pipelines" / "default.yaml"
@@ -41,14 +40,14 @@ def _sets(overrides: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def both(small_map, small_habitats):
+def both(small_map, small_habitats, dask_address):
     """The two-pass plan and store (from the session's species and habitat maps) and the fused ones (the same model
-    and classifier), on one embedded LocalCluster; and both samplings of the surveys."""
+    and classifier), on the session's cluster; and both samplings of the surveys."""
     cfg = load_config(CONFIG, [*small_habitats.overrides, *SETTINGS])
     tables = indicator_inputs(cfg)
     root = small_map.root / "fused"
     root.mkdir(exist_ok=True)
-    with connect(cfg.cluster) as client:
+    with connect(ClusterConfig(kind="address", address=dask_address)) as client:
         stores = IndicatorStores.open(cfg, small_map.reference, small_habitats.store, str(root / "two.zarr"))
         two = plan_indicators(cfg, stores, tables)
         produce_indicators(client, cfg, two, progress=False)
@@ -100,15 +99,16 @@ def test_the_store_says_which_mode_made_it(both, small_map):
     assert not (Path(fused.job.output.url).parent / "species.zarr").exists()
 
 
-def test_cli_from_model_resumes_to_nothing(small_map, small_habitats):
+def test_cli_from_model_resumes_to_nothing(small_map, small_habitats, shared_cluster_sets):
     out = small_map.root / "fused" / "cli.zarr"
-    cmd = [sys.executable, "-m", "geoplantnet", "indicators", "--config", str(CONFIG)]
-    cmd += [*_sets([*small_habitats.overrides, *SETTINGS, "indicators.n_surveys=0"]), "--from-model"]
-    cmd += ["--model", small_map.model, "--habitat-model", small_habitats.model, "--out", str(out), "--quiet"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    cmd = ["indicators", "--config", str(CONFIG)]
+    cmd += [*_sets([*small_habitats.overrides, *SETTINGS, "indicators.n_surveys=0", *shared_cluster_sets])]
+    cmd += ["--from-model", "--model", small_map.model, "--habitat-model", small_habitats.model, "--out", str(out)]
+    cmd += ["--quiet"]
+    first = run_cli(*cmd, cwd=ROOT)  # in-process, on the session's cluster
     assert first.returncode == 0, first.stderr[-3000:]
     assert json.loads(first.stdout)["tiles_computed"] == 9
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    again = run_cli(*cmd, cwd=ROOT)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["tiles_skipped"] == 9
 

@@ -5,8 +5,6 @@ independent surveys, the evaluation against the virtual truth, refusals."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from geoplantnet.inference.dense import decode
 from geoplantnet.models.calibration import Calibration
 from geoplantnet.runs.inputs import virtual_status_tables
 from geoplantnet.storage.store import COMPLETE, open_store
+from geoplantnet.testing.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "pipelines" / "default.yaml"
@@ -33,16 +32,14 @@ def _sets(overrides: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cli_run(small_map, small_habitats) -> tuple[str, dict]:
+def cli_run(small_map, small_habitats, shared_cluster_sets) -> tuple[str, dict]:
+    """``geoplantnet indicators --evaluate`` end to end, in-process on the session's cluster."""
     out = small_map.root / "indicators.zarr"
     cmd = [
-        sys.executable,
-        "-m",
-        "geoplantnet",
         "indicators",
         "--config",
         str(CONFIG),
-        *_sets([*small_habitats.overrides, *SETTINGS]),
+        *_sets([*small_habitats.overrides, *SETTINGS, *shared_cluster_sets]),
         "--species",
         small_map.reference,
         "--habitats",
@@ -52,7 +49,7 @@ def cli_run(small_map, small_habitats) -> tuple[str, dict]:
         "--evaluate",
         "--quiet",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = run_cli(*cmd, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return str(out), json.loads(proc.stdout)
 

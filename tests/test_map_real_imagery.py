@@ -6,9 +6,6 @@ folder's PROVENANCE.md); the STAC JSON and the observations are made here."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from geoplantnet.sim.stac_server import StacServer
 from geoplantnet.sources.cog import write_cog
 from geoplantnet.sources.stac_items import AssetSpec, collection_for, item_from_cogs, write_collection
 from geoplantnet.storage.store import open_store
+from geoplantnet.testing.cli import Result, run_cli
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
@@ -81,22 +79,15 @@ def patch_api(tmp_path_factory: pytest.TempPathFactory):
         yield server.url, grid, folder
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "geoplantnet", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, **(env or {})},
-    )
+def _cli(*args: str, env: dict | None = None) -> Result:
+    proc = run_cli(*args, cwd=ROOT, env=env)  # in-process (the session's cluster): the command is tested, not a process
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
-def test_composites_of_real_imagery_through_a_stac_api(patch_api, tmp_path):
+def test_composites_of_real_imagery_through_a_stac_api(patch_api, tmp_path, shared_cluster_sets):
     url, grid, _ = patch_api
-    sets = [x for s in _settings(grid, url, tmp_path) for x in ("--set", s)]
+    sets = [x for s in [*_settings(grid, url, tmp_path), *shared_cluster_sets] for x in ("--set", s)]
     result = json.loads(_cli("run", "-q", *sets).stdout)
     assert result["items"] == 1
     ds = open_store(result["composites"])
@@ -129,7 +120,7 @@ def green_and_bare_records(url: str, grid: Grid, tmp: Path, n: int = 240, seed: 
     return path
 
 
-def test_a_model_trained_on_real_imagery_maps_it_end_to_end(patch_api, tmp_path):
+def test_a_model_trained_on_real_imagery_maps_it_end_to_end(patch_api, tmp_path, shared_cluster_sets):
     url, grid, _ = patch_api
     records = green_and_bare_records(url, grid, tmp_path)
     sets = [
@@ -143,6 +134,7 @@ def test_a_model_trained_on_real_imagery_maps_it_end_to_end(patch_api, tmp_path)
         "train.background=uniform",
         "validation.block_size_m=250",
         "map.tile=16",
+        *shared_cluster_sets,
     ]
     args = [x for s in sets for x in ("--set", s)]
     # Sentinel-2 only (no environmental rasters): `map` trains on the records, then maps every pixel

@@ -10,8 +10,6 @@ probabilities.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ from geoplantnet.models.species_net import ModelSpec
 from geoplantnet.samples.training_set import NormStats
 from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.store import inspect_target, open_store, run_id
+from geoplantnet.testing.cli import run_cli
 from geoplantnet.testing.fixtures import SDM_SETTINGS, SmallSdm, copy_region
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,24 +87,22 @@ def test_output_scale_says_what_the_values_are():
     assert "threshold_max_tss" not in plain and set(plain_enc) == {"probability"}
 
 
-def _cli(*args: str, timeout: int = 900) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-m", "geoplantnet.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
+def _cli(*args: str) -> dict:
+    proc = run_cli(*args, cwd=ROOT)  # in-process: the map's store is tested, not a process
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout[proc.stdout.index("{") :])
 
 
 @pytest.mark.slow
 def test_sdm_writes_calibration_and_thresholds_into_cnn_pt_and_map_writes_them_into_species_zarr(
-    small_sdm: SmallSdm, small_region: Path, tmp_path: Path
+    small_sdm: SmallSdm, small_region: Path, tmp_path: Path, shared_cluster_sets: list[str]
 ):
     from geoplantnet.jobs.mapping import read_model
 
     summary = small_sdm.summary  # the session's sdm run on the small region (tests/conftest.py: small_sdm)
     # map in a workdir of its own holding the same region
     sets = [*SDM_SETTINGS, "map.tile=16", f"workdir={copy_region(small_region, tmp_path / 'work')}"]
-    flags = [a for s in sets for a in ("--set", s)]
+    flags = [a for s in [*sets, *shared_cluster_sets] for a in ("--set", s)]
     cal = summary["calibration"]["cnn"]
     assert cal["method"] == "platt" and cal["basis"] == "presence-absence" and cal["n_rows"] > 50
     assert cal["ece_after"] < cal["ece_before"]  # nested: each fold calibrated by a map fitted on the others

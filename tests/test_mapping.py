@@ -26,6 +26,7 @@ from geoplantnet.runtime.cluster import connect
 from geoplantnet.storage.lease import LeaseError, hold
 from geoplantnet.storage.store import StoreError, open_store
 from geoplantnet.storage.tiles import MANIFEST, finished_tiles
+from geoplantnet.testing.cli import cli_sets, run_cli
 from geoplantnet.testing.fixtures import SmallMap
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,9 +129,9 @@ def test_every_pixel_of_the_tiled_map_is_the_per_pixel_prediction(setup, tmp_pat
 
 
 @pytest.mark.slow
-def test_rerun_skips_finished_tiles_and_other_runs_are_refused_unless_overwrite(setup):
+def test_rerun_skips_finished_tiles_and_other_runs_are_refused_unless_overwrite(setup, dask_address):
     url = str(setup.root / "rerun.zarr")
-    with connect(setup.cfg.cluster) as client:
+    with connect(ClusterConfig(kind="address", address=dask_address)) as client:  # the session's cluster
         first = produce_map(client, setup.cfg, setup.model, setup.sources, url, progress=False)
         again = produce_map(client, setup.cfg, setup.model, setup.sources, url, progress=False)
         assert again.tiles_computed == 0 and again.tiles_skipped == 9 and again.run == first.run
@@ -147,9 +148,9 @@ def test_rerun_skips_finished_tiles_and_other_runs_are_refused_unless_overwrite(
 
 
 @pytest.mark.slow
-def test_inputs_that_do_not_fit_the_model_are_refused_before_anything_is_written(setup):
+def test_inputs_that_do_not_fit_the_model_are_refused_before_anything_is_written(setup, dask_address):
     url = str(setup.root / "mismatch.zarr")
-    with connect(setup.cfg.cluster) as client:
+    with connect(ClusterConfig(kind="address", address=dask_address)) as client:  # the session's cluster
         produce_map(client, setup.cfg, setup.model, setup.sources, url, progress=False)
         before = _codes(url)
         cube = setup.cfg.cube.model_copy(update={"indices": []})
@@ -161,6 +162,11 @@ def test_inputs_that_do_not_fit_the_model_are_refused_before_anything_is_written
             produce_map(client, other, setup.model, setup.sources, fresh, progress=False)
     np.testing.assert_array_equal(_codes(url), before)  # the good map is still there, complete
     assert not Path(fresh).exists() and not list(setup.root.glob(".mismatch*"))
+
+
+def _map_args(setup: Setup, *extra: str) -> list[str]:
+    """``map --quiet`` with the setup's overrides and ``extra`` last (so an extra --set wins over the setup's)."""
+    return ["map", "--quiet", *cli_sets(setup.overrides), *extra]
 
 
 def _map_cmd(setup: Setup, *extra: str) -> list[str]:
@@ -176,13 +182,7 @@ def test_map_command_never_touches_a_users_folder(setup, tmp_path):
     folder.mkdir()
     (folder / "thesis.docx").write_text("four years of work")
     for extra in ((), ("--overwrite",)):
-        proc = subprocess.run(
-            _map_cmd(setup, "--model", setup.model, "--out", str(folder), *extra),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        proc = run_cli(*_map_args(setup, "--model", setup.model, "--out", str(folder), *extra), cwd=ROOT)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr.strip().splitlines() == [
             f"geoplantnet: error: {folder} exists and is not a geoplantnet store (1 entries); refusing to write "
@@ -409,7 +409,7 @@ def test_two_runs_never_write_one_store_at_once(setup, real_cluster):
 
 
 @pytest.mark.slow
-def test_map_to_s3_compatible_object_storage(setup, tmp_path):
+def test_map_to_s3_compatible_object_storage(setup, tmp_path, dask_address):
     from geoplantnet.testing.s3 import seaweedfs, weed_binary
 
     if weed_binary() is None:
@@ -418,7 +418,7 @@ def test_map_to_s3_compatible_object_storage(setup, tmp_path):
         url = f"s3://{s3.bucket}/maps/species.zarr"
         store = setup.cfg.store.model_copy(update={"storage_options": s3.storage_options})
         cfg = setup.cfg.model_copy(update={"store": store})
-        with connect(cfg.cluster) as client:
+        with connect(ClusterConfig(kind="address", address=dask_address)) as client:  # the session's cluster
             summary = produce_map(client, cfg, setup.model, setup.sources, url, progress=False)
             again = produce_map(client, cfg, setup.model, setup.sources, url, progress=False)
             # the lease is an object created only if absent (If-None-Match): a live one refuses a second writer
@@ -434,12 +434,9 @@ def test_map_to_s3_compatible_object_storage(setup, tmp_path):
 
 
 @pytest.mark.slow
-def test_map_command_reuses_the_cached_model_and_writes_the_same_map(setup):
+def test_map_command_reuses_the_cached_model_and_writes_the_same_map(setup, shared_cluster_sets):
     url = str(setup.root / "command.zarr")
-    cmd = [sys.executable, "-m", "geoplantnet.cli", "map", "--out", url]
-    for item in setup.overrides:
-        cmd += ["--set", item]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = run_cli("map", "--out", url, *cli_sets([*setup.overrides, *shared_cluster_sets]), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert result["model"] == setup.model and result["trained"] is None
@@ -454,20 +451,7 @@ def test_map_command_bad_model_is_one_line(setup, tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")
     for model, message in ((tmp_path / "missing.pt", "no such model file"), (junk, f"{junk}: not a readable model")):
-        cmd = [
-            sys.executable,
-            "-m",
-            "geoplantnet.cli",
-            "map",
-            "--quiet",
-            "--model",
-            str(model),
-            "--out",
-            str(tmp_path / "x.zarr"),
-        ]
-        for item in setup.overrides:
-            cmd += ["--set", item]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        proc = run_cli(*_map_args(setup, "--model", str(model), "--out", str(tmp_path / "x.zarr")), cwd=ROOT)
         assert proc.returncode == 2
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("geoplantnet: error:") and message in last, proc.stderr[-2000:]

@@ -4,9 +4,6 @@ benchmark defines them, and the deep model ranks the independent surveys well ab
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,7 @@ import pytest
 
 from geoplantnet.core.config import load_config
 from geoplantnet.samples.tables import read_tables
+from geoplantnet.testing.cli import run_cli
 
 pytestmark = pytest.mark.real_data
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,9 +60,6 @@ def test_the_pipelines_read_the_benchmark_as_it_is_defined(
 def test_the_deep_model_ranks_the_wet_tropics_surveys(tmp_path: Path) -> None:
     out = tmp_path / "awt"
     cmd = [
-        sys.executable,
-        "-m",
-        "geoplantnet.cli",
         "sdm-table",
         "--config",
         "pipelines/nceas-awt.yaml",
@@ -75,9 +70,7 @@ def test_the_deep_model_ranks_the_wet_tropics_surveys(tmp_path: Path) -> None:
         "--set",
         "validation.models=[cnn]",
     ]
-    done = subprocess.run(
-        cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200, env={**os.environ, "PYTHONPATH": str(ROOT)}
-    )
+    done = run_cli(*cmd, cwd=ROOT)  # in-process: the report is tested, not a process
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     deep = summary["independent"]["models"]["cnn"]

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +19,7 @@ import shapely
 import yaml
 
 from geoplantnet.sim.region import RegionManifest
+from geoplantnet.testing.cli import Result, run_cli
 from geoplantnet.testing.fixtures import copy_region
 from geoplantnet.testing.regions import SMALL_REGION
 
@@ -31,11 +29,10 @@ TOKEN = "GPN-SESSION-TOKEN-4d1e-do-not-leak"
 FAST = [*SMALL_REGION, "train.epochs=2", "map.tile=16", "validation.folds=2"]
 
 
-def _run(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "geoplantnet", *args]
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)  # this checkout, from any cwd
-    environ = {**os.environ, **(env or {}), "PYTHONPATH": path}
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, env=environ)
+def _run(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> Result:
+    # In this process, each command with a cluster of its own (its workers see ``env``, as a user's would); what it
+    # printed is captured at the file descriptors too, so its workers' output is searched as well.
+    proc = run_cli(*args, cwd=cwd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     # warnings a user can do nothing about are not shown (zarr's consolidated metadata, numpy's all-NaN pixels)

@@ -5,8 +5,6 @@ points off the grid are NaN and counted."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -18,6 +16,7 @@ from pyproj import Transformer
 from geoplantnet.core.config import load_config
 from geoplantnet.sim.region import RegionManifest
 from geoplantnet.storage.store import open_store
+from geoplantnet.testing.cli import cli_sets, run_cli
 from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,18 +24,16 @@ SMALL = [*SMALL_REGION, "train.epochs=2"]
 
 
 def _cli(overrides: list[str], command: str, *args: str) -> dict:
-    cmd = [sys.executable, "-m", "geoplantnet", command, "--quiet", *args]
-    for item in overrides:
-        cmd += ["--set", item]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = run_cli(command, "--quiet", *args, *cli_sets(overrides), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {**json.loads(proc.stdout[proc.stdout.index("{") :]), "stderr": proc.stderr}
 
 
 @pytest.mark.slow
-def test_predict_at_the_plots_equals_the_map_and_reads_any_crs(small_map, tmp_path):
+def test_predict_at_the_plots_equals_the_map_and_reads_any_crs(small_map, tmp_path, shared_cluster_sets):
     # the session's small region, the model trained on it as the map command trains it, and its map (conftest.py)
-    mapped, sets = {"model": small_map.model, "store": small_map.reference}, small_map.overrides
+    mapped = {"model": small_map.model, "store": small_map.reference}
+    sets = [*small_map.overrides, *shared_cluster_sets]
     grid = small_map.cfg.grid.grid()
     plots = gpd.read_parquet(RegionManifest.load(Path(small_map.cfg.workdir) / "region").plots)
     # a map pixel is the prediction at its centre: ask there (a plot elsewhere in its pixel may see other 20 m

@@ -21,6 +21,7 @@ import zarr
 from geoplantnet.core.config import load_config
 from geoplantnet.products.changes import detection_scores
 from geoplantnet.storage.store import open_store
+from geoplantnet.testing.cli import run_cli
 from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +61,9 @@ def _command(settings: list[str], year: int, *extra: str) -> list[str]:
     ]
 
 
-def _run(settings: list[str], year: int, *extra: str) -> dict:
-    proc = subprocess.run(_command(settings, year, *extra), capture_output=True, text=True, timeout=900, cwd=ROOT)
+def _run(settings: list[str], year: int, *extra: str, cluster: list[str]) -> dict:
+    """The command run in this process, on the cluster the ``cluster`` overrides name (the session's)."""
+    proc = run_cli(*_command([*settings, *cluster], year, *extra)[3:], cwd=ROOT)  # the arguments after -m geoplantnet
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -75,7 +77,7 @@ def _year_bytes(url: Path, variable: str, slot: int) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def series(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def series(tmp_path_factory: pytest.TempPathFactory, shared_cluster_sets: list[str]) -> dict:
     tmp = tmp_path_factory.mktemp("refresh")
     from geoplantnet.sim.region import generate_region
     from geoplantnet.testing.fixtures import tiny_classifier
@@ -85,7 +87,7 @@ def series(tmp_path_factory: pytest.TempPathFactory) -> dict:
     species = [f"sp{i + 1:04d}" for i in range(base.sim.n_species)]
     classifier = tiny_classifier(base, species, tmp / "classifier")
     settings = _settings(tmp, classifier)
-    first = _run(settings, 2024)
+    first = _run(settings, 2024, cluster=shared_cluster_sets)
     out = tmp / "out"
     before = {
         s: _year_bytes(out / f"{s}.zarr", v, 0)
@@ -109,7 +111,7 @@ def series(tmp_path_factory: pytest.TempPathFactory) -> dict:
     interrupted = {
         s: [int(y) for y in open_store(str(out / f"{s}.zarr"))["year"].values] for s in ("species", "indicators")
     }
-    second = _run(settings, 2025, "--evaluate")
+    second = _run(settings, 2025, "--evaluate", cluster=shared_cluster_sets)
     return {
         "tmp": tmp,
         "out": out,
@@ -169,13 +171,13 @@ def test_detection_is_scored_against_the_generators_true_changes(series):
     assert ev["richness"]["expected"]["pixels"] == 1600
 
 
-def test_summary_files_and_a_complete_year_reruns_to_nothing(series):
+def test_summary_files_and_a_complete_year_reruns_to_nothing(series, shared_cluster_sets):
     folder = series["out"] / "refresh" / "2025"
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["year"] == 2025 and summary["area_km2"] == 4.0 and summary["habitat_maps"]
     assert "## Changes since 2024" in (folder / "report.md").read_text()
     assert (folder / "changes.png").read_bytes()[:4] == b"\x89PNG"
-    again = _run(series["settings"], 2025)
+    again = _run(series["settings"], 2025, cluster=shared_cluster_sets)
     assert all(step["tiles_computed"] == 0 for step in again["steps"].values())
     raw = zarr.open_group(str(series["out"] / "indicators.zarr"), mode="r")
     assert sorted(json.loads(raw.attrs["geoplantnet_years"])) == ["2024", "2025"]

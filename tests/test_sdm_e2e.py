@@ -1,8 +1,6 @@
 """The species-model job end to end: virtual region and bring-your-own-data (the Bradypus set), through the CLI."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import xarray as xr
 from pyproj import Transformer
 
 from geoplantnet.storage.store import open_store
+from geoplantnet.testing.cli import cli_sets, run_cli
 from geoplantnet.testing.fixtures import SmallSdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,10 +18,8 @@ BRADYPUS = ROOT.parent / "shared" / "data" / "real" / "predicts_bradypus_bioclim
 
 
 def _sdm(tmp_path: Path, *args: str, overrides: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "geoplantnet.cli", "sdm", "--quiet", "--out", str(tmp_path / "sdm"), *args]
-    for item in [*overrides, f"workdir={tmp_path / 'work'}"]:
-        cmd += ["--set", item]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    sets = cli_sets([*overrides, f"workdir={tmp_path / 'work'}"])
+    proc = run_cli("sdm", "--quiet", "--out", str(tmp_path / "sdm"), *args, *sets, cwd=ROOT)  # in-process
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout[proc.stdout.index("{") :])
 
@@ -64,7 +61,7 @@ def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(small_sd
 @pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.skipif(not BRADYPUS.is_dir(), reason=f"real data folder {BRADYPUS} is absent")
-def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
+def test_bradypus_through_the_bring_your_own_data_command(tmp_path, shared_cluster_sets):
     result = _sdm(
         tmp_path,
         "-c",
@@ -73,7 +70,7 @@ def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
         str(BRADYPUS / "bradypus.csv"),
         "--rasters",
         str(BRADYPUS / "bio.tif"),
-        overrides=["train.epochs=15", "train.ensemble=1", "cluster.n_workers=2"],
+        overrides=["train.epochs=15", "train.ensemble=1", "cluster.n_workers=2", *shared_cluster_sets],
     )
     assert result["n_species"] == 1 and result["n_samples"] > 600  # 116 presences + background on land
     assert result["models"]["maxent"]["auc"] > 0.7  # the literature's ~0.8-0.9 less the spatial-block penalty
@@ -84,9 +81,6 @@ def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
         model = result["model_files"][name]
         out = tmp_path / f"{name}.zarr"
         cmd = [
-            sys.executable,
-            "-m",
-            "geoplantnet",
             "map",
             "-q",
             "-c",
@@ -99,8 +93,9 @@ def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
             str(out),
             "--set",
             f"workdir={tmp_path / 'work'}",
+            *cli_sets(shared_cluster_sets),
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        proc = run_cli(*cmd, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
         stores[name] = open_store(str(out))["probability"].sel(species_name="Bradypus variegatus")
     assert stores["maxent"].shape == stores["cnn"].shape == (433, 360)
@@ -114,22 +109,14 @@ def test_bradypus_through_the_bring_your_own_data_command(tmp_path):
         at_records = prob.sel(x=xr.DataArray(x), y=xr.DataArray(y), method="nearest").values
         assert np.nanmean(at_records) > 2 * np.nanmean(prob.values[land]), name  # high where the sloth was seen
     png = tmp_path / "bradypus.png"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "geoplantnet",
-            "plot",
-            str(tmp_path / "cnn.zarr"),
-            str(tmp_path / "maxent.zarr"),
-            "--species",
-            "Bradypus variegatus",
-            "--out",
-            str(png),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = run_cli(
+        "plot",
+        str(tmp_path / "cnn.zarr"),
+        str(tmp_path / "maxent.zarr"),
+        "--species",
+        "Bradypus variegatus",
+        "--out",
+        str(png),
         cwd=ROOT,
     )
     assert proc.returncode == 0 and png.stat().st_size > 10_000, proc.stderr[-2000:]

@@ -7,8 +7,6 @@ blank its raster; both run the CLI (~40 s and ~25 s, mostly cluster start and ex
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import xarray as xr
 
 from geoplantnet.core.errors import InputError
 from geoplantnet.jobs.sdm import NoPredictorDataError, _check_predictor_data, _json_safe, _model_summary
+from geoplantnet.testing.cli import Result, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BRADYPUS = ROOT.parent / "shared" / "data" / "real" / "predicts_bradypus_bioclim"
@@ -63,11 +62,8 @@ def test_no_predictor_data_is_an_input_error_naming_the_predictors() -> None:
     _check_predictor_data(labels, np.array([0, 2, 3]), env)  # one presence with data is enough here
 
 
-def _sdm(tmp_path: Path, observations: Path, raster: Path, *overrides: str) -> subprocess.CompletedProcess:
+def _sdm(tmp_path: Path, observations: Path, raster: Path, *overrides: str) -> Result:
     cmd = [
-        sys.executable,
-        "-m",
-        "geoplantnet.cli",
         "sdm",
         "--quiet",
         "-c",
@@ -81,7 +77,7 @@ def _sdm(tmp_path: Path, observations: Path, raster: Path, *overrides: str) -> s
     ]
     for item in [*FAST, *overrides, f"workdir={tmp_path / 'work'}"]:
         cmd += ["--set", item]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return run_cli(*cmd, cwd=ROOT)  # in-process: the report is tested, not a process
 
 
 @pytest.mark.slow

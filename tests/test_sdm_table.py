@@ -8,9 +8,6 @@ in another), with known species responses, so the scores can be checked against 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ import pytest
 
 from geoplantnet.core.config import TableConfig
 from geoplantnet.samples.tables import TableError, read_tables
+from geoplantnet.testing.cli import Result, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECIES = [f"sp{i}" for i in range(6)]
@@ -134,11 +132,8 @@ def test_missing_columns_and_files_are_named(benchmark: dict[str, Path], tmp_pat
         read_tables(_table_cfg(benchmark).model_copy(update={"background": str(tmp_path / "nope.csv")}))
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "geoplantnet.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=900
-    )
+def _cli(*args: str, cwd: Path) -> Result:
+    return run_cli(*args, cwd=cwd)  # in-process: the command's output and status are what is tested, not a process
 
 
 @pytest.mark.slow

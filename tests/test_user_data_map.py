@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from rasterio.transform import from_bounds
 
 from geoplantnet.core.config import load_config
 from geoplantnet.storage.store import open_store
+from geoplantnet.testing.cli import Result, cli_sets, run_cli
 from geoplantnet.testing.regions import SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,20 +95,19 @@ def data(tmp_path_factory) -> dict:
     return {"root": root, "rasters": [temp, moist, cover], "observations": obs}
 
 
-def _map(data: dict, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "geoplantnet", "map", "--quiet", *args]
-    for item in [*SETTINGS, f"workdir={data['root'] / 'work'}", f"store.root={data['root'] / 'out'}"]:
-        cmd += ["--set", item]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def _map(data: dict, *args: str, cluster: Sequence[str] = ()) -> Result:
+    """``map`` in-process (on the cluster the ``cluster`` overrides name, else one of its own)."""
+    sets = [*SETTINGS, f"workdir={data['root'] / 'work'}", f"store.root={data['root'] / 'out'}", *cluster]
+    return run_cli("map", "--quiet", *args, *cli_sets(sets), cwd=ROOT)
 
 
-def _result(proc: subprocess.CompletedProcess) -> dict:
+def _result(proc: Result) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout[proc.stdout.index("{") :])
 
 
 @pytest.fixture(scope="module")
-def first(data) -> dict:
+def first(data, shared_cluster_sets) -> dict:
     """The map command on the user's surveys and rasters: trains the model, then maps (the default --out)."""
     return _result(
         _map(
@@ -123,12 +122,13 @@ def first(data) -> dict:
             *map(str, data["rasters"]),
             "--categorical",
             "landcover",
+            cluster=shared_cluster_sets,
         )
     )
 
 
 @pytest.mark.slow
-def test_map_trains_on_user_data_and_applies_the_model_to_rasters_alone(data, first):
+def test_map_trains_on_user_data_and_applies_the_model_to_rasters_alone(data, first, shared_cluster_sets):
     rasters = [str(p) for p in data["rasters"]]
     assert first["trained"] is not None and first["store"] == str(data["root"] / "out" / "species.zarr")
     assert not (data["root"] / "work" / "region").exists()  # no virtual region anywhere
@@ -148,6 +148,7 @@ def test_map_trains_on_user_data_and_applies_the_model_to_rasters_alone(data, fi
             "landcover",
             "--out",
             str(data["root"] / "again.zarr"),
+            cluster=shared_cluster_sets,
         )
     )
     assert again["trained"] is None

@@ -15,6 +15,7 @@ from shapely.geometry import box
 from geoplantnet.cli import main
 from geoplantnet.core.encoding import NODATA
 from geoplantnet.storage.store import open_store
+from geoplantnet.testing.cli import cli_sets
 from geoplantnet.testing.fixtures import copy_region
 from geoplantnet.testing.regions import SMALL_REGION
 
@@ -45,9 +46,12 @@ def _run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]
 
 
 @pytest.mark.slow
-def test_value_end_to_end_resumes_and_evaluates(small_region: Path, tmp_path: Path, capsys) -> None:
+def test_value_end_to_end_resumes_and_evaluates(
+    small_region: Path, tmp_path: Path, capsys, shared_cluster_sets: list[str]
+) -> None:
     copy_region(small_region, tmp_path / "work")
-    code, out, err = _run(_args(tmp_path, "--evaluate"), capsys)
+    cluster = cli_sets(shared_cluster_sets)  # the session's cluster
+    code, out, err = _run(_args(tmp_path, "--evaluate", *cluster), capsys)
     assert code == 0, err
     report = json.loads(out)
     saved = json.loads((tmp_path / "out" / "value" / "report.json").read_text())
@@ -81,7 +85,7 @@ def test_value_end_to_end_resumes_and_evaluates(small_region: Path, tmp_path: Pa
     assert ev["pixels"] == 1600 and -1 <= ev["spearman_r"] <= 1 and 0 <= ev["top_bottom_auc"] <= 1
     assert ev["top_pixels"] > 0 and ev["bottom_pixels"] > 0 and ev["excluded_training_pixels"] > 0
     # a rerun: the model and folds reused, both stores resumed to nothing, the values unchanged
-    code, out, err = _run(_args(tmp_path), capsys)
+    code, out, err = _run(_args(tmp_path, *cluster), capsys)
     assert code == 0, err
     again = json.loads(out)
     assert again["model_reused"] and again["model_sha256"] == report["model_sha256"]
@@ -92,7 +96,7 @@ def test_value_end_to_end_resumes_and_evaluates(small_region: Path, tmp_path: Pa
     # a model of other settings is never replaced unasked (and nothing else is touched)
     model = tmp_path / "out" / "value" / "model.pt"
     before = model.read_bytes()
-    code, _, err = _run([*_args(tmp_path), "--set", "value.epochs=4"], capsys)
+    code, _, err = _run([*_args(tmp_path, *cluster), "--set", "value.epochs=4"], capsys)
     assert code == 2 and "pass --overwrite" in err.strip().splitlines()[-1]
     assert model.read_bytes() == before and (tmp_path / "out" / "value" / "report.json").exists()
 

@@ -159,9 +159,10 @@ class SmallMap:
     root: Path
 
 
-def small_map(root: Path, default_config: Path, region: Path) -> SmallMap:
+def small_map(root: Path, default_config: Path, region: Path, cluster: Sequence[str] = ()) -> SmallMap:
     """The small virtual region (a copy of the workdir ``region``'s) under ``root``, a model trained on it (cached in
-    the workdir, as the map command caches it) and the reference map written by an embedded LocalCluster."""
+    the workdir, as the map command caches it) and the reference map written by an embedded LocalCluster, or by the
+    cluster the ``cluster`` overrides name (not kept in :attr:`SmallMap.overrides`)."""
     from geoplantnet.core.config import load_config
     from geoplantnet.jobs.mapping import MapSources, ensure_model, produce_map
     from geoplantnet.runs.inputs import virtual_inputs
@@ -170,7 +171,7 @@ def small_map(root: Path, default_config: Path, region: Path) -> SmallMap:
     overrides = [*MAP_SETTINGS, f"workdir={copy_region(region, root / 'work')}", f"store.root={root / 'out'}"]
     cfg = load_config(default_config, overrides)
     inputs = virtual_inputs(cfg)
-    with connect(cfg.cluster) as client:
+    with connect(load_config(default_config, [*overrides, *cluster]).cluster) as client:
         model, trained = ensure_model(cfg, inputs, client)
         assert trained is not None and trained["epochs"] >= 1
         sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
@@ -212,9 +213,10 @@ class SmallHabitats:
     overrides: list[str]
 
 
-def small_habitats(small: SmallMap, default_config: Path) -> SmallHabitats:
+def small_habitats(small: SmallMap, default_config: Path, cluster: Sequence[str] = ()) -> SmallHabitats:
     """:func:`tiny_classifier` and ``habitat.zarr`` of the small map (each pixel's top 8 species: the small map's
-    model has no thresholds), written by an embedded LocalCluster under ``small.root/habitats``."""
+    model has no thresholds), written by an embedded LocalCluster (or the one the ``cluster`` overrides name) under
+    ``small.root/habitats``."""
     from geoplantnet.core.config import load_config
     from geoplantnet.jobs.habitat_map import run_habitat_map
     from geoplantnet.storage.store import open_store
@@ -225,7 +227,7 @@ def small_habitats(small: SmallMap, default_config: Path) -> SmallHabitats:
     model = tiny_classifier(small.cfg, species, folder / "model")
     overrides = [*small.overrides, "habitats.map_species=8"]
     store = str(folder / "habitat.zarr")
-    run_habitat_map(load_config(default_config, overrides), small.reference, model, store, progress=False)
+    run_habitat_map(load_config(default_config, [*overrides, *cluster]), small.reference, model, store, progress=False)
     return SmallHabitats(model, store, overrides)
 
 
@@ -244,19 +246,17 @@ class SmallSdm:
     root: Path
 
 
-def small_sdm(root: Path, region: Path, project: Path) -> SmallSdm:
-    """``geoplantnet sdm`` in a subprocess started in ``project`` (the checkout under test), as a user runs it, on a
-    copy of the workdir ``region``'s small region: the CNN, MaxEnt and the random forest scored on spatial folds,
-    calibrated, and trained on all samples for maps."""
+def small_sdm(root: Path, region: Path, project: Path, cluster: Sequence[str] = ()) -> SmallSdm:
+    """``geoplantnet sdm`` run from ``project`` (the checkout under test) with its arguments as a user gives them, in
+    this process (:func:`geoplantnet.testing.cli.run_cli`), on a copy of the workdir ``region``'s small region: the
+    CNN, MaxEnt and the random forest scored on spatial folds, calibrated, and trained on all samples for maps; on the
+    cluster the ``cluster`` overrides name, if any (not kept in :attr:`SmallSdm.overrides`)."""
     import json
-    import subprocess
-    import sys
+
+    from geoplantnet.testing.cli import cli_sets, run_cli
 
     overrides = [*SDM_SETTINGS, f"workdir={copy_region(region, root / 'work')}"]
     out = root / "sdm"
-    cmd = [sys.executable, "-m", "geoplantnet.cli", "sdm", "--quiet", "--out", str(out)]
-    proc = subprocess.run(
-        [*cmd, *(a for s in overrides for a in ("--set", s))], capture_output=True, text=True, timeout=1200, cwd=project
-    )
+    proc = run_cli("sdm", "--quiet", "--out", out, *cli_sets([*overrides, *cluster]), cwd=project)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return SmallSdm(json.loads(proc.stdout[proc.stdout.index("{") :]), overrides, out, root)
