@@ -95,6 +95,19 @@ class CellsJob:
     fused: FusedPredictor
     cells: dict[str, tuple[np.ndarray, np.ndarray]]
 
+    @classmethod
+    def at(
+        cls, fused: FusedPredictor, grid: Grid, tile: int, rows: np.ndarray, cols: np.ndarray
+    ) -> tuple[CellsJob, list[Tile], dict[str, np.ndarray]]:
+        """The job reading the cells (``rows``, ``cols``; -1 off the grid), the tiles holding them, and which cells
+        each tile holds (tile id -> their indices)."""
+        ok = np.flatnonzero(rows >= 0)
+        tiles = {(t.row, t.col): t for t in grid.tiles(tile)}
+        keys = np.stack([rows[ok] // tile, cols[ok] // tile], axis=1) if ok.size else np.zeros((0, 2), "int64")
+        at = {tiles[a, b].id: ok[(keys == (a, b)).all(axis=1)] for a, b in {tuple(k) for k in keys.tolist()}}
+        todo = [t for t in tiles.values() if t.id in at]
+        return cls(fused, {t: (rows[idx], cols[idx]) for t, idx in at.items()}), todo, at
+
 
 def fused_cells(job: CellsJob, tile: Tile) -> dict[str, Any]:
     """A tile's values at its cells of ``job`` (:meth:`FusedPredictor.cells`), as a tile report (runs on a worker)."""

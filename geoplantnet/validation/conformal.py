@@ -18,7 +18,7 @@ group and of the habitat sets, with their coverage measured by cross-conformal s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +31,9 @@ from geoplantnet.inference.dense import decode
 from geoplantnet.models.calibration import Calibration, fit_calibration
 from geoplantnet.samples.plots import Plots
 from geoplantnet.validation.blocks import spatial_folds
+
+# the maps' values at surveys: p (n, S), habitat classes and their probabilities (n, K) or None, which are on data
+Sampled = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]
 
 UNCALIBRATED = float("nan")  # a radius no plots could calibrate: intervals fall back to the model's own spread
 
@@ -157,12 +160,30 @@ def sample_maps(
     ok = row >= 0
     at = {"y": xr.DataArray(row[ok], dims="plot"), "x": xr.DataArray(col[ok], dims="plot")}
     k = habitat_codes.sizes["rank"] if habitat_codes is not None else None
-    p, top, top_p = empty_samples(len(plots), species_codes.sizes["species"], k)
-    p[ok] = decode(np.asarray(species_codes["probability"].isel(at).transpose("plot", "species").values))
-    if habitat_codes is not None and top is not None and top_p is not None:
-        top[ok] = habitat_codes["top_k"].isel(at).transpose("plot", "rank").values
-        top_p[ok] = decode(np.asarray(habitat_codes["top_k_probability"].isel(at).transpose("plot", "rank").values))
-    return p, top, top_p, valid_samples(p, top, ok)
+    p = decode(np.asarray(species_codes["probability"].isel(at).transpose("plot", "species").values))
+    top = top_p = None
+    if habitat_codes is not None:
+        top = habitat_codes["top_k"].isel(at).transpose("plot", "rank").values
+        top_p = decode(np.asarray(habitat_codes["top_k_probability"].isel(at).transpose("plot", "rank").values))
+    return gather_samples(len(plots), species_codes.sizes["species"], k, ok, [(ok, p, top, top_p)])
+
+
+def gather_samples(
+    n: int,
+    n_species: int,
+    ranks: int | None,
+    on_map: np.ndarray,
+    parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]],
+) -> Sampled:
+    """The maps' values at ``n`` plots from ``parts`` (the plots' indices, their p, habitat classes and their
+    probabilities; ``ranks``: the classes kept, None without habitats), and which are on a cell with data (``on_map``:
+    on the grid); plots in no part keep :func:`empty_samples`."""
+    p, top, top_p = empty_samples(n, n_species, ranks)
+    for idx, p_i, top_i, top_p_i in parts:
+        p[idx] = p_i
+        if top is not None and top_p is not None:
+            top[idx], top_p[idx] = top_i, top_p_i
+    return p, top, top_p, valid_samples(p, top, on_map)
 
 
 def empty_samples(n: int, n_species: int, ranks: int | None) -> tuple[np.ndarray, Any, Any]:
@@ -244,7 +265,7 @@ def calibrate(
 def calibrate_on_surveys(
     settings: IndicatorsConfig,
     surveys: Plots | None,
-    sampled: tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray] | None,
+    sampled: Sampled | None,
     species: list[str],
     classes: list[str] | None,
     groups: Mapping[str, np.ndarray],
