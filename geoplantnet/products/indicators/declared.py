@@ -131,7 +131,7 @@ class When:
 
 
 ALWAYS = When("always", lambda model, group: True)
-NOT_RICHNESS = When("groups but richness", lambda model, group: group != "richness")
+NOT_RICHNESS = When("every group but richness", lambda model, group: group != "richness")
 THRESHOLDS = When("with thresholds", lambda model, group: model.thresholds is not None)
 HABITATS = When("with a habitat map", lambda model, group: model.habitats is not None)
 
