@@ -150,9 +150,7 @@ def presence_matrix(plots: Plots, species: list[str]) -> np.ndarray:
     return out
 
 
-def sample_maps(
-    species_codes: xr.Dataset, habitat_codes: xr.Dataset | None, grid: Grid, plots: Plots
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+def sample_maps(species_codes: xr.Dataset, habitat_codes: xr.Dataset | None, grid: Grid, plots: Plots) -> Sampled:
     """The maps at the plots' cells (stores opened with ``mask_and_scale=False``; only the chunks under the plots are
     read): p (n, S), habitat classes and their probabilities (n, K) or None, and which plots fell on a cell with
     data."""
@@ -177,16 +175,16 @@ def gather_samples(
 ) -> Sampled:
     """The maps' values at ``n`` plots from ``parts`` (the plots' indices, their p, habitat classes and their
     probabilities; ``ranks``: the classes kept, None without habitats), and which are on a cell with data (``on_map``:
-    on the grid); plots in no part keep :func:`empty_samples`."""
-    p, top, top_p = empty_samples(n, n_species, ranks)
+    on the grid); plots in no part keep :func:`_empty_samples`."""
+    p, top, top_p = _empty_samples(n, n_species, ranks)
     for idx, p_i, top_i, top_p_i in parts:
         p[idx] = p_i
         if top is not None and top_p is not None:
             top[idx], top_p[idx] = top_i, top_p_i
-    return p, top, top_p, valid_samples(p, top, on_map)
+    return p, top, top_p, _valid_samples(p, top, on_map)
 
 
-def empty_samples(n: int, n_species: int, ranks: int | None) -> tuple[np.ndarray, Any, Any]:
+def _empty_samples(n: int, n_species: int, ranks: int | None) -> tuple[np.ndarray, Any, Any]:
     """What plots off the map get: NaN probabilities, habitat classes -1 of probability 0 (None without habitats)."""
     p = np.full((n, n_species), np.nan, dtype="float32")
     if ranks is None:
@@ -194,7 +192,7 @@ def empty_samples(n: int, n_species: int, ranks: int | None) -> tuple[np.ndarray
     return p, np.full((n, ranks), -1, dtype="int64"), np.zeros((n, ranks), dtype="float32")
 
 
-def valid_samples(p: np.ndarray, top: np.ndarray | None, on_map: np.ndarray) -> np.ndarray:
+def _valid_samples(p: np.ndarray, top: np.ndarray | None, on_map: np.ndarray) -> np.ndarray:
     """Plots on a cell with data: on the map, every species known and (with habitats) a class."""
     valid = on_map & np.isfinite(p).all(axis=1)
     if top is not None:
@@ -205,8 +203,9 @@ def valid_samples(p: np.ndarray, top: np.ndarray | None, on_map: np.ndarray) -> 
 def survey_folds(plots: Plots, settings: IndicatorsConfig, folds: int, notes: list[str]) -> np.ndarray:
     """Spatial-block folds of the surveys (``indicators.block_size``); random folds, said in ``notes``, when the
     surveys fill too few blocks (random folds put neighbours on both sides: coverage reads optimistic)."""
-    ind = settings
-    out, said = spatial_folds(plots.x, plots.y, ind.block_size, folds, seed=ind.seed, fallback="random", what="surveys")
+    out, said = spatial_folds(
+        plots.x, plots.y, settings.block_size, folds, seed=settings.seed, fallback="random", what="surveys"
+    )
     notes.extend(said)
     return out
 

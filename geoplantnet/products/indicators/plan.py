@@ -109,7 +109,6 @@ class IndicatorStores:
     habitat_slot: int | None
     out_url: str
     year: int | None = None
-
     species_scale: str = ""  # the species map's output scale (calibrated probabilities or not)
 
     @classmethod
