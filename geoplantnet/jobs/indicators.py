@@ -157,16 +157,8 @@ def produce_indicators(
         resources=job.fused.resources(client) if isinstance(job, FusedTileJob) else None,
         error=IndicatorError,
     )
-    return IndicatorSummary.of(
-        plan,
-        cfg.indicators.level,
-        tiles=len(done.tiles),
-        computed=len(done.results),
-        skipped=len(done.tiles) - len(done.todo),
-        cores=sum(client.nthreads().values()) or 1,
-        pixels_per_second=done.pixels_per_second,
-        seconds=round(time.perf_counter() - t_start, 1),
-    )
+    cores, seconds = sum(client.nthreads().values()) or 1, round(time.perf_counter() - t_start, 1)
+    return IndicatorSummary.of(plan, cfg.indicators.level, done, cores, seconds)
 
 
 def run_indicators(

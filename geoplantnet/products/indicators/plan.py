@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import zarr
@@ -450,6 +450,17 @@ def needs_recalibration(setting: str, scale: str) -> bool:
     return not str(scale).startswith("calibrated")
 
 
+class StreamedTiles(Protocol):
+    """What the tile stream reports of a run (:class:`geoplantnet.runs.tiles.TiledRun`, a layer above)."""
+
+    tiles: list[Any]
+    todo: list[Any]
+    results: list[dict[str, Any]]
+
+    @property
+    def pixels_per_second(self) -> float | None: ...
+
+
 @dataclass
 class IndicatorSummary:
     """What an indicators run did."""
@@ -475,30 +486,18 @@ class IndicatorSummary:
         return asdict(self)
 
     @classmethod
-    def of(
-        cls,
-        plan: IndicatorPlan,
-        level: float,
-        *,
-        tiles: int,
-        computed: int,
-        skipped: int,
-        cores: int,
-        pixels_per_second: float | None,
-        seconds: float,
-    ) -> IndicatorSummary:
-        """The summary of ``plan`` written: its tiles (all, computed now, found written), the cluster's ``cores``,
-        the throughput and the wall time."""
+    def of(cls, plan: IndicatorPlan, level: float, done: StreamedTiles, cores: int, seconds: float) -> IndicatorSummary:
+        """The summary of ``plan`` written (``done``: what the tile stream did) on ``cores`` in ``seconds``."""
         out, cal, model = plan.job.output, plan.calibration, plan.job.model
-        pps = pixels_per_second
+        pps = done.pixels_per_second
         return cls(
             store=redact({"url": out.url})["url"],
             run=out.run,
             variables=model.variables(),
             groups={g: int(m.sum()) for g, m in model.groups.items()},
-            tiles=tiles,
-            tiles_computed=computed,
-            tiles_skipped=skipped,
+            tiles=len(done.tiles),
+            tiles_computed=len(done.results),
+            tiles_skipped=len(done.tiles) - len(done.todo),
             shape=[plan.grid.height, plan.grid.width],
             cores=cores,
             pixels_per_second=pps,
