@@ -86,14 +86,32 @@ def _attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return decoded
 
 
-def compare_text(a: Path, b: Path, rtol: float) -> list[str]:
-    la, lb = a.read_text().splitlines(), b.read_text().splitlines()
+TIMING = re.compile(r"seconds|\bs\)|/s\b|created|took|\btime\b", re.IGNORECASE)
+
+
+def _cells(line: str, skip: set[int]) -> str:
+    """A table row without its timing columns (``skip``); other lines as they are."""
+    if not line.startswith("|"):
+        return line
+    return "|".join(c for i, c in enumerate(line.split("|")) if i not in skip)
+
+
+def compare_text(a: Path, b: Path, rtol: float, roots: tuple[Path, Path]) -> list[str]:
+    # each run's folder (its outputs' parent holds its work folder too) reads as ROOT
+    la = a.read_text().replace(str(roots[0].parent), "ROOT").splitlines()
+    lb = b.read_text().replace(str(roots[1].parent), "ROOT").splitlines()
     if len(la) != len(lb):
         return [f"{len(la)} vs {len(lb)} lines"]
     out = []
+    skip: set[int] = set()  # the timing columns of the current table
     for i, (x, y) in enumerate(zip(la, lb, strict=True)):
-        if re.search(r"seconds|\bs\)|/s\b|created|took", x):  # timing lines
-            continue
+        if x.startswith("|") and i + 1 < len(la) and la[i + 1].startswith("|---"):
+            skip = {j for j, cell in enumerate(x.split("|")) if TIMING.search(cell)}
+        elif not x.startswith("|"):
+            skip = set()
+            if TIMING.search(x):  # a timing line
+                continue
+        x, y = _cells(x, skip), _cells(y, skip)
         nx, ny = NUMBER.findall(x), NUMBER.findall(y)
         if NUMBER.sub("#", x) != NUMBER.sub("#", y) or len(nx) != len(ny):
             out.append(f"line {i + 1}: {x[:70]!r} vs {y[:70]!r}")
@@ -135,7 +153,7 @@ def main() -> int:
             problems = []
             _same(json.loads(a.read_text()), json.loads(b.read_text()), args.rtol, rel.name, problems)
         elif rel.suffix == ".md":
-            problems = compare_text(a, b, args.rtol)
+            problems = compare_text(a, b, args.rtol, (args.before.resolve(), args.after.resolve()))
         else:
             problems = compare_png(a, b)
         bad += bool(problems)

@@ -40,7 +40,7 @@ def _imports(path: Path) -> set[str]:
 def test_only_commands_jobs_and_the_run_context_see_the_whole_configuration() -> None:
     # sim/: the simulator stands for the world a run reads; it records the whole (redacted) configuration in its
     # region.json and truth stores, and only runs/inputs.py and evaluation/ may import it
-    allowed = ("cli.py", "jobs/", "runs/", "testing/", "core/config.py", "sim/")
+    allowed = ("cli/", "jobs/", "runs/", "testing/", "core/config.py", "sim/")
     leaks = [
         _rel(p)
         for p in _modules()

@@ -12,8 +12,9 @@ from torch import nn
 
 from geoplantnet.core.errors import ConfigError
 from geoplantnet.core.grid import Grid
-from geoplantnet.jobs.impact import coarsen, compensation
 from geoplantnet.models.mc_dropout import has_dropout, mc_dropout
+from geoplantnet.products.impact import coarsen
+from geoplantnet.products.offsets import compensation
 from geoplantnet.products.scenarios import (
     Scenario,
     ScenarioError,

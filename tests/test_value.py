@@ -17,11 +17,12 @@ from shapely.geometry import box
 from geoplantnet.core.config import ConfigError, CubeConfig, ValueConfig, load_config
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.inference.value import ValuePredictor, read_features
 from geoplantnet.jobs.mapping import MapSources, ModelRef, ReadSettings
-from geoplantnet.jobs.value import ValuePredictor, polygon_folds, read_features, sample_pixels
 from geoplantnet.models.value_net import ValueModel, ValueSpec, halo, masked_bce
 from geoplantnet.samples.value_labels import rasterise_labels, read_value_polygons
 from geoplantnet.testing.fixtures import small_grid
+from geoplantnet.validation.value import polygon_folds, sample_pixels
 
 CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml"
 
@@ -132,11 +133,13 @@ def test_value_settings_validated() -> None:
         load_config(CONFIG, ["value.crop=62"])
     with pytest.raises(ConfigError, match=re.escape("value.high and value.low")):
         load_config(CONFIG, ["value.low=high"])
-    from geoplantnet.jobs.value import value_grid
+    from geoplantnet.products.value import value_grid
 
+    bad = load_config(CONFIG, ["value.tile=64"])
     with pytest.raises(ConfigError, match="must be a multiple of 5"):
-        value_grid(load_config(CONFIG, ["value.tile=64"]))
-    grid = value_grid(load_config(CONFIG, []))
+        value_grid(bad.grid, bad.value)
+    cfg = load_config(CONFIG, [])
+    grid = value_grid(cfg.grid, cfg.value)
     assert grid.resolution == 10.0 and grid.bounds == load_config(CONFIG, []).grid.grid().bounds
 
 

@@ -23,11 +23,13 @@ def fmt(value: Any, digits: int = 2) -> str:
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, digits: int | None = None) -> list[str]:
     """A Markdown table's lines: ``header``, then one line per row (cells through :func:`fmt` with ``digits`` when
-    given, else ``str``)."""
+    given, else ``str``); an empty cell is written ``| |``."""
     show = (lambda v: fmt(v, digits)) if digits is not None else str
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(show(v) for v in row) + " |" for row in rows]
-    return lines
+
+    def line(cells: Iterable[str]) -> str:
+        return "|" + "".join(f" {c} |" if c else " |" for c in cells)
+
+    return [line(header), "|" + "---|" * len(header), *(line(show(v) for v in row) for row in rows)]
 
 
 def frame_table(frame: pd.DataFrame, *, index: str | None = None, digits: int | None = None) -> list[str]:

@@ -9,6 +9,7 @@ store's options, the provenance attributes), never the whole configuration.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 from geoplantnet.core.config import RunConfig
 from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.products.base import Made, Product
 from geoplantnet.runs.tiles import StreamSettings, TiledRun, TileOutput, produce_tiles
 from geoplantnet.storage.store import join, preflight, storage_options_for
 
 if TYPE_CHECKING:
     import xarray as xr
     from distributed import Client
+
+    from geoplantnet.products.base import TilePlan
 
 
 def streaming(cfg: RunConfig) -> StreamSettings:
@@ -112,4 +116,36 @@ class RunContext:
             progress=self.progress,
             error=error,
             year=self.year,
+        )
+
+    def produce_plan(self, client: Client, plan: TilePlan, product: str) -> TiledRun:
+        """:meth:`produce` of a product's plan (``product``: the store's ``geoplantnet_product``)."""
+        return self.produce(
+            client,
+            plan.fn,
+            plan.job,
+            output=plan.output,
+            grid=plan.grid,
+            tile=plan.tile,
+            layout=plan.layout,
+            product=product,
+            parts=plan.parts,
+            attrs=plan.attrs,
+            resources=plan.resources,
+            error=plan.error,
+        )
+
+    def make(self, client: Client, product: Product) -> Made | None:
+        """``product``'s tiled run: its plan (``product.plan(self, client)``) streamed by :meth:`produce`; what it
+        made (its entry in a run summary: seconds, tiles computed), or None when the plan has nothing to map."""
+        if product.plan is None:
+            raise GeoplantnetError(f"product {product.name} has no tile plan: its own command writes it")
+        t0 = time.perf_counter()
+        plan = product.plan(self, client)
+        if plan is None:
+            return None
+        run = self.produce_plan(client, plan, product.name)
+        seconds = round(time.perf_counter() - t0, 1)
+        return Made(
+            product.name, plan.output.url, plan, run, seconds, {"seconds": seconds, "tiles_computed": len(run.results)}
         )

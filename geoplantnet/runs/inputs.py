@@ -25,6 +25,7 @@ from geoplantnet.samples.observations import Observations
 from geoplantnet.samples.plots import Plots, plots_from_frame
 
 if TYPE_CHECKING:
+    from geoplantnet.evaluation.truth import VirtualTruth
     from geoplantnet.products.indicators.tables import IndicatorInputs
 
 
@@ -249,6 +250,17 @@ def virtual_truth(cfg: RunConfig, year: int | None = None) -> tuple[xr.DataArray
     manifest = generate_region(cfg, Path(cfg.workdir) / "region")
     species = open_store(str(manifest.truth_path("species", year)))["probability"]
     return species, str(manifest.truth_path("habitat", year))
+
+
+def region_truth(cfg: RunConfig) -> VirtualTruth:
+    """The virtual region's truth as the evaluations read it (:mod:`geoplantnet.evaluation.registry`); refused
+    (one line) when the configuration names the user's inputs."""
+    from geoplantnet.evaluation.truth import VirtualTruth
+    from geoplantnet.sim.region import generate_region
+
+    if not cfg.inputs.virtual:
+        raise ConfigError("--evaluate scores against the virtual region's truth; inputs.* are set")
+    return VirtualTruth(generate_region(cfg, Path(cfg.workdir) / "region"))
 
 
 def virtual_changes(cfg: RunConfig, year: int) -> xr.DataArray:

@@ -32,6 +32,18 @@ class LabelRasters:
     polygon: np.ndarray
 
 
+@dataclass(frozen=True)
+class Labels:
+    """The polygons (grid CRS; ``polygon_id``, ``label``, ``fold``), their rasters on the training window, the
+    window (row0, row1, col0, col1 on the value grid) and where they came from."""
+
+    polygons: gpd.GeoDataFrame
+    rasters: LabelRasters
+    window: tuple[int, int, int, int]
+    source: str
+    notes: tuple[str, ...]
+
+
 def read_value_polygons(source: str, *, label_column: str, high: str, low: str, epsg: int) -> gpd.GeoDataFrame:
     """The polygons of ``source`` in EPSG:``epsg`` with ``label`` (1 for ``high``, 0 for ``low``; other labels are
     dropped) and ``polygon_id`` (row order); one-line refusals naming what to fix."""

@@ -61,6 +61,7 @@ from geoplantnet.storage.store import (
     Target,
     beside_the_arrays,
     differences,
+    exists,
     leased,
     parts_of,
     run_id,
@@ -379,3 +380,18 @@ def year_view(ds: xr.Dataset, year: int | None) -> xr.Dataset:
     """One year of a series opened by :func:`geoplantnet.storage.store.open_store` (the dataset itself without a
     year axis or ``year``)."""
     return ds.sel({YEAR: int(year)}) if year is not None and YEAR in ds.dims else ds
+
+
+def complete_years(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[int, dict[str, Any]]:
+    """The complete years of the series at ``url`` and their records, by year (empty: nothing there yet). Read raw:
+    a series whose first year was interrupted has no complete year, and the run completing it must still run."""
+    if not exists(url, dict(storage_options or {})):
+        return {}
+    attrs = zarr.open_group(zarr_store(url, storage_options), mode="r").attrs
+    return {y: r for y, r in sorted(year_records(dict(attrs)).items()) if r.get("completed")}
+
+
+def previous_year(url: str, year: int, storage_options: Mapping[str, Any] | None = None) -> int | None:
+    """The latest complete year before ``year`` of the series at ``url`` (None: nothing earlier)."""
+    earlier = [y for y in complete_years(url, storage_options) if y < year]
+    return max(earlier) if earlier else None

@@ -192,3 +192,39 @@ def train_value_net(
     )
     model.net = net.cpu()
     return model, info
+
+
+def train_labelled(
+    features: np.ndarray,
+    label: np.ndarray,
+    val_label: np.ndarray | None,
+    polygon: np.ndarray,
+    names: list[str],
+    settings: ValueConfig,
+    device: str,
+    *,
+    unscaled: Sequence[str],
+    key: str,
+) -> tuple[ValueModel, float]:
+    """:func:`train_value_net` with what the saved model records: the label column and classes, the value section
+    and the training ``key``, and how it was trained (without the seconds: a model retrained on the same data is the
+    same file, so its maps resume rather than clash); and the training seconds."""
+    extra = {
+        "labels": {"column": settings.label_column, "high": settings.high, "low": settings.low},
+        "config": settings.model_dump(mode="json"),
+        "training_key": key,
+    }
+    model, info = train_value_net(
+        features,
+        label,
+        polygon,
+        names,
+        settings,
+        val_label=val_label,
+        device=device,
+        unscaled=unscaled,
+        spec_extra=extra,
+    )
+    trained = {k: v for k, v in info.as_dict().items() if k != "seconds"}
+    model.spec = model.spec.model_copy(update={"trained": trained})
+    return model, info.seconds

@@ -1,0 +1,278 @@
+"""The impact assessment's and the offset ranking's reports: Markdown for people (planners, reviewers), the maps
+(PNG), and the GeoPackages and CSV a GIS opens. They take the summaries and plain arrays the products computed
+(:mod:`geoplantnet.products.impact_summary`, :mod:`geoplantnet.products.offsets`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoplantnet.reports.figures import bare, figure
+from geoplantnet.reports.markdown import document, fmt, table
+from geoplantnet.storage.outputs import place, place_json
+
+# the zones' indicators whose change the zones layer of impact.gpkg carries
+ZONE_INDICATORS = ("richness_expected", "threatened_expected", "invasive_expected", "shannon", "ecosystem_health")
+
+
+def impact_markdown(summary: Mapping[str, Any]) -> str:
+    """The impact report for people (planners, reviewers)."""
+    s = summary["scenario"]
+    blocks: list[str | list[str]] = [f"# Impact assessment: {s['name']}"]
+    if s.get("description"):
+        blocks.append(s["description"])
+    blocks.append(
+        [
+            f"- footprint `{summary['footprint']}`: {summary['zones']['footprint']['area_ha']} ha becomes land cover "
+            f"**{s['land_cover_name']}** (class {s['land_cover']}); edge effects over {s['buffer_m']} m "
+            f"(strength {s['edge_strength']}, an assumption of the scenario)",
+            f"- the new cover's imagery: the median of {s['land_cover_name']} pixels within {s['context_m']} m",
+            f"- re-predicted: {summary['tiles']} tiles ({summary['seconds']} s); uncertainty: {summary['draws']} "
+            f"paired Monte-Carlo dropout draws, intervals at {summary['level']:.0%}",
+            f"- models: {', '.join(f'{k} `{v}`' for k, v in summary['versions'].items())}",
+        ]
+    )
+    zones = [(z, v["area_ha"], v["pixels"]) for z, v in summary["zones"].items()]
+    blocks += ["## Zones", table(("zone", "area (ha)", "pixels"), zones)]
+    header = ("indicator", "zone", "before", "after", "change", "interval of the change")
+    blocks += ["## Indicators (mean per pixel)", table(header, _indicator_rows(summary))]
+    if "value" in summary:
+        header = ("zone", "before", "after", "change", "value-ha change", "interval")
+        blocks += ["## Biodiversity value", table(header, _value_rows(summary["value"]))]
+        blocks.append("Value-hectares: the sum of value (0-1) x area, like habitat hectares.")
+    sp = summary["species"]
+    blocks += [
+        "## Species (expected occupied area in the footprint and buffer)",
+        f"{sp['species_losing_half']} species lose at least half of their expected area; the summed change is "
+        f"{sp['expected_species_area_change_ha']} species-ha.",
+        table(
+            ("species", "before (ha)", "after (ha)", "change (ha)"),
+            [(r["name"], r["area_ha_before"], r["area_ha_after"], r["change_ha"]) for r in sp["losses"]],
+        ),
+    ]
+    if "habitats" in summary:
+        h = summary["habitats"]
+        transitions = h["transitions"]
+        blocks += [
+            "## Habitats (top class, footprint and buffer)",
+            f"{fmt(100 * h['changed_share'], 1)} % of the area changes class.",
+            table(("before", "after", "area (ha)"), [(t["before"], t["after"], t["area_ha"]) for t in transitions]),
+        ]
+    if "evaluation" in summary:
+        blocks += ["## Against the virtual region's truth (same scenario applied to the generator)"]
+        blocks += _evaluation_blocks(summary["evaluation"])
+    if summary.get("notes"):
+        blocks += ["## Notes", [f"- {n}" for n in summary["notes"]]]
+    return document(*blocks)
+
+
+def _indicator_rows(summary: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """Each indicator's mean per pixel in the footprint and buffer, with the Monte-Carlo interval of the change of
+    an expected count."""
+    intervals = summary.get("change_intervals", {})
+    rows = []
+    for name, zones in summary["indicators"].items():
+        if name.endswith(("_lower", "_upper")):  # the levels' intervals are in summary.json
+            continue
+        group = name.removesuffix("_expected")
+        for zone_name in ("footprint", "buffer"):
+            row = zones[zone_name]
+            iv = intervals.get(group, {}).get(zone_name) if name.endswith("_expected") else None
+            shown = f"[{fmt(iv['lower'])}, {fmt(iv['upper'])}]" if iv else ""
+            rows.append((name, zone_name, fmt(row["before"]), fmt(row["after"]), fmt(row["change"]), shown))
+    return rows
+
+
+def _value_rows(value: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """Mean value per zone before, after and its change, and the value-hectare change with its interval."""
+    rows = []
+    for zone_name, row in value.items():
+        iv = (
+            f"[{fmt(row.get('value_ha_change_lower'))}, {fmt(row.get('value_ha_change_upper'))}]"
+            if "value_ha_change_lower" in row
+            else ""
+        )
+        changes = (fmt(row["before"], 3), fmt(row["after"], 3), fmt(row["change"], 3), fmt(row["value_ha_change"]))
+        rows.append((zone_name, *changes, iv))
+    return rows
+
+
+def _evaluation_blocks(ev: Mapping[str, Any]) -> list[str | list[str]]:
+    """Predicted against true change per zone, and the per-pixel correlations."""
+    header = (
+        "zone",
+        "richness change predicted",
+        "true",
+        "true in interval",
+        "threatened predicted",
+        "true",
+        "value change predicted",
+        "true value-score change",
+    )
+    rows = [
+        (
+            zone_name,
+            fmt(row.get("richness_change_predicted")),
+            fmt(row.get("richness_change_true")),
+            row.get("richness_true_in_interval"),
+            fmt(row.get("threatened_change_predicted")),
+            fmt(row.get("threatened_change_true")),
+            fmt(row.get("value_change_predicted"), 3),
+            fmt(row.get("value_score_change_true")),
+        )
+        for zone_name, row in ev["zones"].items()
+    ]
+    shown = ", ".join(f"{k.replace('_', ' ')} {fmt(v)}" for k, v in ev["pixel_r"].items())
+    return [
+        table(header, rows),
+        [
+            f"Per-pixel correlation of predicted and true change (footprint and buffer): {shown}.",
+            f"Note: {ev['note']}.",
+        ],
+    ]
+
+
+def plot_impact(
+    path: Path,
+    before: Mapping[str, np.ndarray],
+    after: Mapping[str, np.ndarray],
+    bounds: tuple[float, float, float, float],
+    geometry: Any,
+    name: str,
+) -> None:
+    """Before / after / difference maps of richness and value (or threatened species) on the window of ``bounds``,
+    the footprint ``geometry`` outlined; ``name``: the scenario's."""
+    rows = [("richness_expected", "expected richness")]
+    rows.append(("value", "biodiversity value") if "value" in before else ("threatened_expected", "threatened"))
+    rows = [r for r in rows if r[0] in before]
+    x0, y0, x1, y1 = bounds
+    extent = (x0, x1, y0, y1)
+    outline = [np.asarray(p.exterior.coords) for p in getattr(geometry, "geoms", [geometry])
+               if hasattr(p, "exterior")]  # fmt: skip
+    with figure(path, len(rows), 3, panel=(4.0, 3.8), dpi=100) as (fig, axes):
+        for r, (layer, label) in enumerate(rows):
+            b, a = before[layer], after[layer]
+            vmin, vmax = np.nanmin([b, a]), np.nanmax([b, a])
+            diff = a - b
+            lim = float(np.nanmax(np.abs(diff))) or 1.0
+            panels = [
+                (b, f"{label}: before", "viridis", vmin, vmax),
+                (a, f"{label}: after", "viridis", vmin, vmax),
+                (diff, f"{label}: change", "RdBu", -lim, lim),
+            ]
+            for c, (values, title, cmap, lo, hi) in enumerate(panels):
+                ax = axes[r, c]
+                im = ax.imshow(values, extent=extent, cmap=cmap, vmin=lo, vmax=hi)
+                for ring in outline:
+                    ax.plot(ring[:, 0], ring[:, 1], color="black", lw=1)
+                ax.set_title(title, fontsize=10)
+                bare(ax)
+                fig.colorbar(im, ax=ax, shrink=0.8)
+        fig.suptitle(f"Impact of '{name}'", fontsize=11)
+
+
+def write_geopackage(
+    path: Path,
+    summary: Mapping[str, Any],
+    *,
+    crs: Any,
+    footprint: Mapping[str, Any],
+    geometry: Any,
+    zones: Mapping[str, Any],
+    cells: Mapping[str, np.ndarray],
+    squares: np.ndarray,
+) -> None:
+    """``impact.gpkg``: the footprint (``geometry`` with the ``footprint`` attributes), the zones (name -> polygon)
+    with their mean changes from ``summary``, and every assessed cell (``squares``) with its ``cells`` columns."""
+    import geopandas as gpd
+    import pandas as pd
+
+    layer = gpd.GeoDataFrame({k: [v] for k, v in footprint.items()}, geometry=[geometry], crs=crs)
+    records = []
+    for name, geom in zones.items():
+        row: dict[str, Any] = {"zone": name, "area_ha": summary["zones"][name]["area_ha"]}
+        for ind in ZONE_INDICATORS:
+            if ind in summary["indicators"]:
+                row[f"{ind}_change"] = summary["indicators"][ind][name]["change"]
+        if "value" in summary:
+            row["value_change"] = summary["value"][name]["change"]
+            row["value_ha_change"] = summary["value"][name]["value_ha_change"]
+        records.append({**row, "geometry": geom})
+    zone_layer = gpd.GeoDataFrame(records, geometry="geometry", crs=crs)
+    cell_layer = gpd.GeoDataFrame(pd.DataFrame(dict(cells)), geometry=squares, crs=crs)
+    layer.to_file(path, layer="footprint", driver="GPKG")
+    zone_layer.to_file(path, layer="zones", driver="GPKG", mode="a")
+    cell_layer.to_file(path, layer="cells", driver="GPKG", mode="a")
+
+
+def offsets_markdown(summary: Mapping[str, Any]) -> str:
+    """The offset ranking for people."""
+    s = summary["scenario"]
+    blocks: list[str | list[str]] = [
+        f"# Offset sites under '{s['name']}'",
+        f"Each candidate becomes **{s['land_cover_name']}** (class {s['land_cover']}), edge effects over "
+        f"{s['buffer_m']} m; gains are value-hectares (value 0-1 x area) with {summary['level']:.0%} Monte-Carlo "
+        f"intervals ({summary['draws']} paired dropout draws).",
+    ]
+    header = ["rank", "site", "area (ha)", "value-ha gain", "interval", "richness change", "threatened change"]
+    verdicts = "impact" in summary
+    if verdicts:
+        header += ["P(no net loss)", "compensates"]
+    rows = []
+    for r in summary["ranking"]:
+        row = [
+            r["rank"],
+            r["site"],
+            r["area_ha"],
+            fmt(r["value_ha_gain"]),
+            f"[{fmt(r['value_ha_gain_lower'])}, {fmt(r['value_ha_gain_upper'])}]",
+            fmt(r["richness_change_site"]),
+            fmt(r["threatened_change_site"]),
+        ]
+        rows.append(row + ([fmt(r.get("p_no_net_loss")), r.get("compensates")] if verdicts else []))
+    blocks.append(table(header, rows))
+    if verdicts:
+        imp = summary["impact"]
+        blocks.append(
+            [
+                f"The impact `{imp['report']}` loses {fmt(imp['value_ha_loss'])} value-ha; no net loss needs a gain "
+                f"of {imp['ratio']} x that with probability {imp['confidence']}.",
+                f"Best sites together: {', '.join(imp['portfolio']['sites'])} -> {imp['portfolio']['compensates']}.",
+            ]
+        )
+    if "evaluation" in summary:
+        ev = summary["evaluation"]
+        lines = [
+            f"Against the truth: Spearman rank correlation of predicted gain and true value-score gain "
+            f"{fmt(ev['spearman_rank'])}; best site predicted {ev['predicted_best_site']}, "
+            f"truly {ev['true_best_site']}.",
+        ]
+        if "true_compensates" in ev:
+            lines.append(
+                f"The truth's verdict for those sites: they gain {fmt(ev['true_value_score_gain_of_chosen_sites'])} "
+                f"value-score-ha against a true loss of {fmt(ev['true_value_score_loss'])} -> "
+                f"{ev['true_compensates']}."
+            )
+        blocks.append(lines)
+    if summary.get("notes"):
+        blocks += ["## Notes", [f"- {n}" for n in summary["notes"]]]
+    return document(*blocks)
+
+
+def write_offsets(folder: Path, summary: Mapping[str, Any], frame: Any, ids: list[str]) -> None:
+    """``offsets.csv``, ``offsets.gpkg`` (the sites with their ranking), ``report.md`` and, last, ``summary.json``
+    into the claimed ``folder``."""
+    import geopandas as gpd
+    import pandas as pd
+
+    ranking = pd.DataFrame(summary["ranking"]).drop(columns=["value_ha_gain_draws"])
+    # the ranking's columns and the geometry only: a site's own columns may share names with them
+    shapes = gpd.GeoDataFrame({"site": ids}, geometry=frame.geometry.values, crs=frame.crs)
+    sites = shapes.merge(ranking, on="site", how="left").sort_values("rank")
+    place(folder, "offsets.csv", lambda p: ranking.to_csv(p, index=False))
+    place(folder, "offsets.gpkg", lambda p: sites.to_file(p, layer="sites", driver="GPKG"))
+    place(folder, "report.md", lambda p: p.write_text(offsets_markdown(summary)))
+    place_json(folder, "summary.json", summary)
