@@ -18,9 +18,9 @@ from geoplantnet.cli import main
 from geoplantnet.core.config import ConfigError, RunConfig, load_config
 from geoplantnet.core.encoding import NODATA, SCALE
 from geoplantnet.inference.dense import decode
+from geoplantnet.inference.habitat import NO_CLASS, AssemblageRule, classify_codes
 from geoplantnet.jobs.habitat_map import plan_habitat_map, run_habitat_map
 from geoplantnet.models.plantbert import PlotModel, assemblage_ids
-from geoplantnet.products.habitat_map import NO_CLASS, AssemblageRule, classify_codes
 from geoplantnet.storage.store import COMPLETE, open_store
 from geoplantnet.storage.tiles import MANIFEST, finished_tiles
 from geoplantnet.testing.fixtures import SmallMap
@@ -203,6 +203,20 @@ def test_a_store_without_thresholds_needs_map_species(small_map, classifier, tmp
         plan_habitat_map(
             _cfg(small_map, "habitats.map_species=null"), small_map.reference, classifier[0], str(tmp_path / "h.zarr")
         )
+
+
+def test_the_registered_habitat_product_maps_the_stores_under_store_root(cli_run, small_map, classifier, tmp_path):
+    """``geoplantnet product habitat``: the registry's plan reads species.zarr and the classifier under store.root
+    and writes the same habitat.zarr as ``habitat-map``."""
+    root = tmp_path / "root"
+    shutil.copytree(small_map.reference, root / "species.zarr")
+    shutil.copytree(classifier[0], root / "habitats" / "model")
+    sets = [a for s in [*small_map.overrides, TOP_SPECIES, f"store.root={root}"] for a in ("--set", s)]
+    assert main(["product", "habitat", "--config", str(CONFIG), *sets, "--quiet"]) == 0
+    made = open_store(str(root / "habitat.zarr"), mask_and_scale=False)
+    assert made.attrs["geoplantnet_product"] == "habitat" and made.attrs[COMPLETE] == "true"
+    for name in ("habitat", "top_k", "top_k_probability"):
+        np.testing.assert_array_equal(made[name].values, open_store(cli_run[0], mask_and_scale=False)[name].values)
 
 
 def test_score_habitat_map_on_a_constructed_case():

@@ -400,6 +400,26 @@ def test_the_habitats_command_evaluates_on_spatial_folds_and_saves_the_models(tm
     assert bad.returncode == 2 and "no column 'species' (habitats.species)" in bad.stderr
 
 
+def test_the_report_shows_every_level_above_the_classifiers() -> None:
+    from geoplantnet.reports.habitats import habitats_markdown, summary_table
+
+    rows = pd.DataFrame(
+        [
+            {"fold": k, "model": "m", "top1": 0.5, "top3": 0.6, "macro_f1": 0.4, "top1_level3": 0.7}
+            | {"top1_level2": 0.8, "top1_level1": 0.9}
+            for k in (0, 1)
+        ]
+    )
+    report = habitats_markdown(
+        summary_table(rows), rows, pd.DataFrame(), HabitatsConfig(level=4), labelled=2, corpus=2, notes=[]
+    )
+    assert "| model | top-1 | top-3 | macro-F1 | top-1 L3 | top-1 L2 | top-1 L1 |" in report
+    assert (
+        "| m | 0.500 ± 0.000 | 0.600 ± 0.000 | 0.400 ± 0.000 | 0.700 ± 0.000 | 0.800 ± 0.000 | 0.900 ± 0.000 |"
+        in report
+    )
+
+
 # --- the real extracts ---------------------------------------------------------------------------------------------
 
 REAL = ROOT.parent / "shared" / "data" / "real"
@@ -425,7 +445,8 @@ def test_the_glc24_pipeline_reads_the_surveys_as_published(monkeypatch: pytest.M
     if not folder.is_dir():
         pytest.skip(f"real data folder {folder} is absent")
     from geoplantnet.core.config import load_config
-    from geoplantnet.jobs.habitats import assign_folds, load_habitat_data
+    from geoplantnet.jobs.habitats import load_habitat_data
+    from geoplantnet.validation.habitat_folds import assign_folds
 
     monkeypatch.chdir(ROOT)  # the pipeline names the data relative to the project
     cfg = load_config(ROOT / "pipelines" / "glc24-habitats.yaml", [])

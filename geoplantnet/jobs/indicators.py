@@ -13,7 +13,8 @@ from geoplantnet.core.config import RunConfig
 from geoplantnet.core.grid import Grid
 from geoplantnet.evaluation.indicators import evaluate_indicators
 from geoplantnet.inference.fused import CellsJob, FusedPredictor, fused_cells
-from geoplantnet.jobs import habitat_map, mapping  # other jobs' library: rewired to its new homes at the merge
+from geoplantnet.inference.habitat import ClassifierFolder, HabitatClassifier, plan_classifier
+from geoplantnet.jobs import mapping  # the species map's library: rewired to its new homes at the merge
 from geoplantnet.models.calibration import Calibration
 from geoplantnet.products.indicators import plan as planning
 from geoplantnet.products.indicators.plan import FusedSetup, IndicatorPlan, IndicatorSummary
@@ -38,20 +39,15 @@ if TYPE_CHECKING:
 
 
 class IndicatorStores(planning.IndicatorStores):
-    """The two-pass mode's stores opened from the run's configuration (the species store by the species map's
-    reader: until it lives below the jobs, this class stays here)."""
+    """``IndicatorStores.open(cfg, ...)`` as refresh_steps, the benchmark and the tests call it, until they call the
+    product's :meth:`~geoplantnet.products.indicators.plan.IndicatorStores.open` (then delete)."""
 
     @classmethod
-    def open(
+    def open(  # type: ignore[override]
         cls, cfg: RunConfig, species_url: str, habitat_url: str | None, out_url: str, year: int | None = None
-    ) -> IndicatorStores:
-        """Open the stores (metadata only): cheap, so a missing or wrong store fails before the tables are read,
-        the virtual region generated or a cluster started."""
-        planning.check_output(out_url, species_url, habitat_url)
-        species = habitat_map.open_species_year(species_url, storage_options_for(species_url, cfg.store), year)
-        ds = species[0]
-        epsg, scale = habitat_map.store_epsg(ds, cfg.grid.epsg), str(ds.attrs.get(mapping.SCALE_ATTR, ""))
-        return cls.of(cfg.store, species_url, species, epsg, habitat_url, out_url, year, scale)
+    ) -> planning.IndicatorStores:
+        """The product's ``open`` with the run's ``store`` section and grid EPSG."""
+        return planning.IndicatorStores.open(cfg.store, cfg.grid.epsg, species_url, habitat_url, out_url, year)
 
 
 def plan_indicators(
@@ -61,7 +57,8 @@ def plan_indicators(
     species_calibration: Calibration | None = None,
 ) -> IndicatorPlan:
     """The two-pass plan (:func:`geoplantnet.products.indicators.plan.plan_from_stores`) of the run's settings."""
-    return planning.plan_from_stores(cfg.indicators, cfg.store, stores, inputs, species_calibration)
+    scale = str(stores.species.attrs.get(mapping.SCALE_ATTR, ""))
+    return planning.plan_from_stores(cfg.indicators, cfg.store, stores, inputs, species_calibration, scale=scale)
 
 
 def sample_model(
@@ -101,7 +98,7 @@ def fused_setup(
     cfg: RunConfig,
     model: str | mapping.ModelFile,
     sources: mapping.MapSources,
-    habitat: str | habitat_map.ClassifierFolder | None,
+    habitat: str | ClassifierFolder | None,
     inputs: IndicatorInputs,
 ) -> FusedSetup:
     """The species model (a file or its URL) and the habitat classifier (a folder read or its URL, or None) checked
@@ -110,8 +107,9 @@ def fused_setup(
     predictor, spec, model_attrs = mapping.plan_predictor(cfg, model, sources)
     where = f"the model {model_attrs['model_file']}"
 
-    def classify(species: list[str], thresholds: np.ndarray | None) -> tuple[habitat_map.HabitatClassifier, list[str]]:
-        classifier, plot_model = habitat_map.plan_classifier(cfg, habitat, species, thresholds, where)
+    def classify(species: list[str], thresholds: np.ndarray | None) -> tuple[HabitatClassifier, list[str]]:
+        settings = {"habitats": cfg.habitats, "device": cfg.map.device}
+        classifier, plot_model = plan_classifier(habitat, species, thresholds, where, **settings)
         return classifier, list(plot_model.classes)
 
     map_parts = mapping.run_parts(predictor.model.sha256, cfg, sources)
@@ -217,7 +215,7 @@ def run_fused_indicators(
     out_url = ctx.output("indicators.zarr", PRODUCT, out_url)
     # every file given is read and checked before the virtual region is generated or a cluster starts
     model_file = mapping.ModelFile.read(model_url) if model_url is not None else None
-    classifier = habitat_map.ClassifierFolder.read(habitat_folder) if habitat_folder is not None else None
+    classifier = ClassifierFolder.read(habitat_folder) if habitat_folder is not None else None
     planned = plan_inputs(cfg, observations=model_url is None)
     tables = indicator_inputs(cfg, progress=progress)
     run = planned.load(progress=progress)

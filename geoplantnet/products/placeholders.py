@@ -1,6 +1,7 @@
-"""TRANSITIONAL (issue 21 merge): the registry entries of the species, habitat and indicator maps until their own
-modules (``products/species_map.py``, ``products/habitat_map.py``, ``products/indicators``) register them. They
-carry no ``plan``: the annual refresh maps them through its step adapters (:mod:`geoplantnet.runs.refresh_steps`).
+"""TRANSITIONAL (issue 21 merge): the registry entries of the species and indicator maps until their own modules
+(``products/species_map.py``, ``products/indicators``) register them (``products/habitat_map.py`` registers
+habitat). They carry no ``plan``: the annual refresh maps them through its step adapters
+(:mod:`geoplantnet.runs.refresh_steps`).
 Delete this module (and its line in :data:`geoplantnet.products.base.BUILTIN`) once those modules register."""
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from geoplantnet.products.base import Product, products, register
 _registered = {p.name for p in products()}
 for _product in (
     Product("species", "species.zarr", "species probabilities", yearly=True),
-    Product("habitat", "habitat.zarr", "EUNIS habitat classes", requires=("species",), yearly=True),
     Product("indicators", "indicators.zarr", "biodiversity indicators", requires=("species", "habitat"), yearly=True),
 ):
     if _product.name not in _registered:  # never over a product's own registration

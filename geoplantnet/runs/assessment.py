@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geoplantnet.core.errors import ConfigError
-from geoplantnet.jobs.habitat_map import ClassifierFolder
+from geoplantnet.inference.habitat import ClassifierFolder
 
 # the fused indicators' setup and plan, the species model's file and the value model's live in jobs/ on this
 # branch's base (the house moves them below): imported from there until then

@@ -1,10 +1,11 @@
 """The annual refresh's steps for the products that do not plan themselves yet: species, habitat and indicators.
 
 TRANSITIONAL (issue 21 merge): these adapters call today's plan/produce functions of ``jobs/mapping.py``,
-``jobs/habitat_map.py`` and ``jobs/indicators.py`` (the ``ignore_imports`` of the layers contract in
-``pyproject.toml`` lists them); once those products register a ``plan(ctx, client)`` and an
-evaluation, the refresh runs them as it runs ``changes`` (:meth:`geoplantnet.runs.context.RunContext.make`) and
-this module shrinks to what only the refresh needs (the series' origin, its model and classifier).
+``jobs/indicators.py`` (the ``ignore_imports`` of the layers contract in ``pyproject.toml`` lists them), and the
+habitat map's plan (:mod:`geoplantnet.products.habitat_map`) with the classifier read before the cluster started;
+once those products register a ``plan(ctx, client)`` and an evaluation, the refresh runs them as it runs ``changes``
+(:meth:`geoplantnet.runs.context.RunContext.make`) and this module shrinks to what only the refresh needs (the
+series' origin, its model and classifier).
 
 What the steps of a year share is one :class:`YearRun`, made before any cluster starts (:func:`prepare_year`: every
 file read and checked, the inputs loaded, the species run planned) and handed to each step with what the earlier
@@ -69,8 +70,10 @@ def habitat_classifier(ctx: RunContext, habitat_url: str, series: bool) -> tuple
     """The habitat classifier folder and whether this refresh maps habitats: once a series exists its answer is
     the series' (a habitat series needs its classifier every year; a series without one stays without), else
     whether the classifier is there. A configured folder that holds no classifier is refused."""
+    from geoplantnet.products.habitat_map import MODEL_FOLDER
+
     configured = ctx.cfg.refresh.habitat_model
-    folder = configured or join(ctx.cfg.store.root, "habitats/model")
+    folder = configured or ctx.url(MODEL_FOLDER)
     marker = join(folder, "geoplantnet.json")
     found = exists(marker, ctx.options(marker))
     if configured and not found:
@@ -128,7 +131,7 @@ def prepare_year(ctx: RunContext, imagery: RunContext, urls: dict[str, str], mod
     """Everything the year's steps read, read and checked before the virtual region is generated, imagery searched
     or a cluster started: the series' model (the one its first year was mapped with, unless ``model`` says
     otherwise) and classifier, the inputs, the species run's plan when the model is given."""
-    from geoplantnet.jobs.habitat_map import ClassifierFolder
+    from geoplantnet.inference.habitat import ClassifierFolder
     from geoplantnet.jobs.mapping import MapSources, ModelFile, plan_map
     from geoplantnet.runs.inputs import indicator_inputs, plan_inputs
 
@@ -187,18 +190,16 @@ def species_step(year: YearRun, client: Client, made: Mapping[str, Made]) -> Mad
 
 def habitat_step(year: YearRun, client: Client, made: Mapping[str, Made]) -> Made:
     """The year's habitat map, where the series has habitat maps (else nothing mapped, the series still listed)."""
-    from geoplantnet.jobs.habitat_map import plan_habitat_map, produce_habitat_map
+    from geoplantnet.products.habitat_map import PRODUCT, on_cluster, plan_in
 
     url = year.urls["habitat"]
     if not year.habitats:
         return Made("habitat", url, None, None, 0.0, None)
     t0 = time.perf_counter()
     imagery = year.imagery
-    plan = plan_habitat_map(imagery.cfg, year.urls["species"], year.classifier or year.habitat_model, url, imagery.year)
-    run = produce_habitat_map(
-        client, imagery.cfg, plan, overwrite=imagery.overwrite, progress=imagery.progress, year=imagery.year
-    )
-    return _made("habitat", url, plan, run, t0, tiles_computed=run.tiles_computed)
+    plan = plan_in(imagery, year.urls["species"], year.classifier or year.habitat_model, url)
+    run = imagery.produce_plan(client, on_cluster(plan, client), PRODUCT)
+    return _made("habitat", url, plan, run, t0, tiles_computed=len(run.results))
 
 
 def indicators_step(year: YearRun, client: Client, made: Mapping[str, Made]) -> Made:

@@ -21,7 +21,7 @@ from geoplantnet.core.grid import Grid
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.fused import FusedPredictor
 from geoplantnet.models.calibration import Calibration
-from geoplantnet.products.habitat_map import THRESHOLD, ranks
+from geoplantnet.products.habitat_map import THRESHOLD, open_species_year, ranks, store_epsg
 from geoplantnet.products.indicators.declared import indicator_template
 from geoplantnet.products.indicators.model import IndicatorModel
 from geoplantnet.products.indicators.tables import IndicatorInputs, digest, habitat_model, species_groups
@@ -109,25 +109,25 @@ class IndicatorStores:
     habitat_slot: int | None
     out_url: str
     year: int | None = None
-    species_scale: str = ""  # the species map's output scale (calibrated probabilities or not)
 
     @classmethod
-    def of(
+    def open(
         cls,
         store: StoreConfig,
-        species_url: str,
-        species: tuple[Any, int | None, str],
         epsg: int,
+        species_url: str,
         habitat_url: str | None,
         out_url: str,
         year: int | None = None,
-        scale: str = "",
     ) -> IndicatorStores:
-        """The stores from the species map opened (``species``: its dataset, the year's slot and the run that wrote
-        it; ``epsg`` its grid's), the habitat map opened and checked against it (metadata only)."""
-        ds, species_slot, species_run = species
+        """Open the stores (metadata only; ``epsg``: the grid's when the species store names none): cheap, so a
+        missing or wrong store fails before the tables are read, the virtual region generated or a cluster started."""
+        for url in (species_url, habitat_url):
+            if url is not None and out_url.rstrip("/") == url.rstrip("/"):
+                raise IndicatorError(f"--out {out_url} is an input store of the indicators; choose another path")
         species_options = storage_options_for(species_url, store)
-        grid = grid_of(ds["probability"], epsg)
+        ds, species_slot, species_run = open_species_year(species_url, species_options, year)
+        grid = grid_of(ds["probability"], store_epsg(ds, epsg))
         raw = zarr.open_group(zarr_store(species_url, species_options), mode="r")["probability"]
         habitat_options = storage_options_for(habitat_url, store) if habitat_url else {}
         classes, hds, habitat_slot = (
@@ -148,15 +148,7 @@ class IndicatorStores:
             habitat_slot=habitat_slot,
             out_url=out_url,
             year=year,
-            species_scale=scale,
         )
-
-
-def check_output(out_url: str, *inputs: str | None) -> None:
-    """Refuse an output that is one of the input stores (before any is opened)."""
-    for url in inputs:
-        if url is not None and out_url.rstrip("/") == url.rstrip("/"):
-            raise IndicatorError(f"--out {out_url} is an input store of the indicators; choose another path")
 
 
 def plan_from_stores(
@@ -165,10 +157,13 @@ def plan_from_stores(
     stores: IndicatorStores,
     inputs: IndicatorInputs,
     species_calibration: Calibration | None = None,
+    *,
+    scale: str,
 ) -> IndicatorPlan:
-    """The two-pass mode: with the stores opened (:meth:`IndicatorStores.of`), match the tables, calibrate the
-    intervals on the maps' values at the surveys, and fingerprint the run; with the stores' ``year``, that year of
-    the species and habitat series into that year of an indicator series."""
+    """The two-pass mode: with the stores opened (:meth:`IndicatorStores.open`), match the tables, calibrate the
+    intervals on the maps' values at the surveys (``scale``: the species map's output scale, whether its values are
+    calibrated probabilities), and fingerprint the run; with the stores' ``year``, that year of the species and
+    habitat series into that year of an indicator series."""
     ds, grid, tile, year = stores.species, stores.grid, stores.tile, stores.year
     species_url, species_options = stores.species_url, stores.species_options
     habitat_url, habitat_options = stores.habitat_url, stores.habitat_options
@@ -187,7 +182,7 @@ def plan_from_stores(
             else None
         )
         sampled = sample_maps(codes, habitat_codes, grid, inputs.surveys)
-    recalibrate = needs_recalibration(settings.recalibrate, stores.species_scale)
+    recalibrate = needs_recalibration(settings.recalibrate, scale)
     cal, species_cal, thresholds = calibrate_on_surveys(
         settings, inputs.surveys, sampled, species, classes, groups, thresholds, recalibrate, species_calibration
     )

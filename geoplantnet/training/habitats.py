@@ -1,0 +1,123 @@
+"""Training the habitat models of ``geoplantnet habitats``: Pl@ntBERT (tokenizer, fill-mask pre-training, habitat
+fine-tuning with and without it) and its peers (bag-of-species logistic regression, random forest, Jaccard nearest
+plots), all on the same training plots, early-stopped on the same validation plots.
+
+The models, their training (torch, transformers, scikit-learn) are imported where they run: a bad plot table is
+refused without them (tests/test_refusal_times.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from geoplantnet.core.config import ConfigError, HabitatsConfig
+from geoplantnet.samples.plots import Plots
+
+if TYPE_CHECKING:
+    from geoplantnet.models.habitat_peers import CooccurrenceFill
+    from geoplantnet.models.plantbert import PlotModel
+
+BERT_MODELS = ("plantbert", "plantbert_scratch")
+
+
+@dataclass
+class HabitatData:
+    """Labelled plots (codes cut to the level), the pre-training corpus, and what reading them noticed."""
+
+    labelled: Plots
+    corpus: Plots
+    notes: list[str] = field(default_factory=list)
+    names: dict[str, str] | None = None  # habitat code -> name (``habitats.names``)
+
+
+def habitat_classes(labels: Sequence[str] | np.ndarray, h: HabitatsConfig) -> tuple[str, ...]:
+    """The classes with at least ``habitats.min_plots`` plots, sorted."""
+    count = Counter(labels)
+    return tuple(sorted(c for c, n in count.items() if n >= h.min_plots))
+
+
+def class_index(labels: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    """Each label's index in ``classes`` (-1 for a class not kept)."""
+    where = {c: i for i, c in enumerate(classes)}
+    return np.asarray([where.get(c, -1) for c in labels], dtype="int64")
+
+
+@dataclass
+class TrainedModels:
+    """What one training run made: the models by name, the fill-mask model, timings and histories."""
+
+    classifiers: dict[str, Any]
+    fill_mask: PlotModel | None
+    baseline: CooccurrenceFill | None
+    classes: tuple[str, ...]
+    seconds: dict[str, float]
+    history: dict[str, list[dict[str, float]]]
+
+
+def _fit_threads() -> None:
+    """Inside a Dask task, torch uses the worker's threads, not every core (workers would oversubscribe the CPU)."""
+    import torch
+
+    try:
+        from distributed import get_worker
+
+        torch.set_num_threads(max(1, get_worker().state.nthreads))
+    except ValueError:  # not on a worker
+        pass
+
+
+def train_models(
+    labelled: Plots, corpus: Plots, fit: np.ndarray, val: np.ndarray, h: HabitatsConfig, models: list[str]
+) -> TrainedModels:
+    """Every model in ``models`` trained on ``labelled[fit]`` (+ ``corpus`` for pre-training), early-stopped on
+    ``labelled[val]``."""
+    from geoplantnet.models.habitat_peers import PEERS, CooccurrenceFill, JaccardNeighbours
+    from geoplantnet.models.plantbert import build_tokenizer, encode_sentences
+    from geoplantnet.training.plantbert import finetune, pretrain
+
+    _fit_threads()
+    classes = habitat_classes(labelled.habitat[fit], h)
+    if not classes:
+        raise ConfigError(f"no habitat has habitats.min_plots={h.min_plots} training plots")
+    use = fit & np.isin(labelled.habitat, classes)
+    seconds: dict[str, float] = {}
+    history: dict[str, list[dict[str, float]]] = {}
+    out: dict[str, Any] = {}
+    fill = baseline = None
+    if any(m in BERT_MODELS for m in models):
+        val_ids_set = set(labelled.ids[val].astype(str))
+        pre = corpus.subset(~np.isin(corpus.ids.astype(str), list(val_ids_set)))
+        tokenizer = build_tokenizer(sorted({t for s in pre.sentences for t in s}))
+        mc, tc = h.model, h.train
+        corpus_ids, _ = encode_sentences(tokenizer, pre.sentences, mc.max_species)
+        val_sentences = [labelled.sentences[i] for i in np.flatnonzero(val)]
+        val_ids, _ = encode_sentences(tokenizer, val_sentences, mc.max_species)
+        fit_ids, _ = encode_sentences(tokenizer, [labelled.sentences[i] for i in np.flatnonzero(use)], mc.max_species)
+        fit_y, val_y = class_index(labelled.habitat[use], classes), class_index(labelled.habitat[val], classes)
+        if "plantbert" in models and tc.pretrain_epochs > 0:
+            t0 = time.perf_counter()
+            fill, history["fill_mask"] = pretrain(tokenizer, corpus_ids, val_ids, mc, tc)
+            seconds["fill_mask"] = time.perf_counter() - t0
+            baseline = CooccurrenceFill(pre.sentences)
+        for name in (m for m in models if m in BERT_MODELS):
+            parent = fill if name == "plantbert" else None
+            t0 = time.perf_counter()
+            out[name], history[name] = finetune(tokenizer, parent, fit_ids, fit_y, val_ids, val_y, classes, mc, tc)
+            seconds[name] = time.perf_counter() - t0
+    for name in (m for m in models if m in PEERS):
+        t0 = time.perf_counter()
+        peer = JaccardNeighbours(classes, h.seed, h.knn) if name == "knn_jaccard" else PEERS[name](classes, h.seed)
+        out[name] = peer.fit(
+            [labelled.sentences[i] for i in np.flatnonzero(use)],
+            labelled.habitat[use],
+            [labelled.sentences[i] for i in np.flatnonzero(val)],
+            labelled.habitat[val],
+        )
+        seconds[name] = time.perf_counter() - t0
+    return TrainedModels(out, fill, baseline, classes, seconds, history)
