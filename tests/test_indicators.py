@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from geoplantnet.core.grid import Grid
 from geoplantnet.products.indicators import (
+    INDICATORS,
     RED_LIST,
     HabitatIndicatorModel,
+    Indicator,
     IndicatorModel,
+    definitions_table,
+    describe,
     health,
     indicator_blocks,
     indicator_rows,
     indicator_template,
     shannon,
     typical_species,
+    variables,
 )
+from geoplantnet.products.indicators import declared as declared_module
+from geoplantnet.products.indicators.declared import declared
 from geoplantnet.validation.conformal import (
     class_scores,
     class_sets,
@@ -210,3 +218,58 @@ def test_template_describes_every_variable() -> None:
             assert var.attrs.get("description"), name
             assert enc[name]["chunks"] == (16, 16)
         assert ("ecosystem_health" in ds) is habitats
+
+
+def test_declarations_are_the_single_source() -> None:
+    """The variables, their order, dtypes and attributes in a store, a tile's blocks and rows all come from the
+    declarations (INDICATORS): nothing else lists an indicator."""
+    grid = Grid(50.0, 4_000_000.0, 3_001_000.0, 20, 20)
+    p = np.random.default_rng(0).random((3, 4, 5)).astype("float32")
+    top = np.zeros((2, 4, 5), "int16")
+    top[1] = 1
+    top_p = np.stack([np.full((4, 5), 0.7), np.full((4, 5), 0.2)]).astype("float32")
+    written: set[str] = set()
+    for habitats in (False, True):
+        for thresholds in (False, True):
+            model = _model(habitats)
+            model = model if thresholds else replace(model, thresholds=None)
+            pairs = declared(model)
+            names = [ind.variable(g) for ind, g in pairs]
+            assert names == model.variables() == variables(model)
+            ds, _ = indicator_template(grid, model, 16)
+            assert list(ds.data_vars) == names
+            hab = {"habitat_top": top, "habitat_top_probability": top_p} if habitats else {}
+            blocks = indicator_blocks(p, model, seed=1, **hab)
+            assert list(blocks) == names
+            for ind, g in pairs:
+                name = ind.variable(g)
+                assert str(ds[name].dtype) == ind.dtype == str(blocks[name].dtype), name
+                attrs = ind.attrs(model, g)
+                assert attrs == describe(name, model)
+                assert {k: ds[name].attrs[k] for k in attrs} == attrs, name  # every declared attribute is stored
+                assert set(ds[name].attrs) - set(attrs) <= {"model_versions"}, name  # and nothing undeclared
+            written |= {ind.name for ind, _ in pairs}
+    assert written == {ind.name for ind in INDICATORS}  # every declaration is written by some model
+
+
+def test_an_indicator_is_one_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
+    toy = Indicator(
+        "toy_max",
+        lambda px, group: px.p.max(axis=1),
+        "largest probability of any species",
+        "max(p) over the species",
+        "the largest probability of any species",
+    )
+    monkeypatch.setattr(declared_module, "INDICATORS", (*INDICATORS, toy))
+    model = _model(False)
+    assert model.variables()[-1] == "toy_max"
+    ds, _ = indicator_template(Grid(50.0, 4_000_000.0, 3_001_000.0, 20, 20), model, 16)
+    assert ds["toy_max"].attrs["long_name"] == "largest probability of any species"
+    p = np.random.default_rng(1).random((3, 4, 5)).astype("float32")
+    np.testing.assert_allclose(indicator_blocks(p, model)["toy_max"], p.max(axis=0), rtol=1e-6)
+    assert "`toy_max`" in definitions_table()
+
+
+def test_the_docs_table_is_the_declarations() -> None:
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "indicators.md").read_text()
+    assert definitions_table() in docs, "docs/indicators.md: paste the regenerated definitions_table()"

@@ -278,7 +278,7 @@ class ChangeTileJob:
 
 def change_tile(job: ChangeTileJob, tile: Tile) -> dict[str, Any]:
     """Read both years of a tile, compute and write its change arrays (runs on a worker)."""
-    from geoplantnet.jobs.indicators import read_habitat_tile  # TRANSITIONAL: where the indicators helper moves it
+    from geoplantnet.products.indicators.tiles import read_habitat_tile
 
     t0 = time.perf_counter()
     group = zarr.open_group(zarr_store(job.indicators_url, job.indicators_options), mode="r")

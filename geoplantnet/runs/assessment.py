@@ -16,14 +16,7 @@ from geoplantnet.inference.habitat import ClassifierFolder
 
 # the fused indicators' setup and plan, the species model's file and the value model's live in jobs/ on this
 # branch's base (the house moves them below): imported from there until then
-from geoplantnet.jobs.indicators import (
-    FusedSetup,
-    FusedTileJob,
-    fused_setup,
-    indicator_inputs,
-    plan_fused_indicators,
-    under_root,
-)
+from geoplantnet.jobs.indicators import fused_setup, plan_fused_indicators, under_root
 from geoplantnet.jobs.mapping import MapSources, ModelFile, ensure_model, read_model
 from geoplantnet.jobs.value import ValueModelFile, ValuePredictor, default_value_model, plan_value_predictor
 from geoplantnet.products.impact import (
@@ -38,8 +31,11 @@ from geoplantnet.products.impact import (
     model_variables,
     scenario_code,
 )
+from geoplantnet.products.indicators.plan import FusedSetup
+from geoplantnet.products.indicators.tiles import FusedTileJob
 from geoplantnet.products.scenarios import Scenario, resolve_class
 from geoplantnet.runs.context import RunContext
+from geoplantnet.runs.inputs import indicator_inputs
 from geoplantnet.runs.tiles import stream_tiles
 from geoplantnet.storage.outputs import claim_folder
 from geoplantnet.storage.store import exists, is_local

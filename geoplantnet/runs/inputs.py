@@ -26,6 +26,7 @@ from geoplantnet.samples.plots import Plots, plots_from_frame
 
 if TYPE_CHECKING:
     from geoplantnet.evaluation.truth import VirtualTruth
+    from geoplantnet.products.indicators.tables import IndicatorInputs
 
 
 @dataclass
@@ -298,3 +299,37 @@ def virtual_value_score(cfg: RunConfig) -> xr.DataArray:
 
     manifest = generate_region(cfg, Path(cfg.workdir) / "region")
     return open_store(str(manifest.truth_path("indicators")))["value_score"]
+
+
+def indicator_inputs(cfg: RunConfig, *, progress: bool = False, year: int | None = None) -> IndicatorInputs:
+    """The configured tables, or on the virtual region its own tables, independent surveys (of ``year``) and plots.
+    A user's tables are read first: a bad one fails before the region is generated."""
+    from geoplantnet.products.indicators.tables import IndicatorInputs
+    from geoplantnet.samples import status as status_tables
+    from geoplantnet.samples.plots import read_plots
+
+    ind = cfg.indicators
+    surveys = reference = None
+    if ind.plots is not None:
+        if cfg.habitats.plots is not None and Path(ind.plots).resolve() == Path(cfg.habitats.plots).resolve():
+            raise ConfigError(
+                f"indicators.plots {ind.plots} is the habitat classifier's training table (habitats.plots): the "
+                "intervals need surveys no model saw"
+            )
+        surveys = read_plots(ind.plots, cfg.habitats)
+    if cfg.habitats.plots is not None:
+        reference = read_plots(cfg.habitats.plots, cfg.habitats)
+    invasive = status_tables.eu_invasive_names(ind.invasive_list) if ind.invasive_list is not None else None
+    protected = status_tables.habitats_directive_names(ind.protected_list) if ind.protected_list is not None else None
+    red_list = status_tables.read_habitat_red_list(ind.habitat_red_list) if ind.habitat_red_list is not None else None
+    status = ind.status
+    if cfg.inputs.virtual:
+        if surveys is None and ind.n_surveys > 0:
+            surveys = virtual_surveys(cfg, ind.n_surveys, progress=progress, year=year)
+        if reference is None:
+            reference, _ = virtual_plots(cfg, progress=progress)
+        tables = virtual_status_tables(cfg)
+        status = status or tables["species"]
+        if red_list is None:
+            red_list = status_tables.read_habitat_red_list(tables["habitats"])
+    return IndicatorInputs(status, invasive, protected, red_list, surveys, reference)

@@ -1,11 +1,11 @@
 """The annual refresh's steps for the products that do not plan themselves yet: species, habitat and indicators.
 
 TRANSITIONAL (issue 21 merge): these adapters call today's plan/produce functions of ``jobs/mapping.py``,
-``jobs/indicators.py`` and ``jobs/indicator_eval.py`` (the ``ignore_imports`` of the layers contract in
-``pyproject.toml`` lists them), and the habitat map's plan (:mod:`geoplantnet.products.habitat_map`) with the
-classifier read before the cluster started; once those products register a ``plan(ctx, client)`` and an evaluation,
-the refresh runs them as it runs ``changes`` (:meth:`geoplantnet.runs.context.RunContext.make`) and this module
-shrinks to what only the refresh needs (the series' origin, its model and classifier).
+``jobs/indicators.py`` (the ``ignore_imports`` of the layers contract in ``pyproject.toml`` lists them), and the
+habitat map's plan (:mod:`geoplantnet.products.habitat_map`) with the classifier read before the cluster started;
+once those products register a ``plan(ctx, client)`` and an evaluation, the refresh runs them as it runs ``changes``
+(:meth:`geoplantnet.runs.context.RunContext.make`) and this module shrinks to what only the refresh needs (the
+series' origin, its model and classifier).
 
 What the steps of a year share is one :class:`YearRun`, made before any cluster starts (:func:`prepare_year`: every
 file read and checked, the inputs loaded, the species run planned) and handed to each step with what the earlier
@@ -132,9 +132,8 @@ def prepare_year(ctx: RunContext, imagery: RunContext, urls: dict[str, str], mod
     or a cluster started: the series' model (the one its first year was mapped with, unless ``model`` says
     otherwise) and classifier, the inputs, the species run's plan when the model is given."""
     from geoplantnet.inference.habitat import ClassifierFolder
-    from geoplantnet.jobs.indicators import indicator_inputs
     from geoplantnet.jobs.mapping import MapSources, ModelFile, plan_map
-    from geoplantnet.runs.inputs import plan_inputs
+    from geoplantnet.runs.inputs import indicator_inputs, plan_inputs
 
     year = int(ctx.year)  # type: ignore[arg-type]
     origin = series_origin(ctx, urls["species"])
@@ -229,7 +228,7 @@ STEPS: dict[str, Step] = {"species": species_step, "habitat": habitat_step, "ind
 
 def evaluate_indicators(ctx: Any, truth: Any, made: Mapping[str, Made]) -> dict[str, Any]:
     """The year's indicators against the indicators of that year's truth (``indicators`` of the evaluation)."""
-    from geoplantnet.jobs.indicator_eval import evaluate_indicators as score
+    from geoplantnet.evaluation.indicators import evaluate_indicators as score
 
     plan = made["indicators"].plan
     return {

@@ -8,15 +8,32 @@ uncertain; the ``+ 1`` keeps near-certain pixels (sd -> 0) from getting zero-wid
 an integer. Habitats use the least-ambiguous set-valued classifier (Sadinle, Lei & Wasserman 2019): score
 ``1 - p(true class)``; the set keeps every class with ``p >= 1 - q``. With exchangeable calibration and test plots
 both cover the truth with probability at least the nominal level (Vovk et al. 2005; Angelopoulos & Bates 2021).
+
+The interval calibration of the indicator maps is here too (:func:`calibrate_on_surveys`): the maps' values at
+held-out presence-absence surveys (:func:`sample_maps` from the stores; the fused mode computes the same values on the
+cluster), optionally Platt maps per species fitted on one spatial half of them first, then the radii of every count
+group and of the habitat sets, with their coverage measured by cross-conformal spatial folds.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+import xarray as xr
+
+from geoplantnet.core.config import IndicatorsConfig
+from geoplantnet.core.grid import Grid
+from geoplantnet.inference.dense import decode
+from geoplantnet.models.calibration import Calibration, fit_calibration
+from geoplantnet.samples.plots import Plots
+from geoplantnet.validation.blocks import spatial_folds
+
+# the maps' values at surveys: p (n, S), habitat classes and their probabilities (n, K) or None, which are on data
+Sampled = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]
 
 UNCALIBRATED = float("nan")  # a radius no plots could calibrate: intervals fall back to the model's own spread
 
@@ -107,3 +124,211 @@ def cross_coverage(
         mean_width=float(np.concatenate(widths).mean()) if n else float("nan"),
         radius=conformal_quantile(scores, level),
     )
+
+
+# -- the indicator maps' interval calibration on surveys
+
+
+@dataclass
+class IntervalCalibration:
+    """The conformal radii and their measured coverage (cross-conformal spatial folds of the surveys)."""
+
+    count_radius: dict[str, float] = field(default_factory=dict)
+    habitat_radius: float = float("nan")
+    coverage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    surveys: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def presence_matrix(plots: Plots, species: list[str]) -> np.ndarray:
+    """(plots, S) bool: which of the map's species each plot lists."""
+    where = {s: i for i, s in enumerate(species)}
+    out = np.zeros((len(plots), len(species)), dtype=bool)
+    for i, sentence in enumerate(plots.sentences):
+        idx = [where[s] for s in sentence if s in where]
+        out[i, idx] = True
+    return out
+
+
+def sample_maps(species_codes: xr.Dataset, habitat_codes: xr.Dataset | None, grid: Grid, plots: Plots) -> Sampled:
+    """The maps at the plots' cells (stores opened with ``mask_and_scale=False``; only the chunks under the plots are
+    read): p (n, S), habitat classes and their probabilities (n, K) or None, and which plots fell on a cell with
+    data."""
+    row, col = grid.index(plots.x, plots.y)
+    ok = row >= 0
+    at = {"y": xr.DataArray(row[ok], dims="plot"), "x": xr.DataArray(col[ok], dims="plot")}
+    k = habitat_codes.sizes["rank"] if habitat_codes is not None else None
+    p = decode(np.asarray(species_codes["probability"].isel(at).transpose("plot", "species").values))
+    top = top_p = None
+    if habitat_codes is not None:
+        top = habitat_codes["top_k"].isel(at).transpose("plot", "rank").values
+        top_p = decode(np.asarray(habitat_codes["top_k_probability"].isel(at).transpose("plot", "rank").values))
+    return gather_samples(len(plots), species_codes.sizes["species"], k, ok, [(ok, p, top, top_p)])
+
+
+def gather_samples(
+    n: int,
+    n_species: int,
+    ranks: int | None,
+    on_map: np.ndarray,
+    parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]],
+) -> Sampled:
+    """The maps' values at ``n`` plots from ``parts`` (the plots' indices, their p, habitat classes and their
+    probabilities; ``ranks``: the classes kept, None without habitats), and which are on a cell with data (``on_map``:
+    on the grid); plots in no part keep :func:`_empty_samples`."""
+    p, top, top_p = _empty_samples(n, n_species, ranks)
+    for idx, p_i, top_i, top_p_i in parts:
+        p[idx] = p_i
+        if top is not None and top_p is not None:
+            top[idx], top_p[idx] = top_i, top_p_i
+    return p, top, top_p, _valid_samples(p, top, on_map)
+
+
+def _empty_samples(n: int, n_species: int, ranks: int | None) -> tuple[np.ndarray, Any, Any]:
+    """What plots off the map get: NaN probabilities, habitat classes -1 of probability 0 (None without habitats)."""
+    p = np.full((n, n_species), np.nan, dtype="float32")
+    if ranks is None:
+        return p, None, None
+    return p, np.full((n, ranks), -1, dtype="int64"), np.zeros((n, ranks), dtype="float32")
+
+
+def _valid_samples(p: np.ndarray, top: np.ndarray | None, on_map: np.ndarray) -> np.ndarray:
+    """Plots on a cell with data: on the map, every species known and (with habitats) a class."""
+    valid = on_map & np.isfinite(p).all(axis=1)
+    if top is not None:
+        valid &= (top >= 0).all(axis=1)
+    return valid
+
+
+def survey_folds(plots: Plots, settings: IndicatorsConfig, folds: int, notes: list[str]) -> np.ndarray:
+    """Spatial-block folds of the surveys (``indicators.block_size``); random folds, said in ``notes``, when the
+    surveys fill too few blocks (random folds put neighbours on both sides: coverage reads optimistic)."""
+    out, said = spatial_folds(
+        plots.x, plots.y, settings.block_size, folds, seed=settings.seed, fallback="random", what="surveys"
+    )
+    notes.extend(said)
+    return out
+
+
+def calibrate(
+    p: np.ndarray,
+    observed: np.ndarray,
+    groups: Mapping[str, np.ndarray],
+    folds: np.ndarray,
+    level: float,
+    *,
+    top: np.ndarray | None = None,
+    top_p: np.ndarray | None = None,
+    truth_class: np.ndarray | None = None,
+) -> IntervalCalibration:
+    """Conformal radii of every count group (and of the habitat sets) from surveys: ``p`` (n, S) the maps at the
+    surveys, ``observed`` (n, S) what they found, ``truth_class`` (n,) their habitat's index in the map's classes
+    (-1 outside them, -2 unlabelled)."""
+    cal = IntervalCalibration(surveys=len(p))
+    for g, mask in groups.items():
+        mu, var = count_moments(p, mask)
+        obs = (observed & mask).sum(axis=1)
+        scores = count_scores(obs, mu, var)
+
+        def inside(idx: np.ndarray, q: float, mu=mu, var=var, obs=obs) -> np.ndarray:
+            lo, hi = count_interval(mu[idx], var[idx], q)
+            return (obs[idx] >= lo) & (obs[idx] <= hi)
+
+        def width(idx: np.ndarray, q: float, mu=mu, var=var) -> np.ndarray:
+            lo, hi = count_interval(mu[idx], var[idx], q)
+            return hi - lo
+
+        cov = cross_coverage(scores, folds, level, inside, width)
+        cal.count_radius[g] = cov.radius
+        cal.coverage[g] = cov.to_dict()
+    if top is not None and top_p is not None and truth_class is not None:
+        labelled = truth_class >= -1
+        scores = class_scores(top_p[labelled], top[labelled], truth_class[labelled])
+        t, tp, tc = top[labelled], top_p[labelled], truth_class[labelled]
+
+        def in_set(idx: np.ndarray, q: float) -> np.ndarray:
+            return ((t[idx] == tc[idx, None]) & class_sets(tp[idx], q)).any(axis=1)
+
+        def size(idx: np.ndarray, q: float) -> np.ndarray:
+            return class_sets(tp[idx], q).sum(axis=1)
+
+        cov = cross_coverage(scores, folds[labelled], level, in_set, size)
+        cal.habitat_radius = cov.radius
+        cal.coverage["habitat_set"] = cov.to_dict()
+        outside = int((tc == -1).sum())
+        if outside:
+            cal.notes.append(f"{outside} labelled surveys have a habitat that is not a class of the habitat map")
+    return cal
+
+
+def calibrate_on_surveys(
+    settings: IndicatorsConfig,
+    surveys: Plots | None,
+    sampled: Sampled | None,
+    species: list[str],
+    classes: list[str] | None,
+    groups: Mapping[str, np.ndarray],
+    thresholds: np.ndarray | None,
+    recalibrate: bool,
+    given: Calibration | None = None,
+) -> tuple[IntervalCalibration, Calibration | None, np.ndarray | None]:
+    """The intervals' radii from the surveys and the maps' values there (``sampled``: :func:`sample_maps` or the
+    fused mode's sampling, None without surveys); with ``recalibrate``, Platt maps per species fitted on half of the
+    surveys first, or the ``given`` maps (a refresh keeps its first year's, so years stay comparable). Returns the
+    calibration, the species maps (None when none apply) and the thresholds on the probabilities' final scale."""
+    cal = IntervalCalibration()
+    if surveys is None or sampled is None:
+        return (
+            cal,
+            given,
+            thresholds if given is None or thresholds is None else given.apply(thresholds[None, :], axis=1)[0],
+        )
+    p, top, top_p, valid = sampled
+    species_cal = given
+    notes: list[str] = []
+    surveys = surveys.subset(valid)
+    p, observed = p[valid], presence_matrix(surveys, species)
+    truth_class = None
+    if classes is not None and top is not None and top_p is not None:
+        top, top_p = top[valid], top_p[valid]
+        truth_class = np.where(surveys.labelled, class_index(surveys.habitat, classes), -2)
+    rows = np.ones(len(p), dtype=bool)
+    if given is not None or recalibrate:
+        # two spatial halves: one fits the species' Platt maps, the other (never seen by them) calibrates and tests
+        # the intervals; deterministic, so a later year given the first year's maps keeps the same held-out half
+        fit_rows = survey_folds(surveys, settings, 2, notes) == 0
+        if given is None:
+            species_cal = fit_calibration(p[fit_rows], observed[fit_rows].astype("int8"), "platt")
+        p, rows = species_cal.apply(p, axis=1), ~fit_rows
+    held = surveys.subset(rows)
+    cal = calibrate(
+        p[rows],
+        observed[rows],
+        groups,
+        survey_folds(held, settings, settings.folds, notes),
+        settings.level,
+        top=top[rows] if top is not None else None,
+        top_p=top_p[rows] if top_p is not None else None,
+        truth_class=truth_class[rows] if truth_class is not None else None,
+    )
+    cal.notes += [f"{int((~valid).sum())} surveys off the map or on no-data cells left out", *notes]
+    if given is not None:
+        cal.notes.append(
+            f"species probabilities through given Platt maps (the series' first year's); the intervals are "
+            f"calibrated and tested on the {int(rows.sum())} surveys of the half those maps were not fitted on"
+        )
+    elif species_cal is not None:
+        cal.notes.append(
+            f"species map not calibrated: Platt maps per species ({species_cal.n_calibrated} own, "
+            f"{species_cal.n_shared} pooled) fitted on {int((~rows).sum())} surveys (one spatial half); the "
+            f"intervals are calibrated and tested on the other {int(rows.sum())}"
+        )
+    if species_cal is not None and thresholds is not None:
+        thresholds = species_cal.apply(thresholds[None, :], axis=1)[0]  # the same cut on the new scale
+    return cal, species_cal, thresholds
+
+
+def class_index(codes: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """Index of each code in ``classes`` (-1 where absent)."""
+    where = {c: i for i, c in enumerate(classes)}
+    return np.asarray([where.get(str(c), -1) for c in codes], dtype="int64")
