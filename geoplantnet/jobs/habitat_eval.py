@@ -20,7 +20,7 @@ def evaluate_habitat_map(cfg: RunConfig, habitat_url: str, species_model_url: st
     truth = truth_codes(truth_url, x, y)
     _, spec, _ = read_model(species_model_url)
     inputs = run_inputs(cfg, observations=False)
-    sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+    sources = MapSources.from_items(cfg.cube, cfg.grid.epsg, inputs.s2_items, inputs.env_items)
     cube_grid = cfg.grid.grid(cfg.cube.resolution) if sources.s2_items else None
     direct = direct_forest_map(sources, peer_spec(spec), cfg.grid.grid(), cube_grid, cfg.map.tile, plots, level)
     return compare_with_truth(cascade, direct, truth, training_plots=int(plots.labelled.sum()), level=level)

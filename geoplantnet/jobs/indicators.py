@@ -1069,7 +1069,7 @@ def run_fused_indicators(
     planned = plan_inputs(cfg, observations=model_url is None)
     tables = indicator_inputs(cfg, progress=progress)
     run = planned.load(progress=progress)
-    sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
+    sources = MapSources.from_items(cfg.cube, cfg.grid.epsg, run.s2_items, run.env_items)
     setup = fused_setup(cfg, model_file, sources, classifier, tables) if model_file is not None else None
     with connect(cfg.cluster) as client:
         if setup is None:

@@ -175,7 +175,7 @@ def run_value(
     inputs = run_inputs(cfg, observations=False, progress=progress)
     if labels is None:
         labels = load_labels(cfg.value, virtual_value_polygons(cfg, progress=progress), grid)
-    sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+    sources = ctx.sources(inputs)
     folder = _report_folder(cfg)
     trained, key = _train(ctx, sources, labels, folder)
     predictor = plan_value_predictor(cfg, default_value_model(cfg), sources)

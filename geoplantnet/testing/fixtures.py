@@ -173,7 +173,7 @@ def small_map(root: Path, default_config: Path, region: Path) -> SmallMap:
     with connect(cfg.cluster) as client:
         model, trained = ensure_model(cfg, inputs, client)
         assert trained is not None and trained["epochs"] >= 1
-        sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+        sources = MapSources.from_items(cfg.cube, cfg.grid.epsg, inputs.s2_items, inputs.env_items)
         reference = str(root / "reference.zarr")
         summary = produce_map(client, cfg, model, sources, reference, progress=False)
     return SmallMap(cfg, overrides, model, sources, reference, summary, root)
