@@ -273,6 +273,4 @@ def plan(ctx: Any, client: Client) -> TilePlan:
     return planned.tiles(client)
 
 
-PRODUCT = register(
-    Product(name="species", store="species.zarr", title="species probability maps", yearly=True, plan=plan)
-)
+PRODUCT = register(Product(name="species", store="species.zarr", title="species probabilities", yearly=True, plan=plan))
