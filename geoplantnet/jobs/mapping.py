@@ -108,20 +108,7 @@ def produce_map(
     # the model read and checked against the inputs, the run fingerprinted: nothing written yet
     plan = plan or plan_map(cfg, model_url, sources, store_url, year)
     tiles = plan.tiles(client)
-    done = ctx.produce(
-        client,
-        tiles.fn,
-        tiles.job,
-        output=tiles.output,
-        grid=tiles.grid,
-        tile=tiles.tile,
-        layout=tiles.layout,
-        product=species_map.PRODUCT.name,
-        parts=tiles.parts,
-        attrs=tiles.attrs,
-        resources=tiles.resources,
-        error=MapError,
-    )
+    done = ctx.produce_plan(client, tiles, species_map.PRODUCT.name)
     return _summary(plan, done, tiles.resources, time.perf_counter() - t_start)
 
 
