@@ -153,7 +153,7 @@ class SmallMap:
     cfg: RunConfig
     overrides: list[str]  # --set values of a command that should see the same region, workdir and model
     model: str
-    sources: Any  # geoplantnet.jobs.mapping.MapSources
+    sources: Any  # geoplantnet.inference.reader.MapSources
     reference: str
     summary: Any  # geoplantnet.jobs.mapping.MapSummary
     root: Path
