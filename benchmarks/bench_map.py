@@ -204,7 +204,7 @@ def main() -> None:
     setup_s = time.perf_counter() - t0
     with connect(cfg.cluster) as client:
         model_path, trained = ensure_model(cfg, inputs, client)
-    sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+    sources = MapSources.from_items(cfg.cube, cfg.grid.epsg, inputs.s2_items, inputs.env_items)
     print(
         f"region {args.size}x{args.size} at 50 m, {args.species} species, ready in {setup_s:.0f} s; model {model_path}"
     )
@@ -217,7 +217,7 @@ def main() -> None:
         cfg_fine = cfg.model_copy(
             update={"cube": cfg.cube.model_copy(update={"resolution": args.fine_cube_resolution})}
         )
-        sources_fine = MapSources.from_items(cfg_fine, inputs.s2_items, inputs.env_items)
+        sources_fine = MapSources.from_items(cfg_fine.cube, cfg_fine.grid.epsg, inputs.s2_items, inputs.env_items)
         fine = per_core(cfg_fine, model_path, sources_fine, args.per_core_tiles, args.naive_side)
         print(f"per core, {args.fine_cube_resolution:g} m cube:", json.dumps(fine))
     # the quarter region: same grid origin, half the side (a sub-grid of the same generated region)

@@ -111,7 +111,7 @@ def main() -> None:
     cfg = _config(args)
     work = Path(cfg.workdir)
     inputs = virtual_inputs(cfg)
-    sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+    sources = MapSources.from_items(cfg.cube, cfg.grid.epsg, inputs.s2_items, inputs.env_items)
     tables = indicator_inputs(cfg)
     grid = cfg.grid.grid()
     pixels = grid.width * grid.height

@@ -18,9 +18,9 @@ import zarr
 
 from geoplantnet.core.config import ModelConfig
 from geoplantnet.core.grid import Grid
-from geoplantnet.jobs.mapping import SCALE_ATTR, output_scale, with_thresholds
 from geoplantnet.models.calibration import Calibration, SpeciesCalibration, Thresholds
 from geoplantnet.models.species_net import ModelSpec
+from geoplantnet.products.species_map import SCALE_ATTR, output_scale, species_template, with_thresholds
 from geoplantnet.samples.training_set import NormStats
 from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.store import inspect_target, open_store, run_id
@@ -49,7 +49,7 @@ def test_thresholds_are_in_the_store_from_its_layout_to_its_completion(tmp_path)
     grid = Grid(50.0, 4_321_000.0, 2_981_000.0, 16, 16)
     url = str(tmp_path / "species.zarr")
     parts = {"model": "test"}
-    layout = with_thresholds(*tile_store.species_template(grid, spec.species, None, 8, 2), spec)
+    layout = with_thresholds(*species_template(grid, spec.species, None, 8, 2), spec)
     tile_store.prepare(url, *layout, decision="new", target=inspect_target(url), product="species", parts=parts)
     group = zarr.open_group(url, mode="r")
     assert group.attrs["geoplantnet_complete"] == "false"
@@ -76,13 +76,13 @@ def test_output_scale_says_what_the_values_are():
     assert output_scale(_spec()).startswith("model output, uncalibrated")  # an older or map-trained model
     assert output_scale(_spec(thresholds=po)).startswith("relative suitability")
     ds, enc = with_thresholds(
-        *tile_store.species_template(Grid(50.0, 4e6, 3e6, 8, 8), ["a", "b", "c"], None, 8, 2), _spec(thresholds=po)
+        *species_template(Grid(50.0, 4e6, 3e6, 8, 8), ["a", "b", "c"], None, 8, 2), _spec(thresholds=po)
     )
     assert "not a probability" in ds["probability"].attrs["long_name"]
     assert "share of presences among presence + background" in ds["threshold_prevalence"].attrs["description"]
     assert set(enc) == {"probability", "threshold_max_tss", "threshold_prevalence"}
     plain, plain_enc = with_thresholds(
-        *tile_store.species_template(Grid(50.0, 4e6, 3e6, 8, 8), ["a"], None, 8, 2), _spec(species=["a"])
+        *species_template(Grid(50.0, 4e6, 3e6, 8, 8), ["a"], None, 8, 2), _spec(species=["a"])
     )
     assert "threshold_max_tss" not in plain and set(plain_enc) == {"probability"}
 
@@ -97,7 +97,7 @@ def _cli(*args: str) -> dict:
 def test_sdm_writes_calibration_and_thresholds_into_cnn_pt_and_map_writes_them_into_species_zarr(
     small_sdm: SmallSdm, small_region: Path, tmp_path: Path, shared_cluster_sets: list[str]
 ):
-    from geoplantnet.jobs.mapping import read_model
+    from geoplantnet.inference.species import read_model
 
     summary = small_sdm.summary  # the session's sdm run on the small region (tests/conftest.py: small_sdm)
     # map in a workdir of its own holding the same region
@@ -126,12 +126,12 @@ def test_sdm_writes_calibration_and_thresholds_into_cnn_pt_and_map_writes_them_i
     # and differs from the raw network's output
     from geoplantnet.core.config import load_config
     from geoplantnet.inference.dense import predict_tile, tile_geometry
-    from geoplantnet.jobs.mapping import MapSources
+    from geoplantnet.inference.reader import MapSources
     from geoplantnet.runs.inputs import virtual_inputs
 
     cfg = load_config(None, sets)
     inputs = virtual_inputs(cfg)
-    sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+    sources = MapSources.from_items(cfg.cube, cfg.grid.epsg, inputs.s2_items, inputs.env_items)
     model, _, _ = read_model(model_file)
     grid, cube_grid = cfg.grid.grid(), cfg.grid.grid(cfg.cube.resolution)
     tile = list(grid.tiles(16))[4]

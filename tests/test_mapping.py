@@ -21,7 +21,9 @@ from geoplantnet.core.config import ClusterConfig
 from geoplantnet.core.encoding import NODATA
 from geoplantnet.core.errors import RefusedError
 from geoplantnet.inference.dense import InferenceError
-from geoplantnet.jobs.mapping import map_tile, produce_map, read_model
+from geoplantnet.inference.species import read_model
+from geoplantnet.jobs.mapping import produce_map
+from geoplantnet.products.species_map import map_tile
 from geoplantnet.runtime.cluster import connect
 from geoplantnet.storage.lease import LeaseError, hold
 from geoplantnet.storage.store import StoreError, open_store
@@ -112,15 +114,19 @@ def test_every_pixel_of_the_tiled_map_is_the_per_pixel_prediction(setup, tmp_pat
     import pandas as pd
     import pystac
 
-    from geoplantnet.jobs.predict import Points, predict_at_points
+    from geoplantnet.runs.context import RunContext
     from geoplantnet.runs.inputs import Inputs
+    from geoplantnet.samples.points import Points
+    from geoplantnet.training.species import predict_at_points
 
     model, spec, _ = read_model(setup.model)
     grid = setup.cfg.grid.grid()
     x, y = np.meshgrid(grid.x, grid.y)
     points = Points(pd.DataFrame({"id": np.arange(x.size)}), x.ravel(), y.ravel())
     items = [[pystac.Item.from_dict(d) for d in dicts] for dicts in (setup.sources.env_items, setup.sources.s2_items)]
-    probs, has_data = predict_at_points((model, spec), setup.cfg, Inputs(None, *items), points, None, tmp_path)
+    probs, has_data = predict_at_points(
+        (model, spec), RunContext(setup.cfg).species_training, Inputs(None, *items), points, None, tmp_path
+    )
     assert has_data.all()
     truth = np.rint(probs.T * 254).reshape(len(spec.species), *grid.shape)
     diff = np.abs(_codes(setup.reference).astype(int) - truth).max(axis=0)
@@ -460,4 +466,4 @@ def test_map_command_bad_model_is_one_line(setup, tmp_path):
 
 def test_map_tile_is_the_task_the_driver_ships():
     # the worker preload used above swaps this attribute; the driver must submit it by reference
-    assert map_tile.__module__ == "geoplantnet.jobs.mapping"
+    assert map_tile.__module__ == "geoplantnet.products.species_map"

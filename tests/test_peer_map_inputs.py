@@ -19,15 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_peer_tiles_read_through_map_sources(tmp_path, small_region):
+    from geoplantnet.inference.reader import MapSources, check_inputs
     from geoplantnet.jobs.composites import composites
-    from geoplantnet.jobs.mapping import MapSources, check_inputs
     from geoplantnet.runs.inputs import virtual_inputs
     from geoplantnet.sources import predictors
 
     work = copy_region(small_region, tmp_path / "work")  # the session's small region
     cfg = load_config(ROOT / "pipelines" / "default.yaml", [*SMALL_REGION, f"workdir={work}"])
     inputs = virtual_inputs(cfg)
-    sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+    sources = MapSources.from_items(cfg.cube, cfg.grid.epsg, inputs.s2_items, inputs.env_items)
     grid, cube_grid = cfg.grid.grid(), cfg.grid.grid(cfg.cube.resolution)
     env_full = predictors.model_stack(inputs.env_items, grid, chunk=cfg.cube.chunk)
     comp = composites(inputs.s2_items, cfg)
@@ -39,7 +39,8 @@ def test_peer_tiles_read_through_map_sources(tmp_path, small_region):
     peer = RandomForestPeer(n_estimators=5, min_presences=2).fit(X, labels, np.array(["pa"] * 200))
     spec = peer.spec(variables=variables, bands=bands, seasons=seasons)
 
-    check_inputs(spec, sources, cfg)  # the map job's driver-side checks take a PeerSpec as they take a ModelSpec
+    # the map job's driver-side checks take a PeerSpec as they take a ModelSpec
+    check_inputs(spec, sources, cfg.grid.grid())
     tile = list(grid.tiles(16))[4]
     geom = peer_geometry(spec, tile, grid, cube_grid)
     patch, env = sources.read(spec, geom, grid, cube_grid)
@@ -59,4 +60,4 @@ def test_peer_tiles_read_through_map_sources(tmp_path, small_region):
 
     bad = peer.spec(variables=variables[::-1], bands=bands, seasons=seasons)
     with pytest.raises(InferenceError, match="environmental variables"):
-        check_inputs(bad, sources, cfg)
+        check_inputs(bad, sources, cfg.grid.grid())

@@ -82,20 +82,21 @@ def test_predict_at_the_plots_equals_the_map_and_reads_any_crs(small_map, tmp_pa
 
 def test_points_files_are_read_in_any_crs_and_bad_ones_are_one_line(tmp_path):
     from geoplantnet.core.grid import to_grid_crs
-    from geoplantnet.jobs.predict import PointsError, read_points
+    from geoplantnet.samples.points import PointsError, read_points
 
     cfg = load_config(None, SMALL)
     csv = tmp_path / "p.csv"
     pd.DataFrame({"site": ["a", "b"], "lon": [9.5, 9.6], "lat": [50.1, 50.2]}).to_csv(csv, index=False)
-    points = read_points(csv, cfg, "site")
+    points = read_points(csv, cfg.inputs, cfg.grid.epsg, "site")
     ex, ey = to_grid_crs(np.array([9.5, 9.6]), np.array([50.1, 50.2]), "EPSG:4326")
     np.testing.assert_allclose(np.c_[points.x, points.y], np.c_[ex, ey])
     assert list(points.table.columns) == ["site", "lon", "lat"]
-    assert list(read_points(csv, cfg).table.columns) == ["point", "lon", "lat"]  # no id column: the row number
+    # no id column: the row number
+    assert list(read_points(csv, cfg.inputs, cfg.grid.epsg).table.columns) == ["point", "lon", "lat"]
     with pytest.raises(PointsError, match=r"p\.csv: no column 'easting'"):
-        read_points(csv, cfg.model_copy(update={"inputs": cfg.inputs.model_copy(update={"x": "easting"})}))
+        read_points(csv, cfg.inputs.model_copy(update={"x": "easting"}), cfg.grid.epsg)
     with pytest.raises(PointsError, match=r"missing\.csv: cannot read points"):
-        read_points(tmp_path / "missing.csv", cfg)
+        read_points(tmp_path / "missing.csv", cfg.inputs, cfg.grid.epsg)
 
 
 def test_input_flags_override_the_inputs_section(tmp_path):

@@ -15,8 +15,10 @@ import pytest
 import xarray as xr
 
 from geoplantnet.core.errors import InputError
-from geoplantnet.jobs.sdm import NoPredictorDataError, _check_predictor_data, _json_safe, _model_summary
+from geoplantnet.reports.summary import json_safe as _json_safe
 from geoplantnet.testing.cli import Result, run_cli
+from geoplantnet.validation.report import model_summary as _model_summary
+from geoplantnet.validation.species import NoPredictorDataError, _check_predictor_data
 
 ROOT = Path(__file__).resolve().parents[1]
 BRADYPUS = ROOT.parent / "shared" / "data" / "real" / "predicts_bradypus_bioclim"

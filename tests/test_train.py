@@ -8,7 +8,7 @@ import pytest
 import torch
 from distributed import Client, LocalCluster
 
-from geoplantnet.core.config import ConfigError, RunConfig
+from geoplantnet.core.config import ConfigError, ModelConfig, RunConfig, TrainConfig
 from geoplantnet.samples.training_set import ChunkBatchSampler, TrainingSet, TrainingSetError, write_training_set
 from geoplantnet.training.train import (
     ModelFileError,
@@ -35,8 +35,10 @@ MODEL = {
 }
 
 
-def _cfg(**train) -> RunConfig:
-    return RunConfig.model_validate({"model": MODEL, "train": {"epochs": 1, "batch_size": 64, "lr": 5e-3, **train}})
+def _cfg(**train) -> tuple[TrainConfig, ModelConfig]:
+    """The ``train`` and ``model`` sections training takes."""
+    cfg = RunConfig.model_validate({"model": MODEL, "train": {"epochs": 1, "batch_size": 64, "lr": 5e-3, **train}})
+    return cfg.train, cfg.model
 
 
 def _make(path: Path, n: int = N, seed: int = 0, with_s2: bool = True) -> tuple[str, np.ndarray, np.ndarray]:
@@ -175,18 +177,18 @@ def test_same_seed_gives_the_same_weights(store, tmp_path):
     path, _, _ = store
     states = []
     for run in ("a", "b"):
-        result = train_model(path, TRAIN, VAL, _cfg(), tmp_path / run)
+        result = train_model(path, TRAIN, VAL, *_cfg(), tmp_path / run)
         states.append(torch.load(result.last_path, weights_only=True)["state_dict"])
     for key in states[0]:
         torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0)
-    other = train_model(path, TRAIN, VAL, _cfg(seed=1), tmp_path / "c")
+    other = train_model(path, TRAIN, VAL, *_cfg(seed=1), tmp_path / "c")
     weights = torch.load(other.last_path, weights_only=True)["state_dict"]
     assert any(not torch.equal(weights[k], states[0][k]) for k in weights if weights[k].is_floating_point())
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(store, tmp_path):
     path, _, _ = store
-    result = train_model(path, TRAIN, VAL, _cfg(epochs=2), tmp_path)
+    result = train_model(path, TRAIN, VAL, *_cfg(epochs=2), tmp_path)
     assert result.device == "cpu" and result.precision == "float32" and len(result.epoch_seconds) == 2
     assert {p.name for p in tmp_path.iterdir()} == {"model.pt", "last.pt"}
     model, spec = load_model(result.model_path)
@@ -203,7 +205,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(store, tmp_path):
 def test_early_stopping_stops_when_validation_does_not_improve(store, tmp_path):
     path, _, _ = store
     # weights barely move (lr 1e-12); only BatchNorm statistics settle, so the score plateaus within a few epochs
-    result = train_model(path, TRAIN, VAL, _cfg(epochs=12, patience=2, lr=1e-12), tmp_path)
+    result = train_model(path, TRAIN, VAL, *_cfg(epochs=12, patience=2, lr=1e-12), tmp_path)
     assert result.stopped_early and result.epochs_run < 12
     assert result.epochs_run == result.best_epoch + 1 + 2  # exactly `patience` epochs after the best one
 
@@ -212,7 +214,7 @@ def test_learns_a_synthetic_environmental_signal(tmp_path):
     path, label, source = _make(tmp_path / "signal.zarr", n=1000, seed=5, with_s2=False)
     idx = np.arange(1000)
     train_idx, val_idx, test_idx = idx[:650], idx[650:750], idx[750:]
-    result = train_model(path, train_idx, val_idx, _cfg(epochs=25, patience=25, lr=1e-2), tmp_path / "out")
+    result = train_model(path, train_idx, val_idx, *_cfg(epochs=25, patience=25, lr=1e-2), tmp_path / "out")
     model, spec = load_model(result.model_path)
     probs = predict(model, spec, path, test_idx)
     pa = source[test_idx] == "pa"
@@ -223,7 +225,7 @@ def test_learns_a_synthetic_environmental_signal(tmp_path):
 def test_bad_requests_give_clear_errors(store, tmp_path):
     path, _, _ = store
     with pytest.raises(TrainError, match="overlap"):
-        train_model(path, TRAIN, TRAIN[:5], _cfg(), tmp_path)
+        train_model(path, TRAIN, TRAIN[:5], *_cfg(), tmp_path)
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"train\.device=cuda"):
             resolve_device("cuda")
@@ -252,7 +254,7 @@ def test_train_on_cluster_without_gpu_requests_no_resources(store, tmp_path):
         ) as cluster,
         Client(cluster) as client,
     ):
-        result = train_on_cluster(client, path, TRAIN, VAL, _cfg(), tmp_path)
+        result = train_on_cluster(client, path, TRAIN, VAL, *_cfg(), tmp_path)
         assert result.resources is None and result.worker in client.scheduler_info()["workers"]
     _, spec = load_model(result.model_path)
     assert result.device == "cpu" and len(spec.species) == SPECIES
@@ -266,7 +268,7 @@ def test_train_on_cluster_uses_the_gpu_worker_but_cpu_when_torch_has_no_cuda(sto
         ) as cluster,
         Client(cluster) as client,
     ):
-        result = train_on_cluster(client, path, TRAIN, VAL, _cfg(), tmp_path)
+        result = train_on_cluster(client, path, TRAIN, VAL, *_cfg(), tmp_path)
     assert result.resources == {"GPU": 1}
     assert result.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert Path(result.model_path).exists()

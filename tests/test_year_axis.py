@@ -19,6 +19,7 @@ from distributed import Client, LocalCluster
 from geoplantnet.core.config import load_config
 from geoplantnet.core.errors import RefusedError
 from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.products.species_map import species_template
 from geoplantnet.runs.context import streaming
 from geoplantnet.runs.tiles import TileOutput, produce_tiles
 from geoplantnet.storage import tiles as tile_store
@@ -41,7 +42,7 @@ TILES = list(GRID.tiles(TILE))
 
 def _layout(grid: Grid = GRID, species: Sequence[str] = SPECIES) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
     """species.zarr's layout plus a plain per-species array (as the thresholds are)."""
-    ds, enc = tile_store.species_template(grid, species, None, TILE, 2)
+    ds, enc = species_template(grid, species, None, TILE, 2)
     ds["threshold"] = xr.DataArray(np.linspace(0.1, 0.3, len(species), dtype="float32"), dims=("species",))
     return ds, {**enc, "threshold": default_encoding(ds[["threshold"]])["threshold"]}
 

@@ -266,7 +266,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             raise InputError(f"{url}: {args.species!r} names {prob.sizes.get('species', 0)} species; give its id")
         kind = ds.attrs.get("model_version", "").split("/")[0] or Path(url).name  # species-net, maxent, ...
         maps[kind if kind not in maps else f"{kind} ({Path(url).name})"] = prob
-    from geoplantnet.jobs.quicklook import species_quicklook  # matplotlib: once the stores are read
+    from geoplantnet.reports.quicklook import species_quicklook  # matplotlib: once the stores are read
 
     png = write_file(out, "species plot", lambda p: species_quicklook(maps, p, title=args.title or args.species))
     print(json.dumps({"png": str(png), "maps": list(maps)}, indent=2))

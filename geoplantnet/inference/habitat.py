@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from geoplantnet.models.plantbert import PlotModel
 
 NO_CLASS = -1  # habitat / top_k where a pixel has no data
-THRESHOLD = "threshold_max_tss"  # species.zarr's thresholds a sentence keeps species by (jobs.mapping.with_thresholds)
+# species.zarr's thresholds a sentence keeps species by (products.species_map.with_thresholds)
+THRESHOLD = "threshold_max_tss"
 BATCH = 1024  # sentences per classifier forward pass (inference: far larger than the training batch)
 
 

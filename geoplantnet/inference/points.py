@@ -12,7 +12,7 @@ in the series), so the two maps can be compared pixel for pixel.
 A ``PeerSpec`` answers what :func:`tile_geometry` asks of a model spec, so a tile of a peer is::
 
     geom = tile_geometry(spec, tile, map_grid, cube_grid)      # windows = the tile (env) / the centres (cube)
-    patch, env = sources.read(spec, geom, map_grid, cube_grid)  # jobs.mapping.MapSources, unchanged
+    patch, env = sources.read(spec, geom, map_grid, cube_grid)  # inference.reader.MapSources, unchanged
     codes = predict_tile_points(peer, spec, geom, patch, env)
 """
 

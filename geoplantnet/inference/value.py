@@ -20,11 +20,11 @@ from geoplantnet.core.config import StoreConfig
 from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.inference.dense import TileGeometry
-from geoplantnet.jobs.mapping import ModelRef  # the lead rewires it to its new home at the merge
+from geoplantnet.inference.species import ModelRef
 from geoplantnet.storage.store import read_options_for, shown
 
 if TYPE_CHECKING:
-    from geoplantnet.jobs.mapping import MapSources
+    from geoplantnet.inference.reader import MapSources
     from geoplantnet.models.value_net import ValueModel
 
 
@@ -91,8 +91,8 @@ def cached_value_model(
     """The value model of ``ref`` (read with ``storage_options``) kept by this worker process, and its loads; a file
     changed since the driver read it is refused rather than mixed into a map."""
     from geoplantnet.models.value_net import ValueModel
+    from geoplantnet.runtime.devices import resolve_device
     from geoplantnet.runtime.worker_cache import pinned
-    from geoplantnet.training.train import resolve_device  # the lead rewires it with the species cache's
 
     dev = resolve_device(device)
 

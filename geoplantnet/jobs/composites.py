@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from functools import partial
 from pathlib import Path
 
 import xarray as xr
 
-from geoplantnet.core.config import CubeConfig, RunConfig
+from geoplantnet.core.config import RunConfig
 from geoplantnet.core.grid import Grid
 from geoplantnet.core.hashing import fingerprint
-from geoplantnet.jobs.quicklook import composite_quicklook
+from geoplantnet.reports.quicklook import composite_quicklook
+from geoplantnet.runs.context import RunContext
 from geoplantnet.runs.inputs import stac_api
-from geoplantnet.runtime.cluster import connect
-from geoplantnet.sources import catalog, cube
+from geoplantnet.sources import catalog
+from geoplantnet.sources.cube import cube_composites
 from geoplantnet.storage import store
 from geoplantnet.storage.outputs import claim_file, write_file
 
@@ -30,34 +30,19 @@ QUICKLOOK = "composites quick-look"
 
 def composites(items: list, cfg: RunConfig, grid: Grid | None = None) -> xr.DataArray:
     """Lazy cloud-masked seasonal median composites (time, band, y, x) with the configured indices appended, on
-    ``grid`` (default: the run's grid at the cube resolution)."""
+    ``grid`` (default: the run's grid at the cube resolution): :func:`geoplantnet.sources.cube.cube_composites`."""
     return cube_composites(items, cfg.cube, grid or cfg.grid.grid(cfg.cube.resolution))
-
-
-def cube_composites(items: list, settings: CubeConfig, grid: Grid) -> xr.DataArray:
-    """:func:`composites` from the cube settings alone (what a map tile task is given)."""
-    reflectance = cube.s2_cube(items, grid, settings.bands, chunk=settings.chunk)
-    if any("SCL" in catalog.band_assets(item) for item in items):
-        scl = cube.scl_cube(items, grid, chunk=settings.chunk)
-        clear = cube.mask_clouds(reflectance, cube.cloud_mask(scl, settings.mask_scl))
-    else:
-        # archives such as BigEarthNet ship L2A bands without the scene classification: nothing to mask with
-        # (a warning, not a log line: shown once per process, not once per map tile)
-        warnings.warn("no item has an SCL (scene classification) band: composites are not cloud-masked", stacklevel=2)
-        clear = reflectance
-    seasonal = cube.seasonal_composite(clear, freq=settings.composite)
-    return cube.add_indices(seasonal, settings.indices) if settings.indices else seasonal
 
 
 def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = False) -> dict[str, object]:
     """Run the default job and return where its outputs are, with timings. An existing ``composites.zarr`` of the
     same run is rewritten; one of another run only with ``overwrite``; anything else is never touched."""
     t0 = time.perf_counter()
+    ctx = RunContext(cfg, progress=progress, overwrite=overwrite)
     grid = cfg.grid.grid(cfg.cube.resolution)
     out_root = cfg.store.root
-    zarr_url = store.join(out_root, "composites.zarr")
-    storage_options = store.storage_options_for(zarr_url, cfg.store)
-    store.preflight(zarr_url, storage_options, product="composites", overwrite=overwrite)  # before any work
+    zarr_url = ctx.output("composites.zarr", "composites")  # refused before any work
+    storage_options = ctx.options(zarr_url)
     # the quick-look shows the store: replaced when the store may be, and never a user's own file of that name
     local = store.is_local(out_root)
     png_path = claim_file(Path(out_root) / "composites.png", QUICKLOOK, overwrite=True) if local else None
@@ -85,14 +70,14 @@ def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = F
         "cube": fingerprint(cfg.cube.model_dump(mode="json"))[:12],
         "inputs": fingerprint(sorted(item.id for item in items))[:12],
     }
-    with connect(cfg.cluster) as client:
+    with ctx.client() as client:
         t1 = time.perf_counter()
         store.write_store(
             ds,
             zarr_url,
             product="composites",
             parts=parts,
-            provenance=cfg.to_attrs(),
+            provenance=ctx.provenance,
             attrs={"source_items": len(items)},
             storage_options=storage_options,
             client=client,

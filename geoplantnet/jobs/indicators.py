@@ -14,8 +14,10 @@ from geoplantnet.core.grid import Grid
 from geoplantnet.evaluation.indicators import evaluate_indicators
 from geoplantnet.inference.fused import CellsJob, FusedPredictor, fused_cells
 from geoplantnet.inference.habitat import ClassifierFolder, HabitatClassifier, plan_classifier
-from geoplantnet.jobs import mapping  # the species map's library: rewired to its new homes at the merge
+from geoplantnet.inference.reader import MapSources
+from geoplantnet.inference.species import ModelFile
 from geoplantnet.models.calibration import Calibration
+from geoplantnet.products import species_map
 from geoplantnet.products.indicators import plan as planning
 from geoplantnet.products.indicators.plan import FusedSetup, IndicatorPlan, IndicatorSummary
 from geoplantnet.products.indicators.tables import IndicatorInputs
@@ -57,7 +59,7 @@ def plan_indicators(
     species_calibration: Calibration | None = None,
 ) -> IndicatorPlan:
     """The two-pass plan (:func:`geoplantnet.products.indicators.plan.plan_from_stores`) of the run's settings."""
-    scale = str(stores.species.attrs.get(mapping.SCALE_ATTR, ""))
+    scale = str(stores.species.attrs.get(species_map.SCALE_ATTR, ""))
     return planning.plan_from_stores(cfg.indicators, cfg.store, stores, inputs, species_calibration, scale=scale)
 
 
@@ -96,15 +98,15 @@ def sample_model(
 
 def fused_setup(
     cfg: RunConfig,
-    model: str | mapping.ModelFile,
-    sources: mapping.MapSources,
+    model: str | ModelFile,
+    sources: MapSources,
     habitat: str | ClassifierFolder | None,
     inputs: IndicatorInputs,
 ) -> FusedSetup:
     """The species model (a file or its URL) and the habitat classifier (a folder read or its URL, or None) checked
     against the run's inputs and against each other, the tables matched to the model's species: all on the driver,
     no cluster needed, so a job runs it before it starts one."""
-    predictor, spec, model_attrs = mapping.plan_predictor(cfg, model, sources)
+    predictor, spec, model_attrs = species_map.plan_predictor(model, sources, cfg.grid, cfg.map)
     where = f"the model {model_attrs['model_file']}"
 
     def classify(species: list[str], thresholds: np.ndarray | None) -> tuple[HabitatClassifier, list[str]]:
@@ -112,8 +114,8 @@ def fused_setup(
         classifier, plot_model = plan_classifier(habitat, species, thresholds, where, **settings)
         return classifier, list(plot_model.classes)
 
-    map_parts = mapping.run_parts(predictor.model.sha256, cfg, sources)
-    top_k, scale = cfg.habitats.top_k, mapping.output_scale(spec)
+    map_parts = species_map.run_parts(predictor.model.sha256, sources, cfg.grid.grid(), cfg.map)
+    top_k, scale = cfg.habitats.top_k, species_map.output_scale(spec)
     return FusedSetup.of(
         predictor, spec, model_attrs, map_parts, inputs, classify if habitat is not None else None, top_k, scale
     )
@@ -214,16 +216,16 @@ def run_fused_indicators(
     habitat_folder = habitat_model or (under_root(cfg, "habitats/model") if habitats else None)
     out_url = ctx.output("indicators.zarr", PRODUCT, out_url)
     # every file given is read and checked before the virtual region is generated or a cluster starts
-    model_file = mapping.ModelFile.read(model_url) if model_url is not None else None
+    model_file = ModelFile.read(model_url) if model_url is not None else None
     classifier = ClassifierFolder.read(habitat_folder) if habitat_folder is not None else None
     planned = plan_inputs(cfg, observations=model_url is None)
     tables = indicator_inputs(cfg, progress=progress)
     run = planned.load(progress=progress)
-    sources = mapping.MapSources.from_items(cfg, run.s2_items, run.env_items)
+    sources = ctx.sources(run)
     setup = fused_setup(cfg, model_file, sources, classifier, tables) if model_file is not None else None
     with ctx.client() as client:
         if setup is None:
-            model_url, _ = mapping.ensure_model(cfg, run, client)
+            model_url, _ = ctx.species_model(client, run)
             setup = fused_setup(cfg, model_url, sources, classifier, tables)
         plan = plan_fused_indicators(client, cfg, setup, out_url)
         summary = produce_indicators(client, cfg, plan, overwrite=overwrite, progress=progress)

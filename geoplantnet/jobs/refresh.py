@@ -130,7 +130,7 @@ def year_summary(cfg: RunConfig, year: int, state: YearRun, made: Mapping[str, M
         "habitat_maps": state.habitats,
         "area_km2": round(grid.width * grid.height * grid.resolution**2 / 1e6, 3),
         "shape": [grid.height, grid.width],
-        "tiles": made["species"].run.tiles,
+        "tiles": len(made["species"].run.tiles),
         "steps": {name: m.info for name, m in made.items() if m.info is not None},
         "change": change_record(made["changes"].plan) if "changes" in made else None,
         "inputs": [redact_text(note) for note in state.inputs.notes],

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from geoplantnet.core.config import ConfigError, RunConfig, ValueConfig
 from geoplantnet.core.grid import Tile
+from geoplantnet.inference.reader import MapSources
 from geoplantnet.inference.value import (
     ValueJobError,
     ValueModelFile,
@@ -28,7 +29,7 @@ from geoplantnet.inference.value import (
     read_features,
     run_features,
 )
-from geoplantnet.jobs.mapping import MapSources, run_parts  # the lead rewires them to their new homes at the merge
+from geoplantnet.products.species_map import run_parts
 from geoplantnet.products.value import (
     AGGREGATE,
     AGGREGATE_STORE,
@@ -111,7 +112,9 @@ def produce_value_maps(
     cfg = ctx.cfg
     client.register_plugin(WorkerCachePlugin())
     resources = task_resources(client) if cfg.map.device != "cpu" else None
-    parts = value_parts(predictor, cfg.value, run_parts(predictor.model.sha256, cfg, predictor.sources))
+    parts = value_parts(
+        predictor, cfg.value, run_parts(predictor.model.sha256, predictor.sources, cfg.grid.grid(), cfg.map)
+    )
     value = plan_value(predictor, cfg.value, parts, ctx.tile_output(urls[0], parts), resources)
     t0 = time.perf_counter()
     maps = {"value": map_summary(ctx.produce_plan(client, value, PRODUCT), urls[0], time.perf_counter() - t0)}
@@ -175,7 +178,7 @@ def run_value(
     inputs = run_inputs(cfg, observations=False, progress=progress)
     if labels is None:
         labels = load_labels(cfg.value, virtual_value_polygons(cfg, progress=progress), grid)
-    sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+    sources = ctx.sources(inputs)
     folder = _report_folder(cfg)
     trained, key = _train(ctx, sources, labels, folder)
     predictor = plan_value_predictor(cfg, default_value_model(cfg), sources)

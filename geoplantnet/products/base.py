@@ -31,7 +31,12 @@ from geoplantnet.storage.tiles import TileOutput
 
 # The package's own product modules, imported by :func:`load` (each registers its products when imported); a new
 # product module of the package is added here, a user's or a test's product registers itself.
-BUILTIN = ("geoplantnet.products.placeholders", "geoplantnet.products.habitat_map", "geoplantnet.products.changes")
+BUILTIN = (
+    "geoplantnet.products.species_map",
+    "geoplantnet.products.placeholders",
+    "geoplantnet.products.habitat_map",
+    "geoplantnet.products.changes",
+)
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,7 @@ from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.inference.dense import decode
 from geoplantnet.inference.fused import FusedPredictor
-
-# the map's sources and the value model's cell rule live in jobs/ on this branch's base (the house moves them to
-# inference/): imported from there until then
-from geoplantnet.jobs.mapping import MapSources
+from geoplantnet.inference.reader import MapSources
 from geoplantnet.jobs.value import ValuePredictor, cell_stats
 from geoplantnet.products.indicators import IndicatorModel, indicator_blocks
 from geoplantnet.products.indicators.tiles import tile_seed

@@ -18,18 +18,21 @@ def figure(
     ncols: int = 1,
     *,
     panel: tuple[float, float] = (4.2, 4.0),
+    size: tuple[float, float] | None = None,
     dpi: int = DPI,
     **kwargs: Any,
 ) -> Iterator[tuple[Any, Any]]:
-    """A figure of ``nrows`` x ``ncols`` panels of ``panel`` inches, written as PNG to ``path`` when the block ends
-    without an error (and closed either way). Yields the figure and a 2-D array of axes."""
+    """A figure of ``nrows`` x ``ncols`` panels of ``panel`` inches (or of ``size`` inches in all, for figures with
+    room for titles and colour bars), written as PNG to ``path`` when the block ends without an error (and closed
+    either way). Yields the figure and a 2-D array of axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     kwargs.setdefault("layout", "constrained")
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows), squeeze=False, **kwargs)
+    figsize = size or (panel[0] * ncols, panel[1] * nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False, **kwargs)
     try:
         yield fig, axes
         path = Path(path)

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from geoplantnet.core.errors import ConfigError
 from geoplantnet.inference.habitat import ClassifierFolder
+from geoplantnet.inference.species import ModelFile, read_model
 
 # the fused indicators' setup and plan, the species model's file and the value model's live in jobs/ on this
 # branch's base (the house moves them below): imported from there until then
 from geoplantnet.jobs.indicators import fused_setup, plan_fused_indicators, under_root
-from geoplantnet.jobs.mapping import MapSources, ModelFile, ensure_model, read_model
 from geoplantnet.jobs.value import ValueModelFile, ValuePredictor, default_value_model, plan_value_predictor
 from geoplantnet.products.impact import (
     Assessment,
@@ -100,12 +100,12 @@ def planned(ctx: RunContext, sc: Scenario, models: Models) -> Iterator[tuple[Cli
     run = inputs.load(progress=ctx.progress)
     if not run.s2_items:
         raise ImpactError("an impact assessment edits the Sentinel-2 composites: the run has no Sentinel-2 items")
-    sources = MapSources.from_items(cfg, run.s2_items, run.env_items)
+    sources = ctx.sources(run)
     value = plan_value_predictor(cfg, value_file, sources) if value_file is not None else None
     setup = fused_setup(cfg, species, sources, classifier, tables) if species is not None else None
     with ctx.client() as client:
         if setup is None:
-            setup = fused_setup(cfg, ensure_model(cfg, run, client)[0], sources, classifier, tables)
+            setup = fused_setup(cfg, ctx.species_model(client, run)[0], sources, classifier, tables)
         yield client, plan_impact(client, ctx, setup, value), run
 
 

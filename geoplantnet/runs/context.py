@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geoplantnet.core.config import RunConfig
 from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.core.hashing import fingerprint
 from geoplantnet.products.base import Made, Product
 from geoplantnet.runs.tiles import StreamSettings, TiledRun, TileOutput, produce_tiles
 from geoplantnet.storage.store import join, preflight, storage_options_for
 
 if TYPE_CHECKING:
+    import numpy as np
     import xarray as xr
     from distributed import Client
 
+    from geoplantnet.inference.reader import MapSources
     from geoplantnet.products.base import TilePlan
+    from geoplantnet.runs.inputs import Inputs
+    from geoplantnet.training.species import SpeciesTraining
 
 
 def streaming(cfg: RunConfig) -> StreamSettings:
@@ -71,6 +77,55 @@ class RunContext:
     def tile_output(self, url: str, parts: Mapping[str, Any]) -> TileOutput:
         """Where the tiles of the run of ``parts`` go (the year's run of a series when the context has a year)."""
         return TileOutput.of(url, parts, self.options(url), year=self.year)
+
+    def inputs(self, *, observations: bool = True) -> Inputs:
+        """The run's inputs: what ``cfg.inputs`` names read and checked (observations only when ``observations``),
+        then loaded (:func:`geoplantnet.runs.inputs.plan_inputs`)."""
+        from geoplantnet.runs.inputs import plan_inputs
+
+        return plan_inputs(self.cfg, observations=observations).load(progress=self.progress)
+
+    def sources(self, inputs: Inputs, seasons: Sequence[np.datetime64] | None = None) -> MapSources:
+        """The tile reader of the run's inputs (``cube``, the grid's CRS); ``seasons``: the composite periods when
+        given (a refresh's year), else those the imagery spans."""
+        from geoplantnet.inference.reader import MapSources
+
+        return MapSources.from_items(self.cfg.cube, self.cfg.grid.epsg, inputs.s2_items, inputs.env_items, seasons)
+
+    @property
+    def species_training(self) -> SpeciesTraining:
+        """What training the species models reads of the configuration."""
+        from geoplantnet.training.species import SpeciesTraining
+
+        c = self.cfg
+        return SpeciesTraining(c.name, c.grid, c.cube, c.model, c.train, c.validation, c.to_attrs())
+
+    def species_training_key(self, inputs: Inputs) -> str:
+        """The map model's cache key: the training settings (grid, cube, model, train, validation) and the inputs
+        by content (:func:`geoplantnet.runs.inputs.inputs_digest`)."""
+        from geoplantnet.runs.inputs import inputs_digest
+
+        parts = {
+            k: getattr(self.cfg, k).model_dump(mode="json") for k in ("grid", "cube", "model", "train", "validation")
+        }
+        return fingerprint(parts, inputs_digest(inputs))
+
+    def species_model(self, client: Client, inputs: Inputs) -> tuple[str, dict[str, Any] | None]:
+        """A species model for a map: trained on the region's observations, or reused from an earlier run with the
+        same data (by content), model and training settings (``<workdir>/map-models/<key>``). Returns its path and,
+        if trained now, how."""
+        from geoplantnet.validation.species import train_map_model
+
+        model_dir = Path(self.cfg.workdir) / "map-models" / self.species_training_key(inputs)
+        cached = model_dir / "model" / "map.pt"
+        if cached.exists():
+            return str(cached), None
+        result = train_map_model(self.species_training, inputs, model_dir, client)
+        return result.model_path, {
+            "epochs": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "device": result.device,
+        }
 
     @contextlib.contextmanager
     def client(self) -> Iterator[Client]:

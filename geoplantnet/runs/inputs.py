@@ -8,7 +8,8 @@ sees the same :class:`Inputs` whichever provider made them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from rasterio.errors import RasterioError
 
 from geoplantnet.core.config import ConfigError, HabitatsConfig, RunConfig, redact
 from geoplantnet.core.grid import Grid
+from geoplantnet.core.hashing import fingerprint
 from geoplantnet.samples.observations import Observations
 from geoplantnet.samples.plots import Plots, plots_from_frame
 
@@ -333,3 +335,28 @@ def indicator_inputs(cfg: RunConfig, *, progress: bool = False, year: int | None
         if red_list is None:
             red_list = status_tables.read_habitat_red_list(tables["habitats"])
     return IndicatorInputs(status, invasive, protected, red_list, surveys, reference)
+
+
+def asset_state(item: Mapping[str, Any]) -> list[Any]:
+    """Each local asset's size and modification time: a file replaced under the same name changes them."""
+    from geoplantnet.sources.stac_items import local_path
+
+    state: list[Any] = []
+    for key, asset in sorted(item.get("assets", {}).items()):
+        path = local_path(asset.get("href", ""))
+        with contextlib.suppress(OSError, TypeError):
+            st = os.stat(path) if path else None
+            state.append([key, st.st_size, st.st_mtime_ns] if st else [key, asset.get("href")])
+    return state
+
+
+def inputs_digest(inputs: Inputs) -> str:
+    """A hash of a run's training inputs by content: the observation records, every item and its files' state."""
+    records = pd.util.hash_pandas_object(inputs.observations.records, index=False).to_numpy().tobytes()
+    items = []
+    for item in [*(inputs.env_items or ()), *(inputs.s2_items or ())]:
+        d = item.to_dict()
+        # not links (they carry the serving API's address, a new port each run) nor server-set timestamps
+        props = {k: v for k, v in d.get("properties", {}).items() if k not in ("created", "updated")}
+        items.append([d.get("id"), d.get("collection"), props, d.get("assets"), asset_state(d)])
+    return fingerprint(records, items)

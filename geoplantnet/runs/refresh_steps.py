@@ -1,9 +1,9 @@
 """The annual refresh's steps for the products that do not plan themselves yet: species, habitat and indicators.
 
-TRANSITIONAL (issue 21 merge): these adapters call today's plan/produce functions of ``jobs/mapping.py``,
-``jobs/indicators.py`` (the ``ignore_imports`` of the layers contract in ``pyproject.toml`` lists them), and the
-habitat map's plan (:mod:`geoplantnet.products.habitat_map`) with the classifier read before the cluster started;
-once those products register a ``plan(ctx, client)`` and an evaluation, the refresh runs them as it runs ``changes``
+TRANSITIONAL (issue 21 merge): these adapters run the species map's plan (:mod:`geoplantnet.products.species_map`)
+on the series' model and seasons, the habitat map's plan (:mod:`geoplantnet.products.habitat_map`) with the
+classifier read before the cluster started, and the indicators' plan; once those products register a
+``plan(ctx, client)`` and an evaluation, the refresh runs them as it runs ``changes``
 (:meth:`geoplantnet.runs.context.RunContext.make`) and this module shrinks to what only the refresh needs (the
 series' origin, its model and classifier).
 
@@ -132,7 +132,7 @@ def prepare_year(ctx: RunContext, imagery: RunContext, urls: dict[str, str], mod
     or a cluster started: the series' model (the one its first year was mapped with, unless ``model`` says
     otherwise) and classifier, the inputs, the species run's plan when the model is given."""
     from geoplantnet.inference.habitat import ClassifierFolder
-    from geoplantnet.jobs.mapping import MapSources, ModelFile, plan_map
+    from geoplantnet.inference.species import ModelFile
     from geoplantnet.runs.inputs import indicator_inputs, plan_inputs
 
     year = int(ctx.year)  # type: ignore[arg-type]
@@ -151,9 +151,9 @@ def prepare_year(ctx: RunContext, imagery: RunContext, urls: dict[str, str], mod
     if not inputs.s2_items and ctx.cfg.inputs.virtual:
         raise RefreshError(f"no Sentinel-2 items in {year}: the virtual region's years are set by sim.start/sim.years")
     seasons = origin.seasons_for(year) if origin else None
-    sources = MapSources.from_items(imagery.cfg, inputs.s2_items, inputs.env_items, seasons)
+    sources = imagery.sources(inputs, seasons)
     # inputs that do not fit a given model: refused before a cluster starts
-    plan = plan_map(imagery.cfg, model_file, sources, urls["species"], year) if model_file is not None else None
+    plan = _species_plan(imagery, model_file, sources, urls["species"]) if model_file is not None else None
     return YearRun(
         ctx, imagery, urls, model_url, model_file, habitats, habitat_model, classifier, tables, inputs, sources, plan
     )
@@ -166,26 +166,21 @@ def _made(name: str, url: str, plan: Any, run: Any, t0: float, **extra: Any) -> 
 
 def species_step(year: YearRun, client: Client, made: Mapping[str, Made]) -> Made:
     """The year's species map (the model trained first when the series has none)."""
-    from geoplantnet.jobs.mapping import ensure_model, plan_map, produce_map
-
     t0 = time.perf_counter()
     imagery, url = year.imagery, year.urls["species"]
     if year.species_plan is None:
-        year.model_url, year.trained = ensure_model(imagery.cfg, year.inputs, client)
-        year.species_plan = plan_map(imagery.cfg, year.model_url, year.sources, url, imagery.year)
+        year.model_url, year.trained = imagery.species_model(client, year.inputs)
+        year.species_plan = _species_plan(imagery, year.model_url, year.sources, url)
     plan = year.species_plan
-    run = produce_map(
-        client,
-        imagery.cfg,
-        plan.job.predictor.model.url,  # the given model's, or the one just trained
-        year.sources,
-        url,
-        plan=plan,
-        year=imagery.year,
-        progress=imagery.progress,
-        overwrite=imagery.overwrite,
-    )
-    return _made("species", url, plan, run, t0, tiles=run.tiles, tiles_computed=run.tiles_computed)
+    run = imagery.produce_plan(client, plan.tiles(client), "species")
+    return _made("species", url, plan, run, t0, tiles=len(run.tiles), tiles_computed=len(run.results))
+
+
+def _species_plan(imagery: RunContext, model: Any, sources: Any, url: str) -> Any:
+    """The species run of the year (:func:`geoplantnet.products.species_map.plan_map`) writing its slot of ``url``."""
+    from geoplantnet.products.species_map import plan_map
+
+    return plan_map(model, sources, imagery.cfg.grid, imagery.cfg.map, url, imagery.options(url), imagery.year)
 
 
 def habitat_step(year: YearRun, client: Client, made: Mapping[str, Made]) -> Made:

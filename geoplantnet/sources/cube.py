@@ -14,6 +14,7 @@ at compute time, inside the Dask task, for a COG that cannot be read (the messag
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +31,10 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from stackstac.rio_reader import AutoParallelRioReader
 
+from geoplantnet.core.config import CubeConfig
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import LONLAT, Grid, overlaps, transform_bounds
+from geoplantnet.sources.catalog import band_assets
 
 # SCL classes treated as "not a clear land/water observation": no data, saturated, cloud shadow, cloud medium and
 # high probability, thin cirrus. Snow (11) is kept: it is a real surface state for alpine plant habitats.
@@ -541,3 +544,19 @@ __all__ = [
     "seasonal_composite",
     "stack_items",
 ]
+
+
+def cube_composites(items: list, settings: CubeConfig, grid: Grid) -> xr.DataArray:
+    """Lazy cloud-masked seasonal median composites (time, band, y, x) of ``items`` on ``grid``, with the configured
+    indices appended: what training, map tiles and the composites job all read."""
+    reflectance = s2_cube(items, grid, settings.bands, chunk=settings.chunk)
+    if any("SCL" in band_assets(item) for item in items):
+        scl = scl_cube(items, grid, chunk=settings.chunk)
+        clear = mask_clouds(reflectance, cloud_mask(scl, settings.mask_scl))
+    else:
+        # archives such as BigEarthNet ship L2A bands without the scene classification: nothing to mask with
+        # (a warning, not a log line: shown once per process, not once per map tile)
+        warnings.warn("no item has an SCL (scene classification) band: composites are not cloud-masked", stacklevel=2)
+        clear = reflectance
+    seasonal = seasonal_composite(clear, freq=settings.composite)
+    return add_indices(seasonal, settings.indices) if settings.indices else seasonal

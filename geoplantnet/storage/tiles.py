@@ -36,7 +36,7 @@ import xarray as xr
 import zarr
 
 from geoplantnet.core.encoding import NODATA, SCALE
-from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.core.grid import Tile
 from geoplantnet.storage import years
 from geoplantnet.storage.lease import Lease
 from geoplantnet.storage.store import (
@@ -107,28 +107,6 @@ def tiled_variable(
     if scale:
         enc.update({"scale_factor": 1.0 / scale, "add_offset": 0.0})
     return var, enc
-
-
-def species_template(
-    grid: Grid, species: Sequence[str], species_name: Sequence[str] | None, tile: int, species_chunk: int
-) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
-    """The lazy, never computed ``species.zarr`` layout on ``grid`` and its encoding."""
-    n = len(species)
-    chunks, shards = species_chunks(n, tile, species_chunk)
-    prob, enc = tiled_variable(
-        ("species", "y", "x"),
-        (n, grid.height, grid.width),
-        dtype="uint8",
-        fill=NODATA,
-        chunks=chunks,
-        shards=shards,
-        scale=SCALE,
-        attrs=probability_attrs("predicted probability of occurrence of each species"),
-    )
-    coords: dict[str, Any] = {"species": ("species", np.asarray(species, dtype=object)), **grid.coords()}
-    if species_name is not None:
-        coords["species_name"] = ("species", np.asarray(species_name, dtype=object))
-    return xr.Dataset({"probability": prob}, coords=coords), {"probability": enc}
 
 
 def _manifest(path: str, run: str) -> str:

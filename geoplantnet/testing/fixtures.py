@@ -153,7 +153,7 @@ class SmallMap:
     cfg: RunConfig
     overrides: list[str]  # --set values of a command that should see the same region, workdir and model
     model: str
-    sources: Any  # geoplantnet.jobs.mapping.MapSources
+    sources: Any  # geoplantnet.inference.reader.MapSources
     reference: str
     summary: Any  # geoplantnet.jobs.mapping.MapSummary
     root: Path
@@ -174,7 +174,7 @@ def small_map(root: Path, default_config: Path, region: Path, cluster: Sequence[
     with connect(load_config(default_config, [*overrides, *cluster]).cluster) as client:
         model, trained = ensure_model(cfg, inputs, client)
         assert trained is not None and trained["epochs"] >= 1
-        sources = MapSources.from_items(cfg, inputs.s2_items, inputs.env_items)
+        sources = MapSources.from_items(cfg.cube, cfg.grid.epsg, inputs.s2_items, inputs.env_items)
         reference = str(root / "reference.zarr")
         summary = produce_map(client, cfg, model, sources, reference, progress=False)
     return SmallMap(cfg, overrides, model, sources, reference, summary, root)

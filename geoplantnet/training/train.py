@@ -1,13 +1,13 @@
 """Training the species network, locally or as one Dask task (on a GPU worker when the cluster has one).
 
-:func:`train_model` is a plain function of paths and a configuration, so it runs the same in-process and on a Dask
-worker. On a cluster (:func:`train_on_cluster`) the worker writes the model file to ``out_dir``: that folder must be
-on a filesystem the client and the worker share (a network mount, or the local disk for a ``LocalCluster``); the
-returned :class:`TrainResult` carries the path, not the weights.
+:func:`train_model` is a plain function of paths and the ``train`` and ``model`` settings, so it runs the same
+in-process and on a Dask worker. On a cluster (:func:`train_on_cluster`) the worker writes the model file to
+``out_dir``: that folder must be on a filesystem the client and the worker share (a network mount, or the local disk
+for a ``LocalCluster``); the returned :class:`TrainResult` carries the path, not the weights.
 
 Files in ``out_dir``: ``last.pt`` (every epoch) and ``model.pt`` (the best epoch by macro AUC on the validation
-split's surveys, or by validation loss when it has none), both in the :func:`save_model` format (state dict +
-:class:`ModelSpec` JSON, loadable with ``torch.load(weights_only=True)``). Early stopping watches the same score.
+split's surveys, or by validation loss when it has none), both in the :func:`save_model` format
+(:mod:`geoplantnet.models.species_files`). Early stopping watches the same score.
 """
 
 from __future__ import annotations
@@ -19,17 +19,24 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from geoplantnet.core.config import ConfigError, RunConfig
-from geoplantnet.core.errors import InputError
+from geoplantnet.core.config import ModelConfig, TrainConfig
 from geoplantnet.models.calibration import calibrate
 from geoplantnet.models.losses import SpeciesLoss, species_weights
-from geoplantnet.models.species_net import SPEC_VERSION, ModelSpec, SpeciesEnsemble, SpeciesNet
+from geoplantnet.models.species_files import (  # noqa: F401 (model files were here: importers keep working)
+    FILE_FORMAT,
+    ModelFileError,
+    load_ensemble,
+    load_model,
+    save_model,
+)
+from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
+from geoplantnet.runtime.devices import resolve_device
 from geoplantnet.samples.kinds import Modality
 from geoplantnet.samples.training_set import ChunkBatchSampler, NormStats, TrainingSet
 
@@ -37,16 +44,11 @@ if TYPE_CHECKING:
     from distributed import Client
 
 log = logging.getLogger(__name__)
-FILE_FORMAT = "geoplantnet.species_net"
 _MIN_IMPROVEMENT = 1e-4  # relative, so float noise in a flat validation curve does not count as progress
 
 
 class TrainError(ValueError):
     """Training was asked something impossible (a bug in the caller: empty or overlapping index sets)."""
-
-
-class ModelFileError(InputError):
-    """A model file that is missing, unreadable, of another format or version (the message names the file)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,15 +87,6 @@ class TrainResult:
 # devices and precision
 
 
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA when torch sees one, else CPU (never from a Dask resource label: a ``GPU`` worker may lie)."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but torch sees no CUDA device (use train.device=auto)")
-    return torch.device(requested)
-
-
 def _precision(device: torch.device, wanted: bool) -> torch.dtype | None:
     """Autocast dtype: only on CUDA, bf16 where supported, else fp16 (with a GradScaler)."""
     if not wanted or device.type != "cuda":
@@ -106,70 +99,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-# model files
-
-
-def save_model(path: str | os.PathLike[str], model: SpeciesNet, spec: ModelSpec) -> str:
-    """Write state dict + spec JSON to one file, atomically (a crash never leaves a half-written model)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FILE_FORMAT,
-        "spec": spec.model_dump_json(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return str(path)
-
-
-def load_model(
-    path: str | os.PathLike[str] | IO[bytes], device: str | torch.device = "cpu", *, name: str | None = None
-) -> tuple[SpeciesNet, ModelSpec]:
-    """Rebuild a saved model (eval mode) and its spec, without the training data. ``name`` is what messages call
-    the file (its path or URL) when ``path`` is an open file."""
-    where = name or path
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise ModelFileError(f"{where}: no such model file") from None
-    except Exception as exc:
-        raise ModelFileError(f"{where}: not a readable model file ({exc.__class__.__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
-        raise ModelFileError(f"{where}: not a {FILE_FORMAT} file")
-    spec = ModelSpec.model_validate_json(payload["spec"])
-    if spec.version != SPEC_VERSION:
-        raise ModelFileError(f"{where}: model spec version {spec.version}, this code reads version {SPEC_VERSION}")
-    model = SpeciesNet.from_spec(spec)
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise ModelFileError(f"{where}: weights do not fit the spec ({str(exc).splitlines()[0]})") from None
-    return model.to(device).eval(), spec
-
-
-def load_ensemble(
-    paths: Sequence[str | os.PathLike[str]], device: str | torch.device = "cpu"
-) -> tuple[SpeciesNet, ModelSpec]:
-    """Model files trained on the same data with different seeds as one :class:`SpeciesEnsemble` (one file: itself).
-
-    Members must share their spec (inputs, species, normalisation) but the seed; the ensemble's spec says
-    ``members=n``, so :func:`save_model` writes it as one file that :func:`load_model` reads back as an ensemble.
-    """
-    loaded = [load_model(p, device) for p in paths]
-    if len(loaded) == 1:
-        return loaded[0]
-    spec = loaded[0][1]
-    for (_, other), path in zip(loaded[1:], paths[1:], strict=True):
-        if other != spec:
-            raise ModelFileError(f"{path}: not a member of the same ensemble as {paths[0]} (spec differs)")
-    members = [m for m, _ in loaded]
-    if any(isinstance(m, SpeciesEnsemble) for m in members):
-        raise ModelFileError("ensembles of ensembles are not supported: pass single-network files")
-    return SpeciesEnsemble(members).to(device).eval(), spec.model_copy(update={"members": len(members)})
 
 
 # evaluation
@@ -248,7 +177,8 @@ def train_model(
     training_set_path: str | os.PathLike[str],
     train_idx: Sequence[int] | np.ndarray,
     val_idx: Sequence[int] | np.ndarray,
-    run_cfg: RunConfig,
+    tcfg: TrainConfig,
+    model_cfg: ModelConfig,
     out_dir: str | os.PathLike[str],
     stats: NormStats | None = None,
 ) -> TrainResult:
@@ -259,7 +189,6 @@ def train_model(
 
     Seeds are fixed (``train.seed``); AdamW with a cosine schedule; mixed precision only on CUDA.
     """
-    tcfg = run_cfg.train
     train_idx, val_idx = _check_indices("train_idx", train_idx), _check_indices("val_idx", val_idx)
     if np.intersect1d(train_idx, val_idx).size:
         raise TrainError("train_idx and val_idx overlap; validation must be held out")
@@ -276,7 +205,7 @@ def train_model(
     train = TrainingSet(training_set_path, train_idx, stats=stats, scaling=tcfg.scaling)
     val = TrainingSet(training_set_path, val_idx, stats=train.stats, modalities=train.modalities)
     spec = ModelSpec(
-        model=run_cfg.model,
+        model=model_cfg,
         modalities=train.modality_shapes(),
         species=train.species,
         species_name=train.species_name,
@@ -406,11 +335,15 @@ def train_on_cluster(
     training_set_path: str | os.PathLike[str],
     train_idx: Sequence[int] | np.ndarray,
     val_idx: Sequence[int] | np.ndarray,
-    run_cfg: RunConfig,
+    tcfg: TrainConfig,
+    model_cfg: ModelConfig,
     out_dir: str | os.PathLike[str],
     stats: NormStats | None = None,
+    *,
+    name: str = "default",
 ) -> TrainResult:
-    """Run :func:`train_model` as one Dask task (``GPU=1`` when a worker offers it) and wait for its result.
+    """Run :func:`train_model` as one Dask task (``GPU=1`` when a worker offers it) and wait for its result;
+    ``name`` (the run's) names the task.
 
     ``training_set_path`` and ``out_dir`` must be paths the worker can read and write and the client can read
     (shared filesystem); the model file is written there by the worker.
@@ -423,11 +356,12 @@ def train_on_cluster(
         os.fspath(training_set_path),
         np.asarray(train_idx),
         np.asarray(val_idx),
-        run_cfg,
+        tcfg,
+        model_cfg,
         os.fspath(out_dir),
         stats,
         resources=resources,
         pure=False,
-        key=f"train-species-net-{run_cfg.name}-{time.time_ns()}",
+        key=f"train-species-net-{name}-{time.time_ns()}",
     )
     return future.result()

@@ -58,6 +58,24 @@ def informative_folds(result: Mapping[str, Any]) -> int:
     return sum(1 for f in folds if np.isfinite(float(f.get("auc", np.nan))))
 
 
+def model_summary(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Per metric, the mean over the folds that could score it (None where none could); counts (``n_*``) summed
+    over folds (samples, test presences, (species, fold) pairs); the number of folds and of informative folds, so a
+    mean over 2 of 5 folds cannot pass for a 5-fold estimate."""
+    folds = result["folds"]
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for f in folds for k in f if k != "fold"):
+        vals = np.array([f.get(key, np.nan) for f in folds], dtype="float64")
+        vals = vals[np.isfinite(vals)]
+        if key.startswith("n_"):
+            out[key] = int(vals.sum())
+        else:
+            out[key] = float(vals.mean()) if len(vals) else None
+    out["folds"] = len(folds)
+    out["informative_folds"] = informative_folds(result)
+    return out
+
+
 def _flag_table(result: Mapping[str, Any]) -> pd.DataFrame | None:
     """The informative rows of a per-species table that carries the flags of :func:`metrics.per_species`."""
     table = result.get("per_species")

@@ -1,0 +1,373 @@
+"""The species models of a region, trained and cross-validated: observations -> samples -> training set (extracted
+on the cluster) -> the species network behind the peers' ``fit``/``predict_proba`` interface (:class:`CnnPeer`, so the
+CNN, MaxEnt and the random forest are cross-validated by the same code on the same folds) -> the final models on
+every kept sample, calibrated and thresholded from the cross-validation's out-of-fold predictions.
+
+Here rather than in :mod:`geoplantnet.training`: the CNN's early stopping and the block size use the spatial blocks,
+and the final models the calibration, of this package. Everything takes
+:class:`~geoplantnet.training.species.SpeciesTraining`, never the whole configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from distributed import Client
+
+from geoplantnet.core.config import ValidationConfig
+from geoplantnet.core.errors import InputError
+from geoplantnet.models.peers import MaxentPeer, RandomForestPeer
+from geoplantnet.samples.extraction import extract_samples
+from geoplantnet.samples.observations import SpeciesVocabulary, build_samples
+from geoplantnet.samples.training_set import compute_stats, open_training_set
+from geoplantnet.samples.valid_cells import RecordRescue, ValidCells, move_records_to_valid
+from geoplantnet.sources import predictors
+from geoplantnet.sources.cube import cube_composites
+from geoplantnet.training.species import SpeciesInputs, SpeciesTraining, feature_inputs, training_point_features
+from geoplantnet.training.train import TrainResult, load_ensemble, predict, save_model, train_on_cluster
+from geoplantnet.validation.blocks import choose_block_size, validation_split
+from geoplantnet.validation.calibration import (
+    CalibrationOutcome,
+    calibrate_oof,
+    species_thresholds_table,
+    write_into_model_file,
+)
+from geoplantnet.validation.metrics import cross_validate
+
+log = logging.getLogger(__name__)
+
+
+class CnnPeer:
+    """The species network behind the peers' ``fit``/``predict_proba`` interface.
+
+    ``X`` holds sample indices into the training set (one column), so the CNN, MaxEnt and the random forest are
+    cross-validated by the same code on the same folds. Each fit trains on the cluster with early stopping on a
+    block-based validation split carved out of the training part.
+    """
+
+    def __init__(
+        self,
+        settings: SpeciesTraining,
+        training_set: str,
+        client: Client,
+        out_dir: Path,
+        x: np.ndarray,
+        y: np.ndarray,
+        block_size: float,
+        run_name: str | None = None,
+    ) -> None:
+        self.settings, self.path, self.client, self.out_dir = settings, training_set, client, out_dir
+        self.x, self.y, self.block_size = x, y, block_size
+        self.run_name = run_name  # the run folder under out_dir: fold-<k> by default
+        self.runs: list[TrainResult] = []
+        self.n_fits = 0
+        self._model: Any = None
+        self._spec: Any = None
+
+    def __call__(self) -> CnnPeer:
+        return self  # cross_validate asks for a fresh model per fold; state is replaced on each fit
+
+    def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray) -> CnnPeer:
+        train = np.zeros(len(self.x), dtype=bool)
+        train[X[:, 0].astype(np.int64)] = True
+        run_dir = self.out_dir / (self.run_name or f"fold-{self.n_fits}")
+        self.n_fits += 1
+        n = self.settings.train.ensemble
+        paths = []
+        # one normalisation (from all the rows given) for every member, so the members form one model
+        stats = (
+            compute_stats(open_training_set(self.path), np.flatnonzero(train), scaling=self.settings.train.scaling)
+            if n > 1
+            else None
+        )
+        # Ensemble members differ by their seed (initialisation, batch order) and by the blocks held out for early
+        # stopping: each learns from another ~80% of the rows and together they use all of them (the fold average
+        # of cross-validation models, which beat single models on independent surveys).
+        for k in range(n):
+            fit_mask, val_mask = validation_split(
+                self.x, self.y, train, self.block_size, seed=self.settings.validation.seed + k
+            )
+            train_k = self.settings.train.model_copy(update={"seed": self.settings.train.seed + k})
+            member_dir = run_dir / f"seed-{k}" if n > 1 else run_dir
+            result = train_on_cluster(
+                self.client,
+                self.path,
+                np.flatnonzero(fit_mask),
+                np.flatnonzero(val_mask),
+                train_k,
+                self.settings.model,
+                member_dir,
+                stats,
+                name=self.settings.name,
+            )
+            self.runs.append(result)
+            paths.append(result.model_path)
+            log.info(
+                "CNN %s: %d epochs (best %d), %.1f s/epoch on %s",
+                member_dir.relative_to(self.out_dir),
+                result.epochs_run,
+                result.best_epoch,
+                np.mean(result.epoch_seconds),
+                result.device,
+            )
+        self._model, self._spec = load_ensemble(paths)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.predict_at(self.path, X[:, 0].astype(np.int64))
+
+    def predict_at(self, path: str, idx: np.ndarray) -> np.ndarray:
+        """Probabilities at samples ``idx`` of any store in the training-set layout (e.g. independent test sites)."""
+        return predict(self._model, self._spec, path, idx, self.settings.train.batch_size)
+
+    def save(self, path: Path) -> str:
+        """The fitted network (or ensemble, as one file) written atomically to ``path``."""
+        return save_model(path, self._model, self._spec)
+
+
+@dataclass
+class PreparedSamples:
+    """The training set of a run and the samples every model is fitted on (samples without predictor data dropped)."""
+
+    path: str
+    rows: np.ndarray  # kept samples, as indices into the training set
+    x_all: np.ndarray
+    y_all: np.ndarray
+    labels: np.ndarray
+    source: np.ndarray
+    features: np.ndarray  # point predictors for MaxEnt and the forest
+    species: list[str]
+    n_dropped: int
+    extract_seconds: float
+    block: float  # spatial block size (metres)
+    species_name: list[str] | None = None
+    feature_inputs: dict[str, Any] | None = None  # names of the feature columns (variables, bands, seasons)
+    records_moved: int = 0  # records moved to the nearest valid cell (train.nearest_valid_cells)
+    records_dropped: int = 0  # records dropped: no predictor value at their cell, even after the move
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.x_all[self.rows]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.y_all[self.rows]
+
+
+class NoPredictorDataError(InputError):
+    """The predictors have no data at the samples (empty rasters, rasters that miss the records, a wrong CRS)."""
+
+
+def _check_predictor_data(labels: np.ndarray, rows: np.ndarray, env: xr.DataArray | None) -> None:
+    """Refuse a training set where no sample, or no presence, has predictor data, naming the predictors: the spatial
+    blocks would otherwise fail further down with "use smaller blocks", which sends the user the wrong way."""
+    names = [str(v) for v in env["var"].values] if env is not None and "var" in env.coords else []
+    listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    what = f"the predictors [{listed}]" if names else "the predictors"
+    if not len(rows):
+        raise NoPredictorDataError(
+            f"no sample has predictor data: {what} are no-data at all {len(labels)} observation and background "
+            "points (empty rasters, or rasters that do not overlap grid.*)"
+        )
+    has_presence = (labels == 1).any(axis=1)
+    if has_presence.any() and not has_presence[rows].any():
+        raise NoPredictorDataError(
+            f"none of the {int(has_presence.sum())} samples with a presence has predictor data in {what}: do the "
+            "rasters cover the observations (check --crs)?"
+        )
+
+
+def prepare_samples(settings: SpeciesTraining, inputs: SpeciesInputs, out_dir: Path, client: Client) -> PreparedSamples:
+    """Observations -> samples -> training set (extracted on the cluster) -> kept samples and the block size."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grid = settings.grid.grid()
+    obs = inputs.observations
+    vocab = SpeciesVocabulary.from_observations(obs)
+    # Sentinel-2 alone is a valid set of predictors: no environmental stack then
+    env = predictors.model_stack(inputs.env_items, grid, chunk=settings.cube.chunk) if inputs.env_items else None
+    composite = None
+    if inputs.s2_items:
+        composite = cube_composites(inputs.s2_items, settings.cube, settings.grid.grid(settings.cube.resolution))
+    # The environmental layers define the study area; without them, the composite does.
+    layer = env if env is not None else composite
+    study_area = ValidCells(layer, epsg=grid.epsg, client=client) if layer is not None else None
+    samples = build_samples(
+        obs,
+        vocab,
+        grid,
+        n_background=settings.train.n_background,
+        background=settings.train.background,
+        seed=settings.train.seed,
+        valid=study_area,
+    )
+    # Records are moved only off the environmental warp's no-data (a cloudy season is no reason to move one).
+    rescue = RecordRescue(0, 0, 0)
+    if env is not None and study_area is not None:
+        samples, rescue = move_records_to_valid(samples, study_area, settings.train.nearest_valid_cells)
+    path = str(out_dir / "training.zarr")
+    t1 = time.perf_counter()
+    extract_samples(
+        samples,
+        grid,
+        composite=composite,
+        env=env,
+        patch_size=settings.model.patch_size,
+        env_patch_size=settings.model.env_patch_size,
+        out=path,
+        client=client,
+        attrs=dict(settings.provenance),
+    )
+    extract_s = time.perf_counter() - t1
+    ds = open_training_set(path)
+    x_all, y_all = ds["x"].values, ds["y"].values
+    labels = ds["label"].values
+    source = np.array([str(s) for s in ds["source"].values])  # StringDType does not cast to fixed-width str
+    species = [str(s) for s in ds["species"].values]
+    features = training_point_features(ds)
+    # Background is drawn on cells with predictor data (samples.valid_cells); a background point without data here
+    # would be trivially separable from presences and inflate every model's AUC, so the rule is kept as a guard, and
+    # any sample without any predictor value is dropped. Sentinel-2 gaps (a cloudy season) are not "no data" here.
+    env_point = ds["env_point"].values if "env_point" in ds else features
+    nodata = np.isnan(features).all(axis=1) | ((source == "bg") & np.isnan(env_point).any(axis=1))
+    keep = ~nodata
+    rows = np.flatnonzero(keep)
+    _check_predictor_data(labels, rows, env)
+    kept = features[rows]
+    # Candidate block sizes step by 10 map pixels: 500 m at 50 m, so small regions still get enough blocks.
+    block = settings.validation.block_size_m or choose_block_size(
+        x_all[rows],
+        y_all[rows],
+        np.nan_to_num(kept[:, : min(features.shape[1], 8)]),
+        folds=settings.validation.folds,
+        step=10 * grid.resolution,
+    )
+    species_name = [str(s) for s in ds["species_name"].values] if "species_name" in ds else None
+    return PreparedSamples(
+        path,
+        rows,
+        x_all,
+        y_all,
+        labels[rows],
+        source[rows],
+        kept,
+        species,
+        int(nodata.sum()),
+        extract_s,
+        float(block),
+        species_name,
+        feature_inputs(ds),
+        rescue.moved,
+        int((nodata & (source != "bg")).sum()),
+    )
+
+
+def train_map_model(settings: SpeciesTraining, inputs: SpeciesInputs, out_dir: Path, client: Client) -> TrainResult:
+    """Train the species network on every kept sample (early stopping on a block-based validation split) for mapping;
+    the model (one file, also for an ensemble) is ``<out_dir>/model/map.pt``, the result's ``model_path``."""
+    data = prepare_samples(settings, inputs, out_dir, client)
+    cnn = CnnPeer(settings, data.path, client, Path(out_dir) / "model", data.x_all, data.y_all, data.block)
+    cnn.fit(data.rows[:, None], data.labels, data.source)
+    return dataclasses.replace(cnn.runs[-1], model_path=cnn.save(Path(out_dir) / "model" / "map.pt"))
+
+
+def fit_final_models(
+    settings: SpeciesTraining, data: PreparedSamples, out_dir: Path, client: Client, names: list[str] | None = None
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Fit each model on every kept sample and write it to ``<out_dir>/models/`` (``cnn.pt``, ``maxent.peer``,
+    ``random_forest.peer``); returns {name: path} and {name: seconds}. The CNN stops early on a block-based
+    validation split carved from the samples (``<out_dir>/cnn/final/`` keeps its run); the peers are fitted as in
+    each fold, on all the samples."""
+    models_dir = Path(out_dir) / "models"
+    files: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for name in names if names is not None else list(settings.validation.models):
+        t = time.perf_counter()
+        if name == "cnn":
+            cnn = CnnPeer(
+                settings, data.path, client, Path(out_dir) / "cnn", data.x_all, data.y_all, data.block, "final"
+            )
+            cnn.fit(data.rows[:, None], data.labels, data.source)
+            files[name] = cnn.save(models_dir / "cnn.pt")
+        else:
+            peer = (MaxentPeer if name == "maxent" else RandomForestPeer)(client=client, seed=settings.train.seed)
+            peer.fit(data.features, data.labels, data.source)
+            files[name] = peer.save(
+                models_dir / f"{name}.peer",
+                species=data.species,
+                species_name=data.species_name,
+                **(data.feature_inputs or {}),
+            )
+        seconds[name] = round(time.perf_counter() - t, 1)
+        log.info("%s fitted on all %d samples in %.0f s: %s", name, len(data.rows), seconds[name], files[name])
+    return files, seconds
+
+
+def calibrate_models(
+    settings: SpeciesTraining,
+    results: dict[str, Any],
+    labels: np.ndarray,
+    source: np.ndarray,
+    folds: np.ndarray,
+    species: list[str],
+    model_files: dict[str, str],
+    out_dir: Path,
+) -> tuple[dict[str, CalibrationOutcome], str | None]:
+    """Per model: calibration (``validation.calibration``) and thresholds from its out-of-fold predictions, written
+    into its final model file's spec; every threshold also into ``<out_dir>/models/thresholds.csv``. Returns the
+    outcomes and the CSV's path (None without models)."""
+    outcomes: dict[str, CalibrationOutcome] = {}
+    for name, result in results.items():
+        outcomes[name] = calibrate_oof(result["oof"], labels, source, folds, settings.validation.calibration)
+        if name in model_files:
+            write_into_model_file(model_files[name], outcomes[name])
+        t = outcomes[name].table
+        log.info(
+            "%s: calibration %s on %d PA rows, ECE %s -> %s",
+            name,
+            t["method"],
+            t["n_rows"],
+            t["ece_before"],
+            t["ece_after"],
+        )
+    if not outcomes:
+        return outcomes, None
+    path = Path(out_dir) / "models" / "thresholds.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pd.DataFrame(species_thresholds_table(species, outcomes)).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return outcomes, str(path)
+
+
+def cross_validate_models(
+    peers: Mapping[str, tuple[Callable[[], Any], np.ndarray]],
+    labels: np.ndarray,
+    source: np.ndarray,
+    folds: np.ndarray,
+    validation: ValidationConfig,
+    species: list[str],
+    true_probs: np.ndarray | None = None,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Each model of ``peers`` (name -> (a fresh model, its feature rows)) cross-validated on ``folds``
+    (:func:`geoplantnet.validation.metrics.cross_validate`); the results and the wall time of each, by name."""
+    results: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    for name, (make, X) in peers.items():
+        t = time.perf_counter()
+        results[name] = cross_validate(
+            make, X, labels, source, folds, cfg=validation, species=species, true_probs=true_probs
+        )
+        timings[name] = round(time.perf_counter() - t, 1)
+        log.info("%s cross-validated in %.0f s", name, timings[name])
+    return results, timings
