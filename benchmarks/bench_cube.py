@@ -107,8 +107,10 @@ def main() -> None:
     src = _source_bytes(items, bands)
     grid = cfg.grid.grid(cfg.cube.resolution)
     observations = len(items) * grid.width * grid.height
-    print(f"cube: {len(items)} dates x {len(cfg.cube.bands)} bands x {grid.height} x {grid.width} px "
-          f"at {cfg.cube.resolution:g} m; source COGs {src / 1e6:.1f} MB")
+    print(
+        f"cube: {len(items)} dates x {len(cfg.cube.bands)} bands x {grid.height} x {grid.width} px "
+        f"at {cfg.cube.resolution:g} m; source COGs {src / 1e6:.1f} MB"
+    )
 
     out = str(work / "out" / "composites.zarr")
     with connect(cfg.cluster) as client:
@@ -125,14 +127,20 @@ def main() -> None:
 
     print()
     print(f"{'path':<8}{'wall s':>9}{'Mobs/s':>9}{'peak MB':>10}{'read/src':>10}")
-    print(f"{'ours':<8}{ours_s:9.1f}{observations / ours_s / 1e6:9.2f}"
-          f"{max(peaks.values()) / 2**20:10.0f}{read / src:10.2f}   (peak per worker, {args.workers} workers)")
-    print(f"{'naive':<8}{naive_s:9.1f}{observations / naive_s / 1e6:9.2f}"
-          f"{naive_peak / 2**20:10.0f}{naive_read / src:10.2f}   (one process)")
+    print(
+        f"{'ours':<8}{ours_s:9.1f}{observations / ours_s / 1e6:9.2f}"
+        f"{max(peaks.values()) / 2**20:10.0f}{read / src:10.2f}   (peak per worker, {args.workers} workers)"
+    )
+    print(
+        f"{'naive':<8}{naive_s:9.1f}{observations / naive_s / 1e6:9.2f}"
+        f"{naive_peak / 2**20:10.0f}{naive_read / src:10.2f}   (one process)"
+    )
     print()
     print(f"graph: {graph_tasks} tasks for {observations / 1e6:.1f} M pixel-observations")
-    print(f"ratio naive/ours wall time: {naive_s / ours_s:.2f}x; peak memory ours/naive: "
-          f"{max(peaks.values()) / naive_peak:.2f}")
+    print(
+        f"ratio naive/ours wall time: {naive_s / ours_s:.2f}x; peak memory ours/naive: "
+        f"{max(peaks.values()) / naive_peak:.2f}"
+    )
     shutil.rmtree(work / "out", ignore_errors=True)
 
 

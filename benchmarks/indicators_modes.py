@@ -22,16 +22,15 @@ from pathlib import Path
 
 from geoplantnet.core.config import RunConfig, load_config
 from geoplantnet.jobs.habitat_map import plan_habitat_map, produce_habitat_map
-from geoplantnet.jobs.indicators import (
+from geoplantnet.jobs.mapping import MapSources, ensure_model, produce_map
+from geoplantnet.runs.indicators import (
     IndicatorStores,
     fused_setup,
-    indicator_inputs,
     plan_fused_indicators,
     plan_indicators,
     produce_indicators,
 )
-from geoplantnet.jobs.mapping import MapSources, ensure_model, produce_map
-from geoplantnet.runs.inputs import virtual_inputs
+from geoplantnet.runs.inputs import indicator_inputs, virtual_inputs
 from geoplantnet.runtime.cluster import connect
 from geoplantnet.testing.fixtures import tiny_classifier
 from geoplantnet.testing.regions import SMALL_REGION

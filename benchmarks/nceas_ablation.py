@@ -61,20 +61,35 @@ def main() -> None:
             summary = run_table_sdm(cfg, out_dir, client)
         seconds = time.perf_counter() - t
         result = summary["independent"]["models"]
-        scores = pd.read_csv(out_dir / "report" / "per_species.csv").pivot_table(index="species", columns="model",
-                                                                                values="auc")
+        scores = pd.read_csv(out_dir / "report" / "per_species.csv").pivot_table(
+            index="species", columns="model", values="auc"
+        )
         if maxent_auc is None:
             reference, maxent_auc = result["maxent"], scores["maxent"]
         deep = result["cnn"]
         diff = (scores["cnn"] - maxent_auc).dropna()
         deep["vs_maxent"] = {"wins": int((diff > 0).sum()), "losses": int((diff < 0).sum())}
-        rows.append({"variant": name, "auc": deep["auc"], "groups": deep["groups"], "vs_maxent": deep["vs_maxent"],
-                     "seconds": round(seconds, 1), "deep_seconds": summary["independent"]["seconds"]["cnn"]})
-        print(f"{name:18s} AUC {deep['auc']:.4f}  " + "  ".join(f"{g} {v:.3f}" for g, v in deep["groups"].items())
-              + f"  vs MaxEnt {deep.get('vs_maxent')}  {seconds:.0f} s", flush=True)
+        rows.append(
+            {
+                "variant": name,
+                "auc": deep["auc"],
+                "groups": deep["groups"],
+                "vs_maxent": deep["vs_maxent"],
+                "seconds": round(seconds, 1),
+                "deep_seconds": summary["independent"]["seconds"]["cnn"],
+            }
+        )
+        print(
+            f"{name:18s} AUC {deep['auc']:.4f}  "
+            + "  ".join(f"{g} {v:.3f}" for g, v in deep["groups"].items())
+            + f"  vs MaxEnt {deep.get('vs_maxent')}  {seconds:.0f} s",
+            flush=True,
+        )
     if reference:
-        print(f"{'maxent':18s} AUC {reference['auc']:.4f}  "
-              + "  ".join(f"{g} {v:.3f}" for g, v in reference["groups"].items()))
+        print(
+            f"{'maxent':18s} AUC {reference['auc']:.4f}  "
+            + "  ".join(f"{g} {v:.3f}" for g, v in reference["groups"].items())
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"nceas-{args.region}-ablation.json"
     path.write_text(json.dumps({"region": args.region, "maxent": reference, "variants": rows}, indent=2))

@@ -12,21 +12,20 @@ import pytest
 
 from geoplantnet.cli import main
 from geoplantnet.core.config import ClusterConfig, load_config
-from geoplantnet.jobs.indicators import (
-    FusedTileJob,
+from geoplantnet.products.indicators.tiles import FusedTileJob, IndicatorTileJob
+from geoplantnet.runs.indicators import (
     IndicatorStores,
-    IndicatorTileJob,
     fused_setup,
-    indicator_inputs,
     plan_fused_indicators,
     plan_indicators,
     produce_indicators,
-    sample_maps,
     sample_model,
 )
+from geoplantnet.runs.inputs import indicator_inputs
 from geoplantnet.runtime.cluster import connect
 from geoplantnet.storage.store import COMPLETE, open_store
 from geoplantnet.testing.cli import run_cli
+from geoplantnet.validation.conformal import sample_maps
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "pipelines" / "default.yaml"

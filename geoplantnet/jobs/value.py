@@ -22,10 +22,7 @@ from geoplantnet.core.config import ConfigError, RunConfig, ValueConfig
 from geoplantnet.core.grid import Tile
 from geoplantnet.inference.reader import MapSources
 from geoplantnet.inference.value import (
-    ValueJobError,
-    ValueModelFile,
     ValuePredictor,
-    plan_predictor,
     read_features,
     run_features,
 )
@@ -33,12 +30,10 @@ from geoplantnet.products.species_map import run_parts
 from geoplantnet.products.value import (
     AGGREGATE,
     AGGREGATE_STORE,
-    MODEL_FILE,
     PRODUCT,
     STORE,
     aggregate_parts,
     aggregate_url,
-    cell_stats,
     map_summary,
     plan_aggregate,
     plan_value,
@@ -50,7 +45,7 @@ from geoplantnet.runs.context import RunContext
 from geoplantnet.runtime.cluster import task_resources
 from geoplantnet.samples.value_labels import Labels
 from geoplantnet.storage.outputs import claim_folder
-from geoplantnet.storage.store import is_local, join, shown
+from geoplantnet.storage.store import is_local, shown
 from geoplantnet.validation.value import (
     FOLD_FILES,
     Trained,
@@ -65,32 +60,9 @@ from geoplantnet.validation.value import (
 if TYPE_CHECKING:
     from distributed import Client
 
-# ValueJobError, ValueModelFile, ValuePredictor and cell_stats are re-exported for jobs.impact until the merge rewires
-# it to their homes (inference.value, products.value)
-__all__ = [
-    "ValueJobError",
-    "ValueModelFile",
-    "ValuePredictor",
-    "cell_stats",
-    "default_value_model",
-    "plan_value_predictor",
-    "run_value",
-    "with_cli_options",
-]
+__all__ = ["run_value", "with_cli_options"]
 
 REPORT_FILES = ("model.pt", *FOLD_FILES)
-
-
-def default_value_model(cfg: RunConfig) -> str:
-    """Where ``geoplantnet value`` saves its final model: ``<store.root>/value/model.pt``."""
-    return join(cfg.store.root, MODEL_FILE)
-
-
-def plan_value_predictor(cfg: RunConfig, model: str | ValueModelFile, sources: MapSources) -> ValuePredictor:
-    """Read the value model (unless given read) and check the run's inputs give its features in its order; the
-    predictor tile tasks carry, pinned by the file's sha256."""
-    read = model if isinstance(model, ValueModelFile) else ValueModelFile.read(model, cfg.store)
-    return plan_predictor(read, sources, value_grid(cfg.grid, cfg.value), cfg.map.device)
 
 
 def _report_folder(cfg: RunConfig, *, check: bool = False) -> Path:
@@ -142,7 +114,7 @@ def _train(ctx: RunContext, sources: MapSources, labels: Labels, folder: Path) -
         names,
         one_hot,
         folder=folder,
-        model_url=default_value_model(cfg),
+        model_url=ctx.value_model_url,
         store=cfg.store,
         overwrite=ctx.overwrite,
     )
@@ -181,7 +153,7 @@ def run_value(
     sources = ctx.sources(inputs)
     folder = _report_folder(cfg)
     trained, key = _train(ctx, sources, labels, folder)
-    predictor = plan_value_predictor(cfg, default_value_model(cfg), sources)
+    predictor = ctx.value_predictor(ctx.value_model_url, sources)
     with ctx.client() as client:
         maps = produce_value_maps(ctx, client, predictor, urls)
     report: dict[str, Any] = {

@@ -30,7 +30,7 @@ from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.inference.dense import decode
 from geoplantnet.inference.fused import FusedPredictor
 from geoplantnet.inference.reader import MapSources
-from geoplantnet.jobs.value import ValuePredictor, cell_stats
+from geoplantnet.inference.value import ValuePredictor
 from geoplantnet.products.indicators import IndicatorModel, indicator_blocks
 from geoplantnet.products.indicators.tiles import tile_seed
 from geoplantnet.products.scenarios import (
@@ -45,6 +45,7 @@ from geoplantnet.products.scenarios import (
     resolve_class,
     zone,
 )
+from geoplantnet.products.value import cell_stats
 
 ZONES = ("footprint", "buffer", "surroundings")  # zone codes 1, 2, 3 of a pixel (0: not part of the assessment)
 CONTEXT_STEPS = (1, 3, 9)  # context_m multiples searched for the new class's pixels
@@ -212,7 +213,7 @@ def _fine(tile: Tile, factor: int) -> Tile:
 
 
 def coarsen(values: np.ndarray, factor: int) -> np.ndarray:
-    """The 50 m cell means of 10 m values: the value job's aggregate rule (:func:`jobs.value.cell_stats`)."""
+    """The 50 m cell means of 10 m values: the value aggregate's rule (`products.value.cell_stats`)."""
     return cell_stats(values, factor)[0].astype("float32")
 
 

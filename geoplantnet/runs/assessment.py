@@ -14,11 +14,7 @@ from typing import TYPE_CHECKING, Any
 from geoplantnet.core.errors import ConfigError
 from geoplantnet.inference.habitat import ClassifierFolder
 from geoplantnet.inference.species import ModelFile, read_model
-
-# the fused indicators' setup and plan, the species model's file and the value model's live in jobs/ on this
-# branch's base (the house moves them below): imported from there until then
-from geoplantnet.jobs.indicators import fused_setup, plan_fused_indicators, under_root
-from geoplantnet.jobs.value import ValueModelFile, ValuePredictor, default_value_model, plan_value_predictor
+from geoplantnet.inference.value import ValueModelFile, ValuePredictor
 from geoplantnet.products.impact import (
     Assessment,
     ImpactError,
@@ -35,6 +31,10 @@ from geoplantnet.products.indicators.plan import FusedSetup
 from geoplantnet.products.indicators.tiles import FusedTileJob
 from geoplantnet.products.scenarios import Scenario, resolve_class
 from geoplantnet.runs.context import RunContext
+
+# the fused indicators' setup and plan, the species model's file and the value model's live in jobs/ on this
+# branch's base (the house moves them below): imported from there until then
+from geoplantnet.runs.indicators import fused_setup, plan_fused_indicators, under_root
 from geoplantnet.runs.inputs import indicator_inputs
 from geoplantnet.runs.tiles import stream_tiles
 from geoplantnet.storage.outputs import claim_folder
@@ -62,7 +62,7 @@ def resolve_models(ctx: RunContext, model: str | None, habitat_model: str | None
         raise ConfigError("impact needs a species model for your inputs: pass --model FILE (or map.model)")
     value = value_model or cfg.impact.value_model
     if value is None:
-        default = default_value_model(cfg)
+        default = ctx.value_model_url
         value = default if exists(default, ctx.options(default)) else None
     return Models(species, habitat_model or under_root(cfg, "habitats/model"), value)
 
@@ -101,7 +101,7 @@ def planned(ctx: RunContext, sc: Scenario, models: Models) -> Iterator[tuple[Cli
     if not run.s2_items:
         raise ImpactError("an impact assessment edits the Sentinel-2 composites: the run has no Sentinel-2 items")
     sources = ctx.sources(run)
-    value = plan_value_predictor(cfg, value_file, sources) if value_file is not None else None
+    value = ctx.value_predictor(value_file, sources) if value_file is not None else None
     setup = fused_setup(cfg, species, sources, classifier, tables) if species is not None else None
     with ctx.client() as client:
         if setup is None:
@@ -111,8 +111,8 @@ def planned(ctx: RunContext, sc: Scenario, models: Models) -> Iterator[tuple[Cli
 
 def plan_impact(client: Client, ctx: RunContext, setup: FusedSetup, value: ValuePredictor | None) -> ImpactPlan:
     """The species model, classifier and indicator calibration as ``indicators --from-model`` plans them (``setup``:
-    :func:`~geoplantnet.jobs.indicators.fused_setup`, checked before the cluster started), and the value predictor
-    (:func:`~geoplantnet.jobs.value.plan_value_predictor`) when there is a value model."""
+    :func:`~geoplantnet.runs.indicators.fused_setup`, checked before the cluster started), and the value predictor
+    (:meth:`~geoplantnet.runs.context.RunContext.value_predictor`) when there is a value model."""
     from geoplantnet.models.mc_dropout import has_dropout
 
     cfg = ctx.cfg

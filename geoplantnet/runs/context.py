@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from geoplantnet.inference.reader import MapSources
+    from geoplantnet.inference.value import ValueModelFile, ValuePredictor
     from geoplantnet.products.base import TilePlan
     from geoplantnet.runs.inputs import Inputs
     from geoplantnet.training.species import SpeciesTraining
@@ -126,6 +127,22 @@ class RunContext:
             "best_epoch": result.best_epoch,
             "device": result.device,
         }
+
+    @property
+    def value_model_url(self) -> str:
+        """Where ``geoplantnet value`` saves its final model: ``<store.root>/value/model.pt``."""
+        from geoplantnet.products.value import MODEL_FILE
+
+        return self.url(MODEL_FILE)
+
+    def value_predictor(self, model: str | ValueModelFile, sources: MapSources) -> ValuePredictor:
+        """Read the value model (unless given read) and check the run's inputs give its features in its order; the
+        predictor tile tasks carry, pinned by the file's sha256."""
+        from geoplantnet.inference.value import ValueModelFile, plan_predictor
+        from geoplantnet.products.value import value_grid
+
+        read = model if isinstance(model, ValueModelFile) else ValueModelFile.read(model, self.cfg.store)
+        return plan_predictor(read, sources, value_grid(self.cfg.grid, self.cfg.value), self.cfg.map.device)
 
     @contextlib.contextmanager
     def client(self) -> Iterator[Client]:

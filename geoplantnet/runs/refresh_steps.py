@@ -199,7 +199,7 @@ def habitat_step(year: YearRun, client: Client, made: Mapping[str, Made]) -> Mad
 
 def indicators_step(year: YearRun, client: Client, made: Mapping[str, Made]) -> Made:
     """The year's indicators, with the species calibration of the series' first year of the same species model."""
-    from geoplantnet.jobs.indicators import IndicatorStores, plan_indicators, produce_indicators
+    from geoplantnet.runs.indicators import IndicatorStores, plan_indicators, produce_indicators
 
     t0 = time.perf_counter()
     imagery, urls = year.imagery, year.urls
