@@ -326,14 +326,14 @@ def test_the_value_model_travels_with_the_store_options(s3_server, no_aws_creden
     credentials given only there reach the model file."""
     from geoplantnet.core.config import load_config
     from geoplantnet.inference.value import cached_value_model
-    from geoplantnet.jobs.mapping import ModelRef
-    from geoplantnet.jobs.value import default_value_model
+    from geoplantnet.inference.species import ModelRef
     from geoplantnet.models.value_net import ValueModel, ValueSpec
+    from geoplantnet.runs.context import RunContext
     from geoplantnet.storage.store import read_options_for, storage_options_for
 
     settings = _store(s3_server.endpoint, key=s3_server.key, secret=s3_server.secret)
     cfg = load_config(CONFIG, settings, environ={})
-    url = default_value_model(cfg)
+    url = RunContext(cfg).value_model_url
     spec = ValueSpec(base_channels=2, depth=1, dropout=0.1, features=["a", "b"], mean=[0.0, 0.0], std=[1.0, 1.0])
     model = ValueModel.build(spec)
     sha = model.save(url, storage_options_for(url, cfg.store))
