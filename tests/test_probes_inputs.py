@@ -325,8 +325,8 @@ def test_the_value_model_travels_with_the_store_options(s3_server, no_aws_creden
     """The value model under an object-store root is written and read (driver and workers) with store.storage_options:
     credentials given only there reach the model file."""
     from geoplantnet.core.config import load_config
-    from geoplantnet.inference.value import cached_value_model
     from geoplantnet.inference.species import ModelRef
+    from geoplantnet.inference.value import cached_value_model
     from geoplantnet.models.value_net import ValueModel, ValueSpec
     from geoplantnet.runs.context import RunContext
     from geoplantnet.storage.store import read_options_for, storage_options_for
