@@ -18,8 +18,7 @@ from geoplantnet.core.grid import Grid
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.reports.quicklook import composite_quicklook
 from geoplantnet.runs.context import RunContext
-from geoplantnet.runs.inputs import stac_api
-from geoplantnet.sources import catalog
+from geoplantnet.runs.inputs import sentinel2_items, stac_api
 from geoplantnet.sources.cube import cube_composites
 from geoplantnet.storage import store
 from geoplantnet.storage.outputs import claim_file, write_file
@@ -47,18 +46,7 @@ def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = F
     local = store.is_local(out_root)
     png_path = claim_file(Path(out_root) / "composites.png", QUICKLOOK, overwrite=True) if local else None
     with stac_api(cfg, progress) as url:
-        items = list(
-            catalog.search(
-                url,
-                cfg.stac.s2_collection,
-                bbox=grid.bounds,
-                bbox_crs=grid.epsg,
-                datetime=cfg.cube.datetime,
-                max_cloud_cover=cfg.cube.max_cloud_cover,
-                timeout=cfg.stac.timeout,
-                retries=cfg.stac.retries,
-            )
-        )
+        items = sentinel2_items(cfg, url)
     log.info("%d Sentinel-2 items found at %s", len(items), url)
     composite = composites(items, cfg)
     ds = composite.to_dataset(name="reflectance")

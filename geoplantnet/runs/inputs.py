@@ -172,15 +172,15 @@ def raster_items(cfg: RunConfig) -> list:
     return predictors.from_geotiffs(layers, categorical=cfg.inputs.categorical)
 
 
-def sentinel2_items(cfg: RunConfig) -> list:
-    """Sentinel-2 items over the grid from ``stac.url`` (``stac.s2_collection``, ``cube.datetime``, cloud cover;
-    :func:`plan_inputs` checked the URL is set)."""
+def sentinel2_items(cfg: RunConfig, url: str | None = None) -> list:
+    """Sentinel-2 items over the grid from ``url`` (default ``stac.url``: :func:`plan_inputs` checked it is set;
+    ``stac.s2_collection``, ``cube.datetime``, cloud cover)."""
     from geoplantnet.sources import catalog
 
     grid = cfg.grid.grid(cfg.cube.resolution)
     return list(
         catalog.search(
-            cfg.stac.url,
+            url or cfg.stac.url,
             cfg.stac.s2_collection,
             bbox=grid.bounds,
             bbox_crs=grid.epsg,
