@@ -33,9 +33,10 @@ from geoplantnet.storage.tiles import TileOutput
 # product module of the package is added here, a user's or a test's product registers itself.
 BUILTIN = (
     "geoplantnet.products.species_map",
-    "geoplantnet.products.placeholders",
     "geoplantnet.products.habitat_map",
+    "geoplantnet.products.indicators",
     "geoplantnet.products.changes",
+    "geoplantnet.products.value",
 )
 
 

@@ -1,11 +1,11 @@
-"""The annual refresh's steps for the products that do not plan themselves yet: species, habitat and indicators.
+"""The annual refresh's steps for the products whose yearly run needs more than their generic plan: species,
+habitat and indicators.
 
-TRANSITIONAL (issue 21 merge): these adapters run the species map's plan (:mod:`geoplantnet.products.species_map`)
-on the series' model and seasons, the habitat map's plan (:mod:`geoplantnet.products.habitat_map`) with the
-classifier read before the cluster started, and the indicators' plan; once those products register a
-``plan(ctx, client)`` and an evaluation, the refresh runs them as it runs ``changes``
-(:meth:`geoplantnet.runs.context.RunContext.make`) and this module shrinks to what only the refresh needs (the
-series' origin, its model and classifier).
+Each runs its product's own plan (:mod:`geoplantnet.products.species_map`, :mod:`geoplantnet.products.habitat_map`,
+:mod:`geoplantnet.products.indicators`) with what only a series knows: the species map on the series' first model
+and its seasons shifted to the year, the habitat map with the classifier read before the cluster started, the
+indicators with the year's surveys and the first year's species calibration. Every other yearly product (``changes``,
+or one a user registers) runs through its registered plan (:meth:`geoplantnet.runs.context.RunContext.make`).
 
 What the steps of a year share is one :class:`YearRun`, made before any cluster starts (:func:`prepare_year`: every
 file read and checked, the inputs loaded, the species run planned) and handed to each step with what the earlier

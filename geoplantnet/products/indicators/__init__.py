@@ -8,6 +8,7 @@ habitat map), with their uncertainty, tile by tile.
 - :mod:`.plan`: the plan (driver side): the stores, the status tables, the calibration, the fingerprint.
 """
 
+from geoplantnet.products.base import Product, register
 from geoplantnet.products.indicators.declared import (
     GROUPS,
     INDICATORS,
@@ -51,3 +52,9 @@ __all__ = [
     "typical_species",
     "variables",
 ]
+
+# no generic plan: the indicators need the run's status tables and surveys, which the run's inputs provide; the
+# `indicators` command and the refresh's indicators step (runs/refresh_steps.py) plan them
+register(
+    Product("indicators", "indicators.zarr", "biodiversity indicators", requires=("species", "habitat"), yearly=True)
+)
