@@ -29,8 +29,11 @@ import torch
 
 from geoplantnet.core.config import RunConfig, load_config
 from geoplantnet.inference.dense import predict_tile, predict_tile_naive, tile_geometry
-from geoplantnet.jobs.mapping import MapSources, ensure_model, produce_map, read_model
+from geoplantnet.inference.reader import MapSources
+from geoplantnet.inference.species import read_model
+from geoplantnet.jobs.mapping import produce_map
 from geoplantnet.models.species_net import SpeciesNet
+from geoplantnet.runs.context import RunContext
 from geoplantnet.runs.inputs import virtual_inputs
 from geoplantnet.runtime.cluster import connect
 
@@ -203,7 +206,7 @@ def main() -> None:
     inputs = virtual_inputs(cfg, progress=True)
     setup_s = time.perf_counter() - t0
     with connect(cfg.cluster) as client:
-        model_path, trained = ensure_model(cfg, inputs, client)
+        model_path, trained = RunContext(cfg).species_model(client, inputs)
     sources = MapSources.from_items(cfg.cube, cfg.grid.epsg, inputs.s2_items, inputs.env_items)
     print(
         f"region {args.size}x{args.size} at 50 m, {args.species} species, ready in {setup_s:.0f} s; model {model_path}"

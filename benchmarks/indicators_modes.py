@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 from geoplantnet.core.config import RunConfig, load_config
+from geoplantnet.inference.reader import MapSources
 from geoplantnet.jobs.habitat_map import plan_habitat_map, produce_habitat_map
-from geoplantnet.jobs.mapping import MapSources, ensure_model, produce_map
+from geoplantnet.jobs.mapping import produce_map
+from geoplantnet.runs.context import RunContext
 from geoplantnet.runs.indicators import (
     IndicatorStores,
     fused_setup,
@@ -116,7 +118,7 @@ def main() -> None:
     pixels = grid.width * grid.height
     runs: dict[str, list[dict]] = {"two_pass": [], "fused": []}
     with connect(cfg.cluster) as client:
-        model, _ = ensure_model(cfg, inputs, client)
+        model, _ = RunContext(cfg).species_model(client, inputs)
         classifier = work / "habitat-model"
         if not (classifier / "config.json").exists():
             species = [str(s) for s in open_store_species(model)]
@@ -155,7 +157,7 @@ def main() -> None:
 
 
 def open_store_species(model: str) -> list[str]:
-    from geoplantnet.jobs.mapping import read_model
+    from geoplantnet.inference.species import read_model
 
     _, spec, _ = read_model(model)
     return list(spec.species)

@@ -17,8 +17,9 @@ from shapely.geometry import box
 from geoplantnet.core.config import ConfigError, CubeConfig, ValueConfig, load_config
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.inference.reader import MapSources, ReadSettings
+from geoplantnet.inference.species import ModelRef
 from geoplantnet.inference.value import ValuePredictor, read_features
-from geoplantnet.jobs.mapping import MapSources, ModelRef, ReadSettings
 from geoplantnet.models.value_net import ValueModel, ValueSpec, halo, masked_bce
 from geoplantnet.samples.value_labels import rasterise_labels, read_value_polygons
 from geoplantnet.testing.fixtures import small_grid

@@ -12,9 +12,6 @@ from geoplantnet.products.indicators.plan import IndicatorPlan, IndicatorSummary
 from geoplantnet.products.indicators.tiles import (
     PRODUCT,
     IndicatorError,
-    IndicatorTileJob,  # noqa: F401 (re-exported, as the names below, until refresh, impact and tests are rewired)
-    read_habitat_tile,  # noqa: F401
-    tile_seed,  # noqa: F401
 )
 from geoplantnet.runs.context import RunContext
 from geoplantnet.runs.indicators import (
@@ -26,7 +23,6 @@ from geoplantnet.runs.indicators import (
     under_root,
 )
 from geoplantnet.runs.inputs import indicator_inputs
-from geoplantnet.validation.conformal import Sampled, gather_samples, sample_maps  # noqa: F401
 
 
 def run_indicators(

@@ -15,19 +15,16 @@ from typing import TYPE_CHECKING, Any
 from geoplantnet.core.config import RunConfig
 
 # The library names other jobs import from here until the lead rewires them to their homes (issue 21).
-from geoplantnet.inference.reader import MapSources, ReadSettings  # noqa: F401
-from geoplantnet.inference.species import ModelFile, ModelRef, SpeciesPredictor, read_model  # noqa: F401
+from geoplantnet.inference.reader import MapSources
+from geoplantnet.inference.species import ModelFile
 from geoplantnet.products import species_map
-from geoplantnet.products.species_map import SCALE_ATTR, MapError, MapPlan, map_tile, output_scale  # noqa: F401
+from geoplantnet.products.species_map import MapError, MapPlan
 from geoplantnet.runs.context import RunContext
 
 # distributed is imported where a cluster is used: a command refuses bad input without it (test_refusal_times.py)
 if TYPE_CHECKING:
     from distributed import Client
 
-    from geoplantnet.models.peers import PeerSpec
-    from geoplantnet.models.species_net import ModelSpec
-    from geoplantnet.runs.inputs import Inputs
     from geoplantnet.runs.tiles import TiledRun
 
 
@@ -110,26 +107,6 @@ def produce_map(
     tiles = plan.tiles(client)
     done = ctx.produce_plan(client, tiles, species_map.PRODUCT.name)
     return _summary(plan, done, tiles.resources, time.perf_counter() - t_start)
-
-
-# -- until the lead rewires the other jobs (indicators, impact, refresh, value) to the library (issue 21)
-
-
-def plan_predictor(
-    cfg: RunConfig, model: str | ModelFile, sources: MapSources
-) -> tuple[SpeciesPredictor, ModelSpec | PeerSpec, dict[str, str]]:
-    """:func:`geoplantnet.products.species_map.plan_predictor` with the sections of ``cfg``."""
-    return species_map.plan_predictor(model, sources, cfg.grid, cfg.map)
-
-
-def run_parts(model_sha256: str, cfg: RunConfig, sources: MapSources) -> dict[str, str]:
-    """:func:`geoplantnet.products.species_map.run_parts` with the sections of ``cfg``."""
-    return species_map.run_parts(model_sha256, sources, cfg.grid.grid(), cfg.map)
-
-
-def ensure_model(cfg: RunConfig, inputs: Inputs, client: Client) -> tuple[str, dict[str, Any] | None]:
-    """:meth:`geoplantnet.runs.context.RunContext.species_model` of ``cfg``."""
-    return RunContext(cfg).species_model(client, inputs)
 
 
 # -- the command

@@ -164,7 +164,8 @@ def small_map(root: Path, default_config: Path, region: Path, cluster: Sequence[
     the workdir, as the map command caches it) and the reference map written by an embedded LocalCluster, or by the
     cluster the ``cluster`` overrides name (not kept in :attr:`SmallMap.overrides`)."""
     from geoplantnet.core.config import load_config
-    from geoplantnet.jobs.mapping import MapSources, ensure_model, produce_map
+    from geoplantnet.jobs.mapping import produce_map
+    from geoplantnet.runs.context import RunContext
     from geoplantnet.runs.inputs import virtual_inputs
     from geoplantnet.runtime.cluster import connect
 
@@ -172,9 +173,9 @@ def small_map(root: Path, default_config: Path, region: Path, cluster: Sequence[
     cfg = load_config(default_config, overrides)
     inputs = virtual_inputs(cfg)
     with connect(load_config(default_config, [*overrides, *cluster]).cluster) as client:
-        model, trained = ensure_model(cfg, inputs, client)
+        model, trained = RunContext(cfg).species_model(client, inputs)
         assert trained is not None and trained["epochs"] >= 1
-        sources = MapSources.from_items(cfg.cube, cfg.grid.epsg, inputs.s2_items, inputs.env_items)
+        sources = RunContext(cfg).sources(inputs)
         reference = str(root / "reference.zarr")
         summary = produce_map(client, cfg, model, sources, reference, progress=False)
     return SmallMap(cfg, overrides, model, sources, reference, summary, root)
