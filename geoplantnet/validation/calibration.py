@@ -41,6 +41,7 @@ from geoplantnet.models.calibration import (
     check_species,
     fit_calibration,
 )
+from geoplantnet.reports.markdown import table
 from geoplantnet.samples.kinds import Source
 from geoplantnet.validation.metrics import expected_calibration_error, known_pairs
 
@@ -196,24 +197,20 @@ def calibration_markdown(outcomes: dict[str, CalibrationOutcome], files: dict[st
     outputs mean; ``files``: where each model's thresholds were written."""
     if not outcomes:
         return []
-    lines = [
-        "| model | method | basis | PA rows | species: own map / pooled map | ECE before | ECE after | Brier before | "
-        "Brier after | thresholds in |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
 
     def num(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) and np.isfinite(v) else "–"
 
+    header = ["model", "method", "basis", "PA rows", "species: own map / pooled map", "ECE before", "ECE after"]
+    header += ["Brier before", "Brier after", "thresholds in"]
+    rows = []
     for name, out in outcomes.items():
         t = out.table
         where = os.path.basename(files[name]) if files and name in files else "–"
-        lines.append(
-            f"| {name} | {t['method']} | {t['basis']} | {t['n_rows']} | "
-            f"{t['n_species_calibrated']} / {t['n_species_shared']} | "
-            f"{num(t['ece_before'])} | {num(t['ece_after'])} | {num(t['brier_before'])} | {num(t['brier_after'])} | "
-            f"{where} |"
-        )
+        species = f"{t['n_species_calibrated']} / {t['n_species_shared']}"
+        scores = [num(t[k]) for k in ("ece_before", "ece_after", "brier_before", "brier_after")]
+        rows.append([name, t["method"], t["basis"], t["n_rows"], species, *scores, where])
+    lines = table(header, rows)
     scales = sorted({o.scale for o in outcomes.values()})
     return [
         "",

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global state, safe in workers and tests
 
+from geoplantnet.reports.markdown import frame_table
 from geoplantnet.validation.metrics import MIN_CASES
 
 SUMMARY_ORDER = ("auc", "auc_pa", "tss_max", "tss", "f1_micro_topk", "f1_samples_topk", "ece", "pearson", "spearman")
@@ -220,10 +221,7 @@ def _species_markdown(results: Mapping[str, Any]) -> list[str]:
 
 
 def _markdown(table: pd.DataFrame) -> str:
-    header = "| model | " + " | ".join(table.columns) + " |"
-    rule = "|---|" + "---|" * len(table.columns)
-    body = ["| " + " | ".join([str(idx), *map(str, row)]) + " |" for idx, row in table.iterrows()]
-    return "\n".join([header, rule, *body])
+    return "\n".join(frame_table(table, index="model"))
 
 
 def _species_auc(results: Mapping[str, Any], name: str) -> pd.Series:
