@@ -3,6 +3,7 @@ advertising a GPU), a worker killed mid-run, an interrupted run resumed, and S3-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from geoplantnet.core.config import ClusterConfig
 from geoplantnet.core.encoding import NODATA
 from geoplantnet.core.errors import RefusedError
 from geoplantnet.inference.dense import InferenceError
+from geoplantnet.inference.reader import ReadSettings
 from geoplantnet.inference.species import read_model
 from geoplantnet.jobs.mapping import produce_map
 from geoplantnet.products.species_map import map_tile
@@ -161,11 +163,13 @@ def test_inputs_that_do_not_fit_the_model_are_refused_before_anything_is_written
         before = _codes(url)
         cube = setup.cfg.cube.model_copy(update={"indices": []})
         other = setup.cfg.model_copy(update={"cube": cube})
+        # the run's tile reader of those settings (what the map would read)
+        sources = dataclasses.replace(setup.sources, settings=ReadSettings(cube))
         with pytest.raises(InferenceError, match=r"trained on Sentinel-2 bands .*missing \[ndvi\]"):
-            produce_map(client, other, setup.model, setup.sources, url, progress=False, overwrite=True)
+            produce_map(client, other, setup.model, sources, url, progress=False, overwrite=True)
         fresh = str(setup.root / "mismatch-fresh.zarr")
         with pytest.raises(InferenceError, match="the model was trained on Sentinel-2 bands"):
-            produce_map(client, other, setup.model, setup.sources, fresh, progress=False)
+            produce_map(client, other, setup.model, sources, fresh, progress=False)
     np.testing.assert_array_equal(_codes(url), before)  # the good map is still there, complete
     assert not Path(fresh).exists() and not list(setup.root.glob(".mismatch*"))
 
