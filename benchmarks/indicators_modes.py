@@ -26,8 +26,8 @@ from geoplantnet.jobs.habitat_map import plan_habitat_map, produce_habitat_map
 from geoplantnet.jobs.mapping import produce_map
 from geoplantnet.runs.context import RunContext
 from geoplantnet.runs.indicators import (
-    IndicatorStores,
     fused_setup,
+    open_stores,
     plan_fused_indicators,
     plan_indicators,
     produce_indicators,
@@ -71,9 +71,7 @@ def two_pass(client, cfg: RunConfig, model: str, sources: MapSources, classifier
     hplan = plan_habitat_map(cfg, str(out / "species.zarr"), classifier, str(out / "habitat.zarr"))
     produce_habitat_map(client, cfg, hplan, progress=False)
     t2 = time.perf_counter()
-    stores = IndicatorStores.open(
-        cfg, str(out / "species.zarr"), str(out / "habitat.zarr"), str(out / "indicators.zarr")
-    )
+    stores = open_stores(cfg, str(out / "species.zarr"), str(out / "habitat.zarr"), str(out / "indicators.zarr"))
     iplan = plan_indicators(cfg, stores, tables)
     produce_indicators(client, cfg, iplan, progress=False)
     t3 = time.perf_counter()

@@ -14,8 +14,8 @@ from geoplantnet.cli import main
 from geoplantnet.core.config import ClusterConfig, load_config
 from geoplantnet.products.indicators.tiles import FusedTileJob, IndicatorTileJob
 from geoplantnet.runs.indicators import (
-    IndicatorStores,
     fused_setup,
+    open_stores,
     plan_fused_indicators,
     plan_indicators,
     produce_indicators,
@@ -47,7 +47,7 @@ def both(small_map, small_habitats, dask_address):
     root = small_map.root / "fused"
     root.mkdir(exist_ok=True)
     with connect(ClusterConfig(kind="address", address=dask_address)) as client:
-        stores = IndicatorStores.open(cfg, small_map.reference, small_habitats.store, str(root / "two.zarr"))
+        stores = open_stores(cfg, small_map.reference, small_habitats.store, str(root / "two.zarr"))
         two = plan_indicators(cfg, stores, tables)
         produce_indicators(client, cfg, two, progress=False)
         setup = fused_setup(cfg, small_map.model, small_map.sources, small_habitats.model, tables)

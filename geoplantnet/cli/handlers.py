@@ -49,17 +49,12 @@ _REPORT_ENTRIES = {
 
 
 def _report_folder(args: argparse.Namespace, cfg: RunConfig, command: str) -> Path:
-    """The local output folder of a report command (``--out`` or ``<store.root>/<command>``), checked before any work:
-    new or empty, or this command's earlier report (replaced with ``--overwrite``); a user's file or folder is refused,
-    never written into."""
-    from geoplantnet.storage.outputs import claim_folder
-    from geoplantnet.storage.store import is_local
+    """The local output folder of a report command (``--out`` or ``<store.root>/<command>``), checked before any work
+    (:meth:`geoplantnet.runs.context.RunContext.report_folder`)."""
+    from geoplantnet.runs.context import RunContext
 
-    if args.out is None and not is_local(cfg.store.root):
-        raise ConfigError(f"{command} writes a local report folder and store.root is {cfg.store.root}: pass --out DIR")
-    out = Path(args.out or Path(cfg.store.root) / command)
-    claim_folder(out, f"{command} report", _REPORT_ENTRIES[command], overwrite=args.overwrite, check_only=True)
-    return out
+    ctx = RunContext(cfg, overwrite=args.overwrite)
+    return ctx.report_folder(command, f"{command} report", _REPORT_ENTRIES[command], args.out)
 
 
 def _writing_report(args: argparse.Namespace, out: Path, command: str) -> AbstractContextManager[Path]:

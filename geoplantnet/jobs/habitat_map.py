@@ -14,7 +14,7 @@ import numpy as np
 
 from geoplantnet.core.config import RunConfig
 from geoplantnet.inference import habitat
-from geoplantnet.inference.habitat import ClassifierFolder, HabitatClassifier, HabitatMapError
+from geoplantnet.inference.habitat import ClassifierFolder, HabitatClassifier
 from geoplantnet.products.base import TilePlan
 from geoplantnet.products.habitat_map import (
     MODEL_FOLDER,
@@ -23,9 +23,7 @@ from geoplantnet.products.habitat_map import (
     STORE,
     HabitatMapSummary,
     on_cluster,
-    open_species_year,
     plan_in,
-    store_epsg,
     summarise,
 )
 from geoplantnet.runs.context import RunContext
@@ -34,21 +32,6 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from geoplantnet.models.plantbert import PlotModel
-
-# what jobs/indicators.py (and benchmarks/indicators_modes.py) import from here: their homes are inference.habitat
-# and products.habitat_map, re-exported until those imports are rewired
-__all__ = [
-    "ClassifierFolder",
-    "HabitatClassifier",
-    "HabitatMapError",
-    "HabitatMapSummary",
-    "open_species_year",
-    "plan_classifier",
-    "plan_habitat_map",
-    "produce_habitat_map",
-    "run_habitat_map",
-    "store_epsg",
-]
 
 
 def plan_classifier(

@@ -18,7 +18,7 @@ from geoplantnet.products.impact import draws_of, land_cover_classes, learn_edit
 from geoplantnet.products.impact_summary import cell_table, summarise, zone_shapes
 from geoplantnet.products.scenarios import ScenarioError, load_scenario
 from geoplantnet.reports.impact import impact_markdown, plot_impact, write_geopackage
-from geoplantnet.runs.assessment import assess_many, planned, report_folder, resolve_models
+from geoplantnet.runs.assessment import assess_many, planned, resolve_models
 from geoplantnet.runs.context import RunContext
 from geoplantnet.samples.vectors import read_polygons
 from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
@@ -53,7 +53,7 @@ def run_impact(
     if not shapely.intersects(geometry, region):
         raise ScenarioError(f"footprint {footprint}: it does not overlap the region {cfg.grid.grid().bounds}")
     models = resolve_models(ctx, model, habitat_model, value_model)
-    folder = report_folder(ctx, out, f"impact/{sc.name}", REPORT_FILES, "impact report")
+    folder = ctx.report_folder(f"impact/{sc.name}", "impact report", REPORT_FILES, out)
     with planned(ctx, sc, models) as (client, plan, run):
         edit = learn_edit(plan.sources, plan.cube_grid, geometry, sc, plan.env_names)
         (assessment,) = assess_many(client, ctx, plan, [edit])

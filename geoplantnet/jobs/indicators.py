@@ -15,8 +15,8 @@ from geoplantnet.products.indicators.tiles import (
 )
 from geoplantnet.runs.context import RunContext
 from geoplantnet.runs.indicators import (
-    IndicatorStores,
     fused_setup,
+    open_stores,
     plan_fused_indicators,
     plan_indicators,
     produce_indicators,
@@ -43,7 +43,7 @@ def run_indicators(
     species_url = species_store_url or ctx.url("species.zarr")
     habitat_url = habitat_store_url or (under_root(cfg, "habitat.zarr") if habitats else None)
     out_url = ctx.output("indicators.zarr", PRODUCT, out_url)
-    stores = IndicatorStores.open(cfg, species_url, habitat_url, out_url)  # before the tables (virtual: generated)
+    stores = open_stores(cfg, species_url, habitat_url, out_url)  # before the tables (virtual: generated)
     plan = plan_indicators(cfg, stores, indicator_inputs(cfg, progress=progress))
     with ctx.client() as client:
         summary = produce_indicators(client, cfg, plan, overwrite=overwrite, progress=progress)

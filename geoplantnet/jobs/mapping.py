@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from geoplantnet.core.config import RunConfig
-
-# The library names other jobs import from here until the lead rewires them to their homes (issue 21).
 from geoplantnet.inference.reader import MapSources
 from geoplantnet.inference.species import ModelFile
 from geoplantnet.products import species_map

@@ -20,7 +20,7 @@ from geoplantnet.products.impact_summary import summarise
 from geoplantnet.products.offsets import check_sites, impact_loss, portfolio, rank, read_impact, site_ids, site_row
 from geoplantnet.products.scenarios import load_scenario
 from geoplantnet.reports.impact import write_offsets
-from geoplantnet.runs.assessment import assess_many, planned, report_folder, resolve_models
+from geoplantnet.runs.assessment import assess_many, planned, resolve_models
 from geoplantnet.runs.context import RunContext
 from geoplantnet.samples.vectors import read_polygons
 from geoplantnet.storage.outputs import claim_folder, finish_folder
@@ -61,7 +61,7 @@ def run_offsets(
         raise ConfigError(
             "offsets rank sites by biodiversity value: run `geoplantnet value` first or pass --value-model"
         )
-    folder = report_folder(ctx, out, f"offsets/{sc.name}", OFFSET_FILES, "offset ranking")
+    folder = ctx.report_folder(f"offsets/{sc.name}", "offset ranking", OFFSET_FILES, out)
     with planned(ctx, sc, models) as (client, plan, _):
         # one typical composite for all sites, learned around all of them (one read rather than one per site)
         shared = learn_edit(plan.sources, plan.cube_grid, shapely.union_all(frame.geometry.values), sc, plan.env_names)

@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geoplantnet.core.errors import ConfigError
@@ -37,8 +36,7 @@ from geoplantnet.runs.context import RunContext
 from geoplantnet.runs.indicators import fused_setup, plan_fused_indicators, under_root
 from geoplantnet.runs.inputs import indicator_inputs
 from geoplantnet.runs.tiles import stream_tiles
-from geoplantnet.storage.outputs import claim_folder
-from geoplantnet.storage.store import exists, is_local
+from geoplantnet.storage.store import exists
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -65,18 +63,6 @@ def resolve_models(ctx: RunContext, model: str | None, habitat_model: str | None
         default = ctx.value_model_url
         value = default if exists(default, ctx.options(default)) else None
     return Models(species, habitat_model or under_root(cfg, "habitats/model"), value)
-
-
-def report_folder(ctx: RunContext, out: str | None, default: str, files: Sequence[str], what: str) -> Path:
-    """The report folder (``out`` or ``<store.root>/<default>``), checked before any work (storage/outputs): an
-    earlier report of this kind is replaced only with ``--overwrite``; a folder geoplantnet did not write is refused.
-    It is claimed (the earlier report removed) only when the new one is written."""
-    root = ctx.cfg.store.root
-    if out is None and not is_local(root):
-        raise ConfigError("reports are written to a local folder and store.root is remote: pass --out DIR")
-    folder = Path(out) if out is not None else Path(root) / default
-    claim_folder(folder, what, files, overwrite=ctx.overwrite, check_only=True)
-    return folder
 
 
 @contextmanager

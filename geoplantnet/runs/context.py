@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geoplantnet.core.config import RunConfig
+from geoplantnet.core.config import ConfigError, RunConfig, redact
 from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.core.hashing import fingerprint
@@ -74,6 +74,24 @@ class RunContext:
         url = out or self.url(name)
         preflight(url, self.options(url), product=product, overwrite=self.overwrite)
         return url
+
+    def report_folder(self, name: str, kind: str, entries: Sequence[str], out: str | None = None) -> Path:
+        """The local folder of a report (``out``, default ``<store.root>/<name>``), checked before any work
+        (``storage.outputs.claim_folder``): new or empty, or an earlier report of this ``kind`` (replaced only with
+        ``--overwrite``, and only when the new one is written); a user's file or folder is refused, never written
+        into."""
+        from geoplantnet.storage.outputs import claim_folder
+        from geoplantnet.storage.store import is_local
+
+        root = self.cfg.store.root
+        if out is None and not is_local(root):
+            shown = redact({"u": root})["u"]  # a URL may carry credentials
+            raise ConfigError(
+                f"{kind}: reports are written to a local folder and store.root is {shown}: pass --out DIR"
+            )
+        folder = Path(out) if out is not None else Path(root) / name
+        claim_folder(folder, kind, entries, overwrite=self.overwrite, check_only=True)
+        return folder
 
     def tile_output(self, url: str, parts: Mapping[str, Any]) -> TileOutput:
         """Where the tiles of the run of ``parts`` go (the year's run of a series when the context has a year)."""

@@ -32,16 +32,12 @@ if TYPE_CHECKING:
     from distributed import Client
 
 
-class IndicatorStores(planning.IndicatorStores):
-    """``IndicatorStores.open(cfg, ...)`` as refresh_steps, the benchmark and the tests call it, until they call the
-    product's :meth:`~geoplantnet.products.indicators.plan.IndicatorStores.open` (then delete)."""
-
-    @classmethod
-    def open(  # type: ignore[override]
-        cls, cfg: RunConfig, species_url: str, habitat_url: str | None, out_url: str, year: int | None = None
-    ) -> planning.IndicatorStores:
-        """The product's ``open`` with the run's ``store`` section and grid EPSG."""
-        return planning.IndicatorStores.open(cfg.store, cfg.grid.epsg, species_url, habitat_url, out_url, year)
+def open_stores(
+    cfg: RunConfig, species_url: str, habitat_url: str | None, out_url: str, year: int | None = None
+) -> planning.IndicatorStores:
+    """The indicators' input stores checked (:meth:`~geoplantnet.products.indicators.plan.IndicatorStores.open`) with
+    the run's ``store`` section and grid CRS."""
+    return planning.IndicatorStores.open(cfg.store, cfg.grid.epsg, species_url, habitat_url, out_url, year)
 
 
 def plan_indicators(

@@ -199,11 +199,11 @@ def habitat_step(year: YearRun, client: Client, made: Mapping[str, Made]) -> Mad
 
 def indicators_step(year: YearRun, client: Client, made: Mapping[str, Made]) -> Made:
     """The year's indicators, with the species calibration of the series' first year of the same species model."""
-    from geoplantnet.runs.indicators import IndicatorStores, plan_indicators, produce_indicators
+    from geoplantnet.runs.indicators import open_stores, plan_indicators, produce_indicators
 
     t0 = time.perf_counter()
     imagery, urls = year.imagery, year.urls
-    stores = IndicatorStores.open(
+    stores = open_stores(
         imagery.cfg, urls["species"], urls["habitat"] if year.habitats else None, urls["indicators"], imagery.year
     )
     version = made["species"].plan.attrs["model_version"]
