@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import rasterio
-from rasterio.transform import from_origin
 
 from geoplantnet.core.grid import Grid
 from geoplantnet.samples.extraction import extract_samples
@@ -22,6 +20,7 @@ from geoplantnet.samples.observations import SpeciesVocabulary, background_point
 from geoplantnet.samples.training_set import open_training_set
 from geoplantnet.samples.valid_cells import ValidCells, move_records_to_valid, values_at
 from geoplantnet.sources import predictors
+from geoplantnet.testing.fixtures import write_coast_layers
 
 GRID = Grid(1000.0, 4_321_000.0, 2_981_000.0, 40, 30)
 SEA_FROM = 4_321_000.0 + 12_500.0  # source pixels east of this are sea: ~69% of the grid
@@ -29,40 +28,11 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 BRADYPUS = REAL / "predicts_bradypus_bioclim"
 
 
-def _write_layers(folder: Path) -> dict[str, Path]:
-    """Two float layers at 1 km, offset half a cell from the grid (so the warp interpolates), sea = NaN."""
-    left, top = GRID.left - 500.0, GRID.top + 500.0
-    width, height = GRID.width + 1, GRID.height + 1
-    transform = from_origin(left, top, 1000.0, 1000.0)
-    xs = left + (np.arange(width) + 0.5) * 1000.0
-    sea = np.broadcast_to(xs >= SEA_FROM, (height, width))
-    rng = np.random.default_rng(0)
-    out = {}
-    for name in ("temperature", "precipitation"):
-        data = rng.normal(10, 3, (height, width)).astype("float32")
-        data[sea] = np.nan
-        path = folder / f"{name}.tif"
-        with rasterio.open(
-            path,
-            "w",
-            driver="GTiff",
-            width=width,
-            height=height,
-            count=1,
-            dtype="float32",
-            crs="EPSG:3035",
-            transform=transform,
-            nodata=np.nan,
-        ) as ds:
-            ds.write(data, 1)
-        out[name] = path
-    return out
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("coast")
-    return predictors.model_stack(predictors.from_geotiffs(_write_layers(folder)), GRID, chunk=16)
+    layers = write_coast_layers(folder, GRID, SEA_FROM, ("temperature", "precipitation"))
+    return predictors.model_stack(predictors.from_geotiffs(layers), GRID, chunk=16)
 
 
 @pytest.fixture(scope="module")

@@ -126,11 +126,11 @@ def test_every_pixel_of_the_tiled_map_is_the_per_pixel_prediction(setup, tmp_pat
     x, y = np.meshgrid(grid.x, grid.y)
     points = Points(pd.DataFrame({"id": np.arange(x.size)}), x.ravel(), y.ravel())
     items = [[pystac.Item.from_dict(d) for d in dicts] for dicts in (setup.sources.env_items, setup.sources.s2_items)]
-    probs, has_data = predict_at_points(
+    at = predict_at_points(
         (model, spec), RunContext(setup.cfg).species_training, Inputs(None, *items), points, None, tmp_path
     )
-    assert has_data.all()
-    truth = np.rint(probs.T * 254).reshape(len(spec.species), *grid.shape)
+    assert at.has_data.all() and at.moved == 0
+    truth = np.rint(at.probs.T * 254).reshape(len(spec.species), *grid.shape)
     diff = np.abs(_codes(setup.reference).astype(int) - truth).max(axis=0)
     worst = np.unravel_index(diff.argmax(), diff.shape)
     assert diff.max() <= 1, f"{diff.max()} codes at pixel {worst}; {(diff > 1).sum()} pixels differ by more than 1"

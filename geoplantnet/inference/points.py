@@ -22,8 +22,7 @@ import numpy as np
 
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.inference.dense import InferenceError, TileGeometry, _valid, encode, tile_geometry
-from geoplantnet.models.calibration import calibrate
-from geoplantnet.models.peers import Peer, PeerSpec, point_features
+from geoplantnet.models.peers import Peer, PeerSpec, peer_probabilities, point_features
 
 __all__ = ["peer_geometry", "pixel_features", "predict_tile_points"]
 
@@ -89,8 +88,9 @@ def predict_tile_points(
     """uint8 codes (species, height, width) of a point-value model (a loaded peer file) for ``geom.tile``.
 
     ``patch``: the Sentinel-2 composite (season, band, y, x) over ``geom.cube_window``; ``env``: the environmental
-    window (var, y, x) over ``geom.env_window`` (the tile); NaN marks missing input. ``predict_proba`` runs on at
-    most ``batch_rows`` pixels at a time (bounded memory) and only on pixels with data; the others are ``NODATA``.
+    window (var, y, x) over ``geom.env_window`` (the tile); NaN marks missing input. The peer (through its file's
+    calibration: :func:`~geoplantnet.models.peers.peer_probabilities`) runs on at most ``batch_rows`` pixels at a
+    time (bounded memory) and only on pixels with data; the others are ``NODATA``.
     """
     _check(spec, geom, patch, env)
     tile = geom.tile
@@ -103,10 +103,8 @@ def predict_tile_points(
         if not ok.any():
             continue
         X = pixel_features(spec, geom, patch, env, slice(a, b))[ok]
-        p = np.asarray(peer.predict_proba(X), np.float32)
-        if p.shape != (len(X), len(spec.species)):
-            raise InferenceError(f"the {spec.kind} model gave {p.shape[1]} species, its file lists {len(spec.species)}")
+        p = peer_probabilities(peer, spec, X)
         block = prob[:, a:b].reshape(len(spec.species), -1)
         block[:, ok] = p.T
         prob[:, a:b] = block.reshape(len(spec.species), b - a, tile.width)
-    return encode(calibrate(prob, spec.calibration, axis=0), valid)
+    return encode(prob, valid)

@@ -42,7 +42,7 @@ from joblib import Parallel, delayed
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from geoplantnet.core.errors import InputError
-from geoplantnet.models.calibration import Calibration, Thresholds
+from geoplantnet.models.calibration import Calibration, Thresholds, calibrate
 
 log = logging.getLogger(__name__)
 BG = "bg"
@@ -230,6 +230,15 @@ class Peer(Protocol):
     def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray) -> Self: ...
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
+
+
+def peer_probabilities(peer: Peer, spec: PeerSpec, X: np.ndarray) -> np.ndarray:
+    """Probabilities ``(rows, species)`` of a loaded peer file at feature rows ``X`` (:func:`point_features`),
+    through the file's calibration when it has one: what a map pixel and a predicted point of a peer both get."""
+    p = np.asarray(peer.predict_proba(X), np.float32)
+    if p.shape != (len(X), len(spec.species)):
+        raise PeerFileError(f"the {spec.kind} model gave {p.shape[1]} species, its file lists {len(spec.species)}")
+    return calibrate(p, spec.calibration)
 
 
 def training_rows(labels: np.ndarray, source: np.ndarray, species: int) -> tuple[np.ndarray, np.ndarray]:

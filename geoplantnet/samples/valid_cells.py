@@ -102,9 +102,12 @@ def _offsets(radius: int) -> np.ndarray:
     return np.stack([dr[order], dc[order]], axis=1)
 
 
-def move_records_to_valid(samples: Samples, valid: ValidCells, radius: int) -> tuple[Samples, RecordRescue]:
+def move_records_to_valid(
+    samples: Samples, valid: ValidCells, radius: int, *, what: str = "records"
+) -> tuple[Samples, RecordRescue]:
     """Records (``pa``/``po`` samples) on invalid cells moved to the centre of the nearest valid cell within
-    ``radius`` cells (0: none moved); background points are left alone (they are drawn on valid cells).
+    ``radius`` cells (0: none moved); background points are left alone (they are drawn on valid cells). ``what``
+    names the records in the warning (``geoplantnet predict`` moves its points the same way).
 
     The bilinear warp gives a coastal cell partly covered by sea no data, although the record there is on land: its
     neighbour inland describes it better than dropping it does.
@@ -132,10 +135,11 @@ def move_records_to_valid(samples: Samples, valid: ValidCells, radius: int) -> t
     rescue = RecordRescue(int(found.sum()), int((~found).sum()), radius)
     # records change place or are lost: say so where the user looks
     log.warning(
-        "%d of %d records had no predictor data at their cell: %d moved to the nearest valid cell (<= %d cells, "
+        "%d of %d %s had no predictor data at their cell: %d moved to the nearest valid cell (<= %d cells, "
         "train.nearest_valid_cells), %d without a valid cell that near",
         len(bad),
         len(records),
+        what,
         rescue.moved,
         radius,
         rescue.unrescued,

@@ -32,6 +32,33 @@ def small_grid(resolution: float = 10.0, size: int = 64) -> Grid:
     return Grid.from_origin(*ORIGIN, resolution, size, size)
 
 
+def write_coast_layers(folder: Path, grid: Grid, sea_from: float, names: Sequence[str]) -> dict[str, Path]:
+    """Float GeoTIFF layers ``names`` (``<folder>/<name>.tif``, seeded noise around 10) at ``grid``'s resolution,
+    offset half a cell from it (so the warp onto ``grid`` interpolates), NaN (sea) east of ``sea_from``: the warp
+    leaves the coastal cells no data although their western neighbours have data."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    res = grid.resolution
+    left, top = grid.left - res / 2, grid.top + res / 2
+    width, height = grid.width + 1, grid.height + 1
+    xs = left + (np.arange(width) + 0.5) * res
+    sea = np.broadcast_to(xs >= sea_from, (height, width))
+    rng = np.random.default_rng(0)
+    out = {}
+    for name in names:
+        data = rng.normal(10, 3, (height, width)).astype("float32")
+        data[sea] = np.nan
+        path = folder / f"{name}.tif"
+        profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32"}
+        with rasterio.open(
+            path, "w", **profile, crs=f"EPSG:{grid.epsg}", transform=from_origin(left, top, res, res), nodata=np.nan
+        ) as ds:
+            ds.write(data, 1)
+        out[name] = path
+    return out
+
+
 def dn(band: str, t: int, shape: tuple[int, int]) -> np.ndarray:
     """Known uint16 digital numbers: distinct per band, date, row and column."""
     rows, cols = np.indices(shape)

@@ -1,7 +1,8 @@
 """Species training settings and point predictions: what training reads of a run's configuration
 (:class:`SpeciesTraining`, built by :class:`geoplantnet.runs.context.RunContext`; never the whole configuration), the
-point predictors of a training set for MaxEnt and the forest, and a species network applied at a table of points
-exactly as training extracted its samples (``geoplantnet predict``).
+point predictors of a training set for MaxEnt and the forest, and a species network or a peer file applied at a table
+of points exactly as training extracted its samples (``geoplantnet predict``; points on a no-data cell moved as
+training moves its records).
 
 The CNN behind the peers' interface, the region's training set and the final, calibrated models are
 :mod:`geoplantnet.validation.species`' (they need the spatial blocks and the calibration of ``validation``).
@@ -20,11 +21,12 @@ import xarray as xr
 
 from geoplantnet.core.config import CubeConfig, GridConfig, ModelConfig, TrainConfig, ValidationConfig
 from geoplantnet.core.grid import Grid
-from geoplantnet.models.peers import point_features
+from geoplantnet.models.peers import PeerSpec, peer_probabilities, point_features
 from geoplantnet.samples.extraction import extract_samples
 from geoplantnet.samples.observations import Observations, Samples, SpeciesVocabulary
 from geoplantnet.samples.points import Points
 from geoplantnet.samples.training_set import open_training_set
+from geoplantnet.samples.valid_cells import ValidCells, move_records_to_valid
 from geoplantnet.sources import predictors
 from geoplantnet.sources.cube import cube_composites
 from geoplantnet.training.train import predict
@@ -91,38 +93,68 @@ def truth_at(truth: xr.DataArray, grid: Grid, x: np.ndarray, y: np.ndarray, spec
 # -- point predictions (``geoplantnet predict``)
 
 
-def _patch_size(spec: ModelSpec, modality: str, default: int) -> int:
-    """The patch side the model was trained on (its spec, not this run's model.* settings)."""
-    return int(spec.modalities[modality][-1]) if modality in spec.modalities else default
+@dataclass(frozen=True)
+class PointPredictions:
+    """What :func:`predict_at_points` gives, one row per point: the probabilities ``(points, species)`` (NaN without
+    a prediction), whether the point got one, and how far it was moved (metres in the grid's CRS: 0 when predicted
+    at its own place, the distance to the centre of the nearest valid cell when its own cell had no environmental
+    data, NaN without a prediction)."""
+
+    probs: np.ndarray
+    has_data: np.ndarray
+    moved_m: np.ndarray
+    radius: int  # cells a point may move (train.nearest_valid_cells; 0 for a model without environmental inputs)
+
+    @property
+    def moved(self) -> int:
+        """Points predicted at the nearest valid cell instead of their own."""
+        return int((self.moved_m > 0).sum())
+
+
+def _patch_size(spec: ModelSpec | PeerSpec, modality: str) -> int:
+    """The patch side the model was trained on (its spec, not this run's model.* settings); 1 where it takes no
+    patch of that modality: a peer's point values and a series are the patch's centre pixel, the same at any side."""
+    return int(spec.modalities[modality][-1]) if modality in spec.modalities else 1
+
+
+def _inside(settings: SpeciesTraining, takes_s2: bool, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Points inside the map grid and, for a model of Sentinel-2, the cube grid (which may end a few metres before)."""
+    inside = settings.grid.grid().contains(x, y)
+    if takes_s2:
+        inside &= settings.grid.grid(settings.cube.resolution).contains(x, y)
+    return inside
 
 
 def predict_at_points(
-    spec_model: tuple[Any, ModelSpec],
+    spec_model: tuple[Any, ModelSpec | PeerSpec],
     settings: SpeciesTraining,
     inputs: SpeciesInputs,
     points: Points,
     client: Any,
     workdir: Path,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities ``(points, species)`` (NaN where there is no data) and the mask of points with data: the
-    model's inputs extracted at the points exactly as training extracted them (into a temporary training set under
-    ``workdir``), then :func:`geoplantnet.training.train.predict` with the model's own normalisation."""
+) -> PointPredictions:
+    """A species network or a peer (a loaded ``.peer`` file) at ``points``: the model's inputs extracted at the points
+    exactly as training extracted them (into a temporary training set under ``workdir``), then the network through
+    :func:`geoplantnet.training.train.predict` with its own normalisation, or the peer on the rows of
+    :func:`training_point_features` (:func:`~geoplantnet.models.peers.peer_probabilities`); both calibrated as their
+    file says, as the map is. A point whose cell has no environmental data (a coastal cell the warp emptied) is moved
+    to the nearest valid cell within ``train.nearest_valid_cells`` cells, as training moves its records
+    (:func:`~geoplantnet.samples.valid_cells.move_records_to_valid`)."""
     model, spec = spec_model
     grid = settings.grid.grid()
     takes_s2 = "patch" in spec.modalities or "series" in spec.modalities
     takes_env = "env" in spec.modalities
-    inside = grid.contains(points.x, points.y)
-    if takes_s2:  # the cube grid may end a few metres before the map grid
-        inside &= settings.grid.grid(settings.cube.resolution).contains(points.x, points.y)
+    radius = settings.train.nearest_valid_cells if takes_env else 0  # training moves only off the env warp's no-data
+    inside = _inside(settings, takes_s2, points.x, points.y)
     probs = np.full((len(points.x), len(spec.species)), np.nan, np.float32)
+    moved_m = np.full(len(points.x), np.nan)
     rows = np.flatnonzero(inside)
     if not len(rows):
-        return probs, inside
+        return PointPredictions(probs, inside, moved_m, radius)
     n_species = len(spec.species)
     vocab = SpeciesVocabulary(tuple(spec.species), tuple(spec.species_name or spec.species))
-    samples = Samples(
-        points.x[rows], points.y[rows], np.full((len(rows), n_species), -1, np.int8), np.full(len(rows), "pa"), vocab
-    )
+    x0, y0 = points.x[rows], points.y[rows]
+    samples = Samples(x0, y0, np.full((len(rows), n_species), -1, np.int8), np.full(len(rows), "pa"), vocab)
     # the same lazy sources as training (prepare_samples): only the chunks holding points are read
     env = predictors.model_stack(inputs.env_items, grid, chunk=settings.cube.chunk) if takes_env else None
     composite = (
@@ -130,22 +162,36 @@ def predict_at_points(
         if takes_s2
         else None
     )
+    if env is not None and radius:
+        # validity read at the points and their neighbours only (mask_cells=0), never the whole grid
+        valid_cells = ValidCells(env, epsg=grid.epsg, client=client, mask_cells=0)
+        samples, _ = move_records_to_valid(samples, valid_cells, radius, what="points")
+        back = ~_inside(settings, takes_s2, samples.x, samples.y)  # a map cell centre past the cube grid's end
+        samples.x[back], samples.y[back] = x0[back], y0[back]
     with tempfile.TemporaryDirectory(prefix="predict-", dir=workdir) as tmp:
         path = extract_samples(
             samples,
             grid,
             composite=composite,
             env=env,
-            patch_size=_patch_size(spec, "patch", settings.model.patch_size),
-            env_patch_size=_patch_size(spec, "env", settings.model.env_patch_size),
+            patch_size=_patch_size(spec, "patch"),
+            env_patch_size=_patch_size(spec, "env"),
             out=str(Path(tmp) / "points.zarr"),
             client=client,
         )
-        values = predict(model, spec, path, np.arange(len(rows)), settings.train.batch_size)
         valid = _has_data(path, takes_env)
-    probs[rows[valid]] = values[valid]
+        if valid.any():
+            probs[rows[valid]] = _probabilities(model, spec, path, np.flatnonzero(valid), settings.train.batch_size)
+    moved_m[rows[valid]] = np.hypot(samples.x - x0, samples.y - y0)[valid]
     inside[rows[~valid]] = False
-    return probs, inside
+    return PointPredictions(probs, inside, moved_m, radius)
+
+
+def _probabilities(model: Any, spec: ModelSpec | PeerSpec, path: str, idx: np.ndarray, batch_size: int) -> np.ndarray:
+    """The model at the samples ``idx`` of the training set at ``path``, calibrated as its file says."""
+    if isinstance(spec, PeerSpec):
+        return peer_probabilities(model, spec, training_point_features(open_training_set(path))[idx])
+    return predict(model, spec, path, idx, batch_size)
 
 
 def _has_data(path: str, takes_env: bool) -> np.ndarray:
