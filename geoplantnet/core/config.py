@@ -316,7 +316,8 @@ class TrainConfig(_Section):
         1,
         ge=0,
         description="a record (pa/po, never background) whose cell has no predictor data after the warp "
-        "(a coastal cell partly sea) moves to the nearest valid cell within this many cells; 0 disables",
+        "(a coastal cell partly sea) moves to the nearest valid cell within this many cells, and so does a point of "
+        "`predict`; 0 disables",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = True
