@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ import rasterio
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from geoplantnet.testing.cli import cli_sets, run_cli
+from geoplantnet.testing.cli import Result, cli_sets, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BIO = ROOT.parent / "shared" / "data" / "real" / "predicts_bradypus_bioclim" / "bio.tif"
@@ -120,8 +121,14 @@ def generate(
         gaussian = s % 2 == 0
         suit, used = _suitability(layers.z, rng, gaussian)
         prob[:, s] = _probability(suit, targets[s], beta=float(rng.uniform(0.03, 0.15)))
-        rows.append({"species": names[s], "shape": "gaussian" if gaussian else "logistic",
-                     "layers": [layers.names[i] for i in used], "prevalence": float(prob[:, s].mean())})
+        rows.append(
+            {
+                "species": names[s],
+                "shape": "gaussian" if gaussian else "logistic",
+                "layers": [layers.names[i] for i in used],
+                "prevalence": float(prob[:, s].mean()),
+            }
+        )
     # observer effort: exponential decay (about 300 km) from a few cities, a small floor elsewhere
     cities = rng.choice(n_cells, n_cities, replace=False)
     dx = (layers.lon[:, None] - layers.lon[cities]) * np.cos(np.radians(layers.lat[:, None]))
@@ -142,8 +149,9 @@ def generate(
         {"species": record_species, "lon": layers.lon[cells] + jitter[0], "lat": layers.lat[cells] + jitter[1]}
     ).round(5)
     sites = np.sort(rng.choice(n_cells, n_surveys, replace=False))
-    points = pd.DataFrame({"id": [f"s{i:04d}" for i in range(n_surveys)], "lon": layers.lon[sites],
-                           "lat": layers.lat[sites]})
+    points = pd.DataFrame(
+        {"id": [f"s{i:04d}" for i in range(n_surveys)], "lon": layers.lon[sites], "lat": layers.lat[sites]}
+    )
     present = (rng.random((n_surveys, n_species)) < prob[sites]).astype(int)
     surveys = pd.concat([points, pd.DataFrame(present, columns=names)], axis=1)
     truth = pd.concat([points[["id"]], pd.DataFrame(prob[sites], columns=names)], axis=1)
@@ -173,8 +181,12 @@ def score(pred: pd.DataFrame, surveys: pd.DataFrame, truth: pd.DataFrame) -> dic
             aucs.append(roc_auc_score(y, p))
         if np.ptp(p) > 0:
             rhos.append(spearmanr(p, t).statistic)
-    return {"survey_auc": float(np.mean(aucs)), "spearman": float(np.mean(rhos)), "n_auc": len(aucs),
-            "no_data": int((~ok).sum())}
+    return {
+        "survey_auc": float(np.mean(aucs)),
+        "spearman": float(np.mean(rhos)),
+        "n_auc": len(aucs),
+        "no_data": int((~ok).sum()),
+    }
 
 
 def _peer_fallback(model: str, surveys: pd.DataFrame, species: list[str]) -> pd.DataFrame:
@@ -185,14 +197,18 @@ def _peer_fallback(model: str, surveys: pd.DataFrame, species: list[str]) -> pd.
     peer, spec = load_peer(model)
     with rasterio.open(BIO) as src:
         bands = [list(src.descriptions).index(v) + 1 for v in spec.variables or ()]
-        X = np.array([v for v in src.sample(zip(surveys["lon"], surveys["lat"]), indexes=bands)])
+        X = np.array([v for v in src.sample(zip(surveys["lon"], surveys["lat"], strict=True), indexes=bands)])
     return pd.DataFrame(peer.predict_proba(X), columns=spec.species_name or spec.species)[species]
+
+
+def _cli(command: str, *args: str | Path, sets: list[str]) -> Result:
+    """``geoplantnet COMMAND`` in this process on the example's configuration and the layers."""
+    return run_cli(command, "-q", "-c", CONFIG, "--rasters", BIO, *args, "--overwrite", *cli_sets(sets), cwd=ROOT)
 
 
 def _predict(model: str, paths: dict[str, Path], out: Path, sets: list[str], species: list[str]) -> pd.DataFrame:
     csv = out / f"predict-{Path(model).stem}.csv"
-    done = run_cli("predict", "-q", "-c", CONFIG, "--model", model, "--points", paths["surveys"], "--rasters", BIO,
-                   "--out", csv, "--overwrite", *cli_sets(sets), cwd=ROOT)
+    done = _cli("predict", "--model", model, "--points", paths["surveys"], "--out", csv, sets=sets)
     if done.returncode != 0:
         if model.endswith(".peer") and "AttributeError" in done.stderr:
             return _peer_fallback(model, pd.read_csv(paths["surveys"]), species)
@@ -212,7 +228,7 @@ def _species_names(model: str, columns: list[str]) -> list[str]:
         from geoplantnet.inference.species import read_model
 
         spec = read_model(model)[1]
-    names = dict(zip(spec.species, spec.species_name or spec.species))
+    names = dict(zip(spec.species, spec.species_name or spec.species, strict=True))
     return [names[c] for c in columns]
 
 
@@ -221,8 +237,7 @@ def run_variant(name: str, sets: list[str], paths: dict[str, Path], out: Path) -
     folder = out / name
     sets = [*sets, f"workdir={out / 'work'}"]
     t = time.perf_counter()
-    done = run_cli("sdm", "-q", "-c", CONFIG, "--observations", paths["observations"], "--rasters", BIO,
-                   "--out", folder / "sdm", "--overwrite", *cli_sets(sets), cwd=ROOT)
+    done = _cli("sdm", "--observations", paths["observations"], "--out", folder / "sdm", sets=sets)
     if done.returncode != 0:
         raise RuntimeError(f"sdm ({name}) failed:\n{done.stderr[-3000:]}")
     sdm_seconds = time.perf_counter() - t
@@ -233,9 +248,16 @@ def run_variant(name: str, sets: list[str], paths: dict[str, Path], out: Path) -
     for model, path in summary["model_files"].items():
         t = time.perf_counter()
         pred = _predict(path, paths, folder, sets, species)
-        rows.append({"variant": name, "model": model, "sdm_auc": summary["models"][model]["auc"],
-                     **score(pred, surveys, truth), "sdm_s": round(sdm_seconds, 1),
-                     "predict_s": round(time.perf_counter() - t, 1)})
+        rows.append(
+            {
+                "variant": name,
+                "model": model,
+                "sdm_auc": summary["models"][model]["auc"],
+                **score(pred, surveys, truth),
+                "sdm_s": round(sdm_seconds, 1),
+                "predict_s": round(time.perf_counter() - t, 1),
+            }
+        )
     return rows
 
 
@@ -252,23 +274,45 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--records", type=int, default=2600, help="presence-only records in all (about)")
     parser.add_argument("--surveys", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override for every variant's sdm and predict (repeatable)")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                        help="one sdm run with these overrides on top of --set (repeatable; default: shipped:)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for every variant's sdm and predict (repeatable)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="one sdm run with these overrides on top of --set (repeatable; default: shipped:)",
+    )
     args = parser.parse_args(argv)
     vs = generate(read_layers(), args.species, args.records, args.surveys, seed=args.seed)
     paths = write_set(vs, args.out / "set")
     prev = vs.species["prevalence"]
-    print(f"{args.species} species, {len(vs.observations)} records, {len(vs.surveys)} surveys, "
-          f"prevalence {prev.min():.3f}-{prev.max():.3f}: {paths['observations'].parent}", flush=True)
+    print(
+        f"{args.species} species, {len(vs.observations)} records, {len(vs.surveys)} surveys, "
+        f"prevalence {prev.min():.3f}-{prev.max():.3f}: {paths['observations'].parent}",
+        flush=True,
+    )
     rows = []
     for text in args.variant or ["shipped:"]:
         name, sets = parse_variant(text)
         rows += run_variant(name, [*args.sets, *sets], paths, args.out)
         print(pd.DataFrame(rows).to_string(index=False, float_format="%.3f"), flush=True)
-    result = {"argv": argv, "species": args.species, "records": len(vs.observations), "surveys": args.surveys,
-              "seed": args.seed, "sets": args.sets, "variants": args.variant, "rows": rows}
+    result = {
+        "argv": sys.argv[1:] if argv is None else argv,
+        "species": args.species,
+        "records": len(vs.observations),
+        "surveys": args.surveys,
+        "seed": args.seed,
+        "sets": args.sets,
+        "variants": args.variant,
+        "rows": rows,
+    }
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     print(args.out / "results.json")
     return rows
