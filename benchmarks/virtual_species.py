@@ -1,14 +1,15 @@
 """Virtual species on real WorldClim layers: presence-only training records, presence-absence surveys, and the truth.
 
 The generator follows the virtualspecies R package (Leroy et al. 2016, Ecography 39: 599-607,
-doi:10.1111/ecog.01388): each species has an environmental suitability in [0, 1] from 2-4 of the 9 standardised
+doi:10.1111/ecog.01388): each species has an environmental suitability from 2-4 of the 9 standardised
 bioclim layers of ``../shared/data/real/predicts_bradypus_bioclim/bio.tif`` (0.5 deg, South America): either a
 Gaussian niche (a random centre taken from a real land cell, widths log-uniform) or a logistic of a linear combination;
 suitability becomes a probability of presence by virtualspecies' logistic conversion ``1 / (1 + exp((alpha - s) /
-beta))``, with ``alpha`` found so that the mean probability over land is the species' prevalence (targets spread
-log-uniformly from rare, 2%, to common, 50%). Presence-only records are drawn from one realised presence map per
-species, weighted by an observer-effort surface decaying from a few "cities" (records cluster, as real ones do);
-the 600 surveys sit at uniformly drawn land cells, presence ~ Bernoulli(p).
+beta))``, here of the suitability's rank over land ``s``, with ``alpha`` found so that the mean probability over land
+is the species' prevalence (targets spread log-uniformly from rare, 2%, to common, 50%) and ``beta`` 0.3-1 times it.
+Presence-only records are drawn from one realised presence map per species, weighted by an observer-effort surface
+decaying from a few "cities" (records cluster, as real ones do); the 600 surveys sit at uniformly drawn land cells
+(cell centres), presence ~ Bernoulli(p).
 
 The runner generates the set in ``--out``, runs ``geoplantnet sdm -c pipelines/bradypus.yaml`` on it (one run per
 ``--variant``, each with its own ``--set`` overrides), then ``geoplantnet predict`` with each model file at the
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import rasterio
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import roc_auc_score
 
 from geoplantnet.testing.cli import Result, cli_sets, run_cli
@@ -93,7 +94,7 @@ def _suitability(z: np.ndarray, rng: np.random.Generator, gaussian: bool) -> tup
 
 def _probability(suit: np.ndarray, prevalence: float, beta: float) -> np.ndarray:
     """virtualspecies' logistic conversion, ``alpha`` by bisection so that the mean probability is ``prevalence``."""
-    lo, hi = -2.0, 3.0  # mean probability falls as alpha rises
+    lo, hi = -1.0, 2.0  # mean probability falls as alpha rises
     for _ in range(60):
         alpha = (lo + hi) / 2
         p = 1.0 / (1.0 + np.exp((alpha - suit) / beta))
@@ -120,7 +121,10 @@ def generate(
     for s in range(n_species):
         gaussian = s % 2 == 0
         suit, used = _suitability(layers.z, rng, gaussian)
-        prob[:, s] = _probability(suit, targets[s], beta=float(rng.uniform(0.03, 0.15)))
+        # on the suitability's rank over land, with a slope proportional to the prevalence, a rare species keeps a
+        # sharp niche (best cells at p 0.6-0.95) rather than a low plateau where a logistic response saturates
+        rank = rankdata(suit) / len(suit)
+        prob[:, s] = _probability(rank, targets[s], beta=float(rng.uniform(0.3, 1.0) * targets[s]))
         rows.append(
             {
                 "species": names[s],
