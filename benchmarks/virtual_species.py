@@ -236,6 +236,12 @@ def _species_names(model: str, columns: list[str]) -> list[str]:
     return [names[c] for c in columns]
 
 
+def _cv_seconds(report: Path) -> dict[str, float]:
+    """Each model's cross-validation wall time, from the report's notes (summary.json has the whole run's only)."""
+    match = re.search(r"wall time per model \(all folds\): (\{.*\})", report.read_text())
+    return json.loads(match.group(1)) if match else {}
+
+
 def run_variant(name: str, sets: list[str], paths: dict[str, Path], out: Path) -> list[dict]:
     """One ``sdm`` run on the set with ``sets`` overrides, then each of its models scored at the surveys."""
     folder = out / name
@@ -248,6 +254,7 @@ def run_variant(name: str, sets: list[str], paths: dict[str, Path], out: Path) -
     summary = json.loads((folder / "sdm" / "summary.json").read_text())
     surveys, truth = pd.read_csv(paths["surveys"]), pd.read_csv(paths["truth"])
     species = [c for c in truth.columns if c != "id"]
+    cv_s = _cv_seconds(Path(summary["report"]))
     rows = []
     for model, path in summary["model_files"].items():
         t = time.perf_counter()
@@ -258,6 +265,7 @@ def run_variant(name: str, sets: list[str], paths: dict[str, Path], out: Path) -
                 "model": model,
                 "sdm_auc": summary["models"][model]["auc"],
                 **score(pred, surveys, truth),
+                "cv_s": cv_s.get(model),
                 "sdm_s": round(sdm_seconds, 1),
                 "predict_s": round(time.perf_counter() - t, 1),
             }
