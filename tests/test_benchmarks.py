@@ -1,15 +1,21 @@
 """The benchmarks run at a tiny size, so that a change breaking one shows here rather than when someone times it.
 
 ``bench_refusals.py`` at one repeat of two cases: a command refusing without torch (``plot``) and one whose check
-reads a model file with it (``map``)."""
+reads a model file with it (``map``). ``virtual_species.py``: its generator's properties, and the whole benchmark
+(sdm, then predict at the surveys) at 4 species with one network of 2 epochs on 2 folds."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,3 +39,64 @@ def test_bench_refusals_times_each_case_as_a_process_and_in_process() -> None:
         assert float(process) > float(inside) > 0, (case, process, inside)
         assert float(ratio) >= 1, (case, ratio)
     assert re.search(r"slowest as a process: [\d.]+ s", done.stdout), done.stdout
+
+
+def _virtual_species():
+    spec = importlib.util.spec_from_file_location("virtual_species", ROOT / "benchmarks" / "virtual_species.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def vsp():
+    module = _virtual_species()
+    if not module.BIO.exists():
+        pytest.skip(f"real data file {module.BIO} is absent")
+    return module
+
+
+def test_virtual_species_are_seeded_lie_on_land_and_spread_from_rare_to_common(vsp) -> None:
+    import rasterio
+
+    layers = vsp.read_layers()
+    one = vsp.generate(layers, n_species=12, n_records=600, n_surveys=150, seed=3)
+    again = vsp.generate(layers, n_species=12, n_records=600, n_surveys=150, seed=3)
+    other = vsp.generate(layers, n_species=12, n_records=600, n_surveys=150, seed=4)
+    for name in ("observations", "surveys", "truth", "species"):
+        assert getattr(one, name).equals(getattr(again, name)), name
+    assert not one.observations.equals(other.observations)
+    assert abs(len(one.observations) - 600) < 30 and len(one.surveys) == 150
+    with rasterio.open(vsp.BIO) as src:  # every record and survey in a cell where all the layers have data
+        for frame in (one.observations, one.surveys):
+            values = np.array(list(src.sample(zip(frame["lon"], frame["lat"], strict=True))))
+            assert np.isfinite(values).all()
+    prevalence = one.species["prevalence"]
+    assert prevalence.min() < 0.05 and prevalence.max() > 0.3  # rare to common
+    assert np.allclose(one.prob.mean(axis=0), prevalence)
+    # records come from presences: the true probability where they fall is well above the species' prevalence
+    names = one.observations["species"].to_numpy()
+    for s, name in enumerate(one.species["species"]):
+        assert one.prob[one.record_cells[names == name], s].mean() > 1.2 * prevalence[s]
+    # surveys: presences drawn from the truth
+    observed = one.surveys[list(one.species["species"])].to_numpy().mean()
+    assert abs(observed - one.truth[list(one.species["species"])].to_numpy().mean()) < 0.03
+    assert vsp.parse_variant("dm:train.po_loss=deepmaxent,validation.models=[cnn,maxent]") == (
+        "dm",
+        ["train.po_loss=deepmaxent", "validation.models=[cnn,maxent]"],
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_virtual_species_benchmark_scores_every_model_at_the_surveys(vsp, tmp_path, shared_cluster_sets) -> None:
+    tiny = ["train.ensemble=1", "train.epochs=2", "validation.folds=2", "train.n_background=300"]
+    argv = ["--out", str(tmp_path), "--species", "4", "--records", "200", "--surveys", "100"]
+    rows = vsp.main([*argv, *(a for s in [*tiny, *shared_cluster_sets] for a in ("--set", s)), "--variant", "one:"])
+    assert [(r["variant"], r["model"]) for r in rows] == [("one", m) for m in ("cnn", "maxent", "random_forest")]
+    for row in rows:
+        assert 0.5 < row["sdm_auc"] <= 1 and 0 < row["survey_auc"] <= 1 and -1 <= row["spearman"] <= 1, row
+        assert row["n_auc"] >= 3 and row["no_data"] < 10, row
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
+    assert (tmp_path / "set" / "observations.csv").read_text().startswith("species,lon,lat")
