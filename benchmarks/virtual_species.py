@@ -193,18 +193,6 @@ def score(pred: pd.DataFrame, surveys: pd.DataFrame, truth: pd.DataFrame) -> dic
     }
 
 
-def _peer_fallback(model: str, surveys: pd.DataFrame, species: list[str]) -> pd.DataFrame:
-    """Until ``predict`` takes peer files (issue 22, branch h22-predict): the peer on the raw layer values at the
-    survey points (the file's cell holding each point)."""
-    from geoplantnet.models.peers import load_peer
-
-    peer, spec = load_peer(model)
-    with rasterio.open(BIO) as src:
-        bands = [list(src.descriptions).index(v) + 1 for v in spec.variables or ()]
-        X = np.array([v for v in src.sample(zip(surveys["lon"], surveys["lat"], strict=True), indexes=bands)])
-    return pd.DataFrame(peer.predict_proba(X), columns=spec.species_name or spec.species)[species]
-
-
 def _cli(command: str, *args: str | Path, sets: list[str]) -> Result:
     """``geoplantnet COMMAND`` in this process on the example's configuration and the layers."""
     return run_cli(command, "-q", "-c", CONFIG, "--rasters", BIO, *args, "--overwrite", *cli_sets(sets), cwd=ROOT)
@@ -214,11 +202,9 @@ def _predict(model: str, paths: dict[str, Path], out: Path, sets: list[str], spe
     csv = out / f"predict-{Path(model).stem}.csv"
     done = _cli("predict", "--model", model, "--points", paths["surveys"], "--out", csv, sets=sets)
     if done.returncode != 0:
-        if model.endswith(".peer") and "AttributeError" in done.stderr:
-            return _peer_fallback(model, pd.read_csv(paths["surveys"]), species)
         raise RuntimeError(f"predict {model} failed:\n{done.stderr[-3000:]}")
     pred = pd.read_csv(csv)
-    columns = [c for c in pred.columns if c not in ("id", "lon", "lat")]
+    columns = [c for c in pred.columns if c not in ("id", "lon", "lat", "moved_m")]
     return pred[columns].set_axis(_species_names(model, columns), axis=1)[species]
 
 

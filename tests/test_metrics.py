@@ -183,3 +183,21 @@ def test_cross_validate_counts_informative_species_per_fold() -> None:
     assert [f["n_species_few_train"] for f in res["folds"]] == [1.0, 1.0, 0.0]
     assert np.isnan(res["folds"][2]["auc"]) and res["folds"][0]["auc"] == 0.5
     assert res["per_species"]["n_train_presence"].tolist() == [2, 1, 3]
+
+
+def test_target_group_auc_scores_records_against_other_species_records_only() -> None:
+    """``auc_tg``: a species' record sites against the other species' record sites; background points, which a
+    model that learns where people record ranks low, do not enter it."""
+    # rows: 3 records of species 0, 3 of species 1, then 4 background points (labels 0 for both)
+    labels = np.array([[1, -1]] * 3 + [[-1, 1]] * 3 + [[0, 0]] * 4)
+    source = np.array(["po"] * 6 + ["bg"] * 4)
+    # the model ranks every record above every background point (observer bias), and does not tell the species apart
+    biased = np.array([[0.9, 0.9]] * 6 + [[0.1, 0.1]] * 4)
+    out = evaluate(labels, biased, source)
+    assert out["auc"] == pytest.approx(1.0)  # against background: perfect
+    assert out["auc_tg"] == pytest.approx(0.5)  # against the target group: no skill
+    # a model that separates the species' records scores 1 against the target group
+    niche = np.array([[0.8, 0.2]] * 3 + [[0.3, 0.7]] * 3 + [[0.5, 0.5]] * 4)
+    assert evaluate(labels, niche, source)["auc_tg"] == pytest.approx(1.0)
+    # without presence-only rows there is no target group
+    assert np.isnan(evaluate(labels[6:], biased[6:], source[6:])["auc_tg"])

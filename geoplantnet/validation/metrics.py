@@ -7,6 +7,10 @@
 * Calibration on "pa" samples (presence-background data say nothing about absolute probabilities): expected
   calibration error and a reliability table.
 * Against the truth (the virtual region): Pearson / Spearman correlation of predicted and true probabilities.
+* Presence-only data, against the target group (``auc_tg``): a species' records against the other species' record
+  sites of the same test part, which carry the same observer bias; background points, spread where nobody looked,
+  reward a model for learning where people record (Phillips et al. 2009, *Ecol. Appl.* 19:181, on target-group
+  background). It is the presence-only score closest to a presence-absence survey, and what recipes are chosen on.
 
 Small samples are marked, not hidden: per species and fold, a test part without a presence or without an absence /
 background point is *not informative* (metrics NaN); one with fewer than :data:`MIN_CASES` presences or absences gives
@@ -28,6 +32,7 @@ from geoplantnet.core.config import ValidationConfig
 from geoplantnet.samples.kinds import Source
 
 PA = Source.PA
+PO = Source.PO
 # Fewer test presences (or absences) than this: AUC/TSS of a species in a fold rest on a handful of points (an AUC from
 # 2 presences takes only a few values) and are marked "few_cases"; the same bound on training presences marks a model
 # that could hardly learn the species (the peers skip species below 5 presences, models/peers.py).
@@ -252,6 +257,8 @@ def evaluate(
         "n_species_evaluated": float(np.isfinite(auc).sum()),
         "n_samples": float(len(labels)),
     }
+    po = _source_mask(source, len(labels), PO) if source is not None else np.zeros(len(labels), dtype=bool)
+    out["auc_tg"] = _nanmean(auc_per_species(target_group_labels(labels[po]), probs[po])) if po.any() else float("nan")
     pa = _source_mask(source, len(labels), PA)
     keys = ("auc_pa", "f1_micro_topk", "f1_samples_topk", "f1_micro_thr", "f1_samples_thr", "ece")
     out.update(dict.fromkeys(keys, float("nan")))
@@ -264,6 +271,12 @@ def evaluate(
     if true_probs is not None:
         out.update(truth_correlation(probs, true_probs))
     return out
+
+
+def target_group_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels of presence-only record sites for :func:`evaluate`'s ``auc_tg``: 1 where a species was recorded, 0
+    where only other species were (the site was visited by someone recording the group)."""
+    return np.where(np.asarray(labels) == 1, 1, 0).astype("int8")
 
 
 def per_species(
