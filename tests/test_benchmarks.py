@@ -100,3 +100,21 @@ def test_virtual_species_benchmark_scores_every_model_at_the_surveys(vsp, tmp_pa
         assert row["n_auc"] >= 3 and row["no_data"] < 10, row
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
     assert (tmp_path / "set" / "observations.csv").read_text().startswith("species,lon,lat")
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_nceas_ablation_chooses_on_the_training_folds(tmp_path, shared_cluster_sets) -> None:
+    spec = importlib.util.spec_from_file_location("nceas_ablation", ROOT / "benchmarks" / "nceas_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not (ROOT.parent / "shared" / "data" / "real" / "nceas_disdat").exists():
+        pytest.skip("real data folder ../shared/data/real/nceas_disdat is absent")
+    tiny = ["train.ensemble=1", "train.epochs=2", "validation.folds=2", *shared_cluster_sets]
+    argv = ["--region", "awt", "--variants", "recipe,background", "--out", str(tmp_path)]
+    rows = module.main([*argv, *(a for s in tiny for a in ("--set", s))])
+    assert [r["variant"] for r in rows] == ["recipe", "background"]
+    for row in rows:
+        assert 0 < row["cv_auc"] <= 1 and 0 < row["cv_auc_tg"] <= 1 and 0 < row["test_auc"] <= 1, row
+    saved = json.loads((tmp_path / "nceas-awt-ablation.json").read_text())
+    assert saved["chosen"] == max(rows, key=lambda r: r["cv_auc_tg"])["variant"]

@@ -308,6 +308,12 @@ class TrainConfig(_Section):
     po_lambda1: float = Field(1.0, gt=0, description="multiplier on presence weights n / n_s (full_weighted)")
     po_lambda2: float = Field(0.5, ge=0, le=1, description="share of background vs other-species pseudo-absences")
     an_negative_weight: float = Field(0.05, ge=0, description="assume_negative: weight of other species at a record")
+    po_sites: Literal["records", "records_and_background"] = Field(
+        "records_and_background",
+        description="presence-only rows the deep model learns from: the record sites only (target-group: DeepMaxent "
+        "normalises over the sites someone recorded at, which carry the observer bias; Ryckewaert et al. 2024) or the "
+        "records and the background points; MaxEnt and the forest always take the background",
+    )
     background: Literal["target_group", "uniform"] = "target_group"
     n_background: int = Field(
         2000, ge=0, description="background points, all drawn on cells where every predictor has data"

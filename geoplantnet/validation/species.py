@@ -26,7 +26,7 @@ from distributed import Client
 
 from geoplantnet.core.config import ValidationConfig
 from geoplantnet.core.errors import InputError
-from geoplantnet.models.peers import MaxentPeer, RandomForestPeer
+from geoplantnet.models.peers import BG, MaxentPeer, RandomForestPeer
 from geoplantnet.samples.extraction import extract_samples
 from geoplantnet.samples.observations import SpeciesVocabulary, build_samples
 from geoplantnet.samples.training_set import compute_stats, open_training_set
@@ -79,7 +79,7 @@ class CnnPeer:
 
     def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray) -> CnnPeer:
         train = np.zeros(len(self.x), dtype=bool)
-        train[X[:, 0].astype(np.int64)] = True
+        train[X[_learning_rows(self.settings.train.po_sites, labels, source), 0].astype(np.int64)] = True
         run_dir = self.out_dir / (self.run_name or f"fold-{self.n_fits}")
         self.n_fits += 1
         n = self.settings.train.ensemble
@@ -133,6 +133,21 @@ class CnnPeer:
     def save(self, path: Path) -> str:
         """The fitted network (or ensemble, as one file) written atomically to ``path``."""
         return save_model(path, self._model, self._spec)
+
+
+def _learning_rows(po_sites: str, labels: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """The rows the network learns from: all, or (``train.po_sites=records``) all but the background points. With
+    records of a single species the records alone hold no contrast (every site is a presence), so the background
+    stays, and the log says so."""
+    source = np.asarray(source).astype(str)
+    keep = np.ones(len(source), dtype=bool)
+    if po_sites != "records" or not (source == BG).any():
+        return keep
+    recorded = (np.asarray(labels)[source != BG] == 1).any(axis=0)
+    if recorded.sum() < 2:
+        log.warning("train.po_sites=records needs records of 2 species or more: the network learns from the background")
+        return keep
+    return source != BG
 
 
 @dataclass
