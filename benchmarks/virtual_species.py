@@ -250,6 +250,8 @@ def run_variant(name: str, sets: list[str], paths: dict[str, Path], out: Path) -
                 "variant": name,
                 "model": model,
                 "sdm_auc": summary["models"][model]["auc"],
+                # the choice among recipes: records against the other species' record sites, training folds only
+                "sdm_auc_tg": summary["models"][model].get("auc_tg"),
                 **score(pred, surveys, truth),
                 "cv_s": cv_s.get(model),
                 "sdm_s": round(sdm_seconds, 1),

@@ -302,6 +302,12 @@ class TrainConfig(_Section):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(6, ge=1, description="early stopping on the spatial validation split")
+    monitor: Literal["auto", "loss"] = Field(
+        "loss",
+        description="what early stopping watches on the validation split: auto = the macro AUC of its surveys, or "
+        "without surveys the AUC of each species' records against the other species' record sites (target group, "
+        "records of 2 species or more), else the loss; loss = always the loss",
+    )
     seed: int = 0
     po_loss: Literal["full_weighted", "assume_negative", "deepmaxent"] = "full_weighted"
     # Loss weights (geoplantnet.models.losses): Zbinden et al. 2024 "full weighted" loss, lambda2 = 0.5 their best.

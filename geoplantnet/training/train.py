@@ -37,7 +37,7 @@ from geoplantnet.models.species_files import (  # noqa: F401 (model files were h
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
 from geoplantnet.runtime.devices import resolve_device
-from geoplantnet.samples.kinds import Modality
+from geoplantnet.samples.kinds import SOURCE_CODE, Modality, Source, target_group_labels
 from geoplantnet.samples.training_set import ChunkBatchSampler, NormStats, TrainingSet
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class TrainResult:
     model_path: str
     last_path: str
     best_epoch: int
-    monitor: str  # "val_auc" (presence-absence rows of the validation split) or "val_loss" when it has none
+    monitor: str  # "val_auc" (the validation split's surveys, else its records against the target group) or "val_loss"
     best_score: float
     epochs_run: int
     stopped_early: bool
@@ -132,9 +132,16 @@ def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _evaluate(
-    model: SpeciesNet, data: TrainingSet, loss_fn: SpeciesLoss, batch_size: int, device: torch.device, amp: Any
+    model: SpeciesNet,
+    data: TrainingSet,
+    loss_fn: SpeciesLoss,
+    batch_size: int,
+    device: torch.device,
+    amp: Any,
+    target_group: bool = False,
 ) -> tuple[float, float | None]:
-    """Validation loss (mean over batches, weighted by rows) and macro AUC on the presence-absence rows."""
+    """Validation loss (mean over batches, weighted by rows) and macro AUC on the presence-absence rows; without
+    any and with ``target_group``, on the record sites against the target group (None where neither scores)."""
     model.eval()
     total, n = 0.0, 0
     scores, labels, sources = [], [], []
@@ -151,9 +158,12 @@ def _evaluate(
     if not n:
         return float("nan"), None
     label, source = np.concatenate(labels), np.concatenate(sources)
-    pa = source == 0
-    auc = _auc(np.concatenate(scores)[pa], label[pa]) if pa.any() else None
-    return total / n, auc
+    pa, po = source == SOURCE_CODE[Source.PA], source == SOURCE_CODE[Source.PO]
+    if pa.any():
+        return total / n, _auc(np.concatenate(scores)[pa], label[pa])
+    if target_group and po.any():
+        return total / n, _auc(np.concatenate(scores)[po], target_group_labels(label[po]))
+    return total / n, None
 
 
 # training
@@ -216,10 +226,13 @@ def train_model(
         variables=train.ds.attrs["variables"].split() if "variables" in train.ds.attrs else None,
     )
     model = SpeciesNet.from_spec(spec).to(device)
-    loss_fn = SpeciesLoss(tcfg, species_weights(train.labels(), train.sources())).to(device)
+    labels = train.labels()
+    loss_fn = SpeciesLoss(tcfg, species_weights(labels, train.sources())).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=tcfg.epochs)
     sampler = ChunkBatchSampler(train, tcfg.batch_size, shuffle=True, seed=tcfg.seed)
+    # without surveys, the records of 2 species or more are scored against each other's sites (train.monitor=auto)
+    target_group = tcfg.monitor == "auto" and int((labels == 1).any(axis=0).sum()) >= 2
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +258,7 @@ def train_model(
             n += len(rows)
         lr = schedule.get_last_lr()[0]
         schedule.step()
-        val_loss, val_auc = _evaluate(model, val, loss_fn, tcfg.batch_size, device, amp)
+        val_loss, val_auc = _evaluate(model, val, loss_fn, tcfg.batch_size, device, amp, target_group)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

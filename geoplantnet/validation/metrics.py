@@ -29,7 +29,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from geoplantnet.core.config import ValidationConfig
-from geoplantnet.samples.kinds import Source
+from geoplantnet.samples.kinds import Source, target_group_labels
 
 PA = Source.PA
 PO = Source.PO
@@ -271,12 +271,6 @@ def evaluate(
     if true_probs is not None:
         out.update(truth_correlation(probs, true_probs))
     return out
-
-
-def target_group_labels(labels: np.ndarray) -> np.ndarray:
-    """Labels of presence-only record sites for :func:`evaluate`'s ``auc_tg``: 1 where a species was recorded, 0
-    where only other species were (the site was visited by someone recording the group)."""
-    return np.where(np.asarray(labels) == 1, 1, 0).astype("int8")
 
 
 def per_species(
