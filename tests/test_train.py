@@ -272,3 +272,16 @@ def test_train_on_cluster_uses_the_gpu_worker_but_cpu_when_torch_has_no_cuda(sto
     assert result.resources == {"GPU": 1}
     assert result.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert Path(result.model_path).exists()
+
+
+def test_monitor_auto_watches_records_against_the_target_group_without_surveys(store, tmp_path):
+    """Without surveys in the validation split, ``train.monitor=auto`` early-stops on the records' AUC against the
+    other species' record sites (what recipes are chosen on); ``loss`` keeps the loss."""
+    path, label, source = store
+    no_pa = np.flatnonzero(source != "pa")
+    train_idx, val_idx = no_pa[no_pa % 5 != 0], no_pa[no_pa % 5 == 0]
+    auto = train_model(path, train_idx, val_idx, *_cfg(epochs=2, monitor="auto"), tmp_path / "auto")
+    assert auto.monitor == "val_auc" and 0 <= auto.best_score <= 1
+    assert all(e.val_auc is not None for e in auto.history)
+    loss = train_model(path, train_idx, val_idx, *_cfg(epochs=2, monitor="loss"), tmp_path / "loss")
+    assert loss.monitor == "val_loss" and all(e.val_auc is None for e in loss.history)
