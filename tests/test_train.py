@@ -321,6 +321,8 @@ def test_a_failed_training_task_raises_its_own_error_and_traceback(store, tmp_pa
     with Client(dask_address) as client, pytest.raises(TrainError, match="overlap") as failed:
         train_many_on_cluster(client, [good, bad], name="test")
     assert "train_model" in [entry.name for entry in failed.traceback]  # the worker's frames, not only ours
+    with Client(dask_address) as client, pytest.raises(TrainError, match="one folder at once"):
+        train_many_on_cluster(client, [good, good], name="test")
 
 
 def test_torch_computes_on_the_workers_threads_and_trains_one_network_at_a_time_per_process(store, tmp_path):

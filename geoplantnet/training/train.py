@@ -368,6 +368,9 @@ def train_many_on_cluster(
 
     if in_flight is not None and in_flight < 1:
         raise TrainError(f"in_flight must be at least 1, got {in_flight}")
+    folders = [os.path.abspath(job.out_dir) for job in jobs]
+    if len(set(folders)) < len(folders):
+        raise TrainError(f"two trainings would write one folder at once: {sorted(folders)}")
     resources = task_resources(client)
     if resources:
         require_resources(client, resources)

@@ -108,7 +108,7 @@ class CnnPeer:
         self._fitted: CnnFit | None = None
 
     def __call__(self) -> CnnPeer:
-        return self  # cross_validate asks for a fresh model per fold; state is replaced on each fit
+        return self  # a fresh model per fold, for a fold-by-fold fit: state is replaced on each fit
 
     def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray) -> CnnPeer:
         self._fitted = fit_networks([(self, X)])[0]
