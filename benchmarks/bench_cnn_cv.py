@@ -5,8 +5,10 @@ On the virtual region (generated once, cached under ``--workdir``), ``geoplantne
 (:func:`~geoplantnet.validation.species.prepare_samples`), the spatial folds, then the CNN cross-validated as
 ``sdm`` does it (:func:`~geoplantnet.validation.species.cross_validate_models`) twice back to back on the same
 cluster: with ``in_flight=1`` (one training task at a time: how ``sdm`` ran before) and with every task submitted at
-once. Prints the wall seconds of both, their ratio, and each fold's AUC of both runs; those and the out-of-fold
-predictions must be identical (same seeds, validation blocks and normalisation per fold): exits 1 where they differ.
+once. Prints the wall seconds of both and their ratio; the training tasks' seconds summed (the same work: where
+the sum grows side by side, each task got less CPU, as on a machine whose cores others use) and how many trainings
+ran at once on average; each fold's AUC of both runs. Those and the out-of-fold predictions must be identical (same
+seeds, validation blocks and normalisation per fold): exits 1 where they differ.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_cnn_cv.py [--size 2000] [--ensemble 3] [--folds 3] [--epochs 10]
         [--set cluster.n_workers=2 ...]
@@ -71,7 +73,7 @@ def _cross_validate(
     cnn = CnnPeer(settings, data.path, client, folder, data.x_all, data.y_all, data.block, in_flight=in_flight)
     peers = {"cnn": (cnn, data.rows[:, None])}
     results, _ = cross_validate_models(peers, data.labels, data.source, folds, settings.validation, data.species)
-    return results["cnn"]
+    return {**results["cnn"], "runs": cnn.runs}
 
 
 def main() -> int:
@@ -94,6 +96,8 @@ def main() -> int:
     seconds: dict[str, float] = {}
     aucs: dict[str, list[float]] = {}
     oof: dict[str, np.ndarray] = {}
+    training: dict[str, float] = {}  # the tasks' epochs, summed: the same work in both runs
+    used: dict[str, int] = {}
     with connect(cfg.cluster) as client:
         data = prepare_samples(settings, inputs, out / "samples", client)
         folds = spatial_blocks(data.x, data.y, data.block, cfg.validation.folds, seed=cfg.validation.seed)
@@ -113,9 +117,17 @@ def main() -> int:
             seconds[mode] = time.perf_counter() - t
             aucs[mode] = [f["auc"] for f in results["folds"]]
             oof[mode] = results["oof"]
-    before, after = (seconds[m] for m in MODES)
+            training[mode] = sum(sum(run.epoch_seconds) for run in results["runs"])
+            used[mode] = len({run.worker for run in results["runs"]})
+    first, second = MODES
+    before, after = seconds[first], seconds[second]
     print(f"{'CNN cross-validation':<28}{'one after another':>20}{'side by side':>16}{'ratio':>8}")
     print(f"{'wall seconds':<28}{before:>20.1f}{after:>16.1f}{before / after:>8.2f}")
+    print(f"{'training seconds (summed)':<28}{training[first]:>20.1f}{training[second]:>16.1f}")
+    # summed over wall: how many trainings ran at once on average (the driver's own work between them included)
+    busy = {m: training[m] / seconds[m] for m in MODES}
+    print(f"{'trainings at once (mean)':<28}{busy[first]:>20.2f}{busy[second]:>16.2f}")
+    print(f"{'workers used':<28}{used[first]:>20d}{used[second]:>16d}")
     for k, (a, b) in enumerate(zip(*aucs.values(), strict=True)):
         print(f"{f'fold {k} AUC':<28}{a:>20.6f}{b:>16.6f}")
     same = np.array_equal(*(np.array(v) for v in aucs.values()), equal_nan=True)
