@@ -10,6 +10,10 @@ the sum grows side by side, each task got less CPU, as on a machine whose cores 
 ran at once on average; each fold's AUC of both runs. Those and the out-of-fold predictions must be identical (same
 seeds, validation blocks and normalisation per fold): exits 1 where they differ.
 
+On a machine others use at the same time, Linux (``kernel.sched_autogroup_enabled``) shares the cores between
+sessions, not processes: this run's workers then get one session's share together, side by side or not, and the wall
+ratio stays near 1 while the summed seconds grow (measured on the project's shared 2-core machine, December 2026).
+
     PYTHONPATH=. .venv/bin/python benchmarks/bench_cnn_cv.py [--size 2000] [--ensemble 3] [--folds 3] [--epochs 10]
         [--set cluster.n_workers=2 ...]
 """
