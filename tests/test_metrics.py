@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
@@ -201,3 +202,39 @@ def test_target_group_auc_scores_records_against_other_species_records_only() ->
     assert evaluate(labels, niche, source)["auc_tg"] == pytest.approx(1.0)
     # without presence-only rows there is no target group
     assert np.isnan(evaluate(labels[6:], biased[6:], source[6:])["auc_tg"])
+
+
+def test_a_model_with_fit_many_fits_every_fold_in_one_call_with_the_same_results() -> None:
+    """The species network's way (CnnPeer.fit_many: all folds trained side by side on the cluster) scores exactly
+    what fitting fold by fold scores."""
+    labels, probs = _random_case(5)
+    source = np.array(["pa", "po", "bg"] * (len(labels) // 3))
+    folds = np.arange(len(labels)) % 4
+
+    class Mean:  # each species' mean training label plus a ranking from the stored probabilities
+        def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray) -> Mean:
+            self.bias = (labels == 1).mean(axis=0)
+            return self
+
+        def predict_proba(self, X: np.ndarray) -> np.ndarray:
+            return (probs[X[:, 0].astype(int)] + self.bias) / 2
+
+    class Together:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def __call__(self) -> Mean:
+            raise AssertionError("fit_many is there: no model is made fold by fold")
+
+        def fit_many(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[Mean]:
+            self.calls.append(len(parts))
+            return [Mean().fit(*part) for part in parts]
+
+    X = np.arange(len(labels), dtype=float)[:, None]
+    maker = Together()
+    together = cross_validate(maker, X, labels, source, folds)
+    apart = cross_validate(Mean, X, labels, source, folds)
+    assert maker.calls == [4]
+    pd.testing.assert_frame_equal(pd.DataFrame(together["folds"]), pd.DataFrame(apart["folds"]))
+    pd.testing.assert_frame_equal(together["per_species"], apart["per_species"])
+    assert np.array_equal(together["oof"], apart["oof"], equal_nan=True)

@@ -324,6 +324,18 @@ def per_species(
 # --- cross-validation over precomputed folds -----------------------------------------------------------------------
 
 
+def _fit_folds_together(
+    make_model: Any, X: np.ndarray, labels: np.ndarray, source: np.ndarray, trains: list[np.ndarray]
+) -> list[Any] | None:
+    """A model maker with ``fit_many(parts)`` (one fitted model per ``(X, labels, source)`` part, in order: the species
+    network, whose folds train side by side on the cluster) fits every fold's training part at once; None for the
+    others, which cross_validate fits fold by fold (one fitted model in memory at a time)."""
+    fit_many = getattr(make_model, "fit_many", None)
+    if fit_many is None:
+        return None
+    return list(fit_many([(X[t], labels[t], source[t]) for t in trains]))
+
+
 def cross_validate(
     make_model: Callable[[], Any],
     X: np.ndarray,
@@ -336,12 +348,13 @@ def cross_validate(
     true_probs: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit ``make_model()`` (anything with ``fit(X, labels, source)`` / ``predict_proba(X)``) on each fold's training
-    part and score its test part. Returns the structure :func:`geoplantnet.validation.report.write_report` reads:
-    ``{"folds": [summary per fold], "per_species": DataFrame with a fold column, "reliability": DataFrame,
-    "oof": out-of-fold probabilities, "reliability_basis": "presence-absence" or "presence-background"}``.
-    Each fold summary also counts its test presences and the species that were
-    informative, scored from few cases, predicted by a constant, or trained on few presences (``n_*`` keys); the
-    per-species table carries the flags (see :func:`per_species`)."""
+    part and score its test part; a ``make_model`` with ``fit_many`` fits all the folds in one call (in parallel)
+    and must give the models a fold-by-fold fit would. Returns the structure
+    :func:`geoplantnet.validation.report.write_report` reads: ``{"folds": [summary per fold], "per_species":
+    DataFrame with a fold column, "reliability": DataFrame, "oof": out-of-fold probabilities, "reliability_basis":
+    "presence-absence" or "presence-background"}``. Each fold summary also counts its test presences and the species
+    that were informative, scored from few cases, predicted by a constant, or trained on few presences (``n_*``
+    keys); the per-species table carries the flags (see :func:`per_species`)."""
     cfg = cfg or ValidationConfig()
     labels = np.asarray(labels)
     source = np.asarray(source).astype(str)
@@ -350,9 +363,11 @@ def cross_validate(
         raise MetricsError(f"folds must have one entry per sample ({len(labels)}), got shape {folds.shape}")
     oof = np.full(labels.shape, np.nan, dtype="float32")
     summaries, tables = [], []
-    for k in np.unique(folds).tolist():
+    fold_ids = np.unique(folds).tolist()
+    fitted = _fit_folds_together(make_model, X, labels, source, [folds != k for k in fold_ids])
+    for i, k in enumerate(fold_ids):
         test = folds == k
-        model = make_model().fit(X[~test], labels[~test], source[~test])
+        model = fitted[i] if fitted is not None else make_model().fit(X[~test], labels[~test], source[~test])
         probs = np.asarray(model.predict_proba(X[test]))
         oof[test] = probs
         truth = None if true_probs is None else np.asarray(true_probs)[test]
