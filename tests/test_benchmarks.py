@@ -1,13 +1,10 @@
 """The benchmarks run at a tiny size, so that a change breaking one shows here rather than when someone times it.
 
 ``bench_refusals.py`` at one repeat of two cases: a command refusing without torch (``plot``) and one whose check
-<<<<<<< HEAD
 reads a model file with it (``map``). ``virtual_species.py``: its generator's properties, and the whole benchmark
-(sdm, then predict at the surveys) at 4 species with one network of 2 epochs on 2 folds."""
-=======
-reads a model file with it (``map``). ``bench_cnn_cv.py`` on the session's small region and cluster, one epoch of 2
+(sdm, then predict at the surveys) at 4 species with one network of 2 epochs on 2 folds. ``nceas_ablation.py``: two
+variants on the AWT tables at 2 epochs. ``bench_cnn_cv.py`` on the session's small region and cluster, one epoch of 2
 folds x 2 members."""
->>>>>>> h22-parallel
 
 from __future__ import annotations
 
@@ -19,10 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-<<<<<<< HEAD
 import numpy as np
-=======
->>>>>>> h22-parallel
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +48,6 @@ def test_bench_refusals_times_each_case_as_a_process_and_in_process() -> None:
     assert re.search(r"slowest as a process: [\d.]+ s", done.stdout), done.stdout
 
 
-<<<<<<< HEAD
 def _virtual_species():
     spec = importlib.util.spec_from_file_location("virtual_species", ROOT / "benchmarks" / "virtual_species.py")
     module = importlib.util.module_from_spec(spec)
@@ -132,7 +125,8 @@ def test_nceas_ablation_chooses_on_the_training_folds(tmp_path, shared_cluster_s
         assert 0 < row["cv_auc"] <= 1 and 0 < row["cv_auc_tg"] <= 1 and 0 < row["test_auc"] <= 1, row
     saved = json.loads((tmp_path / "nceas-awt-ablation.json").read_text())
     assert saved["chosen"] == max(rows, key=lambda r: r["cv_auc_tg"])["variant"]
-=======
+
+
 @pytest.mark.slow  # the small region's training set is extracted first (~1.5 min on 2 shared cores)
 def test_bench_cnn_cv_times_the_folds_one_after_another_and_side_by_side_with_the_same_numbers(
     tmp_path: Path, small_region: Path, shared_cluster_sets: list[str]
@@ -154,4 +148,3 @@ def test_bench_cnn_cv_times_the_folds_one_after_another_and_side_by_side_with_th
     assert wall and all(float(v) > 0 for v in wall.groups()), done.stdout
     assert len(re.findall(r"^fold \d AUC", done.stdout, re.MULTILINE)) == 2, done.stdout
     assert "per-fold AUCs identical: yes; out-of-fold predictions identical: yes" in done.stdout
->>>>>>> h22-parallel

@@ -280,7 +280,7 @@ def test_train_on_cluster_uses_the_gpu_worker_but_cpu_when_torch_has_no_cuda(sto
 def test_monitor_auto_watches_records_against_the_target_group_without_surveys(store, tmp_path):
     """Without surveys in the validation split, ``train.monitor=auto`` early-stops on the records' AUC against the
     other species' record sites (what recipes are chosen on); ``loss`` keeps the loss."""
-    path, label, source = store
+    path, _, source = store
     no_pa = np.flatnonzero(source != "pa")
     train_idx, val_idx = no_pa[no_pa % 5 != 0], no_pa[no_pa % 5 == 0]
     auto = train_model(path, train_idx, val_idx, *_cfg(epochs=2, monitor="auto"), tmp_path / "auto")

@@ -37,13 +37,8 @@ from geoplantnet.models.species_files import (  # noqa: F401 (model files were h
 )
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
-<<<<<<< HEAD
-from geoplantnet.runtime.devices import resolve_device
-from geoplantnet.samples.kinds import SOURCE_CODE, Modality, Source, target_group_labels
-=======
 from geoplantnet.runtime.devices import resolve_device, use_worker_threads
-from geoplantnet.samples.kinds import Modality
->>>>>>> h22-parallel
+from geoplantnet.samples.kinds import SOURCE_CODE, Modality, Source, target_group_labels
 from geoplantnet.samples.training_set import ChunkBatchSampler, NormStats, TrainingSet
 
 if TYPE_CHECKING:

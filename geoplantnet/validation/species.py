@@ -106,6 +106,7 @@ class CnnPeer:
         self.runs: list[TrainResult] = []
         self.n_fits = 0
         self._fitted: CnnFit | None = None
+        self._rows_meta: tuple[np.ndarray, np.ndarray] | None = None
 
     def __call__(self) -> CnnPeer:
         return self  # a fresh model per fold, for a fold-by-fold fit: state is replaced on each fit
@@ -119,10 +120,21 @@ class CnnPeer:
         member of every part trained side by side."""
         return fit_networks([(self, X) for X, _, _ in parts])
 
+    def _labels_and_source(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every row's labels and source in the training set (read once)."""
+        if self._rows_meta is None:
+            ds = open_training_set(self.path)
+            self._rows_meta = ds["label"].values, np.array([str(v) for v in ds["source"].values])
+        return self._rows_meta
+
     def member_jobs(self, X: np.ndarray) -> list[TrainJob]:
         """The training tasks of one fit on the rows ``X``: one per ensemble member, in the next run folder."""
+        rows = X[:, 0].astype(np.int64)
+        if self.settings.train.po_sites == "records":
+            labels, source = self._labels_and_source()
+            rows = rows[_learning_rows("records", labels[rows], source[rows])]
         train = np.zeros(len(self.x), dtype=bool)
-        train[X[_learning_rows(self.settings.train.po_sites, labels, source), 0].astype(np.int64)] = True
+        train[rows] = True
         run_dir = self.out_dir / (self.run_name or f"fold-{self.n_fits}")
         self.n_fits += 1
         n = self.settings.train.ensemble
