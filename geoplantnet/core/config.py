@@ -340,7 +340,11 @@ class ValidationConfig(_Section):
     top_k: int = Field(10, ge=1)
     threshold: float = Field(0.5, gt=0, lt=1)
     seed: int = 0
-    models: list[Literal["cnn", "maxent", "random_forest"]] = ["cnn", "maxent", "random_forest"]
+    models: list[Literal["cnn", "maxent", "maxent_tuned", "random_forest"]] = Field(
+        ["cnn", "maxent", "maxent_tuned", "random_forest"],
+        description="models fitted and scored side by side on the same folds; maxent_tuned: MaxEnt with feature "
+        "classes x beta chosen per species on spatial blocks of the training rows (geoplantnet.models.maxent_tuning)",
+    )
     calibration: Literal["platt", "isotonic", "none"] = Field(
         "platt",
         description="per-species calibration of the final models, fitted on the out-of-fold predictions at "

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 from distributed import Client
 
-from geoplantnet.models.peers import MaxentPeer, RandomForestPeer
+from geoplantnet.models.peers import PEER_KINDS, RandomForestPeer
 from geoplantnet.samples.tables import TableSamples, TestSites
 from geoplantnet.samples.training_set import open_training_set
 from geoplantnet.training.species import SpeciesTraining
 from geoplantnet.validation.blocks import choose_block_size
-from geoplantnet.validation.species import CnnPeer
+from geoplantnet.validation.species import CnnPeer, fit_point_model
 
 log = logging.getLogger(__name__)
 DEEP = "cnn"  # the project's network keeps the name it has in `geoplantnet sdm` (here an MLP on the table's columns)
@@ -46,10 +46,10 @@ def safe_name(name: str) -> str:
 
 
 def table_peer(name: str, settings: SpeciesTraining, client: Client) -> Any:
-    """A fresh MaxEnt (``maxent``) or random forest of the table runs."""
+    """A fresh MaxEnt (``maxent``, ``maxent_tuned``) or random forest of the table runs."""
     # 500 trees: the forest of the NCEAS peers' reference runs (Valavi et al. 2022 use 500 too)
-    if name == "maxent":
-        return MaxentPeer(client=client, seed=settings.train.seed, min_presences=2)
+    if name != RandomForestPeer.name:
+        return PEER_KINDS[name](client=client, seed=settings.train.seed, min_presences=2)
     return RandomForestPeer(client=client, seed=settings.train.seed, n_estimators=500, min_presences=2)
 
 
@@ -131,7 +131,17 @@ def fit_units(
                 fits.predictions[name][:, cols] = cnn.predict_at(test_path, np.arange(n_sites))
                 fits.files[f"{name}{tag}"] = cnn.save(out_dir / "models" / f"cnn{tag}.pt")
             else:
-                peer = table_peer(name, settings, client).fit(features, labels, source)
+                peer = fit_point_model(
+                    name,
+                    lambda n=name: table_peer(n, settings, client),
+                    features,
+                    x,
+                    y,
+                    block,
+                    settings.validation,
+                    labels,
+                    source,
+                )
                 fits.predictions[name][:, cols] = peer.predict_proba(test.features)
                 fits.files[f"{name}{tag}"] = peer.save(
                     out_dir / "models" / f"{name}{tag}.peer",
