@@ -55,7 +55,7 @@ def test_folds_without_presences_are_not_used():
 
 
 def test_quadratic_response_gets_quadratic_features_and_the_file_keeps_the_choices(client, tmp_path):
-    X, x, y, labels, source = _table()
+    X, x, _, labels, source = _table()
     groups = (x // 25).astype(int) % 4  # vertical strips of 25: four spatial folds
     peer = TunedMaxentPeer(client=client, feature_classes=["L", "LQ"], betas=[1.0, 4.0]).fit(X, labels, source, groups)
     assert peer.tuning_[0]["features"] == "LQ" and peer.tuning_[0]["folds"] == 4

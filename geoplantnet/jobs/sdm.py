@@ -26,7 +26,6 @@ import numpy as np
 from distributed import Client
 
 from geoplantnet.core.config import RunConfig
-from geoplantnet.models.peers import MaxentPeer, RandomForestPeer, TunedMaxentPeer
 from geoplantnet.reports.summary import write_summary
 from geoplantnet.runs.context import RunContext
 from geoplantnet.runs.inputs import Inputs
@@ -40,6 +39,7 @@ from geoplantnet.validation.species import (
     cross_validate_models,
     fit_final_models,
     point_model,
+    point_peer,
     prepare_samples,
 )
 
@@ -64,17 +64,18 @@ def run_sdm(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> di
     cnn = CnnPeer(settings, path, client, out_dir / "cnn", x_all, y_all, block)
     peers: dict[str, tuple[Any, np.ndarray]] = {
         "cnn": (cnn, rows[:, None]),
-        "maxent": (lambda: MaxentPeer(client=client, seed=cfg.train.seed), features),
-        "maxent_tuned": point_model(
-            "maxent_tuned",
-            lambda: TunedMaxentPeer(client=client, seed=cfg.train.seed),
-            features,
-            x,
-            y,
-            block,
-            cfg.validation,
-        ),
-        "random_forest": (lambda: RandomForestPeer(client=client, seed=cfg.train.seed), features),
+        **{
+            name: point_model(
+                name,
+                lambda n=name: point_peer(n, cfg.validation, client, cfg.train.seed),
+                features,
+                x,
+                y,
+                block,
+                cfg.validation,
+            )
+            for name in ("maxent", "maxent_tuned", "random_forest")
+        },
     }
     chosen = {name: peer for name, peer in peers.items() if name in cfg.validation.models}
     results, timings = cross_validate_models(chosen, labels, source, folds, cfg.validation, species, truth)

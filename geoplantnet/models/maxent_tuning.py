@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from geoplantnet.core.config import MAXENT_BETAS as BETAS
+from geoplantnet.core.config import MAXENT_FEATURE_CLASSES as FEATURE_CLASSES  # simplest first: ties to the earliest
+
 FEATURE_CLASS = {"L": "linear", "Q": "quadratic", "H": "hinge", "P": "product", "T": "threshold"}
-FEATURE_CLASSES = ("L", "LQ", "H", "LQH", "LQHP")  # simplest first: ties go to the earliest
-BETAS = (0.5, 1.0, 2.0, 4.0)
 TIE = 0.001  # mean AUCs closer than this to the best count as tied
 
 

@@ -42,6 +42,7 @@ from joblib import Parallel, delayed
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from geoplantnet.core.errors import InputError
+from geoplantnet.models import maxent_tuning
 from geoplantnet.models.calibration import Calibration, Thresholds, calibrate
 
 log = logging.getLogger(__name__)
@@ -538,8 +539,6 @@ class TunedMaxentPeer(MaxentPeer):
         feature_classes: Sequence[str] | None = None,
         betas: Sequence[float] | None = None,
     ) -> None:
-        from geoplantnet.models import maxent_tuning
-
         super().__init__(min_presences, n_jobs, client, seed, maxent_kwargs)
         self.feature_classes = list(feature_classes or maxent_tuning.FEATURE_CLASSES)
         self.betas = [float(b) for b in betas or maxent_tuning.BETAS]
@@ -552,17 +551,15 @@ class TunedMaxentPeer(MaxentPeer):
     def _estimators(
         self, jobs: Sequence[tuple[np.ndarray, np.ndarray]], groups: Sequence[Any], species: list[int], n_species: int
     ) -> list[Any]:
-        from geoplantnet.models.maxent_tuning import chosen_kwargs, tune_species
-
         base = {"random_state": self.seed, **self.maxent_kwargs}
         self.tuning_: list[dict[str, Any] | None] = [None] * n_species
         out = []
         for s, (X, y), g in zip(species, jobs, groups, strict=True):
-            choice = tune_species(
+            choice = maxent_tuning.tune_species(
                 X, y, g, client=self.client, classes=self.feature_classes, betas=self.betas, maxent_kwargs=base
             )
             self.tuning_[s] = choice or {"features": "default"}
-            out.append(self._estimator(**chosen_kwargs(choice)))
+            out.append(self._estimator(**maxent_tuning.chosen_kwargs(choice)))
             log.info("%s: species %d: %s", self.name, s, self.tuning_[s])
         return out
 

@@ -170,6 +170,14 @@ class BlockTunedPeer:
         return self.peer.predict_proba(self.features[X[:, 0].astype(np.int64)])
 
 
+def point_peer(name: str, validation: ValidationConfig, client: Client | None, seed: int, **kwargs: Any) -> Any:
+    """A fresh point peer (``maxent``, ``maxent_tuned``, ``random_forest``), the tuned MaxEnt with the run's grid
+    (``validation.maxent_features`` x ``validation.maxent_betas``)."""
+    if name == TunedMaxentPeer.name:
+        kwargs = {**kwargs, "feature_classes": validation.maxent_features, "betas": validation.maxent_betas}
+    return PEER_KINDS[name](client=client, seed=seed, **kwargs)
+
+
 def point_model(
     name: str,
     make: Callable[[], Any],
@@ -371,7 +379,7 @@ def fit_final_models(
         else:
             peer = fit_point_model(
                 name,
-                lambda n=name: PEER_KINDS[n](client=client, seed=settings.train.seed),
+                lambda n=name: point_peer(n, settings.validation, client, settings.train.seed),
                 data.features,
                 data.x,
                 data.y,

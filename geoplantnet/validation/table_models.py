@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 from distributed import Client
 
-from geoplantnet.models.peers import PEER_KINDS, RandomForestPeer
+from geoplantnet.models.peers import RandomForestPeer
 from geoplantnet.samples.tables import TableSamples, TestSites
 from geoplantnet.samples.training_set import open_training_set
 from geoplantnet.training.species import SpeciesTraining
 from geoplantnet.validation.blocks import choose_block_size
-from geoplantnet.validation.species import CnnPeer, fit_point_model
+from geoplantnet.validation.species import CnnPeer, fit_point_model, point_peer
 
 log = logging.getLogger(__name__)
 DEEP = "cnn"  # the project's network keeps the name it has in `geoplantnet sdm` (here an MLP on the table's columns)
@@ -49,7 +49,7 @@ def table_peer(name: str, settings: SpeciesTraining, client: Client) -> Any:
     """A fresh MaxEnt (``maxent``, ``maxent_tuned``) or random forest of the table runs."""
     # 500 trees: the forest of the NCEAS peers' reference runs (Valavi et al. 2022 use 500 too)
     if name != RandomForestPeer.name:
-        return PEER_KINDS[name](client=client, seed=settings.train.seed, min_presences=2)
+        return point_peer(name, settings.validation, client, settings.train.seed, min_presences=2)
     return RandomForestPeer(client=client, seed=settings.train.seed, n_estimators=500, min_presences=2)
 
 
