@@ -16,7 +16,7 @@ import pytest
 
 from geoplantnet.core.config import TableConfig
 from geoplantnet.samples.tables import TableError, read_tables
-from geoplantnet.testing.cli import Result, run_cli
+from geoplantnet.testing.cli import Result, cli_sets, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECIES = [f"sp{i}" for i in range(6)]
@@ -198,6 +198,29 @@ def test_sdm_table_scores_every_model_on_the_independent_sites(benchmark: dict[s
     per_species = pd.read_csv(out / "report" / "per_species.csv")
     assert len(per_species) == 24 and per_species.auc.between(0, 1).all()
     assert "- cnn vs maxent_tuned:" in report and "| maxent |" in report
+
+
+def test_without_test_sites_the_tuned_maxent_is_cross_validated_nested(
+    benchmark: dict[str, Path], tmp_path: Path, shared_cluster_sets: list[str]
+) -> None:
+    # no test table: each unit cross-validated on spatial blocks; the tuned MaxEnt tunes inside each fold on blocks of
+    # that fold's training rows (tests/test_maxent_tuning.py checks that the outer test rows are never seen)
+    cfg = tmp_path / "table.yaml"
+    cfg.write_text(
+        "name: table-cv\n"
+        "table: {species: spid, group: group, crs: 'EPSG:3035', categorical: [soil], share: region}\n"
+        "validation: {models: [maxent, maxent_tuned], block_size_m: 20000, folds: 3, "
+        "maxent_features: [L, LQ], maxent_betas: [2]}\n"
+    )
+    out = tmp_path / "run"
+    args = ["--presence", str(benchmark["presence"]), "--background", str(benchmark["background"])]
+    args += ["--out", str(out), *cli_sets(shared_cluster_sets)]
+    done = _cli("sdm-table", "--config", str(cfg), *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cv = json.loads((out / "summary.json").read_text())["cross_validation"]["all"]
+    assert set(cv["models"]) == {"maxent", "maxent_tuned"} and set(cv["seconds"]) == {"maxent", "maxent_tuned"}
+    assert all(m["folds"] == 3 and m["n_samples"] == 2720 for m in cv["models"].values())
+    assert "| maxent_tuned" in Path(cv["report"]).read_text()
 
 
 def test_sdm_table_bad_input_is_one_line_and_exit_2(benchmark: dict[str, Path], tmp_path: Path) -> None:
