@@ -66,7 +66,8 @@ def test_no_module_is_a_house_of_its_own() -> None:
 
 
 def test_tasks_reach_the_cluster_through_the_tile_streamer_or_the_trainers() -> None:
-    """Every loop over tiles goes through runs/tiles.py (bounded, retried, leased); training submits one task."""
+    """Every loop over tiles goes through runs/tiles.py (bounded, retried, leased); training submits its own tasks
+    (one per network)."""
     allowed = ("runs/tiles.py", "training/", "models/peers.py", "testing/")
     submits = []
     for path in _modules():

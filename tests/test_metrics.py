@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
@@ -183,3 +184,57 @@ def test_cross_validate_counts_informative_species_per_fold() -> None:
     assert [f["n_species_few_train"] for f in res["folds"]] == [1.0, 1.0, 0.0]
     assert np.isnan(res["folds"][2]["auc"]) and res["folds"][0]["auc"] == 0.5
     assert res["per_species"]["n_train_presence"].tolist() == [2, 1, 3]
+
+
+def test_target_group_auc_scores_records_against_other_species_records_only() -> None:
+    """``auc_tg``: a species' record sites against the other species' record sites; background points, which a
+    model that learns where people record ranks low, do not enter it."""
+    # rows: 3 records of species 0, 3 of species 1, then 4 background points (labels 0 for both)
+    labels = np.array([[1, -1]] * 3 + [[-1, 1]] * 3 + [[0, 0]] * 4)
+    source = np.array(["po"] * 6 + ["bg"] * 4)
+    # the model ranks every record above every background point (observer bias), and does not tell the species apart
+    biased = np.array([[0.9, 0.9]] * 6 + [[0.1, 0.1]] * 4)
+    out = evaluate(labels, biased, source)
+    assert out["auc"] == pytest.approx(1.0)  # against background: perfect
+    assert out["auc_tg"] == pytest.approx(0.5)  # against the target group: no skill
+    # a model that separates the species' records scores 1 against the target group
+    niche = np.array([[0.8, 0.2]] * 3 + [[0.3, 0.7]] * 3 + [[0.5, 0.5]] * 4)
+    assert evaluate(labels, niche, source)["auc_tg"] == pytest.approx(1.0)
+    # without presence-only rows there is no target group
+    assert np.isnan(evaluate(labels[6:], biased[6:], source[6:])["auc_tg"])
+
+
+def test_a_model_with_fit_many_fits_every_fold_in_one_call_with_the_same_results() -> None:
+    """The species network's way (CnnPeer.fit_many: all folds trained side by side on the cluster) scores exactly
+    what fitting fold by fold scores."""
+    labels, probs = _random_case(5)
+    source = np.array(["pa", "po", "bg"] * (len(labels) // 3))
+    folds = np.arange(len(labels)) % 4
+
+    class Mean:  # each species' mean training label plus a ranking from the stored probabilities
+        def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray) -> Mean:
+            self.bias = (labels == 1).mean(axis=0)
+            return self
+
+        def predict_proba(self, X: np.ndarray) -> np.ndarray:
+            return (probs[X[:, 0].astype(int)] + self.bias) / 2
+
+    class Together:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def __call__(self) -> Mean:
+            raise AssertionError("fit_many is there: no model is made fold by fold")
+
+        def fit_many(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[Mean]:
+            self.calls.append(len(parts))
+            return [Mean().fit(*part) for part in parts]
+
+    X = np.arange(len(labels), dtype=float)[:, None]
+    maker = Together()
+    together = cross_validate(maker, X, labels, source, folds)
+    apart = cross_validate(Mean, X, labels, source, folds)
+    assert maker.calls == [4]
+    pd.testing.assert_frame_equal(pd.DataFrame(together["folds"]), pd.DataFrame(apart["folds"]))
+    pd.testing.assert_frame_equal(together["per_species"], apart["per_species"])
+    assert np.array_equal(together["oof"], apart["oof"], equal_nan=True)

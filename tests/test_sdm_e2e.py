@@ -38,6 +38,7 @@ def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(small_sd
     for png in ("auc_scatter.png", "blocks_map.png"):
         assert (report.parent / png).stat().st_size > 5_000
     assert result["cnn_seconds_per_epoch"] > 0
+    assert set(result["cross_validation_seconds"]) == set(result["models"])
     # final models on all kept samples, for maps: files that load, describe their species and inputs
     from geoplantnet.models.peers import load_peer
     from geoplantnet.training.train import load_model

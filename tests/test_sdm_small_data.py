@@ -124,3 +124,15 @@ def test_all_nan_raster_says_no_predictor_data_not_smaller_blocks(tmp_path: Path
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("geoplantnet: error: no sample has predictor data: the predictors [blank]"), last
     assert "smaller blocks" not in proc.stderr
+
+
+def test_the_network_learns_from_record_sites_only_when_asked_and_when_it_can() -> None:
+    """``train.po_sites=records``: background rows are left out of the network's training (target-group sites);
+    with records of one species the records alone hold no contrast, so the background stays."""
+    from geoplantnet.validation.species import _learning_rows
+
+    source = np.array(["po", "po", "po", "bg", "bg", "pa"])
+    two = np.array([[1, -1], [-1, 1], [1, 1], [0, 0], [0, 0], [1, 0]])
+    assert _learning_rows("records", two, source).tolist() == [True, True, True, False, False, True]
+    assert _learning_rows("records_and_background", two, source).all()
+    assert _learning_rows("records", np.array([[1], [1], [1], [0], [0], [0]]), source).all()

@@ -9,15 +9,18 @@ import torch
 from distributed import Client, LocalCluster
 
 from geoplantnet.core.config import ConfigError, ModelConfig, RunConfig, TrainConfig
+from geoplantnet.runtime.devices import use_worker_threads
 from geoplantnet.samples.training_set import ChunkBatchSampler, TrainingSet, TrainingSetError, write_training_set
 from geoplantnet.training.train import (
     ModelFileError,
     TrainError,
+    TrainJob,
     _auc,
     load_model,
     predict,
     resolve_device,
     save_model,
+    train_many_on_cluster,
     train_model,
     train_on_cluster,
 )
@@ -272,3 +275,84 @@ def test_train_on_cluster_uses_the_gpu_worker_but_cpu_when_torch_has_no_cuda(sto
     assert result.resources == {"GPU": 1}
     assert result.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert Path(result.model_path).exists()
+
+
+def test_monitor_auto_watches_records_against_the_target_group_without_surveys(store, tmp_path):
+    """Without surveys in the validation split, ``train.monitor=auto`` early-stops on the records' AUC against the
+    other species' record sites (what recipes are chosen on); ``loss`` keeps the loss."""
+    path, _, source = store
+    no_pa = np.flatnonzero(source != "pa")
+    train_idx, val_idx = no_pa[no_pa % 5 != 0], no_pa[no_pa % 5 == 0]
+    auto = train_model(path, train_idx, val_idx, *_cfg(epochs=2, monitor="auto"), tmp_path / "auto")
+    assert auto.monitor == "val_auc" and 0 <= auto.best_score <= 1
+    assert all(e.val_auc is not None for e in auto.history)
+    loss = train_model(path, train_idx, val_idx, *_cfg(epochs=2, monitor="loss"), tmp_path / "loss")
+    assert loss.monitor == "val_loss" and all(e.val_auc is None for e in loss.history)
+
+
+def _weights(path: str) -> list[torch.Tensor]:
+    model, _ = load_model(path)
+    return [p.detach().clone() for p in model.state_dict().values()]
+
+
+def _seed_jobs(path: str, out: Path, n: int = 3) -> list[TrainJob]:
+    """``n`` networks differing by their seed, dropout on (so that their random streams matter)."""
+    tcfg, model_cfg = _cfg(epochs=2)
+    model_cfg = model_cfg.model_copy(update={"dropout": 0.3})
+    return [
+        TrainJob(path, TRAIN, VAL, tcfg.model_copy(update={"seed": k}), model_cfg, str(out / f"seed-{k}"))
+        for k in range(n)
+    ]
+
+
+def _assert_same_training(a: list, b: list) -> None:
+    for ra, rb in zip(a, b, strict=True):
+        assert [(e.train_loss, e.val_loss, e.val_auc) for e in ra.history] == [
+            (e.train_loss, e.val_loss, e.val_auc) for e in rb.history
+        ]
+        for wa, wb in zip(_weights(ra.model_path), _weights(rb.model_path), strict=True):
+            assert torch.equal(wa, wb)
+
+
+def test_many_trainings_run_side_by_side_with_the_numbers_of_one_after_another(store, tmp_path, dask_address):
+    """Three networks on the session's 2 workers: all at once, then one at a time; results in the jobs' order, both
+    workers used, and the same histories and weights either way."""
+    path, _, _ = store
+    with Client(dask_address) as client:
+        together = train_many_on_cluster(client, _seed_jobs(path, tmp_path / "together"), name="test")
+        apart = train_many_on_cluster(client, _seed_jobs(path, tmp_path / "apart"), name="test", in_flight=1)
+    assert [Path(r.model_path).parent.name for r in together] == ["seed-0", "seed-1", "seed-2"]
+    assert len({r.worker for r in together}) == 2
+    _assert_same_training(together, apart)
+    assert together[0].history != together[1].history  # the seeds differ, so the members do
+
+
+def test_a_failed_training_task_raises_its_own_error_and_traceback(store, tmp_path, dask_address):
+    path, _, _ = store
+    good = TrainJob(path, TRAIN, VAL, *_cfg(), str(tmp_path / "good"))
+    bad = TrainJob(path, TRAIN, TRAIN[:5], *_cfg(), str(tmp_path / "bad"))
+    with Client(dask_address) as client, pytest.raises(TrainError, match="overlap") as failed:
+        train_many_on_cluster(client, [good, bad], name="test")
+    assert "train_model" in [entry.name for entry in failed.traceback]  # the worker's frames, not only ours
+    with Client(dask_address) as client, pytest.raises(TrainError, match="one folder at once"):
+        train_many_on_cluster(client, [good, good], name="test")
+
+
+def test_torch_computes_on_the_workers_threads_and_trains_one_network_at_a_time_per_process(store, tmp_path):
+    """A worker of 2 threads: torch takes both, and two trainings on it (which would share torch's random stream)
+    give the numbers they give one after another."""
+    path, _, _ = store
+    before = torch.get_num_threads()
+    try:
+        assert use_worker_threads() is None  # not on a worker: nothing changed
+        # in-process workers, so torch's thread count is this process's (put back after)
+        with (
+            LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
+            assert client.submit(lambda: (use_worker_threads(), torch.get_num_threads())).result() == (2, 2)
+            together = train_many_on_cluster(client, _seed_jobs(path, tmp_path / "together", 2), name="test")
+            apart = train_many_on_cluster(client, _seed_jobs(path, tmp_path / "apart", 2), name="test", in_flight=1)
+        _assert_same_training(together, apart)
+    finally:
+        torch.set_num_threads(before)

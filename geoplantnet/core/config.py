@@ -305,12 +305,24 @@ class TrainConfig(_Section):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(6, ge=1, description="early stopping on the spatial validation split")
+    monitor: Literal["auto", "loss"] = Field(
+        "loss",
+        description="what early stopping watches on the validation split: auto = the macro AUC of its surveys, or "
+        "without surveys the AUC of each species' records against the other species' record sites (target group, "
+        "records of 2 species or more), else the loss; loss = always the loss",
+    )
     seed: int = 0
     po_loss: Literal["full_weighted", "assume_negative", "deepmaxent"] = "full_weighted"
     # Loss weights (geoplantnet.models.losses): Zbinden et al. 2024 "full weighted" loss, lambda2 = 0.5 their best.
     po_lambda1: float = Field(1.0, gt=0, description="multiplier on presence weights n / n_s (full_weighted)")
     po_lambda2: float = Field(0.5, ge=0, le=1, description="share of background vs other-species pseudo-absences")
     an_negative_weight: float = Field(0.05, ge=0, description="assume_negative: weight of other species at a record")
+    po_sites: Literal["records", "records_and_background"] = Field(
+        "records_and_background",
+        description="presence-only rows the deep model learns from: the record sites only (target-group: DeepMaxent "
+        "normalises over the sites someone recorded at, which carry the observer bias; Ryckewaert et al. 2024) or the "
+        "records and the background points; MaxEnt and the forest always take the background",
+    )
     background: Literal["target_group", "uniform"] = "target_group"
     n_background: int = Field(
         2000, ge=0, description="background points, all drawn on cells where every predictor has data"

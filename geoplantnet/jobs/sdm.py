@@ -123,6 +123,7 @@ def run_sdm(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> di
         "n_samples": len(x),
         "n_species": len(species),
         "cnn_seconds_per_epoch": float(np.mean(epoch_s)),
+        "cross_validation_seconds": timings,  # wall time per model, all folds (the CNN's trained side by side)
         "seconds": round(time.perf_counter() - t0, 1),
         "warnings": warnings,
         "models": {name: model_summary(r) for name, r in results.items()},

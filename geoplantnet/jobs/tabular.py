@@ -150,7 +150,7 @@ def _cross_validate(
     folds = spatial_blocks(x, y, block, cfg.validation.folds, seed=cfg.validation.seed)
     cnn = CnnPeer(settings, path, client, out_dir / "cnn", x, y, block)
     peers = {
-        name: ((lambda c=cnn: c), rows[:, None])
+        name: (cnn, rows[:, None])  # the network itself: its folds train side by side (CnnPeer.fit_many)
         if name == DEEP
         else point_model(name, lambda n=name: table_peer(n, settings, client), features, x, y, block, cfg.validation)
         for name in models

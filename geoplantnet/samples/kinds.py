@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+import numpy as np
+
 
 class _Name(StrEnum):
     def __repr__(self) -> str:
@@ -36,3 +38,10 @@ class Source(_Name):
 MODALITIES: tuple[str, ...] = tuple(m.value for m in Modality)
 SOURCES: tuple[str, ...] = tuple(s.value for s in Source)
 SOURCE_CODE: dict[str, int] = {name: code for code, name in enumerate(SOURCES)}
+
+
+def target_group_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels of presence-only record sites scored against the target group: 1 where a species was recorded, 0 where
+    only other species were (someone recording the group visited the site and did not record it), so the AUC of a
+    species compares sites that carry the same observer bias (Phillips et al. 2009, *Ecol. Appl.* 19: 181-197)."""
+    return np.where(np.asarray(labels) == 1, 1, 0).astype("int8")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geoplantnet.core.config import ConfigError, HabitatsConfig
+from geoplantnet.runtime.devices import use_worker_threads
 from geoplantnet.samples.plots import Plots
 
 if TYPE_CHECKING:
@@ -60,18 +61,6 @@ class TrainedModels:
     history: dict[str, list[dict[str, float]]]
 
 
-def _fit_threads() -> None:
-    """Inside a Dask task, torch uses the worker's threads, not every core (workers would oversubscribe the CPU)."""
-    import torch
-
-    try:
-        from distributed import get_worker
-
-        torch.set_num_threads(max(1, get_worker().state.nthreads))
-    except ValueError:  # not on a worker
-        pass
-
-
 def train_models(
     labelled: Plots, corpus: Plots, fit: np.ndarray, val: np.ndarray, h: HabitatsConfig, models: list[str]
 ) -> TrainedModels:
@@ -81,7 +70,7 @@ def train_models(
     from geoplantnet.models.plantbert import build_tokenizer, encode_sentences
     from geoplantnet.training.plantbert import finetune, pretrain
 
-    _fit_threads()
+    use_worker_threads()  # torch on the worker's threads, not every core
     classes = habitat_classes(labelled.habitat[fit], h)
     if not classes:
         raise ConfigError(f"no habitat has habitats.min_plots={h.min_plots} training plots")

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,8 +37,8 @@ from geoplantnet.models.species_files import (  # noqa: F401 (model files were h
 )
 from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 from geoplantnet.runtime.cluster import require_resources, task_resources
-from geoplantnet.runtime.devices import resolve_device
-from geoplantnet.samples.kinds import Modality
+from geoplantnet.runtime.devices import resolve_device, use_worker_threads
+from geoplantnet.samples.kinds import SOURCE_CODE, Modality, Source, target_group_labels
 from geoplantnet.samples.training_set import ChunkBatchSampler, NormStats, TrainingSet
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class TrainResult:
     model_path: str
     last_path: str
     best_epoch: int
-    monitor: str  # "val_auc" (presence-absence rows of the validation split) or "val_loss" when it has none
+    monitor: str  # "val_auc" (the validation split's surveys, else its records against the target group) or "val_loss"
     best_score: float
     epochs_run: int
     stopped_early: bool
@@ -132,9 +133,16 @@ def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _evaluate(
-    model: SpeciesNet, data: TrainingSet, loss_fn: SpeciesLoss, batch_size: int, device: torch.device, amp: Any
+    model: SpeciesNet,
+    data: TrainingSet,
+    loss_fn: SpeciesLoss,
+    batch_size: int,
+    device: torch.device,
+    amp: Any,
+    target_group: bool = False,
 ) -> tuple[float, float | None]:
-    """Validation loss (mean over batches, weighted by rows) and macro AUC on the presence-absence rows."""
+    """Validation loss (mean over batches, weighted by rows) and macro AUC on the presence-absence rows; without
+    any and with ``target_group``, on the record sites against the target group (None where neither scores)."""
     model.eval()
     total, n = 0.0, 0
     scores, labels, sources = [], [], []
@@ -151,9 +159,12 @@ def _evaluate(
     if not n:
         return float("nan"), None
     label, source = np.concatenate(labels), np.concatenate(sources)
-    pa = source == 0
-    auc = _auc(np.concatenate(scores)[pa], label[pa]) if pa.any() else None
-    return total / n, auc
+    pa, po = source == SOURCE_CODE[Source.PA], source == SOURCE_CODE[Source.PO]
+    if pa.any():
+        return total / n, _auc(np.concatenate(scores)[pa], label[pa])
+    if target_group and po.any():
+        return total / n, _auc(np.concatenate(scores)[po], target_group_labels(label[po]))
+    return total / n, None
 
 
 # training
@@ -216,10 +227,13 @@ def train_model(
         variables=train.ds.attrs["variables"].split() if "variables" in train.ds.attrs else None,
     )
     model = SpeciesNet.from_spec(spec).to(device)
-    loss_fn = SpeciesLoss(tcfg, species_weights(train.labels(), train.sources())).to(device)
+    labels = train.labels()
+    loss_fn = SpeciesLoss(tcfg, species_weights(labels, train.sources())).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=tcfg.epochs)
     sampler = ChunkBatchSampler(train, tcfg.batch_size, shuffle=True, seed=tcfg.seed)
+    # without surveys, the records of 2 species or more are scored against each other's sites (train.monitor=auto)
+    target_group = tcfg.monitor == "auto" and int((labels == 1).any(axis=0).sum()) >= 2
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +259,7 @@ def train_model(
             n += len(rows)
         lr = schedule.get_last_lr()[0]
         schedule.step()
-        val_loss, val_auc = _evaluate(model, val, loss_fn, tcfg.batch_size, device, amp)
+        val_loss, val_auc = _evaluate(model, val, loss_fn, tcfg.batch_size, device, amp, target_group)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -316,18 +330,88 @@ def predict(
 
 # on a cluster
 
+# Seeds and torch's thread count are per process: two trainings running at once in one worker process (a worker of
+# several threads) would draw from each other's random streams, and each would take the worker's every thread.
+_ONE_TRAINING_PER_PROCESS = threading.Lock()
 
-def _train_task(*args: Any) -> TrainResult:
-    """train_model on a worker, recording where it ran and the resources the scheduler attached to the task."""
+
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    """One network to train: :func:`train_model`'s arguments (paths the workers and the client share)."""
+
+    training_set_path: str
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    tcfg: TrainConfig
+    model_cfg: ModelConfig
+    out_dir: str
+    stats: NormStats | None = None
+
+
+def _train_task(job: TrainJob) -> TrainResult:
+    """train_model on a worker, one at a time per worker process and on the worker's threads, recording where it ran
+    and the resources the scheduler attached to the task."""
     from distributed import get_worker
     from distributed.worker import thread_state
 
-    result = train_model(*args)
+    with _ONE_TRAINING_PER_PROCESS:
+        use_worker_threads()
+        result = train_model(
+            job.training_set_path, job.train_idx, job.val_idx, job.tcfg, job.model_cfg, job.out_dir, job.stats
+        )
     worker = get_worker()
     key = getattr(thread_state, "key", None)
     task = worker.state.tasks.get(key) if key is not None else None
     resources = dict(task.resource_restrictions) if task is not None and task.resource_restrictions else None
     return dataclasses.replace(result, worker=worker.address, resources=resources)
+
+
+def train_many_on_cluster(
+    client: Client, jobs: Sequence[TrainJob], *, name: str = "default", in_flight: int | None = None
+) -> list[TrainResult]:
+    """Every job as one Dask task (``GPU=1`` each when a worker offers it), submitted before any is awaited, so that
+    the cluster's workers train them side by side; the results in the order of ``jobs``. ``name`` (the run's) names
+    the tasks. ``in_flight``: at most this many tasks submitted at a time (1: one after another); None: all at once
+    (the scheduler runs as many as there are free worker threads and queues the rest).
+
+    A job's numbers do not depend on where or beside what it runs: each task seeds itself (``train.seed``) and torch
+    uses the worker's threads. A failed task raises its own error and traceback here, and the others are cancelled.
+    """
+    from distributed import as_completed
+
+    if in_flight is not None and in_flight < 1:
+        raise TrainError(f"in_flight must be at least 1, got {in_flight}")
+    folders = [os.path.abspath(job.out_dir) for job in jobs]
+    if len(set(folders)) < len(folders):
+        raise TrainError(f"two trainings would write one folder at once: {sorted(folders)}")
+    resources = task_resources(client)
+    if resources:
+        require_resources(client, resources)
+    stamp = time.time_ns()
+    results: list[TrainResult | None] = [None] * len(jobs)
+    waiting = iter(enumerate(jobs))
+    running = as_completed()
+    index: dict[Any, int] = {}
+
+    def submit_next() -> None:
+        i, job = next(waiting, (-1, None))
+        if job is not None:
+            future = client.submit(
+                _train_task, job, resources=resources, pure=False, key=f"train-species-net-{name}-{stamp}-{i}"
+            )
+            index[future] = i
+            running.add(future)
+
+    for _ in range(len(jobs) if in_flight is None else min(in_flight, len(jobs))):
+        submit_next()
+    try:
+        for future in running:
+            results[index[future]] = future.result()  # a failed task raises its error with its traceback
+            submit_next()
+    except BaseException:
+        client.cancel(list(index))
+        raise
+    return [r for r in results if r is not None]
 
 
 def train_on_cluster(
@@ -343,16 +427,12 @@ def train_on_cluster(
     name: str = "default",
 ) -> TrainResult:
     """Run :func:`train_model` as one Dask task (``GPU=1`` when a worker offers it) and wait for its result;
-    ``name`` (the run's) names the task.
+    ``name`` (the run's) names the task (:func:`train_many_on_cluster` for several).
 
     ``training_set_path`` and ``out_dir`` must be paths the worker can read and write and the client can read
     (shared filesystem); the model file is written there by the worker.
     """
-    resources = task_resources(client)
-    if resources:
-        require_resources(client, resources)
-    future = client.submit(
-        _train_task,
+    job = TrainJob(
         os.fspath(training_set_path),
         np.asarray(train_idx),
         np.asarray(val_idx),
@@ -360,8 +440,5 @@ def train_on_cluster(
         model_cfg,
         os.fspath(out_dir),
         stats,
-        resources=resources,
-        pure=False,
-        key=f"train-species-net-{name}-{time.time_ns()}",
     )
-    return future.result()
+    return train_many_on_cluster(client, [job], name=name)[0]

@@ -7,6 +7,10 @@
 * Calibration on "pa" samples (presence-background data say nothing about absolute probabilities): expected
   calibration error and a reliability table.
 * Against the truth (the virtual region): Pearson / Spearman correlation of predicted and true probabilities.
+* Presence-only data, against the target group (``auc_tg``): a species' records against the other species' record
+  sites of the same test part, which carry the same observer bias; background points, spread where nobody looked,
+  reward a model for learning where people record (Phillips et al. 2009, *Ecol. Appl.* 19:181, on target-group
+  background). It is the presence-only score closest to a presence-absence survey, and what recipes are chosen on.
 
 Small samples are marked, not hidden: per species and fold, a test part without a presence or without an absence /
 background point is *not informative* (metrics NaN); one with fewer than :data:`MIN_CASES` presences or absences gives
@@ -25,9 +29,10 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from geoplantnet.core.config import ValidationConfig
-from geoplantnet.samples.kinds import Source
+from geoplantnet.samples.kinds import Source, target_group_labels
 
 PA = Source.PA
+PO = Source.PO
 # Fewer test presences (or absences) than this: AUC/TSS of a species in a fold rest on a handful of points (an AUC from
 # 2 presences takes only a few values) and are marked "few_cases"; the same bound on training presences marks a model
 # that could hardly learn the species (the peers skip species below 5 presences, models/peers.py).
@@ -252,6 +257,8 @@ def evaluate(
         "n_species_evaluated": float(np.isfinite(auc).sum()),
         "n_samples": float(len(labels)),
     }
+    po = _source_mask(source, len(labels), PO) if source is not None else np.zeros(len(labels), dtype=bool)
+    out["auc_tg"] = _nanmean(auc_per_species(target_group_labels(labels[po]), probs[po])) if po.any() else float("nan")
     pa = _source_mask(source, len(labels), PA)
     keys = ("auc_pa", "f1_micro_topk", "f1_samples_topk", "f1_micro_thr", "f1_samples_thr", "ece")
     out.update(dict.fromkeys(keys, float("nan")))
@@ -317,6 +324,18 @@ def per_species(
 # --- cross-validation over precomputed folds -----------------------------------------------------------------------
 
 
+def _fit_folds_together(
+    make_model: Any, X: np.ndarray, labels: np.ndarray, source: np.ndarray, trains: list[np.ndarray]
+) -> list[Any] | None:
+    """A model maker with ``fit_many(parts)`` (one fitted model per ``(X, labels, source)`` part, in order: the species
+    network, whose folds train side by side on the cluster) fits every fold's training part at once; None for the
+    others, which cross_validate fits fold by fold (one fitted model in memory at a time)."""
+    fit_many = getattr(make_model, "fit_many", None)
+    if fit_many is None:
+        return None
+    return list(fit_many([(X[t], labels[t], source[t]) for t in trains]))
+
+
 def cross_validate(
     make_model: Callable[[], Any],
     X: np.ndarray,
@@ -329,12 +348,13 @@ def cross_validate(
     true_probs: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit ``make_model()`` (anything with ``fit(X, labels, source)`` / ``predict_proba(X)``) on each fold's training
-    part and score its test part. Returns the structure :func:`geoplantnet.validation.report.write_report` reads:
-    ``{"folds": [summary per fold], "per_species": DataFrame with a fold column, "reliability": DataFrame,
-    "oof": out-of-fold probabilities, "reliability_basis": "presence-absence" or "presence-background"}``.
-    Each fold summary also counts its test presences and the species that were
-    informative, scored from few cases, predicted by a constant, or trained on few presences (``n_*`` keys); the
-    per-species table carries the flags (see :func:`per_species`)."""
+    part and score its test part; a ``make_model`` with ``fit_many`` fits all the folds in one call (in parallel)
+    and must give the models a fold-by-fold fit would. Returns the structure
+    :func:`geoplantnet.validation.report.write_report` reads: ``{"folds": [summary per fold], "per_species":
+    DataFrame with a fold column, "reliability": DataFrame, "oof": out-of-fold probabilities, "reliability_basis":
+    "presence-absence" or "presence-background"}``. Each fold summary also counts its test presences and the species
+    that were informative, scored from few cases, predicted by a constant, or trained on few presences (``n_*``
+    keys); the per-species table carries the flags (see :func:`per_species`)."""
     cfg = cfg or ValidationConfig()
     labels = np.asarray(labels)
     source = np.asarray(source).astype(str)
@@ -343,9 +363,11 @@ def cross_validate(
         raise MetricsError(f"folds must have one entry per sample ({len(labels)}), got shape {folds.shape}")
     oof = np.full(labels.shape, np.nan, dtype="float32")
     summaries, tables = [], []
-    for k in np.unique(folds).tolist():
+    fold_ids = np.unique(folds).tolist()
+    fitted = _fit_folds_together(make_model, X, labels, source, [folds != k for k in fold_ids])
+    for i, k in enumerate(fold_ids):
         test = folds == k
-        model = make_model().fit(X[~test], labels[~test], source[~test])
+        model = fitted[i] if fitted is not None else make_model().fit(X[~test], labels[~test], source[~test])
         probs = np.asarray(model.predict_proba(X[test]))
         oof[test] = probs
         truth = None if true_probs is None else np.asarray(true_probs)[test]

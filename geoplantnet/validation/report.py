@@ -24,7 +24,10 @@ from matplotlib.figure import Figure  # no pyplot: no global state, safe in work
 from geoplantnet.reports.markdown import frame_table
 from geoplantnet.validation.metrics import MIN_CASES
 
-SUMMARY_ORDER = ("auc", "auc_pa", "tss_max", "tss", "f1_micro_topk", "f1_samples_topk", "ece", "pearson", "spearman")
+SUMMARY_ORDER = (
+    *("auc", "auc_tg", "auc_pa", "tss_max", "tss"),
+    *("f1_micro_topk", "f1_samples_topk", "ece", "pearson", "spearman"),
+)
 # Below this many presence records of a species the report warns: a handful of points split over spatial folds give
 # AUCs from one or two presences each.
 MIN_RECORDS = 10

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from distributed import Client
 
 from geoplantnet.core.config import ValidationConfig
 from geoplantnet.core.errors import InputError
-from geoplantnet.models.peers import PEER_KINDS, TunedMaxentPeer
+from geoplantnet.models.peers import BG, PEER_KINDS, TunedMaxentPeer
 from geoplantnet.samples.extraction import extract_samples
 from geoplantnet.samples.observations import SpeciesVocabulary, build_samples
 from geoplantnet.samples.training_set import compute_stats, open_training_set
@@ -34,7 +34,14 @@ from geoplantnet.samples.valid_cells import RecordRescue, ValidCells, move_recor
 from geoplantnet.sources import predictors
 from geoplantnet.sources.cube import cube_composites
 from geoplantnet.training.species import SpeciesInputs, SpeciesTraining, feature_inputs, training_point_features
-from geoplantnet.training.train import TrainResult, load_ensemble, predict, save_model, train_on_cluster
+from geoplantnet.training.train import (
+    TrainJob,
+    TrainResult,
+    load_ensemble,
+    predict,
+    save_model,
+    train_many_on_cluster,
+)
 from geoplantnet.validation.blocks import choose_block_size, n_blocks, spatial_blocks, validation_split
 from geoplantnet.validation.calibration import (
     CalibrationOutcome,
@@ -47,12 +54,37 @@ from geoplantnet.validation.metrics import cross_validate
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class CnnFit:
+    """A fitted species network (or ensemble, as one model) behind the peers' ``predict_proba``: what
+    :meth:`CnnPeer.fit_many` returns per fit."""
+
+    model: Any
+    spec: Any
+    training_set: str
+    batch_size: int
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.predict_at(self.training_set, X[:, 0].astype(np.int64))
+
+    def predict_at(self, path: str, idx: np.ndarray) -> np.ndarray:
+        """Probabilities at samples ``idx`` of any store in the training-set layout (e.g. independent test sites)."""
+        return predict(self.model, self.spec, path, idx, self.batch_size)
+
+    def save(self, path: Path) -> str:
+        """The network (or ensemble, as one file) written atomically to ``path``."""
+        return save_model(path, self.model, self.spec)
+
+
 class CnnPeer:
     """The species network behind the peers' ``fit``/``predict_proba`` interface.
 
     ``X`` holds sample indices into the training set (one column), so the CNN, MaxEnt and the random forest are
     cross-validated by the same code on the same folds. Each fit trains on the cluster with early stopping on a
-    block-based validation split carved out of the training part.
+    block-based validation split carved out of the training part. :meth:`fit_many` (which
+    :func:`~geoplantnet.validation.metrics.cross_validate` uses for the folds) and :func:`fit_networks` (several
+    peers) train every member of every fit side by side on the cluster's workers; ``in_flight`` bounds how many
+    train at a time (1: one after another, as a sequential run; None: all).
     """
 
     def __init__(
@@ -65,25 +97,47 @@ class CnnPeer:
         y: np.ndarray,
         block_size: float,
         run_name: str | None = None,
+        in_flight: int | None = None,
     ) -> None:
         self.settings, self.path, self.client, self.out_dir = settings, training_set, client, out_dir
         self.x, self.y, self.block_size = x, y, block_size
         self.run_name = run_name  # the run folder under out_dir: fold-<k> by default
+        self.in_flight = in_flight
         self.runs: list[TrainResult] = []
         self.n_fits = 0
-        self._model: Any = None
-        self._spec: Any = None
+        self._fitted: CnnFit | None = None
+        self._rows_meta: tuple[np.ndarray, np.ndarray] | None = None
 
     def __call__(self) -> CnnPeer:
-        return self  # cross_validate asks for a fresh model per fold; state is replaced on each fit
+        return self  # a fresh model per fold, for a fold-by-fold fit: state is replaced on each fit
 
     def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray) -> CnnPeer:
+        self._fitted = fit_networks([(self, X)])[0]
+        return self
+
+    def fit_many(self, parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[CnnFit]:
+        """One network per ``(X, labels, source)`` part (the folds of a cross-validation), in their order; every
+        member of every part trained side by side."""
+        return fit_networks([(self, X) for X, _, _ in parts])
+
+    def _labels_and_source(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every row's labels and source in the training set (read once)."""
+        if self._rows_meta is None:
+            ds = open_training_set(self.path)
+            self._rows_meta = ds["label"].values, np.array([str(v) for v in ds["source"].values])
+        return self._rows_meta
+
+    def member_jobs(self, X: np.ndarray) -> list[TrainJob]:
+        """The training tasks of one fit on the rows ``X``: one per ensemble member, in the next run folder."""
+        rows = X[:, 0].astype(np.int64)
+        if self.settings.train.po_sites == "records":
+            labels, source = self._labels_and_source()
+            rows = rows[_learning_rows("records", labels[rows], source[rows])]
         train = np.zeros(len(self.x), dtype=bool)
-        train[X[:, 0].astype(np.int64)] = True
+        train[rows] = True
         run_dir = self.out_dir / (self.run_name or f"fold-{self.n_fits}")
         self.n_fits += 1
         n = self.settings.train.ensemble
-        paths = []
         # one normalisation (from all the rows given) for every member, so the members form one model
         stats = (
             compute_stats(open_training_set(self.path), np.flatnonzero(train), scaling=self.settings.train.scaling)
@@ -93,46 +147,85 @@ class CnnPeer:
         # Ensemble members differ by their seed (initialisation, batch order) and by the blocks held out for early
         # stopping: each learns from another ~80% of the rows and together they use all of them (the fold average
         # of cross-validation models, which beat single models on independent surveys).
+        jobs = []
         for k in range(n):
             fit_mask, val_mask = validation_split(
                 self.x, self.y, train, self.block_size, seed=self.settings.validation.seed + k
             )
-            train_k = self.settings.train.model_copy(update={"seed": self.settings.train.seed + k})
-            member_dir = run_dir / f"seed-{k}" if n > 1 else run_dir
-            result = train_on_cluster(
-                self.client,
-                self.path,
-                np.flatnonzero(fit_mask),
-                np.flatnonzero(val_mask),
-                train_k,
-                self.settings.model,
-                member_dir,
-                stats,
-                name=self.settings.name,
+            jobs.append(
+                TrainJob(
+                    self.path,
+                    np.flatnonzero(fit_mask),
+                    np.flatnonzero(val_mask),
+                    self.settings.train.model_copy(update={"seed": self.settings.train.seed + k}),
+                    self.settings.model,
+                    str(run_dir / f"seed-{k}" if n > 1 else run_dir),
+                    stats,
+                )
             )
-            self.runs.append(result)
-            paths.append(result.model_path)
+        return jobs
+
+    def fitted(self, results: Sequence[TrainResult]) -> CnnFit:
+        """The network of one fit's trained members (their runs kept in :attr:`runs`)."""
+        for result in results:
             log.info(
                 "CNN %s: %d epochs (best %d), %.1f s/epoch on %s",
-                member_dir.relative_to(self.out_dir),
+                os.path.relpath(Path(result.model_path).parent, self.out_dir),
                 result.epochs_run,
                 result.best_epoch,
                 np.mean(result.epoch_seconds),
                 result.device,
             )
-        self._model, self._spec = load_ensemble(paths)
-        return self
+        self.runs.extend(results)
+        model, spec = load_ensemble([r.model_path for r in results])
+        return CnnFit(model, spec, self.path, self.settings.train.batch_size)
+
+    def _fit(self) -> CnnFit:
+        if self._fitted is None:
+            raise RuntimeError("CnnPeer used before fit")
+        return self._fitted
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self.predict_at(self.path, X[:, 0].astype(np.int64))
+        return self._fit().predict_proba(X)
 
     def predict_at(self, path: str, idx: np.ndarray) -> np.ndarray:
         """Probabilities at samples ``idx`` of any store in the training-set layout (e.g. independent test sites)."""
-        return predict(self._model, self._spec, path, idx, self.settings.train.batch_size)
+        return self._fit().predict_at(path, idx)
 
     def save(self, path: Path) -> str:
         """The fitted network (or ensemble, as one file) written atomically to ``path``."""
-        return save_model(path, self._model, self._spec)
+        return self._fit().save(path)
+
+
+def fit_networks(fits: Sequence[tuple[CnnPeer, np.ndarray]]) -> list[CnnFit]:
+    """Each ``(peer, X)`` fitted on the rows ``X``: the members of every fit submitted to the cluster at once (bounded
+    by the first peer's ``in_flight``), the networks in the order of ``fits``. The numbers are those of fitting them
+    one after another: each member's seed, validation blocks and normalisation are fixed before any is trained."""
+    if not fits:
+        return []
+    jobs = [peer.member_jobs(X) for peer, X in fits]
+    first = fits[0][0]
+    results = iter(
+        train_many_on_cluster(
+            first.client, [job for each in jobs for job in each], name=first.settings.name, in_flight=first.in_flight
+        )
+    )
+    return [peer.fitted([next(results) for _ in each]) for (peer, _), each in zip(fits, jobs, strict=True)]
+
+
+def _learning_rows(po_sites: str, labels: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """The rows the network learns from: all, or (``train.po_sites=records``) all but the background points. With
+    records of a single species the records alone hold no contrast (every site is a presence), so the background
+    stays, and the log says so."""
+    source = np.asarray(source).astype(str)
+    keep = np.ones(len(source), dtype=bool)
+    if po_sites != "records" or not (source == BG).any():
+        return keep
+    recorded = (np.asarray(labels)[source != BG] == 1).any(axis=0)
+    if recorded.sum() < 2:
+        log.warning("train.po_sites=records needs records of 2 species or more: the network learns from the background")
+        return keep
+    return source != BG
 
 
 class BlockTunedPeer:

@@ -21,7 +21,7 @@ from geoplantnet.samples.tables import TableSamples, TestSites
 from geoplantnet.samples.training_set import open_training_set
 from geoplantnet.training.species import SpeciesTraining
 from geoplantnet.validation.blocks import choose_block_size
-from geoplantnet.validation.species import CnnPeer, fit_point_model, point_peer
+from geoplantnet.validation.species import CnnPeer, fit_networks, fit_point_model, point_peer
 
 log = logging.getLogger(__name__)
 DEEP = "cnn"  # the project's network keeps the name it has in `geoplantnet sdm` (here an MLP on the table's columns)
@@ -99,55 +99,105 @@ def fit_units(
     client: Client,
 ) -> UnitFits:
     """Fit every model of ``models`` on each unit's training rows (the deep model with early stopping on a
-    block-based split of them), predict at the test sites, and write the models to ``<out_dir>/models/``."""
+    block-based split of them; every unit's at once, side by side on the cluster), predict at the test sites, and
+    write the models to ``<out_dir>/models/``."""
     n_sites, n_species = test.label.shape
     fits = UnitFits(
         {m: np.full((n_sites, n_species), np.nan, "float32") for m in models}, seconds=dict.fromkeys(models, 0.0)
     )
-    for unit, species in units.items():
-        tag = "" if len(units) == 1 else f"-{safe_name(unit)}"
-        work = out_dir / "units" / safe_name(unit)
-        path = unit_training_set(samples, species, work / "training.zarr", settings)
-        test_path = test.write(work / "test.zarr", species, samples.species, samples.feature_names)
-        cols = [samples.species.index(s) for s in species]
-        x, y, labels, source, features = read_rows(path)
-        rows = np.arange(len(x))
-        for name in models:
+    written = [
+        _write_unit(samples, test, unit, species, len(units) > 1, out_dir, settings) for unit, species in units.items()
+    ]
+    if DEEP in models:
+        _fit_deep(settings, written, n_sites, block, out_dir, client, fits)
+    for unit in written:
+        x, y, labels, source, features = read_rows(unit.path)
+        for name in (m for m in models if m != DEEP):
             t = time.perf_counter()
-            if name == DEEP:
-                cnn = CnnPeer(settings, path, client, out_dir / "cnn" / safe_name(unit), x, y, block, run_name="final")
-                cnn.fit(rows[:, None], labels, source)
-                fits.training_runs[unit] = [
-                    {
-                        "epochs": r.epochs_run,
-                        "best_epoch": r.best_epoch,
-                        "monitor": r.monitor,
-                        "best_score": r.best_score,
-                        "seconds_per_epoch": float(np.mean(r.epoch_seconds)),
-                        "device": r.device,
-                    }
-                    for r in cnn.runs
-                ]
-                fits.predictions[name][:, cols] = cnn.predict_at(test_path, np.arange(n_sites))
-                fits.files[f"{name}{tag}"] = cnn.save(out_dir / "models" / f"cnn{tag}.pt")
-            else:
-                peer = fit_point_model(
-                    name,
-                    lambda n=name: table_peer(n, settings, client),
-                    features,
-                    x,
-                    y,
-                    block,
-                    settings.validation,
-                    labels,
-                    source,
-                )
-                fits.predictions[name][:, cols] = peer.predict_proba(test.features)
-                fits.files[f"{name}{tag}"] = peer.save(
-                    out_dir / "models" / f"{name}{tag}.peer",
-                    species=species,
-                    variables=samples.feature_names,
-                )
+            peer = fit_point_model(
+                name,
+                lambda n=name: table_peer(n, settings, client),
+                features,
+                x,
+                y,
+                block,
+                settings.validation,
+                labels,
+                source,
+            )
+            fits.predictions[name][:, unit.cols] = peer.predict_proba(test.features)
+            fits.files[f"{name}{unit.tag}"] = peer.save(
+                out_dir / "models" / f"{name}{unit.tag}.peer",
+                species=unit.species,
+                variables=samples.feature_names,
+            )
             fits.seconds[name] += time.perf_counter() - t
-            log.info("%s on %s: %.0f s", name, unit, time.perf_counter() - t)
+            log.info("%s on %s: %.0f s", name, unit.name, time.perf_counter() - t)
     return fits
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """A sharing unit's training and test sets, written under the run's folder."""
+
+    name: str
+    species: list[str]
+    tag: str  # model file suffix: "" for the only unit
+    path: str
+    test_path: str
+    cols: list[int]  # the unit's species among the test sites' columns
+
+
+def _write_unit(
+    samples: TableSamples,
+    test: TestSites,
+    unit: str,
+    species: list[str],
+    several: bool,
+    out_dir: Path,
+    settings: SpeciesTraining,
+) -> _Unit:
+    work = out_dir / "units" / safe_name(unit)
+    return _Unit(
+        unit,
+        species,
+        f"-{safe_name(unit)}" if several else "",
+        unit_training_set(samples, species, work / "training.zarr", settings),
+        test.write(work / "test.zarr", species, samples.species, samples.feature_names),
+        [samples.species.index(s) for s in species],
+    )
+
+
+def _fit_deep(
+    settings: SpeciesTraining,
+    units: list[_Unit],
+    n_sites: int,
+    block: float,
+    out_dir: Path,
+    client: Client,
+    fits: UnitFits,
+) -> None:
+    """The deep model of every unit, all units' ensemble members trained side by side on the cluster; their
+    predictions at the test sites and model files into ``fits``."""
+    t = time.perf_counter()
+    peers, rows = [], []
+    for unit in units:
+        x, y, *_ = read_rows(unit.path)
+        peers.append(CnnPeer(settings, unit.path, client, out_dir / "cnn" / safe_name(unit.name), x, y, block, "final"))
+        rows.append(np.arange(len(x))[:, None])
+    for unit, peer, net in zip(units, peers, fit_networks(list(zip(peers, rows, strict=True))), strict=True):
+        fits.training_runs[unit.name] = [
+            {
+                "epochs": r.epochs_run,
+                "best_epoch": r.best_epoch,
+                "monitor": r.monitor,
+                "best_score": r.best_score,
+                "seconds_per_epoch": float(np.mean(r.epoch_seconds)),
+                "device": r.device,
+            }
+            for r in peer.runs
+        ]
+        fits.predictions[DEEP][:, unit.cols] = net.predict_at(unit.test_path, np.arange(n_sites))
+        fits.files[f"{DEEP}{unit.tag}"] = net.save(out_dir / "models" / f"cnn{unit.tag}.pt")
+    fits.seconds[DEEP] += time.perf_counter() - t
+    log.info("%s on %d unit(s): %.0f s", DEEP, len(units), time.perf_counter() - t)
