@@ -28,7 +28,7 @@ def _sdm(tmp_path: Path, *args: str, overrides: list[str]) -> dict:
 def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(small_sdm: SmallSdm):
     # the session's sdm run on the small region (tests/conftest.py: small_sdm)
     result = small_sdm.summary
-    assert set(result["models"]) == {"cnn", "maxent", "random_forest"}
+    assert set(result["models"]) == {"cnn", "maxent", "maxent_tuned", "random_forest"}
     for name, metrics in result["models"].items():
         assert 0.5 < metrics["auc"] <= 1.0, name  # better than chance on spatial blocks
         assert metrics["pearson"] > 0.0, name  # correlated with the true probabilities
@@ -47,15 +47,20 @@ def test_sdm_on_the_virtual_region_scores_every_model_against_the_truth(small_sd
     assert {k: Path(v).name for k, v in files.items()} == {
         "cnn": "cnn.pt",
         "maxent": "maxent.peer",
+        "maxent_tuned": "maxent_tuned.peer",
         "random_forest": "random_forest.peer",
     }
     assert all(Path(v).parent == small_sdm.out / "models" for v in files.values())
     _, cnn_spec = load_model(files["cnn"])
     assert len(cnn_spec.species) == result["n_species"]
-    for kind in ("maxent", "random_forest"):
+    for kind in ("maxent", "maxent_tuned", "random_forest"):
         peer, spec = load_peer(files[kind], kind=kind)
         assert spec.species == cnn_spec.species and spec.variables == cnn_spec.variables
         assert len(spec.features) == peer.n_vars_
+    # the tuned MaxEnt's choice per species (on spatial folds of all the samples) is in its file's header
+    tuning = load_peer(files["maxent_tuned"])[1].tuning
+    assert tuning is not None and len(tuning) == len(cnn_spec.species)
+    assert {t["features"] for t in tuning if t} <= {"L", "LQ", "default"}
     assert "final models on all kept samples" in text and "models/maxent.peer" in text
 
 
@@ -75,6 +80,7 @@ def test_bradypus_through_the_bring_your_own_data_command(tmp_path, shared_clust
     )
     assert result["n_species"] == 1 and result["n_samples"] > 600  # 116 presences + background on land
     assert result["models"]["maxent"]["auc"] > 0.7  # the literature's ~0.8-0.9 less the spatial-block penalty
+    assert result["models"]["maxent_tuned"]["auc"] > 0.7  # the example's default grid, tuned inside each fold
     assert result["models"]["cnn"]["auc"] > 0.6
     # the final models (all records) mapped over South America at 25 km through the same tile job, side by side
     stores = {}

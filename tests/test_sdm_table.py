@@ -16,7 +16,7 @@ import pytest
 
 from geoplantnet.core.config import TableConfig
 from geoplantnet.samples.tables import TableError, read_tables
-from geoplantnet.testing.cli import Result, run_cli
+from geoplantnet.testing.cli import Result, cli_sets, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECIES = [f"sp{i}" for i in range(6)]
@@ -145,7 +145,8 @@ def test_sdm_table_scores_every_model_on_the_independent_sites(benchmark: dict[s
         "model: {env_hidden: 64, fusion_hidden: 64}\n"
         "train: {po_loss: deepmaxent, scaling: robust, ensemble: 2, epochs: 30, patience: 5, batch_size: 1024, "
         "lr: 0.002}\n"
-        "validation: {models: [cnn, maxent, random_forest], block_size_m: 20000}\n"
+        "validation: {models: [cnn, maxent, maxent_tuned, random_forest], block_size_m: 20000, "
+        "maxent_features: [L, LQ], maxent_betas: [1, 4]}\n"
         "cluster: {n_workers: 1, threads_per_worker: 2, memory_limit: 3GiB}\n"
     )
     out = tmp_path / "run"
@@ -168,17 +169,19 @@ def test_sdm_table_scores_every_model_on_the_independent_sites(benchmark: dict[s
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     models = summary["independent"]["models"]
-    assert set(models) == {"cnn", "maxent", "random_forest"}
+    assert set(models) == {"cnn", "maxent", "maxent_tuned", "random_forest"}
     # the species respond strongly to the predictors: every model must rank the surveys far better than chance
     for name, entry in models.items():
         assert entry["species"] == 6 and set(entry["groups"]) == {"plant", "bird"}
         assert entry["auc"] > 0.7, (name, entry)
-    assert sum(models["cnn"]["vs_maxent"].values()) == 6
+    # wins and losses against the tuned MaxEnt, the peer to beat (the default MaxEnt keeps its column)
+    assert sum(models["cnn"]["vs_maxent_tuned"].values()) == sum(models["maxent"]["vs_maxent_tuned"].values()) == 6
     # one network per group (share: group), each an ensemble of 2 with its own early-stopping blocks
     assert set(summary["units"]) == {"plant", "bird"}
     assert all(len(runs) == 2 for runs in summary["independent"]["deep_training"].values())
     files = summary["independent"]["model_files"]
-    assert set(files) == {f"{m}-{g}" for m in ("cnn", "maxent", "random_forest") for g in ("plant", "bird")}
+    kinds = ("cnn", "maxent", "maxent_tuned", "random_forest")
+    assert set(files) == {f"{m}-{g}" for m in kinds for g in ("plant", "bird")}
     from geoplantnet.models.peers import load_peer
     from geoplantnet.training.train import load_model
 
@@ -186,12 +189,38 @@ def test_sdm_table_scores_every_model_on_the_independent_sites(benchmark: dict[s
     assert spec.members == 2 and spec.species == ["sp0", "sp1", "sp2"]
     assert spec.variables is None or spec.variables[:2] == ["temp", "rain"]
     assert load_peer(files["maxent-bird"])[1].species == ["sp3", "sp4", "sp5"]
+    tuning = load_peer(files["maxent_tuned-bird"], kind="maxent_tuned")[1].tuning
+    assert tuning is not None and len(tuning) == 3 and all(t["features"] in ("L", "LQ", "default") for t in tuning)
     report = (out / "report" / "report.md").read_text()
     for heading in ("## All species", "## Per biological group", "## Wins and losses per species", "## Per species"):
         assert heading in report
     assert (out / "report" / "auc_scatter.png").stat().st_size > 1000
     per_species = pd.read_csv(out / "report" / "per_species.csv")
-    assert len(per_species) == 18 and per_species.auc.between(0, 1).all()
+    assert len(per_species) == 24 and per_species.auc.between(0, 1).all()
+    assert "- cnn vs maxent_tuned:" in report and "| maxent |" in report
+
+
+def test_without_test_sites_the_tuned_maxent_is_cross_validated_nested(
+    benchmark: dict[str, Path], tmp_path: Path, shared_cluster_sets: list[str]
+) -> None:
+    # no test table: each unit cross-validated on spatial blocks; the tuned MaxEnt tunes inside each fold on blocks of
+    # that fold's training rows (tests/test_maxent_tuning.py checks that the outer test rows are never seen)
+    cfg = tmp_path / "table.yaml"
+    cfg.write_text(
+        "name: table-cv\n"
+        "table: {species: spid, group: group, crs: 'EPSG:3035', categorical: [soil], share: region}\n"
+        "validation: {models: [maxent, maxent_tuned], block_size_m: 20000, folds: 3, "
+        "maxent_features: [L, LQ], maxent_betas: [2]}\n"
+    )
+    out = tmp_path / "run"
+    args = ["--presence", str(benchmark["presence"]), "--background", str(benchmark["background"])]
+    args += ["--out", str(out), *cli_sets(shared_cluster_sets)]
+    done = _cli("sdm-table", "--config", str(cfg), *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cv = json.loads((out / "summary.json").read_text())["cross_validation"]["all"]
+    assert set(cv["models"]) == {"maxent", "maxent_tuned"} and set(cv["seconds"]) == {"maxent", "maxent_tuned"}
+    assert all(m["folds"] == 3 and m["n_samples"] == 2720 for m in cv["models"].values())
+    assert "| maxent_tuned" in Path(cv["report"]).read_text()
 
 
 def test_sdm_table_bad_input_is_one_line_and_exit_2(benchmark: dict[str, Path], tmp_path: Path) -> None:

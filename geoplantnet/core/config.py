@@ -44,6 +44,9 @@ MAX_EPOCHS = 10_000
 MAX_ENSEMBLE = 100  # networks trained and kept per model
 MAX_WORKERS = 256  # Dask workers and threads per worker started on one machine
 MAX_BATCH_MB = 65_536  # memory of one forward pass (MiB)
+# the tuned MaxEnt's grid (geoplantnet.models.maxent_tuning): ENMeval's feature classes, simplest first, x betas
+MAXENT_FEATURE_CLASSES = ("L", "LQ", "H", "LQH", "LQHP")
+MAXENT_BETAS = (1.0, 2.0, 4.0)
 
 
 class _Section(BaseModel):
@@ -353,7 +356,36 @@ class ValidationConfig(_Section):
     top_k: int = Field(10, ge=1)
     threshold: float = Field(0.5, gt=0, lt=1)
     seed: int = 0
-    models: list[Literal["cnn", "maxent", "random_forest"]] = ["cnn", "maxent", "random_forest"]
+    models: list[Literal["cnn", "maxent", "maxent_tuned", "random_forest"]] = Field(
+        ["cnn", "maxent", "maxent_tuned", "random_forest"],
+        description="models fitted and scored side by side on the same folds; maxent_tuned: MaxEnt with feature "
+        "classes x beta chosen per species on spatial blocks of the training rows (geoplantnet.models.maxent_tuning)",
+    )
+    maxent_features: list[str] = Field(
+        list(MAXENT_FEATURE_CLASSES),
+        min_length=1,
+        description="feature classes maxent_tuned tries, simplest first (ties go to the earliest): ENMeval's letters "
+        "L linear, Q quadratic, H hinge, P product, T threshold",
+    )
+    maxent_betas: list[float] = Field(
+        list(MAXENT_BETAS), min_length=1, description="regularisation (beta) multipliers maxent_tuned tries"
+    )
+
+    @field_validator("maxent_features")
+    @classmethod
+    def _feature_classes(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not re.fullmatch(r"[LQHPT]+", v)]
+        if bad:
+            raise ValueError(f"feature classes {bad}: use the letters L, Q, H, P, T (e.g. LQH)")
+        return value
+
+    @field_validator("maxent_betas")
+    @classmethod
+    def _betas(cls, value: list[float]) -> list[float]:
+        if any(not b > 0 for b in value):
+            raise ValueError("beta multipliers must be > 0")
+        return value
+
     calibration: Literal["platt", "isotonic", "none"] = Field(
         "platt",
         description="per-species calibration of the final models, fitted on the out-of-fold predictions at "

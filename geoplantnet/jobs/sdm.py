@@ -6,7 +6,8 @@ a user's observations file and predictor rasters (any CRS), with or without Sent
 
 After the cross-validation, each model is fitted once more on every kept sample, for mapping, into ``<out>/models/``:
 ``cnn.pt`` (the species network; early stopping on a block-based validation split carved from the samples, as in each
-fold), ``maxent.peer`` and ``random_forest.peer`` (:meth:`geoplantnet.models.peers.MaxentPeer.save` files). The
+fold), ``maxent.peer``, ``maxent_tuned.peer`` (MaxEnt tuned per species on spatial blocks of the training rows: nested
+inside each fold) and ``random_forest.peer`` (:meth:`geoplantnet.models.peers.MaxentPeer.save` files). The
 cross-validation does not depend on them: its folds and numbers are those of a run without them. Their specs then get
 the calibration and thresholds chosen on the cross-validation's out-of-fold predictions
 (:mod:`geoplantnet.validation.calibration`; also ``<out>/models/thresholds.csv``).
@@ -25,7 +26,6 @@ import numpy as np
 from distributed import Client
 
 from geoplantnet.core.config import RunConfig
-from geoplantnet.models.peers import MaxentPeer, RandomForestPeer
 from geoplantnet.reports.summary import write_summary
 from geoplantnet.runs.context import RunContext
 from geoplantnet.runs.inputs import Inputs
@@ -38,6 +38,8 @@ from geoplantnet.validation.species import (
     calibrate_models,
     cross_validate_models,
     fit_final_models,
+    point_model,
+    point_peer,
     prepare_samples,
 )
 
@@ -62,8 +64,18 @@ def run_sdm(cfg: RunConfig, inputs: Inputs, out_dir: Path, client: Client) -> di
     cnn = CnnPeer(settings, path, client, out_dir / "cnn", x_all, y_all, block)
     peers: dict[str, tuple[Any, np.ndarray]] = {
         "cnn": (cnn, rows[:, None]),
-        "maxent": (lambda: MaxentPeer(client=client, seed=cfg.train.seed), features),
-        "random_forest": (lambda: RandomForestPeer(client=client, seed=cfg.train.seed), features),
+        **{
+            name: point_model(
+                name,
+                lambda n=name: point_peer(n, cfg.validation, client, cfg.train.seed),
+                features,
+                x,
+                y,
+                block,
+                cfg.validation,
+            )
+            for name in ("maxent", "maxent_tuned", "random_forest")
+        },
     }
     chosen = {name: peer for name, peer in peers.items() if name in cfg.validation.models}
     results, timings = cross_validate_models(chosen, labels, source, folds, cfg.validation, species, truth)

@@ -4,9 +4,12 @@ forest fitted on the same rows, scored on independent presence-absence sites and
 Flow: :func:`~geoplantnet.samples.tables.read_tables` -> one training set per sharing unit (all species, a
 biological group, or one species: ``table.share``) in the training-set contract -> every model fitted on it (the deep
 model's early stopping on a block-based validation split of the training rows; the test sites are never seen before
-scoring) -> predictions at the test sites -> per-species, per-group and overall tables, wins/losses against MaxEnt
-and time per model (:mod:`geoplantnet.validation.independent`). The fitted models are written to ``<out>/models/``
-(``cnn[-<unit>].pt``, ``maxent[-<unit>].peer``, ``random_forest[-<unit>].peer``), listed in ``summary.json``.
+scoring) -> predictions at the test sites -> per-species, per-group and overall tables, wins/losses against the
+tuned MaxEnt (``maxent_tuned``: feature classes and beta chosen per species on spatial blocks of the training rows,
+nested inside each cross-validation fold; else the default MaxEnt) and time per model
+(:mod:`geoplantnet.validation.independent`). The fitted models are written to ``<out>/models/`` (``cnn[-<unit>].pt``,
+``maxent[-<unit>].peer``, ``maxent_tuned[-<unit>].peer``, ``random_forest[-<unit>].peer``), listed in
+``summary.json``; the tuned MaxEnt's choices per species are in its file's header (``tuning``).
 
 Without a test table (or with ``table.cross_validate``), each unit is also cross-validated on spatial blocks of its
 training rows, with the report of ``geoplantnet sdm`` (presence vs background: relative suitability).
@@ -31,7 +34,7 @@ from geoplantnet.training.species import SpeciesTraining
 from geoplantnet.validation import independent
 from geoplantnet.validation.blocks import blocks_geodataframe, spatial_blocks
 from geoplantnet.validation.report import model_summary, report_warnings, write_report
-from geoplantnet.validation.species import CnnPeer, cross_validate_models
+from geoplantnet.validation.species import CnnPeer, cross_validate_models, point_model
 from geoplantnet.validation.table_models import (
     DEEP,
     block_size,
@@ -59,7 +62,7 @@ def run_table_sdm(
     settings = RunContext(cfg).species_training
     units = sharing_units(samples, cfg.table.share)
     block = block_size(settings, samples)
-    models = [m for m in ("cnn", "maxent", "random_forest") if m in cfg.validation.models]
+    models = [m for m in ("cnn", "maxent", "maxent_tuned", "random_forest") if m in cfg.validation.models]
     log.info(
         "%d species in %d unit(s), %d samples, blocks of %g m", len(samples.species), len(units), len(samples.x), block
     )
@@ -103,7 +106,8 @@ def _independent(
     fits = fit_units(settings, samples, test, units, models, block, out_dir, client)
     scores = independent.score_sites(fits.predictions, test.label, samples.species, samples.group_of)
     seconds = {k: round(v, 1) for k, v in fits.seconds.items()}
-    reference = "maxent" if "maxent" in models else models[0]
+    # the reference for wins and losses: the tuned MaxEnt when run (the peer to beat), else the default one
+    reference = next((m for m in ("maxent_tuned", "maxent") if m in models), models[0])
     report = independent.write_independent_report(
         scores,
         out_dir / "report",
@@ -148,7 +152,7 @@ def _cross_validate(
     peers = {
         name: (cnn, rows[:, None])  # the network itself: its folds train side by side (CnnPeer.fit_many)
         if name == DEEP
-        else ((lambda n=name: table_peer(n, settings, client)), features)
+        else point_model(name, lambda n=name: table_peer(n, settings, client), features, x, y, block, cfg.validation)
         for name in models
     }
     results, timings = cross_validate_models(peers, labels, source, folds, cfg.validation, species)

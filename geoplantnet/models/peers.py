@@ -42,6 +42,7 @@ from joblib import Parallel, delayed
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from geoplantnet.core.errors import InputError
+from geoplantnet.models import maxent_tuning
 from geoplantnet.models.calibration import Calibration, Thresholds, calibrate
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class PeerSpec(BaseModel):
 
     format: Literal["geoplantnet.peer"] = PEER_FORMAT
     version: str = PEER_FORMAT_VERSION
-    kind: Literal["maxent", "random_forest"]
+    kind: Literal["maxent", "maxent_tuned", "random_forest"]
     species: list[str]
     species_name: list[str] | None = None
     variables: list[str] | None = None  # environmental variables (env_point), in order
@@ -103,6 +104,8 @@ class PeerSpec(BaseModel):
     features: list[str]  # every column of X, in order (variables, then series season-major)
     params: dict[str, Any] = {}
     skipped: list[int] = []  # species not fitted (too few presences): predicted at their prevalence
+    # per species, the setting a tuned peer chose on spatial folds (models.maxent_tuning); None: not tuned
+    tuning: list[dict[str, Any] | None] | None = None
     libraries: dict[str, str] = {}
     payload_sha256: str = ""
     # from sdm's cross-validation (geoplantnet.validation.calibration); None in older files, which load unchanged
@@ -286,8 +289,9 @@ class _PerSpeciesPeer:
     def _fill(self, X: np.ndarray) -> np.ndarray:
         return np.where(np.isnan(X), self.fill_values_, X)
 
-    def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray) -> Self:
-        """Fit one model per species with at least ``min_presences`` presences."""
+    def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray, groups: np.ndarray | None = None) -> Self:
+        """Fit one model per species with at least ``min_presences`` presences. ``groups``: a spatial fold id per
+        row, for peers that tune themselves on the training rows (ignored by the others)."""
         X = self._check_X(X)
         labels = np.asarray(labels)
         source = np.asarray(source).astype(str)
@@ -305,24 +309,31 @@ class _PerSpeciesPeer:
         self.prevalence_ = np.zeros(n_species)
         fit_species: list[int] = []
         jobs = []
+        job_groups = []
         for s in range(n_species):
             idx, y = training_rows(labels, source, s)
             self.prevalence_[s] = y.mean() if len(y) else 0.0
             if y.sum() >= self.min_presences and (y == 0).any():
                 fit_species.append(s)
                 jobs.append((X[idx], y))
+                job_groups.append(None if groups is None else np.asarray(groups)[idx])
         self.skipped_ = [s for s in range(n_species) if s not in set(fit_species)]
-        fitted = self._run(jobs)
+        fitted = self._run(jobs, self._estimators(jobs, job_groups, fit_species, n_species))
         self.models_: list[Any] = [None] * n_species
         for s, model in zip(fit_species, fitted, strict=True):
             self.models_[s] = model
         return self
 
-    def _run(self, jobs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Any]:
+    def _estimators(
+        self, jobs: Sequence[tuple[np.ndarray, np.ndarray]], groups: Sequence[Any], species: list[int], n_species: int
+    ) -> list[Any]:
+        """One unfitted estimator per job (species ``species``, rows' fold ids ``groups``): the same for every one."""
+        return [self._estimator() for _ in jobs]
+
+    def _run(self, jobs: Sequence[tuple[np.ndarray, np.ndarray]], estimators: Sequence[Any]) -> list[Any]:
         if not jobs:
             return []
         # A fresh estimator per job and a module-level function: nothing that holds the client is shipped.
-        estimators = [self._estimator() for _ in jobs]
         if self.client is not None:
             futures = self.client.map(
                 _fit_estimator, estimators, [X for X, _ in jobs], [y for _, y in jobs], pure=False
@@ -391,6 +402,7 @@ class _PerSpeciesPeer:
             features=names,
             params=self.params(),
             skipped=[int(s) for s in self.skipped_],
+            tuning=getattr(self, "tuning_", None),
             libraries=library_versions(),
         )
 
@@ -448,11 +460,11 @@ class MaxentPeer(_PerSpeciesPeer):
         super().__init__(min_presences=min_presences, n_jobs=n_jobs, client=client, seed=seed)
         self.maxent_kwargs = dict(maxent_kwargs or {})
 
-    def _estimator(self) -> Any:
+    def _estimator(self, **settings: Any) -> Any:
         from elapid import MaxentModel
 
-        # n_cpus=1: parallelism is across species, not inside one fit.
-        kwargs = {"transform": "cloglog", "random_state": self.seed, "n_cpus": 1, **self.maxent_kwargs}
+        # n_cpus=1: parallelism is across species, not inside one fit. ``settings``: a tuned species' own.
+        kwargs = {"transform": "cloglog", "random_state": self.seed, "n_cpus": 1, **self.maxent_kwargs, **settings}
         return MaxentModel(**kwargs)
 
     def params(self) -> dict[str, Any]:
@@ -508,7 +520,62 @@ class RandomForestPeer(_PerSpeciesPeer):
         return model.predict_proba(X)[:, 1]
 
 
+class TunedMaxentPeer(MaxentPeer):
+    """MaxEnt with feature classes and beta multiplier chosen per species on spatial folds of its training rows
+    (:mod:`geoplantnet.models.maxent_tuning`: ENMeval-style, dask-ml's grid search on the cluster), then refitted on
+    all of them. :meth:`fit` needs ``groups``, a spatial fold id per row of ``X`` (the caller's, from
+    :func:`geoplantnet.validation.blocks.spatial_blocks` of the training rows). The choices are ``tuning_`` and the
+    file header's ``tuning``."""
+
+    name = "maxent_tuned"
+
+    def __init__(
+        self,
+        min_presences: int = 5,
+        n_jobs: int | None = None,
+        client: Any = None,
+        seed: int = 0,
+        maxent_kwargs: dict[str, Any] | None = None,
+        feature_classes: Sequence[str] | None = None,
+        betas: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(min_presences, n_jobs, client, seed, maxent_kwargs)
+        self.feature_classes = list(feature_classes or maxent_tuning.FEATURE_CLASSES)
+        self.betas = [float(b) for b in betas or maxent_tuning.BETAS]
+
+    def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray, groups: np.ndarray | None = None) -> Self:
+        if groups is None or np.shape(groups) != (np.shape(X)[0],):
+            raise PeerError(f"{self.name}: fit needs a spatial fold id per row (groups) to tune on")
+        return super().fit(X, labels, source, groups)
+
+    def _estimators(
+        self, jobs: Sequence[tuple[np.ndarray, np.ndarray]], groups: Sequence[Any], species: list[int], n_species: int
+    ) -> list[Any]:
+        base = {"random_state": self.seed, **self.maxent_kwargs}
+        self.tuning_: list[dict[str, Any] | None] = [None] * n_species
+        out = []
+        for s, (X, y), g in zip(species, jobs, groups, strict=True):
+            choice = maxent_tuning.tune_species(
+                X, y, g, client=self.client, classes=self.feature_classes, betas=self.betas, maxent_kwargs=base
+            )
+            self.tuning_[s] = choice or {"features": "default"}
+            out.append(self._estimator(**maxent_tuning.chosen_kwargs(choice)))
+            log.info("%s: species %d: %s", self.name, s, self.tuning_[s])
+        return out
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "feature_classes": self.feature_classes, "betas": self.betas}
+
+    def _state(self) -> dict[str, Any]:
+        return {**super()._state(), "tuning": self.tuning_}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        super()._set_state(state)
+        self.tuning_ = list(state["tuning"])
+
+
 PEER_KINDS: dict[str, type[MaxentPeer] | type[RandomForestPeer]] = {
     MaxentPeer.name: MaxentPeer,
+    TunedMaxentPeer.name: TunedMaxentPeer,
     RandomForestPeer.name: RandomForestPeer,
 }

@@ -3,7 +3,8 @@
 Every model is fitted on the training data only (choices such as early stopping made on spatial blocks of the training
 data) and predicts at the test sites; each species is scored where it was surveyed (labels 1/0; -1, a site of another
 group, is left out), as in the NCEAS benchmark (Elith et al. 2006, 2020). Tables: mean AUC per model over species,
-per biological group, and per species with wins and losses against a reference model (MaxEnt).
+per biological group, and per species with wins and losses against a reference model (the tuned MaxEnt when it
+was run, else MaxEnt; every model keeps its column).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from distributed import Client
 
 from geoplantnet.core.config import ValidationConfig
 from geoplantnet.core.errors import InputError
-from geoplantnet.models.peers import BG, MaxentPeer, RandomForestPeer
+from geoplantnet.models.peers import BG, PEER_KINDS, TunedMaxentPeer
 from geoplantnet.samples.extraction import extract_samples
 from geoplantnet.samples.observations import SpeciesVocabulary, build_samples
 from geoplantnet.samples.training_set import compute_stats, open_training_set
@@ -42,7 +42,7 @@ from geoplantnet.training.train import (
     save_model,
     train_many_on_cluster,
 )
-from geoplantnet.validation.blocks import choose_block_size, validation_split
+from geoplantnet.validation.blocks import choose_block_size, n_blocks, spatial_blocks, validation_split
 from geoplantnet.validation.calibration import (
     CalibrationOutcome,
     calibrate_oof,
@@ -228,6 +228,83 @@ def _learning_rows(po_sites: str, labels: np.ndarray, source: np.ndarray) -> np.
     return source != BG
 
 
+class BlockTunedPeer:
+    """A peer that tunes itself on spatial folds of the rows it is fitted on (the tuned MaxEnt), behind the peers'
+    interface with ``X`` = row indices into ``features`` / ``x`` / ``y`` (as :class:`CnnPeer`). The fold ids are
+    spatial blocks (``validation.folds`` of them, the run's blocks) of exactly the rows given: inside a
+    cross-validation fold the tuning sees that fold's training rows only (nested: never the outer test fold)."""
+
+    def __init__(
+        self,
+        make: Callable[[], Any],
+        features: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        block_size: float,
+        validation: ValidationConfig,
+    ) -> None:
+        self.make, self.features, self.x, self.y = make, features, x, y
+        self.block_size, self.validation = block_size, validation
+        self.peer: Any = None
+
+    def __call__(self) -> BlockTunedPeer:
+        return self  # cross_validate asks for a fresh model per fold; the peer is replaced on each fit
+
+    def fit(self, X: np.ndarray, labels: np.ndarray, source: np.ndarray) -> BlockTunedPeer:
+        rows = X[:, 0].astype(np.int64)
+        x, y = self.x[rows], self.y[rows]
+        folds = min(self.validation.folds, n_blocks(x, y, self.block_size))
+        # fewer than two blocks: one fold, nothing to tune on (the peer falls back to its defaults)
+        groups = spatial_blocks(x, y, self.block_size, folds, seed=self.validation.seed) if folds > 1 else 0 * rows
+        self.peer = self.make().fit(self.features[rows], labels, source, groups)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.peer.predict_proba(self.features[X[:, 0].astype(np.int64)])
+
+
+def point_peer(name: str, validation: ValidationConfig, client: Client | None, seed: int, **kwargs: Any) -> Any:
+    """A fresh point peer (``maxent``, ``maxent_tuned``, ``random_forest``), the tuned MaxEnt with the run's grid
+    (``validation.maxent_features`` x ``validation.maxent_betas``)."""
+    if name == TunedMaxentPeer.name:
+        kwargs = {**kwargs, "feature_classes": validation.maxent_features, "betas": validation.maxent_betas}
+    return PEER_KINDS[name](client=client, seed=seed, **kwargs)
+
+
+def point_model(
+    name: str,
+    make: Callable[[], Any],
+    features: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    block_size: float,
+    validation: ValidationConfig,
+) -> tuple[Callable[[], Any], np.ndarray]:
+    """(a fresh model, its ``X``) of the point peer ``name`` made by ``make``, for :func:`cross_validate_models`
+    and :func:`fit_point_model`: the tuned MaxEnt behind :class:`BlockTunedPeer` (``X``: row indices), the
+    others on the feature rows."""
+    if name == TunedMaxentPeer.name:
+        return BlockTunedPeer(make, features, x, y, block_size, validation), np.arange(len(features))[:, None]
+    return make, features
+
+
+def fit_point_model(
+    name: str,
+    make: Callable[[], Any],
+    features: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    block_size: float,
+    validation: ValidationConfig,
+    labels: np.ndarray,
+    source: np.ndarray,
+) -> Any:
+    """The point peer ``name`` fitted on all the rows (the tuned MaxEnt tuned on their spatial blocks first)."""
+    model, X = point_model(name, make, features, x, y, block_size, validation)
+    fitted = model().fit(X, labels, source)
+    return fitted.peer if isinstance(fitted, BlockTunedPeer) else fitted
+
+
 @dataclass
 class PreparedSamples:
     """The training set of a run and the samples every model is fitted on (samples without predictor data dropped)."""
@@ -378,9 +455,9 @@ def fit_final_models(
     settings: SpeciesTraining, data: PreparedSamples, out_dir: Path, client: Client, names: list[str] | None = None
 ) -> tuple[dict[str, str], dict[str, float]]:
     """Fit each model on every kept sample and write it to ``<out_dir>/models/`` (``cnn.pt``, ``maxent.peer``,
-    ``random_forest.peer``); returns {name: path} and {name: seconds}. The CNN stops early on a block-based
-    validation split carved from the samples (``<out_dir>/cnn/final/`` keeps its run); the peers are fitted as in
-    each fold, on all the samples."""
+    ``maxent_tuned.peer``, ``random_forest.peer``); returns {name: path} and {name: seconds}. The CNN stops early on
+    a block-based validation split carved from the samples (``<out_dir>/cnn/final/`` keeps its run); the peers are
+    fitted as in each fold, on all the samples (the tuned MaxEnt tuned on their spatial blocks)."""
     models_dir = Path(out_dir) / "models"
     files: dict[str, str] = {}
     seconds: dict[str, float] = {}
@@ -393,8 +470,17 @@ def fit_final_models(
             cnn.fit(data.rows[:, None], data.labels, data.source)
             files[name] = cnn.save(models_dir / "cnn.pt")
         else:
-            peer = (MaxentPeer if name == "maxent" else RandomForestPeer)(client=client, seed=settings.train.seed)
-            peer.fit(data.features, data.labels, data.source)
+            peer = fit_point_model(
+                name,
+                lambda n=name: point_peer(n, settings.validation, client, settings.train.seed),
+                data.features,
+                data.x,
+                data.y,
+                data.block,
+                settings.validation,
+                data.labels,
+                data.source,
+            )
             files[name] = peer.save(
                 models_dir / f"{name}.peer",
                 species=data.species,

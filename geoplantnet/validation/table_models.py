@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 from distributed import Client
 
-from geoplantnet.models.peers import MaxentPeer, RandomForestPeer
+from geoplantnet.models.peers import RandomForestPeer
 from geoplantnet.samples.tables import TableSamples, TestSites
 from geoplantnet.samples.training_set import open_training_set
 from geoplantnet.training.species import SpeciesTraining
 from geoplantnet.validation.blocks import choose_block_size
-from geoplantnet.validation.species import CnnPeer, fit_networks
+from geoplantnet.validation.species import CnnPeer, fit_networks, fit_point_model, point_peer
 
 log = logging.getLogger(__name__)
 DEEP = "cnn"  # the project's network keeps the name it has in `geoplantnet sdm` (here an MLP on the table's columns)
@@ -46,10 +46,10 @@ def safe_name(name: str) -> str:
 
 
 def table_peer(name: str, settings: SpeciesTraining, client: Client) -> Any:
-    """A fresh MaxEnt (``maxent``) or random forest of the table runs."""
+    """A fresh MaxEnt (``maxent``, ``maxent_tuned``) or random forest of the table runs."""
     # 500 trees: the forest of the NCEAS peers' reference runs (Valavi et al. 2022 use 500 too)
-    if name == "maxent":
-        return MaxentPeer(client=client, seed=settings.train.seed, min_presences=2)
+    if name != RandomForestPeer.name:
+        return point_peer(name, settings.validation, client, settings.train.seed, min_presences=2)
     return RandomForestPeer(client=client, seed=settings.train.seed, n_estimators=500, min_presences=2)
 
 
@@ -111,10 +111,20 @@ def fit_units(
     if DEEP in models:
         _fit_deep(settings, written, n_sites, block, out_dir, client, fits)
     for unit in written:
-        _, _, labels, source, features = read_rows(unit.path)
+        x, y, labels, source, features = read_rows(unit.path)
         for name in (m for m in models if m != DEEP):
             t = time.perf_counter()
-            peer = table_peer(name, settings, client).fit(features, labels, source)
+            peer = fit_point_model(
+                name,
+                lambda n=name: table_peer(n, settings, client),
+                features,
+                x,
+                y,
+                block,
+                settings.validation,
+                labels,
+                source,
+            )
             fits.predictions[name][:, unit.cols] = peer.predict_proba(test.features)
             fits.files[f"{name}{unit.tag}"] = peer.save(
                 out_dir / "models" / f"{name}{unit.tag}.peer",
