@@ -109,7 +109,7 @@ def test_tables_become_one_feature_layout_for_training_and_test_sites(benchmark:
     assert any("occ" in n for n in samples.notes)
     assert samples.features.shape == (720 + 2000, 5)
     assert (samples.label[samples.source == "po"] == 1).sum(axis=1).min() == 1
-    assert (samples.label[samples.source == "bg"] == -1).all()
+    assert (samples.label[samples.source == "bg"] == 0).all()  # pseudo-absences of every species
     assert samples.group_of == GROUPS
     assert test is not None and test.features.shape == (300, 5)
     # a plant site did not survey the birds: unknown, not absent
@@ -220,6 +220,8 @@ def test_without_test_sites_the_tuned_maxent_is_cross_validated_nested(
     cv = json.loads((out / "summary.json").read_text())["cross_validation"]["all"]
     assert set(cv["models"]) == {"maxent", "maxent_tuned"} and set(cv["seconds"]) == {"maxent", "maxent_tuned"}
     assert all(m["folds"] == 3 and m["n_samples"] == 2720 for m in cv["models"].values())
+    # background sites are pseudo-absences: every model is scored against them and against the target group
+    assert all(0.5 < m["auc"] <= 1 and 0 < m["auc_tg"] <= 1 for m in cv["models"].values()), cv["models"]
     assert "| maxent_tuned" in Path(cv["report"]).read_text()
 
 

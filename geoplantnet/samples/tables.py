@@ -249,7 +249,9 @@ def read_tables(cfg: TableConfig) -> tuple[TableSamples, TestSites | None]:
         x=np.concatenate([x_po, x_bg]),
         y=np.concatenate([y_po, y_bg]),
         features=np.concatenate([encode(sites, cfg.presence), encode(bg, cfg.background)]),
-        label=np.concatenate([label_po, np.full((len(bg), len(species)), -1, "int8")]),
+        # background sites are pseudo-absences of every species (0), as in the training sets of rasters, so the
+        # cross-validation scores records against them; the presence-only losses read the source, not these labels
+        label=np.concatenate([label_po, np.zeros((len(bg), len(species)), "int8")]),
         source=np.array(["po"] * len(sites) + ["bg"] * len(bg)),
         species=species,
         feature_names=encode.names,
