@@ -133,6 +133,8 @@ def test_the_network_learns_from_record_sites_only_when_asked_and_when_it_can() 
 
     source = np.array(["po", "po", "po", "bg", "bg", "pa"])
     two = np.array([[1, -1], [-1, 1], [1, 1], [0, 0], [0, 0], [1, 0]])
-    assert _learning_rows("records", two, source).tolist() == [True, True, True, False, False, True]
-    assert _learning_rows("records_and_background", two, source).all()
-    assert _learning_rows("records", np.array([[1], [1], [1], [0], [0], [0]]), source).all()
+    assert _learning_rows("records", two, source)[0].tolist() == [True, True, True, False, False, True]
+    keep, one_species = _learning_rows("records_and_background", two, source)
+    assert keep.all() and not one_species
+    keep, one_species = _learning_rows("records", np.array([[1], [1], [1], [0], [0], [0]]), source)
+    assert keep.all() and one_species

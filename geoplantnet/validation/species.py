@@ -132,7 +132,13 @@ class CnnPeer:
         rows = X[:, 0].astype(np.int64)
         if self.settings.train.po_sites == "records":
             labels, source = self._labels_and_source()
-            rows = rows[_learning_rows("records", labels[rows], source[rows])]
+            keep, one_species = _learning_rows("records", labels[rows], source[rows])
+            rows = rows[keep]
+            if one_species and self.n_fits == 0:  # said once per model, not per fold and member
+                log.warning(
+                    "train.po_sites=records needs records of 2 species or more: the network learns from the "
+                    "background too"
+                )
         train = np.zeros(len(self.x), dtype=bool)
         train[rows] = True
         run_dir = self.out_dir / (self.run_name or f"fold-{self.n_fits}")
@@ -213,19 +219,17 @@ def fit_networks(fits: Sequence[tuple[CnnPeer, np.ndarray]]) -> list[CnnFit]:
     return [peer.fitted([next(results) for _ in each]) for (peer, _), each in zip(fits, jobs, strict=True)]
 
 
-def _learning_rows(po_sites: str, labels: np.ndarray, source: np.ndarray) -> np.ndarray:
-    """The rows the network learns from: all, or (``train.po_sites=records``) all but the background points. With
-    records of a single species the records alone hold no contrast (every site is a presence), so the background
-    stays, and the log says so."""
+def _learning_rows(po_sites: str, labels: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The rows the network learns from: all, or (``train.po_sites=records``) all but the background points; and
+    whether records of a single species made it keep the background (the records alone hold no contrast: every site
+    is a presence)."""
     source = np.asarray(source).astype(str)
     keep = np.ones(len(source), dtype=bool)
     if po_sites != "records" or not (source == BG).any():
-        return keep
-    recorded = (np.asarray(labels)[source != BG] == 1).any(axis=0)
-    if recorded.sum() < 2:
-        log.warning("train.po_sites=records needs records of 2 species or more: the network learns from the background")
-        return keep
-    return source != BG
+        return keep, False
+    if (np.asarray(labels)[source != BG] == 1).any(axis=0).sum() < 2:
+        return keep, True
+    return source != BG, False
 
 
 class BlockTunedPeer:
