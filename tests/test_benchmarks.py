@@ -119,7 +119,9 @@ def test_nceas_ablation_chooses_on_the_training_folds(tmp_path, shared_cluster_s
     spec.loader.exec_module(module)
     if not (ROOT.parent / "shared" / "data" / "real" / "nceas_disdat").exists():
         pytest.skip("real data folder ../shared/data/real/nceas_disdat is absent")
-    tiny = ["train.ensemble=1", "train.epochs=2", "validation.folds=2", *shared_cluster_sets]
+    # 50 km blocks: with 2 folds the chosen size (130 km) leaves a fold's training rows too few blocks to hold out
+    tiny = ["train.ensemble=1", "train.epochs=2", "validation.folds=2", "validation.block_size_m=50000"]
+    tiny += shared_cluster_sets
     argv = ["--region", "awt", "--variants", "recipe,background", "--out", str(tmp_path)]
     rows = module.main([*argv, *(a for s in tiny for a in ("--set", s))])
     assert [r["variant"] for r in rows] == ["recipe", "background"]
