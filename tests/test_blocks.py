@@ -163,3 +163,18 @@ def test_spatial_folds_say_their_fallback():
     folds, notes = spatial_folds(np.full(9, np.nan), np.full(9, np.nan), 100.0, 3, what="plots")  # none placed
     assert set(folds) == {0, 1, 2}
     assert notes == ["9 plots dealt to folds at random (fewer than the folds have coordinates)"]
+
+
+def test_validation_split_of_a_part_with_few_blocks_uses_fewer_parts_or_smaller_blocks() -> None:
+    """A fold's training part holding fewer blocks than 1 / fraction (large blocks, few folds) still gets a block-based
+    validation split: fewer, larger parts; in a single block, halved blocks."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(0, 9_000, 60), rng.uniform(10_000, 19_000, 60), rng.uniform(20_000, 29_000, 60)])
+    y = rng.uniform(0, 9_000, 180)
+    fit, val = validation_split(x, y, np.ones(180, bool), 10_000.0, fraction=0.2, seed=0)
+    assert fit.any() and val.any() and not (fit & val).any()
+    held = {int(v // 10_000) for v in x[val]}
+    assert len(held) == 1 and not ({int(v // 10_000) for v in x[fit]} & held)  # one whole block held out
+    one = x < 9_000  # every training row in one 10 km block
+    fit, val = validation_split(x, y, one, 10_000.0, fraction=0.2, seed=0)
+    assert fit.any() and val.any() and not (fit & val).any() and not (val & ~one).any()

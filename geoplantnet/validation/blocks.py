@@ -193,9 +193,14 @@ def validation_split(
     x, y = _xy(x, y)
     if train_mask.shape != x.shape:
         raise BlockError(f"train_mask has shape {train_mask.shape}, expected {x.shape}")
-    n_parts = max(2, round(1 / fraction))
     idx = np.flatnonzero(train_mask)
-    parts = spatial_blocks(x[idx], y[idx], block_size, n_parts, seed=seed)
+    # A fold's training part may hold fewer blocks than 1 / fraction parts (large blocks, few folds): then fewer,
+    # larger parts, and below 2 blocks, halved blocks, rather than a failed run
+    size = float(block_size)
+    while n_blocks(x[idx], y[idx], size) < 2 and size > 1.0:
+        size /= 2
+    n_parts = max(2, min(round(1 / fraction), n_blocks(x[idx], y[idx], size)))
+    parts = spatial_blocks(x[idx], y[idx], size, n_parts, seed=seed)
     val = np.zeros_like(train_mask)
     val[idx[parts == 0]] = True
     return train_mask & ~val, val
