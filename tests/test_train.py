@@ -131,6 +131,10 @@ def test_chunk_batch_sampler_covers_every_sample_once_touching_few_chunks(store)
         assert np.unique(rows // ts.chunk_size).size <= 2 * 2  # a window of 2 chunks, a batch may straddle two
     sampler.set_epoch(1)
     assert [list(b) for b in sampler] != [list(b) for b in batches]
+    # a last batch of one sample (BatchNorm cannot train on it) joins the one before; every sample still comes once
+    odd = ChunkBatchSampler(ts, len(TRAIN) - 1, seed=3)
+    sizes = [len(b) for b in odd]
+    assert sizes == [len(TRAIN)] and len(odd) == 1
 
 
 def test_env_point_only_store_and_bad_inputs(tmp_path):

@@ -312,15 +312,19 @@ class TrainConfig(_Section):
         "records of 2 species or more), else the loss; loss = always the loss",
     )
     seed: int = 0
-    # The recipe (benchmarks/nceas_ablation.py, benchmarks/virtual_species.py; chosen on training folds by the AUC
-    # against the target group): DeepMaxent on the record sites, an ensemble of 5.
-    po_loss: Literal["full_weighted", "assume_negative", "deepmaxent"] = "deepmaxent"
+    # The ranking recipe (benchmarks/nceas_ablation.py, benchmarks/virtual_species.py; chosen on training folds by the
+    # AUC against the target group) is DeepMaxent on the record sites: the pipelines of presence-only data write it
+    # out (pipelines/nceas-*.yaml, bradypus.yaml). It is not the code default: DeepMaxent's outputs are relative
+    # intensities (a constant per species is free), and on the virtual region, whose maps feed expected richness and
+    # impact, it lost the sign of the footprint's richness change (tests/test_impact.py); the full weighted loss keeps
+    # probabilities that sum to a richness.
+    po_loss: Literal["full_weighted", "assume_negative", "deepmaxent"] = "full_weighted"
     # Loss weights (geoplantnet.models.losses): Zbinden et al. 2024 "full weighted" loss, lambda2 = 0.5 their best.
     po_lambda1: float = Field(1.0, gt=0, description="multiplier on presence weights n / n_s (full_weighted)")
     po_lambda2: float = Field(0.5, ge=0, le=1, description="share of background vs other-species pseudo-absences")
     an_negative_weight: float = Field(0.05, ge=0, description="assume_negative: weight of other species at a record")
     po_sites: Literal["records", "records_and_background"] = Field(
-        "records",
+        "records_and_background",
         description="presence-only rows the deep model learns from: the record sites only (target-group: DeepMaxent "
         "normalises over the sites someone recorded at, which carry the observer bias; Ryckewaert et al. 2024) or the "
         "records and the background points (kept with records of one species: the records alone hold no contrast); "

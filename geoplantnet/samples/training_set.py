@@ -424,7 +424,9 @@ class ChunkBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-self.rows.size // self.batch_size)
+        if not self.shuffle:
+            return -(-self.rows.size // self.batch_size)
+        return len(self._bounds(self.rows.size))
 
     def __iter__(self) -> Iterator[list[int]]:
         positions = np.arange(self.rows.size)
@@ -445,6 +447,14 @@ class ChunkBatchSampler(torch.utils.data.Sampler[list[int]]):
             if chunks.size
             else positions
         )
-        for start in range(0, order.size, self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for start, stop in self._bounds(order.size):
+            batch = order[start:stop]
             yield batch[np.argsort(self.rows[batch], kind="stable")].tolist()
+
+    def _bounds(self, n: int) -> list[tuple[int, int]]:
+        """(start, stop) of each training batch; a last batch of one sample joins the one before (BatchNorm cannot
+        train on a single sample, and which rows are left over changes with the seed and the held-out blocks)."""
+        bounds = [(start, min(start + self.batch_size, n)) for start in range(0, n, self.batch_size)]
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+            bounds[-2:] = [(bounds[-2][0], n)]
+        return bounds
