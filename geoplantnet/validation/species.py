@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -292,20 +293,10 @@ def point_model(
     return make, features
 
 
-def fit_point_model(
-    name: str,
-    make: Callable[[], Any],
-    features: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    block_size: float,
-    validation: ValidationConfig,
-    labels: np.ndarray,
-    source: np.ndarray,
-) -> Any:
-    """The point peer ``name`` fitted on all the rows (the tuned MaxEnt tuned on their spatial blocks first)."""
-    model, X = point_model(name, make, features, x, y, block_size, validation)
-    fitted = model().fit(X, labels, source)
+def fit_point_model(model: tuple[Callable[[], Any], np.ndarray], labels: np.ndarray, source: np.ndarray) -> Any:
+    """A :func:`point_model` fitted on all its rows (the tuned MaxEnt tuned on their spatial blocks first)."""
+    make, X = model
+    fitted = make().fit(X, labels, source)
     return fitted.peer if isinstance(fitted, BlockTunedPeer) else fitted
 
 
@@ -474,17 +465,9 @@ def fit_final_models(
             cnn.fit(data.rows[:, None], data.labels, data.source)
             files[name] = cnn.save(models_dir / "cnn.pt")
         else:
-            peer = fit_point_model(
-                name,
-                lambda n=name: point_peer(n, settings.validation, client, settings.train.seed),
-                data.features,
-                data.x,
-                data.y,
-                data.block,
-                settings.validation,
-                data.labels,
-                data.source,
-            )
+            make = partial(point_peer, name, settings.validation, client, settings.train.seed)
+            model = point_model(name, make, data.features, data.x, data.y, data.block, settings.validation)
+            peer = fit_point_model(model, data.labels, data.source)
             files[name] = peer.save(
                 models_dir / f"{name}.peer",
                 species=data.species,

@@ -10,6 +10,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from geoplantnet.samples.tables import TableSamples, TestSites
 from geoplantnet.samples.training_set import open_training_set
 from geoplantnet.training.species import SpeciesTraining
 from geoplantnet.validation.blocks import choose_block_size
-from geoplantnet.validation.species import CnnPeer, fit_networks, fit_point_model, point_peer
+from geoplantnet.validation.species import CnnPeer, fit_networks, fit_point_model, point_model, point_peer
 
 log = logging.getLogger(__name__)
 DEEP = "cnn"  # the project's network keeps the name it has in `geoplantnet sdm` (here an MLP on the table's columns)
@@ -114,17 +115,9 @@ def fit_units(
         x, y, labels, source, features = read_rows(unit.path)
         for name in (m for m in models if m != DEEP):
             t = time.perf_counter()
-            peer = fit_point_model(
-                name,
-                lambda n=name: table_peer(n, settings, client),
-                features,
-                x,
-                y,
-                block,
-                settings.validation,
-                labels,
-                source,
-            )
+            make = partial(table_peer, name, settings, client)
+            model = point_model(name, make, features, x, y, block, settings.validation)
+            peer = fit_point_model(model, labels, source)
             fits.predictions[name][:, unit.cols] = peer.predict_proba(test.features)
             fits.files[f"{name}{unit.tag}"] = peer.save(
                 out_dir / "models" / f"{name}{unit.tag}.peer",
