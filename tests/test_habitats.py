@@ -277,6 +277,15 @@ def test_the_classifier_names_the_habitat_and_survives_a_save_and_load(language_
         PlotModel.load(tmp_path / "thesis")
     # A saved model is replaced by the next save into its folder; object storage (fsspec) behaves the same.
     assert clf.save(tmp_path / "model") == version and PlotModel.load(tmp_path / "model").version == version
+    # any saved classifier is read by kind (habitats classify, habitat-map); names travel with the classes
+    from geoplantnet.models.habitat_classifier import ClassifierFolderError, load_classifier
+
+    clf.names = tuple(f"name of {c}" for c in clf.classes)
+    clf.save(tmp_path / "named")
+    again = load_classifier(tmp_path / "named")
+    assert isinstance(again, PlotModel) and again.names == clf.names
+    with pytest.raises(ClassifierFolderError, match="thesis: not a geoplantnet model folder"):
+        load_classifier(tmp_path / "thesis")
     import fsspec
 
     mem = fsspec.filesystem("memory")

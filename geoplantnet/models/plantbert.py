@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,17 +27,18 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, PreTrainedTokenizerFast
 
 from geoplantnet.core.config import PlotModelConfig
-from geoplantnet.core.errors import InputError
 from geoplantnet.core.hashing import file_digest, fingerprint
+from geoplantnet.models.habitat_classifier import META as CLASSIFIER_META
+from geoplantnet.models.habitat_classifier import ClassifierFolderError, publish_folder, register
 from geoplantnet.samples.plots import assemblage_order, species_token
 
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(len(SPECIAL))
-META = "geoplantnet.json"
+META = CLASSIFIER_META
 FORMAT = "geoplantnet-plantbert/1"
 
 
-class PlotModelError(InputError):
+class PlotModelError(ClassifierFolderError):
     """A Pl@ntBERT folder that cannot be read (the message names the folder)."""
 
 
@@ -189,32 +189,11 @@ class PlotModel:
                 "classes": list(self.classes),
                 "version": self.version,
                 "parent": self.parent,
+                "names": list(self.names),
                 "model": self.cfg.model_dump(),
             }
             (stage / META).write_text(json.dumps(meta, indent=1))
-            fs, root = fsspec.core.url_to_fs(url)
-            if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
-                target = Path(root)
-                if target.exists() and not (target / META).exists():
-                    _refuse(target)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-                shutil.copytree(stage, partial)
-                # The earlier model is moved aside, not deleted, until the new one is in place.
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                if target.exists():
-                    os.replace(target, old)
-                os.replace(partial, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                if fs.exists(root) and fs.ls(root, detail=False) and not fs.exists(f"{root}/{META}"):
-                    _refuse(url)
-                if fs.exists(f"{root}/{META}"):
-                    fs.rm_file(f"{root}/{META}")  # first: a half-replaced model never reads as one
-                for f in sorted(stage.iterdir()):
-                    if f.name != META:
-                        fs.put_file(str(f), f"{root}/{f.name}")
-                fs.put_file(str(stage / META), f"{root}/{META}")  # last: a folder without it is not a model
+            publish_folder(stage, url, what="Pl@ntBERT", error=PlotModelError)
         return self.version
 
     @classmethod
@@ -242,6 +221,7 @@ class PlotModel:
             classes=tuple(meta["classes"]),
             version=meta["version"],
             parent=meta.get("parent", ""),
+            names=tuple(meta.get("names", ())),
         )
 
     # inference ---------------------------------------------------------------------------------------------------
@@ -285,5 +265,5 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype("float32")
 
 
-def _refuse(target: Path | str) -> None:
-    raise PlotModelError(f"{target} exists and is not a Pl@ntBERT folder; refusing to replace it")
+register("classifier", lambda folder, device: PlotModel.load(folder, device))
+register("fill-mask", lambda folder, device: PlotModel.load(folder, device))

@@ -1,0 +1,121 @@
+"""Habitat classifiers as users save and apply them: one folder per model, whatever its kind.
+
+A classifier folder holds ``geoplantnet.json`` (written last: a folder without it is not a model) with at least
+``format``, ``kind``, ``classes``, ``names`` and ``version``; the rest is the kind's own. :func:`load_classifier` reads
+the kind and hands the folder to the loader registered for it in :data:`LOADERS` (Pl@ntBERT's ``classifier`` here;
+other kinds register themselves in the module that defines them, listed in :data:`KIND_MODULES`).
+
+Every kind answers :class:`PlotClassifier`: habitat probabilities of plots given as species lists (cover order), over
+its ``classes``. :func:`publish_folder` is the one way a model folder is written: staged, then moved into place
+(local) or copied with the metadata file last (object storage); a folder that is not a model is never replaced.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import fsspec
+import numpy as np
+
+from geoplantnet.core.errors import InputError
+
+META = "geoplantnet.json"
+
+
+class ClassifierFolderError(InputError):
+    """A habitat classifier folder that cannot be read or written (the message names the folder)."""
+
+
+class PlotClassifier(Protocol):
+    """What every saved habitat classifier offers."""
+
+    classes: tuple[str, ...]
+    names: tuple[str, ...]
+    version: str
+    parent: str
+
+    def predict_proba(self, sentences: Sequence[Sequence[str]]) -> np.ndarray:
+        """(n, classes) habitat probabilities of plots given as species lists."""
+        ...
+
+    def save(self, folder: str | os.PathLike[str]) -> str:
+        """Write the folder (:func:`publish_folder`); returns and sets the version."""
+        ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+Loader = Callable[[str, str], PlotClassifier]
+LOADERS: dict[str, Loader] = {}
+# kind -> module that registers its loader when imported (so reading a folder imports only what it needs)
+KIND_MODULES = {"classifier": "geoplantnet.models.plantbert", "fill-mask": "geoplantnet.models.plantbert"}
+
+
+def register(kind: str, loader: Loader) -> None:
+    """Make ``load_classifier`` read folders of ``kind`` with ``loader(folder, device)``."""
+    LOADERS[kind] = loader
+
+
+def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The folder's ``geoplantnet.json``; one-line error when there is none."""
+    url = os.fspath(folder)
+    fs, root = fsspec.core.url_to_fs(url)
+    path = f"{root.rstrip('/')}/{META}"
+    if not fs.exists(path):
+        raise ClassifierFolderError(f"{url}: not a geoplantnet model folder (no {META})")
+    try:
+        return json.loads(fs.cat_file(path))
+    except ValueError as e:
+        raise ClassifierFolderError(f"{url}/{META}: not JSON ({e})") from None
+
+
+def load_classifier(folder: str | os.PathLike[str], device: str = "cpu") -> PlotClassifier:
+    """The classifier saved in ``folder`` (local or fsspec URL), whatever its kind."""
+    url = os.fspath(folder)
+    kind = str(read_meta(url).get("kind", ""))
+    if kind not in LOADERS and kind in KIND_MODULES:
+        importlib.import_module(KIND_MODULES[kind])
+    if kind not in LOADERS:
+        raise ClassifierFolderError(f"{url}: a model of kind {kind!r}, not one geoplantnet can load")
+    return LOADERS[kind](url, device)
+
+
+def publish_folder(
+    stage: Path,
+    folder: str | os.PathLike[str],
+    *,
+    what: str = "geoplantnet model",
+    error: type[InputError] = ClassifierFolderError,
+) -> None:
+    """Put the staged model folder ``stage`` (its ``geoplantnet.json`` included) at ``folder``: locally by renames
+    (the earlier model moved aside until the new one is in place), on object storage file by file with the metadata
+    removed first and written last, so a half-replaced model never reads as one. A folder that exists and is not a
+    model is refused (``error``: "... is not a ``what`` folder")."""
+    url = os.fspath(folder)
+    fs, root = fsspec.core.url_to_fs(url)
+    if "file" in fs.protocol:
+        target = Path(root)
+        if target.exists() and not (target / META).exists():
+            raise error(f"{target} exists and is not a {what} folder; refusing to replace it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        shutil.copytree(stage, partial)
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(partial, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if fs.exists(root) and fs.ls(root, detail=False) and not fs.exists(f"{root}/{META}"):
+        raise error(f"{url} exists and is not a {what} folder; refusing to replace it")
+    if fs.exists(f"{root}/{META}"):
+        fs.rm_file(f"{root}/{META}")
+    for f in sorted(p for p in stage.rglob("*") if p.is_file() and p.name != META):
+        fs.put_file(str(f), f"{root}/{f.relative_to(stage).as_posix()}")
+    fs.put_file(str(stage / META), f"{root}/{META}")
