@@ -586,6 +586,21 @@ class HabitatsConfig(_Section):
     top_k: int = Field(
         10, ge=1, description="classes kept per pixel in habitat.zarr's top_k (and top_k_probability: conformal sets)"
     )
+    # EUNIS-ESy, the expert-system peer (docs/esy.md): no training, scored on the same test plots as the models
+    esy: str | None = Field(
+        None,
+        description="EUNIS-ESy definition file (e.g. EUNIS-ESy-2021-06-01.txt): the expert system is one more row of "
+        "the report (plot tables with species names and a cover column only); None: no ESy row",
+    )
+    esy_header: dict[str, str] = Field(
+        {}, description="ESy header field -> plot-table column (DEG_LON, DEG_LAT, Altitude, Ecoreg, Country, ...)"
+    )
+    esy_constants: dict[str, str | float] = Field(
+        {}, description="ESy header field -> one value for every plot (e.g. Country: Germany, Ecoreg: 686)"
+    )
+    esy_synonyms: dict[str, str] = Field(
+        {}, description="data taxon name -> the name ESy knows, applied before ESy's own species aggregation"
+    )
 
 
 class IndicatorsConfig(_Section):

@@ -22,6 +22,7 @@ from geoplantnet.core.config import ConfigError, RunConfig
 from geoplantnet.reports.habitats import habitats_markdown, summary_table
 from geoplantnet.samples.plots import Plots, PlotTableError, read_habitat_names, read_plots
 from geoplantnet.training.habitats import HabitatData, habitat_classes
+from geoplantnet.validation.habitat_esy import esy_fold_rows, expert_system, load_esy
 from geoplantnet.validation.habitat_folds import assign_folds, final_models, run_fold
 
 # the models, their training and scoring (torch, transformers, scikit-learn) are imported where they run: a bad plot
@@ -38,6 +39,8 @@ def load_habitat_data(cfg: RunConfig, plots: Plots | None = None, *, progress: b
     in seconds."""
     h = cfg.habitats
     names = read_habitat_names(h.names) if h.names else None
+    esy = expert_system(h) if h.esy else None
+    virtual = plots is None and h.plots is None
     extra = [read_plots(u, h, labels=False) for u in h.unlabelled]
     if plots is None and h.plots is not None:
         plots = read_plots(h.plots, h)
@@ -65,7 +68,10 @@ def load_habitat_data(cfg: RunConfig, plots: Plots | None = None, *, progress: b
     _, first = np.unique(corpus.ids.astype(str), return_index=True)
     corpus = corpus.subset(np.sort(first))
     notes = [*plots.notes, *(n for e in extra for n in e.notes)]
-    return HabitatData(labelled=labelled, corpus=corpus, notes=notes, names=names)
+    data = HabitatData(labelled=labelled, corpus=corpus, notes=notes, names=names)
+    if esy is not None:  # the expert-system peer: checked and run here, before any training
+        load_esy(data, esy, h, where, named=not virtual)
+    return data
 
 
 def run_habitats(
@@ -97,7 +103,7 @@ def run_habitats(
     final = submit(client, final_models, data, h, key="habitat-final")
     if futures:
         parts = [f.result() for f in futures.values()]
-        rows = pd.DataFrame([r for p in parts for r in p["rows"]])
+        rows = pd.DataFrame([r for p in parts for r in p["rows"]] + esy_fold_rows(data, folds, h))
         fills = pd.DataFrame([p["fill_mask"] for p in parts if p["fill_mask"]])
         rows.to_csv(out / "folds.csv", index=False)
         if len(fills):

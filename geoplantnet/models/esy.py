@@ -460,6 +460,23 @@ class ExpertSystem:
                     out |= t.taxa.names
         return out
 
+    @property
+    def header_fields(self) -> tuple[str, ...]:
+        """The header fields the formulas read (``DEG_LON``, ``Country``, ...), sorted."""
+        names = {
+            str(t.value) for e in self.expressions.values() for t in (e.left, e.right) if t.kind in ("hnum", "hcat")
+        }
+        return tuple(sorted(names))
+
+    def header_field(self, column: str) -> str | None:
+        """The formula field a header column stands for (case-insensitive, with the accepted other spellings:
+        ``Altitude`` -> ``Altitude (m)``); None if no formula reads it."""
+        want = column.strip().lower()
+        for name in self.header_fields:
+            if want == name.lower() or want in _HEADER_ALIASES.get(name.lower(), ()):
+                return name
+        return None
+
     # -- taxa ---------------------------------------------------------------------------------------------------
 
     def canonical_taxon(self, name: str, extra_synonyms: Mapping[str, str] | None = None) -> str:

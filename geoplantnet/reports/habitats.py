@@ -24,7 +24,12 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _spread(mean: float, sd: float) -> str:
-    return f"{mean:.3f} ± {sd:.3f}"
+    return "—" if pd.isna(mean) else f"{mean:.3f} ± {sd:.3f}"  # NaN: a score the model has not (ESy's top-3)
+
+
+def _share(rows: pd.DataFrame, column: str) -> str:
+    """A share over folds, weighted by each fold's test plots."""
+    return f"{(rows[column] * rows['n']).sum() / max(rows['n'].sum(), 1):.1%}"
 
 
 def habitats_markdown(
@@ -60,6 +65,14 @@ def habitats_markdown(
             table(["model", "top-1", "top-5"], spread),
         ]
     notes = list(notes)
+    if "esy_undecided" in rows.columns:
+        esy = rows.dropna(subset=["esy_undecided"])
+        notes.append(
+            f"eunis_esy: the EUNIS-ESy expert system on the same test plots (no training; one code per plot, so no "
+            f"top-3); over the folds' {int(esy['n'].sum())} test plots {_share(esy, 'esy_undecided')} undecided "
+            f"('?'), {_share(esy, 'esy_tie')} ties ('+') and {_share(esy, 'esy_above_level')} a code above level "
+            f"{h.level}: wrong at top-1 unless the label is that code, scored by cutting at the levels above"
+        )
     if "test_species_unknown" in rows.columns:
         notes.append(
             f"species of the test plots unknown to their fold's tokenizer ([UNK]): "

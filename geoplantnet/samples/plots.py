@@ -6,6 +6,8 @@ Pl@ntBERT reads a plot as its species ordered by cover, most abundant first. Plo
   already in cover order (or in the order the source gives: GLC24 lists carry no cover);
 * long: one row per plot x species (x layer) with a cover column: a species recorded in several layers is merged by
   summed cover, then the plot's species are sorted by cover, descending (ties by name, so the order is stable).
+  The covers are kept (:attr:`Plots.covers`, layers combined as overlapping covers) for the EUNIS-ESy expert system,
+  with the plot-table columns it reads as header fields (:attr:`Plots.header`, ``habitats.esy_header``).
 
 Habitat codes follow the EUNIS 2021 hierarchy: level 1 is the group letter (``R``) or, for the littoral groups, two
 letters (``MA``); each further character is one level (``R1`` -> ``R1A``). A plot labelled with several codes (GLC24
@@ -68,6 +70,9 @@ class Plots:
     x: np.ndarray
     y: np.ndarray
     notes: list[str] = field(default_factory=list)
+    # cover % of each sentence's species (a long table's layers combined as overlapping covers); None: lists only
+    covers: list[np.ndarray] | None = None
+    header: pd.DataFrame | None = None  # one row per plot: the columns named by habitats.esy_header
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -87,6 +92,8 @@ class Plots:
             x=self.x[idx],
             y=self.y[idx],
             notes=list(self.notes),
+            covers=None if self.covers is None else [self.covers[i] for i in idx],
+            header=None if self.header is None else self.header.iloc[idx].reset_index(drop=True),
         )
 
     def at_level(self, level: int) -> np.ndarray:
@@ -95,7 +102,7 @@ class Plots:
 
     @classmethod
     def concat(cls, parts: Sequence[Plots]) -> Plots:
-        """One corpus from several tables (ids are kept as given)."""
+        """One corpus from several tables (ids are kept as given; covers and header only where every table has them)."""
         return cls(
             ids=np.concatenate([p.ids for p in parts]),
             sentences=[s for p in parts for s in p.sentences],
@@ -103,6 +110,10 @@ class Plots:
             x=np.concatenate([p.x for p in parts]),
             y=np.concatenate([p.y for p in parts]),
             notes=[n for p in parts for n in p.notes],
+            covers=None if any(p.covers is None for p in parts) else [c for p in parts for c in p.covers],  # type: ignore[union-attr]
+            header=None
+            if any(p.header is None for p in parts)
+            else pd.concat([p.header for p in parts], ignore_index=True),
         )
 
 
@@ -192,7 +203,13 @@ def plots_from_frame(df: pd.DataFrame, cfg: HabitatsConfig, path: str = "<table>
     _need(df, path, cfg.plot, "plot")
     _need(df, path, cfg.species, "species")
     _check_rows(df, cfg, path, labels)
+    # the expert system's header fields, read from the labelled tables only (a pre-training corpus has no ESy row)
+    esy_header = cfg.esy_header if labels and cfg.esy else {}
+    for field_name, column in esy_header.items():
+        _need(df, path, column, f"esy_header.{field_name}")
+    header_columns = list(dict.fromkeys(esy_header.values()))
     notes: list[str] = []
+    covers = None
     if cfg.cover is not None:
         _need(df, path, cfg.cover, "cover")
         long = df[[cfg.plot, cfg.species, cfg.cover]].copy()
@@ -201,13 +218,16 @@ def plots_from_frame(df: pd.DataFrame, cfg: HabitatsConfig, path: str = "<table>
             raise PlotTableError(f"{path}: column {cfg.cover!r} (habitats.cover) has non-numeric or empty values")
         long = long[long[cfg.cover] > 0]
         long["_token"] = long[cfg.species].map(species_token)
-        merged = long.groupby([cfg.plot, "_token"], sort=False)[cfg.cover].sum().reset_index()
+        # ESy's rule for several records of one taxon: independent overlapping covers, 100 (1 - prod(1 - c/100))
+        long["_log"] = np.log1p(-np.minimum(long[cfg.cover].to_numpy("float64"), 100.0 - 1e-9) / 100.0)
+        merged = long.groupby([cfg.plot, "_token"], sort=False)[[cfg.cover, "_log"]].sum().reset_index()
         merged = merged.sort_values([cfg.plot, cfg.cover, "_token"], ascending=[True, False, True], kind="stable")
         by_plot = merged.groupby(cfg.plot, sort=False)["_token"].apply(list)
         first = df.drop_duplicates(cfg.plot).set_index(cfg.plot)
         first = first.loc[by_plot.index]
         ids = by_plot.index.to_numpy()
         sentences = list(by_plot)
+        covers = [-np.expm1(np.asarray(c)) * 100.0 for c in merged.groupby(cfg.plot, sort=False)["_log"].apply(list)]
         merged_rows = len(long) - len(merged)
         if merged_rows:
             notes.append(f"{path}: {merged_rows} rows of species already in their plot (layers) merged by summed cover")
@@ -228,7 +248,10 @@ def plots_from_frame(df: pd.DataFrame, cfg: HabitatsConfig, path: str = "<table>
     empty = np.asarray([len(s) == 0 for s in sentences])
     if empty.any():
         notes.append(f"{path}: {int(empty.sum())} plots without species dropped")
-    plots = Plots(ids=np.asarray(ids), sentences=sentences, habitat=habitat, x=x, y=y, notes=notes)
+    header = frame[header_columns].reset_index(drop=True) if header_columns else None
+    plots = Plots(
+        ids=np.asarray(ids), sentences=sentences, habitat=habitat, x=x, y=y, notes=notes, covers=covers, header=header
+    )
     return plots.subset(~empty)
 
 

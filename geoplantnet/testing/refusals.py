@@ -97,6 +97,14 @@ FOOTPRINT = _write("footprint.geojson", _geojson({"name": "quarry"}))
 SCENARIO = _write("scenario.yaml", "name: quarry\nland_cover: urban\nbuffer_m: 50\n")
 CORRUPT_MODEL = _write("model.pt", b"PK\x03\x04" + b"not a model file " * 20)
 
+LONG_PLOTS = _write("plots.csv", "plot,taxon,cover,habitat,lon,lat\n1,Carex nigra,30,R1A,10.4,47.9\n")
+# a minimal EUNIS-ESy definition (docs/esy.md): one group, one habitat whose formula reads a header field
+ESY_FILE = (
+    "SECTION 1: Species aggregation\n\nSECTION 1: End\nSECTION 2: Species groups\n\n### Sedges\n     Carex nigra\n\n"
+    "SECTION 2: End\nSECTION 3: Group definitions\n\n1          Q51  Q51 sedge bed\n"
+    "<#TC Sedges GR 20> AND <$$N Altitude (m) GR 100>\n\nSECTION 3: End\nSECTION 4: Similarity\n\nSECTION 4: End\n"
+)
+
 CASES = {
     "run/cube.datetime not a date": Case("run --set cube.datetime=2024-13-01/2024-14-01", "cube.datetime"),
     "sdm/observations without a species column": Case(
@@ -113,6 +121,18 @@ CASES = {
         "habitats --plots {tmp}/plots.csv --out {tmp}/report",
         "plots.csv: no column 'species'",
         _write("plots.csv", "plot,taxa,habitat,lon,lat\n1,Carex nigra;Poa annua,R1A,10.4,47.9\n"),
+    ),
+    "habitats/malformed EUNIS-ESy file": Case(
+        "habitats --plots {tmp}/plots.csv --species-column taxon --cover cover --out {tmp}/report "
+        "--set habitats.esy={tmp}/esy.txt",
+        "esy.txt:",
+        _both(LONG_PLOTS, _write("esy.txt", ESY_FILE.replace("SECTION 2: End\n", ""))),
+    ),
+    "habitats/EUNIS-ESy header column missing": Case(
+        "habitats --plots {tmp}/plots.csv --species-column taxon --cover cover --out {tmp}/report "
+        "--set habitats.esy={tmp}/esy.txt --set habitats.esy_header.Altitude=altitude",
+        "plots.csv: no column 'altitude' (habitats.esy_header.Altitude)",
+        _both(LONG_PLOTS, _write("esy.txt", ESY_FILE)),
     ),
     "map/missing model file": Case("map --model {tmp}/nowhere.pt", "nowhere.pt", needs=("torch",)),
     "habitat-map/missing species.zarr": Case("habitat-map --species {tmp}/species.zarr", "species.zarr"),

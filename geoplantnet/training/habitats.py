@@ -35,6 +35,7 @@ class HabitatData:
     corpus: Plots
     notes: list[str] = field(default_factory=list)
     names: dict[str, str] | None = None  # habitat code -> name (``habitats.names``)
+    esy: np.ndarray | None = None  # EUNIS-ESy's code per labelled plot (``habitats.esy``; validation/habitat_esy.py)
 
 
 def habitat_classes(labels: Sequence[str] | np.ndarray, h: HabitatsConfig) -> tuple[str, ...]:

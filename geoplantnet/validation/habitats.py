@@ -23,16 +23,23 @@ from geoplantnet.samples.plots import eunis_ancestor, species_token
 
 def habitat_scores(truth: Sequence[str], proba: np.ndarray, classes: Sequence[str], level: int) -> dict[str, float]:
     """Top-1/top-3 accuracy, macro-F1 and the accuracy one and two levels up, for ``proba`` (n, classes)."""
-    truth = np.asarray([str(t) for t in truth], dtype=object)
     classes = np.asarray(classes, dtype=object)
     order = np.argsort(-proba, axis=1, kind="stable")
-    top1 = classes[order[:, 0]]
-    top3 = classes[order[:, : min(3, len(classes))]]
+    return code_scores(truth, classes[order[:, 0]], classes, level, top3=classes[order[:, : min(3, len(classes))]])
+
+
+def code_scores(
+    truth: Sequence[str], top1: Sequence[str], classes: Sequence[str], level: int, top3: np.ndarray | None = None
+) -> dict[str, float]:
+    """:func:`habitat_scores` of predicted codes: ``top1`` per plot, ``top3`` (n, <=3) where the model ranks classes
+    (None: one answer per plot, an expert system's: top-3 is NaN). ``classes``: those the model was trained on."""
+    truth = np.asarray([str(t) for t in truth], dtype=object)
+    top1 = np.asarray([str(t) for t in top1], dtype=object)
     out = {
         "n": float(len(truth)),
-        "untrained_class": float(np.mean(~np.isin(truth, classes))),
+        "untrained_class": float(np.mean(~np.isin(truth, np.asarray(classes, dtype=object)))),
         "top1": float(np.mean(top1 == truth)),
-        "top3": float(np.mean((top3 == truth[:, None]).any(axis=1))),
+        "top3": float(np.mean((top3 == truth[:, None]).any(axis=1))) if top3 is not None else float("nan"),
         "macro_f1": float(f1_score(truth, top1, labels=sorted(set(truth)), average="macro", zero_division=0)),
     }
     for up in range(level - 1, 0, -1):
