@@ -70,8 +70,8 @@ def habitats_markdown(
         notes.append(
             f"eunis_esy: the EUNIS-ESy expert system on the same test plots (no training; one code per plot, so no "
             f"top-3); over the folds' {int(esy['n'].sum())} test plots {_share(esy, 'esy_undecided')} undecided "
-            f"('?'), {_share(esy, 'esy_tie')} ties ('+') and {_share(esy, 'esy_above_level')} a code above level "
-            f"{h.level}: wrong at top-1 unless the label is that code, scored by cutting at the levels above"
+            f"('?'), {_share(esy, 'esy_tie')} ties ('+'), all wrong, and {_share(esy, 'esy_above_level')} a code "
+            f"above level {h.level} (R for R22), right only where the label is that same code"
         )
     if "test_species_unknown" in rows.columns:
         notes.append(
