@@ -40,7 +40,7 @@ def test_a_long_table_keeps_covers_combined_as_overlapping_and_the_header_column
         }
     )
     h = HabitatsConfig(species="taxon", cover="cover", esy=_esy(tmp_path), esy_header={"Altitude": "alt"})
-    plots = plots_from_frame(table, h)
+    plots = plots_from_frame(table, h, esy=True)
     # summed cover orders the sentence (80 > 70), as before; ESy's cover of two 40 % records is 64 %
     assert plots.sentences == [["Carex_nigra", "Poa_annua"], ["Poa_annua"]]
     np.testing.assert_allclose(plots.covers[0], [64.0, 70.0])
@@ -66,7 +66,7 @@ def test_the_esy_row_scores_codes_as_the_models_are_scored(tmp_path: Path) -> No
     h = HabitatsConfig(
         species="taxon", cover="cover", esy=_esy(tmp_path), esy_header={"Altitude": "alt"}, folds=2, block_size=4.0
     )
-    plots = plots_from_frame(pd.DataFrame(rows), h)
+    plots = plots_from_frame(pd.DataFrame(rows), h, esy=True)
     codes, notes = esy_codes(expert_system(h), plots, h, "toy")
     assert codes.tolist() == ["Q51", "?", "Q51", "?", "Q51", "?", "?", "?"]
     assert "1 of 2 taxa" in notes[0]  # Poa annua: no group of the file names it

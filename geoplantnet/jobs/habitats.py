@@ -43,7 +43,7 @@ def load_habitat_data(cfg: RunConfig, plots: Plots | None = None, *, progress: b
     virtual = plots is None and h.plots is None
     extra = [read_plots(u, h, labels=False) for u in h.unlabelled]
     if plots is None and h.plots is not None:
-        plots = read_plots(h.plots, h)
+        plots = read_plots(h.plots, h, esy=esy is not None)
     if plots is None:
         from geoplantnet.runs.inputs import virtual_plots
 

@@ -198,13 +198,15 @@ def _coordinates(df: pd.DataFrame, cfg: HabitatsConfig) -> tuple[np.ndarray, np.
     return nan, nan.copy()
 
 
-def plots_from_frame(df: pd.DataFrame, cfg: HabitatsConfig, path: str = "<table>", labels: bool = True) -> Plots:
-    """Plots from a table in memory (wide species lists, or long rows with ``cfg.cover``)."""
+def plots_from_frame(
+    df: pd.DataFrame, cfg: HabitatsConfig, path: str = "<table>", labels: bool = True, esy: bool = False
+) -> Plots:
+    """Plots from a table in memory (wide species lists, or long rows with ``cfg.cover``); ``esy``: keep the columns
+    ``habitats.esy_header`` names as :attr:`Plots.header` (refused where one is missing)."""
     _need(df, path, cfg.plot, "plot")
     _need(df, path, cfg.species, "species")
     _check_rows(df, cfg, path, labels)
-    # the expert system's header fields, read from the labelled tables only (a pre-training corpus has no ESy row)
-    esy_header = cfg.esy_header if labels and cfg.esy else {}
+    esy_header = cfg.esy_header if esy else {}
     for field_name, column in esy_header.items():
         _need(df, path, column, f"esy_header.{field_name}")
     header_columns = list(dict.fromkeys(esy_header.values()))
@@ -255,12 +257,13 @@ def plots_from_frame(df: pd.DataFrame, cfg: HabitatsConfig, path: str = "<table>
     return plots.subset(~empty)
 
 
-def read_plots(path: str | Path, cfg: HabitatsConfig, labels: bool = True) -> Plots:
-    """Read a plot table (CSV or Parquet); ``labels=False`` ignores any habitat column (a pre-training corpus)."""
+def read_plots(path: str | Path, cfg: HabitatsConfig, labels: bool = True, esy: bool = False) -> Plots:
+    """Read a plot table (CSV or Parquet); ``labels=False`` ignores any habitat column (a pre-training corpus);
+    ``esy``: keep the EUNIS-ESy header columns (:func:`plots_from_frame`)."""
     df = read_table(path, "plot table")
     if df.empty:
         raise PlotTableError(f"{path}: the plot table has no rows")
-    return plots_from_frame(df, cfg, str(path), labels=labels)
+    return plots_from_frame(df, cfg, str(path), labels=labels, esy=esy)
 
 
 def read_habitat_names(path: str | Path) -> dict[str, str]:
