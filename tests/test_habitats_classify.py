@@ -230,3 +230,14 @@ def test_the_danube_plots_are_read_and_their_unknown_species_counted(trained: Pa
     assert summary["plots"] == long["plot"].nunique() == len(table)
     assert summary["unknown_species"] == summary["species"] == len(long)  # the community language knows none of them
     assert summary["unknown_share"] == 1.0
+
+
+def test_the_calibration_is_the_split_conformal_quantile_of_one_minus_the_true_probability() -> None:
+    from geoplantnet.validation.conformal import habitat_calibration
+
+    classes = ("R1A", "R2A", "R3A")
+    proba = np.asarray([[0.7, 0.2, 0.1]] * 5 + [[0.4, 0.5, 0.1]] * 4)
+    truth = ["R1A"] * 5 + ["R2A"] * 3 + ["T1A"]  # a habitat the classifier lacks scores 1
+    # scores: 0.3 x5, 0.5 x3, 1.0; ceil(10 * 0.8) = 8th smallest = 0.5
+    assert habitat_calibration(proba, classes, truth, 0.8) == {"level": 0.8, "q": 0.5, "plots": 9}
+    assert habitat_calibration(proba[:3], classes, truth[:3], 0.9) is None  # too few plots for the level
