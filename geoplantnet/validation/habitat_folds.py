@@ -28,6 +28,7 @@ from geoplantnet.training.habitats import HabitatData, train_models
 from geoplantnet.validation.blocks import BlockError, spatial_folds, validation_split
 
 if TYPE_CHECKING:
+    from geoplantnet.models.habitat_classifier import PlotClassifier
     from geoplantnet.models.plantbert import PlotModel
 
 
@@ -108,7 +109,7 @@ def final_models(data: HabitatData, h: HabitatsConfig) -> tuple[PlotModel | None
     return trained.fill_mask, classifier
 
 
-def calibrate_sets(classifier: Any, plots: Plots, level: float) -> dict[str, Any] | None:
+def calibrate_sets(classifier: PlotClassifier, plots: Plots, level: float) -> dict[str, Any] | None:
     """The final classifier's conformal habitat sets (``{level, q, plots}``, saved with it) from ``plots`` it did not
     train on: the inner validation split, the only labelled plots left out of the final fit (they early-stopped it,
     so the sets may cover a little less than ``level``)."""
