@@ -21,6 +21,7 @@ from geoplantnet.cli.arguments import (
     config_args,
     habitat_map_args,
     habitats_args,
+    habitats_classify_args,
     impact_args,
     indicators_args,
     map_args,
@@ -41,6 +42,7 @@ from geoplantnet.cli.handlers import (
     _cmd_config_show,
     _cmd_habitat_map,
     _cmd_habitats,
+    _cmd_habitats_classify,
     _cmd_impact,
     _cmd_indicators,
     _cmd_map,
@@ -117,6 +119,17 @@ def commands() -> tuple[Command, ...]:
             "cover order, or one row per plot x species with a cover column (--cover); a habitat column (EUNIS codes; "
             "empty = unlabelled). No table: the virtual region's plots. Writes <out>/report.md, summary.json, "
             "folds.csv, the fill-mask model in <out>/fill-mask/ and the classifier in <out>/model/.",
+        ),
+        Command(
+            "habitats classify",
+            "apply a saved habitat classifier to a plot table: top-k EUNIS habitats, conformal sets, missing species",
+            habitats_classify_args,
+            _cmd_habitats_classify,
+            "The plot table is read as habitats reads it (wide or long, CSV or Parquet; habitats.* settings, "
+            "--species-column, --cover). Writes one row per plot (--out, .csv or .parquet): habitat_1..K, "
+            "probability_1..K, name_1..K, the conformal set where the classifier is calibrated, the fill-mask model's "
+            "most likely missing species, and the counts of species and of species the classifier does not know; "
+            "a summary beside it (<out>.summary.json).",
         ),
         Command(
             "map",
@@ -233,9 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
+    made: dict[str, argparse.ArgumentParser] = {}
     for command in commands():
         group, _, name = command.name.rpartition(" ")
-        if group and group not in groups:
+        if group in made and group not in groups:
+            # a command with an action of its own (``habitats classify``): ``habitats`` alone still trains
+            groups[group] = made[group].add_subparsers(dest=f"{group}_action", required=False, metavar="[ACTION]")
+        elif group and group not in groups:
             help_, dest = GROUPS[group]
             groups[group] = sub.add_parser(group, help=help_).add_subparsers(
                 dest=dest, required=True, metavar="SUBCOMMAND"
@@ -244,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser_ = parent.add_parser(name, help=command.help, description=command.description)
         command.arguments(parser_)
         parser_.set_defaults(func=command.handler)
+        made[command.name] = parser_
     return parser
 
 

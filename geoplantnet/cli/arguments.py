@@ -137,6 +137,32 @@ def habitats_args(parser: argparse.ArgumentParser) -> None:
     overwrite_arg(parser, "habitats report", report=True)
 
 
+def habitats_classify_args(parser: argparse.ArgumentParser) -> None:
+    config_args(parser)
+    parser.add_argument(
+        "--model", required=True, help="habitat classifier folder (<out>/model of geoplantnet habitats)"
+    )
+    parser.add_argument("--plots", type=Path, required=True, help="plot table to classify (CSV or Parquet)")
+    parser.add_argument("--out", type=Path, required=True, help="output table: .csv or .parquet (one row per plot)")
+    parser.add_argument("--top-k", type=int, default=None, help="habitats per plot (habitats.classify_top_k, 3)")
+    parser.add_argument(
+        "--missing",
+        type=int,
+        default=None,
+        help="most likely missing species per plot from the fill-mask model (habitats.classify_missing, 5; 0: none)",
+    )
+    parser.add_argument(
+        "--fill-mask",
+        default=None,
+        help="fill-mask model folder (default: the fill-mask folder beside the classifier's, when there is one)",
+    )
+    parser.add_argument("--species-column", default=None, help="species column (habitats.species)")
+    parser.add_argument("--cover", default=None, help="cover column of a long table (habitats.cover)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the table (and its summary) this command wrote before"
+    )
+
+
 def map_args(parser: argparse.ArgumentParser) -> None:
     config_args(parser)
     parser.add_argument(

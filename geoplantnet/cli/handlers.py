@@ -105,13 +105,20 @@ def _cmd_sdm_table(args: argparse.Namespace) -> int:
 _PLOT_FLAGS = {"plots": "plots", "species_column": "species", "cover": "cover", "habitat": "habitat"}
 
 
-def _cmd_habitats(args: argparse.Namespace) -> int:
+def _plot_config(args: argparse.Namespace, **given: Any) -> RunConfig:
+    """The configuration with the plot table's flags (``--plots``, ``--species-column``, ...) as habitats.* settings."""
     cfg = _config(args)
-    given = {key: str(getattr(args, flag)) for flag, key in _PLOT_FLAGS.items() if getattr(args, flag) is not None}
-    if args.unlabelled:
-        given["unlabelled"] = [str(u) for u in args.unlabelled]
-    if given:
-        cfg = cfg.model_copy(update={"habitats": HabitatsConfig.model_validate({**cfg.habitats.model_dump(), **given})})
+    flags = {
+        key: str(getattr(args, flag)) for flag, key in _PLOT_FLAGS.items() if getattr(args, flag, None) is not None
+    }
+    given = {**flags, **{k: v for k, v in given.items() if v is not None}}
+    if not given:
+        return cfg
+    return cfg.model_copy(update={"habitats": HabitatsConfig.model_validate({**cfg.habitats.model_dump(), **given})})
+
+
+def _cmd_habitats(args: argparse.Namespace) -> int:
+    cfg = _plot_config(args, unlabelled=[str(u) for u in args.unlabelled] if args.unlabelled else None)
     from geoplantnet.jobs.habitats import load_habitat_data, run_habitats
     from geoplantnet.runtime.cluster import connect
 
@@ -121,6 +128,29 @@ def _cmd_habitats(args: argparse.Namespace) -> int:
         result = run_habitats(cfg, out, client, data, evaluate=not args.no_evaluation)
     print(json.dumps({k: v for k, v in result.items() if k != "notes"}, indent=2, default=str))
     return 0
+
+
+def _cmd_habitats_classify(args: argparse.Namespace) -> int:
+    cfg = _plot_config(args)
+    top_k = _at_least(args.top_k, cfg.habitats.classify_top_k, "--top-k", 1)
+    missing = _at_least(args.missing, cfg.habitats.classify_missing, "--missing", 0)
+    from geoplantnet.jobs.habitat_classify import check_classify, run_classify
+
+    inputs = check_classify(
+        cfg, args.model, args.plots, args.out, fill_mask=args.fill_mask, missing=missing, overwrite=args.overwrite
+    )
+    summary = run_classify(cfg, inputs, top_k=top_k, missing=missing)  # the models (torch) once the inputs are read
+    print(json.dumps(summary.to_dict(), indent=2, default=str))
+    return 0
+
+
+def _at_least(value: int | None, default: int, flag: str, least: int) -> int:
+    """A count flag, or its setting when not given."""
+    if value is None:
+        return default
+    if value < least:
+        raise ConfigError(f"{flag} {value}: at least {least}")
+    return value
 
 
 def _cmd_map(args: argparse.Namespace) -> int:

@@ -586,6 +586,14 @@ class HabitatsConfig(_Section):
     top_k: int = Field(
         10, ge=1, description="classes kept per pixel in habitat.zarr's top_k (and top_k_probability: conformal sets)"
     )
+    # the saved classifier's conformal sets, and ``habitats classify`` (a saved classifier applied to a plot table)
+    conformal_level: float = Field(
+        0.9, gt=0, lt=1, description="coverage of the conformal habitat sets calibrated with the saved classifier"
+    )
+    classify_top_k: int = Field(3, ge=1, description="habitats classify: habitat codes per plot (--top-k)")
+    classify_missing: int = Field(
+        5, ge=0, description="habitats classify: the fill-mask model's most likely missing species per plot (--missing)"
+    )
     # EUNIS-ESy, the expert-system peer (docs/esy.md): no training, scored on the same test plots as the models
     esy: str | None = Field(
         None,

@@ -35,6 +35,7 @@ from geoplantnet.core.config import RunConfig
 from geoplantnet.core.errors import InputError
 from geoplantnet.runs.context import RunContext
 from geoplantnet.samples.points import Points, PointsError, read_points  # noqa: F401 (the command's names)
+from geoplantnet.samples.tables import write_table
 from geoplantnet.storage.outputs import claim_file, write_file
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,6 @@ class PredictSummary:
     def to_dict(self) -> dict[str, Any]:
         """As JSON-ready plain values (what the command prints)."""
         return asdict(self)
-
-
-def _write(frame: pd.DataFrame, path: Path) -> None:
-    if path.suffix.lower() == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_parquet(path, index=False)
 
 
 def run_predict(
@@ -111,7 +105,7 @@ def run_predict(
         )
     probs = pd.DataFrame(at.probs, columns=list(spec.species))
     frame = pd.concat([table.table, pd.Series(at.moved_m, name=MOVED), probs], axis=1)
-    write_file(out, KIND, lambda path: _write(frame, path))  # beside its name, renamed: never half a table at out
+    write_file(out, KIND, lambda path: write_table(frame, path))  # beside its name, renamed: never half a table at out
     return PredictSummary(
         str(out),
         model_url,

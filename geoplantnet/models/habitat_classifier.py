@@ -1,7 +1,10 @@
 """Habitat classifiers as users save and apply them: one folder per model, whatever its kind.
 
 A classifier folder holds ``geoplantnet.json`` (written last: a folder without it is not a model) with at least
-``format``, ``kind``, ``classes``, ``names`` and ``version``; the rest is the kind's own. :func:`load_classifier` reads
+``format``, ``kind``, ``classes``, ``names`` and ``version``, and, where the classifier was calibrated, ``conformal``:
+``{level, q, plots}``, the split-conformal radius of its habitat sets (the set keeps every class with ``p >= 1 - q``:
+:func:`geoplantnet.validation.conformal.class_sets`) calibrated on ``plots`` plots it did not train on, read back by
+:func:`conformal_of`; the rest is the kind's own. :func:`load_classifier` reads
 the kind and hands the folder to the loader registered for it in :data:`LOADERS` (Pl@ntBERT's ``classifier`` here;
 other kinds register themselves in the module that defines them, listed in :data:`KIND_MODULES`).
 
@@ -39,6 +42,12 @@ class PlotClassifier(Protocol):
     names: tuple[str, ...]
     version: str
     parent: str
+    conformal: dict[str, Any] | None  # {level, q, plots} when calibrated: saved under its geoplantnet.json key
+
+    @property
+    def vocabulary(self) -> frozenset[str]:
+        """The species tokens (:func:`~geoplantnet.samples.plots.species_token`) the classifier knows."""
+        ...
 
     def predict_proba(self, sentences: Sequence[Sequence[str]]) -> np.ndarray:
         """(n, classes) habitat probabilities of plots given as species lists."""
@@ -73,6 +82,20 @@ def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
         return json.loads(fs.cat_file(path))
     except ValueError as e:
         raise ClassifierFolderError(f"{url}/{META}: not JSON ({e})") from None
+
+
+def conformal_of(meta: dict[str, Any], url: str = "") -> dict[str, Any] | None:
+    """A folder's conformal calibration (``{level, q, plots}``) from its ``geoplantnet.json``; None when it has none."""
+    conformal = meta.get("conformal")
+    if conformal is None:
+        return None
+    try:
+        level, q, plots = float(conformal["level"]), float(conformal["q"]), int(conformal["plots"])
+    except (TypeError, KeyError, ValueError):
+        raise ClassifierFolderError(f"{url}/{META}: 'conformal' is not {{level, q, plots}}: {conformal!r}") from None
+    if not (0 < level < 1 and 0 <= q <= 1):
+        raise ClassifierFolderError(f"{url}/{META}: conformal level {level} or q {q} outside (0, 1) / [0, 1]")
+    return {"level": level, "q": q, "plots": plots}
 
 
 def load_classifier(folder: str | os.PathLike[str], device: str = "cpu") -> PlotClassifier:

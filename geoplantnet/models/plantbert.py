@@ -168,10 +168,16 @@ class PlotModel:
     version: str = ""
     parent: str = ""  # version of the fill-mask model it was fine-tuned from ("" = trained from scratch)
     names: tuple[str, ...] = ()  # habitat names of the classes, where known
+    conformal: dict[str, Any] | None = None  # {level, q, plots}: the habitat sets' calibration (classifier only)
 
     @property
     def kind(self) -> str:
         return "classifier" if self.classes else "fill-mask"
+
+    @property
+    def vocabulary(self) -> frozenset[str]:
+        """The species tokens the tokenizer knows (others are fed as [UNK])."""
+        return frozenset(self.tokenizer.get_vocab()) - set(SPECIAL)
 
     def save(self, folder: str | os.PathLike[str]) -> str:
         """``save_pretrained`` model and tokenizer into ``folder`` (local or an fsspec URL), atomically for a local
@@ -191,6 +197,7 @@ class PlotModel:
                 "parent": self.parent,
                 "names": list(self.names),
                 "model": self.cfg.model_dump(),
+                **({"conformal": self.conformal} if self.conformal is not None else {}),
             }
             (stage / META).write_text(json.dumps(meta, indent=1))
             publish_folder(stage, url, what="Pl@ntBERT", error=PlotModelError)
@@ -222,6 +229,7 @@ class PlotModel:
             version=meta["version"],
             parent=meta.get("parent", ""),
             names=tuple(meta.get("names", ())),
+            conformal=meta.get("conformal"),
         )
 
     # inference ---------------------------------------------------------------------------------------------------
@@ -255,8 +263,50 @@ class PlotModel:
             "parent": self.parent,
             "classes": len(self.classes),
             "vocabulary": len(self.tokenizer),
+            **({"conformal": self.conformal} if self.classes else {}),
             **self.cfg.model_dump(),
         }
+
+
+def missing_species_logits(
+    model: PlotModel, sentences: Sequence[Sequence[str]], places: Sequence[int], batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """The fill-mask model's logits (n, vocabulary) for a species missing from each plot: a [MASK] inserted at
+    ``places[i]`` of the plot's species (cover order); the special tokens and the plot's own species get -inf. Also
+    which plots had their [MASK] within ``max_species`` (a row without one is all -inf). The one home of "which
+    species is missing here" (fill-mask scores on held-out plots, ``habitats classify``)."""
+    vocab = model.tokenizer.get_vocab()
+    masked = [[*s[:j], "[MASK]", *s[j:]] for s, j in zip(sentences, places, strict=True)]
+    ids, _ = encode_sentences(model.tokenizer, masked, model.cfg.max_species)  # "[MASK]" encodes as the MASK id
+    rows, cols = np.nonzero(ids == MASK)
+    has_mask = np.zeros(len(masked), dtype=bool)
+    has_mask[rows] = True
+    logits = np.full((len(masked), len(model.tokenizer)), -np.inf, dtype="float32")
+    for start in range(0, len(rows), batch_size):  # batches: the model's output is (rows, positions, vocabulary)
+        r, c = rows[start : start + batch_size], cols[start : start + batch_size]
+        logits[r] = model.logits(ids[r], batch_size)[np.arange(len(r)), c]
+    logits[:, : len(SPECIAL)] = -np.inf
+    for r, s in enumerate(sentences):
+        logits[r, [vocab[t] for t in map(species_token, s) if t in vocab]] = -np.inf
+    return logits, has_mask
+
+
+def rank_missing_species(model: PlotModel, sentences: Sequence[Sequence[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` species the fill-mask model finds most likely missing from each plot, best first: a [MASK] after the
+    plot's species (at the last place within ``max_species``), its probability renormalised over the species not in
+    the plot. Returns species tokens (n, k; ``""`` past the candidates) and probabilities (n, k; NaN there)."""
+    places = [min(len(s), model.cfg.max_species - 1) for s in sentences]
+    logits, _ = missing_species_logits(model, sentences, places)
+    k = min(k, logits.shape[1])
+    finite = np.isfinite(logits)
+    peak = logits.max(axis=1, keepdims=True)
+    e = np.exp(logits - np.where(np.isfinite(peak), peak, 0.0))  # exp(-inf) = 0: the plot's own species
+    prob = e / np.maximum(e.sum(axis=1, keepdims=True), np.finfo("float32").tiny)
+    order = np.argsort(-np.where(finite, prob, -1.0), axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(prob, order, axis=1)
+    valid = np.take_along_axis(finite, order, axis=1)
+    token = np.asarray(model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer)))), dtype=object)
+    return np.where(valid, token[order], ""), np.where(valid, top, np.nan).astype("float32")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

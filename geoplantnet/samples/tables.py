@@ -124,6 +124,14 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
         raise TableError(f"{path}: cannot read it ({what}; {exc.__class__.__name__}: {exc})") from None
 
 
+def write_table(frame: pd.DataFrame, path: str | Path) -> None:
+    """``frame`` as CSV or Parquet by ``path``'s extension (.csv, else Parquet), without the index."""
+    if Path(path).suffix.lower() == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+
+
 def _require(frame: pd.DataFrame, columns: list[str | None], where: str) -> None:
     for col in columns:
         if col is not None and col not in frame.columns:

@@ -54,7 +54,7 @@ class Case:
         command, *rest = [a.replace("{tmp}", str(tmp)) for a in self.command.split()]
         if command != "plot":
             rest += ["--config", str(CONFIG), "--set", f"workdir={tmp / 'work'}", "--set", f"store.root={tmp / 'out'}"]
-            rest += [] if command == "sdm-table" else ["-q"]
+            rest += [] if command == "sdm-table" or rest[:1] == ["classify"] else ["-q"]
         return [command, *rest]
 
 
@@ -93,6 +93,16 @@ def _geojson(properties: dict) -> str:
     )
 
 
+def _model_folder(kind: str) -> Callable[[Path], None]:
+    """A model folder's metadata alone (what the checks read before a model is loaded)."""
+
+    def write(tmp: Path) -> None:
+        (tmp / kind).mkdir()
+        (tmp / kind / "geoplantnet.json").write_text(json.dumps({"kind": kind, "classes": [], "version": "v"}))
+
+    return write
+
+
 FOOTPRINT = _write("footprint.geojson", _geojson({"name": "quarry"}))
 SCENARIO = _write("scenario.yaml", "name: quarry\nland_cover: urban\nbuffer_m: 50\n")
 CORRUPT_MODEL = _write("model.pt", b"PK\x03\x04" + b"not a model file " * 20)
@@ -121,6 +131,24 @@ CASES = {
         "habitats --plots {tmp}/plots.csv --out {tmp}/report",
         "plots.csv: no column 'species'",
         _write("plots.csv", "plot,taxa,habitat,lon,lat\n1,Carex nigra;Poa annua,R1A,10.4,47.9\n"),
+    ),
+    "habitats classify/missing classifier folder": Case(
+        "habitats classify --model {tmp}/nowhere --plots {tmp}/plots.csv --out {tmp}/h.csv", "nowhere: no such folder"
+    ),
+    "habitats classify/fill-mask folder as the classifier": Case(
+        "habitats classify --model {tmp}/fill-mask --plots {tmp}/plots.csv --out {tmp}/h.csv",
+        "fill-mask: a fill-mask model, not a habitat classifier",
+        _model_folder("fill-mask"),
+    ),
+    "habitats classify/plot table without a species column": Case(
+        "habitats classify --model {tmp}/classifier --plots {tmp}/plots.csv --out {tmp}/h.csv",
+        "plots.csv: no column 'species'",
+        _both(_model_folder("classifier"), _write("plots.csv", "plot,taxa\n1,Carex nigra;Poa annua\n")),
+    ),
+    "habitats classify/--out a folder": Case(
+        "habitats classify --model {tmp}/classifier --plots {tmp}/plots.csv --out {tmp}",
+        "is a folder",
+        _model_folder("classifier"),
     ),
     "habitats/malformed EUNIS-ESy file": Case(
         "habitats --plots {tmp}/plots.csv --species-column taxon --cover cover --out {tmp}/report "

@@ -82,6 +82,18 @@ def class_sets(probability: np.ndarray, q: float) -> np.ndarray:
     return keep
 
 
+def habitat_calibration(
+    proba: np.ndarray, classes: Sequence[str], truth: Sequence[str], level: float
+) -> dict[str, Any] | None:
+    """A classifier's habitat sets calibrated on held-out plots (``proba`` (n, classes), their ``truth``):
+    ``{level, q, plots}`` with ``q`` the split-conformal radius of ``1 - p(true class)`` (a habitat the classifier
+    lacks scores 1); None when the plots are too few for ``level`` (every class would be in every set)."""
+    proba = np.asarray(proba, dtype="float64")
+    scores = class_scores(proba, np.broadcast_to(np.asarray(classes, dtype=object), proba.shape), np.asarray(truth))
+    q = conformal_quantile(scores, level)
+    return {"level": level, "q": q, "plots": len(scores)} if math.isfinite(q) else None
+
+
 @dataclass(frozen=True)
 class Coverage:
     """Empirical coverage of a conformal interval or set on held-out samples, against the nominal level."""

@@ -28,6 +28,7 @@ from geoplantnet.training.habitats import HabitatData, train_models
 from geoplantnet.validation.blocks import BlockError, spatial_folds, validation_split
 
 if TYPE_CHECKING:
+    from geoplantnet.models.habitat_classifier import PlotClassifier
     from geoplantnet.models.plantbert import PlotModel
 
 
@@ -102,4 +103,17 @@ def final_models(data: HabitatData, h: HabitatsConfig) -> tuple[PlotModel | None
     everything = np.ones(len(labelled), dtype=bool)
     fit, val = inner_split(labelled, everything, h)
     trained = train_models(labelled, data.corpus, fit, val, h, ["plantbert"])
-    return trained.fill_mask, trained.classifiers.get("plantbert")
+    classifier = trained.classifiers.get("plantbert")
+    if classifier is not None:
+        classifier.conformal = calibrate_sets(classifier, labelled.subset(val), h.conformal_level)
+    return trained.fill_mask, classifier
+
+
+def calibrate_sets(classifier: PlotClassifier, plots: Plots, level: float) -> dict[str, Any] | None:
+    """The final classifier's conformal habitat sets (``{level, q, plots}``, saved with it) from ``plots`` it did not
+    train on: the inner validation split, the only labelled plots left out of the final fit (they early-stopped it,
+    so the sets may cover a little less than ``level``)."""
+    from geoplantnet.validation.conformal import habitat_calibration
+
+    proba = classifier.predict_proba(plots.sentences)
+    return habitat_calibration(proba, classifier.classes, plots.habitat, level)

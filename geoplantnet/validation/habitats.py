@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 from geoplantnet.models.habitat_peers import CooccurrenceFill
-from geoplantnet.models.plantbert import MASK, SPECIAL, PlotModel, encode_sentences
+from geoplantnet.models.plantbert import PlotModel, missing_species_logits
 from geoplantnet.samples.plots import eunis_ancestor, species_token
 
 
@@ -81,20 +81,9 @@ def fill_mask_scores(
     idx, visible, hidden, place = hide_one(sentences, seed)
     if not len(idx):
         return {"plots": 0.0}
-    masked = [[*s[:j], "[MASK]", *s[j:]] for s, j in zip(visible, place, strict=True)]
-    ids, _ = encode_sentences(model.tokenizer, masked, model.cfg.max_species)  # "[MASK]" encodes as the MASK id
+    logits, keep = missing_species_logits(model, visible, place)
     vocab = model.tokenizer.get_vocab()
-    rows, cols = np.nonzero(ids == MASK)
-    keep = np.zeros(len(idx), dtype=bool)
-    keep[rows] = True  # a hidden species beyond max_species has no [MASK] position: it counts as a miss
-    logits = np.full((len(idx), len(model.tokenizer)), -np.inf, dtype="float32")
-    if len(rows):
-        out = model.logits(ids[rows])  # (m, L, vocab)
-        logits[rows] = out[np.arange(len(rows)), cols]
-    logits[:, : len(SPECIAL)] = -np.inf
-    for r, s in enumerate(visible):
-        seen = [vocab[t] for t in s if t in vocab]
-        logits[r, seen] = -np.inf
+    # a hidden species beyond max_species has no [MASK] position (not kept): it counts as a miss
     target = np.asarray([vocab.get(h, -1) for h in hidden])
     target[~keep] = -1
     bert = _topk_hits(logits, target, (1, 5))
