@@ -539,6 +539,27 @@ class PlotTrainConfig(_Section):
     mixed_precision: bool = True
 
 
+class HabitatStackConfig(_Section):
+    """The stacked habitat classifier (``habitats.models: stack``): members, their grids, how the choice is made.
+
+    Every choice is made on the inner spatial validation plots of the training plots: each logistic member's ``C``
+    and the members' weights (simplex grid) by log-loss, then the decoding (EUNIS-parent weights, logit adjustment
+    ``tau``) by top-1 + macro-F1; the members are then refitted on training + validation plots."""
+
+    members: list[Literal["logistic", "logistic_tfidf", "knn_jaccard", "knn_cosine"]] = [
+        "logistic",
+        "logistic_tfidf",
+        "knn_jaccard",
+        "knn_cosine",
+    ]
+    logistic_c: list[float] = Field([1.0, 3.0, 10.0, 30.0], min_length=1, description="C grid, binary bag")
+    tfidf_c: list[float] = Field([3.0, 10.0, 30.0, 100.0], min_length=1, description="C grid, tf-idf bag")
+    knn: int = Field(10, ge=1, description="neighbours of the k-nearest-plots members")
+    weight_step: float = Field(0.1, gt=0, le=1, description="grid step of the members' weights (sum 1)")
+    parent_weights: list[float] = Field([0.0, 0.5, 1.0], min_length=1, description="grid: weight of log p(L2, L1 parent)")
+    tau: list[float] = Field([0.0, 0.25, 0.5], min_length=1, description="grid: logit adjustment -tau log prior")
+
+
 class HabitatsConfig(_Section):
     """Vegetation plots -> EUNIS habitats (``geoplantnet habitats``): the plot table, models, folds, peers.
 
@@ -567,14 +588,20 @@ class HabitatsConfig(_Section):
     folds: int = Field(5, ge=2)
     seed: int = 0
     min_plots: int = Field(2, ge=1, description="classes with fewer training plots are kept out of the classes")
-    models: list[Literal["plantbert", "plantbert_scratch", "logistic", "random_forest", "knn_jaccard"]] = [
+    models: list[Literal["plantbert", "plantbert_scratch", "logistic", "random_forest", "knn_jaccard", "stack"]] = [
         "plantbert",
         "plantbert_scratch",
         "logistic",
         "random_forest",
         "knn_jaccard",
+        "stack",
     ]
     knn: int = Field(10, ge=1, description="neighbours of the Jaccard k-nearest-plots peer")
+    classifier: Literal["stack", "plantbert"] = Field(
+        "stack", description="the model trained on every labelled plot and saved as model/ (fill-mask/ too if "
+        "plantbert is in habitats.models)"
+    )
+    stack: HabitatStackConfig = HabitatStackConfig()
     model: PlotModelConfig = PlotModelConfig()
     train: PlotTrainConfig = PlotTrainConfig()
     map_species: int | None = Field(

@@ -120,7 +120,8 @@ def run_habitats(
         fill.save(out / "fill-mask")
         result["fill_mask_model"] = {"path": str(out / "fill-mask"), "version": fill.version}
     if classifier is not None:
-        classifier.parent = fill.version if fill is not None else ""
+        if h.classifier == "plantbert":  # the stack has no fill-mask parent
+            classifier.parent = fill.version if fill is not None else ""
         if data.names is not None:
             names = data.names
             classifier.names = tuple(names.get(c, "") for c in classifier.classes)

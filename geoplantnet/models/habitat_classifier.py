@@ -63,7 +63,11 @@ class PlotClassifier(Protocol):
 Loader = Callable[[str, str], PlotClassifier]
 LOADERS: dict[str, Loader] = {}
 # kind -> module that registers its loader when imported (so reading a folder imports only what it needs)
-KIND_MODULES = {"classifier": "geoplantnet.models.plantbert", "fill-mask": "geoplantnet.models.plantbert"}
+KIND_MODULES = {
+    "classifier": "geoplantnet.models.plantbert",
+    "fill-mask": "geoplantnet.models.plantbert",
+    "stack": "geoplantnet.models.habitat_stack",
+}
 
 
 def register(kind: str, loader: Loader) -> None:

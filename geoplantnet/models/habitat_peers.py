@@ -136,25 +136,34 @@ class JaccardNeighbours(_BagPeer):
 
     def _fit(self, x: sparse.csr_matrix, y: np.ndarray, x_val: sparse.csr_matrix, y_val: np.ndarray) -> None:
         self.x, self.y = x.tocsr(), y
-        self.size = np.asarray(self.x.sum(axis=1)).ravel()
 
     def _proba(self, x: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         seen = np.unique(self.y)
-        col = np.searchsorted(seen, self.y)
-        out = np.zeros((x.shape[0], len(seen)), dtype="float32")
-        size = np.asarray(x.sum(axis=1)).ravel()
-        k = min(self.k, self.x.shape[0])
-        for start in range(0, x.shape[0], 2048):  # bounded memory: a block of query plots at a time
-            block = x[start : start + 2048]
-            inter = (block @ self.x.T).toarray()
-            union = size[start : start + 2048, None] + self.size[None, :] - inter
-            sim = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-            top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-            w = np.take_along_axis(sim, top, axis=1) + 1e-6  # an empty overlap still votes, barely
-            rows = np.repeat(np.arange(block.shape[0]), k)
-            np.add.at(out[start : start + block.shape[0]], (rows, col[top].ravel()), w.ravel())
-        out /= out.sum(axis=1, keepdims=True)
-        return out, seen
+        return neighbour_vote(x, self.x, np.searchsorted(seen, self.y), len(seen), self.k, "jaccard"), seen
+
+
+def neighbour_vote(
+    query: sparse.csr_matrix, train: sparse.csr_matrix, col: np.ndarray, n_classes: int, k: int, metric: str
+) -> np.ndarray:
+    """(n, n_classes) votes of the ``k`` training rows most similar to each query row, weighted by similarity and
+    normalised: ``jaccard`` on 0/1 rows, ``cosine`` (a dot product) on rows of unit length."""
+    out = np.zeros((query.shape[0], n_classes), dtype="float32")
+    k = min(k, train.shape[0])
+    train = train.tocsr()
+    size = np.asarray(train.sum(axis=1)).ravel()
+    qsize = np.asarray(query.sum(axis=1)).ravel()
+    for start in range(0, query.shape[0], 2048):  # bounded memory: a block of query plots at a time
+        block = query[start : start + 2048]
+        sim = (block @ train.T).toarray()
+        if metric == "jaccard":
+            union = qsize[start : start + 2048, None] + size[None, :] - sim
+            sim = np.divide(sim, union, out=np.zeros_like(sim), where=union > 0)
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        w = np.take_along_axis(sim, top, axis=1) + 1e-6  # an empty overlap still votes, barely
+        rows = np.repeat(np.arange(block.shape[0]), k)
+        np.add.at(out[start : start + block.shape[0]], (rows, col[top].ravel()), w.ravel())
+    out /= out.sum(axis=1, keepdims=True)
+    return out
 
 
 PEERS: dict[str, type[_BagPeer]] = {p.name: p for p in (BagOfSpeciesLogistic, BagOfSpeciesForest, JaccardNeighbours)}

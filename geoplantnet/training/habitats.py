@@ -1,6 +1,7 @@
 """Training the habitat models of ``geoplantnet habitats``: Pl@ntBERT (tokenizer, fill-mask pre-training, habitat
 fine-tuning with and without it) and its peers (bag-of-species logistic regression, random forest, Jaccard nearest
-plots), all on the same training plots, early-stopped on the same validation plots.
+plots), all on the same training plots, early-stopped on the same validation plots; the stack
+(:mod:`geoplantnet.models.habitat_stack`) makes its choices on those validation plots and refits on both.
 
 The models, their training (torch, transformers, scikit-learn) are imported where they run: a bad plot table is
 refused without them (tests/test_refusal_times.py).
@@ -110,4 +111,17 @@ def train_models(
             labelled.habitat[val],
         )
         seconds[name] = time.perf_counter() - t0
+    if "stack" in models:
+        # The stack makes its choices on the validation plots itself, then refits on training + validation plots.
+        from geoplantnet.models.habitat_stack import HabitatStack
+
+        t0 = time.perf_counter()
+        stack = HabitatStack(cfg=h.stack, min_plots=h.min_plots, seed=h.seed)
+        out["stack"] = stack.fit(
+            [labelled.sentences[i] for i in np.flatnonzero(fit)],
+            labelled.habitat[fit],
+            [labelled.sentences[i] for i in np.flatnonzero(val)],
+            labelled.habitat[val],
+        )
+        seconds["stack"] = time.perf_counter() - t0
     return TrainedModels(out, fill, baseline, classes, seconds, history)

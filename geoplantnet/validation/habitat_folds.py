@@ -8,7 +8,8 @@ Per fold (whole blocks of ``habitats.block_size`` in x/y go to one fold), on the
    list never leaks its species into the fold that scores it); early stopping on a spatial validation split;
 2. the fill-mask model is scored on the test plots (one hidden species each) next to the co-occurrence baseline;
 3. the classifier is fine-tuned from it (``plantbert``) and from scratch (``plantbert_scratch``, the ablation);
-4. the peers (bag-of-species logistic regression, random forest, Jaccard nearest plots) fit on the same plots;
+4. the peers (bag-of-species logistic regression, random forest, Jaccard nearest plots) fit on the same plots, and the
+   stack (:mod:`geoplantnet.models.habitat_stack`) makes its choices on the validation plots, then refits;
 5. every model is scored on the test plots at ``habitats.level`` and one and two levels up
    (:mod:`geoplantnet.validation.habitats`).
 
@@ -69,7 +70,7 @@ def run_fold(data: HabitatData, folds: np.ndarray, k: int, h: HabitatsConfig) ->
     for name, model in trained.classifiers.items():
         t0 = time.perf_counter()
         proba = model.predict_proba(sentences)
-        scores = habitat_scores(truth, proba, trained.classes, h.level)
+        scores = habitat_scores(truth, proba, model.classes, h.level)
         rows.append(
             {
                 "fold": k,
@@ -77,7 +78,7 @@ def run_fold(data: HabitatData, folds: np.ndarray, k: int, h: HabitatsConfig) ->
                 **scores,
                 "fit_seconds": trained.seconds.get(name, 0.0),
                 "predict_seconds": time.perf_counter() - t0,
-                "classes": len(trained.classes),
+                "classes": len(model.classes),
             }
         )
     bert = next((m for m in trained.classifiers.values() if isinstance(m, PlotModel)), None)
@@ -97,13 +98,15 @@ def run_fold(data: HabitatData, folds: np.ndarray, k: int, h: HabitatsConfig) ->
     return {"rows": rows, "fill_mask": fill}
 
 
-def final_models(data: HabitatData, h: HabitatsConfig) -> tuple[PlotModel | None, PlotModel | None]:
-    """The fill-mask model and the classifier trained on every labelled plot (spatial split for early stopping)."""
+def final_models(data: HabitatData, h: HabitatsConfig) -> tuple[PlotModel | None, PlotClassifier | None]:
+    """The fill-mask model (when ``plantbert`` is among ``habitats.models``) and the ``habitats.classifier`` trained
+    on every labelled plot (a spatial split for early stopping and the stack's choices)."""
     labelled = data.labelled
     everything = np.ones(len(labelled), dtype=bool)
     fit, val = inner_split(labelled, everything, h)
-    trained = train_models(labelled, data.corpus, fit, val, h, ["plantbert"])
-    classifier = trained.classifiers.get("plantbert")
+    models = list(dict.fromkeys([h.classifier, *(["plantbert"] if "plantbert" in h.models else [])]))
+    trained = train_models(labelled, data.corpus, fit, val, h, models)
+    classifier = trained.classifiers.get(h.classifier)
     if classifier is not None:
         classifier.conformal = calibrate_sets(classifier, labelled.subset(val), h.conformal_level)
     return trained.fill_mask, classifier
@@ -112,8 +115,11 @@ def final_models(data: HabitatData, h: HabitatsConfig) -> tuple[PlotModel | None
 def calibrate_sets(classifier: PlotClassifier, plots: Plots, level: float) -> dict[str, Any] | None:
     """The final classifier's conformal habitat sets (``{level, q, plots}``, saved with it) from ``plots`` it did not
     train on: the inner validation split, the only labelled plots left out of the final fit (they early-stopped it,
-    so the sets may cover a little less than ``level``)."""
+    so the sets may cover a little less than ``level``). A classifier refitted on them (the stack) brings its own
+    probabilities of these plots from before the refit (``validation_proba``, in their order)."""
     from geoplantnet.validation.conformal import habitat_calibration
 
-    proba = classifier.predict_proba(plots.sentences)
+    proba = getattr(classifier, "validation_proba", None)
+    if proba is None or len(proba) != len(plots):
+        proba = classifier.predict_proba(plots.sentences)
     return habitat_calibration(proba, classifier.classes, plots.habitat, level)
