@@ -4,7 +4,7 @@
 reads a model file with it (``map``). ``virtual_species.py``: its generator's properties, and the whole benchmark
 (sdm, then predict at the surveys) at 4 species with one network of 2 epochs on 2 folds. ``nceas_ablation.py``: two
 variants on the AWT tables at 2 epochs. ``bench_cnn_cv.py`` on the session's small region and cluster, one epoch of 2
-folds x 2 members."""
+folds x 2 members. ``habitat_ablation.py``: two stack variants and the peers on 160 made-up plots, 2 folds."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,3 +153,33 @@ def test_bench_cnn_cv_times_the_folds_one_after_another_and_side_by_side_with_th
     assert wall and all(float(v) > 0 for v in wall.groups()), done.stdout
     assert len(re.findall(r"^fold \d AUC", done.stdout, re.MULTILINE)) == 2, done.stdout
     assert "per-fold AUCs identical: yes; out-of-fold predictions identical: yes" in done.stdout
+
+
+def test_habitat_ablation_prints_every_variant_beside_the_peers_and_chooses_on_the_inner_split(tmp_path) -> None:
+    spec = importlib.util.spec_from_file_location("habitat_ablation", ROOT / "benchmarks" / "habitat_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(160):
+        code = ("R1A", "R1B", "S2A", "T1A")[i % 4]
+        pool = [f"{code}_{j}" for j in range(6)] + [f"{code[:2]}_shared{j}" for j in range(4)]
+        species = ";".join(rng.choice(pool, 4, replace=False))
+        rows.append({"plot": f"p{i}", "species": species, "habitat": code, "lon": rng.uniform(0, 4), "lat": 45.0})
+    table = tmp_path / "plots.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    config = tmp_path / "habitats.yaml"
+    config.write_text(
+        f"habitats:\n  plots: {table}\n  folds: 2\n  block_size: 1.0\n"
+        "  stack:\n    logistic_c: [1.0]\n    tfidf_c: [10.0]\n    weight_step: 0.5\n"
+    )
+    out = tmp_path / "ablation.json"
+    got = module.main(["--config", str(config), "--variants", "average,stack", "--out", str(out)])
+    assert sorted({r["model"] for r in got}) == ["average", "knn_jaccard", "logistic", "stack"]
+    assert {r["fold"] for r in got} == {0, 1}
+    saved = json.loads(out.read_text())
+    assert saved["chosen"] in ("average", "stack")
+    for row in got:
+        assert 0 <= row["top1"] <= 1 and 0 <= row["top1_level1"] <= 1
+        if row["model"] in ("average", "stack"):
+            assert np.isfinite(row["inner_val"]) and row["top1"] > 0.5

@@ -93,7 +93,8 @@ def test_the_choices_never_see_the_test_fold() -> None:
     rng = np.random.default_rng(5)
     x, y = rng.uniform(0, 6, 300), rng.uniform(40, 46, 300)
     plots = Plots(np.arange(300).astype(str), sentences, labels.copy(), x, y)
-    h = HabitatsConfig(folds=3, block_size=1.0, models=["stack"], stack=HabitatStackConfig(weight_step=0.25))
+    stack = HabitatStackConfig(logistic_c=[1.0, 10.0], tfidf_c=[10.0], weight_step=0.25)
+    h = HabitatsConfig(folds=3, block_size=1.0, models=["stack"], stack=stack)
     folds, _ = assign_folds(plots, h)
     test = folds == 0
     fit, val = inner_split(plots, ~test, h)

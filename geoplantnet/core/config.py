@@ -556,7 +556,9 @@ class HabitatStackConfig(_Section):
     tfidf_c: list[float] = Field([3.0, 10.0, 30.0, 100.0], min_length=1, description="C grid, tf-idf bag")
     knn: int = Field(10, ge=1, description="neighbours of the k-nearest-plots members")
     weight_step: float = Field(0.1, gt=0, le=1, description="grid step of the members' weights (sum 1)")
-    parent_weights: list[float] = Field([0.0, 0.5, 1.0], min_length=1, description="grid: weight of log p(L2, L1 parent)")
+    parent_weights: list[float] = Field(
+        [0.0, 0.5, 1.0], min_length=1, description="grid: weight of log p(L2, L1 parent)"
+    )
     tau: list[float] = Field([0.0, 0.25, 0.5], min_length=1, description="grid: logit adjustment -tau log prior")
 
 
@@ -598,8 +600,9 @@ class HabitatsConfig(_Section):
     ]
     knn: int = Field(10, ge=1, description="neighbours of the Jaccard k-nearest-plots peer")
     classifier: Literal["stack", "plantbert"] = Field(
-        "stack", description="the model trained on every labelled plot and saved as model/ (fill-mask/ too if "
-        "plantbert is in habitats.models)"
+        "stack",
+        description="the model trained on every labelled plot and saved as model/ (fill-mask/ too if "
+        "plantbert is in habitats.models)",
     )
     stack: HabitatStackConfig = HabitatStackConfig()
     model: PlotModelConfig = PlotModelConfig()

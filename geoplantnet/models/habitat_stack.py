@@ -265,8 +265,9 @@ class HabitatStack:
         # Plots of a class the inner members never saw carry no information about the weights (all members 0).
         seen = np.isin(vy, np.unique(fy[keep]))
         loss = {n: log_loss(p[seen], vy[seen]) for n, p in candidates.items()}
-        names = [min((n for n in c if n.startswith(f"{m}@")), key=loss.__getitem__) if m in grids else m
-                 for m in cfg.members]
+        names = [
+            min((n for n in c if n.startswith(f"{m}@")), key=loss.__getitem__) if m in grids else m for m in cfg.members
+        ]
         grid = simplex(len(names), cfg.weight_step)
         stacked = [sum(w * candidates[n] for w, n in zip(row, names, strict=True)) for row in grid]
         losses = [log_loss(p[seen], vy[seen]) for p in stacked]
@@ -315,7 +316,7 @@ class HabitatStack:
             "train_indices": m.train.indices,
             "train_col": m.train_col,
         }
-        for i, (name, lin) in enumerate(sorted(m.linear.items())):
+        for i, (_, lin) in enumerate(sorted(m.linear.items())):
             out |= {f"linear{i}_coef": lin.coef, f"linear{i}_intercept": lin.intercept, f"linear{i}_cols": lin.cols}
         return out
 
