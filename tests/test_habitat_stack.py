@@ -58,11 +58,15 @@ def test_the_stack_learns_the_habitats_and_returns_a_distribution_over_its_class
 def test_a_saved_stack_loads_by_kind_and_predicts_the_same(fitted, tmp_path: Path) -> None:
     stack, test, _ = fitted
     stack.names = tuple(f"habitat {c}" for c in stack.classes)
+    # calibrated on the validation plots' probabilities from before the refit (out of sample), in their order
+    assert stack.validation_proba is not None and stack.validation_proba.shape == (80, len(CODES))
+    stack.conformal = {"level": 0.9, "q": 0.5, "plots": 80}
     version = stack.save(tmp_path / "model")
     assert version and stack.version == version
     again = load_classifier(tmp_path / "model")
     assert isinstance(again, HabitatStack)
     assert (again.classes, again.names, again.version, again.parent) == (stack.classes, stack.names, version, "")
+    assert again.conformal == stack.conformal and again.vocabulary == frozenset(stack.species)
     np.testing.assert_array_equal(again.predict_proba(test), stack.predict_proba(test))
     assert not list((tmp_path / "model").glob("*.pkl"))
     assert stack.save(tmp_path / "model") == version  # the same content, the same version

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from geoplantnet.core.config import HabitatsConfig, PlotModelConfig, PlotTrainConfig
+from geoplantnet.models.habitat_classifier import load_classifier
 from geoplantnet.models.habitat_peers import PEERS, CooccurrenceFill, JaccardNeighbours
 from geoplantnet.models.plantbert import (
     CLS,
@@ -361,13 +362,16 @@ def test_the_habitats_command_evaluates_on_spatial_folds_and_saves_the_models(tm
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["models"]) == {"plantbert", "plantbert_scratch", "logistic", "random_forest", "knn_jaccard"}
+    models = {"plantbert", "plantbert_scratch", "logistic", "random_forest", "knn_jaccard", "stack"}
+    assert set(summary["models"]) == models
     assert summary["models"]["logistic"]["top1_mean"] > 0.9  # the language is easy for a bag of species
     folds = pd.read_csv(out / "folds.csv")
-    assert sorted(folds["fold"].unique()) == [0, 1] and len(folds) == 10
+    assert sorted(folds["fold"].unique()) == [0, 1] and len(folds) == 12
     assert "| plantbert |" in (out / "report.md").read_text()
-    model = PlotModel.load(out / "model")
-    assert model.parent == summary["fill_mask_model"]["version"] == PlotModel.load(out / "fill-mask").version
+    # model/ is habitats.classifier (default: the stack, no fill-mask parent); fill-mask/ is saved beside it
+    model = load_classifier(out / "model")
+    assert model.kind == "stack" and model.parent == "" and model.version == summary["model"]["version"]
+    assert summary["fill_mask_model"]["version"] == PlotModel.load(out / "fill-mask").version
     assert set(model.classes) == set(habitat)
     # A rerun into the same folder is allowed; a user's folder and a missing column are refused with one line.
     user = tmp_path / "mine"

@@ -39,7 +39,7 @@ from sklearn.metrics import f1_score
 
 from geoplantnet.core.config import HabitatStackConfig
 from geoplantnet.core.hashing import file_digest, fingerprint
-from geoplantnet.models.habitat_classifier import META, ClassifierFolderError, publish_folder, register
+from geoplantnet.models.habitat_classifier import META, ClassifierFolderError, conformal_of, publish_folder, register
 from geoplantnet.models.habitat_peers import SpeciesIndex, neighbour_vote
 from geoplantnet.samples.plots import eunis_ancestor
 
@@ -209,6 +209,9 @@ class HabitatStack:
     prior: np.ndarray = field(default_factory=lambda: np.ones(0))
     choice: dict[str, Any] = field(default_factory=dict)  # the validation scores behind every choice
     members: Members | None = None
+    conformal: dict[str, Any] | None = None  # {level, q, plots}: the habitat sets' calibration, when calibrated
+    # the decoded probabilities of the validation plots before the refit (out of sample: for the calibration)
+    validation_proba: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -218,6 +221,11 @@ class HabitatStack:
     def species(self) -> tuple[str, ...]:
         """Species tokens the model knows (others in a plot are ignored)."""
         return self.members.bag.species if self.members is not None else ()
+
+    @property
+    def vocabulary(self) -> frozenset[str]:
+        """The species tokens the classifier knows, as a set."""
+        return frozenset(self.species)
 
     def fit(
         self,
@@ -281,6 +289,7 @@ class HabitatStack:
         first = max(scores.values())
         a, b, tau = next(k for k, v in scores.items() if v >= first - 1e-12)  # the first best in grid order
         self.decoding = {"a": a, "b": b, "tau": tau}
+        self.validation_proba = decode(p, self.classes, a, b, tau, prior).astype("float32")
         self.choice = {
             "validation_plots": len(val),
             "validation_plots_seen_class": int(seen.sum()),
@@ -343,6 +352,7 @@ class HabitatStack:
                 "seed": self.seed,
                 "settings": self.cfg.model_dump(),
                 "choice": self.choice,
+                **({"conformal": self.conformal} if self.conformal is not None else {}),
             }
             self.version = fingerprint(file_digest(stage / "arrays.npz"), json.dumps(meta, sort_keys=True))
             (stage / META).write_text(json.dumps({**meta, "version": self.version}, indent=1))
@@ -382,6 +392,7 @@ class HabitatStack:
             prior=a["prior"],
             choice=meta.get("choice", {}),
             members=Members(bag, train, a["train_col"], linear, n, int(meta["knn"])),
+            conformal=conformal_of(meta, url),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -393,6 +404,7 @@ class HabitatStack:
             "species": len(self.species),
             "weights": self.weights,
             "decoding": self.decoding,
+            "conformal": self.conformal,
         }
 
 
