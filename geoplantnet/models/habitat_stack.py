@@ -277,11 +277,11 @@ class HabitatStack:
             min((n for n in c if n.startswith(f"{m}@")), key=loss.__getitem__) if m in grids else m for m in cfg.members
         ]
         grid = simplex(len(names), cfg.weight_step)
-        stacked = [sum(w * candidates[n] for w, n in zip(row, names, strict=True)) for row in grid]
-        losses = [log_loss(p[seen], vy[seen]) for p in stacked]
+        mix = lambda row: sum(w * candidates[n] for w, n in zip(row, names, strict=True))  # noqa: E731
+        losses = [log_loss(mix(row)[seen], vy[seen]) for row in grid]
         best = int(np.argmin(losses))  # the first of equal losses: grid order
         self.weights = {n: float(w) for n, w in zip(names, grid[best], strict=True)}
-        p = stacked[best]
+        p = mix(grid[best])
         prior = smoothed_prior(fy[keep], len(self.classes))
         scores = {}
         for a, b, tau in itertools.product(cfg.parent_weights, cfg.parent_weights, cfg.tau):
@@ -296,7 +296,7 @@ class HabitatStack:
             "member_log_loss": {n: round(v, 4) for n, v in loss.items()},
             "stack_log_loss": round(losses[best], 4),
             "validation_top1_plus_macro_f1": round(first, 4),
-            "undecoded_top1_plus_macro_f1": round(scores[next(iter(scores))], 4),
+            "decoding_scores": [[*k, round(v, 6)] for k, v in scores.items()],  # [a, b, tau, top-1 + macro-F1]
         }
         return names
 
