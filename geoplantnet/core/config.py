@@ -553,7 +553,7 @@ class HabitatStackConfig(_Section):
         "knn_cosine",
     ]
     logistic_c: list[float] = Field([1.0, 3.0, 10.0, 30.0], min_length=1, description="C grid, binary bag")
-    tfidf_c: list[float] = Field([3.0, 10.0, 30.0, 100.0], min_length=1, description="C grid, tf-idf bag")
+    tfidf_c: list[float] = Field([10.0, 30.0, 100.0, 300.0], min_length=1, description="C grid, tf-idf bag")
     knn: int = Field(10, ge=1, description="neighbours of the k-nearest-plots members")
     weight_step: float = Field(0.1, gt=0, le=1, description="grid step of the members' weights (sum 1)")
     parent_weights: list[float] = Field(
