@@ -54,7 +54,11 @@ class PlotClassifier(Protocol):
 Loader = Callable[[str, str], PlotClassifier]
 LOADERS: dict[str, Loader] = {}
 # kind -> module that registers its loader when imported (so reading a folder imports only what it needs)
-KIND_MODULES = {"classifier": "geoplantnet.models.plantbert", "fill-mask": "geoplantnet.models.plantbert"}
+KIND_MODULES = {
+    "classifier": "geoplantnet.models.plantbert",
+    "fill-mask": "geoplantnet.models.plantbert",
+    "map-forest": "geoplantnet.models.map_forest",
+}
 
 
 def register(kind: str, loader: Loader) -> None:
