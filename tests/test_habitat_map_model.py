@@ -131,3 +131,34 @@ def test_a_classifier_of_species_lists_that_is_not_plantbert_maps(small_map: Sma
     np.testing.assert_array_equal(blocks.habitat.ravel()[1:], expect.ravel()[1:])
     got, _ = classifier.classify(codes)
     np.testing.assert_array_equal(got.habitat, blocks.habitat)
+
+
+def test_a_map_forest_folder_maps_two_pass_and_fused_identically(small_map: SmallMap, tmp_path, shared_cluster_sets):
+    """A map forest on the predicted assemblage (no predictors) is a classifier folder like Pl@ntBERT's: habitat-map
+    maps it, and the fused path (indicators --from-model, impact) classifies the same codes into the same classes."""
+    import zarr
+
+    from geoplantnet.core.config import load_config
+    from geoplantnet.inference.fused import FusedPredictor
+    from geoplantnet.inference.habitat import plan_classifier
+    from geoplantnet.jobs.habitat_map import run_habitat_map
+
+    species = [str(s) for s in open_store(small_map.reference)["species"].values]
+    rng = np.random.default_rng(1)
+    A = rng.random((80, len(species))).astype("float32")
+    labels = np.where(A[:, 2] > 0.5, "R1A", np.where(A[:, 3] > 0.5, "S2B", "T1B"))
+    folder = tmp_path / "assemblage-forest"
+    MapForest.fit("assemblage", A, None, labels, species=species[::-1], trees=20).save(folder)
+    cfg = load_config(CONFIG, [*small_map.overrides, *shared_cluster_sets])
+    out = str(tmp_path / "forest-habitat.zarr")
+    summary = run_habitat_map(cfg, small_map.reference, str(folder), out, progress=False)
+    assert summary.habitat_model_version.startswith("map-forest/") and summary.tiles_computed == 9
+    stored = open_store(out, mask_and_scale=False)
+    codes = np.asarray(zarr.open_group(small_map.reference, mode="r")["probability"][:])
+    classifier, model = plan_classifier(str(folder), species, None, "the map", habitats=cfg.habitats, device="cpu")
+    fused = FusedPredictor(species=None, habitats=classifier, n_species=len(species), n_ranks=3)  # type: ignore[arg-type]
+    _, top, _, _ = fused.classify(codes, {"model_loads": 0})
+    k = stored["top_k"].shape[0]
+    np.testing.assert_array_equal(stored["top_k"].values, top[:k])
+    np.testing.assert_array_equal(stored["habitat"].values, top[0])
+    assert [str(c) for c in stored["habitat_code"].values] == list(model.classes)
