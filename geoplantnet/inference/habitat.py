@@ -1,14 +1,18 @@
-"""Habitats of predicted assemblages: Pl@ntBERT over each pixel's species, on a worker, in array operations.
+"""Habitats of predicted assemblages on a worker, in array operations, by a classifier of any kind.
 
 One block at a time: the block's uint8 codes of every species, decoded; a pixel with no data in any species is no
-data; the others become sentences (:func:`geoplantnet.models.plantbert.assemblage_ids`: the species above their saved
-thresholds, best first, or the top-K), the distinct sentences are classified in batches (neighbouring pixels often
-share one), and the class probabilities give the ``habitat.zarr`` arrays (:class:`HabitatBlocks`).
+data. Pl@ntBERT (:func:`classify_codes`): the others become sentences (:func:`geoplantnet.models.plantbert.
+assemblage_ids`: the species above their saved thresholds, best first, or the top-K), the distinct sentences are
+classified in batches (neighbouring pixels often share one). Any other kind of species-list classifier
+(:func:`classify_sentences`): the same rule on species names. The map's own forest (:func:`classify_pixels`,
+:mod:`geoplantnet.models.map_forest`): the decoded probabilities and, when it takes them, the tile's point predictors
+(:class:`geoplantnet.inference.map_inputs.PixelPredictors`). The class probabilities give the ``habitat.zarr``
+arrays (:class:`HabitatBlocks`).
 
 :class:`HabitatClassifier` is what a habitat tile and a fused indicator tile ship to the workers: the classifier's
-folder and version, each species' token, the assemblage rule. Each worker process loads the classifier once
-(:func:`cached_classifier`, the pinned worker cache). :class:`ClassifierFolder` is the folder read and checked on the
-driver before anything else starts.
+folder, kind and version, how the map's species reach it, the assemblage rule. Each worker process loads the
+classifier once (:func:`cached_classifier`, the pinned worker cache). :class:`ClassifierFolder` is the folder read
+and checked on the driver before anything else starts.
 """
 
 from __future__ import annotations
