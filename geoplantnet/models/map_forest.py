@@ -4,7 +4,10 @@ A map pixel has its predicted assemblage (every species' probability, ``species.
 species model's environmental and Sentinel-2 inputs at the pixel: :func:`geoplantnet.inference.points.pixel_features`).
 A :class:`MapForest` classifies a habitat from one or both (``inputs``: ``assemblage``, ``predictors`` or ``joint``),
 fitted at the labelled plots on the species model's *cross-fitted* predictions there
-(:mod:`geoplantnet.validation.map_models`), so training and mapping inputs agree.
+(:mod:`geoplantnet.validation.map_models`), so training and mapping inputs agree. ``joint`` is a stack: a first forest
+on the assemblage gives class probabilities (out of fold on the training plots, on the plots' spatial folds), a second
+forest classifies from the point predictors and those probabilities (a forest on ~200 species columns plus the
+predictors spreads its splits over the species and loses to the predictors alone; the stack does not).
 
 It is a classifier folder like any other (:mod:`geoplantnet.models.habitat_classifier`): ``geoplantnet.json``
 (kind, classes, names, version, inputs, the species and feature columns) and ``forest.joblib``. Given species lists
@@ -49,6 +52,7 @@ class MapForest:
     info: dict[str, Any] = field(default_factory=dict)  # how it was chosen (fold scores), for people
     version: str = ""
     parent: str = ""
+    stage: RandomForestClassifier | None = None  # joint: the forest on the assemblage whose probabilities it reads
 
     @property
     def needs_predictors(self) -> bool:
@@ -69,26 +73,49 @@ class MapForest:
         species: Sequence[str] = (),
         features: Sequence[str] = (),
         names: dict[str, str] | None = None,
+        folds: np.ndarray | None = None,
         trees: int = 300,
         seed: int = 0,
     ) -> MapForest:
-        """Fit on rows of ``assemblage`` (n, S) and/or ``predictors`` (n, F) (what ``inputs`` names) to ``labels``."""
-        X = design(inputs, assemblage, predictors)
-        forest = RandomForestClassifier(n_estimators=trees, random_state=seed, n_jobs=1)
-        forest.fit(X, np.asarray(labels, dtype=str))
-        classes = tuple(str(c) for c in forest.classes_)
+        """Fit on rows of ``assemblage`` (n, S) and/or ``predictors`` (n, F) (what ``inputs`` names) to ``labels``;
+        ``joint`` needs the rows' spatial ``folds`` (its first stage's out-of-fold probabilities)."""
+        labels = np.asarray(labels, dtype=str)
+
+        def forest() -> RandomForestClassifier:
+            return RandomForestClassifier(n_estimators=trees, random_state=seed, n_jobs=1)
+
+        stage = None
+        if inputs == "joint":
+            if folds is None or assemblage is None:
+                raise ClassifierFolderError(f"a joint {KIND} model needs the assemblage and the plots' folds")
+            stage = forest().fit(np.asarray(assemblage, np.float32), labels)
+            inner = np.zeros((len(labels), len(stage.classes_)), np.float32)
+            for k in np.unique(folds):
+                test = folds == k
+                if test.all():
+                    continue
+                part = forest().fit(np.asarray(assemblage, np.float32)[~test], labels[~test])
+                inner[np.ix_(test, np.searchsorted(stage.classes_, part.classes_))] = part.predict_proba(
+                    np.asarray(assemblage, np.float32)[test]
+                )
+            X = np.concatenate([np.asarray(predictors, np.float32), inner], axis=1)
+        else:
+            X = design(inputs, assemblage, predictors)
+        top = forest().fit(X, labels)
+        classes = tuple(str(c) for c in top.classes_)
         return cls(
-            forest,
+            top,
             inputs,
             classes,
             tuple(species) if inputs != "predictors" else (),
             tuple(features) if inputs != "assemblage" else (),
             tuple((names or {}).get(c, "") for c in classes),
+            stage=stage,
         )
 
     def predict_rows(self, assemblage: np.ndarray | None, predictors: np.ndarray | None) -> np.ndarray:
         """(n, classes) probabilities of pixels' rows (NaN in a cloudy season's predictors is split on as missing)."""
-        X = design(self.inputs, assemblage, predictors)
+        X = design(self.inputs, assemblage, predictors, self.stage)
         if len(X) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         return self.forest.predict_proba(X).astype(np.float32)
@@ -122,7 +149,7 @@ class MapForest:
         """Write the folder (forest, then ``geoplantnet.json``); returns and sets :attr:`version`."""
         with tempfile.TemporaryDirectory() as tmp:
             stage = Path(tmp)
-            joblib.dump(self.forest, stage / PAYLOAD)
+            joblib.dump((self.forest, self.stage), stage / PAYLOAD)
             self.version = fingerprint(file_digest(stage / PAYLOAD), self.classes, self.species, self.features)
             meta = {
                 "format": FORMAT,
@@ -148,7 +175,7 @@ class MapForest:
         if meta.get("kind") != KIND:
             raise ClassifierFolderError(f"{url}: a model of kind {meta.get('kind')!r}, not {KIND}")
         with fsspec.open(f"{url.rstrip('/')}/{PAYLOAD}", "rb") as f:
-            forest = joblib.load(f)
+            forest, stage = joblib.load(f)
         return cls(
             forest,
             meta["inputs"],
@@ -159,11 +186,23 @@ class MapForest:
             dict(meta.get("info", {})),
             str(meta["version"]),
             str(meta.get("parent", "")),
+            stage,
         )
 
 
-def design(inputs: MapInputs, assemblage: np.ndarray | None, predictors: np.ndarray | None) -> np.ndarray:
-    """The forest's rows: the assemblage's columns, then the predictors' (as ``inputs`` names them)."""
+def design(
+    inputs: MapInputs,
+    assemblage: np.ndarray | None,
+    predictors: np.ndarray | None,
+    stage: RandomForestClassifier | None = None,
+) -> np.ndarray:
+    """The forest's rows: the assemblage's columns (joint: the first ``stage``'s class probabilities of them, after
+    the predictors), then the predictors' (as ``inputs`` names them)."""
+    if inputs == "joint" and stage is not None:
+        if assemblage is None or predictors is None:
+            raise ClassifierFolderError(f"a joint {KIND} model needs the assemblage and the point predictors")
+        probs = stage.predict_proba(np.asarray(assemblage, np.float32)).astype(np.float32)
+        return np.concatenate([np.asarray(predictors, np.float32), probs], axis=1)
     parts = []
     if inputs != "predictors":
         if assemblage is None:

@@ -109,6 +109,7 @@ def train_map_model(
         labels,
         species=oof.species,
         features=predictors.features,
+        folds=folds[ok],
         trees=trees,
         seed=seed,
     )

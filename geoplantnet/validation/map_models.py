@@ -11,7 +11,8 @@ from a surveyed plot list. So the map model is fitted at the labelled plots on:
 - the pixel's point predictors (:class:`geoplantnet.inference.map_inputs.PixelPredictors`, the direct forest's rows).
 
 Three candidates on the **same spatial folds** (the plots' folds of the cross-fit): ``assemblage`` (the cascade on
-predicted assemblages), ``predictors`` (the direct random forest) and ``joint`` (both); the best mean level-``level``
+predicted assemblages), ``predictors`` (the direct random forest) and ``joint`` (a stack: the predictors and the
+assemblage forest's class probabilities, out of fold on the training folds); the best mean level-``level``
 accuracy over the folds is the map's model unless a setting names one (:func:`choose_map_model`).
 """
 
@@ -98,7 +99,10 @@ def compare_map_models(
             test = folds == k
             if test.all() or len(np.unique(labels[~test])) < 2:
                 continue
-            model = MapForest.fit(inputs, assemblage[~test], predictors[~test], labels[~test], trees=trees, seed=seed)
+            train = ~test
+            model = MapForest.fit(
+                inputs, assemblage[train], predictors[train], labels[train], folds=folds[train], trees=trees, seed=seed
+            )
             scores.append(_accuracy(model, assemblage[test], predictors[test], labels[test]))
         out[inputs] = {"accuracy": round(float(np.mean(scores)), 4) if scores else float("nan"), "folds": scores}
     return out
