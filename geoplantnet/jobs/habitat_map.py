@@ -17,6 +17,7 @@ from geoplantnet.inference import habitat
 from geoplantnet.inference.habitat import ClassifierFolder, HabitatClassifier
 from geoplantnet.products.base import TilePlan
 from geoplantnet.products.habitat_map import (
+    MAP_MODEL_FOLDER,
     MODEL_FOLDER,
     PRODUCT,
     SPECIES_STORE,
@@ -28,7 +29,6 @@ from geoplantnet.products.habitat_map import (
     summarise,
 )
 from geoplantnet.runs.context import RunContext
-from geoplantnet.runs.habitat_model import MAP_MODEL_FOLDER, train_map_model
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -105,6 +105,8 @@ def run_habitat_map(
         )
     species = open_species_store(species_url, ctx.options(species_url))  # refused before anything is trained
     species_model = str(species.attrs.get("model_file", ""))
+    from geoplantnet.runs.habitat_model import train_map_model  # scikit-learn: after the refusals
+
     with ctx.client() as client:
         folder, choice, predictors = train_map_model(ctx, client, species_model, ctx.url(MAP_MODEL_FOLDER))
         plan = plan_in(ctx, species_url, folder, out, predictors)

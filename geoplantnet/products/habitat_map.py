@@ -57,6 +57,7 @@ PRODUCT = "habitat"
 STORE = "habitat.zarr"
 SPECIES_STORE = "species.zarr"
 MODEL_FOLDER = "habitats/model"  # where ``geoplantnet habitats`` saves the classifier, under store.root
+MAP_MODEL_FOLDER = "habitats/map-model"  # where habitat-map saves the map's own model (habitats.map_model)
 
 
 def read_species_tile(

@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 
     from geoplantnet.runs.context import RunContext
 
-MAP_MODEL_FOLDER = "habitats/map-model"  # under store.root
-
 
 def map_predictors(ctx: RunContext, species_model: str, inputs: Any) -> PixelPredictors:
     """The pixels' point predictors of the species model in ``species_model`` (its inputs, read by the run's map
