@@ -162,3 +162,31 @@ def test_a_map_forest_folder_maps_two_pass_and_fused_identically(small_map: Smal
     np.testing.assert_array_equal(stored["top_k"].values, top[:k])
     np.testing.assert_array_equal(stored["habitat"].values, top[0])
     assert [str(c) for c in stored["habitat_code"].values] == list(model.classes)
+
+
+def test_the_candidates_on_folds_and_the_joint_stack_survive_a_save_and_load(tmp_path):
+    """Constructed plots where the predictors name one split and the assemblage another: each candidate is scored on
+    the same folds, auto takes the best mean (a setting overrides it), and a joint stack reloads to the same
+    probabilities."""
+    from geoplantnet.validation.map_models import choose_map_model, compare_map_models
+
+    rng = np.random.default_rng(0)
+    n = 120
+    X = rng.normal(size=(n, 3)).astype("float32")
+    A = rng.random((n, 6)).astype("float32")
+    labels = np.where(X[:, 0] > 0, "R1A", "T1B")
+    folds = np.arange(n) % 4
+    scores = compare_map_models(A, X, labels, folds, trees=30)
+    assert set(scores) == {"predictors", "joint", "assemblage"} and all(len(s["folds"]) == 4 for s in scores.values())
+    assert scores["predictors"]["accuracy"] > scores["assemblage"]["accuracy"]
+    chosen, info = choose_map_model(scores)
+    assert info["fold_accuracy"][chosen] == max(info["fold_accuracy"].values())
+    assert choose_map_model(scores, "assemblage")[0] == "assemblage"
+    species = [f"s{i}" for i in range(6)]
+    joint = MapForest.fit("joint", A, X, labels, species=species, features=["a", "b", "c"], folds=folds, trees=30)
+    joint.save(tmp_path / "joint")
+    back = load_classifier(tmp_path / "joint")
+    assert isinstance(back, MapForest) and back.version == joint.version and back.stage is not None
+    np.testing.assert_array_equal(back.predict_rows(A, X), joint.predict_rows(A, X))
+    with pytest.raises(Exception, match="point predictors"):
+        back.predict_proba([["s1", "s2"]])
