@@ -15,7 +15,9 @@ scripts/bootstrap.sh
 .venv/bin/geoplantnet map --config pipelines/default.yaml "$@"
 # --overwrite: a rerun replaces the earlier demo's habitat report and models (seeded: the same models again)
 .venv/bin/geoplantnet habitats --config pipelines/default.yaml --overwrite "$@"
-.venv/bin/geoplantnet habitat-map --config pipelines/default.yaml --evaluate "$@"
+# the map's own model (habitats.map_model=auto): trained on the species model's cross-fitted assemblages and the point
+# predictors at the plots, the best of three on spatial folds (README, Habitat maps)
+.venv/bin/geoplantnet habitat-map --config pipelines/default.yaml --set habitats.map_model=auto --evaluate "$@"
 .venv/bin/geoplantnet indicators --config pipelines/default.yaml --evaluate "$@"
 .venv/bin/geoplantnet value --config pipelines/default.yaml --evaluate "$@"
 # --overwrite replaces only the reports of an earlier demo run (outputs/virtual-demo/impact/, offsets/)

@@ -273,7 +273,7 @@ def test_habitats_then_habitat_map_on_the_virtual_region_scored_against_its_trut
     )
     assert mapped.returncode == 0, mapped.stderr[-3000:]
     evaluation = json.loads(mapped.stdout)["evaluation"]
-    cascade, direct = evaluation["cascade"], evaluation["direct_forest"]
+    cascade, direct = evaluation["map"], evaluation["direct_forest"]
     assert cascade["pixels"] == direct["pixels"] > 1000
     # The scoring is right: the truth is aligned (the direct forest from the same predictors clears a one-class map by
     # far) and the cascade's score is what the two stores say, recomputed here from the raw indices.
@@ -289,4 +289,4 @@ def test_habitats_then_habitat_map_on_the_virtual_region_scored_against_its_trut
     assert cascade["accuracy_level1"] == pytest.approx(float(np.mean(first(map_codes) == first(true_codes))))
     # The small region's plots hold 1-4 species each and its 8-epoch species model is nearly flat, so the cascade's
     # accuracy here says little; the demo-size region's numbers are in the README.
-    assert set(evaluation["cascade_minus_direct"]) == {"accuracy_level3", "accuracy_level2", "accuracy_level1"}
+    assert set(evaluation["map_minus_direct"]) == {"accuracy_level3", "accuracy_level2", "accuracy_level1"}

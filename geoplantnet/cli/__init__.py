@@ -143,7 +143,10 @@ def commands() -> tuple[Command, ...]:
             habitat_map_args,
             _cmd_habitat_map,
             "Each pixel's sentence is its species above their saved thresholds (or its top-K species with "
-            "habitats.map_species=K), classified by the habitat model; tile by tile on the cluster, resumable.",
+            "habitats.map_species=K), classified by the habitat model (any kind of classifier folder); with "
+            "habitats.map_model=auto|assemblage|predictors|joint, by the map's own forest trained first at the "
+            "labelled plots on the species model's cross-fitted assemblages and/or the point predictors "
+            "(chosen on spatial folds). Tile by tile on the cluster, resumable.",
         ),
         Command(
             "indicators",

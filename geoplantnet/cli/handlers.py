@@ -177,7 +177,9 @@ def _cmd_habitat_map(args: argparse.Namespace) -> int:
         from geoplantnet.storage.store import open_store
 
         species = open_store(result.species_store)
-        summary["evaluation"] = evaluate_habitat_map(cfg, result.store, species.attrs["model_file"])
+        summary["evaluation"] = evaluate_habitat_map(
+            cfg, result.store, species.attrs["model_file"], result.species_store
+        )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -613,6 +613,13 @@ class HabitatsConfig(_Section):
         description="habitat map: a pixel's sentence is its top-K species by probability; None: the "
         "species above their saved thresholds (capped at model.max_species)",
     )
+    map_model: Literal["folder", "auto", "assemblage", "predictors", "joint"] = Field(
+        "folder",
+        description="habitat-map: 'folder' maps the classifier folder (--model); otherwise habitat-map trains the "
+        "map's own forest at the labelled plots on the species model's cross-fitted predicted assemblages "
+        "('assemblage'), the point predictors ('predictors', the direct forest) or both ('joint'); 'auto': the best "
+        "of the three on the spatial folds. Saved in <store.root>/habitats/map-model",
+    )
     top_k: int = Field(
         10, ge=1, description="classes kept per pixel in habitat.zarr's top_k (and top_k_probability: conformal sets)"
     )

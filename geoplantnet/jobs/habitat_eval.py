@@ -1,27 +1,47 @@
-"""``habitat-map --evaluate``: the cascade's habitat map scored against the virtual region's true habitats, beside
-the direct random forest (:mod:`geoplantnet.evaluation.habitats`); this driver gathers the region's plots, truth,
+"""``habitat-map --evaluate``: the shipped habitat map scored against the virtual region's true habitats, beside the
+direct random forest and, where the map's own model was trained, the cascade alone (a forest on the cross-fitted
+predicted assemblages only) (:mod:`geoplantnet.evaluation.habitats`); this driver gathers the region's plots, truth,
 inputs and the species model's predictors."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from geoplantnet.core.config import RunConfig
-from geoplantnet.evaluation.habitats import compare_with_truth, direct_forest_map, map_codes, peer_spec, truth_codes
+from geoplantnet.evaluation.habitats import (
+    assemblage_forest_map,
+    compare_with_truth,
+    direct_forest_map,
+    map_codes,
+    truth_codes,
+)
 
 
-def evaluate_habitat_map(cfg: RunConfig, habitat_url: str, species_model_url: str, level: int = 3) -> dict[str, Any]:
-    """The cascade's map and the direct forest scored against the virtual region's true habitats (same pixels)."""
-    from geoplantnet.inference.species import read_model
+def evaluate_habitat_map(
+    cfg: RunConfig, habitat_url: str, species_model_url: str, species_url: str | None = None, level: int = 3
+) -> dict[str, Any]:
+    """The shipped map, the direct forest and (with ``species_url`` and the map's own model trained) the cascade alone
+    scored against the virtual region's true habitats (same pixels)."""
     from geoplantnet.runs.context import RunContext
-    from geoplantnet.runs.inputs import run_inputs, virtual_plots
+    from geoplantnet.runs.habitat_model import labelled_plots, map_predictors, plot_assemblages
+    from geoplantnet.runs.inputs import virtual_plots
 
     plots, truth_url = virtual_plots(cfg)
-    cascade, x, y = map_codes(habitat_url)
+    shipped, x, y = map_codes(habitat_url)
     truth = truth_codes(truth_url, x, y)
-    _, spec, _ = read_model(species_model_url)
-    inputs = run_inputs(cfg, observations=False)
-    sources = RunContext(cfg).sources(inputs)
-    cube_grid = cfg.grid.grid(cfg.cube.resolution) if sources.s2_items else None
-    direct = direct_forest_map(sources, peer_spec(spec), cfg.grid.grid(), cube_grid, cfg.map.tile, plots, level)
-    return compare_with_truth(cascade, direct, truth, training_plots=int(plots.labelled.sum()), level=level)
+    ctx = RunContext(cfg)
+    inputs = ctx.inputs()
+    predictors = map_predictors(ctx, species_model_url, inputs)
+    maps = {"map": shipped, "direct_forest": direct_forest_map(predictors, cfg.map.tile, plots, level)}
+    if species_url is not None and cfg.habitats.map_model != "folder":
+        oof = plot_assemblages(ctx, None, inputs)  # cached by the training: no cluster needed
+        labelled = labelled_plots(cfg)
+        A, folds = oof.at(
+            labelled.x, labelled.y, within=predictors.grid.resolution * (cfg.train.nearest_valid_cells + 1)
+        )
+        ok = (folds >= 0) & np.isfinite(A).all(axis=1)
+        labels = labelled.habitat[ok].astype(str)
+        maps["cascade_alone"] = assemblage_forest_map(species_url, oof.species, A[ok], labels, seed=cfg.habitats.seed)
+    return compare_with_truth(maps, truth, training_plots=int(plots.labelled.sum()), level=level)

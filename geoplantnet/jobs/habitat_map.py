@@ -12,17 +12,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geoplantnet.core.config import RunConfig
+from geoplantnet.core.config import ConfigError, RunConfig
 from geoplantnet.inference import habitat
 from geoplantnet.inference.habitat import ClassifierFolder, HabitatClassifier
 from geoplantnet.products.base import TilePlan
 from geoplantnet.products.habitat_map import (
+    MAP_MODEL_FOLDER,
     MODEL_FOLDER,
     PRODUCT,
     SPECIES_STORE,
     STORE,
     HabitatMapSummary,
     on_cluster,
+    open_species_store,
     plan_in,
     summarise,
 )
@@ -84,14 +86,30 @@ def run_habitat_map(
     overwrite: bool = False,
     progress: bool = True,
 ) -> HabitatMapSummary:
-    """The habitat-map job: ``species_store_url`` (default ``<store.root>/species.zarr``) classified by the model in
-    ``model_folder`` (default ``<store.root>/habitats/model``, written by ``geoplantnet habitats``) into ``out_url``
-    (default ``<store.root>/habitat.zarr``) on the configured cluster."""
+    """The habitat-map job: ``species_store_url`` (default ``<store.root>/species.zarr``) classified into ``out_url``
+    (default ``<store.root>/habitat.zarr``) on the configured cluster, by the model in ``model_folder`` (default
+    ``<store.root>/habitats/model``, written by ``geoplantnet habitats``), or, with ``habitats.map_model`` other than
+    ``folder``, by the map's own model trained first (:mod:`geoplantnet.runs.habitat_model`)."""
     ctx = RunContext(cfg, progress=progress, overwrite=overwrite)
     species_url = species_store_url or ctx.url(SPECIES_STORE)
-    model_folder = model_folder or ctx.url(MODEL_FOLDER)
     # a user's folder, a store being written, another product's store: refused before the models are read
     out = ctx.output(STORE, PRODUCT, out_url)
-    plan = plan_habitat_map(cfg, species_url, model_folder, out)
+    if cfg.habitats.map_model == "folder":
+        plan = plan_habitat_map(cfg, species_url, model_folder or ctx.url(MODEL_FOLDER), out)
+        with ctx.client() as client:
+            return produce_habitat_map(client, cfg, plan, overwrite=overwrite, progress=progress)
+    if model_folder is not None:
+        raise ConfigError(
+            f"--model names a classifier folder to map (habitats.map_model=folder); habitats.map_model="
+            f"{cfg.habitats.map_model} trains the map's own model into <store.root>/{MAP_MODEL_FOLDER}"
+        )
+    species = open_species_store(species_url, ctx.options(species_url))  # refused before anything is trained
+    species_model = str(species.attrs.get("model_file", ""))
+    from geoplantnet.runs.habitat_model import train_map_model  # scikit-learn: after the refusals
+
     with ctx.client() as client:
-        return produce_habitat_map(client, cfg, plan, overwrite=overwrite, progress=progress)
+        folder, choice, predictors = train_map_model(ctx, client, species_model, ctx.url(MAP_MODEL_FOLDER))
+        plan = plan_in(ctx, species_url, folder, out, predictors)
+        summary = produce_habitat_map(client, cfg, plan, overwrite=overwrite, progress=progress)
+    summary.map_model = {"folder": folder, **choice}
+    return summary

@@ -67,6 +67,7 @@ KIND_MODULES = {
     "classifier": "geoplantnet.models.plantbert",
     "fill-mask": "geoplantnet.models.plantbert",
     "stack": "geoplantnet.models.habitat_stack",
+    "map-forest": "geoplantnet.models.map_forest",
 }
 
 

@@ -1,8 +1,11 @@
-"""Habitat maps: ``habitat.zarr`` from ``species.zarr``, each pixel's predicted assemblage classified by Pl@ntBERT.
+"""Habitat maps: ``habitat.zarr`` from ``species.zarr``, each pixel's predicted assemblage classified by a habitat
+classifier of any kind (Pl@ntBERT, a sentence classifier, or the map's own forest on the predicted assemblage and the
+pixels' point predictors: :mod:`geoplantnet.models.map_forest`).
 
 Same tile grid as the species store, one tile task per species tile (:func:`habitat_tile`): it reads its tile of
-every species once (:func:`read_species_tile`), classifies it (:mod:`geoplantnet.inference.habitat`) with the model
-each worker process loads once, and writes its region. The plan (:func:`plan_habitat`, on the driver, before anything
+every species once (:func:`read_species_tile`), and, for a model that takes them, the tile's point predictors through
+the map's reader; classifies it (:mod:`geoplantnet.inference.habitat`) with the model each worker process loads once,
+and writes its region. The plan (:func:`plan_habitat`, on the driver, before anything
 is written) checks that the species store is complete, that the classifier knows some of its species, and that the
 store has thresholds unless ``habitats.map_species`` asks for top-K sentences. The variables:
 
@@ -48,10 +51,13 @@ from geoplantnet.storage.years import complete_slot, year_records, year_view
 if TYPE_CHECKING:
     from distributed import Client
 
+    from geoplantnet.inference.map_inputs import PixelPredictors
+
 PRODUCT = "habitat"
 STORE = "habitat.zarr"
 SPECIES_STORE = "species.zarr"
 MODEL_FOLDER = "habitats/model"  # where ``geoplantnet habitats`` saves the classifier, under store.root
+MAP_MODEL_FOLDER = "habitats/map-model"  # where habitat-map saves the map's own model (habitats.map_model)
 
 
 def read_species_tile(
@@ -150,7 +156,7 @@ def habitat_tile(job: HabitatTileJob, tile: Tile) -> dict[str, Any]:
     t0 = time.perf_counter()
     codes = read_species_tile(job.species_url, tile, job.species_options, job.species_slot)
     t1 = time.perf_counter()
-    blocks, loads = job.classifier.classify(codes)
+    blocks, loads = job.classifier.classify(codes, tile)
     t2 = time.perf_counter()
     info = {"read_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "pid": os.getpid()}
     out = job.output
@@ -200,10 +206,12 @@ def plan_habitat(
     species_options: dict[str, Any],
     out_options: dict[str, Any],
     year: int | None = None,
+    predictors: PixelPredictors | None = None,
 ) -> TilePlan:
     """Open the species store and the classifier (unless given read), check they fit, and fingerprint the run; with
     ``year``, that year of a series is classified into that year of a habitat series. ``device``: where the workers
-    classify (``map.device``); ``epsg``: the CRS of a store without one (``grid.epsg``)."""
+    classify (``map.device``); ``epsg``: the CRS of a store without one (``grid.epsg``); ``predictors``: the pixels'
+    point predictors (a map forest on them needs them)."""
     folder = classifier.folder if isinstance(classifier, ClassifierFolder) else classifier
     where = redact({"a": species_url, "b": folder})
     if out_url.rstrip("/") == species_url.rstrip("/"):
@@ -211,7 +219,9 @@ def plan_habitat(
     ds, slot, species_run = open_species_year(species_url, species_options, year)
     species = [str(s) for s in ds["species"].values]
     thresholds = ds[THRESHOLD].values.astype("float32") if THRESHOLD in ds else None
-    planned, model = plan_classifier(classifier, species, thresholds, where["a"], habitats=habitats, device=device)
+    planned, model = plan_classifier(
+        classifier, species, thresholds, where["a"], habitats=habitats, device=device, predictors=predictors
+    )
     raw = zarr.open_group(zarr_store(species_url, species_options), mode="r")["probability"]
     tile = int((raw.shards or raw.chunks)[-1])  # the species store's tiles: one shard read per habitat tile
     grid = grid_of(ds["probability"], store_epsg(ds, epsg))
@@ -226,8 +236,6 @@ def plan_habitat(
     }
     output = TileOutput.of(out_url, parts, out_options, year=year)
     job = HabitatTileJob(species_url, species_options, slot, planned, output)
-    from geoplantnet.models.plantbert import UNK  # imported with the classifier, once the species store is read
-
     attrs = {
         "species_store": where["a"],
         "species_run": parts["species"],
@@ -237,7 +245,7 @@ def plan_habitat(
         "habitat_model_folder": where["b"],
         "habitat_model": json.dumps(model.describe()),
         "assemblage": parts["assemblage"],
-        "species_unknown_to_model": str(int((planned.token_of == UNK).sum())),
+        "species_unknown_to_model": str(planned.unknown),
     }
     layout = habitat_template(grid, model.classes, tile, habitats.top_k, model.names or None)
     return TilePlan(habitat_tile, job, output, grid, tile, layout, parts, attrs, HabitatMapError)
@@ -279,6 +287,7 @@ class HabitatMapSummary:
     read_seconds: float
     model_loads: dict[str, int]
     seconds: float
+    map_model: dict[str, Any] | None = None  # the map's own model: which candidate won on the folds, by how much
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON-ready plain values (what the command prints)."""
@@ -318,7 +327,13 @@ def summarise(plan: TilePlan, done: Any, *, cores: int, seconds: float) -> Habit
 # -- the run context's plan and the registry entry -------------------------------------------------------------------
 
 
-def plan_in(ctx: Any, species_url: str, classifier: str | ClassifierFolder, out_url: str) -> TilePlan:
+def plan_in(
+    ctx: Any,
+    species_url: str,
+    classifier: str | ClassifierFolder,
+    out_url: str,
+    predictors: PixelPredictors | None = None,
+) -> TilePlan:
     """:func:`plan_habitat` with the settings of a run context (:class:`geoplantnet.runs.context.RunContext`): its
     ``habitats`` section, ``map.device``, ``grid.epsg``, the stores' options and its year."""
     cfg = ctx.cfg
@@ -332,6 +347,7 @@ def plan_in(ctx: Any, species_url: str, classifier: str | ClassifierFolder, out_
         species_options=ctx.options(species_url),
         out_options=ctx.options(out_url),
         year=ctx.year,
+        predictors=predictors,
     )
 
 
@@ -347,7 +363,7 @@ register(
     Product(
         name=PRODUCT,
         store=STORE,
-        title="habitat map: each pixel's predicted assemblage classified by Pl@ntBERT",
+        title="habitat map: each pixel's predicted assemblage classified (Pl@ntBERT or the map's own model)",
         requires=("species",),
         yearly=True,
         plan=plan,
