@@ -9,7 +9,8 @@ Per fold (whole blocks of ``habitats.block_size`` in x/y go to one fold), on the
    the corpus has lists of no labelled plot, the job pre-trains on them once
    (:func:`~geoplantnet.training.habitats.pretrain_shared`) and the fold continues on its own training plots;
 2. the fill-mask model is scored on the test plots (one hidden species each) next to the co-occurrence baseline;
-3. the classifier is fine-tuned from it (``plantbert``) and from scratch (``plantbert_scratch``, the ablation);
+3. the classifier is fine-tuned from it (``plantbert``) and, when selected, from scratch (``plantbert_scratch``, the
+   ablation);
 4. the peers (bag-of-species logistic regression, random forest, Jaccard nearest plots) fit on the same plots;
 5. every model is scored on the test plots at ``habitats.level`` and one and two levels up
    (:mod:`geoplantnet.validation.habitats`).
