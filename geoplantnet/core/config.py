@@ -527,8 +527,11 @@ class PlotTrainConfig(_Section):
         ge=0,
         le=MAX_EPOCHS,
         description="where the corpus holds lists of no labelled plot (habitats.unlabelled), the fill-mask model is "
-        "pre-trained on them once (pretrain_epochs) and each fold continues on its own training plots for this many "
-        f"epochs; at most {MAX_EPOCHS}",
+        "pre-trained on them once (pretrain_epochs) and each fold continues on its corpus (with its training plots) "
+        f"for this many epochs; at most {MAX_EPOCHS}",
+    )
+    continue_lr: float = Field(
+        5e-4, gt=0, description="learning rate of the continued pre-training (chosen on a fold's validation plots)"
     )
     finetune_epochs: int = Field(40, ge=1, le=MAX_EPOCHS, description=f"at most {MAX_EPOCHS}")
     batch_size: int = Field(64, ge=1, le=4096, description="plots per optimiser step (at most 4096)")
