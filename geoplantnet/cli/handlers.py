@@ -125,7 +125,7 @@ def _cmd_habitats(args: argparse.Namespace) -> int:
     out = _report_folder(args, cfg, "habitats")
     data = load_habitat_data(cfg, progress=not args.quiet)  # the tables (or the virtual region's plots) first
     with _writing_report(args, out, "habitats"), connect(cfg.cluster) as client:
-        result = run_habitats(cfg, out, client, data, evaluate=not args.no_evaluation)
+        result = run_habitats(cfg, out, client, data, evaluate=not args.no_evaluation, progress=not args.quiet)
     print(json.dumps({k: v for k, v in result.items() if k != "notes"}, indent=2, default=str))
     return 0
 

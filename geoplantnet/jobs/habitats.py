@@ -20,8 +20,9 @@ import pandas as pd
 
 from geoplantnet.core.config import ConfigError, RunConfig
 from geoplantnet.reports.habitats import habitats_markdown, summary_table
+from geoplantnet.runs.progress import EpochBars, bar
 from geoplantnet.samples.plots import Plots, PlotTableError, read_habitat_names, read_plots
-from geoplantnet.training.habitats import HabitatData, habitat_classes
+from geoplantnet.training.habitats import TOPIC, HabitatData, habitat_classes, pretrain_shared
 from geoplantnet.validation.habitat_esy import esy_fold_rows, expert_system, load_esy
 from geoplantnet.validation.habitat_folds import assign_folds, final_models, run_fold
 
@@ -75,11 +76,19 @@ def load_habitat_data(cfg: RunConfig, plots: Plots | None = None, *, progress: b
 
 
 def run_habitats(
-    cfg: RunConfig, out: Path, client: Client, data: HabitatData | None = None, evaluate: bool = True
+    cfg: RunConfig,
+    out: Path,
+    client: Client,
+    data: HabitatData | None = None,
+    evaluate: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Cross-validate every configured model on spatial folds (one Dask task per fold), then train and save the
-    final fill-mask model and classifier under ``out`` (``fill-mask/``, ``model/``); write the report there.
-    ``data``: :func:`load_habitat_data`'s, read and checked before the cluster started (default: read here)."""
+    """Cross-validate every configured model on spatial folds (one Dask task per fold, after the shared pre-training
+    task), then train and save the final fill-mask model and classifier under ``out`` (``fill-mask/``, ``model/``);
+    write the report there. ``data``: :func:`load_habitat_data`'s, read and checked before the cluster started
+    (default: read here). ``progress``: bars for the training epochs and the folds."""
+    from distributed import as_completed
+
     from geoplantnet.training.plantbert import submit
 
     h = cfg.habitats
@@ -93,18 +102,29 @@ def run_habitats(
         "notes": data.notes,
     }
     futures = {}
-    if evaluate:
-        folds, notes = assign_folds(data.labelled, h)
+    with EpochBars(client, TOPIC, progress=progress):
+        folds, notes = assign_folds(data.labelled, h) if evaluate else (None, [])
         data.notes.extend(notes)
         data_future = client.scatter(data, broadcast=False)
-        futures = {
-            k: submit(client, run_fold, data_future, folds, k, h, key=f"habitat-fold-{k}") for k in range(h.folds)
-        }
-    final = submit(client, final_models, data, h, key="habitat-final")
+        # the lists of no labelled plot: pre-trained on once, every fold and the final model continue from it
+        shared = submit(client, pretrain_shared, data_future, h, key="habitat-shared-pretraining")
+        if evaluate:
+            futures = {
+                submit(client, run_fold, data_future, folds, k, h, shared, key=f"habitat-fold-{k}"): k
+                for k in range(h.folds)
+            }
+        final = submit(client, final_models, data_future, h, shared, key="habitat-final")
+        tasks = bar(len(futures) + 1, progress=progress, desc="habitat folds + final", unit="task")
+        parts: dict[int, dict[str, Any]] = {}
+        for future in as_completed([*futures, final]):
+            if future in futures:
+                parts[futures[future]] = future.result()
+            tasks.update(1)
+        tasks.close()
     if futures:
-        parts = [f.result() for f in futures.values()]
-        rows = pd.DataFrame([r for p in parts for r in p["rows"]] + esy_fold_rows(data, folds, h))
-        fills = pd.DataFrame([p["fill_mask"] for p in parts if p["fill_mask"]])
+        ordered = [parts[k] for k in sorted(parts)]
+        rows = pd.DataFrame([r for p in ordered for r in p["rows"]] + esy_fold_rows(data, folds, h))
+        fills = pd.DataFrame([p["fill_mask"] for p in ordered if p["fill_mask"]])
         rows.to_csv(out / "folds.csv", index=False)
         if len(fills):
             fills.to_csv(out / "fill_mask_folds.csv", index=False)

@@ -26,6 +26,7 @@ import xarray as xr
 
 from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.runs.progress import bar as progress_bar
 from geoplantnet.storage import tiles as tile_store
 from geoplantnet.storage.lease import Lease
 from geoplantnet.storage.tiles import TileOutput
@@ -146,7 +147,6 @@ def stream_tiles(
     """Stream ``todo`` to the cluster, a bounded number in flight; returns each tile's report and the wall time.
     A tile failing on the user's input ends the run with one line naming the tile (``error``)."""
     from distributed import as_completed
-    from tqdm.auto import tqdm
 
     threads = sum(client.nthreads().values()) or 1
     in_flight = settings.max_in_flight or 2 * threads
@@ -154,7 +154,7 @@ def stream_tiles(
     log.info("%d tiles (%d already written), %d in flight, resources %s", n_tiles, n_done, in_flight, resources)
     results: list[dict[str, Any]] = []
     nonce = uuid.uuid4().hex[:6]
-    bar = tqdm(total=n_tiles, initial=n_done, unit="tile", disable=not progress, file=sys.stderr)
+    bar = progress_bar(n_tiles, progress=progress, initial=n_done, unit="tile")
     t_compute = time.perf_counter()
     pending = iter(todo)
     names: dict[str, str] = {}

@@ -145,18 +145,62 @@ def masked_loss(model: BertForMaskedLM, ids: np.ndarray, mask_prob: float, seed:
     return total / max(count, 1)
 
 
+Epochs = Callable[[dict[str, Any]], None]
+"""Called after every epoch with its record (``epoch``, ``epochs`` planned, ``loss``, ``last``: early stopping or the
+last planned epoch): what progress bars show."""
+
+
+def _report(on_epoch: Epochs | None, record: dict[str, Any], epochs: int, last: bool) -> None:
+    if on_epoch is not None:
+        on_epoch({**record, "epochs": epochs, "last": last or record["epoch"] + 1 >= epochs})
+
+
+_PER_TOKEN = ("word_embeddings.weight", "predictions.bias", "predictions.decoder.weight", "predictions.decoder.bias")
+
+
+def carry_over(parent: PlotModel, tokenizer: PreTrainedTokenizerFast, model_cfg: PlotModelConfig) -> BertForMaskedLM:
+    """A fill-mask model over ``tokenizer``'s vocabulary with ``parent``'s weights: a species both know keeps its
+    embedding and output bias (matched by token, not id), a species new to ``parent`` starts from the new model's
+    initialisation."""
+    model = BertForMaskedLM(bert_config(model_cfg, len(tokenizer)))
+    old, new = parent.tokenizer.get_vocab(), tokenizer.get_vocab()
+    pairs = np.asarray([(i, old[t]) for t, i in new.items() if t in old], dtype="int64").reshape(-1, 2)
+    to, frm = torch.as_tensor(pairs[:, 0]), torch.as_tensor(pairs[:, 1])
+    mine = model.state_dict()
+    for key, value in parent.model.state_dict().items():
+        value = value.detach().cpu()
+        if key.endswith(_PER_TOKEN):  # rows by token, whatever the two vocabularies' sizes
+            mine[key] = mine[key].clone()
+            mine[key][to] = value[frm]
+        else:
+            mine[key] = value
+    model.load_state_dict(mine)
+    model.tie_weights()
+    return model
+
+
 def pretrain(
     tokenizer: PreTrainedTokenizerFast,
     ids: np.ndarray,
     val_ids: np.ndarray,
     model_cfg: PlotModelConfig,
     train_cfg: PlotTrainConfig,
+    *,
+    parent: PlotModel | None = None,
+    epochs: int | None = None,
+    on_epoch: Epochs | None = None,
 ) -> tuple[PlotModel, list[dict[str, float]]]:
-    """Fill-mask pre-training on token-id rows; early stopping on the masked loss of ``val_ids``."""
+    """Fill-mask pre-training on token-id rows; early stopping on the masked loss of ``val_ids``. From ``parent``'s
+    weights when given (continued pre-training, :func:`carry_over`), for ``epochs`` (default
+    ``train.pretrain_epochs``)."""
     seed_everything(train_cfg.seed)
     device = resolve_device(train_cfg.device)
-    model = BertForMaskedLM(bert_config(model_cfg, len(tokenizer))).to(device)
-    epochs = train_cfg.pretrain_epochs
+    if parent is None:
+        model = BertForMaskedLM(bert_config(model_cfg, len(tokenizer)))
+    else:
+        model = carry_over(parent, tokenizer, model_cfg)
+    model.to(device)
+    epochs = train_cfg.pretrain_epochs if epochs is None else epochs
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.pretrain_lr, weight_decay=train_cfg.weight_decay)
     steps = max(1, epochs * math.ceil(len(ids) / train_cfg.batch_size))
     sched = _schedule(opt, steps)
@@ -181,7 +225,9 @@ def pretrain(
         history.append(
             {"epoch": epoch, "loss": running / max(seen, 1), "val_loss": val, "seconds": time.perf_counter() - t0}
         )
-        if stop.update(-(val if len(val_ids) else running / max(seen, 1)), model):
+        done = stop.update(-(val if len(val_ids) else running / max(seen, 1)), model)
+        _report(on_epoch, history[-1], epochs, done)
+        if done:
             break
     stop.restore(model)
     return PlotModel(tokenizer=tokenizer, model=model.eval(), cfg=model_cfg), history
@@ -197,6 +243,8 @@ def finetune(
     classes: tuple[str, ...],
     model_cfg: PlotModelConfig,
     train_cfg: PlotTrainConfig,
+    *,
+    on_epoch: Epochs | None = None,
 ) -> tuple[PlotModel, list[dict[str, float]]]:
     """Habitat classification (labels index ``classes``) from the fill-mask weights of ``parent``, or from scratch;
     early stopping on the cross-entropy of the validation plots of trained classes (labels -1 = a class not trained:
@@ -241,7 +289,9 @@ def finetune(
         history.append(record)
         # Early stopping on the validation cross-entropy of plots whose class is trained: a spatial split holds few
         # plots and many untrained classes, so its accuracy jumps by chance from epoch to epoch (it chose poor epochs).
-        if stop.update(-record.get("val_loss", record["loss"]), model):
+        done = stop.update(-record.get("val_loss", record["loss"]), model)
+        _report(on_epoch, record, epochs, done)
+        if done:
             break
     stop.restore(model)
     return (

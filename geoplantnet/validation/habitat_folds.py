@@ -5,9 +5,12 @@ Per fold (whole blocks of ``habitats.block_size`` in x/y go to one fold), on the
 
 1. the tokenizer and the fill-mask model learn from the pre-training corpus (the unlabelled tables and the labelled
    plots) minus every plot of the test fold (matched by plot id: a survey that is both labelled and in an unlabelled
-   list never leaks its species into the fold that scores it); early stopping on a spatial validation split;
+   list never leaks its species into the fold that scores it); early stopping on a spatial validation split. Where
+   the corpus has lists of no labelled plot, the job pre-trains on them once
+   (:func:`~geoplantnet.training.habitats.pretrain_shared`) and the fold continues on its own training plots;
 2. the fill-mask model is scored on the test plots (one hidden species each) next to the co-occurrence baseline;
-3. the classifier is fine-tuned from it (``plantbert``) and from scratch (``plantbert_scratch``, the ablation);
+3. the classifier is fine-tuned from it (``plantbert``) and, when selected, from scratch (``plantbert_scratch``, the
+   ablation);
 4. the peers (bag-of-species logistic regression, random forest, Jaccard nearest plots) fit on the same plots, and the
    stack (:mod:`geoplantnet.models.habitat_stack`) makes its choices on the validation plots, then refits;
 5. every model is scored on the test plots at ``habitats.level`` and one and two levels up
@@ -53,8 +56,11 @@ def inner_split(plots: Plots, train: np.ndarray, h: HabitatsConfig) -> tuple[np.
     return train & ~val, val
 
 
-def run_fold(data: HabitatData, folds: np.ndarray, k: int, h: HabitatsConfig) -> dict[str, Any]:
-    """Train on every fold but ``k``, score on ``k``: one row per model, plus the fill-mask scores."""
+def run_fold(
+    data: HabitatData, folds: np.ndarray, k: int, h: HabitatsConfig, shared: PlotModel | None = None
+) -> dict[str, Any]:
+    """Train on every fold but ``k``, score on ``k``: one row per model, plus the fill-mask scores. ``shared``: the
+    fill-mask model of the lists of no labelled plot (:func:`~geoplantnet.training.habitats.pretrain_shared`)."""
     from geoplantnet.models.plantbert import PlotModel, encode_sentences
     from geoplantnet.validation.habitats import fill_mask_scores, habitat_scores
 
@@ -63,7 +69,7 @@ def run_fold(data: HabitatData, folds: np.ndarray, k: int, h: HabitatsConfig) ->
     fit, val = inner_split(labelled, ~test, h)
     # The test fold's surveys leave the corpus too (by id), with the validation plots.
     corpus = data.corpus.subset(~np.isin(data.corpus.ids.astype(str), labelled.ids[test].astype(str)))
-    trained = train_models(labelled, corpus, fit, val, h, list(h.models))
+    trained = train_models(labelled, corpus, fit, val, h, list(h.models), shared, task=f"fold {k}")
     sentences = [labelled.sentences[i] for i in np.flatnonzero(test)]
     truth = labelled.habitat[test]
     rows = []
@@ -98,14 +104,17 @@ def run_fold(data: HabitatData, folds: np.ndarray, k: int, h: HabitatsConfig) ->
     return {"rows": rows, "fill_mask": fill}
 
 
-def final_models(data: HabitatData, h: HabitatsConfig) -> tuple[PlotModel | None, PlotClassifier | None]:
+def final_models(
+    data: HabitatData, h: HabitatsConfig, shared: PlotModel | None = None
+) -> tuple[PlotModel | None, PlotClassifier | None]:
     """The fill-mask model (when ``plantbert`` is among ``habitats.models``) and the ``habitats.classifier`` trained
-    on every labelled plot (a spatial split for early stopping and the stack's choices)."""
+    on every labelled plot (a spatial split for early stopping and the stack's choices), Pl@ntBERT continuing from
+    ``shared`` where given."""
     labelled = data.labelled
     everything = np.ones(len(labelled), dtype=bool)
     fit, val = inner_split(labelled, everything, h)
     models = list(dict.fromkeys([h.classifier, *(["plantbert"] if "plantbert" in h.models else [])]))
-    trained = train_models(labelled, data.corpus, fit, val, h, models)
+    trained = train_models(labelled, data.corpus, fit, val, h, models, shared, task="final")
     classifier = trained.classifiers.get(h.classifier)
     if classifier is not None:
         classifier.conformal = calibrate_sets(classifier, labelled.subset(val), h.conformal_level)
