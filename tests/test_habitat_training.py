@@ -116,3 +116,22 @@ def test_without_enough_lists_of_their_own_folds_pretrain_from_scratch(unlabelle
     labelled = _plots(160, "s", 1, True)
     corpus = Plots.concat([labelled, _plots(unlabelled, "u", 2, False)])
     assert pretrain_shared(HabitatData(labelled=labelled, corpus=corpus), _config()) is None
+
+
+def test_bars_draw_on_a_terminal_and_stay_quiet_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One bar helper for every command: drawn on a terminal, silent on a pipe or a log file, silent with -q."""
+    import io
+    import sys
+
+    from geoplantnet.runs.progress import bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, progress, drawn in ((Terminal(), True, True), (io.StringIO(), True, False), (Terminal(), False, False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        b = bar(9, progress=progress, desc="tiles")
+        b.update(9)
+        b.close()
+        assert ("9/9" in stream.getvalue()) is drawn
