@@ -278,6 +278,11 @@ def test_the_classifier_names_the_habitat_and_survives_a_save_and_load(language_
         PlotModel.load(tmp_path / "thesis")
     # A saved model is replaced by the next save into its folder; object storage (fsspec) behaves the same.
     assert clf.save(tmp_path / "model") == version and PlotModel.load(tmp_path / "model").version == version
+    # ... but never over a user's file put in it (habitats classify --out <out>/model/pred.csv): refused, kept
+    (tmp_path / "model" / "pred.csv").write_text("mine")
+    with pytest.raises(PlotModelError, match=r"not part of the model \(pred.csv\); refusing to replace it"):
+        clf.save(tmp_path / "model")
+    assert (tmp_path / "model" / "pred.csv").read_text() == "mine" and PlotModel.load(tmp_path / "model").version
     # any saved classifier is read by kind (habitats classify, habitat-map); names travel with the classes
     from geoplantnet.models.habitat_classifier import ClassifierFolderError, load_classifier
 
@@ -296,6 +301,40 @@ def test_the_classifier_names_the_habitat_and_survives_a_save_and_load(language_
     assert mem.cat("/bucket/mine/data.csv") == b"mine"
     clf.save("memory://bucket/model")
     np.testing.assert_allclose(PlotModel.load("memory://bucket/model").predict_proba(test), proba, atol=1e-5)
+
+
+def test_a_model_folder_is_replaced_only_when_every_file_in_it_is_the_model_s(tmp_path: Path) -> None:
+    import fsspec
+
+    from geoplantnet.models.habitat_classifier import META, ClassifierFolderError, publish_folder, read_meta
+
+    stage = tmp_path / "stage"
+    (stage / "sub").mkdir(parents=True)
+    (stage / "weights.bin").write_bytes(b"w")
+    (stage / "sub" / "vocab.txt").write_text("v")
+    (stage / META).write_text(json.dumps({"kind": "stack"}))
+    mem = fsspec.filesystem("memory")
+    for folder in (str(tmp_path / "model"), f"memory://{tmp_path.name}/model"):  # memory: shared by tests
+        publish_folder(stage, folder)
+        assert read_meta(folder)["files"] == ["sub/vocab.txt", "weights.bin"]
+        publish_folder(stage, folder)  # a plain re-save
+        fs, root = fsspec.core.url_to_fs(folder)
+        fs.pipe_file(f"{root}/sub/pred.csv", b"mine")
+        with pytest.raises(ClassifierFolderError, match=r"not part of the model \(sub/pred.csv\); refusing"):
+            publish_folder(stage, folder)
+        assert fs.cat_file(f"{root}/sub/pred.csv") == b"mine" and fs.exists(f"{root}/{META}")
+    # an older model without a manifest: its files are the new model's, or refused
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "weights.bin").write_bytes(b"old")
+    (old / META).write_text(json.dumps({"kind": "stack"}))
+    publish_folder(stage, old)
+    assert (old / "weights.bin").read_bytes() == b"w"
+    (old / META).write_text(json.dumps({"kind": "stack"}))
+    (old / "notes.txt").write_text("mine")
+    with pytest.raises(ClassifierFolderError, match=r"\(notes.txt\); refusing to replace it"):
+        publish_folder(stage, old)
+    assert mem.exists(f"/{tmp_path.name}/model/weights.bin")
 
 
 # --- the command ---------------------------------------------------------------------------------------------------

@@ -114,6 +114,18 @@ def load_classifier(folder: str | os.PathLike[str], device: str = "cpu") -> Plot
     return LOADERS[kind](url, device)
 
 
+def _foreign_files(meta: bytes, present: Sequence[str], staged: Sequence[str]) -> list[str]:
+    """Of the files ``present`` in an existing model folder (relative paths), those that are not the model's: not in
+    its ``geoplantnet.json`` manifest (``files``), or, for an older model without one, not among the ``staged`` new
+    model's files (a user's file put there, e.g. ``habitats classify --out <out>/model/pred.csv``)."""
+    try:
+        known = json.loads(meta).get("files")
+    except (ValueError, AttributeError):
+        known = None
+    ours = {META, *(known if isinstance(known, list) else staged)}
+    return sorted(f for f in present if f not in ours)
+
+
 def publish_folder(
     stage: Path,
     folder: str | os.PathLike[str],
@@ -121,16 +133,29 @@ def publish_folder(
     what: str = "geoplantnet model",
     error: type[InputError] = ClassifierFolderError,
 ) -> None:
-    """Put the staged model folder ``stage`` (its ``geoplantnet.json`` included) at ``folder``: locally by renames
-    (the earlier model moved aside until the new one is in place), on object storage file by file with the metadata
-    removed first and written last, so a half-replaced model never reads as one. A folder that exists and is not a
-    model is refused (``error``: "... is not a ``what`` folder")."""
+    """Put the staged model folder ``stage`` (its ``geoplantnet.json`` included, given its file manifest ``files``
+    here) at ``folder``: locally by renames (the earlier model moved aside until the new one is in place), on object
+    storage file by file with the metadata removed first and written last, so a half-replaced model never reads as
+    one. A folder that exists and is not a model, or a model folder holding files that are not the model's
+    (:func:`_foreign_files`), is refused (``error``): replacing it would delete them."""
     url = os.fspath(folder)
     fs, root = fsspec.core.url_to_fs(url)
+    root = root.rstrip("/")
+    staged = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file() and p.name != META)
+    meta = json.loads((stage / META).read_text())
+    (stage / META).write_text(json.dumps({**meta, "files": staged}, indent=1))
     if "file" in fs.protocol:
         target = Path(root)
         if target.exists() and not (target / META).exists():
             raise error(f"{target} exists and is not a {what} folder; refusing to replace it")
+        if target.exists():
+            present = [p.relative_to(target).as_posix() for p in target.rglob("*") if not p.is_dir()]
+            foreign = _foreign_files((target / META).read_bytes(), present, staged)
+            if foreign:
+                raise error(
+                    f"{target} holds files that are not part of the model ({', '.join(foreign)}); "
+                    "refusing to replace it"
+                )
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
         shutil.copytree(stage, partial)
@@ -143,7 +168,13 @@ def publish_folder(
     if fs.exists(root) and fs.ls(root, detail=False) and not fs.exists(f"{root}/{META}"):
         raise error(f"{url} exists and is not a {what} folder; refusing to replace it")
     if fs.exists(f"{root}/{META}"):
+        present = [p.rstrip("/")[len(root) + 1 :] for p in fs.find(root)]
+        foreign = _foreign_files(fs.cat_file(f"{root}/{META}"), present, staged)
+        if foreign:
+            raise error(
+                f"{url} holds files that are not part of the model ({', '.join(foreign)}); refusing to replace it"
+            )
         fs.rm_file(f"{root}/{META}")
-    for f in sorted(p for p in stage.rglob("*") if p.is_file() and p.name != META):
-        fs.put_file(str(f), f"{root}/{f.relative_to(stage).as_posix()}")
+    for f in staged:
+        fs.put_file(str(stage / f), f"{root}/{f}")
     fs.put_file(str(stage / META), f"{root}/{META}")
