@@ -13,7 +13,7 @@ from geoplantnet.models.habitat_classifier import ClassifierFolderError, load_cl
 from geoplantnet.models.habitat_stack import HabitatStack, decode, simplex
 from geoplantnet.samples.plots import Plots, eunis_ancestor
 from geoplantnet.training.habitats import train_models
-from geoplantnet.validation.habitat_folds import assign_folds, inner_split
+from geoplantnet.validation.habitat_folds import assign_folds, calibrate_sets, inner_split
 
 CODES = ("R1A", "R1B", "R2A", "S3B", "T1A", "T1B")
 
@@ -74,6 +74,18 @@ def test_a_saved_stack_loads_by_kind_and_predicts_the_same(fitted, tmp_path: Pat
     (tmp_path / "other" / "notes.txt").write_text("a user's file")
     with pytest.raises(ClassifierFolderError, match="not a habitat stack folder"):
         stack.save(tmp_path / "other")
+
+
+def test_sets_are_calibrated_only_on_probabilities_from_before_the_refit(fitted) -> None:
+    stack, _, _ = fitted
+    vs, vy = community_plots(80, seed=2)
+    plots = Plots(np.arange(80).astype(str), vs, vy, np.zeros(80), np.zeros(80))
+    sets = calibrate_sets(stack, plots, 0.9)
+    assert sets is not None and sets["plots"] == 80
+    # without validation plots the stack falls back to defaults and is refitted on these plots: in-sample, no sets
+    s, y = community_plots(240, seed=1)
+    blind = HabitatStack(cfg=stack.cfg).fit([*s, *vs], [*y, *vy])
+    assert blind.validation_proba is None and calibrate_sets(blind, plots, 0.9) is None
 
 
 def test_the_decoding_follows_the_eunis_parents_and_lifts_rare_classes() -> None:

@@ -125,10 +125,16 @@ def calibrate_sets(classifier: PlotClassifier, plots: Plots, level: float) -> di
     """The final classifier's conformal habitat sets (``{level, q, plots}``, saved with it) from ``plots`` it did not
     train on: the inner validation split, the only labelled plots left out of the final fit (they early-stopped it,
     so the sets may cover a little less than ``level``). A classifier refitted on them (the stack) brings its own
-    probabilities of these plots from before the refit (``validation_proba``, in their order)."""
+    probabilities of these plots from before the refit (``validation_proba``, in their order), or none (then no
+    sets: None)."""
     from geoplantnet.validation.conformal import habitat_calibration
 
-    proba = getattr(classifier, "validation_proba", None)
-    if proba is None or len(proba) != len(plots):
+    if hasattr(classifier, "validation_proba"):
+        proba = classifier.validation_proba
+        if proba is None or len(proba) != len(plots):
+            # refitted on these plots without their earlier probabilities (the stack's fallback without validation
+            # plots): its probabilities now would be in-sample and the sets too narrow, so it gets none
+            return None
+    else:
         proba = classifier.predict_proba(plots.sentences)
     return habitat_calibration(proba, classifier.classes, plots.habitat, level)
