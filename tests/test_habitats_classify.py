@@ -241,3 +241,18 @@ def test_the_calibration_is_the_split_conformal_quantile_of_one_minus_the_true_p
     # scores: 0.3 x5, 0.5 x3, 1.0; ceil(10 * 0.8) = 8th smallest = 0.5
     assert habitat_calibration(proba, classes, truth, 0.8) == {"level": 0.8, "q": 0.5, "plots": 9}
     assert habitat_calibration(proba[:3], classes, truth[:3], 0.9) is None  # too few plots for the level
+
+
+def test_the_summary_names_the_models_without_their_credentials() -> None:
+    from geoplantnet.jobs.habitat_classify import ClassifySummary
+
+    secret = "GPN-SECRET-7f3a9c-do-not-leak"
+    model = f"s3://me:{secret}@bucket/habitats/model?X-Amz-Signature={secret}"
+    fill = f"https://host/fill-mask?token={secret}"
+    summary = ClassifySummary(
+        out="h.csv", summary="h.csv.summary.json", model=model, kind="stack", version="v", plots=1, species=1,
+        unknown_species=0, unknown_share=0.0, plots_with_unknown=0, top_k=3, conformal=None,
+        fill_mask={"path": fill, "version": "f"}, missing=5, notes=[f"{fill} is not the fill-mask model ..."],
+    )  # fmt: skip
+    text = json.dumps(summary.to_dict())  # what is printed and saved as <out>.summary.json
+    assert secret not in text and "s3://bucket/habitats/model" in text and "https://host/fill-mask" in text

@@ -26,7 +26,7 @@ from typing import Any
 
 import fsspec
 
-from geoplantnet.core.config import RunConfig
+from geoplantnet.core.config import RunConfig, redact, redact_text
 from geoplantnet.models.habitat_classifier import (
     KIND_MODULES,
     LOADERS,
@@ -67,8 +67,9 @@ class ClassifySummary:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """As JSON-ready plain values."""
-        return asdict(self)
+        """As JSON-ready plain values, credentials in the model URLs (and notes naming them) redacted: what is printed
+        and saved."""
+        return {**redact(asdict(self)), "notes": [redact_text(n) for n in self.notes]}
 
 
 @dataclass(frozen=True)
