@@ -187,6 +187,7 @@ def test_a_classifier_without_calibration_or_fill_mask_writes_no_set_and_no_miss
         ("user's file", "refusing to replace it"),
         ("no species column", "no column 'taxon' (habitats.species)"),
         ("classifier as fill-mask", "not a fill-mask model"),
+        ("map model on predictors", "a habitat map model on point predictors cannot classify plot tables"),
     ],
 )
 def test_bad_inputs_are_refused_with_one_line(trained: Path, tmp_path: Path, case: str, culprit: str) -> None:
@@ -209,6 +210,10 @@ def test_bad_inputs_are_refused_with_one_line(trained: Path, tmp_path: Path, cas
         extra = ["--species-column", "taxon"]
     elif case == "classifier as fill-mask":
         extra = ["--fill-mask", str(trained / "model")]
+    elif case == "map model on predictors":  # refused from its geoplantnet.json, before any model file is read
+        model = tmp_path / "map-model"
+        model.mkdir()
+        (model / "geoplantnet.json").write_text(json.dumps({"kind": "map-forest", "inputs": "joint"}))
     done = classify("--model", model, "--plots", plots, "--out", out, *extra, cwd=tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert culprit in done.stderr, done.stderr

@@ -1,7 +1,8 @@
 """``geoplantnet habitats classify``: a saved habitat classifier applied to a user's plot table, one row per plot.
 
 Checked first, without torch (a bad input is one line and exit 2 in about a second): the classifier folder (its
-``geoplantnet.json``: a classifier of a kind geoplantnet loads, not a fill-mask model), the fill-mask folder, the
+``geoplantnet.json``: a classifier of a kind geoplantnet loads, not a fill-mask model nor a habitat map model on
+point predictors), the fill-mask folder, the
 output table and its summary (new, or this command's own earlier ones with ``--overwrite``: ``storage.outputs``), and
 the plot table, read as ``habitats`` reads it (:func:`geoplantnet.samples.plots.read_plots`, wide or long, CSV or
 Parquet; any habitat column ignored). Then the classifier, whatever its kind
@@ -104,6 +105,8 @@ def _classifier_meta(model: str) -> tuple[str, dict[str, Any]]:
         )
     if kind not in LOADERS and kind not in KIND_MODULES:
         raise ClassifierFolderError(f"{model}: a model of kind {kind!r}, not one geoplantnet can load")
+    if kind == "map-forest" and meta.get("inputs") in ("predictors", "joint"):  # it needs each pixel's predictors
+        raise ClassifierFolderError(f"{model}: a habitat map model on point predictors cannot classify plot tables")
     return kind, meta
 
 
