@@ -1,15 +1,15 @@
 """``geoplantnet habitats classify``: a saved habitat classifier applied to a user's plot table, one row per plot.
 
 Checked first, without torch (a bad input is one line and exit 2 in about a second): the classifier folder (its
-``geoplantnet.json``: a classifier of a kind geoplantnet loads, not a fill-mask model nor a habitat map model on
-point predictors), the fill-mask folder, the output table and its summary (new, or this command's own earlier ones
-with ``--overwrite``: ``storage.outputs``), and the plot table, read as ``habitats`` reads it
+``geoplantnet.json``: a classifier of a kind geoplantnet loads, not a fill-mask model nor a habitat map model on point
+predictors), the fill-mask folder, the output table and its summary (new, or this command's own earlier ones with
+``--overwrite``: ``storage.outputs``), and the plot table, read as ``habitats`` reads it
 (:func:`geoplantnet.samples.plots.read_plots`, wide or long, CSV or Parquet; any habitat column ignored). Then the
-classifier, whatever its kind (:func:`geoplantnet.models.habitat_classifier.load_classifier`), gives each plot's
-habitat probabilities; the set rule is the maps' (:func:`geoplantnet.validation.conformal.class_sets`) with the radius saved with the classifier;
-the fill-mask model ranks the species missing from each plot (:func:`geoplantnet.models.plantbert.
-rank_missing_species`). The table (:func:`geoplantnet.inference.plots.plot_table`) and a JSON summary beside it
-(``<out>.summary.json``) are written beside their names and renamed into place.
+classifier, whatever its kind (:func:`geoplantnet.models.habitat_classifier.load_classifier`), gives each plot's habitat
+probabilities; the set rule is the maps' (:func:`geoplantnet.validation.conformal.class_sets`) with the radius saved
+with the classifier; the fill-mask model ranks the species missing from each plot
+(:func:`geoplantnet.models.plantbert.rank_missing_species`). The table (:func:`geoplantnet.inference.plots.plot_table`)
+and a JSON summary beside it (``<out>.summary.json``) are written beside their names and renamed into place.
 
 The fill-mask model is ``--fill-mask``, else the ``fill-mask`` folder beside the classifier's (``habitats`` saves
 ``<out>/model`` and ``<out>/fill-mask``) when there is one; without one, or with ``--missing 0``, no missing species.

@@ -10,7 +10,8 @@ other kinds register themselves in the module that defines them, listed in :data
 
 Every kind answers :class:`PlotClassifier`: habitat probabilities of plots given as species lists (cover order), over
 its ``classes``. :func:`publish_folder` is the one way a model folder is written: staged, then moved into place
-(local) or copied with the metadata file last (object storage); a folder that is not a model is never replaced.
+(local) or copied with the metadata file last (object storage), its ``geoplantnet.json`` listing the model's files
+(``files``); a folder that is not a model, or holds files that are not the model's, is never replaced.
 """
 
 from __future__ import annotations
