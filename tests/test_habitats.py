@@ -334,6 +334,14 @@ def test_a_model_folder_is_replaced_only_when_every_file_in_it_is_the_model_s(tm
     (old / "notes.txt").write_text("mine")
     with pytest.raises(ClassifierFolderError, match=r"\(notes.txt\); refusing to replace it"):
         publish_folder(stage, old)
+    # a Pl@ntBERT folder from before manifests is replaced by a model of another kind (the stack after an upgrade)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (legacy / name).write_text("{}")
+    (legacy / META).write_text(json.dumps({"kind": "classifier"}))
+    publish_folder(stage, legacy)
+    assert read_meta(legacy)["kind"] == "stack" and not (legacy / "config.json").exists()
     assert mem.exists(f"/{tmp_path.name}/model/weights.bin")
 
 

@@ -115,6 +115,19 @@ def load_classifier(folder: str | os.PathLike[str], device: str = "cpu") -> Plot
     return LOADERS[kind](url, device)
 
 
+# what ``save_pretrained`` (model + tokenizer) writes: the files of a Pl@ntBERT folder saved before folders had a
+# manifest, so an upgrade replaces such a folder with a model of another kind (the stack) instead of refusing
+PLANTBERT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+
+
 def _foreign_files(meta: bytes, present: Sequence[str], staged: Sequence[str]) -> list[str]:
     """Of the files ``present`` in an existing model folder (relative paths), those that are not the model's: not in
     its ``geoplantnet.json`` manifest (``files``), or, for an older model without one, not among the ``staged`` new
@@ -123,7 +136,7 @@ def _foreign_files(meta: bytes, present: Sequence[str], staged: Sequence[str]) -
         known = json.loads(meta).get("files")
     except (ValueError, AttributeError):
         known = None
-    ours = {META, *(known if isinstance(known, list) else staged)}
+    ours = {META, *(known if isinstance(known, list) else [*staged, *PLANTBERT_FILES])}
     return sorted(f for f in present if f not in ours)
 
 
