@@ -261,3 +261,19 @@ def test_a_forest_on_predictors_refuses_a_species_store_on_another_grid(small_ma
         plan(replace(grid, left=grid.left + grid.resolution))
     with pytest.raises(HabitatMapError, match="another grid"):
         plan(replace(grid, width=grid.width - 1))
+
+
+def test_a_missing_species_model_fails_before_the_cross_fit(small_map: SmallMap, tmp_path, monkeypatch):
+    """The cross-fit (one species network per fold) is the expensive part: a missing model file is found first."""
+    from geoplantnet.core.config import load_config
+    from geoplantnet.models.species_files import ModelFileError
+    from geoplantnet.runs import habitat_model
+    from geoplantnet.runs.context import RunContext
+
+    def no_cross_fit(*args, **kwargs):
+        raise AssertionError("the cross-fit ran before the species model was read")
+
+    monkeypatch.setattr(habitat_model, "_raw_assemblages", no_cross_fit)
+    cfg = load_config(CONFIG, small_map.overrides)
+    with pytest.raises(ModelFileError, match="no such model file"):
+        habitat_model.train_map_model(RunContext(cfg), None, str(tmp_path / "gone.pt"), str(tmp_path / "m"))  # type: ignore[arg-type]
