@@ -230,7 +230,6 @@ def plan_habitat(
         raise HabitatMapError(
             f"{where['a']} is on another grid ({grid.label()}) than the config's grid.* "
             f"({planned.predictors.grid.label()}) the map's point predictors are read on: set grid.* to the store's"
-            "the map's point predictors are read on: set grid.* to the store's"
         )
     species_version = str(ds.attrs.get("model_version", "unknown"))
     habitat_version = planned.version
