@@ -190,3 +190,90 @@ def test_the_candidates_on_folds_and_the_joint_stack_survive_a_save_and_load(tmp
     np.testing.assert_array_equal(back.predict_rows(A, X), joint.predict_rows(A, X))
     with pytest.raises(Exception, match="point predictors"):
         back.predict_proba([["s1", "s2"]])
+
+
+def test_auto_refuses_in_one_line_when_no_candidate_could_be_scored():
+    """Every matched plot in one fold: no candidate has a fold score, so ``auto`` cannot choose (a setting still
+    names one)."""
+    from geoplantnet.core.config import ConfigError
+    from geoplantnet.validation.map_models import choose_map_model, compare_map_models
+
+    rng = np.random.default_rng(0)
+    A, X = rng.random((12, 3)).astype("float32"), rng.normal(size=(12, 2)).astype("float32")
+    labels = np.where(X[:, 0] > 0, "R1A", "T1B")
+    scores = compare_map_models(A, X, labels, np.zeros(12, int), trees=5)
+    assert all(not np.isfinite(s["accuracy"]) for s in scores.values())
+    with pytest.raises(ConfigError, match="too few labelled plots across folds"):
+        choose_map_model(scores)
+    assert choose_map_model(scores, "predictors")[0] == "predictors"
+
+
+def test_the_out_of_fold_assemblages_are_calibrated_as_the_pixels_are():
+    """species.zarr holds a calibrated model's calibrated values: the training rows get the same calibration, matched
+    by species name; a species the model lacks, or no calibration, stays as it is."""
+    from geoplantnet.models.calibration import Calibration, SpeciesCalibration, calibrate
+    from geoplantnet.validation.map_models import PlotAssemblages
+
+    rng = np.random.default_rng(0)
+    prob = rng.random((20, 3)).astype("float32")
+    oof = PlotAssemblages(np.zeros(20), np.zeros(20), ["a", "b", "extra"], prob, np.arange(20) % 4)
+    model_species = ["b", "a"]
+    cal = Calibration(method="platt", species=[SpeciesCalibration(slope=2.0, intercept=-1.0), None])
+    out = oof.calibrated(cal, model_species)
+    expected = calibrate(prob[:, [1, 0]], cal)
+    np.testing.assert_allclose(out.prob[:, 1], expected[:, 0])  # b: its own map
+    np.testing.assert_allclose(out.prob[:, 0], prob[:, 0])  # a: no map of its own
+    np.testing.assert_array_equal(out.prob[:, 2], prob[:, 2])  # not the model's
+    assert not np.allclose(out.prob[:, 1], prob[:, 1]) and oof.calibrated(None, model_species) is oof
+
+
+def test_a_forest_on_predictors_refuses_a_species_store_on_another_grid(small_map: SmallMap, tmp_path):
+    """The point predictors are read on the config's grid, the codes on the store's: they must be the same pixels."""
+    from dataclasses import replace
+
+    from geoplantnet.core.config import load_config
+    from geoplantnet.inference.habitat import HabitatMapError
+    from geoplantnet.inference.map_inputs import PixelPredictors
+    from geoplantnet.models.peers import PeerSpec
+    from geoplantnet.products.habitat_map import plan_habitat, store_epsg
+    from geoplantnet.samples.extraction import grid_of
+
+    cfg = load_config(CONFIG, small_map.overrides)
+    ds = open_store(small_map.reference)
+    species = [str(s) for s in ds["species"].values]
+    grid = grid_of(ds["probability"], store_epsg(ds, cfg.grid.epsg))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 2)).astype("float32")
+    labels = np.where(X[:, 0] > 0, "R1A", "T1B")
+    folder = tmp_path / "predictors-forest"
+    MapForest.fit("predictors", None, X, labels, species=species, features=["v1", "v2"], trees=5).save(folder)
+    spec = PeerSpec(kind="random_forest", species=species, variables=["v1", "v2"], features=["v1", "v2"])
+
+    def plan(on):
+        predictors = PixelPredictors(None, spec, on, None)
+        kw = {"habitats": cfg.habitats, "device": "cpu", "epsg": cfg.grid.epsg, "species_options": {}}
+        return plan_habitat(
+            small_map.reference, str(folder), str(tmp_path / "h.zarr"), **kw, out_options={}, predictors=predictors
+        )
+
+    assert plan(grid).grid.same_pixels(grid)
+    with pytest.raises(HabitatMapError, match="another grid"):
+        plan(replace(grid, left=grid.left + grid.resolution))
+    with pytest.raises(HabitatMapError, match="another grid"):
+        plan(replace(grid, width=grid.width - 1))
+
+
+def test_a_missing_species_model_fails_before_the_cross_fit(small_map: SmallMap, tmp_path, monkeypatch):
+    """The cross-fit (one species network per fold) is the expensive part: a missing model file is found first."""
+    from geoplantnet.core.config import load_config
+    from geoplantnet.models.species_files import ModelFileError
+    from geoplantnet.runs import habitat_model
+    from geoplantnet.runs.context import RunContext
+
+    def no_cross_fit(*args, **kwargs):
+        raise AssertionError("the cross-fit ran before the species model was read")
+
+    monkeypatch.setattr(habitat_model, "_raw_assemblages", no_cross_fit)
+    cfg = load_config(CONFIG, small_map.overrides)
+    with pytest.raises(ModelFileError, match="no such model file"):
+        habitat_model.train_map_model(RunContext(cfg), None, str(tmp_path / "gone.pt"), str(tmp_path / "m"))  # type: ignore[arg-type]

@@ -296,6 +296,13 @@ class Grid:
             "spatial_ref": xr.Variable((), np.int32(0), self.spatial_ref_attrs()),
         }
 
+    def same_pixels(self, other: Grid) -> bool:
+        """Whether ``other`` is this grid's pixels: same CRS and shape, origin and resolution to a millimetre (a grid
+        read back from cell-centre coordinates may differ by rounding)."""
+        edges = np.array([self.left, self.top, self.resolution]) - [other.left, other.top, other.resolution]
+        shape = (self.epsg, self.width, self.height) == (other.epsg, other.width, other.height)
+        return shape and bool(np.abs(edges).max() < 1e-3)
+
     def label(self) -> str:
         """A short readable description (CRS, size, resolution, corner), e.g. for saying which grids differ."""
         corner = f"({self.left:g}, {self.top:g})"

@@ -25,7 +25,7 @@ def evaluate_habitat_map(
     """The shipped map, the direct forest and (with ``species_url`` and the map's own model trained) the cascade alone
     scored against the virtual region's true habitats (same pixels)."""
     from geoplantnet.runs.context import RunContext
-    from geoplantnet.runs.habitat_model import labelled_plots, map_predictors, plot_assemblages
+    from geoplantnet.runs.habitat_model import labelled_plots, map_predictors, plot_assemblages, species_spec
     from geoplantnet.runs.inputs import virtual_plots
 
     plots, truth_url = virtual_plots(cfg)
@@ -33,10 +33,11 @@ def evaluate_habitat_map(
     truth = truth_codes(truth_url, x, y)
     ctx = RunContext(cfg)
     inputs = ctx.inputs()
-    predictors = map_predictors(ctx, species_model_url, inputs)
+    spec = species_spec(species_model_url)
+    predictors = map_predictors(ctx, spec, inputs)
     maps = {"map": shipped, "direct_forest": direct_forest_map(predictors, cfg.map.tile, plots, level)}
     if species_url is not None and cfg.habitats.map_model != "folder":
-        oof = plot_assemblages(ctx, None, inputs)  # cached by the training: no cluster needed
+        oof = plot_assemblages(ctx, None, inputs, spec)  # cached by the training: no cluster needed
         labelled = labelled_plots(cfg)
         A, folds = oof.at(
             labelled.x, labelled.y, within=predictors.grid.resolution * (cfg.train.nearest_valid_cells + 1)

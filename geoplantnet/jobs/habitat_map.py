@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geoplantnet.core.config import ConfigError, RunConfig
+from geoplantnet.core.config import ConfigError, RunConfig, redact
 from geoplantnet.inference import habitat
 from geoplantnet.inference.habitat import ClassifierFolder, HabitatClassifier
 from geoplantnet.products.base import TilePlan
@@ -111,5 +111,5 @@ def run_habitat_map(
         folder, choice, predictors = train_map_model(ctx, client, species_model, ctx.url(MAP_MODEL_FOLDER))
         plan = plan_in(ctx, species_url, folder, out, predictors)
         summary = produce_habitat_map(client, cfg, plan, overwrite=overwrite, progress=progress)
-    summary.map_model = {"folder": folder, **choice}
+    summary.map_model = {"folder": redact({"url": folder})["url"], **choice}  # a URL may carry credentials
     return summary

@@ -225,6 +225,12 @@ def plan_habitat(
     raw = zarr.open_group(zarr_store(species_url, species_options), mode="r")["probability"]
     tile = int((raw.shards or raw.chunks)[-1])  # the species store's tiles: one shard read per habitat tile
     grid = grid_of(ds["probability"], store_epsg(ds, epsg))
+    if planned.predictors is not None and not grid.same_pixels(planned.predictors.grid):
+        # a forest on point predictors reads them on the config's grid, its tiles and codes are the store's
+        raise HabitatMapError(
+            f"{where['a']} is on another grid ({grid.label()}) than the config's grid.* "
+            f"({planned.predictors.grid.label()}) the map's point predictors are read on: set grid.* to the store's"
+        )
     species_version = str(ds.attrs.get("model_version", "unknown"))
     habitat_version = planned.version
     parts = {

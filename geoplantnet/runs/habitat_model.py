@@ -28,16 +28,21 @@ from geoplantnet.validation.map_models import (
 if TYPE_CHECKING:
     from distributed import Client
 
+    from geoplantnet.models.peers import PeerSpec
+    from geoplantnet.models.species_net import ModelSpec
     from geoplantnet.runs.context import RunContext
 
 
-def map_predictors(ctx: RunContext, species_model: str, inputs: Any) -> PixelPredictors:
-    """The pixels' point predictors of the species model in ``species_model`` (its inputs, read by the run's map
-    reader)."""
+def species_spec(species_model: str) -> ModelSpec | PeerSpec:
+    """The spec of the species model file ``species_model`` (the map's: its inputs and calibration)."""
     from geoplantnet.inference.species import read_model
 
+    return read_model(species_model)[1]
+
+
+def map_predictors(ctx: RunContext, spec: ModelSpec | PeerSpec, inputs: Any) -> PixelPredictors:
+    """The pixels' point predictors of the species model of ``spec`` (its inputs, read by the run's map reader)."""
     cfg = ctx.cfg
-    _, spec, _ = read_model(species_model)
     sources = ctx.sources(inputs)
     cube_grid = cfg.grid.grid(cfg.cube.resolution) if sources.s2_items else None
     return PixelPredictors(sources, peer_spec(spec), cfg.grid.grid(), cube_grid)
@@ -59,8 +64,15 @@ def labelled_plots(cfg: RunConfig) -> Plots:
     return plots
 
 
-def plot_assemblages(ctx: RunContext, client: Client, inputs: Any) -> PlotAssemblages:
-    """The species model's cross-fitted assemblages at the surveys, computed once per species model (cached)."""
+def plot_assemblages(
+    ctx: RunContext, client: Client | None, inputs: Any, spec: ModelSpec | PeerSpec
+) -> PlotAssemblages:
+    """The species model's cross-fitted assemblages at the surveys, computed once per species model (cached raw),
+    calibrated as the map's model ``spec`` calibrates the pixels of ``species.zarr``."""
+    return _raw_assemblages(ctx, client, inputs).calibrated(spec.calibration, list(spec.species))
+
+
+def _raw_assemblages(ctx: RunContext, client: Client | None, inputs: Any) -> PlotAssemblages:
     folder = Path(ctx.cfg.workdir) / "map-models" / ctx.species_training_key(inputs) / "crossfit"
     cached = folder / "assemblages.npz"
     if cached.exists():
@@ -83,10 +95,11 @@ def train_map_model(
     cfg = ctx.cfg
     inputs = ctx.inputs()
     plots = labelled_plots(cfg)
-    oof = plot_assemblages(ctx, client, inputs)
+    spec = species_spec(species_model)  # a missing or unreadable model fails before the cross-fit
+    predictors = map_predictors(ctx, spec, inputs)
+    oof = plot_assemblages(ctx, client, inputs, spec)
     grid = cfg.grid.grid()
     A, folds = oof.at(plots.x, plots.y, within=grid.resolution * (cfg.train.nearest_valid_cells + 1))
-    predictors = map_predictors(ctx, species_model, inputs)
     X = predictors.at(plots.x, plots.y, cfg.map.tile)
     ok = (folds >= 0) & np.isfinite(A).all(axis=1) & predictors.has_data(X)
     if ok.sum() < 2 * cfg.validation.folds or len(set(plots.habitat[ok])) < 2:

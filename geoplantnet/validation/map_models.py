@@ -6,8 +6,8 @@ from a surveyed plot list. So the map model is fitted at the labelled plots on:
 - the species model's **cross-fitted** predicted assemblage there (:func:`cross_fitted_assemblages`: the species
   network of the run's recipe fitted on the spatial folds of the species cross-validation, ``validation.*``, each
   presence-absence survey predicted by the network that did not see its block: the out-of-fold predictions ``sdm``
-  scores), as a probability vector per species (a forest's splits do not depend on a monotone per-species
-  calibration, so calibrated or not, thresholds or top-K, the same information reaches it);
+  scores), as a probability vector per species on the pixels' scale (calibrated as ``species.zarr`` is:
+  :meth:`PlotAssemblages.calibrated`; a forest's thresholds hold only on the scale it was fitted on);
 - the pixel's point predictors (:class:`geoplantnet.inference.map_inputs.PixelPredictors`, the direct forest's rows).
 
 Three candidates on the **same spatial folds** (the plots' folds of the cross-fit): ``assemblage`` (the cascade on
@@ -18,13 +18,15 @@ accuracy over the folds is the map's model unless a setting names one (:func:`ch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.spatial import cKDTree
 
+from geoplantnet.core.config import ConfigError
+from geoplantnet.models.calibration import Calibration, calibrate
 from geoplantnet.models.map_forest import MapForest, MapInputs
 from geoplantnet.validation.blocks import spatial_blocks
 from geoplantnet.validation.metrics import cross_validate
@@ -57,6 +59,21 @@ class PlotAssemblages:
             ok = dist <= within
             prob[ok], folds[ok] = self.prob[idx[ok]], self.folds[idx[ok]]
         return prob, folds
+
+    def calibrated(self, calibration: Calibration | None, species: list[str]) -> PlotAssemblages:
+        """The assemblages on the scale of the map's pixels: ``species.zarr`` holds the species model's calibrated
+        probabilities when its file carries a ``calibration`` (of the model's ``species``, matched by name), so the
+        map's model trains on the same; species the model lacks, or no calibration, stay as they are."""
+        if calibration is None:
+            return self
+        at = {s: i for i, s in enumerate(species)}
+        mine = [j for j, s in enumerate(self.species) if s in at]
+        theirs = [at[self.species[j]] for j in mine]
+        full = np.full((len(self.prob), len(species)), 0.5, np.float32)
+        full[:, theirs] = self.prob[:, mine]
+        prob = np.array(self.prob, np.float32)
+        prob[:, mine] = calibrate(full, calibration)[:, theirs]
+        return replace(self, prob=prob)
 
 
 def cross_fitted_assemblages(settings: SpeciesTraining, inputs: Any, out_dir: Path, client: Client) -> PlotAssemblages:
@@ -113,6 +130,11 @@ def choose_map_model(scores: dict[str, dict[str, Any]], setting: str = "auto") -
     winner, its margin over the runner-up and over the direct forest, every candidate's mean)."""
     means = {k: v["accuracy"] for k, v in scores.items()}
     ranked = sorted((k for k in means if np.isfinite(means[k])), key=lambda k: -means[k])  # stable: CANDIDATES order
+    if setting == "auto" and not ranked:
+        raise ConfigError(
+            "no candidate of the habitat map's model could be scored on the spatial folds: too few labelled plots "
+            "across folds (every fold held all of them or one habitat only); set habitats.map_model to a candidate"
+        )
     chosen: MapInputs = ranked[0] if setting == "auto" else setting  # type: ignore[assignment]
     others = [k for k in ranked if k != chosen]
     return chosen, {
