@@ -135,3 +135,19 @@ def test_bars_draw_on_a_terminal_and_stay_quiet_elsewhere(monkeypatch: pytest.Mo
         b.update(9)
         b.close()
         assert ("9/9" in stream.getvalue()) is drawn
+
+
+def test_the_final_stack_keeps_a_fill_mask_model_without_fine_tuning_a_pl_ntbert_it_throws_away() -> None:
+    from geoplantnet.validation.habitat_folds import final_models
+
+    data = _data()
+    h = _config(classifier="stack").model_copy(update={"models": ["plantbert", "stack"]})
+    fill, classifier = final_models(data, h, pretrain_shared(data, h))
+    assert fill is not None and fill.kind == "fill-mask" and classifier.kind == "stack"
+    from geoplantnet.training.habitats import FILL_MASK, train_models
+    from geoplantnet.validation.habitat_folds import inner_split
+
+    fit, val = inner_split(data.labelled, np.ones(len(data.labelled), dtype=bool), h)
+    trained = train_models(data.labelled, data.corpus, fit, val, h, ["stack", FILL_MASK])
+    assert trained.fill_mask is not None
+    assert set(trained.classifiers) == {"stack"} and "plantbert" not in trained.seconds

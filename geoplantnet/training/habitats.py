@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from geoplantnet.training.plantbert import Epochs
 
 BERT_MODELS = ("plantbert", "plantbert_scratch")
+# in train_models' ``models``: the fill-mask model alone, without fine-tuning a classifier from it (the final models
+# when the saved classifier is not Pl@ntBERT: its fill-mask model is still saved, for `habitats classify`)
+FILL_MASK = "fill_mask"
 TOPIC = "geoplantnet-habitats"  # the Dask event topic of training epochs (progress bars on the driver)
 MIN_SHARED = 100  # fewer lists outside the labelled plots: every fold pre-trains from scratch on its own corpus
 
@@ -142,7 +145,7 @@ def train_models(
     history: dict[str, list[dict[str, float]]] = {}
     out: dict[str, Any] = {}
     fill = baseline = None
-    if any(m in BERT_MODELS for m in models):
+    if any(m in (*BERT_MODELS, FILL_MASK) for m in models):
         val_ids_set = set(labelled.ids[val].astype(str))
         pre = corpus.subset(~np.isin(corpus.ids.astype(str), list(val_ids_set)))
         tokenizer = build_tokenizer(sorted({t for s in pre.sentences for t in s}))
@@ -152,7 +155,7 @@ def train_models(
         val_ids, _ = encode_sentences(tokenizer, val_sentences, mc.max_species)
         fit_ids, _ = encode_sentences(tokenizer, [labelled.sentences[i] for i in np.flatnonzero(use)], mc.max_species)
         fit_y, val_y = class_index(labelled.habitat[use], classes), class_index(labelled.habitat[val], classes)
-        if "plantbert" in models and tc.pretrain_epochs > 0:
+        if ("plantbert" in models or FILL_MASK in models) and tc.pretrain_epochs > 0:
             t0 = time.perf_counter()
             # continued on the whole fold corpus (its own plots alone: it forgets, fill-mask top-5 0.19 -> 0.10)
             epochs = tc.pretrain_epochs if shared is None else tc.continue_epochs

@@ -28,7 +28,7 @@ import numpy as np
 
 from geoplantnet.core.config import HabitatsConfig
 from geoplantnet.samples.plots import Plots
-from geoplantnet.training.habitats import HabitatData, train_models
+from geoplantnet.training.habitats import FILL_MASK, HabitatData, train_models
 from geoplantnet.validation.blocks import BlockError, spatial_folds, validation_split
 
 if TYPE_CHECKING:
@@ -113,7 +113,8 @@ def final_models(
     labelled = data.labelled
     everything = np.ones(len(labelled), dtype=bool)
     fit, val = inner_split(labelled, everything, h)
-    models = list(dict.fromkeys([h.classifier, *(["plantbert"] if "plantbert" in h.models else [])]))
+    # the fill-mask model without a Pl@ntBERT classifier fine-tuned from it only to be thrown away
+    models = [h.classifier, *([FILL_MASK] if "plantbert" in h.models and h.classifier != "plantbert" else [])]
     trained = train_models(labelled, data.corpus, fit, val, h, models, shared, task="final")
     classifier = trained.classifiers.get(h.classifier)
     if classifier is not None:
