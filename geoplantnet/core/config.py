@@ -714,8 +714,23 @@ class RefreshConfig(_Section):
     habitat_model: str | None = Field(
         None, description="habitat classifier folder (default <store.root>/habitats/model; none there: no habitat maps)"
     )
-    change_z: float = Field(
-        3.0, gt=0, description="a change is reported where it leaves shift +- change_z x the differences' noise"
+    change_z: float | None = Field(
+        None,
+        gt=0,
+        description="a change is reported where |difference - shift| > change_z x the pixel's noise; None: the bound "
+        "of false_alarm_rate",
+    )
+    false_alarm_rate: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="chance that noise alone flags any pixel of the map (Bonferroni over pixels and the indicators "
+        "of change_indicators, under each pixel's normal noise)",
+    )
+    change_indicators: list[str] = Field(
+        ["richness_expected"],
+        min_length=1,
+        description="what decides `changed`: indicators of changes.zarr and/or habitat_transition",
     )
     noise_pixels: int = Field(1_000_000, ge=1000, description="pixels sampled to estimate each difference's noise")
 

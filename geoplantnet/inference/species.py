@@ -191,3 +191,23 @@ class SpeciesPredictor:
             require_resources(client, resources)
         client.register_plugin(WorkerCachePlugin())
         return resources
+
+
+NO_COVERAGE = -1  # clear_seasons of a pixel without imagery read (no Sentinel-2 input, or off the imagery)
+
+
+def clear_seasons(inputs: TileInputs) -> np.ndarray | None:
+    """Which composite seasons the model saw clear at each map pixel of a tile: an int16 (y, x) bitmask, bit ``s``
+    set where season ``s`` of the Sentinel-2 window is finite in every band at the cube pixel holding the map
+    pixel's centre (what the model reads there); None for a model without Sentinel-2 inputs. A refresh compares
+    years through it: two years that saw different seasons differ by their clouds as well as by the landscape."""
+    geom, patch = inputs.geom, inputs.patch
+    if patch is None or geom.cube_window is None:
+        return None
+    if patch.shape[0] > 15:
+        raise ValueError(f"{patch.shape[0]} composite periods do not fit the int16 season bitmask (at most 15)")
+    r0, _, c0, _ = geom.cube_window
+    centre = patch[:, :, geom.centre_rows - r0][:, :, :, geom.centre_cols - c0]  # (season, band, y, x)
+    clear = np.isfinite(centre).all(axis=1)
+    bits = (clear * (1 << np.arange(clear.shape[0], dtype=np.int64))[:, None, None]).sum(axis=0)
+    return bits.astype(np.int16)

@@ -1,27 +1,40 @@
 """Change maps between two years of the indicator and habitat maps, with the noise that separates change from
-chance.
+chance, compared like with like.
 
-A year-to-year difference of a map holds real change and noise (another year's clouds, phenology and acquisition
-dates fed to the same model). Annual monitoring sees little real change in a year, so the noise of each indicator's
-difference is estimated from the differences themselves, robustly: the region-wide shift is their median and their
-noise the 90th percentile of the absolute deviations from it, over 1.645 (the standard deviation under normal noise;
-unmoved as long as fewer than 10 % of the pixels really changed). A median absolute deviation would be the textbook
-choice, but most pixels of a deterministic model fed near-identical imagery differ by almost nothing, which makes the
-MAD collapse to ~0 while the tail of ordinary noise stays wide. A pixel's change is reported only where it leaves
-the band ``shift +- z * noise``. A habitat transition is reported only where the most probable class changed *and*
-each year's conformal prediction set leaves out the other year's class (a set holding every stored class may hold
-more, so it excludes nothing), so two readings of an ambiguous pixel are not a transition.
+A year-to-year difference of a map holds real change and noise: another year's clouds, phenology and acquisition
+dates fed to the same model. Two years that saw different seasons clear differ by their cloud gaps as well as by the
+landscape, so each pixel's noise is that of its **coverage stratum**: the number of composite seasons the species
+model saw clear in both years and the number it saw in one year only (``clear_seasons`` of ``species.zarr``, per
+year). Annual monitoring sees little real change in a year, so the noise of each indicator's difference is estimated
+from the differences themselves, robustly, per stratum: the shift is their median and the noise their median
+absolute deviation x 1.4826 (the standard deviation under normal noise, unmoved while fewer than half of the pixels
+changed; never below one step of the uint8 probability codes); a stratum with fewer than ``MIN_STRATUM`` sampled
+pixels takes the pooled estimate. A pixel's change is scored by ``z = (difference - shift) / noise`` and its
+``_change_probability`` is ``1 - 2 Phi(-|z|)``: the probability, under the pixel's noise model, that noise alone
+gives a smaller departure. A change is flagged where ``|z|`` exceeds the Bonferroni bound of a map-wide false-alarm
+rate (``refresh.false_alarm_rate``: the chance that noise alone flags any pixel of the map, over every pixel and every
+indicator that decides ``changed``), unless ``refresh.change_z`` sets the bound. A habitat transition is reported
+only where the most probable class changed *and* each year's conformal prediction set leaves out the other year's
+class (a set holding every stored class may hold more, so it excludes nothing), so two readings of an ambiguous pixel
+are not a transition; it decides ``changed`` only when listed in ``refresh.change_indicators`` (its per-pixel false
+alarms are those of two 90 % sets, not the map-wide rate).
 
 Variables (y, x) of a year in ``changes.zarr``, the change from the previous mapped year:
 
 - ``<indicator>_change`` float32: the difference (this year - previous), NaN = no data
 - ``<indicator>_change_flag`` int8: 0 within the noise, 1 significant decrease, 2 significant increase; -1 no data
+- ``<indicator>_change_probability`` float32: 1 - the two-sided tail probability of the difference under the
+  pixel's noise; NaN = no data
 - ``habitat_transition`` int8: 1 a significant transition, 0 none; -1 no data
 - ``habitat_from`` / ``habitat_to`` int16: the classes of a significant transition (index in habitat_code), -1 else
-- ``changed`` int8: 1 where any of the above is significant (the detection map), 0 not, -1 no data
+- ``seasons_compared`` int16: bitmask of the seasons seen clear in both years (-1: coverage not recorded)
+- ``changed`` int8: 1 where any indicator of ``refresh.change_indicators`` is significant (the detection map), 0
+  not, -1 no data
+- ``changed_probability`` float32: 1 - the Bonferroni-combined tail probability of those indicators
 
 The product ``changes`` (registered here): a yearly product of the annual refresh that requires the indicator series
-(and reads the habitat series when there is one); its plan maps nothing in a series' first year.
+(and reads the habitat series when there is one, and the species series' coverage); its plan maps nothing in a
+series' first year.
 """
 
 from __future__ import annotations
@@ -29,18 +42,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from scipy.special import ndtr
 
-from geoplantnet.core.encoding import SCALE
 from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.products.base import Product, TilePlan, get, read_input, register
+from geoplantnet.products.change_noise import UNKNOWN, Noise, coverage_stratum, family_z, fit_noise
+from geoplantnet.products.species_map import COVERAGE
 from geoplantnet.storage.store import exists, open_store, zarr_store
 from geoplantnet.storage.tiles import TileOutput, tiled_variable, write_tile_blocks
 from geoplantnet.storage.years import complete_slot, previous_year, year_records
@@ -48,43 +63,48 @@ from geoplantnet.validation.conformal import class_sets
 
 PRODUCT = "changes"
 INDICATORS = ("richness_expected", "invasive_expected", "threatened_expected", "shannon", "ecosystem_health")
+HABITAT = "habitat_transition"
 NO_FLAG = -1
-NOISE_QUANTILE = 0.9
-NOISE_SCALE = 1.6449  # the 90th percentile of |normal noise| is 1.645 standard deviations
 
 
 @dataclass(frozen=True)
 class ChangeModel:
-    """Per indicator: the region-wide shift and noise of its difference; ``z`` the multiple of the noise a change
-    must exceed; the habitat sets' conformal radius of each year (NaN: top class only)."""
+    """Per indicator: its :class:`Noise`; ``z`` the bound ``|z|`` must exceed; the habitat sets' conformal radius of
+    each year (NaN: top class only); what decides ``changed``; whether coverage is compared."""
 
-    shift: Mapping[str, float]
-    noise: Mapping[str, float]
+    noises: Mapping[str, Noise]
     z: float
     habitat_radius: tuple[float, float] | None  # (previous year, this year); None: no habitat maps
+    decides: tuple[str, ...] = ("richness_expected",)
+    coverage: bool = False
 
     @property
     def indicators(self) -> list[str]:
-        return list(self.noise)
+        return list(self.noises)
+
+    @property
+    def shift(self) -> dict[str, float]:
+        """The pooled shift of each indicator's difference."""
+        return {name: n.shift for name, n in self.noises.items()}
+
+    @property
+    def noise(self) -> dict[str, float]:
+        """The pooled noise of each indicator's difference."""
+        return {name: n.noise for name, n in self.noises.items()}
+
+    def tests(self) -> list[str]:
+        """The indicators whose z-tests decide ``changed`` (the Bonferroni family of each pixel)."""
+        return [name for name in self.decides if name in self.noises]
 
     def variables(self) -> list[str]:
         """Variable names in store order."""
         out = [v for name in self.indicators for v in (f"{name}_change", f"{name}_change_flag")]
+        out += [f"{name}_change_probability" for name in self.indicators]
         if self.habitat_radius is not None:
-            out += ["habitat_transition", "habitat_from", "habitat_to"]
-        return [*out, "changed"]
-
-
-def robust_noise(delta: np.ndarray) -> tuple[float, float]:
-    """(median, noise) of the finite values of ``delta`` (see the module docstring); (0, NaN) without any."""
-    d = np.asarray(delta, dtype="float64")
-    d = d[np.isfinite(d)]
-    if d.size == 0:
-        return 0.0, float("nan")
-    med = float(np.median(d))
-    # never below one step of the uint8 probability codes: where most pixels repeat the same code in both years the
-    # quantile is 0, and every one-code wobble would read as change
-    return med, max(float(np.quantile(np.abs(d - med), NOISE_QUANTILE) / NOISE_SCALE), 1.0 / SCALE)
+            out += [HABITAT, "habitat_from", "habitat_to"]
+        if self.coverage:
+            out.append("seasons_compared")
+        return [*out, "changed", "changed_probability"]
 
 
 def fit_change_model(
@@ -93,13 +113,18 @@ def fit_change_model(
     *,
     z: float,
     habitat_radius: tuple[float, float] | None,
+    coverage: tuple[np.ndarray, np.ndarray] | None = None,
+    decides: Sequence[str] = ("richness_expected",),
 ) -> ChangeModel:
-    """Shift and noise of each indicator present in both years, from (a sample of) their pixels."""
-    shift, noise = {}, {}
-    for name in INDICATORS:
-        if name in before and name in after:
-            shift[name], noise[name] = robust_noise(np.asarray(after[name]) - np.asarray(before[name]))
-    return ChangeModel(shift, noise, z, habitat_radius)
+    """The noise of each indicator present in both years, from (a sample of) their pixels and, when given, both
+    years' ``clear_seasons`` of the same pixels (``coverage``)."""
+    stratum = coverage_stratum(*coverage) if coverage is not None else None
+    noises = {
+        name: fit_noise(np.asarray(after[name], "float64") - np.asarray(before[name], "float64"), stratum)
+        for name in INDICATORS
+        if name in before and name in after
+    }
+    return ChangeModel(noises, z, habitat_radius, tuple(decides), coverage is not None)
 
 
 def change_blocks(
@@ -107,25 +132,34 @@ def change_blocks(
     after: Mapping[str, np.ndarray],
     model: ChangeModel,
     *,
+    coverage: tuple[np.ndarray, np.ndarray] | None = None,
     habitat_before: tuple[np.ndarray, np.ndarray] | None = None,
     habitat_after: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Change arrays (y, x) of a tile from both years' indicators (name -> (y, x)) and habitat maps ((K, y, x)
-    classes, (K, y, x) probabilities)."""
+    """Change arrays (y, x) of a tile from both years' indicators (name -> (y, x)), ``clear_seasons`` ((y, x) of
+    each year) and habitat maps ((K, y, x) classes, (K, y, x) probabilities)."""
     first = next(iter(after.values()))
     shape = np.shape(first)
     out: dict[str, np.ndarray] = {}
     any_change = np.zeros(shape, dtype=bool)
     valid = np.ones(shape, dtype=bool)
+    stratum = coverage_stratum(*coverage) if coverage is not None else None
+    if stratum is None:
+        stratum = np.full(shape, UNKNOWN)
+    tails = []
     for name in model.indicators:
         delta = (np.asarray(after[name], "float64") - np.asarray(before[name], "float64")).astype("float32")
         ok = np.isfinite(delta)
-        band = model.z * model.noise[name]
-        centred = delta - model.shift[name]
-        flag = np.where(centred < -band, 1, np.where(centred > band, 2, 0)).astype("int8")
+        shift, noise = model.noises[name].at(stratum)
+        z = (delta - shift) / noise
+        flag = np.where(z < -model.z, 1, np.where(z > model.z, 2, 0)).astype("int8")
         flag[~ok] = NO_FLAG
+        tail = 2.0 * ndtr(-np.abs(z))  # NaN where there is no difference
         out[f"{name}_change"], out[f"{name}_change_flag"] = delta, flag
-        any_change |= flag > 0
+        out[f"{name}_change_probability"] = (1.0 - tail).astype("float32")
+        if name in model.decides:
+            any_change |= flag > 0
+            tails.append(tail)
         if name == "richness_expected":
             valid &= ok  # richness is defined wherever the species maps are
     if model.habitat_radius is not None:
@@ -137,12 +171,19 @@ def change_blocks(
         in_set0 = _in_set(c0, p0, c1[0], model.habitat_radius[0])
         in_set1 = _in_set(c1, p1, c0[0], model.habitat_radius[1])
         transition = moved & ~in_set0 & ~in_set1
-        out["habitat_transition"] = np.where(known, transition, NO_FLAG).astype("int8")
+        out[HABITAT] = np.where(known, transition, NO_FLAG).astype("int8")
         out["habitat_from"] = np.where(transition, c0[0], NO_FLAG).astype("int16")
         out["habitat_to"] = np.where(transition, c1[0], NO_FLAG).astype("int16")
-        any_change |= transition
+        if HABITAT in model.decides:
+            any_change |= transition
         valid &= known
+    if model.coverage:
+        a, b = (np.asarray(c, np.int64) for c in coverage) if coverage is not None else (stratum, stratum)
+        out["seasons_compared"] = np.where((a >= 0) & (b >= 0), a & b, NO_FLAG).astype("int16")
     out["changed"] = np.where(valid, any_change, NO_FLAG).astype("int8")
+    # Bonferroni: the smallest tail probability of the family, times its size
+    combined = np.minimum(np.min(np.stack(tails), axis=0) * len(tails), 1.0) if tails else np.ones(shape)
+    out["changed_probability"] = np.where(valid, 1.0 - combined, np.nan).astype("float32")
     return out
 
 
@@ -159,19 +200,25 @@ def _in_set(classes: np.ndarray, probability: np.ndarray, other: np.ndarray, rad
     return listed | members[..., -1]
 
 
-INTEGER = {"habitat_transition": "int8", "habitat_from": "int16", "habitat_to": "int16", "changed": "int8"}
+INTEGER = {
+    "habitat_transition": "int8",
+    "habitat_from": "int16",
+    "habitat_to": "int16",
+    "seasons_compared": "int16",
+    "changed": "int8",
+}
 
 
 def change_attrs(name: str, model: ChangeModel, classes: Sequence[str] | None = None) -> dict[str, Any]:
     """CF attributes of a change variable, with how it was decided."""
+    strata = "per coverage stratum (seasons clear in both years, in one only)" if model.coverage else "map-wide"
     if name.endswith("_change"):
         base = name.removesuffix("_change")
         return {
             "long_name": f"change of {base} since the previous mapped year",
             "units": "1",
-            "description": f"{base} this year - {base} the previous year; region-wide shift "
-            f"{model.shift[base]:.4g}, noise (90th percentile of |difference - shift| / 1.645) "
-            f"{model.noise[base]:.4g}",
+            "description": f"{base} this year - {base} the previous year; pooled shift {model.shift[base]:.4g}, "
+            f"noise (median absolute deviation x 1.4826) {model.noise[base]:.4g}, {strata}",
         }
     if name.endswith("_change_flag"):
         base = name.removesuffix("_change_flag")
@@ -179,7 +226,15 @@ def change_attrs(name: str, model: ChangeModel, classes: Sequence[str] | None = 
             "long_name": f"significant change of {base}",
             "flag_values": [0, 1, 2],
             "flag_meanings": "within_noise decrease increase",
-            "description": f"|change - shift| > {model.z:g} x noise (see {base}_change); {NO_FLAG} = no data",
+            "description": f"|change - shift| > {model.z:.4g} x noise (see {base}_change); {NO_FLAG} = no data",
+        }
+    if name.endswith("_change_probability"):
+        base = name.removesuffix("_change_probability")
+        return {
+            "long_name": f"probability that the change of {base} is more than noise",
+            "units": "1",
+            "description": "1 - 2 Phi(-|z|), z = (change - shift) / noise of the pixel's coverage stratum: the "
+            "probability under the noise model that noise alone gives a smaller departure; NaN = no data",
         }
     codes = " ".join(classes or [])
     texts: dict[str, dict[str, Any]] = {
@@ -200,11 +255,22 @@ def change_attrs(name: str, model: ChangeModel, classes: Sequence[str] | None = 
             "description": f"{NO_FLAG} where no transition",
             "flag_meanings": codes,
         },
+        "seasons_compared": {
+            "long_name": "composite seasons seen clear in both years (bitmask)",
+            "description": "bit s set where season s was clear in both years' clear_seasons (species.zarr); "
+            f"{NO_FLAG} = coverage not recorded",
+        },
         "changed": {
-            "long_name": "any significant change (indicators or habitat)",
+            "long_name": "significant change of what decides it (refresh.change_indicators)",
             "flag_values": [0, 1],
             "flag_meanings": "unchanged changed",
-            "description": f"1 where any *_change_flag is 1 or 2 or habitat_transition is 1; {NO_FLAG} = no data",
+            "description": f"1 where any of {', '.join(model.decides)} is significant; {NO_FLAG} = no data",
+        },
+        "changed_probability": {
+            "long_name": "probability that the pixel changed beyond the noise",
+            "units": "1",
+            "description": "1 - min(1, n x the smallest tail probability) of the n indicators deciding changed "
+            f"({', '.join(model.tests())}; Bonferroni); NaN = no data",
         },
     }
     return texts[name]
@@ -217,7 +283,7 @@ def change_template(
     data: dict[str, xr.DataArray] = {}
     encoding: dict[str, dict[str, Any]] = {}
     for name in model.variables():
-        dtype = "float32" if name.endswith("_change") else INTEGER.get(name, "int8")
+        dtype = "float32" if name.endswith(("_change", "_probability")) else INTEGER.get(name, "int8")
         data[name], encoding[name] = tiled_variable(
             ("y", "x"),
             (grid.height, grid.width),
@@ -274,6 +340,9 @@ class ChangeTileJob:
     habitat_slots: tuple[int, int] | None
     model: ChangeModel
     output: TileOutput
+    coverage_url: str | None = None  # the species series recording clear_seasons (None: not recorded)
+    coverage_options: dict[str, Any] = field(default_factory=dict)
+    coverage_slots: tuple[int, int] | None = None
 
 
 def change_tile(job: ChangeTileJob, tile: Tile) -> dict[str, Any]:
@@ -285,12 +354,15 @@ def change_tile(job: ChangeTileJob, tile: Tile) -> dict[str, Any]:
     ys, xs = tile.slices
     before = {n: np.asarray(group[n][job.slots[0], ys, xs]) for n in job.model.indicators}
     after = {n: np.asarray(group[n][job.slots[1], ys, xs]) for n in job.model.indicators}
-    hb = ha = None
+    hb = ha = coverage = None
+    if job.coverage_url is not None and job.coverage_slots is not None:
+        clear = zarr.open_group(zarr_store(job.coverage_url, job.coverage_options), mode="r")[COVERAGE]
+        coverage = (np.asarray(clear[job.coverage_slots[0], ys, xs]), np.asarray(clear[job.coverage_slots[1], ys, xs]))
     if job.habitat_url is not None and job.habitat_slots is not None:
         hb = read_habitat_tile(job.habitat_url, tile, job.habitat_options, job.habitat_slots[0])
         ha = read_habitat_tile(job.habitat_url, tile, job.habitat_options, job.habitat_slots[1])
     t1 = time.perf_counter()
-    blocks = change_blocks(before, after, job.model, habitat_before=hb, habitat_after=ha)
+    blocks = change_blocks(before, after, job.model, coverage=coverage, habitat_before=hb, habitat_after=ha)
     info = {"read_s": round(t1 - t0, 3), "model_s": round(time.perf_counter() - t1, 3)}
     out = job.output
     write_tile_blocks(out.url, blocks, tile, run=out.run, info=info, storage_options=out.storage_options)
@@ -298,8 +370,9 @@ def change_tile(job: ChangeTileJob, tile: Tile) -> dict[str, Any]:
     return {**info, "tile": tile.id, "pixels": tile.height * tile.width, "model_loads": 0, "changed": changed}
 
 
-def _sample(ds: Any, year: int, names: list[str], limit: int) -> dict[str, np.ndarray]:
-    """A regular subsample (at most ``limit`` pixels) of each variable of one year of a series."""
+def _sample(ds: Any, year: int, names: Sequence[str], limit: int) -> dict[str, np.ndarray]:
+    """A regular subsample (at most ``limit`` pixels) of each variable of one year of a series (the same pixels for
+    every series on the same grid)."""
     step = max(1, int(np.ceil(np.sqrt(ds.sizes["y"] * ds.sizes["x"] / limit))))
     one = ds.sel(year=year).isel(y=slice(None, None, step), x=slice(None, None, step))
     return {n: np.asarray(one[n].values, dtype="float64") for n in names}
@@ -311,19 +384,36 @@ def _habitat_radius(indicators_attrs: Mapping[str, Any], year: int) -> float:
     return float(calibration.get("coverage", {}).get("habitat_set", {}).get("radius", float("nan")))
 
 
+def _coverage(ctx: Any, grid: Grid, years: tuple[int, int]) -> tuple[str, dict[str, Any], tuple[int, int]] | None:
+    """The species series' URL, options and both years' slots when it records ``clear_seasons`` on ``grid``."""
+    url = ctx.url(get("species").store)
+    options = ctx.options(url)
+    if not exists(url, options):
+        return None
+    ds = open_store(url, storage_options=options)
+    if COVERAGE not in ds or (ds.sizes["y"], ds.sizes["x"]) != (grid.height, grid.width):
+        return None
+    slots = (complete_slot(url, ds.attrs, years[0]), complete_slot(url, ds.attrs, years[1]))
+    return url, options, (int(slots[0]), int(slots[1]))  # type: ignore[arg-type]
+
+
 def plan_changes(ctx: Any, client: Any = None) -> TilePlan | None:
-    """The change model of the run's year (noise from a sample of both years of the indicator series) and the tile
-    job of that year of ``changes.zarr``; None in a series' first year (nothing earlier to compare with). The habitat
-    series, when there is one, is compared too. ``ctx``: the run's context with its ``year``; settings
-    ``refresh.noise_pixels`` and ``refresh.change_z``."""
+    """The change model of the run's year (noise from a sample of both years of the indicator series, per coverage
+    stratum where the species series records ``clear_seasons``) and the tile job of that year of ``changes.zarr``;
+    None in a series' first year (nothing earlier to compare with). The habitat series, when there is one, is
+    compared too. ``ctx``: the run's context with its ``year``; settings ``refresh.noise_pixels``,
+    ``refresh.false_alarm_rate`` (or ``refresh.change_z``) and ``refresh.change_indicators``."""
     if ctx.year is None:
         raise ChangeError("a change map is one year of a series against the one before: give --year")
+    settings = ctx.cfg.refresh
+    unknown = sorted(set(settings.change_indicators) - {*INDICATORS, HABITAT})
+    if unknown:
+        raise ChangeError(f"refresh.change_indicators: {unknown} unknown; choose among {[*INDICATORS, HABITAT]}")
     year = int(ctx.year)
     ind = read_input(ctx, "indicators", "richness_expected")  # the year complete, its grid and tiles
     previous = previous_year(ind.url, year, ind.options)
     if previous is None:
         return None
-    settings = ctx.cfg.refresh
     ds = open_store(ind.url, storage_options=ind.options)
     names = [n for n in INDICATORS if n in ds]
     # the habitat series is read where the refresh maps habitats: then it holds both years (or says which is missing)
@@ -337,19 +427,30 @@ def plan_changes(ctx: Any, client: Any = None) -> TilePlan | None:
         classes = [str(c) for c in hab["habitat_code"].values]
     else:
         hab_url, hab_options = None, {}
+    covered = _coverage(ctx, ind.grid, (previous, year))
+    sampled = None
+    if covered is not None:
+        species = open_store(covered[0], storage_options=covered[1], mask_and_scale=False)
+        sampled = tuple(_sample(species, y, [COVERAGE], settings.noise_pixels)[COVERAGE] for y in (previous, year))
+    tests = [n for n in settings.change_indicators if n in names]
+    z = settings.change_z or family_z(settings.false_alarm_rate, ind.grid.height * ind.grid.width, len(tests))
     model = fit_change_model(
         _sample(ds, previous, names, settings.noise_pixels),
         _sample(ds, year, names, settings.noise_pixels),
-        z=settings.change_z,
+        z=z,
         habitat_radius=radius,
+        coverage=sampled,  # type: ignore[arg-type]
+        decides=settings.change_indicators,
     )
     slots = (complete_slot(ind.url, ds.attrs, previous), complete_slot(ind.url, ds.attrs, year))
     records = year_records(ds.attrs)
+    noises = {n: [v.shift, v.noise, sorted(v.strata.items())] for n, v in model.noises.items()}
     parts = {
         "indicators": f"{records[previous]['run']}->{records[year]['run']}",
         "previous_year": str(previous),
-        "model": json.dumps({"shift": model.shift, "noise": model.noise, "z": model.z}, sort_keys=True),
+        "model": json.dumps({"noise": noises, "z": model.z, "decides": model.decides}, sort_keys=True),
         "habitat_radius": str(radius),
+        "coverage": "clear_seasons" if covered is not None else "none",
     }
     out = ctx.url(get(PRODUCT).store)
     job = ChangeTileJob(
@@ -361,6 +462,9 @@ def plan_changes(ctx: Any, client: Any = None) -> TilePlan | None:
         habitat_slots=hab_slots,  # type: ignore[arg-type]
         model=model,
         output=ctx.tile_output(out, parts),
+        coverage_url=covered[0] if covered else None,
+        coverage_options=covered[1] if covered else {},
+        coverage_slots=covered[2] if covered else None,
     )
     return TilePlan(
         fn=change_tile,
@@ -370,7 +474,12 @@ def plan_changes(ctx: Any, client: Any = None) -> TilePlan | None:
         tile=ind.tile,
         layout=change_template(ind.grid, model, ind.tile, classes),
         parts=parts,
-        attrs={"previous_year": str(previous), "change_z": str(settings.change_z)},
+        attrs={
+            "previous_year": str(previous),
+            "change_z": f"{model.z:.4g}",
+            "false_alarm_rate": str(settings.false_alarm_rate),
+            "change_indicators": " ".join(model.decides),
+        },
         error=ChangeError,
     )
 
@@ -383,9 +492,23 @@ def change_record(plan: TilePlan) -> dict[str, Any]:
         "previous_year": int(plan.attrs["previous_year"]),
         "shift": model.shift,
         "noise": model.noise,
+        "noise_by_coverage": {
+            name: {
+                _stratum_label(code): {"shift": round(v[0], 4), "noise": round(v[1], 4)} for code, v in n.strata.items()
+            }
+            for name, n in model.noises.items()
+        },
         "z": model.z,
+        "false_alarm_rate": float(plan.attrs["false_alarm_rate"]),
+        "decides": list(model.decides),
+        "coverage": model.coverage,
         "habitat_radius": model.habitat_radius,
     }
+
+
+def _stratum_label(code: int) -> str:
+    """A coverage stratum for people: ``"3 both, 1 one"`` (seasons clear in both years, in one year only)."""
+    return f"{code // 16} both, {code % 16} one"
 
 
 def describe_changes(url: str, options: Mapping[str, Any], year: int, grid: Grid, tile: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from geoplantnet.core.config import GridConfig, MapConfig, redact
 from geoplantnet.core.encoding import NODATA, SCALE
@@ -24,16 +25,24 @@ from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.inference.reader import MapSources, check_inputs
-from geoplantnet.inference.species import ModelFile, ModelRef, SpeciesPredictor, TileCompute
+from geoplantnet.inference.species import (
+    NO_COVERAGE,
+    ModelFile,
+    ModelRef,
+    SpeciesPredictor,
+    TileCompute,
+    clear_seasons,
+)
 from geoplantnet.models.peers import PeerSpec
 from geoplantnet.products.base import Product, TilePlan, register
-from geoplantnet.storage.store import default_encoding
+from geoplantnet.samples.kinds import Modality
+from geoplantnet.storage.store import YEARS_ATTR, default_encoding, exists, zarr_store
 from geoplantnet.storage.tiles import (
     TileOutput,
     probability_attrs,
     species_chunks,
     tiled_variable,
-    write_tile,
+    write_tile_blocks,
 )
 
 # distributed and torch are imported where a cluster is used or a model run: a command refuses bad input without them
@@ -50,10 +59,19 @@ class MapError(GeoplantnetError):
 # -- the store
 
 
+COVERAGE = "clear_seasons"
+
+
 def species_template(
-    grid: Grid, species: Sequence[str], species_name: Sequence[str] | None, tile: int, species_chunk: int
+    grid: Grid,
+    species: Sequence[str],
+    species_name: Sequence[str] | None,
+    tile: int,
+    species_chunk: int,
+    coverage: bool = False,
 ) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
-    """The lazy, never computed ``species.zarr`` layout on ``grid`` and its encoding."""
+    """The lazy, never computed ``species.zarr`` layout on ``grid`` and its encoding; with ``coverage`` the
+    ``clear_seasons`` bitmask of what each pixel's prediction saw (a model reading Sentinel-2)."""
     n = len(species)
     chunks, shards = species_chunks(n, tile, species_chunk)
     prob, enc = tiled_variable(
@@ -69,7 +87,21 @@ def species_template(
     coords: dict[str, Any] = {"species": ("species", np.asarray(species, dtype=object)), **grid.coords()}
     if species_name is not None:
         coords["species_name"] = ("species", np.asarray(species_name, dtype=object))
-    return xr.Dataset({"probability": prob}, coords=coords), {"probability": enc}
+    data, encoding = {"probability": prob}, {"probability": enc}
+    if coverage:
+        data[COVERAGE], encoding[COVERAGE] = tiled_variable(
+            ("y", "x"),
+            (grid.height, grid.width),
+            dtype="int16",
+            fill=NO_COVERAGE,
+            chunks=(tile, tile),
+            attrs={
+                "long_name": "composite seasons seen clear by the prediction (bitmask)",
+                "description": "bit s set where composite period s (the store's `seasons`) was cloud-free in every "
+                "band at the pixel's centre; 0 = no clear season; -1 = not recorded",
+            },
+        )
+    return xr.Dataset(data, coords=coords), encoding
 
 
 SCALE_ATTR = "geoplantnet_output_scale"
@@ -149,15 +181,21 @@ class TileJob:
 
     predictor: SpeciesPredictor
     output: TileOutput
+    coverage: bool = False  # write clear_seasons beside the probabilities
 
 
 def map_tile(job: TileJob, tile: Tile) -> dict[str, Any]:
     """Read, predict and write one tile; returns its timings (runs on a worker)."""
-    codes, info = job.predictor.predict(tile)
+    inputs = job.predictor.read(tile)
+    codes, info = job.predictor.forward(inputs)
     t2 = time.perf_counter()
     loads = info.pop("model_loads")
     out = job.output
-    write_tile(out.url, "probability", tile, codes, run=out.run, info=info, storage_options=out.storage_options)
+    blocks = {"probability": codes}
+    clear = clear_seasons(inputs) if job.coverage else None
+    if clear is not None:
+        blocks[COVERAGE] = clear
+    write_tile_blocks(out.url, blocks, tile, run=out.run, info=info, storage_options=out.storage_options)
     return {
         **info,
         "tile": tile.id,
@@ -228,7 +266,12 @@ class MapPlan:
         resources = self.job.predictor.resources(client)
         grid = self.job.predictor.map_grid
         template = species_template(
-            grid, self.spec.species, self.spec.species_name, self.settings.tile, self.settings.species_chunk
+            grid,
+            self.spec.species,
+            self.spec.species_name,
+            self.settings.tile,
+            self.settings.species_chunk,
+            coverage=self.job.coverage,
         )
         return TilePlan(
             fn=map_tile,
@@ -258,7 +301,21 @@ def plan_map(
     predictor, spec, attrs = plan_predictor(model, sources, grid, settings)
     parts = run_parts(predictor.model.sha256, sources, predictor.map_grid, settings)
     output = TileOutput.of(url, parts, storage_options, year=year)
-    return MapPlan(spec, parts, attrs, TileJob(predictor, output), settings)
+    coverage = records_coverage(spec, sources, url, storage_options)
+    return MapPlan(spec, parts, attrs, TileJob(predictor, output, coverage), settings)
+
+
+def records_coverage(
+    spec: ModelSpec | PeerSpec, sources: MapSources, url: str, storage_options: dict[str, Any]
+) -> bool:
+    """Whether the map records ``clear_seasons``: a model reading Sentinel-2 composites, into a new store or one
+    that has the variable (a series begun before coverage was recorded keeps its layout: every year alike)."""
+    if not sources.s2_items or not (Modality.PATCH in spec.modalities or Modality.SERIES in spec.modalities):
+        return False
+    if not exists(url, storage_options):
+        return True
+    group = zarr.open_group(zarr_store(url, storage_options), mode="r", use_consolidated=False)
+    return YEARS_ATTR not in group.attrs or COVERAGE in group
 
 
 def plan(ctx: Any, client: Client) -> TilePlan:
