@@ -6,13 +6,9 @@ import numpy as np
 import pytest
 
 from geoplantnet.core.grid import Grid, Tile
+from geoplantnet.evaluation.changes import detection_scores
 from geoplantnet.products.change_noise import coverage_stratum, family_z, robust_noise
-from geoplantnet.products.changes import (
-    change_blocks,
-    change_template,
-    detection_scores,
-    fit_change_model,
-)
+from geoplantnet.products.changes import change_blocks, change_template, fit_change_model
 
 
 def test_robust_noise_ignores_the_few_changed_pixels() -> None:

@@ -19,7 +19,7 @@ import pytest
 import zarr
 
 from geoplantnet.core.config import load_config
-from geoplantnet.products.changes import detection_scores
+from geoplantnet.evaluation.changes import detection_scores
 from geoplantnet.storage.store import open_store
 from geoplantnet.testing.cli import run_cli
 from geoplantnet.testing.regions import SMALL_REGION

@@ -11,8 +11,47 @@ import numpy as np
 from geoplantnet.evaluation.registry import register_evaluation
 from geoplantnet.evaluation.truth import VirtualTruth
 from geoplantnet.products.base import Made, read_input
-from geoplantnet.products.changes import PRODUCT, change_errors, detection_scores
+from geoplantnet.products.changes import PRODUCT
 from geoplantnet.storage.store import open_store
+
+
+def detection_scores(changed: np.ndarray, truth: np.ndarray) -> dict[str, float | int]:
+    """Precision and recall of detected changed pixels (``changed`` 1/0, -1 no data) against true changes
+    (``truth`` > 0 changed, 0 not)."""
+    ok = (np.asarray(changed) >= 0) & np.isfinite(np.asarray(truth, dtype="float64"))
+    pred = np.asarray(changed)[ok] == 1
+    true = np.asarray(truth)[ok] > 0
+    tp = int((pred & true).sum())
+    fp = int((pred & ~true).sum())
+    fn = int((~pred & true).sum())
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
+    return {
+        "pixels": int(ok.sum()),
+        "true_changed": int(true.sum()),
+        "detected": int(pred.sum()),
+        "true_positive": tp,
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+    }
+
+
+def change_errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Mean true and predicted change, correlation, and how often the sign agrees where the truth moved by more
+    than 0.1 species."""
+    ok = np.isfinite(pred) & np.isfinite(truth)
+    p, t = pred[ok], truth[ok]
+    moved = np.abs(t) > 0.1
+    r = float(np.corrcoef(p, t)[0, 1]) if ok.sum() > 2 and t.std() > 0 and p.std() > 0 else float("nan")
+    return {
+        "pixels": int(ok.sum()),
+        "true_mean": round(float(t.mean()), 4) if ok.any() else float("nan"),
+        "predicted_mean": round(float(p.mean()), 4) if ok.any() else float("nan"),
+        "r": round(r, 4),
+        "sign_agreement": round(float((np.sign(p[moved]) == np.sign(t[moved])).mean()), 4) if moved.any() else None,
+    }
 
 
 def evaluate_changes(ctx: Any, truth: VirtualTruth, made: Mapping[str, Made]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class Noise:
     shift: float
     noise: float
     strata: Mapping[int, tuple[float, float]] = field(default_factory=dict)
+    relative: bool = False  # noise in units of each pixel's paired model spread (:func:`paired_spread`)
 
     def at(self, stratum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shift, noise) arrays of pixels in ``stratum`` (codes; :data:`UNKNOWN` takes the pooled values)."""
@@ -42,16 +43,32 @@ def family_z(rate: float, pixels: int, tests: int) -> float:
     return float(-ndtri(rate / (2.0 * max(pixels, 1) * max(tests, 1))))
 
 
-def robust_noise(delta: np.ndarray) -> tuple[float, float]:
-    """(median, noise) of the finite values of ``delta`` (see the module docstring); (0, NaN) without any."""
+def robust_noise(delta: np.ndarray, spread: np.ndarray | None = None) -> tuple[float, float]:
+    """(median, noise) of the finite values of ``delta`` (see the module docstring); (0, NaN) without any. With
+    ``spread`` (each pixel's paired model spread) the noise is that of ``(delta - median) / spread``: per unit of
+    spread."""
     d = np.asarray(delta, dtype="float64")
-    d = d[np.isfinite(d)]
+    u = np.ones_like(d) if spread is None else np.asarray(spread, dtype="float64")
+    ok = np.isfinite(d) & np.isfinite(u)
+    d, u = d[ok], u[ok]
     if d.size == 0:
         return 0.0, float("nan")
     med = float(np.median(d))
-    # never below one step of the uint8 probability codes: where most pixels repeat the same code in both years the
-    # deviation is 0, and every one-code wobble would read as change
-    return med, max(float(np.median(np.abs(d - med)) * MAD_SCALE), 1.0 / SCALE)
+    # never below one step of the uint8 probability codes (per unit of spread: a thousandth): where most pixels
+    # repeat the same code in both years the deviation is 0, and every one-code wobble would read as change
+    floor = 1.0 / SCALE if spread is None else 1e-3
+    return med, max(float(np.median(np.abs(d - med) / u) * MAD_SCALE), floor)
+
+
+def paired_spread(
+    before_interval: tuple[np.ndarray, np.ndarray], after_interval: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """Each pixel's model uncertainty of a difference: the two years' interval half-widths added in quadrature
+    (never below one probability code), from each year's (lower, upper) prediction interval."""
+    half = [
+        (np.asarray(hi, "float64") - np.asarray(lo, "float64")) / 2.0 for lo, hi in (before_interval, after_interval)
+    ]
+    return np.maximum(np.hypot(half[0], half[1]), 1.0 / SCALE)
 
 
 def coverage_stratum(before: np.ndarray | None, after: np.ndarray | None) -> np.ndarray | None:
@@ -66,16 +83,32 @@ def coverage_stratum(before: np.ndarray | None, after: np.ndarray | None) -> np.
     return np.where(known, code, UNKNOWN)
 
 
-def fit_noise(delta: np.ndarray, stratum: np.ndarray | None) -> Noise:
+def fit_noise(delta: np.ndarray, stratum: np.ndarray | None, spread: np.ndarray | None = None) -> Noise:
     """The pooled and per-stratum shift and noise of ``delta`` (strata with fewer than :data:`MIN_STRATUM` finite
-    pixels, and unknown coverage, take the pooled values)."""
+    pixels, and unknown coverage, take the pooled values); per unit of ``spread`` when given."""
     d = np.asarray(delta, "float64").ravel()
-    shift, noise = robust_noise(d)
+    u = None if spread is None else np.asarray(spread, "float64").ravel()
+    shift, noise = robust_noise(d, u)
     strata: dict[int, tuple[float, float]] = {}
     if stratum is not None:
         codes = np.asarray(stratum).ravel()
         for code in np.unique(codes[np.isfinite(d)]):
             inside = (codes == code) & np.isfinite(d)
             if code != UNKNOWN and inside.sum() >= MIN_STRATUM:
-                strata[int(code)] = robust_noise(d[inside])
-    return Noise(shift, noise, strata)
+                strata[int(code)] = robust_noise(d[inside], None if u is None else u[inside])
+    return Noise(shift, noise, strata, spread is not None)
+
+
+def interval_names(indicator: str) -> tuple[str, str]:
+    """The (lower, upper) prediction-interval variables of an indicator in ``indicators.zarr``."""
+    base = indicator.removesuffix("_expected")
+    return f"{base}_lower", f"{base}_upper"
+
+
+def spread_of(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray], indicator: str) -> np.ndarray | None:
+    """The paired model spread of ``indicator`` from both years' intervals in ``before``/``after`` (None: no
+    intervals there)."""
+    lo, hi = interval_names(indicator)
+    if not all(n in year for n in (lo, hi) for year in (before, after)):
+        return None
+    return paired_spread((before[lo], before[hi]), (after[lo], after[hi]))

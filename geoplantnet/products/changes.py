@@ -54,7 +54,15 @@ from scipy.special import ndtr
 from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.products.base import Product, TilePlan, get, read_input, register
-from geoplantnet.products.change_noise import UNKNOWN, Noise, coverage_stratum, family_z, fit_noise
+from geoplantnet.products.change_noise import (
+    UNKNOWN,
+    Noise,
+    coverage_stratum,
+    family_z,
+    fit_noise,
+    interval_names,
+    spread_of,
+)
 from geoplantnet.products.species_map import COVERAGE
 from geoplantnet.storage.store import exists, open_store, zarr_store
 from geoplantnet.storage.tiles import TileOutput, tiled_variable, write_tile_blocks
@@ -120,7 +128,11 @@ def fit_change_model(
     years' ``clear_seasons`` of the same pixels (``coverage``)."""
     stratum = coverage_stratum(*coverage) if coverage is not None else None
     noises = {
-        name: fit_noise(np.asarray(after[name], "float64") - np.asarray(before[name], "float64"), stratum)
+        name: fit_noise(
+            np.asarray(after[name], "float64") - np.asarray(before[name], "float64"),
+            stratum,
+            spread_of(before, after, name),
+        )
         for name in INDICATORS
         if name in before and name in after
     }
@@ -151,6 +163,8 @@ def change_blocks(
         delta = (np.asarray(after[name], "float64") - np.asarray(before[name], "float64")).astype("float32")
         ok = np.isfinite(delta)
         shift, noise = model.noises[name].at(stratum)
+        if model.noises[name].relative:  # the pixel's own model spread of the difference
+            noise = noise * spread_of(before, after, name)
         z = (delta - shift) / noise
         flag = np.where(z < -model.z, 1, np.where(z > model.z, 2, 0)).astype("int8")
         flag[~ok] = NO_FLAG
@@ -298,29 +312,6 @@ def change_template(
     return xr.Dataset(data, coords=coords), encoding
 
 
-def detection_scores(changed: np.ndarray, truth: np.ndarray) -> dict[str, float | int]:
-    """Precision and recall of detected changed pixels (``changed`` 1/0, -1 no data) against true changes
-    (``truth`` > 0 changed, 0 not)."""
-    ok = (np.asarray(changed) >= 0) & np.isfinite(np.asarray(truth, dtype="float64"))
-    pred = np.asarray(changed)[ok] == 1
-    true = np.asarray(truth)[ok] > 0
-    tp = int((pred & true).sum())
-    fp = int((pred & ~true).sum())
-    fn = int((~pred & true).sum())
-    precision = tp / (tp + fp) if tp + fp else float("nan")
-    recall = tp / (tp + fn) if tp + fn else float("nan")
-    f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
-    return {
-        "pixels": int(ok.sum()),
-        "true_changed": int(true.sum()),
-        "detected": int(pred.sum()),
-        "true_positive": tp,
-        "precision": round(precision, 4),
-        "recall": round(recall, 4),
-        "f1": round(f1, 4),
-    }
-
-
 # -- the product: its tile job and function (worker side), its plan (driver side), its summary's numerics
 
 
@@ -352,8 +343,10 @@ def change_tile(job: ChangeTileJob, tile: Tile) -> dict[str, Any]:
     t0 = time.perf_counter()
     group = zarr.open_group(zarr_store(job.indicators_url, job.indicators_options), mode="r")
     ys, xs = tile.slices
-    before = {n: np.asarray(group[n][job.slots[0], ys, xs]) for n in job.model.indicators}
-    after = {n: np.asarray(group[n][job.slots[1], ys, xs]) for n in job.model.indicators}
+    names = [*job.model.indicators]
+    names += [v for n, noise in job.model.noises.items() if noise.relative for v in interval_names(n)]
+    before = {n: np.asarray(group[n][job.slots[0], ys, xs]) for n in names}
+    after = {n: np.asarray(group[n][job.slots[1], ys, xs]) for n in names}
     hb = ha = coverage = None
     if job.coverage_url is not None and job.coverage_slots is not None:
         clear = zarr.open_group(zarr_store(job.coverage_url, job.coverage_options), mode="r")[COVERAGE]
@@ -416,6 +409,7 @@ def plan_changes(ctx: Any, client: Any = None) -> TilePlan | None:
         return None
     ds = open_store(ind.url, storage_options=ind.options)
     names = [n for n in INDICATORS if n in ds]
+    names += [v for n in names if all(i in ds for i in interval_names(n)) for v in interval_names(n)]
     # the habitat series is read where the refresh maps habitats: then it holds both years (or says which is missing)
     hab_url: str | None = ctx.url(get("habitat").store)
     hab_options = ctx.options(hab_url)
@@ -444,7 +438,7 @@ def plan_changes(ctx: Any, client: Any = None) -> TilePlan | None:
     )
     slots = (complete_slot(ind.url, ds.attrs, previous), complete_slot(ind.url, ds.attrs, year))
     records = year_records(ds.attrs)
-    noises = {n: [v.shift, v.noise, sorted(v.strata.items())] for n, v in model.noises.items()}
+    noises = {n: [v.shift, v.noise, sorted(v.strata.items()), v.relative] for n, v in model.noises.items()}
     parts = {
         "indicators": f"{records[previous]['run']}->{records[year]['run']}",
         "previous_year": str(previous),
@@ -563,22 +557,6 @@ def describe_changes(url: str, options: Mapping[str, Any], year: int, grid: Grid
             )
     out["tiles_most_changed"] = sorted(per_tile, key=lambda r: -r["changed_pixels"])[:5]
     return out
-
-
-def change_errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Mean true and predicted change, correlation, and how often the sign agrees where the truth moved by more
-    than 0.1 species."""
-    ok = np.isfinite(pred) & np.isfinite(truth)
-    p, t = pred[ok], truth[ok]
-    moved = np.abs(t) > 0.1
-    r = float(np.corrcoef(p, t)[0, 1]) if ok.sum() > 2 and t.std() > 0 and p.std() > 0 else float("nan")
-    return {
-        "pixels": int(ok.sum()),
-        "true_mean": round(float(t.mean()), 4) if ok.any() else float("nan"),
-        "predicted_mean": round(float(p.mean()), 4) if ok.any() else float("nan"),
-        "r": round(r, 4),
-        "sign_agreement": round(float((np.sign(p[moved]) == np.sign(t[moved])).mean()), 4) if moved.any() else None,
-    }
 
 
 register(
