@@ -1,5 +1,6 @@
 """``geoplantnet refresh`` on a small two-year virtual region, from the CLI: 2024, then 2025 killed mid-run (2024 stays
-readable and byte-identical), rerun to completion; change maps equal the indicator differences and their bands;
+readable and byte-identical), rerun to completion; change maps equal the indicator differences judged by each
+pixel's noise (coverage stratum x paired model spread);
 the detection scores recomputed from the stores and the generator's true changes; a complete year reruns to
 nothing; the run summary files."""
 
@@ -20,6 +21,7 @@ import zarr
 
 from geoplantnet.core.config import load_config
 from geoplantnet.evaluation.changes import detection_scores
+from geoplantnet.products.change_noise import coverage_stratum, paired_spread
 from geoplantnet.storage.store import open_store
 from geoplantnet.testing.cli import run_cli
 from geoplantnet.testing.regions import SMALL_REGION
@@ -140,21 +142,39 @@ def test_a_killed_year_leaves_earlier_years_intact_and_the_rerun_completes_it(se
     assert series["second"]["steps"]["species"]["tiles_computed"] < series["second"]["tiles"]  # resumed
 
 
-def test_change_maps_are_the_differences_and_their_bands(series):
+def test_change_maps_are_the_differences_and_their_per_pixel_noise(series):
+    """Each pixel is judged by the noise of its coverage stratum (the seasons both years saw clear, recorded in
+    species.zarr) times its paired model spread (both years' intervals); ``changed`` is the richness test."""
     out = series["out"]
     ind = open_store(str(out / "indicators.zarr"))
+    clear = open_store(str(out / "species.zarr"), mask_and_scale=False)["clear_seasons"]
     ch = open_store(str(out / "changes.zarr"), mask_and_scale=False).sel(year=2025)
     change = series["second"]["change"]
-    assert change["previous_year"] == 2024
-    delta = ind.sel(year=2025)["richness_expected"].values - ind.sel(year=2024)["richness_expected"].values
+    assert change["previous_year"] == 2024 and change["coverage"] and change["decides"] == ["richness_expected"]
+    a, b = (ind.sel(year=y) for y in (2024, 2025))
+    delta = b["richness_expected"].values - a["richness_expected"].values
     np.testing.assert_allclose(ch["richness_expected_change"].values, delta, atol=1e-5)
-    band = change["z"] * change["noise"]["richness_expected"]
-    centred = delta - change["shift"]["richness_expected"]
+    c0, c1 = clear.sel(year=2024).values, clear.sel(year=2025).values
+    np.testing.assert_array_equal(ch["seasons_compared"].values, c0 & c1)
+    stratum = coverage_stratum(c0, c1)
+    spread = paired_spread(
+        (a["richness_lower"].values, a["richness_upper"].values),
+        (b["richness_lower"].values, b["richness_upper"].values),
+    )
+    shift = np.full(delta.shape, change["shift"]["richness_expected"])
+    noise = np.full(delta.shape, change["noise"]["richness_expected"])
+    for label, fit in change["noise_by_coverage"]["richness_expected"].items():
+        both, one = (int(w) for w in label.replace(" both,", "").replace(" one", "").split())
+        shift[stratum == 16 * both + one], noise[stratum == 16 * both + one] = fit["shift"], fit["noise"]
+    z = (delta - shift) / (noise * spread)
     flag = ch["richness_expected_change_flag"].values
-    assert ((flag == 1) == (centred < -band)).all() and ((flag == 2) == (centred > band)).all()
-    flags = [ch[v].values for v in ch.data_vars if str(v).endswith("_change_flag")]
-    anything = np.any([f > 0 for f in flags], axis=0) | (ch["habitat_transition"].values == 1)
-    np.testing.assert_array_equal(ch["changed"].values == 1, anything)
+    decided = np.abs(np.abs(z) - change["z"]) > 1e-3  # away from the bound, where float32 rounding cannot decide
+    assert decided.mean() > 0.99
+    assert ((flag == 1) == (z < -change["z"]))[decided].all() and ((flag == 2) == (z > change["z"]))[decided].all()
+    np.testing.assert_array_equal(ch["changed"].values == 1, flag > 0)
+    probability = ch["changed_probability"].values
+    assert np.nanmin(probability) >= 0 and np.nanmax(probability) <= 1
+    assert (probability[flag > 0] > 0.999).all()
 
 
 def test_detection_is_scored_against_the_generators_true_changes(series):

@@ -487,9 +487,7 @@ def change_record(plan: TilePlan) -> dict[str, Any]:
         "shift": model.shift,
         "noise": model.noise,
         "noise_by_coverage": {
-            name: {
-                _stratum_label(code): {"shift": round(v[0], 4), "noise": round(v[1], 4)} for code, v in n.strata.items()
-            }
+            name: {_stratum_label(code): {"shift": v[0], "noise": v[1]} for code, v in n.strata.items()}
             for name, n in model.noises.items()
         },
         "z": model.z,
