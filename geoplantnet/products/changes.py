@@ -6,10 +6,12 @@ dates fed to the same model. Two years that saw different seasons clear differ b
 landscape, so each pixel's noise is that of its **coverage stratum**: the number of composite seasons the species
 model saw clear in both years and the number it saw in one year only (``clear_seasons`` of ``species.zarr``, per
 year). Annual monitoring sees little real change in a year, so the noise of each indicator's difference is estimated
-from the differences themselves, robustly, per stratum: the shift is their median and the noise their median
+from the differences themselves, robustly, per stratum: the shift is their median and the noise the median
 absolute deviation x 1.4826 (the standard deviation under normal noise, unmoved while fewer than half of the pixels
-changed; never below one step of the uint8 probability codes); a stratum with fewer than ``MIN_STRATUM`` sampled
-pixels takes the pooled estimate. A pixel's change is scored by ``z = (difference - shift) / noise`` and its
+changed) of the centred differences per unit of each pixel's **paired model spread** (both years' interval
+half-widths added in quadrature: a pixel the model is unsure of needs a larger difference); a stratum with fewer than
+``MIN_STRATUM`` sampled pixels takes the pooled estimate (:mod:`geoplantnet.products.change_noise`). A pixel's
+change is scored by ``z = (difference - shift) / (noise x spread)`` and its
 ``_change_probability`` is ``1 - 2 Phi(-|z|)``: the probability, under the pixel's noise model, that noise alone
 gives a smaller departure. A change is flagged where ``|z|`` exceeds the Bonferroni bound of a map-wide false-alarm
 rate (``refresh.false_alarm_rate``: the chance that noise alone flags any pixel of the map, over every pixel and every
@@ -232,7 +234,8 @@ def change_attrs(name: str, model: ChangeModel, classes: Sequence[str] | None = 
             "long_name": f"change of {base} since the previous mapped year",
             "units": "1",
             "description": f"{base} this year - {base} the previous year; pooled shift {model.shift[base]:.4g}, "
-            f"noise (median absolute deviation x 1.4826) {model.noise[base]:.4g}, {strata}",
+            f"noise (median absolute deviation x 1.4826) {model.noise[base]:.4g}"
+            f"{' per unit of paired model spread' if model.noises[base].relative else ''}, {strata}",
         }
     if name.endswith("_change_flag"):
         base = name.removesuffix("_change_flag")
