@@ -497,6 +497,7 @@ def change_record(plan: TilePlan) -> dict[str, Any]:
         "false_alarm_rate": float(plan.attrs["false_alarm_rate"]),
         "decides": list(model.decides),
         "coverage": model.coverage,
+        "paired_spread": {name: n.relative for name, n in model.noises.items()},
         "habitat_radius": model.habitat_radius,
     }
 

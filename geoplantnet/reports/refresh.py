@@ -37,8 +37,9 @@ def markdown(summary: Mapping[str, Any]) -> str:
             f"{c['changed_pixels']} pixels ({c['changed_km2']} km2, {c['changed_share']:.1%}) changed "
             f"beyond the noise of {', '.join(change.get('decides', ['richness_expected']))} "
             f"(|change - shift| > {change['z']:.3g} x the pixel's noise: a map-wide false-alarm rate of "
-            f"{change.get('false_alarm_rate', 'n/a')}; the noise of its coverage stratum"
-            f"{', per unit of its paired model spread' if change.get('coverage') is not None else ''}).",
+            f"{change.get('false_alarm_rate', 'n/a')}; the noise of its "
+            f"{'coverage stratum' if change.get('coverage') else 'map'}"
+            f"{', per unit of its paired model spread' if any(change.get('paired_spread', {}).values()) else ''}).",
             table(
                 ["indicator", "shift", "noise (pooled)", "decrease", "increase", "mean significant change"],
                 (
