@@ -793,6 +793,12 @@ class ImpactConfig(_Section):
         description=f"Monte-Carlo dropout draws of the change (0: point values only; at most {MAX_DRAWS})",
     )
     seed: int = Field(0, ge=0, description="seed of the first draw (draw k uses seed + k, before and after alike)")
+    min_class_surveys: int = Field(
+        10,
+        ge=2,
+        description="fewest held-out surveys in a land-cover class to measure the models' error there; a scenario "
+        "class with fewer is an extrapolation: flagged, uncorrected, its interval widened to any class's error",
+    )
     value_model: str | None = Field(
         None, description="value model file (default <store.root>/value/model.pt when it exists; none: no value)"
     )

@@ -46,6 +46,7 @@ from geoplantnet.products.scenarios import (
     zone,
 )
 from geoplantnet.products.value import cell_stats
+from geoplantnet.validation.conformal import StratumErrors
 
 ZONES = ("footprint", "buffer", "surroundings")  # zone codes 1, 2, 3 of a pixel (0: not part of the assessment)
 CONTEXT_STEPS = (1, 3, 9)  # context_m multiples searched for the new class's pixels
@@ -308,6 +309,9 @@ class ImpactPlan:
     level: float  # the Monte-Carlo intervals' level (indicators.level)
     versions: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    # the count model's error per land-cover class, measured on the held-out surveys (None without surveys):
+    # what the change's estimate corrects and its interval adds (:mod:`geoplantnet.products.impact_error`)
+    errors: StratumErrors | None = None
 
 
 def species_reach(spec: Any, map_grid: Grid, cube_grid: Grid) -> float:
@@ -333,6 +337,7 @@ def impact_plan(
     tile: int,
     settings: ImpactConfig,
     level: float,
+    errors: StratumErrors | None = None,
 ) -> ImpactPlan:
     """The plan from the calibrated fused predictor and indicator model (``indicators --from-model``'s), the species
     model's spec (``dropout``: whether its network has dropout) and the value predictor, or None."""
@@ -365,6 +370,7 @@ def impact_plan(
         level=level,
         versions=versions,
         notes=notes,
+        errors=errors,
     )
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import shapely
 
 from geoplantnet.products.impact import ZONES, Assessment, ImpactPlan
+from geoplantnet.products.impact_error import errors_summary, estimates, extrapolation
 
 
 def interval(values: np.ndarray, level: float) -> tuple[float, float]:
@@ -64,6 +65,9 @@ def summarise(plan: ImpactPlan, a: Assessment) -> dict[str, Any]:
         group: {name: {"lower": lo, "upper": hi} for name, (lo, hi) in zones.items()}
         for group, zones in summarise_intervals(plan, a).items()
     }
+    out["change_estimates"] = estimates(plan, a)
+    out["extrapolation"] = extrapolation(plan, a)
+    out["survey_errors"] = errors_summary(plan.errors)
     if "value" in a.before:
         out["value"] = _value_summary(plan, a, masks, pixel_ha, level)
     out["species"] = _species_summary(plan, a, pixel_ha)

@@ -37,8 +37,10 @@ def impact_markdown(summary: Mapping[str, Any]) -> str:
     )
     zones = [(z, v["area_ha"], v["pixels"]) for z, v in summary["zones"].items()]
     blocks += ["## Zones", table(("zone", "area (ha)", "pixels"), zones)]
-    header = ("indicator", "zone", "before", "after", "change", "interval of the change")
-    blocks += ["## Indicators (mean per pixel)", table(header, _indicator_rows(summary))]
+    if summary.get("change_estimates"):
+        blocks += _estimate_blocks(summary)
+    header = ("indicator", "zone", "before", "after", "change", "Monte-Carlo interval of the change")
+    blocks += ["## Indicators (mean per pixel, the models' own values)", table(header, _indicator_rows(summary))]
     if "value" in summary:
         header = ("zone", "before", "after", "change", "value-ha change", "interval")
         blocks += ["## Biodiversity value", table(header, _value_rows(summary["value"]))]
@@ -67,6 +69,28 @@ def impact_markdown(summary: Mapping[str, Any]) -> str:
     if summary.get("notes"):
         blocks += ["## Notes", [f"- {n}" for n in summary["notes"]]]
     return document(*blocks)
+
+
+def _estimate_blocks(summary: Mapping[str, Any]) -> list[str | list[str]]:
+    """The expected counts' change per pixel with the models' error measured at the surveys: the models' change,
+    the correction by land-cover class, the estimate and its interval, and what the extrapolation check says."""
+    rows = [
+        (group, zone_name, fmt(e["model_change"]), fmt(e["correction"]), fmt(e["change"]),
+         f"[{fmt(e['lower'])}, {fmt(e['upper'])}]", ", ".join(map(str, e["extrapolated_classes"])) or "-")
+        for group, zones in summary["change_estimates"].items()
+        for zone_name, e in zones.items()
+        if zone_name != "surroundings"
+    ]  # fmt: skip
+    level = f"{summary['level']:.0%}"
+    out: list[str | list[str]] = [
+        "## Change of the expected counts (per pixel), with the models' error",
+        f"The models' change, corrected by the error the species model makes in each land-cover class (measured at "
+        f"held-out surveys); the {level} interval holds the Monte-Carlo spread and that error's uncertainty.",
+        table(("group", "zone", "models", "correction", "estimate", f"{level} interval", "unmeasured classes"), rows),
+    ]
+    if summary.get("extrapolation"):
+        out.append(f"Extrapolation check: {summary['extrapolation']['message']}.")
+    return out
 
 
 def _indicator_rows(summary: Mapping[str, Any]) -> list[tuple[str, ...]]:
