@@ -60,6 +60,23 @@ def footprints(cfg, n: int, seed: int, lo: float, hi: float, margin: float, clas
     return out
 
 
+MATERIAL = 2.0  # species per pixel: a change the truth makes at least this large
+
+
+def _relative(pred: np.ndarray, model: np.ndarray, true: np.ndarray, keep: np.ndarray) -> dict[str, float]:
+    """Mean |error| / mean |true| of the corrected estimate and of the models' own change, over ``keep``."""
+    if not keep.any():
+        return {"footprints": 0}
+    scale = np.abs(true[keep]).mean()
+    return {
+        "footprints": int(keep.sum()),
+        "relative_error": float(np.abs(pred - true)[keep].mean() / scale),
+        "model_relative_error": float(np.abs(model - true)[keep].mean() / scale),
+        "mean_ratio": float(np.mean(pred[keep] / true[keep])),
+        "model_mean_ratio": float(np.mean(model[keep] / true[keep])),
+    }
+
+
 def _true_level(truth, a) -> tuple[float, float]:
     """The truth's mean richness in the footprint before and after."""
     before, after, _ = truth(a.grid, a.zones == 1, a.edit.code)
@@ -139,6 +156,12 @@ def main() -> None:
         "surroundings_max_abs": float(np.max(np.abs([r["surroundings_pred"] for r in ok]))),
         "threatened_mean_abs_error": float(np.mean([abs(r["threatened_pred"] - r["threatened_true"]) for r in ok])),
         "r_footprint": float(np.corrcoef(pred, true)[0, 1]),
+        "mean_abs_error": float(np.abs(pred - true).mean()),
+        "model_mean_abs_error": float(np.abs(model - true).mean()),
+        "mean_abs_true": float(np.abs(true).mean()),
+        # a relative error means little where the truth barely moves (grassland to cropland): the material changes
+        "material": _relative(pred, model, true, np.abs(true) >= MATERIAL),
+        "to_urban": _relative(pred, model, true, np.array([r["to"] == "urban" for r in ok])),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     result = {"aggregate": agg, "rows": rows, "args": vars(args)}

@@ -24,7 +24,7 @@ from geoplantnet.storage.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "pipelines" / "default.yaml"
-SETTINGS = ["indicators.n_surveys=0", "impact.draws=3"]
+SETTINGS = ["indicators.n_surveys=60", "impact.draws=3", "impact.min_class_surveys=5"]
 VALUE = [  # a tiny U-Net: 2 x 2 tiles of 120 pixels at 10 m
     "value.tile=120",
     "value.folds=2",
@@ -157,10 +157,21 @@ def test_predicted_against_true_change(assessed):
     truth = open_store(str(RegionManifest.load(Path(cfg.workdir) / "region").truth_path("indicators")))
     assert np.allclose(before.richness, truth["richness_expected"].values, atol=1e-4)
     assert (after.richness[~inside] == before.richness[~inside]).all()
-    predicted = ev["zones"]["footprint"]["richness_change_predicted"]
+    model = ev["zones"]["footprint"]["richness_change_model"]
     foot = cells[cells.zone == "footprint"]
-    assert predicted == pytest.approx(float(foot.richness_expected_change.mean()), abs=1e-3)
-    assert np.sign(predicted) == np.sign(true_change) or abs(true_change) < 0.5
+    assert model == pytest.approx(float(foot.richness_expected_change.mean()), abs=1e-3)
+    assert np.sign(model) == np.sign(true_change) or abs(true_change) < 0.5
+    # the estimate: the models' change corrected by their error per land-cover class, measured at the surveys
+    est = summary["change_estimates"]["richness"]
+    assert ev["zones"]["footprint"]["richness_change_predicted"] == pytest.approx(est["footprint"]["change"])
+    assert est["footprint"]["change"] == pytest.approx(est["footprint"]["model_change"] + est["footprint"]["correction"])
+    assert est["footprint"]["lower"] <= est["footprint"]["change"] <= est["footprint"]["upper"]
+    for zone in ("buffer", "surroundings"):  # no class changes there: nothing is corrected, nothing added
+        assert est[zone]["correction"] == 0.0 and est[zone]["sd_calibration"] == 0.0
+    check = summary["extrapolation"]
+    assert check["class"] == assessed["target"] and check["measured"] == (check["surveys"] >= 5)
+    assert summary["survey_errors"]["richness"]  # measured per class
+    assert "with the models' error" in (out / "report.md").read_text()
     assert ev["pixel_r"]["richness"] > 0  # a tiny model on a tiny region: the demo measures the real agreement
 
 

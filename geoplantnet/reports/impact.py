@@ -31,7 +31,8 @@ def impact_markdown(summary: Mapping[str, Any]) -> str:
             f"(strength {s['edge_strength']}, an assumption of the scenario)",
             f"- the new cover's imagery: the median of {s['land_cover_name']} pixels within {s['context_m']} m",
             f"- re-predicted: {summary['tiles']} tiles ({summary['seconds']} s); uncertainty: {summary['draws']} "
-            f"paired Monte-Carlo dropout draws, intervals at {summary['level']:.0%}",
+            f"paired Monte-Carlo dropout draws and, where there are surveys, the models' error per land-cover class "
+            f"measured at them; intervals at {summary['level']:.0%}",
             f"- models: {', '.join(f'{k} `{v}`' for k, v in summary['versions'].items())}",
         ]
     )
