@@ -163,9 +163,10 @@ def test_predicted_against_true_change(assessed):
     assert np.sign(model) == np.sign(true_change) or abs(true_change) < 0.5
     # the estimate: the models' change corrected by their error per land-cover class, measured at the surveys
     est = summary["change_estimates"]["richness"]
-    assert ev["zones"]["footprint"]["richness_change_predicted"] == pytest.approx(est["footprint"]["change"])
-    assert est["footprint"]["change"] == pytest.approx(est["footprint"]["model_change"] + est["footprint"]["correction"])
-    assert est["footprint"]["lower"] <= est["footprint"]["change"] <= est["footprint"]["upper"]
+    fp = est["footprint"]
+    assert ev["zones"]["footprint"]["richness_change_predicted"] == pytest.approx(fp["change"])
+    assert fp["change"] == pytest.approx(fp["model_change"] + fp["correction"])
+    assert fp["lower"] <= fp["change"] <= fp["upper"]
     for zone in ("buffer", "surroundings"):  # no class changes there: nothing is corrected, nothing added
         assert est[zone]["correction"] == 0.0 and est[zone]["sd_calibration"] == 0.0
     check = summary["extrapolation"]
