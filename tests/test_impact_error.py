@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from geoplantnet.core.config import ModelConfig
+from geoplantnet.models.species_net import ModelSpec, SpeciesEnsemble, SpeciesNet, member_of
 from geoplantnet.products.impact_error import _correction
+from geoplantnet.samples.training_set import NormStats
 from geoplantnet.validation.conformal import stratum_errors
 
 
@@ -58,3 +62,24 @@ def test_the_correction_acts_only_where_the_class_changes():
     assert unmeasured1 == [1]
     assert fix1 == pytest.approx(-e4.bias / 2)
     assert var1 > var
+
+
+def test_a_draw_of_an_ensemble_is_one_member():
+    """Draw k of an impact runs member k of an ensemble file (modulo their number): the draws' spread holds the
+    disagreement of independently trained networks; a single network is itself."""
+    spec = ModelSpec(
+        model=ModelConfig(env_hidden=8, fusion_hidden=8),
+        modalities={"env": (5, 1, 1)},
+        species=["a", "b"],
+        norm=NormStats(env_mean=[0.0] * 4, env_std=[1.0] * 4),
+        env_from_point=True,
+    )
+    torch.manual_seed(0)
+    members = [SpeciesNet.from_spec(spec).eval() for _ in range(3)]
+    ensemble = SpeciesEnsemble(members).eval()
+    env = torch.randn(4, 5, 1, 1)
+    assert member_of(ensemble, 1) is members[1] and member_of(ensemble, 4) is members[1]
+    outputs = [member_of(ensemble, k)(env=env) for k in range(3)]
+    assert not torch.allclose(outputs[0], outputs[1])
+    torch.testing.assert_close(torch.stack(outputs).mean(0), ensemble(env=env))
+    assert member_of(members[0], 2) is members[0]

@@ -229,14 +229,16 @@ def _held(job: ImpactTileJob, tile: Tile) -> np.ndarray:
     return ~where.inside & ~(where.edge > 0)
 
 
-def _species_codes(job: ImpactTileJob, tile: Tile, seeds: Sequence[int | None]) -> dict[str, list[np.ndarray]]:
-    """The species codes (species, y, x) of the tile before and after, for the map (seed None) and each dropout
-    draw's seed, the after state's held pixels (:func:`_held`) taken from before."""
+def _species_codes(job: ImpactTileJob, tile: Tile) -> dict[str, list[np.ndarray]]:
+    """The species codes (species, y, x) of the tile before and after, for the map and each Monte-Carlo draw (draw
+    k: dropout seed ``seed + k`` of member ``k`` of an ensemble, the same in both states), the after state's held
+    pixels (:func:`_held`) taken from before."""
     held = _held(job, tile)
+    draws = [{"dropout_seed": job.seed + k, "member": k} for k in range(job.draws)]
     out: dict[str, list[np.ndarray]] = {}
     for state, fused in (("before", job.before), ("after", job.after)):
         inputs = fused.species.read(tile)  # once: the draws run the network again on the same windows
-        out[state] = [fused.species.forward(inputs, dropout_seed=seed)[0] for seed in seeds]
+        out[state] = [fused.species.forward(inputs, **draw)[0] for draw in [{}, *draws]]
     for before, after in zip(out["before"], out["after"], strict=True):
         after[:, held] = before[:, held]
     return out
@@ -249,7 +251,7 @@ def impact_tile(job: ImpactTileJob, tile: Tile) -> dict[str, Any]:
     zones = _zones(job, tile)
     out: dict[str, Any] = {"tile": tile.id, "y0": tile.y0, "x0": tile.x0, "zones": zones}
     model = job.indicators
-    species = _species_codes(job, tile, [None, *(job.seed + k for k in range(job.draws))])
+    species = _species_codes(job, tile)
     for state, fused, value in (("before", job.before, job.value_before), ("after", job.after, job.value_after)):
         p, top, top_p, _ = fused.classify(species[state][0], {"model_loads": 0})
         blocks = indicator_blocks(p, model, habitat_top=top, habitat_top_probability=top_p, seed=tile_seed(tile))
