@@ -284,3 +284,42 @@ def test_offsets_refusals_are_one_line(assessed, ranked, tmp_path, capsys):
     assert main([*fresh[:at], str(both), *fresh[at + 1 :]]) == 2
     assert "a and b overlap" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "r").exists()
+
+
+def test_random_footprints_and_site_sets_against_the_truth(assessed, tmp_path, capsys):
+    """``impact --random N --evaluate``: random footprints and site sets assessed on one plan and scored against the
+    truth, at a tiny size; bad input is one line before anything starts."""
+    base, models = assessed["base"], assessed["models"]
+    (tmp_path / "restore.yaml").write_text(f"name: restore\nland_cover: {assessed['source']}\nbuffer_m: 30\n")
+    (tmp_path / "seal.yaml").write_text(f"name: seal\nland_cover: {assessed['target']}\nbuffer_m: 60\n")
+    out = tmp_path / "random"
+    args = ["impact", *base, *models, "--random", "2", "--scenario", str(tmp_path / "seal.yaml"), "--evaluate"]
+    args += ["--offset-scenario", str(tmp_path / "restore.yaml"), "--sites-per-set", "3", "--out", str(out)]
+    # refusals: without --evaluate, with a footprint too, too few sites to rank, not the virtual region
+    for bad, says in (
+        ([a for a in args if a != "--evaluate"], "add --evaluate"),
+        ([*args, "--footprint", "f.geojson"], "drop --footprint"),
+        ([*args, "--sites-per-set", "2"], "at least 3 sites"),
+        ([*args, "--set", "inputs.rasters=[x.tif]"], "inputs.* are set"),
+    ):
+        assert main(bad) == 2
+        assert says in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not out.exists()
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "report.md", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [f["id"] for f in summary["footprints"]] == ["footprint-1", "footprint-2"]
+    assert len(summary["sites"]) == 6 and len(summary["site_sets"]) == 2
+    agg = summary["aggregate"]
+    assert agg["footprints"] == 2 and agg["site_sets"] == 2
+    for f in summary["footprints"]:
+        assert np.isfinite(f["richness_change_true"]) and f["richness_true_in_interval"] in (True, False)
+    for s in summary["site_sets"]:
+        assert len(s["sites"]) == 3 and s["verdict_true"] in ("yes", "no", "no loss to offset")
+        assert s["verdict_agrees"] == (s["verdict_predicted"] == s["verdict_true"])
+    assert agg["verdicts_agree_share"] == np.mean([s["verdict_agrees"] for s in summary["site_sets"]])
+    assert "Spearman of predicted and true gains" in (out / "report.md").read_text()
+    # the same seed draws the same polygons
+    again = tmp_path / "again"
+    assert main([*args[: args.index("--out")], "--out", str(again)]) == 0
+    assert json.loads((again / "summary.json").read_text())["geometries"] == summary["geometries"]
