@@ -138,6 +138,8 @@ def footprint_row(
         "value_ha_change": sum(v["value_ha_change"] for v in summary["value"].values()) if "value" in summary else None,
         "value_score_change_true": fp["value_score_change_true"],
         "pixel_r_richness": ev["pixel_r"].get("richness"),
+        "true_value_score_ha_change": sum(z[k]["value_score_change_true"] * summary["zones"][k]["area_ha"] for k in z),
+        **zone_totals(summary),
     }
     return {"row": row, "summary": summary, "evaluation": ev}
 
@@ -146,6 +148,19 @@ def site_entry(plan: ImpactPlan, a: Assessment, truth: ScenarioTruth) -> dict[st
     """A candidate site's summary and its true value-score gain (value score x hectares)."""
     summary = summarise(plan, a)
     return {"summary": summary, "true_gain": true_site_gain(evaluate_truth(plan, a, truth), summary)}
+
+
+def zone_totals(summary: Mapping[str, Any]) -> dict[str, float]:
+    """Per zone, the predicted change in value-hectares and in expected species x hectares (richness and
+    threatened): the quantities a site's gain and an impact's loss can be told in."""
+    out: dict[str, float] = {}
+    for z, size in summary["zones"].items():
+        for g in ("richness", "threatened"):
+            change = summary["indicators"].get(f"{g}_expected", {}).get(z, {}).get("change")
+            out[f"{g}_ha_{z}"] = float(change) * size["area_ha"] if change is not None and np.isfinite(change) else 0.0
+        if "value" in summary:
+            out[f"value_ha_{z}"] = float(summary["value"][z]["value_ha_change"])
+    return out
 
 
 def site_table_row(site: Drawn, entry: Mapping[str, Any], names: Mapping[int, str]) -> dict[str, Any]:
@@ -158,6 +173,7 @@ def site_table_row(site: Drawn, entry: Mapping[str, Any], names: Mapping[int, st
         "land_cover": names.get(site.land_cover, str(site.land_cover)),
         "value_ha_gain": round(sum(v["value_ha_change"] for v in value.values()), 4),
         "true_value_score_gain": entry["true_gain"],
+        **zone_totals(entry["summary"]),
     }
 
 
