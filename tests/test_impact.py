@@ -17,6 +17,7 @@ import shapely.affinity
 
 from geoplantnet.cli import main
 from geoplantnet.core.config import load_config
+from geoplantnet.products.offsets import Currency
 from geoplantnet.runs.inputs import virtual_scenario_truth
 from geoplantnet.sim.region import RegionManifest
 from geoplantnet.storage.outputs import MARKER, owned_folder
@@ -228,21 +229,24 @@ def test_offsets_rank_sites_and_judge_no_net_loss(assessed, ranked):
     summary = json.loads((out / "summary.json").read_text())
     ranking = summary["ranking"]
     assert [r["rank"] for r in ranking] == [1, 2, 3]
-    gains = [r["value_ha_gain"] for r in ranking]
+    gains = [r["gain"] for r in ranking]
     assert gains == sorted(gains, reverse=True)
-    # the verdicts are the draws' verdicts: every pair of an offset draw and an impact draw
+    # the currency (species-ha by default): the same on both sides, from the impact's species-ha draws
+    assert summary["currency"]["unit"] == "species-ha" and {r["unit"] for r in ranking} == {"species-ha"}
     impact = json.loads((assessed["out"] / "summary.json").read_text())
-    loss = -np.sum([row["value_ha_change_draws"] for row in impact["value"].values()], axis=0)
+    point, drawn = Currency("species").change(impact)
+    loss = -drawn
+    assert summary["impact"]["loss"] == pytest.approx(-point)
     assert summary["impact"]["value_ha_loss"] == pytest.approx(
         -sum(r["value_ha_change"] for r in impact["value"].values())
     )
-    assert summary["impact"]["draws_paired"]  # the same value model, seeds and draws: draw k is one network in both
+    assert summary["impact"]["draws_paired"]  # the same models, seeds and draws: draw k is one network in both
     for r in ranking:
-        p = float((np.asarray(r["value_ha_gain_draws"]) >= loss).mean())
+        p = float((np.asarray(r["gain_draws"]) >= loss).mean())
         assert r["p_no_net_loss"] == pytest.approx(p)
         assert r["compensates"] == ("yes" if p >= 0.9 else "no" if p <= 0.1 else "uncertain")
     chosen = summary["impact"]["portfolio"]["sites"]
-    assert chosen == [r["site"] for r in ranking if r["value_ha_gain"] > 0][: len(chosen)]
+    assert chosen == [r["site"] for r in ranking if r["gain"] > 0][: len(chosen)]
     assert set(summary["evaluation"]) >= {"spearman_rank", "true_best_site", "predicted_best_site"}
     assert all(np.isfinite(r["true_value_score_gain"]) for r in ranking)
     # the truth's own verdict: value-score x hectares lost by the impact against those gained at the chosen sites
@@ -263,6 +267,7 @@ def test_offsets_refusals_are_one_line(assessed, ranked, tmp_path, capsys):
     # no value model: nothing to rank by
     at = fresh.index(next(a for a in fresh if a.startswith("impact.value_model=")))
     no_value = [*fresh[: at - 1], *fresh[at + 1 :], "--set", f"store.root={tmp_path / 'empty'}"]
+    no_value += ["--set", "impact.offset_currency=value"]  # the species currency needs no value model
     assert main(no_value) == 2
     assert "run `geoplantnet value` first" in capsys.readouterr().err.strip().splitlines()[-1]
     # an impact report that is not one

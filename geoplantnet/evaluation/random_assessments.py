@@ -20,7 +20,7 @@ from geoplantnet.core.grid import Grid
 from geoplantnet.evaluation.impact import ScenarioTruth, evaluate_truth, offsets_evaluation, true_site_gain
 from geoplantnet.products.impact import Assessment, ImpactPlan, draws_of
 from geoplantnet.products.impact_summary import summarise
-from geoplantnet.products.offsets import impact_loss, portfolio, rank, site_row
+from geoplantnet.products.offsets import Currency, impact_loss, portfolio, rank, site_row
 
 SHAPES = ("rectangle", "ellipse", "irregular")
 FOOTPRINT_HA = (2.0, 20.0)  # a footprint's area, drawn log-uniform between these
@@ -185,15 +185,15 @@ def set_row(
     impact: Mapping[str, Any],
     ratio: float,
     confidence: float,
+    currency: Currency,
 ) -> dict[str, Any]:
     """One site set ranked as ``geoplantnet offsets`` ranks it against one drawn footprint's impact (``impact``:
     :func:`footprint_row`'s entry), and scored against the truth: the Spearman of predicted and true gains and
     whether the no-net-loss verdict of the sites it chooses agrees with the truth's for those sites."""
-    report = {"value": impact["summary"]["value"], "draws_of": draws_of(plan)}
-    loss = impact_loss(report, draws_of(plan))
+    loss = impact_loss({**impact["summary"], "draws_of": draws_of(plan)}, draws_of(plan), currency)
     rows = []
     for site, entry in zip(sites, entries, strict=True):
-        row = site_row(site.id, entry["summary"], plan.level, loss, ratio, confidence)
+        row = site_row(site.id, entry["summary"], plan.level, loss, ratio, confidence, currency)
         row["true_value_score_gain"] = entry["true_gain"]
         rows.append(row)
     rows = rank(rows)
@@ -208,7 +208,8 @@ def set_row(
         "spearman": ev["spearman_rank"],
         "predicted_best_site": ev["predicted_best_site"],
         "true_best_site": ev["true_best_site"],
-        "value_ha_loss": loss["value_ha"],
+        "loss": loss["amount"],
+        "gains": {r["site"]: r["gain"] for r in rows},
         "chosen": chosen["sites"],
         "verdict_predicted": predicted,
         "p_no_net_loss": chosen.get("p_no_net_loss"),

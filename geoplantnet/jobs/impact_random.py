@@ -29,6 +29,7 @@ from geoplantnet.evaluation.random_assessments import (
     site_table_row,
 )
 from geoplantnet.products.impact import draws_of, land_cover_classes, learn_edit, scenario_code, scenario_summary
+from geoplantnet.products.offsets import Currency
 from geoplantnet.products.scenarios import dominant_class, load_scenario
 from geoplantnet.reports.impact import random_markdown
 from geoplantnet.runs.assessment import assess_many, planned, resolve_models
@@ -80,7 +81,7 @@ def run_random_impact(
     sc = load_scenario(scenario)
     restore = load_scenario(offset_scenario) if offset_scenario is not None else None
     models = resolve_models(ctx, model, habitat_model, value_model)
-    if restore is not None and models.value is None:
+    if restore is not None and models.value is None and cfg.impact.offset_currency == "value":
         raise ConfigError("offsets rank sites by value: run `geoplantnet value` first or pass --value-model")
     folder = ctx.report_folder(f"impact/random-{sc.name}", "random impact evaluation", REPORT_FILES, out)
     from geoplantnet.runs.inputs import virtual_scenario_truth
@@ -111,10 +112,11 @@ def run_random_impact(
     impacts = [footprint_row(plan, f, a, truth, names) for f, a in zip(footprints, assessments, strict=False)]
     entries = [site_entry(plan, a, truth) for a in assessments[len(footprints) :]]
     ratio, confidence = cfg.impact.offset_ratio, cfg.impact.confidence
-    set_rows = [
-        set_row(plan, k + 1, [pool[i] for i in idx], [entries[i] for i in idx], impacts[k], ratio, confidence)
-        for k, idx in enumerate(sets)
-    ]
+    currency = Currency(cfg.impact.offset_currency, cfg.impact.threatened_weight)
+    set_rows = []
+    for k, idx in enumerate(sets):
+        chosen = [pool[i] for i in idx], [entries[i] for i in idx]
+        set_rows.append(set_row(plan, k + 1, *chosen, impacts[k], ratio, confidence, currency))
     rows = [i["row"] for i in impacts]
     summary: dict[str, Any] = {
         "scenario": scenario_summary(edits[0], names),
@@ -131,6 +133,7 @@ def run_random_impact(
         "draws_of": draws_of(plan),
         "level": plan.level,
         "ratio": ratio,
+        "currency": {"kind": currency.kind, "unit": currency.unit, "threatened_weight": currency.threatened_weight},
         "confidence": confidence,
         "versions": plan.versions,
         "reach_m": plan.reach_m,

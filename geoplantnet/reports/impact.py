@@ -211,13 +211,20 @@ def write_geopackage(
 def offsets_markdown(summary: Mapping[str, Any]) -> str:
     """The offset ranking for people."""
     s = summary["scenario"]
+    unit = summary["currency"]["unit"]
+    meaning = {
+        "value-ha": "value-hectares (value 0-1 x area)",
+        "species-ha": f"species-hectares (expected species x area, a threatened species counting "
+        f"{summary['currency']['threatened_weight']:g} times)",
+    }[unit]
     blocks: list[str | list[str]] = [
         f"# Offset sites under '{s['name']}'",
         f"Each candidate becomes **{s['land_cover_name']}** (class {s['land_cover']}), edge effects over "
-        f"{s['buffer_m']} m; gains are value-hectares (value 0-1 x area) with {summary['level']:.0%} Monte-Carlo "
-        f"intervals ({summary['draws']} paired dropout draws).",
+        f"{s['buffer_m']} m; gains are {meaning} with {summary['level']:.0%} intervals ({summary['draws']} paired "
+        "dropout draws, and the models' error where the impact measured it).",
     ]
-    header = ["rank", "site", "area (ha)", "value-ha gain", "interval", "richness change", "threatened change"]
+    header = ["rank", "site", "area (ha)", f"{unit} gain", "interval", "value-ha gain", "richness change",
+              "threatened change"]  # fmt: skip
     verdicts = "impact" in summary
     if verdicts:
         header += ["P(no net loss)", "compensates"]
@@ -227,8 +234,9 @@ def offsets_markdown(summary: Mapping[str, Any]) -> str:
             r["rank"],
             r["site"],
             r["area_ha"],
-            fmt(r["value_ha_gain"]),
-            f"[{fmt(r['value_ha_gain_lower'])}, {fmt(r['value_ha_gain_upper'])}]",
+            fmt(r["gain"]),
+            f"[{fmt(r['gain_lower'])}, {fmt(r['gain_upper'])}]",
+            fmt(r.get("value_ha_gain")),
             fmt(r["richness_change_site"]),
             fmt(r["threatened_change_site"]),
         ]
@@ -238,7 +246,7 @@ def offsets_markdown(summary: Mapping[str, Any]) -> str:
         imp = summary["impact"]
         blocks.append(
             [
-                f"The impact `{imp['report']}` loses {fmt(imp['value_ha_loss'])} value-ha; no net loss needs a gain "
+                f"The impact `{imp['report']}` loses {fmt(imp['loss'])} {unit}; no net loss needs a gain "
                 f"of {imp['ratio']} x that with probability {imp['confidence']}.",
                 f"Best sites together: {', '.join(imp['portfolio']['sites'])} -> {imp['portfolio']['compensates']}.",
             ]
@@ -246,7 +254,8 @@ def offsets_markdown(summary: Mapping[str, Any]) -> str:
     if "evaluation" in summary:
         ev = summary["evaluation"]
         lines = [
-            f"Against the truth: Spearman rank correlation of predicted gain and true value-score gain "
+            "Against the truth (value score: richness + 4 x threatened): Spearman rank correlation of predicted gain "
+            "and true value-score gain "
             f"{fmt(ev['spearman_rank'])}; best site predicted {ev['predicted_best_site']}, "
             f"truly {ev['true_best_site']}.",
         ]
@@ -268,7 +277,7 @@ def write_offsets(folder: Path, summary: Mapping[str, Any], frame: Any, ids: lis
     import geopandas as gpd
     import pandas as pd
 
-    ranking = pd.DataFrame(summary["ranking"]).drop(columns=["value_ha_gain_draws"])
+    ranking = pd.DataFrame(summary["ranking"]).drop(columns=["gain_draws", "value_ha_gain_draws"], errors="ignore")
     # the ranking's columns and the geometry only: a site's own columns may share names with them
     shapes = gpd.GeoDataFrame({"site": ids}, geometry=frame.geometry.values, crs=frame.crs)
     sites = shapes.merge(ranking, on="site", how="left").sort_values("rank")
