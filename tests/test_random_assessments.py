@@ -9,7 +9,8 @@ import shapely
 
 from geoplantnet.core.grid import Grid
 from geoplantnet.evaluation.random_assessments import aggregate, draw_polygons, random_shape, site_sets
-from geoplantnet.products.offsets import ERROR_DRAWS, Currency, compensation
+from geoplantnet.products.offsets import ERROR_DRAWS, Currency, check_units, compensation
+from geoplantnet.products.scenarios import ScenarioError
 
 
 def _grid() -> Grid:
@@ -98,3 +99,11 @@ def test_aggregate_names_the_targets():
     assert agg["richness_sign_agrees"] == 0.5 and agg["beyond_buffer_max_abs_change"] == 0.1
     assert agg["spearman_mean"] == pytest.approx(0.6) and agg["verdicts_agree_share"] == 0.5
     assert agg["true_yes_share"] == 0.5 and agg["best_site_agrees_share"] == 0.5
+
+
+def test_value_hectares_of_two_value_models_are_not_compared():
+    impact = {"draws_of": {"value_model": "a" * 64}}
+    check_units(impact, {"value_model": "a" * 64}, Currency("value"), "r")
+    check_units(impact, {"value_model": "b" * 64}, Currency("species"), "r")  # species count alike
+    with pytest.raises(ScenarioError, match="another value model"):
+        check_units(impact, {"value_model": "b" * 64}, Currency("value"), "r")

@@ -20,6 +20,7 @@ from geoplantnet.products.impact_summary import summarise
 from geoplantnet.products.offsets import (
     Currency,
     check_sites,
+    check_units,
     impact_loss,
     portfolio,
     rank,
@@ -73,6 +74,8 @@ def run_offsets(
         )
     folder = ctx.report_folder(f"offsets/{sc.name}", "offset ranking", OFFSET_FILES, out)
     with planned(ctx, sc, models) as (client, plan, _):
+        if impact_summary is not None:
+            check_units(impact_summary, draws_of(plan), currency, str(impact))
         # one typical composite for all sites, learned around all of them (one read rather than one per site)
         shared = learn_edit(plan.sources, plan.cube_grid, shapely.union_all(frame.geometry.values), sc, plan.env_names)
         edits = [replace(shared, geometry=g) for g in frame.geometry.values]

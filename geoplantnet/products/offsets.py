@@ -166,6 +166,18 @@ def impact_loss(
     return out
 
 
+def check_units(impact: Mapping[str, Any], draws_of: Mapping[str, Any], currency: Currency, where: str) -> None:
+    """Refuse comparing value-hectares of two value models: a value map's units are its model's (a probability of
+    high value, or a condition score rescaled by its own training polygons), so a site's gain and an impact's loss
+    are like with like only from the same model. Species-hectares count species whatever the model."""
+    theirs = impact.get("draws_of", {}).get("value_model")
+    if currency.kind == "value" and theirs is not None and theirs != draws_of.get("value_model"):
+        raise ScenarioError(
+            f"impact report {where}: assessed with another value model ({str(theirs)[:12]}), whose value-ha are not "
+            "this one's: run the impact again with this value model, or use impact.offset_currency=species"
+        )
+
+
 def site_row(
     site: str,
     summary: Mapping[str, Any],
