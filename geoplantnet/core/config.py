@@ -808,6 +808,16 @@ class ImpactConfig(_Section):
     confidence: float = Field(
         0.9, gt=0.5, lt=1, description="probability of the gain covering the loss needed to say 'compensates'"
     )
+    offset_currency: Literal["value", "species"] = Field(
+        "species",
+        description="what offsets gain and impacts lose: 'species' (expected species x ha, threatened ones weighted) "
+        "or 'value' (the value map's value-ha)",
+    )
+    threatened_weight: float = Field(
+        4.0,
+        ge=0,
+        description="species currency: a threatened species counts w times (richness + w x threatened)",
+    )
 
 
 class RunConfig(_Section):

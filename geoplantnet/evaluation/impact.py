@@ -78,7 +78,7 @@ def offsets_evaluation(
     prediction chose (value-score x hectares on both sides)."""
     from scipy.stats import spearmanr
 
-    pred = np.array([r["value_ha_gain"] for r in rows])
+    pred = np.array([r["gain"] for r in rows])
     true = np.array([r["true_value_score_gain"] for r in rows])
     rho = float(spearmanr(pred, true).statistic) if len(rows) >= 3 else float("nan")
     out: dict[str, Any] = {

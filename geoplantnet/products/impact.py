@@ -405,9 +405,10 @@ def impact_plan(
 
 
 def draws_of(plan: ImpactPlan) -> dict[str, Any]:
-    """What makes two runs' draws the same thinned networks: the value model's content, the seed and the count."""
+    """What makes two runs' draws the same thinned networks: the models' content, the seed and the count."""
     return {
         "value_model": plan.value.model.sha256 if plan.value is not None else None,
+        "species_model": plan.versions.get("species_model"),
         "seed": plan.seed,
         "draws": plan.draws,
     }
