@@ -17,6 +17,7 @@ import shapely.affinity
 
 from geoplantnet.cli import main
 from geoplantnet.core.config import load_config
+from geoplantnet.products.offsets import Currency
 from geoplantnet.runs.inputs import virtual_scenario_truth
 from geoplantnet.sim.region import RegionManifest
 from geoplantnet.storage.outputs import MARKER, owned_folder
@@ -24,7 +25,7 @@ from geoplantnet.storage.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "pipelines" / "default.yaml"
-SETTINGS = ["indicators.n_surveys=0", "impact.draws=3"]
+SETTINGS = ["indicators.n_surveys=60", "impact.draws=3", "impact.min_class_surveys=5"]
 VALUE = [  # a tiny U-Net: 2 x 2 tiles of 120 pixels at 10 m
     "value.tile=120",
     "value.folds=2",
@@ -157,10 +158,22 @@ def test_predicted_against_true_change(assessed):
     truth = open_store(str(RegionManifest.load(Path(cfg.workdir) / "region").truth_path("indicators")))
     assert np.allclose(before.richness, truth["richness_expected"].values, atol=1e-4)
     assert (after.richness[~inside] == before.richness[~inside]).all()
-    predicted = ev["zones"]["footprint"]["richness_change_predicted"]
+    model = ev["zones"]["footprint"]["richness_change_model"]
     foot = cells[cells.zone == "footprint"]
-    assert predicted == pytest.approx(float(foot.richness_expected_change.mean()), abs=1e-3)
-    assert np.sign(predicted) == np.sign(true_change) or abs(true_change) < 0.5
+    assert model == pytest.approx(float(foot.richness_expected_change.mean()), abs=1e-3)
+    assert np.sign(model) == np.sign(true_change) or abs(true_change) < 0.5
+    # the estimate: the models' change corrected by their error per land-cover class, measured at the surveys
+    est = summary["change_estimates"]["richness"]
+    fp = est["footprint"]
+    assert ev["zones"]["footprint"]["richness_change_predicted"] == pytest.approx(fp["change"])
+    assert fp["change"] == pytest.approx(fp["model_change"] + fp["correction"])
+    assert fp["lower"] <= fp["change"] <= fp["upper"]
+    for zone in ("buffer", "surroundings"):  # no class changes there: nothing is corrected, nothing added
+        assert est[zone]["correction"] == 0.0 and est[zone]["sd_calibration"] == 0.0
+    check = summary["extrapolation"]
+    assert check["class"] == assessed["target"] and check["measured"] == (check["surveys"] >= 5)
+    assert summary["survey_errors"]["richness"]  # measured per class
+    assert "with the models' error" in (out / "report.md").read_text()
     assert ev["pixel_r"]["richness"] > 0  # a tiny model on a tiny region: the demo measures the real agreement
 
 
@@ -228,21 +241,24 @@ def test_offsets_rank_sites_and_judge_no_net_loss(assessed, ranked):
     summary = json.loads((out / "summary.json").read_text())
     ranking = summary["ranking"]
     assert [r["rank"] for r in ranking] == [1, 2, 3]
-    gains = [r["value_ha_gain"] for r in ranking]
+    gains = [r["gain"] for r in ranking]
     assert gains == sorted(gains, reverse=True)
-    # the verdicts are the draws' verdicts: every pair of an offset draw and an impact draw
+    # the currency (species-ha by default): the same on both sides, from the impact's species-ha draws
+    assert summary["currency"]["unit"] == "species-ha" and {r["unit"] for r in ranking} == {"species-ha"}
     impact = json.loads((assessed["out"] / "summary.json").read_text())
-    loss = -np.sum([row["value_ha_change_draws"] for row in impact["value"].values()], axis=0)
+    point, drawn = Currency("species").change(impact)
+    loss = -drawn
+    assert summary["impact"]["loss"] == pytest.approx(-point)
     assert summary["impact"]["value_ha_loss"] == pytest.approx(
         -sum(r["value_ha_change"] for r in impact["value"].values())
     )
-    assert summary["impact"]["draws_paired"]  # the same value model, seeds and draws: draw k is one network in both
+    assert summary["impact"]["draws_paired"]  # the same models, seeds and draws: draw k is one network in both
     for r in ranking:
-        p = float((np.asarray(r["value_ha_gain_draws"]) >= loss).mean())
+        p = float((np.asarray(r["gain_draws"]) >= loss).mean())
         assert r["p_no_net_loss"] == pytest.approx(p)
         assert r["compensates"] == ("yes" if p >= 0.9 else "no" if p <= 0.1 else "uncertain")
     chosen = summary["impact"]["portfolio"]["sites"]
-    assert chosen == [r["site"] for r in ranking if r["value_ha_gain"] > 0][: len(chosen)]
+    assert chosen == [r["site"] for r in ranking if r["gain"] > 0][: len(chosen)]
     assert set(summary["evaluation"]) >= {"spearman_rank", "true_best_site", "predicted_best_site"}
     assert all(np.isfinite(r["true_value_score_gain"]) for r in ranking)
     # the truth's own verdict: value-score x hectares lost by the impact against those gained at the chosen sites
@@ -263,6 +279,7 @@ def test_offsets_refusals_are_one_line(assessed, ranked, tmp_path, capsys):
     # no value model: nothing to rank by
     at = fresh.index(next(a for a in fresh if a.startswith("impact.value_model=")))
     no_value = [*fresh[: at - 1], *fresh[at + 1 :], "--set", f"store.root={tmp_path / 'empty'}"]
+    no_value += ["--set", "impact.offset_currency=value"]  # the species currency needs no value model
     assert main(no_value) == 2
     assert "run `geoplantnet value` first" in capsys.readouterr().err.strip().splitlines()[-1]
     # an impact report that is not one
@@ -284,3 +301,42 @@ def test_offsets_refusals_are_one_line(assessed, ranked, tmp_path, capsys):
     assert main([*fresh[:at], str(both), *fresh[at + 1 :]]) == 2
     assert "a and b overlap" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "r").exists()
+
+
+def test_random_footprints_and_site_sets_against_the_truth(assessed, tmp_path, capsys):
+    """``impact --random N --evaluate``: random footprints and site sets assessed on one plan and scored against the
+    truth, at a tiny size; bad input is one line before anything starts."""
+    base, models = assessed["base"], assessed["models"]
+    (tmp_path / "restore.yaml").write_text(f"name: restore\nland_cover: {assessed['source']}\nbuffer_m: 30\n")
+    (tmp_path / "seal.yaml").write_text(f"name: seal\nland_cover: {assessed['target']}\nbuffer_m: 60\n")
+    out = tmp_path / "random"
+    args = ["impact", *base, *models, "--random", "2", "--scenario", str(tmp_path / "seal.yaml"), "--evaluate"]
+    args += ["--offset-scenario", str(tmp_path / "restore.yaml"), "--sites-per-set", "3", "--out", str(out)]
+    # refusals: without --evaluate, with a footprint too, too few sites to rank, not the virtual region
+    for bad, says in (
+        ([a for a in args if a != "--evaluate"], "add --evaluate"),
+        ([*args, "--footprint", "f.geojson"], "drop --footprint"),
+        ([*args, "--sites-per-set", "2"], "at least 3 sites"),
+        ([*args, "--set", "inputs.rasters=[x.tif]"], "inputs.* are set"),
+    ):
+        assert main(bad) == 2
+        assert says in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not out.exists()
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "report.md", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [f["id"] for f in summary["footprints"]] == ["footprint-1", "footprint-2"]
+    assert len(summary["sites"]) == 6 and len(summary["site_sets"]) == 2
+    agg = summary["aggregate"]
+    assert agg["footprints"] == 2 and agg["site_sets"] == 2
+    for f in summary["footprints"]:
+        assert np.isfinite(f["richness_change_true"]) and f["richness_true_in_interval"] in (True, False)
+    for s in summary["site_sets"]:
+        assert len(s["sites"]) == 3 and s["verdict_true"] in ("yes", "no", "no loss to offset")
+        assert s["verdict_agrees"] == (s["verdict_predicted"] == s["verdict_true"])
+    assert agg["verdicts_agree_share"] == np.mean([s["verdict_agrees"] for s in summary["site_sets"]])
+    assert "Spearman of predicted and true gains" in (out / "report.md").read_text()
+    # the same seed draws the same polygons
+    again = tmp_path / "again"
+    assert main([*args[: args.index("--out")], "--out", str(again)]) == 0
+    assert json.loads((again / "summary.json").read_text())["geometries"] == summary["geometries"]

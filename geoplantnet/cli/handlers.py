@@ -222,10 +222,37 @@ def _assessment_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_impact(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    if args.random is not None:
+        return _random_impact(cfg, args)
+    if args.footprint is None:
+        raise ConfigError("impact needs --footprint FILE (or --random N --evaluate on the virtual region)")
+    if args.offset_scenario is not None:
+        raise ConfigError("--offset-scenario is for --random; rank your own sites with `geoplantnet offsets`")
     from geoplantnet.jobs.impact import run_impact
 
     summary = run_impact(cfg, args.footprint, args.scenario, **_assessment_options(args))
     print(json.dumps({k: summary[k] for k in ("report", "zones", "tiles", "seconds")}, indent=2, default=str))
+    return 0
+
+
+def _random_impact(cfg: RunConfig, args: argparse.Namespace) -> int:
+    """``impact --random N``: random footprints (and site sets) against the truth, refused before anything starts
+    when it cannot run."""
+    from geoplantnet.jobs.impact_random import check_random, run_random_impact
+
+    if args.footprint is not None:
+        raise ConfigError("--random draws its own footprints: drop --footprint (or --random)")
+    check_random(cfg, args.random, args.evaluate, args.sites_per_set)
+    summary = run_random_impact(
+        cfg,
+        args.random,
+        args.scenario,
+        offset_scenario=args.offset_scenario,
+        sites_per_set=args.sites_per_set,
+        seed=args.random_seed,
+        **_assessment_options(args),
+    )
+    print(json.dumps({k: summary[k] for k in ("report", "aggregate", "tiles", "seconds")}, indent=2, default=str))
     return 0
 
 

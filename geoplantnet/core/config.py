@@ -808,6 +808,12 @@ class ImpactConfig(_Section):
         description=f"Monte-Carlo dropout draws of the change (0: point values only; at most {MAX_DRAWS})",
     )
     seed: int = Field(0, ge=0, description="seed of the first draw (draw k uses seed + k, before and after alike)")
+    min_class_surveys: int = Field(
+        10,
+        ge=2,
+        description="fewest held-out surveys in a land-cover class to measure the models' error there; a scenario "
+        "class with fewer is an extrapolation: flagged, uncorrected, its interval widened to any class's error",
+    )
     value_model: str | None = Field(
         None, description="value model file (default <store.root>/value/model.pt when it exists; none: no value)"
     )
@@ -816,6 +822,16 @@ class ImpactConfig(_Section):
     )
     confidence: float = Field(
         0.9, gt=0.5, lt=1, description="probability of the gain covering the loss needed to say 'compensates'"
+    )
+    offset_currency: Literal["value", "species"] = Field(
+        "species",
+        description="what offsets gain and impacts lose: 'species' (expected species x ha, threatened ones weighted) "
+        "or 'value' (the value map's value-ha)",
+    )
+    threatened_weight: float = Field(
+        4.0,
+        ge=0,
+        description="species currency: a threatened species counts w times (richness + w x threatened)",
     )
 
 

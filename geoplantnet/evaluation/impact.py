@@ -11,6 +11,7 @@ import numpy as np
 
 from geoplantnet.core.grid import Grid
 from geoplantnet.products.impact import ZONES, Assessment, ImpactPlan
+from geoplantnet.products.impact_error import estimates
 from geoplantnet.products.impact_summary import correlation, summarise_intervals, zone_mean
 
 # the truth on a window (a sub-grid of the map grid) before and after its pixels ``inside`` become a land-cover
@@ -30,13 +31,20 @@ def evaluate_truth(plan: ImpactPlan, a: Assessment, truth: ScenarioTruth) -> dic
             if f"{g}_expected" in a.before}  # fmt: skip
     true = {"richness": after.richness - before.richness, "threatened": after.threatened - before.threatened}
     intervals = summarise_intervals(plan, a)
+    corrected = estimates(plan, a)
     for name, m in masks.items():
         row: dict[str, Any] = {}
         for g, d in pred.items():
-            row[f"{g}_change_predicted"] = zone_mean(d, m)
             row[f"{g}_change_true"] = zone_mean(true[g], m)
+            # the models' own change, its Monte-Carlo interval, and the survey-corrected estimate with its interval
+            row[f"{g}_change_model"] = zone_mean(d, m)
             lo, hi = intervals.get(g, {}).get(name, (np.nan, np.nan))
-            row[f"{g}_true_in_interval"] = bool(lo <= row[f"{g}_change_true"] <= hi) if np.isfinite(lo) else None
+            row[f"{g}_true_in_mc_interval"] = bool(lo <= row[f"{g}_change_true"] <= hi) if np.isfinite(lo) else None
+            est = corrected.get(g, {}).get(name)
+            row[f"{g}_change_predicted"] = est["change"] if est else row[f"{g}_change_model"]
+            held = est is not None and np.isfinite(est["lower"])
+            inside = held and est["lower"] <= row[f"{g}_change_true"] <= est["upper"]
+            row[f"{g}_true_in_interval"] = bool(inside) if held else None
         row["value_score_change_true"] = zone_mean(after.value_score - before.value_score, m)
         if "value" in a.before:
             row["value_change_predicted"] = zone_mean(a.after["value"] - a.before["value"], m)
@@ -70,7 +78,7 @@ def offsets_evaluation(
     prediction chose (value-score x hectares on both sides)."""
     from scipy.stats import spearmanr
 
-    pred = np.array([r["value_ha_gain"] for r in rows])
+    pred = np.array([r["gain"] for r in rows])
     true = np.array([r["true_value_score_gain"] for r in rows])
     rho = float(spearmanr(pred, true).statistic) if len(rows) >= 3 else float("nan")
     out: dict[str, Any] = {

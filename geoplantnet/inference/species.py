@@ -152,10 +152,14 @@ class SpeciesPredictor:
             budget = default_budget(next(model.parameters()).device, self.compute.batch_mb, self.compute.cpu_batch_mb)
         return TileInputs(geom, patch, env, round(time.perf_counter() - t0, 3), loads, budget)
 
-    def forward(self, inputs: TileInputs, *, dropout_seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def forward(
+        self, inputs: TileInputs, *, dropout_seed: int | None = None, member: int | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """The model on a tile's inputs: uint8 codes (species, y, x) and timings. ``dropout_seed``: one Monte-Carlo
-        dropout draw (:func:`geoplantnet.models.mc_dropout.mc_dropout`) instead of the map's values."""
+        dropout draw (:func:`geoplantnet.models.mc_dropout.mc_dropout`) instead of the map's values; ``member``: of
+        an ensemble file, that member network alone (:func:`~geoplantnet.models.species_net.member_of`)."""
         from geoplantnet.models.mc_dropout import exclusive, mc_dropout
+        from geoplantnet.models.species_net import member_of
 
         t1 = time.perf_counter()
         model, spec, _ = cached_model(self.model, self.compute.device)
@@ -165,6 +169,7 @@ class SpeciesPredictor:
             codes = predict_tile_points(model, spec, geom, patch, env)
         else:
             device = next(model.parameters()).device
+            model = member_of(model, member) if member is not None else model
             # the model is shared by the worker's threads: a pass never runs inside another thread's draw
             draw = exclusive() if dropout_seed is None else mc_dropout(model, dropout_seed)
             with draw:

@@ -284,6 +284,12 @@ class SpeciesNet(nn.Module):
         return self.head(fused).permute(2, 0, 1)
 
 
+def member_of(model: nn.Module, k: int) -> nn.Module:
+    """Member ``k`` (modulo their number) of an ensemble, or ``model`` itself: a draw of an impact's change that
+    includes the model's error between independently trained networks, not only one network's dropout spread."""
+    return model.members[k % len(model.members)] if isinstance(model, SpeciesEnsemble) else model
+
+
 class SpeciesEnsemble(SpeciesNet):
     """Networks of one spec trained with different seeds, answering as one: the mean of their logits.
 

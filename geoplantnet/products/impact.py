@@ -46,6 +46,7 @@ from geoplantnet.products.scenarios import (
     zone,
 )
 from geoplantnet.products.value import cell_stats
+from geoplantnet.validation.conformal import StratumErrors
 
 ZONES = ("footprint", "buffer", "surroundings")  # zone codes 1, 2, 3 of a pixel (0: not part of the assessment)
 CONTEXT_STEPS = (1, 3, 9)  # context_m multiples searched for the new class's pixels
@@ -178,6 +179,7 @@ class ImpactTileJob:
     buffer_m: float
     draws: int
     seed: int
+    edge_strength: float = 0.0  # the scenario's: where outside the footprint the species predictions may change
     value_before: ValuePredictor | None = None  # on the run's sources
     value_after: ValuePredictor | None = None  # the same on the scenario's sources
     value_factor: int = 1  # value pixels per map pixel side
@@ -217,6 +219,31 @@ def coarsen(values: np.ndarray, factor: int) -> np.ndarray:
     return cell_stats(values, factor)[0].astype("float32")
 
 
+def _held(job: ImpactTileJob, tile: Tile) -> np.ndarray:
+    """The tile's pixels whose species predictions keep their values before (y, x): outside the footprint and
+    beyond any edge effect the scenario assumes. The species network's receptive field sees the footprint from up
+    to ``reach_m`` away, and it learned neighbourhoods, not effects: on the demo region that context alone took 6.8
+    species from the 100 m around a sealed footprint where the generator takes none. An effect outside the
+    footprint is the scenario's assumption (``edge_strength``), never the network's context."""
+    where = zone(job.geometry, job.map_grid.subgrid(*tile.slices), job.buffer_m, job.edge_strength)
+    return ~where.inside & ~(where.edge > 0)
+
+
+def _species_codes(job: ImpactTileJob, tile: Tile) -> dict[str, list[np.ndarray]]:
+    """The species codes (species, y, x) of the tile before and after, for the map and each Monte-Carlo draw (draw
+    k: dropout seed ``seed + k`` of member ``k`` of an ensemble, the same in both states), the after state's held
+    pixels (:func:`_held`) taken from before."""
+    held = _held(job, tile)
+    draws = [{"dropout_seed": job.seed + k, "member": k} for k in range(job.draws)]
+    out: dict[str, list[np.ndarray]] = {}
+    for state, fused in (("before", job.before), ("after", job.after)):
+        inputs = fused.species.read(tile)  # once: the draws run the network again on the same windows
+        out[state] = [fused.species.forward(inputs, **draw)[0] for draw in [{}, *draws]]
+    for before, after in zip(out["before"], out["after"], strict=True):
+        after[:, held] = before[:, held]
+    return out
+
+
 def impact_tile(job: ImpactTileJob, tile: Tile) -> dict[str, Any]:
     """A tile before and after the scenario: indicator blocks, top habitat class, per-species expected cover per
     zone, and per Monte-Carlo draw the zones' summed counts and value (runs on a worker)."""
@@ -224,9 +251,9 @@ def impact_tile(job: ImpactTileJob, tile: Tile) -> dict[str, Any]:
     zones = _zones(job, tile)
     out: dict[str, Any] = {"tile": tile.id, "y0": tile.y0, "x0": tile.x0, "zones": zones}
     model = job.indicators
+    species = _species_codes(job, tile)
     for state, fused, value in (("before", job.before, job.value_before), ("after", job.after, job.value_after)):
-        inputs = fused.species.read(tile)  # once: the draws run the network again on the same windows
-        p, top, top_p, _ = fused.classify(*fused.species.forward(inputs))
+        p, top, top_p, _ = fused.classify(species[state][0], {"model_loads": 0})
         blocks = indicator_blocks(p, model, habitat_top=top, habitat_top_probability=top_p, seed=tile_seed(tile))
         out[state] = {
             "blocks": blocks,
@@ -234,8 +261,7 @@ def impact_tile(job: ImpactTileJob, tile: Tile) -> dict[str, Any]:
             "species_cover": _zone_sums(_calibrated(p, model), zones),  # (S, 3) expected pixels
         }
         draws = []
-        for k in range(job.draws):
-            codes, _ = fused.species.forward(inputs, dropout_seed=job.seed + k)
+        for codes in species[state][1:]:
             counts = _group_counts(_calibrated(decode(codes), model), model)
             draws.append({g: _zone_sums(v, zones) for g, v in counts.items()})
             draws[-1]["richness_pixels"] = counts["richness"]
@@ -308,6 +334,9 @@ class ImpactPlan:
     level: float  # the Monte-Carlo intervals' level (indicators.level)
     versions: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    # the count model's error per land-cover class, measured on the held-out surveys (None without surveys):
+    # what the change's estimate corrects and its interval adds (:mod:`geoplantnet.products.impact_error`)
+    errors: StratumErrors | None = None
 
 
 def species_reach(spec: Any, map_grid: Grid, cube_grid: Grid) -> float:
@@ -333,12 +362,18 @@ def impact_plan(
     tile: int,
     settings: ImpactConfig,
     level: float,
+    errors: StratumErrors | None = None,
 ) -> ImpactPlan:
     """The plan from the calibrated fused predictor and indicator model (``indicators --from-model``'s), the species
     model's spec (``dropout``: whether its network has dropout) and the value predictor, or None."""
     notes = []
     if not dropout:
         notes.append("the species model has no dropout: its Monte-Carlo draws are all equal (no species spread)")
+    if errors is None:
+        notes.append(
+            "no surveys to measure the models' error: the count changes are the models' own, their intervals only "
+            "the Monte-Carlo spread (which does not hold the truth: see the README)"
+        )
     reach = species_reach(spec, map_grid, cube_grid)
     if value is not None:
         reach = max(reach, value_reach_m(value))
@@ -365,13 +400,15 @@ def impact_plan(
         level=level,
         versions=versions,
         notes=notes,
+        errors=errors,
     )
 
 
 def draws_of(plan: ImpactPlan) -> dict[str, Any]:
-    """What makes two runs' draws the same thinned networks: the value model's content, the seed and the count."""
+    """What makes two runs' draws the same thinned networks: the models' content, the seed and the count."""
     return {
         "value_model": plan.value.model.sha256 if plan.value is not None else None,
+        "species_model": plan.versions.get("species_model"),
         "seed": plan.seed,
         "draws": plan.draws,
     }
@@ -436,6 +473,7 @@ def impact_jobs(plan: ImpactPlan, edits: Sequence[ScenarioEdit]) -> tuple[Impact
                 map_grid=plan.map_grid,
                 geometry=edit.geometry,
                 buffer_m=edit.scenario.buffer_m,
+                edge_strength=edit.scenario.edge_strength,
                 draws=plan.draws,
                 seed=plan.seed,
                 value_before=plan.value,

@@ -11,6 +11,7 @@ import numpy as np
 import shapely
 
 from geoplantnet.products.impact import ZONES, Assessment, ImpactPlan
+from geoplantnet.products.impact_error import errors_summary, estimates, extrapolation
 
 
 def interval(values: np.ndarray, level: float) -> tuple[float, float]:
@@ -64,11 +65,33 @@ def summarise(plan: ImpactPlan, a: Assessment) -> dict[str, Any]:
         group: {name: {"lower": lo, "upper": hi} for name, (lo, hi) in zones.items()}
         for group, zones in summarise_intervals(plan, a).items()
     }
+    out["change_estimates"] = estimates(plan, a)
+    out["extrapolation"] = extrapolation(plan, a)
+    out["survey_errors"] = errors_summary(plan.errors)
+    out["species_ha"] = _species_ha(a, masks, pixel_ha)
     if "value" in a.before:
         out["value"] = _value_summary(plan, a, masks, pixel_ha, level)
     out["species"] = _species_summary(plan, a, pixel_ha)
     if plan.classes is not None and "habitat" in a.before:
         out["habitats"] = _habitat_summary(plan, a, masks, pixel_ha)
+    return out
+
+
+def _species_ha(a: Assessment, masks: Mapping[str, np.ndarray], pixel_ha: float) -> dict[str, Any]:
+    """Per count group and zone, the change of expected species x hectares (the sum of the expected count's change
+    x area: what a restored site gains and an impact loses in species, comparable with the truth's value score) and
+    its Monte-Carlo draws (paired, as the value's)."""
+    out: dict[str, Any] = {}
+    for group, drawn in a.draws["before"].items():
+        key = f"{group}_expected"
+        if group == "richness_pixels" or key not in a.before:
+            continue
+        change = (a.after[key] - a.before[key]) * pixel_ha
+        draws = (a.draws["after"][group] - drawn) * pixel_ha  # (K, zone)
+        out[group] = {
+            name: {"change": float(np.nansum(change[m])), "draws": [round(float(d), 4) for d in draws[:, i]]}
+            for i, (name, m) in enumerate(masks.items())
+        }
     return out
 
 

@@ -10,7 +10,9 @@ the species, value) answers the same question: what would it predict on the chan
   than from a spectral library, so it carries the region's phenology, sensor and compositing.
 - **In the buffer** (0 < distance <= ``buffer_m``) the land cover is kept and the composite moves towards the new class
   by ``edge_strength x (1 - distance / buffer_m)``: dust, trampling, drainage and light at a new edge, fading with
-  distance. That is an assumption of the scenario, stated in every report, not something the models learned.
+  distance. That is an assumption of the scenario, stated in every report, not something the models learned; its
+  default is 0 (no edge effect), the only value data without observed edge effects support (the virtual region's
+  generator has none). The buffer still changes where the species network's receptive field sees the footprint.
 - **Missing data is kept missing, and data kept data**: a season that is NaN (cloud) before stays NaN after, and a
   season the new class has no typical value for keeps its values, so the models' data masks are the same before and
   after and a change is always the land's, never a difference in data gaps.
@@ -47,10 +49,12 @@ class Scenario(BaseModel):
     land_cover: int | str = Field(description="the class the footprint becomes: a code or a declared class name")
     buffer_m: float = Field(100.0, ge=0, description="edge-effect distance around the footprint (metres)")
     edge_strength: float = Field(
-        0.3,
+        0.0,
         ge=0,
         le=1,
-        description="at the footprint edge, the share of the way its imagery moves to the new cover",
+        description="at the footprint edge, the share of the way its imagery moves to the new cover: an assumption "
+        "(dust, drainage, light) no model learned; 0, the default, assumes no edge effect beyond what the models "
+        "read of the changed footprint itself",
     )
     context_m: float = Field(2000.0, gt=0, description="typical values are learned within this distance")
     min_context_pixels: int = Field(25, ge=1, description="fewest pixels of the new class to learn its values from")

@@ -31,14 +31,17 @@ def impact_markdown(summary: Mapping[str, Any]) -> str:
             f"(strength {s['edge_strength']}, an assumption of the scenario)",
             f"- the new cover's imagery: the median of {s['land_cover_name']} pixels within {s['context_m']} m",
             f"- re-predicted: {summary['tiles']} tiles ({summary['seconds']} s); uncertainty: {summary['draws']} "
-            f"paired Monte-Carlo dropout draws, intervals at {summary['level']:.0%}",
+            f"paired Monte-Carlo dropout draws and, where there are surveys, the models' error per land-cover class "
+            f"measured at them; intervals at {summary['level']:.0%}",
             f"- models: {', '.join(f'{k} `{v}`' for k, v in summary['versions'].items())}",
         ]
     )
     zones = [(z, v["area_ha"], v["pixels"]) for z, v in summary["zones"].items()]
     blocks += ["## Zones", table(("zone", "area (ha)", "pixels"), zones)]
-    header = ("indicator", "zone", "before", "after", "change", "interval of the change")
-    blocks += ["## Indicators (mean per pixel)", table(header, _indicator_rows(summary))]
+    if summary.get("change_estimates"):
+        blocks += _estimate_blocks(summary)
+    header = ("indicator", "zone", "before", "after", "change", "Monte-Carlo interval of the change")
+    blocks += ["## Indicators (mean per pixel, the models' own values)", table(header, _indicator_rows(summary))]
     if "value" in summary:
         header = ("zone", "before", "after", "change", "value-ha change", "interval")
         blocks += ["## Biodiversity value", table(header, _value_rows(summary["value"]))]
@@ -67,6 +70,28 @@ def impact_markdown(summary: Mapping[str, Any]) -> str:
     if summary.get("notes"):
         blocks += ["## Notes", [f"- {n}" for n in summary["notes"]]]
     return document(*blocks)
+
+
+def _estimate_blocks(summary: Mapping[str, Any]) -> list[str | list[str]]:
+    """The expected counts' change per pixel with the models' error measured at the surveys: the models' change,
+    the correction by land-cover class, the estimate and its interval, and what the extrapolation check says."""
+    rows = [
+        (group, zone_name, fmt(e["model_change"]), fmt(e["correction"]), fmt(e["change"]),
+         f"[{fmt(e['lower'])}, {fmt(e['upper'])}]", ", ".join(map(str, e["extrapolated_classes"])) or "-")
+        for group, zones in summary["change_estimates"].items()
+        for zone_name, e in zones.items()
+        if zone_name != "surroundings"
+    ]  # fmt: skip
+    level = f"{summary['level']:.0%}"
+    out: list[str | list[str]] = [
+        "## Change of the expected counts (per pixel), with the models' error",
+        f"The models' change, corrected by the error the species model makes in each land-cover class (measured at "
+        f"held-out surveys); the {level} interval holds the Monte-Carlo spread and that error's uncertainty.",
+        table(("group", "zone", "models", "correction", "estimate", f"{level} interval", "unmeasured classes"), rows),
+    ]
+    if summary.get("extrapolation"):
+        out.append(f"Extrapolation check: {summary['extrapolation']['message']}.")
+    return out
 
 
 def _indicator_rows(summary: Mapping[str, Any]) -> list[tuple[str, ...]]:
@@ -211,13 +236,20 @@ def write_geopackage(
 def offsets_markdown(summary: Mapping[str, Any]) -> str:
     """The offset ranking for people."""
     s = summary["scenario"]
+    unit = summary["currency"]["unit"]
+    meaning = {
+        "value-ha": "value-hectares (value 0-1 x area)",
+        "species-ha": f"species-hectares (expected species x area, a threatened species counting "
+        f"{summary['currency']['threatened_weight']:g} times)",
+    }[unit]
     blocks: list[str | list[str]] = [
         f"# Offset sites under '{s['name']}'",
         f"Each candidate becomes **{s['land_cover_name']}** (class {s['land_cover']}), edge effects over "
-        f"{s['buffer_m']} m; gains are value-hectares (value 0-1 x area) with {summary['level']:.0%} Monte-Carlo "
-        f"intervals ({summary['draws']} paired dropout draws).",
+        f"{s['buffer_m']} m; gains are {meaning} with {summary['level']:.0%} intervals ({summary['draws']} paired "
+        "dropout draws, and the models' error where the impact measured it).",
     ]
-    header = ["rank", "site", "area (ha)", "value-ha gain", "interval", "richness change", "threatened change"]
+    header = ["rank", "site", "area (ha)", f"{unit} gain", "interval", "value-ha gain", "richness change",
+              "threatened change"]  # fmt: skip
     verdicts = "impact" in summary
     if verdicts:
         header += ["P(no net loss)", "compensates"]
@@ -227,8 +259,9 @@ def offsets_markdown(summary: Mapping[str, Any]) -> str:
             r["rank"],
             r["site"],
             r["area_ha"],
-            fmt(r["value_ha_gain"]),
-            f"[{fmt(r['value_ha_gain_lower'])}, {fmt(r['value_ha_gain_upper'])}]",
+            fmt(r["gain"]),
+            f"[{fmt(r['gain_lower'])}, {fmt(r['gain_upper'])}]",
+            fmt(r.get("value_ha_gain")),
             fmt(r["richness_change_site"]),
             fmt(r["threatened_change_site"]),
         ]
@@ -238,7 +271,7 @@ def offsets_markdown(summary: Mapping[str, Any]) -> str:
         imp = summary["impact"]
         blocks.append(
             [
-                f"The impact `{imp['report']}` loses {fmt(imp['value_ha_loss'])} value-ha; no net loss needs a gain "
+                f"The impact `{imp['report']}` loses {fmt(imp['loss'])} {unit}; no net loss needs a gain "
                 f"of {imp['ratio']} x that with probability {imp['confidence']}.",
                 f"Best sites together: {', '.join(imp['portfolio']['sites'])} -> {imp['portfolio']['compensates']}.",
             ]
@@ -246,7 +279,8 @@ def offsets_markdown(summary: Mapping[str, Any]) -> str:
     if "evaluation" in summary:
         ev = summary["evaluation"]
         lines = [
-            f"Against the truth: Spearman rank correlation of predicted gain and true value-score gain "
+            "Against the truth (value score: richness + 4 x threatened): Spearman rank correlation of predicted gain "
+            "and true value-score gain "
             f"{fmt(ev['spearman_rank'])}; best site predicted {ev['predicted_best_site']}, "
             f"truly {ev['true_best_site']}.",
         ]
@@ -268,7 +302,7 @@ def write_offsets(folder: Path, summary: Mapping[str, Any], frame: Any, ids: lis
     import geopandas as gpd
     import pandas as pd
 
-    ranking = pd.DataFrame(summary["ranking"]).drop(columns=["value_ha_gain_draws"])
+    ranking = pd.DataFrame(summary["ranking"]).drop(columns=["gain_draws", "value_ha_gain_draws"], errors="ignore")
     # the ranking's columns and the geometry only: a site's own columns may share names with them
     shapes = gpd.GeoDataFrame({"site": ids}, geometry=frame.geometry.values, crs=frame.crs)
     sites = shapes.merge(ranking, on="site", how="left").sort_values("rank")
@@ -276,3 +310,67 @@ def write_offsets(folder: Path, summary: Mapping[str, Any], frame: Any, ids: lis
     place(folder, "offsets.gpkg", lambda p: sites.to_file(p, layer="sites", driver="GPKG"))
     place(folder, "report.md", lambda p: p.write_text(offsets_markdown(summary)))
     place_json(folder, "summary.json", summary)
+
+
+def random_markdown(summary: Mapping[str, Any]) -> str:
+    """The random evaluation's report: the aggregate figures the targets name, then a row per footprint and per
+    site set (``geoplantnet impact --random N --evaluate``)."""
+    s, r, agg = summary["scenario"], summary["random"], summary["aggregate"]
+    blocks: list[str | list[str]] = [
+        f"# {r['footprints']} random footprints under '{s['name']}' against the truth",
+        f"Footprints of {r['footprint_ha'][0]:g}-{r['footprint_ha'][1]:g} ha (log-uniform; rectangles, ellipses, "
+        f"irregular polygons; centred on a land-cover class drawn uniformly) become **{s['land_cover_name']}**; "
+        f"seed {r['seed']}; {summary['draws']} paired Monte-Carlo draws, intervals at {summary['level']:.0%}; "
+        f"{summary['tiles']} tiles in {summary['seconds']} s.",
+    ]
+    figures = [
+        ("footprint richness change: mean relative error", agg["richness_mean_relative_error"],
+         f"over {agg['footprints_scored_relative']} footprints with a true change of at least 0.5 species"),
+        ("footprint richness change: median relative error", agg["richness_median_relative_error"], ""),
+        ("sign of the footprint's richness change right", agg["richness_sign_agrees"], "share of footprints"),
+        ("richness interval holds the truth", agg["richness_interval_coverage"], "share of footprints"),
+        ("threatened interval holds the truth", agg["threatened_interval_coverage"], "share of footprints"),
+        ("largest change beyond the buffer", agg["beyond_buffer_max_abs_change"], "species per pixel; truth: 0"),
+    ]  # fmt: skip
+    if "site_sets" in agg:
+        o = summary["offset_scenario"]
+        blocks.append(
+            f"{agg['site_sets']} sets of {r['sites_per_set']} candidate sites ({r['site_ha'][0]:g}-{r['site_ha'][1]:g}"
+            f" ha, drawn apart from a pool of {r['sites']}) become **{o['land_cover_name']}**; set k offsets "
+            f"footprint k's value loss at ratio {summary['ratio']} with probability {summary['confidence']}."
+        )
+        figures += [
+            ("Spearman of predicted and true gains: mean", agg["spearman_mean"], "per site set"),
+            ("Spearman: median", agg["spearman_median"], ""),
+            ("no-net-loss verdict agrees with the truth's", agg["verdicts_agree_share"], "share of site sets"),
+            ("the truth says yes", agg["true_yes_share"], "share of site sets"),
+            ("the prediction says yes", agg["predicted_yes_share"], "share of site sets"),
+            ("best site right", agg["best_site_agrees_share"], "share of site sets"),
+        ]
+    blocks += ["## Against the truth", table(("figure", "value", "over"), [(a, fmt(b), c) for a, b, c in figures])]
+    header = ("footprint", "shape", "ha", "class", "richness predicted", "true", "rel. error", "in interval",
+              "threatened predicted", "true", "buffer predicted", "beyond buffer max")  # fmt: skip
+    rows = [
+        (f["id"], f["shape"], f["area_ha"], f["land_cover"], fmt(f["richness_change_predicted"]),
+         fmt(f["richness_change_true"]), fmt(f["richness_relative_error"]), f["richness_true_in_interval"],
+         fmt(f["threatened_change_predicted"]), fmt(f["threatened_change_true"]),
+         fmt(f["buffer_richness_change_predicted"]), fmt(f["beyond_buffer_max_abs_change"], 4))
+        for f in summary["footprints"]
+    ]  # fmt: skip
+    blocks += ["## Footprints (mean change per pixel)", table(header, rows)]
+    if summary["site_sets"]:
+        header = ("set", "footprint", "sites", "Spearman", "best predicted / true", "verdict", "truth's", "agrees")
+        rows = [
+            (k["set"], k["footprint"], " ".join(k["sites"]), fmt(k["spearman"]),
+             f"{k['predicted_best_site']} / {k['true_best_site']}", k["verdict_predicted"], k["verdict_true"],
+             k["verdict_agrees"])
+            for k in summary["site_sets"]
+        ]  # fmt: skip
+        blocks += ["## Site sets", table(header, rows)]
+        rows = [(x["id"], x["shape"], x["area_ha"], x["land_cover"], fmt(x["value_ha_gain"], 3),
+                 fmt(x["true_value_score_gain"])) for x in summary["sites"]]  # fmt: skip
+        header = ("site", "shape", "ha", "class", "predicted value-ha gain", "true value-score-ha gain")
+        blocks += ["## Candidate sites", table(header, rows)]
+    if summary.get("notes"):
+        blocks += ["## Notes", [f"- {n}" for n in summary["notes"]]]
+    return document(*blocks)

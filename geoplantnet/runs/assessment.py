@@ -26,6 +26,7 @@ from geoplantnet.products.impact import (
     model_variables,
     scenario_code,
 )
+from geoplantnet.products.impact_error import survey_classes, survey_errors
 from geoplantnet.products.indicators.plan import FusedSetup
 from geoplantnet.products.indicators.tiles import FusedTileJob
 from geoplantnet.products.scenarios import Scenario, resolve_class
@@ -33,7 +34,7 @@ from geoplantnet.runs.context import RunContext
 
 # the fused indicators' setup and plan, the species model's file and the value model's live in jobs/ on this
 # branch's base (the house moves them below): imported from there until then
-from geoplantnet.runs.indicators import fused_setup, plan_fused_indicators, under_root
+from geoplantnet.runs.indicators import fused_setup, plan_fused_indicators, survey_samples, under_root
 from geoplantnet.runs.inputs import indicator_inputs
 from geoplantnet.runs.tiles import stream_tiles
 from geoplantnet.storage.store import exists
@@ -92,25 +93,37 @@ def planned(ctx: RunContext, sc: Scenario, models: Models) -> Iterator[tuple[Cli
     with ctx.client() as client:
         if setup is None:
             setup = fused_setup(cfg, ctx.species_model(client, run)[0], sources, classifier, tables)
-        yield client, plan_impact(client, ctx, setup, value), run
+        yield client, plan_impact(client, ctx, setup, value, sc.variable), run
 
 
-def plan_impact(client: Client, ctx: RunContext, setup: FusedSetup, value: ValuePredictor | None) -> ImpactPlan:
+def plan_impact(
+    client: Client, ctx: RunContext, setup: FusedSetup, value: ValuePredictor | None, variable: str = "land_cover"
+) -> ImpactPlan:
     """The species model, classifier and indicator calibration as ``indicators --from-model`` plans them (``setup``:
-    :func:`~geoplantnet.runs.indicators.fused_setup`, checked before the cluster started), and the value predictor
-    (:meth:`~geoplantnet.runs.context.RunContext.value_predictor`) when there is a value model."""
+    :func:`~geoplantnet.runs.indicators.fused_setup`, checked before the cluster started), the value predictor
+    (:meth:`~geoplantnet.runs.context.RunContext.value_predictor`) when there is a value model, and the count
+    model's error per class of the land-cover layer ``variable``, measured at the same surveys (their values
+    computed once for both)."""
     from geoplantnet.models.mc_dropout import has_dropout
 
     cfg = ctx.cfg
     # The calibrated indicator model comes with a fused indicator plan, whose output store is never written (nor
     # read): the plan only names it (a run id from its fingerprint; no I/O). Named under store.root, where the run's
     # storage options apply (a local name with them set is refused as credentials meant for elsewhere).
-    iplan = plan_fused_indicators(client, cfg, setup, ctx.url(".impact-plan.zarr"))
+    sampled = survey_samples(client, cfg, setup)
+    iplan = plan_fused_indicators(client, cfg, setup, ctx.url(".impact-plan.zarr"), sampled=sampled)
     job = iplan.job
     if not isinstance(job, FusedTileJob):  # pragma: no cover - plan_fused_indicators always makes one
         raise TypeError(type(job))
     model_url = setup.fused.species.model.url
     species_model, _, _ = read_model(model_url)
+    errors = None
+    surveys = setup.inputs.surveys
+    if sampled is not None and surveys is not None:
+        sources, grid = setup.fused.species.sources, cfg.grid.grid()
+        names = model_variables(setup.spec, model_url)
+        classes = survey_classes(sources, grid, cfg.map.tile, names, variable, surveys.x, surveys.y)
+        errors = survey_errors(job.model, surveys, sampled, iplan.species, classes, cfg.impact.min_class_surveys)
     return impact_plan(
         job.fused,
         job.model,
@@ -124,6 +137,7 @@ def plan_impact(client: Client, ctx: RunContext, setup: FusedSetup, value: Value
         tile=cfg.map.tile,
         settings=cfg.impact,
         level=cfg.indicators.level,
+        errors=errors,
     )
 
 

@@ -109,14 +109,22 @@ def fused_setup(
     )
 
 
-def plan_fused_indicators(client: Client, cfg: RunConfig, setup: FusedSetup, out_url: str) -> IndicatorPlan:
+def survey_samples(client: Client, cfg: RunConfig, setup: FusedSetup) -> Sampled | None:
+    """The fused predictor's values at the surveys (:func:`sample_model`, on the cluster; None without surveys)."""
+    surveys, fused = setup.inputs.surveys, setup.fused
+    if surveys is None or not len(surveys):
+        return None
+    return sample_model(client, fused, fused.species.map_grid, cfg.map.tile, surveys, settings=streaming(cfg))
+
+
+def plan_fused_indicators(
+    client: Client, cfg: RunConfig, setup: FusedSetup, out_url: str, *, sampled: Sampled | None = None
+) -> IndicatorPlan:
     """The fused plan (:func:`geoplantnet.products.indicators.plan.plan_fused`), calibrated on the model's values at
-    the surveys (:func:`sample_model`, on the cluster)."""
-    surveys, tile, fused = setup.inputs.surveys, cfg.map.tile, setup.fused
-    sampled = None
-    if surveys is not None and len(surveys):
-        sampled = sample_model(client, fused, fused.species.map_grid, tile, surveys, settings=streaming(cfg))
-    return planning.plan_fused(cfg.indicators, cfg.store, setup, sampled, tile, out_url)
+    the surveys (``sampled``, else :func:`survey_samples` on the cluster)."""
+    if sampled is None:
+        sampled = survey_samples(client, cfg, setup)
+    return planning.plan_fused(cfg.indicators, cfg.store, setup, sampled, cfg.map.tile, out_url)
 
 
 def produce_indicators(

@@ -344,3 +344,70 @@ def class_index(codes: Sequence[str], classes: Sequence[str]) -> np.ndarray:
     """Index of each code in ``classes`` (-1 where absent)."""
     where = {c: i for i, c in enumerate(classes)}
     return np.asarray([where.get(str(c), -1) for c in codes], dtype="int64")
+
+
+# -- the count indicators' calibration error per stratum (impact: the error of a change between land-cover classes)
+
+
+@dataclass(frozen=True)
+class StratumError:
+    """A count model's error measured on held-out surveys, per stratum (a land-cover class): ``n`` surveys, the mean
+    residual ``bias`` (observed - expected: what the model misses there), its standard error ``se`` and ``tau2``,
+    the variance of the model's error at one site beyond the survey's own sampling noise (the residuals' variance
+    less the mean Poisson-binomial variance, at least 0)."""
+
+    n: int
+    bias: float
+    se: float
+    tau2: float
+
+
+@dataclass(frozen=True)
+class StratumErrors:
+    """:class:`StratumError` per group and stratum code; ``pooled``: the group's error for a stratum with too few
+    surveys to measure (bias 0, the calibrated model's own average; variance the spread of the measured strata's
+    biases plus their mean ``tau2``: an unmeasured class can be as wrong as any measured one)."""
+
+    groups: Mapping[str, Mapping[int, StratumError]]
+    pooled: Mapping[str, StratumError]
+    min_surveys: int
+
+    def error(self, group: str, stratum: int) -> tuple[StratumError, bool]:
+        """The error of ``stratum`` and whether it was measured (False: the pooled stand-in)."""
+        measured = self.groups.get(group, {}).get(int(stratum))
+        if measured is not None and measured.n >= self.min_surveys:
+            return measured, True
+        return self.pooled[group], False
+
+    def surveys(self, stratum: int) -> int:
+        """How many surveys lie in ``stratum``."""
+        return max((g.get(int(stratum), StratumError(0, 0.0, 0.0, 0.0)).n for g in self.groups.values()), default=0)
+
+
+def stratum_errors(
+    p: np.ndarray, observed: np.ndarray, groups: Mapping[str, np.ndarray], strata: np.ndarray, min_surveys: int
+) -> StratumErrors:
+    """Every count group's error per stratum from surveys: ``p`` (n, S) the calibrated probabilities at them,
+    ``observed`` (n, S) what they found, ``strata`` (n,) their stratum codes (negative: none)."""
+    out: dict[str, dict[int, StratumError]] = {}
+    pooled: dict[str, StratumError] = {}
+    for g, mask in groups.items():
+        mu, var = count_moments(p, mask)
+        res = (observed & mask).sum(axis=1) - mu
+        per: dict[int, StratumError] = {}
+        for code in np.unique(strata[strata >= 0]):
+            r, v = res[strata == code], var[strata == code]
+            sd = float(r.std(ddof=1)) if r.size > 1 else 0.0
+            tau2 = max(float(r.var(ddof=1)) - float(v.mean()), 0.0) if r.size > 1 else 0.0
+            per[int(code)] = StratumError(int(r.size), float(r.mean()), sd / math.sqrt(r.size), tau2)
+        out[g] = per
+        known = [e for e in per.values() if e.n >= min_surveys]
+        if known:
+            w = np.array([e.n for e in known], dtype="float64")
+            biases = np.array([e.bias for e in known])
+            spread = float(np.average(biases**2, weights=w))  # around 0, the calibrated model's average
+            tau2 = float(np.average([e.tau2 for e in known], weights=w))
+            pooled[g] = StratumError(0, 0.0, math.sqrt(spread), tau2)
+        else:
+            pooled[g] = StratumError(0, 0.0, math.inf, math.inf)
+    return StratumErrors(out, pooled, min_surveys)
