@@ -165,6 +165,7 @@ def run_value(
         "model": shown(trained.model),
         "model_sha256": trained.sha256,
         "model_reused": trained.reused,
+        "meaning": dict(predictor.meaning),
         "final_model": trained.training,
         "maps": maps,
         "grid": {"value": grid.label(), "aggregate": cfg.grid.grid().label()},
