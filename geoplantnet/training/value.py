@@ -4,9 +4,9 @@ Each epoch draws one crop per training polygon, centred on a random pixel of it 
 is seen equally often and every crop holds labels), flipped and rotated at random; the loss is the class-balanced
 binary cross-entropy on the crop's labelled pixels (:func:`geoplantnet.models.value_net.masked_bce`), or with a score
 raster the class-balanced squared error of the standardised score (:func:`~geoplantnet.models.value_net.masked_mse`).
-Normalisation statistics come from the training pixels only. With validation polygons (a spatial split of the training polygons,
-never a test fold) the weights of the epoch with the least validation loss are kept (early stopping, as the species
-models do). Seeded: a rerun on the same data gives the same weights on CPU.
+Normalisation statistics come from the training pixels only. With validation polygons (a spatial split of the
+training polygons, never a test fold) the weights of the epoch with the least validation loss are kept (early
+stopping, as the species models do). Seeded: a rerun on the same data gives the same weights on CPU.
 """
 
 from __future__ import annotations
