@@ -90,7 +90,10 @@ def _scores(table: gpd.GeoDataFrame, source: str, column: str) -> np.ndarray:
     """The numeric scores of ``column`` (float64), refused when missing, not numbers or not finite."""
     if column not in table.columns:
         columns = [c for c in table.columns if c != table.geometry.name]
-        raise ValueLabelsError(f"{source}: no score column {column!r} (value.score_column; columns: {columns})")
+        raise ValueLabelsError(
+            f"{source}: no score column {column!r} (value.score_column; columns: {columns}); value.score_column=null "
+            "learns high / low only"
+        )
     scores = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     bad = ~np.isfinite(scores)
     if bad.any():
