@@ -76,6 +76,10 @@ def test_value_end_to_end_resumes_and_evaluates(
     assert np.isfinite(v).all() and v.min() >= 0 and v.max() <= 1 and v.std() > 0
     assert np.isfinite(value["biodiversity_value_sd"].values).all()
     assert value["biodiversity_value"].attrs["model_versions"].startswith("value-unet/")
+    # the demo learns the polygons' (simulated survey) condition score: the store says how to read the value back
+    assert value.attrs["value_target"] == "score" and value.attrs["value_score_column"] == "condition"
+    assert value.attrs["value_score_at_0"] < value.attrs["value_score_at_1"]
+    assert report["meaning"]["value_target"] == "score"
     # the 50 m aggregate: the mean of the 25 stored 10 m values of each cell (one uint8 step)
     agg = open_store(str(tmp_path / "out" / "value_50m.zarr"))
     cells = v.reshape(40, 5, 40, 5)
