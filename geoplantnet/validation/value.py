@@ -217,7 +217,7 @@ def fit(
     fit_label, val = inner_split(labels, label, s) if s.patience is not None else (label, None)
     return train_labelled(
         features, fit_label, val, labels.rasters.polygon, names, s, training.device, unscaled=one_hot, key=training.key,
-        score=labels.rasters.score,
+        score=labels.rasters.score if s.score_column is not None else None,
     )  # fmt: skip
 
 
@@ -232,7 +232,7 @@ def cross_validate(
     fold_of = dict(zip(labels.polygons["polygon_id"], labels.polygons["fold"], strict=True))
     pixel_fold = np.array([fold_of[p] for p in r.polygon[rows, cols]], dtype=np.int64)
     y = r.label[rows, cols].astype(np.int64)
-    score = None if r.score is None else r.score[rows, cols].astype(np.float64)
+    score = None if r.score is None or s.score_column is None else r.score[rows, cols].astype(np.float64)
     x = features[:, rows, cols].T
     out = []
     for k in range(s.folds):
