@@ -25,6 +25,11 @@ def training_cells(labels: Labels, map_grid: Grid, ratio: int) -> np.ndarray:
     return inside
 
 
+def _rounded(r: float) -> float | None:
+    """A correlation to 4 places, None where undefined (a constant map has no rank correlation)."""
+    return round(float(r), 4) if np.isfinite(r) else None
+
+
 def evaluate_value(
     truth: np.ndarray,
     aggregate_url: str,
@@ -52,10 +57,10 @@ def evaluate_value(
     rho_out = spearmanr(truth[outside], mapped[outside]).statistic if outside.sum() > 2 else float("nan")
     r_out = pearsonr(truth[outside], mapped[outside]).statistic if outside.sum() > 2 else float("nan")
     return {
-        "spearman_r": round(float(rho), 4),
-        "spearman_r_outside_training": round(float(rho_out), 4),  # the training cells are easy: both are reported
+        "spearman_r": _rounded(rho),
+        "spearman_r_outside_training": _rounded(rho_out),  # the training cells are easy: both are reported
         # a value linear in the truth's units (offsets sum value x area) shows as Pearson r close to Spearman's
-        "pearson_r_outside_training": round(float(r_out), 4),
+        "pearson_r_outside_training": _rounded(r_out),
         "pixels": int(both.sum()),
         "top_bottom_auc": round(float(auc), 4),
         "top_bottom_quantile": quantile,
