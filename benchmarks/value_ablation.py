@@ -91,6 +91,8 @@ def _fit_and_score(
     unet = auc_accuracy(y[test], net.predict(data["stack"])[0][rows[test], cols[test]])["auc"]
     train = label[rows, cols] >= 0
     x = data["stack"][:, rows, cols].T
+    if len(np.unique(y[train])) < 2:  # one class to learn: no forest (as the job's folds)
+        return {"unet": unet, "forest": None}
     forest = fit_forest(training.settings, x[train], y[train], None if score is None else score[train])
     prob = forest.predict_proba(x[test])[:, 1] if score is None else net.spec.score_value(forest.predict(x[test]))
     return {"unet": unet, "forest": auc_accuracy(y[test], prob)["auc"]}
