@@ -4,7 +4,8 @@
 reads a model file with it (``map``). ``virtual_species.py``: its generator's properties, and the whole benchmark
 (sdm, then predict at the surveys) at 4 species with one network of 2 epochs on 2 folds. ``nceas_ablation.py``: two
 variants on the AWT tables at 2 epochs. ``bench_cnn_cv.py`` on the session's small region and cluster, one epoch of 2
-folds x 2 members. ``habitat_ablation.py``: two stack variants and the peers on 160 made-up plots, 2 folds."""
+folds x 2 members. ``habitat_ablation.py``: two stack variants and the peers on 160 made-up plots, 2 folds.
+``value_ablation.py``: the probability and score variants on the small region, 2 folds of a 2-epoch U-Net."""
 
 from __future__ import annotations
 
@@ -183,3 +184,30 @@ def test_habitat_ablation_prints_every_variant_beside_the_peers_and_chooses_on_t
         assert 0 <= row["top1"] <= 1 and 0 <= row["top1_level1"] <= 1
         if row["model"] in ("average", "stack"):
             assert np.isfinite(row["inner_val"]) and row["top1"] > 0.5
+
+
+@pytest.mark.slow  # the small region's feature stack, then 2 variants x 2 folds x 2 fits of a 2-epoch U-Net
+def test_value_ablation_prints_the_variants_beside_the_forest_and_chooses_on_the_inner_split(
+    tmp_path: Path, small_region: Path
+) -> None:
+    from geoplantnet.testing.fixtures import copy_region
+    from geoplantnet.testing.regions import SMALL_REGION
+
+    spec = importlib.util.spec_from_file_location("value_ablation", ROOT / "benchmarks" / "value_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    work = copy_region(small_region, tmp_path / "work")
+    tiny = [*SMALL_REGION, f"workdir={work}", f"store.root={tmp_path / 'out'}", "value.folds=2"]
+    tiny += ["value.block_size_m=500", "value.epochs=2", "value.crop=32", "value.base_channels=4"]
+    tiny += ["value.forest_trees=10", "value.pixels_per_polygon=30"]
+    out = tmp_path / "ablation.json"
+    argv = ["--config", str(ROOT / "pipelines" / "default.yaml"), "--variants", "probability,score", "--out", str(out)]
+    got = module.main([*argv, *(a for s in tiny for a in ("--set", s))])
+    assert {r["variant"] for r in got["rows"]} == {"probability", "score"}
+    assert {r["fold"] for r in got["rows"]} <= {0, 1}
+    for m in got["means"].values():
+        assert m["test_unet"] is None or 0 <= m["test_unet"] <= 1
+        assert -1 <= m["spearman_out"] <= 1 or np.isnan(m["spearman_out"])
+    saved = json.loads(out.read_text())
+    scored = {n: m["inner_unet"] for n, m in saved["means"].items() if m["inner_unet"] is not None}
+    assert saved["chosen"] == (max(scored, key=scored.get) if scored else None)

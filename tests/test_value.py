@@ -252,3 +252,84 @@ def test_early_stopping_keeps_the_best_validation_epoch() -> None:
     assert without.epochs == without.best_epoch == 8 and without.val_loss is None  # no validation: every epoch
     full = model.predict(features)[0]
     assert full[4:20, 4:20].mean() > full[4:20, 40:56].mean()  # it did learn the training polygons
+
+
+def test_a_score_column_is_read_burnt_and_refused_in_one_line(tmp_path: Path) -> None:
+    grid = small_grid(10.0, 64)
+    polys = _polygons(grid).assign(condition=[31.5, 12.0, 14.5, 20.0])
+    polys.to_file(tmp_path / "sites.gpkg", driver="GPKG")
+    kw = {"label_column": "value", "high": "high", "low": "low", "epsg": 3035}
+    read = read_value_polygons(str(tmp_path / "sites.gpkg"), **kw, score_column="condition")
+    assert read["score"].tolist() == [31.5, 12.0, 14.5]  # the "medium" polygon is no label, its score not read
+    rasters = rasterise_labels(read, grid)
+    assert rasters.score[10, 10] == 31.5 and rasters.score[35, 30] == 12.0
+    assert np.isnan(rasters.score[rasters.label < 0]).all() and np.isfinite(rasters.score[rasters.label >= 0]).all()
+    assert rasterise_labels(read_value_polygons(str(tmp_path / "sites.gpkg"), **kw), grid).score is None
+    polys.assign(condition=["31.5", "n/a", "14", "1"]).to_file(tmp_path / "bad.gpkg", driver="GPKG")
+    for path, column, expected in (
+        ("sites.gpkg", "survey", "no score column 'survey'"),
+        ("bad.gpkg", "condition", "1 polygon\\(s\\) without a number \\(e.g. 'n/a'\\)"),
+    ):
+        with pytest.raises(InputError, match=expected) as err:
+            read_value_polygons(str(tmp_path / path), **kw, score_column=column)
+        assert "\n" not in str(err.value) and path in str(err.value)
+
+
+def test_a_score_target_maps_linearly_without_saturating(tmp_path: Path) -> None:
+    from geoplantnet.models.value_net import masked_mse
+    from geoplantnet.training.value import train_value_net
+
+    # the loss: labelled pixels only, each class weighted
+    out = torch.zeros(1, 4, 4, requires_grad=True)
+    labels = torch.full((1, 4, 4), -1)
+    labels[0, 0, :2], labels[0, 3, :1] = 1, 0
+    target = torch.full((1, 4, 4), 2.0)
+    loss = masked_mse(out, target, labels, (3.0, 1.0))
+    loss.backward()
+    assert loss.item() == pytest.approx(4.0) and (out.grad[labels < 0] == 0).all()
+    # three polygons whose score follows feature 0 (scores 10, 20, 30 where it is 0, 1, 2): the map follows the score
+    # linearly past the extremes (feature 0 = 3 -> about 40), where a probability of high would sit at 1
+    features = np.zeros((2, 64, 64), np.float32)
+    features[1] = np.random.default_rng(0).normal(0, 0.1, (64, 64))
+    label = np.full((64, 64), -1, np.int8)
+    polygon = np.full((64, 64), -1, np.int32)
+    score = np.full((64, 64), np.nan, np.float32)
+    for pid, (rows, cols, level, cls) in enumerate(
+        [((4, 20), (4, 20), 0.0, 0), ((4, 20), (40, 56), 1.0, 1), ((40, 56), (4, 20), 2.0, 1)]
+    ):
+        sl = (slice(*rows), slice(*cols))
+        features[0][sl], label[sl], polygon[sl], score[sl] = level, cls, pid, 10.0 + 10.0 * level
+    settings = ValueConfig(epochs=60, crop=32, base_channels=4, batch=3, lr=1e-2, depth=1, score_column="condition")
+    model, _ = train_value_net(features, label, polygon, ["a", "b"], settings, score=score, device="cpu")
+    spec = model.spec
+    assert spec.target == "score" and spec.score["column"] == "condition"
+    assert (spec.score["zero"], spec.score["one"]) == pytest.approx((0.0, 40.0))  # 10..30 widened by half each side
+    meaning = spec.meaning()
+    assert meaning["value_target"] == "score" and meaning["value_score_at_1"] == pytest.approx(40.0)
+    assert spec.score_value(np.array([20.0])) == pytest.approx([0.5])
+    probe = np.zeros((2, 32, 32), np.float32)
+    got = []
+    for level in (0.0, 1.0, 2.0):
+        probe[0] = level
+        got.append(float(np.median(model.predict(probe)[0])) * 40.0)  # the value back in score units
+    assert got == sorted(got) and got[2] - got[0] > 10.0  # ordered, on the score's scale
+    model.save(str(tmp_path / "m.pt"))
+    saved, _ = ValueModel.load(str(tmp_path / "m.pt"))
+    assert saved.spec == spec
+    np.testing.assert_allclose(saved.predict(probe), model.predict(probe), atol=1e-6)
+
+
+def test_the_virtual_polygons_carry_a_simulated_survey_score() -> None:
+    from geoplantnet.sim.observations import value_polygons
+
+    grid = small_grid(50.0, 40)
+    yy, xx = np.mgrid[0:40, 0:40]
+    truth = (10.0 + 20.0 * np.sin(xx / 6.0) * np.cos(yy / 7.0)).astype(np.float32)
+    exact = value_polygons(truth, grid)
+    surveyed = value_polygons(truth, grid, survey_sd=1.0, seed=5)
+    assert (exact["condition"] == exact["mean_score"].round(1)).all()
+    noise = surveyed["condition"] - surveyed["mean_score"]
+    tenths = surveyed["condition"].to_numpy() * 10
+    assert 0.3 < noise.std() < 2.0 and np.allclose(tenths, np.round(tenths))  # noted to 0.1
+    again = value_polygons(truth, grid, survey_sd=1.0, seed=5)["condition"]
+    np.testing.assert_array_equal(again, surveyed["condition"])  # seeded

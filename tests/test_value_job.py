@@ -76,13 +76,20 @@ def test_value_end_to_end_resumes_and_evaluates(
     assert np.isfinite(v).all() and v.min() >= 0 and v.max() <= 1 and v.std() > 0
     assert np.isfinite(value["biodiversity_value_sd"].values).all()
     assert value["biodiversity_value"].attrs["model_versions"].startswith("value-unet/")
+    # the demo learns the polygons' (simulated survey) condition score: the store says how to read the value back
+    assert value.attrs["value_target"] == "score" and value.attrs["value_score_column"] == "condition"
+    assert value.attrs["value_score_at_0"] < value.attrs["value_score_at_1"]
+    assert report["meaning"]["value_target"] == "score"
     # the 50 m aggregate: the mean of the 25 stored 10 m values of each cell (one uint8 step)
     agg = open_store(str(tmp_path / "out" / "value_50m.zarr"))
     cells = v.reshape(40, 5, 40, 5)
     np.testing.assert_allclose(agg["biodiversity_value"].values, cells.mean(axis=(1, 3)), atol=0.5 / 254 + 1e-6)
     np.testing.assert_allclose(agg["biodiversity_value_sd"].values, cells.std(axis=(1, 3)), atol=0.5 / 254 + 1e-6)
     ev = report["evaluation"]
-    assert ev["pixels"] == 1600 and -1 <= ev["spearman_r"] <= 1 and 0 <= ev["top_bottom_auc"] <= 1
+    # a 3-epoch network of 4 channels may map one value everywhere (then no rank correlation: None, not NaN)
+    assert ev["pixels"] == 1600 and 0 <= ev["top_bottom_auc"] <= 1
+    for key in ("spearman_r", "spearman_r_outside_training", "pearson_r_outside_training"):
+        assert ev[key] is None or -1 <= ev[key] <= 1
     assert ev["top_pixels"] > 0 and ev["bottom_pixels"] > 0 and ev["excluded_training_pixels"] > 0
     # a rerun: the model and folds reused, both stores resumed to nothing, the values unchanged
     code, out, err = _run(_args(tmp_path, *cluster), capsys)

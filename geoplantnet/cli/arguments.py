@@ -265,6 +265,12 @@ def value_args(parser: argparse.ArgumentParser) -> None:
     config_args(parser)
     parser.add_argument("--polygons", default=None, help="labelled polygons file or URL (value.polygons)")
     parser.add_argument("--label-column", default=None, help="column of high / low labels (value.label_column)")
+    parser.add_argument(
+        "--score-column",
+        default=None,
+        help="column of a numeric condition score per polygon: learn it, the map linear in its units "
+        "(value.score_column)",
+    )
     parser.add_argument("--out", default=None, help="value.zarr path or URL (default: <store.root>/value.zarr)")
     parser.add_argument(
         "--evaluate", action="store_true", help="virtual region: agreement of the 50 m map with the true value score"

@@ -294,7 +294,7 @@ def _cmd_product(args: argparse.Namespace) -> int:
 def _cmd_value(args: argparse.Namespace) -> int:
     from geoplantnet.jobs.value import run_value, with_cli_options
 
-    cfg = with_cli_options(_config(args), args.polygons, args.label_column)
+    cfg = with_cli_options(_config(args), args.polygons, args.label_column, args.score_column)
     report = run_value(cfg, out=args.out, overwrite=args.overwrite, evaluate=args.evaluate, progress=not args.quiet)
     print(json.dumps(report, indent=2, default=str))
     return 0

@@ -129,6 +129,18 @@ class SimConfig(_Section):
     n_habitats: int = Field(24, ge=2)
     n_plots: int = Field(400, ge=0)
     n_presence_only: int = Field(4000, ge=0)
+    value_polygons: int = Field(
+        20, ge=1, le=10_000, description="value polygons per class (high / low) at most: the largest areas"
+    )
+    value_quantile: float = Field(
+        0.15, gt=0, lt=0.5, description="value polygons: areas of the top / bottom this share of the value score"
+    )
+    value_survey_sd: float = Field(
+        1.0,
+        ge=0,
+        description="a simulated condition survey: each value polygon's `condition` is its mean true value score plus "
+        "Gaussian noise of this standard deviation (score units)",
+    )
     cloud_cover_mean: float = Field(0.25, ge=0, le=1)
     chunk: int = Field(
         1024, ge=64, le=MAX_TILE, description=f"pixels per generation window; bounds memory (at most {MAX_TILE})"
@@ -738,7 +750,8 @@ class RefreshConfig(_Section):
 class ValueConfig(_Section):
     """The biodiversity-value model (``geoplantnet value``): a small U-Net learns high / low value from labelled
     polygons and maps ``biodiversity_value`` in [0, 1] at ``resolution``; a random forest on the same pixels is its
-    peer on spatial folds of whole polygons."""
+    peer on spatial folds of whole polygons. With ``score_column`` both learn the polygons' numeric condition score
+    instead, and ``biodiversity_value`` is that score rescaled linearly (the store's attrs hold the rescaling)."""
 
     polygons: str | None = Field(
         None, description="GeoParquet / GeoJSON / GeoPackage of labelled polygons (any CRS); None: the virtual region's"
@@ -746,6 +759,12 @@ class ValueConfig(_Section):
     label_column: str = Field("value", description="column holding each polygon's label")
     high: str = Field("high", description="label of high-value polygons")
     low: str = Field("low", description="label of low-value polygons")
+    score_column: str | None = Field(
+        None,
+        description="column of a numeric condition score per polygon (e.g. a field survey's): the models learn it "
+        "(a regression; the map is linear in its units, never saturating) rather than the probability of high; "
+        "None: the probability of high",
+    )
     resolution: float = Field(10.0, gt=0, description="metres; divides the map resolution (the 50 m aggregate)")
     tile: int = Field(
         320,

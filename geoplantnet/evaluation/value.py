@@ -25,6 +25,11 @@ def training_cells(labels: Labels, map_grid: Grid, ratio: int) -> np.ndarray:
     return inside
 
 
+def _rounded(r: float) -> float | None:
+    """A correlation to 4 places, None where undefined (a constant map has no rank correlation)."""
+    return round(float(r), 4) if np.isfinite(r) else None
+
+
 def evaluate_value(
     truth: np.ndarray,
     aggregate_url: str,
@@ -35,8 +40,8 @@ def evaluate_value(
 ) -> dict[str, Any]:
     """The 50 m map at ``aggregate_url`` against the true value score ``truth`` (y, x on ``map_grid``): Spearman r
     over every pixel with both and over those outside the training polygons, and the AUC of separating the true top
-    from the bottom ``quantile`` of pixels outside the training polygons."""
-    from scipy.stats import spearmanr
+    from the bottom ``quantile`` of pixels outside the training polygons; Pearson r outside them (linearity)."""
+    from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import roc_auc_score
 
     truth = truth.astype(np.float64)
@@ -50,9 +55,12 @@ def evaluate_value(
     y = np.r_[np.ones(top.sum()), np.zeros(bottom.sum())]
     auc = roc_auc_score(y, np.r_[mapped[top], mapped[bottom]]) if top.any() and bottom.any() else float("nan")
     rho_out = spearmanr(truth[outside], mapped[outside]).statistic if outside.sum() > 2 else float("nan")
+    r_out = pearsonr(truth[outside], mapped[outside]).statistic if outside.sum() > 2 else float("nan")
     return {
-        "spearman_r": round(float(rho), 4),
-        "spearman_r_outside_training": round(float(rho_out), 4),  # the training cells are easy: both are reported
+        "spearman_r": _rounded(rho),
+        "spearman_r_outside_training": _rounded(rho_out),  # the training cells are easy: both are reported
+        # a value linear in the truth's units (offsets sum value x area) shows as Pearson r close to Spearman's
+        "pearson_r_outside_training": _rounded(r_out),
         "pixels": int(both.sum()),
         "top_bottom_auc": round(float(auc), 4),
         "top_bottom_quantile": quantile,

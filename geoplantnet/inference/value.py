@@ -116,6 +116,7 @@ class ValuePredictor:
     halo: int
     device: str = "cpu"
     model_options: Mapping[str, Any] = field(default_factory=dict, hash=False)  # fsspec options of the model file
+    meaning: Mapping[str, Any] = field(default_factory=dict, hash=False)  # the value's units (ValueSpec.meaning)
 
     def window(self, tile: Tile) -> tuple[int, int, int, int]:
         """The read window of ``tile``: the tile grown by the halo (rows, then columns; may leave the grid)."""
@@ -144,7 +145,8 @@ class ValuePredictor:
         return out
 
     def predict(self, tile: Tile, *, draws: int = 0, seed: int = 0) -> np.ndarray:
-        """(max(draws,1), tile.height, tile.width) float32 value in [0,1], NaN = no data; reads tile+halo."""
+        """(max(draws,1), tile.height, tile.width) float32 value (:attr:`meaning`; a score target's may leave
+        [0, 1]), NaN = no data; reads tile+halo."""
         return self.predict_window(self.read(tile), tile, draws=draws, seed=seed)
 
 
@@ -183,4 +185,6 @@ def plan_predictor(read: ValueModelFile, sources: MapSources, grid: Grid, device
             f"inputs give {len(names)} (missing {missing[:6]}, not in the model {extra[:6]})"
         )
     ref = ModelRef(read.url, read.sha256)
-    return ValuePredictor(ref, sources, grid, tuple(bands), tuple(variables), spec.halo, device, read.options)
+    return ValuePredictor(
+        ref, sources, grid, tuple(bands), tuple(variables), spec.halo, device, read.options, spec.meaning()
+    )

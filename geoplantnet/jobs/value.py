@@ -165,6 +165,7 @@ def run_value(
         "model": shown(trained.model),
         "model_sha256": trained.sha256,
         "model_reused": trained.reused,
+        "meaning": dict(predictor.meaning),
         "final_model": trained.training,
         "maps": maps,
         "grid": {"value": grid.label(), "aggregate": cfg.grid.grid().label()},
@@ -179,9 +180,13 @@ def run_value(
     return report
 
 
-def with_cli_options(cfg: RunConfig, polygons: str | None, label_column: str | None) -> RunConfig:
-    """``cfg`` with ``--polygons`` / ``--label-column`` applied to its value section (validated)."""
-    given = {k: v for k, v in (("polygons", polygons), ("label_column", label_column)) if v is not None}
+def with_cli_options(
+    cfg: RunConfig, polygons: str | None, label_column: str | None, score_column: str | None = None
+) -> RunConfig:
+    """``cfg`` with ``--polygons`` / ``--label-column`` / ``--score-column`` applied to its value section
+    (validated)."""
+    options = (("polygons", polygons), ("label_column", label_column), ("score_column", score_column))
+    given = {k: v for k, v in options if v is not None}
     if not given:
         return cfg
     return cfg.model_copy(update={"value": ValueConfig.model_validate({**cfg.value.model_dump(), **given})})

@@ -4,7 +4,10 @@ that a pixel is of high rather than low biodiversity value, trained on labelled 
 Inputs are a feature stack (C, y, x): the seasonal Sentinel-2 composite channels and the environmental predictors
 on the value grid, standardised with statistics of the training pixels, NaN -> 0, plus one "data present" channel
 (1 where every feature is finite), as the species network's ``mask_channels``. The loss is binary cross-entropy on
-labelled pixels only (:func:`masked_bce`): unlabelled pixels give no gradient. BatchNorm rather than GroupNorm: a
+labelled pixels only (:func:`masked_bce`): unlabelled pixels give no gradient. With a score target (``ValueSpec.target
+== "score"``: polygons carrying a numeric condition score) the head is linear and the loss the class-weighted squared
+error of the standardised score (:func:`masked_mse`); the output is the score rescaled linearly to the value
+(:meth:`ValueSpec.to_value`), so the map does not saturate as a probability does. BatchNorm rather than GroupNorm: a
 batch-normalised network in eval mode is a per-pixel function of its receptive field, so a tile read with a halo of
 :func:`halo` pixels predicts exactly what one pass over the whole grid would (group statistics would depend on the
 window, and tile seams would show).
@@ -33,6 +36,7 @@ from geoplantnet.storage.store import service_errors
 
 FILE_FORMAT = "geoplantnet-value-net/1"
 CLASSES = ("low", "high")  # the output is the probability of the second
+TARGETS = ("probability", "score")
 
 
 class ValueModelError(InputError):
@@ -56,10 +60,52 @@ class ValueSpec(BaseModel):
     config: dict[str, Any] = {}  # the value section it was trained with
     training_key: str = ""  # hash of the settings and inputs it was trained on (a rerun reuses the model)
     trained: dict[str, Any] = {}  # epochs, pixels, polygons, device, seconds
+    target: str = "probability"  # or "score" (TARGETS)
+    # score target: the column, the standardisation of the training scores (mean, std: the net's output units) and
+    # the scores mapped to value 0 and 1 (``zero``, ``one``): value = (score - zero) / (one - zero)
+    score: dict[str, Any] = {}
 
     @property
     def halo(self) -> int:
         return halo(self.depth)
+
+    def to_value(self, out: torch.Tensor) -> torch.Tensor:
+        """The network's raw output -> the value: the probability of high (sigmoid), or the score rescaled."""
+        if self.target != "score":
+            return torch.sigmoid(out)
+        return self.score_value(self.score["mean"] + self.score["std"] * out)
+
+    def meaning(self) -> dict[str, Any]:
+        """What ``biodiversity_value`` means, for a store's attrs: ``value_target`` and, for a score target, the
+        score column and the scores at value 0 and 1 (score = value_score_at_0 + value x (at_1 - at_0))."""
+        if self.target != "score":
+            return {"value_target": "probability", "value_units": "probability of high rather than low value"}
+        return {
+            "value_target": "score",
+            "value_units": f"{self.score.get('column')} score rescaled linearly to [0, 1]",
+            "value_score_column": self.score.get("column"),
+            "value_score_at_0": round(self.score["zero"], 4),
+            "value_score_at_1": round(self.score["one"], 4),
+        }
+
+    def score_value(self, score: Any) -> Any:
+        """A score (array or tensor, in the polygons' units) as the value: ``(score - zero) / (one - zero)``."""
+        return (score - self.score["zero"]) / (self.score["one"] - self.score["zero"])
+
+
+def score_scale(scores: np.ndarray) -> dict[str, float]:
+    """The score target's constants from the training pixels' scores: their mean and standard deviation (what the
+    network learns to output is the standardised score) and the scores at value 0 and 1: the training polygons' range
+    widened by half of it on each side, so the map is linear well past the surveyed extremes before the [0, 1]
+    storage clips it."""
+    lo, hi = float(np.min(scores)), float(np.max(scores))
+    span = max(hi - lo, 1e-6)
+    return {
+        "mean": float(np.mean(scores)),
+        "std": float(max(np.std(scores), 1e-6)),
+        "zero": lo - span / 2,
+        "one": hi + span / 2,
+    }
 
 
 def halo(depth: int) -> int:
@@ -124,6 +170,18 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor, class_weights: Sequen
     weight = torch.where(target > 0.5, class_weights[1], class_weights[0]).to(logits.dtype)
     loss = nn.functional.binary_cross_entropy_with_logits(logits[known], target, weight=weight, reduction="sum")
     return loss / weight.sum()
+
+
+def masked_mse(
+    out: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, class_weights: Sequence[float] = (1.0, 1.0)
+) -> torch.Tensor:
+    """Squared error of ``out`` against ``target`` (standardised scores) over the labelled pixels (``labels`` >= 0),
+    each weighted by its class as in :func:`masked_bce`; 0 without labelled pixels."""
+    known = labels >= 0
+    if not bool(known.any()):
+        return out.sum() * 0.0
+    weight = torch.where(labels[known] > 0, class_weights[1], class_weights[0]).to(out.dtype)
+    return (weight * (out[known] - target[known].to(out.dtype)) ** 2).sum() / weight.sum()
 
 
 def prepare_features(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -225,7 +283,8 @@ class ValueModel:
 
     @torch.no_grad()
     def predict(self, features: np.ndarray, *, draws: int = 0, seed: int = 0) -> np.ndarray:
-        """Probability of high value (max(draws, 1), y, x) float32 of raw features (C, y, x): ``draws`` = 0 one
+        """The value (max(draws, 1), y, x) float32 of raw features (C, y, x): the probability of high or, with a
+        score target, the rescaled score (:meth:`ValueSpec.to_value`, not clipped here). ``draws`` = 0 one
         deterministic pass; k > 0 k passes with only the dropout layers active (BatchNorm keeps its running
         statistics), seeded by ``seed`` so a rerun gives the same draws; Dropout2d's masks are one per channel,
         so with one seed draw k is the same network over any window. The window is padded at its bottom and
@@ -243,9 +302,9 @@ class ValueModel:
         with exclusive():  # the cached net is shared by the worker's threads
             self.net.eval()  # a net fresh from training comes back in train mode
             if draws <= 0:
-                return torch.sigmoid(self.net(inputs))[:, :h, :w].float().cpu().numpy()
+                return spec.to_value(self.net(inputs))[:, :h, :w].float().cpu().numpy()
             out = []
             for k in range(draws):  # draw k: one thinned network (channel masks), the same over any window
                 with mc_dropout(self.net, seed + k):
-                    out.append(torch.sigmoid(self.net(inputs))[0, :h, :w].float().cpu().numpy())
+                    out.append(spec.to_value(self.net(inputs))[0, :h, :w].float().cpu().numpy())
         return np.stack(out)

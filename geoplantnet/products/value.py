@@ -1,6 +1,8 @@
 """Biodiversity value: ``value.zarr`` (the value grid, 10 m) and its aggregate ``value_50m.zarr`` (the map grid).
 
-- ``value.zarr``: ``biodiversity_value`` (uint8 codes of the U-Net's probability of high value, dropout off) and,
+- ``value.zarr``: ``biodiversity_value`` (uint8 codes of the U-Net's probability of high value or, trained on a
+  polygon score (``value.score_column``), of that score rescaled linearly to [0, 1]: the store's attrs
+  ``value_score_at_0`` / ``value_score_at_1`` give the scale; dropout off) and,
   with Monte-Carlo dropout draws, ``biodiversity_value_sd`` (their standard deviation); a tile is read with the
   network's halo (:class:`geoplantnet.inference.value.ValuePredictor`), so tiles have no seams.
 - ``value_50m.zarr``: per map cell the mean and standard deviation of its 10 m values (:func:`cell_stats`).
@@ -37,7 +39,7 @@ AGGREGATE_STORE = "value_50m.zarr"
 MODEL_FILE = "value/model.pt"  # under store.root: where ``geoplantnet value`` saves its final model
 
 NAMES = {
-    "biodiversity_value": "biodiversity value (probability of high rather than low value)",
+    "biodiversity_value": "biodiversity value (probability of high value, or a condition score rescaled to [0, 1])",
     "biodiversity_value_sd": "uncertainty of the biodiversity value (standard deviation)",
 }
 
@@ -173,13 +175,21 @@ def plan_value(
     resources: dict[str, float] | None,
 ) -> TilePlan:
     """The ``value.zarr`` run of ``parts`` (:func:`value_parts`) into ``output``."""
-    described = {"biodiversity_value": "U-Net trained on polygons of high vs low value; dropout off"}
+    meaning = dict(predictor.meaning)
+    learnt = (
+        f"the polygons' {meaning.get('value_score_column')} score, linear: score = {meaning.get('value_score_at_0')} "
+        f"+ value x ({meaning.get('value_score_at_1')} - {meaning.get('value_score_at_0')})"
+        if meaning.get("value_target") == "score"
+        else "polygons of high vs low value (the probability of high)"
+    )
+    described = {"biodiversity_value": f"U-Net trained on {learnt}; dropout off"}
     if settings.draws:
         described["biodiversity_value_sd"] = f"standard deviation of {settings.draws} Monte-Carlo dropout draws"
     attrs = {
         "model_versions": _version(predictor),
         "model_file": redact({"u": predictor.model.url})["u"],
         "model_sha256": predictor.model.sha256,
+        **meaning,
     }
     return TilePlan(
         fn=value_tile,

@@ -35,6 +35,7 @@ def _evaluation(e: dict[str, Any]) -> list[str]:
     return [
         f"- Spearman r with value_score: {e['spearman_r']} over {e['pixels']} pixels, "
         f"{e['spearman_r_outside_training']} outside the training polygons",
+        f"- Pearson r (linearity) outside the training polygons: {e.get('pearson_r_outside_training')}",
         f"- AUC, true top vs bottom {e['top_bottom_quantile']:.0%} outside the polygons: {e['top_bottom_auc']} "
         f"({e['top_pixels']} / {e['bottom_pixels']} pixels)",
     ]
@@ -46,7 +47,10 @@ def markdown(report: dict[str, Any]) -> str:
     polygons = [
         f"- polygons: `{p['source']}` ({p['high']} high, {p['low']} low on the grid); labelled pixels {p['pixels']}"
     ]
-    final = [f"- `{report['model']}` (sha256 {report['model_sha256'][:12]})", *(f"- {k}: {v}" for k, v in f.items())]
+    final = [
+        f"- `{report['model']}` (sha256 {report['model_sha256'][:12]})",
+        *(f"- {k}: {v}" for k, v in {**report.get("meaning", {}), **f}.items()),
+    ]
     maps = [
         f"- {name}: `{m['store']}`, {m['tiles_computed']} of {m['tiles']} tiles, {m['seconds']} s"
         for name, m in report["maps"].items()

@@ -192,10 +192,14 @@ def value_polygons(
     max_per_class: int = 20,
     smooth: int = 3,
     zones: np.ndarray | None = None,
+    survey_sd: float = 0.0,
+    seed: int = 0,
 ) -> gpd.GeoDataFrame:
     """Connected areas of the top (``high``) and bottom (``low``) ``quantile`` of a (smoothed) score raster.
 
-    With ``zones`` (e.g. land cover) an area never crosses a zone boundary, as a mapped site would not.
+    With ``zones`` (e.g. land cover) an area never crosses a zone boundary, as a mapped site would not. Each area
+    carries ``mean_score`` (its true mean score) and ``condition``: a simulated field survey's condition score, the
+    true mean plus Gaussian noise of ``survey_sd`` (seeded by ``seed``), rounded to 0.1 as a surveyor would note it.
     """
     if score.shape != grid.shape:
         raise ObservationError(f"value score of shape {score.shape} does not match the grid {grid.shape}")
@@ -229,6 +233,8 @@ def value_polygons(
         records, columns=["value", "n_pixels", "mean_score", "geometry"], geometry="geometry", crs=CRS
     )
     gdf["area_m2"] = gdf.geometry.area
+    noise = np.random.default_rng([seed, 24]).normal(0.0, survey_sd, len(gdf)) if survey_sd > 0 else 0.0
+    gdf["condition"] = np.round(gdf["mean_score"].to_numpy() + noise, 1)
     return gdf
 
 

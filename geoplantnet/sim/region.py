@@ -266,8 +266,13 @@ def generate_region(
     records = step("presence_only", lambda: sample_presence_only(pool, env, grid.bounds, sim.n_presence_only, **when))
     write_geoparquet(records, root / PATHS["presence_only"])
     polys = step(
-        "value", lambda: value_polygons(indicators["value_score"].values, grid, zones=indicators["land_cover"].values)
-    )
+        "value",
+        lambda: value_polygons(
+            indicators["value_score"].values, grid, zones=indicators["land_cover"].values,
+            quantile=sim.value_quantile, max_per_class=sim.value_polygons, survey_sd=sim.value_survey_sd,
+            seed=sim.seed,
+        ),
+    )  # fmt: skip
     write_geoparquet(polys, root / PATHS["value_polygons"])
     bar.close()
 

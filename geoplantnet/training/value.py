@@ -2,10 +2,11 @@
 
 Each epoch draws one crop per training polygon, centred on a random pixel of it (so every polygon, small or large,
 is seen equally often and every crop holds labels), flipped and rotated at random; the loss is the class-balanced
-binary cross-entropy on the crop's labelled pixels (:func:`geoplantnet.models.value_net.masked_bce`). Normalisation
-statistics come from the training pixels only. With validation polygons (a spatial split of the training polygons,
-never a test fold) the weights of the epoch with the least validation loss are kept (early stopping, as the species
-models do). Seeded: a rerun on the same data gives the same weights on CPU.
+binary cross-entropy on the crop's labelled pixels (:func:`geoplantnet.models.value_net.masked_bce`), or with a score
+raster the class-balanced squared error of the standardised score (:func:`~geoplantnet.models.value_net.masked_mse`).
+Normalisation statistics come from the training pixels only. With validation polygons (a spatial split of the
+training polygons, never a test fold) the weights of the epoch with the least validation loss are kept (early
+stopping, as the species models do). Seeded: a rerun on the same data gives the same weights on CPU.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import numpy as np
 import torch
 
 from geoplantnet.core.config import ValueConfig
-from geoplantnet.models.value_net import ValueModel, ValueSpec, masked_bce, norm_stats, prepare_features
+from geoplantnet.models.value_net import (
+    ValueModel,
+    ValueSpec,
+    masked_bce,
+    masked_mse,
+    norm_stats,
+    prepare_features,
+    score_scale,
+)
 from geoplantnet.training.train import resolve_device, seed_everything
 
 
@@ -70,7 +79,7 @@ def _crop_origins(polygon: np.ndarray, ids: np.ndarray, crop: int, rng: np.rando
 
 
 def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same random flip and quarter turn of a crop's features (C, s, s) and labels (s, s)."""
+    """The same random flip and quarter turn of a crop's features (C, s, s) and targets (2, s, s)."""
     k = int(rng.integers(4))
     x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
     if rng.random() < 0.5:
@@ -87,10 +96,11 @@ def _balanced(label: np.ndarray) -> tuple[float, float]:
 def _crops(
     x_all: torch.Tensor, y_all: torch.Tensor, origins: np.ndarray, crop: int, rng: np.random.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of crops (features, labels) at ``origins``, flipped and turned at random when ``rng`` is given."""
+    """A batch of crops (features, targets: label and standardised score) at ``origins``, flipped and turned at
+    random when ``rng`` is given."""
     xs, ys = [], []
     for r, c in origins:
-        x, y = x_all[:, r : r + crop, c : c + crop], y_all[r : r + crop, c : c + crop]
+        x, y = x_all[:, r : r + crop, c : c + crop], y_all[:, r : r + crop, c : c + crop]
         x, y = _augment(x, y, rng) if rng is not None else (x, y)
         xs.append(x)
         ys.append(y)
@@ -111,13 +121,15 @@ def train_value_net(
     device: str = "auto",
     unscaled: Sequence[str] = (),
     spec_extra: dict[str, Any] | None = None,
+    score: np.ndarray | None = None,
 ) -> tuple[ValueModel, ValueTrainInfo]:
     """Train a U-Net on ``features`` (C, y, x; NaN = no data) where ``label`` (y, x: -1 / 0 / 1) is known; crops
     around the polygons of ``polygon`` (y, x ids, -1 none) holding training labels. ``val_label``: the labels of
     validation polygons (none of them in ``label``): the weights of the epoch with the least loss on one crop per
     validation polygon are kept, and training stops ``value.patience`` epochs after it (None: never early).
     ``unscaled``: features left as they are (one-hot classes: 0 / 1 already). ``spec_extra``: more
-    :class:`ValueSpec` fields."""
+    :class:`ValueSpec` fields. ``score`` (y, x float, finite where labelled): learn it (a score target) rather
+    than the probability of high."""
     t0 = time.perf_counter()
     seed_everything(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -128,6 +140,8 @@ def train_value_net(
     mean, std = norm_stats(features[:, known].T)  # training pixels only
     keep = np.isin(names, list(unscaled))
     mean[keep], std[keep] = 0.0, 1.0
+    scale = score_scale(score[known]) if score is not None else {}
+    target = {"target": "score", "score": {"column": settings.score_column, **scale}} if scale else {}
     spec = ValueSpec(
         base_channels=settings.base_channels,
         depth=settings.depth,
@@ -135,14 +149,21 @@ def train_value_net(
         features=list(names),
         mean=mean.tolist(),
         std=std.tolist(),
-        **(spec_extra or {}),
+        **{**(spec_extra or {}), **target},
     )
     dev = resolve_device(device)
     model = ValueModel.build(spec)
     net = model.net.to(dev)
     x_all = torch.from_numpy(prepare_features(features, mean, std))
-    y_all = torch.from_numpy(label.astype(np.int64))
+    z = (score - scale["mean"]) / scale["std"] if score is not None else np.zeros(label.shape)
+    y_all = torch.from_numpy(np.stack([label, np.where(known, z, 0.0)]).astype(np.float32))
     weights = _balanced(label)
+
+    def loss_of(out: torch.Tensor, y: torch.Tensor, w: tuple[float, float]) -> torch.Tensor:
+        if scale:
+            return masked_mse(out, y[:, 1], y[:, 0], w)
+        return masked_bce(out, y[:, 0].long(), w)
+
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
     crop = settings.crop
@@ -150,7 +171,9 @@ def train_value_net(
     if val_label is not None and (val_label >= 0).any():
         val_ids = np.unique(polygon[(val_label >= 0) & (polygon >= 0)])
         origins = _crop_origins(polygon, val_ids, crop, np.random.default_rng(settings.seed + 1))
-        val = (*_crops(x_all, torch.from_numpy(val_label.astype(np.int64)), origins, crop, None), _balanced(val_label))
+        vz = np.where(val_label >= 0, (score - scale["mean"]) / scale["std"], 0.0) if scale else 0 * label
+        y_val = torch.from_numpy(np.stack([val_label, vz]).astype(np.float32))
+        val = (*_crops(x_all, y_val, origins, crop, None), _balanced(val_label))
     steps, loss_value, epochs = 0, float("nan"), 0
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     for epoch in range(settings.epochs):
@@ -158,7 +181,7 @@ def train_value_net(
         origins = _crop_origins(polygon, ids, crop, rng)[rng.permutation(len(ids))]
         for start in range(0, len(origins), settings.batch):
             xb, yb = _crops(x_all, y_all, origins[start : start + settings.batch], crop, rng)
-            loss = masked_bce(net(xb.to(dev)), yb.to(dev), weights)
+            loss = loss_of(net(xb.to(dev)), yb.to(dev), weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -170,7 +193,7 @@ def train_value_net(
             continue
         net.eval()
         with torch.no_grad():
-            val_loss = float(masked_bce(net(val[0].to(dev)), val[1].to(dev), val[2]))
+            val_loss = float(loss_of(net(val[0].to(dev)), val[1].to(dev), val[2]))
         if best is None or val_loss < best[0]:
             best = (val_loss, epochs, {k: v.detach().clone() for k, v in net.state_dict().items()})
         elif epochs - best[1] >= (settings.patience or settings.epochs):
@@ -205,6 +228,7 @@ def train_labelled(
     *,
     unscaled: Sequence[str],
     key: str,
+    score: np.ndarray | None = None,
 ) -> tuple[ValueModel, float]:
     """:func:`train_value_net` with what the saved model records: the label column and classes, the value section
     and the training ``key``, and how it was trained (without the seconds: a model retrained on the same data is the
@@ -224,6 +248,7 @@ def train_labelled(
         device=device,
         unscaled=unscaled,
         spec_extra=extra,
+        score=score,
     )
     trained = {k: v for k, v in info.as_dict().items() if k != "seconds"}
     model.spec = model.spec.model_copy(update={"trained": trained})

@@ -1,7 +1,9 @@
 """The value model's folds and cross-validation: polygons labelled high / low onto the value grid with a spatial fold
 each (whole polygons, :func:`geoplantnet.validation.blocks.spatial_folds`), then per fold a U-Net
 (:mod:`geoplantnet.training.value`) and a class-balanced random forest trained on the other folds' polygons and both
-scored on the held-out polygons' sampled pixels (AUC, accuracy at 0.5); then the final U-Net on every polygon.
+scored on the held-out polygons' sampled pixels (AUC, accuracy at 0.5); then the final U-Net on every polygon. With
+``value.score_column`` both learn the polygons' score (the forest a regression forest) and are scored on the same
+high / low pixels, their scores rescaled to the value as the fold's network rescales its own.
 
 Nothing is chosen on a test fold: the folds' numbers are reported, never used to pick a model or a setting. A rerun
 with the same settings and inputs reuses the saved model and folds (by a training key).
@@ -67,7 +69,9 @@ def load_labels(settings: ValueConfig, source: str, grid: Grid) -> Labels:
     """Read and rasterise the polygons of ``source`` onto the value grid, assign folds, and the training window:
     the labelled pixels' bounding box grown by a crop and the model's halo (may leave the grid: NaN there)."""
     s = settings
-    polygons = read_value_polygons(source, label_column=s.label_column, high=s.high, low=s.low, epsg=grid.epsg)
+    polygons = read_value_polygons(
+        source, label_column=s.label_column, high=s.high, low=s.low, epsg=grid.epsg, score_column=s.score_column
+    )
     full = rasterise_labels(polygons, grid)
     for cls, name in ((1, s.high), (0, s.low)):
         if not (full.label == cls).any():
@@ -84,7 +88,9 @@ def load_labels(settings: ValueConfig, source: str, grid: Grid) -> Labels:
     (ys, xs), ((top, bottom), (left, right)) = grid.clip(window[:2], window[2:])
     pad = ((top, bottom), (left, right))
     rasters = LabelRasters(
-        np.pad(full.label[ys, xs], pad, constant_values=-1), np.pad(full.polygon[ys, xs], pad, constant_values=-1)
+        np.pad(full.label[ys, xs], pad, constant_values=-1),
+        np.pad(full.polygon[ys, xs], pad, constant_values=-1),
+        None if full.score is None else np.pad(full.score[ys, xs], pad, constant_values=np.nan),
     )
     return Labels(polygons, rasters, tuple(int(v) for v in window), source, tuple(notes))
 
@@ -117,7 +123,7 @@ def sample_pixels(rasters: LabelRasters, per_polygon: int, seed: int) -> tuple[n
     return rows[chosen], cols[chosen]
 
 
-def _scores(label: np.ndarray, prob: np.ndarray) -> dict[str, float | None]:
+def auc_accuracy(label: np.ndarray, prob: np.ndarray) -> dict[str, float | None]:
     from sklearn.metrics import roc_auc_score
 
     both = len(np.unique(label)) == 2
@@ -127,13 +133,17 @@ def _scores(label: np.ndarray, prob: np.ndarray) -> dict[str, float | None]:
     }
 
 
-def _forest(settings: ValueConfig, rows: np.ndarray, label: np.ndarray) -> Any:
-    from sklearn.ensemble import RandomForestClassifier
+def fit_forest(settings: ValueConfig, rows: np.ndarray, label: np.ndarray, score: np.ndarray | None) -> Any:
+    """The class-balanced forest of ``rows``: a classifier of ``label``, or with ``score`` a regression forest of it
+    (each class weighted to half the total, as the classifier's ``balanced``)."""
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-    forest = RandomForestClassifier(
-        n_estimators=settings.forest_trees, class_weight="balanced", random_state=settings.seed, n_jobs=1
-    )
-    return forest.fit(rows, label)  # NaN in rows: scikit-learn's trees route missing values themselves
+    common = {"n_estimators": settings.forest_trees, "random_state": settings.seed, "n_jobs": 1}
+    if score is None:  # NaN in rows: scikit-learn's trees route missing values themselves
+        return RandomForestClassifier(class_weight="balanced", **common).fit(rows, label)
+    counts = np.bincount(label, minlength=2).astype(float)
+    weight = (len(label) / (2 * np.maximum(counts, 1)))[label]
+    return RandomForestRegressor(**common).fit(rows, score, sample_weight=weight)
 
 
 def fold_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
@@ -206,8 +216,9 @@ def fit(
     s = training.settings
     fit_label, val = inner_split(labels, label, s) if s.patience is not None else (label, None)
     return train_labelled(
-        features, fit_label, val, labels.rasters.polygon, names, s, training.device, unscaled=one_hot, key=training.key
-    )
+        features, fit_label, val, labels.rasters.polygon, names, s, training.device, unscaled=one_hot, key=training.key,
+        score=labels.rasters.score if s.score_column is not None else None,
+    )  # fmt: skip
 
 
 def cross_validate(
@@ -221,6 +232,7 @@ def cross_validate(
     fold_of = dict(zip(labels.polygons["polygon_id"], labels.polygons["fold"], strict=True))
     pixel_fold = np.array([fold_of[p] for p in r.polygon[rows, cols]], dtype=np.int64)
     y = r.label[rows, cols].astype(np.int64)
+    score = None if r.score is None or s.score_column is None else r.score[rows, cols].astype(np.float64)
     x = features[:, rows, cols].T
     out = []
     for k in range(s.folds):
@@ -240,13 +252,18 @@ def cross_validate(
         t0 = time.perf_counter()
         net, _ = fit(training, features, train_label, labels, names, one_hot)
         prob = net.predict(features)[0][rows[test], cols[test]]
-        out.append({"model": "unet", **common, **_scores(y[test], prob), "seconds": round(time.perf_counter() - t0, 1)})
+        out.append(
+            {"model": "unet", **common, **auc_accuracy(y[test], prob), "seconds": round(time.perf_counter() - t0, 1)}
+        )
         t0 = time.perf_counter()
         train_rows = ~test
         if len(np.unique(y[train_rows])) == 2:
-            forest = _forest(s, x[train_rows], y[train_rows])
-            prob = forest.predict_proba(x[test])[:, 1]
-            row = {**common, **_scores(y[test], prob)}
+            forest = fit_forest(s, x[train_rows], y[train_rows], None if score is None else score[train_rows])
+            if score is None:
+                prob = forest.predict_proba(x[test])[:, 1]
+            else:  # the forest's scores as values, rescaled as this fold's network rescales its own
+                prob = net.spec.score_value(forest.predict(x[test]))
+            row = {**common, **auc_accuracy(y[test], prob)}
         else:
             row = {**common, "auc": None, "accuracy": None}
         out.append({"model": "random_forest", **row, "seconds": round(time.perf_counter() - t0, 1)})
