@@ -29,6 +29,7 @@ TINY = [
     "value.crop=32",
     "value.base_channels=4",
     "value.draws=2",
+    "value.score_column=condition",  # the score target (the virtual polygons' simulated survey), end to end
     "value.forest_trees=20",
     "value.pixels_per_polygon=50",
 ]
@@ -76,7 +77,7 @@ def test_value_end_to_end_resumes_and_evaluates(
     assert np.isfinite(v).all() and v.min() >= 0 and v.max() <= 1 and v.std() > 0
     assert np.isfinite(value["biodiversity_value_sd"].values).all()
     assert value["biodiversity_value"].attrs["model_versions"].startswith("value-unet/")
-    # the demo learns the polygons' (simulated survey) condition score: the store says how to read the value back
+    # the polygons' (simulated survey) condition score learnt: the store says how to read the value back
     assert value.attrs["value_target"] == "score" and value.attrs["value_score_column"] == "condition"
     assert value.attrs["value_score_at_0"] < value.attrs["value_score_at_1"]
     assert report["meaning"]["value_target"] == "score"
