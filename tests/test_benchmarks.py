@@ -199,7 +199,7 @@ def test_value_ablation_prints_the_variants_beside_the_forest_and_chooses_on_the
     work = copy_region(small_region, tmp_path / "work")
     tiny = [*SMALL_REGION, f"workdir={work}", f"store.root={tmp_path / 'out'}", "value.folds=2"]
     tiny += ["value.block_size_m=500", "value.epochs=2", "value.crop=32", "value.base_channels=4"]
-    tiny += ["value.forest_trees=10", "value.pixels_per_polygon=30"]
+    tiny += ["value.forest_trees=10", "value.pixels_per_polygon=30", "value.score_column=condition"]
     out = tmp_path / "ablation.json"
     argv = ["--config", str(ROOT / "pipelines" / "default.yaml"), "--variants", "probability,score", "--out", str(out)]
     got = module.main([*argv, *(a for s in tiny for a in ("--set", s))])
