@@ -331,6 +331,8 @@ def test_random_footprints_and_site_sets_against_the_truth(assessed, tmp_path, c
     summary = json.loads((out / "summary.json").read_text())
     assert [f["id"] for f in summary["footprints"]] == ["footprint-1", "footprint-2"]
     assert len(summary["sites"]) == 6 and len(summary["site_sets"]) == 2
+    assert [(s["name"], s["footprints"]) for s in summary["scenarios"]] == [("seal", 2)]
+    assert all(f["majority_land_cover"] != f["new_land_cover"] for f in summary["footprints"])
     agg = summary["aggregate"]
     assert agg["footprints"] == 2 and agg["site_sets"] == 2
     for f in summary["footprints"]:

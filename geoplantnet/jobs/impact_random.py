@@ -109,15 +109,15 @@ def run_random_impact(
         only = codes[0] if len(set(codes)) == 1 else None
         footprints = draw_polygons(rng, land_cover, plan.map_grid, n, prefix="footprint", area_ha=FOOTPRINT_HA,
                                    margin_m=margin, not_majority=only)  # fmt: skip
-        chosen = assign_scenarios(rng, footprints, codes)
+        assigned = assign_scenarios(rng, footprints, codes)
         # one typical composite of each new cover for all its footprints, learned around all of them (as offsets
         # does for its sites: one read rather than one per footprint)
         shared = {
-            i: learn_edit(plan.sources, plan.cube_grid, _union([f for f, c in zip(footprints, chosen, strict=True)
+            i: learn_edit(plan.sources, plan.cube_grid, _union([f for f, c in zip(footprints, assigned, strict=True)
                                                                 if c == i]), s, plan.env_names)
-            for i, s in enumerate(scenarios) if i in chosen
+            for i, s in enumerate(scenarios) if i in assigned
         }  # fmt: skip
-        edits = [replace(shared[c], geometry=f.geometry) for f, c in zip(footprints, chosen, strict=True)]
+        edits = [replace(shared[c], geometry=f.geometry) for f, c in zip(footprints, assigned, strict=True)]
         pool, sets, restore_edit = [], [], None
         if restore is not None:
             code = scenario_code(restore, names, plan.env_names)
@@ -138,7 +138,7 @@ def run_random_impact(
         set_rows.append(set_row(plan, k + 1, *chosen, impacts[k], ratio, confidence, currency))
     rows = [i["row"] for i in impacts]
     summary: dict[str, Any] = {
-        "scenarios": [scenario_summary(shared[i], names) | {"footprints": chosen.count(i)} for i in sorted(shared)],
+        "scenarios": [scenario_summary(shared[i], names) | {"footprints": assigned.count(i)} for i in sorted(shared)],
         "offset_scenario": scenario_summary(restore_edit, names) if restore_edit is not None else None,
         "random": {
             "footprints": n,
