@@ -318,7 +318,11 @@ def test_random_footprints_and_site_sets_against_the_truth(assessed, tmp_path, c
         ([*args, "--footprint", "f.geojson"], "drop --footprint"),
         ([*args, "--sites-per-set", "2"], "at least 3 sites"),
         ([*args, "--set", "inputs.rasters=[x.tif]"], "inputs.* are set"),
-    ):
+        ([*args, "--scenario", str(tmp_path / "seal.yaml"), "--scenario", str(tmp_path / "seal.yaml")],
+         "at least one footprint per scenario"),
+        (["impact", *base, *models, "--footprint", "f.geojson", "--scenario", "a.yaml", "--scenario", "b.yaml"],
+         "one --scenario"),
+    ):  # fmt: skip
         assert main(bad) == 2
         assert says in capsys.readouterr().err.strip().splitlines()[-1]
     assert not out.exists()
@@ -327,6 +331,8 @@ def test_random_footprints_and_site_sets_against_the_truth(assessed, tmp_path, c
     summary = json.loads((out / "summary.json").read_text())
     assert [f["id"] for f in summary["footprints"]] == ["footprint-1", "footprint-2"]
     assert len(summary["sites"]) == 6 and len(summary["site_sets"]) == 2
+    assert [(s["name"], s["footprints"]) for s in summary["scenarios"]] == [("seal", 2)]
+    assert all(f["majority_land_cover"] != f["new_land_cover"] for f in summary["footprints"])
     agg = summary["aggregate"]
     assert agg["footprints"] == 2 and agg["site_sets"] == 2
     for f in summary["footprints"]:
@@ -340,3 +346,14 @@ def test_random_footprints_and_site_sets_against_the_truth(assessed, tmp_path, c
     again = tmp_path / "again"
     assert main([*args[: args.index("--out")], "--out", str(again)]) == 0
     assert json.loads((again / "summary.json").read_text())["geometries"] == summary["geometries"]
+    # two scenarios, mixed: each footprint becomes a class other than its own majority class
+    mixed = tmp_path / "mixed"
+    two = ["impact", *base, *models, "--random", "2", "--evaluate", "--out", str(mixed), "--random-seed", "3"]
+    assert main([*two, "--scenario", str(tmp_path / "seal.yaml"), "--scenario", str(tmp_path / "restore.yaml")]) == 0
+    summary = json.loads((mixed / "summary.json").read_text())
+    assert [s["name"] for s in summary["scenarios"]] == sorted({f["scenario"] for f in summary["footprints"]},
+                                                              key=["seal", "restore"].index)  # fmt: skip
+    for f in summary["footprints"]:
+        assert f["scenario"] in ("seal", "restore") and f["new_land_cover"] != f["majority_land_cover"]
+        assert np.isfinite(f["richness_change_true"])
+    assert not summary["site_sets"] and "Footprints" in (mixed / "report.md").read_text()

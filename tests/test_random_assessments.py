@@ -8,7 +8,14 @@ import pytest
 import shapely
 
 from geoplantnet.core.grid import Grid
-from geoplantnet.evaluation.random_assessments import aggregate, draw_polygons, random_shape, site_sets
+from geoplantnet.evaluation.random_assessments import (
+    aggregate,
+    assign_scenarios,
+    draw_polygons,
+    majority_class,
+    random_shape,
+    site_sets,
+)
 from geoplantnet.products.offsets import ERROR_DRAWS, Currency, check_units, compensation
 from geoplantnet.products.scenarios import ScenarioError
 
@@ -45,6 +52,36 @@ def test_polygons_are_stratified_inside_and_apart():
                       exclude=(0, 3))  # fmt: skip
     sets = site_sets(np.random.default_rng(0), 12, 5, 4)
     assert len(sets) == 5 and all(len(set(s)) == 4 and max(s) < 12 for s in sets)
+
+
+def test_footprints_never_get_their_own_majority_class():
+    """Several scenarios: each footprint's drawn among those that change its majority class; one scenario: a
+    footprint mostly of its class is drawn again, and no draw is spent on the assignment."""
+    grid = _grid()
+    land_cover = np.zeros((100, 100), dtype="int16")
+    land_cover[:, 50:] = 3
+    box = shapely.box(grid.left + 100, grid.top - 1000, grid.left + 2000, grid.top - 100)  # 38 x 18 cells of 0
+    assert majority_class(land_cover, grid, box, -1) == 0
+    drawn = draw_polygons(np.random.default_rng(0), land_cover, grid, 30, prefix="f", area_ha=(2, 8), margin_m=100)
+    assert {d.majority for d in drawn} == {0, 3}
+    chosen = assign_scenarios(np.random.default_rng(1), drawn, [0, 3, 5])
+    assert all([0, 3, 5][c] != d.majority for c, d in zip(chosen, drawn, strict=True))
+    assert set(chosen) == {0, 1, 2}  # every scenario drawn somewhere
+    assert assign_scenarios(np.random.default_rng(1), drawn, [5]) == [0] * 30
+    only = draw_polygons(np.random.default_rng(0), land_cover, grid, 10, prefix="f", area_ha=(2, 8), margin_m=100,
+                         not_majority=3)  # fmt: skip
+    assert {d.majority for d in only} == {0}
+
+
+def test_aggregate_per_scenario():
+    row = {"richness_true_in_interval": True, "threatened_true_in_interval": None, "beyond_buffer_max_abs_change": 0.0,
+           "richness_change_predicted": -3.0, "richness_change_true": -2.0}  # fmt: skip
+    rows = [row | {"scenario": k, "richness_relative_error": e} for k, e in (("a", 0.5), ("b", 0.1), ("a", 0.3))]
+    agg = aggregate(rows, [])
+    assert agg["footprints"] == 3 and set(agg["by_scenario"]) == {"a", "b"}
+    assert agg["by_scenario"]["a"]["footprints"] == 2
+    assert agg["by_scenario"]["a"]["richness_mean_relative_error"] == pytest.approx(0.4)
+    assert "by_scenario" not in aggregate(rows[:1], [])
 
 
 def _summary(richness: float, threatened: float, draws: list[float], estimates: dict | None = None) -> dict:

@@ -282,12 +282,14 @@ def value_args(parser: argparse.ArgumentParser) -> None:
 def impact_args(parser: argparse.ArgumentParser) -> None:
     config_args(parser)
     parser.add_argument("--footprint", default=None, help="project polygons (GeoJSON, GeoPackage, GeoParquet; any CRS)")
-    parser.add_argument("--scenario", required=True, help="scenario YAML file")
+    parser.add_argument("--scenario", required=True, action="append",
+                        help="scenario YAML file (--random: repeat it to give each footprint one of several, never "
+                        "one of its own majority class)")  # fmt: skip
     parser.add_argument("--out", default=None, help="report folder (default: <store.root>/impact/<scenario name>)")
     random = parser.add_argument_group("random evaluation (virtual region, with --evaluate; instead of --footprint)")
     random.add_argument("--random", type=int, default=None, metavar="N",
                         help="draw N footprints (and N offset site sets) at random and score them against the truth "
-                        "-> <store.root>/impact/random-<scenario name>/")  # fmt: skip
+                        "-> <store.root>/impact/random-<scenario names>/")  # fmt: skip
     random.add_argument("--offset-scenario", default=None, help="restoration scenario of the random site sets")
     random.add_argument("--sites-per-set", type=int, default=5, help="candidate sites per random set (default 5)")
     random.add_argument("--random-seed", type=int, default=0, help="seed of the draws (default 0)")

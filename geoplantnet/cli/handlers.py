@@ -228,9 +228,11 @@ def _cmd_impact(args: argparse.Namespace) -> int:
         raise ConfigError("impact needs --footprint FILE (or --random N --evaluate on the virtual region)")
     if args.offset_scenario is not None:
         raise ConfigError("--offset-scenario is for --random; rank your own sites with `geoplantnet offsets`")
+    if len(args.scenario) > 1:
+        raise ConfigError("a footprint takes one --scenario; several are for --random N (or run impact once each)")
     from geoplantnet.jobs.impact import run_impact
 
-    summary = run_impact(cfg, args.footprint, args.scenario, **_assessment_options(args))
+    summary = run_impact(cfg, args.footprint, args.scenario[0], **_assessment_options(args))
     print(json.dumps({k: summary[k] for k in ("report", "zones", "tiles", "seconds")}, indent=2, default=str))
     return 0
 
@@ -242,7 +244,7 @@ def _random_impact(cfg: RunConfig, args: argparse.Namespace) -> int:
 
     if args.footprint is not None:
         raise ConfigError("--random draws its own footprints: drop --footprint (or --random)")
-    check_random(cfg, args.random, args.evaluate, args.sites_per_set)
+    check_random(cfg, args.random, args.evaluate, args.sites_per_set, len(args.scenario))
     summary = run_random_impact(
         cfg,
         args.random,

@@ -31,13 +31,15 @@ RELATIVE_FLOOR = 0.5  # a footprint's relative error is scored when its true mea
 
 @dataclass(frozen=True)
 class Drawn:
-    """One drawn polygon: its id, geometry (the grid's CRS), shape kind, area and the class at its centre."""
+    """One drawn polygon: its id, geometry (the grid's CRS), shape kind, area, the class at its centre and the class
+    of most of its cells."""
 
     id: str
     geometry: Any
     shape: str
     area_ha: float
     land_cover: int
+    majority: int
 
 
 def random_shape(rng: np.random.Generator, x: float, y: float, area_m2: float) -> tuple[Any, str]:
@@ -60,6 +62,20 @@ def random_shape(rng: np.random.Generator, x: float, y: float, area_m2: float) -
     return shapely.affinity.translate(shape, x, y), kind
 
 
+def majority_class(land_cover: np.ndarray, grid: Grid, geometry: Any, default: int) -> int:
+    """The land-cover class of most grid cells whose centre lies in ``geometry`` (``default`` when none does)."""
+    x0, y0, x1, y1 = geometry.bounds
+    rows = np.flatnonzero((grid.y >= y0) & (grid.y <= y1))
+    cols = np.flatnonzero((grid.x >= x0) & (grid.x <= x1))
+    xx, yy = np.meshgrid(grid.x[cols], grid.y[rows])
+    values = land_cover[np.ix_(rows, cols)][shapely.contains_xy(geometry, xx, yy)]
+    values = values[values >= 0]
+    if not values.size:
+        return default
+    codes, counts = np.unique(values, return_counts=True)
+    return int(codes[np.argmax(counts)])
+
+
 def draw_polygons(
     rng: np.random.Generator,
     land_cover: np.ndarray,
@@ -71,11 +87,13 @@ def draw_polygons(
     margin_m: float,
     exclude: Sequence[int] = (),
     apart: bool = False,
+    not_majority: int | None = None,
 ) -> list[Drawn]:
     """``n`` polygons stratified by land cover: a class drawn uniformly among those with at least
     :data:`MIN_CLASS_PIXELS` cells (but ``exclude``), a centre at one of its cells, a log-uniform area in
     ``area_ha`` and a random shape, all of it at least ``margin_m`` inside the region (the scenario's buffer lies
-    inside it). ``apart``: no two polygons touch (candidate sites, whose gains add up)."""
+    inside it). ``apart``: no two polygons touch (candidate sites, whose gains add up). ``not_majority``: a polygon
+    mostly of this class is drawn again (a footprint the scenario would not change)."""
     codes, counts = np.unique(land_cover[land_cover >= 0], return_counts=True)
     strata = [int(c) for c, k in zip(codes, counts, strict=True) if k >= MIN_CLASS_PIXELS and int(c) not in exclude]
     if not strata:
@@ -92,9 +110,23 @@ def draw_polygons(
         geometry, kind = random_shape(rng, float(grid.x[cols[k]]), float(grid.y[rows[k]]), area)
         if not region.contains(geometry) or (apart and any(geometry.distance(d.geometry) < 20 for d in out)):
             continue
-        out.append(Drawn(f"{prefix}-{len(out) + 1}", geometry, kind, round(area / 1e4, 2), cls))
+        majority = majority_class(land_cover, grid, geometry, cls)
+        if majority == not_majority:
+            continue
+        out.append(Drawn(f"{prefix}-{len(out) + 1}", geometry, kind, round(area / 1e4, 2), cls, majority))
     if len(out) < n:
         raise ValueError(f"only {len(out)} of {n} {prefix} polygons fit the region")
+    return out
+
+
+def assign_scenarios(rng: np.random.Generator, drawn: Sequence[Drawn], codes: Sequence[int]) -> list[int]:
+    """For each footprint, the index of its scenario in ``codes`` (their land-cover classes): drawn uniformly among
+    the scenarios whose class is not the footprint's majority class (one scenario: always it, no draw, so a single
+    scenario's draws stay those of the seed)."""
+    out = []
+    for d in drawn:
+        allowed = [i for i, c in enumerate(codes) if c != d.majority] or list(range(len(codes)))
+        out.append(allowed[0] if len(allowed) == 1 else int(allowed[int(rng.integers(len(allowed)))]))
     return out
 
 
@@ -125,6 +157,9 @@ def footprint_row(
         "shape": drawn.shape,
         "area_ha": drawn.area_ha,
         "land_cover": names.get(drawn.land_cover, str(drawn.land_cover)),
+        "majority_land_cover": names.get(drawn.majority, str(drawn.majority)),
+        "scenario": a.edit.scenario.name,
+        "new_land_cover": names.get(a.edit.code, str(a.edit.code)),
         "pixels": summary["zones"]["footprint"]["pixels"],
         "richness_change_predicted": fp.get("richness_change_predicted"),
         "richness_change_true": fp.get("richness_change_true"),
@@ -228,7 +263,8 @@ def _mean(values: Sequence[Any]) -> float | None:
 def aggregate(footprints: Sequence[Mapping[str, Any]], sets: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The figures the targets name: mean relative error of the footprint's richness change, the share of
     footprints whose interval holds the true change, the largest change beyond the buffer; the mean and median
-    Spearman of the site sets and the share of verdicts that agree with the truth's."""
+    Spearman of the site sets and the share of verdicts that agree with the truth's. With footprints under several
+    scenarios, the footprints' figures per scenario too (``by_scenario``)."""
     rel = [r["richness_relative_error"] for r in footprints]
     held = [r["richness_true_in_interval"] for r in footprints if r["richness_true_in_interval"] is not None]
     held_t = [r["threatened_true_in_interval"] for r in footprints if r["threatened_true_in_interval"] is not None]
@@ -245,6 +281,9 @@ def aggregate(footprints: Sequence[Mapping[str, Any]], sets: Sequence[Mapping[st
             [float(np.sign(r["richness_change_predicted"]) == np.sign(r["richness_change_true"])) for r in footprints]
         ),
     }
+    names = list(dict.fromkeys(r.get("scenario") for r in footprints))
+    if len(names) > 1:
+        out["by_scenario"] = {n: aggregate([r for r in footprints if r.get("scenario") == n], []) for n in names}
     if sets:
         rho = [s["spearman"] for s in sets if s["spearman"] is not None and np.isfinite(s["spearman"])]
         out |= {

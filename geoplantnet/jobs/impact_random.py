@@ -1,12 +1,14 @@
-"""``geoplantnet impact --random N --evaluate``: N footprints drawn at random over the virtual region under the
-impact scenario and, with ``--offset-scenario``, N sets of candidate sites drawn from a pool under the restoration
-scenario, each set offsetting one footprint's impact; all of it assessed on one plan (one cluster, one calibration,
-the edits streamed together: :func:`geoplantnet.runs.assessment.assess_many`) and scored against the generator's
-truth (:mod:`geoplantnet.evaluation.random_assessments`)."""
+"""``geoplantnet impact --random N --evaluate``: N footprints drawn at random over the virtual region, each under one
+of the impact scenarios (one ``--scenario``, or several: each footprint's drawn with the seed among those whose class
+is not the footprint's majority class) and, with ``--offset-scenario``, N sets of candidate sites drawn from a pool
+under the restoration scenario, each set offsetting one footprint's impact; all of it assessed on one plan (one
+cluster, one calibration, the edits streamed together: :func:`geoplantnet.runs.assessment.assess_many`) and scored
+against the generator's truth (:mod:`geoplantnet.evaluation.random_assessments`)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -21,6 +23,7 @@ from geoplantnet.evaluation.random_assessments import (
     SITE_HA,
     Drawn,
     aggregate,
+    assign_scenarios,
     draw_polygons,
     footprint_row,
     set_row,
@@ -40,7 +43,7 @@ REPORT_FILES = ("summary.json", "report.md")
 MAX_RANDOM = 200  # footprints (and site sets) one run draws at most
 
 
-def check_random(cfg: RunConfig, n: int, evaluate: bool, sites_per_set: int) -> None:
+def check_random(cfg: RunConfig, n: int, evaluate: bool, sites_per_set: int, scenarios: int = 1) -> None:
     """Refuse a random evaluation that cannot run, in one line, before anything is read or started."""
     if not cfg.inputs.virtual:
         raise ConfigError("--random draws footprints to compare with the virtual region's truth; inputs.* are set")
@@ -50,6 +53,8 @@ def check_random(cfg: RunConfig, n: int, evaluate: bool, sites_per_set: int) -> 
         raise ConfigError(f"--random {n}: draw between 1 and {MAX_RANDOM} footprints")
     if sites_per_set < 3:
         raise ConfigError(f"--sites-per-set {sites_per_set}: a rank correlation needs at least 3 sites")
+    if scenarios > n:
+        raise ConfigError(f"{scenarios} scenarios for --random {n}: draw at least one footprint per scenario")
 
 
 def _union(drawn: list[Drawn]) -> Any:
@@ -59,7 +64,7 @@ def _union(drawn: list[Drawn]) -> Any:
 def run_random_impact(
     cfg: RunConfig,
     n: int,
-    scenario: str,
+    scenario: str | Sequence[str],
     *,
     offset_scenario: str | None = None,
     sites_per_set: int = 5,
@@ -72,33 +77,47 @@ def run_random_impact(
     progress: bool = True,
     evaluate: bool = True,
 ) -> dict[str, Any]:
-    """``n`` random footprints under ``scenario`` (and, with ``offset_scenario``, ``n`` random site sets of
-    ``sites_per_set`` sites from a pool of ``max(n, 2 x sites_per_set)`` under it) assessed and scored against the
-    truth; ``report.md`` and ``summary.json`` under ``<store.root>/impact/random-<scenario name>``."""
-    check_random(cfg, n, evaluate, sites_per_set)
+    """``n`` random footprints, each under one of the ``scenario`` files (several: drawn for each footprint among
+    those that change its majority class), and, with ``offset_scenario``, ``n`` random site sets of
+    ``sites_per_set`` sites from a pool of ``max(n, 2 x sites_per_set)`` under it, assessed and scored against the
+    truth; ``report.md`` and ``summary.json`` under ``<store.root>/impact/random-<scenario names>``."""
+    files = [scenario] if isinstance(scenario, str) else list(scenario)
+    check_random(cfg, n, evaluate, sites_per_set, len(files))
     ctx = RunContext(cfg, progress=progress, overwrite=overwrite)
     t0 = time.perf_counter()
-    sc = load_scenario(scenario)
+    scenarios = [load_scenario(f) for f in files]
+    if len({s.name for s in scenarios}) < len(scenarios):
+        raise ConfigError("--scenario: two scenarios have one name; name each once")
+    sc = scenarios[0]
     restore = load_scenario(offset_scenario) if offset_scenario is not None else None
     models = resolve_models(ctx, model, habitat_model, value_model)
     if restore is not None and models.value is None and cfg.impact.offset_currency == "value":
         raise ConfigError("offsets rank sites by value: run `geoplantnet value` first or pass --value-model")
-    folder = ctx.report_folder(f"impact/random-{sc.name}", "random impact evaluation", REPORT_FILES, out)
+    name = "-".join(s.name for s in scenarios)
+    folder = ctx.report_folder(f"impact/random-{name}", "random impact evaluation", REPORT_FILES, out)
     from geoplantnet.runs.inputs import virtual_scenario_truth
 
     truth = partial(virtual_scenario_truth, cfg)
     rng = np.random.default_rng(seed)
-    with planned(ctx, sc, models) as (client, plan, _):
+    with planned(ctx, sc, models, scenarios[1:]) as (client, plan, _):
         env = plan.sources.environment(plan.map_grid, list(plan.env_names))
         land_cover, _ = dominant_class(env, list(plan.env_names), sc.variable)
         names = land_cover_classes(plan.sources, sc.variable)
-        margin = sc.buffer_m + plan.map_grid.resolution
+        codes = [scenario_code(s, names, plan.env_names) for s in scenarios]
+        margin = max(s.buffer_m for s in scenarios) + plan.map_grid.resolution
+        # one class for all: a footprint already of it would not change, and is drawn again
+        only = codes[0] if len(set(codes)) == 1 else None
         footprints = draw_polygons(rng, land_cover, plan.map_grid, n, prefix="footprint", area_ha=FOOTPRINT_HA,
-                                   margin_m=margin)  # fmt: skip
-        # one typical composite of the new cover for all footprints, learned around all of them (as offsets does
-        # for its sites: one read rather than one per footprint)
-        shared = learn_edit(plan.sources, plan.cube_grid, _union(footprints), sc, plan.env_names)
-        edits = [replace(shared, geometry=f.geometry) for f in footprints]
+                                   margin_m=margin, not_majority=only)  # fmt: skip
+        assigned = assign_scenarios(rng, footprints, codes)
+        # one typical composite of each new cover for all its footprints, learned around all of them (as offsets
+        # does for its sites: one read rather than one per footprint)
+        shared = {
+            i: learn_edit(plan.sources, plan.cube_grid, _union([f for f, c in zip(footprints, assigned, strict=True)
+                                                                if c == i]), s, plan.env_names)
+            for i, s in enumerate(scenarios) if i in assigned
+        }  # fmt: skip
+        edits = [replace(shared[c], geometry=f.geometry) for f, c in zip(footprints, assigned, strict=True)]
         pool, sets, restore_edit = [], [], None
         if restore is not None:
             code = scenario_code(restore, names, plan.env_names)
@@ -119,7 +138,7 @@ def run_random_impact(
         set_rows.append(set_row(plan, k + 1, *chosen, impacts[k], ratio, confidence, currency))
     rows = [i["row"] for i in impacts]
     summary: dict[str, Any] = {
-        "scenario": scenario_summary(edits[0], names),
+        "scenarios": [scenario_summary(shared[i], names) | {"footprints": assigned.count(i)} for i in sorted(shared)],
         "offset_scenario": scenario_summary(restore_edit, names) if restore_edit is not None else None,
         "random": {
             "footprints": n,

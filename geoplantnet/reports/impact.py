@@ -315,13 +315,15 @@ def write_offsets(folder: Path, summary: Mapping[str, Any], frame: Any, ids: lis
 def random_markdown(summary: Mapping[str, Any]) -> str:
     """The random evaluation's report: the aggregate figures the targets name, then a row per footprint and per
     site set (``geoplantnet impact --random N --evaluate``)."""
-    s, r, agg = summary["scenario"], summary["random"], summary["aggregate"]
+    scenarios, r, agg = summary["scenarios"], summary["random"], summary["aggregate"]
+    become = ", ".join(f"**{s['land_cover_name']}** ('{s['name']}': {s['footprints']})" for s in scenarios)
     blocks: list[str | list[str]] = [
-        f"# {r['footprints']} random footprints under '{s['name']}' against the truth",
+        f"# {r['footprints']} random footprints under {', '.join(repr(s['name']) for s in scenarios)} against "
+        "the truth",
         f"Footprints of {r['footprint_ha'][0]:g}-{r['footprint_ha'][1]:g} ha (log-uniform; rectangles, ellipses, "
-        f"irregular polygons; centred on a land-cover class drawn uniformly) become **{s['land_cover_name']}**; "
-        f"seed {r['seed']}; {summary['draws']} paired Monte-Carlo draws, intervals at {summary['level']:.0%}; "
-        f"{summary['tiles']} tiles in {summary['seconds']} s.",
+        f"irregular polygons; centred on a land-cover class drawn uniformly) become {become}, never their own "
+        f"majority class; seed {r['seed']}; {summary['draws']} paired Monte-Carlo draws, intervals at "
+        f"{summary['level']:.0%}; {summary['tiles']} tiles in {summary['seconds']} s.",
     ]
     figures = [
         ("footprint richness change: mean relative error", agg["richness_mean_relative_error"],
@@ -348,10 +350,19 @@ def random_markdown(summary: Mapping[str, Any]) -> str:
             ("best site right", agg["best_site_agrees_share"], "share of site sets"),
         ]
     blocks += ["## Against the truth", table(("figure", "value", "over"), [(a, fmt(b), c) for a, b, c in figures])]
-    header = ("footprint", "shape", "ha", "class", "richness predicted", "true", "rel. error", "in interval",
+    if "by_scenario" in agg:
+        header = ("scenario", "footprints", "mean (median) rel. error", "sign right", "richness interval holds",
+                  "beyond buffer max")  # fmt: skip
+        rows = [(k, v["footprints"], f"{fmt(v['richness_mean_relative_error'])} "
+                 f"({fmt(v['richness_median_relative_error'])})", fmt(v["richness_sign_agrees"]),
+                 fmt(v["richness_interval_coverage"]), fmt(v["beyond_buffer_max_abs_change"], 4))
+                for k, v in agg["by_scenario"].items()]  # fmt: skip
+        blocks += ["## Per scenario", table(header, rows)]
+    header = ("footprint", "shape", "ha", "class", "to", "richness predicted", "true", "rel. error", "in interval",
               "threatened predicted", "true", "buffer predicted", "beyond buffer max")  # fmt: skip
     rows = [
-        (f["id"], f["shape"], f["area_ha"], f["land_cover"], fmt(f["richness_change_predicted"]),
+        (f["id"], f["shape"], f["area_ha"], f["majority_land_cover"], f["new_land_cover"],
+         fmt(f["richness_change_predicted"]),
          fmt(f["richness_change_true"]), fmt(f["richness_relative_error"]), f["richness_true_in_interval"],
          fmt(f["threatened_change_predicted"]), fmt(f["threatened_change_true"]),
          fmt(f["buffer_richness_change_predicted"]), fmt(f["beyond_buffer_max_abs_change"], 4))

@@ -67,10 +67,13 @@ def resolve_models(ctx: RunContext, model: str | None, habitat_model: str | None
 
 
 @contextmanager
-def planned(ctx: RunContext, sc: Scenario, models: Models) -> Iterator[tuple[Client, ImpactPlan, Any]]:
-    """The models and the user's files read and checked, the scenario's class against the land-cover layer's
-    declared classes and the species model's inputs, all before the virtual region is generated or a cluster
-    starts; then the run's inputs, the cluster and the plan (:func:`plan_impact`)."""
+def planned(
+    ctx: RunContext, sc: Scenario, models: Models, others: Sequence[Scenario] = ()
+) -> Iterator[tuple[Client, ImpactPlan, Any]]:
+    """The models and the user's files read and checked, the scenario's class (and ``others``': the random
+    evaluation's further scenarios, on the same land-cover layer) against the land-cover layer's declared classes and
+    the species model's inputs, all before the virtual region is generated or a cluster starts; then the run's
+    inputs, the cluster and the plan (:func:`plan_impact`)."""
     from geoplantnet.runs.inputs import plan_inputs
 
     cfg = ctx.cfg
@@ -78,11 +81,14 @@ def planned(ctx: RunContext, sc: Scenario, models: Models) -> Iterator[tuple[Cli
     classifier = ClassifierFolder.read(models.habitats) if models.habitats is not None else None
     value_file = ValueModelFile.read(models.value, cfg.store) if models.value is not None else None
     inputs = plan_inputs(cfg, observations=species is None)
-    classes = inputs.classes(sc.variable)
-    if species is not None:
-        scenario_code(sc, classes, model_variables(species.spec, species.url))
-    else:
-        resolve_class(sc, classes)
+    for each in (sc, *others):
+        if each.variable != sc.variable:
+            raise ConfigError(f"scenarios {sc.name} and {each.name} edit different layers: give them one")
+        classes = inputs.classes(each.variable)
+        if species is not None:
+            scenario_code(each, classes, model_variables(species.spec, species.url))
+        else:
+            resolve_class(each, classes)
     tables = indicator_inputs(cfg, progress=ctx.progress)
     run = inputs.load(progress=ctx.progress)
     if not run.s2_items:
