@@ -134,6 +134,10 @@ def test_value_settings_validated() -> None:
         load_config(CONFIG, ["value.crop=62"])
     with pytest.raises(ConfigError, match=re.escape("value.high and value.low")):
         load_config(CONFIG, ["value.low=high"])
+    with pytest.raises(ConfigError, match=re.escape("must lie in [0, 1]")):
+        load_config(CONFIG, ["value.blend_weights=[0.5, 1.5]"])
+    with pytest.raises(ConfigError, match="value.model"):
+        load_config(CONFIG, ["value.model=svm"])
     from geoplantnet.products.value import value_grid
 
     bad = load_config(CONFIG, ["value.tile=64"])
