@@ -136,7 +136,7 @@ def test_value_settings_validated() -> None:
         load_config(CONFIG, ["value.low=high"])
     with pytest.raises(ConfigError, match=re.escape("must lie in [0, 1]")):
         load_config(CONFIG, ["value.blend_weights=[0.5, 1.5]"])
-    with pytest.raises(ConfigError, match="value.model"):
+    with pytest.raises(ConfigError, match=re.escape("value.model")):
         load_config(CONFIG, ["value.model=svm"])
     from geoplantnet.products.value import value_grid
 
