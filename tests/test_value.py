@@ -21,7 +21,7 @@ from geoplantnet.inference.reader import MapSources, ReadSettings
 from geoplantnet.inference.species import ModelRef
 from geoplantnet.inference.value import ValuePredictor, read_features
 from geoplantnet.models.value_net import ValueModel, ValueSpec, halo, masked_bce
-from geoplantnet.samples.value_labels import rasterise_labels, read_value_polygons
+from geoplantnet.samples.value_labels import Labels, rasterise_labels, read_value_polygons
 from geoplantnet.testing.fixtures import small_grid
 from geoplantnet.validation.value import polygon_folds, sample_pixels
 
@@ -134,6 +134,10 @@ def test_value_settings_validated() -> None:
         load_config(CONFIG, ["value.crop=62"])
     with pytest.raises(ConfigError, match=re.escape("value.high and value.low")):
         load_config(CONFIG, ["value.low=high"])
+    with pytest.raises(ConfigError, match=re.escape("must lie in [0, 1]")):
+        load_config(CONFIG, ["value.blend_weights=[0.5, 1.5]"])
+    with pytest.raises(ConfigError, match=re.escape("value.model")):
+        load_config(CONFIG, ["value.model=svm"])
     from geoplantnet.products.value import value_grid
 
     bad = load_config(CONFIG, ["value.tile=64"])
@@ -333,3 +337,95 @@ def test_the_virtual_polygons_carry_a_simulated_survey_score() -> None:
     assert 0.3 < noise.std() < 2.0 and np.allclose(tenths, np.round(tenths))  # noted to 0.1
     again = value_polygons(truth, grid, survey_sd=1.0, seed=5)["condition"]
     np.testing.assert_array_equal(again, surveyed["condition"])  # seeded
+
+
+def _blend_labels() -> tuple[np.ndarray, Labels]:
+    """24 square polygons on a 160 x 160 grid (high where feature 0 is high, with noise), with their folds."""
+    from geoplantnet.samples.value_labels import LabelRasters
+
+    grid = Grid(10.0, 4_321_000.0, 2_981_000.0, 160, 160)
+    rng = np.random.default_rng(5)
+    shapes, labels = [], []
+    for i in range(24):
+        r, c = divmod(i, 6)
+        x, y = grid.left + 40 + c * 250, grid.top - 40 - r * 380
+        shapes.append(box(x, y - 100, x + 100, y))
+        labels.append((i + r) % 2)
+    polys = gpd.GeoDataFrame(
+        {"polygon_id": np.arange(24, dtype="int32"), "label": np.asarray(labels, "int8")}, geometry=shapes, crs=3035
+    )
+    rasters = rasterise_labels(polys, grid)
+    settings = ValueConfig(folds=3, block_size_m=500.0)
+    polys["fold"] = polygon_folds(polys, settings)[0]
+    features = rng.normal(0, 1, (2, 160, 160)).astype(np.float32)
+    features[0] += 1.5 * (rasters.label == 1)
+    out = Labels(polys, LabelRasters(rasters.label, rasters.polygon, None), (0, 160, 0, 160), "test", ())
+    return features, out
+
+
+def test_the_blend_weight_is_chosen_without_the_test_fold() -> None:
+    from geoplantnet.samples.value_labels import LabelRasters
+    from geoplantnet.validation.value import ValueTraining, cross_validate, fold_means
+
+    features, labels = _blend_labels()
+    settings = ValueConfig(
+        model="blend", folds=3, block_size_m=500.0, epochs=2, crop=32, base_channels=4, batch=4, depth=1,
+        pixels_per_polygon=30, forest_trees=20,
+    )  # fmt: skip
+    training = ValueTraining(settings, "cpu", "k")
+    rows = cross_validate(training, features, labels, ["a", "b"], [])
+    blend = {r["fold"]: r for r in rows if r["model"] == "blend"}
+    assert set(blend) == {0, 1, 2} and set(fold_means(rows)) == {"unet", "random_forest", "blend"}
+    assert all(r["unet_weight"] in settings.blend_weights and r["inner_pixels"] > 0 for r in blend.values())
+    # the held-out polygons of fold 0 flipped (high <-> low): its test AUC turns, its chosen weight does not
+    held = labels.polygons["polygon_id"][labels.polygons["fold"] == 0].to_numpy()
+    r = labels.rasters
+    flipped = np.where(np.isin(r.polygon, held) & (r.label >= 0), 1 - r.label, r.label).astype(np.int8)
+    labels2 = Labels(labels.polygons, LabelRasters(flipped, r.polygon, None), labels.window, "test", ())
+    again = {r["fold"]: r for r in cross_validate(training, features, labels2, ["a", "b"], []) if r["model"] == "blend"}
+    assert again[0]["unet_weight"] == blend[0]["unet_weight"] and again[0]["inner_auc"] == blend[0]["inner_auc"]
+    assert again[0]["auc"] == pytest.approx(1 - blend[0]["auc"], abs=1e-3)
+
+
+def test_a_blend_maps_the_weighted_forest_and_scales_the_sd(tmp_path: Path) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    from geoplantnet.core.config import StoreConfig
+    from geoplantnet.inference.value import ValueModelFile
+    from geoplantnet.models.value_forest import ValueForest, ValueForestError, forest_url, pixel_rows
+
+    grid = Grid(10.0, 4_321_000.0, 2_981_000.0, 32, 32)
+    seasons = tuple(np.array(["2024-03-01", "2024-06-01"], dtype="datetime64[ns]"))
+    sources = Synthetic(ReadSettings(CubeConfig()), None, None, seasons, (), ())
+    bands, variables = ("B04", "B08"), ("bio1", "bio12", "elevation")
+    path = tmp_path / "value" / "model.pt"
+    path.parent.mkdir()
+    unet = _synthetic_model(path, 7)
+    rng = np.random.default_rng(0)
+    X = rng.normal(0, 1, (200, 7)).astype(np.float32)
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, (X[:, 0] > 0).astype(int))
+    ValueForest(forest, tuple(unet.spec.features), unet.spec.training_key, "blend", 0.25).save(str(path))
+    read = ValueModelFile.read(str(path), StoreConfig())
+    assert read.forest is not None and read.forest.unet_weight == 0.25
+    ref = ModelRef(str(path), read.sha256)
+    plain = ValuePredictor(ref, sources, grid, bands, variables, halo(2))
+    blend = ValuePredictor(
+        ref, sources, grid, bands, variables, halo(2), forest=ModelRef(forest_url(str(path)), read.forest.sha256),
+        unet_weight=0.25,
+    )  # fmt: skip
+    assert blend.shipped == "blend" and plain.shipped == "unet"
+    tile = Tile(0, 0, 0, 0, 32, 32, "t")
+    features = blend.read(tile)
+    h = halo(2)
+    p_forest = forest.predict_proba(pixel_rows(features[:, h:-h, h:-h]))[:, 1].reshape(32, 32)
+    np.testing.assert_allclose(blend.predict(tile)[0], 0.25 * plain.predict(tile)[0] + 0.75 * p_forest, atol=1e-5)
+    draws = blend.predict(tile, draws=4, seed=3)
+    np.testing.assert_allclose(draws.std(axis=0), 0.25 * plain.predict(tile, draws=4, seed=3).std(axis=0), atol=1e-5)
+    # a forest of another training, or with changed bytes, is refused before it is unpickled
+    payload = path.parent / "forest" / "forest.joblib"
+    payload.write_bytes(payload.read_bytes() + b"x")
+    with pytest.raises(ValueForestError, match="do not match"):
+        ValueModelFile.read(str(path), StoreConfig())
+    ValueForest(forest, tuple(unet.spec.features), "another", "blend", 0.25).save(str(path))
+    with pytest.raises(ValueForestError, match="another training"):
+        ValueModelFile.read(str(path), StoreConfig())

@@ -1,5 +1,5 @@
-"""``geoplantnet value`` end to end on the small virtual region (U-Net vs forest per fold, value.zarr, the 50 m
-aggregate, resume, the truth agreement) and its one-line refusals."""
+"""``geoplantnet value`` end to end on the small virtual region (U-Net vs forest vs their blend per fold, the
+shipped blend, value.zarr, the 50 m aggregate, resume, the truth agreement) and its one-line refusals."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ TINY = [
     "value.score_column=condition",  # the score target (the virtual polygons' simulated survey), end to end
     "value.forest_trees=20",
     "value.pixels_per_polygon=50",
+    "value.model=blend",  # the shipped model: the U-Net and the forest blended, the weight chosen on the inner split
 ]
 
 
@@ -57,16 +58,22 @@ def test_value_end_to_end_resumes_and_evaluates(
     report = json.loads(out)
     saved = json.loads((tmp_path / "out" / "value" / "report.json").read_text())
     assert saved["folds"] == report["folds"] and (tmp_path / "out" / "value" / "report.md").exists()
-    # both models on every fold, scored on the same held-out pixels
+    # both models and their blend on every fold, scored on the same held-out pixels
     for k in range(3):
         rows = {r["model"]: r for r in report["folds"] if r["fold"] == k}
-        assert set(rows) == {"unet", "random_forest"}
-        assert rows["unet"]["test_pixels"] == rows["random_forest"]["test_pixels"] > 0
+        assert set(rows) == {"unet", "random_forest", "blend"}
+        assert rows["unet"]["test_pixels"] == rows["random_forest"]["test_pixels"] == rows["blend"]["test_pixels"] > 0
+        assert rows["blend"]["unet_weight"] in (0.0, 0.25, 0.5, 0.75, 1.0)
         for r in rows.values():
             assert 0 <= r["accuracy"] <= 1 and (r["auc"] is None or 0 <= r["auc"] <= 1)
     scored = [r for r in report["folds"] if r["auc"] is not None]
-    assert {r["model"] for r in scored} == {"unet", "random_forest"}
-    assert set(report["means"]) == {"unet", "random_forest"}
+    assert {r["model"] for r in scored} == {"unet", "random_forest", "blend"}
+    assert set(report["means"]) == {"unet", "random_forest", "blend"}
+    assert "| blend |" in (tmp_path / "out" / "value" / "report.md").read_text()
+    # the shipped model: the blend, its forest beside the U-Net, its weight chosen on the inner split
+    shipped = report["final_model"]["shipped"]
+    assert report["shipped"] == shipped["model"] == "blend" and report["unet_weight"] == shipped["unet_weight"]
+    assert (tmp_path / "out" / "value" / "forest" / "geoplantnet.json").exists()
     final = report["final_model"]
     assert final["polygons"] + final["validation_polygons"] == report["polygons"]["high"] + report["polygons"]["low"]
     assert final["validation_polygons"] > 0 and 1 <= final["best_epoch"] <= final["epochs"] <= 3
@@ -76,7 +83,8 @@ def test_value_end_to_end_resumes_and_evaluates(
     v = value["biodiversity_value"].values
     assert np.isfinite(v).all() and v.min() >= 0 and v.max() <= 1 and v.std() > 0
     assert np.isfinite(value["biodiversity_value_sd"].values).all()
-    assert value["biodiversity_value"].attrs["model_versions"].startswith("value-unet/")
+    assert value["biodiversity_value"].attrs["model_versions"].startswith("value-blend/")
+    assert value.attrs["value_model"] == "blend" and value.attrs["value_unet_weight"] == shipped["unet_weight"]
     # the polygons' (simulated survey) condition score learnt: the store says how to read the value back
     assert value.attrs["value_target"] == "score" and value.attrs["value_score_column"] == "condition"
     assert value.attrs["value_score_at_0"] < value.attrs["value_score_at_1"]

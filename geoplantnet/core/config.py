@@ -798,6 +798,17 @@ class ValueConfig(_Section):
         200, ge=1, description="labelled pixels sampled per polygon for the forest and for both models' test scores"
     )
     forest_trees: int = Field(300, ge=1, le=10_000, description="trees of the random-forest peer (at most 10000)")
+    model: Literal["unet", "forest", "blend"] = Field(
+        "unet",
+        description="the shipped model that maps value.zarr: the U-Net, the class-balanced forest, or their blend "
+        "(the U-Net's weight chosen from blend_weights on the inner validation split of the training polygons, "
+        "never a test fold; scored on the folds as its own row)",
+    )
+    blend_weights: tuple[float, ...] = Field(
+        (0.0, 0.25, 0.5, 0.75, 1.0),
+        min_length=1,
+        description="the U-Net's weights a blend chooses from (the forest's is 1 - w; 0 and 1: one model alone)",
+    )
     draws: int = Field(
         16, ge=0, le=MAX_DRAWS, description=f"MC-dropout draws for the map's uncertainty (0: none; at most {MAX_DRAWS})"
     )
@@ -813,6 +824,8 @@ class ValueConfig(_Section):
                 raise ValueError(f"value.{name}={getattr(self, name)} must be a multiple of 2**depth = {step}")
         if self.high == self.low:
             raise ValueError(f"value.high and value.low are both {self.high!r}")
+        if any(not 0 <= w <= 1 for w in self.blend_weights):
+            raise ValueError(f"value.blend_weights={list(self.blend_weights)} must lie in [0, 1]")
         return self
 
 

@@ -25,6 +25,7 @@ from geoplantnet.storage.store import read_options_for, shown
 
 if TYPE_CHECKING:
     from geoplantnet.inference.reader import MapSources
+    from geoplantnet.models.value_forest import ValueForest
     from geoplantnet.models.value_net import ValueModel
 
 
@@ -103,6 +104,20 @@ def cached_value_model(
     return pinned("value-model", ref.url, ref.sha256, str(dev), load, "value model file")
 
 
+def cached_value_forest(ref: ModelRef, storage_options: Mapping[str, Any] | None = None) -> ValueForest:
+    """The value forest folder of ``ref`` kept by this worker process (pinned by its payload's sha256)."""
+    from geoplantnet.models.value_forest import ValueForest, ValueForestError
+    from geoplantnet.runtime.worker_cache import pinned
+
+    def load() -> tuple[ValueForest, str]:
+        forest = ValueForest.load(ref.url, dict(storage_options or {}))
+        if forest is None:
+            raise ValueForestError(f"{shown(ref.url)}: the value forest is gone")
+        return forest, forest.sha256
+
+    return pinned("value-forest", ref.url, ref.sha256, "cpu", load, "value forest")[0]
+
+
 @dataclass(frozen=True)
 class ValuePredictor:
     """How a tile's biodiversity value is predicted (picklable, sent to workers): the model file, the inputs (every
@@ -117,6 +132,13 @@ class ValuePredictor:
     device: str = "cpu"
     model_options: Mapping[str, Any] = field(default_factory=dict, hash=False)  # fsspec options of the model file
     meaning: Mapping[str, Any] = field(default_factory=dict, hash=False)  # the value's units (ValueSpec.meaning)
+    forest: ModelRef | None = None  # value.model forest / blend: the forest folder beside the U-Net
+    unet_weight: float = 1.0  # the U-Net's share of the value; the forest's is 1 - unet_weight
+
+    @property
+    def shipped(self) -> str:
+        """Which model maps: ``unet``, ``forest`` or ``blend``."""
+        return "unet" if self.forest is None else "forest" if self.unet_weight == 0 else "blend"
 
     def window(self, tile: Tile) -> tuple[int, int, int, int]:
         """The read window of ``tile``: the tile grown by the halo (rows, then columns; may leave the grid)."""
@@ -133,14 +155,26 @@ class ValuePredictor:
 
     def predict_window(self, features: np.ndarray, tile: Tile, *, draws: int = 0, seed: int = 0) -> np.ndarray:
         """:meth:`predict` from features already read by :meth:`read`."""
-        model, _ = self.loaded()
-        # the same seed in every tile: Dropout2d draws one mask per channel whatever the window's size, so draw k is
-        # the same thinned network everywhere and the draws (and their spread) have no tile seams either
-        probs = model.predict(features, draws=draws, seed=seed)
         h = self.halo
         inner = (slice(h, h + tile.height), slice(h, h + tile.width))
+        w = self.unet_weight
+        out = np.zeros((max(draws, 1), tile.height, tile.width), np.float32)
+        if w > 0:
+            model, _ = self.loaded()
+            # the same seed in every tile: Dropout2d draws one mask per channel whatever the window's size, so draw
+            # k is the same thinned network everywhere and the draws (and their spread) have no tile seams either
+            out += w * model.predict(features, draws=draws, seed=seed)[(slice(None), *inner)].astype(np.float32)
+        if self.forest is not None and w < 1:
+            from geoplantnet.models.value_forest import forest_value, pixel_rows
+
+            forest = cached_value_forest(self.forest, self.model_options)
+            model, _ = self.loaded()  # its score rescaling puts a regression forest on the U-Net's scale
+            rescale = model.spec.score_value if model.spec.target == "score" else None
+            value = forest_value(forest.forest, pixel_rows(features[(slice(None), *inner)]), rescale)
+            # the forest is one deterministic value: a blend's draws are w x the U-Net's draws + (1 - w) x it, so
+            # its sd is w x the U-Net's MC-dropout sd (the forest alone: sd 0)
+            out += (1 - w) * value.reshape(tile.height, tile.width)
         nodata = ~np.isfinite(features[(slice(None), *inner)]).any(axis=0)  # no input at all: no value
-        out = probs[(slice(None), *inner)].astype(np.float32)
         out[:, nodata] = np.nan
         return out
 
@@ -159,15 +193,26 @@ class ValueModelFile:
     model: ValueModel
     sha256: str
     options: dict[str, Any]  # the storage options it is read with (the store's, for a model under store.root)
+    forest: ValueForest | None = None  # the forest folder beside it (value.model forest / blend), checked
 
     @classmethod
     def read(cls, url: str, store: StoreConfig) -> ValueModelFile:
-        """Read ``url`` with the options ``store`` gives it (``ValueModelError``, one line, when unusable)."""
+        """Read ``url`` with the options ``store`` gives it, and the forest beside it if any (``ValueModelError`` /
+        ``ValueForestError``, one line, when unusable or of another training)."""
+        from geoplantnet.models.value_forest import ValueForest, ValueForestError, forest_url
         from geoplantnet.models.value_net import ValueModel
 
         options = read_options_for(url, store)
         model, raw = ValueModel.load(url, storage_options=options)
-        return cls(url, model, hashlib.sha256(raw).hexdigest(), options)
+        forest = ValueForest.load(forest_url(url), options)
+        if forest is not None and (
+            forest.training_key != model.spec.training_key or list(forest.features) != model.spec.features
+        ):
+            raise ValueForestError(
+                f"{shown(forest_url(url))}: a value forest of another training than {shown(url)}; retrain with "
+                "geoplantnet value --overwrite"
+            )
+        return cls(url, model, hashlib.sha256(raw).hexdigest(), options, forest)
 
 
 def plan_predictor(read: ValueModelFile, sources: MapSources, grid: Grid, device: str) -> ValuePredictor:
@@ -184,7 +229,13 @@ def plan_predictor(read: ValueModelFile, sources: MapSources, grid: Grid, device
             f"{shown(read.url)}: the value model was trained on {len(spec.features)} features, the run's "
             f"inputs give {len(names)} (missing {missing[:6]}, not in the model {extra[:6]})"
         )
+    from geoplantnet.models.value_forest import forest_url
+
     ref = ModelRef(read.url, read.sha256)
+    forest, weight = None, 1.0
+    if read.forest is not None:
+        forest, weight = ModelRef(forest_url(read.url), read.forest.sha256), read.forest.unet_weight
     return ValuePredictor(
-        ref, sources, grid, tuple(bands), tuple(variables), spec.halo, device, read.options, spec.meaning()
-    )
+        ref, sources, grid, tuple(bands), tuple(variables), spec.halo, device, read.options, spec.meaning(), forest,
+        weight,
+    )  # fmt: skip

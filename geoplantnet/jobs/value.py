@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = ["run_value", "with_cli_options"]
 
-REPORT_FILES = ("model.pt", *FOLD_FILES)
+REPORT_FILES = ("model.pt", "forest", *FOLD_FILES)  # forest: the forest folder beside model.pt (value.model)
 
 
 def _report_folder(cfg: RunConfig, *, check: bool = False) -> Path:
@@ -165,6 +165,8 @@ def run_value(
         "model": shown(trained.model),
         "model_sha256": trained.sha256,
         "model_reused": trained.reused,
+        "shipped": predictor.shipped,
+        "unet_weight": predictor.unet_weight,
         "meaning": dict(predictor.meaning),
         "final_model": trained.training,
         "maps": maps,

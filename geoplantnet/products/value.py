@@ -160,11 +160,17 @@ def value_parts(predictor: ValuePredictor, settings: ValueConfig, base: Mapping[
         "grid": predictor.grid.label(),
         "tiling": f"tile={settings.tile} halo={predictor.halo}",
         "draws": f"{settings.draws} seed={settings.seed}",
+        "shipped": _version(predictor),  # the forest and the weight of a blend: another forest, another run
     }
 
 
 def _version(predictor: ValuePredictor) -> str:
-    return f"value-unet/{predictor.model.sha256[:12]}"
+    if predictor.forest is None:
+        return f"value-unet/{predictor.model.sha256[:12]}"
+    return (
+        f"value-{predictor.shipped}/unet {predictor.model.sha256[:12]} x {predictor.unet_weight:g} + forest "
+        f"{predictor.forest.sha256[:12]} x {1 - predictor.unet_weight:g}"
+    )
 
 
 def plan_value(
@@ -182,13 +188,23 @@ def plan_value(
         if meaning.get("value_target") == "score"
         else "polygons of high vs low value (the probability of high)"
     )
-    described = {"biodiversity_value": f"U-Net trained on {learnt}; dropout off"}
+    w = predictor.unet_weight
+    how = {
+        "unet": "U-Net",
+        "forest": "class-balanced random forest",
+        "blend": f"{w:g} x U-Net + {1 - w:g} x class-balanced random forest",
+    }[predictor.shipped]
+    described = {"biodiversity_value": f"{how} trained on {learnt}; dropout off"}
     if settings.draws:
-        described["biodiversity_value_sd"] = f"standard deviation of {settings.draws} Monte-Carlo dropout draws"
+        described["biodiversity_value_sd"] = f"standard deviation of {settings.draws} Monte-Carlo dropout draws" + (
+            "" if predictor.shipped == "unet" else f" of the U-Net x {w:g} (the forest is deterministic)"
+        )
     attrs = {
         "model_versions": _version(predictor),
         "model_file": redact({"u": predictor.model.url})["u"],
         "model_sha256": predictor.model.sha256,
+        "value_model": predictor.shipped,
+        "value_unet_weight": w,
         **meaning,
     }
     return TilePlan(

@@ -11,7 +11,9 @@ import pandas as pd
 from geoplantnet.reports.markdown import document, table
 from geoplantnet.storage.outputs import finish_folder, place, place_json
 
-FOLD_COLUMNS = ("fold", "model", "AUC", "accuracy", "test pixels", "high / low test polygons", "seconds")
+FOLD_COLUMNS = (
+    "fold", "model", "AUC", "accuracy", "test pixels", "high / low test polygons", "U-Net weight", "seconds"
+)  # fmt: skip
 
 
 def _folds(report: dict[str, Any]) -> list[str]:
@@ -23,11 +25,12 @@ def _folds(report: dict[str, Any]) -> list[str]:
             r["accuracy"],
             r["test_pixels"],
             f"{r['test_polygons_high']} / {r['test_polygons_low']}",
+            r.get("unet_weight", ""),  # a blend's, chosen on the inner split of the fold's training polygons
             r["seconds"],
         ]
         for r in report["folds"]
     ]
-    rows += [["mean", model, m["auc"], m["accuracy"], "", "", ""] for model, m in report["means"].items()]
+    rows += [["mean", model, m["auc"], m["accuracy"], "", "", "", ""] for model, m in report["means"].items()]
     return table(FOLD_COLUMNS, rows)
 
 
@@ -48,6 +51,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- polygons: `{p['source']}` ({p['high']} high, {p['low']} low on the grid); labelled pixels {p['pixels']}"
     ]
     final = [
+        f"- shipped: {report.get('shipped', 'unet')} (U-Net weight {report.get('unet_weight', 1.0)})",
         f"- `{report['model']}` (sha256 {report['model_sha256'][:12]})",
         *(f"- {k}: {v}" for k, v in {**report.get("meaning", {}), **f}.items()),
     ]

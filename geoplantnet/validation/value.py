@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from geoplantnet.models.value_net import ValueModel
 
 FOLD_FILES = ("report.json", "report.md", "folds.csv")  # what describes a trained model beside it
-MODELS = ("unet", "random_forest")
+MODELS = ("unet", "random_forest", "blend")
 VALIDATION_PARTS = 5  # a fifth of a network's training polygons validate it (early stopping)
 
 
@@ -153,7 +153,8 @@ def fold_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]
         vals = [r[key] for r in rows if r["model"] == model and r[key] is not None]
         return round(float(np.mean(vals)), 4) if vals else None
 
-    return {m: {"auc": mean(m, "auc"), "accuracy": mean(m, "accuracy")} for m in MODELS}
+    present = [m for m in MODELS if any(r["model"] == m for r in rows)]
+    return {m: {"auc": mean(m, "auc"), "accuracy": mean(m, "accuracy")} for m in present}
 
 
 # -- training and cross-validation
@@ -221,19 +222,86 @@ def fit(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Pixels:
+    """The sampled labelled pixels (:func:`sample_pixels`): where, their forest rows (:func:`pixel_rows`), label and
+    score (a score target's, else None)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    score: np.ndarray | None
+
+    @classmethod
+    def sample(cls, features: np.ndarray, labels: Labels, settings: ValueConfig) -> Pixels:
+        from geoplantnet.models.value_forest import pixel_rows
+
+        r = labels.rasters
+        rows, cols = sample_pixels(r, settings.pixels_per_polygon, settings.seed)
+        score = None if r.score is None or settings.score_column is None else r.score[rows, cols].astype(np.float64)
+        return cls(rows, cols, pixel_rows(features[:, rows, cols]), r.label[rows, cols].astype(np.int64), score)
+
+    def forest(self, settings: ValueConfig, keep: np.ndarray) -> Any:
+        """The class-balanced forest of the pixels ``keep`` (:func:`fit_forest`); None without both classes."""
+        if len(np.unique(self.y[keep])) < 2:
+            return None
+        return fit_forest(settings, self.x[keep], self.y[keep], None if self.score is None else self.score[keep])
+
+
+def _rescale(net: ValueModel) -> Callable[[np.ndarray], np.ndarray] | None:
+    return net.spec.score_value if net.spec.target == "score" else None
+
+
+def choose_weight(
+    training: ValueTraining,
+    features: np.ndarray,
+    label: np.ndarray,
+    labels: Labels,
+    pixels: Pixels,
+    names: list[str],
+    one_hot: list[str],
+    net: ValueModel,
+) -> tuple[float, dict[str, Any]]:
+    """The U-Net's weight in the blend, from ``value.blend_weights``: the best AUC of ``w x U-Net + (1 - w) x
+    forest`` on the inner validation polygons of ``label`` (:func:`inner_split`; ``label`` holds the training
+    polygons only, so a test fold never reaches the choice), both models fitted on the rest of ``label``'s polygons
+    (``net`` itself when ``value.patience`` already trained it so, else a U-Net trained here). Ties go to the weight
+    nearest 0.5 (the plain average); without a split or with one class in it: 0.5, said so."""
+    from geoplantnet.models.value_forest import forest_value
+
+    s = training.settings
+    fit_label, val = inner_split(labels, label, s)
+    default = min(s.blend_weights, key=lambda w: abs(w - 0.5))
+    if val is None:
+        return default, {"note": "too few polygons for an inner split: the weight nearest 0.5"}
+    held = val[pixels.rows, pixels.cols] >= 0
+    forest = pixels.forest(s, fit_label[pixels.rows, pixels.cols] >= 0)
+    if forest is None or len(np.unique(pixels.y[held])) < 2:
+        return default, {"note": "the inner split lacks a class: the weight nearest 0.5"}
+    inner = net if s.patience is not None else fit(training, features, fit_label, labels, names, one_hot)[0]
+    p_net = inner.predict(features)[0][pixels.rows[held], pixels.cols[held]]
+    p_forest = forest_value(forest, pixels.x[held], _rescale(inner))
+    aucs = {w: auc_accuracy(pixels.y[held], w * p_net + (1 - w) * p_forest)["auc"] for w in s.blend_weights}
+    best = max(aucs.values())
+    weight = min((w for w, a in aucs.items() if a >= best - 1e-9), key=lambda w: abs(w - 0.5))
+    return weight, {"inner_auc": {f"{w:g}": a for w, a in aucs.items()}, "inner_pixels": int(held.sum())}
+
+
 def cross_validate(
     training: ValueTraining, features: np.ndarray, labels: Labels, names: list[str], one_hot: list[str]
 ) -> list[dict[str, Any]]:
     """Per fold: the U-Net and the forest trained on the other folds' polygons, scored on this fold's sampled
-    pixels (AUC, accuracy at 0.5); one row per fold and model."""
+    pixels (AUC, accuracy at 0.5); with ``value.model: blend`` also their blend, its weight chosen on the training
+    polygons' inner split (:func:`choose_weight`); one row per fold and model."""
+    from geoplantnet.models.value_forest import forest_value
+
     s = training.settings
     r = labels.rasters
-    rows, cols = sample_pixels(r, s.pixels_per_polygon, s.seed)
+    pixels = Pixels.sample(features, labels, s)
+    rows, cols, x, y = pixels.rows, pixels.cols, pixels.x, pixels.y
     fold_of = dict(zip(labels.polygons["polygon_id"], labels.polygons["fold"], strict=True))
     pixel_fold = np.array([fold_of[p] for p in r.polygon[rows, cols]], dtype=np.int64)
-    y = r.label[rows, cols].astype(np.int64)
-    score = None if r.score is None or s.score_column is None else r.score[rows, cols].astype(np.float64)
-    x = features[:, rows, cols].T
     out = []
     for k in range(s.folds):
         test = pixel_fold == k
@@ -251,22 +319,26 @@ def cross_validate(
         }
         t0 = time.perf_counter()
         net, _ = fit(training, features, train_label, labels, names, one_hot)
-        prob = net.predict(features)[0][rows[test], cols[test]]
+        p_net = net.predict(features)[0][rows[test], cols[test]]
         out.append(
-            {"model": "unet", **common, **auc_accuracy(y[test], prob), "seconds": round(time.perf_counter() - t0, 1)}
+            {"model": "unet", **common, **auc_accuracy(y[test], p_net), "seconds": round(time.perf_counter() - t0, 1)}
         )
         t0 = time.perf_counter()
-        train_rows = ~test
-        if len(np.unique(y[train_rows])) == 2:
-            forest = fit_forest(s, x[train_rows], y[train_rows], None if score is None else score[train_rows])
-            if score is None:
-                prob = forest.predict_proba(x[test])[:, 1]
-            else:  # the forest's scores as values, rescaled as this fold's network rescales its own
-                prob = net.spec.score_value(forest.predict(x[test]))
-            row = {**common, **auc_accuracy(y[test], prob)}
-        else:
-            row = {**common, "auc": None, "accuracy": None}
+        forest = pixels.forest(s, ~test)
+        # a score target's forest scores as values, rescaled as this fold's network rescales its own
+        p_forest = None if forest is None else forest_value(forest, x[test], _rescale(net))
+        row = (
+            {**common, "auc": None, "accuracy": None}
+            if p_forest is None
+            else {**common, **auc_accuracy(y[test], p_forest)}
+        )
         out.append({"model": "random_forest", **row, "seconds": round(time.perf_counter() - t0, 1)})
+        if s.model == "blend" and p_forest is not None:
+            t0 = time.perf_counter()
+            w, chosen = choose_weight(training, features, train_label, labels, pixels, names, one_hot, net)
+            blend = {**common, **auc_accuracy(y[test], w * p_net + (1 - w) * p_forest)}
+            seconds = round(time.perf_counter() - t0, 1)
+            out.append({"model": "blend", **blend, "seconds": seconds, "unet_weight": w, **chosen})
     return out
 
 
@@ -311,6 +383,13 @@ def train_or_reuse(
     or reuse those of an earlier run with the same training key (its report in ``folder``)."""
     options = storage_options_for(model_url, store)  # the store's: the model is written under store.root
     previous = _previous(folder, model_url, training.key, options)
+    if previous is not None and training.settings.model != "unet":
+        from geoplantnet.models.value_forest import ValueForest, ValueForestError, forest_url
+
+        try:  # the shipped forest must be there too (its training is checked where the model is read)
+            previous = previous if ValueForest.load(forest_url(model_url), options) is not None else None
+        except ValueForestError:
+            previous = None
     if previous is not None:
         report, sha = previous
         return Trained(report["folds"], model_url, sha, report["final_model"], True)
@@ -320,9 +399,49 @@ def train_or_reuse(
         )
     for name in FOLD_FILES:  # they describe the model about to be replaced
         (folder / name).unlink(missing_ok=True)
+    from geoplantnet.models.value_forest import remove_forest
+
+    remove_forest(model_url, options)  # a forest beside the model being replaced is of another training
     stack = features()
     folds = cross_validate(training, stack, labels, names, one_hot)
     final, seconds = fit(training, stack, labels.rasters.label, labels, names, one_hot)
     sha = final.save(model_url, options)
     trained = {**final.spec.trained, "seconds": round(seconds, 1), "version": final.version[:12]}
+    trained["shipped"] = {"model": "unet", "unet_weight": 1.0}
+    if training.settings.model != "unet":
+        trained["shipped"] = ship_forest(training, stack, labels, names, one_hot, final, model_url, options)
     return Trained(folds, model_url, sha, trained, False)
+
+
+def ship_forest(
+    training: ValueTraining,
+    stack: np.ndarray,
+    labels: Labels,
+    names: list[str],
+    one_hot: list[str],
+    final: ValueModel,
+    model_url: str,
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The final forest on every polygon's sampled pixels, saved beside the final U-Net with the shipped choice:
+    ``forest`` (U-Net weight 0) or ``blend`` (the weight chosen on the inner split of all polygons,
+    :func:`choose_weight`); what the report says of it."""
+    from geoplantnet.models.value_forest import ValueForest, forest_url
+
+    s = training.settings
+    pixels = Pixels.sample(stack, labels, s)
+    forest = pixels.forest(s, np.ones(len(pixels.y), bool))
+    weight, chosen = 0.0, {}
+    if s.model == "blend":
+        weight, chosen = choose_weight(
+            training, stack, labels.rasters.label, labels, pixels, names, one_hot, final
+        )  # fmt: skip
+    shipped = ValueForest(forest, tuple(names), final.spec.training_key, s.model, weight, chosen)
+    sha = shipped.save(model_url, options)
+    return {
+        "model": s.model,
+        "unet_weight": weight,
+        **chosen,
+        "forest": shown(forest_url(model_url)),
+        "forest_sha256": sha,
+    }
