@@ -17,7 +17,7 @@ some edits, for :func:`geoplantnet.runs.tiles.stream_tiles`) and :func:`assemble
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -229,19 +229,21 @@ def _held(job: ImpactTileJob, tile: Tile) -> np.ndarray:
     return ~where.inside & ~(where.edge > 0)
 
 
-def _species_codes(job: ImpactTileJob, tile: Tile) -> dict[str, list[np.ndarray]]:
-    """The species codes (species, y, x) of the tile before and after, for the map and each Monte-Carlo draw (draw
-    k: dropout seed ``seed + k`` of member ``k`` of an ensemble, the same in both states), the after state's held
-    pixels (:func:`_held`) taken from before."""
+STATES = ("before", "after")
+
+
+def _paired_codes(job: ImpactTileJob, tile: Tile) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The species codes (species, y, x) of the tile before and after, the map's first, then each Monte-Carlo draw's
+    (draw k: dropout seed ``seed + k`` of member ``k`` of an ensemble, the same in both states), one pair at a time
+    so a tile never holds every draw's codes (species x draws can be large); the after state's held pixels
+    (:func:`_held`) are taken from before."""
     held = _held(job, tile)
-    draws = [{"dropout_seed": job.seed + k, "member": k} for k in range(job.draws)]
-    out: dict[str, list[np.ndarray]] = {}
-    for state, fused in (("before", job.before), ("after", job.after)):
-        inputs = fused.species.read(tile)  # once: the draws run the network again on the same windows
-        out[state] = [fused.species.forward(inputs, **draw)[0] for draw in [{}, *draws]]
-    for before, after in zip(out["before"], out["after"], strict=True):
+    fused = {"before": job.before, "after": job.after}
+    inputs = {s: fused[s].species.read(tile) for s in STATES}  # once: the draws run the network on the same windows
+    for draw in [{}, *({"dropout_seed": job.seed + k, "member": k} for k in range(job.draws))]:
+        before, after = (fused[s].species.forward(inputs[s], **draw)[0] for s in STATES)
         after[:, held] = before[:, held]
-    return out
+        yield before, after
 
 
 def impact_tile(job: ImpactTileJob, tile: Tile) -> dict[str, Any]:
@@ -251,21 +253,24 @@ def impact_tile(job: ImpactTileJob, tile: Tile) -> dict[str, Any]:
     zones = _zones(job, tile)
     out: dict[str, Any] = {"tile": tile.id, "y0": tile.y0, "x0": tile.x0, "zones": zones}
     model = job.indicators
-    species = _species_codes(job, tile)
-    for state, fused, value in (("before", job.before, job.value_before), ("after", job.after, job.value_after)):
-        p, top, top_p, _ = fused.classify(species[state][0], {"model_loads": 0})
+    pairs = _paired_codes(job, tile)
+    draws: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in STATES}
+    for state, fused, codes in zip(STATES, (job.before, job.after), next(pairs), strict=True):
+        p, top, top_p, _ = fused.classify(codes, {"model_loads": 0})
         blocks = indicator_blocks(p, model, habitat_top=top, habitat_top_probability=top_p, seed=tile_seed(tile))
         out[state] = {
             "blocks": blocks,
             "habitat": top[0] if top is not None else None,
             "species_cover": _zone_sums(_calibrated(p, model), zones),  # (S, 3) expected pixels
         }
-        draws = []
-        for codes in species[state][1:]:
+    for pair in pairs:
+        for state, codes in zip(STATES, pair, strict=True):
             counts = _group_counts(_calibrated(decode(codes), model), model)
-            draws.append({g: _zone_sums(v, zones) for g, v in counts.items()})
-            draws[-1]["richness_pixels"] = counts["richness"]
-        out[state]["draws"] = {g: np.stack([d[g] for d in draws]) for g in draws[0]} if draws else {}
+            draws[state].append({g: _zone_sums(v, zones) for g, v in counts.items()})
+            draws[state][-1]["richness_pixels"] = counts["richness"]
+    for state, value in zip(STATES, (job.value_before, job.value_after), strict=True):
+        drawn = draws[state]
+        out[state]["draws"] = {g: np.stack([d[g] for d in drawn]) for g in drawn[0]} if drawn else {}
         if value is not None:
             fine = _fine(tile, job.value_factor)
             features = value.read(fine)  # once for the map's values and the draws
