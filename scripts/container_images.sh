@@ -61,6 +61,12 @@ build_args() {
   for dir in /opt/wheels /opt/pypi /opt/pypi-more; do
     [ -d "$dir" ] && BUILD+=(--volume "$dir:$dir:ro") && links+=("$dir")
   done
+  # The host's CA bundle for the build's pip: on these machines HTTPS goes through a proxy whose CA only the host
+  # trusts (pip.conf: cert). Mounted, not copied: the image keeps Debian's own bundle.
+  local ca=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
+  if [ -f "$ca" ]; then
+    BUILD+=(--volume "$ca:/run/host-ca.crt:ro" --build-arg "PIP_CERT=/run/host-ca.crt")
+  fi
   if [ "$VARIANT" = cpu ] && [ ${#links[@]} -gt 0 ]; then
     BUILD+=(--build-arg "PIP_FIND_LINKS=/opt/wheels"
       --build-arg "PIP_EXTRA_INDEX_URL=file:///opt/pypi/simple file:///opt/pypi-more/simple")
