@@ -377,3 +377,12 @@ def _cmd_cluster_spec(args: argparse.Namespace) -> int:
 
     print(yaml.safe_dump(kubernetes_spec(_config(args).cluster), sort_keys=False), end="")
     return 0
+
+
+def _cmd_deploy_render(args: argparse.Namespace) -> int:
+    from geoplantnet.runs.deploy import render_deploy
+    from geoplantnet.runtime.kubernetes import OVERLAYS
+
+    written = render_deploy(_config(args), args.out, args.overlays or OVERLAYS, overwrite=args.overwrite)
+    print(f"wrote {len(written)} files under {args.out}: kubectl apply -k {args.out}/overlays/<cpu|gpu|dev>")
+    return 0

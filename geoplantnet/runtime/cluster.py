@@ -118,43 +118,29 @@ def _address(cfg: ClusterConfig) -> Client:
 
 
 def kubernetes_spec(cfg: ClusterConfig) -> dict:
-    """The DaskCluster custom resource for ``cfg.kubernetes`` (GPU workers get ``nvidia.com/gpu`` and ``GPU=1``)."""
+    """The DaskCluster custom resource for ``cfg.kubernetes``: the scheduler and the CPU worker group, as ``deploy
+    render`` writes it (:func:`geoplantnet.runtime.kubernetes.dask_cluster`: ``dask scheduler`` / ``dask worker``)."""
+    from geoplantnet.runtime.kubernetes import dask_cluster
+
+    return dask_cluster(cfg)
+
+
+def _kubernetes(cfg: ClusterConfig) -> Client:
     try:
-        from dask_kubernetes.operator import make_cluster_spec
+        from dask_kubernetes.operator import KubeCluster
     except ImportError:
         raise ClusterError(
             "cluster.kind=kubernetes needs dask-kubernetes: pip install 'geoplantnet[kubernetes]'"
         ) from None
-    k = cfg.kubernetes
-    limits: dict[str, str] = {"cpu": k.worker_cpu, "memory": k.worker_memory}
-    if k.worker_gpus:
-        limits["nvidia.com/gpu"] = str(k.worker_gpus)
-    spec = make_cluster_spec(
-        name=k.name,
-        image=k.image,
-        n_workers=k.n_workers,
-        resources={"requests": {"cpu": k.worker_cpu, "memory": k.worker_memory}, "limits": limits},
-        worker_command="dask-worker",
-    )
-    # make_cluster_spec gives the scheduler the workers' resources, GPU included: a scheduler needs neither.
-    spec["spec"]["scheduler"]["spec"]["containers"][0]["resources"] = {
-        "requests": {"cpu": "1", "memory": "2Gi"},
-        "limits": {"cpu": "2", "memory": "4Gi"},
-    }
-    worker = spec["spec"]["worker"]["spec"]["containers"][0]
-    if k.worker_gpus:
-        worker["args"] = [*worker.get("args", []), "--resources", f"GPU={k.worker_gpus}"]
-    worker["args"] = [*worker.get("args", []), "--nthreads", str(cfg.threads_per_worker)]
-    if k.namespace:
-        spec["metadata"]["namespace"] = k.namespace
-    return spec
-
-
-def _kubernetes(cfg: ClusterConfig) -> Client:
-    from dask_kubernetes.operator import KubeCluster
     from distributed import Client
 
-    cluster = KubeCluster(custom_cluster_spec=kubernetes_spec(cfg), namespace=cfg.kubernetes.namespace)
+    from geoplantnet.runtime.kubernetes import gpu_worker_group
+
+    k = cfg.kubernetes
+    cluster = KubeCluster(custom_cluster_spec=kubernetes_spec(cfg), namespace=k.namespace)
+    if k.use_gpu_workers:
+        # the group's name is "<cluster>-gpu", as the gpu overlay's DaskWorkerGroup
+        cluster.add_worker_group("gpu", custom_spec=gpu_worker_group(cfg)["spec"]["worker"])
     return Client(cluster)
 
 
