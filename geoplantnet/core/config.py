@@ -382,7 +382,9 @@ class KubernetesConfig(_Section):
     job itself when ``cluster.kind`` is ``kubernetes``). Credentials never appear here: pods read them from the
     Secrets named in ``secrets`` (``envFrom``)."""
 
-    name: str = _k8s_name(40, default="geoplantnet", description="the DaskCluster's name (its Service: <name>-scheduler)")
+    name: str = _k8s_name(
+        40, default="geoplantnet", description="the DaskCluster's name (its Service: <name>-scheduler)"
+    )
     namespace: str = _k8s_name(default="geoplantnet")
     service_account: str = _k8s_name(default="geoplantnet")
     image: str = Field("ghcr.io/geoplantnet/geoplantnet:0.1.0", min_length=1, description="the CPU image")
@@ -417,7 +419,9 @@ class KubernetesConfig(_Section):
     def _file_keys(cls, files: dict[str, str]) -> dict[str, str]:
         for key in files:
             if not re.match(r"^[-._a-zA-Z0-9]+$", key) or key == "pipeline.yaml":
-                raise ValueError(f"{key!r} cannot be a config map key (letters, digits, '-', '_', '.'; not pipeline.yaml)")
+                raise ValueError(
+                    f"{key!r} cannot be a config map key (letters, digits, '-', '_', '.'; not pipeline.yaml)"
+                )
         return files
 
     @model_validator(mode="after")

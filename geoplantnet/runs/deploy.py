@@ -55,7 +55,9 @@ def render_files(cfg: RunConfig, overlays: Sequence[str] = OVERLAYS) -> dict[str
     return {path: dump_yaml(docs) for path, docs in tree.items() if path.startswith(("base/", *keep))}
 
 
-def render_deploy(cfg: RunConfig, out: Path, overlays: Sequence[str] = OVERLAYS, *, overwrite: bool = False) -> list[Path]:
+def render_deploy(
+    cfg: RunConfig, out: Path, overlays: Sequence[str] = OVERLAYS, *, overwrite: bool = False
+) -> list[Path]:
     """Write the tree into ``out`` (new, empty, or an earlier tree of this command's with ``overwrite``); the paths
     written."""
     files = render_files(cfg, overlays)  # every setting and file checked before the folder is touched

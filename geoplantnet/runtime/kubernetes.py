@@ -2,9 +2,10 @@
 
 The one home of every manifest: the ``DaskCluster`` that ``cluster.kind=kubernetes`` asks the operator for
 (:func:`dask_cluster`, through :func:`geoplantnet.runtime.cluster.kubernetes_spec`), and the Kustomize tree that
-``geoplantnet deploy render`` writes (:func:`kustomize_tree`): a base (Namespace, ServiceAccount and RBAC, the pipeline's
-ConfigMap, the shared volume's claim, the DaskCluster with its CPU workers and autoscaler, a suspended driver Job per
-command, the annual refresh's CronJob) and the overlays ``cpu``, ``gpu`` (a GPU worker group) and ``dev`` (small).
+``geoplantnet deploy render`` writes (:func:`kustomize_tree`): a base (Namespace, ServiceAccount and RBAC, the
+pipeline's ConfigMap, the shared volume's claim, the DaskCluster with its CPU workers and autoscaler, a suspended
+driver Job per command, the annual refresh's CronJob) and the overlays ``cpu``, ``gpu`` (a GPU worker group) and
+``dev`` (small).
 
 The containers' commands are the project's own entry points, ``dask scheduler``, ``dask worker`` and ``geoplantnet
 <command>`` (:func:`container_commands`): ``command`` is always set, since the image's entry point is the CLI.
@@ -41,8 +42,6 @@ OVERLAYS = ("cpu", "gpu", "dev")
 DEV_WORKERS = 2
 DEV_RESOURCES = {"cpu": "1", "memory": "4Gi"}
 PIPELINE_KEY = "pipeline.yaml"
-# Driver commands without --quiet (tests/test_deploy.py checks every argument against the CLI's parser).
-_NO_QUIET = frozenset({"impact"})
 _LABELS = {"app.kubernetes.io/name": "geoplantnet", "app.kubernetes.io/managed-by": "geoplantnet-deploy"}
 
 
@@ -183,7 +182,12 @@ def gpu_worker_group(cfg: ClusterConfig) -> Manifest:
 def autoscaler(k: KubernetesConfig) -> Manifest:
     """The ``DaskAutoscaler`` of the DaskCluster's (CPU) worker group."""
     spec = {"cluster": k.name, "minimum": k.autoscaler.minimum, "maximum": k.autoscaler.maximum}
-    return {"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskAutoscaler", "metadata": _meta(k, k.name), "spec": spec}
+    return {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskAutoscaler",
+        "metadata": _meta(k, k.name),
+        "spec": spec,
+    }
 
 
 def _rbac(k: KubernetesConfig) -> list[Manifest]:
@@ -222,14 +226,19 @@ def _claim(k: KubernetesConfig) -> Manifest:
     spec: Manifest = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": k.volume.size}}}
     if k.volume.storage_class is not None:
         spec["storageClassName"] = k.volume.storage_class
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(k, str(k.volume.claim)), "spec": spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _meta(k, str(k.volume.claim)),
+        "spec": spec,
+    }
 
 
-def driver_args(k: KubernetesConfig, command: str, extra: list[str] | None = None) -> list[str]:
+def driver_args(k: KubernetesConfig, extra: list[str] | None = None) -> list[str]:
     """A driver's arguments: the pipeline from the ConfigMap, the DaskCluster's scheduler, no progress bars in the
-    pod's log (where the command has them)."""
-    quiet = [] if command in _NO_QUIET else ["--quiet"]
-    return ["--config", f"{k.config_path}/{PIPELINE_KEY}", "--scheduler", scheduler_address(k), *quiet, *(extra or [])]
+    pod's log (tests/test_deploy.py checks every argument against the command's parser)."""
+    config = f"{k.config_path}/{PIPELINE_KEY}"
+    return ["--config", config, "--scheduler", scheduler_address(k), "--quiet", *(extra or [])]
 
 
 def _job_spec(k: KubernetesConfig, command: list[str], args: list[str], backoff: int, deadline: int) -> Manifest:
@@ -248,7 +257,7 @@ def _job_spec(k: KubernetesConfig, command: list[str], args: list[str], backoff:
 def driver_job(k: KubernetesConfig, command: str) -> Manifest:
     """The suspended ``Job`` running ``geoplantnet <command>`` against the DaskCluster (started with ``kubectl patch
     job <name> -p '{"spec":{"suspend":false}}'``: created running, every command would start at once)."""
-    args = driver_args(k, command, k.jobs.args.get(command))
+    args = driver_args(k, k.jobs.args.get(command))
     spec = _job_spec(k, ["geoplantnet", command], args, k.jobs.backoff_limit, k.jobs.active_deadline_s)
     meta = _meta(k, f"{k.name}-{command}", **{"app.kubernetes.io/component": command})
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": {"suspend": True, **spec}}
@@ -258,7 +267,7 @@ def refresh_cronjob(k: KubernetesConfig, store_root: str) -> Manifest:
     """The annual refresh: ``geoplantnet refresh --year last`` (the calendar year before the run's date) into the
     series under ``store_root``; one run at a time (``Forbid``); a retried pod resumes the year."""
     r = k.refresh
-    args = driver_args(k, "refresh", ["--year", "last", "--set", f"store.root={store_root}"])
+    args = driver_args(k, ["--year", "last", "--set", f"store.root={store_root}"])
     job = _job_spec(k, ["geoplantnet", "refresh"], args, r.backoff_limit, r.active_deadline_s)
     meta = _meta(k, f"{k.name}-refresh", **{"app.kubernetes.io/component": "refresh"})
     spec = {
@@ -316,7 +325,9 @@ def _dev_patches(cfg: ClusterConfig) -> list[Manifest]:
         patches.append(_replace("Job", f"{k.name}-{command}", [(container, small)]))
     if k.refresh.enabled:
         patches.append(
-            _replace("CronJob", f"{k.name}-refresh", [("/spec/jobTemplate/spec/template/spec/containers/0/resources", small)])
+            _replace(
+                "CronJob", f"{k.name}-refresh", [("/spec/jobTemplate/spec/template/spec/containers/0/resources", small)]
+            )
         )
     return patches
 
