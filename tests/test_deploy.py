@@ -162,6 +162,15 @@ def test_credentials_only_from_secrets(cfg, files, tmp_path):
     assert secret not in text and "<redacted>" in text
 
 
+def test_the_config_maps_pipeline_is_the_configuration(cfg, files, tmp_path):
+    """The drivers load the ConfigMap's pipeline.yaml: it must be the rendered configuration, nothing redacted away."""
+    (config_map,) = yaml.safe_load_all(files["base/configmap.yaml"])
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(config_map["data"]["pipeline.yaml"])
+    assert load_config(path, environ={}) == cfg
+    assert config_map["data"]["scenario.yaml"] == (ROOT / cfg.cluster.kubernetes.files["scenario.yaml"]).read_text()
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
 def test_overlays_render_with_kustomize(cfg, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)

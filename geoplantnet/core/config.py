@@ -267,9 +267,10 @@ def _k8s_name(max_length: int = 63, **kwargs: Any) -> Any:
 
 
 class Toleration(_Section):
-    """A pod toleration of a node taint (e.g. the ``nvidia.com/gpu`` taint of GPU nodes)."""
+    """A pod toleration of a node taint (e.g. the ``nvidia.com/gpu`` taint of GPU nodes). The taint's key is named
+    ``taint`` here: a setting named like a credential (``key``) is redacted wherever the configuration is written."""
 
-    key: str = Field(..., min_length=1)
+    taint: str = Field(..., min_length=1, description="the taint's key (e.g. nvidia.com/gpu)")
     operator: Literal["Exists", "Equal"] = "Exists"
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
@@ -300,7 +301,7 @@ class GpuWorkerGroupConfig(WorkerGroupConfig):
     replicas: int = Field(2, ge=0, le=10_000, description="GPU worker pods (at most 10000)")
     cpu: str = "8"
     memory: str = "32Gi"
-    tolerations: list[Toleration] = [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    tolerations: list[Toleration] = [Toleration(taint="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
     node_selector: dict[str, str] = {"nvidia.com/gpu.present": "true"}
 
 
@@ -380,7 +381,7 @@ class RefreshCronConfig(_Section):
 class KubernetesConfig(_Section):
     """The Kubernetes deployment (``geoplantnet deploy render``) and the dask-kubernetes cluster it describes (made by a
     job itself when ``cluster.kind`` is ``kubernetes``). Credentials never appear here: pods read them from the
-    Secrets named in ``secrets`` (``envFrom``)."""
+    Secrets named in ``env_from`` (``envFrom``)."""
 
     name: str = _k8s_name(
         40, default="geoplantnet", description="the DaskCluster's name (its Service: <name>-scheduler)"
@@ -390,9 +391,11 @@ class KubernetesConfig(_Section):
     image: str = Field("ghcr.io/geoplantnet/geoplantnet:0.1.0", min_length=1, description="the CPU image")
     gpu_image: str = Field("ghcr.io/geoplantnet/geoplantnet-cuda:0.1.0", min_length=1, description="the GPU image")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    secrets: list[Annotated[str, _k8s_name()]] = Field(
+    # not named "secrets": a setting named like a credential is redacted wherever the configuration is written
+    env_from: list[Annotated[str, _k8s_name()]] = Field(
         ["geoplantnet-credentials"],
-        description="Secrets whose keys become environment variables of every pod (AWS_ACCESS_KEY_ID, ...)",
+        description="Secrets whose keys become environment variables of the workers and drivers (AWS_ACCESS_KEY_ID, "
+        "...): the only way credentials reach a pod",
     )
     config_map: str = _k8s_name(default="geoplantnet-pipeline", description="holds the pipeline YAML")
     config_path: str = Field("/etc/geoplantnet", pattern=r"^/", description="where the config map is mounted")

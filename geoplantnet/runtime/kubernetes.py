@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from geoplantnet.core.config import ClusterConfig, KubernetesConfig, WorkerGroupConfig
+from geoplantnet.core.config import ClusterConfig, KubernetesConfig, Toleration, WorkerGroupConfig
 
 __all__ = [
     "OVERLAYS",
@@ -56,7 +56,7 @@ def _meta(k: KubernetesConfig, name: str, **labels: str) -> Manifest:
 
 def _env_from(k: KubernetesConfig) -> list[Manifest]:
     # every key of each Secret becomes an environment variable (AWS_ACCESS_KEY_ID, ...): no value in any manifest
-    return [{"secretRef": {"name": s}} for s in k.secrets]
+    return [{"secretRef": {"name": s}} for s in k.env_from]
 
 
 def _quantities(cpu: str, memory: str, gpu: bool = False) -> Manifest:
@@ -86,11 +86,16 @@ def _container(k: KubernetesConfig, name: str, image: str, command: list[str], a
         "command": command,
         "args": args,
     }
-    if k.secrets:
+    if k.env_from:
         container["envFrom"] = _env_from(k)
     if k.volume.claim is not None:
         container["workingDir"] = k.volume.mount_path  # relative paths of the pipeline: the same files on every pod
     return container
+
+
+def _toleration(t: Toleration) -> Manifest:
+    found = {"key": t.taint, "operator": t.operator, "value": t.value, "effect": t.effect}
+    return {name: value for name, value in found.items() if value is not None}
 
 
 def _pod(k: KubernetesConfig, container: Manifest, *, config: bool, group: WorkerGroupConfig | None = None) -> Manifest:
@@ -101,7 +106,7 @@ def _pod(k: KubernetesConfig, container: Manifest, *, config: bool, group: Worke
     if volumes:
         pod["volumes"] = volumes
     if group is not None and group.tolerations:
-        pod["tolerations"] = [t.model_dump(exclude_none=True) for t in group.tolerations]
+        pod["tolerations"] = [_toleration(t) for t in group.tolerations]
     if group is not None and group.node_selector:
         pod["nodeSelector"] = dict(group.node_selector)
     return pod
