@@ -18,7 +18,14 @@ from geoplantnet.runs.deploy import render_deploy, render_files
 from geoplantnet.runtime.kubernetes import container_commands, scheduler_address
 from geoplantnet.storage.outputs import MARKER
 from geoplantnet.testing.cli import run_cli
-from geoplantnet.testing.manifests import command_problem, containers, is_custom, validate_core, validate_custom
+from geoplantnet.testing.manifests import (
+    check_tree,
+    command_problem,
+    containers,
+    is_custom,
+    validate_core,
+    validate_custom,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "pipelines" / "kubernetes.yaml"
@@ -104,6 +111,21 @@ def test_every_container_command_exists_with_its_flags(files):
         ("geoplantnet", "refresh"),
         ("geoplantnet", "impact"),
     } <= programs
+
+
+def test_the_committed_tree_checks_in_this_environment_and_a_broken_one_does_not(tmp_path):
+    assert check_tree(COMMITTED) == []
+    shutil.copytree(COMMITTED, tmp_path / "tree")
+    jobs = tmp_path / "tree" / "base" / "jobs.yaml"
+    jobs.write_text(jobs.read_text().replace("- --quiet", "- --quite", 1))
+    (problem,) = check_tree(tmp_path / "tree")
+    assert "Job/geoplantnet-sdm" in problem and "--quite" in problem
+
+
+def test_cluster_spec_prints_the_deployments_dask_cluster():
+    result = run_cli("cluster", "spec", "-c", EXAMPLE, cwd=ROOT)
+    assert result.returncode == 0
+    assert yaml.safe_load(result.stdout) == yaml.safe_load((COMMITTED / "base" / "daskcluster.yaml").read_text())
 
 
 @pytest.mark.parametrize(

@@ -371,11 +371,10 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster_spec(args: argparse.Namespace) -> int:
-    import yaml
-
     from geoplantnet.runtime.cluster import kubernetes_spec
+    from geoplantnet.runtime.kubernetes import dump_yaml
 
-    print(yaml.safe_dump(kubernetes_spec(_config(args).cluster), sort_keys=False), end="")
+    print(dump_yaml([kubernetes_spec(_config(args).cluster)]), end="")
     return 0
 
 

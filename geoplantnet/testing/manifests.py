@@ -22,6 +22,7 @@ import yaml
 
 __all__ = [
     "KUBERNETES_VERSION",
+    "check_tree",
     "command_problem",
     "containers",
     "crd_validator",
@@ -152,3 +153,28 @@ def command_problem(container: Mapping[str, Any], parsers: Mapping[str, argparse
     if program in parsers:
         return _argparse_problem(parsers[program], rest)
     return f"{program}: no parser known to check its arguments"
+
+
+def check_tree(folder: Path) -> list[str]:
+    """Every problem of the container command lines in a tree ``geoplantnet deploy render`` wrote (``[]``: none),
+    checked in this environment: run it inside an image to check the image (``python -m
+    geoplantnet.testing.manifests deploy/kubernetes``)."""
+    from geoplantnet.cli import build_parser
+
+    parsers = {"geoplantnet": build_parser()}
+    problems = []
+    for path in sorted(Path(folder).rglob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            for where, container in containers(doc):
+                problem = command_problem(container, parsers)
+                if problem is not None:
+                    problems.append(f"{path}: {where}: {problem}")
+    return problems
+
+
+if __name__ == "__main__":
+    found = check_tree(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("deploy/kubernetes"))
+    print("\n".join(found) or "every container command line parses in this environment")
+    sys.exit(1 if found else 0)
