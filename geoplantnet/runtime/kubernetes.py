@@ -93,16 +93,22 @@ def _container(k: KubernetesConfig, name: str, image: str, command: list[str], a
     return container
 
 
+def _account(k: KubernetesConfig, *, driver: bool) -> Manifest:
+    # only a driver talks to the API server (the operator's KubeCluster, cluster.kind=kubernetes): the scheduler and
+    # the workers run without a token
+    return {"serviceAccountName": k.service_account} if driver else {"automountServiceAccountToken": False}
+
+
 def _toleration(t: Toleration) -> Manifest:
     found = {"key": t.taint, "operator": t.operator, "value": t.value, "effect": t.effect}
     return {name: value for name, value in found.items() if value is not None}
 
 
-def _pod(k: KubernetesConfig, container: Manifest, *, config: bool, group: WorkerGroupConfig | None = None) -> Manifest:
-    volumes, mounts = _mounts(k, config=config)
+def _pod(k: KubernetesConfig, container: Manifest, *, driver: bool, group: WorkerGroupConfig | None = None) -> Manifest:
+    volumes, mounts = _mounts(k, config=driver)
     if mounts:
         container = {**container, "volumeMounts": mounts}
-    pod: Manifest = {"serviceAccountName": k.service_account, "containers": [container]}
+    pod: Manifest = {**_account(k, driver=driver), "containers": [container]}
     if volumes:
         pod["volumes"] = volumes
     if group is not None and group.tolerations:
@@ -131,7 +137,7 @@ def _worker(k: KubernetesConfig, group: WorkerGroupConfig, threads: int, *, gpu:
     container = _container(k, "worker", image, ["dask", "worker"], worker_args(threads, gpu=gpu))
     container["resources"] = _quantities(group.cpu, group.memory, gpu=gpu)
     container["ports"] = [{"name": "http-dashboard", "containerPort": WORKER_DASHBOARD_PORT, "protocol": "TCP"}]
-    return {"replicas": group.replicas, "spec": _pod(k, container, config=False, group=group)}
+    return {"replicas": group.replicas, "spec": _pod(k, container, driver=False, group=group)}
 
 
 def _scheduler(k: KubernetesConfig) -> Manifest:
@@ -146,7 +152,7 @@ def _scheduler(k: KubernetesConfig) -> Manifest:
     probe = {"httpGet": {"port": "http-dashboard", "path": "/health"}}
     container["readinessProbe"] = {**probe, "initialDelaySeconds": 0, "periodSeconds": 1, "timeoutSeconds": 300}
     container["livenessProbe"] = {**probe, "initialDelaySeconds": 15, "periodSeconds": 20}
-    pod = {"serviceAccountName": k.service_account, "containers": [container]}
+    pod = {**_account(k, driver=False), "containers": [container]}
     service = {
         "type": "ClusterIP",
         "selector": {"dask.org/cluster-name": k.name, "dask.org/component": "scheduler"},
@@ -249,7 +255,7 @@ def driver_args(k: KubernetesConfig, extra: list[str] | None = None) -> list[str
 def _job_spec(k: KubernetesConfig, command: list[str], args: list[str], backoff: int, deadline: int) -> Manifest:
     container = _container(k, "driver", k.image, command, args)
     container["resources"] = _quantities(k.jobs.cpu, k.jobs.memory)
-    pod = {**_pod(k, container, config=True), "restartPolicy": "Never"}
+    pod = {**_pod(k, container, driver=True), "restartPolicy": "Never"}
     return {
         "backoffLimit": backoff,
         "activeDeadlineSeconds": deadline,
