@@ -65,6 +65,17 @@ def test_every_manifest_validates_against_the_full_schemas(files):
         _validate(doc)
 
 
+def test_the_default_configuration_renders_a_valid_deployment():
+    docs = _documents(render_files(load_config(environ={})))
+    parsers = _parsers()
+    for doc in docs:
+        _validate(doc)
+        for where, container in containers(doc):
+            assert command_problem(container, parsers) is None, where
+    cron = _one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert "store.root=outputs" in cron["args"] and cron["workingDir"] == "/data"  # the shared volume's outputs/
+
+
 def _one(docs: list[dict], kind: str) -> dict:
     return copy.deepcopy(next(d for d in docs if d["kind"] == kind))
 
