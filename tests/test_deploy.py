@@ -253,6 +253,7 @@ def test_deploy_render_refuses_a_users_folder_and_bad_settings(tmp_path):
         (["--out", tmp_path / "c", "--set", "cluster.kubernetes.volume.claim=null"], "needs volume.claim"),
         (["--out", tmp_path / "d", "--set", "cluster.kubernetes.refresh.store_root=s3://b/x"], "store_root"),
         (["--out", tmp_path / "e", "--set", "cluster.kubernetes.files.x=missing.yaml"], "cannot read missing.yaml"),
+        (["--out", tmp_path / "f", "--set", "cluster.kubernetes.jobs.args.impact=[]"], "needs args.impact"),
     ]:
         result = run_cli("deploy", "render", "-c", EXAMPLE, *args, cwd=ROOT)
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (

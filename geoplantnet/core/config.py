@@ -336,7 +336,10 @@ class DriverJobsConfig(_Section):
     """The driver Jobs (``geoplantnet <command> --scheduler <the DaskCluster's scheduler>``), one per command, created
     suspended: each is started on purpose (``kubectl patch job ... suspend=false``), in order."""
 
-    commands: list[Literal[DRIVER_COMMANDS]] = Field(list(DRIVER_COMMANDS), description="the Jobs rendered")
+    commands: list[Literal[DRIVER_COMMANDS]] = Field(
+        [c for c in DRIVER_COMMANDS if c != "impact"],
+        description="the Jobs rendered (impact too once args.impact names its --scenario)",
+    )
     args: dict[Literal[DRIVER_COMMANDS], list[str]] = Field(
         {},
         description="more arguments of a command's Job (impact: --scenario and --footprint, e.g. files of "
@@ -354,6 +357,16 @@ class DriverJobsConfig(_Section):
     active_deadline_s: int = Field(2 * 86_400, ge=60, description="a Job running longer is stopped (seconds)")
 
     _quantities = field_validator("cpu", "memory")(_quantity)
+
+    @model_validator(mode="after")
+    def _impact_has_a_scenario(self) -> DriverJobsConfig:
+        # the one argument a driver command requires: without it the Job's pod would only print its usage
+        if "impact" in self.commands and "--scenario" not in self.args.get("impact", []):
+            raise ValueError(
+                "the impact Job needs args.impact with --scenario FILE (e.g. a file of cluster.kubernetes.files under "
+                "/etc/geoplantnet); or leave impact out of jobs.commands"
+            )
+        return self
 
 
 class RefreshCronConfig(_Section):
