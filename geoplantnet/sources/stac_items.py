@@ -185,3 +185,26 @@ def read_ndjson(path: str | os.PathLike[str]) -> list[pystac.Item]:
     """Items from a newline-delimited JSON file."""
     with open(path) as fh:
         return [pystac.Item.from_dict(json.loads(line)) for line in fh if line.strip()]
+
+
+def rehome_hrefs(path: str | os.PathLike[str], old: str, new: str) -> int:
+    """Rewrite, in the items file ``path`` (ndjson, in place and atomically), every asset href under the prefix
+    ``old`` to the same name under ``new`` (files published from a local folder to an object store); returns how
+    many hrefs changed. Raw JSON, so nothing else of an item changes; hrefs already under ``new`` stay."""
+    old, new = old.rstrip("/") + "/", new.rstrip("/") + "/"
+    path = Path(path)
+    lines, changed = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        for asset in item.get("assets", {}).values():
+            href = asset.get("href", "")
+            if href.startswith(old):
+                asset["href"] = new + href[len(old) :]
+                changed += 1
+        lines.append(json.dumps(item))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in lines))
+    os.replace(tmp, path)
+    return changed
