@@ -15,23 +15,91 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+import rasterio
 import stackstac
+from rasterio.session import Session
 from stackstac.rio_env import LayeredEnv
 
-# GDAL options that hold a credential: never shown (a failed task's repr reaches the worker's log)
+# GDAL options that hold a credential: rasterio refuses them as plain options (they reach GDAL through a session),
+# and they are never shown (a failed task's repr reaches the worker's log)
 SECRET_OPTIONS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
-class GdalEnv(LayeredEnv):
-    """stackstac's layered environment, shown without the values of its credential options."""
+class _Credential(Session):
+    """A credential of the storage options, handed to GDAL by rasterio's ``Env`` as its session's options."""
+
+    def __init__(self, options: Mapping[str, str]) -> None:
+        self._options = dict(options)
+
+    @classmethod
+    def hascreds(cls, config: Mapping[str, Any]) -> bool:
+        return "AWS_ACCESS_KEY_ID" in config and "AWS_SECRET_ACCESS_KEY" in config
+
+    def get_credential_options(self) -> dict[str, str]:
+        return dict(self._options)
 
     def __repr__(self) -> str:
-        layers = {name: getattr(self, f"_{name}") for name in ("always", "open", "open_vrt", "read")}
-        shown = {
-            name: {k: ("<redacted>" if k in SECRET_OPTIONS and v else v) for k, v in opts.items()}
-            for name, opts in layers.items()
-        }
-        return f"GdalEnv({', '.join(f'{name}={opts}' for name, opts in shown.items())})"
+        return "_Credential(<redacted>)"
+
+
+class GdalEnv(LayeredEnv):
+    """stackstac's layered environment plus a credential (set through a rasterio session), never shown."""
+
+    def __init__(
+        self,
+        always: dict[str, Any],
+        open: dict[str, Any] | None = None,  # stackstac's name
+        open_vrt: dict[str, Any] | None = None,
+        read: dict[str, Any] | None = None,
+        credential: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(always, open, open_vrt, read)
+        self._credential = dict(credential or {})
+
+    def _rio(self, options: dict[str, Any]) -> rasterio.Env:
+        if self._credential:
+            return rasterio.Env(session=_Credential(self._credential), **options)
+        return rasterio.Env(**options)
+
+    @property
+    def always(self) -> rasterio.Env:
+        try:
+            return self._threadlocal.always
+        except AttributeError:
+            env = self._threadlocal.always = self._rio(self._always)
+            return env
+
+    def _get_layered_option(self, name: str, if_empty: str = "always") -> rasterio.Env:
+        try:
+            return getattr(self._threadlocal, name)
+        except AttributeError:
+            opts = getattr(self, "_" + name)
+            env = self._rio(dict(self._always, **opts)) if opts else getattr(self, if_empty)
+            setattr(self._threadlocal, name, env)
+            return env
+
+    def updated(
+        self,
+        always: dict[str, Any] | None = None,
+        open: dict[str, Any] | None = None,  # stackstac's name
+        open_vrt: dict[str, Any] | None = None,
+        read: dict[str, Any] | None = None,
+        credential: Mapping[str, str] | None = None,
+    ) -> GdalEnv:
+        """A copy with more options in each layer (and ``credential`` in place of this one's, when given)."""
+        layers = {"always": always, "open": open, "open_vrt": open_vrt, "read": read}
+        merged = {k: {**getattr(self, f"_{k}"), **(v or {})} for k, v in layers.items()}
+        return GdalEnv(**merged, credential=self._credential if credential is None else credential)
+
+    def __getstate__(self) -> tuple:  # type: ignore[override]
+        return (self._always, self._open, self._open_vrt, self._read, self._credential)
+
+    def __setstate__(self, state: tuple) -> None:  # type: ignore[override]
+        self.__init__(*state)  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        layers = ", ".join(f"{k}={getattr(self, f'_{k}')}" for k in ("always", "open", "open_vrt", "read"))
+        return f"GdalEnv({layers}, credential={'<redacted>' if self._credential else None})"
 
 
 # Reads of remote COGs are bounded: GDAL's own default waits without limit on a server that accepts and never answers.
@@ -85,5 +153,8 @@ def s3_options(storage_options: Mapping[str, Any] | None) -> dict[str, str]:
 def gdal_env(storage_options: Mapping[str, Any] | None = None) -> LayeredEnv:
     """:data:`GDAL_ENV`, with the ``/vsis3/`` settings of ``storage_options`` (the object store the run's inputs
     were published to) when given: the environment of every asset a cube or a tile task opens."""
-    extra = s3_options(storage_options)
-    return GDAL_ENV.updated(always=extra) if extra else GDAL_ENV
+    options = s3_options(storage_options)
+    if not options:
+        return GDAL_ENV
+    credential = {k: options.pop(k) for k in SECRET_OPTIONS if k in options}
+    return GDAL_ENV.updated(always=options, credential=credential)
