@@ -299,7 +299,6 @@ def virtual_plots(cfg: RunConfig, *, progress: bool = False) -> tuple[Plots, str
     path of the region's true habitat raster (``truth/habitat.zarr``) to score habitat maps against."""
     import geopandas as gpd
 
-
     manifest = region(cfg, progress=progress)
     plots = gpd.read_parquet(manifest.plots)
     species = pd.read_parquet(manifest.plot_species)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from geoplantnet.testing.regions import SMALL_REGION
@@ -45,22 +45,28 @@ import_module(module).main()
 """
 
 
-def _spawn(module: str, args: list[str], log: Path) -> subprocess.Popen:
+def _spawn(
+    module: str, args: list[str], log: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)  # this checkout, as the tests
     with open(log, "wb") as out:
         return subprocess.Popen(
             [sys.executable, "-c", _GUARDED, module, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": path},
+            env={**(os.environ if env is None else env), "PYTHONPATH": path},
+            cwd=cwd,
         )
 
 
 @contextlib.contextmanager
-def shared_cluster(timeout: float = 120.0) -> Iterator[str]:
+def shared_cluster(
+    timeout: float = 120.0, *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[str]:
     """A scheduler and worker processes sized as ``SMALL_REGION`` sizes a command's own cluster (2 workers of one
     thread, each under a nanny, on 127.0.0.1); yields the scheduler's address; stopped after (logs in a temporary
-    folder, shown if it fails to start)."""
+    folder, shown if it fails to start). ``env`` and ``cwd``: the workers' whole environment and folder (a worker
+    that shares nothing with the driver but the network, as a pod; default: this process's)."""
     folder = Path(tempfile.mkdtemp(prefix="geoplantnet-cluster-"))
     file = folder / "scheduler.json"
     procs = [
@@ -80,7 +86,7 @@ def shared_cluster(timeout: float = 120.0) -> Iterator[str]:
         n_workers = int(_setting("cluster.n_workers", "2"))
         worker = [address, "--nworkers", str(n_workers), "--nthreads", "1", "--host", "127.0.0.1"]
         worker += ["--memory-limit", _setting("cluster.memory_limit", "4GiB"), "--death-timeout", "60"]
-        procs.append(_spawn("distributed.cli.dask_worker", worker, folder / "workers.log"))
+        procs.append(_spawn("distributed.cli.dask_worker", worker, folder / "workers.log", env, cwd))
         from distributed import Client
 
         with Client(address, timeout=timeout) as client:
