@@ -85,7 +85,7 @@ def region(cfg: RunConfig, *, progress: bool = True) -> RegionManifest:
             local = scratch("region", digest[:16])
             manifest = generate_region(cfg, local, progress=progress)
             for _, items in manifest.collections():
-                rehome_hrefs(items, manifest.root.as_uri(), wd.url("region"))
+                rehome_hrefs(items, manifest.root, wd.url("region"))
             wd.put(local, "region")
         _REGIONS[key] = local
     return RegionManifest.load(local)

@@ -187,11 +187,13 @@ def read_ndjson(path: str | os.PathLike[str]) -> list[pystac.Item]:
         return [pystac.Item.from_dict(json.loads(line)) for line in fh if line.strip()]
 
 
-def rehome_hrefs(path: str | os.PathLike[str], old: str, new: str) -> int:
-    """Rewrite, in the items file ``path`` (ndjson, in place and atomically), every asset href under the prefix
-    ``old`` to the same name under ``new`` (files published from a local folder to an object store); returns how
-    many hrefs changed. Raw JSON, so nothing else of an item changes; hrefs already under ``new`` stay."""
-    old, new = old.rstrip("/") + "/", new.rstrip("/") + "/"
+def rehome_hrefs(path: str | os.PathLike[str], folder: str | os.PathLike[str], url: str) -> int:
+    """Rewrite, in the items file ``path`` (ndjson, in place and atomically), every asset href inside the local
+    ``folder`` (a ``file://`` URI or a bare path) to the same name under ``url`` (files published from that folder to
+    an object store); returns how many hrefs changed. Raw JSON, so nothing else of an item changes."""
+    root = Path(folder).resolve()
+    prefixes = (root.as_uri() + "/", f"{root}/")
+    base = url.rstrip("/") + "/"
     path = Path(path)
     lines, changed = [], 0
     for line in path.read_text().splitlines():
@@ -200,8 +202,9 @@ def rehome_hrefs(path: str | os.PathLike[str], old: str, new: str) -> int:
         item = json.loads(line)
         for asset in item.get("assets", {}).values():
             href = asset.get("href", "")
-            if href.startswith(old):
-                asset["href"] = new + href[len(old) :]
+            prefix = next((p for p in prefixes if href.startswith(p)), None)
+            if prefix is not None:
+                asset["href"] = base + href[len(prefix) :]
                 changed += 1
         lines.append(json.dumps(item))
     tmp = path.with_name(f".{path.name}.tmp")
