@@ -56,9 +56,10 @@ def _client(sets: list[str], address: str):
     return connect(load_config(CONFIG, [*sets, *address_sets(address)]).cluster)
 
 
-def test_the_gdal_environment_reads_the_store_and_never_shows_the_credential(tmp_path, s3_server) -> None:
+def test_the_gdal_environment_reads_the_store_and_never_shows_the_credential(tmp_path, s3_server, monkeypatch) -> None:
     """An ``s3://`` COG read with the store's options equals the local file; without them GDAL cannot sign (the one
-    environment is what makes the read work); the credential is in no repr and survives pickling (tasks carry it)."""
+    environment is what makes the read work); the credential is in no repr and survives pickling (tasks carry it);
+    with only the endpoint configured, the credential comes from the environment."""
     import s3fs
     from affine import Affine
 
@@ -102,6 +103,11 @@ def test_the_gdal_environment_reads_the_store_and_never_shows_the_credential(tmp
     xr.testing.assert_equal(pickle.loads(pickle.dumps(stack)).compute(scheduler="sync"), expected)
     with pytest.raises(CubeError, match=f"s3://{key}"):
         predictors.environment_stack([remote], grid).compute(scheduler="sync")
+    # the credential from the environment (a Kubernetes Secret's AWS_* variables), only the endpoint configured
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret)
+    endpoint = {"client_kwargs": {"endpoint_url": s3_server.endpoint}}
+    xr.testing.assert_equal(predictors.environment_stack([remote], grid, storage_options=endpoint).compute(), expected)
 
 
 def test_split_rasters_are_published_once_and_read_by_workers_without_the_drivers_disk(
@@ -158,6 +164,8 @@ def test_a_map_from_the_published_region_on_workers_without_the_drivers_disk_equ
     """The small virtual region generated once and published under ``s3://.../work/region/`` (items pointing into
     the store, the marker last); a second run (this process's copy moved away) fetches it rather than generating it
     again; the species map made by workers that share no folder with the driver equals the local workdir's map."""
+    import s3fs
+
     from geoplantnet.jobs.mapping import produce_map
     from geoplantnet.runs.context import RunContext
     from geoplantnet.runs.inputs import region, virtual_inputs, workdir
@@ -194,3 +202,9 @@ def test_a_map_from_the_published_region_on_workers_without_the_drivers_disk_equ
     reference = open_store(small_map.reference, mask_and_scale=False)
     xr.testing.assert_equal(made["probability"], reference["probability"])
     assert made.equals(reference)
+
+    # a region whose marker is gone is no region: published again (a new marker), never read half-written
+    s3fs.S3FileSystem(**s3_server.storage_options).rm_file(wd.url("region", COMPLETE))
+    assert not wd.complete("region")
+    region(cfg, progress=False)
+    assert wd.complete("region") and wd.read_bytes("region", COMPLETE) != published

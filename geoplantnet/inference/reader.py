@@ -9,7 +9,7 @@ the items touching the window asked for.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,7 +53,7 @@ class MapSources:
     env_footprints: tuple[Any, ...]
     # the object store the items' s3:// assets were published to (the workdir's), read through GDAL's /vsis3/ on
     # the workers; None: local files or public URLs
-    storage_options: Mapping[str, Any] | None = None
+    storage_options: Mapping[str, Any] | None = field(default=None, repr=False)  # a credential, maybe: never shown
 
     @classmethod
     def from_items(
