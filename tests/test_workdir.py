@@ -35,6 +35,9 @@ def _roundtrip(work: Workdir, tmp_path: Path) -> None:
     assert work.child("cache").read_bytes("one.pt") == b"xyz"
     with pytest.raises(FileNotFoundError):
         work.read_bytes("cache", "none.pt")
+    work.remove("models", "set")
+    assert not work.exists("models", "set") and not work.exists("models", "set", "a.bin")
+    work.remove("models", "never")  # nothing there: nothing to do
     # a folder without its marker (an interrupted upload) is not complete and is not fetched
     work.write_bytes(b"half", "models", "half", "a.bin")
     assert work.exists("models", "half") and not work.complete("models", "half")
