@@ -35,11 +35,10 @@ if TYPE_CHECKING:
     from geoplantnet.runs.context import RunContext
 
 
-def species_spec(species_model: str) -> ModelSpec | PeerSpec:
-    """The spec of the species model file ``species_model`` (the map's: its inputs and calibration)."""
-    from geoplantnet.inference.species import read_model
-
-    return read_model(species_model)[1]
+def species_spec(ctx: RunContext, species_model: str) -> ModelSpec | PeerSpec:
+    """The spec of the species model file ``species_model`` (the map's: its inputs and calibration), read with the
+    store's options when it is a URL (a model cached under an object-store workdir)."""
+    return ctx.model_file(species_model).spec
 
 
 def map_predictors(ctx: RunContext, spec: ModelSpec | PeerSpec, inputs: Any) -> PixelPredictors:
@@ -103,7 +102,7 @@ def train_map_model(
     cfg = ctx.cfg
     inputs = ctx.inputs()
     plots = labelled_plots(cfg)
-    spec = species_spec(species_model)  # a missing or unreadable model fails before the cross-fit
+    spec = species_spec(ctx, species_model)  # a missing or unreadable model fails before the cross-fit
     predictors = map_predictors(ctx, spec, inputs)
     oof = plot_assemblages(ctx, client, inputs, spec)
     grid = cfg.grid.grid()
