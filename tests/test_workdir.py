@@ -34,6 +34,8 @@ def _roundtrip(work: Workdir, tmp_path: Path) -> None:
     assert work.write_bytes(b"xyz", "cache", "one.pt") == work.url("cache", "one.pt")
     assert work.read_bytes("cache", "one.pt") == b"xyz"
     assert work.child("cache").read_bytes("one.pt") == b"xyz"
+    assert work.put(tmp_path / "src" / "a.bin", "cache", "a.bin") == work.url("cache", "a.bin")
+    assert work.read_bytes("cache", "a.bin") == b"two"
     with pytest.raises(FileNotFoundError):
         work.read_bytes("cache", "none.pt")
     work.remove("models", "set")

@@ -131,6 +131,7 @@ class Workdir:
             return _local_path(url).exists()
         with _errors(url):
             fs, path = self._fs(url)
+            fs.invalidate_cache(path)  # another process (a worker, another run) may have written it since a listing
             return bool(fs.exists(path))
 
     def complete(self, *names: str) -> bool:
@@ -170,9 +171,12 @@ class Workdir:
         source = Path(source)
         url = self.url(*names)
         if not source.is_dir():
-            if self.local and _same(source, _local_path(url)):
-                return url
-            return self.write_bytes(source.read_bytes(), *names)
+            if self.local:
+                return url if _same(source, _local_path(url)) else self.write_bytes(source.read_bytes(), *names)
+            with _errors(url):  # one PUT, or a multipart upload: the object appears whole either way
+                fs, path = self._fs(url)
+                fs.put_file(str(source), path)
+            return url
         files = sorted(p for p in source.rglob("*") if p.is_file() and p.name != COMPLETE)
         if self.local:
             target = _local_path(url)
