@@ -7,7 +7,6 @@ while the driver's local copy of the region has been moved away; the stores equa
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import uuid
 from pathlib import Path
@@ -25,17 +24,14 @@ CONFIG = ROOT / "pipelines" / "default.yaml"
 
 @pytest.fixture(scope="module")
 def isolated_cluster(tmp_path_factory: pytest.TempPathFactory):
-    """The scheduler address of workers that share no folder with this process: their own cwd, HOME and TMPDIR, and
-    no credential but what a task brings (no AWS_* variables, no ~/.aws)."""
-    from geoplantnet.testing.cluster import shared_cluster
+    """The scheduler address of workers that share no folder with this process (each its own cwd, HOME and TMPDIR)
+    and hold no credential but what a task brings (no ~/.aws, no instance metadata)."""
+    from geoplantnet.testing.cluster import unshared_cluster
 
-    home = tmp_path_factory.mktemp("worker")
-    for name in ("cwd", "home", "tmp"):
-        (home / name).mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(HOME=str(home / "home"), TMPDIR=str(home / "tmp"), AWS_EC2_METADATA_DISABLED="true")
-    env.update(AWS_SHARED_CREDENTIALS_FILE=str(home / "none"), AWS_CONFIG_FILE=str(home / "none"))
-    with shared_cluster(env=env, cwd=home / "cwd") as address:
+    root = tmp_path_factory.mktemp("workers")
+    none = str(root / "no-aws-file")
+    env = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": none, "AWS_CONFIG_FILE": none}
+    with unshared_cluster(root, env) as (address, _):
         yield address
 
 

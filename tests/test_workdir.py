@@ -24,6 +24,7 @@ def _roundtrip(work: Workdir, tmp_path: Path) -> None:
     first = work.fetch("models", "set")
     assert (first / "sub" / "b.txt").read_text() == "oneone"
     assert work.local or not (first / COMPLETE).exists()  # a copy holds the files, not the marker
+    assert work.local or first.is_relative_to(scratch())
     assert work.fetch("models", "set") == first  # fetched once per upload
     work.put(_folder(tmp_path / "src", "two"), "models", "set")
     second = work.fetch("models", "set")
@@ -33,8 +34,14 @@ def _roundtrip(work: Workdir, tmp_path: Path) -> None:
     assert work.write_bytes(b"xyz", "cache", "one.pt") == work.url("cache", "one.pt")
     assert work.read_bytes("cache", "one.pt") == b"xyz"
     assert work.child("cache").read_bytes("one.pt") == b"xyz"
+    assert work.put(tmp_path / "src" / "a.bin", "cache", "a.bin") == work.url("cache", "a.bin")
+    assert work.read_bytes("cache", "a.bin") == b"two"
     with pytest.raises(FileNotFoundError):
         work.read_bytes("cache", "none.pt")
+    work.remove("models", "set")
+    # (an object store may keep the empty "folder" a prefix was: only its files and marker are gone)
+    assert not work.complete("models", "set") and not work.exists("models", "set", "sub", "b.txt")
+    work.remove("models", "never")  # nothing there: nothing to do
     # a folder without its marker (an interrupted upload) is not complete and is not fetched
     work.write_bytes(b"half", "models", "half", "a.bin")
     assert work.exists("models", "half") and not work.complete("models", "half")
@@ -63,6 +70,5 @@ def test_an_object_store_workdir(tmp_path: Path, s3_server, monkeypatch: pytest.
     assert not work.local and "key" not in work.options
     assert work.options["config_kwargs"]["connect_timeout"] == 10
     _roundtrip(work, tmp_path)
-    assert work.fetch("models", "set").is_relative_to(scratch())
     with pytest.raises(ValueError):
         work.path("x")

@@ -102,7 +102,10 @@ class Workdir:
         return is_local(self.root)
 
     def url(self, *names: str) -> str:
-        """``<root>/<names...>``: a path for a local workdir, a URL for an object-store one."""
+        """``<root>/<names...>``: a path for a local workdir (as :meth:`path` writes it), a URL for an object-store
+        one."""
+        if self.local:
+            return str(self.path(*names))
         out = self.root
         for name in names:
             out = join(out, name)
@@ -112,7 +115,7 @@ class Workdir:
         """The local path of ``names`` (a local workdir only: ValueError for a URL)."""
         if not self.local:
             raise ValueError(f"{self.root} is not a local workdir")
-        return _local_path(self.url(*names))
+        return _local_path(self.root).joinpath(*names)
 
     def child(self, *names: str) -> Workdir:
         """The folder ``names`` as a workdir of its own (same options)."""
@@ -128,6 +131,7 @@ class Workdir:
             return _local_path(url).exists()
         with _errors(url):
             fs, path = self._fs(url)
+            fs.invalidate_cache(path)  # another process (a worker, another run) may have written it since a listing
             return bool(fs.exists(path))
 
     def complete(self, *names: str) -> bool:
@@ -167,9 +171,12 @@ class Workdir:
         source = Path(source)
         url = self.url(*names)
         if not source.is_dir():
-            if self.local and _same(source, _local_path(url)):
-                return url
-            return self.write_bytes(source.read_bytes(), *names)
+            if self.local:
+                return url if _same(source, _local_path(url)) else self.write_bytes(source.read_bytes(), *names)
+            with _errors(url):  # one PUT, or a multipart upload: the object appears whole either way
+                fs, path = self._fs(url)
+                fs.put_file(str(source), path)
+            return url
         files = sorted(p for p in source.rglob("*") if p.is_file() and p.name != COMPLETE)
         if self.local:
             target = _local_path(url)
@@ -192,9 +199,30 @@ class Workdir:
         self.write_bytes(token.encode(), *names, COMPLETE)
         return url
 
+    def remove(self, *names: str) -> None:
+        """Delete the file or folder ``names`` if there (a folder's marker first, so it never reads as complete
+        while it is being deleted)."""
+        url = self.url(*names)
+        if self.local:
+            target = _local_path(url)
+            (target / COMPLETE).unlink(missing_ok=True)
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+            return
+        with _errors(url):
+            fs, path = self._fs(url)
+            path = path.rstrip("/")
+            if fs.exists(f"{path}/{COMPLETE}"):
+                fs.rm_file(f"{path}/{COMPLETE}")
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+
     def get(self, *names: str, into: str | os.PathLike[str]) -> Path:
-        """Download the file or complete folder ``names`` to the local path ``into`` (replaced); returns it.
-        FileNotFoundError for nothing there, or a folder without its marker."""
+        """Download the file or complete folder ``names`` to the local path ``into`` (a folder's files written into
+        it, replacing those of the same names; its marker is not copied); returns ``into``. FileNotFoundError for
+        nothing there, or a folder without its marker."""
         into = Path(into)
         url = self.url(*names)
         if self.local:
@@ -202,8 +230,7 @@ class Workdir:
             if source.is_dir():
                 if not (source / COMPLETE).exists():
                     raise FileNotFoundError(f"{url}: not a complete folder")
-                shutil.rmtree(into, ignore_errors=True)
-                shutil.copytree(source, into)
+                shutil.copytree(source, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns(COMPLETE))
             else:
                 into.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, into)
@@ -218,7 +245,6 @@ class Workdir:
             if not fs.exists(f"{path}/{COMPLETE}"):
                 raise FileNotFoundError(f"{url}: not a complete folder")
             remote = [p for p in fs.find(path) if not p.endswith(f"/{COMPLETE}")]
-            shutil.rmtree(into, ignore_errors=True)
             into.mkdir(parents=True, exist_ok=True)
             local = [str(into / os.path.relpath(p, path)) for p in remote]
             for p in local:
@@ -241,16 +267,17 @@ class Workdir:
             else:
                 version = self.read_bytes(*names, COMPLETE).decode()
         key = hashlib.sha256(f"{url}\n{version}".encode()).hexdigest()[:24]
+        name = url.rstrip("/").rsplit("/", 1)[-1]
         cached = scratch("fetched") / key
         if cached.exists():
-            return cached / (names[-1] if names else "root")
+            return cached / name
         partial = scratch("fetched") / f"{key}.partial-{threading.get_ident()}"
-        self.get(*names, into=partial / (names[-1] if names else "root"))
+        self.get(*names, into=partial / name)
         try:
             os.replace(partial, cached)
         except OSError:  # another thread of this process fetched it first: keep theirs
             shutil.rmtree(partial, ignore_errors=True)
-        return cached / (names[-1] if names else "root")
+        return cached / name
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -214,7 +214,11 @@ def fit_networks(fits: Sequence[tuple[CnnPeer, np.ndarray]]) -> list[CnnFit]:
     first = fits[0][0]
     results = iter(
         train_many_on_cluster(
-            first.client, [job for each in jobs for job in each], name=first.settings.name, in_flight=first.in_flight
+            first.client,
+            [job for each in jobs for job in each],
+            name=first.settings.name,
+            in_flight=first.in_flight,
+            stage=first.settings.stage,
         )
     )
     return [peer.fitted([next(results) for _ in each]) for (peer, _), each in zip(fits, jobs, strict=True)]
