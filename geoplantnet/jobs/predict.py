@@ -89,13 +89,11 @@ def run_predict(
     net, spec, _ = read_model(model_url)
     inputs = run_inputs(cfg, observations=False, progress=progress)
     check_inputs(spec, ctx.sources(inputs), cfg.grid.grid())  # the map's checks
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     # torch and stackstac are imported where the points are predicted: a bad points table is refused without them
     from geoplantnet.training.species import predict_at_points
 
     with ctx.client() as client:
-        at = predict_at_points((net, spec), ctx.species_training, inputs, table, client, workdir)
+        at = predict_at_points((net, spec), ctx.species_training, inputs, table, client, ctx.workdir)
     n_missing = int((~at.has_data).sum())
     if n_missing:
         log.warning(

@@ -46,6 +46,7 @@ from geoplantnet.runtime.cluster import task_resources
 from geoplantnet.samples.value_labels import Labels
 from geoplantnet.storage.outputs import claim_folder
 from geoplantnet.storage.store import is_local, shown
+from geoplantnet.storage.workdir import scratch
 from geoplantnet.validation.value import (
     FOLD_FILES,
     Trained,
@@ -67,10 +68,14 @@ REPORT_FILES = ("model.pt", "forest", *FOLD_FILES)  # forest: the forest folder 
 
 def _report_folder(cfg: RunConfig, *, check: bool = False) -> Path:
     """``<store.root>/value`` (with a remote store root, where the model goes: ``<workdir>/value-report``, since
-    reports are local files), claimed (storage/outputs; with ``check`` only checked, before any work): a folder
-    geoplantnet did not write is refused; its model and report stay for reuse (``train_or_reuse`` decides, replacing
-    another training's model only with --overwrite)."""
-    folder = Path(cfg.store.root) / "value" if is_local(cfg.store.root) else Path(cfg.workdir) / "value-report"
+    reports are local files; with an object-store workdir too, a folder of this process's scratch, published under
+    ``<workdir>/value-report`` once written), claimed (storage/outputs; with ``check`` only checked, before any
+    work): a folder geoplantnet did not write is refused; its model and report stay for reuse (``train_or_reuse``
+    decides, replacing another training's model only with --overwrite)."""
+    if is_local(cfg.store.root):
+        folder = Path(cfg.store.root) / "value"
+    else:
+        folder = Path(cfg.workdir) / "value-report" if is_local(cfg.workdir) else scratch("value-report")
     return claim_folder(folder, "value report", REPORT_FILES, overwrite=False, keep=True, check_only=check)
 
 
@@ -152,6 +157,9 @@ def run_value(
         labels = load_labels(cfg.value, virtual_value_polygons(cfg, progress=progress), grid)
     sources = ctx.sources(inputs)
     folder = _report_folder(cfg)
+    published = not is_local(cfg.store.root) and not is_local(cfg.workdir)
+    if published and ctx.workdir.complete("value-report"):  # the earlier run's report: what a reuse is decided by
+        ctx.workdir.get("value-report", into=folder)
     trained, key = _train(ctx, sources, labels, folder)
     predictor = ctx.value_predictor(ctx.value_model_url, sources)
     with ctx.client() as client:
@@ -177,8 +185,10 @@ def run_value(
         truth = virtual_value_score(cfg).values
         report["evaluation"] = evaluate_value(truth, urls[1], labels, cfg.grid.grid(), cfg.value.resolution)
     report["seconds"] = round(time.perf_counter() - t_start, 1)
-    report["report"] = str(folder)
+    report["report"] = ctx.workdir.url("value-report") if published else str(folder)
     write_report(folder, report)
+    if published:  # the report of a run whose outputs are all on an object store: beside its workdir's caches
+        ctx.workdir.put(folder, "value-report")
     return report
 
 

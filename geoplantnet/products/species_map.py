@@ -237,6 +237,7 @@ def plan_predictor(
         cube_grid=grid.grid(sources.settings.cube.resolution) if sources.s2_items else None,
         compute=TileCompute.of(settings),
         point_model=isinstance(spec, PeerSpec),
+        options=model.options,
     )
     attrs = {
         "model_file": redact({"url": model_url})["url"],
@@ -326,7 +327,9 @@ def plan(ctx: Any, client: Client) -> TilePlan:
     if model is None:
         model, _ = ctx.species_model(client, inputs)
     url = ctx.url(PRODUCT.store)
-    planned = plan_map(model, ctx.sources(inputs), ctx.cfg.grid, ctx.cfg.map, url, ctx.options(url), ctx.year)
+    planned = plan_map(
+        ctx.model_file(model), ctx.sources(inputs), ctx.cfg.grid, ctx.cfg.map, url, ctx.options(url), ctx.year
+    )
     return planned.tiles(client)
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from geoplantnet.core.errors import ConfigError
 from geoplantnet.inference.habitat import ClassifierFolder
-from geoplantnet.inference.species import ModelFile, read_model
+from geoplantnet.inference.species import read_model
 from geoplantnet.inference.value import ValueModelFile, ValuePredictor
 from geoplantnet.products.impact import (
     Assessment,
@@ -77,7 +77,7 @@ def planned(
     from geoplantnet.runs.inputs import plan_inputs
 
     cfg = ctx.cfg
-    species = ModelFile.read(models.species) if models.species is not None else None
+    species = ctx.model_file(models.species) if models.species is not None else None
     classifier = ClassifierFolder.read(models.habitats) if models.habitats is not None else None
     value_file = ValueModelFile.read(models.value, cfg.store) if models.value is not None else None
     inputs = plan_inputs(cfg, observations=species is None)
@@ -122,7 +122,7 @@ def plan_impact(
     if not isinstance(job, FusedTileJob):  # pragma: no cover - plan_fused_indicators always makes one
         raise TypeError(type(job))
     model_url = setup.fused.species.model.url
-    species_model, _, _ = read_model(model_url)
+    species_model, _, _ = read_model(model_url, storage_options=setup.fused.species.options)
     errors = None
     surveys = setup.inputs.surveys
     if sampled is not None and surveys is not None:

@@ -22,6 +22,7 @@ from geoplantnet.core.hashing import fingerprint
 from geoplantnet.products.base import Made, Product
 from geoplantnet.runs.tiles import StreamSettings, TiledRun, TileOutput, produce_tiles
 from geoplantnet.storage.store import join, preflight, storage_options_for
+from geoplantnet.storage.workdir import Workdir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from geoplantnet.inference.reader import MapSources
+    from geoplantnet.inference.species import ModelFile
     from geoplantnet.inference.value import ValueModelFile, ValuePredictor
     from geoplantnet.products.base import TilePlan
     from geoplantnet.runs.inputs import Inputs
@@ -63,6 +65,19 @@ class RunContext:
     def options(self, url: str) -> dict[str, Any]:
         """The fsspec options for ``url`` (those of ``store`` for a URL under object storage)."""
         return storage_options_for(url, self.cfg.store)
+
+    @property
+    def workdir(self) -> Workdir:
+        """The run's workdir (``workdir``: a local folder, or an object-store URL opened with the store's options)."""
+        return Workdir.of(self.cfg.workdir, self.cfg.store)
+
+    def model_file(self, model: str | ModelFile) -> ModelFile:
+        """A species model file read and checked (``model`` itself when already read), with the store's options
+        when it is an object-store URL (a model cached under an object-store workdir, a user's on S3)."""
+        from geoplantnet.inference.species import ModelFile
+        from geoplantnet.storage.store import read_options_for
+
+        return model if isinstance(model, ModelFile) else ModelFile.read(model, read_options_for(model, self.cfg.store))
 
     def url(self, name: str) -> str:
         """``<store.root>/<name>``."""
@@ -109,15 +124,17 @@ class RunContext:
         given (a refresh's year), else those the imagery spans."""
         from geoplantnet.inference.reader import MapSources
 
-        return MapSources.from_items(self.cfg.cube, self.cfg.grid.epsg, inputs.s2_items, inputs.env_items, seasons)
+        cube, epsg = self.cfg.cube, self.cfg.grid.epsg
+        return MapSources.from_items(cube, epsg, inputs.s2_items, inputs.env_items, seasons, inputs.read_options)
 
     @property
     def species_training(self) -> SpeciesTraining:
         """What training the species models reads of the configuration."""
         from geoplantnet.training.species import SpeciesTraining
 
-        c = self.cfg
-        return SpeciesTraining(c.name, c.grid, c.cube, c.model, c.train, c.validation, c.to_attrs())
+        c, workdir = self.cfg, self.workdir
+        stage = None if workdir.local else workdir.child("train")
+        return SpeciesTraining(c.name, c.grid, c.cube, c.model, c.train, c.validation, c.to_attrs(), stage)
 
     def species_training_key(self, inputs: Inputs) -> str:
         """The map model's cache key: the training settings (grid, cube, model, train, validation) and the inputs
@@ -131,16 +148,21 @@ class RunContext:
 
     def species_model(self, client: Client, inputs: Inputs) -> tuple[str, dict[str, Any] | None]:
         """A species model for a map: trained on the region's observations, or reused from an earlier run with the
-        same data (by content), model and training settings (``<workdir>/map-models/<key>``). Returns its path and,
-        if trained now, how."""
+        same data (by content), model and training settings (``<workdir>/map-models/<key>``, a local folder or an
+        object-store URL). Returns its path or URL and, if trained now, how."""
+        from geoplantnet.storage.workdir import scratch
         from geoplantnet.validation.species import train_map_model
 
-        model_dir = Path(self.cfg.workdir) / "map-models" / self.species_training_key(inputs)
-        cached = model_dir / "model" / "map.pt"
-        if cached.exists():
-            return str(cached), None
-        result = train_map_model(self.species_training, inputs, model_dir, client)
-        return result.model_path, {
+        work, folder = self.workdir, ("map-models", self.species_training_key(inputs))
+        model = (*folder, "model", "map.pt")
+        if work.exists(*model):
+            return work.url(*model), None
+        # trained in a local folder (the workdir's own; this process's scratch under an object-store workdir), the
+        # model then published as one file (one PUT: never half a model at its URL)
+        result = train_map_model(
+            self.species_training, inputs, work.path(*folder) if work.local else scratch(*folder), client
+        )
+        return work.put(result.model_path, *model), {
             "epochs": result.epochs_run,
             "best_epoch": result.best_epoch,
             "device": result.device,

@@ -4,12 +4,13 @@ compared on the same spatial folds, the chosen one fitted on every plot and save
 (:mod:`geoplantnet.validation.map_models`, :mod:`geoplantnet.models.map_forest`).
 
 The cross-fit (the expensive part: one species network per fold) is cached under ``<workdir>/map-models/<key>/``
-beside the map's species model, by the same key (training settings and inputs by content).
+beside the map's species model, by the same key (training settings and inputs by content); the workdir may be an
+object-store URL.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from geoplantnet.core.config import ConfigError, RunConfig
 from geoplantnet.inference.map_inputs import PixelPredictors, peer_spec
 from geoplantnet.models.map_forest import MapForest
 from geoplantnet.samples.plots import Plots, eunis_ancestor
+from geoplantnet.storage.workdir import scratch
 from geoplantnet.validation.map_models import (
     PlotAssemblages,
     choose_map_model,
@@ -33,11 +35,10 @@ if TYPE_CHECKING:
     from geoplantnet.runs.context import RunContext
 
 
-def species_spec(species_model: str) -> ModelSpec | PeerSpec:
-    """The spec of the species model file ``species_model`` (the map's: its inputs and calibration)."""
-    from geoplantnet.inference.species import read_model
-
-    return read_model(species_model)[1]
+def species_spec(ctx: RunContext, species_model: str) -> ModelSpec | PeerSpec:
+    """The spec of the species model file ``species_model`` (the map's: its inputs and calibration), read with the
+    store's options when it is a URL (a model cached under an object-store workdir)."""
+    return ctx.model_file(species_model).spec
 
 
 def map_predictors(ctx: RunContext, spec: ModelSpec | PeerSpec, inputs: Any) -> PixelPredictors:
@@ -73,16 +74,22 @@ def plot_assemblages(
 
 
 def _raw_assemblages(ctx: RunContext, client: Client | None, inputs: Any) -> PlotAssemblages:
-    folder = Path(ctx.cfg.workdir) / "map-models" / ctx.species_training_key(inputs) / "crossfit"
-    cached = folder / "assemblages.npz"
-    if cached.exists():
-        with np.load(cached, allow_pickle=False) as z:
+    work = ctx.workdir
+    folder = ("map-models", ctx.species_training_key(inputs), "crossfit")
+    try:
+        cached = work.read_bytes(*folder, "assemblages.npz")
+    except FileNotFoundError:
+        cached = None
+    if cached is not None:
+        with np.load(io.BytesIO(cached), allow_pickle=False) as z:
             return PlotAssemblages(z["x"], z["y"], [str(s) for s in z["species"]], z["prob"], z["folds"])
-    made = cross_fitted_assemblages(ctx.species_training, inputs, folder, client)
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / "assemblages.partial.npz"
-    np.savez(partial, x=made.x, y=made.y, species=np.asarray(made.species), prob=made.prob, folds=made.folds)
-    partial.replace(cached)
+    # the networks' folds under a local folder (the workdir's own, or this process's scratch for an object-store
+    # workdir); the assemblages written whole under the workdir (renamed into place, or one PUT)
+    local = work.path(*folder) if work.local else scratch(*folder)
+    made = cross_fitted_assemblages(ctx.species_training, inputs, local, client)
+    buf = io.BytesIO()
+    np.savez(buf, x=made.x, y=made.y, species=np.asarray(made.species), prob=made.prob, folds=made.folds)
+    work.write_bytes(buf.getvalue(), *folder, "assemblages.npz")
     return made
 
 
@@ -95,7 +102,7 @@ def train_map_model(
     cfg = ctx.cfg
     inputs = ctx.inputs()
     plots = labelled_plots(cfg)
-    spec = species_spec(species_model)  # a missing or unreadable model fails before the cross-fit
+    spec = species_spec(ctx, species_model)  # a missing or unreadable model fails before the cross-fit
     predictors = map_predictors(ctx, spec, inputs)
     oof = plot_assemblages(ctx, client, inputs, spec)
     grid = cfg.grid.grid()

@@ -94,6 +94,7 @@ def fused_setup(
     """The species model (a file or its URL) and the habitat classifier (a folder read or its URL, or None) checked
     against the run's inputs and against each other, the tables matched to the model's species: all on the driver,
     no cluster needed, so a job runs it before it starts one."""
+    model = RunContext(cfg).model_file(model)  # with the store's options for a URL
     predictor, spec, model_attrs = species_map.plan_predictor(model, sources, cfg.grid, cfg.map)
     where = f"the model {model_attrs['model_file']}"
 

@@ -132,14 +132,13 @@ def prepare_year(ctx: RunContext, imagery: RunContext, urls: dict[str, str], mod
     or a cluster started: the series' model (the one its first year was mapped with, unless ``model`` says
     otherwise) and classifier, the inputs, the species run's plan when the model is given."""
     from geoplantnet.inference.habitat import ClassifierFolder
-    from geoplantnet.inference.species import ModelFile
     from geoplantnet.runs.inputs import indicator_inputs, plan_inputs
 
     year = int(ctx.year)  # type: ignore[arg-type]
     origin = series_origin(ctx, urls["species"])
     habitat_model, habitats = habitat_classifier(ctx, urls["habitat"], origin is not None)
     model_url = model or (origin.model if origin else None) or ctx.cfg.map.model
-    model_file = ModelFile.read(model_url) if model_url is not None else None
+    model_file = ctx.model_file(model_url) if model_url is not None else None
     classifier = ClassifierFolder.read(habitat_model) if habitats else None
     planned = plan_inputs(imagery.cfg, observations=model_url is None)
     years = planned.years()

@@ -29,6 +29,7 @@ from geoplantnet.samples.training_set import open_training_set
 from geoplantnet.samples.valid_cells import ValidCells, move_records_to_valid
 from geoplantnet.sources import predictors
 from geoplantnet.sources.cube import cube_composites
+from geoplantnet.storage.workdir import Workdir, scratch
 from geoplantnet.training.train import predict
 
 if TYPE_CHECKING:
@@ -38,8 +39,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class SpeciesTraining:
     """What species training reads of a run's configuration: its name (names the cluster tasks), the grid, the
-    Sentinel-2 cube, the network, the training and validation settings, and the provenance attributes written into
-    the training set."""
+    Sentinel-2 cube, the network, the training and validation settings, the provenance attributes written into
+    the training set, and the object-store folder through which the driver and workers that share no disk exchange
+    training sets and models (``<workdir>/train`` of an object-store workdir; None: a local workdir, shared)."""
 
     name: str
     grid: GridConfig
@@ -48,6 +50,7 @@ class SpeciesTraining:
     train: TrainConfig
     validation: ValidationConfig
     provenance: Mapping[str, str]
+    stage: Workdir | None = None
 
 
 class SpeciesInputs(Protocol):
@@ -56,6 +59,7 @@ class SpeciesInputs(Protocol):
     observations: Observations | None
     env_items: list
     s2_items: list | None
+    read_options: dict  # the object store of the items' s3:// assets (empty: local files)
 
 
 def training_point_features(ds: xr.Dataset) -> np.ndarray:
@@ -131,14 +135,15 @@ def predict_at_points(
     inputs: SpeciesInputs,
     points: Points,
     client: Any,
-    workdir: Path,
+    workdir: Workdir,
 ) -> PointPredictions:
     """A species network or a peer (a loaded ``.peer`` file) at ``points``: the model's inputs extracted at the points
-    exactly as training extracted them (into a temporary training set under ``workdir``), then the network through
-    :func:`geoplantnet.training.train.predict` with its own normalisation, or the peer on the rows of
-    :func:`training_point_features` (:func:`~geoplantnet.models.peers.peer_probabilities`); both calibrated as their
-    file says, as the map is. A point whose cell has no environmental data (a coastal cell the warp emptied) is moved
-    to the nearest valid cell within ``train.nearest_valid_cells`` cells, as training moves its records
+    exactly as training extracted them (into a temporary training set under ``workdir``, or this process's scratch
+    for an object-store workdir), then the network through :func:`geoplantnet.training.train.predict` with its own
+    normalisation, or the peer on the rows of :func:`training_point_features`
+    (:func:`~geoplantnet.models.peers.peer_probabilities`); both calibrated as their file says, as the map is. A
+    point whose cell has no environmental data (a coastal cell the warp emptied) is moved to the nearest valid cell
+    within ``train.nearest_valid_cells`` cells, as training moves its records
     (:func:`~geoplantnet.samples.valid_cells.move_records_to_valid`)."""
     model, spec = spec_model
     grid = settings.grid.grid()
@@ -156,9 +161,12 @@ def predict_at_points(
     x0, y0 = points.x[rows], points.y[rows]
     samples = Samples(x0, y0, np.full((len(rows), n_species), -1, np.int8), np.full(len(rows), "pa"), vocab)
     # the same lazy sources as training (prepare_samples): only the chunks holding points are read
-    env = predictors.model_stack(inputs.env_items, grid, chunk=settings.cube.chunk) if takes_env else None
+    options = inputs.read_options
+    env = None
+    if takes_env:
+        env = predictors.model_stack(inputs.env_items, grid, chunk=settings.cube.chunk, storage_options=options)
     composite = (
-        cube_composites(inputs.s2_items, settings.cube, settings.grid.grid(settings.cube.resolution))
+        cube_composites(inputs.s2_items, settings.cube, settings.grid.grid(settings.cube.resolution), options)
         if takes_s2
         else None
     )
@@ -168,7 +176,10 @@ def predict_at_points(
         samples, _ = move_records_to_valid(samples, valid_cells, radius, what="points")
         back = ~_inside(settings, takes_s2, samples.x, samples.y)  # a map cell centre past the cube grid's end
         samples.x[back], samples.y[back] = x0[back], y0[back]
-    with tempfile.TemporaryDirectory(prefix="predict-", dir=workdir) as tmp:
+    # extracted on the driver and read there: a local folder (the workdir's, or this process's scratch for a URL)
+    where = workdir.path() if workdir.local else scratch("predict")
+    where.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="predict-", dir=where) as tmp:
         path = extract_samples(
             samples,
             grid,

@@ -1,9 +1,11 @@
 """Training the species network, locally or as one Dask task (on a GPU worker when the cluster has one).
 
 :func:`train_model` is a plain function of paths and the ``train`` and ``model`` settings, so it runs the same
-in-process and on a Dask worker. On a cluster (:func:`train_on_cluster`) the worker writes the model file to
-``out_dir``: that folder must be on a filesystem the client and the worker share (a network mount, or the local disk
-for a ``LocalCluster``); the returned :class:`TrainResult` carries the path, not the weights.
+in-process and on a Dask worker. On a cluster (:func:`train_many_on_cluster`) the worker writes the model file to
+``out_dir``, a folder the client and the worker share (a network mount, or the local disk for a ``LocalCluster``),
+or, when the workers share no disk with the client, through an object-store ``stage``: the client uploads the
+training set, each task fetches it into its process's scratch, trains there and uploads its model folder, which the
+client downloads into ``out_dir``. The returned :class:`TrainResult` carries the path, not the weights.
 
 Files in ``out_dir``: ``last.pt`` (every epoch) and ``model.pt`` (the best epoch by macro AUC on the validation
 split's surveys, or by validation loss when it has none), both in the :func:`save_model` format
@@ -16,9 +18,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 
 from geoplantnet.core.config import ModelConfig, TrainConfig
+from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.models.calibration import calibrate
 from geoplantnet.models.losses import SpeciesLoss, species_weights
 from geoplantnet.models.species_files import (  # noqa: F401 (model files were here: importers keep working)
@@ -40,6 +45,8 @@ from geoplantnet.runtime.cluster import require_resources, task_resources
 from geoplantnet.runtime.devices import resolve_device, use_worker_threads
 from geoplantnet.samples.kinds import SOURCE_CODE, Modality, Source, target_group_labels
 from geoplantnet.samples.training_set import ChunkBatchSampler, NormStats, TrainingSet
+from geoplantnet.storage.store import is_local
+from geoplantnet.storage.workdir import Workdir, scratch
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -337,7 +344,9 @@ _ONE_TRAINING_PER_PROCESS = threading.Lock()
 
 @dataclasses.dataclass(frozen=True)
 class TrainJob:
-    """One network to train: :func:`train_model`'s arguments (paths the workers and the client share)."""
+    """One network to train: :func:`train_model`'s arguments. ``training_set_path`` and ``out_dir`` are paths the
+    workers and the client share, or object-store URLs (opened with ``options``) once staged
+    (:func:`train_many_on_cluster`'s ``stage``)."""
 
     training_set_path: str
     train_idx: np.ndarray
@@ -346,6 +355,25 @@ class TrainJob:
     model_cfg: ModelConfig
     out_dir: str
     stats: NormStats | None = None
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _train_job(job: TrainJob) -> TrainResult:
+    """:func:`train_model` of ``job``; with object-store URLs, the training set fetched into this process's scratch
+    (the trainer reads it at random, every epoch), the model trained there and its folder uploaded to ``out_dir``
+    (files first, its completion marker last: a half-uploaded model never reads as one)."""
+    args = (job.train_idx, job.val_idx, job.tcfg, job.model_cfg)
+    if is_local(job.training_set_path) and is_local(job.out_dir):
+        return train_model(job.training_set_path, *args, job.out_dir, job.stats)
+    data = Workdir(job.training_set_path, job.options).fetch()
+    local = scratch("train", uuid.uuid4().hex)
+    try:
+        result = train_model(data, *args, local, job.stats)
+        out = Workdir(job.out_dir, job.options)
+        out.put(local)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    return dataclasses.replace(result, model_path=out.url("model.pt"), last_path=out.url("last.pt"))
 
 
 def _train_task(job: TrainJob) -> TrainResult:
@@ -356,9 +384,7 @@ def _train_task(job: TrainJob) -> TrainResult:
 
     with _ONE_TRAINING_PER_PROCESS:
         use_worker_threads()
-        result = train_model(
-            job.training_set_path, job.train_idx, job.val_idx, job.tcfg, job.model_cfg, job.out_dir, job.stats
-        )
+        result = _train_job(job)
     worker = get_worker()
     key = getattr(thread_state, "key", None)
     task = worker.state.tasks.get(key) if key is not None else None
@@ -366,24 +392,74 @@ def _train_task(job: TrainJob) -> TrainResult:
     return dataclasses.replace(result, worker=worker.address, resources=resources)
 
 
+def _staged(jobs: Sequence[TrainJob], stage: Workdir) -> list[TrainJob]:
+    """``jobs`` as the workers see them under ``stage``: each local training set uploaded once (``sets/<n>``), each
+    model folder a URL of its own (``models/<i>``)."""
+    sets: dict[str, str] = {}
+    out = []
+    for i, job in enumerate(jobs):
+        path = job.training_set_path
+        if is_local(path) and path not in sets:
+            sets[path] = stage.put(path, "sets", str(len(sets)))
+        out.append(
+            dataclasses.replace(
+                job, training_set_path=sets.get(path, path), out_dir=stage.url("models", str(i)), options=stage.options
+            )
+        )
+    return out
+
+
+def _fetched(result: TrainResult, job: TrainJob, staged: TrainJob) -> TrainResult:
+    """A staged job's model folder downloaded into the folder the caller asked (``job.out_dir``), as if the worker
+    had written it there."""
+    Workdir(staged.out_dir, staged.options).get(into=job.out_dir)
+    out = Path(job.out_dir)
+    return dataclasses.replace(result, model_path=str(out / "model.pt"), last_path=str(out / "last.pt"))
+
+
 def train_many_on_cluster(
-    client: Client, jobs: Sequence[TrainJob], *, name: str = "default", in_flight: int | None = None
+    client: Client,
+    jobs: Sequence[TrainJob],
+    *,
+    name: str = "default",
+    in_flight: int | None = None,
+    stage: Workdir | None = None,
 ) -> list[TrainResult]:
     """Every job as one Dask task (``GPU=1`` each when a worker offers it), submitted before any is awaited, so that
     the cluster's workers train them side by side; the results in the order of ``jobs``. ``name`` (the run's) names
     the tasks. ``in_flight``: at most this many tasks submitted at a time (1: one after another); None: all at once
     (the scheduler runs as many as there are free worker threads and queues the rest).
 
+    ``stage``: an object-store folder through which the driver and workers that share no disk exchange the files
+    (the training sets uploaded there, each model folder uploaded there by its task, then downloaded into the job's
+    ``out_dir`` and the stage deleted); None: the jobs' paths are shared.
+
     A job's numbers do not depend on where or beside what it runs: each task seeds itself (``train.seed``) and torch
     uses the worker's threads. A failed task raises its own error and traceback here, and the others are cancelled.
     """
-    from distributed import as_completed
-
     if in_flight is not None and in_flight < 1:
         raise TrainError(f"in_flight must be at least 1, got {in_flight}")
-    folders = [os.path.abspath(job.out_dir) for job in jobs]
+    folders = [os.path.abspath(job.out_dir) if is_local(job.out_dir) else job.out_dir for job in jobs]
     if len(set(folders)) < len(folders):
         raise TrainError(f"two trainings would write one folder at once: {sorted(folders)}")
+    if stage is not None and not stage.local:
+        run = stage.child(f"{name}-{time.time_ns()}-{uuid.uuid4().hex[:8]}")
+        try:
+            staged = _staged(jobs, run)
+            results = _train_all(client, staged, name, in_flight)
+            return [_fetched(r, j, s) for r, j, s in zip(results, jobs, staged, strict=True)]
+        finally:  # the models are where the caller asked; only a killed driver leaves the stage behind
+            try:
+                run.remove()
+            except (OSError, GeoplantnetError) as exc:  # never hides the training's own error
+                log.warning("could not delete the training stage %s: %s", run.root, exc)
+    return _train_all(client, jobs, name, in_flight)
+
+
+def _train_all(client: Client, jobs: Sequence[TrainJob], name: str, in_flight: int | None) -> list[TrainResult]:
+    """The jobs' tasks submitted (at most ``in_flight`` at a time) and their results in the order of ``jobs``."""
+    from distributed import as_completed
+
     resources = task_resources(client)
     if resources:
         require_resources(client, resources)
@@ -430,7 +506,8 @@ def train_on_cluster(
     ``name`` (the run's) names the task (:func:`train_many_on_cluster` for several).
 
     ``training_set_path`` and ``out_dir`` must be paths the worker can read and write and the client can read
-    (shared filesystem); the model file is written there by the worker.
+    (shared filesystem); the model file is written there by the worker (:func:`train_many_on_cluster`'s ``stage``
+    for workers that share no disk).
     """
     job = TrainJob(
         os.fspath(training_set_path),
