@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -27,7 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's package, as the tests import it
 
-from geoplantnet.testing.containers import PodRun, cluster_pods, secret_names  # noqa: E402
+import yaml  # noqa: E402
+
+from geoplantnet.testing.containers import HostNetwork, PodRun, cluster_pods, pod_container, secret_names  # noqa: E402
 from geoplantnet.testing.regions import SMALL_REGION  # noqa: E402
 from geoplantnet.testing.s3 import S3Server, seaweedfs  # noqa: E402
 
@@ -37,13 +40,17 @@ PODMAN = ["podman", "--runtime", "runc"]
 RUN = [*PODMAN, "run", "--network=host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 PREFIX = os.environ.get("GEOPLANTNET_CI_PREFIX", f"gpn-ci-{os.getpid()}")
 UID = 10001  # the image's user (deploy/containers/Containerfile)
-# The small job: the tests' small virtual region, few epochs, 9 tiles. Settings both runs share.
+COMMANDS = ("map", "indicators")
+# The small job: the tests' small virtual region, few epochs, 9 tiles; settings both runs share.
 JOB = [*SMALL_REGION, "train.epochs=3", "map.tile=16", "cluster.connect_timeout=60s"]
-# The cluster's settings for the renderer: CPU workers, two of them, one thread each.
-CLUSTER = [
-    "cluster.kubernetes.worker_gpus=0",
-    "cluster.kubernetes.n_workers=2",
+# The deployment: the CPU overlay with two workers of one thread, no shared volume (object storage only), the two
+# driver Jobs. What Kubernetes would run is rendered from these settings by `geoplantnet deploy render`'s code.
+DEPLOY = [
     "cluster.threads_per_worker=1",
+    "cluster.kubernetes.workers.replicas=2",
+    "cluster.kubernetes.volume.claim=null",
+    "cluster.kubernetes.refresh.enabled=false",
+    f"cluster.kubernetes.jobs.commands=[{','.join(COMMANDS)}]",
 ]
 
 
@@ -64,24 +71,41 @@ def step(name: str) -> Iterator[None]:
     say(f"{name}: {time.monotonic() - start:.1f} s")
 
 
-def rendered_cluster(image: str) -> dict:
-    """The DaskCluster resource as the project renders it for Kubernetes (the renderer's output, not a copy)."""
-    from geoplantnet.core.config import load_config
-    from geoplantnet.runtime.cluster import kubernetes_spec
+def settings(s3: S3Server, image: str, prefix: str) -> list[str]:
+    """The run's settings: the job, its store and workdir under ``prefix`` of the bucket, the S3 endpoint (not a
+    credential: those come from the Secret), the deployment."""
+    bucket = f"s3://{s3.bucket}/{prefix}"
+    store = [f"store.root={bucket}/out", f"workdir={bucket}/work"]
+    endpoint = f"store.storage_options.client_kwargs.endpoint_url={s3.endpoint}"
+    return [*JOB, *store, endpoint, *DEPLOY, f"cluster.kubernetes.image={image}"]
 
-    cfg = load_config(ROOT / "pipelines" / "kubernetes.yaml", [*CLUSTER, f"cluster.kubernetes.image={image}"])
-    return kubernetes_spec(cfg.cluster)
+
+def rendered(overrides: Sequence[str]) -> dict[str, list[dict]]:
+    """The CPU overlay's manifests (file -> documents) as `geoplantnet deploy render` writes them for
+    pipelines/default.yaml with ``overrides``: the renderer's output, read back from its YAML."""
+    from geoplantnet.core.config import load_config
+    from geoplantnet.runs.deploy import render_files
+
+    cfg = load_config(ROOT / "pipelines" / "default.yaml", list(overrides))
+    return {path: list(yaml.safe_load_all(text)) for path, text in render_files(cfg, ("cpu",)).items()}
+
+
+def find(tree: dict[str, list[dict]], kind: str, name: str | None = None) -> dict:
+    """The one object of ``kind`` (named ``name``) in the rendered tree."""
+    found = [d for docs in tree.values() for d in docs if d and d["kind"] == kind]
+    found = [d for d in found if name is None or d["metadata"]["name"] == name]
+    if len(found) != 1:
+        raise Failed(f"the rendered tree has {len(found)} {kind} {name or ''}")
+    return found[0]
 
 
 def secret_env(s3: S3Server) -> dict[str, str]:
-    """What the object store's Secret holds: credentials and endpoint for botocore (s3fs) and GDAL (/vsis3/)."""
-    host = s3.endpoint.removeprefix("http://")
+    """What the object store's Secret holds: the credential, and the endpoint for GDAL's own reads (/vsis3/)."""
     return {
         "AWS_ACCESS_KEY_ID": s3.key,
         "AWS_SECRET_ACCESS_KEY": s3.secret,
-        "AWS_ENDPOINT_URL": s3.endpoint,
         "AWS_REGION": "us-east-1",
-        "AWS_S3_ENDPOINT": host,
+        "AWS_S3_ENDPOINT": s3.endpoint.removeprefix("http://"),
         "AWS_HTTPS": "NO",
         "AWS_VIRTUAL_HOSTING": "FALSE",
     }
@@ -94,42 +118,34 @@ class Containers:
         self.image = image
         self.names: list[str] = []
 
-    def start(self, pod: PodRun, secrets: dict[str, str]) -> None:
-        """Start ``pod`` detached. Environment values go by name (``-e NAME``), so no secret is on a command line."""
-        env = {**pod.env, **secrets}
-        args = [*RUN, "-d", "--name", pod.name]
-        for key in env:
+    def _args(self, pod: PodRun) -> tuple[list[str], dict[str, str]]:
+        # values go by name (-e NAME), from podman's own environment: no credential on a command line
+        args = [*RUN, "--name", pod.name]
+        for key in pod.env:
             args += ["-e", key]
-        self.names.append(pod.name)
-        subprocess.run(
-            [*args, self.image, *pod.argv],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            env={**os.environ, **env},
-            timeout=120,
-        )
-
-    def run(
-        self, name: str, argv: Sequence[str], env: dict[str, str], timeout: float, mounts: Sequence[str] = ()
-    ) -> str:
-        """Run ``argv`` in a container to its end; its output, or :class:`Failed` with its tail."""
-        args = [*RUN, "--name", name]
-        for key in env:
-            args += ["-e", key]
-        for mount in mounts:
+        for mount in pod.mounts:
             args += ["-v", mount]
-        self.names.append(name)
+        self.names.append(pod.name)
+        return [*args, self.image, *pod.argv], {**os.environ, **pod.env}
+
+    def start(self, pod: PodRun) -> None:
+        """Start ``pod`` detached."""
+        args, env = self._args(pod)
+        subprocess.run([*args[:3], "-d", *args[3:]], check=True, stdout=subprocess.DEVNULL, env=env, timeout=120)
+
+    def run(self, pod: PodRun, timeout: float) -> str:
+        """Run ``pod`` to its end: its output, or :class:`Failed` with its tail."""
+        args, env = self._args(pod)
         try:
-            done = subprocess.run(
-                [*args, self.image, *argv], capture_output=True, text=True, env={**os.environ, **env}, timeout=timeout
-            )
+            done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise Failed(f"{name}: no end after {timeout:.0f} s") from None
+            raise Failed(f"{pod.name}: no end after {timeout:.0f} s") from None
         if done.returncode != 0:
-            raise Failed(f"{name} exited {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}")
-        return done.stdout
+            raise Failed(f"{pod.name} exited {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}")
+        return done.stdout + done.stderr
 
     def mounts(self, name: str) -> list:
+        """The mounts podman gave the container ``name``."""
         out = subprocess.run(
             [*PODMAN, "inspect", "--format", "{{json .Mounts}}", name],
             capture_output=True,
@@ -150,7 +166,7 @@ class Containers:
 
 
 def wait_http(url: str, timeout: float) -> None:
-    """Wait for ``url`` to answer 200 (the scheduler's readiness probe path)."""
+    """Wait for ``url`` to answer 200 (the scheduler's readiness probe)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -174,33 +190,21 @@ def check_cluster(address: str, n_workers: int, timeout: float) -> None:
         uids = client.run(os.getuid)
         if sorted(uids.values()) != [UID] * n_workers:
             raise Failed(f"the workers are not the image's user {UID}: {uids}")
-        x = da.arange(1_000_000, chunks=100_000)
-        total = int(client.compute(x.sum()).result(timeout=timeout))
+        total = int(client.compute(da.arange(1_000_000, chunks=100_000).sum()).result(timeout=timeout))
         if total != 999_999 * 1_000_000 // 2:
             raise Failed(f"a sum through the containers is wrong: {total}")
-        placed = client.run(lambda dask_worker: len(dask_worker.data) >= 0)
-        say(f"{len(placed)} workers in containers answered; sum of 1e6 numbers right")
-
-
-def job_commands(address: str | None, root: str, work: str) -> list[list[str]]:
-    """The driver's commands: `map` then `indicators`, on the cluster at ``address`` (a local cluster if None)."""
-    cluster = ["cluster.kind=local"] if address is None else ["cluster.kind=address", f"cluster.address={address}"]
-    sets = [f"--set={s}" for s in [*JOB, *cluster, f"store.root={root}", f"workdir={work}"]]
-    base = ["geoplantnet"]
-    return [
-        [*base, "map", "-c", "/config/pipeline.yaml", "--quiet", *sets],
-        [*base, "indicators", "-c", "/config/pipeline.yaml", "--quiet", "--no-habitats", *sets],
-    ]
+        say(f"{n_workers} workers (uid {UID}) answered; a sum over 10 chunks through them is right")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="localhost/geoplantnet:cpu")
-    parser.add_argument("--keep", type=Path, help="copy both runs' outputs here (default: a temporary folder)")
+    parser.add_argument("--keep", type=Path, help="download both runs' outputs here (default: a temporary folder)")
     parser.add_argument("--job-timeout", type=float, default=600.0, help="seconds each command may take")
     args = parser.parse_args(argv)
     containers = Containers(args.image)
     started = time.monotonic()
+    code = 1
     with tempfile.TemporaryDirectory(prefix="gpn-containers-") as tmp:
         work = Path(tmp)
         try:
@@ -212,7 +216,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in containers.names:
                 with contextlib.suppress(Exception):
                     say(f"--- {name} (last lines)\n{containers.logs(name)}")
-            code = 1
         finally:
             with step("remove containers"):
                 containers.remove()
@@ -222,47 +225,96 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(containers: Containers, s3: S3Server, work: Path, args: argparse.Namespace) -> int:
     """The steps, in order; raises :class:`Failed`."""
-    secrets = secret_env(s3)
-    with step("render the DaskCluster and its pods"):
-        resource = rendered_cluster(args.image)
-        named = secret_names(resource)
-        scheduler, workers = cluster_pods(resource, PREFIX, dict.fromkeys(named, secrets))
-        for pod in (scheduler, *workers):
+    with step("render the deployment (deploy render's code) and its pods"):
+        tree = rendered(settings(s3, args.image, "cluster"))
+        resource = find(tree, "DaskCluster")
+        jobs = {c: find(tree, "Job", f"{resource['metadata']['name']}-{c}") for c in COMMANDS}
+        pods = [resource["spec"]["scheduler"]["spec"], resource["spec"]["worker"]["spec"]]
+        pods += [j["spec"]["template"]["spec"] for j in jobs.values()]
+        secrets = dict.fromkeys(secret_names(*pods), secret_env(s3))
+        network, scheduler, workers = cluster_pods(resource, PREFIX, secrets)
+        config_maps = write_config_maps(tree, work / "configmaps")
+        drivers = {
+            c: pod_container(j["spec"]["template"]["spec"], f"{PREFIX}-driver-{c}", network, secrets, config_maps)
+            for c, j in jobs.items()
+        }
+        for pod in (scheduler, *workers, *drivers.values()):
             say(f"{pod.name}: {' '.join(pod.argv)}")
-        pod_secrets: dict[str, str] = {}
-        if not named:  # the workers write tiles to the store: without credentials nothing could run
-            say("NOTE: the rendered workers take no Secret (envFrom); the credentials are passed as env instead")
-            pod_secrets = secrets
+    with step("the rendered tree's command lines against the image"):
+        checked = check_tree_in_image(containers, tree, work / "tree")
+        say(checked.strip().splitlines()[-1])
     with step("scheduler container"):
-        containers.start(scheduler, {})
-        wait_http(f"http://127.0.0.1:{scheduler.ports['http-dashboard']}/health", timeout=90)
-    address = f"tcp://127.0.0.1:{scheduler.ports['tcp-comm']}"
+        containers.start(scheduler)
+        wait_http(f"http://127.0.0.1:{network.port('http-dashboard')}/health", timeout=90)
+    address = f"tcp://127.0.0.1:{network.port('tcp-comm')}"
     with step(f"{len(workers)} worker containers"):
         for pod in workers:
-            containers.start(pod, pod_secrets)
+            containers.start(pod)
         check_cluster(address, len(workers), timeout=120)
         for name in [scheduler.name, *(w.name for w in workers)]:
-            if containers.mounts(name):
-                raise Failed(f"{name} has mounts: {containers.mounts(name)}")
-    bucket = f"s3://{s3.bucket}"
-    config = [f"{ROOT / 'pipelines' / 'default.yaml'}:/config/pipeline.yaml:ro"]  # the ConfigMap's mount
-    runs = {"cluster": address, "local": None}
-    for label, where in runs.items():
-        for i, argv in enumerate(job_commands(where, f"{bucket}/{label}/out", f"{bucket}/{label}/work")):
-            with step(f"{label}: {argv[1]}"):
-                out = containers.run(f"{PREFIX}-driver-{label}-{i}", argv, secrets, args.job_timeout, config)
-                say(out.strip().splitlines()[-1] if out.strip() else "(no output)")
-    with step("compare the stores (cluster vs local)"):
-        return compare(s3, bucket, args.keep or work / "outputs")
+            if found := containers.mounts(name):
+                raise Failed(f"{name} has mounts, it should share no disk: {found}")
+    for command, pod in drivers.items():
+        with step(f"cluster: geoplantnet {command} (driver container, the Job's command line)"):
+            say(containers.run(pod, args.job_timeout).strip().splitlines()[-1:] or "(no output)")
+    local = local_drivers(s3, args.image, work / "local-configmaps", secrets)
+    for command, pod in local.items():
+        with step(f"local cluster: geoplantnet {command} (one container, cluster.kind=local)"):
+            say(containers.run(pod, args.job_timeout).strip().splitlines()[-1:] or "(no output)")
+    with step("compare the outputs (cluster vs local)"):
+        return compare(s3, args.keep or work / "outputs")
 
 
-def compare(s3: S3Server, bucket: str, into: Path) -> int:
+def write_config_maps(tree: dict[str, list[dict]], folder: Path) -> dict[str, Path]:
+    """Each ConfigMap's data as files of a folder (what its volume shows a pod): name -> folder."""
+    found = {}
+    for docs in tree.values():
+        for doc in docs:
+            if doc and doc["kind"] == "ConfigMap":
+                where = folder / doc["metadata"]["name"]
+                where.mkdir(parents=True)
+                for key, text in (doc.get("data") or {}).items():
+                    (where / key).write_text(text)
+                found[doc["metadata"]["name"]] = where
+    return found
+
+
+def check_tree_in_image(containers: Containers, tree: dict[str, list[dict]], folder: Path) -> str:
+    """Every container command line of the rendered tree parses in the image (geoplantnet.testing.manifests)."""
+    for path, docs in tree.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text(yaml.safe_dump_all(docs))
+    pod = PodRun(
+        f"{PREFIX}-check-tree",
+        ["python", "-m", "geoplantnet.testing.manifests", "/tree"],
+        mounts=[f"{folder}:/tree:ro"],
+    )
+    return containers.run(pod, timeout=300)
+
+
+def local_drivers(s3: S3Server, image: str, folder: Path, secrets: dict[str, dict[str, str]]) -> dict[str, PodRun]:
+    """The same job on a local cluster (``cluster.kind=local``, in one container), its store and workdir under the
+    bucket's ``local/``: the driver Jobs rendered for those settings, without the ``--scheduler`` of the cluster."""
+    tree = rendered(settings(s3, image, "local"))
+    resource = find(tree, "DaskCluster")
+    network = HostNetwork(resource)
+    config_maps = write_config_maps(tree, folder)
+    out = {}
+    for command in COMMANDS:
+        job = find(tree, "Job", f"{resource['metadata']['name']}-{command}")
+        pod = pod_container(job["spec"]["template"]["spec"], f"{PREFIX}-local-{command}", network, secrets, config_maps)
+        i = pod.argv.index("--scheduler")
+        out[command] = dataclasses.replace(pod, argv=[*pod.argv[:i], *pod.argv[i + 2 :]])
+    return out
+
+
+def compare(s3: S3Server, into: Path) -> int:
     """Download both runs' outputs and compare them with scripts/compare_outputs.py (stores, summaries, reports)."""
     import s3fs
 
     fs = s3fs.S3FileSystem(**s3.storage_options)
     for label in ("cluster", "local"):
-        fs.get(f"{bucket}/{label}/out/", str(into / label) + "/", recursive=True)
+        fs.get(f"{s3.bucket}/{label}/out/", f"{into / label}/", recursive=True)
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "compare_outputs.py"), str(into / "local"), str(into / "cluster")],
         capture_output=True,
