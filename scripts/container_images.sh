@@ -51,6 +51,10 @@ base_image() {
   flock -u 9
 }
 
+reachable() {
+  timeout 15 python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)" "$1/" 2>/dev/null
+}
+
 build_args() {
   BUILD=(build --network=host "${LIMITS[@]}" -f deploy/containers/Containerfile -t "$IMAGE"
     --build-arg "BASE=$BASE" --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL"
@@ -70,8 +74,7 @@ build_args() {
   if [ "$VARIANT" = cpu ] && [ ${#links[@]} -gt 0 ]; then
     BUILD+=(--build-arg "PIP_FIND_LINKS=/opt/wheels"
       --build-arg "PIP_EXTRA_INDEX_URL=file:///opt/pypi/simple file:///opt/pypi-more/simple")
-    if ! timeout 10 python3 -c "import urllib.request; urllib.request.urlopen('$TORCH_INDEX_URL/', timeout=8)" \
-      2>/dev/null; then
+    if ! reachable "$TORCH_INDEX_URL"; then
       BUILD+=(--build-arg "TORCH_INDEX_URL=")  # unreachable: pip would retry it for minutes
     fi
   fi
@@ -81,15 +84,23 @@ build_args() {
 tools
 build_args
 if [ "$DRY_RUN" = --dry-run ]; then
+  # What can be checked without building: the command, and which torch the build's first heavy step would get
+  # (resolved from the index, metadata only, nothing installed).
   echo "${PODMAN[*]} ${BUILD[*]}"
-  # What the build's first heavy step would resolve: torch from the variant's index (or PyPI, whose Linux wheel is
-  # the CUDA build), without downloading it.
-  pip install --isolated --dry-run --quiet --no-deps --ignore-installed --report - \
-    ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$(grep -E '^torch==' requirements.lock.txt)" |
-    python3 -c "import json, sys; print('resolves:', [i['metadata']['version'] for i in json.load(sys.stdin)['install']])"
+  index=$TORCH_INDEX_URL
+  if [ -n "$index" ] && ! reachable "$index"; then
+    echo "dry run: $index is not reachable from here, so the $VARIANT image is not built here; PyPI's wheel instead"
+    index=""
+  fi
+  pip install --isolated --disable-pip-version-check --cert "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" --dry-run --quiet --no-deps \
+    --ignore-installed --report - ${index:+--index-url "$index"} "$(grep -E '^torch==' requirements.lock.txt)" |
+    python3 -c "import json, sys; i = json.load(sys.stdin)['install'][0]; m = i['metadata']
+cuda = [d.split(';')[0] for d in m.get('requires_dist', []) if d.startswith('cuda-toolkit')]
+print('dry run: torch', m['version'], 'from', i['download_info']['url'].rsplit('/', 1)[-1], 'CUDA:', cuda or 'none')"
   exit 0
 fi
 base_image
 start=$SECONDS
-nice -n 5 "${PODMAN[@]}" "${BUILD[@]}"
+# pip's notes about projects the local mirrors lack are noise here; podman's status still decides (pipefail)
+nice -n 5 "${PODMAN[@]}" "${BUILD[@]}" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 echo "built $IMAGE in $((SECONDS - start)) s"
