@@ -118,9 +118,9 @@ class Containers:
         self.image = image
         self.names: list[str] = []
 
-    def _args(self, pod: PodRun) -> tuple[list[str], dict[str, str]]:
+    def _args(self, pod: PodRun, *more: str) -> tuple[list[str], dict[str, str]]:
         # values go by name (-e NAME), from podman's own environment: no credential on a command line
-        args = [*RUN, "--name", pod.name]
+        args = [*RUN, *more, "--name", pod.name]
         for key in pod.env:
             args += ["-e", key]
         for mount in pod.mounts:
@@ -130,8 +130,10 @@ class Containers:
 
     def start(self, pod: PodRun) -> None:
         """Start ``pod`` detached."""
-        args, env = self._args(pod)
-        subprocess.run([*args[:3], "-d", *args[3:]], check=True, stdout=subprocess.DEVNULL, env=env, timeout=120)
+        args, env = self._args(pod, "-d")
+        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+        if done.returncode != 0:
+            raise Failed(f"{pod.name} did not start: {done.stderr.strip()[-2000:]}")
 
     def run(self, pod: PodRun, timeout: float) -> str:
         """Run ``pod`` to its end: its output, or :class:`Failed` with its tail."""
