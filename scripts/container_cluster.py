@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -162,8 +163,9 @@ class Containers:
         return done.stdout + done.stderr
 
     def remove(self) -> None:
-        for name in reversed(self.names):
-            subprocess.run([*PODMAN, "rm", "-f", "-t", "5", name], capture_output=True, timeout=120)
+        """Remove every container this run started (one call: they stop in parallel)."""
+        if self.names:
+            subprocess.run([*PODMAN, "rm", "-f", "-t", "5", *self.names], capture_output=True, timeout=120)
         self.names.clear()
 
 
@@ -186,7 +188,10 @@ def check_cluster(address: str, n_workers: int, timeout: float) -> None:
     """The workers joined, run as the image's user, and a small Dask computation through them is right."""
     import dask.array as da
     from distributed import Client
+    from distributed.versions import VersionMismatchWarning
 
+    # this probe's Python is the host's (3.11.7), the image's is Debian's (3.11.2): the same packages, a patch apart
+    warnings.simplefilter("ignore", VersionMismatchWarning)
     with Client(address, timeout=timeout) as client:
         client.wait_for_workers(n_workers, timeout=timeout)
         uids = client.run(os.getuid)
@@ -258,13 +263,32 @@ def run(containers: Containers, s3: S3Server, work: Path, args: argparse.Namespa
                 raise Failed(f"{name} has mounts, it should share no disk: {found}")
     for command, pod in drivers.items():
         with step(f"cluster: geoplantnet {command} (driver container, the Job's command line)"):
-            say(containers.run(pod, args.job_timeout).strip().splitlines()[-1:] or "(no output)")
+            tail(containers.run(pod, args.job_timeout))
     local = local_drivers(s3, args.image, work / "local-configmaps", secrets)
     for command, pod in local.items():
         with step(f"local cluster: geoplantnet {command} (one container, cluster.kind=local)"):
-            say(containers.run(pod, args.job_timeout).strip().splitlines()[-1:] or "(no output)")
+            tail(containers.run(pod, args.job_timeout))
+    say(f"on S3: {stored(s3)}")
     with step("compare the outputs (cluster vs local)"):
         return compare(s3, args.keep or work / "outputs")
+
+
+def tail(output: str, lines: int = 4) -> None:
+    """The last lines of a command's output, indented."""
+    for line in output.strip().splitlines()[-lines:]:
+        print(f"    {line[:200]}", flush=True)
+
+
+def stored(s3: S3Server) -> str:
+    """How many objects each run left under its store and its workdir (the region, the training stage, models)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3.storage_options)
+    counts = {}
+    for label in ("cluster", "local"):
+        for part in ("out", "work"):
+            counts[f"{label}/{part}"] = len(fs.find(f"{s3.bucket}/{label}/{part}/"))
+    return ", ".join(f"{k}: {n} objects" for k, n in counts.items())
 
 
 def write_config_maps(tree: dict[str, list[dict]], folder: Path) -> dict[str, Path]:
