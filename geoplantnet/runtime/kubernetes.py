@@ -8,7 +8,8 @@ driver Job per command, the annual refresh's CronJob) and the overlays ``cpu``, 
 ``dev`` (small).
 
 The containers' commands are the project's own entry points, ``dask scheduler``, ``dask worker`` and ``geoplantnet
-<command>`` (:func:`container_commands`): ``command`` is always set, since the image's entry point is the CLI.
+<command>`` (:func:`container_commands`): ``command`` is always set, so a pod never depends on the image's entry
+point (the image has none: deploy/containers/Containerfile).
 Credentials only come from Secrets (``envFrom``); no value of one is ever written here.
 """
 
