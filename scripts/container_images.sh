@@ -71,9 +71,12 @@ build_args() {
   if [ -f "$ca" ]; then
     BUILD+=(--volume "$ca:/run/host-ca.crt:ro" --build-arg "PIP_CERT=/run/host-ca.crt")
   fi
-  if [ "$VARIANT" = cpu ] && [ ${#links[@]} -gt 0 ]; then
-    BUILD+=(--build-arg "PIP_FIND_LINKS=/opt/wheels"
-      --build-arg "PIP_EXTRA_INDEX_URL=file:///opt/pypi/simple file:///opt/pypi-more/simple")
+  if [ ${#links[@]} -gt 0 ]; then
+    BUILD+=(--build-arg "PIP_EXTRA_INDEX_URL=file:///opt/pypi/simple file:///opt/pypi-more/simple")
+  fi
+  if [ "$VARIANT" = cpu ] && [ -d /opt/wheels ]; then
+    # the CPU torch wheel lies there (and only for the CPU image: the CUDA one must not find it)
+    BUILD+=(--build-arg "PIP_FIND_LINKS=/opt/wheels")
     if ! reachable "$TORCH_INDEX_URL"; then
       BUILD+=(--build-arg "TORCH_INDEX_URL=")  # unreachable: pip would retry it for minutes
     fi
@@ -92,8 +95,8 @@ if [ "$DRY_RUN" = --dry-run ]; then
     echo "dry run: $index is not reachable from here, so the $VARIANT image is not built here; PyPI's wheel instead"
     index=""
   fi
-  pip install --isolated --disable-pip-version-check --cert "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" --dry-run --quiet --no-deps \
-    --ignore-installed --report - ${index:+--index-url "$index"} "$(grep -E '^torch==' requirements.lock.txt)" |
+  pip install --isolated --disable-pip-version-check --cert "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" \
+    --dry-run --quiet --no-deps --ignore-installed --report - ${index:+--index-url "$index"} "$(grep -E '^torch==' requirements.lock.txt)" |
     python3 -c "import json, sys; i = json.load(sys.stdin)['install'][0]; m = i['metadata']
 cuda = [d.split(';')[0] for d in m.get('requires_dist', []) if d.startswith('cuda-toolkit')]
 print('dry run: torch', m['version'], 'from', i['download_info']['url'].rsplit('/', 1)[-1], 'CUDA:', cuda or 'none')"
