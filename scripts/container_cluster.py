@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -209,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="download both runs' outputs here (default: a temporary folder)")
     parser.add_argument("--job-timeout", type=float, default=600.0, help="seconds each command may take")
     args = parser.parse_args(argv)
+    # SIGTERM (a CI timeout) unwinds like an error: the S3 server stops and the containers are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     containers = Containers(args.image)
     started = time.monotonic()
     code = 1

@@ -15,9 +15,14 @@ cleanup() {
   [ -z "$ids" ] || podman --runtime runc rm -f -t 5 $ids >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM  # still runs the EXIT trap
 
 start=$SECONDS
 scripts/container_images.sh cpu
 echo "[container-cluster] image: $((SECONDS - start)) s"
-nice -n 5 "$PYTHON" scripts/container_cluster.py --image localhost/geoplantnet:cpu "$@"
+# In the background and waited for: bash runs a trap only once its foreground command ends, and a CI timeout's SIGTERM
+# must stop the run now. The driver stops its S3 server and removes its containers on SIGTERM; the EXIT trap removes
+# any container it left.
+nice -n 5 "$PYTHON" scripts/container_cluster.py --image localhost/geoplantnet:cpu "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; exit 143' INT TERM
+wait "$child"
