@@ -142,7 +142,7 @@ def pod_container(
     name: str,
     network: HostNetwork,
     secrets: Mapping[str, Mapping[str, str]],
-    config_maps: Mapping[str, Path] = {},
+    config_maps: Mapping[str, Path] | None = None,
     ports: Mapping[int, int] | None = None,
 ) -> PodRun:
     """The one container of the pod spec ``pod`` as a container named ``name``: environment, command line, ports
@@ -160,7 +160,7 @@ def pod_container(
         volume = volumes[mount["name"]]
         if "configMap" not in volume:
             raise ValueError(f"{name}: the volume {mount['name']!r} is not a ConfigMap; these pods share no disk")
-        mounts.append(f"{config_maps[volume['configMap']['name']]}:{mount['mountPath']}:ro")
+        mounts.append(f"{(config_maps or {})[volume['configMap']['name']]}:{mount['mountPath']}:ro")
     named = {declared[n]: host_ports[n] for n in declared}
     return PodRun(name, argv, env, named, mounts)
 
@@ -168,7 +168,7 @@ def pod_container(
 def cluster_pods(
     resource: Manifest,
     prefix: str,
-    secrets: Mapping[str, Mapping[str, str]] = {},
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
     n_workers: int | None = None,
 ) -> tuple[HostNetwork, PodRun, list[PodRun]]:
     """The scheduler and the workers of the ``DaskCluster`` ``resource`` as containers named ``prefix-scheduler``,
@@ -180,6 +180,7 @@ def cluster_pods(
     )
 
     network = HostNetwork(resource)
+    secrets = secrets or {}
     spec = resource["spec"]
     scheduler_pod = build_scheduler_deployment_spec(network.name, spec["scheduler"]["spec"], {}, {})
     scheduler = pod_container(
