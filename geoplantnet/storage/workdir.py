@@ -139,6 +139,19 @@ class Workdir:
         """Whether the folder ``names`` was written whole (its :data:`COMPLETE` marker is there)."""
         return self.exists(*names, COMPLETE)
 
+    def names(self, *names: str) -> list[str]:
+        """The names directly in the folder ``names`` (its marker included), sorted; empty when nothing is there."""
+        url = self.url(*names)
+        if self.local:
+            folder = _local_path(url)
+            return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        with _errors(url):
+            fs, path = self._fs(url)
+            fs.invalidate_cache(path)
+            if not fs.isdir(path):
+                return []
+            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+
     def read_bytes(self, *names: str) -> bytes:
         """The bytes of the file ``names`` (FileNotFoundError when missing)."""
         url = self.url(*names)
