@@ -25,9 +25,9 @@ from geoplantnet.core.errors import RefusedError
 from geoplantnet.products.base import Made, Product, load, products
 from geoplantnet.runs.context import RunContext
 from geoplantnet.runs.refresh_steps import STEPS, RefreshError, YearRun, prepare_year
-from geoplantnet.storage.outputs import MARKER, claim_folder, finish_folder, place, place_json
-from geoplantnet.storage.store import PRODUCT_ATTR, YEARS_ATTR, is_local, preflight, shown
-from geoplantnet.storage.workdir import COMPLETE, Workdir, scratch
+from geoplantnet.storage.outputs import claim_folder, claim_published_folder, finish_folder, place, place_json
+from geoplantnet.storage.store import PRODUCT_ATTR, YEARS_ATTR, is_local, preflight
+from geoplantnet.storage.workdir import Workdir
 
 __all__ = ["RefreshError", "run_refresh", "year_config", "year_window"]
 
@@ -138,32 +138,21 @@ def year_summary(cfg: RunConfig, year: int, state: YearRun, made: Mapping[str, M
 
 def summary_folder(cfg: RunConfig, year: int) -> Path:
     """Where the run summary is written, checked before the run: ``<store.root>/refresh/<year>``, or, with an
-    object-store root, a folder of this process's scratch published there once written (:func:`write_summary`).
-    Refused when geoplantnet did not write what is there (a user's files); an earlier summary of the year is
-    replaced when the new one is written."""
-    if is_local(cfg.store.root):
-        folder = Path(cfg.store.root) / "refresh" / str(year)
-        claim_folder(folder, SUMMARY_KIND, SUMMARY_FILES, overwrite=True, check_only=True)
-        return folder
-    published = _published(cfg)
-    foreign = [n for n in published.names("refresh", str(year)) if n not in (*SUMMARY_FILES, MARKER, COMPLETE)]
-    if foreign:
-        raise RefusedError(
-            f"{shown(published.url('refresh', str(year)))} holds {foreign[:3]}, not written by a refresh; refusing to "
-            "write its summary there (use another store.root)"
-        )
-    return scratch("refresh", str(year))
-
-
-def _published(cfg: RunConfig) -> Workdir:
-    """The object-store ``store.root`` as a folder tree summaries are published to (the store's options)."""
-    return Workdir.of(cfg.store.root, cfg.store)
+    object-store root, a folder of this process's scratch published there once finished. Refused when geoplantnet did
+    not write what is there (a user's files); an earlier summary of the year is replaced when the new one is
+    written."""
+    if not is_local(cfg.store.root):
+        root = Workdir.of(cfg.store.root, cfg.store)
+        return claim_published_folder(root, f"refresh/{year}", SUMMARY_KIND, SUMMARY_FILES, overwrite=True)
+    folder = Path(cfg.store.root) / "refresh" / str(year)
+    claim_folder(folder, SUMMARY_KIND, SUMMARY_FILES, overwrite=True, check_only=True)
+    return folder
 
 
 def write_summary(summary: Mapping[str, Any], folder: Path, ctx: RunContext, made: Mapping[str, Made]) -> None:
     """``summary.json``, ``report.md`` and ``changes.png`` of a refresh, each written beside its name and renamed
-    into place (the JSON last: its presence says the summary is whole); with an object-store root, then published
-    under ``<store.root>/refresh/<year>`` (its files first, its completion marker last)."""
+    into place (the JSON last: its presence says the summary is whole), then published with an object-store root
+    (:func:`summary_folder`)."""
     from geoplantnet.reports.refresh import markdown, plot_changes
 
     # the year's stores were claimed first (another run's year needs --overwrite there): the summary is theirs
@@ -173,5 +162,3 @@ def write_summary(summary: Mapping[str, Any], folder: Path, ctx: RunContext, mad
     place(folder, "changes.png", lambda path: plot_changes(stores, int(summary["year"]), summary, path))
     place_json(folder, "summary.json", summary)
     finish_folder(folder)
-    if not is_local(ctx.cfg.store.root):
-        _published(ctx.cfg).put(folder, "refresh", str(summary["year"]))
