@@ -204,3 +204,22 @@ def test_a_map_from_the_published_region_on_workers_without_the_drivers_disk_equ
     assert not wd.complete("region")
     region(cfg, progress=False)
     assert wd.complete("region") and wd.read_bytes("region", COMPLETE) != published
+
+
+def test_simulate_publishes_the_jobs_region_under_an_object_store_workdir(tmp_path, s3_server) -> None:
+    """``simulate`` without ``--out`` makes the jobs' own region: under an object-store workdir, published there (and
+    nothing written under a local folder named like the URL); run again, it finds it there."""
+    from geoplantnet.runs.inputs import workdir
+    from geoplantnet.storage.workdir import COMPLETE
+    from geoplantnet.testing.cli import cli_sets, run_cli
+    from geoplantnet.testing.regions import SMALL_REGION
+
+    sets = [*SMALL_REGION, *_sets(s3_server, "simulate")]
+    wd = workdir(load_config(CONFIG, sets))
+    first = run_cli("simulate", "--quiet", *cli_sets(sets), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.strip() == f"virtual region ready: {wd.url('region', 'region.json')}"
+    marker = wd.read_bytes("region", COMPLETE)
+    again = run_cli("simulate", "--quiet", *cli_sets(sets), cwd=tmp_path)
+    assert again.returncode == 0 and wd.read_bytes("region", COMPLETE) == marker
+    assert list(tmp_path.iterdir()) == []
