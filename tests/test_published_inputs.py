@@ -184,6 +184,7 @@ def test_a_map_from_the_published_region_on_workers_without_the_drivers_disk_equ
     assert wd.read_bytes("region", COMPLETE) == published  # fetched, not generated and published again
     fetched = region(cfg, progress=False).root
     assert fetched != manifest.root and inputs.read_options == dict(wd.options)
+    assert not list(fetched.rglob("*.tif"))  # what only the workers read stays on the store
     sources = RunContext(cfg).sources(inputs)
     assert all(
         a["href"].startswith("s3://") for i in (*sources.env_items, *sources.s2_items) for a in i["assets"].values()

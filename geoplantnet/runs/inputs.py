@@ -80,7 +80,7 @@ def region(cfg: RunConfig, *, progress: bool = True) -> RegionManifest:
     local = _REGIONS.get(key)
     if local is None or not (local / MANIFEST).exists():
         if _published_hash(wd, MANIFEST) == digest:
-            local = wd.fetch("region")
+            local = wd.fetch("region", skip=(".tif",))  # the COGs stay on the store: only the workers read them
         else:
             local = scratch("region", digest[:16])
             manifest = generate_region(cfg, local, progress=progress)
