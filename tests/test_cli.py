@@ -31,6 +31,7 @@ COMMANDS = [
     ["stac", "serve"],
     ["config", "show"],
     ["cluster", "spec"],
+    ["deploy", "render"],
 ]
 
 

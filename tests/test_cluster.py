@@ -1,6 +1,5 @@
 """The one cluster entry point: local, an existing scheduler (real processes), and the Kubernetes resource."""
 
-import re
 import shutil
 import socket
 import subprocess
@@ -100,37 +99,27 @@ def test_unreachable_scheduler_is_one_clear_error():
 
 def test_kubernetes_spec_validates_against_the_dask_operator_crd():
     import jsonschema
-    from dask_kubernetes.operator import customresources
-    from referencing import Registry, Resource
-    from referencing.jsonschema import DRAFT7
 
-    # The CRD's schema is a $ref into the operator's templates.yaml (python:// URIs); Kubernetes core types (PodSpec)
-    # point at a schema bundle not shipped in the wheel, so those are accepted as-is and the Dask structure is checked.
-    folder = Path(customresources.__path__[0])
+    from geoplantnet.testing.manifests import command_problem, containers, validate_custom
 
-    k8s_names = set(re.findall(r"k8s-[\d.]+\.json#/definitions/([\w.]+)", (folder / "templates.yaml").read_text()))
-
-    def retrieve(uri: str) -> Resource:
-        if uri.startswith("python://dask_kubernetes/operator/customresources/"):
-            doc = yaml.safe_load((folder / uri.rsplit("/", 1)[1]).read_text())
-        else:
-            doc = {"definitions": {name: {"type": "object"} for name in k8s_names}}
-        return Resource.from_contents(doc, default_specification=DRAFT7)
-
-    crd = yaml.safe_load((folder / "daskcluster.yaml").read_text())
-    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    validator = jsonschema.Draft7Validator(schema, registry=Registry(retrieve=retrieve))
-    cfg = ClusterConfig(kind="kubernetes", kubernetes=KubernetesConfig(worker_gpus=1, namespace="maps"))
-    spec = kubernetes_spec(cfg)
-    validator.validate(spec)
+    # the operator's CRD with its PodSpec and ServiceSpec resolved from a current Kubernetes release (not stubbed)
+    kube = KubernetesConfig(namespace="maps", workers={"replicas": 3, "cpu": "2", "memory": "8Gi"})
+    spec = kubernetes_spec(ClusterConfig(kind="kubernetes", threads_per_worker=2, kubernetes=kube))
+    validate_custom(spec)
     with pytest.raises(jsonschema.ValidationError):
-        validator.validate({**spec, "spec": {**spec["spec"], "worker": {"replicas": "four"}}})
+        validate_custom({**spec, "spec": {**spec["spec"], "worker": {**spec["spec"]["worker"], "replicas": "four"}}})
     worker = spec["spec"]["worker"]["spec"]["containers"][0]
-    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert "GPU=1" in worker["args"]
+    with pytest.raises(jsonschema.ValidationError):  # a PodSpec field misspelt: caught now the PodSpec is resolved
+        bad = {**spec["spec"]["worker"], "spec": {"containers": [{**worker, "imagePullPolcy": "Always"}]}}
+        validate_custom({**spec, "spec": {**spec["spec"], "worker": bad}})
+    assert worker["command"] == ["dask", "worker"] and "--nthreads" in worker["args"]
+    assert worker["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
+    assert spec["spec"]["worker"]["replicas"] == 3
     scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]
-    assert "nvidia.com/gpu" not in scheduler["resources"]["limits"]
+    assert scheduler["command"] == ["dask", "scheduler"] and "nvidia.com/gpu" not in scheduler["resources"]["limits"]
     assert spec["metadata"]["namespace"] == "maps"
+    for where, container in containers(spec):  # the commands exist in this environment, with these flags
+        assert command_problem(container, {}) is None, where
 
 
 def test_committed_deploy_resource_matches_the_pipeline():
@@ -138,5 +127,7 @@ def test_committed_deploy_resource_matches_the_pipeline():
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "pipelines" / "kubernetes.yaml", environ={})
-    committed = yaml.safe_load((root / "deploy" / "kubernetes" / "daskcluster.yaml").read_text())
-    assert committed == kubernetes_spec(cfg.cluster), "re-render: geoplantnet cluster spec -c pipelines/kubernetes.yaml"
+    committed = yaml.safe_load((root / "deploy" / "kubernetes" / "base" / "daskcluster.yaml").read_text())
+    assert committed == kubernetes_spec(cfg.cluster), (
+        "re-render: geoplantnet deploy render -c pipelines/kubernetes.yaml --out deploy/kubernetes --overwrite"
+    )

@@ -4,6 +4,7 @@ the cached model from there."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from geoplantnet.testing.cli import cli_sets, run_cli
 from geoplantnet.testing.cluster import address_sets, unshared_cluster
 from geoplantnet.testing.fixtures import MAP_SETTINGS
 
+CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml"
 pytestmark = pytest.mark.slow  # a SeaweedFS server, a cluster of its own, a training and two maps (~1 min)
 
 
@@ -21,7 +23,9 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
-def test_map_trains_and_maps_through_an_object_store_with_workers_that_share_no_disk(tmp_path: Path, s3_server) -> None:
+def test_map_trains_and_maps_through_an_object_store_with_workers_that_share_no_disk(
+    tmp_path: Path, s3_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import fsspec
 
     from geoplantnet.storage.store import open_store
@@ -72,3 +76,21 @@ def test_map_trains_and_maps_through_an_object_store_with_workers_that_share_no_
     # the driver's scratch) and its COGs read by the workers from there
     assert _files(driver) == []
     assert fs.isfile(f"{workdir}/region/region.json")
+    # the habitat map's cross-fit is cached beside the map model, by the same key, and read back from the bucket
+    from geoplantnet.core.config import load_config
+    from geoplantnet.runs.context import RunContext
+    from geoplantnet.runs.habitat_model import _raw_assemblages
+
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(driver)
+    ctx = RunContext(load_config(CONFIG, overrides), progress=False)
+    inputs = ctx.inputs()
+    key = ctx.species_training_key(inputs)
+    assert made["model"] == ctx.workdir.url("map-models", key, "model", "map.pt")
+    x = np.arange(3.0)
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=x, species=np.asarray(["a"]), prob=np.ones((3, 1)), folds=np.zeros(3, int))
+    ctx.workdir.write_bytes(buf.getvalue(), "map-models", key, "crossfit", "assemblages.npz")
+    cached = _raw_assemblages(ctx, None, inputs)  # no cluster: a cache miss would fail
+    np.testing.assert_array_equal(cached.x, x)

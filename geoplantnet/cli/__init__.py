@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from geoplantnet.cli.arguments import (
     config_args,
+    deploy_render_args,
     habitat_map_args,
     habitats_args,
     habitats_classify_args,
@@ -40,6 +41,7 @@ from geoplantnet.cli.arguments import (
 from geoplantnet.cli.handlers import (
     _cmd_cluster_spec,
     _cmd_config_show,
+    _cmd_deploy_render,
     _cmd_habitat_map,
     _cmd_habitats,
     _cmd_habitats_classify,
@@ -82,6 +84,7 @@ GROUPS = {
     "stac": ("STAC API server commands", "stac_command"),
     "config": ("configuration commands", "config_command"),
     "cluster": ("cluster commands", "cluster_command"),
+    "deploy": ("Kubernetes deployment commands", "deploy_command"),
 }
 
 
@@ -237,6 +240,16 @@ def commands() -> tuple[Command, ...]:
             "print the dask-kubernetes DaskCluster resource for the configuration",
             config_args,
             _cmd_cluster_spec,
+        ),
+        Command(
+            "deploy render",
+            "write the Kustomize tree of the deployment (base/ and overlays cpu, gpu, dev) for the configuration",
+            deploy_render_args,
+            _cmd_deploy_render,
+            "Namespace, ServiceAccount and RBAC, the pipeline's ConfigMap, the shared volume's claim, the DaskCluster "
+            "(CPU workers) and its DaskAutoscaler, a suspended driver Job per command and the annual refresh's "
+            "CronJob, all from cluster.kubernetes.*; the gpu overlay adds the GPU worker group, dev makes it small. "
+            "Credentials come from the Secrets named in cluster.kubernetes.env_from, never from these files.",
         ),
     )
 

@@ -4,6 +4,7 @@ and the options commands share: the configuration, a user's inputs, ``--overwrit
 from __future__ import annotations
 
 import argparse
+import datetime
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "pipelines" / "default.yaml"
@@ -224,14 +225,39 @@ def indicators_args(parser: argparse.ArgumentParser) -> None:
     overwrite_arg(parser, "indicators.zarr")
 
 
+def deploy_render_args(parser: argparse.ArgumentParser) -> None:
+    config_args(parser)
+    parser.add_argument("--out", type=Path, required=True, help="folder of the Kustomize tree (base/, overlays/)")
+    parser.add_argument(
+        "--overlay",
+        dest="overlays",
+        action="append",
+        choices=("cpu", "gpu", "dev"),
+        default=None,
+        help="write only this overlay (repeatable; default: cpu, gpu and dev)",
+    )
+    overwrite_arg(parser, "deployment tree", report=True)
+
+
+def monitoring_year(text: str) -> int:
+    """``--year``: a calendar year, or ``last``: the year before today's (UTC), so a yearly CronJob maps the year
+    that has just ended whatever year it runs in."""
+    if text == "last":
+        return datetime.datetime.now(datetime.UTC).year - 1
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a year (e.g. 2025) nor 'last'") from None
+
+
 def refresh_args(parser: argparse.ArgumentParser) -> None:
     config_args(parser)
     parser.add_argument(
         "--year",
-        type=int,
+        type=monitoring_year,
         required=True,
         help="the monitoring year to map (e.g. 2025: whole composite seasons, December 2024 to November 2025 with "
-        "cube.composite QS-DEC)",
+        "cube.composite QS-DEC), or 'last': the calendar year before the run's (UTC; what the yearly CronJob uses)",
     )
     parser.add_argument(
         "--model", default=None, help="species model file (default: the series' first year's, or map.model)"

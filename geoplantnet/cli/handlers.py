@@ -377,9 +377,17 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster_spec(args: argparse.Namespace) -> int:
-    import yaml
-
     from geoplantnet.runtime.cluster import kubernetes_spec
+    from geoplantnet.runtime.kubernetes import dump_yaml
 
-    print(yaml.safe_dump(kubernetes_spec(_config(args).cluster), sort_keys=False), end="")
+    print(dump_yaml([kubernetes_spec(_config(args).cluster)]), end="")
+    return 0
+
+
+def _cmd_deploy_render(args: argparse.Namespace) -> int:
+    from geoplantnet.runs.deploy import render_deploy
+    from geoplantnet.runtime.kubernetes import OVERLAYS
+
+    written = render_deploy(_config(args), args.out, args.overlays or OVERLAYS, overwrite=args.overwrite)
+    print(f"wrote {len(written)} files under {args.out}: kubectl apply -k {args.out}/overlays/<cpu|gpu|dev>")
     return 0

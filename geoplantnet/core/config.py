@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -246,16 +246,208 @@ class CubeConfig(_Section):
         return v
 
 
-class KubernetesConfig(_Section):
-    """A dask-kubernetes cluster, made only when ``cluster.kind`` is ``kubernetes``."""
+# Kubernetes names (RFC 1123 labels: namespaces, services, config maps, secrets, service accounts): lower-case letters,
+# digits and '-', at most 63 characters. The cluster's name is shorter: the operator appends "-scheduler",
+# "-default-worker-<uuid>" and the like to it.
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A Kubernetes resource quantity ("4", "500m", "16Gi", "1e3"): refused here, not by the API server at apply time.
+_QUANTITY = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
+# The commands that run as driver Jobs on the cluster (geoplantnet <command>), in the order a first map runs them.
+DRIVER_COMMANDS = ("sdm", "map", "habitats", "habitat-map", "indicators", "value", "impact")
 
-    name: str = "geoplantnet"
-    namespace: str | None = None
-    image: str = "ghcr.io/geoplantnet/geoplantnet:latest"
-    n_workers: int = Field(4, ge=0, le=10_000, description="worker pods (at most 10000)")
-    worker_gpus: int = Field(0, ge=0)
-    worker_memory: str = "16Gi"
-    worker_cpu: str = "4"
+
+def _quantity(value: str) -> str:
+    if not _QUANTITY.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. '4', '500m', '16Gi')")
+    return value
+
+
+def _k8s_name(max_length: int = 63, **kwargs: Any) -> Any:
+    return Field(pattern=_K8S_NAME, min_length=1, max_length=max_length, **kwargs)
+
+
+class Toleration(_Section):
+    """A pod toleration of a node taint (e.g. the ``nvidia.com/gpu`` taint of GPU nodes). The taint's key is named
+    ``taint`` here: a setting named like a credential (``key``) is redacted wherever the configuration is written."""
+
+    taint: str = Field(..., min_length=1, description="the taint's key (e.g. nvidia.com/gpu)")
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+    @model_validator(mode="after")
+    def _value_with_equal(self) -> Toleration:
+        if (self.operator == "Equal") != (self.value is not None):
+            raise ValueError("a toleration has a value with operator Equal, and only then")
+        return self
+
+
+class WorkerGroupConfig(_Section):
+    """One group of Dask worker pods: how many, the resources each asks for, where they may run."""
+
+    replicas: int = Field(4, ge=0, le=10_000, description="worker pods (at most 10000)")
+    cpu: str = Field("4", description="CPU of each worker pod (request = limit)")
+    memory: str = Field("16Gi", description="memory of each worker pod (request = limit)")
+    tolerations: list[Toleration] = []
+    node_selector: dict[str, str] = {}
+
+    _quantities = field_validator("cpu", "memory")(_quantity)
+
+
+class GpuWorkerGroupConfig(WorkerGroupConfig):
+    """The GPU workers (the ``gpu`` overlay): one ``nvidia.com/gpu`` per pod, advertised to Dask as ``GPU=1`` (what
+    training and inference tasks ask for), on the GPU image, tolerating GPU nodes' taint."""
+
+    replicas: int = Field(2, ge=0, le=10_000, description="GPU worker pods (at most 10000)")
+    cpu: str = "8"
+    memory: str = "32Gi"
+    tolerations: list[Toleration] = [Toleration(taint="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    node_selector: dict[str, str] = {"nvidia.com/gpu.present": "true"}
+
+
+class AutoscalerConfig(_Section):
+    """The ``DaskAutoscaler`` of the CPU worker group: the scheduler's adaptive target, kept within these bounds."""
+
+    minimum: int = Field(1, ge=0, le=10_000)
+    maximum: int = Field(16, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalerConfig:
+        if self.minimum > self.maximum:
+            raise ValueError(f"autoscaler.minimum ({self.minimum}) exceeds autoscaler.maximum ({self.maximum})")
+        return self
+
+
+class VolumeConfig(_Section):
+    """A shared volume (ReadWriteMany claim) mounted at ``mount_path`` in the workers and drivers, which run there
+    (``workingDir``): relative paths of the pipeline (``workdir``, a local ``store.root``) are then the same files on
+    every pod. The annual refresh needs it: it writes its run summary to a local folder beside its series."""
+
+    claim: str | None = _k8s_name(default="geoplantnet-data", description="claim name; None: no shared volume")
+    create: bool = Field(True, description="render the PersistentVolumeClaim (False: the claim exists already)")
+    size: str = "1Ti"
+    storage_class: str | None = Field(None, description="a class that offers ReadWriteMany (NFS, CephFS, EFS, ...)")
+    mount_path: str = Field("/data", pattern=r"^/")
+
+    _size = field_validator("size")(_quantity)
+
+
+class DriverJobsConfig(_Section):
+    """The driver Jobs (``geoplantnet <command> --scheduler <the DaskCluster's scheduler>``), one per command, created
+    suspended: each is started on purpose (``kubectl patch job ... suspend=false``), in order."""
+
+    commands: list[Literal[DRIVER_COMMANDS]] = Field(
+        [c for c in DRIVER_COMMANDS if c != "impact"],
+        description="the Jobs rendered (impact too once args.impact names its --scenario)",
+    )
+    args: dict[Literal[DRIVER_COMMANDS], list[str]] = Field(
+        {},
+        description="more arguments of a command's Job (impact: --scenario and --footprint, e.g. files of "
+        "kubernetes.files under /etc/geoplantnet)",
+    )
+    cpu: str = "2"
+    memory: str = "8Gi"
+    backoff_limit: int = Field(
+        6,
+        ge=0,
+        le=100,
+        description="retries of a failed driver pod; a retry resumes from the tile markers once the killed pod's "
+        "store lease expired (store.lease_ttl_s): pods back off 10 s, 20 s, 40 s, ..., so 4 or more outlast 120 s",
+    )
+    active_deadline_s: int = Field(2 * 86_400, ge=60, description="a Job running longer is stopped (seconds)")
+
+    _quantities = field_validator("cpu", "memory")(_quantity)
+
+    @model_validator(mode="after")
+    def _impact_has_a_scenario(self) -> DriverJobsConfig:
+        # the one argument a driver command requires: without it the Job's pod would only print its usage
+        if "impact" in self.commands and "--scenario" not in self.args.get("impact", []):
+            raise ValueError(
+                "the impact Job needs args.impact with --scenario FILE (e.g. a file of cluster.kubernetes.files under "
+                "/etc/geoplantnet); or leave impact out of jobs.commands"
+            )
+        return self
+
+
+class RefreshCronConfig(_Section):
+    """The annual refresh as a ``CronJob``: ``geoplantnet refresh --year last`` (the calendar year before the run's),
+    one run at a time, retried within its deadline; a retried run resumes the year."""
+
+    enabled: bool = True
+    schedule: str = Field(
+        "0 3 1 3 *",
+        pattern=r"^\S+ \S+ \S+ \S+ \S+$",
+        description="cron schedule in time_zone (default 1 March 03:00: the year's November imagery is processed)",
+    )
+    time_zone: str = "Etc/UTC"
+    store_root: str | None = Field(
+        None,
+        description="where the series live (a local path: on the shared volume); None: the pipeline's store.root",
+    )
+    starting_deadline_s: int = Field(
+        86_400, ge=10, description="a run not started this long after its time is skipped (seconds)"
+    )
+    active_deadline_s: int = Field(7 * 86_400, ge=60, description="a refresh running longer is stopped (seconds)")
+    backoff_limit: int = Field(6, ge=0, le=100, description="retries of a failed refresh pod (each resumes the year)")
+
+
+class KubernetesConfig(_Section):
+    """The Kubernetes deployment (``geoplantnet deploy render``) and the dask-kubernetes cluster it describes (made by a
+    job itself when ``cluster.kind`` is ``kubernetes``). Credentials never appear here: pods read them from the
+    Secrets named in ``env_from`` (``envFrom``)."""
+
+    name: str = _k8s_name(
+        40, default="geoplantnet", description="the DaskCluster's name (its Service: <name>-scheduler)"
+    )
+    namespace: str = _k8s_name(default="geoplantnet")
+    service_account: str = _k8s_name(default="geoplantnet")
+    image: str = Field("ghcr.io/geoplantnet/geoplantnet:0.1.0", min_length=1, description="the CPU image")
+    gpu_image: str = Field("ghcr.io/geoplantnet/geoplantnet-cuda:0.1.0", min_length=1, description="the GPU image")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    # not named "secrets": a setting named like a credential is redacted wherever the configuration is written
+    env_from: list[Annotated[str, _k8s_name()]] = Field(
+        ["geoplantnet-credentials"],
+        description="Secrets whose keys become environment variables of the workers and drivers (AWS_ACCESS_KEY_ID, "
+        "...): the only way credentials reach a pod",
+    )
+    config_map: str = _k8s_name(default="geoplantnet-pipeline", description="holds the pipeline YAML")
+    config_path: str = Field("/etc/geoplantnet", pattern=r"^/", description="where the config map is mounted")
+    files: dict[str, str] = Field(
+        {},
+        description="more files of the config map: key -> local file read when rendering (a scenario, a footprint)",
+    )
+    workers: WorkerGroupConfig = WorkerGroupConfig()
+    gpu_workers: GpuWorkerGroupConfig = GpuWorkerGroupConfig()
+    use_gpu_workers: bool = Field(
+        False, description="cluster.kind=kubernetes: the job's own cluster gets the GPU worker group too"
+    )
+    autoscaler: AutoscalerConfig = AutoscalerConfig()
+    scheduler_cpu: str = "1"
+    scheduler_memory: str = "4Gi"
+    volume: VolumeConfig = VolumeConfig()
+    jobs: DriverJobsConfig = DriverJobsConfig()
+    refresh: RefreshCronConfig = RefreshCronConfig()
+
+    _quantities = field_validator("scheduler_cpu", "scheduler_memory")(_quantity)
+
+    @field_validator("files")
+    @classmethod
+    def _file_keys(cls, files: dict[str, str]) -> dict[str, str]:
+        for key in files:
+            if not re.match(r"^[-._a-zA-Z0-9]+$", key) or key == "pipeline.yaml":
+                raise ValueError(
+                    f"{key!r} cannot be a config map key (letters, digits, '-', '_', '.'; not pipeline.yaml)"
+                )
+        return files
+
+    @model_validator(mode="after")
+    def _refresh_on_volume(self) -> KubernetesConfig:
+        if self.refresh.enabled and self.volume.claim is None:
+            raise ValueError(
+                "refresh.enabled needs volume.claim: the refresh writes its summary to a local folder beside its "
+                "series, which the driver and the workers must share"
+            )
+        return self
 
 
 class ClusterConfig(_Section):

@@ -58,25 +58,54 @@ def _children_ignore_signals() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _local(cfg: ClusterConfig) -> Client:
+def _local(cfg: ClusterConfig, gpus: int | None = None) -> Client:
+    """An embedded cluster on 127.0.0.1: ``cfg.n_workers`` processes, or with GPUs (``gpus``: default the count torch
+    sees) one worker per device, at most ``cfg.n_workers``, each pinned to its own (:func:`_pinned_gpu_cluster`)."""
+    from dask.utils import parse_timedelta
     from distributed import Client, LocalCluster
 
-    gpus = _gpu_count()
-    # One GPU per worker at most: a worker advertising GPU=1 runs one GPU task at a time, which is what bounds memory.
-    resources = {"GPU": 1} if gpus else None
-    n_workers = min(cfg.n_workers, gpus) if gpus else cfg.n_workers
+    gpus = _gpu_count() if gpus is None else gpus
+    options = {
+        "threads_per_worker": cfg.threads_per_worker,
+        "memory_limit": cfg.memory_limit,
+        "host": "127.0.0.1",
+        "dashboard_address": cfg.dashboard_address,
+        "processes": True,
+        "silence_logs": logging.ERROR,
+    }
     with _children_ignore_signals():
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=cfg.threads_per_worker,
-            memory_limit=cfg.memory_limit,
-            host="127.0.0.1",
-            dashboard_address=cfg.dashboard_address,
-            resources=resources,
-            processes=True,
-            silence_logs=logging.ERROR,
-        )
-    return Client(cluster)
+        if not gpus:
+            return Client(LocalCluster(n_workers=cfg.n_workers, **options))
+        n_workers = min(cfg.n_workers, gpus)
+        cluster = _pinned_gpu_cluster(gpus)(n_workers=0, resources={"GPU": 1}, **options)
+        cluster.scale(n_workers)
+    client = Client(cluster)
+    try:
+        client.wait_for_workers(n_workers, timeout=parse_timedelta(cfg.connect_timeout))
+    except (TimeoutError, OSError) as exc:
+        client.close()
+        cluster.close()
+        raise ClusterError(f"{n_workers} local GPU workers did not start: {exc}") from None
+    return client
+
+
+def _pinned_gpu_cluster(gpus: int) -> type:
+    """A LocalCluster whose worker ``i`` sees only GPU ``i mod gpus`` (``CUDA_VISIBLE_DEVICES``, set by its nanny
+    before the worker process runs anything), so every worker's ``cuda:0`` is a different device; without it every
+    worker of a several-GPU machine would compute on device 0. One GPU per worker at most: a worker advertising
+    ``GPU=1`` runs one GPU task at a time, which is what bounds device memory. Workers are added by ``scale`` (the
+    spec of each new worker is made here), not by the constructor, which gives all of its workers one spec."""
+    from distributed import LocalCluster
+
+    class PinnedGpuCluster(LocalCluster):
+        def new_worker_spec(self) -> dict:
+            spec = super().new_worker_spec()
+            ((name, worker),) = spec.items()
+            options = dict(worker["options"])
+            options["env"] = {**options.get("env", {}), "CUDA_VISIBLE_DEVICES": str(int(name) % gpus)}
+            return {name: {**worker, "options": options}}
+
+    return PinnedGpuCluster
 
 
 def _address(cfg: ClusterConfig) -> Client:
@@ -89,43 +118,29 @@ def _address(cfg: ClusterConfig) -> Client:
 
 
 def kubernetes_spec(cfg: ClusterConfig) -> dict:
-    """The DaskCluster custom resource for ``cfg.kubernetes`` (GPU workers get ``nvidia.com/gpu`` and ``GPU=1``)."""
+    """The DaskCluster custom resource for ``cfg.kubernetes``: the scheduler and the CPU worker group, as ``deploy
+    render`` writes it (:func:`geoplantnet.runtime.kubernetes.dask_cluster`: ``dask scheduler`` / ``dask worker``)."""
+    from geoplantnet.runtime.kubernetes import dask_cluster
+
+    return dask_cluster(cfg)
+
+
+def _kubernetes(cfg: ClusterConfig) -> Client:
     try:
-        from dask_kubernetes.operator import make_cluster_spec
+        from dask_kubernetes.operator import KubeCluster
     except ImportError:
         raise ClusterError(
             "cluster.kind=kubernetes needs dask-kubernetes: pip install 'geoplantnet[kubernetes]'"
         ) from None
-    k = cfg.kubernetes
-    limits: dict[str, str] = {"cpu": k.worker_cpu, "memory": k.worker_memory}
-    if k.worker_gpus:
-        limits["nvidia.com/gpu"] = str(k.worker_gpus)
-    spec = make_cluster_spec(
-        name=k.name,
-        image=k.image,
-        n_workers=k.n_workers,
-        resources={"requests": {"cpu": k.worker_cpu, "memory": k.worker_memory}, "limits": limits},
-        worker_command="dask-worker",
-    )
-    # make_cluster_spec gives the scheduler the workers' resources, GPU included: a scheduler needs neither.
-    spec["spec"]["scheduler"]["spec"]["containers"][0]["resources"] = {
-        "requests": {"cpu": "1", "memory": "2Gi"},
-        "limits": {"cpu": "2", "memory": "4Gi"},
-    }
-    worker = spec["spec"]["worker"]["spec"]["containers"][0]
-    if k.worker_gpus:
-        worker["args"] = [*worker.get("args", []), "--resources", f"GPU={k.worker_gpus}"]
-    worker["args"] = [*worker.get("args", []), "--nthreads", str(cfg.threads_per_worker)]
-    if k.namespace:
-        spec["metadata"]["namespace"] = k.namespace
-    return spec
-
-
-def _kubernetes(cfg: ClusterConfig) -> Client:
-    from dask_kubernetes.operator import KubeCluster
     from distributed import Client
 
-    cluster = KubeCluster(custom_cluster_spec=kubernetes_spec(cfg), namespace=cfg.kubernetes.namespace)
+    from geoplantnet.runtime.kubernetes import gpu_worker_group
+
+    k = cfg.kubernetes
+    cluster = KubeCluster(custom_cluster_spec=kubernetes_spec(cfg), namespace=k.namespace)
+    if k.use_gpu_workers:
+        # the group's name is "<cluster>-gpu", as the gpu overlay's DaskWorkerGroup
+        cluster.add_worker_group("gpu", custom_spec=gpu_worker_group(cfg)["spec"]["worker"])
     return Client(cluster)
 
 

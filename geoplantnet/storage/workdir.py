@@ -89,7 +89,8 @@ class Workdir:
     Picklable: a task carries it to the worker that reads or writes under it."""
 
     root: str
-    options: Mapping[str, Any] = field(default_factory=dict)
+    # never in a repr: a failed task's arguments end up in logs, and options may hold credentials
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, root: str, store: StoreConfig) -> Workdir:
