@@ -82,7 +82,8 @@ def region(cfg: RunConfig, *, progress: bool = True) -> RegionManifest:
         if _published_hash(wd, MANIFEST) == digest:
             local = wd.fetch("region", skip=(".tif",))  # the COGs stay on the store: only the workers read them
         else:
-            local = scratch("region", digest[:16])
+            # one folder per region URL too: its items name the store they were published to
+            local = scratch("region", fingerprint(key)[:16])
             manifest = generate_region(cfg, local, progress=progress)
             for _, items in manifest.collections():
                 rehome_hrefs(items, manifest.root, wd.url("region"))
