@@ -1,6 +1,7 @@
 """No credential in any output: a distinctive object-store secret goes in through every supported route (``--set``, an
 environment variable, a configuration file, AWS_* variables), the commands really use it (the S3 server refuses any
-other): ``run``, ``map``, ``sdm``, ``habitat-map``, ``indicators``, ``impact`` (a local report) and ``value``; then
+other): ``run`` (also with the workdir on the store: the virtual region published there and read by the workers
+through GDAL), ``map``, ``sdm``, ``habitat-map``, ``indicators``, ``impact`` (a local report) and ``value``; then
 every file written, every object in the bucket and every line the commands printed is searched for the secret, the
 access key and a session token left in the environment, raw and base64-encoded."""
 
@@ -116,11 +117,27 @@ def test_a_secret_given_any_way_never_reaches_an_output_or_a_log(tmp_path):
         printed += [proc.stdout, proc.stderr]
         path.unlink()  # the user's own file, which of course holds it
 
+        # 4. an object-store workdir (--set): the virtual region published to the bucket, its COGs read by the
+        # workers through GDAL (/vsis3/) with the credential of the options
+        on_store = [
+            f"workdir=s3://{s3.bucket}/work",
+            f"store.root=s3://{s3.bucket}/run-s3",
+            f"store.storage_options={options}",
+        ]
+        proc = _run(["run", "-q", *sets, *[x for item in on_store for x in ("--set", item)]])
+        printed += [proc.stdout, proc.stderr]
+
         import s3fs
+
+        from geoplantnet.storage.workdir import scratch
 
         fs = s3fs.S3FileSystem(**s3.storage_options)
         objects = {key: fs.cat_file(key) for key in fs.find(s3.bucket)}
     assert any(k.endswith("run/composites.zarr/zarr.json") for k in objects)
+    assert any(k.endswith("run-s3/composites.zarr/zarr.json") for k in objects)
+    assert any(k.endswith("work/region/region.json") for k in objects)  # the region and its items, published
+    # this process's scratch: the region generated there before its publication
+    objects |= {str(p): p.read_bytes() for p in scratch().rglob("*") if p.is_file()}
     assert any(k.endswith("map/species.zarr/zarr.json") for k in objects)
     assert (out / "sdm" / "summary.json").exists()
     files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and (tmp_path / "s3") not in p.parents}

@@ -348,8 +348,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    from geoplantnet.runs.inputs import region, workdir
     from geoplantnet.sim.region import generate_region
 
+    if args.out is None and not workdir(cfg).local:
+        # the jobs' own region of an object-store workdir: published there, as a job would (its cache semantics)
+        region(cfg, progress=not args.quiet)
+        print(f"virtual region ready: {workdir(cfg).url('region', 'region.json')}")
+        return 0
     out = args.out or Path(cfg.workdir) / "region"
     manifest = generate_region(cfg, Path(out), progress=not args.quiet, overwrite=args.overwrite)
     print(f"virtual region ready: {manifest.root / 'region.json'}")

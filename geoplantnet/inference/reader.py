@@ -9,7 +9,7 @@ the items touching the window asked for.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,6 +51,9 @@ class MapSources:
     # item footprints in the grid's CRS, once per run rather than once per tile and item
     s2_footprints: tuple[Any, ...]
     env_footprints: tuple[Any, ...]
+    # the object store the items' s3:// assets were published to (the workdir's), read through GDAL's /vsis3/ on
+    # the workers; None: local files or public URLs
+    storage_options: Mapping[str, Any] | None = field(default=None, repr=False)  # a credential, maybe: never shown
 
     @classmethod
     def from_items(
@@ -60,8 +63,10 @@ class MapSources:
         s2_items: Sequence[pystac.Item] | None,
         env_items: Sequence[pystac.Item],
         seasons: Sequence[np.datetime64] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> MapSources:
-        """Sources for a run with the cube settings ``cube`` on a grid of CRS ``epsg``. The season axis is
+        """Sources for a run with the cube settings ``cube`` on a grid of CRS ``epsg`` (``storage_options``: the
+        object store of the items' ``s3://`` assets). The season axis is
         ``seasons`` when given (a refresh: the first year's periods shifted to its year), else the region-wide
         composite's: every period between the first and the last acquisition
         (:func:`geoplantnet.sources.cube.seasonal_composite` resamples the same way)."""
@@ -82,6 +87,7 @@ class MapSources:
             seasons,
             tuple(item_footprint(i, epsg) for i in s2 or ()),
             tuple(item_footprint(i, epsg) for i in env),
+            dict(storage_options) if storage_options else None,
         )
 
     def read(
@@ -119,7 +125,8 @@ class MapSources:
         items = _touching(self.env_items or (), self.env_footprints, window)
         if not items:
             return np.full((len(names), window.height, window.width), np.nan, np.float32)
-        stack = predictors.model_stack(items, window, chunk=max(window.height, window.width))
+        chunk = max(window.height, window.width)
+        stack = predictors.model_stack(items, window, chunk=chunk, storage_options=self.storage_options)
         if check:
             check_names("environmental variables", names, stack["var"].values, "rasters")
         return stack.compute(scheduler="sync").values.astype(np.float32)
@@ -133,7 +140,7 @@ class MapSources:
         items = _touching(self.s2_items or (), self.s2_footprints, window)
         if not items:
             return np.full(shape, np.nan, np.float32)
-        comp = cube_composites(items, self.settings.cube, window)
+        comp = cube_composites(items, self.settings.cube, window, self.storage_options)
         check_names("Sentinel-2 bands", bands, comp["band"].values, "imagery")
         comp = comp.reindex(time=list(self.seasons or ()))
         return comp.compute(scheduler="sync").values.astype(np.float32)

@@ -18,7 +18,7 @@ from geoplantnet.core.grid import Grid
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.reports.quicklook import composite_quicklook
 from geoplantnet.runs.context import RunContext
-from geoplantnet.runs.inputs import sentinel2_items, stac_api
+from geoplantnet.runs.inputs import read_options, sentinel2_items, stac_api
 from geoplantnet.sources.cube import cube_composites
 from geoplantnet.storage import store
 from geoplantnet.storage.outputs import claim_file, write_file
@@ -30,7 +30,7 @@ QUICKLOOK = "composites quick-look"
 def composites(items: list, cfg: RunConfig, grid: Grid | None = None) -> xr.DataArray:
     """Lazy cloud-masked seasonal median composites (time, band, y, x) with the configured indices appended, on
     ``grid`` (default: the run's grid at the cube resolution): :func:`geoplantnet.sources.cube.cube_composites`."""
-    return cube_composites(items, cfg.cube, grid or cfg.grid.grid(cfg.cube.resolution))
+    return cube_composites(items, cfg.cube, grid or cfg.grid.grid(cfg.cube.resolution), read_options(cfg))
 
 
 def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = False) -> dict[str, object]:

@@ -127,7 +127,8 @@ class RunContext:
         given (a refresh's year), else those the imagery spans."""
         from geoplantnet.inference.reader import MapSources
 
-        return MapSources.from_items(self.cfg.cube, self.cfg.grid.epsg, inputs.s2_items, inputs.env_items, seasons)
+        cube, epsg = self.cfg.cube, self.cfg.grid.epsg
+        return MapSources.from_items(cube, epsg, inputs.s2_items, inputs.env_items, seasons, inputs.read_options)
 
     @property
     def species_training(self) -> SpeciesTraining:

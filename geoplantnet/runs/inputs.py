@@ -8,8 +8,9 @@ sees the same :class:`Inputs` whichever provider made them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,13 +23,16 @@ from rasterio.errors import RasterioError
 
 from geoplantnet.core.config import ConfigError, HabitatsConfig, RunConfig, redact
 from geoplantnet.core.grid import Grid
-from geoplantnet.core.hashing import fingerprint
+from geoplantnet.core.hashing import file_digest, fingerprint
 from geoplantnet.samples.observations import Observations
 from geoplantnet.samples.plots import Plots, plots_from_frame
+from geoplantnet.sources.stac_items import rehome_hrefs
+from geoplantnet.storage.workdir import Workdir, scratch
 
 if TYPE_CHECKING:
     from geoplantnet.evaluation.truth import VirtualTruth
     from geoplantnet.products.indicators.tables import IndicatorInputs
+    from geoplantnet.sim.region import RegionManifest
 
 
 @dataclass
@@ -40,6 +44,62 @@ class Inputs:
     s2_items: list | None = None
     truth: xr.DataArray | None = None  # (species, y, x) true probabilities on the map grid (virtual region only)
     notes: list[str] = field(default_factory=list)
+    # the object store the items' s3:// assets were published to (an object-store workdir's options), which the
+    # cube reads them through (GDAL /vsis3/); empty for local files
+    read_options: dict[str, Any] = field(default_factory=dict)
+
+
+def workdir(cfg: RunConfig) -> Workdir:
+    """The run's workdir with the options of its object store (none for a local folder)."""
+    return Workdir.of(cfg.workdir, cfg.store)
+
+
+def read_options(cfg: RunConfig) -> dict[str, Any]:
+    """The options the run's published inputs (the virtual region's COGs, split rasters) are read with: the
+    object-store workdir's; none for a local workdir (its files are read in place, as always)."""
+    return dict(workdir(cfg).options)
+
+
+# this process's local copy of each region it published or fetched: (region URL, settings hash) -> folder
+_REGIONS: dict[tuple[str, str], Path] = {}
+
+
+def region(cfg: RunConfig, *, progress: bool = True) -> RegionManifest:
+    """The virtual region of the run's settings, generated once. A local workdir keeps it in ``<workdir>/region``
+    (as always). With an object-store workdir, workers share no disk with this driver: the region is generated in
+    this process's scratch and published to ``<workdir>/region/`` with its items' asset hrefs pointing there (the
+    marker last, so a half-published region never reads as one), or, published by an earlier run with these
+    settings, fetched from there (what the driver reads itself: observations, truth, items)."""
+    from geoplantnet.sim.region import MANIFEST, RegionManifest, config_hash, generate_region
+
+    wd = workdir(cfg)
+    if wd.local:
+        return generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
+    digest = config_hash(cfg)
+    key = (wd.url("region"), digest)
+    local = _REGIONS.get(key)
+    if local is None or not (local / MANIFEST).exists():
+        if _published_hash(wd, MANIFEST) == digest:
+            local = wd.fetch("region", skip=(".tif",))  # the COGs stay on the store: only the workers read them
+        else:
+            # one folder per region URL too: its items name the store they were published to
+            local = scratch("region", fingerprint(key)[:16])
+            manifest = generate_region(cfg, local, progress=progress)
+            for _, items in manifest.collections():
+                rehome_hrefs(items, manifest.root, wd.url("region"))
+            wd.put(local, "region")
+        _REGIONS[key] = local
+    return RegionManifest.load(local)
+
+
+def _published_hash(wd: Workdir, manifest: str) -> str | None:
+    """The settings hash of the region published under the workdir, None when there is none complete."""
+    if not wd.complete("region"):
+        return None
+    try:
+        return str(json.loads(wd.read_bytes("region", manifest))["config_hash"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
 
 
 @contextlib.contextmanager
@@ -48,10 +108,9 @@ def stac_api(cfg: RunConfig, progress: bool) -> Iterator[str]:
     if cfg.stac.url:
         yield cfg.stac.url
         return
-    from geoplantnet.sim.region import generate_region
     from geoplantnet.sim.stac_server import start_server
 
-    manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
+    manifest = region(cfg, progress=progress)
     server = start_server(cfg.stac.backend, cfg.stac.host, cfg.stac.port, manifest.collections())
     try:
         yield server.url
@@ -62,11 +121,10 @@ def stac_api(cfg: RunConfig, progress: bool) -> Iterator[str]:
 def virtual_inputs(cfg: RunConfig, *, progress: bool = False) -> Inputs:
     """The virtual region's observations, predictors (searched through its STAC API) and true probabilities."""
     from geoplantnet.samples.observations import from_virtual_region
-    from geoplantnet.sim.region import generate_region
     from geoplantnet.sources import catalog
     from geoplantnet.storage.store import open_store
 
-    manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
+    manifest = region(cfg, progress=progress)
     grid = cfg.grid.grid(cfg.cube.resolution)
     with stac_api(cfg, progress) as url:
         where = {"bbox": grid.bounds, "bbox_crs": grid.epsg, "timeout": cfg.stac.timeout, "retries": cfg.stac.retries}
@@ -81,7 +139,8 @@ def virtual_inputs(cfg: RunConfig, *, progress: bool = False) -> Inputs:
         )
         env = list(catalog.search(url, cfg.stac.env_collection, **where))
     truth = open_store(str(manifest.truth_species))["probability"]
-    return Inputs(from_virtual_region(manifest), env, s2, truth, [f"virtual region {manifest.root}"])
+    where = manifest.root if workdir(cfg).local else workdir(cfg).url("region")
+    return Inputs(from_virtual_region(manifest), env, s2, truth, [f"virtual region {where}"], read_options(cfg))
 
 
 @dataclass(frozen=True)
@@ -122,7 +181,8 @@ class InputsPlan:
         what = [f"observations {given.observations}"] if self.observations is not None else []
         what += [f"rasters {[Path(p).name for p in given.rasters]}"] if given.rasters else []
         what += [f"Sentinel-2 from {redact({'url': cfg.stac.url})['url']}"] if given.sentinel2 else []
-        return Inputs(self.observations, list(self.env_items), s2, None, ["; ".join(what)])
+        env = published_rasters(cfg, self.env_items)
+        return Inputs(self.observations, env, s2, None, ["; ".join(what)], read_options(cfg))
 
 
 def plan_inputs(cfg: RunConfig, *, observations: bool = True) -> InputsPlan:
@@ -161,6 +221,8 @@ def raster_items(cfg: RunConfig) -> list:
     from geoplantnet.sources import predictors  # stackstac and Dask arrays: for the stacks, not the headers
 
     layers: dict[str, Path] = {}
+    # bands split once; an object-store workdir's are split here and published by published_rasters
+    split = Path(cfg.workdir) / "predictors" if workdir(cfg).local else scratch("predictors")
     for name in cfg.inputs.rasters:
         path = Path(name)
         try:
@@ -168,8 +230,30 @@ def raster_items(cfg: RunConfig) -> list:
                 multi = ds.count > 1
         except RasterioError as exc:
             raise predictors.PredictorError(f"{path}: cannot open as a raster: {' '.join(str(exc).split())}") from None
-        layers.update(predictors.split_bands(path, Path(cfg.workdir) / "predictors") if multi else {path.stem: path})
+        layers.update(predictors.split_bands(path, split) if multi else {path.stem: path})
     return predictors.from_geotiffs(layers, categorical=cfg.inputs.categorical)
+
+
+def published_rasters(cfg: RunConfig, items: Sequence[Any]) -> list:
+    """The rasters' items as the workers read them: unchanged with a local workdir; with an object-store workdir
+    (workers that share no disk with the driver) each layer file published once as
+    ``<workdir>/predictors/<sha256>/<name>`` (one whole object: never half there) and its href pointing there."""
+    from geoplantnet.sources.stac_items import local_path
+
+    wd = workdir(cfg)
+    if wd.local:
+        return list(items)
+    out = []
+    for item in items:
+        item = item.clone()
+        for asset in item.assets.values():
+            path = local_path(asset.href)
+            names = ("predictors", file_digest(path), path.name)
+            if not wd.exists(*names):
+                wd.put(path, *names)
+            asset.href = wd.url(*names)
+        out.append(item)
+    return out
 
 
 def sentinel2_items(cfg: RunConfig, url: str | None = None) -> list:
@@ -216,9 +300,7 @@ def virtual_plots(cfg: RunConfig, *, progress: bool = False) -> tuple[Plots, str
     path of the region's true habitat raster (``truth/habitat.zarr``) to score habitat maps against."""
     import geopandas as gpd
 
-    from geoplantnet.sim.region import generate_region
-
-    manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
+    manifest = region(cfg, progress=progress)
     plots = gpd.read_parquet(manifest.plots)
     species = pd.read_parquet(manifest.plot_species)
     return _plots_of(plots, species, str(manifest.plot_species)), str(manifest.truth_habitat)
@@ -227,29 +309,26 @@ def virtual_plots(cfg: RunConfig, *, progress: bool = False) -> tuple[Plots, str
 def virtual_surveys(cfg: RunConfig, n: int, *, progress: bool = False, year: int | None = None) -> Plots:
     """``n`` presence-absence surveys of the virtual region (in ``year``: after that year's changes) that no model was
     trained on (another random stream than its plots): held-out data to calibrate and test the indicators' intervals."""
-    from geoplantnet.sim.region import generate_region
     from geoplantnet.sim.surveys import independent_surveys
 
-    manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
+    manifest = region(cfg, progress=progress)
     plots, species = independent_surveys(manifest, cfg, n, year=year)
     return _plots_of(plots, species, f"{manifest.root} (independent surveys)")
 
 
 def virtual_status_tables(cfg: RunConfig) -> dict[str, str]:
     """The virtual region's species and habitat status tables (the statuses its generator assigned)."""
-    from geoplantnet.sim.region import generate_region
 
-    manifest = generate_region(cfg, Path(cfg.workdir) / "region")
+    manifest = region(cfg)
     return {"species": str(manifest.path("species_status")), "habitats": str(manifest.path("habitat_status"))}
 
 
 def virtual_truth(cfg: RunConfig, year: int | None = None) -> tuple[xr.DataArray, str]:
     """The virtual region's true probabilities (species, y, x) and the path of its true habitat store (of ``year``:
     after that year's changes; default the first year)."""
-    from geoplantnet.sim.region import generate_region
     from geoplantnet.storage.store import open_store
 
-    manifest = generate_region(cfg, Path(cfg.workdir) / "region")
+    manifest = region(cfg)
     species = open_store(str(manifest.truth_path("species", year)))["probability"]
     return species, str(manifest.truth_path("habitat", year))
 
@@ -258,48 +337,43 @@ def region_truth(cfg: RunConfig) -> VirtualTruth:
     """The virtual region's truth as the evaluations read it (:mod:`geoplantnet.evaluation.registry`); refused
     (one line) when the configuration names the user's inputs."""
     from geoplantnet.evaluation.truth import VirtualTruth
-    from geoplantnet.sim.region import generate_region
 
     if not cfg.inputs.virtual:
         raise ConfigError("--evaluate scores against the virtual region's truth; inputs.* are set")
-    return VirtualTruth(generate_region(cfg, Path(cfg.workdir) / "region"))
+    return VirtualTruth(region(cfg))
 
 
 def virtual_changes(cfg: RunConfig, year: int) -> xr.DataArray:
     """The virtual region's true land-cover change codes (y, x) from the year before ``year`` (0 = none)."""
-    from geoplantnet.sim.region import generate_region
     from geoplantnet.storage.store import open_store
 
-    manifest = generate_region(cfg, Path(cfg.workdir) / "region")
+    manifest = region(cfg)
     return open_store(str(manifest.truth_path("changes")))["change"].sel(year=int(year))
 
 
 def virtual_scenario_truth(cfg: RunConfig, window: Grid, inside: np.ndarray, code: int) -> tuple[Any, Any, list[str]]:
     """The virtual region's truth on ``window`` (a sub-grid of the map grid) before and after its pixels ``inside``
     become land-cover ``code`` (:func:`geoplantnet.sim.scenario.scenario_truth`), and the habitat codes."""
-    from geoplantnet.sim.region import generate_region
     from geoplantnet.sim.scenario import scenario_truth
 
-    manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=False)
+    manifest = region(cfg, progress=False)
     return scenario_truth(cfg, manifest, window, inside, code)
 
 
 def virtual_value_polygons(cfg: RunConfig, *, progress: bool = False) -> str:
     """The path of the virtual region's value polygons (``value/biodiversity_value.parquet``: connected areas of the
     top and bottom 15 % of its true value score, labelled ``high`` / ``low`` in column ``value``)."""
-    from geoplantnet.sim.region import generate_region
 
-    manifest = generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
+    manifest = region(cfg, progress=progress)
     return str(manifest.path("value_polygons"))
 
 
 def virtual_value_score(cfg: RunConfig) -> xr.DataArray:
     """The virtual region's true biodiversity value score (y, x) on the map grid (``truth/indicators.zarr``
     ``value_score``: expected richness + 4 x expected threatened species)."""
-    from geoplantnet.sim.region import generate_region
     from geoplantnet.storage.store import open_store
 
-    manifest = generate_region(cfg, Path(cfg.workdir) / "region")
+    manifest = region(cfg)
     return open_store(str(manifest.truth_path("indicators")))["value_score"]
 
 

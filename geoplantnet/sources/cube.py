@@ -35,6 +35,7 @@ from geoplantnet.core.config import CubeConfig
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import LONLAT, Grid, overlaps, transform_bounds
 from geoplantnet.sources.catalog import band_assets
+from geoplantnet.sources.gdal import gdal_env
 
 # SCL classes treated as "not a clear land/water observation": no data, saturated, cloud shadow, cloud medium and
 # high probability, thin cirrus. Snow (11) is kept: it is a real surface state for alpine plant habitats.
@@ -48,19 +49,6 @@ INDICES: dict[str, tuple[str, str]] = {
 }
 
 _SEASONS = {12: "DJF", 3: "MAM", 6: "JJA", 9: "SON"}
-
-
-# Reads of remote COGs are bounded: GDAL's own default waits without limit on a server that accepts and never answers.
-# Fixed here rather than configured: the reads happen inside stackstac on the workers, and these bounds are generous
-# for one HTTP range request.
-GDAL_ENV = stackstac.DEFAULT_GDAL_ENV.updated(
-    always={
-        "GDAL_HTTP_TIMEOUT": "60",
-        "GDAL_HTTP_CONNECTTIMEOUT": "20",
-        "GDAL_HTTP_MAX_RETRY": "3",
-        "GDAL_HTTP_RETRY_DELAY": "1",
-    }
-)
 
 
 class CubeError(InputError):
@@ -176,13 +164,14 @@ def _is_local(href: str) -> bool:
     return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")
 
 
-def check_href(href: str) -> None:
+def check_href(href: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """Open a raster's header (no pixels) and, for local files, check that every tile lies inside the file.
 
     Catches missing, unreadable, multi-band and truncated COGs before a Dask task does; raises ``CubeError``.
+    ``storage_options``: the object store of ``s3://`` hrefs (:func:`geoplantnet.sources.gdal.gdal_env`).
     """
     try:
-        with rasterio.open(href) as ds:
+        with gdal_env(storage_options).open, rasterio.open(href) as ds:
             if ds.count != 1:
                 raise CubeError(f"asset {href} has {ds.count} bands; each STAC asset must be a single-band raster")
             if not _is_local(href):
@@ -225,11 +214,14 @@ def stack_items(
     check_assets: bool = False,
     errors_as_nodata: bool = False,
     what: str = "cube",
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xr.DataArray:
     """Lazy ``(time, band, y, x)`` of ``bands`` from ``items`` warped onto ``grid``; coords exactly the grid's.
 
     ``rescale`` applies each asset's ``raster:bands`` scale/offset (float dtypes only). Items whose footprint misses
     the grid are dropped; time is sorted ascending. ``what`` names the caller in error messages.
+    ``storage_options``: the object store the ``s3://`` assets live in, read through GDAL's ``/vsis3/`` with its
+    settings (:func:`geoplantnet.sources.gdal.gdal_env`); None for local files and public URLs.
     """
     bands = list(bands)
     if not bands:
@@ -261,7 +253,7 @@ def stack_items(
         for e in hits:
             for band in bands:
                 try:
-                    check_href(e.plain["assets"][band]["href"])
+                    check_href(e.plain["assets"][band]["href"], storage_options)
                 except CubeError as err:
                     raise CubeError(f"item {e.id} band {band}: {err}") from err
 
@@ -285,7 +277,7 @@ def stack_items(
             band_coords=False,
             errors_as_nodata=errors,
             reader=_HrefReader,
-            gdal_env=GDAL_ENV,
+            gdal_env=gdal_env(storage_options),
         )
     except (ValueError, NotImplementedError) as e:
         raise CubeError(f"stackstac cannot stack {where}: {' '.join(str(e).split())}") from e
@@ -336,6 +328,7 @@ def s2_cube(
     resampling: str = "auto",
     check_assets: bool = False,
     errors_as_nodata: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xr.DataArray:
     """Lazy float32 surface reflectance ``(time, band, y, x)`` on ``grid``; nodata -> NaN, chunks (1, 1, c, c).
 
@@ -359,6 +352,7 @@ def s2_cube(
             check_assets=check_assets,
             errors_as_nodata=errors_as_nodata,
             what="s2_cube",
+            storage_options=storage_options,
         )
         for method, group in groups.items()
     ]
@@ -412,6 +406,7 @@ def scl_cube(
     asset: str = "SCL",
     check_assets: bool = False,
     errors_as_nodata: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xr.DataArray:
     """Lazy uint8 scene classification ``(time, y, x)``, nearest resampling (class codes are never averaged).
 
@@ -429,6 +424,7 @@ def scl_cube(
         check_assets=check_assets,
         errors_as_nodata=errors_as_nodata,
         what="scl_cube",
+        storage_options=storage_options,
     )
     scl = cube.isel(band=0, drop=True)
     scl.name = "scl"
@@ -546,12 +542,15 @@ __all__ = [
 ]
 
 
-def cube_composites(items: list, settings: CubeConfig, grid: Grid) -> xr.DataArray:
+def cube_composites(
+    items: list, settings: CubeConfig, grid: Grid, storage_options: Mapping[str, Any] | None = None
+) -> xr.DataArray:
     """Lazy cloud-masked seasonal median composites (time, band, y, x) of ``items`` on ``grid``, with the configured
-    indices appended: what training, map tiles and the composites job all read."""
-    reflectance = s2_cube(items, grid, settings.bands, chunk=settings.chunk)
+    indices appended: what training, map tiles and the composites job all read (``storage_options``: the object
+    store of ``s3://`` assets)."""
+    reflectance = s2_cube(items, grid, settings.bands, chunk=settings.chunk, storage_options=storage_options)
     if any("SCL" in band_assets(item) for item in items):
-        scl = scl_cube(items, grid, chunk=settings.chunk)
+        scl = scl_cube(items, grid, chunk=settings.chunk, storage_options=storage_options)
         clear = mask_clouds(reflectance, cloud_mask(scl, settings.mask_scl))
     else:
         # archives such as BigEarthNet ship L2A bands without the scene classification: nothing to mask with

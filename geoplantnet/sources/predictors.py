@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pystac
@@ -68,6 +69,7 @@ def environment_stack(
     chunk: int = 512,
     categorical: Collection[str] = (),
     check_assets: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xr.DataArray:
     """Lazy float32 ``(var, y, x)`` of environmental layers on ``grid``; nodata -> NaN, chunks (1, c, c).
 
@@ -75,7 +77,8 @@ def environment_stack(
     per-variable default ("mode" for categorical variables: those in ``categorical`` or with declared classes, the
     majority class under each grid cell, which is the source class itself when the grid is finer; else
     "bilinear"). Where several items hold one variable (tiles of a layer), the first item with data wins per pixel.
-    Coords ``units`` and ``resampling`` run along ``var``.
+    Coords ``units`` and ``resampling`` run along ``var``. ``storage_options``: the object store of ``s3://``
+    assets (:func:`geoplantnet.sources.gdal.gdal_env`).
     """
     items = list(items)
     if not items:
@@ -105,6 +108,7 @@ def environment_stack(
             chunk=chunk,
             check_assets=check_assets,
             what=f"environment_stack variable {var!r}",
+            storage_options=storage_options,
         ).isel(band=0, drop=True)
         layer = stack.isel(time=0) if stack.sizes["time"] == 1 else stackstac.mosaic(stack, dim="time", reverse=True)
         layers.append(layer.drop_vars([c for c in layer.coords if c not in ("y", "x", "spatial_ref")]))
@@ -247,12 +251,18 @@ def class_names(items: Sequence[pystac.Item], var: str) -> dict[int, str]:
     return {}
 
 
-def model_stack(items: Iterable[pystac.Item], grid: Grid, *, chunk: int = 512) -> xr.DataArray:
+def model_stack(
+    items: Iterable[pystac.Item],
+    grid: Grid,
+    *,
+    chunk: int = 512,
+    storage_options: Mapping[str, Any] | None = None,
+) -> xr.DataArray:
     """The environmental predictors as the species models take them: :func:`environment_stack` with each layer that
     declares classes as one indicator layer per class (class codes are not magnitudes). Training and map production
-    both use this."""
+    both use this (``storage_options``: the object store of ``s3://`` assets)."""
     items = list(items)
-    env = environment_stack(items, grid, chunk=chunk)
+    env = environment_stack(items, grid, chunk=chunk, storage_options=storage_options)
     layers, plain = [], []
     for var in env["var"].values:
         classes = declared_classes([i for i in items if var in i.assets], str(var))

@@ -185,3 +185,29 @@ def read_ndjson(path: str | os.PathLike[str]) -> list[pystac.Item]:
     """Items from a newline-delimited JSON file."""
     with open(path) as fh:
         return [pystac.Item.from_dict(json.loads(line)) for line in fh if line.strip()]
+
+
+def rehome_hrefs(path: str | os.PathLike[str], folder: str | os.PathLike[str], url: str) -> int:
+    """Rewrite, in the items file ``path`` (ndjson, in place and atomically), every asset href inside the local
+    ``folder`` (a ``file://`` URI or a bare path) to the same name under ``url`` (files published from that folder to
+    an object store); returns how many hrefs changed. Raw JSON, so nothing else of an item changes."""
+    root = Path(folder).resolve()
+    prefixes = (root.as_uri() + "/", f"{root}/")
+    base = url.rstrip("/") + "/"
+    path = Path(path)
+    lines, changed = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        for asset in item.get("assets", {}).values():
+            href = asset.get("href", "")
+            prefix = next((p for p in prefixes if href.startswith(p)), None)
+            if prefix is not None:
+                asset["href"] = base + href[len(prefix) :]
+                changed += 1
+        lines.append(json.dumps(item))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in lines))
+    os.replace(tmp, path)
+    return changed

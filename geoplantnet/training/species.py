@@ -59,6 +59,7 @@ class SpeciesInputs(Protocol):
     observations: Observations | None
     env_items: list
     s2_items: list | None
+    read_options: dict  # the object store of the items' s3:// assets (empty: local files)
 
 
 def training_point_features(ds: xr.Dataset) -> np.ndarray:
@@ -160,9 +161,12 @@ def predict_at_points(
     x0, y0 = points.x[rows], points.y[rows]
     samples = Samples(x0, y0, np.full((len(rows), n_species), -1, np.int8), np.full(len(rows), "pa"), vocab)
     # the same lazy sources as training (prepare_samples): only the chunks holding points are read
-    env = predictors.model_stack(inputs.env_items, grid, chunk=settings.cube.chunk) if takes_env else None
+    options = inputs.read_options
+    env = None
+    if takes_env:
+        env = predictors.model_stack(inputs.env_items, grid, chunk=settings.cube.chunk, storage_options=options)
     composite = (
-        cube_composites(inputs.s2_items, settings.cube, settings.grid.grid(settings.cube.resolution))
+        cube_composites(inputs.s2_items, settings.cube, settings.grid.grid(settings.cube.resolution), options)
         if takes_s2
         else None
     )

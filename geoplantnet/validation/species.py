@@ -364,10 +364,14 @@ def prepare_samples(settings: SpeciesTraining, inputs: SpeciesInputs, out_dir: P
     obs = inputs.observations
     vocab = SpeciesVocabulary.from_observations(obs)
     # Sentinel-2 alone is a valid set of predictors: no environmental stack then
-    env = predictors.model_stack(inputs.env_items, grid, chunk=settings.cube.chunk) if inputs.env_items else None
+    options = inputs.read_options  # the object store of s3:// assets, read on the workers
+    env = None
+    if inputs.env_items:
+        env = predictors.model_stack(inputs.env_items, grid, chunk=settings.cube.chunk, storage_options=options)
     composite = None
     if inputs.s2_items:
-        composite = cube_composites(inputs.s2_items, settings.cube, settings.grid.grid(settings.cube.resolution))
+        s2_grid = settings.grid.grid(settings.cube.resolution)
+        composite = cube_composites(inputs.s2_items, settings.cube, s2_grid, options)
     # The environmental layers define the study area; without them, the composite does.
     layer = env if env is not None else composite
     study_area = ValidCells(layer, epsg=grid.epsg, client=client) if layer is not None else None
