@@ -55,7 +55,10 @@ def _validate(doc: dict) -> None:
 
 
 def test_every_manifest_validates_against_the_full_schemas(files):
-    docs = _documents(files)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)  # the example with the optional shared volume too: its claim and mounts validated as well
+        volume = render_files(load_config(EXAMPLE, ["cluster.kubernetes.volume.claim=geoplantnet-data"], environ={}))
+    docs = _documents(files) + _documents(volume)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == sorted(
         ["Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "PersistentVolumeClaim", "DaskCluster",
@@ -66,7 +69,8 @@ def test_every_manifest_validates_against_the_full_schemas(files):
 
 
 def test_the_default_configuration_renders_a_valid_deployment():
-    docs = _documents(render_files(load_config(environ={})))
+    """The default configuration's paths are local: rendered with the shared volume they need (refused without)."""
+    docs = _documents(render_files(load_config(overrides=["cluster.kubernetes.volume.claim=data"], environ={})))
     parsers = _parsers()
     for doc in docs:
         _validate(doc)
@@ -250,8 +254,8 @@ def test_deploy_render_refuses_a_users_folder_and_bad_settings(tmp_path):
         (["--out", users], "did not write"),
         (["--out", tmp_path / "a", "--set", "cluster.kubernetes.workers.memory=lots"], "Kubernetes quantity"),
         (["--out", tmp_path / "b", "--set", "cluster.kubernetes.name=Geo_Plant"], "cluster.kubernetes.name"),
-        (["--out", tmp_path / "c", "--set", "cluster.kubernetes.volume.claim=null"], "needs volume.claim"),
-        (["--out", tmp_path / "d", "--set", "cluster.kubernetes.refresh.store_root=s3://b/x"], "store_root"),
+        (["--out", tmp_path / "c", "--set", "workdir=work"], "workdir=work: a local path, and the pods share no disk"),
+        (["--out", tmp_path / "d", "--set", "cluster.kubernetes.refresh.store_root=/data/x"], "refresh.store_root"),
         (["--out", tmp_path / "e", "--set", "cluster.kubernetes.files.x=missing.yaml"], "cannot read missing.yaml"),
         (["--out", tmp_path / "f", "--set", "cluster.kubernetes.jobs.args.impact=[]"], "needs args.impact"),
     ]:

@@ -190,3 +190,33 @@ def test_simulate_replaces_a_region_of_other_settings_only_with_overwrite(tmp_pa
     line = _refused(capsys, ["simulate", "--out", str(region)])
     assert "holds an earlier virtual region; pass --overwrite" in line
     assert sorted(p.name for p in region.iterdir()) == [MARKER, "region.json"]
+
+
+def test_a_report_on_object_storage_is_checked_first_and_published_whole(s3_server) -> None:
+    """A report under an object-store root (pods share no disk): written in scratch, published when finished (its
+    files, then the completion marker); the store's folder checked as a local one is, before any work."""
+    import fsspec
+
+    from geoplantnet.core.config import StoreConfig
+    from geoplantnet.storage.outputs import claim_published_folder
+    from geoplantnet.storage.workdir import COMPLETE, Workdir
+
+    root = Workdir.of(f"s3://{s3_server.bucket}/reports", StoreConfig(storage_options=s3_server.storage_options))
+    fs = fsspec.filesystem("s3", **s3_server.storage_options)
+    folder = claim_published_folder(root, "impact/to-urban", "impact report", ENTRIES, overwrite=False)
+    assert folder.is_dir() and not list(folder.iterdir())  # local scratch, nothing published before the work
+    assert not fs.exists(f"{s3_server.bucket}/reports/impact/to-urban")
+    with claimed_folder(folder, "impact report", ENTRIES, overwrite=False) as path:
+        place_json(path, "summary.json", {"loss": 1.5})
+        assert not root.complete("impact", "to-urban")
+    assert root.complete("impact", "to-urban")  # claimed_folder finished the folder, which published it
+    remote = f"{s3_server.bucket}/reports/impact/to-urban"
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(remote, detail=False)) == [COMPLETE, MARKER, "summary.json"]
+    # an earlier report: replaced only with --overwrite; a user's file there: refused always, and left as it was
+    with pytest.raises(RefusedError, match="--overwrite"):
+        claim_published_folder(root, "impact/to-urban", "impact report", ENTRIES, overwrite=False)
+    claim_published_folder(root, "impact/to-urban", "impact report", ENTRIES, overwrite=True)
+    fs.pipe_file(f"{remote}/notes.txt", b"mine")
+    with pytest.raises(RefusedError, match=r"notes\.txt"):
+        claim_published_folder(root, "impact/to-urban", "impact report", ENTRIES, overwrite=True)
+    assert fs.cat_file(f"{remote}/notes.txt") == b"mine"

@@ -184,6 +184,7 @@ def test_a_map_from_the_published_region_on_workers_without_the_drivers_disk_equ
     assert wd.read_bytes("region", COMPLETE) == published  # fetched, not generated and published again
     fetched = region(cfg, progress=False).root
     assert fetched != manifest.root and inputs.read_options == dict(wd.options)
+    assert not list(fetched.rglob("*.tif"))  # what only the workers read stays on the store
     sources = RunContext(cfg).sources(inputs)
     assert all(
         a["href"].startswith("s3://") for i in (*sources.env_items, *sources.s2_items) for a in i["assets"].values()
@@ -204,3 +205,30 @@ def test_a_map_from_the_published_region_on_workers_without_the_drivers_disk_equ
     assert not wd.complete("region")
     region(cfg, progress=False)
     assert wd.complete("region") and wd.read_bytes("region", COMPLETE) != published
+
+
+def test_simulate_publishes_the_jobs_region_under_an_object_store_workdir(tmp_path, s3_server) -> None:
+    """``simulate`` without ``--out`` makes the jobs' own region: under an object-store workdir, published there (and
+    nothing written under a local folder named like the URL); run again, it finds it there. The same settings under
+    another workdir are published there with hrefs of their own."""
+    from geoplantnet.runs.inputs import region, workdir
+    from geoplantnet.storage.workdir import COMPLETE
+    from geoplantnet.testing.cli import cli_sets, run_cli
+    from geoplantnet.testing.regions import SMALL_REGION
+
+    sets = [*SMALL_REGION, *_sets(s3_server, "simulate")]
+    wd = workdir(load_config(CONFIG, sets))
+    first = run_cli("simulate", "--quiet", *cli_sets(sets), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.strip() == f"virtual region ready: {wd.url('region', 'region.json')}"
+    marker = wd.read_bytes("region", COMPLETE)
+    again = run_cli("simulate", "--quiet", *cli_sets(sets), cwd=tmp_path)
+    assert again.returncode == 0 and wd.read_bytes("region", COMPLETE) == marker
+    assert list(tmp_path.iterdir()) == []
+    # the same settings under another workdir, in this process: a region of its own, its items naming that store
+    other = load_config(CONFIG, [*SMALL_REGION, *_sets(s3_server, "other")])
+    manifest = region(other, progress=False)
+    hrefs = [
+        json.loads(line)["assets"] for _, items in manifest.collections() for line in items.read_text().splitlines()
+    ]
+    assert hrefs and all(a["href"].startswith(workdir(other).url("region") + "/") for h in hrefs for a in h.values())

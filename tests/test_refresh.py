@@ -222,3 +222,35 @@ def test_a_configured_classifier_that_is_not_there_is_one_line(tmp_path, capsys)
     last = err.strip().splitlines()[-1]
     assert code == 2 and "refresh.habitat_model" in last and "no-classifier" in last
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()  # refused before any work
+
+
+def test_a_refresh_on_object_storage_publishes_its_summary_and_refuses_a_users_folder(
+    series, s3_server, shared_cluster_sets, capsys
+):
+    """store.root on the S3 server (Kubernetes' CronJob has no shared disk): the year's series and its summary go to
+    the bucket, the summary's files first and its completion marker last; a user's file where a summary would go is
+    refused before any work."""
+    import fsspec
+
+    root = f"s3://{s3_server.bucket}/refresh-series"
+    settings = [
+        *(s for s in series["settings"] if not s.startswith("store.root=")),
+        f"store.root={root}",
+        f"store.storage_options={json.dumps(s3_server.storage_options)}",
+    ]
+    summary = _run(settings, 2024, cluster=shared_cluster_sets)
+    fs = fsspec.filesystem("s3", **s3_server.storage_options)
+    folder = f"{s3_server.bucket}/refresh-series/refresh/2024"
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False))
+    assert names == [".geoplantnet-complete", ".geoplantnet.json", "changes.png", "report.md", "summary.json"]
+    published = fs.cat_file(f"{folder}/summary.json")
+    assert json.loads(published)["year"] == summary["year"] == 2024
+    assert s3_server.secret.encode() not in published and s3_server.secret.encode() not in fs.cat_file(
+        f"{folder}/report.md"
+    )
+    assert fs.exists(f"{s3_server.bucket}/refresh-series/species.zarr/zarr.json")
+
+    fs.pipe_file(f"{s3_server.bucket}/refresh-series/refresh/2025/notes.txt", b"the user's")
+    code, err = _main(settings, 2025, capsys)
+    assert code == 2 and "notes.txt" in err.strip().splitlines()[-1]
+    assert fs.cat_file(f"{s3_server.bucket}/refresh-series/refresh/2025/notes.txt") == b"the user's"

@@ -360,3 +360,25 @@ def test_torch_computes_on_the_workers_threads_and_trains_one_network_at_a_time_
         _assert_same_training(together, apart)
     finally:
         torch.set_num_threads(before)
+
+
+def test_trainings_staged_through_an_object_store_give_the_numbers_of_a_shared_folder(
+    store, tmp_path, dask_address, s3_server
+):
+    """Workers that share no disk with the driver: the training set goes up to the stage, each task fetches it, trains
+    in its scratch and uploads its model folder, which lands where the job asked; the same histories and weights as
+    trainings on a shared folder, and the stage is deleted after."""
+    import fsspec
+
+    from geoplantnet.storage.workdir import Workdir
+
+    path, _, _ = store
+    stage = Workdir(f"s3://{s3_server.bucket}/train-stage", s3_server.storage_options)
+    with Client(dask_address) as client:
+        staged = train_many_on_cluster(client, _seed_jobs(path, tmp_path / "staged", 2), name="test", stage=stage)
+        shared = train_many_on_cluster(client, _seed_jobs(path, tmp_path / "shared", 2), name="test")
+    assert [r.model_path for r in staged] == [str(tmp_path / "staged" / f"seed-{k}" / "model.pt") for k in range(2)]
+    assert all(Path(r.last_path).is_file() for r in staged)
+    _assert_same_training(staged, shared)
+    fs = fsspec.filesystem("s3", **s3_server.storage_options)
+    assert not [p for p, info in fs.find(stage.root, detail=True).items() if info["size"]]

@@ -4,8 +4,8 @@ the cached model from there."""
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +13,9 @@ import pytest
 
 from geoplantnet.testing.cli import cli_sets, run_cli
 from geoplantnet.testing.cluster import address_sets, unshared_cluster
-from geoplantnet.testing.fixtures import MAP_SETTINGS, copy_region
+from geoplantnet.testing.fixtures import MAP_SETTINGS
 
+CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "default.yaml"
 pytestmark = pytest.mark.slow  # a SeaweedFS server, a cluster of its own, a training and two maps (~1 min)
 
 
@@ -23,7 +24,7 @@ def _files(folder: Path) -> list[str]:
 
 
 def test_map_trains_and_maps_through_an_object_store_with_workers_that_share_no_disk(
-    tmp_path: Path, s3_server, small_region: Path
+    tmp_path: Path, s3_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import fsspec
 
@@ -35,11 +36,7 @@ def test_map_trains_and_maps_through_an_object_store_with_workers_that_share_no_
     bucket = f"s3://{s3_server.bucket}"
     workdir, root = f"{bucket}/unshared/work", f"{bucket}/unshared/out"
     driver = tmp_path / "driver"
-    # The virtual region's COGs: until the region is published under an object-store workdir (issue 25, the region
-    # piece), runs.inputs generates it at the local path the URL reads as, under the driver's working directory;
-    # the session's region is copied there and the workers (same machine) read its COGs by path. The no-shared-disk
-    # check of the inputs is the container test's.
-    copy_region(small_region, driver / Path(workdir))
+    driver.mkdir()
     overrides = [
         *MAP_SETTINGS,
         "train.epochs=2",
@@ -75,6 +72,25 @@ def test_map_trains_and_maps_through_an_object_store_with_workers_that_share_no_
     options = {"key": s3_server.key, "secret": s3_server.secret, **endpoint}
     a, b = (open_store(url, storage_options=options) for url in (made["store"], again["store"]))
     np.testing.assert_array_equal(a["probability"].values, b["probability"].values)
-    # nothing of the workdir was written on the driver's disk but the region it was given (see above)
-    local = driver / Path(workdir)
-    assert sorted(os.listdir(local)) == ["region"]
+    # nothing of the workdir was written on the driver's disk: the virtual region was published to the bucket (from
+    # the driver's scratch) and its COGs read by the workers from there
+    assert _files(driver) == []
+    assert fs.isfile(f"{workdir}/region/region.json")
+    # the habitat map's cross-fit is cached beside the map model, by the same key, and read back from the bucket
+    from geoplantnet.core.config import load_config
+    from geoplantnet.runs.context import RunContext
+    from geoplantnet.runs.habitat_model import _raw_assemblages
+
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(driver)
+    ctx = RunContext(load_config(CONFIG, overrides), progress=False)
+    inputs = ctx.inputs()
+    key = ctx.species_training_key(inputs)
+    assert made["model"] == ctx.workdir.url("map-models", key, "model", "map.pt")
+    x = np.arange(3.0)
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=x, species=np.asarray(["a"]), prob=np.ones((3, 1)), folds=np.zeros(3, int))
+    ctx.workdir.write_bytes(buf.getvalue(), "map-models", key, "crossfit", "assemblages.npz")
+    cached = _raw_assemblages(ctx, None, inputs)  # no cluster: a cache miss would fail
+    np.testing.assert_array_equal(cached.x, x)

@@ -31,6 +31,10 @@ def _roundtrip(work: Workdir, tmp_path: Path) -> None:
     assert (second / "a.bin").read_bytes() == b"two"  # a re-upload is fetched again
     got = work.get("models", "set", into=tmp_path / "got")
     assert (got / "sub" / "b.txt").read_text() == "twotwo"
+    # what only the workers read stays on the store (the published region's COGs)
+    lean = work.get("models", "set", into=tmp_path / "lean", skip=(".bin",))
+    assert (lean / "sub" / "b.txt").exists() and not (lean / "a.bin").exists()
+    assert work.local or not (work.fetch("models", "set", skip=(".bin",)) / "a.bin").exists()
     assert work.write_bytes(b"xyz", "cache", "one.pt") == work.url("cache", "one.pt")
     assert work.read_bytes("cache", "one.pt") == b"xyz"
     assert work.child("cache").read_bytes("one.pt") == b"xyz"

@@ -319,11 +319,12 @@ class AutoscalerConfig(_Section):
 
 
 class VolumeConfig(_Section):
-    """A shared volume (ReadWriteMany claim) mounted at ``mount_path`` in the workers and drivers, which run there
-    (``workingDir``): relative paths of the pipeline (``workdir``, a local ``store.root``) are then the same files on
-    every pod. The annual refresh needs it: it writes its run summary to a local folder beside its series."""
+    """An optional shared volume (ReadWriteMany claim) mounted at ``mount_path`` in the workers and drivers, which run
+    there (``workingDir``): relative paths of the pipeline (a local ``workdir`` or ``store.root``) are then the same
+    files on every pod. Not needed when ``workdir`` and ``store.root`` are object-store URLs (the default deployment:
+    the pods share no disk)."""
 
-    claim: str | None = _k8s_name(default="geoplantnet-data", description="claim name; None: no shared volume")
+    claim: str | None = _k8s_name(default=None, description="claim name; None: no shared volume")
     create: bool = Field(True, description="render the PersistentVolumeClaim (False: the claim exists already)")
     size: str = "1Ti"
     storage_class: str | None = Field(None, description="a class that offers ReadWriteMany (NFS, CephFS, EFS, ...)")
@@ -382,7 +383,8 @@ class RefreshCronConfig(_Section):
     time_zone: str = "Etc/UTC"
     store_root: str | None = Field(
         None,
-        description="where the series live (a local path: on the shared volume); None: the pipeline's store.root",
+        description="where the series and their run summaries live (an object-store URL, or a path on the shared "
+        "volume); None: the pipeline's store.root",
     )
     starting_deadline_s: int = Field(
         86_400, ge=10, description="a run not started this long after its time is skipped (seconds)"
@@ -439,15 +441,6 @@ class KubernetesConfig(_Section):
                     f"{key!r} cannot be a config map key (letters, digits, '-', '_', '.'; not pipeline.yaml)"
                 )
         return files
-
-    @model_validator(mode="after")
-    def _refresh_on_volume(self) -> KubernetesConfig:
-        if self.refresh.enabled and self.volume.claim is None:
-            raise ValueError(
-                "refresh.enabled needs volume.claim: the refresh writes its summary to a local folder beside its "
-                "series, which the driver and the workers must share"
-            )
-        return self
 
 
 class ClusterConfig(_Section):

@@ -82,7 +82,7 @@ class ModelFile:
     url: str
     spec: ModelSpec | PeerSpec
     sha256: str
-    options: Mapping[str, Any] = field(default_factory=dict)  # the storage options it is read with (a URL's)
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the storage options of a URL (no repr)
 
     @classmethod
     def read(cls, url: str, storage_options: Mapping[str, Any] | None = None) -> ModelFile:
@@ -142,7 +142,7 @@ class SpeciesPredictor:
     cube_grid: Grid | None
     compute: TileCompute
     point_model: bool = False  # a MaxEnt / forest peer: CPU only, never waits for a GPU worker
-    options: Mapping[str, Any] = field(default_factory=dict)  # the model file's storage options (a URL's)
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the model file's (a URL's; no repr)
 
     def predict(self, tile: Tile) -> tuple[np.ndarray, dict[str, Any]]:
         """The uint8 codes (species, y, x) of ``tile`` (read its input windows, run the model) and the timings

@@ -101,5 +101,4 @@ def run_impact(
         ),
     )
     place_json(folder, "summary.json", summary)
-    finish_folder(folder)
-    return {**summary, "report": str(folder)}
+    return {**summary, "report": finish_folder(folder)}

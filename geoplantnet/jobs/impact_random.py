@@ -168,5 +168,4 @@ def run_random_impact(
     claim_folder(folder, "random impact evaluation", REPORT_FILES, overwrite=overwrite)
     place(folder, "report.md", lambda p: p.write_text(random_markdown(summary)))
     place_json(folder, "summary.json", summary)
-    finish_folder(folder)
-    return {**summary, "report": str(folder)}
+    return {**summary, "report": finish_folder(folder)}

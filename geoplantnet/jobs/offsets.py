@@ -120,5 +120,4 @@ def run_offsets(
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     claim_folder(folder, "offset ranking", OFFSET_FILES, overwrite=overwrite)
     write_offsets(folder, summary, frame, ids)
-    finish_folder(folder)
-    return {**summary, "report": str(folder)}
+    return {**summary, "report": finish_folder(folder)}

@@ -25,8 +25,9 @@ from geoplantnet.core.errors import RefusedError
 from geoplantnet.products.base import Made, Product, load, products
 from geoplantnet.runs.context import RunContext
 from geoplantnet.runs.refresh_steps import STEPS, RefreshError, YearRun, prepare_year
-from geoplantnet.storage.outputs import claim_folder, finish_folder, place, place_json
+from geoplantnet.storage.outputs import claim_folder, claim_published_folder, finish_folder, place, place_json
 from geoplantnet.storage.store import PRODUCT_ATTR, YEARS_ATTR, is_local, preflight
+from geoplantnet.storage.workdir import Workdir
 
 __all__ = ["RefreshError", "run_refresh", "year_config", "year_window"]
 
@@ -77,8 +78,6 @@ def run_refresh(
     evaluate: bool = False,
 ) -> dict[str, Any]:
     """Map ``year`` into every series under ``store.root`` and write its run summary (see the module docstring)."""
-    if not is_local(cfg.store.root):
-        raise ConfigError(f"refresh writes its run summary beside the stores and store.root is {cfg.store.root}")
     if not 1000 <= year <= 9999:  # imagery is searched by ISO 8601 dates
         raise RefreshError(f"--year {year}: give the calendar year with its four digits (e.g. 2025)")
     t_start = time.perf_counter()
@@ -138,8 +137,13 @@ def year_summary(cfg: RunConfig, year: int, state: YearRun, made: Mapping[str, M
 
 
 def summary_folder(cfg: RunConfig, year: int) -> Path:
-    """``<store.root>/refresh/<year>``, checked before the run: refused when geoplantnet did not write it (a user's
-    files); an earlier summary of the year is replaced when the new one is written."""
+    """Where the run summary is written, checked before the run: ``<store.root>/refresh/<year>``, or, with an
+    object-store root, a folder of this process's scratch published there once finished. Refused when geoplantnet did
+    not write what is there (a user's files); an earlier summary of the year is replaced when the new one is
+    written."""
+    if not is_local(cfg.store.root):
+        root = Workdir.of(cfg.store.root, cfg.store)
+        return claim_published_folder(root, f"refresh/{year}", SUMMARY_KIND, SUMMARY_FILES, overwrite=True)
     folder = Path(cfg.store.root) / "refresh" / str(year)
     claim_folder(folder, SUMMARY_KIND, SUMMARY_FILES, overwrite=True, check_only=True)
     return folder
@@ -147,7 +151,8 @@ def summary_folder(cfg: RunConfig, year: int) -> Path:
 
 def write_summary(summary: Mapping[str, Any], folder: Path, ctx: RunContext, made: Mapping[str, Made]) -> None:
     """``summary.json``, ``report.md`` and ``changes.png`` of a refresh, each written beside its name and renamed
-    into place (the JSON last: its presence says the summary is whole)."""
+    into place (the JSON last: its presence says the summary is whole), then published with an object-store root
+    (:func:`summary_folder`)."""
     from geoplantnet.reports.refresh import markdown, plot_changes
 
     # the year's stores were claimed first (another run's year needs --overwrite there): the summary is theirs

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geoplantnet.core.config import ConfigError, RunConfig, redact
+from geoplantnet.core.config import RunConfig
 from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.core.hashing import fingerprint
@@ -94,19 +94,22 @@ class RunContext:
         """The local folder of a report (``out``, default ``<store.root>/<name>``), checked before any work
         (``storage.outputs.claim_folder``): new or empty, or an earlier report of this ``kind`` (replaced only with
         ``--overwrite``, and only when the new one is written); a user's file or folder is refused, never written
-        into."""
-        from geoplantnet.storage.outputs import claim_folder
+        into. With an object-store ``store.root`` and no ``out``: a folder of this process's scratch, published to
+        ``<store.root>/<name>`` when finished (``storage.outputs.claim_published_folder``)."""
+        from geoplantnet.storage.outputs import claim_folder, claim_published_folder
         from geoplantnet.storage.store import is_local
 
         root = self.cfg.store.root
         if out is None and not is_local(root):
-            shown = redact({"u": root})["u"]  # a URL may carry credentials
-            raise ConfigError(
-                f"{kind}: reports are written to a local folder and store.root is {shown}: pass --out DIR"
-            )
+            return claim_published_folder(self.published, name, kind, entries, overwrite=self.overwrite)
         folder = Path(out) if out is not None else Path(root) / name
         claim_folder(folder, kind, entries, overwrite=self.overwrite, check_only=True)
         return folder
+
+    @property
+    def published(self) -> Workdir:
+        """``store.root`` as a folder tree reports are published to (the store's options: endpoint, timeouts)."""
+        return Workdir.of(self.cfg.store.root, self.cfg.store)
 
     def tile_output(self, url: str, parts: Mapping[str, Any]) -> TileOutput:
         """Where the tiles of the run of ``parts`` go (the year's run of a series when the context has a year)."""

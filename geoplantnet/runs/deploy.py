@@ -24,18 +24,28 @@ _ENTRIES = ("base", "overlays")
 
 
 def _refresh_root(cfg: RunConfig) -> str | None:
-    """Where the CronJob's refresh writes its series: a local path (the refresh writes its run summary to a local
-    folder beside them, :func:`geoplantnet.jobs.refresh.run_refresh`), on the shared volume the pods run in."""
+    """Where the CronJob's refresh writes its series and run summary (``refresh.store_root``, else ``store.root``),
+    once :func:`_shared_paths` has checked every pod can reach it; None when the refresh is off."""
     r = cfg.cluster.kubernetes.refresh
-    if not r.enabled:
-        return None
-    root = r.store_root or cfg.store.root
-    if not is_local(root):
+    return (r.store_root or cfg.store.root) if r.enabled else None
+
+
+def _shared_paths(cfg: RunConfig) -> None:
+    """Pods share no disk unless a volume is mounted in all of them: a local ``workdir`` or output root would be a
+    different folder on every pod (the driver's region and models invisible to the workers). Refused before
+    anything is rendered, naming the setting."""
+    k = cfg.cluster.kubernetes
+    if k.volume.claim is not None:
+        return
+    paths = {"workdir": cfg.workdir, "store.root": cfg.store.root}
+    if k.refresh.enabled and k.refresh.store_root:
+        paths["cluster.kubernetes.refresh.store_root"] = k.refresh.store_root
+    local = [f"{name}={value}" for name, value in paths.items() if is_local(value)]
+    if local:
         raise ConfigError(
-            f"cluster.kubernetes.refresh: the refresh writes its run summary beside its series and store.root is "
-            f"{root}; set cluster.kubernetes.refresh.store_root to a path on the shared volume (or enabled=false)"
+            f"{', '.join(local)}: a local path, and the pods share no disk (cluster.kubernetes.volume.claim is "
+            "not set); put it on object storage (s3://bucket/path) or mount a ReadWriteMany volume (volume.claim)"
         )
-    return root
 
 
 def _files(cfg: RunConfig) -> dict[str, str]:
@@ -50,6 +60,7 @@ def _files(cfg: RunConfig) -> dict[str, str]:
 
 def render_files(cfg: RunConfig, overlays: Sequence[str] = OVERLAYS) -> dict[str, str]:
     """The tree's files (relative path -> YAML text): ``base/`` and the ``overlays`` asked for."""
+    _shared_paths(cfg)
     tree = kustomize_tree(cfg.cluster, cfg.to_yaml(), _files(cfg), _refresh_root(cfg))
     keep = tuple(f"overlays/{o}/" for o in overlays)
     return {path: dump_yaml(docs) for path, docs in tree.items() if path.startswith(("base/", *keep))}

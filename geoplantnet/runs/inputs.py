@@ -80,9 +80,10 @@ def region(cfg: RunConfig, *, progress: bool = True) -> RegionManifest:
     local = _REGIONS.get(key)
     if local is None or not (local / MANIFEST).exists():
         if _published_hash(wd, MANIFEST) == digest:
-            local = wd.fetch("region")
+            local = wd.fetch("region", skip=(".tif",))  # the COGs stay on the store: only the workers read them
         else:
-            local = scratch("region", digest[:16])
+            # one folder per region URL too: its items name the store they were published to
+            local = scratch("region", fingerprint(key)[:16])
             manifest = generate_region(cfg, local, progress=progress)
             for _, items in manifest.collections():
                 rehome_hrefs(items, manifest.root, wd.url("region"))

@@ -28,7 +28,7 @@ from geoplantnet.core.errors import GeoplantnetError
 from geoplantnet.evaluation.registry import register_evaluation
 from geoplantnet.products.base import Made
 from geoplantnet.runs.context import RunContext
-from geoplantnet.storage.store import exists, join
+from geoplantnet.storage.store import exists, join, read_options_for
 from geoplantnet.storage.years import complete_years
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def habitat_classifier(ctx: RunContext, habitat_url: str, series: bool) -> tuple
     configured = ctx.cfg.refresh.habitat_model
     folder = configured or ctx.url(MODEL_FOLDER)
     marker = join(folder, "geoplantnet.json")
-    found = exists(marker, ctx.options(marker))
+    found = exists(marker, read_options_for(marker, ctx.cfg.store))  # an input: a local one is no mistake
     if configured and not found:
         raise ConfigError(f"refresh.habitat_model {configured}: no habitat classifier there (no geoplantnet.json)")
     if not series:

@@ -12,6 +12,10 @@ A folder or file without the marker (or with another kind's) is never written in
 without ``--overwrite``. The project's own earlier output of the same kind is replaced only with ``overwrite``; an
 unfinished one (an interrupted run) is always cleared, since it never reads as valid. Report files are written beside
 their name and renamed into place, the JSON summary last.
+
+A report whose root is an object store (``store.root: s3://...``, where pods share no disk) is written the same way in
+a folder of the process's scratch and published there when finished (:func:`claim_published_folder`,
+:func:`finish_folder`): its files first, its completion marker last, the same refusals checked on the store first.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from geoplantnet.core.errors import InputError, RefusedError
+from geoplantnet.storage.store import shown
+from geoplantnet.storage.workdir import COMPLETE, Workdir, scratch
 
 MARKER = ".geoplantnet.json"
 _JOURNALS = ("-journal", "-wal", "-shm")  # SQLite (GeoPackage) side files of an interrupted writer
@@ -120,13 +126,42 @@ def claim_folder(
     return folder
 
 
-def finish_folder(folder: Path | str) -> None:
-    """Mark ``folder`` (claimed by :func:`claim_folder`) as the whole output of a finished run."""
+def finish_folder(folder: Path | str) -> str:
+    """Mark ``folder`` (claimed by :func:`claim_folder`) as the whole output of a finished run; one claimed by
+    :func:`claim_published_folder` is then published to its object store. Returns where the output is."""
     path = Path(folder) / MARKER
     marker = _read_marker(path)
     if marker is None:
         raise RuntimeError(f"{folder} was not claimed before it was written")  # a bug in the job, not user input
     _write_marker(path, {**marker, "complete": True, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    target = _to_publish.get(Path(folder))
+    if target is None:
+        return str(folder)
+    root, name = target
+    return root.put(folder, *name.split("/"))  # the files, then the store's completion marker
+
+
+# scratch folder -> (object-store root, name): where finish_folder publishes a claimed report (this process only:
+# the driver writes its reports itself; the store's options stay in memory, never in a marker)
+_to_publish: dict[Path, tuple[Workdir, str]] = {}
+
+
+def claim_published_folder(root: Workdir, name: str, kind: str, entries: Sequence[str], *, overwrite: bool) -> Path:
+    """The folder ``<root>/<name>`` of an object store checked as :func:`claim_folder` checks a local one, before any
+    work: refused when it holds names a ``kind`` run never writes (a user's files), or a finished earlier output
+    without ``overwrite``. Returns the local scratch folder the run writes in (claimed there with
+    :func:`claim_folder`), which :func:`finish_folder` publishes to ``<root>/<name>``."""
+    present = [n for n in root.names(*name.split("/")) if n not in (MARKER, COMPLETE)]
+    foreign = [n for n in present if n not in entries and not _leftover(n, entries)]
+    if foreign:
+        raise RefusedError(
+            f"{shown(root.url(name))} holds {foreign[:3]}, not written by a {kind} run; refusing to write there"
+        )
+    if present and root.complete(*name.split("/")) and not overwrite:
+        raise RefusedError(f"{shown(root.url(name))} holds an earlier {kind}; pass --overwrite to replace it")
+    folder = scratch("published", *name.split("/"))
+    _to_publish[folder] = (root, name)
+    return folder
 
 
 def owned_folder(folder: Path | str, kind: str) -> bool:

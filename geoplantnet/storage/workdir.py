@@ -89,7 +89,8 @@ class Workdir:
     Picklable: a task carries it to the worker that reads or writes under it."""
 
     root: str
-    options: Mapping[str, Any] = field(default_factory=dict)
+    # never in a repr: a failed task's arguments end up in logs, and options may hold credentials
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, root: str, store: StoreConfig) -> Workdir:
@@ -137,6 +138,19 @@ class Workdir:
     def complete(self, *names: str) -> bool:
         """Whether the folder ``names`` was written whole (its :data:`COMPLETE` marker is there)."""
         return self.exists(*names, COMPLETE)
+
+    def names(self, *names: str) -> list[str]:
+        """The names directly in the folder ``names`` (its marker included), sorted; empty when nothing is there."""
+        url = self.url(*names)
+        if self.local:
+            folder = _local_path(url)
+            return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        with _errors(url):
+            fs, path = self._fs(url)
+            fs.invalidate_cache(path)
+            if not fs.isdir(path):
+                return []
+            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
 
     def read_bytes(self, *names: str) -> bytes:
         """The bytes of the file ``names`` (FileNotFoundError when missing)."""
@@ -219,10 +233,10 @@ class Workdir:
             if fs.exists(path):
                 fs.rm(path, recursive=True)
 
-    def get(self, *names: str, into: str | os.PathLike[str]) -> Path:
+    def get(self, *names: str, into: str | os.PathLike[str], skip: tuple[str, ...] = ()) -> Path:
         """Download the file or complete folder ``names`` to the local path ``into`` (a folder's files written into
-        it, replacing those of the same names; its marker is not copied); returns ``into``. FileNotFoundError for
-        nothing there, or a folder without its marker."""
+        it, replacing those of the same names; its marker is not copied, nor its files whose names end with one of
+        ``skip``); returns ``into``. FileNotFoundError for nothing there, or a folder without its marker."""
         into = Path(into)
         url = self.url(*names)
         if self.local:
@@ -230,7 +244,8 @@ class Workdir:
             if source.is_dir():
                 if not (source / COMPLETE).exists():
                     raise FileNotFoundError(f"{url}: not a complete folder")
-                shutil.copytree(source, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns(COMPLETE))
+                ignore = shutil.ignore_patterns(COMPLETE, *(f"*{end}" for end in skip))
+                shutil.copytree(source, into, dirs_exist_ok=True, ignore=ignore)
             else:
                 into.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, into)
@@ -244,7 +259,7 @@ class Workdir:
                 return into
             if not fs.exists(f"{path}/{COMPLETE}"):
                 raise FileNotFoundError(f"{url}: not a complete folder")
-            remote = [p for p in fs.find(path) if not p.endswith(f"/{COMPLETE}")]
+            remote = [p for p in fs.find(path) if not p.endswith((f"/{COMPLETE}", *skip))]
             into.mkdir(parents=True, exist_ok=True)
             local = [str(into / os.path.relpath(p, path)) for p in remote]
             for p in local:
@@ -253,9 +268,10 @@ class Workdir:
                 fs.get(remote, local)
         return into
 
-    def fetch(self, *names: str) -> Path:
+    def fetch(self, *names: str, skip: tuple[str, ...] = ()) -> Path:
         """A local path holding the file or complete folder ``names``: itself on a local workdir, else a copy in
-        this process's :func:`scratch`, downloaded once per upload (a folder re-uploaded since is fetched again)."""
+        this process's :func:`scratch`, downloaded once per upload (a folder re-uploaded since is fetched again);
+        ``skip``: the endings of a folder's file names left on the store (what only the workers read)."""
         if self.local:
             return self.path(*names)
         url = self.url(*names)
@@ -266,13 +282,13 @@ class Workdir:
                 version = f"{info.get('ETag') or info.get('mtime')}-{info.get('size')}"
             else:
                 version = self.read_bytes(*names, COMPLETE).decode()
-        key = hashlib.sha256(f"{url}\n{version}".encode()).hexdigest()[:24]
+        key = hashlib.sha256(f"{url}\n{version}\n{skip}".encode()).hexdigest()[:24]
         name = url.rstrip("/").rsplit("/", 1)[-1]
         cached = scratch("fetched") / key
         if cached.exists():
             return cached / name
         partial = scratch("fetched") / f"{key}.partial-{threading.get_ident()}"
-        self.get(*names, into=partial / name)
+        self.get(*names, into=partial / name, skip=skip)
         try:
             os.replace(partial, cached)
         except OSError:  # another thread of this process fetched it first: keep theirs

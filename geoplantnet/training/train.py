@@ -355,7 +355,7 @@ class TrainJob:
     model_cfg: ModelConfig
     out_dir: str
     stats: NormStats | None = None
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)  # may hold credentials: no repr
 
 
 def _train_job(job: TrainJob) -> TrainResult:
