@@ -215,7 +215,18 @@ def test_a_report_on_object_storage_is_checked_first_and_published_whole(s3_serv
     # an earlier report: replaced only with --overwrite; a user's file there: refused always, and left as it was
     with pytest.raises(RefusedError, match="--overwrite"):
         claim_published_folder(root, "impact/to-urban", "impact report", ENTRIES, overwrite=False)
-    claim_published_folder(root, "impact/to-urban", "impact report", ENTRIES, overwrite=True)
+    again = claim_published_folder(root, "impact/to-urban", "impact report", ENTRIES, overwrite=True)
+    with claimed_folder(again, "impact report", ENTRIES, overwrite=True) as path:
+        place(path, "report.md", lambda p: p.write_text("# new"))  # no summary.json: the earlier one must go
+    fs.invalidate_cache()  # this client listed the folder before the publication
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(remote, detail=False)) == [COMPLETE, MARKER, "report.md"]
+    # a user's file named like a report's, without geoplantnet's marker: refused, with or without --overwrite
+    fs.pipe_file(f"{s3_server.bucket}/reports/mine/summary.json", b"the user's")
+    for overwrite in (False, True):
+        with pytest.raises(RefusedError, match="did not write"):
+            claim_published_folder(root, "mine", "impact report", ENTRIES, overwrite=overwrite)
+    with pytest.raises(RefusedError, match="not a offset ranking"):  # another kind's output
+        claim_published_folder(root, "impact/to-urban", "offset ranking", ("report.md",), overwrite=True)
     fs.pipe_file(f"{remote}/notes.txt", b"mine")
     with pytest.raises(RefusedError, match=r"notes\.txt"):
         claim_published_folder(root, "impact/to-urban", "impact report", ENTRIES, overwrite=True)

@@ -138,7 +138,8 @@ def finish_folder(folder: Path | str) -> str:
     if target is None:
         return str(folder)
     root, name = target
-    return root.put(folder, *name.split("/"))  # the files, then the store's completion marker
+    # the files (an earlier output's others removed), then the store's completion marker
+    return root.put(folder, *name.split("/"))
 
 
 # scratch folder -> (object-store root, name): where finish_folder publishes a claimed report (this process only:
@@ -148,17 +149,31 @@ _to_publish: dict[Path, tuple[Workdir, str]] = {}
 
 def claim_published_folder(root: Workdir, name: str, kind: str, entries: Sequence[str], *, overwrite: bool) -> Path:
     """The folder ``<root>/<name>`` of an object store checked as :func:`claim_folder` checks a local one, before any
-    work: refused when it holds names a ``kind`` run never writes (a user's files), or a finished earlier output
-    without ``overwrite``. Returns the local scratch folder the run writes in (claimed there with
-    :func:`claim_folder`), which :func:`finish_folder` publishes to ``<root>/<name>``."""
-    present = [n for n in root.names(*name.split("/")) if n not in (MARKER, COMPLETE)]
+    work: refused when it holds files without geoplantnet's marker (a user's), another kind's output, names a
+    ``kind`` run never writes, or a finished earlier output without ``overwrite``. Returns the local scratch folder
+    the run writes in (claimed there with :func:`claim_folder`), which :func:`finish_folder` publishes to
+    ``<root>/<name>``."""
+    parts = name.split("/")
+    where = shown(root.url(name))
+    present = [n for n in root.names(*parts) if n not in (MARKER, COMPLETE)]
+    marker = None
+    if present:  # the marker a published folder carries (the local claim's, uploaded with it) says whose it is
+        try:
+            marker = json.loads(root.read_bytes(*parts, MARKER))
+        except (FileNotFoundError, ValueError):
+            marker = None
+    if present and not (isinstance(marker, dict) and isinstance(marker.get("kind"), str)):
+        raise RefusedError(
+            f"{where} holds {present[:3]} that geoplantnet did not write (no {MARKER}); refusing to write there, "
+            "with or without --overwrite (choose another path)"
+        )
+    if marker is not None and marker["kind"] != kind:
+        raise RefusedError(f"{where} holds a geoplantnet {marker['kind']}, not a {kind}; choose another path")
     foreign = [n for n in present if n not in entries and not _leftover(n, entries)]
     if foreign:
-        raise RefusedError(
-            f"{shown(root.url(name))} holds {foreign[:3]}, not written by a {kind} run; refusing to write there"
-        )
-    if present and root.complete(*name.split("/")) and not overwrite:
-        raise RefusedError(f"{shown(root.url(name))} holds an earlier {kind}; pass --overwrite to replace it")
+        raise RefusedError(f"{where} holds {foreign[:3]}, not written by a {kind} run; refusing to write there")
+    if present and root.complete(*parts) and not overwrite:
+        raise RefusedError(f"{where} holds an earlier {kind}; pass --overwrite to replace it")
     folder = scratch("published", *name.split("/"))
     _to_publish[folder] = (root, name)
     return folder

@@ -179,9 +179,12 @@ class Workdir:
         return url
 
     def put(self, source: str | os.PathLike[str], *names: str) -> str:
-        """Upload the local file or folder ``source`` to ``names``; returns its URL. A folder gets its files first,
-        then its :data:`COMPLETE` marker (an earlier marker is removed before anything is replaced). On a local
-        workdir, ``source`` already at ``names`` is left as it is (and marked complete, for a folder)."""
+        """Upload the local file or folder ``source`` to ``names``; returns its URL. A folder gets its files first
+        (when it replaces an earlier complete upload, that one's files ``source`` lacks are removed: the folder
+        becomes ``source``; files without the marker are nobody's to delete), then its
+        :data:`COMPLETE` marker (an earlier marker is removed before anything is replaced, so a failed upload leaves
+        a folder that does not read as complete). On a local workdir, ``source`` already at ``names`` is left as it
+        is (and marked complete, for a folder)."""
         source = Path(source)
         url = self.url(*names)
         if not source.is_dir():
@@ -192,23 +195,35 @@ class Workdir:
                 fs.put_file(str(source), path)
             return url
         files = sorted(p for p in source.rglob("*") if p.is_file() and p.name != COMPLETE)
+        keep = {f.relative_to(source).as_posix() for f in files}
         if self.local:
             target = _local_path(url)
             if not _same(source, target):
+                ours = (target / COMPLETE).is_file()
                 (target / COMPLETE).unlink(missing_ok=True)
                 for f in files:
                     dest = target / f.relative_to(source)
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(f, dest)
+                stale = [p for p in target.rglob("*") if p.is_file() and p.relative_to(target).as_posix() not in keep]
+                for old in stale if ours else ():
+                    old.unlink()
         else:
             with _errors(url):
                 fs, path = self._fs(url)
-                marker = f"{path.rstrip('/')}/{COMPLETE}"
-                if fs.exists(marker):
+                path = path.rstrip("/")
+                marker = f"{path}/{COMPLETE}"
+                fs.invalidate_cache(path)
+                ours = fs.exists(marker)
+                if ours:
                     fs.rm_file(marker)
                 if files:  # one call: an async store (s3fs) uploads the files side by side
-                    remote = [f"{path.rstrip('/')}/{f.relative_to(source).as_posix()}" for f in files]
+                    remote = [f"{path}/{f.relative_to(source).as_posix()}" for f in files]
                     fs.put([str(f) for f in files], remote)
+                fs.invalidate_cache(path)
+                stale = [p for p in fs.find(path) if os.path.relpath(p, path) not in keep] if ours else []
+                if stale:
+                    fs.rm(stale)
         token = json.dumps({"token": uuid.uuid4().hex, "time": time.time(), "files": len(files)})
         self.write_bytes(token.encode(), *names, COMPLETE)
         return url
@@ -219,8 +234,8 @@ class Workdir:
         url = self.url(*names)
         if self.local:
             target = _local_path(url)
-            (target / COMPLETE).unlink(missing_ok=True)
             if target.is_dir() and not target.is_symlink():
+                (target / COMPLETE).unlink(missing_ok=True)
                 shutil.rmtree(target)
             else:
                 target.unlink(missing_ok=True)
