@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from geoplantnet.core.config import ConfigError, RunConfig
+from geoplantnet.core.config import ConfigError, RunConfig, redact
 from geoplantnet.core.errors import InputError
 from geoplantnet.runtime.kubernetes import OVERLAYS, dump_yaml, kustomize_tree
 from geoplantnet.storage.outputs import claim_folder, finish_folder, place
@@ -58,8 +59,27 @@ def _files(cfg: RunConfig) -> dict[str, str]:
     return files
 
 
+def _redacted_settings(tree: Any, redacted: Any, at: str = "") -> list[str]:
+    """The settings ``redact`` changed (dotted names): they would reach the pods as the literal ``<redacted>``."""
+    if isinstance(tree, dict):
+        return [n for k, v in tree.items() for n in _redacted_settings(v, redacted[k], f"{at}{k}.")]
+    if isinstance(tree, list):
+        return [n for i, v in enumerate(tree) for n in _redacted_settings(v, redacted[i], f"{at}{i}.")]
+    return [at.rstrip(".")] if tree != redacted else []
+
+
 def render_files(cfg: RunConfig, overlays: Sequence[str] = OVERLAYS) -> dict[str, str]:
-    """The tree's files (relative path -> YAML text): ``base/`` and the ``overlays`` asked for."""
+    """The tree's files (relative path -> YAML text): ``base/`` and the ``overlays`` asked for. The pipeline goes into
+    the ConfigMap redacted, so a setting the redaction changes (a credential, or any storage option but the public
+    ones) is refused: the pods would read ``<redacted>``; credentials belong in the Secrets of ``env_from``."""
+    plain = cfg.model_dump(mode="json")
+    changed = _redacted_settings(plain, redact(plain))
+    if changed:
+        raise ConfigError(
+            f"{', '.join(changed[:4])}: written into the pods' ConfigMap it would read <redacted> (credentials and "
+            "private storage options never go into a manifest); give it to the pods from a Secret named in "
+            "cluster.kubernetes.env_from (e.g. AWS_ACCESS_KEY_ID) or drop it"
+        )
     _shared_paths(cfg)
     tree = kustomize_tree(cfg.cluster, cfg.to_yaml(), _files(cfg), _refresh_root(cfg))
     keep = tuple(f"overlays/{o}/" for o in overlays)

@@ -46,7 +46,7 @@ class Inputs:
     notes: list[str] = field(default_factory=list)
     # the object store the items' s3:// assets were published to (an object-store workdir's options), which the
     # cube reads them through (GDAL /vsis3/); empty for local files
-    read_options: dict[str, Any] = field(default_factory=dict)
+    read_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials: no repr
 
 
 def workdir(cfg: RunConfig) -> Workdir:

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -132,15 +133,22 @@ def _kubernetes(cfg: ClusterConfig) -> Client:
         raise ClusterError(
             "cluster.kind=kubernetes needs dask-kubernetes: pip install 'geoplantnet[kubernetes]'"
         ) from None
+    from dask_kubernetes.operator.kubecluster.kubecluster import CreateMode
     from distributed import Client
 
     from geoplantnet.runtime.kubernetes import gpu_worker_group
 
-    k = cfg.kubernetes
-    cluster = KubeCluster(custom_cluster_spec=kubernetes_spec(cfg), namespace=k.namespace)
+    # The job's own cluster under a name of its own, created (never connected to): with the deployment's name, the
+    # operator's default (create or connect) would attach to the permanent DaskCluster of `deploy render`, and closing
+    # it at the end of the job would delete that cluster under every other running job.
+    k = cfg.kubernetes.model_copy(update={"name": f"{cfg.kubernetes.name}-{uuid.uuid4().hex[:6]}"})
+    own = cfg.model_copy(update={"kubernetes": k})
+    cluster = KubeCluster(
+        custom_cluster_spec=kubernetes_spec(own), namespace=k.namespace, create_mode=CreateMode.CREATE_ONLY
+    )
     if k.use_gpu_workers:
         # the group's name is "<cluster>-gpu", as the gpu overlay's DaskWorkerGroup
-        cluster.add_worker_group("gpu", custom_spec=gpu_worker_group(cfg)["spec"]["worker"])
+        cluster.add_worker_group("gpu", custom_spec=gpu_worker_group(own)["spec"]["worker"])
     return Client(cluster)
 
 

@@ -221,7 +221,9 @@ def stack_items(
     ``rescale`` applies each asset's ``raster:bands`` scale/offset (float dtypes only). Items whose footprint misses
     the grid are dropped; time is sorted ascending. ``what`` names the caller in error messages.
     ``storage_options``: the object store the ``s3://`` assets live in, read through GDAL's ``/vsis3/`` with its
-    settings (:func:`geoplantnet.sources.gdal.gdal_env`); None for local files and public URLs.
+    settings (:func:`geoplantnet.sources.gdal.gdal_env`); None for local files and public URLs. One store per
+    read: its endpoint applies to every ``s3://`` asset of ``items`` (an asset on another S3 service is not read
+    through it; ``https`` assets are unaffected).
     """
     bands = list(bands)
     if not bands:
