@@ -157,31 +157,31 @@ def test_split_rasters_are_published_once_and_read_by_workers_without_the_driver
 def test_a_map_from_the_published_region_on_workers_without_the_drivers_disk_equals_the_local_map(
     small_map, s3_server, isolated_cluster
 ) -> None:
-    """The small virtual region generated once and published under ``s3://.../work/region/`` (items pointing into
-    the store, the marker last); a second run (this process's copy moved away) fetches it rather than generating it
-    again; the species map made by workers that share no folder with the driver equals the local workdir's map."""
+    """The small virtual region generated once and published under ``s3://.../work/region/<settings hash>/`` (items
+    pointing into the store, the marker last); a second run (this process's copy moved away) fetches it rather than
+    generating it again; the species map made by workers that share no folder with the driver equals the local workdir's map."""
     import s3fs
 
     from geoplantnet.jobs.mapping import produce_map
     from geoplantnet.runs.context import RunContext
-    from geoplantnet.runs.inputs import region, virtual_inputs, workdir
+    from geoplantnet.runs.inputs import region, region_folder, virtual_inputs, workdir
     from geoplantnet.storage.store import open_store
     from geoplantnet.storage.workdir import COMPLETE
 
     sets = [*MAP_SETTINGS, *_sets(s3_server, "region")]
     cfg = load_config(CONFIG, sets)
-    wd = workdir(cfg)
+    wd, folder = workdir(cfg), region_folder(cfg)
     manifest = region(cfg, progress=False)
-    assert wd.complete("region") and wd.exists("region", "region.json")
-    published = wd.read_bytes("region", COMPLETE)
+    assert wd.complete(*folder) and wd.exists(*folder, "region.json")
+    published = wd.read_bytes(*folder, COMPLETE)
     items = [json.loads(line) for _, path in manifest.collections() for line in path.read_text().splitlines()]
     hrefs = [a["href"] for item in items for a in item["assets"].values()]
-    assert hrefs and all(h.startswith(wd.url("region") + "/") for h in hrefs)
-    assert wd.exists("region", hrefs[0].removeprefix(wd.url("region") + "/"))
+    assert hrefs and all(h.startswith(wd.url(*folder) + "/") for h in hrefs)
+    assert wd.exists(*folder, hrefs[0].removeprefix(wd.url(*folder) + "/"))
 
     manifest.root.rename(manifest.root.with_name("moved"))  # this process's copy gone: a run must use the store
     inputs = virtual_inputs(cfg)
-    assert wd.read_bytes("region", COMPLETE) == published  # fetched, not generated and published again
+    assert wd.read_bytes(*folder, COMPLETE) == published  # fetched, not generated and published again
     fetched = region(cfg, progress=False).root
     assert fetched != manifest.root and inputs.read_options == dict(wd.options)
     assert not list(fetched.rglob("*.tif"))  # what only the workers read stays on the store
@@ -201,29 +201,30 @@ def test_a_map_from_the_published_region_on_workers_without_the_drivers_disk_equ
     assert made.equals(reference)
 
     # a region whose marker is gone is no region: published again (a new marker), never read half-written
-    s3fs.S3FileSystem(**s3_server.storage_options).rm_file(wd.url("region", COMPLETE))
-    assert not wd.complete("region")
+    s3fs.S3FileSystem(**s3_server.storage_options).rm_file(wd.url(*folder, COMPLETE))
+    assert not wd.complete(*folder)
     region(cfg, progress=False)
-    assert wd.complete("region") and wd.read_bytes("region", COMPLETE) != published
+    assert wd.complete(*folder) and wd.read_bytes(*folder, COMPLETE) != published
 
 
 def test_simulate_publishes_the_jobs_region_under_an_object_store_workdir(tmp_path, s3_server) -> None:
     """``simulate`` without ``--out`` makes the jobs' own region: under an object-store workdir, published there (and
     nothing written under a local folder named like the URL); run again, it finds it there. The same settings under
     another workdir are published there with hrefs of their own."""
-    from geoplantnet.runs.inputs import region, workdir
+    from geoplantnet.runs.inputs import region, region_folder, workdir
     from geoplantnet.storage.workdir import COMPLETE
     from geoplantnet.testing.cli import cli_sets, run_cli
     from geoplantnet.testing.regions import SMALL_REGION
 
     sets = [*SMALL_REGION, *_sets(s3_server, "simulate")]
-    wd = workdir(load_config(CONFIG, sets))
+    cfg = load_config(CONFIG, sets)
+    wd, folder = workdir(cfg), region_folder(cfg)
     first = run_cli("simulate", "--quiet", *cli_sets(sets), cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert first.stdout.strip() == f"virtual region ready: {wd.url('region', 'region.json')}"
-    marker = wd.read_bytes("region", COMPLETE)
+    assert first.stdout.strip() == f"virtual region ready: {wd.url(*folder, 'region.json')}"
+    marker = wd.read_bytes(*folder, COMPLETE)
     again = run_cli("simulate", "--quiet", *cli_sets(sets), cwd=tmp_path)
-    assert again.returncode == 0 and wd.read_bytes("region", COMPLETE) == marker
+    assert again.returncode == 0 and wd.read_bytes(*folder, COMPLETE) == marker
     assert list(tmp_path.iterdir()) == []
     # the same settings under another workdir, in this process: a region of its own, its items naming that store
     other = load_config(CONFIG, [*SMALL_REGION, *_sets(s3_server, "other")])
@@ -231,4 +232,6 @@ def test_simulate_publishes_the_jobs_region_under_an_object_store_workdir(tmp_pa
     hrefs = [
         json.loads(line)["assets"] for _, items in manifest.collections() for line in items.read_text().splitlines()
     ]
-    assert hrefs and all(a["href"].startswith(workdir(other).url("region") + "/") for h in hrefs for a in h.values())
+    assert hrefs and all(
+        a["href"].startswith(workdir(other).url(*region_folder(other)) + "/") for h in hrefs for a in h.values()
+    )

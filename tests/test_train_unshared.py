@@ -75,7 +75,7 @@ def test_map_trains_and_maps_through_an_object_store_with_workers_that_share_no_
     # nothing of the workdir was written on the driver's disk: the virtual region was published to the bucket (from
     # the driver's scratch) and its COGs read by the workers from there
     assert _files(driver) == []
-    assert fs.isfile(f"{workdir}/region/region.json")
+    assert fs.glob(f"{workdir}/region/*/region.json")  # region/<settings hash>/
     # the habitat map's cross-fit is cached beside the map model, by the same key, and read back from the bucket
     from geoplantnet.core.config import load_config
     from geoplantnet.runs.context import RunContext

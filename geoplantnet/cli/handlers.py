@@ -348,13 +348,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from geoplantnet.runs.inputs import region, workdir
+    from geoplantnet.runs.inputs import region, region_folder, workdir
     from geoplantnet.sim.region import generate_region
 
     if args.out is None and not workdir(cfg).local:
         # the jobs' own region of an object-store workdir: published there, as a job would (its cache semantics)
         region(cfg, progress=not args.quiet)
-        print(f"virtual region ready: {workdir(cfg).url('region', 'region.json')}")
+        print(f"virtual region ready: {workdir(cfg).url(*region_folder(cfg), 'region.json')}")
         return 0
     out = args.out or Path(cfg.workdir) / "region"
     manifest = generate_region(cfg, Path(out), progress=not args.quiet, overwrite=args.overwrite)

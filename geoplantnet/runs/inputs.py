@@ -64,40 +64,51 @@ def read_options(cfg: RunConfig) -> dict[str, Any]:
 _REGIONS: dict[tuple[str, str], Path] = {}
 
 
+def region_folder(cfg: RunConfig) -> tuple[str, str]:
+    """Where under an object-store workdir the virtual region of ``cfg``'s settings is published:
+    ``region/<settings hash>``. One folder per settings: a run of other settings sharing the workdir never rewrites
+    the files another run's workers are reading (nor leaves its own among them), and a worker's GDAL cache, keyed by
+    URL, never serves one region's bytes for another's."""
+    from geoplantnet.sim.region import config_hash
+
+    return "region", config_hash(cfg)
+
+
 def region(cfg: RunConfig, *, progress: bool = True) -> RegionManifest:
     """The virtual region of the run's settings, generated once. A local workdir keeps it in ``<workdir>/region``
     (as always). With an object-store workdir, workers share no disk with this driver: the region is generated in
-    this process's scratch and published to ``<workdir>/region/`` with its items' asset hrefs pointing there (the
-    marker last, so a half-published region never reads as one), or, published by an earlier run with these
-    settings, fetched from there (what the driver reads itself: observations, truth, items)."""
-    from geoplantnet.sim.region import MANIFEST, RegionManifest, config_hash, generate_region
+    this process's scratch and published to ``<workdir>/region/<settings hash>/`` (:func:`region_folder`) with its
+    items' asset hrefs pointing there (the marker last, so a half-published region never reads as one), or,
+    published by an earlier run with these settings, fetched from there (what the driver reads itself:
+    observations, truth, items)."""
+    from geoplantnet.sim.region import MANIFEST, RegionManifest, generate_region
 
     wd = workdir(cfg)
     if wd.local:
         return generate_region(cfg, Path(cfg.workdir) / "region", progress=progress)
-    digest = config_hash(cfg)
-    key = (wd.url("region"), digest)
+    folder = region_folder(cfg)
+    key = (wd.url(*folder), folder[1])
     local = _REGIONS.get(key)
     if local is None or not (local / MANIFEST).exists():
-        if _published_hash(wd, MANIFEST) == digest:
-            local = wd.fetch("region", skip=(".tif",))  # the COGs stay on the store: only the workers read them
+        if _published_hash(wd, folder, MANIFEST) == folder[1]:
+            local = wd.fetch(*folder, skip=(".tif",))  # the COGs stay on the store: only the workers read them
         else:
             # one folder per region URL too: its items name the store they were published to
             local = scratch("region", fingerprint(key)[:16])
             manifest = generate_region(cfg, local, progress=progress)
             for _, items in manifest.collections():
-                rehome_hrefs(items, manifest.root, wd.url("region"))
-            wd.put(local, "region")
+                rehome_hrefs(items, manifest.root, wd.url(*folder))
+            wd.put(local, *folder)
         _REGIONS[key] = local
     return RegionManifest.load(local)
 
 
-def _published_hash(wd: Workdir, manifest: str) -> str | None:
-    """The settings hash of the region published under the workdir, None when there is none complete."""
-    if not wd.complete("region"):
+def _published_hash(wd: Workdir, folder: tuple[str, ...], manifest: str) -> str | None:
+    """The settings hash of the region published in ``folder`` of the workdir, None when there is none complete."""
+    if not wd.complete(*folder):
         return None
     try:
-        return str(json.loads(wd.read_bytes("region", manifest))["config_hash"])
+        return str(json.loads(wd.read_bytes(*folder, manifest))["config_hash"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
 
