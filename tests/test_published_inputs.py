@@ -159,7 +159,8 @@ def test_a_map_from_the_published_region_on_workers_without_the_drivers_disk_equ
 ) -> None:
     """The small virtual region generated once and published under ``s3://.../work/region/<settings hash>/`` (items
     pointing into the store, the marker last); a second run (this process's copy moved away) fetches it rather than
-    generating it again; the species map made by workers that share no folder with the driver equals the local workdir's map."""
+    generating it again; the species map made by workers that share no folder with the driver equals the local
+    workdir's map."""
     import s3fs
 
     from geoplantnet.jobs.mapping import produce_map
