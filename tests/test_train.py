@@ -382,3 +382,9 @@ def test_trainings_staged_through_an_object_store_give_the_numbers_of_a_shared_f
     _assert_same_training(staged, shared)
     fs = fsspec.filesystem("s3", **s3_server.storage_options)
     assert not [p for p, info in fs.find(stage.root, detail=True).items() if info["size"]]
+    # nor do the workers keep their copies of the staged training sets (a long-lived worker would fill its disk)
+    from geoplantnet.storage.workdir import forget_fetched
+
+    with Client(dask_address) as client:
+        kept = client.run(forget_fetched, stage.root)  # how many copies each worker still had to delete
+    assert kept and not any(kept.values()), kept

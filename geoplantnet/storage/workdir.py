@@ -308,7 +308,26 @@ class Workdir:
             os.replace(partial, cached)
         except OSError:  # another thread of this process fetched it first: keep theirs
             shutil.rmtree(partial, ignore_errors=True)
+        with _scratch_lock:
+            _fetched.setdefault(url, set()).add(cached)
         return cached / name
+
+
+# URL -> this process's fetched copies of it (one per upload version), so what a run fetched can be let go
+_fetched: dict[str, set[Path]] = {}
+
+
+def forget_fetched(prefix: str) -> int:
+    """Delete this process's fetched copies of everything under the URL ``prefix`` (a finished training's stage):
+    a long-lived worker (a Kubernetes cluster's) would otherwise keep every run's training sets until it exits.
+    Returns how many copies were deleted."""
+    root = prefix.rstrip("/")
+    with _scratch_lock:
+        gone = [u for u in _fetched if u == root or u.startswith(f"{root}/")]
+        folders = [f for u in gone for f in _fetched.pop(u)]
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(folders)
 
 
 def _same(a: Path, b: Path) -> bool:

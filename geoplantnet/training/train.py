@@ -46,7 +46,7 @@ from geoplantnet.runtime.devices import resolve_device, use_worker_threads
 from geoplantnet.samples.kinds import SOURCE_CODE, Modality, Source, target_group_labels
 from geoplantnet.samples.training_set import ChunkBatchSampler, NormStats, TrainingSet
 from geoplantnet.storage.store import is_local
-from geoplantnet.storage.workdir import Workdir, scratch
+from geoplantnet.storage.workdir import Workdir, forget_fetched, scratch
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -448,12 +448,23 @@ def train_many_on_cluster(
             staged = _staged(jobs, run)
             results = _train_all(client, staged, name, in_flight)
             return [_fetched(r, j, s) for r, j, s in zip(results, jobs, staged, strict=True)]
-        finally:  # the models are where the caller asked; only a killed driver leaves the stage behind
-            try:
-                run.remove()
-            except (OSError, GeoplantnetError) as exc:  # never hides the training's own error
-                log.warning("could not delete the training stage %s: %s", run.root, exc)
+        finally:  # the models are where the caller asked: the stage and the workers' copies of it go
+            _clear_stage(client, run)
     return _train_all(client, jobs, name, in_flight)
+
+
+def _clear_stage(client: Client, run: Workdir) -> None:
+    """Delete the stage ``run`` and every worker's fetched copies of its training sets. Left behind only by a
+    killed driver, or by a cancelled task still running when the driver gave up (its upload lands after); never
+    raises over the training's own error."""
+    try:
+        run.remove()
+    except (OSError, GeoplantnetError) as exc:
+        log.warning("could not delete the training stage %s: %s", run.root, exc)
+    try:
+        client.run(forget_fetched, run.root, on_error="return")
+    except (OSError, TimeoutError) as exc:  # a worker gone: its scratch went with it
+        log.warning("could not clear the workers' copies of %s: %s", run.root, exc)
 
 
 def _train_all(client: Client, jobs: Sequence[TrainJob], name: str, in_flight: int | None) -> list[TrainResult]:
