@@ -250,6 +250,8 @@ def test_deploy_render_refuses_a_users_folder_and_bad_settings(tmp_path):
     users = tmp_path / "mine"
     users.mkdir()
     (users / "notes.txt").write_text("mine")
+    big = tmp_path / "footprint.geojson"
+    big.write_text("x" * 600_000)
     for args, message in [
         (["--out", users], "did not write"),
         (["--out", tmp_path / "a", "--set", "cluster.kubernetes.workers.memory=lots"], "Kubernetes quantity"),
@@ -260,6 +262,7 @@ def test_deploy_render_refuses_a_users_folder_and_bad_settings(tmp_path):
         (["--out", tmp_path / "f", "--set", "cluster.kubernetes.jobs.args.impact=[]"], "needs args.impact"),
         # a setting the ConfigMap would carry as <redacted>: the pods would fail on it
         (["--out", tmp_path / "g", "--set", 'store.storage_options={"secret": "x"}'], "storage_options.secret"),
+        (["--out", tmp_path / "h", "--set", f"cluster.kubernetes.files.big={big}"], "too much for a ConfigMap"),
     ]:
         result = run_cli("deploy", "render", "-c", EXAMPLE, *args, cwd=ROOT)
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (

@@ -49,13 +49,24 @@ def _shared_paths(cfg: RunConfig) -> None:
         )
 
 
+# Kubernetes stores an object whole in etcd: a ConfigMap's data may not exceed 1 MiB.
+CONFIG_MAP_LIMIT = 1 << 20
+
+
 def _files(cfg: RunConfig) -> dict[str, str]:
+    """The ConfigMap's extra files (``cluster.kubernetes.files``), read and checked to fit in it."""
     files = {}
     for key, path in cfg.cluster.kubernetes.files.items():
         try:
             files[key] = Path(path).read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cluster.kubernetes.files.{key}: cannot read {path} ({exc.__class__.__name__})") from None
+    size = sum(len(text.encode()) for text in files.values())
+    if size > CONFIG_MAP_LIMIT // 2:  # the pipeline YAML goes in too
+        raise InputError(
+            f"cluster.kubernetes.files: {size / 1024:.0f} KiB, too much for a ConfigMap (1 MiB in all); put large "
+            "files (a footprint with many vertices) on object storage and name their URL in the pipeline instead"
+        )
     return files
 
 
