@@ -4,8 +4,8 @@ The one home of every manifest: the ``DaskCluster`` that ``cluster.kind=kubernet
 (:func:`dask_cluster`, through :func:`geoplantnet.runtime.cluster.kubernetes_spec`), and the Kustomize tree that
 ``geoplantnet deploy render`` writes (:func:`kustomize_tree`): a base (Namespace, ServiceAccount and RBAC, the
 pipeline's ConfigMap, the shared volume's claim (if any), the DaskCluster with its CPU workers and autoscaler, a
-suspended driver Job per command, the annual refresh's CronJob) and the overlays ``cpu``, ``gpu`` (a GPU worker group) and
-``dev`` (small).
+suspended driver Job per command, the annual refresh's CronJob) and the overlays ``cpu``, ``gpu`` (a GPU worker
+group) and ``dev`` (small).
 
 The containers' commands are the project's own entry points, ``dask scheduler``, ``dask worker`` and ``geoplantnet
 <command>`` (:func:`container_commands`): ``command`` is always set, so a pod never depends on the image's entry
