@@ -248,8 +248,8 @@ def commands() -> tuple[Command, ...]:
             _cmd_deploy_render,
             "Namespace, ServiceAccount and RBAC, the pipeline's ConfigMap, the shared volume's claim (if any), the "
             "DaskCluster (CPU workers) and its DaskAutoscaler, a suspended driver Job per command and the annual "
-            "refresh's CronJob, all from cluster.kubernetes.*; the gpu overlay adds the GPU worker group, dev makes it small. "
-            "Credentials come from the Secrets named in cluster.kubernetes.env_from, never from these files.",
+            "refresh's CronJob, all from cluster.kubernetes.*; the gpu overlay adds the GPU worker group, dev makes it "
+            "small. Credentials come from the Secrets named in cluster.kubernetes.env_from, never from these files.",
         ),
     )
 
