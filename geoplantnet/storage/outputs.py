@@ -40,10 +40,39 @@ _JOURNALS = ("-journal", "-wal", "-shm")  # SQLite (GeoPackage) side files of an
 
 def _read_marker(path: Path) -> dict[str, Any] | None:
     try:
-        marker = json.loads(path.read_text())
+        return _valid_marker(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
+
+
+def _valid_marker(marker: Any) -> dict[str, Any] | None:
     return marker if isinstance(marker, dict) and isinstance(marker.get("kind"), str) else None
+
+
+def _refuse(
+    where: str,
+    kind: str,
+    entries: Sequence[str],
+    names: Sequence[str],
+    marker: Mapping[str, Any] | None,
+    *,
+    finished: bool,
+) -> None:
+    """The refusals of a claim, local or on an object store: files without geoplantnet's marker (a user's, with or
+    without --overwrite), another kind's output, names a ``kind`` run never writes, or (``finished``) an earlier
+    output that only --overwrite replaces."""
+    if names and marker is None:
+        raise RefusedError(
+            f"{where} holds {list(names)[:3]} that geoplantnet did not write (no {MARKER}); refusing to write there, "
+            "with or without --overwrite (choose another path)"
+        )
+    if marker is not None and marker["kind"] != kind:
+        raise RefusedError(f"{where} holds a geoplantnet {marker['kind']}, not a {kind}; choose another path")
+    foreign = [n for n in names if n not in entries and not _leftover(n, entries)]
+    if foreign:
+        raise RefusedError(f"{where} holds {foreign[:3]}, not written by a {kind} run; refusing to write there")
+    if finished and names:
+        raise RefusedError(f"{where} holds an earlier {kind}; pass --overwrite to replace it")
 
 
 def _write_marker(path: Path, marker: Mapping[str, Any]) -> None:
@@ -100,19 +129,8 @@ def claim_folder(
     marker = _read_marker(folder / MARKER)
     if marker is None and written_by_us is not None and (folder / written_by_us).is_file():
         marker = {"kind": kind, "complete": True}
-    if names and marker is None:
-        raise RefusedError(
-            f"{folder} holds {names[:3]} that geoplantnet did not write (no {MARKER}); refusing to write there, "
-            "with or without --overwrite (choose another path)"
-        )
-    if marker is not None and marker["kind"] != kind:
-        raise RefusedError(f"{folder} holds a geoplantnet {marker['kind']}, not a {kind}; choose another path")
-    foreign = [n for n in names if n not in entries and not _leftover(n, entries)]
-    if foreign:
-        raise RefusedError(f"{folder} holds {foreign[:3]}, not written by a {kind} run; refusing to write there")
     finished = marker is not None and bool(marker.get("complete"))
-    if finished and names and not (overwrite or keep):
-        raise RefusedError(f"{folder} holds an earlier {kind}; pass --overwrite to replace it")
+    _refuse(str(folder), kind, entries, names, marker, finished=finished and not (overwrite or keep))
     if check_only:
         return folder
     for name in names:
@@ -159,21 +177,10 @@ def claim_published_folder(root: Workdir, name: str, kind: str, entries: Sequenc
     marker = None
     if present:  # the marker a published folder carries (the local claim's, uploaded with it) says whose it is
         try:
-            marker = json.loads(root.read_bytes(*parts, MARKER))
+            marker = _valid_marker(json.loads(root.read_bytes(*parts, MARKER)))
         except (FileNotFoundError, ValueError):
             marker = None
-    if present and not (isinstance(marker, dict) and isinstance(marker.get("kind"), str)):
-        raise RefusedError(
-            f"{where} holds {present[:3]} that geoplantnet did not write (no {MARKER}); refusing to write there, "
-            "with or without --overwrite (choose another path)"
-        )
-    if marker is not None and marker["kind"] != kind:
-        raise RefusedError(f"{where} holds a geoplantnet {marker['kind']}, not a {kind}; choose another path")
-    foreign = [n for n in present if n not in entries and not _leftover(n, entries)]
-    if foreign:
-        raise RefusedError(f"{where} holds {foreign[:3]}, not written by a {kind} run; refusing to write there")
-    if present and root.complete(*parts) and not overwrite:
-        raise RefusedError(f"{where} holds an earlier {kind}; pass --overwrite to replace it")
+    _refuse(where, kind, entries, present, marker, finished=bool(present) and root.complete(*parts) and not overwrite)
     folder = scratch("published", *name.split("/"))
     _to_publish[folder] = (root, name)
     return folder
