@@ -51,10 +51,12 @@ def test_map_trains_and_maps_through_an_object_store_with_workers_that_share_no_
         second = run_cli("map", "--quiet", "--out", f"{root}/again.zarr", *sets, cwd=driver, env=credentials)
         assert second.returncode == 0, second.stderr[-3000:]
         # nothing written where a worker's pod keeps its files (working directory, home): only its scratch (TMPDIR),
-        # where the training task fetched the training set the driver staged in the bucket (kept for the process)
+        # where the training task fetched the training set the driver staged in the bucket, deleted with the stage
+        # once the training was over (a long-lived worker would otherwise keep every run's)
         for folder in workers:
             assert _files(folder / "cwd") == [] and _files(folder / "home") == [], folder
-        assert [p for w in workers for p in (w / "tmp").glob("geoplantnet-*/fetched/*/0/zarr.json")]
+        fetched = [f for w in workers for f in (w / "tmp").glob("geoplantnet-*/fetched")]
+        assert fetched and not [p for f in fetched for p in f.iterdir()], fetched
     made = json.loads(first.stdout[first.stdout.index("{") :])
     again = json.loads(second.stdout[second.stdout.index("{") :])
     # trained once, by the workers, into the bucket; the second run reuses the model from there (no training)
