@@ -126,9 +126,9 @@ class RunContext:
         except BaseException:
             if self.overwrite:  # refused or failed before replacing anything: the complete store keeps its item
                 with contextlib.suppress(Exception):
-                    publish(root, name, options, year=self.year, derived_from=_requires(product))
+                    publish(root, name, options, year=self.year, derived_from=required_stores(product))
             raise
-        publish(root, name, options, year=self.year, derived_from=_requires(product))
+        publish(root, name, options, year=self.year, derived_from=required_stores(product))
 
     def report_folder(self, name: str, kind: str, entries: Sequence[str], out: str | None = None) -> Path:
         """The local folder of a report (``out``, default ``<store.root>/<name>``), checked before any work
@@ -307,7 +307,7 @@ class RunContext:
         )
 
 
-def _requires(product: str) -> list[str]:
+def required_stores(product: str) -> list[str]:
     """The store names of the products ``product`` is made from (the registry's ``requires``; none when the product
     is not registered, as composites): the items its catalogue item links to as ``derived_from``."""
     from geoplantnet.products.base import UnknownProductError, get

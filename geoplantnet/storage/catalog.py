@@ -26,7 +26,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from geoplantnet.core.errors import InputError
@@ -479,3 +479,54 @@ def open_item(item: pystac.Item, storage_options: Mapping[str, Any] | None = Non
     year = item.properties.get(f"{PREFIX}year")
     ds = open_store(store_url(item), storage_options=storage_options)
     return year_view(ds, None if year is None else int(year))
+
+
+def stores(root: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The geoplantnet stores directly under ``root`` (complete or not) and their root attrs, by name."""
+    work = _root(root, storage_options)
+    found = {}
+    for name in work.names():
+        if name.startswith(".") or name == CATALOG:
+            continue
+        attrs = _raw_attrs(join(root, name), storage_options)
+        if attrs is not None and (COMPLETE in attrs or RUN_ATTR in attrs):
+            found[name] = attrs
+    return found
+
+
+def rebuild(
+    root: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    derived_from: Callable[[str], Sequence[str]] = lambda product: (),
+    order: Sequence[str] = (),
+) -> list[pystac.Item]:
+    """(Re)publish every complete store (every complete year of a series) under ``root`` and withdraw the items of
+    stores no longer complete or gone: the catalogue of a root written before catalogues existed, or repaired.
+    ``derived_from(product)``: the store names a product is made from; ``order``: products in the order they are
+    made (their inputs' items first, so the links find them)."""
+    found = stores(root, storage_options)
+    rank = {p: i for i, p in enumerate(order)}
+    names = sorted(found, key=lambda n: (rank.get(str(found[n].get(PRODUCT_ATTR)), len(rank)), n))
+    made: list[pystac.Item] = []
+    for name in names:
+        attrs = found[name]
+        years = _complete_years(attrs) if YEARS_ATTR in attrs else [None]
+        for year in years:
+            item = publish(
+                root, name, storage_options, year=year, derived_from=derived_from(str(attrs.get(PRODUCT_ATTR)))
+            )
+            if item is not None:
+                made.append(item)
+    keep = {item.id for item in made}
+    work = _root(root, storage_options)
+    stale = [n for n in _item_names(work) if n.removesuffix(".json") not in keep] if work.exists(CATALOG) else []
+    if stale:
+        with _rewriting(work):
+            for n in stale:
+                work.remove(CATALOG, ITEMS, n)
+            _write_collection(work)
+    elif not made and not work.exists(CATALOG, COLLECTION):
+        with _rewriting(work):
+            _write_collection(work)
+    return made
