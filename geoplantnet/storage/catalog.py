@@ -450,6 +450,7 @@ def open_catalog(root: str, storage_options: Mapping[str, Any] | None = None) ->
                 f"{shown(root)} --rebuild`)"
             )
         collection = pystac.Collection.from_dict(data, href=work.url(CATALOG, COLLECTION), migrate=False)
+        collection.set_root(collection)  # itself, resolved: pystac never reads it again (its IO knows no s3://)
         collection.clear_items()
         attrs: dict[str, dict[str, Any] | None] = {}
         for n in _item_names(work):
