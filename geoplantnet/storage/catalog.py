@@ -109,7 +109,8 @@ def _is_complete(attrs: Mapping[str, Any] | None, year: int | None) -> bool:
 
 def _check_folder(work: Workdir) -> bool:
     """Refuse a ``<root>/stac/`` that geoplantnet did not make; whether it is ours (False: nothing there yet)."""
-    present = [n for n in work.names(CATALOG) if n != MARKER]
+    # the marker's own temporary file (a first publisher interrupted while writing it) is ours too
+    present = [n for n in work.names(CATALOG) if n != MARKER and not n.startswith(f".{MARKER}.tmp-")]
     marker = None
     with contextlib.suppress(FileNotFoundError, ValueError):
         marker = _valid_marker(json.loads(work.read_bytes(CATALOG, MARKER)))
