@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -177,6 +176,7 @@ def publish(
     series without ``year``: an item per complete year, the latest returned), then the collection. None (nothing
     written) when the store or year is not complete. ``derived_from``: the store names (under ``root``) it was made
     from; links go to those of their items that are in the catalogue (the same year's, where a series)."""
+    name = name.strip("/")
     url = join(root, name)
     attrs = _raw_attrs(url, storage_options)
     if attrs is not None and YEARS_ATTR in attrs and year is None:
@@ -186,6 +186,8 @@ def publish(
         return None
     work = _root(root, storage_options)
     with _rewriting(work):
+        if not _is_complete(_raw_attrs(url, storage_options), year):  # a run claimed it meanwhile (it withdraws)
+            return None
         present = {n.removesuffix(".json") for n in _item_names(work)}
         links = []
         for required in derived_from:
@@ -208,10 +210,13 @@ def withdraw(
     work = _root(root, storage_options)
     if not work.exists(CATALOG):
         return
-    stem = re.escape(item_id(name))
-    pattern = re.compile(f"{stem}-{int(year)}" if year is not None else f"{stem}(-\\d+)?")
+    store = name.strip("/")
     with _rewriting(work):
-        gone = [n for n in _item_names(work) if pattern.fullmatch(n.removesuffix(".json"))]
+        gone = []
+        for n in _item_names(work):  # by the store they describe, not by id (a store may be named species-2030.zarr)
+            props = (_read_json(work, CATALOG, ITEMS, n) or {}).get("properties", {})
+            if props.get(f"{PREFIX}store") == store and (year is None or props.get(f"{PREFIX}year") == int(year)):
+                gone.append(n)
         for n in gone:
             work.remove(CATALOG, ITEMS, n)
         _write_collection(work)
