@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -381,3 +382,19 @@ def test_describe_point_of_a_series_year(series):
     got = {s["id"]: s["probability"] for s in first["species"]}
     assert got == pytest.approx(dict(zip(SERIES_SPECIES, values[2024][:, 5, 3].tolist(), strict=True)), rel=1e-6)
     assert "species" not in query.describe_point(out, lon, lat, year=2023)
+
+
+# --- through the catalogue ---------------------------------------------------------------------------------------
+
+
+def test_a_root_with_a_catalogue_is_read_through_it(series, tmp_path):
+    from geoplantnet.storage.catalog import publish
+
+    out = tmp_path / "copied-root"
+    shutil.copytree(series[0], out)  # hrefs are relative: a root copied elsewhere still opens
+    assert publish(str(out), "species.zarr") is not None
+    assert query.product_url(out, "species") == str(out / "species.zarr")
+    assert list(query.open_product(out, "species").year.values) == [2024, 2025]
+    shutil.copytree(out / "species.zarr", out / "indicators.zarr")  # a store the catalogue does not list
+    with pytest.raises(query.MissingProductError, match="catalogue lists no complete indicators store"):
+        query.open_product(out, "indicators")
