@@ -107,6 +107,18 @@ def root(small_map, small_habitats, tmp_path_factory) -> Path:
     )
     code = {"dtype": "uint8", "scale_factor": 1 / SCALE, "add_offset": 0.0, "_FillValue": 255, "fill_value": 255}
     write_store(ds, str(out / "value.zarr"), product="value", parts={"test": "query"}, encoding=dict.fromkeys(ds, code))
+    richness = rng.uniform(10, 30, grid.shape).astype("float32")
+    indicators = xr.Dataset(
+        {
+            "richness_expected": (("y", "x"), richness),
+            "richness_lower": (("y", "x"), richness - 5),
+            "richness_upper": (("y", "x"), richness + 5),
+            "habitat_set_size": (("y", "x"), rng.integers(1, 4, grid.shape).astype("float32")),
+        },
+        coords=grid.coords(),
+    )
+    sizes = {"habitat_set_size": {"dtype": "int16", "_FillValue": -1, "fill_value": -1}}
+    write_store(indicators, str(out / "indicators.zarr"), product="indicators", parts={"test": "q"}, encoding=sizes)
     return out
 
 
@@ -197,8 +209,8 @@ def test_points_of_a_geodataframe_keep_its_index_and_crs(root):
 def test_unknown_product_species_variable_and_year_are_one_clear_error(root, series):
     with pytest.raises(query.QueryError, match=r"unknown product 'specie'.*species"):
         query.values_at(root, [(10.0, 50.0)], product="specie")
-    with pytest.raises(query.MissingProductError, match="no indicators store"):
-        query.open_product(root, "indicators")
+    with pytest.raises(query.MissingProductError, match="no changes store"):
+        query.open_product(root, "changes")
     ds = open_store(str(root / "species.zarr"))
     name = str(ds.species_name.values[0])
     with pytest.raises(UnknownSpeciesError, match=r"close matches: .*" + re.escape(name[:5])) as caught:
@@ -303,6 +315,11 @@ def test_zonal_habitat_shares_value_hectares_and_polygons_off_the_grid(root):
     assert frame.loc[7, "value.biodiversity_value"] == pytest.approx(np.nanmean(v))
     assert frame.loc[8, "habitat.pixels"] == 0 and frame.loc[8, "value.pixels"] == 0
     assert frame.loc[8].drop(["habitat.pixels", "value.pixels"]).isna().all()
+    every = query.zonal(polygons, root)  # every map product of the root
+    indicators = open_store(str(root / "indicators.zarr"))
+    assert every.loc[7, "richness_expected"] == pytest.approx(np.nanmean(indicators.richness_expected.values[inside]))
+    assert every.loc[7, "richness_source"] == "indicators"
+    assert {"species.pixels", "habitat.pixels", "indicators.pixels", "value.value_ha"} <= set(every.columns)
 
 
 @pytest.mark.real_data
@@ -351,12 +368,13 @@ def test_a_series_gives_its_complete_years_and_species_by_shared_name(series):
 def test_describe_point_is_the_pixels_assemblage_habitat_and_value_as_json(root):
     species = open_store(str(root / "species.zarr"))
     habitat = open_store(str(root / "habitat.zarr"))
+    indicators = open_store(str(root / "indicators.zarr"))
     grid = grid_of(species)
     r, c = 14, 25
     lon, lat = lonlat(grid, float(species.x[c]), float(species.y[r]))
     click = query.describe_point(root, lon, lat, top=5)
     json.dumps(click, allow_nan=False)
-    assert {"species", "habitat", "value"} <= set(click) and "indicators" not in click and "changes" not in click
+    assert {"species", "habitat", "indicators", "value"} <= set(click) and "changes" not in click
     probabilities = species.probability.isel(y=r, x=c).values
     top = np.argsort(-probabilities, kind="stable")[:5]
     assert [s["probability"] for s in click["species"]] == pytest.approx(probabilities[top].tolist())
@@ -364,7 +382,13 @@ def test_describe_point_is_the_pixels_assemblage_habitat_and_value_as_json(root)
     code = int(habitat.habitat.isel(y=r, x=c))
     assert click["habitat"]["class"] == habitat.habitat.attrs["flag_meanings"].split()[code]
     assert click["habitat"]["probability"] == pytest.approx(float(habitat.habitat_probability.isel(y=r, x=c)))
-    assert "set" not in click["habitat"]  # no indicators store: no conformal set
+    size = int(indicators.habitat_set_size.isel(y=r, x=c))
+    ranked = habitat.top_k.isel(y=r, x=c).values[:size].astype(int)
+    labels = habitat.habitat.attrs["flag_meanings"].split()
+    assert [entry["class"] for entry in click["habitat"]["set"]] == [labels[k] for k in ranked]
+    richness = click["indicators"]["richness_expected"]
+    expected = float(indicators.richness_expected.isel(y=r, x=c))
+    assert richness == pytest.approx({"value": expected, "lower": expected - 5, "upper": expected + 5})
     assert click["value"]["resolution_m"] == grid.resolution
     off = query.describe_point(root, -30.0, 10.0)
     json.dumps(off, allow_nan=False)
