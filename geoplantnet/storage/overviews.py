@@ -48,6 +48,7 @@ GROUP = "overviews"
 RESAMPLING_ATTR = "geoplantnet_resampling"
 MODE = "mode"
 MEAN = "mean"
+CLASS_ATTRS = {RESAMPLING_ATTR: MODE}  # what a product puts on its class variables (codes, flags, bitmasks)
 FACTOR_ATTR = "geoplantnet_factor"
 MULTISCALES = "multiscales"
 CONVENTION = {
@@ -265,8 +266,10 @@ def mode(block: np.ndarray, factor: int, fill: Any) -> np.ndarray:
 
 
 def method_of(array: zarr.Array) -> str:
-    """How ``array`` is resampled: its ``geoplantnet_resampling`` attr, else the mean."""
-    return str(array.attrs.get(RESAMPLING_ATTR, MEAN))
+    """How ``array`` is resampled: its ``geoplantnet_resampling`` attr, else the mode for CF flags (a class variable
+    whose product did not say), else the mean."""
+    flags = "flag_values" in array.attrs or "flag_masks" in array.attrs
+    return str(array.attrs.get(RESAMPLING_ATTR, MODE if flags else MEAN))
 
 
 def pyramid(block: np.ndarray, ks: list[int], method: str, fill: Any) -> Iterator[tuple[int, np.ndarray]]:
