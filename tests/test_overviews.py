@@ -269,3 +269,26 @@ def test_ignores_store_without_overviews(tmp_path: Path) -> None:
     assert overviews.levels(url) == []
     assert overviews.open_overview(url, max_pixels=4).sizes["x"] == GRID.width
     assert json.loads(json.dumps(dict(zarr.open_group(url, mode="r").attrs)))["geoplantnet_complete"] == "true"
+
+
+def test_store_written_whole(tmp_path: Path) -> None:
+    """write_store (composites): every level built from the chunks written, float means ignoring NaN, before the
+    completion flag; the root reads as before."""
+    from geoplantnet.storage.store import write_store
+
+    rng = np.random.default_rng(3)
+    values = rng.random((2, 3, *GRID.shape)).astype("float32")
+    values[values < 0.1] = np.nan
+    ds = xr.Dataset(
+        {"reflectance": (("time", "band", "y", "x"), values)},
+        coords={**GRID.coords(), "band": ["B02", "B03", "B04"], "time": [0, 1]},
+    ).chunk({"time": 1, "band": 3, "y": 16, "x": 16})
+    url = str(tmp_path / "composites.zarr")
+    write_store(ds, url, product="composites", parts={"p": "1"})
+    assert overviews.levels(url) == [2, 4, 8, 16, 32, 64]
+    assert set(open_store(url).data_vars) == {"reflectance"}
+    got = overviews.open_overview(url, factor=2)["reflectance"].values
+    expected = _block_mean(values, 2)
+    assert np.array_equal(np.isnan(got), np.isnan(expected)) and np.nanmax(np.abs(got - expected)) < 1e-6
+    top = overviews.open_overview(url, max_pixels=1)
+    assert top.sizes["x"] == 1 and np.isfinite(top["reflectance"].values).all()

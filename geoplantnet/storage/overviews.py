@@ -107,9 +107,10 @@ def _geotransform(text: str, factor: int) -> str:
     return " ".join(str(v) for v in (c, a * factor, b * factor, f, d * factor, e * factor))
 
 
-def add_layout(url: str, storage_options: Mapping[str, Any] | None = None) -> list[int]:
+def add_layout(url: str, storage_options: Mapping[str, Any] | None = None, *, tiled: bool = True) -> list[int]:
     """Write the empty overview levels of the store at ``url`` (its layout just written) and its ``multiscales``
-    attribute; returns the levels (none for a store without map variables)."""
+    attribute; returns the levels (none for a store without map variables). ``tiled``: tiles will write the levels
+    whose factor divides their size (else :func:`build_coarse` builds every level, e.g. a store written whole)."""
     with service_errors(url):
         root = zarr.open_group(zarr_store(url, storage_options), mode="r+", use_consolidated=False)
         maps = map_arrays(root)
@@ -148,7 +149,7 @@ def add_layout(url: str, storage_options: Mapping[str, Any] | None = None) -> li
                 )
                 arr[...] = src[...]
             for name, src in maps.items():
-                _level_array(group, name, src, k, in_tiles=k in tile_levels(src, levels))
+                _level_array(group, name, src, k, in_tiles=tiled and k in tile_levels(src, levels))
         root.attrs.update(multiscales(levels))
     return levels
 
@@ -327,14 +328,17 @@ def write_tile_levels(
             root[f"{level_path(k)}/{name}"][(*lead, ..., ys, xs)] = coarse
 
 
-def build_coarse(url: str, storage_options: Mapping[str, Any] | None = None, *, slot: int | None = None) -> None:
-    """Build the levels the tiles do not write, each from the previous one (mean of its means, mode of its modes),
-    one output chunk at a time; with ``slot``, that slot of the ``year`` axis only. A no-op without overviews."""
+def build_coarse(
+    url: str, storage_options: Mapping[str, Any] | None = None, *, slot: int | None = None, tiled: bool = True
+) -> None:
+    """Build the levels the tiles do not write (every level unless ``tiled``), each from the previous one (mean of
+    its means, mode of its modes; level 1 from the full resolution), one output chunk at a time; with ``slot``, that
+    slot of the ``year`` axis only. A no-op without overviews."""
     with service_errors(url):
         root = zarr.open_group(zarr_store(url, storage_options), mode="r+", use_consolidated=False)
         ks = _levels_of(dict(root.attrs))
         for name, src in map_arrays(root).items():
-            mine = set(tile_levels(src, ks))
+            mine = set(tile_levels(src, ks)) if tiled else set()
             for k in ks:
                 if k in mine:
                     continue
