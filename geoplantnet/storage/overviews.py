@@ -32,6 +32,7 @@ import xarray as xr
 import zarr
 
 from geoplantnet.core.errors import InputError
+from geoplantnet.runtime.interrupts import deferred
 from geoplantnet.storage.selection import index_species
 from geoplantnet.storage.store import (
     YEAR,
@@ -111,7 +112,8 @@ def add_layout(url: str, storage_options: Mapping[str, Any] | None = None, *, ti
     """Write the empty overview levels of the store at ``url`` (its layout just written) and its ``multiscales``
     attribute; returns the levels (none for a store without map variables). ``tiled``: tiles will write the levels
     whose factor divides their size (else :func:`build_coarse` builds every level, e.g. a store written whole)."""
-    with service_errors(url):
+    # whole or not at all (the run stops after it): the multiscales attr, written last, vouches for every array
+    with service_errors(url), deferred():
         root = zarr.open_group(zarr_store(url, storage_options), mode="r+", use_consolidated=False)
         maps = map_arrays(root)
         if not maps or "x" not in root or "y" not in root:
