@@ -292,3 +292,10 @@ def test_store_written_whole(tmp_path: Path) -> None:
     assert np.array_equal(np.isnan(got), np.isnan(expected)) and np.nanmax(np.abs(got - expected)) < 1e-6
     top = overviews.open_overview(url, max_pixels=1)
     assert top.sizes["x"] == 1 and np.isfinite(top["reflectance"].values).all()
+
+
+def test_pyramid_of_a_whole_valid_tile_is_the_block_mean() -> None:
+    """The interior-tile shortcut (every cell valid: counts of 4**k) gives numpy's block means."""
+    block = np.random.default_rng(5).integers(0, 255, (2, 16, 16)).astype("uint8")
+    for k, coarse in overviews.pyramid(block, [1, 2, 3, 4], overviews.MEAN, 255):
+        assert np.array_equal(coarse, np.round(_block_mean(block, 2**k)).astype("uint8")), k
