@@ -17,7 +17,7 @@ from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.products.species_map import species_template
 from geoplantnet.storage import overviews
 from geoplantnet.storage import tiles as tile_store
-from geoplantnet.storage.store import default_encoding, open_store, run_id
+from geoplantnet.storage.store import StoreError, default_encoding, open_store, run_id
 from geoplantnet.storage.tiles import TileOutput, tiled_variable
 
 GRID = Grid(50.0, 4_321_000.0, 2_981_000.0, 45, 30)  # ragged: 3 x 2 tiles of 16, the last row and column partial
@@ -186,6 +186,8 @@ def test_series_year(tmp_path: Path, synthetic: str) -> None:
     assert list(both.year.values) == [2024, 2025]
     other = overviews.open_overview(url, factor=2, year=2024)["probability"].values
     assert not np.array_equal(other, ref["probability"].values, equal_nan=True)
+    with pytest.raises(StoreError, match="no complete year 2026"):
+        overviews.open_overview(url, factor=2, year=2026)
     arr = zarr.open_group(url, mode="r")["overviews/2/probability"]
     assert arr.shape[0] == 2 and arr.metadata.dimension_names[0] == "year"
 

@@ -37,11 +37,13 @@ from geoplantnet.storage.selection import index_species
 from geoplantnet.storage.store import (
     YEAR,
     YEARS_ATTR,
+    StoreError,
     beside_the_arrays,
     complete_years,
     open_store,
     service_errors,
     shown,
+    years_in,
     zarr_store,
 )
 
@@ -415,6 +417,8 @@ def open_overview(
     full = open_store(url, storage_options=storage_options)
     have = [2**k for k in _levels_of(full.attrs)]
     chosen = _choose(url, (full.sizes["y"], full.sizes["x"]), have, max_pixels, factor)
+    if year is not None and YEAR in full.dims and int(year) not in {int(y) for y in full[YEAR].values}:
+        raise StoreError(f"{shown(url)} has no complete year {year} (years: {years_in(full.attrs)})")
     ds = full if chosen == 1 else _open_level(url, int(math.log2(chosen)), full.attrs, storage_options)
     return ds.sel({YEAR: int(year)}) if year is not None and YEAR in ds.dims else ds
 
