@@ -362,6 +362,12 @@ def simulate_args(parser: argparse.ArgumentParser) -> None:
     overwrite_arg(parser, "virtual region", report=True)
 
 
+def serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", help="a store root (the folder or object-store URL holding species.zarr, ...)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+
+
 def stac_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("region", type=Path, help="a region folder (with region.json) from `geoplantnet simulate`")
     parser.add_argument("--backend", choices=["memory", "pgstac"], default="memory")

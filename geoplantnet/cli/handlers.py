@@ -362,6 +362,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from geoplantnet.jobs.serve import serve
+
+    serve(args.root, host=args.host, port=args.port)
+    return 0
+
+
 def _cmd_stac_serve(args: argparse.Namespace) -> int:
     from geoplantnet.sim.region import RegionManifest
     from geoplantnet.sim.stac_server import serve_forever

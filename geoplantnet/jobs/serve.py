@@ -1,0 +1,22 @@
+"""``geoplantnet serve ROOT``: the web map viewer over a root's catalogue (:mod:`geoplantnet.viewer`), read-only, on
+127.0.0.1 unless told otherwise, with uvicorn."""
+
+from __future__ import annotations
+
+from geoplantnet.core.errors import InputError
+from geoplantnet.storage.store import exists, is_local
+
+
+def serve(root: str, *, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve ``root`` until interrupted (checks the root and the bundled page first: one-line errors)."""
+    if is_local(root) and not exists(root):
+        raise InputError(f"{root}: no such folder (give a store root: the folder holding species.zarr, ...)")
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port {port}: not a TCP port (0..65535)")
+    import uvicorn
+
+    from geoplantnet.viewer.app import create_app
+
+    app = create_app(root)
+    print(f"geoplantnet viewer: http://{host}:{port}/ (serving {root}, read-only; Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
