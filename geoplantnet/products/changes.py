@@ -66,6 +66,7 @@ from geoplantnet.products.change_noise import (
     spread_of,
 )
 from geoplantnet.products.species_map import COVERAGE
+from geoplantnet.storage.overviews import CLASS_ATTRS
 from geoplantnet.storage.store import exists, open_store, zarr_store
 from geoplantnet.storage.tiles import TileOutput, tiled_variable, write_tile_blocks
 from geoplantnet.storage.years import complete_slot, previous_year, year_records
@@ -307,7 +308,7 @@ def change_template(
             dtype=dtype,
             fill=np.nan if dtype == "float32" else NO_FLAG,
             chunks=(tile, tile),
-            attrs=change_attrs(name, model, classes),
+            attrs=change_attrs(name, model, classes) | (CLASS_ATTRS if name in INTEGER else {}),
         )
     coords: dict[str, Any] = dict(grid.coords())
     if classes is not None and model.habitat_radius is not None:

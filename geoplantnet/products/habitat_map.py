@@ -44,6 +44,7 @@ from geoplantnet.inference.habitat import (
 from geoplantnet.products.base import Product, TilePlan, register
 from geoplantnet.runtime.cluster import task_resources
 from geoplantnet.samples.extraction import grid_of
+from geoplantnet.storage.overviews import CLASS_ATTRS
 from geoplantnet.storage.store import PRODUCT_ATTR, RUN_ATTR, StoreError, open_store, zarr_store
 from geoplantnet.storage.tiles import TileOutput, probability_attrs, tiled_variable, write_tile_blocks
 from geoplantnet.storage.years import complete_slot, year_records, year_view
@@ -89,6 +90,7 @@ def habitat_template(
             "flag_values": flags,
             "flag_meanings": codes,
             "comment": f"{NO_CLASS} = no data (a species of the assemblage had no data, or not yet computed)",
+            **CLASS_ATTRS,
         },
     )
     prob, prob_enc = tiled_variable(
@@ -111,6 +113,7 @@ def habitat_template(
             "flag_values": flags,
             "flag_meanings": codes,
             "comment": f"rank 0 = habitat; {NO_CLASS} = no data",
+            **CLASS_ATTRS,
         },
     )
     top_p, top_p_enc = tiled_variable(

@@ -36,6 +36,7 @@ from geoplantnet.inference.species import (
 from geoplantnet.models.peers import PeerSpec
 from geoplantnet.products.base import Product, TilePlan, register
 from geoplantnet.samples.kinds import Modality
+from geoplantnet.storage.overviews import CLASS_ATTRS
 from geoplantnet.storage.store import YEARS_ATTR, default_encoding, exists, zarr_store
 from geoplantnet.storage.tiles import (
     TileOutput,
@@ -99,6 +100,7 @@ def species_template(
                 "long_name": "composite seasons seen clear by the prediction (bitmask)",
                 "description": "bit s set where composite period s (the store's `seasons`) was cloud-free in every "
                 "band at the pixel's centre; 0 = no clear season; -1 = not recorded",
+                **CLASS_ATTRS,
             },
         )
     return xr.Dataset(data, coords=coords), encoding

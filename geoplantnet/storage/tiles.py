@@ -37,7 +37,7 @@ import zarr
 
 from geoplantnet.core.encoding import NODATA, SCALE
 from geoplantnet.core.grid import Tile
-from geoplantnet.storage import years
+from geoplantnet.storage import overviews, years
 from geoplantnet.storage.lease import Lease
 from geoplantnet.storage.store import (
     PARTS_ATTR,
@@ -248,6 +248,8 @@ def prepare(
         )
         if replaced is not None:
             clear_markers(url, replaced, storage_options)
+        if decision == "new":
+            overviews.add_layout(url, storage_options)
         return finished_tiles(url, run, storage_options) if decision == "resume" else set()
     if decision == "resume":
         done = finished_tiles(url, run, storage_options)
@@ -262,6 +264,7 @@ def prepare(
         {**(attrs or {}), PRODUCT_ATTR: product, RUN_ATTR: run, PARTS_ATTR: json.dumps(dict(parts), sort_keys=True)},
     )
     write_layout(url, ds, encoding, storage_options)
+    overviews.add_layout(url, storage_options)
     return set()
 
 
@@ -304,6 +307,8 @@ def write_tile_blocks(
     ys, xs = tile.slices
     for name, block in blocks.items():
         arrays[name][(*lead, ..., ys, xs)] = block
+    # before the marker: a tile whose marker exists has its overview cells written too
+    overviews.write_tile_levels(group, blocks, tile.y0, tile.x0, lead)
     fs, path = _fs(url, storage_options)
     folder = _manifest(path, run)
     fs.makedirs(folder, exist_ok=True)  # a no-op on object storage
@@ -315,10 +320,13 @@ def write_tile_blocks(
 
 def finalise(url: str, *, n_tiles: int, run: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """Mark the store complete (in a series: the year that ``run`` writes), after checking every tile of the run
-    has its marker."""
+    has its marker and building the overview levels coarser than a tile."""
     done = finished_tiles(url, run, storage_options)
     if len(done) < n_tiles:
         raise RuntimeError(f"{url}: only {len(done)} of {n_tiles} tiles written; not marking the store complete")
     with service_errors(url):
+        attrs = zarr.open_group(zarr_store(url, storage_options), mode="r", use_consolidated=False).attrs
+        where = years.slot(dict(attrs), run)
+        overviews.build_coarse(url, storage_options, slot=None if where is None else where[0])
         if not years.finish_year(url, run, storage_options):
             mark_complete(url, storage_options)

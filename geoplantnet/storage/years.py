@@ -306,11 +306,12 @@ def _dumps(records: Mapping[int, Any]) -> str:
 
 
 def _year_arrays(url: str, storage_options: Mapping[str, Any] | None) -> Iterator[tuple[str, zarr.Array]]:
-    """The arrays of the store whose first dimension is ``year`` (the ``year`` coordinate included)."""
+    """The arrays of the store, overview levels included, whose first dimension is ``year`` (the ``year`` coordinate
+    included), by path."""
     # not through the consolidated metadata: it lags behind a resize until the next consolidation
     group = zarr.open_group(zarr_store(url, storage_options), mode="r+", use_consolidated=False)
-    with beside_the_arrays():
-        arrays = list(group.arrays())
+    with beside_the_arrays():  # every depth: the overview levels' arrays have the year axis too
+        arrays = [(name, node) for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)]
     for name, array in arrays:
         dims = array.metadata.dimension_names or ()
         if dims and dims[0] == YEAR:

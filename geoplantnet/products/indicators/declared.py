@@ -22,6 +22,7 @@ import xarray as xr
 from geoplantnet.core.grid import Grid
 from geoplantnet.products.indicators.model import NO_FLAG, RED_LIST, IndicatorModel, health, interval, shannon
 from geoplantnet.reports.markdown import table
+from geoplantnet.storage.overviews import CLASS_ATTRS
 from geoplantnet.storage.tiles import tiled_variable
 from geoplantnet.validation.conformal import class_sets, count_moments
 
@@ -181,6 +182,7 @@ class Indicator:
         if self.flags is not None:
             out["flag_values"] = list(range(len(self.flags)))
             out["flag_meanings"] = " ".join(self.flags)
+            out.update(CLASS_ATTRS)
         out["description"] = self.description.format(**text)
         return out
 
