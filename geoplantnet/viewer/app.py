@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from geoplantnet.core.errors import InputError
-from geoplantnet.viewer import levels, point, render
+from geoplantnet.viewer import point, render
 from geoplantnet.viewer.items import Catalogue, NotFound, variable_kind
 
 PAGE = Path(__file__).parent / "page"
@@ -89,7 +89,9 @@ def create_app(root: str, storage_options: Mapping[str, Any] | None = None) -> A
             raise HTTPException(400, f"no tile {z}/{x}/{y}")
         da, kind = catalogue.variable(item_id, variable, species)
         lo, hi = catalogue.value_range(item_id, variable, kind, da)
-        da = _level(catalogue, item_id, variable, da, z, y, species)
+        factor = _factor(catalogue, item_id, da, z, y)
+        if factor > 1:
+            da, _ = catalogue.variable(item_id, variable, species, factor)
         body = render.render_tile(
             da,
             z,
@@ -122,18 +124,10 @@ def _any_species(catalogue: Catalogue, item_id: str, variable: str) -> str | Non
     return str(ds["species"].values[0]) if variable in ds and "species" in ds[variable].dims else None
 
 
-def _level(catalogue: Catalogue, item_id: str, variable: str, da: Any, z: int, y: int, species: str | None) -> Any:
-    """The variable at the overview level that zoom ``z`` needs (itself at full resolution)."""
-    item = catalogue.item(item_id)
+def _factor(catalogue: Catalogue, item_id: str, da: Any, z: int, y: int) -> int:
+    """The overview factor that zoom ``z`` reads (1: full resolution): about one stored cell per screen pixel."""
     resolution = abs(float(da["x"].values[1] - da["x"].values[0])) if da.sizes["x"] > 1 else 1.0
-    factor = render.overview_factor(z, y, resolution, levels.factors(item, catalogue.storage_options))
-    if factor is None:
-        return da
-    level = levels.overview(item, factor=factor, storage_options=catalogue.storage_options)
-    coarse = level[variable]
-    if "species" in coarse.dims:
-        coarse = coarse.isel(species=catalogue.species_index(level, species))
-    return coarse
+    return render.overview_factor(z, y, resolution, catalogue.factors(item_id)) or 1
 
 
 def describe_catalogue(catalogue: Catalogue) -> dict[str, Any]:

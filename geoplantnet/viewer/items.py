@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import rioxarray  # noqa: F401  (the .rio accessor: a dataset's CRS)
 import xarray as xr
 
 from geoplantnet.core.errors import InputError
+from geoplantnet.storage.catalog import open_catalog, open_item, store_url
+from geoplantnet.storage.overviews import levels, open_overview
 from geoplantnet.storage.selection import SPECIES, SPECIES_NAME
 
 ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -39,55 +42,15 @@ class Item:
 
 
 def catalogue_items(root: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Item]:
-    """The items of ``root``'s STAC catalogue (:func:`geoplantnet.storage.catalog.open_catalog`), by id."""
-    try:
-        from geoplantnet.storage.catalog import open_catalog
-    except (
-        ImportError
-    ):  # until h26-catalog is merged: the complete stores under root, named as the catalogue names them
-        return _stores_under(root, storage_options)
+    """The items of ``root``'s STAC catalogue (:func:`geoplantnet.storage.catalog.open_catalog`: complete stores and
+    years only), by id; :class:`~geoplantnet.storage.catalog.CatalogError` when the root has none."""
     items = {}
     for item in open_catalog(root, storage_options).get_items(recursive=True):
         props = item.properties
-        asset = item.assets["zarr"].get_absolute_href() or item.assets["zarr"].href
         year = props.get("geoplantnet:year")
-        items[item.id] = Item(item.id, str(props.get("geoplantnet:product", item.id)), asset, year, item)
+        product = str(props.get("geoplantnet:product") or item.id)
+        items[item.id] = Item(item.id, product, store_url(item), None if year is None else int(year), item)
     return dict(sorted(items.items()))
-
-
-def open_item(item: Item, storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:
-    """The item's dataset (its year's view for a year of a series), lazy."""
-    if item.item is None:  # a stand-in item (_stores_under)
-        from geoplantnet.storage.store import open_store
-        from geoplantnet.storage.years import year_view
-
-        return year_view(open_store(item.url, storage_options=storage_options), item.year)
-    from geoplantnet.storage.catalog import open_item as open_stac_item
-
-    return open_stac_item(item.item, storage_options)
-
-
-def _stores_under(root: str, storage_options: Mapping[str, Any] | None) -> dict[str, Item]:
-    """The stand-in for the catalogue (local roots): each complete ``<root>/<stem>.zarr`` (``<stem>-<year>`` per
-    complete year of a series)."""
-    from pathlib import Path
-
-    from geoplantnet.storage.store import YEAR, StoreError, open_store
-
-    items = {}
-    for path in sorted(Path(root).glob("*.zarr")):
-        try:
-            ds = open_store(str(path), storage_options=storage_options)
-        except StoreError:
-            continue
-        stem = path.name.removesuffix(".zarr")
-        product = str(ds.attrs.get("geoplantnet_product", stem))
-        if YEAR in ds.dims:
-            for year in (int(y) for y in ds[YEAR].values):
-                items[f"{stem}-{year}"] = Item(f"{stem}-{year}", product, str(path), year)
-        else:
-            items[stem] = Item(stem, product, str(path), None)
-    return items
 
 
 def variable_kind(ds: xr.Dataset, name: str) -> str | None:
@@ -112,7 +75,8 @@ class Catalogue:
         self.root = root
         self.storage_options = dict(storage_options or {})
         self._lock = threading.Lock()
-        self._datasets: dict[str, xr.Dataset] = {}
+        self._datasets: dict[tuple[str, int], xr.Dataset] = {}
+        self._factors: dict[str, list[int]] = {}
         self._ranges: dict[tuple[str, str], tuple[float, float]] = {}
         self.items = catalogue_items(root, self.storage_options)
 
@@ -122,17 +86,32 @@ class Catalogue:
             raise NotFound(f"no item {item_id!r} in this catalogue")
         return self.items[item_id]
 
-    def dataset(self, item_id: str) -> xr.Dataset:
-        """The item's dataset, opened once."""
+    def dataset(self, item_id: str, factor: int = 1) -> xr.Dataset:
+        """The item's dataset (at an overview ``factor``: 2, 4, ...; 1 is full resolution), opened once."""
         item = self.item(item_id)
         with self._lock:
-            if item_id not in self._datasets:
-                self._datasets[item_id] = open_item(item, self.storage_options)
-            return self._datasets[item_id]
+            if (item_id, 1) not in self._datasets:
+                self._datasets[item_id, 1] = open_item(item.item, self.storage_options)
+            if (item_id, factor) not in self._datasets:
+                crs = self._datasets[item_id, 1].rio.crs
+                ds = open_overview(item.url, factor=factor, storage_options=self.storage_options, year=item.year)
+                # a level keeps the store's grid mapping (the CRS rio-tiler reprojects from)
+                self._datasets[item_id, factor] = ds.rio.write_crs(crs) if crs is not None else ds
+            return self._datasets[item_id, factor]
 
-    def variable(self, item_id: str, name: str, species: str | None = None) -> tuple[xr.DataArray, str]:
-        """A drawable variable of an item as a 2-D (y, x) array, one species selected by id or name, and its kind."""
-        ds = self.dataset(item_id)
+    def factors(self, item_id: str) -> list[int]:
+        """The overview factors of the item's store (e.g. ``[2, 4]``; empty: full resolution only), read once."""
+        item = self.item(item_id)
+        if item_id not in self._factors:
+            self._factors[item_id] = sorted(levels(item.url, self.storage_options))
+        return self._factors[item_id]
+
+    def variable(
+        self, item_id: str, name: str, species: str | None = None, factor: int = 1
+    ) -> tuple[xr.DataArray, str]:
+        """A drawable variable of an item as a 2-D (y, x) array (at an overview ``factor``), one species selected by
+        id or name, and its kind."""
+        ds = self.dataset(item_id, factor)
         kind = variable_kind(ds, name) if name in ds.data_vars else None
         if kind is None:
             raise NotFound(f"no map variable {name!r} in {item_id}")
@@ -170,8 +149,6 @@ class Catalogue:
         return self._ranges[key]
 
     def coarse(self, item_id: str, name: str, da: xr.DataArray) -> xr.DataArray:
-        """The variable at its coarsest overview (at most 256 cells a side), or itself where there is none."""
-        from geoplantnet.viewer.levels import overview
-
-        level = overview(self.item(item_id), max_pixels=256, storage_options=self.storage_options)
-        return level[name] if level is not None and name in level else da
+        """The variable at its coarsest overview (the whole map in a few reads), or itself where there is none."""
+        factors = self.factors(item_id)
+        return self.dataset(item_id, factors[-1])[name] if factors else da
