@@ -277,7 +277,8 @@ def test_the_page_in_chromium(products_root, tmp_path):
             box.send_keys(other[:6])
             _wait(
                 driver,
-                "return [...document.querySelectorAll('#species-results li')]"
+                f"return document.getElementById('species-results').dataset.q === {json.dumps(other[:6])} && "
+                "[...document.querySelectorAll('#species-results li')]"
                 f".some(li => li.textContent.startsWith({json.dumps(other)}))",
             )
             hit = next(

@@ -14,7 +14,15 @@ import io
 import math
 
 import numpy as np
+import rioxarray  # noqa: F401  (the .rio accessor XarrayReader reads the CRS and transform with)
 import xarray as xr
+from matplotlib import colormaps
+from PIL import Image
+from rio_tiler.errors import TileOutsideBounds
+from rio_tiler.io import XarrayReader
+
+# Imported here, not in the functions: tiles are drawn in a server's threads at once, and a first import racing
+# in several threads sees a half-initialised module ("cannot import name 'XarrayReader'").
 
 COLORMAPS = ("viridis", "magma", "cividis", "RdBu_r", "tab20")
 CLASS_COLORMAP = "tab20"  # class variables (habitat, rank tables): one colour per class code, no interpolation
@@ -31,8 +39,6 @@ def colour_table(name: str) -> np.ndarray:
     """The ``(256, 4)`` uint8 RGBA table of a colormap (matplotlib's, sampled at 256 points)."""
     if name not in COLORMAPS:
         raise RenderError(f"unknown colormap {name!r}; one of {', '.join(COLORMAPS)}")
-    from matplotlib import colormaps
-
     cmap = colormaps[name]
     table = cmap(np.arange(cmap.N) % cmap.N if cmap.N < 256 else np.linspace(0, 1, 256))
     if len(table) < 256:  # a qualitative map (tab20: 20 colours) repeats; class codes index it directly
@@ -68,8 +74,6 @@ def legend(name: str, lo: float, hi: float, *, stops: int = 16, classes: bool = 
 
 def png(rgba: np.ndarray) -> bytes:
     """An RGBA image (h, w, 4 uint8) as PNG bytes."""
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
     return buffer.getvalue()
@@ -100,10 +104,6 @@ def render_tile(
     da: xr.DataArray, z: int, x: int, y: int, *, colormap: str, lo: float, hi: float, classes: bool = False
 ) -> bytes:
     """Tile ``z/x/y`` of a 2-D (y, x) variable with a CRS (``spatial_ref``), as PNG bytes."""
-    import rioxarray  # noqa: F401  (the .rio accessor XarrayReader reads the CRS and transform with)
-    from rio_tiler.errors import TileOutsideBounds
-    from rio_tiler.io import XarrayReader
-
     table = colour_table(colormap)
     try:
         with XarrayReader(da) as reader:

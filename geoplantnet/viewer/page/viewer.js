@@ -47,7 +47,10 @@
     const select = $("variable");
     select.innerHTML = "";
     item().variables.forEach((v) => option(select, v.name, v.name + (v.units && v.units !== "1" ? " (" + v.units + ")" : "")));
-    if (!item().variables.some((v) => v.name === state.variable)) state.variable = item().variables[0].name;
+    if (!item().variables.some((v) => v.name === state.variable)) {
+      // a species map opens on a species' probability, not on its bookkeeping layers (clear_seasons, coverage)
+      state.variable = (item().variables.find((v) => v.kind === "species") || item().variables[0]).name;
+    }
     select.value = state.variable;
     $("species-box").style.display = variable().kind === "species" ? "" : "none";
   }
@@ -87,11 +90,15 @@
   }
   function classColour(legend, i) { return legend.classColors ? legend.classColors[i % legend.classColors.length] : "#888"; }
 
+  let searches = 0;
   async function search() {
     const q = $("species-search").value;
+    const mine = ++searches;
     const hits = await getJSON("/api/species?q=" + encodeURIComponent(q));
+    if (mine !== searches) return;  // a later keystroke's answer wins, whatever order they arrive in
     const list = $("species-results");
     list.innerHTML = "";
+    list.dataset.q = q;
     hits.forEach((h) => {
       const li = document.createElement("li");
       li.textContent = h.name + " (" + h.id + ")";
@@ -102,8 +109,11 @@
   }
 
   function table(rows) { return "<table>" + rows.map((r) => "<tr>" + r.map((c, i) => "<td" + (i ? ' class="num"' : "") + ">" + c + "</td>").join("") + "</tr>").join("") + "</table>"; }
+  let marker = null;
   async function describe(e) {
     const lon = e.latlng.lng, lat = e.latlng.lat;
+    if (marker) map.removeLayer(marker);
+    marker = L.circleMarker(e.latlng, { radius: 6, color: "#d00", weight: 2, fill: false }).addTo(map);
     const query = "/api/point?lon=" + lon + "&lat=" + lat + (state.year === null ? "" : "&year=" + state.year);
     const d = await getJSON(query);
     let html = "<div>" + fmt(lat, 5) + ", " + fmt(lon, 5) + (d.year ? " — " + d.year : "") + "</div>";
