@@ -130,7 +130,7 @@
       html += "<h2>" + key[0].toUpperCase() + key.slice(1) + "</h2>" + table(Object.entries(block).map(([name, v]) => {
         if (v !== null && typeof v === "object") {
           const interval = v.lower !== undefined ? " [" + fmt(v.lower) + ", " + fmt(v.upper) + "]" : "";
-          return [esc(name), (v.label ? esc(v.label) + " " : "") + fmt(v.value) + interval];
+          return [esc(name), v.label ? esc(v.label) : fmt(v.value) + interval];
         }
         return [esc(name), typeof v === "number" ? fmt(v) : esc(v)];
       }));
