@@ -24,6 +24,7 @@ from geoplantnet.storage.selection import SPECIES, SPECIES_NAME
 
 ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 PROBABILITY_RANGE = (0.0, 1.0)
+RANGE_PIXELS = 512  # a map's value range is read from its finest level with at most this many cells a side
 
 
 class NotFound(InputError):
@@ -69,7 +70,8 @@ def variable_kind(ds: xr.Dataset, name: str) -> str | None:
 
 
 class Catalogue:
-    """The served root: its items (listed once; :meth:`refresh` re-reads), their datasets opened on first use."""
+    """The served root: its items (listed when the server starts: restart it to show stores completed since), their
+    datasets opened on first use."""
 
     def __init__(self, root: str, storage_options: Mapping[str, Any] | None = None) -> None:
         self.root = root
@@ -135,7 +137,7 @@ class Catalogue:
 
     def value_range(self, item_id: str, name: str, kind: str, da: xr.DataArray) -> tuple[float, float]:
         """The colour scale's range of a variable: 0..1 for probabilities, the class codes' span for classes, else
-        the map's own minimum and maximum (from its coarsest overview when it has one; computed once)."""
+        the map's own minimum and maximum (:meth:`coarse`; computed once)."""
         if kind == "species" or name.endswith("probability"):
             return PROBABILITY_RANGE
         if kind == "class":
@@ -149,6 +151,10 @@ class Catalogue:
         return self._ranges[key]
 
     def coarse(self, item_id: str, name: str, da: xr.DataArray) -> xr.DataArray:
-        """The variable at its coarsest overview (the whole map in a few reads), or itself where there is none."""
-        factors = self.factors(item_id)
-        return self.dataset(item_id, factors[-1])[name] if factors else da
+        """The variable at its finest level with at most :data:`RANGE_PIXELS` cells a side (a few reads for a whole
+        continent; overview means shrink the extremes a little, which the colour scale clips)."""
+        largest = max(da.sizes["y"], da.sizes["x"])
+        fitting = [f for f in self.factors(item_id) if -(-largest // f) <= RANGE_PIXELS]
+        if largest <= RANGE_PIXELS or not fitting:
+            return da
+        return self.dataset(item_id, min(fitting))[name]
