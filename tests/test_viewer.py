@@ -341,3 +341,25 @@ def test_the_page_in_chromium(products_root, tmp_path):
             driver.quit()
     if os.environ.get("GEOPLANTNET_DOCS_SCREENSHOT"):  # refresh the docs' copy on purpose only
         shutil.copy(screenshot, ROOT / "docs" / "img" / "viewer.png")
+
+
+@pytest.mark.slow
+def test_a_low_zoom_tile_is_drawn_from_an_overview(products_root):
+    from geoplantnet.storage.overviews import levels, open_overview
+    from geoplantnet.viewer.render import overview_factor, render_tile
+
+    item = next(i for i in open_catalog(str(products_root)).get_items() if i.id.startswith("species-"))
+    year, url = int(item.properties["geoplantnet:year"]), str(products_root / "species.zarr")
+    full = open_item(item)["probability"].sel(species="sp0001")
+    resolution = abs(float(full["x"][1] - full["x"][0]))
+    lon, lat = _lonlat(full, full.sizes["y"] // 2, full.sizes["x"] // 2)
+    z = next(z for z in range(14, 0, -1) if overview_factor(z, tile_pixel(lon, lat, z)[1], resolution, levels(url)))
+    tx, ty, _, _ = tile_pixel(lon, lat, z)
+    factor = overview_factor(z, ty, resolution, levels(url))
+    level = open_overview(url, factor=factor, year=year)["probability"].sel(species="sp0001")
+    level = level.rio.write_crs(full.rio.crs)
+    with serve_process(products_root, ROOT, {**os.environ, "PYTHONPATH": str(ROOT)}) as port:
+        status, png = get(port, f"/tiles/{item.id}/probability/{z}/{tx}/{ty}.png?species=sp0001")
+    assert status == 200 and rgba(png)[..., 3].max() > 0
+    drawn = {f: render_tile(da, z, tx, ty, colormap="viridis", lo=0, hi=1) for f, da in ((1, full), (factor, level))}
+    assert png == drawn[factor] and png != drawn[1], f"zoom {z} should read the x{factor} level"
