@@ -22,6 +22,7 @@ import zarr
 from geoplantnet.core.config import load_config
 from geoplantnet.evaluation.changes import detection_scores
 from geoplantnet.products.change_noise import coverage_stratum, paired_spread
+from geoplantnet.storage.catalog import open_catalog
 from geoplantnet.storage.store import open_store
 from geoplantnet.testing.cli import run_cli
 from geoplantnet.testing.regions import SMALL_REGION
@@ -113,8 +114,10 @@ def series(tmp_path_factory: pytest.TempPathFactory, shared_cluster_sets: list[s
     interrupted = {
         s: [int(y) for y in open_store(str(out / f"{s}.zarr"))["year"].values] for s in ("species", "indicators")
     }
+    listed = {item.id for item in open_catalog(str(out)).get_items()}  # the killed year: not in the catalogue
     second = _run(settings, 2025, "--evaluate", cluster=shared_cluster_sets)
     return {
+        "listed_when_killed": listed,
         "tmp": tmp,
         "out": out,
         "settings": settings,
@@ -125,6 +128,23 @@ def series(tmp_path_factory: pytest.TempPathFactory, shared_cluster_sets: list[s
         "before": before,
         "manifest": manifest,
     }
+
+
+def test_each_complete_year_is_catalogued_with_links_to_what_it_was_made_from(series):
+    """The runs publish each product's year as it completes (never the killed one), linked by the registry's
+    ``requires`` to the same year's items."""
+    assert (
+        not [i for i in series["listed_when_killed"] if i.endswith("-2025")]
+        and "species-2024" in (series["listed_when_killed"])
+    )
+    items = {item.id: item for item in open_catalog(str(series["out"])).get_items()}
+    products = ("species", "habitat", "indicators", "changes")
+    assert {f"{p}-{y}" for p in products for y in (2024, 2025)} - {"changes-2024"} <= set(items)
+    links = {i: sorted(link.href for link in item.links if link.rel == "derived_from") for i, item in items.items()}
+    assert links["habitat-2025"] == ["./species-2025.json"]
+    assert links["indicators-2025"] == ["./habitat-2025.json", "./species-2025.json"]
+    assert links["changes-2025"] == ["./indicators-2025.json"]
+    assert items["indicators-2025"].properties["geoplantnet:year"] == 2025
 
 
 def test_a_killed_year_leaves_earlier_years_intact_and_the_rerun_completes_it(series):

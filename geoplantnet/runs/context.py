@@ -310,8 +310,9 @@ class RunContext:
 def required_stores(product: str) -> list[str]:
     """The store names of the products ``product`` is made from (the registry's ``requires``; none when the product
     is not registered, as composites): the items its catalogue item links to as ``derived_from``."""
-    from geoplantnet.products.base import UnknownProductError, get
+    from geoplantnet.products.base import UnknownProductError, get, load
 
+    load()  # the products it requires may be registered by modules this run did not import
     try:
         required = get(product).requires
     except UnknownProductError:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -109,7 +108,8 @@ def _is_complete(attrs: Mapping[str, Any] | None, year: int | None) -> bool:
 
 def _check_folder(work: Workdir) -> bool:
     """Refuse a ``<root>/stac/`` that geoplantnet did not make; whether it is ours (False: nothing there yet)."""
-    present = [n for n in work.names(CATALOG) if n != MARKER]
+    # the marker's own temporary file (a first publisher interrupted while writing it) is ours too
+    present = [n for n in work.names(CATALOG) if n != MARKER and not n.startswith(f".{MARKER}.tmp-")]
     marker = None
     with contextlib.suppress(FileNotFoundError, ValueError):
         marker = _valid_marker(json.loads(work.read_bytes(CATALOG, MARKER)))
@@ -176,6 +176,7 @@ def publish(
     series without ``year``: an item per complete year, the latest returned), then the collection. None (nothing
     written) when the store or year is not complete. ``derived_from``: the store names (under ``root``) it was made
     from; links go to those of their items that are in the catalogue (the same year's, where a series)."""
+    name = name.strip("/")
     url = join(root, name)
     attrs = _raw_attrs(url, storage_options)
     if attrs is not None and YEARS_ATTR in attrs and year is None:
@@ -185,6 +186,8 @@ def publish(
         return None
     work = _root(root, storage_options)
     with _rewriting(work):
+        if not _is_complete(_raw_attrs(url, storage_options), year):  # a run claimed it meanwhile (it withdraws)
+            return None
         present = {n.removesuffix(".json") for n in _item_names(work)}
         links = []
         for required in derived_from:
@@ -207,10 +210,13 @@ def withdraw(
     work = _root(root, storage_options)
     if not work.exists(CATALOG):
         return
-    stem = re.escape(item_id(name))
-    pattern = re.compile(f"{stem}-{int(year)}" if year is not None else f"{stem}(-\\d+)?")
+    store = name.strip("/")
     with _rewriting(work):
-        gone = [n for n in _item_names(work) if pattern.fullmatch(n.removesuffix(".json"))]
+        gone = []
+        for n in _item_names(work):  # by the store they describe, not by id (a store may be named species-2030.zarr)
+            props = (_read_json(work, CATALOG, ITEMS, n) or {}).get("properties", {})
+            if props.get(f"{PREFIX}store") == store and (year is None or props.get(f"{PREFIX}year") == int(year)):
+                gone.append(n)
         for n in gone:
             work.remove(CATALOG, ITEMS, n)
         _write_collection(work)
@@ -450,6 +456,7 @@ def open_catalog(root: str, storage_options: Mapping[str, Any] | None = None) ->
                 f"{shown(root)} --rebuild`)"
             )
         collection = pystac.Collection.from_dict(data, href=work.url(CATALOG, COLLECTION), migrate=False)
+        collection.set_root(collection)  # itself, resolved: pystac never reads it again (its IO knows no s3://)
         collection.clear_items()
         attrs: dict[str, dict[str, Any] | None] = {}
         for n in _item_names(work):

@@ -54,7 +54,7 @@ class Case:
         command, *rest = [a.replace("{tmp}", str(tmp)) for a in self.command.split()]
         if command != "plot":
             rest += ["--config", str(CONFIG), "--set", f"workdir={tmp / 'work'}", "--set", f"store.root={tmp / 'out'}"]
-            rest += [] if command == "sdm-table" or rest[:1] == ["classify"] else ["-q"]
+            rest += [] if command in ("sdm-table", "catalog") or rest[:1] == ["classify"] else ["-q"]
         return [command, *rest]
 
 
@@ -213,5 +213,7 @@ CASES = {
         _both(CORRUPT_MODEL, _write("points.csv", "id,easting,northing\n1,4322000,2980000\n")),
     ),
     "plot/missing species.zarr": Case("plot {tmp}/species.zarr --species sp0001 --out {tmp}/map.png", "species.zarr"),
+    "catalog/missing store root": Case("catalog {tmp}/nowhere", "nowhere"),
+    "catalog/a folder of no stores": Case("catalog {tmp}", "not a store root"),
     "simulate/sim.start not a date": Case("simulate --set sim.start=March-2024", "sim.start"),
 }
