@@ -211,3 +211,11 @@ def test_value_ablation_prints_the_variants_beside_the_forest_and_chooses_on_the
     saved = json.loads(out.read_text())
     scored = {n: m["inner_unet"] for n, m in saved["means"].items() if m["inner_unet"] is not None}
     assert saved["chosen"] == (max(scored, key=scored.get) if scored else None)
+
+
+def test_bench_overviews_prints_the_ratio() -> None:
+    spec = importlib.util.spec_from_file_location("bench_overviews", ROOT / "benchmarks" / "bench_overviews.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--species", "4", "--tile", "32", "--tiles", "2"])
+    assert result["tiles"] == 4 and result["ratio"] > 0 and result["tile_write_with_overviews_s"] > 0

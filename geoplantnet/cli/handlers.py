@@ -303,17 +303,18 @@ def _cmd_value(args: argparse.Namespace) -> int:
 
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")  # what matplotlib writes without extra packages
+PLOT_PIXELS = 1500  # cells a side at most in a plotted map: finer than a 4-inch panel at 300 dpi
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from geoplantnet.core.errors import InputError
     from geoplantnet.storage.outputs import claim_file, write_file
-    from geoplantnet.storage.store import open_store
+    from geoplantnet.storage.overviews import open_overview
 
     out = claim_file(args.out, "species plot", overwrite=args.overwrite, suffixes=PLOT_SUFFIXES)
     maps = {}
     for url in args.stores:
-        ds = open_store(url)
+        ds = open_overview(url, max_pixels=PLOT_PIXELS)  # a figure's worth of pixels, never a continental array
         if "probability" not in ds:
             raise InputError(f"{url}: no 'probability' variable (not a species.zarr)")
         by = "species_name" if args.species not in ds["species"].values and "species_name" in ds.coords else "species"

@@ -22,9 +22,11 @@ from geoplantnet.runs.inputs import read_options, sentinel2_items, stac_api
 from geoplantnet.sources.cube import cube_composites
 from geoplantnet.storage import store
 from geoplantnet.storage.outputs import claim_file, write_file
+from geoplantnet.storage.overviews import open_overview
 
 log = logging.getLogger(__name__)
 QUICKLOOK = "composites quick-look"
+QUICKLOOK_PIXELS = 1000  # cells a side at most in a quick-look panel (the overview that fits; full res if smaller)
 
 
 def composites(items: list, cfg: RunConfig, grid: Grid | None = None) -> xr.DataArray:
@@ -78,7 +80,8 @@ def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = F
     written = store.open_store(zarr_url, storage_options=storage_options)
     png = None
     if png_path is not None:
-        draw = partial(composite_quicklook, written["reflectance"], title=cfg.name)
+        shown = open_overview(zarr_url, max_pixels=QUICKLOOK_PIXELS, storage_options=storage_options)
+        draw = partial(composite_quicklook, shown["reflectance"], title=cfg.name)
         png = str(write_file(png_path, QUICKLOOK, draw))
     return {
         "composites": zarr_url,

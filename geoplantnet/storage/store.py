@@ -498,6 +498,11 @@ def _write(
             raise
     else:
         delayed.compute()
+    # imported here: overviews builds on this module (the one place a store written whole gets its levels)
+    from geoplantnet.storage import overviews
+
+    if overviews.add_layout(target, storage_options, tiled=False):  # streamed from the chunks just written
+        overviews.build_coarse(target, storage_options, tiled=False)
     if is_local(target):
         mark_complete(target, None)
 
