@@ -121,10 +121,15 @@ def values_at(
     taken = sample(ds[names], row, col)
     dims = [d for d in (POINT, YEAR, SPECIES) if d in taken.dims]
     dims += [d for d in taken.dims if d not in dims]
-    frame = taken.to_dataframe(dim_order=dims).reset_index()
+    frame = taken.drop_vars(SPECIES_NAME, errors="ignore").to_dataframe(dim_order=dims).reset_index()
     frame.insert(1, "x", x[frame[POINT].to_numpy()])
     frame.insert(2, "y", y[frame[POINT].to_numpy()])
     frame[POINT] = labels[frame[POINT].to_numpy()]
+    if SPECIES_NAME in ds.coords and SPECIES in frame:  # an indexed coordinate: to_dataframe leaves it out
+        names_of = dict(zip(map(str, ds[SPECIES].values), map(str, ds[SPECIES_NAME].values), strict=True))
+        frame[SPECIES_NAME] = frame[SPECIES].map(names_of)
+    keys = [c for c in (POINT, "x", "y", YEAR, SPECIES, SPECIES_NAME) if c in frame.columns]
+    frame = frame[keys + [c for c in frame.columns if c not in keys]]
     for name in names:
         labels_of = class_labels(ds[name])
         if labels_of is not None:
@@ -184,6 +189,8 @@ def _at(ds: xr.Dataset, row: int, col: int) -> xr.Dataset:
 
 def _open_all(root: Root | Mapping[str, xr.Dataset], storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
     """The products a click describes, each opened (an already opened mapping is used as it is)."""
+    if isinstance(root, xr.Dataset):
+        raise QueryError("describe_point reads every product of a root: give the root, or {product: dataset}")
     if isinstance(root, Mapping):
         return {p: root[p] for p in DESCRIBED if p in root}
     opened = {}

@@ -19,6 +19,7 @@ from pyproj import CRS
 
 from geoplantnet.core.errors import InputError
 from geoplantnet.core.grid import EPSG, Grid
+from geoplantnet.storage.catalog import CATALOG, COLLECTION, open_catalog, store_url
 from geoplantnet.storage.selection import SPECIES, SPECIES_NAME, UnknownSpeciesError
 from geoplantnet.storage.store import PRODUCT_ATTR, YEAR, StoreError, exists, join, open_store, shown
 
@@ -34,7 +35,6 @@ STORES: dict[str, str] = {
     "value": "value.zarr",
     "value-50m": "value_50m.zarr",
 }
-CATALOG_FILE = "collection.json"
 
 Root = str | os.PathLike[str]
 Source = Root | xr.Dataset  # a products root, or a product already opened (open_product, open_store)
@@ -62,11 +62,7 @@ def _product_name(product: str, known: Iterable[str]) -> str:
 
 def _catalogue(root: str, storage_options: Mapping[str, Any] | None) -> Any | None:
     """The root's STAC catalogue (only complete stores and years), or None where the root has none."""
-    try:  # storage.catalog comes with the catalogue; a root without one is read by the store names above
-        from geoplantnet.storage.catalog import CATALOG, open_catalog
-    except ImportError:
-        return None
-    if not exists(join(join(root, CATALOG), CATALOG_FILE), storage_options):
+    if not exists(join(join(root, CATALOG), COLLECTION), storage_options):
         return None
     return open_catalog(root, dict(storage_options or {}) or None)
 
@@ -84,9 +80,11 @@ def product_url(root: Root, product: str, *, storage_options: Mapping[str, Any] 
         name = _product_name(product, {*STORES, *items})
         if name not in items:
             raise MissingProductError(
-                f"{shown(root)}: its catalogue lists no complete {name} store (products: {', '.join(sorted(items))})"
+                f"{shown(root)}: its catalogue lists no complete {name} store (products: "
+                f"{', '.join(sorted(items)) or 'none'}; `geoplantnet catalog ROOT --rebuild` adds stores written "
+                "before the catalogue)"
             )
-        return str(items[name].assets["zarr"].get_absolute_href())
+        return store_url(items[name])
     name = _product_name(product, STORES)
     url = join(root, STORES[name])
     if not exists(url, storage_options):

@@ -94,6 +94,20 @@ def _stats(data: xr.Dataset, mask: np.ndarray, ds: xr.Dataset, area_ha: float) -
     return row
 
 
+def _columns(ds: xr.Dataset, names: list[str]) -> list[str]:
+    """The statistics columns of the variables ``names`` of ``ds``, as :func:`_stats` names them."""
+    out = ["pixels"]
+    for name in names:
+        labels = class_labels(ds[name])
+        if SPECIES in ds[name].dims:
+            out += [f"{name}:{sid}" for sid in ds[SPECIES].values]
+        elif labels is not None:
+            out += [f"{name}_share:{label}" for label in labels.values()]
+        else:
+            out += [name, "value_ha"] if name == VALUE else [name]
+    return out
+
+
 def _richness(data: xr.Dataset, mask: np.ndarray) -> float:
     """The mean over the polygon's pixels of the sum of every species' probability (NaN: no data)."""
     values = np.asarray(data["probability"].transpose(SPECIES, "y", "x").values, "float64")[:, mask]
@@ -133,8 +147,9 @@ def _zonal_one(
                 if richness:
                     row[RICHNESS], row["richness_source"] = _richness(at, mask), "species"
             rows.append(row)
-    frame = pd.DataFrame(rows)
-    if RICHNESS in frame and "richness_source" not in frame:
+    columns = ["polygon", YEAR, *_columns(ds, names)] + ([RICHNESS] if richness else [])
+    frame = pd.DataFrame(rows).reindex(columns=[*columns, *(["richness_source"] if richness else [])])
+    if RICHNESS in frame and not richness:
         frame["richness_source"] = "indicators"
     keys = ["polygon", YEAR] if years != [None] else ["polygon"]
     return frame.drop(columns=[] if years != [None] else [YEAR]).set_index(keys)
@@ -193,7 +208,7 @@ def _open(
     root: Source | Mapping[str, xr.Dataset], product: str | Sequence[str] | None, storage_options: Any
 ) -> dict[str, xr.Dataset]:
     """The products a zonal query reads, by name."""
-    if isinstance(root, Mapping):
+    if isinstance(root, Mapping) and not isinstance(root, xr.Dataset):  # a Dataset is a Mapping too
         names = list(root) if product is None else [product] if isinstance(product, str) else list(product)
         return {name: dataset(root[name], name) for name in names}
     if isinstance(product, str) or isinstance(root, xr.Dataset):
