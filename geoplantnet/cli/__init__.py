@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from geoplantnet.cli.arguments import (
+    catalog_args,
     config_args,
     deploy_render_args,
     habitat_map_args,
@@ -39,6 +40,7 @@ from geoplantnet.cli.arguments import (
     value_args,
 )
 from geoplantnet.cli.handlers import (
+    _cmd_catalog,
     _cmd_cluster_spec,
     _cmd_config_show,
     _cmd_deploy_render,
@@ -212,6 +214,15 @@ def commands() -> tuple[Command, ...]:
             "one species from one or more species.zarr stores side by side (e.g. CNN and MaxEnt) -> PNG",
             plot_args,
             _cmd_plot,
+        ),
+        Command(
+            "catalog",
+            "list a store root's STAC catalogue (products, stores, years, species counts, runs), or --rebuild it",
+            catalog_args,
+            _cmd_catalog,
+            "The catalogue is <ROOT>/stac/collection.json with one item per complete store (per complete year of a "
+            "series), written by the jobs as they complete stores under store.root; --rebuild makes it for a root "
+            "written before catalogues existed. Stores written elsewhere (--out) are not catalogued.",
         ),
         Command(
             "predict",

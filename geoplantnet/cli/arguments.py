@@ -367,3 +367,16 @@ def stac_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["memory", "pgstac"], default="memory")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+
+
+def catalog_args(parser: argparse.ArgumentParser) -> None:
+    config_args(parser)
+    parser.add_argument(
+        "root", nargs="?", default=None, help="a store root: a folder or an s3:// URL (default: store.root)"
+    )
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="(re)publish an item for every complete store (and year) under ROOT; items of stores gone are withdrawn",
+    )
+    parser.add_argument("--json", action="store_true", help="print the listing as JSON")

@@ -391,3 +391,27 @@ def _cmd_deploy_render(args: argparse.Namespace) -> int:
     written = render_deploy(_config(args), args.out, args.overlays or OVERLAYS, overwrite=args.overwrite)
     print(f"wrote {len(written)} files under {args.out}: kubectl apply -k {args.out}/overlays/<cpu|gpu|dev>")
     return 0
+
+
+def _cmd_catalog(args: argparse.Namespace) -> int:
+    from geoplantnet.core.errors import InputError
+
+    cfg = _config(args)
+    root = str(args.root) if args.root is not None else cfg.store.root
+    if "://" not in root or root.startswith("file://"):  # checked before the array stack is imported
+        folder = Path(root.removeprefix("file://"))
+        if not folder.exists():
+            raise InputError(f"{folder}: no such folder (give a store root: the folder holding the output stores)")
+        if not folder.is_dir():
+            raise InputError(f"{folder} is a file, not a store root (a folder of geoplantnet stores)")
+        if not (folder / "stac").is_dir() and not any(p.is_file() for p in folder.glob("*/zarr.json")):
+            raise InputError(f"{folder}: not a store root (no Zarr stores, no stac/ catalogue in it)")
+    from geoplantnet.jobs.catalog import run_catalog, table
+    from geoplantnet.storage.store import exists, read_options_for
+
+    options = read_options_for(root, cfg.store)
+    if not exists(root, options):
+        raise InputError(f"{root}: nothing there (give a store root: the folder holding the output stores)")
+    result = run_catalog(root, options, rebuild=args.rebuild)
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0

@@ -144,6 +144,13 @@ class Grid:
         return cls.from_bounds(bounds, resolution, epsg=epsg)
 
     @classmethod
+    def from_coords(cls, x: np.ndarray, y: np.ndarray, epsg: int = EPSG) -> Grid:
+        """The grid whose pixel centres are ``x`` (west to east) and ``y`` (north to south), as stored."""
+        x, y = np.asarray(x, dtype="float64"), np.asarray(y, dtype="float64")
+        res = float(x[1] - x[0]) if len(x) > 1 else float(y[0] - y[1])
+        return cls(res, float(x[0] - res / 2), float(y[0] + res / 2), len(x), len(y), int(epsg))
+
+    @classmethod
     def from_origin(cls, x: float, y: float, resolution: float, width: int, height: int, *, epsg: int = EPSG) -> Grid:
         """Grid whose top-left corner is the aligned point at or below/left of (x, y)."""
         return cls(

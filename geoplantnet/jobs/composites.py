@@ -60,19 +60,20 @@ def run_composites(cfg: RunConfig, *, progress: bool = True, overwrite: bool = F
     }
     with ctx.client() as client:
         t1 = time.perf_counter()
-        store.write_store(
-            ds,
-            zarr_url,
-            product="composites",
-            parts=parts,
-            provenance=ctx.provenance,
-            attrs={"source_items": len(items)},
-            storage_options=storage_options,
-            client=client,
-            show_progress=progress,
-            overwrite=overwrite,
-            lease_ttl=cfg.store.lease_ttl_s,
-        )
+        with ctx.cataloguing(zarr_url, "composites"):  # listed in the root's catalogue once complete
+            store.write_store(
+                ds,
+                zarr_url,
+                product="composites",
+                parts=parts,
+                provenance=ctx.provenance,
+                attrs={"source_items": len(items)},
+                storage_options=storage_options,
+                client=client,
+                show_progress=progress,
+                overwrite=overwrite,
+                lease_ttl=cfg.store.lease_ttl_s,
+            )
         compute_s = time.perf_counter() - t1
     written = store.open_store(zarr_url, storage_options=storage_options)
     png = None

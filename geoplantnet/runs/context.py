@@ -21,7 +21,7 @@ from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.core.hashing import fingerprint
 from geoplantnet.products.base import Made, Product
 from geoplantnet.runs.tiles import StreamSettings, TiledRun, TileOutput, produce_tiles
-from geoplantnet.storage.store import join, preflight, storage_options_for
+from geoplantnet.storage.store import is_local, join, preflight, storage_options_for
 from geoplantnet.storage.workdir import Workdir
 
 if TYPE_CHECKING:
@@ -88,7 +88,47 @@ class RunContext:
         it is a user's folder, a store being written or another product's (``storage.store.preflight``)."""
         url = out or self.url(name)
         preflight(url, self.options(url), product=product, overwrite=self.overwrite)
+        if self.catalogued_name(url) is not None:  # a foreign <root>/stac/ is refused before any work, not after it
+            from geoplantnet.storage.catalog import check_catalog
+
+            check_catalog(self.cfg.store.root, self.options(url))
         return url
+
+    def catalogued_name(self, url: str) -> str | None:
+        """The name under ``store.root`` of the store at ``url`` (None: written elsewhere, e.g. by ``--out``, and so
+        not in the root's catalogue)."""
+        root = self.cfg.store.root.rstrip("/")
+        if is_local(root) and is_local(url):
+            root, url = (
+                str(Path(root.removeprefix("file://")).resolve()),
+                str(Path(url.removeprefix("file://")).resolve()),
+            )
+        name = url.rstrip("/").removeprefix(f"{root}/")
+        return name if name != url.rstrip("/") and name else None
+
+    @contextlib.contextmanager
+    def cataloguing(self, url: str, product: str) -> Iterator[None]:
+        """Around the writing of the ``product`` store at ``url`` (the context's year of a series): its item is
+        withdrawn from the root's catalogue first when the run may replace it (``--overwrite``: no incomplete store
+        or year is ever listed), and published once the block has completed it (``storage.catalog``); a run that
+        fails leaves the item of a store (or year) still complete in place. Stores outside ``store.root``: nothing."""
+        from geoplantnet.storage.catalog import publish, withdraw
+
+        name = self.catalogued_name(url)
+        if name is None:
+            yield
+            return
+        root, options = self.cfg.store.root, self.options(url)
+        if self.overwrite:
+            withdraw(root, name, options, year=self.year)
+        try:
+            yield
+        except BaseException:
+            if self.overwrite:  # refused or failed before replacing anything: the complete store keeps its item
+                with contextlib.suppress(Exception):
+                    publish(root, name, options, year=self.year, derived_from=required_stores(product))
+            raise
+        publish(root, name, options, year=self.year, derived_from=required_stores(product))
 
     def report_folder(self, name: str, kind: str, entries: Sequence[str], out: str | None = None) -> Path:
         """The local folder of a report (``out``, default ``<store.root>/<name>``), checked before any work
@@ -212,26 +252,27 @@ class RunContext:
         error: type[GeoplantnetError],
     ) -> TiledRun:
         """:func:`~geoplantnet.runs.tiles.produce_tiles` with the run's stream settings, provenance, ``overwrite``,
-        progress and year."""
-        return produce_tiles(
-            client,
-            fn,
-            job,
-            output=output,
-            grid=grid,
-            tile=tile,
-            layout=layout,
-            product=product,
-            parts=parts,
-            settings=self.streaming,
-            provenance=self.provenance,
-            attrs=attrs,
-            overwrite=self.overwrite,
-            resources=resources,
-            progress=self.progress,
-            error=error,
-            year=self.year,
-        )
+        progress and year; the store (or year) is then published in the root's catalogue (:meth:`cataloguing`)."""
+        with self.cataloguing(output.url, product):
+            return produce_tiles(
+                client,
+                fn,
+                job,
+                output=output,
+                grid=grid,
+                tile=tile,
+                layout=layout,
+                product=product,
+                parts=parts,
+                settings=self.streaming,
+                provenance=self.provenance,
+                attrs=attrs,
+                overwrite=self.overwrite,
+                resources=resources,
+                progress=self.progress,
+                error=error,
+                year=self.year,
+            )
 
     def produce_plan(self, client: Client, plan: TilePlan, product: str) -> TiledRun:
         """:meth:`produce` of a product's plan (``product``: the store's ``geoplantnet_product``)."""
@@ -264,3 +305,19 @@ class RunContext:
         return Made(
             product.name, plan.output.url, plan, run, seconds, {"seconds": seconds, "tiles_computed": len(run.results)}
         )
+
+
+def required_stores(product: str) -> list[str]:
+    """The store names of the products ``product`` is made from (the registry's ``requires``; none when the product
+    is not registered, as composites): the items its catalogue item links to as ``derived_from``."""
+    from geoplantnet.products.base import UnknownProductError, get
+
+    try:
+        required = get(product).requires
+    except UnknownProductError:
+        return []
+    out = []
+    for name in required:
+        with contextlib.suppress(UnknownProductError):
+            out.append(get(name).store)
+    return out

@@ -27,9 +27,7 @@ class ExtractionError(ValueError):
 
 def grid_of(arr: xr.DataArray, epsg: int) -> Grid:
     """The :class:`Grid` an array with cell-centre ``x``/``y`` coordinates lies on."""
-    x, y = arr["x"].values, arr["y"].values
-    res = float(x[1] - x[0]) if len(x) > 1 else float(y[0] - y[1])
-    return Grid(res, float(x[0] - res / 2), float(y[0] + res / 2), len(x), len(y), epsg)
+    return Grid.from_coords(arr["x"].values, arr["y"].values, epsg)
 
 
 def cut_patches(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:

@@ -180,7 +180,8 @@ def acquire(url: str, run: str, *, ttl: float = 120.0, storage_options: Mapping[
                 return lease
             current = lease._read()
         except (OSError, json.JSONDecodeError) as exc:
-            if isinstance(exc, FileNotFoundError):
+            if isinstance(exc, FileNotFoundError | json.JSONDecodeError):  # released, or its creator still writing
+                time.sleep(0.05)
                 continue
             raise ServiceError(f"{where}: cannot create the store's lease ({exc.__class__.__name__}: {exc})") from None
         if current is None:  # released between our create and read: try again
