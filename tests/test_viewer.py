@@ -202,6 +202,8 @@ def test_tiles_are_the_stored_values_in_the_legend_colours(tiny):
     assert rgba(get(port, "/tiles/species/probability/3/0/0.png?species=sp0001")[1])[..., 3].max() == 0
     assert get(port, "/tiles/species/probability/3/0/0.png?species=sp9999")[0] == 404
     assert get(port, "/tiles/species/probability/3/0/0.png?species=sp0001&colormap=nope")[0] == 400
+    assert get(port, "/tiles/species/probability/3/0/0.png?species=sp0001&vmin=1&vmax=0")[0] == 400
+    assert get(port, "/api/point?lon=200&lat=0")[0] == 422
 
 
 def test_a_low_zoom_reads_an_overview():

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from geoplantnet.core.errors import InputError
+from geoplantnet.core.errors import GeoplantnetError, InputError
 from geoplantnet.viewer import point, render
 from geoplantnet.viewer.items import Catalogue, NotFound, variable_kind
 
@@ -52,8 +52,14 @@ def create_app(root: str, storage_options: Mapping[str, Any] | None = None) -> A
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(render.RenderError)
-    async def bad_request(_request: Any, exc: render.RenderError) -> JSONResponse:
+    @app.exception_handler(InputError)
+    async def bad_request(_request: Any, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(GeoplantnetError)
+    async def unavailable(_request: Any, exc: GeoplantnetError) -> JSONResponse:
+        # a store being rewritten since the server started, an object store that failed: one line, no traceback
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     @app.get("/")
     def page() -> FileResponse:

@@ -105,6 +105,8 @@ def render_tile(
 ) -> bytes:
     """Tile ``z/x/y`` of a 2-D (y, x) variable with a CRS (``spatial_ref``), as PNG bytes."""
     table = colour_table(colormap)
+    if not classes and not hi > lo:
+        raise RenderError(f"empty value range [{lo}, {hi}]")
     try:
         with XarrayReader(da) as reader:
             image = reader.tile(x, y, z, tilesize=TILE, reproject_method="nearest")
