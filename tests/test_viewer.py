@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -220,6 +221,9 @@ def test_serve_refuses_a_root_without_catalogue_in_one_line(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     proc = run_cli("serve", str(tmp_path), "--port", str(free_port()), cwd=ROOT)
     assert proc.returncode == 2 and "catalog" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        proc = run_cli("serve", str(tmp_path), "--port", str(taken.getsockname()[1]), cwd=ROOT)
+    assert proc.returncode == 2 and "cannot listen" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 # -- the page in a real browser -----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ def serve(root: str, *, host: str = "127.0.0.1", port: int = 8000) -> None:
         raise InputError(f"{root}: no such folder (give a store root: the folder holding species.zarr, ...)")
     if not 0 <= port <= 65535:
         raise InputError(f"--port {port}: not a TCP port (0..65535)")
+    _check_free(host, port)
     import uvicorn
 
     from geoplantnet.viewer.app import create_app
@@ -20,3 +21,16 @@ def serve(root: str, *, host: str = "127.0.0.1", port: int = 8000) -> None:
     app = create_app(root)
     print(f"geoplantnet viewer: http://{host}:{port}/ (serving {root}, read-only; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _check_free(host: str, port: int) -> None:
+    """Refuse, in one line, an address this machine cannot listen on (a port in use, a host not of this machine)."""
+    import os
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise InputError(f"cannot listen on {host}:{port} ({why}): choose another --port or --host") from None
