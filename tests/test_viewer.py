@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import threading
 import time
@@ -345,8 +344,6 @@ def test_the_page_in_chromium(products_root, tmp_path):
             assert not errors, errors
         finally:
             driver.quit()
-    if os.environ.get("GEOPLANTNET_DOCS_SCREENSHOT"):  # refresh the docs' copy on purpose only
-        shutil.copy(screenshot, ROOT / "docs" / "img" / "viewer.png")
 
 
 @pytest.mark.slow
