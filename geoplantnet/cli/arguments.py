@@ -363,7 +363,10 @@ def simulate_args(parser: argparse.ArgumentParser) -> None:
 
 
 def serve_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("root", help="a store root (the folder or object-store URL holding species.zarr, ...)")
+    config_args(parser)
+    parser.add_argument(
+        "root", nargs="?", default=None, help="a store root: a folder or an s3:// URL (default: store.root)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
 

@@ -365,8 +365,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from geoplantnet.jobs.serve import serve
+    from geoplantnet.storage.store import read_options_for
 
-    serve(args.root, host=args.host, port=args.port)
+    cfg = _config(args)
+    root = str(args.root) if args.root is not None else cfg.store.root
+    serve(root, read_options_for(root, cfg.store), host=args.host, port=args.port)
     return 0
 
 

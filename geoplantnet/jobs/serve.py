@@ -3,14 +3,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from geoplantnet.core.errors import InputError
 from geoplantnet.storage.store import exists, is_local
 
 
-def serve(root: str, *, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve ``root`` until interrupted (checks the root and the bundled page first: one-line errors)."""
-    if is_local(root) and not exists(root):
-        raise InputError(f"{root}: no such folder (give a store root: the folder holding species.zarr, ...)")
+def serve(
+    root: str, storage_options: Mapping[str, Any] | None = None, *, host: str = "127.0.0.1", port: int = 8000
+) -> None:
+    """Serve ``root`` (a folder or an object-store URL, with its fsspec options) until interrupted; the root, the
+    address and the bundled page are checked first (one-line errors)."""
+    if not exists(root, storage_options):
+        where = "no such folder" if is_local(root) else "nothing there"
+        raise InputError(f"{root}: {where} (give a store root: the folder holding species.zarr, ...)")
     if not 0 <= port <= 65535:
         raise InputError(f"--port {port}: not a TCP port (0..65535)")
     _check_free(host, port)
@@ -18,7 +25,7 @@ def serve(root: str, *, host: str = "127.0.0.1", port: int = 8000) -> None:
 
     from geoplantnet.viewer.app import create_app
 
-    app = create_app(root)
+    app = create_app(root, storage_options)
     print(f"geoplantnet viewer: http://{host}:{port}/ (serving {root}, read-only; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
