@@ -217,5 +217,5 @@ def test_bench_overviews_prints_the_ratio() -> None:
     spec = importlib.util.spec_from_file_location("bench_overviews", ROOT / "benchmarks" / "bench_overviews.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    result = module.main(["--species", "4", "--tile", "32", "--tiles", "2"])
+    result = module.main(["--species", "4", "--tile", "32", "--tiles", "2", "--repeats", "1"])
     assert result["tiles"] == 4 and result["ratio"] > 0 and result["tile_write_with_overviews_s"] > 0

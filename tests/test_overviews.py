@@ -17,7 +17,7 @@ from geoplantnet.core.grid import Grid, Tile
 from geoplantnet.products.species_map import species_template
 from geoplantnet.storage import overviews
 from geoplantnet.storage import tiles as tile_store
-from geoplantnet.storage.store import default_encoding, open_store, run_id
+from geoplantnet.storage.store import StoreError, default_encoding, open_store, run_id
 from geoplantnet.storage.tiles import TileOutput, tiled_variable
 
 GRID = Grid(50.0, 4_321_000.0, 2_981_000.0, 45, 30)  # ragged: 3 x 2 tiles of 16, the last row and column partial
@@ -186,6 +186,8 @@ def test_series_year(tmp_path: Path, synthetic: str) -> None:
     assert list(both.year.values) == [2024, 2025]
     other = overviews.open_overview(url, factor=2, year=2024)["probability"].values
     assert not np.array_equal(other, ref["probability"].values, equal_nan=True)
+    with pytest.raises(StoreError, match="no complete year 2026"):
+        overviews.open_overview(url, factor=2, year=2026)
     arr = zarr.open_group(url, mode="r")["overviews/2/probability"]
     assert arr.shape[0] == 2 and arr.metadata.dimension_names[0] == "year"
 
@@ -292,3 +294,10 @@ def test_store_written_whole(tmp_path: Path) -> None:
     assert np.array_equal(np.isnan(got), np.isnan(expected)) and np.nanmax(np.abs(got - expected)) < 1e-6
     top = overviews.open_overview(url, max_pixels=1)
     assert top.sizes["x"] == 1 and np.isfinite(top["reflectance"].values).all()
+
+
+def test_pyramid_of_a_whole_valid_tile_is_the_block_mean() -> None:
+    """The interior-tile shortcut (every cell valid: counts of 4**k) gives numpy's block means."""
+    block = np.random.default_rng(5).integers(0, 255, (2, 16, 16)).astype("uint8")
+    for k, coarse in overviews.pyramid(block, [1, 2, 3, 4], overviews.MEAN, 255):
+        assert np.array_equal(coarse, np.round(_block_mean(block, 2**k)).astype("uint8")), k

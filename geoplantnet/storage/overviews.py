@@ -37,11 +37,13 @@ from geoplantnet.storage.selection import index_species
 from geoplantnet.storage.store import (
     YEAR,
     YEARS_ATTR,
+    StoreError,
     beside_the_arrays,
     complete_years,
     open_store,
     service_errors,
     shown,
+    years_in,
     zarr_store,
 )
 
@@ -234,12 +236,19 @@ def _blocks(block: np.ndarray, factor: int) -> np.ndarray:
     return np.moveaxis(b, -3, -2).reshape(*lead, h // factor, w // factor, factor * factor)
 
 
-def _sums(block: np.ndarray, fill: Any) -> tuple[np.ndarray, np.ndarray]:
+def _sums(block: np.ndarray, fill: Any, *, whole: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """The valid values (0 elsewhere) and the valid mask, as sums and counts of one cell: exact integers for integer
-    codes (int64 beyond what int32 holds: a tile of 2**15 cells a side of uint8 fits int32), float64 otherwise."""
+    codes (uint16 for bytes, whose 2 x 2 sums fit it; int32 for up to 16 bits: a tile of 2**15 cells a side of
+    uint8 fits it), float64 otherwise. Counts None when every cell is valid and ``whole`` (no ragged edge): then a
+    level-k cell counts 4**k (the common case of an interior tile, at half the work)."""
     invalid = _invalid(block, fill)
-    kind = "float64" if np.issubdtype(block.dtype, np.floating) else "int32" if block.itemsize <= 2 else "int64"
+    if np.issubdtype(block.dtype, np.floating):
+        kind = "float64"
+    else:
+        kind = "uint16" if block.dtype == np.uint8 else "int32" if block.itemsize <= 2 else "int64"
     sums = block.astype(kind)
+    if not invalid.any():
+        return sums, None if whole else np.ones(block.shape, "int32")
     sums[invalid] = 0
     return sums, (~invalid).astype("int32")
 
@@ -250,12 +259,7 @@ def _sum2(a: np.ndarray) -> np.ndarray:
     return rows[..., 0::2] + rows[..., 1::2]
 
 
-def _halve(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sums and counts of valid cells over 2 x 2 blocks."""
-    return _sum2(sums), _sum2(counts)
-
-
-def _encode_mean(sums: np.ndarray, counts: np.ndarray, dtype: np.dtype, fill: Any) -> np.ndarray:
+def _encode_mean(sums: np.ndarray, counts: np.ndarray | int, dtype: np.dtype, fill: Any) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sums / counts
     if np.issubdtype(dtype, np.floating):
@@ -292,10 +296,14 @@ def pyramid(block: np.ndarray, ks: list[int], method: str, fill: Any) -> Iterato
         for k in ks:
             yield k, mode(block, 2**k, fill)
         return
-    sums, counts = _sums(block, fill)
+    h, w = block.shape[-2:]
+    sums, counts = _sums(block, fill, whole=bool(ks) and h % 2 ** ks[-1] == 0 and w % 2 ** ks[-1] == 0)
     for k in ks:
-        sums, counts = _halve(sums, counts)
-        yield k, _encode_mean(sums, counts, block.dtype, fill)
+        sums = _sum2(sums)
+        if sums.dtype == np.uint16:  # 2 x 2 sums of bytes; 4 x 4 ones may not fit
+            sums = sums.astype("int32")
+        counts = None if counts is None else _sum2(counts)
+        yield k, _encode_mean(sums, 4**k if counts is None else counts, block.dtype, fill)
 
 
 def _pieces(n_lead: int, step: int) -> Iterator[slice]:
@@ -364,7 +372,8 @@ def _halve_array(source: zarr.Array, target: zarr.Array, method: str, slot: int 
                 if method == MODE:
                     coarse = mode(fine, 2, fill)
                 else:
-                    coarse = _encode_mean(*_halve(*_sums(fine, fill)), fine.dtype, fill)
+                    sums, counts = _sums(fine, fill)
+                    coarse = _encode_mean(_sum2(sums), _sum2(counts), fine.dtype, fill)
                 target[(*lead, ys, xs)] = coarse
 
 
@@ -408,6 +417,8 @@ def open_overview(
     full = open_store(url, storage_options=storage_options)
     have = [2**k for k in _levels_of(full.attrs)]
     chosen = _choose(url, (full.sizes["y"], full.sizes["x"]), have, max_pixels, factor)
+    if year is not None and YEAR in full.dims and int(year) not in {int(y) for y in full[YEAR].values}:
+        raise StoreError(f"{shown(url)} has no complete year {year} (years: {years_in(full.attrs)})")
     ds = full if chosen == 1 else _open_level(url, int(math.log2(chosen)), full.attrs, storage_options)
     return ds.sel({YEAR: int(year)}) if year is not None and YEAR in ds.dims else ds
 
