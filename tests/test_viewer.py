@@ -68,7 +68,11 @@ def _tiny_root(tmp: Path) -> Path:
     indicators = xr.Dataset(
         {
             "richness_expected": (("y", "x"), richness.astype("float32"), {"grid_mapping": "spatial_ref"}),
-            "habitat_red_list": (("y", "x"), classes.astype("float32"), {"flag_values": [0, 1, 2, 3, 4]}),
+            "habitat_red_list": (
+                ("y", "x"),
+                classes.astype("float32"),
+                {"flag_values": [0, 1, 2, 3, 4], "flag_meanings": "LC NT VU EN CR"},
+            ),
         },
         coords=GRID.coords(),
     )
@@ -139,8 +143,13 @@ def test_catalogue_species_search_and_legend(tiny):
     status, body = get(port, "/api/catalog")
     catalog = json.loads(body)
     assert status == 200 and {p["product"] for p in catalog["products"]} == {"species", "indicators"}
-    kinds = {v["name"]: v["kind"] for p in catalog["products"] for i in p["items"] for v in i["variables"]}
-    assert kinds == {"probability": "species", "richness_expected": "map", "habitat_red_list": "class"}
+    variables = {v["name"]: v for p in catalog["products"] for i in p["items"] for v in i["variables"]}
+    assert {n: v["kind"] for n, v in variables.items()} == {
+        "probability": "species",
+        "richness_expected": "map",
+        "habitat_red_list": "class",
+    }
+    assert variables["habitat_red_list"]["classes"][:2] == [{"code": 0, "label": "LC"}, {"code": 1, "label": "NT"}]
     hits = json.loads(get(port, "/api/species?q=querc")[1])
     assert hits == [{"id": "sp0001", "name": "Quercus robur"}, {"id": "sp0003", "name": "Quercus rubra"}]
     assert json.loads(get(port, "/api/species?q=sp0002")[1]) == [{"id": "sp0002", "name": "Fagus sylvatica"}]

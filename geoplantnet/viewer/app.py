@@ -137,7 +137,8 @@ def _factor(catalogue: Catalogue, item_id: str, da: Any, z: int, y: int) -> int:
 
 
 def describe_catalogue(catalogue: Catalogue) -> dict[str, Any]:
-    """Products, their items and drawable variables, years and species count (what the page's menus list)."""
+    """Products, their items and drawable variables (with class names), years and species count (what the page's
+    menus list)."""
     products: dict[str, dict[str, Any]] = {}
     years: set[int] = set()
     for item in catalogue.items.values():
@@ -153,6 +154,7 @@ def describe_catalogue(catalogue: Catalogue) -> dict[str, Any]:
                         "long_name": str(ds[name].attrs.get("long_name", name)),
                         "units": str(ds[name].attrs.get("units", "")),
                         "colormap": default_colormap(kind),
+                        "classes": _classes(ds[name].attrs) if kind == "class" else [],
                     }
                 )
         if not variables:  # nothing the viewer draws (composites: season x band cubes)
@@ -165,7 +167,6 @@ def describe_catalogue(catalogue: Catalogue) -> dict[str, Any]:
                 "variables": variables,
                 "bounds": _bounds(ds),
                 "species": int(ds.sizes.get("species", 0)),
-                "classes": _classes(ds),
             }
         )
         if item.year is not None:
@@ -183,9 +184,11 @@ def _bounds(ds: Any) -> list[float] | None:
         return None
 
 
-def _classes(ds: Any) -> list[str]:
-    """The class names of a habitat map (``habitat_code``), for the legend."""
-    return [str(c) for c in ds["habitat_code"].values] if "habitat_code" in ds.coords else []
+def _classes(attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A class variable's codes and their names (CF ``flag_values`` / ``flag_meanings``), for the legend."""
+    names = str(attrs.get("flag_meanings", "")).split()
+    codes = list(attrs.get("flag_values", range(len(names))))
+    return [{"code": int(c), "label": n} for c, n in zip(codes, names, strict=False)]
 
 
 def search_species(catalogue: Catalogue, q: str) -> list[dict[str, str]]:

@@ -61,9 +61,12 @@
     if (hits.length) { state.species = hits[0].id; state.speciesName = hits[0].name; }
   }
 
+  let redraws = 0;
   async function redraw() {
+    const mine = ++redraws;  // menus changed in quick succession: only the latest choice draws
     const v = variable();
     if (v.kind === "species") await chooseDefaultSpecies();
+    if (mine !== redraws) return;
     $("species-chosen").textContent = v.kind === "species" && state.species ? state.speciesName + " (" + state.species + ")" : "";
     let url = "/tiles/" + encodeURIComponent(item().id) + "/" + encodeURIComponent(v.name) + "/{z}/{x}/{y}.png";
     if (v.kind === "species") url += "?species=" + encodeURIComponent(state.species);
@@ -73,15 +76,16 @@
     state.layer.on("load", () => { state.loads += 1; document.body.dataset.tilesLoaded = String(state.loads); });
     document.body.dataset.tileUrl = url;
     state.layer.addTo(map);
-    await drawLegend(v);
+    await drawLegend(v, mine);
   }
 
-  async function drawLegend(v) {
+  async function drawLegend(v, mine) {
     const legend = await getJSON("/api/legend/" + encodeURIComponent(item().id) + "/" + encodeURIComponent(v.name));
+    if (mine !== redraws) return;
     let html = "<div><b>" + esc(v.long_name) + "</b></div>";
-    if (v.kind === "class" && item().classes.length) {
-      html += '<div class="classes">' + item().classes.map((c, i) =>
-        '<span><span class="swatch" style="background:' + classColour(legend, i) + '"></span>' + esc(c) + "</span>").join("") + "</div>";
+    if (v.kind === "class") {
+      html += '<div class="classes">' + v.classes.map((c) =>
+        '<span><span class="swatch" style="background:' + classColour(legend, c.code) + '"></span>' + esc(c.label) + "</span>").join("") + "</div>";
     } else {
       html += '<div class="bar" style="background: linear-gradient(to right, ' + legend.colors.join(", ") + ')"></div>' +
         '<div class="ticks"><span>' + fmt(legend.min) + "</span><span>" + fmt(legend.max) + "</span></div>";
