@@ -349,6 +349,8 @@ def test_the_page_in_chromium(products_root, tmp_path):
             )
             status, png = get(port, changes.replace("{z}", str(Z)).replace("{x}", str(tx)).replace("{y}", str(ty)))
             assert status == 200 and rgba(png)[..., 3].max() > 0
+            if "/changed/" in changes:  # its legend names the classes (flag_meanings)
+                _wait(driver, "return document.getElementById('legend').textContent.includes('unchanged')")
             errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
             assert not errors, errors
         finally:
