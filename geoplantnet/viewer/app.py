@@ -15,6 +15,7 @@ catalogue lists and never joins a URL to a path):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ STATIC = Path(__file__).parent / "static"
 LEAFLET = STATIC / "leaflet" / "leaflet.js"
 MAX_ZOOM = 22
 MAX_SPECIES_RESULTS = 20
+TILE_CACHE = 1024  # tiles kept as PNG bytes (a few kB each): panning back or switching a year back redraws nothing
 
 
 class ViewerBuildMissing(InputError):
@@ -79,6 +81,35 @@ def create_app(root: str, storage_options: Mapping[str, Any] | None = None) -> A
         lo, hi = catalogue.value_range(item_id, variable, kind, da)
         return render.legend(colormap or default_colormap(kind), lo, hi, classes=kind == "class")
 
+    @functools.lru_cache(maxsize=TILE_CACHE)
+    def draw(
+        item_id: str,
+        variable: str,
+        species: str | None,
+        z: int,
+        x: int,
+        y: int,
+        colormap: str | None,
+        vmin: float | None,
+        vmax: float | None,
+    ) -> bytes:
+        """A tile's PNG, drawn once (the stores served are complete: their values do not change under a key)."""
+        da, kind = catalogue.variable(item_id, variable, species)
+        lo, hi = catalogue.value_range(item_id, variable, kind, da)
+        factor = _factor(catalogue, item_id, da, z, y)
+        if factor > 1:
+            da, _ = catalogue.variable(item_id, variable, species, factor)
+        return render.render_tile(
+            da,
+            z,
+            x,
+            y,
+            colormap=colormap or default_colormap(kind),
+            lo=lo if vmin is None else vmin,
+            hi=hi if vmax is None else vmax,
+            classes=kind == "class",
+        )
+
     @app.get("/tiles/{item_id}/{variable}/{z}/{x}/{y}.png")
     def tile(
         item_id: str,
@@ -93,21 +124,7 @@ def create_app(root: str, storage_options: Mapping[str, Any] | None = None) -> A
     ) -> Response:
         if not (0 <= z <= MAX_ZOOM and 0 <= x < 2**z and 0 <= y < 2**z):
             raise HTTPException(400, f"no tile {z}/{x}/{y}")
-        da, kind = catalogue.variable(item_id, variable, species)
-        lo, hi = catalogue.value_range(item_id, variable, kind, da)
-        factor = _factor(catalogue, item_id, da, z, y)
-        if factor > 1:
-            da, _ = catalogue.variable(item_id, variable, species, factor)
-        body = render.render_tile(
-            da,
-            z,
-            x,
-            y,
-            colormap=colormap or default_colormap(kind),
-            lo=lo if vmin is None else vmin,
-            hi=hi if vmax is None else vmax,
-            classes=kind == "class",
-        )
+        body = draw(item_id, variable, species, z, x, y, colormap, vmin, vmax)
         return Response(body, media_type="image/png", headers={"Cache-Control": "max-age=60"})
 
     @app.get("/api/point")
