@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of the project's virtual environment: the pinned stack (one pip call, so the resolver sees every
 # pin; torch==2.13.0 is the CPU wheel on these machines) and this package, editable. Re-runs only when the pins change.
+# Then the web viewer's page library (scripts/build_viewer.sh: npm ci, copied into geoplantnet/viewer/static/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${GEOPLANTNET_VENV:-.venv}
@@ -22,3 +23,6 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   rm -f "$log"
   echo "$want" >"$stamp"
 fi
+# The viewer's JavaScript library (npm ci from its lock file) copied into the package: `geoplantnet serve` and the
+# wheel need it; idempotent.
+scripts/build_viewer.sh

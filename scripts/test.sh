@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, slow end-to-end tests included, after the same set-up a new machine needs:
-# the virtual environment, PostgreSQL + PostGIS for the pgstac-backed STAC API, then lint, the import layering
+# the virtual environment (and the viewer's bundled page library), PostgreSQL + PostGIS for the pgstac-backed STAC
+# API, Chromium + ChromeDriver for the viewer's browser test, then lint, the import layering
 # contracts and pytest.
 # Then, on a full run (no arguments), the cluster in containers: the CPU image built, a scheduler and two workers started
 # with the Kubernetes manifests' own commands, a map and indicators job with no shared disk, compared with a local run
@@ -11,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/install_postgis.sh
+scripts/install_browser.sh
 .venv/bin/ruff check .
 .venv/bin/lint-imports --no-cache >/dev/null || .venv/bin/lint-imports --no-cache  # the layering (pyproject.toml)
 .venv/bin/pytest "$@"

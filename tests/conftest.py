@@ -102,6 +102,16 @@ def small_sdm(tmp_path_factory: pytest.TempPathFactory, small_region: Path, shar
 
 
 @pytest.fixture(scope="session")
+def products_root(tmp_path_factory: pytest.TempPathFactory, shared_cluster_sets: list[str]) -> Path:
+    """One store root with every product (``geoplantnet.testing.fixtures.products_root``): species, habitat,
+    indicators and changes as two-year series, value.zarr and value_50m.zarr, an impact report; made once for the
+    session on its cluster. Read only: the notebooks and the viewer read it, nothing writes there."""
+    from geoplantnet.testing.fixtures import products_root as make
+
+    return make(tmp_path_factory.mktemp("products"), ROOT, shared_cluster_sets)
+
+
+@pytest.fixture(scope="session")
 def dask_address() -> Iterator[str]:
     """The scheduler address of one LocalCluster (2 real worker processes) for the whole session: commands run
     in-process connect to it (``geoplantnet.testing.cluster.address_sets``) rather than start their own."""

@@ -1,7 +1,6 @@
 """The main job end to end, as a user runs it: virtual region -> STAC API -> cube on Dask -> Zarr + PNG -> notebook."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -80,15 +79,8 @@ def test_rerun_reuses_the_region_and_notebook_reads_the_store(tmp_path, first_ru
     assert manifest.stat().st_mtime_ns == before, "the region is generated once"
     assert first["shape"] == second["shape"]
 
-    import nbformat
-    from nbclient import NotebookClient
+    from geoplantnet.testing.notebooks import NOTEBOOKS, execute, text_outputs
 
-    nb = nbformat.read(ROOT / "notebooks" / "explore_composites.ipynb", as_version=4)
-    os.environ["GEOPLANTNET_STORE"] = second["composites"]
-    try:
-        resources = {"metadata": {"path": str(tmp_path)}}
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources=resources).execute()
-    finally:
-        del os.environ["GEOPLANTNET_STORE"]
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    out = Path(second["composites"]).parent  # the run's store root
+    outputs = text_outputs(execute(NOTEBOOKS / "explore_composites.ipynb", {"GEOPLANTNET_ROOT": str(out)}, tmp_path))
     assert "EPSG:3035" in outputs

@@ -96,18 +96,6 @@ def test_tiles_get_the_region_wide_season_axis(setup):
 
 
 @pytest.mark.slow
-def test_species_notebook_reads_the_map(setup, tmp_path, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(ROOT / "notebooks" / "explore_species.ipynb", as_version=4)
-    monkeypatch.setenv("GEOPLANTNET_STORE", setup.reference)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "EPSG:3035" in outputs and "top species at" in outputs and "expected richness" in outputs
-
-
-@pytest.mark.slow
 def test_every_pixel_of_the_tiled_map_is_the_per_pixel_prediction(setup, tmp_path):
     """Every pixel of the 9-tile map (tile seams, clipped edge tiles and the pixels whose patches leave the grid)
     against the per-pixel truth: the model on the samples training and ``predict`` cut at the pixel's centre, from

@@ -35,6 +35,7 @@ from geoplantnet.cli.arguments import (
     run_args,
     sdm_args,
     sdm_table_args,
+    serve_args,
     simulate_args,
     stac_serve_args,
     value_args,
@@ -58,6 +59,7 @@ from geoplantnet.cli.handlers import (
     _cmd_run,
     _cmd_sdm,
     _cmd_sdm_table,
+    _cmd_serve,
     _cmd_simulate,
     _cmd_stac_serve,
     _cmd_value,
@@ -238,6 +240,17 @@ def commands() -> tuple[Command, ...]:
             "generate the virtual region (imagery, environment, species, observations)",
             simulate_args,
             _cmd_simulate,
+        ),
+        Command(
+            "serve",
+            "the web map viewer: a read-only tile server over a root's catalogue, on 127.0.0.1",
+            serve_args,
+            _cmd_serve,
+            description=(
+                "Serves ROOT's catalogue (its complete stores, each year of a series) to a browser: a map page "
+                "(Leaflet, bundled), XYZ tiles, /api/catalog, /api/species?q=, /api/point?lon=&lat=&year=. Only "
+                "catalogue items can be read, never a path from a URL. Ctrl-C stops."
+            ),
         ),
         Command(
             "stac serve",

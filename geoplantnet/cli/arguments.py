@@ -362,6 +362,15 @@ def simulate_args(parser: argparse.ArgumentParser) -> None:
     overwrite_arg(parser, "virtual region", report=True)
 
 
+def serve_args(parser: argparse.ArgumentParser) -> None:
+    config_args(parser)
+    parser.add_argument(
+        "root", nargs="?", default=None, help="a store root: a folder or an s3:// URL (default: store.root)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+
+
 def stac_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("region", type=Path, help="a region folder (with region.json) from `geoplantnet simulate`")
     parser.add_argument("--backend", choices=["memory", "pgstac"], default="memory")

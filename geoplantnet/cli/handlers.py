@@ -363,6 +363,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from geoplantnet.jobs.serve import serve
+    from geoplantnet.storage.store import read_options_for
+
+    cfg = _config(args)
+    root = str(args.root) if args.root is not None else cfg.store.root
+    serve(root, read_options_for(root, cfg.store), host=args.host, port=args.port)
+    return 0
+
+
 def _cmd_stac_serve(args: argparse.Namespace) -> int:
     from geoplantnet.sim.region import RegionManifest
     from geoplantnet.sim.stac_server import serve_forever

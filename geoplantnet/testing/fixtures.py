@@ -295,3 +295,92 @@ def small_sdm(root: Path, region: Path, project: Path, cluster: Sequence[str] = 
     proc = run_cli("sdm", "--quiet", "--out", out, *cli_sets([*overrides, *cluster]), cwd=project)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return SmallSdm(json.loads(proc.stdout[proc.stdout.index("{") :]), overrides, out, root)
+
+
+# -- one store root holding every product (the notebooks and the viewer read it)
+
+SERIES_YEARS = (2024, 2025)
+PRODUCTS_SETTINGS = [
+    *SMALL_REGION,
+    "sim.years=2",  # imagery of 2024 and 2025, with known changes in 2025
+    "map.tile=16",
+    "train.epochs=2",  # the products' plumbing, not their skill
+    "indicators.block_size=500",
+    "indicators.draws=4",
+    "indicators.n_surveys=60",
+    "value.tile=120",  # as tests/test_impact.py's tiny value model: 2 x 2 tiles of 120 pixels at 10 m
+    "value.folds=2",
+    "value.epochs=2",
+    "value.crop=32",
+    "value.base_channels=4",
+    "value.draws=2",
+    "value.forest_trees=10",
+    "value.pixels_per_polygon=30",
+    "impact.draws=3",
+    "impact.min_class_surveys=5",
+]
+IMPACT_SCENARIO = "notebook-project"
+
+
+def _footprint_square(cfg: RunConfig, size: int = 15) -> tuple[Any, int]:
+    """A ``size`` x 10 m square of one land-cover class inside the region (its first found, scanning from the
+    centre) and the commonest other class: the impact scenario's footprint and target."""
+    import rasterio
+    import shapely
+
+    from geoplantnet.sim.region import RegionManifest
+
+    with rasterio.open(RegionManifest.load(Path(cfg.workdir) / "region").root / "environment" / "land_cover.tif") as s:
+        lc, t = s.read(1), s.transform
+    mid = lc.shape[0] // 2
+    for i in sorted(range(20, lc.shape[0] - size - 20, 5), key=lambda r: abs(r - mid)):
+        for j in sorted(range(20, lc.shape[1] - size - 20, 5), key=lambda c: abs(c - mid)):
+            values = np.unique(lc[i : i + size, j : j + size])
+            if len(values) == 1:
+                others, counts = np.unique(lc[lc != values[0]], return_counts=True)
+                square = shapely.box(t.c + j * 10, t.f - (i + size) * 10, t.c + (j + size) * 10, t.f - i * 10)
+                return square, int(others[np.argmax(counts)])
+    raise AssertionError("no homogeneous square in the region")
+
+
+def products_root(tmp: Path, project: Path, cluster: Sequence[str] = ()) -> Path:
+    """One store root (``tmp/out``) with every product, made by the commands as a user runs them (in this process,
+    :func:`geoplantnet.testing.cli.run_cli`; on the cluster the ``cluster`` overrides name): ``refresh --year`` for
+    each of :data:`SERIES_YEARS` (species, habitat, indicators and changes as series; the classifier a
+    :func:`tiny_classifier`), ``value`` (value.zarr, value_50m.zarr) and an ``impact`` report
+    (``impact/<IMPACT_SCENARIO>``). Small region, two training epochs: plumbing, not skill. Returns the root."""
+    import json
+
+    import geopandas as gpd
+
+    from geoplantnet.core.config import load_config
+    from geoplantnet.jobs.refresh import year_window
+    from geoplantnet.sim.region import generate_region
+    from geoplantnet.testing.cli import cli_sets, run_cli
+
+    config = project / "pipelines" / "refresh.yaml"
+    out = tmp / "out"
+    settings = [*PRODUCTS_SETTINGS, f"workdir={tmp / 'work'}", f"store.root={out}"]
+    base = load_config(config, [*settings, "refresh.habitat_model=null"])
+    generate_region(base, Path(base.workdir) / "region", progress=False)
+    classifier = tiny_classifier(base, [f"sp{i + 1:04d}" for i in range(base.sim.n_species)], tmp / "classifier")
+    settings.append(f"refresh.habitat_model={classifier}")
+
+    def run(*args: str | Path, sets: Sequence[str] = ()) -> str:
+        proc = run_cli(*args, "--config", config, "--quiet", *cli_sets([*settings, *sets, *cluster]), cwd=project)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    summaries = [json.loads(run("refresh", "--year", str(year))) for year in SERIES_YEARS]
+    # the value and impact commands see the last year's imagery (the seasons the series' model was trained on)
+    window = [f"cube.datetime={year_window(base.cube.composite, SERIES_YEARS[-1])}"]
+    run("value", sets=window)
+    square, target = _footprint_square(base)
+    gpd.GeoDataFrame({"name": ["project"]}, geometry=[square], crs=base.grid.epsg).to_crs(4326).to_file(
+        tmp / "footprint.geojson", driver="GeoJSON"
+    )
+    scenario = tmp / "scenario.yaml"
+    scenario.write_text(f"name: {IMPACT_SCENARIO}\nland_cover: {target}\nbuffer_m: 60\nedge_strength: 0.3\n")
+    models = ("--model", summaries[0]["model"], "--habitat-model", classifier)
+    run("impact", "--footprint", tmp / "footprint.geojson", "--scenario", scenario, *models, sets=window)
+    return out
