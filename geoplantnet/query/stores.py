@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -96,10 +96,15 @@ def product_url(root: Root, product: str, *, storage_options: Mapping[str, Any] 
 
 
 def open_product(
-    root: Root, product: str, *, year: int | None = None, storage_options: Mapping[str, Any] | None = None
+    root: Root,
+    product: str,
+    *,
+    year: int | Literal["latest"] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """``product``'s store under ``root``, lazy and decoded (floats with NaN for no data, probabilities 0..1): a
-    series' complete years (``year``: that year's maps, without the ``year`` axis), species selectable by id or name.
+    series' complete years (``year``: that year's maps, without the ``year`` axis; ``"latest"``: the series' latest
+    complete year, and a store without a year axis as it is), species selectable by id or name.
 
     The store is found through the root's STAC catalogue when it has one, else by its registry name
     (``species.zarr``, ``value_50m.zarr``, ...).
@@ -107,6 +112,9 @@ def open_product(
     url = product_url(root, product, storage_options=storage_options)
     ds = open_store(url, storage_options=storage_options)
     ds = checked(ds, product)
+    if year == "latest":
+        # a notebook or a viewer showing "the current map" of a store that may or may not be a series
+        year = years_of(ds)[-1] if years_of(ds) else None
     return select_years(ds, year=year, squeeze=True)
 
 
