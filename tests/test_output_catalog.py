@@ -250,3 +250,35 @@ def test_the_catalog_command_lists_rebuilds_and_refuses_bad_input(run_root: Path
         )
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert time.perf_counter() - t0 < 10
+
+
+def test_an_item_naming_a_store_outside_the_root_is_never_listed(tmp_path: Path) -> None:
+    # an item file edited, or synced in from elsewhere, must not make a reader (the viewer, open_item, the query API)
+    # open a store outside the root: neither through its href nor through the store it names
+    root = tmp_path / "root"
+    _write(f"{root}/species.zarr")
+    _write(f"{tmp_path}/outside.zarr")
+    item = catalog.publish(str(root), "species.zarr")
+    raw = json.loads((root / "stac" / "items" / "species.json").read_text())
+    for store, href in [("species.zarr", "../../../outside.zarr"), ("../outside.zarr", "../../../outside.zarr"),
+                        (str(tmp_path / "outside.zarr"), str(tmp_path / "outside.zarr"))]:
+        raw["properties"]["geoplantnet:store"], raw["assets"]["zarr"]["href"] = store, href
+        (root / "stac" / "items" / "evil.json").write_text(json.dumps({**raw, "id": "evil"}))
+        assert _ids(catalog.open_catalog(str(root))) == {item.id}
+    listed = next(iter(catalog.open_catalog(str(root)).get_items()))
+    assert catalog.store_url(listed) == f"{root}/species.zarr"
+
+
+def test_a_store_named_like_a_year_of_another_keeps_its_own_item(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    _write(f"{root}/derived-2030.zarr")
+    first = catalog.publish(root, "derived-2030.zarr")
+    # an item with the same id describing another store (a year 2030 of derived.zarr) is not replaced
+    raw = json.loads((tmp_path / "stac" / "items" / f"{first.id}.json").read_text())
+    raw["properties"]["geoplantnet:store"] = "other.zarr"
+    (tmp_path / "stac" / "items" / f"{first.id}.json").write_text(json.dumps(raw))
+    second = catalog.publish(root, "derived-2030.zarr")
+    assert second.id != first.id and second.id.startswith("derived-2030-")
+    assert json.loads((tmp_path / "stac" / "items" / f"{first.id}.json").read_text())["properties"][
+        "geoplantnet:store"
+    ] == "other.zarr"

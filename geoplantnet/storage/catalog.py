@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -48,6 +50,8 @@ from geoplantnet.storage.workdir import Workdir
 if TYPE_CHECKING:
     import pystac
     import xarray as xr
+
+log = logging.getLogger(__name__)
 
 CATALOG = "stac"
 COLLECTION = "collection.json"
@@ -196,10 +200,20 @@ def publish(
             if found is not None:
                 links.append(found)
         item = build_item(url, name, storage_options, year=year, derived_from=links)
+        item.id = _free_id(work, item.id, name.strip("/"))
         text = json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False), indent=2)
         work.write_bytes(text.encode(), CATALOG, ITEMS, f"{item.id}.json")
         _write_collection(work)
     return item
+
+
+def _free_id(work: Workdir, wanted: str, store: str) -> str:
+    """``wanted``, or, when its item file describes another store (``species-2030.zarr`` beside the 2030 year of
+    ``species.zarr``), ``wanted`` with a short hash of ``store``: one store's item never replaces another's."""
+    props = (_read_json(work, CATALOG, ITEMS, f"{wanted}.json") or {}).get("properties", {})
+    if props.get(f"{PREFIX}store", store) == store:
+        return wanted
+    return f"{wanted}-{hashlib.sha256(store.encode()).hexdigest()[:8]}"
 
 
 def withdraw(
@@ -465,12 +479,29 @@ def open_catalog(root: str, storage_options: Mapping[str, Any] | None = None) ->
                 continue
             item = pystac.Item.from_dict(d, href=work.url(CATALOG, ITEMS, n), migrate=False)
             store = str(item.properties.get(f"{PREFIX}store", ""))
+            if not _confined(item, store):
+                where = shown(work.url(CATALOG, ITEMS, n))
+                log.warning("%s: an item naming a store outside the root; not listed", where)
+                continue
+            # the store a reader opens is the one checked here, under the root, whatever the file's href says
+            item.assets["zarr"].href = join(root, store)
             if store not in attrs:
                 attrs[store] = _raw_attrs(join(root, store), storage_options) if store else None
             year = item.properties.get(f"{PREFIX}year")
             if _is_complete(attrs[store], None if year is None else int(year)):
                 collection.add_item(item)
     return collection
+
+
+def _confined(item: pystac.Item, store: str) -> bool:
+    """Whether an item file names a store under its root the way :func:`publish` writes it: a relative name without
+    ``..`` or a scheme, and the ``zarr`` asset's href ``../../<store>`` (a file edited, or synced in from elsewhere,
+    must never make a reader open a store outside the root)."""
+    parts = store.split("/")
+    if not store or store.startswith("/") or "://" in store or any(p in ("", ".", "..") for p in parts):
+        return False
+    asset = item.assets.get("zarr")
+    return asset is not None and asset.href.rstrip("/") == f"../../{store}"
 
 
 def store_url(item: pystac.Item) -> str:
