@@ -355,6 +355,8 @@ def test_a_series_gives_its_complete_years_and_species_by_shared_name(series):
     assert list(one.year) == [2025] and one.probability.iloc[0] == pytest.approx(values[2025][1, 9, 4], rel=1e-6)
     view = query.open_product(out, "species", year=2024)
     assert "year" not in view.dims
+    latest = query.open_product(out, "species", year="latest")  # the latest complete year, not the unfinished 2026
+    assert "year" not in latest.dims and int(latest.year) == 2025
     polygons = gpd.GeoDataFrame(geometry=[shapely.box(*grid.bounds).buffer(-grid.resolution * 10)], crs=grid.epsg)
     zones = query.zonal(polygons, out, product="species")
     assert list(zones.index.names) == ["polygon", "year"] and len(zones) == 2
