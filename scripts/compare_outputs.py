@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-# what differs between two runs of the same inputs by design: clocks, durations, paths, ports, process ids
+# what differs between two runs of the same inputs by design: clocks (a catalogue item's datetime is its store's
+# creation time), durations, paths, ports, process ids
 VOLATILE = re.compile(
-    r"(^|_)(created|time|times|seconds|second|s|date_created|pid|pids|dashboard|elapsed|wall|"
+    r"(^|_)(created|datetime|interval|time|times|seconds|second|s|date_created|pid|pids|dashboard|elapsed|wall|"
     r"per_second|per_second_per_core|model_loads|worker|workers|port|url|store|root|path|file|folder|"
     r"workdir|config|geoplantnet_config|devices|model_s|read_s)($|_)"
 )
