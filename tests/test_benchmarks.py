@@ -219,3 +219,14 @@ def test_bench_overviews_prints_the_ratio() -> None:
     spec.loader.exec_module(module)
     result = module.main(["--species", "4", "--tile", "32", "--tiles", "2", "--repeats", "1"])
     assert result["tiles"] == 4 and result["ratio"] > 0 and result["tile_write_with_overviews_s"] > 0
+
+
+def test_bench_cube_runs_at_a_tiny_size_and_prints_its_ratios() -> None:
+    # a process, as a user runs it: it had stopped running (write_store's signature moved) and nothing noticed
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_cube.py"), "--size", "96", "--dates-per-season", "1",
+         "--chunk", "96"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ratio naive/ours wall time:" in proc.stdout and "\nours " in proc.stdout and "\nnaive " in proc.stdout
