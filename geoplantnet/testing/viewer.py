@@ -10,7 +10,6 @@ import contextlib
 import http.client
 import io
 import math
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from geoplantnet.sim.stac_server import free_port  # the one free-port finder of the loopback servers
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -35,13 +36,6 @@ CHROMIUM_FLAGS = (
     "--window-size=1280,860",
 )
 ORIGIN_SHIFT = 20037508.342789244  # half of Web Mercator's world width, metres
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(port: int, path: str, timeout: float = 60.0) -> tuple[int, bytes]:
